@@ -1,0 +1,323 @@
+//! # plugbus-sdk: write plugbus plugins in Rust
+//!
+//! A plugbus plugin is a WebAssembly component that consumes events. This
+//! crate owns the guest side of the `plugbus:plugin@0.1.0` contract (the WIT
+//! in the repository's `wit/` folder): you write a per-event handler, and the
+//! SDK takes the batches the host hands over, calls your handler once per
+//! event in order, and returns one [`Outcome`] per event.
+//!
+//! Build with `cargo build --target wasm32-wasip1 --release` as a `cdylib`
+//! and drop the `.wasm` into the host's plugin directory; the host turns the
+//! core module into a component when it loads it.
+//!
+//! ```
+//! use plugbus_sdk::{export_plugin, Config, Context, Event, Info, Outcome, Plugin};
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize)]
+//! struct Order { order_id: String, total_cents: u64 }
+//!
+//! struct Auditor { seen: u64 }
+//!
+//! impl Plugin for Auditor {
+//!     fn init(_config: &Config) -> Result<Self, String> {
+//!         Ok(Auditor { seen: 0 })
+//!     }
+//!
+//!     fn info(&self) -> Info {
+//!         Info::new("auditor", "0.1.0", ["order.placed"])
+//!     }
+//!
+//!     fn handle(&mut self, event: &Event, ctx: &mut Context) -> Outcome {
+//!         let order: Order = match event.json() {
+//!             Ok(order) => order,
+//!             // Bad data will not get better by retrying it.
+//!             Err(e) => return Outcome::reject(e.to_string()),
+//!         };
+//!         self.seen += 1;
+//!         plugbus_sdk::info!("order {} for {} cents", order.order_id, order.total_cents);
+//!         match ctx.publish("audit.recorded", &serde_json::json!({ "order_id": order.order_id })) {
+//!             Ok(()) => Outcome::Ack,
+//!             Err(e) => Outcome::retry(e.to_string()),
+//!         }
+//!     }
+//! }
+//!
+//! export_plugin!(Auditor);
+//! # fn main() {}
+//! ```
+//!
+//! Publishes made while handling an event are sent only if that event's
+//! outcome is [`Outcome::Ack`]; the host keeps the event's correlation id on
+//! them and sets their causation id to the event's id.
+
+// The generated bindings name this crate by its path, from inside it too.
+extern crate self as plugbus_sdk;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Bindings generated from the WIT contract. Plugin authors rarely need them
+/// directly; the types worth knowing are re-exported at the crate root.
+#[allow(missing_docs, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "plugin",
+        path: "../wit",
+        pub_export_macro: true,
+        default_bindings_module: "plugbus_sdk::bindings",
+        runtime_path: "plugbus_sdk::__private::wit_bindgen::rt",
+        generate_all,
+    });
+}
+
+use bindings::plugbus::plugin::{config as host_config, publisher, types};
+use bindings::wasi::logging::logging;
+
+pub use types::{Event, Info, Outcome, Outgoing, PublishError, Retry};
+
+/// The version of the contract this SDK builds plugins against.
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+/// A plugin: one value of this type lives in the plugin's sandbox from
+/// `init` until the host drops the instance (on a trap, or when the plugin is
+/// unloaded). Register it with [`export_plugin!`].
+pub trait Plugin: Sized + 'static {
+    /// Build the plugin from its configuration (the `[config]` table of its
+    /// manifest). An error stops the plugin from loading and is shown to the
+    /// operator, so say what to change.
+    fn init(config: &Config) -> Result<Self, String>;
+
+    /// Name, version and the topic patterns this plugin consumes.
+    fn info(&self) -> Info;
+
+    /// Handle one event. Called in delivery order.
+    fn handle(&mut self, event: &Event, ctx: &mut Context) -> Outcome;
+}
+
+/// The plugin's configuration: string keys and values from its manifest.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    values: BTreeMap<String, String>,
+}
+
+impl Config {
+    /// The value of `key`, if set.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    /// All keys and values, sorted by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// What a handler can do besides returning an outcome.
+pub struct Context<'a> {
+    cause: &'a str,
+}
+
+impl Context<'_> {
+    /// Publish a follow-up event with a JSON body, caused by the event being
+    /// handled.
+    pub fn publish<T: serde::Serialize + ?Sized>(
+        &mut self,
+        topic: &str,
+        data: &T,
+    ) -> Result<(), PublishError> {
+        let data = serde_json::to_vec(data).map_err(|e| {
+            PublishError::Invalid(format!("event data for `{topic}` is not JSON: {e}"))
+        })?;
+        self.publish_event(&Outgoing {
+            type_: topic.to_string(),
+            subject: None,
+            datacontenttype: Some("application/json".to_string()),
+            data,
+        })
+    }
+
+    /// Publish a fully described follow-up event.
+    pub fn publish_event(&mut self, event: &Outgoing) -> Result<(), PublishError> {
+        publisher::publish(self.cause, event)
+    }
+}
+
+
+/// The event's `data` could not be decoded as the type asked for.
+#[derive(Debug)]
+pub struct DataError {
+    event_id: String,
+    topic: String,
+    source: serde_json::Error,
+}
+
+impl fmt::Display for DataError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "event {} ({}) has data that does not decode: {}",
+            self.event_id, self.topic, self.source
+        )
+    }
+}
+
+impl std::error::Error for DataError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl Event {
+    /// The topic (CloudEvents `type`).
+    pub fn topic(&self) -> &str {
+        &self.type_
+    }
+
+    /// Decode `data` as JSON into `T`.
+    pub fn json<'de, T: serde::Deserialize<'de>>(&'de self) -> Result<T, DataError> {
+        serde_json::from_slice(&self.data).map_err(|source| DataError {
+            event_id: self.id.clone(),
+            topic: self.type_.clone(),
+            source,
+        })
+    }
+
+    /// The value of an extension attribute.
+    pub fn extension(&self, name: &str) -> Option<&str> {
+        self.extensions
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Outcome {
+    /// A transient failure: the host retries with its backoff.
+    pub fn retry(message: impl Into<String>) -> Outcome {
+        Outcome::Retry(Retry {
+            delay_ms: None,
+            message: message.into(),
+        })
+    }
+
+    /// A transient failure: retry no sooner than `delay_ms` from now.
+    pub fn retry_after(delay_ms: u64, message: impl Into<String>) -> Outcome {
+        Outcome::Retry(Retry {
+            delay_ms: Some(delay_ms),
+            message: message.into(),
+        })
+    }
+
+    /// A permanent failure: never retried; the event goes to dead letters.
+    pub fn reject(message: impl Into<String>) -> Outcome {
+        Outcome::Reject(message.into())
+    }
+}
+
+impl Info {
+    /// Describe a plugin: its name, version and subscriptions.
+    pub fn new<S: Into<String>>(
+        name: &str,
+        version: &str,
+        subscriptions: impl IntoIterator<Item = S>,
+    ) -> Info {
+        Info {
+            name: name.to_string(),
+            version: version.to_string(),
+            subscriptions: subscriptions.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// Log levels, for [`log`].
+pub use logging::Level;
+
+/// Send a message to the host's log, tagged with this plugin's name.
+pub fn log(level: Level, message: &str) {
+    logging::log(level, "", message);
+}
+
+/// Log at info level with `format!` arguments.
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => { $crate::log($crate::Level::Info, &format!($($arg)*)) };
+}
+
+/// Log at warn level with `format!` arguments.
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => { $crate::log($crate::Level::Warn, &format!($($arg)*)) };
+}
+
+/// Log at error level with `format!` arguments.
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => { $crate::log($crate::Level::Error, &format!($($arg)*)) };
+}
+
+/// Export `$ty` (which implements [`Plugin`]) as this component's handler.
+/// Use it once, in the plugin crate's root.
+#[macro_export]
+macro_rules! export_plugin {
+    ($ty:ty) => {
+        struct __PlugbusExport;
+
+        impl $crate::bindings::exports::plugbus::plugin::handler::Guest for __PlugbusExport {
+            fn init() -> ::core::result::Result<$crate::Info, ::std::string::String> {
+                $crate::__private::init::<$ty>()
+            }
+
+            fn handle(
+                events: ::std::vec::Vec<$crate::Event>,
+            ) -> ::std::vec::Vec<$crate::Outcome> {
+                $crate::__private::handle::<$ty>(events)
+            }
+        }
+
+        $crate::bindings::export!(__PlugbusExport);
+    };
+}
+
+thread_local! {
+    // The plugin value for this instance. WebAssembly instances are
+    // single-threaded, so a thread-local is the instance's global.
+    static INSTANCE: RefCell<Option<Box<dyn std::any::Any>>> = const { RefCell::new(None) };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    use super::*;
+
+    pub use wit_bindgen;
+
+    pub fn init<P: Plugin>() -> Result<Info, String> {
+        let config = Config {
+            values: host_config::get_all().into_iter().collect(),
+        };
+        let plugin = P::init(&config)?;
+        let info = plugin.info();
+        INSTANCE.with(|slot| *slot.borrow_mut() = Some(Box::new(plugin)));
+        Ok(info)
+    }
+
+    pub fn handle<P: Plugin>(events: Vec<Event>) -> Vec<Outcome> {
+        INSTANCE.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            match slot.as_mut().and_then(|b| b.downcast_mut::<P>()) {
+                Some(plugin) => events
+                    .iter()
+                    .map(|event| {
+                        let mut ctx = Context { cause: &event.id };
+                        plugin.handle(event, &mut ctx)
+                    })
+                    .collect(),
+                None => events
+                    .iter()
+                    .map(|_| Outcome::retry("plugin handled an event before init succeeded"))
+                    .collect(),
+            }
+        })
+    }
+}

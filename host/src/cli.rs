@@ -1,0 +1,214 @@
+//! The command line: `plugbus run` starts the host; `plugbus publish` and
+//! `plugbus plugins` talk to a running host over its HTTP API.
+//!
+//! Configuration is checked in two stages: clap validates each flag, then
+//! [`RunArgs::settings`] turns them into the runtime's typed settings and
+//! refuses combinations that cannot work, naming the flag.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::http::BODY_BYTES_MAX_DEFAULT;
+use crate::plugin::DeliverySettings;
+use crate::runtime::Limits;
+
+/// The address `plugbus run` listens on by default.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:7420";
+
+/// plugbus: an event runtime for sandboxed WebAssembly plugins.
+///
+/// Start a host with `plugbus run --plugins DIR`. Every `NAME.wasm` in DIR
+/// is loaded as a plugin; each says in its `init` which topics it consumes.
+/// Publish events over HTTP (`POST /v1/events/{type}` with a JSON body) or
+/// with `plugbus publish TYPE JSON`, and see what the plugins did with
+/// `plugbus plugins`.
+#[derive(Debug, Parser)]
+#[command(name = "plugbus", version, about, long_about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the host: load the plugins, serve the HTTP API, deliver events.
+    ///
+    /// Stops cleanly on Ctrl-C or SIGTERM: new publishes are refused, queued
+    /// events are delivered, then the process exits.
+    Run(RunArgs),
+    /// Publish one event with a JSON body to a running host.
+    ///
+    /// Example: plugbus publish order.placed '{"order_id":"o-1","total_cents":2500}'
+    Publish {
+        /// The topic (CloudEvents `type`), e.g. `order.placed`.
+        #[arg(value_name = "TYPE")]
+        topic: String,
+        /// The event data: a JSON document.
+        json: String,
+        /// The host's HTTP address.
+        #[arg(long, env = "PLUGBUS_URL", default_value = "http://127.0.0.1:7420")]
+        url: String,
+    },
+    /// List the plugins of a running host, with their counters.
+    Plugins {
+        /// The host's HTTP address.
+        #[arg(long, env = "PLUGBUS_URL", default_value = "http://127.0.0.1:7420")]
+        url: String,
+        /// Print the raw JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Flags of `plugbus run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The plugin directory: each NAME.wasm in it is a plugin.
+    #[arg(long, value_name = "DIR", env = "PLUGBUS_PLUGINS")]
+    pub plugins: PathBuf,
+    /// Address for the HTTP API.
+    #[arg(long, value_name = "ADDR", default_value = LISTEN_DEFAULT, env = "PLUGBUS_LISTEN")]
+    pub listen: SocketAddr,
+    /// Where compiled plugins are cached (default: ~/.cache/plugbus/compiled).
+    /// Entries are trusted like the binary: only plugbus should write here.
+    #[arg(long, value_name = "DIR", env = "PLUGBUS_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Compile plugins at every start instead of caching them.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Most events passed to one plugin call.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub batch_events_max: u64,
+    /// Capacity of each plugin's queue, in events.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub queue_events_max: u64,
+    /// How long a publisher waits for room in a full queue before 503, in ms.
+    #[arg(long, default_value_t = 2000)]
+    pub publish_timeout_ms: u64,
+    /// Largest HTTP request body, in bytes.
+    #[arg(long, default_value_t = BODY_BYTES_MAX_DEFAULT as u64, value_parser = clap::value_parser!(u64).range(1024..=1 << 30))]
+    pub body_bytes_max: u64,
+    /// Time budget of one plugin call (a batch), in ms.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub deadline_ms: u64,
+    /// Linear memory a plugin instance may use, in bytes.
+    #[arg(long, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1 << 20..=4 << 30))]
+    pub memory_bytes_max: u64,
+    /// Delivery attempts per event before it is dropped.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_attempts: u32,
+    /// First retry delay in ms (doubles per attempt).
+    #[arg(long, default_value_t = 100)]
+    pub backoff_ms_min: u64,
+    /// Longest retry delay in ms.
+    #[arg(long, default_value_t = 30_000)]
+    pub backoff_ms_max: u64,
+}
+
+/// `plugbus run`'s flags, checked and typed.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// Plugin directory.
+    pub plugins: PathBuf,
+    /// HTTP address.
+    pub listen: SocketAddr,
+    /// Compile cache, if any.
+    pub cache_dir: Option<PathBuf>,
+    /// Limits per plugin call.
+    pub limits: Limits,
+    /// Delivery settings.
+    pub delivery: DeliverySettings,
+    /// Publisher wait on a full queue.
+    pub publish_timeout: Duration,
+    /// HTTP body limit.
+    pub body_bytes_max: usize,
+}
+
+impl RunArgs {
+    /// Check combinations and build the settings.
+    pub fn settings(&self) -> Result<RunSettings, String> {
+        if self.backoff_ms_min > self.backoff_ms_max {
+            return Err(format!(
+                "--backoff-ms-min ({}) is larger than --backoff-ms-max ({}); make the minimum the smaller",
+                self.backoff_ms_min, self.backoff_ms_max
+            ));
+        }
+        if self.batch_events_max > self.queue_events_max {
+            return Err(format!(
+                "--batch-events-max ({}) is larger than --queue-events-max ({}); a batch is taken from the queue, so raise the queue or lower the batch",
+                self.batch_events_max, self.queue_events_max
+            ));
+        }
+        let cache_dir = if self.no_cache {
+            None
+        } else {
+            self.cache_dir.clone().or_else(|| {
+                std::env::var_os("XDG_CACHE_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                    .map(|c| c.join("plugbus").join("compiled"))
+            })
+        };
+        Ok(RunSettings {
+            plugins: self.plugins.clone(),
+            listen: self.listen,
+            cache_dir,
+            limits: Limits {
+                deadline_ms: self.deadline_ms,
+                memory_bytes_max: self.memory_bytes_max as usize,
+                ..Limits::default()
+            },
+            delivery: DeliverySettings {
+                batch_events_max: self.batch_events_max as usize,
+                queue_events_max: self.queue_events_max as usize,
+                max_attempts: self.max_attempts,
+                backoff_ms_min: self.backoff_ms_min,
+                backoff_ms_max: self.backoff_ms_max,
+                ..DeliverySettings::default()
+            },
+            publish_timeout: Duration::from_millis(self.publish_timeout_ms),
+            body_bytes_max: self.body_bytes_max as usize,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<RunSettings, String> {
+        let mut all = vec!["plugbus", "run", "--plugins", "/tmp"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all).map_err(|e| e.to_string())?.command {
+            Command::Run(run) => run.settings(),
+            other => Err(format!("unexpected {other:?}")),
+        }
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let s = parse(&[]).expect("defaults are valid");
+        assert_eq!(s.listen.to_string(), LISTEN_DEFAULT);
+        assert_eq!(s.delivery.batch_events_max, 64);
+        assert_eq!(s.body_bytes_max, 1 << 20);
+    }
+
+    #[test]
+    fn contradictory_flags_name_both() {
+        let err = parse(&["--backoff-ms-min", "50000"]).expect_err("min > max");
+        assert!(err.contains("--backoff-ms-min") && err.contains("--backoff-ms-max"), "{err}");
+        let err = parse(&["--batch-events-max", "512", "--queue-events-max", "100"]).expect_err("batch > queue");
+        assert!(err.contains("--queue-events-max"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_by_the_parser() {
+        assert!(parse(&["--batch-events-max", "0"]).is_err());
+        assert!(parse(&["--deadline-ms", "0"]).is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! HTTP ingress (axum): publishing events, plugin status, health, metrics.
+//!
+//! - `POST /v1/events/{type}` with a JSON body: the body is the data, the
+//!   host fills every attribute.
+//! - `POST /v1/events` with a CloudEvent: structured mode
+//!   (`application/cloudevents+json`), batch mode
+//!   (`application/cloudevents-batch+json`) or binary mode (`ce-*` headers,
+//!   any content type).
+//! - `GET /v1/plugins`, `GET /healthz`, `GET /metrics`.
+//!
+//! A request is validated whole before anything is published, so a bad
+//! request publishes nothing: 400 names the attribute or the JSON position,
+//! 413 the size limit, 415 the content types accepted. A full plugin queue
+//! answers 503 naming the plugin (with `Retry-After`). Successful publishes
+//! answer 202 with the sequence numbers given.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::bus::{Bus, PublishError};
+use crate::event::{Event, EventError};
+use crate::metrics::Metrics;
+use crate::plugin::Registry;
+
+/// The default `body_bytes_max`: 1 MiB.
+pub const BODY_BYTES_MAX_DEFAULT: usize = 1 << 20;
+
+/// Content type of one structured-mode CloudEvent.
+pub const CE_JSON: &str = "application/cloudevents+json";
+/// Content type of a batch of CloudEvents.
+pub const CE_BATCH_JSON: &str = "application/cloudevents-batch+json";
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The dispatcher.
+    pub bus: Arc<Bus>,
+    /// The plugins.
+    pub registry: Arc<Registry>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// Largest request body accepted, in bytes.
+    pub body_bytes_max: usize,
+}
+
+/// Why a request was refused; each maps to one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    /// The event or body is malformed.
+    #[error("{0}")]
+    BadEvent(#[from] EventError),
+    /// The body is over `body_bytes_max`.
+    #[error("the request body is larger than body_bytes_max ({0} bytes); send smaller batches, or start plugbus with a larger --body-bytes-max")]
+    TooLarge(usize),
+    /// The content type is not one we read.
+    #[error("content type `{0}` is not supported; send application/json to POST /v1/events/{{type}}, or to POST /v1/events a CloudEvent as application/cloudevents+json, a batch as application/cloudevents-batch+json, or binary mode with ce-specversion, ce-id, ce-source and ce-type headers")]
+    UnsupportedType(String),
+    /// The body could not be read.
+    #[error("the request body could not be read: {0}")]
+    Body(String),
+    /// A batch with no events.
+    #[error("the batch is empty; send at least one event")]
+    EmptyBatch,
+    /// Backpressure.
+    #[error("{0}")]
+    Busy(#[from] PublishError),
+}
+
+impl IntoResponse for IngressError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            IngressError::BadEvent(_) | IngressError::Body(_) | IngressError::EmptyBatch => {
+                StatusCode::BAD_REQUEST
+            }
+            IngressError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IngressError::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IngressError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut body = json!({ "error": self.to_string() });
+        if let IngressError::Busy(PublishError::QueueFull {
+            plugin, accepted, ..
+        }) = &self
+        {
+            body["plugin"] = json!(plugin);
+            body["accepted"] = json!(accepted);
+        }
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/events", post(publish_cloudevents))
+        .route("/v1/events/{type}", post(publish_plain))
+        .route("/v1/plugins", get(plugins))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        // Bodies are read with our own limit, below, to answer 413 with a
+        // message that names the limit.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, IngressError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(IngressError::TooLarge(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let inner = e.into_inner();
+        if inner.is::<http_body_util::LengthLimitError>() {
+            IngressError::TooLarge(limit)
+        } else {
+            IngressError::Body(inner.to_string())
+        }
+    })
+}
+
+fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.to_string())
+}
+
+fn base_type(ct: &str) -> String {
+    ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+fn publish(state: &AppState, events: Vec<Event>) -> Result<Response, IngressError> {
+    let single = (events.len() == 1).then(|| events[0].id.clone());
+    // Publishing may block on a full queue (bounded by the publish timeout):
+    // tell tokio so it moves other tasks off this thread meanwhile.
+    let published = tokio::task::block_in_place(|| state.bus.publish(events))?;
+    let body = match single {
+        Some(id) => json!({ "accepted": 1, "id": id, "sequence": published.first_sequence }),
+        None => json!({ "accepted": published.count, "first_sequence": published.first_sequence }),
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+async fn publish_plain(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    request: Request,
+) -> Result<Response, IngressError> {
+    let (parts, body) = request.into_parts();
+    if let Some(ct) = content_type(&parts.headers) {
+        let base = base_type(&ct);
+        if base != "application/json" && !base.ends_with("+json") {
+            return Err(IngressError::UnsupportedType(ct));
+        }
+    }
+    let body = read_body(body, &parts.headers, state.body_bytes_max).await?;
+    let event = Event::from_plain_json(&topic, &body)?;
+    publish(&state, vec![event])
+}
+
+async fn publish_cloudevents(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, IngressError> {
+    let (parts, body) = request.into_parts();
+    let ct = content_type(&parts.headers);
+    let base = ct.as_deref().map(base_type);
+    let binary = parts.headers.contains_key("ce-specversion");
+    let body = read_body(body, &parts.headers, state.body_bytes_max).await?;
+    let events = match base.as_deref() {
+        Some(CE_JSON) => vec![Event::parse_structured(&body)?],
+        Some(CE_BATCH_JSON) => {
+            let events = Event::parse_batch(&body)?;
+            if events.is_empty() {
+                return Err(IngressError::EmptyBatch);
+            }
+            events
+        }
+        _ if binary => {
+            let attributes = parts
+                .headers
+                .iter()
+                .filter_map(|(name, value)| {
+                    let attr = name.as_str().strip_prefix("ce-")?;
+                    Some((attr.to_string(), value.to_str().ok()?.to_string()))
+                })
+                .collect();
+            vec![Event::from_binary(attributes, ct, body.to_vec())?]
+        }
+        _ => return Err(IngressError::UnsupportedType(ct.unwrap_or_else(|| "(none)".into()))),
+    };
+    publish(&state, events)
+}
+
+async fn plugins(State(state): State<AppState>) -> Response {
+    Json(json!({ "plugins": state.registry.status() })).into_response()
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    let status = state.registry.status();
+    let running = status.iter().filter(|p| p.state == "running").count();
+    Json(json!({ "status": "ok", "plugins_running": running, "plugins_failed": status.len() - running }))
+        .into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.registry.refresh_gauges();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}

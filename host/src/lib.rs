@@ -1,0 +1,21 @@
+//! # plugbus
+//!
+//! An event runtime that hosts sandboxed WebAssembly consumer plugins. One
+//! process runs a pub/sub dispatcher and loads plugins from a directory;
+//! each plugin is a WebAssembly component implementing the
+//! `plugbus:plugin` contract (see the repository's `wit/`).
+//!
+//! Data flows one way: [`http`] ingress → [`bus`] → per-plugin queues →
+//! [`plugin`] workers → [`runtime`] → the plugin; a plugin's follow-up
+//! events re-enter at the bus. Nothing below `bus` knows about HTTP;
+//! nothing in `bus` knows about wasmtime.
+
+pub mod bus;
+pub mod cli;
+pub mod event;
+pub mod http;
+pub mod metrics;
+pub mod plugin;
+pub mod runtime;
+pub mod server;
+pub mod topic;

@@ -1,0 +1,121 @@
+//! The `plugbus` binary: parses the command line and runs the subcommand.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use plugbus::cli::{Cli, Command};
+use plugbus::plugin::PluginStatus;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let settings = match args.settings() {
+                Ok(s) => s,
+                Err(e) => return fail(&e),
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+            };
+            match runtime.block_on(plugbus::server::run(settings)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            }
+        }
+        Command::Publish { topic, json, url } => match publish(&url, &topic, &json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Command::Plugins { url, json } => match plugins(&url, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("plugbus: {message}");
+    ExitCode::FAILURE
+}
+
+fn request_error(url: &str, e: ureq::Error) -> String {
+    match e {
+        ureq::Error::Status(code, response) => {
+            let body = response.into_string().unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or(body);
+            format!("the host answered {code}: {message}")
+        }
+        ureq::Error::Transport(t) => format!(
+            "cannot reach plugbus at {url}: {t}; is `plugbus run` running there? (set --url or PLUGBUS_URL)"
+        ),
+    }
+}
+
+fn publish(url: &str, topic: &str, json: &str) -> Result<(), String> {
+    serde_json::from_str::<serde_json::Value>(json)
+        .map_err(|e| format!("the event data is not valid JSON: {e}; quote it for your shell, e.g. '{{\"order_id\":\"o-1\"}}'"))?;
+    let endpoint = format!("{}/v1/events/{topic}", url.trim_end_matches('/'));
+    let response = ureq::post(&endpoint)
+        .set("content-type", "application/json")
+        .send_string(json)
+        .map_err(|e| request_error(url, e))?;
+    let body: serde_json::Value = response
+        .into_json()
+        .map_err(|e| format!("unexpected answer from {endpoint}: {e}"))?;
+    println!(
+        "published {topic} id={} sequence={}",
+        body["id"].as_str().unwrap_or("?"),
+        body["sequence"]
+    );
+    Ok(())
+}
+
+fn plugins(url: &str, raw: bool) -> Result<(), String> {
+    let endpoint = format!("{}/v1/plugins", url.trim_end_matches('/'));
+    let body: serde_json::Value = ureq::get(&endpoint)
+        .call()
+        .map_err(|e| request_error(url, e))?
+        .into_json()
+        .map_err(|e| format!("unexpected answer from {endpoint}: {e}"))?;
+    if raw {
+        println!("{body:#}");
+        return Ok(());
+    }
+    let list: Vec<PluginStatus> = serde_json::from_value(body["plugins"].clone())
+        .map_err(|e| format!("unexpected answer from {endpoint}: {e}"))?;
+    println!(
+        "{:<14} {:<8} {:<9} {:>9} {:>7} {:>7} {:>6}  SUBSCRIPTIONS",
+        "NAME", "STATE", "VERSION", "HANDLED", "FAILED", "RETRIED", "QUEUE"
+    );
+    for p in &list {
+        println!(
+            "{:<14} {:<8} {:<9} {:>9} {:>7} {:>7} {:>6}  {}",
+            p.name,
+            p.state,
+            p.version,
+            p.handled,
+            p.failed,
+            p.retried,
+            p.queue_depth,
+            p.subscriptions.join(", ")
+        );
+        if let Some(e) = &p.error {
+            println!("    {e}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! The Prometheus metrics: one registry for the process, families labelled
+//! by plugin, and the drop counter labelled by reason. Counters are cheap
+//! atomics that the bus and the workers hold clones of; gauges that mirror
+//! live state (queue depth) are refreshed when `/metrics` is scraped.
+//!
+//! Every event the host accepted and did not deliver is counted in
+//! `plugbus_events_dropped_total{plugin, reason}`: nothing is dropped
+//! silently.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-plugin series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    /// The plugin's name.
+    pub plugin: String,
+}
+
+/// Labels of the drop counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// The plugin that did not get the event.
+    pub plugin: String,
+    /// Why: `queue_full`, `rejected`, `retries_exhausted`, `shutdown`.
+    pub reason: String,
+}
+
+type HistogramFamily = Family<PluginLabels, Histogram, fn() -> Histogram>;
+
+/// Why an event was dropped for a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The plugin's queue stayed full past the publish timeout.
+    QueueFull,
+    /// The plugin rejected it (permanent failure).
+    Rejected,
+    /// Every attempt failed.
+    RetriesExhausted,
+    /// A follow-up event could not be queued.
+    FollowUpQueueFull,
+}
+
+impl DropReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::Rejected => "rejected",
+            DropReason::RetriesExhausted => "retries_exhausted",
+            DropReason::FollowUpQueueFull => "follow_up_queue_full",
+        }
+    }
+}
+
+/// All of plugbus's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Events accepted by the bus.
+    pub published: Counter,
+    /// Events accepted that matched no subscription.
+    pub unrouted: Counter,
+    /// Events handled with outcome ack.
+    pub handled: Family<PluginLabels, Counter>,
+    /// Failed attempts (retry outcome, reject, trap, deadline).
+    pub failed: Family<PluginLabels, Counter>,
+    /// Re-deliveries scheduled.
+    pub retried: Family<PluginLabels, Counter>,
+    /// Instance resets after a trap.
+    pub traps: Family<PluginLabels, Counter>,
+    /// Events dropped, by plugin and reason.
+    pub dropped: Family<DropLabels, Counter>,
+    /// Events waiting in each plugin's queue.
+    pub queue_depth: Family<PluginLabels, Gauge>,
+    /// Seconds per `handle` call (one batch).
+    pub handle_seconds: HistogramFamily,
+    /// Events per `handle` call.
+    pub batch_events: HistogramFamily,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_005, 2.5, 14))
+}
+
+fn batch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 12))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("plugbus");
+        let m = Metrics {
+            registry: Registry::default(),
+            published: Counter::default(),
+            unrouted: Counter::default(),
+            handled: Family::default(),
+            failed: Family::default(),
+            retried: Family::default(),
+            traps: Family::default(),
+            dropped: Family::default(),
+            queue_depth: Family::default(),
+            handle_seconds: HistogramFamily::new_with_constructor(latency_histogram),
+            batch_events: HistogramFamily::new_with_constructor(batch_histogram),
+        };
+        registry.register("events_published", "Events accepted by the bus", m.published.clone());
+        registry.register("events_unrouted", "Accepted events no subscription matched", m.unrouted.clone());
+        registry.register("events_handled", "Events a plugin acknowledged", m.handled.clone());
+        registry.register("events_failed", "Failed delivery attempts (retry, reject, trap, deadline)", m.failed.clone());
+        registry.register("events_retried", "Re-deliveries scheduled", m.retried.clone());
+        registry.register("plugin_traps", "Instances dropped and re-made after a trap", m.traps.clone());
+        registry.register("events_dropped", "Events not delivered to a plugin, by reason", m.dropped.clone());
+        registry.register("queue_depth_events", "Events waiting in a plugin's queue", m.queue_depth.clone());
+        registry.register("handle_duration_seconds", "Time per handle call (one batch)", m.handle_seconds.clone());
+        registry.register("batch_events", "Events per handle call", m.batch_events.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The counter for drops of `plugin`'s events for `reason`.
+    pub fn drop_counter(&self, plugin: &str, reason: DropReason) -> Counter {
+        self.dropped
+            .get_or_create(&DropLabels {
+                plugin: plugin.to_string(),
+                reason: reason.as_str().to_string(),
+            })
+            .clone()
+    }
+
+    /// The exposition text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.push_str("# encoding failed\n");
+        }
+        out
+    }
+}
+
+/// Shorthand for per-plugin labels.
+pub fn plugin(name: &str) -> PluginLabels {
+    PluginLabels {
+        plugin: name.to_string(),
+    }
+}

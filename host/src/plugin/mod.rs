@@ -1,0 +1,377 @@
+//! Plugins as the operator sees them: the plugin directory, the registry of
+//! running plugins and of those that failed to load, and one delivery
+//! worker per plugin (`plugin::worker`).
+//!
+//! A plugin is `plugins-dir/NAME.wasm`; NAME is its identity. Loading one
+//! means compiling it (runtime), instantiating it, calling `init` and
+//! subscribing it to the bus with the patterns `init` returned. A plugin
+//! that fails any of those is reported with its file name and the fix, and
+//! kept in the registry as failed; the others load and run regardless.
+
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+
+use crate::bus::Bus;
+use crate::metrics::{self, Metrics};
+use crate::runtime::{self, CallError, InstanceConfig, LoadError, Runtime};
+use crate::topic::{Pattern, TopicError};
+
+/// Delivery settings shared by every plugin (per-plugin manifests come
+/// later).
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// Most events handed to one `handle` call. Default 64.
+    pub batch_events_max: usize,
+    /// Capacity of each plugin's queue, in events. Default 4096.
+    pub queue_events_max: usize,
+    /// Delivery attempts before an event is given up on. Default 5.
+    pub max_attempts: u32,
+    /// First retry delay, in ms; doubled per attempt. Default 100.
+    pub backoff_ms_min: u64,
+    /// Longest retry delay, in ms. Default 30000.
+    pub backoff_ms_max: u64,
+    /// Longest chain of follow-up events. Default 32.
+    pub hops_max: u32,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        DeliverySettings {
+            batch_events_max: 64,
+            queue_events_max: 4096,
+            max_attempts: 5,
+            backoff_ms_min: 100,
+            backoff_ms_max: 30_000,
+            hops_max: 32,
+        }
+    }
+}
+
+/// Why a plugin did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The file could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Instantiation or `init` failed.
+    #[error("{file}: {source}")]
+    Start {
+        /// The plugin file.
+        file: PathBuf,
+        /// What failed.
+        source: CallError,
+    },
+    /// `init` returned a subscription that is not a pattern.
+    #[error("{file}: init returned subscription `{pattern}`, which is not valid: {source}")]
+    Subscription {
+        /// The plugin file.
+        file: PathBuf,
+        /// The pattern as returned.
+        pattern: String,
+        /// Why it is invalid.
+        source: TopicError,
+    },
+    /// `init` returned no subscriptions.
+    #[error("{file}: init returned no subscriptions, so the plugin would never get an event; return at least one topic pattern from `info()`")]
+    NoSubscriptions {
+        /// The plugin file.
+        file: PathBuf,
+    },
+    /// The worker thread could not be started.
+    #[error("{file}: cannot start a worker thread: {source}")]
+    Thread {
+        /// The plugin file.
+        file: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The plugin directory cannot be read.
+    #[error("plugin directory {dir}: {source}; create it or pass --plugins with an existing directory")]
+    Dir {
+        /// The directory.
+        dir: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A running plugin's identity and live counters.
+pub struct RunningPlugin {
+    name: String,
+    file: PathBuf,
+    version: String,
+    content_hash: String,
+    subscriptions: Vec<String>,
+    handled: Counter,
+    failed: Counter,
+    retried: Counter,
+    /// The highest sequence this plugin has finished with.
+    cursor: AtomicU64,
+}
+
+/// What `/v1/plugins` and `plugbus plugins` show for one plugin.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct PluginStatus {
+    /// The plugin's name (file stem).
+    pub name: String,
+    /// The plugin file.
+    pub file: String,
+    /// `running` or `failed`.
+    pub state: String,
+    /// Why it failed to load, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The version the plugin reports.
+    pub version: String,
+    /// First 12 hex digits of the file's SHA-256.
+    pub content_hash: String,
+    /// Topic patterns it consumes.
+    pub subscriptions: Vec<String>,
+    /// Events acknowledged.
+    pub handled: u64,
+    /// Failed attempts.
+    pub failed: u64,
+    /// Re-deliveries scheduled.
+    pub retried: u64,
+    /// Events waiting in its queue.
+    pub queue_depth: usize,
+    /// Highest sequence it has finished with.
+    pub cursor: u64,
+}
+
+struct Failed {
+    name: String,
+    file: PathBuf,
+    error: String,
+}
+
+/// The registry: running plugins, failed ones, and their workers.
+pub struct Registry {
+    bus: Arc<Bus>,
+    runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    settings: DeliverySettings,
+    running: RwLock<Vec<Arc<RunningPlugin>>>,
+    failed: RwLock<Vec<Failed>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(
+        bus: Arc<Bus>,
+        runtime: Arc<Runtime>,
+        metrics: Arc<Metrics>,
+        settings: DeliverySettings,
+    ) -> Registry {
+        Registry {
+            bus,
+            runtime,
+            metrics,
+            settings,
+            running: RwLock::default(),
+            failed: RwLock::default(),
+            workers: Mutex::default(),
+        }
+    }
+
+    /// Load every `*.wasm` in `dir`, in name order. Each failure is logged
+    /// and recorded; the result lists them. Only an unreadable directory is
+    /// an error.
+    pub fn load_dir(&self, dir: &Path) -> Result<Vec<PluginError>, PluginError> {
+        let dir_err = |source| PluginError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(dir_err)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            tracing::warn!(dir = %dir.display(), "no plugins (*.wasm) in the plugin directory; events will be accepted but nobody consumes them");
+        }
+        let mut errors = Vec::new();
+        for file in files {
+            if let Err(e) = self.start(&file) {
+                tracing::error!("plugin not loaded: {e}");
+                let mut failed = self.failed.write().unwrap_or_else(|p| p.into_inner());
+                failed.push(Failed {
+                    name: stem(&file),
+                    file: file.clone(),
+                    error: e.to_string(),
+                });
+                errors.push(e);
+            }
+        }
+        Ok(errors)
+    }
+
+    /// Load and start the plugin in `file`.
+    pub fn start(&self, file: &Path) -> Result<Arc<RunningPlugin>, PluginError> {
+        let loaded = Arc::new(self.runtime.load_file(file)?);
+        let config = InstanceConfig {
+            config: Vec::new(),
+            hops_max: self.settings.hops_max,
+        };
+        let (instance, info) =
+            runtime::instantiate(loaded.clone(), config).map_err(|source| PluginError::Start {
+                file: file.to_path_buf(),
+                source,
+            })?;
+        if info.subscriptions.is_empty() {
+            return Err(PluginError::NoSubscriptions {
+                file: file.to_path_buf(),
+            });
+        }
+        let patterns = info
+            .subscriptions
+            .iter()
+            .map(|p| {
+                Pattern::parse(p).map_err(|source| PluginError::Subscription {
+                    file: file.to_path_buf(),
+                    pattern: p.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let name = loaded.name().to_string();
+        if info.name != name {
+            tracing::info!(plugin = %name, reports = %info.name, "plugin calls itself by another name; plugbus uses the file name");
+        }
+        let labels = metrics::plugin(&name);
+        let plugin = Arc::new(RunningPlugin {
+            name: name.clone(),
+            file: file.to_path_buf(),
+            version: info.version.clone(),
+            content_hash: loaded.content_hash().chars().take(12).collect(),
+            subscriptions: info.subscriptions.clone(),
+            handled: self.metrics.handled.get_or_create(&labels).clone(),
+            failed: self.metrics.failed.get_or_create(&labels).clone(),
+            retried: self.metrics.retried.get_or_create(&labels).clone(),
+            cursor: AtomicU64::new(0),
+        });
+        let queue = self
+            .bus
+            .subscribe(&name, patterns, self.settings.queue_events_max);
+        let worker = worker::Worker::new(
+            instance,
+            queue,
+            self.bus.clone(),
+            plugin.clone(),
+            &self.metrics,
+            self.settings.clone(),
+        );
+        let handle = std::thread::Builder::new()
+            .name(format!("plugin-{name}"))
+            .spawn(move || worker.run())
+            .map_err(|source| {
+                self.bus.unsubscribe(&name);
+                PluginError::Thread {
+                    file: file.to_path_buf(),
+                    source,
+                }
+            })?;
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
+        tracing::info!(
+            plugin = %name,
+            version = %info.version,
+            subscriptions = ?info.subscriptions,
+            "plugin loaded"
+        );
+        self.running
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(plugin.clone());
+        Ok(plugin)
+    }
+
+    /// The status of every plugin, running and failed, by name.
+    pub fn status(&self) -> Vec<PluginStatus> {
+        let depths = self.bus.queue_depths();
+        let mut out: Vec<PluginStatus> = self
+            .running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|p| PluginStatus {
+                name: p.name.clone(),
+                file: p.file.display().to_string(),
+                state: "running".into(),
+                error: None,
+                version: p.version.clone(),
+                content_hash: p.content_hash.clone(),
+                subscriptions: p.subscriptions.clone(),
+                handled: p.handled.get(),
+                failed: p.failed.get(),
+                retried: p.retried.get(),
+                queue_depth: depths
+                    .iter()
+                    .find(|(n, _)| **n == *p.name)
+                    .map_or(0, |(_, d)| *d),
+                cursor: p.cursor.load(Ordering::Relaxed),
+            })
+            .collect();
+        out.extend(
+            self.failed
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|f| PluginStatus {
+                    name: f.name.clone(),
+                    file: f.file.display().to_string(),
+                    state: "failed".into(),
+                    error: Some(f.error.clone()),
+                    version: String::new(),
+                    content_hash: String::new(),
+                    subscriptions: Vec::new(),
+                    handled: 0,
+                    failed: 0,
+                    retried: 0,
+                    queue_depth: 0,
+                    cursor: 0,
+                }),
+        );
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Refresh the queue-depth gauges (before a scrape).
+    pub fn refresh_gauges(&self) {
+        for (plugin, depth) in self.bus.queue_depths() {
+            self.metrics
+                .queue_depth
+                .get_or_create(&metrics::plugin(&plugin))
+                .set(depth as i64);
+        }
+    }
+
+    /// Stop: close every queue, let each worker finish what is queued, and
+    /// wait for them.
+    pub fn shutdown(&self) {
+        self.bus.close();
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        for w in workers {
+            if w.join().is_err() {
+                tracing::error!("a plugin worker panicked during shutdown");
+            }
+        }
+    }
+}
+
+fn stem(file: &Path) -> String {
+    file.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,282 @@
+//! One plugin's delivery worker: a thread that drains the plugin's queue in
+//! batches of up to `batch_events_max`, calls `handle` once per batch, and
+//! acts on the outcomes.
+//!
+//! - `ack`: done; the plugin's follow-up events for it are published.
+//! - `retry`: re-delivered after the plugin's delay, or exponential backoff
+//!   with jitter, with `attempt` counting up; after `max_attempts` the event
+//!   is dropped and counted (`retries_exhausted`).
+//! - `reject`: dropped at once and counted (`rejected`). (Dead letters come
+//!   with the durable store.)
+//! - a trap (panic, deadline, memory cap) or a wrong number of outcomes
+//!   fails every event of the batch as one failed attempt; the store is
+//!   dropped and a fresh instance made before the next batch.
+//!
+//! Retries wait in a bounded in-memory heap (`max_attempts` bounds their
+//! number per event; the heap is capped at the queue capacity, beyond which
+//! new failures are dropped as `retries_exhausted`). The worker records the
+//! highest sequence it has finished (the cursor), which the durable log
+//! will use to resume.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+
+use super::{DeliverySettings, RunningPlugin};
+use crate::bus::Bus;
+use crate::event::Event;
+use crate::metrics::{self, DropReason, Metrics};
+use crate::runtime::{Outcome, PluginInstance};
+
+/// The longest retry delay a plugin may ask for, in ms (one hour).
+const RETRY_DELAY_MS_MAX: u64 = 3_600_000;
+
+/// An event waiting for its next attempt.
+struct Pending {
+    due: Instant,
+    attempt: u32,
+    event: Arc<Event>,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.due == other.due && self.event.sequence == other.event.sequence
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.event.sequence).cmp(&(other.due, other.event.sequence))
+    }
+}
+
+pub(super) struct Worker {
+    instance: PluginInstance,
+    needs_reset: bool,
+    queue: Receiver<Arc<Event>>,
+    bus: Arc<Bus>,
+    plugin: Arc<RunningPlugin>,
+    settings: DeliverySettings,
+    retries: BinaryHeap<Reverse<Pending>>,
+    jitter: u64,
+    handle_seconds: Histogram,
+    batch_events: Histogram,
+    traps: Counter,
+    dropped_rejected: Counter,
+    dropped_exhausted: Counter,
+    dropped_follow_up: Counter,
+}
+
+impl Worker {
+    pub(super) fn new(
+        instance: PluginInstance,
+        queue: Receiver<Arc<Event>>,
+        bus: Arc<Bus>,
+        plugin: Arc<RunningPlugin>,
+        m: &Metrics,
+        settings: DeliverySettings,
+    ) -> Worker {
+        let labels = metrics::plugin(&plugin.name);
+        Worker {
+            instance,
+            needs_reset: false,
+            queue,
+            bus,
+            settings,
+            retries: BinaryHeap::new(),
+            jitter: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+                | 1,
+            handle_seconds: m.handle_seconds.get_or_create(&labels).clone(),
+            batch_events: m.batch_events.get_or_create(&labels).clone(),
+            traps: m.traps.get_or_create(&labels).clone(),
+            dropped_rejected: m.drop_counter(&plugin.name, DropReason::Rejected),
+            dropped_exhausted: m.drop_counter(&plugin.name, DropReason::RetriesExhausted),
+            dropped_follow_up: m.drop_counter(&plugin.name, DropReason::FollowUpQueueFull),
+            plugin,
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        let max = self.settings.batch_events_max.max(1);
+        let mut batch: Vec<Arc<Event>> = Vec::with_capacity(max);
+        let mut attempts: Vec<u32> = Vec::with_capacity(max);
+        let mut closed = false;
+        loop {
+            batch.clear();
+            attempts.clear();
+            let now = Instant::now();
+            while batch.len() < max && self.retries.peek().is_some_and(|r| r.0.due <= now) {
+                if let Some(Reverse(p)) = self.retries.pop() {
+                    batch.push(p.event);
+                    attempts.push(p.attempt);
+                }
+            }
+            if batch.is_empty() && !closed {
+                let first = match self.retries.peek() {
+                    Some(r) => self.queue.recv_timeout(r.0.due.saturating_duration_since(now)),
+                    None => self.queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match first {
+                    Ok(event) => {
+                        batch.push(event);
+                        attempts.push(1);
+                    }
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => closed = true,
+                }
+            }
+            if closed && batch.is_empty() {
+                match self.retries.peek() {
+                    // Retries still pending after the queue closed: wait for
+                    // them (bounded by max_attempts and backoff_ms_max).
+                    Some(r) => {
+                        std::thread::sleep(r.0.due.saturating_duration_since(Instant::now()));
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            while batch.len() < max {
+                match self.queue.try_recv() {
+                    Ok(event) => {
+                        batch.push(event);
+                        attempts.push(1);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.deliver(&batch, &attempts);
+        }
+        tracing::debug!(plugin = %self.plugin.name, "worker stopped");
+    }
+
+    fn deliver(&mut self, batch: &[Arc<Event>], attempts: &[u32]) {
+        if self.needs_reset && !self.reset() {
+            // No working instance: every event counts a failed attempt.
+            for (event, &attempt) in batch.iter().zip(attempts) {
+                self.fail(event, attempt, None, "the plugin could not be re-instantiated");
+            }
+            return;
+        }
+        let started = Instant::now();
+        let result = self.instance.handle(batch, attempts);
+        self.handle_seconds.observe(started.elapsed().as_secs_f64());
+        self.batch_events.observe(batch.len() as f64);
+        match result {
+            Ok(result) => {
+                let mut acked = 0;
+                for ((event, &attempt), outcome) in batch.iter().zip(attempts).zip(&result.outcomes) {
+                    match outcome {
+                        Outcome::Ack => acked += 1,
+                        Outcome::Retry(r) => self.fail(event, attempt, r.delay_ms, &r.message),
+                        Outcome::Reject(msg) => {
+                            self.plugin.failed.inc();
+                            self.dropped_rejected.inc();
+                            tracing::warn!(plugin = %self.plugin.name, id = %event.id, topic = %event.topic, reason = %msg, "event rejected by the plugin; dropped");
+                        }
+                    }
+                }
+                self.plugin.handled.inc_by(acked);
+                let follow_ups: Vec<Event> = result
+                    .published
+                    .into_iter()
+                    .filter(|(cause, _)| matches!(result.outcomes.get(*cause), Some(Outcome::Ack)))
+                    .map(|(_, e)| e)
+                    .collect();
+                if !follow_ups.is_empty() {
+                    let n = follow_ups.len();
+                    if let Err(e) = self.bus.publish(follow_ups) {
+                        let crate::bus::PublishError::QueueFull { accepted, .. } = &e;
+                        self.dropped_follow_up.inc_by((n - accepted) as u64);
+                        tracing::error!(plugin = %self.plugin.name, "follow-up events lost: {e}");
+                    }
+                }
+            }
+            Err(e) => {
+                self.traps.inc();
+                tracing::error!(plugin = %self.plugin.name, batch_events = batch.len(), "{e}; the batch counts as a failed attempt and the instance is re-made");
+                let message = e.to_string();
+                for (event, &attempt) in batch.iter().zip(attempts) {
+                    self.fail(event, attempt, None, &message);
+                }
+                self.needs_reset = true;
+            }
+        }
+        if let Some(last) = batch.iter().map(|e| e.sequence).max() {
+            self.plugin.cursor.fetch_max(last, Ordering::Relaxed);
+        }
+    }
+
+    /// Make a fresh instance; false (and logged) when that fails too.
+    fn reset(&mut self) -> bool {
+        match self.instance.reset() {
+            Ok(_) => {
+                self.needs_reset = false;
+                true
+            }
+            Err(e) => {
+                tracing::error!(plugin = %self.plugin.name, "cannot re-instantiate after a trap: {e}");
+                false
+            }
+        }
+    }
+
+    /// Count a failed attempt and schedule the next, or drop the event when
+    /// its attempts are used up.
+    fn fail(&mut self, event: &Arc<Event>, attempt: u32, delay_ms: Option<u64>, message: &str) {
+        self.plugin.failed.inc();
+        let heap_full = self.retries.len() >= self.settings.queue_events_max;
+        if attempt >= self.settings.max_attempts || heap_full {
+            self.dropped_exhausted.inc();
+            tracing::warn!(
+                plugin = %self.plugin.name, id = %event.id, topic = %event.topic, attempt,
+                last_error = %message,
+                "{}; event dropped",
+                if heap_full { "retry backlog full" } else { "no attempts left" }
+            );
+            return;
+        }
+        let delay = match delay_ms {
+            Some(ms) => ms.min(RETRY_DELAY_MS_MAX),
+            None => self.backoff_ms(attempt),
+        };
+        self.plugin.retried.inc();
+        self.retries.push(Reverse(Pending {
+            due: Instant::now() + Duration::from_millis(delay),
+            attempt: attempt + 1,
+            event: event.clone(),
+        }));
+    }
+
+    /// `backoff_ms_min * 2^(attempt-1)`, capped at `backoff_ms_max`, with
+    /// ±25 % jitter so that retries of many events do not arrive together.
+    fn backoff_ms(&mut self, attempt: u32) -> u64 {
+        let base = self
+            .settings
+            .backoff_ms_min
+            .saturating_mul(1u64 << (attempt - 1).min(30))
+            .min(self.settings.backoff_ms_max);
+        // xorshift64: jitter needs spread, not cryptographic quality.
+        self.jitter ^= self.jitter << 13;
+        self.jitter ^= self.jitter >> 7;
+        self.jitter ^= self.jitter << 17;
+        let span = base / 2;
+        if span == 0 {
+            return base;
+        }
+        base - span / 2 + self.jitter % span
+    }
+}

@@ -1,0 +1,278 @@
+//! The host side of the plugin's imports: `wasi:logging`, `publisher`,
+//! `config`, and the WASI 0.2 context (which grants nothing: no files,
+//! environment, arguments, sockets or name lookups; stdout and stderr go to
+//! the host log tagged with the plugin's name).
+//!
+//! During a `handle` call the state knows the batch being handled, so a
+//! publish names its cause by event id and inherits the cause's correlation
+//! id and hop count. Publishes are held here until the call returns; the
+//! caller decides which are sent (those whose cause was acked).
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::StoreLimits;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::plugbus::plugin::{config, publisher, types};
+use super::bindings::wasi::logging::logging;
+use crate::event::{Event, ATTRIBUTE_BYTES_MAX};
+use crate::topic::validate_topic;
+
+pub use types::Outgoing;
+
+/// The largest follow-up event a plugin may publish, in bytes of data.
+pub const PUBLISH_DATA_BYTES_MAX: usize = 1 << 20;
+/// Follow-up events one `handle` call may publish, per event in its batch.
+pub const PUBLISHES_PER_EVENT_MAX: usize = 64;
+
+/// Per-store state: WASI context, limits, config and the batch in flight.
+pub struct HostState {
+    plugin: Arc<str>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    config: Vec<(String, String)>,
+    hops_max: u32,
+    batch: Vec<Arc<Event>>,
+    published: Vec<(usize, Event)>,
+}
+
+impl HostState {
+    pub(super) fn new(
+        plugin: &str,
+        config: Vec<(String, String)>,
+        hops_max: u32,
+        limits: StoreLimits,
+    ) -> HostState {
+        let plugin: Arc<str> = Arc::from(plugin);
+        let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
+        wasi.stdout(super::host_api::GuestOutput::new(plugin.clone(), "stdout"))
+            .stderr(super::host_api::GuestOutput::new(plugin.clone(), "stderr"))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        HostState {
+            plugin,
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limits,
+            config,
+            hops_max,
+            batch: Vec::new(),
+            published: Vec::new(),
+        }
+    }
+
+    pub(super) fn limits_mut(&mut self) -> &mut StoreLimits {
+        &mut self.limits
+    }
+
+    pub(super) fn begin_batch(&mut self, batch: &[Arc<Event>]) {
+        self.batch.clear();
+        self.batch.extend(batch.iter().cloned());
+        self.published.clear();
+    }
+
+    pub(super) fn end_batch(&mut self) -> Vec<(usize, Event)> {
+        self.batch.clear();
+        std::mem::take(&mut self.published)
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl logging::Host for HostState {
+    fn log(&mut self, level: logging::Level, context: String, message: String) {
+        let plugin = &*self.plugin;
+        match level {
+            logging::Level::Trace => tracing::trace!(target: "plugin", plugin, context, "{message}"),
+            logging::Level::Debug => tracing::debug!(target: "plugin", plugin, context, "{message}"),
+            logging::Level::Info => tracing::info!(target: "plugin", plugin, context, "{message}"),
+            logging::Level::Warn => tracing::warn!(target: "plugin", plugin, context, "{message}"),
+            logging::Level::Error | logging::Level::Critical => {
+                tracing::error!(target: "plugin", plugin, context, "{message}")
+            }
+        }
+    }
+}
+
+impl config::Host for HostState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.config
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn get_all(&mut self) -> Vec<(String, String)> {
+        self.config.clone()
+    }
+}
+
+impl publisher::Host for HostState {
+    fn publish(&mut self, cause: String, event: Outgoing) -> Result<(), types::PublishError> {
+        let Some(index) = self.batch.iter().position(|e| e.id == cause) else {
+            return Err(types::PublishError::UnknownCause(format!(
+                "`{cause}` is not an event of the batch being handled; pass the id of the event you are handling"
+            )));
+        };
+        if self.published.len() >= self.batch.len() * PUBLISHES_PER_EVENT_MAX {
+            return Err(types::PublishError::Invalid(format!(
+                "more than {PUBLISHES_PER_EVENT_MAX} follow-up events per handled event"
+            )));
+        }
+        validate_topic(&event.type_).map_err(|e| types::PublishError::Invalid(e.to_string()))?;
+        if event.data.len() > PUBLISH_DATA_BYTES_MAX {
+            return Err(types::PublishError::Invalid(format!(
+                "data is {} bytes, over the limit of {PUBLISH_DATA_BYTES_MAX}",
+                event.data.len()
+            )));
+        }
+        if event.subject.as_ref().is_some_and(|s| s.len() > ATTRIBUTE_BYTES_MAX) {
+            return Err(types::PublishError::Invalid(format!(
+                "subject is longer than {ATTRIBUTE_BYTES_MAX} bytes"
+            )));
+        }
+        let cause = &self.batch[index];
+        if cause.hops + 1 > self.hops_max {
+            return Err(types::PublishError::Invalid(format!(
+                "this chain has passed through {} handlers, the limit (hops_max) is {}; is there a publish loop?",
+                cause.hops + 1,
+                self.hops_max
+            )));
+        }
+        let mut follow = Event::new(
+            &event.type_,
+            Some(
+                event
+                    .datacontenttype
+                    .unwrap_or_else(|| "application/json".to_string()),
+            ),
+            event.data,
+        )
+        .map_err(|e| types::PublishError::Invalid(e.to_string()))?;
+        follow.source = format!("plugbus/plugin/{}", self.plugin);
+        follow.subject = event.subject;
+        follow.correlationid = Some(cause.chain_id().to_string());
+        follow.causationid = Some(cause.id.clone());
+        follow.hops = cause.hops + 1;
+        self.published.push((index, follow));
+        Ok(())
+    }
+}
+
+pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    super::bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
+}
+
+/// Guest stdout/stderr: each line goes to the host log, tagged with the
+/// plugin's name. Lines are cut at `LINE_BYTES_MAX`.
+#[derive(Clone)]
+pub(super) struct GuestOutput {
+    plugin: Arc<str>,
+    stream: &'static str,
+    line: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+const LINE_BYTES_MAX: usize = 4096;
+
+impl GuestOutput {
+    fn new(plugin: Arc<str>, stream: &'static str) -> GuestOutput {
+        GuestOutput {
+            plugin,
+            stream,
+            line: Arc::default(),
+        }
+    }
+
+    fn write_bytes(&self, bytes: &[u8]) {
+        let Ok(mut line) = self.line.lock() else {
+            return;
+        };
+        for &b in bytes {
+            if b == b'\n' || line.len() >= LINE_BYTES_MAX {
+                self.emit(&line);
+                line.clear();
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            line.push(b);
+        }
+    }
+
+    fn emit(&self, line: &[u8]) {
+        tracing::info!(target: "plugin", plugin = &*self.plugin, stream = self.stream, "{}", String::from_utf8_lossy(line));
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for GuestOutput {
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl wasmtime_wasi::p2::Pollable for GuestOutput {
+    async fn ready(&mut self) {}
+}
+
+impl wasmtime_wasi::p2::OutputStream for GuestOutput {
+    fn write(&mut self, bytes: bytes::Bytes) -> Result<(), wasmtime_wasi::p2::StreamError> {
+        self.write_bytes(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), wasmtime_wasi::p2::StreamError> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, wasmtime_wasi::p2::StreamError> {
+        Ok(LINE_BYTES_MAX)
+    }
+}
+
+impl tokio::io::AsyncWrite for GuestOutput {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.write_bytes(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}

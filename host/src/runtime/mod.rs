@@ -1,0 +1,567 @@
+//! The WebAssembly runtime: one wasmtime [`Engine`] for the process, and
+//! everything between a `.wasm` file and a running plugin instance.
+//!
+//! It owns: telling core modules from components and turning a core module
+//! built for wasm32-wasip1 into a component (with the WASI preview1 reactor
+//! adapter); the on-disk compile cache, keyed by the file's content hash and
+//! the engine's compatibility hash; checking which contract version a plugin
+//! was built against; the linker with the host imports (`runtime::host_api`);
+//! and the limits every call runs under (an epoch deadline per batch, a
+//! memory cap per store, a stack cap per engine). A call that traps, runs
+//! past its deadline or exhausts its memory fails its whole batch; the store
+//! is then dropped and a fresh instance made from the [`InstancePre`]
+//! (`PluginInstance::reset`).
+//!
+//! It knows nothing of the bus, queues or HTTP: a caller hands it a batch of
+//! events and gets back outcomes and the follow-up events the plugin asked
+//! to publish.
+//!
+//! [`InstancePre`]: wasmtime::component::InstancePre
+
+mod cache;
+mod host_api;
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{types::ComponentItem, Component, Linker};
+use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
+
+use crate::event::Event;
+pub use host_api::{HostState, Outgoing};
+
+/// The generated host-side bindings of the `plugin` world.
+#[allow(missing_docs, clippy::all)]
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../wit",
+    });
+}
+
+use bindings::plugbus::plugin::types as wit;
+pub use bindings::plugbus::plugin::types::{Info, Outcome};
+
+/// The contract package this host implements.
+pub const CONTRACT_PACKAGE: &str = "plugbus:plugin";
+/// The contract version this host implements. It accepts plugins built
+/// against any version semver-compatible with it (for 0.x: the same minor).
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+/// How often the epoch advances, in milliseconds: the granularity of
+/// deadlines.
+pub const EPOCH_TICK_MS: u64 = 10;
+
+/// Bounds every plugin call runs under.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Wall-clock budget for one `handle` (or `init`) call, in ms. Default 1000.
+    pub deadline_ms: u64,
+    /// Linear memory a plugin instance may grow to, in bytes. Default 64 MiB.
+    pub memory_bytes_max: usize,
+    /// WebAssembly stack a call may use, in bytes. Default 512 KiB.
+    pub stack_bytes_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline_ms: 1000,
+            memory_bytes_max: 64 << 20,
+            stack_bytes_max: 512 << 10,
+        }
+    }
+}
+
+/// Why a plugin file could not be loaded. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Reading the file failed.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The plugin file.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not WebAssembly at all.
+    #[error("{file}: not a WebAssembly file (it does not start with `\\0asm`); plugins are `.wasm` files built with `cargo build --target wasm32-wasip1 --release`")]
+    NotWasm {
+        /// The plugin file.
+        file: PathBuf,
+    },
+    /// The core module could not be made into a component.
+    #[error("{file}: cannot be turned into a component: {reason}; build it as a `cdylib` with plugbus-sdk for wasm32-wasip1")]
+    Componentize {
+        /// The plugin file.
+        file: PathBuf,
+        /// wit-component's explanation.
+        reason: String,
+    },
+    /// wasmtime refused to compile it.
+    #[error("{file}: does not compile: {reason}")]
+    Compile {
+        /// The plugin file.
+        file: PathBuf,
+        /// wasmtime's explanation.
+        reason: String,
+    },
+    /// It was built against a contract version this host does not accept.
+    #[error("{file}: built against {CONTRACT_PACKAGE}@{found}, but this host implements {CONTRACT_PACKAGE}@{CONTRACT_VERSION} and accepts only versions compatible with it; rebuild the plugin with a plugbus-sdk for {CONTRACT_VERSION}, or run a plugbus that implements {found}")]
+    ContractVersion {
+        /// The plugin file.
+        file: PathBuf,
+        /// The version it was built against.
+        found: String,
+    },
+    /// It does not export the handler at all.
+    #[error("{file}: does not export `{CONTRACT_PACKAGE}/handler`; a plugin must export it (with plugbus-sdk: `export_plugin!(YourType)`)")]
+    NoHandler {
+        /// The plugin file.
+        file: PathBuf,
+    },
+    /// Its imports cannot be satisfied (it asks for something not granted).
+    #[error("{file}: cannot be linked: {reason}; a plugin may import only the plugbus:plugin interfaces, wasi:logging and WASI 0.2")]
+    Link {
+        /// The plugin file.
+        file: PathBuf,
+        /// wasmtime's explanation.
+        reason: String,
+    },
+}
+
+/// Why instantiating or calling a plugin failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Instantiation failed.
+    #[error("plugin `{plugin}`: instantiation failed: {reason}")]
+    Instantiate {
+        /// The plugin name.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// `init` returned an error.
+    #[error("plugin `{plugin}`: init refused to start: {reason}")]
+    InitFailed {
+        /// The plugin name.
+        plugin: String,
+        /// The plugin's own message.
+        reason: String,
+    },
+    /// The call trapped: a panic, a bug, the deadline, or the memory cap.
+    #[error("plugin `{plugin}` trapped: {reason}")]
+    Trap {
+        /// The plugin name.
+        plugin: String,
+        /// The trap, with a backtrace when there is one.
+        reason: String,
+    },
+    /// The plugin returned a number of outcomes other than one per event.
+    #[error("plugin `{plugin}` returned {got} outcomes for a batch of {want} events; a plugin must return exactly one outcome per event")]
+    OutcomeCount {
+        /// The plugin name.
+        plugin: String,
+        /// Outcomes returned.
+        got: usize,
+        /// Events sent.
+        want: usize,
+    },
+}
+
+/// The engine, the linker and the compile cache, shared by every plugin.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    limits: Limits,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A plugin file compiled and linked, ready to instantiate any number of
+/// times.
+pub struct LoadedPlugin {
+    name: String,
+    content_hash: String,
+    pre: bindings::PluginPre<HostState>,
+    engine: Engine,
+    limits: Limits,
+}
+
+/// What the instance needs from outside: its name and config.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceConfig {
+    /// Config values passed to the plugin.
+    pub config: Vec<(String, String)>,
+    /// Hops after which a chain of follow-up events is cut. Default 32.
+    pub hops_max: u32,
+}
+
+/// The result of one `handle` call.
+pub struct BatchResult {
+    /// One outcome per event, in order.
+    pub outcomes: Vec<Outcome>,
+    /// Follow-up events, each with the index (in the batch) of its cause.
+    pub published: Vec<(usize, Event)>,
+}
+
+impl Runtime {
+    /// Build the engine with epoch interruption and the stack cap, and link
+    /// the host imports. `cache_dir` holds compiled artifacts (none: compile
+    /// every time).
+    pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> Result<Runtime, String> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.max_wasm_stack(limits.stack_bytes_max);
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config).map_err(|e| format!("cannot start wasmtime: {e:#}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| format!("cannot link WASI: {e:#}"))?;
+        host_api::add_to_linker(&mut linker).map_err(|e| format!("cannot link host API: {e:#}"))?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (stop, ticking) = (ticker_stop.clone(), engine.weak());
+        thread::Builder::new()
+            .name("plugbus-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
+                    match ticking.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the epoch thread: {e}"))?;
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir,
+            limits,
+            ticker_stop,
+        })
+    }
+
+    /// The engine (for tests and benchmarks).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Load a plugin from a file: read, componentize if needed, compile (or
+    /// take from the cache), check the contract version, link.
+    pub fn load_file(&self, file: &Path) -> Result<LoadedPlugin, LoadError> {
+        let bytes = std::fs::read(file).map_err(|source| LoadError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        let name = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.load_bytes(file, &name, &bytes)
+    }
+
+    /// Load a plugin from bytes; `file` is used in messages only.
+    pub fn load_bytes(&self, file: &Path, name: &str, bytes: &[u8]) -> Result<LoadedPlugin, LoadError> {
+        let content_hash = hex(&Sha256::digest(bytes));
+        let component = match self.cached(&content_hash) {
+            Some(component) => component,
+            None => {
+                let component_bytes = componentize(file, bytes)?;
+                let compiled = self
+                    .engine
+                    .precompile_component(&component_bytes)
+                    .map_err(|e| LoadError::Compile {
+                        file: file.to_path_buf(),
+                        reason: format!("{e:#}"),
+                    })?;
+                if let Some(path) = self.cache_path(&content_hash) {
+                    cache::store(&path, &compiled);
+                }
+                cache::deserialize(&self.engine, &compiled).map_err(|reason| LoadError::Compile {
+                    file: file.to_path_buf(),
+                    reason,
+                })?
+            }
+        };
+        check_contract(file, &self.engine, &component)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link {
+                file: file.to_path_buf(),
+                reason: format!("{e:#}"),
+            })?;
+        let pre = bindings::PluginPre::new(instance_pre).map_err(|e| LoadError::Link {
+            file: file.to_path_buf(),
+            reason: format!("{e:#}"),
+        })?;
+        Ok(LoadedPlugin {
+            name: name.to_string(),
+            content_hash,
+            pre,
+            engine: self.engine.clone(),
+            limits: self.limits.clone(),
+        })
+    }
+
+    fn cache_path(&self, content_hash: &str) -> Option<PathBuf> {
+        let dir = self.cache_dir.as_ref()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        Some(dir.join(format!("{content_hash}-{:016x}.cwasm", h.finish())))
+    }
+
+    fn cached(&self, content_hash: &str) -> Option<Component> {
+        let path = self.cache_path(content_hash)?;
+        cache::load(&self.engine, &path)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Turn a core module into a component; pass a component through.
+fn componentize(file: &Path, bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
+    if wasmparser::Parser::is_component(bytes) {
+        return Ok(bytes.to_vec());
+    }
+    if !wasmparser::Parser::is_core_wasm(bytes) {
+        return Err(LoadError::NotWasm {
+            file: file.to_path_buf(),
+        });
+    }
+    let fail = |e: anyhow::Error| LoadError::Componentize {
+        file: file.to_path_buf(),
+        reason: format!("{e:#}"),
+    };
+    wit_component::ComponentEncoder::default()
+        .validate(true)
+        .module(bytes)
+        .map_err(fail)?
+        .adapter(
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+        )
+        .map_err(fail)?
+        .encode()
+        .map_err(fail)
+}
+
+/// The version in an interface name such as `plugbus:plugin/handler@0.1.0`.
+fn contract_version(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix(CONTRACT_PACKAGE)?.strip_prefix('/')?;
+    rest.split_once('@').map(|(_, v)| v)
+}
+
+/// Semver compatibility as the component model uses it: same major, and for
+/// 0.x the same minor.
+fn compatible(found: &str) -> bool {
+    let parts = |v: &str| -> Option<(u64, u64)> {
+        let mut it = v.split(['.', '-', '+']);
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    };
+    match (parts(found), parts(CONTRACT_VERSION)) {
+        (Some((0, fm)), Some((0, cm))) => fm == cm,
+        (Some((fmaj, _)), Some((cmaj, _))) => fmaj == cmaj && fmaj != 0,
+        _ => false,
+    }
+}
+
+fn check_contract(file: &Path, engine: &Engine, component: &Component) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    let names = ty
+        .exports(engine)
+        .map(|(n, item)| (n.to_string(), matches!(item.ty, ComponentItem::ComponentInstance(_))))
+        .chain(ty.imports(engine).map(|(n, _)| (n.to_string(), false)));
+    let mut has_handler = false;
+    for (name, is_export) in names {
+        if let Some(version) = contract_version(&name) {
+            if !compatible(version) {
+                return Err(LoadError::ContractVersion {
+                    file: file.to_path_buf(),
+                    found: version.to_string(),
+                });
+            }
+            has_handler |= is_export && name.starts_with("plugbus:plugin/handler@");
+        }
+    }
+    if !has_handler {
+        return Err(LoadError::NoHandler {
+            file: file.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// A live plugin instance: its store and its bindings.
+pub struct PluginInstance {
+    loaded: Arc<LoadedPlugin>,
+    config: InstanceConfig,
+    store: Store<HostState>,
+    bindings: bindings::Plugin,
+}
+
+impl LoadedPlugin {
+    /// The plugin's name (its file stem).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The SHA-256 of the plugin file, hex.
+    pub fn content_hash(&self) -> &str {
+        &self.content_hash
+    }
+
+    fn new_store(&self, config: &InstanceConfig) -> Store<HostState> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.memory_bytes_max)
+            .instances(16)
+            .tables(64)
+            .memories(8)
+            .build();
+        let state = HostState::new(&self.name, config.config.clone(), config.hops_max, limits);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s.limits_mut());
+        store
+    }
+}
+
+/// Instantiate `loaded` and run `init`. Returns the instance and what the
+/// plugin said about itself.
+pub fn instantiate(
+    loaded: Arc<LoadedPlugin>,
+    config: InstanceConfig,
+) -> Result<(PluginInstance, Info), CallError> {
+    let mut store = loaded.new_store(&config);
+    let deadline_ticks = loaded.limits.deadline_ms.div_ceil(EPOCH_TICK_MS).max(1);
+    store.set_epoch_deadline(deadline_ticks);
+    let bindings = loaded
+        .pre
+        .instantiate(&mut store)
+        .map_err(|e| CallError::Instantiate {
+            plugin: loaded.name.clone(),
+            reason: format!("{e:#}"),
+        })?;
+    store.set_epoch_deadline(deadline_ticks);
+    let info = bindings
+        .plugbus_plugin_handler()
+        .call_init(&mut store)
+        .map_err(|e| CallError::Trap {
+            plugin: loaded.name.clone(),
+            reason: format!("in init: {e:#}"),
+        })?
+        .map_err(|reason| CallError::InitFailed {
+            plugin: loaded.name.clone(),
+            reason,
+        })?;
+    Ok((
+        PluginInstance {
+            loaded,
+            config,
+            store,
+            bindings,
+        },
+        info,
+    ))
+}
+
+impl PluginInstance {
+    /// Drop this store and make a fresh instance (after a trap).
+    pub fn reset(&mut self) -> Result<Info, CallError> {
+        let (fresh, info) = instantiate(self.loaded.clone(), self.config.clone())?;
+        *self = fresh;
+        Ok(info)
+    }
+
+    /// Call `handle` once for `batch`; `attempts[i]` is the delivery attempt
+    /// of `batch[i]`. Builds the guest's view of each event, runs under the
+    /// deadline, and collects follow-up events.
+    pub fn handle(&mut self, batch: &[Arc<Event>], attempts: &[u32]) -> Result<BatchResult, CallError> {
+        let events: Vec<wit::Event> = batch
+            .iter()
+            .zip(attempts)
+            .map(|(e, &attempt)| to_wit(e, attempt))
+            .collect();
+        self.store.data_mut().begin_batch(batch);
+        let deadline_ticks = self.loaded.limits.deadline_ms.div_ceil(EPOCH_TICK_MS).max(1);
+        self.store.set_epoch_deadline(deadline_ticks);
+        let result = self
+            .bindings
+            .plugbus_plugin_handler()
+            .call_handle(&mut self.store, &events);
+        let published = self.store.data_mut().end_batch();
+        let outcomes = result.map_err(|e| CallError::Trap {
+            plugin: self.loaded.name.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        if outcomes.len() != batch.len() {
+            return Err(CallError::OutcomeCount {
+                plugin: self.loaded.name.clone(),
+                got: outcomes.len(),
+                want: batch.len(),
+            });
+        }
+        Ok(BatchResult {
+            outcomes,
+            published,
+        })
+    }
+}
+
+fn to_wit(e: &Event, attempt: u32) -> wit::Event {
+    wit::Event {
+        id: e.id.clone(),
+        source: e.source.clone(),
+        type_: e.topic.clone(),
+        subject: e.subject.clone(),
+        time: e.time.clone(),
+        datacontenttype: e.datacontenttype.clone(),
+        data: e.data.clone(),
+        sequence: e.sequence,
+        attempt,
+        correlationid: e.correlationid.clone(),
+        causationid: e.causationid.clone(),
+        extensions: e.extensions.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_versions_follow_semver_for_0x() {
+        assert!(compatible("0.1.0"));
+        assert!(compatible("0.1.7"));
+        assert!(!compatible("0.2.0"));
+        assert!(!compatible("1.0.0"));
+        assert!(!compatible("garbage"));
+    }
+
+    #[test]
+    fn version_is_read_from_interface_names() {
+        assert_eq!(contract_version("plugbus:plugin/handler@0.2.0"), Some("0.2.0"));
+        assert_eq!(contract_version("wasi:logging/logging@0.1.0-draft"), None);
+        assert_eq!(contract_version("plugbus:plugin/handler"), None);
+    }
+
+    #[test]
+    fn garbage_is_not_wasm() {
+        let err = componentize(Path::new("x.wasm"), b"hello").expect_err("not wasm");
+        assert!(matches!(err, LoadError::NotWasm { .. }));
+        assert!(err.to_string().contains("x.wasm"));
+    }
+}

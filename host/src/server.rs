@@ -1,0 +1,103 @@
+//! Wiring for `plugbus run`: build the runtime, bus and registry from the
+//! settings, load the plugin directory, serve HTTP until a signal, then
+//! shut down in order (stop accepting, drain every queue, join workers).
+
+use std::sync::Arc;
+
+use crate::bus::Bus;
+use crate::cli::RunSettings;
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::plugin::Registry;
+use crate::runtime::Runtime;
+
+/// Why `plugbus run` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// wasmtime could not be set up.
+    #[error("{0}")]
+    Runtime(String),
+    /// The plugin directory cannot be read.
+    #[error(transparent)]
+    Plugins(#[from] crate::plugin::PluginError),
+    /// The listen address is taken or not ours.
+    #[error("cannot listen on {addr}: {source}; pass --listen with a free address, e.g. --listen 127.0.0.1:7421")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("the HTTP server stopped: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Run the host until Ctrl-C or SIGTERM.
+pub async fn run(settings: RunSettings) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let runtime = Arc::new(
+        Runtime::new(settings.limits.clone(), settings.cache_dir.clone()).map_err(StartError::Runtime)?,
+    );
+    let bus = Arc::new(Bus::new(settings.publish_timeout, metrics.clone()));
+    let registry = Arc::new(Registry::new(
+        bus.clone(),
+        runtime,
+        metrics.clone(),
+        settings.delivery.clone(),
+    ));
+    let dir = settings.plugins.clone();
+    let loader = registry.clone();
+    let failures = tokio::task::spawn_blocking(move || loader.load_dir(&dir))
+        .await
+        .map_err(|e| StartError::Runtime(format!("plugin loading panicked: {e}")))??;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: settings.listen,
+            source,
+        })?;
+    let running = registry.status().iter().filter(|p| p.state == "running").count();
+    tracing::info!(
+        listen = %settings.listen,
+        plugins = running,
+        failed = failures.len(),
+        "plugbus ready"
+    );
+    let app = http::router(AppState {
+        bus,
+        registry: registry.clone(),
+        metrics,
+        body_bytes_max: settings.body_bytes_max,
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(StartError::Serve)?;
+    tracing::info!("stopping: delivering queued events");
+    tokio::task::spawn_blocking(move || registry.shutdown())
+        .await
+        .map_err(|e| StartError::Runtime(format!("shutdown panicked: {e}")))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
