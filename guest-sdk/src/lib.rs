@@ -144,7 +144,6 @@ impl Context<'_> {
     }
 }
 
-
 /// The event's `data` could not be decoded as the type asked for.
 #[derive(Debug)]
 pub struct DataError {
@@ -269,9 +268,7 @@ macro_rules! export_plugin {
                 $crate::__private::init::<$ty>()
             }
 
-            fn handle(
-                events: ::std::vec::Vec<$crate::Event>,
-            ) -> ::std::vec::Vec<$crate::Outcome> {
+            fn handle(events: ::std::vec::Vec<$crate::Event>) -> ::std::vec::Vec<$crate::Outcome> {
                 $crate::__private::handle::<$ty>(events)
             }
         }

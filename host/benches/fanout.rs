@@ -1,1 +1,480 @@
-fn main() {}
+//! The fan-out benchmark: 256-byte `order.placed` events fanned out to
+//! three subscribers, measured in one run against a floor and peers, and
+//! printed as a table.
+//!
+//! Rows:
+//! - floor: raw crossbeam fan-out to three native no-op consumers;
+//! - wasm limit: the bare batched `handle` call into one trivial plugin, no
+//!   bus (batch 1 and 64), and what that allows for three plugins on the
+//!   machine's cores;
+//! - plugbus: the bus, queues and workers with three trivial wasm plugins,
+//!   batch 1 and 64, as a ratio of the floor and of the wasm limit;
+//! - redis pub/sub: Debian's redis-server on loopback with three
+//!   subscribers (the textbook setup): delivered events/s and what each
+//!   subscriber received;
+//! - HTTP ingress: the real binary under wrk, single-event and batch mode.
+//!
+//! Run with `scripts/bench.sh` (installs redis-server and wrk), or
+//! `cargo bench -p plugbus --bench fanout`; rows whose tools are missing say
+//! so. `PLUGBUS_BENCH_EVENTS` sets the event count (default 1,000,000).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use plugbus::bus::Bus;
+use plugbus::event::Event;
+use plugbus::metrics::Metrics;
+use plugbus::plugin::{DeliverySettings, Registry};
+use plugbus::runtime::{self, InstanceConfig, Limits, Runtime};
+
+const PAYLOAD_BYTES: usize = 256;
+const SUBSCRIBERS: usize = 3;
+
+fn payload(i: usize) -> Vec<u8> {
+    let head = format!(
+        r#"{{"order_id":"o-{i:08}","customer":"alice@example.com","items":[{{"sku":"widget","qty":2}}],"total_cents":2500,"pad":""#
+    );
+    let mut s = head;
+    while s.len() < PAYLOAD_BYTES - 2 {
+        s.push('x');
+    }
+    s.push_str("\"}");
+    s.into_bytes()
+}
+
+fn events(n: usize) -> Vec<Event> {
+    let template = Event::new("order.placed", Some("application/json".into()), payload(0))
+        .expect("valid event");
+    (0..n)
+        .map(|i| {
+            let mut e = template.clone();
+            e.id = format!("{i:016x}");
+            e
+        })
+        .collect()
+}
+
+struct Row {
+    name: String,
+    events_per_s: Option<f64>,
+    note: String,
+}
+
+fn row(name: &str, events_per_s: Option<f64>, note: impl Into<String>) -> Row {
+    Row {
+        name: name.to_string(),
+        events_per_s,
+        note: note.into(),
+    }
+}
+
+/// Raw crossbeam fan-out to three native consumers that drain in batches.
+fn floor(n: usize) -> f64 {
+    let evs = events(n);
+    let mut txs = Vec::new();
+    let mut consumers = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        let (tx, rx) = crossbeam_channel::bounded::<Arc<Event>>(8192);
+        txs.push(tx);
+        consumers.push(thread::spawn(move || {
+            let mut seen = 0usize;
+            let mut bytes = 0usize;
+            while let Ok(e) = rx.recv() {
+                seen += 1;
+                bytes += e.data.len();
+                for e in rx.try_iter().take(63) {
+                    seen += 1;
+                    bytes += e.data.len();
+                }
+            }
+            std::hint::black_box(bytes);
+            seen
+        }));
+    }
+    let start = Instant::now();
+    for e in evs {
+        let e = Arc::new(e);
+        for tx in &txs {
+            tx.send(e.clone()).expect("consumer alive");
+        }
+    }
+    drop(txs);
+    for c in consumers {
+        assert_eq!(c.join().expect("consumer"), n);
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The bare batched call into one trivial plugin: ns per event.
+fn wasm_call_ns(rt: &Runtime, noop: &Path, batch: usize, n: usize) -> f64 {
+    let loaded = Arc::new(rt.load_file(noop).expect("noop loads"));
+    let (mut instance, _) =
+        runtime::instantiate(loaded, InstanceConfig::default()).expect("instantiates");
+    let evs: Vec<Arc<Event>> = events(batch).into_iter().map(Arc::new).collect();
+    let attempts = vec![1u32; batch];
+    let calls = (n / batch).max(1);
+    for _ in 0..calls.min(1000) {
+        instance.handle(&evs, &attempts).expect("warm-up");
+    }
+    let start = Instant::now();
+    for _ in 0..calls {
+        let r = instance.handle(&evs, &attempts).expect("handle");
+        std::hint::black_box(r.outcomes.len());
+    }
+    start.elapsed().as_nanos() as f64 / (calls * batch) as f64
+}
+
+/// plugbus in-process: bus + workers + three wasm plugins.
+fn plugbus_inprocess(rt: Arc<Runtime>, dir: &Path, batch: usize, n: usize) -> f64 {
+    let metrics = Arc::new(Metrics::new());
+    let bus = Arc::new(Bus::new(Duration::from_secs(30), metrics.clone()));
+    let settings = DeliverySettings {
+        batch_events_max: batch,
+        queue_events_max: 8192,
+        ..DeliverySettings::default()
+    };
+    let registry = Registry::new(bus.clone(), rt, metrics, settings);
+    for i in 1..=SUBSCRIBERS {
+        registry
+            .start(&dir.join(format!("noop{i}.wasm")))
+            .expect("noop starts");
+    }
+    let evs = events(n);
+    let start = Instant::now();
+    let mut it = evs.into_iter();
+    loop {
+        let chunk: Vec<Event> = it.by_ref().take(64).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        bus.publish(chunk).expect("no backpressure timeout");
+    }
+    while registry.status().iter().any(|p| p.handled < n as u64) {
+        thread::sleep(Duration::from_micros(200));
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    registry.shutdown();
+    rate
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(tool))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A child process killed (by its pid) when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// redis-server pub/sub, three subscribers: delivered events/s per
+/// subscriber and what each got.
+fn redis_pubsub(n: usize) -> Result<(f64, Vec<usize>), String> {
+    let bin = which("redis-server").ok_or("redis-server not installed")?;
+    let port = free_port();
+    let _server = Server(
+        Command::new(bin)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    let url = format!("redis://127.0.0.1:{port}/");
+    let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+    let mut con = (0..100)
+        .find_map(|_| {
+            thread::sleep(Duration::from_millis(50));
+            client.get_connection().ok()
+        })
+        .ok_or("redis-server did not come up")?;
+    let last_seen = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let mut subs = Vec::new();
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded(SUBSCRIBERS);
+    for _ in 0..SUBSCRIBERS {
+        let client = client.clone();
+        let (last_seen, ready) = (last_seen.clone(), ready_tx.clone());
+        subs.push(thread::spawn(move || -> usize {
+            let Ok(mut c) = client.get_connection() else {
+                return 0;
+            };
+            let mut ps = c.as_pubsub();
+            if ps.subscribe("order.placed").is_err() {
+                return 0;
+            }
+            let _ = ps.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = ready.send(());
+            let mut got = 0;
+            while let Ok(msg) = ps.get_message() {
+                std::hint::black_box(msg.get_payload_bytes().len());
+                got += 1;
+                last_seen.fetch_max(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            }
+            got
+        }));
+    }
+    for _ in 0..SUBSCRIBERS {
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| "subscriber did not subscribe")?;
+    }
+    let body = payload(0);
+    let start = t0.elapsed();
+    let mut sent = 0;
+    while sent < n {
+        let mut pipe = redis::pipe();
+        for _ in 0..64.min(n - sent) {
+            pipe.cmd("PUBLISH").arg("order.placed").arg(&body).ignore();
+            sent += 1;
+        }
+        pipe.query::<()>(&mut con).map_err(|e| e.to_string())?;
+    }
+    let received: Vec<usize> = subs.into_iter().map(|s| s.join().unwrap_or(0)).collect();
+    let elapsed = Duration::from_nanos(last_seen.load(Ordering::Relaxed)).saturating_sub(start);
+    let per_subscriber = *received.iter().min().unwrap_or(&0) as f64;
+    Ok((per_subscriber / elapsed.as_secs_f64().max(1e-9), received))
+}
+
+/// Start the real binary with three noop plugins; returns it and its URL.
+fn start_host(dir: &Path) -> Result<(Server, String), String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plugbus"))
+        .arg("run")
+        .arg("--plugins")
+        .arg(dir)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--queue-events-max",
+            "65536",
+            "--publish-timeout-ms",
+            "10000",
+        ])
+        .env("RUST_LOG", "warn,plugbus::server=info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let server = Server(child);
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("plugbus ready"))
+        .ok_or("host did not start")?;
+    thread::spawn(move || for _ in lines {});
+    let addr = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("listen="))
+        .ok_or("no listen address")?
+        .to_string();
+    Ok((server, format!("http://{addr}")))
+}
+
+/// Run wrk with a POST body; returns (requests/s, non-2xx responses).
+fn wrk(url: &str, content_type: &str, body: &str, dir: &Path) -> Result<(f64, u64), String> {
+    let bin = which("wrk").ok_or("wrk not installed")?;
+    let script = dir.join(format!("post-{}.lua", body.len()));
+    let mut f = std::fs::File::create(&script).map_err(|e| e.to_string())?;
+    writeln!(
+        f,
+        "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"{content_type}\"\nwrk.body = [==[{body}]==]"
+    )
+    .map_err(|e| e.to_string())?;
+    let out = Command::new(bin)
+        .args(["-t", "1", "-c", "32", "-d", "5s", "-s"])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("unexpected wrk output: {text}"))?;
+    let non2xx = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    Ok((rps, non2xx))
+}
+
+fn http_rows(dir: &Path, rows: &mut Vec<Row>) {
+    let (server, url) = match start_host(dir) {
+        Ok(h) => h,
+        Err(e) => {
+            rows.push(row("HTTP ingress", None, format!("skipped: {e}")));
+            return;
+        }
+    };
+    let single = String::from_utf8_lossy(&payload(0)).into_owned();
+    match wrk(
+        &format!("{url}/v1/events/order.placed"),
+        "application/json",
+        &single,
+        dir,
+    ) {
+        Ok((rps, bad)) => rows.push(row(
+            "HTTP ingress, one event per POST (wrk, 32 conns)",
+            Some(rps),
+            format!("{bad} non-2xx"),
+        )),
+        Err(e) => rows.push(row("HTTP ingress, single", None, format!("skipped: {e}"))),
+    }
+    const BATCH: usize = 1000;
+    let events: Vec<String> = (0..BATCH)
+        .map(|i| {
+            format!(
+                r#"{{"specversion":"1.0","id":"b-{i}","source":"/bench","type":"order.placed","data":{}}}"#,
+                String::from_utf8_lossy(&payload(i))
+            )
+        })
+        .collect();
+    let body = format!("[{}]", events.join(","));
+    match wrk(
+        &format!("{url}/v1/events"),
+        "application/cloudevents-batch+json",
+        &body,
+        dir,
+    ) {
+        Ok((rps, bad)) => rows.push(row(
+            &format!("HTTP ingress, batch mode ({BATCH} per POST)"),
+            Some(rps * BATCH as f64),
+            format!("{rps:.0} requests/s, {bad} non-2xx"),
+        )),
+        Err(e) => rows.push(row("HTTP ingress, batch", None, format!("skipped: {e}"))),
+    }
+    drop(server);
+}
+
+fn main() {
+    let n: usize = std::env::var("PLUGBUS_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let cores = thread::available_parallelism().map_or(1, |c| c.get());
+    let dir = std::env::temp_dir().join(format!("plugbus-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    for i in 1..=SUBSCRIBERS {
+        std::fs::copy(
+            plugbus_e2e::artifacts::NOOP,
+            dir.join(format!("noop{i}.wasm")),
+        )
+        .expect("copy noop");
+    }
+    let rt = Arc::new(Runtime::new(Limits::default(), None).expect("runtime"));
+    eprintln!("measuring with {n} events of {PAYLOAD_BYTES} bytes, {SUBSCRIBERS} subscribers, {cores} cores...");
+
+    let mut rows = Vec::new();
+    let floor_rate = floor(n);
+    rows.push(row(
+        "floor: crossbeam fan-out, 3 native no-op consumers",
+        Some(floor_rate),
+        "",
+    ));
+
+    let call1 = wasm_call_ns(&rt, &dir.join("noop1.wasm"), 1, n / 4);
+    let call64 = wasm_call_ns(&rt, &dir.join("noop1.wasm"), 64, n);
+    rows.push(row(
+        "wasm: bare handle call, batch 1 (1 plugin)",
+        Some(1e9 / call1),
+        format!("{call1:.0} ns/event"),
+    ));
+    rows.push(row(
+        "wasm: bare handle call, batch 64 (1 plugin)",
+        Some(1e9 / call64),
+        format!("{call64:.0} ns/event"),
+    ));
+    let limit1 = cores as f64 * 1e9 / (call1 * SUBSCRIBERS as f64);
+    let limit64 = cores as f64 * 1e9 / (call64 * SUBSCRIBERS as f64);
+    rows.push(row(
+        "wasm limit: 3 plugins on all cores, batch 64",
+        Some(limit64),
+        format!("{cores} cores / (3 x {call64:.0} ns)"),
+    ));
+
+    let pb1 = plugbus_inprocess(rt.clone(), &dir, 1, n / 4);
+    let pb64 = plugbus_inprocess(rt.clone(), &dir, 64, n);
+    rows.push(row(
+        "plugbus: 3 wasm plugins, batch 1",
+        Some(pb1),
+        format!(
+            "{:.2}x floor, {:.2}x wasm limit (batch 1)",
+            pb1 / floor_rate,
+            pb1 / limit1
+        ),
+    ));
+    rows.push(row(
+        "plugbus: 3 wasm plugins, batch 64",
+        Some(pb64),
+        format!(
+            "{:.2}x floor, {:.2}x wasm limit",
+            pb64 / floor_rate,
+            pb64 / limit64
+        ),
+    ));
+
+    match redis_pubsub((n / 5).max(1000)) {
+        Ok((rate, got)) => rows.push(row(
+            "redis-server pub/sub, 3 subscribers (pipelined PUBLISH)",
+            Some(rate),
+            format!(
+                "sent {} each; received {:?}; plugbus batch 64 = {:.2}x",
+                (n / 5).max(1000),
+                got,
+                pb64 / rate
+            ),
+        )),
+        Err(e) => rows.push(row("redis-server pub/sub", None, format!("skipped: {e}"))),
+    }
+
+    http_rows(&dir, &mut rows);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!();
+    println!("| measurement | events/s | ns/event | notes |");
+    println!("|---|---:|---:|---|");
+    for r in rows {
+        match r.events_per_s {
+            Some(rate) => println!(
+                "| {} | {:.0} | {:.0} | {} |",
+                r.name,
+                rate,
+                1e9 / rate,
+                r.note
+            ),
+            None => println!("| {} | - | - | {} |", r.name, r.note),
+        }
+    }
+}

@@ -201,8 +201,12 @@ mod tests {
     #[test]
     fn contradictory_flags_name_both() {
         let err = parse(&["--backoff-ms-min", "50000"]).expect_err("min > max");
-        assert!(err.contains("--backoff-ms-min") && err.contains("--backoff-ms-max"), "{err}");
-        let err = parse(&["--batch-events-max", "512", "--queue-events-max", "100"]).expect_err("batch > queue");
+        assert!(
+            err.contains("--backoff-ms-min") && err.contains("--backoff-ms-max"),
+            "{err}"
+        );
+        let err = parse(&["--batch-events-max", "512", "--queue-events-max", "100"])
+            .expect_err("batch > queue");
         assert!(err.contains("--queue-events-max"), "{err}");
     }
 

@@ -67,7 +67,9 @@ pub enum EventError {
         problem: String,
     },
     /// A specversion other than 1.0.
-    #[error("specversion `{0}` is not supported; send CloudEvents 1.0 (`\"specversion\": \"1.0\"`)")]
+    #[error(
+        "specversion `{0}` is not supported; send CloudEvents 1.0 (`\"specversion\": \"1.0\"`)"
+    )]
     SpecVersion(String),
     /// The topic (`type`) is not valid.
     #[error("attribute `type`: {0}")]
@@ -136,7 +138,11 @@ fn is_json_type(content_type: Option<&str>) -> bool {
 impl Event {
     /// An event for `topic` with `data`, every other attribute filled by the
     /// host (id, time, source).
-    pub fn new(topic: &str, datacontenttype: Option<String>, data: Vec<u8>) -> Result<Event, EventError> {
+    pub fn new(
+        topic: &str,
+        datacontenttype: Option<String>,
+        data: Vec<u8>,
+    ) -> Result<Event, EventError> {
         validate_topic(topic)?;
         Ok(Event {
             id: new_id(),
@@ -180,13 +186,20 @@ impl Event {
         let subject = take_optional(&mut obj, "subject")?;
         let time = take_optional(&mut obj, "time")?;
         if let Some(t) = &time {
-            humantime::parse_rfc3339_weak(t)
-                .map_err(|_| bad("time", "must be an RFC 3339 timestamp, e.g. 2026-11-23T10:00:00Z"))?;
+            humantime::parse_rfc3339_weak(t).map_err(|_| {
+                bad(
+                    "time",
+                    "must be an RFC 3339 timestamp, e.g. 2026-11-23T10:00:00Z",
+                )
+            })?;
         }
         let datacontenttype = take_optional(&mut obj, "datacontenttype")?;
         let data = match (obj.remove("data"), obj.remove("data_base64")) {
             (Some(_), Some(_)) => {
-                return Err(bad("data", "and `data_base64` are both present; send only one"))
+                return Err(bad(
+                    "data",
+                    "and `data_base64` are both present; send only one",
+                ))
             }
             (None, Some(Value::String(b64))) => base64::engine::general_purpose::STANDARD
                 .decode(b64.as_bytes())
@@ -391,10 +404,16 @@ mod tests {
         );
         let mut v = ce();
         v["id"] = json!(7);
-        assert!(matches!(Event::from_structured(v), Err(EventError::BadAttribute { .. })));
+        assert!(matches!(
+            Event::from_structured(v),
+            Err(EventError::BadAttribute { .. })
+        ));
         let mut v = ce();
         v["type"] = json!("order.*");
-        assert!(matches!(Event::from_structured(v), Err(EventError::Topic(_))));
+        assert!(matches!(
+            Event::from_structured(v),
+            Err(EventError::Topic(_))
+        ));
     }
 
     #[test]
@@ -406,7 +425,8 @@ mod tests {
 
     #[test]
     fn base64_and_text_data() {
-        let v = json!({"specversion":"1.0","id":"1","source":"s","type":"a.b","data_base64":"aGk="});
+        let v =
+            json!({"specversion":"1.0","id":"1","source":"s","type":"a.b","data_base64":"aGk="});
         assert_eq!(Event::from_structured(v).expect("valid").data, b"hi");
         let v = json!({"specversion":"1.0","id":"1","source":"s","type":"a.b",
                        "datacontenttype":"text/plain","data":"hi"});

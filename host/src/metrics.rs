@@ -113,16 +113,56 @@ impl Metrics {
             handle_seconds: HistogramFamily::new_with_constructor(latency_histogram),
             batch_events: HistogramFamily::new_with_constructor(batch_histogram),
         };
-        registry.register("events_published", "Events accepted by the bus", m.published.clone());
-        registry.register("events_unrouted", "Accepted events no subscription matched", m.unrouted.clone());
-        registry.register("events_handled", "Events a plugin acknowledged", m.handled.clone());
-        registry.register("events_failed", "Failed delivery attempts (retry, reject, trap, deadline)", m.failed.clone());
-        registry.register("events_retried", "Re-deliveries scheduled", m.retried.clone());
-        registry.register("plugin_traps", "Instances dropped and re-made after a trap", m.traps.clone());
-        registry.register("events_dropped", "Events not delivered to a plugin, by reason", m.dropped.clone());
-        registry.register("queue_depth_events", "Events waiting in a plugin's queue", m.queue_depth.clone());
-        registry.register("handle_duration_seconds", "Time per handle call (one batch)", m.handle_seconds.clone());
-        registry.register("batch_events", "Events per handle call", m.batch_events.clone());
+        registry.register(
+            "events_published",
+            "Events accepted by the bus",
+            m.published.clone(),
+        );
+        registry.register(
+            "events_unrouted",
+            "Accepted events no subscription matched",
+            m.unrouted.clone(),
+        );
+        registry.register(
+            "events_handled",
+            "Events a plugin acknowledged",
+            m.handled.clone(),
+        );
+        registry.register(
+            "events_failed",
+            "Failed delivery attempts (retry, reject, trap, deadline)",
+            m.failed.clone(),
+        );
+        registry.register(
+            "events_retried",
+            "Re-deliveries scheduled",
+            m.retried.clone(),
+        );
+        registry.register(
+            "plugin_traps",
+            "Instances dropped and re-made after a trap",
+            m.traps.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Events not delivered to a plugin, by reason",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "queue_depth_events",
+            "Events waiting in a plugin's queue",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "handle_duration_seconds",
+            "Time per handle call (one batch)",
+            m.handle_seconds.clone(),
+        );
+        registry.register(
+            "batch_events",
+            "Events per handle call",
+            m.batch_events.clone(),
+        );
         Metrics { registry, ..m }
     }
 

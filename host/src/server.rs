@@ -37,7 +37,8 @@ pub enum StartError {
 pub async fn run(settings: RunSettings) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let runtime = Arc::new(
-        Runtime::new(settings.limits.clone(), settings.cache_dir.clone()).map_err(StartError::Runtime)?,
+        Runtime::new(settings.limits.clone(), settings.cache_dir.clone())
+            .map_err(StartError::Runtime)?,
     );
     let bus = Arc::new(Bus::new(settings.publish_timeout, metrics.clone()));
     let registry = Arc::new(Registry::new(
@@ -57,9 +58,14 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
             addr: settings.listen,
             source,
         })?;
-    let running = registry.status().iter().filter(|p| p.state == "running").count();
+    let listen = listener.local_addr().unwrap_or(settings.listen);
+    let running = registry
+        .status()
+        .iter()
+        .filter(|p| p.state == "running")
+        .count();
     tracing::info!(
-        listen = %settings.listen,
+        listen = %listen,
         plugins = running,
         failed = failures.len(),
         "plugbus ready"

@@ -23,7 +23,9 @@ pub enum TopicError {
     #[error("topic `{0}` has an empty token; tokens are separated by single dots")]
     EmptyToken(String),
     /// A character that is not allowed.
-    #[error("topic `{topic}` contains `{ch}`; use letters, digits, `-`, `_` and `.` between tokens")]
+    #[error(
+        "topic `{topic}` contains `{ch}`; use letters, digits, `-`, `_` and `.` between tokens"
+    )]
     BadChar {
         /// The offending topic.
         topic: String,
@@ -210,7 +212,10 @@ mod tests {
     fn topics_refuse_wildcards_and_odd_characters() {
         assert!(validate_topic("order.placed").is_ok());
         assert!(validate_topic("order-v2.placed_eu").is_ok());
-        assert!(matches!(validate_topic("order.*"), Err(TopicError::Wildcard(_))));
+        assert!(matches!(
+            validate_topic("order.*"),
+            Err(TopicError::Wildcard(_))
+        ));
         assert!(matches!(
             validate_topic("order placed"),
             Err(TopicError::BadChar { ch: ' ', .. })

@@ -1,1 +1,282 @@
-//! e2e
+//! End-to-end test support: the wasm plugins built for this test run
+//! ([`artifacts`]), and [`TestHost`], which starts the real `plugbus`
+//! binary on a plugin directory of the test's choosing, on a free loopback
+//! port, and talks to it over HTTP.
+//!
+//! The host is stopped (SIGTERM, then kill) and its directory removed when
+//! the `TestHost` is dropped, so a failing test leaves nothing running.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Paths of the plugins built to wasm32-wasip1 for this run.
+pub mod artifacts {
+    include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
+}
+
+/// Errors of the harness; tests unwrap them with a message.
+pub type Result<T> = std::result::Result<T, String>;
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A running `plugbus run` process.
+pub struct TestHost {
+    child: Option<Child>,
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+    /// The plugin directory.
+    pub dir: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// A plugin to put in the directory: the file name stem and what to copy.
+pub enum PluginFile<'a> {
+    /// Copy this wasm file in as NAME.wasm.
+    Wasm(&'a str, &'a str),
+    /// Write these bytes as NAME.wasm.
+    Bytes(&'a str, &'a [u8]),
+}
+
+impl TestHost {
+    /// Start `bin` (`env!("CARGO_BIN_EXE_plugbus")`) with `plugins` and
+    /// extra `args`, and wait until it is ready.
+    pub fn start(bin: &str, plugins: &[PluginFile<'_>], args: &[&str]) -> Result<TestHost> {
+        let dir = std::env::temp_dir().join(format!(
+            "plugbus-e2e-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let plugin_dir = dir.join("plugins");
+        std::fs::create_dir_all(&plugin_dir).map_err(|e| format!("mkdir: {e}"))?;
+        for p in plugins {
+            match p {
+                PluginFile::Wasm(name, src) => {
+                    std::fs::copy(src, plugin_dir.join(format!("{name}.wasm")))
+                        .map_err(|e| format!("copy {src}: {e}"))?;
+                }
+                PluginFile::Bytes(name, bytes) => {
+                    std::fs::write(plugin_dir.join(format!("{name}.wasm")), bytes)
+                        .map_err(|e| format!("write {name}: {e}"))?;
+                }
+            }
+        }
+        // One compile cache for the whole test run keeps starts fast.
+        let cache = std::env::temp_dir().join("plugbus-e2e-compile-cache");
+        let mut child = Command::new(bin)
+            .arg("run")
+            .arg("--plugins")
+            .arg(&plugin_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {bin}: {e}"))?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                if std::env::var_os("PLUGBUS_E2E_ECHO").is_some() {
+                    eprintln!("host| {line}");
+                }
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        let mut host = TestHost {
+            child: Some(child),
+            url: String::new(),
+            dir: plugin_dir,
+            log,
+        };
+        let ready = host.wait_log("plugbus ready", Duration::from_secs(60))?;
+        let addr = ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("listen="))
+            .ok_or_else(|| format!("no listen= in {ready:?}"))?;
+        host.url = format!("http://{addr}");
+        Ok(host)
+    }
+
+    /// Every line the host wrote to stderr so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Wait for a log line containing `needle`; returns the line.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log().into_iter().find(|l| l.contains(needle)) {
+                return Ok(line);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no log line with {needle:?} within {timeout:?}; log:\n{}",
+                    self.log().join("\n")
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until `check` is true, polling.
+    pub fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&TestHost) -> bool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !check(self) {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "timed out waiting for {what}; plugins: {}\nlog:\n{}",
+                    self.get("/v1/plugins")
+                        .map(|v| v.to_string())
+                        .unwrap_or_default(),
+                    self.log().join("\n")
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// POST `body` to `path` with `content_type` (and extra headers);
+    /// returns the status and the JSON body (Null if not JSON).
+    pub fn post(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, Value) {
+        let mut req = ureq::post(&format!("{}{path}", self.url));
+        if let Some(ct) = content_type {
+            req = req.set("content-type", ct);
+        }
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let response = match req.send_bytes(body) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => return (0, Value::String(e.to_string())),
+        };
+        let status = response.status();
+        let text = response.into_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// POST a JSON order to `/v1/events/{topic}`; returns the 202 body.
+    pub fn publish(&self, topic: &str, data: &Value) -> Result<Value> {
+        match self.post(
+            &format!("/v1/events/{topic}"),
+            Some("application/json"),
+            &[],
+            data.to_string().as_bytes(),
+        ) {
+            (202, body) => Ok(body),
+            (status, body) => Err(format!("publish answered {status}: {body}")),
+        }
+    }
+
+    /// GET `path` as JSON.
+    pub fn get(&self, path: &str) -> Result<Value> {
+        ureq::get(&format!("{}{path}", self.url))
+            .call()
+            .map_err(|e| e.to_string())?
+            .into_json()
+            .map_err(|e| e.to_string())
+    }
+
+    /// GET `path` as text.
+    pub fn get_text(&self, path: &str) -> Result<String> {
+        ureq::get(&format!("{}{path}", self.url))
+            .call()
+            .map_err(|e| e.to_string())?
+            .into_string()
+            .map_err(|e| e.to_string())
+    }
+
+    /// The `/v1/plugins` entry of `name`.
+    pub fn plugin(&self, name: &str) -> Option<Value> {
+        let all = self.get("/v1/plugins").ok()?;
+        all["plugins"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+    }
+
+    /// A counter of `name`'s `/v1/plugins` entry (`handled`, `failed`, …).
+    pub fn count(&self, name: &str, field: &str) -> u64 {
+        self.plugin(name)
+            .and_then(|p| p[field].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// The value of a metric line starting with `series` in `/metrics`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.get_text("/metrics").ok()?;
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    /// Stop with SIGTERM and wait; returns the exit status.
+    pub fn stop(mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().ok_or("already stopped")?;
+        signal(&child, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err("host did not stop within 30 s of SIGTERM".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The plugin directory's path.
+    pub fn plugin_dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status();
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir_all(parent);
+        }
+    }
+}

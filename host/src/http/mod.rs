@@ -22,6 +22,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bytes::Buf;
+use http_body_util::BodyExt;
 use serde_json::json;
 
 use crate::bus::{Bus, PublishError};
@@ -115,22 +117,51 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Past the limit, this much more of a body is read and thrown away before
+/// answering 413, so that a client still sending gets the answer instead of
+/// a reset connection. Beyond it the connection is simply closed.
+const DRAIN_BYTES_MAX: usize = 8 << 20;
+
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, IngressError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
+        drain(body).await;
         return Err(IngressError::TooLarge(limit));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let inner = e.into_inner();
-        if inner.is::<http_body_util::LengthLimitError>() {
-            IngressError::TooLarge(limit)
-        } else {
-            IngressError::Body(inner.to_string())
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => return Ok(buf.freeze()),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > limit {
+                        drain(body).await;
+                        return Err(IngressError::TooLarge(limit));
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => return Err(IngressError::Body(e.to_string())),
         }
-    })
+    }
+}
+
+/// Read and discard up to [`DRAIN_BYTES_MAX`] of `body`.
+async fn drain<B>(mut body: B)
+where
+    B: http_body::Body + Unpin,
+{
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        seen += frame.data_ref().map_or(0, |d| d.remaining());
+        if seen > DRAIN_BYTES_MAX {
+            break;
+        }
+    }
 }
 
 fn content_type(headers: &HeaderMap) -> Option<String> {
@@ -141,7 +172,11 @@ fn content_type(headers: &HeaderMap) -> Option<String> {
 }
 
 fn base_type(ct: &str) -> String {
-    ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+    ct.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 fn publish(state: &AppState, events: Vec<Event>) -> Result<Response, IngressError> {
@@ -202,7 +237,11 @@ async fn publish_cloudevents(
                 .collect();
             vec![Event::from_binary(attributes, ct, body.to_vec())?]
         }
-        _ => return Err(IngressError::UnsupportedType(ct.unwrap_or_else(|| "(none)".into()))),
+        _ => {
+            return Err(IngressError::UnsupportedType(
+                ct.unwrap_or_else(|| "(none)".into()),
+            ))
+        }
     };
     publish(&state, events)
 }

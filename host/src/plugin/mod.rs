@@ -93,7 +93,9 @@ pub enum PluginError {
         source: std::io::Error,
     },
     /// The plugin directory cannot be read.
-    #[error("plugin directory {dir}: {source}; create it or pass --plugins with an existing directory")]
+    #[error(
+        "plugin directory {dir}: {source}; create it or pass --plugins with an existing directory"
+    )]
     Dir {
         /// The directory.
         dir: PathBuf,

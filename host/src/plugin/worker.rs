@@ -126,8 +126,13 @@ impl Worker {
             }
             if batch.is_empty() && !closed {
                 let first = match self.retries.peek() {
-                    Some(r) => self.queue.recv_timeout(r.0.due.saturating_duration_since(now)),
-                    None => self.queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                    Some(r) => self
+                        .queue
+                        .recv_timeout(r.0.due.saturating_duration_since(now)),
+                    None => self
+                        .queue
+                        .recv()
+                        .map_err(|_| RecvTimeoutError::Disconnected),
                 };
                 match first {
                     Ok(event) => {
@@ -167,7 +172,12 @@ impl Worker {
         if self.needs_reset && !self.reset() {
             // No working instance: every event counts a failed attempt.
             for (event, &attempt) in batch.iter().zip(attempts) {
-                self.fail(event, attempt, None, "the plugin could not be re-instantiated");
+                self.fail(
+                    event,
+                    attempt,
+                    None,
+                    "the plugin could not be re-instantiated",
+                );
             }
             return;
         }
@@ -178,7 +188,8 @@ impl Worker {
         match result {
             Ok(result) => {
                 let mut acked = 0;
-                for ((event, &attempt), outcome) in batch.iter().zip(attempts).zip(&result.outcomes) {
+                for ((event, &attempt), outcome) in batch.iter().zip(attempts).zip(&result.outcomes)
+                {
                     match outcome {
                         Outcome::Ack => acked += 1,
                         Outcome::Retry(r) => self.fail(event, attempt, r.delay_ms, &r.message),

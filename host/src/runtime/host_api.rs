@@ -94,13 +94,22 @@ impl types::Host for HostState {}
 impl logging::Host for HostState {
     fn log(&mut self, level: logging::Level, context: String, message: String) {
         let plugin = &*self.plugin;
+        let sep = if context.is_empty() { "" } else { ": " };
         match level {
-            logging::Level::Trace => tracing::trace!(target: "plugin", plugin, context, "{message}"),
-            logging::Level::Debug => tracing::debug!(target: "plugin", plugin, context, "{message}"),
-            logging::Level::Info => tracing::info!(target: "plugin", plugin, context, "{message}"),
-            logging::Level::Warn => tracing::warn!(target: "plugin", plugin, context, "{message}"),
+            logging::Level::Trace => {
+                tracing::trace!(target: "plugin", "[{plugin}] {context}{sep}{message}")
+            }
+            logging::Level::Debug => {
+                tracing::debug!(target: "plugin", "[{plugin}] {context}{sep}{message}")
+            }
+            logging::Level::Info => {
+                tracing::info!(target: "plugin", "[{plugin}] {context}{sep}{message}")
+            }
+            logging::Level::Warn => {
+                tracing::warn!(target: "plugin", "[{plugin}] {context}{sep}{message}")
+            }
             logging::Level::Error | logging::Level::Critical => {
-                tracing::error!(target: "plugin", plugin, context, "{message}")
+                tracing::error!(target: "plugin", "[{plugin}] {context}{sep}{message}")
             }
         }
     }
@@ -138,7 +147,11 @@ impl publisher::Host for HostState {
                 event.data.len()
             )));
         }
-        if event.subject.as_ref().is_some_and(|s| s.len() > ATTRIBUTE_BYTES_MAX) {
+        if event
+            .subject
+            .as_ref()
+            .is_some_and(|s| s.len() > ATTRIBUTE_BYTES_MAX)
+        {
             return Err(types::PublishError::Invalid(format!(
                 "subject is longer than {ATTRIBUTE_BYTES_MAX} bytes"
             )));
@@ -212,7 +225,7 @@ impl GuestOutput {
     }
 
     fn emit(&self, line: &[u8]) {
-        tracing::info!(target: "plugin", plugin = &*self.plugin, stream = self.stream, "{}", String::from_utf8_lossy(line));
+        tracing::info!(target: "plugin", "[{}] {}: {}", self.plugin, self.stream, String::from_utf8_lossy(line));
     }
 }
 

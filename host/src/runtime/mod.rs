@@ -273,7 +273,12 @@ impl Runtime {
     }
 
     /// Load a plugin from bytes; `file` is used in messages only.
-    pub fn load_bytes(&self, file: &Path, name: &str, bytes: &[u8]) -> Result<LoadedPlugin, LoadError> {
+    pub fn load_bytes(
+        &self,
+        file: &Path,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<LoadedPlugin, LoadError> {
         let content_hash = hex(&Sha256::digest(bytes));
         let component = match self.cached(&content_hash) {
             Some(component) => component,
@@ -289,20 +294,22 @@ impl Runtime {
                 if let Some(path) = self.cache_path(&content_hash) {
                     cache::store(&path, &compiled);
                 }
-                cache::deserialize(&self.engine, &compiled).map_err(|reason| LoadError::Compile {
-                    file: file.to_path_buf(),
-                    reason,
+                cache::deserialize(&self.engine, &compiled).map_err(|reason| {
+                    LoadError::Compile {
+                        file: file.to_path_buf(),
+                        reason,
+                    }
                 })?
             }
         };
         check_contract(file, &self.engine, &component)?;
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::Link {
-                file: file.to_path_buf(),
-                reason: format!("{e:#}"),
-            })?;
+        let instance_pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::Link {
+                    file: file.to_path_buf(),
+                    reason: format!("{e:#}"),
+                })?;
         let pre = bindings::PluginPre::new(instance_pre).map_err(|e| LoadError::Link {
             file: file.to_path_buf(),
             reason: format!("{e:#}"),
@@ -384,7 +391,12 @@ fn check_contract(file: &Path, engine: &Engine, component: &Component) -> Result
     let ty = component.component_type();
     let names = ty
         .exports(engine)
-        .map(|(n, item)| (n.to_string(), matches!(item.ty, ComponentItem::ComponentInstance(_))))
+        .map(|(n, item)| {
+            (
+                n.to_string(),
+                matches!(item.ty, ComponentItem::ComponentInstance(_)),
+            )
+        })
         .chain(ty.imports(engine).map(|(n, _)| (n.to_string(), false)));
     let mut has_handler = false;
     for (name, is_export) in names {
@@ -489,14 +501,23 @@ impl PluginInstance {
     /// Call `handle` once for `batch`; `attempts[i]` is the delivery attempt
     /// of `batch[i]`. Builds the guest's view of each event, runs under the
     /// deadline, and collects follow-up events.
-    pub fn handle(&mut self, batch: &[Arc<Event>], attempts: &[u32]) -> Result<BatchResult, CallError> {
+    pub fn handle(
+        &mut self,
+        batch: &[Arc<Event>],
+        attempts: &[u32],
+    ) -> Result<BatchResult, CallError> {
         let events: Vec<wit::Event> = batch
             .iter()
             .zip(attempts)
             .map(|(e, &attempt)| to_wit(e, attempt))
             .collect();
         self.store.data_mut().begin_batch(batch);
-        let deadline_ticks = self.loaded.limits.deadline_ms.div_ceil(EPOCH_TICK_MS).max(1);
+        let deadline_ticks = self
+            .loaded
+            .limits
+            .deadline_ms
+            .div_ceil(EPOCH_TICK_MS)
+            .max(1);
         self.store.set_epoch_deadline(deadline_ticks);
         let result = self
             .bindings
@@ -553,7 +574,10 @@ mod tests {
 
     #[test]
     fn version_is_read_from_interface_names() {
-        assert_eq!(contract_version("plugbus:plugin/handler@0.2.0"), Some("0.2.0"));
+        assert_eq!(
+            contract_version("plugbus:plugin/handler@0.2.0"),
+            Some("0.2.0")
+        );
         assert_eq!(contract_version("wasi:logging/logging@0.1.0-draft"), None);
         assert_eq!(contract_version("plugbus:plugin/handler"), None);
     }

@@ -28,7 +28,10 @@ struct Email {
 impl Plugin for Email {
     fn init(config: &Config) -> Result<Self, String> {
         Ok(Email {
-            from: config.get("from").unwrap_or("orders@shop.example").to_string(),
+            from: config
+                .get("from")
+                .unwrap_or("orders@shop.example")
+                .to_string(),
         })
     }
 
@@ -59,11 +62,13 @@ impl Plugin for Email {
             "inventory.insufficient" => match event.json::<Shortage>() {
                 Ok(s) => {
                     plugbus_sdk::info!(
-                        "to {} from {}: sorry, order {} is delayed: {} is out of stock",
+                        "to {} from {}: sorry, order {} is delayed: {} is out of stock (correlation {}, caused by {})",
                         s.customer,
                         self.from,
                         s.order_id,
-                        s.sku
+                        s.sku,
+                        event.correlationid.as_deref().unwrap_or("-"),
+                        event.causationid.as_deref().unwrap_or("-")
                     );
                     Outcome::Ack
                 }

@@ -136,7 +136,19 @@ impl Plugin for Inventory {
             }
         };
         match published {
-            Ok(()) => Outcome::Ack,
+            Ok(()) => {
+                let topic = if short.is_some() {
+                    "inventory.insufficient"
+                } else {
+                    "inventory.reserved"
+                };
+                plugbus_sdk::info!(
+                    "order {}: published {topic} (caused by {})",
+                    order.order_id,
+                    event.id
+                );
+                Outcome::Ack
+            }
             Err(e) => Outcome::retry(e.to_string()),
         }
     }

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, clippy with warnings as errors, unit
+# tests, doc tests and end-to-end tests (the real binary with real plugins
+# built to wasm32-wasip1 once for the run). Everything runs in release:
+# wasmtime's compiler is too slow unoptimised.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all --check
+echo "== cargo clippy -D warnings" >&2
+cargo clippy --release --workspace --all-targets -- -D warnings
+echo "== cargo test" >&2
+cargo test --release --workspace

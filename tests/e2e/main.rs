@@ -1,0 +1,497 @@
+//! End-to-end tests: the real `plugbus` binary, real plugins compiled to
+//! wasm32-wasip1 (built once per test run by plugbus-e2e's build script),
+//! real HTTP on loopback.
+
+use std::time::Duration;
+
+use plugbus_e2e::{artifacts, PluginFile, TestHost};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_plugbus");
+const WAIT: Duration = Duration::from_secs(30);
+
+fn order_flow() -> Vec<PluginFile<'static>> {
+    vec![
+        PluginFile::Wasm("email", artifacts::EMAIL),
+        PluginFile::Wasm("inventory", artifacts::INVENTORY),
+        PluginFile::Wasm("analytics", artifacts::ANALYTICS),
+    ]
+}
+
+fn order(id: &str, sku: &str, qty: u64, total_cents: u64) -> Value {
+    json!({
+        "order_id": id,
+        "customer": "alice@example.com",
+        "items": [{"sku": sku, "qty": qty}],
+        "total_cents": total_cents
+    })
+}
+
+fn host(plugins: &[PluginFile<'_>], args: &[&str]) -> TestHost {
+    TestHost::start(BIN, plugins, args).unwrap_or_else(|e| panic!("host did not start: {e}"))
+}
+
+mod order_flow {
+    use super::*;
+
+    #[test]
+    fn an_order_reaches_every_plugin_and_the_chain_keeps_its_correlation() {
+        let h = host(&order_flow(), &[]);
+        h.publish("order.placed", &order("o-1", "widget", 2, 2500))
+            .expect("first order");
+        let second = h
+            .publish("order.placed", &order("o-2", "gadget", 1000, 990))
+            .expect("second order");
+        let second_id = second["id"]
+            .as_str()
+            .expect("id in the 202 body")
+            .to_string();
+
+        // email gets both orders and inventory's follow-up for the second.
+        h.wait_until("email to handle 3 events", WAIT, |h| {
+            h.count("email", "handled") == 3
+        })
+        .expect("email");
+        h.wait_until("analytics to handle 2", WAIT, |h| {
+            h.count("analytics", "handled") == 2
+        })
+        .expect("analytics");
+        assert_eq!(h.count("inventory", "handled"), 2);
+
+        h.wait_log("[email] to alice@example.com from orders@shop.example: your order o-1 is confirmed, total 25.00", WAIT)
+            .expect("confirmation");
+        h.wait_log("[inventory] order o-1: reserved widget -2 (left 98)", WAIT)
+            .expect("stock change");
+        h.wait_log("[analytics] totals: orders=2 revenue_cents=3490", WAIT)
+            .expect("running totals");
+        // The follow-up names the order as its cause and keeps the chain's
+        // correlation id: the order's id, since the order started the chain.
+        h.wait_log(
+            &format!("order o-2 is delayed: gadget is out of stock (correlation {second_id}, caused by {second_id})"),
+            WAIT,
+        )
+        .expect("choreography chain");
+        let status = h.stop().expect("stops");
+        assert!(status.success(), "clean exit on SIGTERM, got {status}");
+    }
+
+    #[test]
+    fn an_order_without_items_is_rejected_and_counted_not_retried() {
+        let h = host(&order_flow(), &[]);
+        h.publish(
+            "order.placed",
+            &json!({"order_id": "o-9", "customer": "bob", "total_cents": 5}),
+        )
+        .expect("accepted: it is valid JSON");
+        h.wait_until("inventory to reject", WAIT, |h| {
+            h.count("inventory", "failed") == 1
+        })
+        .expect("rejected");
+        assert_eq!(
+            h.count("inventory", "retried"),
+            0,
+            "a reject is never retried"
+        );
+        assert_eq!(
+            h.metric(r#"plugbus_events_dropped_total{plugin="inventory",reason="rejected"}"#),
+            Some(1.0)
+        );
+        h.wait_log("order o-9 has no items", WAIT)
+            .expect("reason logged");
+    }
+}
+
+mod ingress {
+    use super::*;
+
+    fn ce(id: &str) -> Value {
+        json!({"specversion": "1.0", "id": id, "source": "/shop", "type": "order.placed",
+               "datacontenttype": "application/json", "data": order(id, "w", 1, 100)})
+    }
+
+    #[test]
+    fn structured_binary_and_batch_modes_are_accepted() {
+        let h = host(&[PluginFile::Wasm("analytics", artifacts::ANALYTICS)], &[]);
+        let (status, body) = h.post(
+            "/v1/events",
+            Some("application/cloudevents+json"),
+            &[],
+            ce("ce-1").to_string().as_bytes(),
+        );
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["id"], "ce-1", "the publisher's id is kept");
+
+        let data = order("bin-1", "w", 1, 100).to_string();
+        let (status, body) = h.post(
+            "/v1/events",
+            Some("application/json"),
+            &[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "bin-1"),
+                ("ce-source", "/shop"),
+                ("ce-type", "order.placed"),
+            ],
+            data.as_bytes(),
+        );
+        assert_eq!(status, 202, "{body}");
+
+        let batch = json!([ce("b-1"), ce("b-2"), ce("b-3")]).to_string();
+        let (status, body) = h.post(
+            "/v1/events",
+            Some("application/cloudevents-batch+json"),
+            &[],
+            batch.as_bytes(),
+        );
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["accepted"], 3);
+
+        h.wait_until("analytics to count 5 orders", WAIT, |h| {
+            h.count("analytics", "handled") == 5
+        })
+        .expect("all five delivered");
+        h.wait_log("totals: orders=5 revenue_cents=500", WAIT)
+            .expect("totals");
+    }
+
+    #[test]
+    fn bad_requests_are_refused_whole_with_the_reason() {
+        let h = host(&[PluginFile::Wasm("analytics", artifacts::ANALYTICS)], &[]);
+
+        let (status, body) = h.post(
+            "/v1/events/order.placed",
+            Some("application/json"),
+            &[],
+            b"{\"order_id\": ",
+        );
+        assert_eq!(status, 400);
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("not valid JSON"),
+            "{body}"
+        );
+
+        let mut missing = ce("m-1");
+        missing.as_object_mut().expect("object").remove("source");
+        let (status, body) = h.post(
+            "/v1/events",
+            Some("application/cloudevents+json"),
+            &[],
+            missing.to_string().as_bytes(),
+        );
+        assert_eq!(status, 400);
+        assert!(
+            body["error"].as_str().unwrap_or("").contains("`source`"),
+            "names the attribute: {body}"
+        );
+
+        let (status, body) = h.post("/v1/events", Some("text/plain"), &[], b"hello");
+        assert_eq!(status, 415);
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("application/cloudevents+json"),
+            "{body}"
+        );
+
+        let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(1 << 20));
+        let (status, body) = h.post(
+            "/v1/events/order.placed",
+            Some("application/json"),
+            &[],
+            big.as_bytes(),
+        );
+        assert_eq!(status, 413);
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("body_bytes_max"),
+            "{body}"
+        );
+
+        let (status, body) = h.post("/v1/events/order.*", Some("application/json"), &[], b"{}");
+        assert_eq!(status, 400, "{body}");
+
+        // A batch with one bad event publishes none of it.
+        let batch = json!([ce("g-1"), {"specversion": "1.0", "id": "g-2", "type": "order.placed"}])
+            .to_string();
+        let (status, body) = h.post(
+            "/v1/events",
+            Some("application/cloudevents-batch+json"),
+            &[],
+            batch.as_bytes(),
+        );
+        assert_eq!(status, 400);
+        assert!(
+            body["error"].as_str().unwrap_or("").contains("event [1]"),
+            "{body}"
+        );
+
+        assert_eq!(
+            h.metric("plugbus_events_published_total"),
+            Some(0.0),
+            "nothing half-accepted"
+        );
+        assert_eq!(h.count("analytics", "handled"), 0);
+    }
+
+    #[test]
+    fn a_full_queue_answers_503_naming_the_plugin_and_counts_the_drop() {
+        let h = host(
+            &[
+                PluginFile::Wasm("slow", artifacts::SLOW),
+                PluginFile::Wasm("analytics", artifacts::ANALYTICS),
+            ],
+            &[
+                "--queue-events-max",
+                "1",
+                "--batch-events-max",
+                "1",
+                "--publish-timeout-ms",
+                "10",
+            ],
+        );
+        let batch: Vec<Value> = (0..20)
+            .map(|i| json!({"specversion": "1.0", "id": format!("s-{i}"), "source": "/t", "type": "order.placed",
+                            "data": {"total_cents": 1}}))
+            .collect();
+        let (status, body) = h.post(
+            "/v1/events",
+            Some("application/cloudevents-batch+json"),
+            &[],
+            Value::Array(batch).to_string().as_bytes(),
+        );
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["plugin"], "slow");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("queue of plugin `slow` is full"),
+            "{body}"
+        );
+        let accepted = body["accepted"].as_u64().expect("accepted count");
+        assert!(accepted < 20);
+        assert_eq!(
+            h.metric(r#"plugbus_events_dropped_total{plugin="slow",reason="queue_full"}"#),
+            Some(1.0)
+        );
+        // analytics had room: it gets every accepted event and the one slow missed.
+        h.wait_until("analytics to catch up", WAIT, |h| {
+            h.count("analytics", "handled") == accepted + 1
+        })
+        .expect("analytics");
+    }
+}
+
+mod plugins {
+    use super::*;
+
+    #[test]
+    fn broken_plugins_are_reported_by_file_and_fix_while_the_others_run() {
+        let h = host(
+            &[
+                PluginFile::Bytes("notwasm", b"#!/bin/sh\necho hi\n"),
+                PluginFile::Wasm("future", artifacts::CONTRACT_V2),
+                PluginFile::Wasm("needskey", artifacts::INIT_FAILS),
+                PluginFile::Wasm("analytics", artifacts::ANALYTICS),
+            ],
+            &[],
+        );
+        let error_of = |name: &str| {
+            let p = h.plugin(name).unwrap_or_else(|| panic!("{name} listed"));
+            assert_eq!(p["state"], "failed", "{p}");
+            p["error"].as_str().unwrap_or("").to_string()
+        };
+        let e = error_of("notwasm");
+        assert!(
+            e.contains("notwasm.wasm")
+                && e.contains("not a WebAssembly file")
+                && e.contains("wasm32-wasip1"),
+            "{e}"
+        );
+        let e = error_of("future");
+        assert!(
+            e.contains("future.wasm")
+                && e.contains("plugbus:plugin@0.2.0")
+                && e.contains("plugbus:plugin@0.1.0"),
+            "{e}"
+        );
+        let e = error_of("needskey");
+        assert!(
+            e.contains("needskey.wasm") && e.contains("config `api_key` is not set"),
+            "{e}"
+        );
+        for name in ["notwasm.wasm", "future.wasm", "needskey.wasm"] {
+            h.wait_log(
+                &format!("plugin not loaded: {}", h.plugin_dir().join(name).display()),
+                WAIT,
+            )
+            .expect("reported at startup");
+        }
+
+        assert_eq!(h.plugin("analytics").expect("listed")["state"], "running");
+        h.publish("order.placed", &order("o-1", "w", 1, 100))
+            .expect("publish");
+        h.wait_until("analytics to handle", WAIT, |h| {
+            h.count("analytics", "handled") == 1
+        })
+        .expect("the good plugin runs");
+        let health = h.get("/healthz").expect("healthz");
+        assert_eq!(health["plugins_running"], 1);
+        assert_eq!(health["plugins_failed"], 3);
+    }
+
+    #[test]
+    fn a_trapping_plugin_is_reinstantiated_and_nothing_else_notices() {
+        let h = host(
+            &[
+                PluginFile::Wasm("trap", artifacts::TRAP),
+                PluginFile::Wasm("analytics", artifacts::ANALYTICS),
+            ],
+            &[
+                "--max-attempts",
+                "2",
+                "--backoff-ms-min",
+                "10",
+                "--backoff-ms-max",
+                "20",
+                "--batch-events-max",
+                "1",
+            ],
+        );
+        h.publish("order.placed", &json!({"total_cents": 1, "note": "boom"}))
+            .expect("publish");
+        h.publish("order.placed", &json!({"total_cents": 2}))
+            .expect("publish");
+        h.publish("order.placed", &json!({"total_cents": 3}))
+            .expect("publish");
+        h.wait_until("trap to give up on the bad event", WAIT, |h| {
+            h.metric(r#"plugbus_events_dropped_total{plugin="trap",reason="retries_exhausted"}"#)
+                == Some(1.0)
+        })
+        .expect("dropped after 2 attempts");
+        h.wait_until("trap to ack the good ones", WAIT, |h| {
+            h.count("trap", "handled") == 2
+        })
+        .expect("instance re-made");
+        assert_eq!(h.count("trap", "failed"), 2, "two failed attempts");
+        assert_eq!(h.count("trap", "retried"), 1);
+        assert_eq!(
+            h.metric(r#"plugbus_plugin_traps_total{plugin="trap"}"#),
+            Some(2.0)
+        );
+        h.wait_log("plugin `trap` trapped", WAIT)
+            .expect("trap logged");
+        h.wait_log("boom in event", WAIT)
+            .expect("the guest's panic message reaches the log");
+        h.wait_until("analytics to handle all 3", WAIT, |h| {
+            h.count("analytics", "handled") == 3
+        })
+        .expect("others unaffected");
+        assert_eq!(h.count("analytics", "failed"), 0);
+    }
+}
+
+mod operations {
+    use super::*;
+
+    #[test]
+    fn metrics_expose_per_plugin_counters_depth_and_latency() {
+        let h = host(&order_flow(), &[]);
+        h.publish("order.placed", &order("o-1", "w", 1, 100))
+            .expect("publish");
+        h.wait_until("analytics", WAIT, |h| h.count("analytics", "handled") == 1)
+            .expect("handled");
+        let text = h.get_text("/metrics").expect("metrics");
+        for series in [
+            r#"plugbus_events_handled_total{plugin="analytics"} 1"#,
+            r#"plugbus_events_failed_total{plugin="analytics"} 0"#,
+            r#"plugbus_events_retried_total{plugin="analytics"} 0"#,
+            r#"plugbus_queue_depth_events{plugin="analytics"} 0"#,
+            r#"plugbus_handle_duration_seconds_count{plugin="analytics"} 1"#,
+            "plugbus_events_published_total 2",
+        ] {
+            assert!(text.contains(series), "missing {series} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_cli_publishes_and_lists_plugins() {
+        let h = host(&order_flow(), &[]);
+        let out = std::process::Command::new(BIN)
+            .args(["publish", "--url", &h.url, "order.placed"])
+            .arg(order("o-cli", "w", 1, 4200).to_string())
+            .output()
+            .expect("run publish");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("published order.placed id="));
+        h.wait_until("analytics", WAIT, |h| h.count("analytics", "handled") == 1)
+            .expect("handled");
+
+        let out = std::process::Command::new(BIN)
+            .args(["plugins", "--url", &h.url])
+            .output()
+            .expect("run plugins");
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success());
+        for name in ["analytics", "email", "inventory"] {
+            assert!(
+                table
+                    .lines()
+                    .any(|l| l.starts_with(name) && l.contains("running")),
+                "{table}"
+            );
+        }
+
+        let out = std::process::Command::new(BIN)
+            .args(["publish", "--url", &h.url, "order.placed", "{not json"])
+            .output()
+            .expect("run publish");
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));
+    }
+
+    #[test]
+    fn cli_errors_name_the_fix() {
+        let out = std::process::Command::new(BIN)
+            .args(["plugins", "--url", "http://127.0.0.1:9"])
+            .output()
+            .expect("run plugins");
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is `plugbus run` running there?"));
+
+        let out = std::process::Command::new(BIN)
+            .args([
+                "run",
+                "--plugins",
+                "/nonexistent/plugbus-dir",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("/nonexistent/plugbus-dir") && err.contains("--plugins"),
+            "{err}"
+        );
+
+        let out = std::process::Command::new(BIN)
+            .arg("--help")
+            .output()
+            .expect("help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        for word in ["run", "publish", "plugins"] {
+            assert!(help.contains(word), "{help}");
+        }
+    }
+}
