@@ -28,7 +28,7 @@
 //!         Info::new("auditor", "0.1.0", ["order.placed"])
 //!     }
 //!
-//!     fn handle(&mut self, event: &Event, ctx: &mut Context) -> Outcome {
+//!     fn handle(&mut self, event: &Event<'_>, ctx: &mut Context) -> Outcome {
 //!         let order: Order = match event.json() {
 //!             Ok(order) => order,
 //!             // Bad data will not get better by retrying it.
@@ -75,7 +75,7 @@ pub mod bindings {
 use bindings::plugbus::plugin::{config as host_config, publisher, types};
 use bindings::wasi::logging::logging;
 
-pub use types::{Event, Info, Outcome, Outgoing, PublishError, Retry};
+pub use types::{Info, Outcome, Outgoing, PublishError, Retry};
 
 /// The version of the contract this SDK builds plugins against.
 pub const CONTRACT_VERSION: &str = "0.1.0";
@@ -93,7 +93,7 @@ pub trait Plugin: Sized + 'static {
     fn info(&self) -> Info;
 
     /// Handle one event. Called in delivery order.
-    fn handle(&mut self, event: &Event, ctx: &mut Context) -> Outcome;
+    fn handle(&mut self, event: &Event<'_>, ctx: &mut Context) -> Outcome;
 }
 
 /// The plugin's configuration: string keys and values from its manifest.
@@ -115,11 +115,11 @@ impl Config {
 }
 
 /// What a handler can do besides returning an outcome.
-pub struct Context<'a> {
-    cause: &'a str,
+pub struct Context {
+    cause: u32,
 }
 
-impl Context<'_> {
+impl Context {
     /// Publish a follow-up event with a JSON body, caused by the event being
     /// handled.
     pub fn publish<T: serde::Serialize + ?Sized>(
@@ -168,27 +168,119 @@ impl std::error::Error for DataError {
     }
 }
 
-impl Event {
-    /// The topic (CloudEvents `type`).
-    pub fn topic(&self) -> &str {
-        &self.type_
+/// One delivered event: a borrowed view of the batch the host handed over,
+/// so reading it copies nothing.
+#[derive(Clone, Copy)]
+pub struct Event<'a> {
+    raw: &'a types::Event,
+    batch: &'a types::Batch,
+}
+
+impl<'a> Event<'a> {
+    fn bytes(&self, span: types::Span) -> &'a [u8] {
+        let start = span.offset as usize;
+        self.batch
+            .bytes
+            .get(start..start.saturating_add(span.len as usize))
+            .unwrap_or_default()
     }
 
-    /// Decode `data` as JSON into `T`.
-    pub fn json<'de, T: serde::Deserialize<'de>>(&'de self) -> Result<T, DataError> {
-        serde_json::from_slice(&self.data).map_err(|source| DataError {
-            event_id: self.id.clone(),
-            topic: self.type_.clone(),
+    fn text(&self, span: types::Span) -> &'a str {
+        std::str::from_utf8(self.bytes(span)).unwrap_or_default()
+    }
+
+    /// The event's unique id (the idempotency key).
+    pub fn id(&self) -> &'a str {
+        self.text(self.raw.id)
+    }
+
+    /// The topic (CloudEvents `type`).
+    pub fn topic(&self) -> &'a str {
+        self.text(self.raw.type_)
+    }
+
+    /// CloudEvents `source`.
+    pub fn source(&self) -> &'a str {
+        self.text(self.raw.source)
+    }
+
+    /// CloudEvents `subject`.
+    pub fn subject(&self) -> Option<&'a str> {
+        self.raw.subject.map(|s| self.text(s))
+    }
+
+    /// RFC 3339 time.
+    pub fn time(&self) -> &'a str {
+        self.text(self.raw.time)
+    }
+
+    /// The media type of the data.
+    pub fn datacontenttype(&self) -> Option<&'a str> {
+        self.raw.datacontenttype.map(|s| self.text(s))
+    }
+
+    /// The payload.
+    pub fn data(&self) -> &'a [u8] {
+        self.bytes(self.raw.data)
+    }
+
+    /// Position in the host's log.
+    pub fn sequence(&self) -> u64 {
+        self.raw.sequence
+    }
+
+    /// Which delivery attempt this is: 1 on the first.
+    pub fn attempt(&self) -> u32 {
+        self.raw.attempt
+    }
+
+    /// The id of the first event of this event's chain.
+    pub fn correlation_id(&self) -> Option<&'a str> {
+        self.raw.correlationid.map(|s| self.text(s))
+    }
+
+    /// The id of the event whose handler published this one.
+    pub fn causation_id(&self) -> Option<&'a str> {
+        self.raw.causationid.map(|s| self.text(s))
+    }
+
+    /// The extension attributes, as (name, value).
+    pub fn extensions(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let first = self.raw.extensions_first as usize;
+        let count = self.raw.extensions_count as usize;
+        let this = *self;
+        self.batch
+            .extensions
+            .get(first..first.saturating_add(count))
+            .unwrap_or_default()
+            .iter()
+            .map(move |e| (this.text(e.name), this.text(e.value)))
+    }
+
+    /// The value of one extension attribute.
+    pub fn extension(&self, name: &str) -> Option<&'a str> {
+        self.extensions().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    /// Decode the data as JSON into `T` (which may borrow from it).
+    pub fn json<T: serde::Deserialize<'a>>(&self) -> Result<T, DataError> {
+        serde_json::from_slice(self.data()).map_err(|source| DataError {
+            event_id: self.id().to_string(),
+            topic: self.topic().to_string(),
             source,
         })
     }
+}
 
-    /// The value of an extension attribute.
-    pub fn extension(&self, name: &str) -> Option<&str> {
-        self.extensions
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+impl fmt::Debug for Event<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("id", &self.id())
+            .field("type", &self.topic())
+            .field("sequence", &self.sequence())
+            .field("attempt", &self.attempt())
+            .field("data_bytes", &self.data().len())
+            .finish()
     }
 }
 
@@ -268,8 +360,10 @@ macro_rules! export_plugin {
                 $crate::__private::init::<$ty>()
             }
 
-            fn handle(events: ::std::vec::Vec<$crate::Event>) -> ::std::vec::Vec<$crate::Outcome> {
-                $crate::__private::handle::<$ty>(events)
+            fn handle(
+                batch: $crate::bindings::plugbus::plugin::types::Batch,
+            ) -> ::std::vec::Vec<$crate::Outcome> {
+                $crate::__private::handle::<$ty>(batch)
             }
         }
 
@@ -299,18 +393,22 @@ pub mod __private {
         Ok(info)
     }
 
-    pub fn handle<P: Plugin>(events: Vec<Event>) -> Vec<Outcome> {
+    pub fn handle<P: Plugin>(batch: types::Batch) -> Vec<Outcome> {
         INSTANCE.with(|slot| {
             let mut slot = slot.borrow_mut();
             match slot.as_mut().and_then(|b| b.downcast_mut::<P>()) {
-                Some(plugin) => events
+                Some(plugin) => batch
+                    .events
                     .iter()
-                    .map(|event| {
-                        let mut ctx = Context { cause: &event.id };
-                        plugin.handle(event, &mut ctx)
+                    .enumerate()
+                    .map(|(i, raw)| {
+                        let event = Event { raw, batch: &batch };
+                        let mut ctx = Context { cause: i as u32 };
+                        plugin.handle(&event, &mut ctx)
                     })
                     .collect(),
-                None => events
+                None => batch
+                    .events
                     .iter()
                     .map(|_| Outcome::retry("plugin handled an event before init succeeded"))
                     .collect(),

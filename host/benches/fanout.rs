@@ -16,7 +16,9 @@
 //!
 //! Run with `scripts/bench.sh` (installs redis-server and wrk), or
 //! `cargo bench -p plugbus --bench fanout`; rows whose tools are missing say
-//! so. `PLUGBUS_BENCH_EVENTS` sets the event count (default 1,000,000).
+//! so. `PLUGBUS_BENCH_EVENTS` sets the event count (default 1,000,000);
+//! `PLUGBUS_BENCH_ONLY` (a comma-separated subset of `floor,wasm,plugbus,
+//! redis,http`) runs only those rows, for profiling.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -383,6 +385,8 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let only = std::env::var("PLUGBUS_BENCH_ONLY").unwrap_or_default();
+    let want = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
     let cores = thread::available_parallelism().map_or(1, |c| c.get());
     let dir = std::env::temp_dir().join(format!("plugbus-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
@@ -394,72 +398,86 @@ fn main() {
         .expect("copy noop");
     }
     let rt = Arc::new(Runtime::new(Limits::default(), None).expect("runtime"));
-    eprintln!("measuring with {n} events of {PAYLOAD_BYTES} bytes, {SUBSCRIBERS} subscribers, {cores} cores...");
+    eprintln!(
+        "measuring with {n} events of {PAYLOAD_BYTES} bytes, {SUBSCRIBERS} subscribers, {cores} cores..."
+    );
 
     let mut rows = Vec::new();
-    let floor_rate = floor(n);
-    rows.push(row(
-        "floor: crossbeam fan-out, 3 native no-op consumers",
-        Some(floor_rate),
-        "",
-    ));
-
-    let call1 = wasm_call_ns(&rt, &dir.join("noop1.wasm"), 1, n / 4);
-    let call64 = wasm_call_ns(&rt, &dir.join("noop1.wasm"), 64, n);
-    rows.push(row(
-        "wasm: bare handle call, batch 1 (1 plugin)",
-        Some(1e9 / call1),
-        format!("{call1:.0} ns/event"),
-    ));
-    rows.push(row(
-        "wasm: bare handle call, batch 64 (1 plugin)",
-        Some(1e9 / call64),
-        format!("{call64:.0} ns/event"),
-    ));
-    let limit1 = cores as f64 * 1e9 / (call1 * SUBSCRIBERS as f64);
-    let limit64 = cores as f64 * 1e9 / (call64 * SUBSCRIBERS as f64);
-    rows.push(row(
-        "wasm limit: 3 plugins on all cores, batch 64",
-        Some(limit64),
-        format!("{cores} cores / (3 x {call64:.0} ns)"),
-    ));
-
-    let pb1 = plugbus_inprocess(rt.clone(), &dir, 1, n / 4);
-    let pb64 = plugbus_inprocess(rt.clone(), &dir, 64, n);
-    rows.push(row(
-        "plugbus: 3 wasm plugins, batch 1",
-        Some(pb1),
-        format!(
-            "{:.2}x floor, {:.2}x wasm limit (batch 1)",
-            pb1 / floor_rate,
-            pb1 / limit1
-        ),
-    ));
-    rows.push(row(
-        "plugbus: 3 wasm plugins, batch 64",
-        Some(pb64),
-        format!(
-            "{:.2}x floor, {:.2}x wasm limit",
-            pb64 / floor_rate,
-            pb64 / limit64
-        ),
-    ));
-
-    match redis_pubsub((n / 5).max(1000)) {
-        Ok((rate, got)) => rows.push(row(
-            "redis-server pub/sub, 3 subscribers (pipelined PUBLISH)",
-            Some(rate),
-            format!(
-                "sent {} each; received {:?}; plugbus batch 64 = {:.2}x",
-                (n / 5).max(1000),
-                got,
-                pb64 / rate
-            ),
-        )),
-        Err(e) => rows.push(row("redis-server pub/sub", None, format!("skipped: {e}"))),
+    let mut floor_rate = f64::NAN;
+    if want("floor") {
+        floor_rate = floor(n);
+        rows.push(row(
+            "floor: crossbeam fan-out, 3 native no-op consumers",
+            Some(floor_rate),
+            "",
+        ));
     }
 
-    http_rows(&dir, &mut rows);
+    let (mut limit1, mut limit64) = (f64::NAN, f64::NAN);
+    if want("wasm") {
+        let call1 = wasm_call_ns(&rt, &dir.join("noop1.wasm"), 1, n / 4);
+        let call64 = wasm_call_ns(&rt, &dir.join("noop1.wasm"), 64, n);
+        rows.push(row(
+            "wasm: bare handle call, batch 1 (1 plugin)",
+            Some(1e9 / call1),
+            format!("{call1:.0} ns/event"),
+        ));
+        rows.push(row(
+            "wasm: bare handle call, batch 64 (1 plugin)",
+            Some(1e9 / call64),
+            format!("{call64:.0} ns/event"),
+        ));
+        limit1 = cores as f64 * 1e9 / (call1 * SUBSCRIBERS as f64);
+        limit64 = cores as f64 * 1e9 / (call64 * SUBSCRIBERS as f64);
+        rows.push(row(
+            "wasm limit: 3 plugins on all cores, batch 64",
+            Some(limit64),
+            format!("{cores} cores / (3 x {call64:.0} ns)"),
+        ));
+    }
+
+    let mut pb64 = f64::NAN;
+    if want("plugbus") {
+        let pb1 = plugbus_inprocess(rt.clone(), &dir, 1, n / 4);
+        pb64 = plugbus_inprocess(rt.clone(), &dir, 64, n);
+        rows.push(row(
+            "plugbus: 3 wasm plugins, batch 1",
+            Some(pb1),
+            format!(
+                "{:.2}x floor, {:.2}x wasm limit at batch 1",
+                pb1 / floor_rate,
+                pb1 / limit1
+            ),
+        ));
+        rows.push(row(
+            "plugbus: 3 wasm plugins, batch 64",
+            Some(pb64),
+            format!(
+                "{:.2}x floor, {:.2}x wasm limit",
+                pb64 / floor_rate,
+                pb64 / limit64
+            ),
+        ));
+    }
+
+    if want("redis") {
+        let sent = (n / 5).max(1000);
+        match redis_pubsub(sent) {
+            Ok((rate, got)) => rows.push(row(
+                "redis-server pub/sub, 3 subscribers (pipelined PUBLISH)",
+                Some(rate),
+                format!(
+                    "sent {sent}; the subscribers received {got:?}; plugbus batch 64 = {:.2}x",
+                    pb64 / rate
+                ),
+            )),
+            Err(e) => rows.push(row("redis-server pub/sub", None, format!("skipped: {e}"))),
+        }
+    }
+
+    if want("http") {
+        http_rows(&dir, &mut rows);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 
     println!();

@@ -29,6 +29,10 @@ use crate::topic::{Pattern, TopicError};
 pub struct DeliverySettings {
     /// Most events handed to one `handle` call. Default 64.
     pub batch_events_max: usize,
+    /// Most bytes (data plus attributes) handed to one `handle` call; a
+    /// single larger event still goes alone. Default 4 MiB, so that a batch
+    /// fits well inside a plugin's memory cap.
+    pub batch_bytes_max: usize,
     /// Capacity of each plugin's queue, in events. Default 4096.
     pub queue_events_max: usize,
     /// Delivery attempts before an event is given up on. Default 5.
@@ -45,6 +49,7 @@ impl Default for DeliverySettings {
     fn default() -> Self {
         DeliverySettings {
             batch_events_max: 64,
+            batch_bytes_max: 4 << 20,
             queue_events_max: 4096,
             max_attempts: 5,
             backoff_ms_min: 100,

@@ -1,6 +1,7 @@
 //! One plugin's delivery worker: a thread that drains the plugin's queue in
-//! batches of up to `batch_events_max`, calls `handle` once per batch, and
-//! acts on the outcomes.
+//! batches of up to `batch_events_max` events and `batch_bytes_max` bytes
+//! (one larger event goes alone), calls `handle` once per batch, and acts on
+//! the outcomes.
 //!
 //! - `ack`: done; the plugin's follow-up events for it are published.
 //! - `retry`: re-delivered after the plugin's delay, or exponential backoff
@@ -32,7 +33,7 @@ use super::{DeliverySettings, RunningPlugin};
 use crate::bus::Bus;
 use crate::event::Event;
 use crate::metrics::{self, DropReason, Metrics};
-use crate::runtime::{Outcome, PluginInstance};
+use crate::runtime::{self, Outcome, PluginInstance};
 
 /// The longest retry delay a plugin may ask for, in ms (one hour).
 const RETRY_DELAY_MS_MAX: u64 = 3_600_000;
@@ -111,17 +112,47 @@ impl Worker {
 
     pub(super) fn run(mut self) {
         let max = self.settings.batch_events_max.max(1);
+        let bytes_max = self
+            .settings
+            .batch_bytes_max
+            .min(runtime::BATCH_BYTES_LIMIT);
         let mut batch: Vec<Arc<Event>> = Vec::with_capacity(max);
         let mut attempts: Vec<u32> = Vec::with_capacity(max);
+        // An event taken from the queue that did not fit the last batch.
+        let mut carry: Option<Arc<Event>> = None;
         let mut closed = false;
         loop {
             batch.clear();
             attempts.clear();
+            let mut bytes = 0;
+            let mut fits = |event: &Event, n: usize| {
+                let size = runtime::batch_bytes(event);
+                let ok = n == 0 || bytes + size <= bytes_max;
+                if ok {
+                    bytes += size;
+                }
+                ok
+            };
             let now = Instant::now();
-            while batch.len() < max && self.retries.peek().is_some_and(|r| r.0.due <= now) {
+            while batch.len() < max
+                && self
+                    .retries
+                    .peek()
+                    .is_some_and(|r| r.0.due <= now && fits(&r.0.event, batch.len()))
+            {
                 if let Some(Reverse(p)) = self.retries.pop() {
                     batch.push(p.event);
                     attempts.push(p.attempt);
+                }
+            }
+            if batch.len() < max {
+                if let Some(event) = carry.take() {
+                    if fits(&event, batch.len()) {
+                        batch.push(event);
+                        attempts.push(1);
+                    } else {
+                        carry = Some(event);
+                    }
                 }
             }
             if batch.is_empty() && !closed {
@@ -136,6 +167,7 @@ impl Worker {
                 };
                 match first {
                     Ok(event) => {
+                        fits(&event, 0);
                         batch.push(event);
                         attempts.push(1);
                     }
@@ -154,12 +186,13 @@ impl Worker {
                     None => break,
                 }
             }
-            while batch.len() < max {
+            while batch.len() < max && carry.is_none() {
                 match self.queue.try_recv() {
-                    Ok(event) => {
+                    Ok(event) if fits(&event, batch.len()) => {
                         batch.push(event);
                         attempts.push(1);
                     }
+                    Ok(event) => carry = Some(event),
                     Err(_) => break,
                 }
             }

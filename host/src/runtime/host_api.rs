@@ -4,7 +4,7 @@
 //! the host log tagged with the plugin's name).
 //!
 //! During a `handle` call the state knows the batch being handled, so a
-//! publish names its cause by event id and inherits the cause's correlation
+//! publish names its cause by index in the batch and inherits the cause's correlation
 //! id and hop count. Publishes are held here until the call returns; the
 //! caller decides which are sent (those whose cause was acked).
 
@@ -129,12 +129,14 @@ impl config::Host for HostState {
 }
 
 impl publisher::Host for HostState {
-    fn publish(&mut self, cause: String, event: Outgoing) -> Result<(), types::PublishError> {
-        let Some(index) = self.batch.iter().position(|e| e.id == cause) else {
+    fn publish(&mut self, cause: u32, event: Outgoing) -> Result<(), types::PublishError> {
+        let index = cause as usize;
+        if index >= self.batch.len() {
             return Err(types::PublishError::UnknownCause(format!(
-                "`{cause}` is not an event of the batch being handled; pass the id of the event you are handling"
+                "index {cause} is not in the batch being handled ({} events); pass the index of the event you are handling",
+                self.batch.len()
             )));
-        };
+        }
         if self.published.len() >= self.batch.len() * PUBLISHES_PER_EVENT_MAX {
             return Err(types::PublishError::Invalid(format!(
                 "more than {PUBLISHES_PER_EVENT_MAX} follow-up events per handled event"

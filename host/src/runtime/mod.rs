@@ -424,6 +424,7 @@ pub struct PluginInstance {
     config: InstanceConfig,
     store: Store<HostState>,
     bindings: bindings::Plugin,
+    buffer: BatchBuffer,
 }
 
 impl LoadedPlugin {
@@ -485,6 +486,7 @@ pub fn instantiate(
             config,
             store,
             bindings,
+            buffer: BatchBuffer::default(),
         },
         info,
     ))
@@ -499,18 +501,15 @@ impl PluginInstance {
     }
 
     /// Call `handle` once for `batch`; `attempts[i]` is the delivery attempt
-    /// of `batch[i]`. Builds the guest's view of each event, runs under the
-    /// deadline, and collects follow-up events.
+    /// of `batch[i]`. Copies the batch into one buffer for the guest, runs
+    /// under the deadline, and collects follow-up events. The caller keeps
+    /// the batch's [`batch_bytes`] under [`BATCH_BYTES_LIMIT`].
     pub fn handle(
         &mut self,
         batch: &[Arc<Event>],
         attempts: &[u32],
     ) -> Result<BatchResult, CallError> {
-        let events: Vec<wit::Event> = batch
-            .iter()
-            .zip(attempts)
-            .map(|(e, &attempt)| to_wit(e, attempt))
-            .collect();
+        self.buffer.fill(batch, attempts);
         self.store.data_mut().begin_batch(batch);
         let deadline_ticks = self
             .loaded
@@ -522,7 +521,7 @@ impl PluginInstance {
         let result = self
             .bindings
             .plugbus_plugin_handler()
-            .call_handle(&mut self.store, &events);
+            .call_handle(&mut self.store, &self.buffer.batch);
         let published = self.store.data_mut().end_batch();
         let outcomes = result.map_err(|e| CallError::Trap {
             plugin: self.loaded.name.clone(),
@@ -542,21 +541,98 @@ impl PluginInstance {
     }
 }
 
-fn to_wit(e: &Event, attempt: u32) -> wit::Event {
-    wit::Event {
-        id: e.id.clone(),
-        source: e.source.clone(),
-        type_: e.topic.clone(),
-        subject: e.subject.clone(),
-        time: e.time.clone(),
-        datacontenttype: e.datacontenttype.clone(),
-        data: e.data.clone(),
-        sequence: e.sequence,
-        attempt,
-        correlationid: e.correlationid.clone(),
-        causationid: e.causationid.clone(),
-        extensions: e.extensions.clone(),
+/// The most bytes one batch may carry into the sandbox (spans are u32).
+pub const BATCH_BYTES_LIMIT: usize = u32::MAX as usize;
+
+/// Fills a reusable [`wit::Batch`]: every string and payload of the batch is
+/// appended to one byte buffer, and each event records spans into it. The
+/// buffers keep their capacity from batch to batch.
+struct BatchBuffer {
+    batch: wit::Batch,
+}
+
+impl Default for BatchBuffer {
+    fn default() -> Self {
+        BatchBuffer {
+            batch: wit::Batch {
+                bytes: Vec::new(),
+                events: Vec::new(),
+                extensions: Vec::new(),
+            },
+        }
     }
+}
+
+impl BatchBuffer {
+    fn fill(&mut self, events: &[Arc<Event>], attempts: &[u32]) {
+        let b = &mut self.batch;
+        b.bytes.clear();
+        b.events.clear();
+        b.extensions.clear();
+        for (e, &attempt) in events.iter().zip(attempts) {
+            let extensions_first = b.extensions.len() as u32;
+            for (name, value) in &e.extensions {
+                let name = span(&mut b.bytes, name.as_bytes());
+                let value = span(&mut b.bytes, value.as_bytes());
+                b.extensions.push(wit::Extension { name, value });
+            }
+            let event = wit::Event {
+                id: span(&mut b.bytes, e.id.as_bytes()),
+                source: span(&mut b.bytes, e.source.as_bytes()),
+                type_: span(&mut b.bytes, e.topic.as_bytes()),
+                subject: e.subject.as_ref().map(|s| span(&mut b.bytes, s.as_bytes())),
+                time: span(&mut b.bytes, e.time.as_bytes()),
+                datacontenttype: e
+                    .datacontenttype
+                    .as_ref()
+                    .map(|s| span(&mut b.bytes, s.as_bytes())),
+                data: span(&mut b.bytes, &e.data),
+                sequence: e.sequence,
+                attempt,
+                correlationid: e
+                    .correlationid
+                    .as_ref()
+                    .map(|s| span(&mut b.bytes, s.as_bytes())),
+                causationid: e
+                    .causationid
+                    .as_ref()
+                    .map(|s| span(&mut b.bytes, s.as_bytes())),
+                extensions_first,
+                extensions_count: e.extensions.len() as u32,
+            };
+            b.events.push(event);
+        }
+    }
+}
+
+/// Append `bytes` and return where they are. Callers keep a batch under
+/// [`BATCH_BYTES_LIMIT`] (the worker's `batch_bytes_max` is far below it).
+fn span(buf: &mut Vec<u8>, bytes: &[u8]) -> wit::Span {
+    let offset = buf.len() as u32;
+    buf.extend_from_slice(bytes);
+    wit::Span {
+        offset,
+        len: bytes.len() as u32,
+    }
+}
+
+/// The bytes `event` adds to a batch buffer.
+pub fn batch_bytes(event: &Event) -> usize {
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    event.id.len()
+        + event.source.len()
+        + event.topic.len()
+        + event.time.len()
+        + event.data.len()
+        + opt(&event.subject)
+        + opt(&event.datacontenttype)
+        + opt(&event.correlationid)
+        + opt(&event.causationid)
+        + event
+            .extensions
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
 }
 
 #[cfg(test)]
@@ -580,6 +656,41 @@ mod tests {
         );
         assert_eq!(contract_version("wasi:logging/logging@0.1.0-draft"), None);
         assert_eq!(contract_version("plugbus:plugin/handler"), None);
+    }
+
+    #[test]
+    fn batch_buffer_spans_point_at_each_attribute() {
+        let mut e = Event::new(
+            "order.placed",
+            Some("application/json".into()),
+            b"{}".to_vec(),
+        )
+        .expect("event");
+        e.subject = Some("o-1".into());
+        e.extensions = vec![("tenant".into(), "acme".into())];
+        let e = Arc::new(e);
+        let mut buf = BatchBuffer::default();
+        buf.fill(&[e.clone(), e.clone()], &[1, 3]);
+        let b = &buf.batch;
+        let text = |s: wit::Span| &b.bytes[s.offset as usize..(s.offset + s.len) as usize];
+        assert_eq!(b.events.len(), 2);
+        assert_eq!(b.bytes.len(), 2 * batch_bytes(&e));
+        let second = &b.events[1];
+        assert_eq!(text(second.id), e.id.as_bytes());
+        assert_eq!(text(second.type_), b"order.placed");
+        assert_eq!(second.subject.map(text), Some(&b"o-1"[..]));
+        assert_eq!(text(second.data), b"{}");
+        assert_eq!(second.attempt, 3);
+        assert!(second.correlationid.is_none());
+        assert_eq!((second.extensions_first, second.extensions_count), (1, 1));
+        let ext = &b.extensions[1];
+        assert_eq!(
+            (text(ext.name), text(ext.value)),
+            (&b"tenant"[..], &b"acme"[..])
+        );
+        // Refilling reuses the buffers.
+        buf.fill(&[e.clone()], &[1]);
+        assert_eq!(buf.batch.events.len(), 1);
     }
 
     #[test]

@@ -28,7 +28,7 @@ impl Plugin for Analytics {
         Info::new("analytics", env!("CARGO_PKG_VERSION"), ["order.placed"])
     }
 
-    fn handle(&mut self, event: &Event, _ctx: &mut Context) -> Outcome {
+    fn handle(&mut self, event: &Event<'_>, _ctx: &mut Context) -> Outcome {
         match event.json::<Order>() {
             Ok(order) => {
                 self.orders += 1;

@@ -43,7 +43,7 @@ impl Plugin for Email {
         )
     }
 
-    fn handle(&mut self, event: &Event, _ctx: &mut Context) -> Outcome {
+    fn handle(&mut self, event: &Event<'_>, _ctx: &mut Context) -> Outcome {
         match event.topic() {
             "order.placed" => match event.json::<Order>() {
                 Ok(o) => {
@@ -67,8 +67,8 @@ impl Plugin for Email {
                         self.from,
                         s.order_id,
                         s.sku,
-                        event.correlationid.as_deref().unwrap_or("-"),
-                        event.causationid.as_deref().unwrap_or("-")
+                        event.correlation_id().unwrap_or("-"),
+                        event.causation_id().unwrap_or("-")
                     );
                     Outcome::Ack
                 }

@@ -84,7 +84,7 @@ impl Plugin for Inventory {
         Info::new("inventory", env!("CARGO_PKG_VERSION"), ["order.placed"])
     }
 
-    fn handle(&mut self, event: &Event, ctx: &mut Context) -> Outcome {
+    fn handle(&mut self, event: &Event<'_>, ctx: &mut Context) -> Outcome {
         let order: Order = match event.json() {
             Ok(order) => order,
             Err(e) => return Outcome::reject(e.to_string()),
@@ -145,7 +145,7 @@ impl Plugin for Inventory {
                 plugbus_sdk::info!(
                     "order {}: published {topic} (caused by {})",
                     order.order_id,
-                    event.id
+                    event.id()
                 );
                 Outcome::Ack
             }

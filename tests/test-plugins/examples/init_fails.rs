@@ -16,7 +16,7 @@ impl Plugin for NeedsKey {
         Info::new("init_fails", "0.1.0", ["order.placed"])
     }
 
-    fn handle(&mut self, _event: &Event, _ctx: &mut Context) -> Outcome {
+    fn handle(&mut self, _event: &Event<'_>, _ctx: &mut Context) -> Outcome {
         Outcome::Ack
     }
 }

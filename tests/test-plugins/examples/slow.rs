@@ -16,7 +16,7 @@ impl Plugin for Slow {
         Info::new("slow", "0.1.0", ["order.placed"])
     }
 
-    fn handle(&mut self, _event: &Event, _ctx: &mut Context) -> Outcome {
+    fn handle(&mut self, _event: &Event<'_>, _ctx: &mut Context) -> Outcome {
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(50) {
             std::hint::spin_loop();

@@ -16,9 +16,9 @@ impl Plugin for Trap {
         Info::new("trap", "0.1.0", ["order.placed"])
     }
 
-    fn handle(&mut self, event: &Event, _ctx: &mut Context) -> Outcome {
-        if event.data.windows(4).any(|w| w == b"boom") {
-            panic!("boom in event {}", event.id);
+    fn handle(&mut self, event: &Event<'_>, _ctx: &mut Context) -> Outcome {
+        if event.data().windows(4).any(|w| w == b"boom") {
+            panic!("boom in event {}", event.id());
         }
         self.acked += 1;
         plugbus_sdk::info!("acked {} since start", self.acked);
