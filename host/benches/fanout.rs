@@ -118,15 +118,15 @@ fn wasm_call_ns(rt: &Runtime, noop: &Path, batch: usize, n: usize) -> f64 {
     let loaded = Arc::new(rt.load_file(noop).expect("noop loads"));
     let (mut instance, _) =
         runtime::instantiate(loaded, InstanceConfig::default()).expect("instantiates");
-    let evs: Vec<Arc<Event>> = events(batch).into_iter().map(Arc::new).collect();
+    let evs: plugbus::event::Chunk = events(batch).into_iter().map(Arc::new).collect();
     let attempts = vec![1u32; batch];
     let calls = (n / batch).max(1);
     for _ in 0..calls.min(1000) {
-        instance.handle(&evs, &attempts).expect("warm-up");
+        instance.handle(&evs, 0..batch, &attempts).expect("warm-up");
     }
     let start = Instant::now();
     for _ in 0..calls {
-        let r = instance.handle(&evs, &attempts).expect("handle");
+        let r = instance.handle(&evs, 0..batch, &attempts).expect("handle");
         std::hint::black_box(r.outcomes.len());
     }
     start.elapsed().as_nanos() as f64 / (calls * batch) as f64

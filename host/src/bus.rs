@@ -4,39 +4,51 @@
 //! The routing table is an immutable snapshot ([`Routes`]) behind an
 //! `ArcSwap`: publishing reads it without a lock, and a plugin coming or
 //! going swaps in a new one. Each subscription owns a bounded crossbeam
-//! channel of `Arc<Event>`: fan-out to N subscribers copies a pointer N
-//! times, never the event.
+//! channel of [`Chunk`]s: a publish call's events, as `Arc<Event>`s, in
+//! chunks of up to [`CHUNK_EVENTS_MAX`]. Fan-out copies pointers, never
+//! events, and a subscriber that wants every event of a chunk shares the
+//! chunk itself, so a worker wakes once per chunk, not once per event.
 //!
-//! Behaviour under load: when a subscription's queue is full the publisher
-//! blocks, up to `publish_timeout`, for room. If none comes, publishing
-//! stops at that event with [`PublishError::QueueFull`] naming the plugin;
-//! the subscribers that had room got the event, the full one did not, and
-//! that miss is counted in `plugbus_events_dropped_total{reason="queue_full"}`.
-//! Events of the same call after it are not published at all, and the error
-//! says how many were. (With the durable log, a full queue will instead make
-//! the worker catch up from the log; the worker already tracks the sequence
-//! it has reached for that.)
+//! A queue's bound is in events (`queue_events_max`), kept exactly by a
+//! counter beside the channel. Behaviour under load: when a subscription
+//! has no room, the publisher waits, up to `publish_timeout`, for the worker
+//! to drain it. If no room comes, publishing stops at that chunk with
+//! [`PublishError::QueueFull`] naming the plugin: the subscribers that had
+//! room got the chunk, the full one did not, and its miss is counted in
+//! `plugbus_events_dropped_total{reason="queue_full"}`. Later chunks of the
+//! same call are not published, and the error says how many events were.
+//! (With the durable log, a full queue will instead make the worker catch
+//! up from the log; the worker already tracks the sequence it has reached.)
 //!
 //! The bus knows nothing of HTTP or wasmtime.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{
+    Receiver, RecvError, RecvTimeoutError, Sender, TryRecvError, TrySendError,
+};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::event::Event;
 use crate::metrics::{DropReason, Metrics};
 use crate::topic::Pattern;
 
+/// The most events one chunk carries (and so one queue message).
+pub const CHUNK_EVENTS_MAX: usize = 64;
+
+pub use crate::event::Chunk;
+
 /// One plugin's subscription: its patterns and the sending half of its queue.
 #[derive(Clone)]
 pub struct Subscription {
     plugin: Arc<str>,
     patterns: Vec<Pattern>,
-    queue: Sender<Arc<Event>>,
+    queue: Sender<Chunk>,
+    pending: Arc<AtomicUsize>,
+    capacity: usize,
     dropped_full: Counter,
 }
 
@@ -44,6 +56,80 @@ impl Subscription {
     /// Does this subscription want events of `topic`?
     pub fn wants(&self, topic: &str) -> bool {
         self.patterns.iter().any(|p| p.matches(topic))
+    }
+
+    /// Queue `chunk`, waiting until `deadline` for room. False on timeout.
+    fn offer(&self, mut chunk: Chunk, deadline: Instant) -> bool {
+        let n = chunk.len();
+        let mut pause = Duration::from_micros(20);
+        loop {
+            // Room for the whole chunk, or an empty queue (a chunk larger
+            // than the queue goes alone rather than never).
+            let reserved = self
+                .pending
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                    (cur == 0 || cur + n <= self.capacity).then_some(cur + n)
+                })
+                .is_ok();
+            if reserved {
+                match self.queue.try_send(chunk) {
+                    Ok(()) => return true,
+                    // A closed queue belongs to a plugin being replaced or
+                    // removed: its successor subscribed already, or it is
+                    // gone on purpose.
+                    Err(TrySendError::Disconnected(_)) => {
+                        self.pending.fetch_sub(n, Ordering::AcqRel);
+                        return true;
+                    }
+                    // Messages never outnumber events, so a channel sized in
+                    // events is not full when the count had room; if it
+                    // were, wait like for a full queue.
+                    Err(TrySendError::Full(back)) => {
+                        self.pending.fetch_sub(n, Ordering::AcqRel);
+                        chunk = back;
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(1));
+        }
+    }
+}
+
+/// The receiving half of a subscription's queue.
+pub struct Queue {
+    rx: Receiver<Chunk>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    fn taken(&self, chunk: Chunk) -> Chunk {
+        self.pending.fetch_sub(chunk.len(), Ordering::AcqRel);
+        chunk
+    }
+
+    /// Wait for the next chunk; an error once the queue is closed and empty.
+    pub fn recv(&self) -> Result<Chunk, RecvError> {
+        self.rx.recv().map(|c| self.taken(c))
+    }
+
+    /// Wait at most `timeout` for the next chunk.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Chunk, RecvTimeoutError> {
+        self.rx.recv_timeout(timeout).map(|c| self.taken(c))
+    }
+
+    /// The next chunk, if one is waiting.
+    pub fn try_recv(&self) -> Result<Chunk, TryRecvError> {
+        self.rx.try_recv().map(|c| self.taken(c))
+    }
+
+    /// Events waiting.
+    pub fn depth(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
     }
 }
 
@@ -101,17 +187,16 @@ impl Bus {
 
     /// Add (or replace) `plugin`'s subscription and return the receiving
     /// half of its new queue, of `capacity` events.
-    pub fn subscribe(
-        &self,
-        plugin: &str,
-        patterns: Vec<Pattern>,
-        capacity: usize,
-    ) -> Receiver<Arc<Event>> {
-        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+    pub fn subscribe(&self, plugin: &str, patterns: Vec<Pattern>, capacity: usize) -> Queue {
+        let capacity = capacity.max(1);
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let pending = Arc::new(AtomicUsize::new(0));
         let sub = Subscription {
             plugin: Arc::from(plugin),
             patterns,
             queue: tx,
+            pending: pending.clone(),
+            capacity,
             dropped_full: self.metrics.drop_counter(plugin, DropReason::QueueFull),
         };
         self.routes.rcu(|routes| {
@@ -124,7 +209,7 @@ impl Bus {
             subscriptions.push(sub.clone());
             Routes { subscriptions }
         });
-        rx
+        Queue { rx, pending }
     }
 
     /// Remove `plugin`'s subscription. Its queue closes once the last
@@ -152,7 +237,7 @@ impl Bus {
             .load()
             .subscriptions
             .iter()
-            .map(|s| (s.plugin.clone(), s.queue.len()))
+            .map(|s| (s.plugin.clone(), s.pending.load(Ordering::Relaxed)))
             .collect()
     }
 
@@ -170,34 +255,58 @@ impl Bus {
             .fetch_add(count as u64, Ordering::Relaxed);
         let routes = self.routes.load();
         let deadline = Instant::now() + self.publish_timeout;
+        let events: Vec<Arc<Event>> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut e)| {
+                e.sequence = first_sequence + i as u64;
+                Arc::new(e)
+            })
+            .collect();
         let mut unrouted = 0;
-        for (i, mut event) in events.into_iter().enumerate() {
-            event.sequence = first_sequence + i as u64;
-            let event = Arc::new(event);
-            let mut routed = false;
+        let mut routed = vec![false; CHUNK_EVENTS_MAX];
+        for (c, chunk) in events.chunks(CHUNK_EVENTS_MAX).enumerate() {
+            let mut whole: Option<Chunk> = None;
             let mut full: Option<&Subscription> = None;
-            for sub in routes
-                .subscriptions
-                .iter()
-                .filter(|s| s.wants(&event.topic))
-            {
-                routed = true;
-                if !send(sub, &event, deadline) {
-                    sub.dropped_full.inc();
+            routed.iter_mut().for_each(|r| *r = false);
+            for sub in &routes.subscriptions {
+                let mut wanted = Vec::new();
+                let mut last: Option<(&str, bool)> = None;
+                for (i, e) in chunk.iter().enumerate() {
+                    let wants = match last {
+                        Some((topic, w)) if topic == e.topic => w,
+                        _ => sub.wants(&e.topic),
+                    };
+                    last = Some((&e.topic, wants));
+                    if wants {
+                        wanted.push(i);
+                        routed[i] = true;
+                    }
+                }
+                if wanted.is_empty() {
+                    continue;
+                }
+                let mine: Chunk = if wanted.len() == chunk.len() {
+                    whole.get_or_insert_with(|| Arc::from(chunk)).clone()
+                } else {
+                    wanted.iter().map(|&i| chunk[i].clone()).collect()
+                };
+                let n = mine.len();
+                if !sub.offer(mine, deadline) {
+                    sub.dropped_full.inc_by(n as u64);
                     full.get_or_insert(sub);
                 }
             }
-            if !routed {
-                unrouted += 1;
-            }
+            unrouted += routed[..chunk.len()].iter().filter(|r| !**r).count() as u64;
             if let Some(sub) = full {
-                self.metrics.published.inc_by(i as u64);
+                let accepted = c * CHUNK_EVENTS_MAX;
+                self.metrics.published.inc_by(accepted as u64);
                 self.metrics.unrouted.inc_by(unrouted);
                 return Err(PublishError::QueueFull {
                     plugin: sub.plugin.to_string(),
-                    capacity: sub.queue.capacity().unwrap_or(0),
+                    capacity: sub.capacity,
                     timeout_ms: self.publish_timeout.as_millis() as u64,
-                    accepted: i,
+                    accepted,
                 });
             }
         }
@@ -207,23 +316,6 @@ impl Bus {
             first_sequence,
             count,
         })
-    }
-}
-
-/// Queue `event` for `sub`, waiting until `deadline` for room.
-fn send(sub: &Subscription, event: &Arc<Event>, deadline: Instant) -> bool {
-    match sub.queue.try_send(event.clone()) {
-        Ok(()) => true,
-        // A closed queue belongs to a plugin being replaced or removed:
-        // its successor subscribed already, or it is gone on purpose.
-        Err(TrySendError::Disconnected(_)) => true,
-        Err(TrySendError::Full(ev)) => {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            !matches!(
-                sub.queue.send_timeout(ev, wait),
-                Err(SendTimeoutError::Timeout(_))
-            )
-        }
     }
 }
 
@@ -245,74 +337,114 @@ mod tests {
         Event::new(topic, None, b"{}".to_vec()).expect("event")
     }
 
+    fn drain(q: &Queue) -> Vec<Arc<Event>> {
+        let mut out = Vec::new();
+        while let Ok(chunk) = q.try_recv() {
+            out.extend(chunk.iter().cloned());
+        }
+        out
+    }
+
     #[test]
-    fn fans_out_one_shared_event_to_each_matching_subscription() {
+    fn fans_out_one_shared_chunk_to_each_matching_subscription() {
         let bus = bus(10);
         let a = bus.subscribe("a", pats(&["order.placed"]), 8);
         let b = bus.subscribe("b", pats(&["order.*"]), 8);
         let c = bus.subscribe("c", pats(&["inventory.>"]), 8);
         bus.publish_one(ev("order.placed")).expect("published");
         let (ea, eb) = (a.try_recv().expect("a"), b.try_recv().expect("b"));
-        assert!(Arc::ptr_eq(&ea, &eb), "fan-out must share, not copy");
+        assert!(
+            Arc::ptr_eq(&ea, &eb),
+            "fan-out must share the chunk, not copy"
+        );
         assert!(c.try_recv().is_err());
     }
 
     #[test]
-    fn sequences_are_consecutive_in_publish_order() {
+    fn a_mixed_chunk_gives_each_subscriber_only_its_topics_in_order() {
         let bus = bus(10);
-        let a = bus.subscribe("a", pats(&[">"]), 8);
+        let orders = bus.subscribe("orders", pats(&["order.*"]), 64);
+        let all = bus.subscribe("all", pats(&[">"]), 64);
+        bus.publish(vec![
+            ev("order.placed"),
+            ev("inventory.reserved"),
+            ev("order.paid"),
+        ])
+        .expect("published");
+        let topics: Vec<String> = drain(&orders).iter().map(|e| e.topic.clone()).collect();
+        assert_eq!(topics, ["order.placed", "order.paid"]);
+        assert_eq!(drain(&all).len(), 3);
+        assert_eq!(orders.depth(), 0);
+    }
+
+    #[test]
+    fn sequences_are_consecutive_across_chunks() {
+        let bus = bus(10);
+        let a = bus.subscribe("a", pats(&[">"]), 1000);
+        let n = CHUNK_EVENTS_MAX * 2 + 5;
         let p = bus
-            .publish(vec![ev("x.a"), ev("x.b"), ev("x.c")])
+            .publish((0..n).map(|_| ev("x.a")).collect())
             .expect("published");
-        assert_eq!(p.count, 3);
-        let seqs: Vec<u64> = a.try_iter().map(|e| e.sequence).collect();
-        assert_eq!(
-            seqs,
-            vec![p.first_sequence, p.first_sequence + 1, p.first_sequence + 2]
-        );
+        assert_eq!(p.count, n);
+        assert_eq!(a.depth(), n);
+        let seqs: Vec<u64> = drain(&a).iter().map(|e| e.sequence).collect();
+        let want: Vec<u64> = (p.first_sequence..p.first_sequence + n as u64).collect();
+        assert_eq!(seqs, want);
     }
 
     #[test]
     fn full_queue_times_out_names_the_plugin_and_counts_the_drop() {
         let metrics = Arc::new(Metrics::new());
         let bus = Bus::new(Duration::from_millis(20), metrics.clone());
-        let _slow = bus.subscribe("slow", pats(&["order.placed"]), 2);
+        let slow = bus.subscribe("slow", pats(&["order.placed"]), 2);
         let fast = bus.subscribe("fast", pats(&["order.placed"]), 100);
+        bus.publish_one(ev("order.placed")).expect("room");
+        bus.publish_one(ev("order.placed")).expect("room");
+        assert_eq!(slow.depth(), 2, "the bound is in events");
         let err = bus
-            .publish(vec![
-                ev("order.placed"),
-                ev("order.placed"),
-                ev("order.placed"),
-                ev("order.placed"),
-            ])
-            .expect_err("third does not fit");
+            .publish(vec![ev("order.placed"), ev("order.placed")])
+            .expect_err("no room in slow");
         assert_eq!(
             err,
             PublishError::QueueFull {
                 plugin: "slow".into(),
                 capacity: 2,
                 timeout_ms: 20,
-                accepted: 2
+                accepted: 0
             }
         );
-        // The subscriber with room got the event the slow one missed; the
-        // fourth was never published.
-        assert_eq!(fast.try_iter().count(), 3);
-        assert_eq!(metrics.drop_counter("slow", DropReason::QueueFull).get(), 1);
+        // The subscriber with room got what the slow one missed.
+        assert_eq!(drain(&fast).len(), 4);
+        assert_eq!(metrics.drop_counter("slow", DropReason::QueueFull).get(), 2);
         assert!(metrics
             .encode()
-            .contains(r#"plugbus_events_dropped_total{plugin="slow",reason="queue_full"} 1"#));
+            .contains(r#"plugbus_events_dropped_total{plugin="slow",reason="queue_full"} 2"#));
     }
 
     #[test]
     fn blocked_publisher_proceeds_when_the_consumer_drains() {
         let bus = Arc::new(bus(5_000));
         let rx = bus.subscribe("a", pats(&["t"]), 1);
-        let consumer = std::thread::spawn(move || rx.iter().take(50).count());
+        let consumer = std::thread::spawn(move || {
+            let mut n = 0;
+            while n < 50 {
+                n += rx.recv().map_or(0, |c| c.len());
+            }
+            n
+        });
         for _ in 0..50 {
             bus.publish_one(ev("t")).expect("room comes");
         }
         assert_eq!(consumer.join().expect("consumer"), 50);
+    }
+
+    #[test]
+    fn a_chunk_larger_than_the_queue_goes_alone_into_an_empty_queue() {
+        let bus = bus(10);
+        let q = bus.subscribe("a", pats(&["t"]), 4);
+        bus.publish((0..10).map(|_| ev("t")).collect())
+            .expect("an empty queue takes an oversize chunk");
+        assert_eq!(drain(&q).len(), 10);
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub const DEFAULT_SOURCE: &str = "plugbus";
 /// The longest accepted id, source or subject, in bytes.
 pub const ATTRIBUTE_BYTES_MAX: usize = 1024;
 
+/// Events travelling together (through a queue, into a plugin call), each
+/// shared as `Arc<Event>`.
+pub type Chunk = std::sync::Arc<[std::sync::Arc<Event>]>;
+
 /// One event. Shared between subscribers as `Arc<Event>`; immutable once
 /// published.
 #[derive(Debug, Clone, PartialEq)]

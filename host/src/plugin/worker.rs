@@ -21,17 +21,18 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::RecvTimeoutError;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::{DeliverySettings, RunningPlugin};
-use crate::bus::Bus;
-use crate::event::Event;
+use crate::bus::{Bus, Queue};
+use crate::event::{Chunk, Event};
 use crate::metrics::{self, DropReason, Metrics};
 use crate::runtime::{self, Outcome, PluginInstance};
 
@@ -65,11 +66,16 @@ impl Ord for Pending {
 pub(super) struct Worker {
     instance: PluginInstance,
     needs_reset: bool,
-    queue: Receiver<Arc<Event>>,
+    queue: Queue,
+    /// The chunk being worked through, and how far.
+    current: Option<Chunk>,
+    pos: usize,
     bus: Arc<Bus>,
     plugin: Arc<RunningPlugin>,
     settings: DeliverySettings,
     retries: BinaryHeap<Reverse<Pending>>,
+    /// `attempt` 1, for each event of a fresh batch.
+    first_attempts: Vec<u32>,
     jitter: u64,
     handle_seconds: Histogram,
     batch_events: Histogram,
@@ -82,7 +88,7 @@ pub(super) struct Worker {
 impl Worker {
     pub(super) fn new(
         instance: PluginInstance,
-        queue: Receiver<Arc<Event>>,
+        queue: Queue,
         bus: Arc<Bus>,
         plugin: Arc<RunningPlugin>,
         m: &Metrics,
@@ -93,7 +99,10 @@ impl Worker {
             instance,
             needs_reset: false,
             queue,
+            current: None,
+            pos: 0,
             bus,
+            first_attempts: vec![1; settings.batch_events_max.max(1)],
             settings,
             retries: BinaryHeap::new(),
             jitter: std::time::SystemTime::now()
@@ -110,98 +119,151 @@ impl Worker {
         }
     }
 
-    pub(super) fn run(mut self) {
-        let max = self.settings.batch_events_max.max(1);
-        let bytes_max = self
-            .settings
+    fn batch_events_max(&self) -> usize {
+        self.settings.batch_events_max.max(1)
+    }
+
+    fn batch_bytes_max(&self) -> usize {
+        self.settings
             .batch_bytes_max
-            .min(runtime::BATCH_BYTES_LIMIT);
-        let mut batch: Vec<Arc<Event>> = Vec::with_capacity(max);
-        let mut attempts: Vec<u32> = Vec::with_capacity(max);
-        // An event taken from the queue that did not fit the last batch.
-        let mut carry: Option<Arc<Event>> = None;
+            .min(runtime::BATCH_BYTES_LIMIT)
+    }
+
+    pub(super) fn run(mut self) {
         let mut closed = false;
         loop {
-            batch.clear();
-            attempts.clear();
-            let mut bytes = 0;
-            let mut fits = |event: &Event, n: usize| {
-                let size = runtime::batch_bytes(event);
-                let ok = n == 0 || bytes + size <= bytes_max;
-                if ok {
-                    bytes += size;
-                }
-                ok
-            };
-            let now = Instant::now();
-            while batch.len() < max
-                && self
-                    .retries
-                    .peek()
-                    .is_some_and(|r| r.0.due <= now && fits(&r.0.event, batch.len()))
-            {
-                if let Some(Reverse(p)) = self.retries.pop() {
-                    batch.push(p.event);
-                    attempts.push(p.attempt);
-                }
+            // Retries that are due go first, as a batch of their own.
+            if let Some((chunk, attempts)) = self.due_retries() {
+                self.deliver(&chunk, 0..chunk.len(), &attempts);
+                continue;
             }
-            if batch.len() < max {
-                if let Some(event) = carry.take() {
-                    if fits(&event, batch.len()) {
-                        batch.push(event);
-                        attempts.push(1);
-                    } else {
-                        carry = Some(event);
+            let left = self.current.as_ref().map_or(0, |c| c.len() - self.pos);
+            if left == 0 {
+                if closed {
+                    match self.retries.peek() {
+                        // Retries still pending after the queue closed: wait
+                        // for them (bounded by max_attempts and backoff_ms_max).
+                        Some(r) => {
+                            std::thread::sleep(r.0.due.saturating_duration_since(Instant::now()));
+                            continue;
+                        }
+                        None => break,
                     }
                 }
-            }
-            if batch.is_empty() && !closed {
-                let first = match self.retries.peek() {
+                let next = match self.retries.peek() {
                     Some(r) => self
                         .queue
-                        .recv_timeout(r.0.due.saturating_duration_since(now)),
+                        .recv_timeout(r.0.due.saturating_duration_since(Instant::now())),
                     None => self
                         .queue
                         .recv()
                         .map_err(|_| RecvTimeoutError::Disconnected),
                 };
-                match first {
-                    Ok(event) => {
-                        fits(&event, 0);
-                        batch.push(event);
-                        attempts.push(1);
+                match next {
+                    Ok(chunk) => {
+                        self.current = Some(chunk);
+                        self.pos = 0;
                     }
-                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => closed = true,
                 }
+                continue;
             }
-            if closed && batch.is_empty() {
-                match self.retries.peek() {
-                    // Retries still pending after the queue closed: wait for
-                    // them (bounded by max_attempts and backoff_ms_max).
-                    Some(r) => {
-                        std::thread::sleep(r.0.due.saturating_duration_since(Instant::now()));
-                        continue;
-                    }
-                    None => break,
+            let Some(chunk) = self.current.clone() else {
+                continue;
+            };
+            let start = self.pos;
+            let (end, bytes) = self.run_end(&chunk, start, 0, 0);
+            self.pos = end;
+            if end == chunk.len() && end - start < self.batch_events_max() {
+                // The chunk is used up with room left in the batch: merge in
+                // the chunks already waiting rather than make a small call.
+                if let Ok(next) = self.queue.try_recv() {
+                    let merged = self.merge(chunk[start..end].to_vec(), bytes, next);
+                    let attempts = self.first_attempts[..merged.len()].to_vec();
+                    self.deliver(&merged, 0..merged.len(), &attempts);
+                    continue;
                 }
             }
-            while batch.len() < max && carry.is_none() {
-                match self.queue.try_recv() {
-                    Ok(event) if fits(&event, batch.len()) => {
-                        batch.push(event);
-                        attempts.push(1);
-                    }
-                    Ok(event) => carry = Some(event),
-                    Err(_) => break,
-                }
-            }
-            self.deliver(&batch, &attempts);
+            let attempts = std::mem::take(&mut self.first_attempts);
+            self.deliver(&chunk, start..end, &attempts[..end - start]);
+            self.first_attempts = attempts;
         }
         tracing::debug!(plugin = %self.plugin.name, "worker stopped");
     }
 
-    fn deliver(&mut self, batch: &[Arc<Event>], attempts: &[u32]) {
+    /// How far from `start` a batch of `chunk` may reach, given `taken`
+    /// events of `bytes` already in the batch: the end index and the bytes.
+    fn run_end(
+        &self,
+        chunk: &Chunk,
+        start: usize,
+        taken: usize,
+        mut bytes: usize,
+    ) -> (usize, usize) {
+        let mut end = start;
+        let room = self.batch_events_max() - taken;
+        while end < chunk.len() && end - start < room {
+            let size = runtime::batch_bytes(&chunk[end]);
+            if taken + (end - start) > 0 && bytes + size > self.batch_bytes_max() {
+                break;
+            }
+            bytes += size;
+            end += 1;
+        }
+        (end, bytes)
+    }
+
+    /// A batch made of `batch` and events of `next` and any further chunks
+    /// already waiting, within the limits. What is left becomes current.
+    fn merge(&mut self, mut batch: Vec<Arc<Event>>, mut bytes: usize, mut next: Chunk) -> Chunk {
+        loop {
+            let (end, b) = self.run_end(&next, 0, batch.len(), bytes);
+            bytes = b;
+            batch.extend(next[..end].iter().cloned());
+            if end < next.len() {
+                self.current = Some(next);
+                self.pos = end;
+                break;
+            }
+            self.current = None;
+            self.pos = 0;
+            if batch.len() >= self.batch_events_max() {
+                break;
+            }
+            match self.queue.try_recv() {
+                Ok(more) => next = more,
+                Err(_) => break,
+            }
+        }
+        Arc::from(batch)
+    }
+
+    /// The retries that are due, within the batch limits.
+    fn due_retries(&mut self) -> Option<(Chunk, Vec<u32>)> {
+        let now = Instant::now();
+        let mut events = Vec::new();
+        let mut attempts = Vec::new();
+        let mut bytes = 0;
+        while events.len() < self.batch_events_max() {
+            let Some(Reverse(next)) = self.retries.peek() else {
+                break;
+            };
+            let size = runtime::batch_bytes(&next.event);
+            if next.due > now || (!events.is_empty() && bytes + size > self.batch_bytes_max()) {
+                break;
+            }
+            bytes += size;
+            if let Some(Reverse(p)) = self.retries.pop() {
+                events.push(p.event);
+                attempts.push(p.attempt);
+            }
+        }
+        (!events.is_empty()).then(|| (Arc::from(events), attempts))
+    }
+
+    fn deliver(&mut self, chunk: &Chunk, range: Range<usize>, attempts: &[u32]) {
+        let batch = &chunk[range.clone()];
         if self.needs_reset && !self.reset() {
             // No working instance: every event counts a failed attempt.
             for (event, &attempt) in batch.iter().zip(attempts) {
@@ -215,7 +277,7 @@ impl Worker {
             return;
         }
         let started = Instant::now();
-        let result = self.instance.handle(batch, attempts);
+        let result = self.instance.handle(chunk, range, attempts);
         self.handle_seconds.observe(started.elapsed().as_secs_f64());
         self.batch_events.observe(batch.len() as f64);
         match result {

@@ -8,6 +8,7 @@
 //! id and hop count. Publishes are held here until the call returns; the
 //! caller decides which are sent (those whose cause was acked).
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -16,7 +17,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::plugbus::plugin::{config, publisher, types};
 use super::bindings::wasi::logging::logging;
-use crate::event::{Event, ATTRIBUTE_BYTES_MAX};
+use crate::event::{Chunk, Event, ATTRIBUTE_BYTES_MAX};
 use crate::topic::validate_topic;
 
 pub use types::Outgoing;
@@ -34,7 +35,7 @@ pub struct HostState {
     limits: StoreLimits,
     config: Vec<(String, String)>,
     hops_max: u32,
-    batch: Vec<Arc<Event>>,
+    batch: Option<(Chunk, Range<usize>)>,
     published: Vec<(usize, Event)>,
 }
 
@@ -59,7 +60,7 @@ impl HostState {
             limits,
             config,
             hops_max,
-            batch: Vec::new(),
+            batch: None,
             published: Vec::new(),
         }
     }
@@ -68,14 +69,21 @@ impl HostState {
         &mut self.limits
     }
 
-    pub(super) fn begin_batch(&mut self, batch: &[Arc<Event>]) {
-        self.batch.clear();
-        self.batch.extend(batch.iter().cloned());
+    pub(super) fn begin_batch(&mut self, chunk: &Chunk, range: Range<usize>) {
+        self.batch = Some((chunk.clone(), range));
         self.published.clear();
     }
 
+    /// The events of the call in progress.
+    fn batch(&self) -> &[Arc<Event>] {
+        match &self.batch {
+            Some((chunk, range)) => chunk.get(range.clone()).unwrap_or_default(),
+            None => &[],
+        }
+    }
+
     pub(super) fn end_batch(&mut self) -> Vec<(usize, Event)> {
-        self.batch.clear();
+        self.batch = None;
         std::mem::take(&mut self.published)
     }
 }
@@ -131,13 +139,13 @@ impl config::Host for HostState {
 impl publisher::Host for HostState {
     fn publish(&mut self, cause: u32, event: Outgoing) -> Result<(), types::PublishError> {
         let index = cause as usize;
-        if index >= self.batch.len() {
+        let batch_len = self.batch().len();
+        if index >= batch_len {
             return Err(types::PublishError::UnknownCause(format!(
-                "index {cause} is not in the batch being handled ({} events); pass the index of the event you are handling",
-                self.batch.len()
+                "index {cause} is not in the batch being handled ({batch_len} events); pass the index of the event you are handling"
             )));
         }
-        if self.published.len() >= self.batch.len() * PUBLISHES_PER_EVENT_MAX {
+        if self.published.len() >= batch_len * PUBLISHES_PER_EVENT_MAX {
             return Err(types::PublishError::Invalid(format!(
                 "more than {PUBLISHES_PER_EVENT_MAX} follow-up events per handled event"
             )));
@@ -158,7 +166,7 @@ impl publisher::Host for HostState {
                 "subject is longer than {ATTRIBUTE_BYTES_MAX} bytes"
             )));
         }
-        let cause = &self.batch[index];
+        let cause = self.batch()[index].clone();
         if cause.hops + 1 > self.hops_max {
             return Err(types::PublishError::Invalid(format!(
                 "this chain has passed through {} handlers, the limit (hops_max) is {}; is there a publish loop?",

@@ -22,6 +22,7 @@ mod cache;
 mod host_api;
 
 use std::hash::{Hash, Hasher};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{types::ComponentItem, Component, Linker};
 use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
 
-use crate::event::Event;
+use crate::event::{Chunk, Event};
 pub use host_api::{HostState, Outgoing};
 
 /// The generated host-side bindings of the `plugin` world.
@@ -500,17 +501,19 @@ impl PluginInstance {
         Ok(info)
     }
 
-    /// Call `handle` once for `batch`; `attempts[i]` is the delivery attempt
-    /// of `batch[i]`. Copies the batch into one buffer for the guest, runs
+    /// Call `handle` once for the events `chunk[range]` (the batch);
+    /// `attempts[i]` is the delivery attempt of the batch's `i`th event. Copies the batch into one buffer for the guest, runs
     /// under the deadline, and collects follow-up events. The caller keeps
     /// the batch's [`batch_bytes`] under [`BATCH_BYTES_LIMIT`].
     pub fn handle(
         &mut self,
-        batch: &[Arc<Event>],
+        chunk: &Chunk,
+        range: Range<usize>,
         attempts: &[u32],
     ) -> Result<BatchResult, CallError> {
+        let batch = chunk.get(range.clone()).unwrap_or_default();
         self.buffer.fill(batch, attempts);
-        self.store.data_mut().begin_batch(batch);
+        self.store.data_mut().begin_batch(chunk, range);
         let deadline_ticks = self
             .loaded
             .limits
