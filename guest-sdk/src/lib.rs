@@ -168,93 +168,102 @@ impl std::error::Error for DataError {
     }
 }
 
+/// Words per event in a batch's `headers` (the layout is in the WIT).
+const HEADER_WORDS: usize = 24;
+
 /// One delivered event: a borrowed view of the batch the host handed over,
 /// so reading it copies nothing.
 #[derive(Clone, Copy)]
 pub struct Event<'a> {
-    raw: &'a types::Event,
+    header: &'a [u32],
     batch: &'a types::Batch,
 }
 
 impl<'a> Event<'a> {
-    fn bytes(&self, span: types::Span) -> &'a [u8] {
-        let start = span.offset as usize;
-        self.batch
-            .bytes
-            .get(start..start.saturating_add(span.len as usize))
-            .unwrap_or_default()
+    fn word(&self, i: usize) -> u32 {
+        self.header.get(i).copied().unwrap_or(0)
     }
 
-    fn text(&self, span: types::Span) -> &'a str {
-        std::str::from_utf8(self.bytes(span)).unwrap_or_default()
+    /// The span at header words `i`, `i + 1`.
+    fn bytes_at(&self, i: usize) -> &'a [u8] {
+        span(&self.batch.bytes, self.word(i), self.word(i + 1))
+    }
+
+    fn text_at(&self, i: usize) -> &'a str {
+        std::str::from_utf8(self.bytes_at(i)).unwrap_or_default()
+    }
+
+    fn optional_at(&self, i: usize) -> Option<&'a str> {
+        (self.word(i + 1) > 0).then(|| self.text_at(i))
     }
 
     /// The event's unique id (the idempotency key).
     pub fn id(&self) -> &'a str {
-        self.text(self.raw.id)
-    }
-
-    /// The topic (CloudEvents `type`).
-    pub fn topic(&self) -> &'a str {
-        self.text(self.raw.type_)
+        self.text_at(0)
     }
 
     /// CloudEvents `source`.
     pub fn source(&self) -> &'a str {
-        self.text(self.raw.source)
+        self.text_at(2)
+    }
+
+    /// The topic (CloudEvents `type`).
+    pub fn topic(&self) -> &'a str {
+        self.text_at(4)
     }
 
     /// CloudEvents `subject`.
     pub fn subject(&self) -> Option<&'a str> {
-        self.raw.subject.map(|s| self.text(s))
+        self.optional_at(6)
     }
 
     /// RFC 3339 time.
     pub fn time(&self) -> &'a str {
-        self.text(self.raw.time)
+        self.text_at(8)
     }
 
     /// The media type of the data.
     pub fn datacontenttype(&self) -> Option<&'a str> {
-        self.raw.datacontenttype.map(|s| self.text(s))
+        self.optional_at(10)
     }
 
     /// The payload.
     pub fn data(&self) -> &'a [u8] {
-        self.bytes(self.raw.data)
-    }
-
-    /// Position in the host's log.
-    pub fn sequence(&self) -> u64 {
-        self.raw.sequence
-    }
-
-    /// Which delivery attempt this is: 1 on the first.
-    pub fn attempt(&self) -> u32 {
-        self.raw.attempt
+        self.bytes_at(12)
     }
 
     /// The id of the first event of this event's chain.
     pub fn correlation_id(&self) -> Option<&'a str> {
-        self.raw.correlationid.map(|s| self.text(s))
+        self.optional_at(14)
     }
 
     /// The id of the event whose handler published this one.
     pub fn causation_id(&self) -> Option<&'a str> {
-        self.raw.causationid.map(|s| self.text(s))
+        self.optional_at(16)
+    }
+
+    /// Position in the host's log.
+    pub fn sequence(&self) -> u64 {
+        u64::from(self.word(18)) | (u64::from(self.word(19)) << 32)
+    }
+
+    /// Which delivery attempt this is: 1 on the first.
+    pub fn attempt(&self) -> u32 {
+        self.word(20)
     }
 
     /// The extension attributes, as (name, value).
     pub fn extensions(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
-        let first = self.raw.extensions_first as usize;
-        let count = self.raw.extensions_count as usize;
-        let this = *self;
+        let first = self.word(21) as usize * 4;
+        let count = self.word(22) as usize * 4;
+        let bytes = &self.batch.bytes;
+        let text = move |o: u32, l: u32| std::str::from_utf8(span(bytes, o, l)).unwrap_or_default();
         self.batch
             .extensions
             .get(first..first.saturating_add(count))
             .unwrap_or_default()
-            .iter()
-            .map(move |e| (this.text(e.name), this.text(e.value)))
+            .chunks_exact(4)
+            .map(move |w| (text(w[0], w[1]), text(w[2], w[3])))
     }
 
     /// The value of one extension attribute.
@@ -270,6 +279,13 @@ impl<'a> Event<'a> {
             source,
         })
     }
+}
+
+fn span(bytes: &[u8], offset: u32, len: u32) -> &[u8] {
+    let start = offset as usize;
+    bytes
+        .get(start..start.saturating_add(len as usize))
+        .unwrap_or_default()
 }
 
 impl fmt::Debug for Event<'_> {
@@ -398,18 +414,21 @@ pub mod __private {
             let mut slot = slot.borrow_mut();
             match slot.as_mut().and_then(|b| b.downcast_mut::<P>()) {
                 Some(plugin) => batch
-                    .events
-                    .iter()
+                    .headers
+                    .chunks_exact(HEADER_WORDS)
                     .enumerate()
-                    .map(|(i, raw)| {
-                        let event = Event { raw, batch: &batch };
+                    .map(|(i, header)| {
+                        let event = Event {
+                            header,
+                            batch: &batch,
+                        };
                         let mut ctx = Context { cause: i as u32 };
                         plugin.handle(&event, &mut ctx)
                     })
                     .collect(),
                 None => batch
-                    .events
-                    .iter()
+                    .headers
+                    .chunks_exact(HEADER_WORDS)
                     .map(|_| Outcome::retry("plugin handled an event before init succeeded"))
                     .collect(),
             }

@@ -18,7 +18,8 @@
 //! `cargo bench -p plugbus --bench fanout`; rows whose tools are missing say
 //! so. `PLUGBUS_BENCH_EVENTS` sets the event count (default 1,000,000);
 //! `PLUGBUS_BENCH_ONLY` (a comma-separated subset of `floor,wasm,plugbus,
-//! redis,http`) runs only those rows, for profiling.
+//! redis,http`) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
+//! prints each plugin's time inside `handle` and its batch sizes.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -34,6 +35,11 @@ use plugbus::event::Event;
 use plugbus::metrics::Metrics;
 use plugbus::plugin::{DeliverySettings, Registry};
 use plugbus::runtime::{self, InstanceConfig, Limits, Runtime};
+
+// The allocator the plugbus binary uses (see host/src/main.rs), so that the
+// in-process rows measure what the binary does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PAYLOAD_BYTES: usize = 256;
 const SUBSCRIBERS: usize = 3;
@@ -77,8 +83,9 @@ fn row(name: &str, events_per_s: Option<f64>, note: impl Into<String>) -> Row {
 }
 
 /// Raw crossbeam fan-out to three native consumers that drain in batches.
+/// The publisher builds each event as it goes, as ingress does.
 fn floor(n: usize) -> f64 {
-    let evs = events(n);
+    let template = events(1).remove(0);
     let mut txs = Vec::new();
     let mut consumers = Vec::new();
     for _ in 0..SUBSCRIBERS {
@@ -100,8 +107,8 @@ fn floor(n: usize) -> f64 {
         }));
     }
     let start = Instant::now();
-    for e in evs {
-        let e = Arc::new(e);
+    for _ in 0..n {
+        let e = Arc::new(template.clone());
         for tx in &txs {
             tx.send(e.clone()).expect("consumer alive");
         }
@@ -141,26 +148,38 @@ fn plugbus_inprocess(rt: Arc<Runtime>, dir: &Path, batch: usize, n: usize) -> f6
         queue_events_max: 8192,
         ..DeliverySettings::default()
     };
+    let metrics_dbg = metrics.clone();
     let registry = Registry::new(bus.clone(), rt, metrics, settings);
     for i in 1..=SUBSCRIBERS {
         registry
             .start(&dir.join(format!("noop{i}.wasm")))
             .expect("noop starts");
     }
-    let evs = events(n);
+    // The publisher builds events as it goes (as ingress does) and
+    // publishes them 64 at a time.
+    let template = events(1).remove(0);
     let start = Instant::now();
-    let mut it = evs.into_iter();
-    loop {
-        let chunk: Vec<Event> = it.by_ref().take(64).collect();
-        if chunk.is_empty() {
-            break;
-        }
+    let mut sent = 0;
+    while sent < n {
+        let k = 64.min(n - sent);
+        let chunk: Vec<Event> = (0..k).map(|_| template.clone()).collect();
         bus.publish(chunk).expect("no backpressure timeout");
+        sent += k;
     }
     while registry.status().iter().any(|p| p.handled < n as u64) {
         thread::sleep(Duration::from_micros(200));
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
+    if std::env::var_os("PLUGBUS_BENCH_DEBUG").is_some() {
+        eprintln!("wall {:?}", start.elapsed());
+        for l in metrics_dbg.encode().lines().filter(|l| {
+            l.contains("handle_duration_seconds_sum")
+                || l.contains("batch_events_sum")
+                || l.contains("batch_events_count")
+        }) {
+            eprintln!("{l}");
+        }
+    }
     registry.shutdown();
     rate
 }

@@ -547,9 +547,13 @@ impl PluginInstance {
 /// The most bytes one batch may carry into the sandbox (spans are u32).
 pub const BATCH_BYTES_LIMIT: usize = u32::MAX as usize;
 
+/// Words per event in a batch's `headers`; the layout is documented on
+/// `record batch` in `wit/plugin.wit`, and `plugbus-sdk` reads it.
+pub const HEADER_WORDS: usize = 24;
+
 /// Fills a reusable [`wit::Batch`]: every string and payload of the batch is
-/// appended to one byte buffer, and each event records spans into it. The
-/// buffers keep their capacity from batch to batch.
+/// appended to one byte buffer, and each event's header records where its
+/// attributes are. The buffers keep their capacity from batch to batch.
 struct BatchBuffer {
     batch: wit::Batch,
 }
@@ -559,7 +563,7 @@ impl Default for BatchBuffer {
         BatchBuffer {
             batch: wit::Batch {
                 bytes: Vec::new(),
-                events: Vec::new(),
+                headers: Vec::new(),
                 extensions: Vec::new(),
             },
         }
@@ -570,53 +574,45 @@ impl BatchBuffer {
     fn fill(&mut self, events: &[Arc<Event>], attempts: &[u32]) {
         let b = &mut self.batch;
         b.bytes.clear();
-        b.events.clear();
+        b.headers.clear();
         b.extensions.clear();
+        let bytes = &mut b.bytes;
+        let mut put = |h: &mut Vec<u32>, text: Option<&[u8]>| {
+            let [offset, len] = span(bytes, text.unwrap_or_default());
+            h.push(offset);
+            h.push(len);
+        };
         for (e, &attempt) in events.iter().zip(attempts) {
-            let extensions_first = b.extensions.len() as u32;
+            let h = &mut b.headers;
+            put(h, Some(e.id.as_bytes()));
+            put(h, Some(e.source.as_bytes()));
+            put(h, Some(e.topic.as_bytes()));
+            put(h, e.subject.as_deref().map(str::as_bytes));
+            put(h, Some(e.time.as_bytes()));
+            put(h, e.datacontenttype.as_deref().map(str::as_bytes));
+            put(h, Some(&e.data));
+            put(h, e.correlationid.as_deref().map(str::as_bytes));
+            put(h, e.causationid.as_deref().map(str::as_bytes));
+            h.push(e.sequence as u32);
+            h.push((e.sequence >> 32) as u32);
+            h.push(attempt);
+            h.push((b.extensions.len() / 4) as u32);
+            h.push(e.extensions.len() as u32);
+            h.push(0);
             for (name, value) in &e.extensions {
-                let name = span(&mut b.bytes, name.as_bytes());
-                let value = span(&mut b.bytes, value.as_bytes());
-                b.extensions.push(wit::Extension { name, value });
+                put(&mut b.extensions, Some(name.as_bytes()));
+                put(&mut b.extensions, Some(value.as_bytes()));
             }
-            let event = wit::Event {
-                id: span(&mut b.bytes, e.id.as_bytes()),
-                source: span(&mut b.bytes, e.source.as_bytes()),
-                type_: span(&mut b.bytes, e.topic.as_bytes()),
-                subject: e.subject.as_ref().map(|s| span(&mut b.bytes, s.as_bytes())),
-                time: span(&mut b.bytes, e.time.as_bytes()),
-                datacontenttype: e
-                    .datacontenttype
-                    .as_ref()
-                    .map(|s| span(&mut b.bytes, s.as_bytes())),
-                data: span(&mut b.bytes, &e.data),
-                sequence: e.sequence,
-                attempt,
-                correlationid: e
-                    .correlationid
-                    .as_ref()
-                    .map(|s| span(&mut b.bytes, s.as_bytes())),
-                causationid: e
-                    .causationid
-                    .as_ref()
-                    .map(|s| span(&mut b.bytes, s.as_bytes())),
-                extensions_first,
-                extensions_count: e.extensions.len() as u32,
-            };
-            b.events.push(event);
         }
     }
 }
 
-/// Append `bytes` and return where they are. Callers keep a batch under
-/// [`BATCH_BYTES_LIMIT`] (the worker's `batch_bytes_max` is far below it).
-fn span(buf: &mut Vec<u8>, bytes: &[u8]) -> wit::Span {
+/// Append `text` and return its (offset, length). Callers keep a batch
+/// under [`BATCH_BYTES_LIMIT`] (the worker's `batch_bytes_max` is far below).
+fn span(buf: &mut Vec<u8>, text: &[u8]) -> [u32; 2] {
     let offset = buf.len() as u32;
-    buf.extend_from_slice(bytes);
-    wit::Span {
-        offset,
-        len: bytes.len() as u32,
-    }
+    buf.extend_from_slice(text);
+    [offset, text.len() as u32]
 }
 
 /// The bytes `event` adds to a batch buffer.
@@ -662,7 +658,7 @@ mod tests {
     }
 
     #[test]
-    fn batch_buffer_spans_point_at_each_attribute() {
+    fn batch_buffer_headers_point_at_each_attribute() {
         let mut e = Event::new(
             "order.placed",
             Some("application/json".into()),
@@ -670,30 +666,33 @@ mod tests {
         )
         .expect("event");
         e.subject = Some("o-1".into());
+        e.sequence = (7 << 32) | 9;
         e.extensions = vec![("tenant".into(), "acme".into())];
         let e = Arc::new(e);
         let mut buf = BatchBuffer::default();
         buf.fill(&[e.clone(), e.clone()], &[1, 3]);
         let b = &buf.batch;
-        let text = |s: wit::Span| &b.bytes[s.offset as usize..(s.offset + s.len) as usize];
-        assert_eq!(b.events.len(), 2);
+        assert_eq!(b.headers.len(), 2 * HEADER_WORDS);
         assert_eq!(b.bytes.len(), 2 * batch_bytes(&e));
-        let second = &b.events[1];
-        assert_eq!(text(second.id), e.id.as_bytes());
-        assert_eq!(text(second.type_), b"order.placed");
-        assert_eq!(second.subject.map(text), Some(&b"o-1"[..]));
-        assert_eq!(text(second.data), b"{}");
-        assert_eq!(second.attempt, 3);
-        assert!(second.correlationid.is_none());
-        assert_eq!((second.extensions_first, second.extensions_count), (1, 1));
-        let ext = &b.extensions[1];
+        let h = &b.headers[HEADER_WORDS..];
+        let text = |i: usize| &b.bytes[h[i] as usize..(h[i] + h[i + 1]) as usize];
+        assert_eq!(text(0), e.id.as_bytes());
+        assert_eq!(text(4), b"order.placed");
+        assert_eq!(text(6), b"o-1");
+        assert_eq!(text(12), b"{}");
+        assert_eq!(h[15], 0, "absent correlation id has length 0");
+        assert_eq!((h[18], h[19]), (9, 7), "sequence low, high");
+        assert_eq!(h[20], 3, "attempt");
+        assert_eq!((h[21], h[22]), (1, 1), "second extension, one of them");
+        let x = &b.extensions[4..8];
+        let at = |o: u32, l: u32| &b.bytes[o as usize..(o + l) as usize];
         assert_eq!(
-            (text(ext.name), text(ext.value)),
+            (at(x[0], x[1]), at(x[2], x[3])),
             (&b"tenant"[..], &b"acme"[..])
         );
         // Refilling reuses the buffers.
         buf.fill(&[e.clone()], &[1]);
-        assert_eq!(buf.batch.events.len(), 1);
+        assert_eq!(buf.batch.headers.len(), HEADER_WORDS);
     }
 
     #[test]
