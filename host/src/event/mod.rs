@@ -9,8 +9,12 @@
 
 use std::time::SystemTime;
 
+mod wire;
+
 use base64::Engine as _;
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
+use wire::{Text, Wire};
 
 use crate::topic::{validate_topic, TopicError};
 
@@ -170,25 +174,21 @@ impl Event {
         self.correlationid.as_deref().unwrap_or(&self.id)
     }
 
-    /// Parse one CloudEvent in structured JSON mode.
-    pub fn from_structured(value: Value) -> Result<Event, EventError> {
-        let Value::Object(mut obj) = value else {
-            return Err(EventError::Json(
-                "a CloudEvent in structured mode must be a JSON object".into(),
-            ));
-        };
-        match obj.remove("specversion") {
-            None => return Err(EventError::Missing("specversion")),
-            Some(Value::String(v)) if v == SPEC_VERSION => {}
-            Some(Value::String(v)) => return Err(EventError::SpecVersion(v)),
-            Some(_) => return Err(bad("specversion", "must be the string \"1.0\"")),
+    /// Build an event from the members of one CloudEvent, checking each;
+    /// `now` is the time given to events that carry none.
+    fn from_wire(w: Wire<'_>, now: &str) -> Result<Event, EventError> {
+        match w.specversion {
+            None | Some(Text::Null) => return Err(EventError::Missing("specversion")),
+            Some(Text::Str(v)) if v == SPEC_VERSION => {}
+            Some(Text::Str(v)) => return Err(EventError::SpecVersion(v.into_owned())),
+            Some(Text::Wrong(_)) => return Err(bad("specversion", "must be the string \"1.0\"")),
         }
-        let id = take_required(&mut obj, "id")?;
-        let source = take_required(&mut obj, "source")?;
-        let topic = take_required(&mut obj, "type")?;
+        let id = required("id", w.id)?;
+        let source = required("source", w.source)?;
+        let topic = required("type", w.type_)?;
         validate_topic(&topic)?;
-        let subject = take_optional(&mut obj, "subject")?;
-        let time = take_optional(&mut obj, "time")?;
+        let subject = optional("subject", w.subject)?;
+        let time = optional("time", w.time)?;
         if let Some(t) = &time {
             humantime::parse_rfc3339_weak(t).map_err(|_| {
                 bad(
@@ -197,29 +197,32 @@ impl Event {
                 )
             })?;
         }
-        let datacontenttype = take_optional(&mut obj, "datacontenttype")?;
-        let data = match (obj.remove("data"), obj.remove("data_base64")) {
+        let datacontenttype = optional("datacontenttype", w.datacontenttype)?;
+        let data = match (w.data, optional("data_base64", w.data_base64)?) {
             (Some(_), Some(_)) => {
                 return Err(bad(
                     "data",
                     "and `data_base64` are both present; send only one",
                 ))
             }
-            (None, Some(Value::String(b64))) => base64::engine::general_purpose::STANDARD
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
                 .decode(b64.as_bytes())
                 .map_err(|e| bad("data_base64", &format!("is not valid base64: {e}")))?,
-            (None, Some(_)) => return Err(bad("data_base64", "must be a base64 string")),
-            (Some(Value::String(s)), None) if !is_json_type(datacontenttype.as_deref()) => {
-                s.into_bytes()
+            // A JSON string as the data of a non-JSON type is that text.
+            (Some(raw), None)
+                if raw.get().starts_with('"') && !is_json_type(datacontenttype.as_deref()) =>
+            {
+                serde_json::from_str::<String>(raw.get())
+                    .map_err(|e| EventError::Json(format!("attribute `data`: {e}")))?
+                    .into_bytes()
             }
-            (Some(v), None) => serde_json::to_vec(&v)
-                .map_err(|e| EventError::Json(format!("attribute `data`: {e}")))?,
+            (Some(raw), None) => raw.get().as_bytes().to_vec(),
             (None, None) => Vec::new(),
         };
-        let correlationid = take_optional(&mut obj, "correlationid")?;
-        let causationid = take_optional(&mut obj, "causationid")?;
-        let mut extensions = Vec::with_capacity(obj.len());
-        for (name, value) in obj {
+        let correlationid = optional("correlationid", w.correlationid)?;
+        let causationid = optional("causationid", w.causationid)?;
+        let mut extensions = Vec::with_capacity(w.extensions.len());
+        for (name, value) in w.extensions {
             check_extension_name(&name)?;
             let text = match value {
                 Value::String(s) => s,
@@ -232,14 +235,14 @@ impl Event {
                     ))
                 }
             };
-            extensions.push((name, text));
+            extensions.push((name.into_owned(), text));
         }
         Ok(Event {
             id,
             source,
             topic,
             subject,
-            time: time.unwrap_or_else(now_rfc3339),
+            time: time.unwrap_or_else(|| now.to_string()),
             datacontenttype,
             data,
             sequence: 0,
@@ -252,25 +255,35 @@ impl Event {
 
     /// Parse a structured-mode body: one CloudEvent object.
     pub fn parse_structured(body: &[u8]) -> Result<Event, EventError> {
-        Event::from_structured(parse_json(body)?)
+        let wire: Wire<'_> = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+        Event::from_wire(wire, &now_rfc3339())
     }
 
     /// Parse a batch-mode body: a JSON array of CloudEvents. All or nothing:
     /// the error names the index of the first bad event.
     pub fn parse_batch(body: &[u8]) -> Result<Vec<Event>, EventError> {
-        let Value::Array(items) = parse_json(body)? else {
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
             return Err(EventError::Json(
                 "a batch (application/cloudevents-batch+json) must be a JSON array of CloudEvents"
                     .into(),
             ));
+        }
+        let now = now_rfc3339();
+        let mut failed = None;
+        let visitor = wire::Batch {
+            build: |w| Event::from_wire(w, &now),
+            failed: &mut failed,
         };
-        items
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| {
-                Event::from_structured(v).map_err(|e| EventError::Json(format!("event [{i}]: {e}")))
-            })
-            .collect()
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let parsed = serde::Deserializer::deserialize_seq(&mut de, visitor).and_then(|events| {
+            de.end()?;
+            Ok(events)
+        });
+        match (parsed, failed) {
+            (Ok(events), _) => Ok(events),
+            (Err(_), Some((i, reason))) => Err(EventError::Json(format!("event [{i}]: {reason}"))),
+            (Err(e), None) => Err(json_error(&e)),
+        }
     }
 
     /// Build an event in binary mode from its `ce-*` attributes (names
@@ -280,14 +293,26 @@ impl Event {
         content_type: Option<String>,
         body: Vec<u8>,
     ) -> Result<Event, EventError> {
-        let mut obj = Map::new();
+        let mut w = Wire::default();
         for (name, value) in attributes {
-            obj.insert(name, Value::String(value));
+            let slot = match name.as_str() {
+                "specversion" => &mut w.specversion,
+                "id" => &mut w.id,
+                "source" => &mut w.source,
+                "type" => &mut w.type_,
+                "subject" => &mut w.subject,
+                "time" => &mut w.time,
+                "correlationid" => &mut w.correlationid,
+                "causationid" => &mut w.causationid,
+                _ => {
+                    w.extensions.push((name.into(), Value::String(value)));
+                    continue;
+                }
+            };
+            *slot = Some(Text::owned(value));
         }
-        if let Some(ct) = &content_type {
-            obj.insert("datacontenttype".into(), Value::String(ct.clone()));
-        }
-        let mut event = Event::from_structured(Value::Object(obj))?;
+        w.datacontenttype = content_type.map(Text::owned);
+        let mut event = Event::from_wire(w, &now_rfc3339())?;
         event.data = body;
         Ok(event)
     }
@@ -295,7 +320,7 @@ impl Event {
     /// Parse a plain JSON body published to `topic`: the body becomes the
     /// data, the host fills every attribute.
     pub fn from_plain_json(topic: &str, body: &[u8]) -> Result<Event, EventError> {
-        parse_json(body)?;
+        serde_json::from_slice::<IgnoredAny>(body).map_err(|e| json_error(&e))?;
         Event::new(topic, Some("application/json".to_string()), body.to_vec())
     }
 
@@ -341,31 +366,31 @@ impl Event {
     }
 }
 
-fn parse_json(body: &[u8]) -> Result<Value, EventError> {
-    serde_json::from_slice(body).map_err(|e| {
-        EventError::Json(format!(
+fn json_error(e: &serde_json::Error) -> EventError {
+    match e.classify() {
+        serde_json::error::Category::Data => {
+            EventError::Json("a CloudEvent in structured mode must be a JSON object".to_string())
+        }
+        _ => EventError::Json(format!(
             "the body is not valid JSON: {e} (line {}, column {})",
             e.line(),
             e.column()
-        ))
-    })
-}
-
-fn take_required(obj: &mut Map<String, Value>, name: &'static str) -> Result<String, EventError> {
-    match take_optional(obj, name)? {
-        Some(v) => Ok(v),
-        None => Err(EventError::Missing(name)),
+        )),
     }
 }
 
-fn take_optional(obj: &mut Map<String, Value>, name: &str) -> Result<Option<String>, EventError> {
-    match obj.remove(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => {
+fn required(name: &'static str, value: Option<Text<'_>>) -> Result<String, EventError> {
+    optional(name, value)?.ok_or(EventError::Missing(name))
+}
+
+fn optional(name: &str, value: Option<Text<'_>>) -> Result<Option<String>, EventError> {
+    match value {
+        None | Some(Text::Null) => Ok(None),
+        Some(Text::Str(s)) => {
             check_text(name, &s)?;
-            Ok(Some(s))
+            Ok(Some(s.into_owned()))
         }
-        Some(_) => Err(bad(name, "must be a string")),
+        Some(Text::Wrong(kind)) => Err(bad(name, &format!("must be a string, not {kind}"))),
     }
 }
 
@@ -374,6 +399,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn parse(v: Value) -> Result<Event, EventError> {
+        Event::parse_structured(&serde_json::to_vec(&v).expect("json"))
+    }
+
     fn ce() -> Value {
         json!({"specversion":"1.0","id":"e-1","source":"/shop","type":"order.placed",
                "data":{"order_id":"o-1"}, "tenant":"acme"})
@@ -381,7 +410,7 @@ mod tests {
 
     #[test]
     fn structured_event_parses_with_extensions() {
-        let e = Event::from_structured(ce()).expect("valid");
+        let e = parse(ce()).expect("valid");
         assert_eq!(e.id, "e-1");
         assert_eq!(e.topic, "order.placed");
         assert_eq!(e.data, br#"{"order_id":"o-1"}"#);
@@ -393,7 +422,7 @@ mod tests {
         for attr in ["specversion", "id", "source", "type"] {
             let mut v = ce();
             v.as_object_mut().expect("object").remove(attr);
-            let err = Event::from_structured(v).expect_err("must fail");
+            let err = parse(v).expect_err("must fail");
             assert!(err.to_string().contains(&format!("`{attr}`")), "{err}");
         }
     }
@@ -402,22 +431,13 @@ mod tests {
     fn wrong_specversion_and_types_are_refused() {
         let mut v = ce();
         v["specversion"] = json!("0.3");
-        assert_eq!(
-            Event::from_structured(v),
-            Err(EventError::SpecVersion("0.3".into()))
-        );
+        assert_eq!(parse(v), Err(EventError::SpecVersion("0.3".into())));
         let mut v = ce();
         v["id"] = json!(7);
-        assert!(matches!(
-            Event::from_structured(v),
-            Err(EventError::BadAttribute { .. })
-        ));
+        assert!(matches!(parse(v), Err(EventError::BadAttribute { .. })));
         let mut v = ce();
         v["type"] = json!("order.*");
-        assert!(matches!(
-            Event::from_structured(v),
-            Err(EventError::Topic(_))
-        ));
+        assert!(matches!(parse(v), Err(EventError::Topic(_))));
     }
 
     #[test]
@@ -428,20 +448,59 @@ mod tests {
     }
 
     #[test]
+    fn wrong_types_name_the_attribute_and_what_was_sent() {
+        let mut v = ce();
+        v["source"] = json!({"nested": [1, 2]});
+        let err = parse(v).expect_err("object is not a string");
+        assert_eq!(
+            err.to_string(),
+            "attribute `source` must be a string, not an object"
+        );
+        let mut v = ce();
+        v["tenant"] = json!([1]);
+        assert!(parse(v)
+            .expect_err("array extension")
+            .to_string()
+            .contains("`tenant`"));
+    }
+
+    #[test]
+    fn batches_must_be_arrays_of_objects() {
+        let err = Event::parse_batch(br#"{"specversion":"1.0"}"#).expect_err("object");
+        assert!(err.to_string().contains("JSON array"), "{err}");
+        let err = Event::parse_batch(b"[1]").expect_err("number");
+        assert_eq!(
+            err.to_string(),
+            "event [0]: a CloudEvent in structured mode must be a JSON object"
+        );
+        let err = Event::parse_batch(b"[{\"id\": ").expect_err("truncated");
+        assert!(err.to_string().contains("not valid JSON"), "{err}");
+    }
+
+    #[test]
+    fn data_is_kept_as_sent_and_time_defaults_to_now() {
+        let body =
+            br#"{"specversion":"1.0","id":"1","source":"s","type":"a.b","data": {"k": [1, 2]}}"#;
+        let e = Event::parse_structured(body).expect("valid");
+        assert_eq!(e.data, br#"{"k": [1, 2]}"#);
+        assert!(humantime::parse_rfc3339_weak(&e.time).is_ok(), "{}", e.time);
+    }
+
+    #[test]
     fn base64_and_text_data() {
         let v =
             json!({"specversion":"1.0","id":"1","source":"s","type":"a.b","data_base64":"aGk="});
-        assert_eq!(Event::from_structured(v).expect("valid").data, b"hi");
+        assert_eq!(parse(v).expect("valid").data, b"hi");
         let v = json!({"specversion":"1.0","id":"1","source":"s","type":"a.b",
                        "datacontenttype":"text/plain","data":"hi"});
-        assert_eq!(Event::from_structured(v).expect("valid").data, b"hi");
+        assert_eq!(parse(v).expect("valid").data, b"hi");
     }
 
     #[test]
     fn json_round_trip_keeps_attributes() {
-        let mut e = Event::from_structured(ce()).expect("valid");
+        let mut e = parse(ce()).expect("valid");
         e.correlationid = Some("c".into());
-        let back = Event::from_structured(e.to_json()).expect("round trip");
+        let back = parse(e.to_json()).expect("round trip");
         assert_eq!(back.id, e.id);
         assert_eq!(back.data, e.data);
         assert_eq!(back.correlationid, e.correlationid);
