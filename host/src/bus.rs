@@ -241,6 +241,17 @@ impl Bus {
             .collect()
     }
 
+    /// Could publishing `events` events now have to wait for room? True when
+    /// any queue lacks room for all of them (whatever their topics): a
+    /// cheap, conservative check for callers that must not block casually,
+    /// such as async tasks.
+    pub fn might_wait(&self, events: usize) -> bool {
+        self.routes.load().subscriptions.iter().any(|s| {
+            let pending = s.pending.load(Ordering::Relaxed);
+            pending > 0 && pending + events.min(CHUNK_EVENTS_MAX) > s.capacity
+        })
+    }
+
     /// Publish one event.
     pub fn publish_one(&self, event: Event) -> Result<u64, PublishError> {
         self.publish(vec![event]).map(|p| p.first_sequence)

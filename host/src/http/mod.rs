@@ -181,9 +181,14 @@ fn base_type(ct: &str) -> String {
 
 fn publish(state: &AppState, events: Vec<Event>) -> Result<Response, IngressError> {
     let single = (events.len() == 1).then(|| events[0].id.clone());
-    // Publishing may block on a full queue (bounded by the publish timeout):
-    // tell tokio so it moves other tasks off this thread meanwhile.
-    let published = tokio::task::block_in_place(|| state.bus.publish(events))?;
+    // Publishing may wait for room in a full queue (bounded by the publish
+    // timeout). Only then tell tokio, which moves this thread's other tasks
+    // elsewhere meanwhile; that hand-over is too costly for every request.
+    let published = if state.bus.might_wait(events.len()) {
+        tokio::task::block_in_place(|| state.bus.publish(events))?
+    } else {
+        state.bus.publish(events)?
+    };
     let body = match single {
         Some(id) => json!({ "accepted": 1, "id": id, "sequence": published.first_sequence }),
         None => json!({ "accepted": published.count, "first_sequence": published.first_sequence }),
