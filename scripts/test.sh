@@ -13,5 +13,8 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all --check
 echo "== cargo clippy -D warnings" >&2
 cargo clippy --release --workspace --all-targets -- -D warnings
+# The default members (host, guest-sdk, tests) hold every test. The plugin
+# crates are cdylibs for wasm32-wasip1 only (their export names cannot be
+# linked natively); clippy checks them and the e2e build compiles them.
 echo "== cargo test" >&2
-cargo test --release --workspace
+cargo test --release

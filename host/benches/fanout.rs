@@ -374,7 +374,7 @@ fn wrk(url: &str, content_type: &str, body: &str, dir: &Path) -> Result<(f64, u6
         parse_wrk(&String::from_utf8_lossy(&out.stdout))
     };
     run("2s")?;
-    let mut runs = vec![run("4s")?, run("4s")?, run("4s")?];
+    let mut runs = [run("4s")?, run("4s")?, run("4s")?];
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
     let non2xx = runs.iter().map(|r| r.1).sum();
     Ok((runs[1].0, non2xx))

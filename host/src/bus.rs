@@ -275,7 +275,7 @@ impl Bus {
             })
             .collect();
         let mut unrouted = 0;
-        let mut routed = vec![false; CHUNK_EVENTS_MAX];
+        let mut routed = [false; CHUNK_EVENTS_MAX];
         for (c, chunk) in events.chunks(CHUNK_EVENTS_MAX).enumerate() {
             let mut whole: Option<Chunk> = None;
             let mut full: Option<&Subscription> = None;

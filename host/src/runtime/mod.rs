@@ -691,7 +691,7 @@ mod tests {
             (&b"tenant"[..], &b"acme"[..])
         );
         // Refilling reuses the buffers.
-        buf.fill(&[e.clone()], &[1]);
+        buf.fill(std::slice::from_ref(&e), &[1]);
         assert_eq!(buf.batch.headers.len(), HEADER_WORDS);
     }
 
