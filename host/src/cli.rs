@@ -84,6 +84,10 @@ pub struct RunArgs {
     /// Most events passed to one plugin call.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub batch_events_max: u64,
+    /// Most bytes (payloads plus attributes) passed to one plugin call; a
+    /// single larger event still goes alone.
+    #[arg(long, default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1024..=1 << 30))]
+    pub batch_bytes_max: u64,
     /// Capacity of each plugin's queue, in events.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub queue_events_max: u64,
@@ -138,6 +142,12 @@ impl RunArgs {
                 self.backoff_ms_min, self.backoff_ms_max
             ));
         }
+        if self.batch_bytes_max > self.memory_bytes_max / 2 {
+            return Err(format!(
+                "--batch-bytes-max ({}) is more than half of --memory-bytes-max ({}); a plugin must hold a whole batch in its memory, so lower the batch or raise the memory",
+                self.batch_bytes_max, self.memory_bytes_max
+            ));
+        }
         if self.batch_events_max > self.queue_events_max {
             return Err(format!(
                 "--batch-events-max ({}) is larger than --queue-events-max ({}); a batch is taken from the queue, so raise the queue or lower the batch",
@@ -165,6 +175,7 @@ impl RunArgs {
             },
             delivery: DeliverySettings {
                 batch_events_max: self.batch_events_max as usize,
+                batch_bytes_max: self.batch_bytes_max as usize,
                 queue_events_max: self.queue_events_max as usize,
                 max_attempts: self.max_attempts,
                 backoff_ms_min: self.backoff_ms_min,
@@ -208,6 +219,8 @@ mod tests {
         let err = parse(&["--batch-events-max", "512", "--queue-events-max", "100"])
             .expect_err("batch > queue");
         assert!(err.contains("--queue-events-max"), "{err}");
+        let err = parse(&["--batch-bytes-max", "50000000"]).expect_err("batch > memory / 2");
+        assert!(err.contains("--memory-bytes-max"), "{err}");
     }
 
     #[test]

@@ -695,6 +695,72 @@ mod tests {
         assert_eq!(buf.batch.headers.len(), HEADER_WORDS);
     }
 
+    fn noop_batch(n: usize) -> (Chunk, Vec<u32>) {
+        let chunk: Chunk = (0..n)
+            .map(|_| Arc::new(Event::new("order.placed", None, b"{}".to_vec()).expect("event")))
+            .collect();
+        (chunk, vec![1; n])
+    }
+
+    #[test]
+    fn a_ready_component_loads_like_a_core_module() {
+        let rt = Runtime::new(Limits::default(), None).expect("runtime");
+        let core = std::fs::read(plugbus_e2e::artifacts::NOOP).expect("noop built");
+        let component = componentize(Path::new("noop.wasm"), &core).expect("componentizes");
+        assert!(wasmparser::Parser::is_component(&component));
+        let loaded = rt
+            .load_bytes(Path::new("noop.wasm"), "noop", &component)
+            .expect("a component loads as is");
+        let (mut instance, info) =
+            instantiate(Arc::new(loaded), InstanceConfig::default()).expect("instantiates");
+        assert_eq!(info.subscriptions, ["order.placed"]);
+        let (chunk, attempts) = noop_batch(3);
+        let result = instance.handle(&chunk, 0..3, &attempts).expect("handles");
+        assert_eq!(result.outcomes.len(), 3);
+        assert!(result.outcomes.iter().all(|o| matches!(o, Outcome::Ack)));
+    }
+
+    #[test]
+    fn the_compile_cache_is_written_then_used() {
+        let dir = std::env::temp_dir().join(format!("plugbus-cache-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let rt = Runtime::new(Limits::default(), Some(dir.clone())).expect("runtime");
+        let file = Path::new(plugbus_e2e::artifacts::NOOP);
+        let first = rt.load_file(file).expect("compiles");
+        let entries: Vec<_> = std::fs::read_dir(&dir).expect("cache dir made").collect();
+        assert_eq!(entries.len(), 1, "one artifact per content hash and engine");
+        let path = rt.cache_path(first.content_hash()).expect("cache on");
+        assert!(path.is_file());
+        assert!(
+            rt.cached(first.content_hash()).is_some(),
+            "the entry deserializes"
+        );
+        // A damaged entry is a miss, not an error: the plugin compiles again.
+        std::fs::write(&path, b"not a compiled component").expect("damage it");
+        assert!(rt.cached(first.content_hash()).is_none());
+        rt.load_file(file).expect("recompiles over a damaged entry");
+        assert!(rt.cached(first.content_hash()).is_some(), "and rewrites it");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn another_contract_version_is_refused_naming_both() {
+        let rt = Runtime::new(Limits::default(), None).expect("runtime");
+        let err = rt
+            .load_file(Path::new(plugbus_e2e::artifacts::CONTRACT_V2))
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(&err, LoadError::ContractVersion { found, .. } if found == "0.2.0"),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("plugbus:plugin@0.2.0") && msg.contains("plugbus:plugin@0.1.0"),
+            "{msg}"
+        );
+    }
+
     #[test]
     fn garbage_is_not_wasm() {
         let err = componentize(Path::new("x.wasm"), b"hello").expect_err("not wasm");
