@@ -295,15 +295,10 @@ impl Event {
     ) -> Result<Event, EventError> {
         let mut w = Wire::default();
         for (name, value) in attributes {
-            let slot = match name.as_str() {
-                "specversion" => &mut w.specversion,
-                "id" => &mut w.id,
-                "source" => &mut w.source,
-                "type" => &mut w.type_,
-                "subject" => &mut w.subject,
-                "time" => &mut w.time,
-                "correlationid" => &mut w.correlationid,
-                "causationid" => &mut w.causationid,
+            // The body is the data: a ce-data_base64 header is no attribute
+            // (and its name is refused as an extension).
+            let slot = match w.slot(&name) {
+                Some(slot) if name != "data_base64" => slot,
                 _ => {
                     w.extensions.push((name.into(), Value::String(value)));
                     continue;
@@ -311,7 +306,9 @@ impl Event {
             };
             *slot = Some(Text::owned(value));
         }
-        w.datacontenttype = content_type.map(Text::owned);
+        if let Some(ct) = content_type {
+            w.datacontenttype = Some(Text::owned(ct));
+        }
         let mut event = Event::from_wire(w, &now_rfc3339())?;
         event.data = body;
         Ok(event)

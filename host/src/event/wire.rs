@@ -109,6 +109,26 @@ pub(crate) struct Wire<'a> {
     pub extensions: Vec<(Cow<'a, str>, Value)>,
 }
 
+impl<'a> Wire<'a> {
+    /// Where the string attribute `name` goes; `None` for `data` and for
+    /// extension attributes.
+    pub(crate) fn slot(&mut self, name: &str) -> Option<&mut Option<Text<'a>>> {
+        Some(match name {
+            "specversion" => &mut self.specversion,
+            "id" => &mut self.id,
+            "source" => &mut self.source,
+            "type" => &mut self.type_,
+            "subject" => &mut self.subject,
+            "time" => &mut self.time,
+            "datacontenttype" => &mut self.datacontenttype,
+            "correlationid" => &mut self.correlationid,
+            "causationid" => &mut self.causationid,
+            "data_base64" => &mut self.data_base64,
+            _ => return None,
+        })
+    }
+}
+
 struct WireVisitor;
 
 impl<'de> Visitor<'de> for WireVisitor {
@@ -126,26 +146,14 @@ impl<'de> Visitor<'de> for WireVisitor {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             };
-            let slot = match &*key {
-                "specversion" => &mut w.specversion,
-                "id" => &mut w.id,
-                "source" => &mut w.source,
-                "type" => &mut w.type_,
-                "subject" => &mut w.subject,
-                "time" => &mut w.time,
-                "datacontenttype" => &mut w.datacontenttype,
-                "correlationid" => &mut w.correlationid,
-                "causationid" => &mut w.causationid,
-                "data_base64" => &mut w.data_base64,
-                "data" => {
-                    w.data = Some(map.next_value::<&'de RawValue>()?);
-                    continue;
-                }
-                _ => {
-                    let value = map.next_value::<Value>()?;
-                    w.extensions.push((key, value));
-                    continue;
-                }
+            if &*key == "data" {
+                w.data = Some(map.next_value::<&'de RawValue>()?);
+                continue;
+            }
+            let Some(slot) = w.slot(&key) else {
+                let value = map.next_value::<Value>()?;
+                w.extensions.push((key, value));
+                continue;
             };
             *slot = Some(map.next_value::<Text<'de>>()?);
         }
