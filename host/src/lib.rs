@@ -18,4 +18,5 @@ pub mod metrics;
 pub mod plugin;
 pub mod runtime;
 pub mod server;
+pub mod store;
 pub mod topic;

@@ -1,0 +1,396 @@
+//! The durable store: one fjall database in the data directory, with a
+//! keyspace for the event log (key: the sequence, big-endian; value: the
+//! event, `store::codec`) and one for the plugins' cursors (key: the plugin
+//! name; value: the highest sequence it is done with).
+//!
+//! [`Store`] is the storage layer: appending a group of events in one atomic
+//! batch under the fsync policy, reading the log by sequence, and reading
+//! and writing cursors. [`log::Log`] builds delivery on it: one committer
+//! thread that group-commits appends and acknowledges publishers only once
+//! their events are durable, and an in-memory tail that workers read first.
+//!
+//! Faults: a full disk is reported as [`StoreError::DiskFull`] naming the
+//! directory, and nothing is acknowledged; the store keeps accepting once
+//! there is room. A failed fsync poisons the store: every later append is
+//! refused until a restart, so that nothing is ever retried and then
+//! acknowledged after the kernel may have dropped the dirty pages. A record
+//! that does not decode is [`StoreError::Corrupt`], naming the file and
+//! sequence, never a silently wrong event.
+//!
+//! This module knows nothing of plugins, wasm or HTTP.
+
+pub mod codec;
+pub mod log;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use crate::event::Event;
+
+/// When appended events are forced to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Before a publisher is acknowledged: an acknowledged event survives
+    /// power loss.
+    Always,
+    /// At most this often: an acknowledged event survives a crash of the
+    /// process, but power loss may lose up to this window of events.
+    Interval(Duration),
+}
+
+impl FromStr for Fsync {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Fsync, String> {
+        if s == "always" {
+            return Ok(Fsync::Always);
+        }
+        let ms = s
+            .strip_prefix("interval=")
+            .map(|v| v.strip_suffix("ms").unwrap_or(v))
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|ms| (1..=60_000).contains(ms));
+        match ms {
+            Some(ms) => Ok(Fsync::Interval(Duration::from_millis(ms))),
+            None => Err(format!(
+                "`{s}` is not an fsync policy; use `always` or `interval=MS` with MS from 1 to 60000, e.g. `interval=10ms`"
+            )),
+        }
+    }
+}
+
+/// Why the store refused or failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened.
+    #[error("data directory {dir}: cannot open the store: {reason}; check the path and its permissions, or start with --data pointing elsewhere")]
+    Open {
+        /// The data directory.
+        dir: PathBuf,
+        /// What fjall said.
+        reason: String,
+    },
+    /// No space left.
+    #[error("data directory {dir} is full: the events were not stored and not acknowledged; free space there or move --data to a larger disk (publishing resumes by itself once there is room)")]
+    DiskFull {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// A write failed for another reason.
+    #[error("data directory {dir}: writing failed: {reason}; the events were not acknowledged")]
+    Write {
+        /// The data directory.
+        dir: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// An fsync failed earlier; no more writes until a restart.
+    #[error("data directory {dir}: an earlier write or fsync failed ({reason}), so the store refuses writes until plugbus is restarted; check the disk, then restart")]
+    Poisoned {
+        /// The data directory.
+        dir: PathBuf,
+        /// The first failure.
+        reason: String,
+    },
+    /// A stored record does not decode.
+    #[error("data directory {dir}: log record {sequence} is corrupt ({reason}); restore the directory from a backup, or move it aside to start with an empty log")]
+    Corrupt {
+        /// The data directory.
+        dir: PathBuf,
+        /// The record's sequence.
+        sequence: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The committer is gone (shutdown).
+    #[error("the store is shutting down; retry against the restarted host")]
+    Closed,
+}
+
+/// The storage layer. See the module docs.
+pub struct Store {
+    db: Database,
+    log: Keyspace,
+    cursors: Keyspace,
+    dir: PathBuf,
+    fsync: Fsync,
+    /// The sequence of the last event stored.
+    last_sequence: AtomicU64,
+    last_persist: Mutex<Instant>,
+    poisoned: Mutex<Option<String>>,
+    dirty: AtomicBool,
+}
+
+fn is_disk_full(e: &fjall::Error) -> bool {
+    let io = match e {
+        fjall::Error::Io(io) => Some(io),
+        fjall::Error::Storage(fjall::LsmError::Io(io)) => Some(io),
+        _ => None,
+    };
+    io.is_some_and(|io| {
+        io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28)
+    })
+}
+
+impl Store {
+    /// Open (or create) the store in `dir`, and find where the log ends.
+    pub fn open(dir: &Path, fsync: Fsync) -> Result<Store, StoreError> {
+        let open_err = |reason: String| StoreError::Open {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        let db = Database::builder(dir)
+            .manual_journal_persist(true)
+            .open()
+            .map_err(|e| open_err(format!("{e:?}")))?;
+        let log = db
+            .keyspace("log", KeyspaceCreateOptions::default)
+            .map_err(|e| open_err(format!("{e:?}")))?;
+        let cursors = db
+            .keyspace("cursors", KeyspaceCreateOptions::default)
+            .map_err(|e| open_err(format!("{e:?}")))?;
+        let last = match log.last_key_value() {
+            None => 0,
+            Some(guard) => {
+                let key = guard.key().map_err(|e| open_err(format!("{e:?}")))?;
+                sequence_of(&key)
+                    .ok_or_else(|| open_err("a log key is not a sequence number".into()))?
+            }
+        };
+        Ok(Store {
+            db,
+            log,
+            cursors,
+            dir: dir.to_path_buf(),
+            fsync,
+            last_sequence: AtomicU64::new(last),
+            last_persist: Mutex::new(Instant::now()),
+            poisoned: Mutex::new(None),
+            dirty: AtomicBool::new(false),
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The sequence of the last stored event (0: none).
+    pub fn last_sequence(&self) -> u64 {
+        self.last_sequence.load(Ordering::Acquire)
+    }
+
+    fn write_error(&self, e: &fjall::Error) -> StoreError {
+        if is_disk_full(e) {
+            StoreError::DiskFull {
+                dir: self.dir.clone(),
+            }
+        } else {
+            StoreError::Write {
+                dir: self.dir.clone(),
+                reason: format!("{e:?}"),
+            }
+        }
+    }
+
+    fn check_poisoned(&self) -> Result<(), StoreError> {
+        match &*self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(reason) => Err(StoreError::Poisoned {
+                dir: self.dir.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&self, reason: String) -> StoreError {
+        let mut p = self.poisoned.lock().unwrap_or_else(|p| p.into_inner());
+        p.get_or_insert(reason.clone());
+        StoreError::Poisoned {
+            dir: self.dir.clone(),
+            reason,
+        }
+    }
+
+    /// Append `events` as one atomic batch, giving them the next sequence
+    /// numbers, and make them as durable as the policy says before
+    /// returning the first sequence. On error nothing was acknowledged and
+    /// the sequence numbers are not used up. Only one thread appends (the
+    /// committer).
+    pub fn append(&self, events: &mut [Event]) -> Result<u64, StoreError> {
+        self.check_poisoned()?;
+        let first = self.last_sequence() + 1;
+        let mut batch = self.db.batch();
+        for (i, e) in events.iter_mut().enumerate() {
+            e.sequence = first + i as u64;
+            batch.insert(&self.log, e.sequence.to_be_bytes(), codec::encode(e));
+        }
+        batch.commit().map_err(|e| match e {
+            fjall::Error::Poisoned => {
+                self.poison("fjall refused writes after an earlier failure".into())
+            }
+            e => self.write_error(&e),
+        })?;
+        self.dirty.store(true, Ordering::Release);
+        match self.fsync {
+            Fsync::Always => self.sync()?,
+            Fsync::Interval(every) => {
+                let due = self
+                    .last_persist
+                    .lock()
+                    .map(|t| t.elapsed() >= every)
+                    .unwrap_or(true);
+                if due {
+                    self.sync()?;
+                }
+            }
+        }
+        self.last_sequence
+            .store(first + events.len() as u64 - 1, Ordering::Release);
+        Ok(first)
+    }
+
+    /// Force everything written so far to stable storage. A failure poisons
+    /// the store (see the module docs).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if let Err(e) = self.db.persist(PersistMode::SyncAll) {
+            let err = self.write_error(&e);
+            return Err(match err {
+                StoreError::DiskFull { .. } => err,
+                _ => self.poison(format!("fsync failed: {e:?}")),
+            });
+        }
+        if let Ok(mut t) = self.last_persist.lock() {
+            *t = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Up to `max` events with sequence ≥ `from`, in order.
+    pub fn read(&self, from: u64, max: usize) -> Result<Vec<Event>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.log.range(from.to_be_bytes()..).take(max) {
+            let (key, value) = guard.into_inner().map_err(|e| StoreError::Write {
+                dir: self.dir.clone(),
+                reason: format!("reading the log: {e:?}"),
+            })?;
+            let sequence = sequence_of(&key).ok_or_else(|| StoreError::Corrupt {
+                dir: self.dir.clone(),
+                sequence: 0,
+                reason: format!("a log key of {} bytes", key.len()),
+            })?;
+            let event = codec::decode(sequence, &value).map_err(|e| StoreError::Corrupt {
+                dir: self.dir.clone(),
+                sequence,
+                reason: e.0,
+            })?;
+            out.push(event);
+        }
+        Ok(out)
+    }
+
+    /// The cursor of `plugin`: the highest sequence it is done with.
+    pub fn cursor(&self, plugin: &str) -> Result<Option<u64>, StoreError> {
+        let value = self.cursors.get(plugin).map_err(|e| StoreError::Write {
+            dir: self.dir.clone(),
+            reason: format!("reading cursor of {plugin}: {e:?}"),
+        })?;
+        match value {
+            None => Ok(None),
+            Some(v) => sequence_of(&v)
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt {
+                    dir: self.dir.clone(),
+                    sequence: 0,
+                    reason: format!(
+                        "the cursor of plugin `{plugin}` is {} bytes, not 8",
+                        v.len()
+                    ),
+                }),
+        }
+    }
+
+    /// Move `plugin`'s cursor to `sequence`. Not fsynced by itself: a lost
+    /// cursor update only means re-delivery (at-least-once).
+    pub fn set_cursor(&self, plugin: &str, sequence: u64) -> Result<(), StoreError> {
+        self.check_poisoned()?;
+        let mut batch = self.db.batch();
+        batch.insert(&self.cursors, plugin, sequence.to_be_bytes());
+        batch.commit().map_err(|e| self.write_error(&e))?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+fn sequence_of(bytes: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("plugbus-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn ev(i: usize) -> Event {
+        Event::new("order.placed", None, format!("{{\"i\":{i}}}").into_bytes()).expect("event")
+    }
+
+    #[test]
+    fn appends_are_numbered_read_back_and_survive_reopening() {
+        let dir = temp_dir("reopen");
+        {
+            let store = Store::open(&dir, Fsync::Always).expect("opens");
+            let mut a: Vec<Event> = (0..3).map(ev).collect();
+            assert_eq!(store.append(&mut a).expect("append"), 1);
+            let mut b: Vec<Event> = (3..5).map(ev).collect();
+            assert_eq!(store.append(&mut b).expect("append"), 4);
+            store.set_cursor("analytics", 2).expect("cursor");
+            store.sync().expect("sync");
+        }
+        let store = Store::open(&dir, Fsync::Always).expect("reopens");
+        assert_eq!(store.last_sequence(), 5);
+        let read = store.read(2, 10).expect("reads");
+        let seqs: Vec<u64> = read.iter().map(|e| e.sequence).collect();
+        assert_eq!(seqs, [2, 3, 4, 5]);
+        assert_eq!(read[0].data, br#"{"i":1}"#);
+        assert_eq!(store.cursor("analytics").expect("cursor"), Some(2));
+        assert_eq!(store.cursor("email").expect("cursor"), None);
+        let mut c = vec![ev(5)];
+        assert_eq!(
+            store.append(&mut c).expect("append"),
+            6,
+            "numbering continues"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn fsync_policies_parse_with_a_helpful_refusal() {
+        assert_eq!("always".parse::<Fsync>(), Ok(Fsync::Always));
+        assert_eq!(
+            "interval=10ms".parse::<Fsync>(),
+            Ok(Fsync::Interval(Duration::from_millis(10)))
+        );
+        assert_eq!(
+            "interval=250".parse::<Fsync>(),
+            Ok(Fsync::Interval(Duration::from_millis(250)))
+        );
+        let err = "sometimes".parse::<Fsync>().expect_err("refused");
+        assert!(err.contains("interval=MS"), "{err}");
+        assert!("interval=0".parse::<Fsync>().is_err());
+    }
+}
