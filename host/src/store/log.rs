@@ -1,1 +1,303 @@
-//! placeholder
+//! The durable log as publishers and plugins see it.
+//!
+//! Publishers call [`Log::append`]; one committer thread takes every append
+//! waiting (up to [`GROUP_EVENTS_MAX`] events), writes them as one atomic
+//! batch, syncs under the fsync policy, and only then answers each
+//! publisher with its sequence numbers: an acknowledged event is durable.
+//! A group that fails is refused whole and acknowledged to nobody.
+//!
+//! Committed events also go into an in-memory tail of the log (the last
+//! [`TAIL_EVENTS_MAX`]), and every doorbell rings. Readers
+//! ([`Log::read_from`]) are served from the tail when they are close to the
+//! head, and from the store when they have fallen behind it: a slow reader
+//! costs disk reads, never events.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+
+use super::{Fsync, Store, StoreError};
+use crate::event::Event;
+
+/// The most events committed in one group.
+pub const GROUP_EVENTS_MAX: usize = 8192;
+/// Committed events kept in memory for readers near the head.
+pub const TAIL_EVENTS_MAX: usize = 65_536;
+
+struct Append {
+    events: Vec<Event>,
+    reply: Sender<Result<u64, StoreError>>,
+}
+
+struct Tail {
+    /// The sequence of `events[0]` (head + 1 when empty).
+    first: u64,
+    events: VecDeque<Arc<Event>>,
+}
+
+/// The durable log: group commit, the tail, and doorbells.
+pub struct Log {
+    store: Arc<Store>,
+    requests: Mutex<Option<Sender<Append>>>,
+    tail: RwLock<Tail>,
+    head: AtomicU64,
+    bells: Mutex<Vec<Sender<()>>>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Log {
+    /// Start the committer on `store`.
+    pub fn start(store: Store, fsync: Fsync) -> Result<Arc<Log>, StoreError> {
+        let store = Arc::new(store);
+        let head = store.last_sequence();
+        let (tx, rx) = crossbeam_channel::bounded::<Append>(1024);
+        let log = Arc::new(Log {
+            store,
+            requests: Mutex::new(Some(tx)),
+            tail: RwLock::new(Tail {
+                first: head + 1,
+                events: VecDeque::new(),
+            }),
+            head: AtomicU64::new(head),
+            bells: Mutex::default(),
+            committer: Mutex::default(),
+        });
+        let committer = log.clone();
+        let handle = std::thread::Builder::new()
+            .name("plugbus-commit".into())
+            .spawn(move || committer.commit_loop(rx, fsync))
+            .map_err(|e| StoreError::Open {
+                dir: log.store.dir().to_path_buf(),
+                reason: format!("cannot start the committer thread: {e}"),
+            })?;
+        *log.committer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Ok(log)
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The sequence of the last committed event.
+    pub fn head(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    /// Append `events` durably; returns the first sequence given. Blocks
+    /// until the group they join is committed.
+    pub fn append(&self, events: Vec<Event>) -> Result<u64, StoreError> {
+        if events.is_empty() {
+            return Ok(self.head() + 1);
+        }
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let sender = self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        sender
+            .send(Append { events, reply })
+            .map_err(|_| StoreError::Closed)?;
+        answer.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// A doorbell: rings (holds one `()`) whenever events are committed.
+    pub fn doorbell(&self) -> Receiver<()> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.bells
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        rx
+    }
+
+    /// Up to `max` committed events with sequence ≥ `from`, in order.
+    pub fn read_from(&self, from: u64, max: usize) -> Result<Vec<Arc<Event>>, StoreError> {
+        {
+            let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
+            if from >= tail.first {
+                let skip = (from - tail.first) as usize;
+                return Ok(tail.events.iter().skip(skip).take(max).cloned().collect());
+            }
+        }
+        let head = self.head();
+        let mut events = self.store.read(from, max)?;
+        // The store may already hold a group whose commit is not yet
+        // acknowledged; readers see only what is.
+        events.retain(|e| e.sequence <= head);
+        Ok(events.into_iter().map(Arc::new).collect())
+    }
+
+    /// Stop accepting appends; the committer finishes what it has, syncs,
+    /// and exits.
+    pub fn close(&self) {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let handle = self
+            .committer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = handle {
+            if h.join().is_err() {
+                tracing::error!("the log committer panicked");
+            }
+        }
+    }
+
+    fn commit_loop(&self, rx: Receiver<Append>, fsync: Fsync) {
+        let idle = match fsync {
+            Fsync::Always => Duration::from_secs(3600),
+            Fsync::Interval(every) => every,
+        };
+        loop {
+            let first = match rx.recv_timeout(idle) {
+                Ok(a) => a,
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Err(e) = self.store.sync() {
+                        tracing::error!("{e}");
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut group = vec![first];
+            let mut count = group[0].events.len();
+            while count < GROUP_EVENTS_MAX {
+                match rx.try_recv() {
+                    Ok(a) => {
+                        count += a.events.len();
+                        group.push(a);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let sizes: Vec<usize> = group.iter().map(|a| a.events.len()).collect();
+            let mut events: Vec<Event> = group
+                .iter_mut()
+                .flat_map(|a| std::mem::take(&mut a.events))
+                .collect();
+            match self.store.append(&mut events) {
+                Ok(first_sequence) => {
+                    self.publish(events);
+                    let mut next = first_sequence;
+                    for (a, n) in group.iter().zip(sizes) {
+                        let _ = a.reply.send(Ok(next));
+                        next += n as u64;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(events = count, "{e}");
+                    for a in &group {
+                        let _ = a.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.store.sync() {
+            tracing::error!("final sync: {e}");
+        }
+    }
+
+    /// Put committed events in the tail, move the head, ring the bells.
+    fn publish(&self, events: Vec<Event>) {
+        let Some(last) = events.last().map(|e| e.sequence) else {
+            return;
+        };
+        {
+            let mut tail = self.tail.write().unwrap_or_else(|p| p.into_inner());
+            tail.events.extend(events.into_iter().map(Arc::new));
+            let excess = tail.events.len().saturating_sub(TAIL_EVENTS_MAX);
+            tail.events.drain(..excess);
+            tail.first += excess as u64;
+        }
+        self.head.store(last, Ordering::Release);
+        let mut bells = self.bells.lock().unwrap_or_else(|p| p.into_inner());
+        bells.retain(|b| !matches!(b.try_send(()), Err(TrySendError::Disconnected(_))));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(i: usize) -> Event {
+        Event::new("order.placed", None, format!("{i}").into_bytes()).expect("event")
+    }
+
+    #[test]
+    fn concurrent_appends_are_acknowledged_with_disjoint_sequences_and_read_in_order() {
+        let dir = crate::store::tests::temp_dir("log-concurrent");
+        let log = Log::start(
+            Store::open(&dir, Fsync::Always).expect("open"),
+            Fsync::Always,
+        )
+        .expect("start");
+        let bell = log.doorbell();
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    (0..50)
+                        .map(|i| {
+                            log.append(vec![ev(w * 1000 + i), ev(w * 1000 + i)])
+                                .expect("append")
+                        })
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        let mut firsts: Vec<u64> = writers
+            .into_iter()
+            .flat_map(|w| w.join().expect("writer"))
+            .collect();
+        firsts.sort_unstable();
+        let want: Vec<u64> = (0..200).map(|i| 1 + 2 * i).collect();
+        assert_eq!(firsts, want, "each append got two consecutive sequences");
+        assert_eq!(log.head(), 400);
+        assert!(bell.try_recv().is_ok(), "the doorbell rang");
+        let all = log.read_from(1, 1000).expect("read");
+        assert_eq!(all.len(), 400);
+        assert!(all.windows(2).all(|w| w[0].sequence + 1 == w[1].sequence));
+        log.close();
+        assert!(matches!(log.append(vec![ev(0)]), Err(StoreError::Closed)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn readers_behind_the_tail_are_served_from_the_store() {
+        let dir = crate::store::tests::temp_dir("log-behind");
+        let log = Log::start(
+            Store::open(&dir, Fsync::Interval(Duration::from_millis(5))).expect("open"),
+            Fsync::Interval(Duration::from_millis(5)),
+        )
+        .expect("start");
+        let n = TAIL_EVENTS_MAX + 100;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(GROUP_EVENTS_MAX / 2) {
+            log.append(chunk.iter().map(|&i| ev(i)).collect())
+                .expect("append");
+        }
+        let old = log.read_from(1, 3).expect("from the store");
+        assert_eq!(
+            old.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert_eq!(old[0].data, b"0");
+        let recent = log.read_from(n as u64, 10).expect("from the tail");
+        assert_eq!(recent.len(), 1);
+        assert!(log
+            .read_from(n as u64 + 1, 10)
+            .expect("past the head")
+            .is_empty());
+        log.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

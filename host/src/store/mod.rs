@@ -336,7 +336,7 @@ fn sequence_of(bytes: &[u8]) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn temp_dir(name: &str) -> PathBuf {
