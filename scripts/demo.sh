@@ -18,7 +18,7 @@ for p in email inventory analytics; do
   cp "$CARGO_TARGET_DIR/wasm32-wasip1/release/plugbus_plugin_$p.wasm" "$work/plugins/$p.wasm"
 done
 log="$work/plugbus.log"
-"$bin" run --plugins "$work/plugins" --listen 127.0.0.1:0 2>"$log" &
+"$bin" run --plugins "$work/plugins" --data "$work/data" --listen 127.0.0.1:0 2>"$log" &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
@@ -30,7 +30,7 @@ for _ in $(seq 1 600); do
 done
 url="http://$(grep -o 'listen=[^ ]*' "$log" | head -1 | cut -d= -f2)"
 export PLUGBUS_URL="$url"
-echo "== plugbus is up at $url with plugins from $work/plugins"
+echo "== plugbus is up at $url with plugins from $work/plugins and its event log in $work/data"
 
 echo "== publishing two orders (the second asks for more gadgets than are in stock)"
 "$bin" publish order.placed '{"order_id":"o-1001","customer":"alice@example.com","items":[{"sku":"widget","qty":2},{"sku":"gadget","qty":1}],"total_cents":4497}'

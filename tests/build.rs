@@ -18,6 +18,7 @@ const PLUGINS: &[(&str, &str, Option<&str>)] = &[
     ("NOOP", "plugbus-test-plugins", Some("noop")),
     ("TRAP", "plugbus-test-plugins", Some("trap")),
     ("SLOW", "plugbus-test-plugins", Some("slow")),
+    ("RECORDER", "plugbus-test-plugins", Some("recorder")),
     ("INIT_FAILS", "plugbus-test-plugins", Some("init_fails")),
     ("CONTRACT_V2", "plugbus-test-plugins", Some("contract_v2")),
 ];

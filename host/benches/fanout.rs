@@ -151,7 +151,12 @@ fn plugbus_inprocess(rt: Arc<Runtime>, dir: &Path, batch: usize, n: usize) -> f6
         ..DeliverySettings::default()
     };
     let metrics_dbg = metrics.clone();
-    let registry = Registry::new(bus.clone(), rt, metrics, settings);
+    let registry = Registry::new(
+        plugbus::dispatch::Dispatch::Memory(bus.clone()),
+        rt,
+        metrics,
+        settings,
+    );
     for i in 1..=SUBSCRIBERS {
         registry
             .start(&dir.join(format!("noop{i}.wasm")))

@@ -41,12 +41,25 @@ pub const CHUNK_EVENTS_MAX: usize = 64;
 
 pub use crate::event::Chunk;
 
+/// What travels through a queue: events for one plugin, and how far the
+/// sender had looked when it sent them: every event up to `through` that the
+/// plugin wants is in this delivery or an earlier one. A worker that has
+/// handled a delivery whole is done with everything up to `through` (its
+/// cursor), including events it does not subscribe to.
+#[derive(Clone)]
+pub struct Delivery {
+    /// The events, in sequence order (may be empty).
+    pub events: Chunk,
+    /// The highest sequence this delivery accounts for.
+    pub through: u64,
+}
+
 /// One plugin's subscription: its patterns and the sending half of its queue.
 #[derive(Clone)]
 pub struct Subscription {
     plugin: Arc<str>,
     patterns: Vec<Pattern>,
-    queue: Sender<Chunk>,
+    queue: Sender<Delivery>,
     pending: Arc<AtomicUsize>,
     capacity: usize,
     dropped_full: Counter,
@@ -72,7 +85,11 @@ impl Subscription {
                 })
                 .is_ok();
             if reserved {
-                match self.queue.try_send(chunk) {
+                let through = chunk.last().map_or(0, |e| e.sequence);
+                match self.queue.try_send(Delivery {
+                    events: chunk,
+                    through,
+                }) {
                     Ok(()) => return true,
                     // A closed queue belongs to a plugin being replaced or
                     // removed: its successor subscribed already, or it is
@@ -86,7 +103,7 @@ impl Subscription {
                     // were, wait like for a full queue.
                     Err(TrySendError::Full(back)) => {
                         self.pending.fetch_sub(n, Ordering::AcqRel);
-                        chunk = back;
+                        chunk = back.events;
                     }
                 }
             }
@@ -102,34 +119,74 @@ impl Subscription {
 
 /// The receiving half of a subscription's queue.
 pub struct Queue {
-    rx: Receiver<Chunk>,
+    rx: Receiver<Delivery>,
     pending: Arc<AtomicUsize>,
 }
 
+/// The sending half of a queue fed by one producer that may wait for room
+/// (the durable log's reader); the bus has its own, non-waiting, path.
+pub struct QueueSender {
+    tx: Sender<Delivery>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl QueueSender {
+    /// Queue `delivery`, waiting for room; gives it back if the receiver is
+    /// gone.
+    pub fn send(&self, delivery: Delivery) -> Result<(), Delivery> {
+        let n = delivery.events.len();
+        self.pending.fetch_add(n, Ordering::AcqRel);
+        self.tx.send(delivery).map_err(|e| {
+            self.pending.fetch_sub(n, Ordering::AcqRel);
+            e.into_inner()
+        })
+    }
+}
+
 impl Queue {
-    fn taken(&self, chunk: Chunk) -> Chunk {
-        self.pending.fetch_sub(chunk.len(), Ordering::AcqRel);
-        chunk
+    /// A queue of `capacity` deliveries, with its sender.
+    pub fn channel(capacity: usize) -> (QueueSender, Queue) {
+        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        let pending = Arc::new(AtomicUsize::new(0));
+        (
+            QueueSender {
+                tx,
+                pending: pending.clone(),
+            },
+            Queue { rx, pending },
+        )
     }
 
-    /// Wait for the next chunk; an error once the queue is closed and empty.
-    pub fn recv(&self) -> Result<Chunk, RecvError> {
-        self.rx.recv().map(|c| self.taken(c))
+    fn taken(&self, delivery: Delivery) -> Delivery {
+        self.pending
+            .fetch_sub(delivery.events.len(), Ordering::AcqRel);
+        delivery
     }
 
-    /// Wait at most `timeout` for the next chunk.
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Chunk, RecvTimeoutError> {
-        self.rx.recv_timeout(timeout).map(|c| self.taken(c))
+    /// Wait for the next delivery; an error once the queue is closed and
+    /// empty.
+    pub fn recv(&self) -> Result<Delivery, RecvError> {
+        self.rx.recv().map(|d| self.taken(d))
     }
 
-    /// The next chunk, if one is waiting.
-    pub fn try_recv(&self) -> Result<Chunk, TryRecvError> {
-        self.rx.try_recv().map(|c| self.taken(c))
+    /// Wait at most `timeout` for the next delivery.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Delivery, RecvTimeoutError> {
+        self.rx.recv_timeout(timeout).map(|d| self.taken(d))
+    }
+
+    /// The next delivery, if one is waiting.
+    pub fn try_recv(&self) -> Result<Delivery, TryRecvError> {
+        self.rx.try_recv().map(|d| self.taken(d))
     }
 
     /// Events waiting.
     pub fn depth(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
+    }
+
+    /// A live view of [`Queue::depth`] for status reports.
+    pub fn depth_handle(&self) -> Arc<AtomicUsize> {
+        self.pending.clone()
     }
 }
 
@@ -350,8 +407,8 @@ mod tests {
 
     fn drain(q: &Queue) -> Vec<Arc<Event>> {
         let mut out = Vec::new();
-        while let Ok(chunk) = q.try_recv() {
-            out.extend(chunk.iter().cloned());
+        while let Ok(d) = q.try_recv() {
+            out.extend(d.events.iter().cloned());
         }
         out
     }
@@ -365,9 +422,10 @@ mod tests {
         bus.publish_one(ev("order.placed")).expect("published");
         let (ea, eb) = (a.try_recv().expect("a"), b.try_recv().expect("b"));
         assert!(
-            Arc::ptr_eq(&ea, &eb),
+            Arc::ptr_eq(&ea.events, &eb.events),
             "fan-out must share the chunk, not copy"
         );
+        assert_eq!(ea.through, ea.events[0].sequence);
         assert!(c.try_recv().is_err());
     }
 
@@ -439,7 +497,7 @@ mod tests {
         let consumer = std::thread::spawn(move || {
             let mut n = 0;
             while n < 50 {
-                n += rx.recv().map_or(0, |c| c.len());
+                n += rx.recv().map_or(0, |d| d.events.len());
             }
             n
         });

@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::http::BODY_BYTES_MAX_DEFAULT;
 use crate::plugin::DeliverySettings;
 use crate::runtime::Limits;
+use crate::store::Fsync;
 
 /// The address `plugbus run` listens on by default.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7420";
@@ -81,6 +82,25 @@ pub struct RunArgs {
     /// Compile plugins at every start instead of caching them.
     #[arg(long)]
     pub no_cache: bool,
+    /// Where the event log and cursors live (default:
+    /// ~/.local/share/plugbus/data). Events are durable: a publisher's 202
+    /// means stored under the --fsync policy.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "PLUGBUS_DATA",
+        conflicts_with = "memory"
+    )]
+    pub data: Option<PathBuf>,
+    /// Keep events in memory only: lossy on a crash or a full queue, for
+    /// tests and benchmarks.
+    #[arg(long)]
+    pub memory: bool,
+    /// When stored events reach stable storage: `always` (before the 202:
+    /// they survive power loss) or `interval=MS` (within MS; a crash of the
+    /// process loses nothing, power loss up to MS of events).
+    #[arg(long, default_value = "always", value_parser = clap::value_parser!(Fsync))]
+    pub fsync: Fsync,
     /// Most events passed to one plugin call.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub batch_events_max: u64,
@@ -117,6 +137,10 @@ pub struct RunArgs {
 /// `plugbus run`'s flags, checked and typed.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
+    /// The data directory, or `None` for memory mode.
+    pub data: Option<PathBuf>,
+    /// The fsync policy (durable mode).
+    pub fsync: Fsync,
     /// Plugin directory.
     pub plugins: PathBuf,
     /// HTTP address.
@@ -154,6 +178,24 @@ impl RunArgs {
                 self.batch_events_max, self.queue_events_max
             ));
         }
+        let home = || std::env::var_os("HOME").map(PathBuf::from);
+        let data = if self.memory {
+            None
+        } else {
+            match self.data.clone().or_else(|| {
+                std::env::var_os("XDG_DATA_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| home().map(|h| h.join(".local").join("share")))
+                    .map(|d| d.join("plugbus").join("data"))
+            }) {
+                Some(dir) => Some(dir),
+                None => {
+                    return Err(
+                        "no data directory: HOME is not set; pass --data DIR (or --memory)".into(),
+                    )
+                }
+            }
+        };
         let cache_dir = if self.no_cache {
             None
         } else {
@@ -165,6 +207,8 @@ impl RunArgs {
             })
         };
         Ok(RunSettings {
+            data,
+            fsync: self.fsync,
             plugins: self.plugins.clone(),
             listen: self.listen,
             cache_dir,
@@ -207,6 +251,14 @@ mod tests {
         assert_eq!(s.listen.to_string(), LISTEN_DEFAULT);
         assert_eq!(s.delivery.batch_events_max, 64);
         assert_eq!(s.body_bytes_max, 1 << 20);
+        assert_eq!(s.fsync, Fsync::Always);
+        assert!(s.data.is_some(), "durable by default");
+        assert!(parse(&["--memory"]).expect("memory").data.is_none());
+        assert!(
+            parse(&["--memory", "--data", "/tmp/x"]).is_err(),
+            "one or the other"
+        );
+        assert!(parse(&["--fsync", "never"]).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod bus;
 pub mod cli;
+pub mod dispatch;
 pub mod event;
 pub mod http;
 pub mod metrics;

@@ -6,10 +6,13 @@ use std::sync::Arc;
 
 use crate::bus::Bus;
 use crate::cli::RunSettings;
+use crate::dispatch::Dispatch;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::plugin::Registry;
 use crate::runtime::Runtime;
+use crate::store::log::Log;
+use crate::store::Store;
 
 /// Why `plugbus run` could not start.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +23,9 @@ pub enum StartError {
     /// The plugin directory cannot be read.
     #[error(transparent)]
     Plugins(#[from] crate::plugin::PluginError),
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// The listen address is taken or not ours.
     #[error("cannot listen on {addr}: {source}; pass --listen with a free address, e.g. --listen 127.0.0.1:7421")]
     Listen {
@@ -40,9 +46,28 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         Runtime::new(settings.limits.clone(), settings.cache_dir.clone())
             .map_err(StartError::Runtime)?,
     );
-    let bus = Arc::new(Bus::new(settings.publish_timeout, metrics.clone()));
+    let dispatch = match &settings.data {
+        None => {
+            tracing::info!(
+                "memory mode: events are not stored, a crash or a full queue loses them"
+            );
+            Dispatch::Memory(Arc::new(Bus::new(
+                settings.publish_timeout,
+                metrics.clone(),
+            )))
+        }
+        Some(dir) => {
+            let store = Store::open(dir, settings.fsync)?;
+            tracing::info!(data = %dir.display(), fsync = ?settings.fsync, events = store.last_sequence(), "event log opened");
+            Dispatch::Durable(Log::start(
+                store,
+                settings.fsync,
+                metrics.published.clone(),
+            )?)
+        }
+    };
     let registry = Arc::new(Registry::new(
-        bus.clone(),
+        dispatch.clone(),
         runtime,
         metrics.clone(),
         settings.delivery.clone(),
@@ -71,7 +96,7 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         "plugbus ready"
     );
     let app = http::router(AppState {
-        bus,
+        dispatch,
         registry: registry.clone(),
         metrics,
         body_bytes_max: settings.body_bytes_max,

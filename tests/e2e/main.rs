@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use plugbus_e2e::{artifacts, PluginFile, TestHost};
+use std::collections::HashSet;
+use std::time::Instant;
+
+use plugbus_e2e::{artifacts, PluginFile, TestDir, TestHost};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_plugbus");
@@ -240,14 +243,15 @@ mod ingress {
 
     #[test]
     fn a_full_queue_answers_503_naming_the_plugin_and_counts_the_drop() {
-        // slow takes 50 ms an event and its queue holds one event; the
-        // publisher waits at most 10 ms for room.
+        // Memory mode: slow takes 50 ms an event and its queue holds one
+        // event; the publisher waits at most 10 ms for room.
         let h = host(
             &[
                 PluginFile::Wasm("slow", artifacts::SLOW),
                 PluginFile::Wasm("analytics", artifacts::ANALYTICS),
             ],
             &[
+                "--memory",
                 "--queue-events-max",
                 "1",
                 "--batch-events-max",
@@ -524,5 +528,174 @@ mod operations {
         for word in ["run", "publish", "plugins"] {
             assert!(help.contains(word), "{help}");
         }
+    }
+}
+
+mod durable {
+    use super::*;
+
+    #[test]
+    fn a_slow_plugin_delays_its_own_reader_and_loses_nothing() {
+        let h = host(
+            &[
+                PluginFile::Wasm("slow", artifacts::SLOW),
+                PluginFile::Wasm("analytics", artifacts::ANALYTICS),
+            ],
+            &["--queue-events-max", "1", "--batch-events-max", "1"],
+        );
+        let batch: Vec<Value> = (0..30)
+            .map(|i| {
+                json!({"specversion": "1.0", "id": format!("d-{i}"), "source": "/t",
+                            "type": "order.placed", "data": {"total_cents": 1}})
+            })
+            .collect();
+        let (status, body) = h.post(
+            "/v1/events",
+            Some("application/cloudevents-batch+json"),
+            &[],
+            Value::Array(batch).to_string().as_bytes(),
+        );
+        assert_eq!(
+            status, 202,
+            "durable mode never answers 503 for a full queue: {body}"
+        );
+        h.wait_until("analytics", WAIT, |h| h.count("analytics", "handled") == 30)
+            .expect("fast one");
+        h.wait_until("slow to catch up", WAIT, |h| {
+            h.count("slow", "handled") == 30
+        })
+        .expect("slow one");
+        let slow = h.plugin("slow").expect("listed");
+        assert_eq!(
+            (slow["cursor"].as_u64(), slow["lag"].as_u64()),
+            (Some(30), Some(0)),
+            "{slow}"
+        );
+        assert_eq!(
+            h.metric(r#"plugbus_events_dropped_total{plugin="slow",reason="queue_full"}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn after_a_restart_each_plugin_resumes_at_its_cursor() {
+        let data = TestDir::new("restart");
+        let args = ["--data", &data.arg()];
+        let h = host(
+            &[PluginFile::Wasm("analytics", artifacts::ANALYTICS)],
+            &args,
+        );
+        for i in 0..3 {
+            h.publish("order.placed", &order(&format!("o-{i}"), "w", 1, 100))
+                .expect("publish");
+        }
+        h.wait_until("analytics", WAIT, |h| h.count("analytics", "handled") == 3)
+            .expect("handled");
+        assert!(h.stop().expect("stops").success());
+
+        // Again, with a plugin the log has never seen.
+        let h = host(
+            &[
+                PluginFile::Wasm("analytics", artifacts::ANALYTICS),
+                PluginFile::Wasm("email", artifacts::EMAIL),
+            ],
+            &args,
+        );
+        h.publish("order.placed", &order("o-3", "w", 1, 100))
+            .expect("publish");
+        h.wait_until("email to read the whole log", WAIT, |h| {
+            h.count("email", "handled") == 4
+        })
+        .expect("a new plugin starts at the earliest event");
+        h.wait_until("analytics", WAIT, |h| h.count("analytics", "handled") == 1)
+            .expect("only the new order");
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            h.count("analytics", "handled"),
+            1,
+            "nothing handled before the restart comes again"
+        );
+        assert_eq!(h.plugin("analytics").expect("listed")["cursor"], 4);
+    }
+
+    /// kill -9 during a publish storm, 20 times on one data directory:
+    /// every event that got a 202 is handled at least once in the end.
+    #[test]
+    fn kill_9_during_a_publish_storm_loses_no_acknowledged_event() {
+        let data = TestDir::new("kill9");
+        let args = ["--data", &data.arg(), "--fsync", "always"];
+        let plugins = [PluginFile::Wasm("recorder", artifacts::RECORDER)];
+        let mut acked: HashSet<String> = HashSet::new();
+        let mut handled: HashSet<String> = HashSet::new();
+        let collect = |log: &[String], into: &mut HashSet<String>| {
+            for line in log {
+                if let Some(id) = line.split("[recorder] handled ").nth(1) {
+                    into.insert(id.trim().to_string());
+                }
+            }
+        };
+        for round in 0..20 {
+            let h = host(&plugins, &args);
+            let url = h.url.clone();
+            let stop = Instant::now() + Duration::from_millis(150 + 20 * (round % 5));
+            // Four publishers, each sending batches of 5 until the host dies.
+            let publishers: Vec<_> = (0..4)
+                .map(|p| {
+                    let url = url.clone();
+                    std::thread::spawn(move || {
+                        let mut ok = Vec::new();
+                        for k in 0.. {
+                            let ids: Vec<String> = (0..5).map(|j| format!("r{round}-p{p}-{k}-{j}")).collect();
+                            let batch: Vec<Value> = ids
+                                .iter()
+                                .map(|id| json!({"specversion": "1.0", "id": id, "source": "/storm",
+                                                 "type": "order.placed", "data": {"total_cents": 1}}))
+                                .collect();
+                            let sent = ureq::post(&format!("{url}/v1/events"))
+                                .set("content-type", "application/cloudevents-batch+json")
+                                .timeout(Duration::from_secs(5))
+                                .send_string(&Value::Array(batch).to_string());
+                            match sent {
+                                Ok(r) if r.status() == 202 => ok.extend(ids),
+                                _ => break,
+                            }
+                        }
+                        ok
+                    })
+                })
+                .collect();
+            while Instant::now() < stop {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            collect(&h.kill9(), &mut handled);
+            for p in publishers {
+                acked.extend(p.join().expect("publisher"));
+            }
+        }
+        // One last start delivers whatever the kills interrupted.
+        let h = host(&plugins, &args);
+        h.wait_until("the recorder to catch up", WAIT, |h| {
+            h.plugin("recorder").and_then(|p| p["lag"].as_u64()) == Some(0)
+        })
+        .expect("caught up");
+        collect(&h.log(), &mut handled);
+        eprintln!(
+            "kill -9 x20: {} events acknowledged, {} distinct handled",
+            acked.len(),
+            handled.len()
+        );
+        assert!(
+            acked.len() > 100,
+            "the storm published something: {}",
+            acked.len()
+        );
+        let lost: Vec<&String> = acked.difference(&handled).collect();
+        assert!(
+            lost.is_empty(),
+            "{} of {} acknowledged events never handled, e.g. {:?}",
+            lost.len(),
+            acked.len(),
+            &lost[..lost.len().min(5)]
+        );
     }
 }

@@ -68,6 +68,14 @@ impl TestHost {
         }
         // One compile cache for the whole test run keeps starts fast.
         let cache = std::env::temp_dir().join("plugbus-e2e-compile-cache");
+        // Durable in a fresh data directory, unless the test asks for memory
+        // or brings its own (to restart on it).
+        let data: Vec<std::ffi::OsString> =
+            if args.contains(&"--memory") || args.contains(&"--data") {
+                Vec::new()
+            } else {
+                vec!["--data".into(), dir.join("data").into()]
+            };
         let mut child = Command::new(bin)
             .arg("run")
             .arg("--plugins")
@@ -75,8 +83,9 @@ impl TestHost {
             .args(["--listen", "127.0.0.1:0"])
             .arg("--cache-dir")
             .arg(&cache)
+            .args(&data)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,fjall=warn,lsm_tree=warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -267,6 +276,47 @@ fn signal(child: &Child, sig: &str) {
         .arg(format!("-{sig}"))
         .arg(child.id().to_string())
         .status();
+}
+
+impl TestHost {
+    /// Kill the host with SIGKILL (no shutdown at all) and return its log.
+    pub fn kill9(mut self) -> Vec<String> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Let the reader thread take the last lines.
+        std::thread::sleep(Duration::from_millis(50));
+        self.log()
+    }
+}
+
+/// A directory for a test to keep across host restarts; removed on drop.
+pub struct TestDir(pub PathBuf);
+
+impl TestDir {
+    /// A new, empty directory.
+    pub fn new(name: &str) -> TestDir {
+        let dir = std::env::temp_dir().join(format!(
+            "plugbus-e2e-{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::create_dir_all(&dir);
+        TestDir(dir)
+    }
+
+    /// The path as a string, for command lines.
+    pub fn arg(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Drop for TestHost {

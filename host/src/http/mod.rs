@@ -11,8 +11,11 @@
 //! A request is validated whole before anything is published, so a bad
 //! request publishes nothing: 400 names the attribute or the JSON position,
 //! 413 the size limit, 415 the content types accepted. A full plugin queue
-//! answers 503 naming the plugin (with `Retry-After`). Successful publishes
-//! answer 202 with the sequence numbers given.
+//! answers 503 naming the plugin (with `Retry-After`); in durable mode a
+//! full disk answers 507 naming the data directory, and any other store
+//! failure 500. Successful publishes answer 202 with the sequence numbers
+//! given, in durable mode only once the events are stored under the fsync
+//! policy.
 
 use std::sync::Arc;
 
@@ -26,10 +29,12 @@ use bytes::Buf;
 use http_body_util::BodyExt;
 use serde_json::json;
 
-use crate::bus::{Bus, PublishError};
+use crate::bus::PublishError;
+use crate::dispatch::{Dispatch, DispatchError};
 use crate::event::{Event, EventError};
 use crate::metrics::Metrics;
 use crate::plugin::Registry;
+use crate::store::StoreError;
 
 /// The default `body_bytes_max`: 1 MiB.
 pub const BODY_BYTES_MAX_DEFAULT: usize = 1 << 20;
@@ -42,8 +47,8 @@ pub const CE_BATCH_JSON: &str = "application/cloudevents-batch+json";
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    /// The dispatcher.
-    pub bus: Arc<Bus>,
+    /// Where published events go.
+    pub dispatch: Dispatch,
     /// The plugins.
     pub registry: Arc<Registry>,
     /// The metrics.
@@ -70,9 +75,9 @@ pub enum IngressError {
     /// A batch with no events.
     #[error("the batch is empty; send at least one event")]
     EmptyBatch,
-    /// Backpressure.
+    /// Backpressure, or the store refused.
     #[error("{0}")]
-    Busy(#[from] PublishError),
+    Publish(#[from] DispatchError),
 }
 
 impl IntoResponse for IngressError {
@@ -83,12 +88,21 @@ impl IntoResponse for IngressError {
             }
             IngressError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            IngressError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IngressError::Publish(DispatchError::Busy(_))
+            | IngressError::Publish(DispatchError::Store(StoreError::Closed)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            IngressError::Publish(DispatchError::Store(StoreError::DiskFull { .. })) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
+            IngressError::Publish(DispatchError::Store(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut body = json!({ "error": self.to_string() });
-        if let IngressError::Busy(PublishError::QueueFull {
-            plugin, accepted, ..
-        }) = &self
+        if let IngressError::Publish(DispatchError::Busy(PublishError::QueueFull {
+            plugin,
+            accepted,
+            ..
+        })) = &self
         {
             body["plugin"] = json!(plugin);
             body["accepted"] = json!(accepted);
@@ -184,10 +198,10 @@ fn publish(state: &AppState, events: Vec<Event>) -> Result<Response, IngressErro
     // Publishing may wait for room in a full queue (bounded by the publish
     // timeout). Only then tell tokio, which moves this thread's other tasks
     // elsewhere meanwhile; that hand-over is too costly for every request.
-    let published = if state.bus.might_wait(events.len()) {
-        tokio::task::block_in_place(|| state.bus.publish(events))?
+    let published = if state.dispatch.might_wait(events.len()) {
+        tokio::task::block_in_place(|| state.dispatch.publish(events))?
     } else {
-        state.bus.publish(events)?
+        state.dispatch.publish(events)?
     };
     let body = match single {
         Some(id) => json!({ "accepted": 1, "id": id, "sequence": published.first_sequence }),

@@ -8,19 +8,22 @@
 //! that fails any of those is reported with its file name and the fix, and
 //! kept in the registry as failed; the others load and run regardless.
 
+mod pump;
 mod worker;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 
-use crate::bus::Bus;
+use crate::bus::{Queue, CHUNK_EVENTS_MAX};
+use crate::dispatch::Dispatch;
 use crate::metrics::{self, Metrics};
 use crate::runtime::{self, CallError, InstanceConfig, LoadError, Runtime};
+use crate::store::StoreError;
 use crate::topic::{Pattern, TopicError};
 
 /// Delivery settings shared by every plugin (per-plugin manifests come
@@ -97,6 +100,14 @@ pub enum PluginError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The plugin's cursor could not be read.
+    #[error("{file}: {source}")]
+    Cursor {
+        /// The plugin file.
+        file: PathBuf,
+        /// The store's error.
+        source: StoreError,
+    },
     /// The plugin directory cannot be read.
     #[error(
         "plugin directory {dir}: {source}; create it or pass --plugins with an existing directory"
@@ -121,6 +132,8 @@ pub struct RunningPlugin {
     retried: Counter,
     /// The highest sequence this plugin has finished with.
     cursor: AtomicU64,
+    /// Events waiting in its queue.
+    depth: Arc<AtomicUsize>,
 }
 
 /// What `/v1/plugins` and `plugbus plugins` show for one plugin.
@@ -149,8 +162,11 @@ pub struct PluginStatus {
     pub retried: u64,
     /// Events waiting in its queue.
     pub queue_depth: usize,
-    /// Highest sequence it has finished with.
+    /// Highest sequence it has finished with (its cursor).
     pub cursor: u64,
+    /// Events in the log it has yet to finish (durable mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
 }
 
 struct Failed {
@@ -161,31 +177,35 @@ struct Failed {
 
 /// The registry: running plugins, failed ones, and their workers.
 pub struct Registry {
-    bus: Arc<Bus>,
+    dispatch: Dispatch,
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
     settings: DeliverySettings,
     running: RwLock<Vec<Arc<RunningPlugin>>>,
     failed: RwLock<Vec<Failed>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    pumps: Mutex<Vec<JoinHandle<()>>>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl Registry {
     /// An empty registry.
     pub fn new(
-        bus: Arc<Bus>,
+        dispatch: Dispatch,
         runtime: Arc<Runtime>,
         metrics: Arc<Metrics>,
         settings: DeliverySettings,
     ) -> Registry {
         Registry {
-            bus,
+            dispatch,
             runtime,
             metrics,
             settings,
             running: RwLock::default(),
             failed: RwLock::default(),
             workers: Mutex::default(),
+            pumps: Mutex::default(),
+            stopping: Arc::default(),
         }
     }
 
@@ -255,6 +275,41 @@ impl Registry {
             tracing::info!(plugin = %name, reports = %info.name, "plugin calls itself by another name; plugbus uses the file name");
         }
         let labels = metrics::plugin(&name);
+        // Where delivery starts: after the stored cursor in durable mode
+        // (a new plugin starts at the earliest event), at once in memory.
+        let (queue, cursor_store, start) = match &self.dispatch {
+            Dispatch::Memory(bus) => (
+                bus.subscribe(&name, patterns, self.settings.queue_events_max),
+                None,
+                0,
+            ),
+            Dispatch::Durable(log) => {
+                let start = log
+                    .store()
+                    .cursor(&name)
+                    .map_err(|source| PluginError::Cursor {
+                        file: file.to_path_buf(),
+                        source,
+                    })?
+                    .unwrap_or(0);
+                let (tx, queue) =
+                    Queue::channel((self.settings.queue_events_max / CHUNK_EVENTS_MAX).max(2));
+                let store = log.store().clone();
+                let (log, stop, pump_name) = (log.clone(), self.stopping.clone(), name.clone());
+                let pump = std::thread::Builder::new()
+                    .name(format!("pump-{name}"))
+                    .spawn(move || pump::run(&log, &pump_name, &patterns, &tx, start + 1, &stop))
+                    .map_err(|source| PluginError::Thread {
+                        file: file.to_path_buf(),
+                        source,
+                    })?;
+                self.pumps
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(pump);
+                (queue, Some(store), start)
+            }
+        };
         let plugin = Arc::new(RunningPlugin {
             name: name.clone(),
             file: file.to_path_buf(),
@@ -264,15 +319,17 @@ impl Registry {
             handled: self.metrics.handled.get_or_create(&labels).clone(),
             failed: self.metrics.failed.get_or_create(&labels).clone(),
             retried: self.metrics.retried.get_or_create(&labels).clone(),
-            cursor: AtomicU64::new(0),
+            cursor: AtomicU64::new(start),
+            depth: queue.depth_handle(),
         });
-        let queue = self
-            .bus
-            .subscribe(&name, patterns, self.settings.queue_events_max);
         let worker = worker::Worker::new(
             instance,
-            queue,
-            self.bus.clone(),
+            worker::Source {
+                queue,
+                cursor_store,
+                start,
+            },
+            self.dispatch.clone(),
             plugin.clone(),
             &self.metrics,
             self.settings.clone(),
@@ -281,7 +338,9 @@ impl Registry {
             .name(format!("plugin-{name}"))
             .spawn(move || worker.run())
             .map_err(|source| {
-                self.bus.unsubscribe(&name);
+                if let Dispatch::Memory(bus) = &self.dispatch {
+                    bus.unsubscribe(&name);
+                }
                 PluginError::Thread {
                     file: file.to_path_buf(),
                     source,
@@ -306,7 +365,10 @@ impl Registry {
 
     /// The status of every plugin, running and failed, by name.
     pub fn status(&self) -> Vec<PluginStatus> {
-        let depths = self.bus.queue_depths();
+        let head = match &self.dispatch {
+            Dispatch::Durable(log) => Some(log.head()),
+            Dispatch::Memory(_) => None,
+        };
         let mut out: Vec<PluginStatus> = self
             .running
             .read()
@@ -323,11 +385,9 @@ impl Registry {
                 handled: p.handled.get(),
                 failed: p.failed.get(),
                 retried: p.retried.get(),
-                queue_depth: depths
-                    .iter()
-                    .find(|(n, _)| **n == *p.name)
-                    .map_or(0, |(_, d)| *d),
+                queue_depth: p.depth.load(Ordering::Relaxed),
                 cursor: p.cursor.load(Ordering::Relaxed),
+                lag: head.map(|h| h.saturating_sub(p.cursor.load(Ordering::Relaxed))),
             })
             .collect();
         out.extend(
@@ -348,6 +408,7 @@ impl Registry {
                     retried: 0,
                     queue_depth: 0,
                     cursor: 0,
+                    lag: None,
                 }),
         );
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -356,23 +417,45 @@ impl Registry {
 
     /// Refresh the queue-depth gauges (before a scrape).
     pub fn refresh_gauges(&self) {
-        for (plugin, depth) in self.bus.queue_depths() {
+        for p in self
+            .running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             self.metrics
                 .queue_depth
-                .get_or_create(&metrics::plugin(&plugin))
-                .set(depth as i64);
+                .get_or_create(&metrics::plugin(&p.name))
+                .set(p.depth.load(Ordering::Relaxed) as i64);
         }
     }
 
     /// Stop: close every queue, let each worker finish what is queued, and
-    /// wait for them.
+    /// wait for them. In durable mode the pumps stop reading the log first
+    /// (what they have not read is delivered after a restart), and the log
+    /// closes last, after the workers' follow-up events.
     pub fn shutdown(&self) {
-        self.bus.close();
+        match &self.dispatch {
+            Dispatch::Memory(bus) => bus.close(),
+            Dispatch::Durable(_) => {
+                self.stopping.store(true, Ordering::Release);
+                let pumps =
+                    std::mem::take(&mut *self.pumps.lock().unwrap_or_else(|p| p.into_inner()));
+                for p in pumps {
+                    if p.join().is_err() {
+                        tracing::error!("a log reader panicked during shutdown");
+                    }
+                }
+            }
+        }
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
         for w in workers {
             if w.join().is_err() {
                 tracing::error!("a plugin worker panicked during shutdown");
             }
+        }
+        if let Dispatch::Durable(log) = &self.dispatch {
+            log.close();
         }
     }
 }

@@ -15,9 +15,11 @@
 //!
 //! Retries wait in a bounded in-memory heap (`max_attempts` bounds their
 //! number per event; the heap is capped at the queue capacity, beyond which
-//! new failures are dropped as `retries_exhausted`). The worker records the
-//! highest sequence it has finished (the cursor), which the durable log
-//! will use to resume.
+//! new failures are dropped as `retries_exhausted`). The worker's cursor is
+//! the highest sequence up to which every event is dealt with (each
+//! delivery says how far it accounts for), held back before any event still
+//! waiting for a retry. In durable mode it is saved after every batch, so a
+//! restart resumes there: at-least-once, never past an unhandled event.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -31,10 +33,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::{DeliverySettings, RunningPlugin};
-use crate::bus::{Bus, Queue};
+use crate::bus::{Delivery, Queue};
+use crate::dispatch::Dispatch;
 use crate::event::{Chunk, Event};
 use crate::metrics::{self, DropReason, Metrics};
 use crate::runtime::{self, Outcome, PluginInstance};
+use crate::store::Store;
 
 /// The longest retry delay a plugin may ask for, in ms (one hour).
 const RETRY_DELAY_MS_MAX: u64 = 3_600_000;
@@ -63,14 +67,28 @@ impl Ord for Pending {
     }
 }
 
+/// Where a worker's events come from: its queue, and in durable mode the
+/// store that keeps its cursor and the cursor it starts from.
+pub(super) struct Source {
+    pub queue: Queue,
+    pub cursor_store: Option<Arc<Store>>,
+    pub start: u64,
+}
+
 pub(super) struct Worker {
     instance: PluginInstance,
     needs_reset: bool,
     queue: Queue,
-    /// The chunk being worked through, and how far.
-    current: Option<Chunk>,
+    /// The delivery being worked through, and how far.
+    current: Option<Delivery>,
     pos: usize,
-    bus: Arc<Bus>,
+    /// Every event up to this sequence is handled, given up on, or not
+    /// this plugin's; what the cursor may say, but for pending retries.
+    done_through: u64,
+    /// Where the durable cursor is kept (durable mode).
+    cursor_store: Option<Arc<Store>>,
+    committed: u64,
+    dispatch: Dispatch,
     plugin: Arc<RunningPlugin>,
     settings: DeliverySettings,
     retries: BinaryHeap<Reverse<Pending>>,
@@ -88,8 +106,8 @@ pub(super) struct Worker {
 impl Worker {
     pub(super) fn new(
         instance: PluginInstance,
-        queue: Queue,
-        bus: Arc<Bus>,
+        source: Source,
+        dispatch: Dispatch,
         plugin: Arc<RunningPlugin>,
         m: &Metrics,
         settings: DeliverySettings,
@@ -98,10 +116,13 @@ impl Worker {
         Worker {
             instance,
             needs_reset: false,
-            queue,
+            queue: source.queue,
             current: None,
             pos: 0,
-            bus,
+            done_through: source.start,
+            cursor_store: source.cursor_store,
+            committed: source.start,
+            dispatch,
             first_attempts: vec![1; settings.batch_events_max.max(1)],
             settings,
             retries: BinaryHeap::new(),
@@ -135,10 +156,17 @@ impl Worker {
             // Retries that are due go first, as a batch of their own.
             if let Some((chunk, attempts)) = self.due_retries() {
                 self.deliver(&chunk, 0..chunk.len(), &attempts);
+                self.commit_cursor();
                 continue;
             }
-            let left = self.current.as_ref().map_or(0, |c| c.len() - self.pos);
+            let left = self
+                .current
+                .as_ref()
+                .map_or(0, |d| d.events.len() - self.pos);
             if left == 0 {
+                if let Some(done) = self.current.take() {
+                    self.done(done.through);
+                }
                 if closed {
                     match self.retries.peek() {
                         // Retries still pending after the queue closed: wait
@@ -160,8 +188,8 @@ impl Worker {
                         .map_err(|_| RecvTimeoutError::Disconnected),
                 };
                 match next {
-                    Ok(chunk) => {
-                        self.current = Some(chunk);
+                    Ok(delivery) => {
+                        self.current = Some(delivery);
                         self.pos = 0;
                     }
                     Err(RecvTimeoutError::Timeout) => {}
@@ -169,19 +197,23 @@ impl Worker {
                 }
                 continue;
             }
-            let Some(chunk) = self.current.clone() else {
+            let Some(delivery) = self.current.clone() else {
                 continue;
             };
+            let chunk = delivery.events;
             let start = self.pos;
             let (end, bytes) = self.run_end(&chunk, start, 0, 0);
             self.pos = end;
             if end == chunk.len() && end - start < self.batch_events_max() {
-                // The chunk is used up with room left in the batch: merge in
-                // the chunks already waiting rather than make a small call.
+                // The delivery is used up with room left in the batch: merge
+                // in those already waiting rather than make a small call.
                 if let Ok(next) = self.queue.try_recv() {
-                    let merged = self.merge(chunk[start..end].to_vec(), bytes, next);
+                    self.current = None;
+                    let (merged, through) =
+                        self.merge(chunk[start..end].to_vec(), bytes, delivery.through, next);
                     let attempts = self.first_attempts[..merged.len()].to_vec();
                     self.deliver(&merged, 0..merged.len(), &attempts);
+                    self.done(through);
                     continue;
                 }
             }
@@ -189,6 +221,7 @@ impl Worker {
             self.deliver(&chunk, start..end, &attempts[..end - start]);
             self.first_attempts = attempts;
         }
+        self.commit_cursor();
         tracing::debug!(plugin = %self.plugin.name, "worker stopped");
     }
 
@@ -214,20 +247,27 @@ impl Worker {
         (end, bytes)
     }
 
-    /// A batch made of `batch` and events of `next` and any further chunks
-    /// already waiting, within the limits. What is left becomes current.
-    fn merge(&mut self, mut batch: Vec<Arc<Event>>, mut bytes: usize, mut next: Chunk) -> Chunk {
+    /// A batch made of `batch` (the end of a delivery accounting through
+    /// `through`) and events of `next` and any further deliveries already
+    /// waiting, within the limits. What is left becomes current. Returns the
+    /// batch and how far the deliveries used up whole account for.
+    fn merge(
+        &mut self,
+        mut batch: Vec<Arc<Event>>,
+        mut bytes: usize,
+        mut through: u64,
+        mut next: Delivery,
+    ) -> (Chunk, u64) {
         loop {
-            let (end, b) = self.run_end(&next, 0, batch.len(), bytes);
+            let (end, b) = self.run_end(&next.events, 0, batch.len(), bytes);
             bytes = b;
-            batch.extend(next[..end].iter().cloned());
-            if end < next.len() {
+            batch.extend(next.events[..end].iter().cloned());
+            if end < next.events.len() {
                 self.current = Some(next);
                 self.pos = end;
                 break;
             }
-            self.current = None;
-            self.pos = 0;
+            through = next.through;
             if batch.len() >= self.batch_events_max() {
                 break;
             }
@@ -236,7 +276,35 @@ impl Worker {
                 Err(_) => break,
             }
         }
-        Arc::from(batch)
+        (Arc::from(batch), through)
+    }
+
+    /// Everything through `through` is dealt with: move the cursor as far
+    /// as pending retries allow.
+    fn done(&mut self, through: u64) {
+        self.done_through = self.done_through.max(through);
+        self.commit_cursor();
+    }
+
+    fn commit_cursor(&mut self) {
+        let oldest_retry = self.retries.iter().map(|r| r.0.event.sequence).min();
+        let cursor = match oldest_retry {
+            Some(seq) => self.done_through.min(seq.saturating_sub(1)),
+            None => self.done_through,
+        };
+        if cursor <= self.committed {
+            return;
+        }
+        self.plugin.cursor.fetch_max(cursor, Ordering::Relaxed);
+        if let Some(store) = &self.cursor_store {
+            if let Err(e) = store.set_cursor(&self.plugin.name, cursor) {
+                // Not moving the cursor only means re-delivery after a
+                // restart; delivery goes on.
+                tracing::error!(plugin = %self.plugin.name, "cannot save the cursor: {e}");
+                return;
+            }
+        }
+        self.committed = cursor;
     }
 
     /// The retries that are due, within the batch limits.
@@ -304,9 +372,8 @@ impl Worker {
                     .collect();
                 if !follow_ups.is_empty() {
                     let n = follow_ups.len();
-                    if let Err(e) = self.bus.publish(follow_ups) {
-                        let crate::bus::PublishError::QueueFull { accepted, .. } = &e;
-                        self.dropped_follow_up.inc_by((n - accepted) as u64);
+                    if let Err(e) = self.dispatch.publish(follow_ups) {
+                        self.dropped_follow_up.inc_by((n - e.accepted()) as u64);
                         tracing::error!(plugin = %self.plugin.name, "follow-up events lost: {e}");
                     }
                 }
@@ -320,9 +387,6 @@ impl Worker {
                 }
                 self.needs_reset = true;
             }
-        }
-        if let Some(last) = batch.iter().map(|e| e.sequence).max() {
-            self.plugin.cursor.fetch_max(last, Ordering::Relaxed);
         }
     }
 

@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use prometheus_client::metrics::counter::Counter;
 
 use super::{Fsync, Store, StoreError};
 use crate::event::Event;
@@ -47,11 +48,13 @@ pub struct Log {
     head: AtomicU64,
     bells: Mutex<Vec<Sender<()>>>,
     committer: Mutex<Option<JoinHandle<()>>>,
+    committed: Counter,
 }
 
 impl Log {
-    /// Start the committer on `store`.
-    pub fn start(store: Store, fsync: Fsync) -> Result<Arc<Log>, StoreError> {
+    /// Start the committer on `store`; `committed` counts the events it
+    /// commits.
+    pub fn start(store: Store, fsync: Fsync, committed: Counter) -> Result<Arc<Log>, StoreError> {
         let store = Arc::new(store);
         let head = store.last_sequence();
         let (tx, rx) = crossbeam_channel::bounded::<Append>(1024);
@@ -65,6 +68,7 @@ impl Log {
             head: AtomicU64::new(head),
             bells: Mutex::default(),
             committer: Mutex::default(),
+            committed,
         });
         let committer = log.clone();
         let handle = std::thread::Builder::new()
@@ -212,6 +216,7 @@ impl Log {
         let Some(last) = events.last().map(|e| e.sequence) else {
             return;
         };
+        let count = events.len() as u64;
         {
             let mut tail = self.tail.write().unwrap_or_else(|p| p.into_inner());
             tail.events.extend(events.into_iter().map(Arc::new));
@@ -220,6 +225,7 @@ impl Log {
             tail.first += excess as u64;
         }
         self.head.store(last, Ordering::Release);
+        self.committed.inc_by(count);
         let mut bells = self.bells.lock().unwrap_or_else(|p| p.into_inner());
         bells.retain(|b| !matches!(b.try_send(()), Err(TrySendError::Disconnected(_))));
     }
@@ -239,6 +245,7 @@ mod tests {
         let log = Log::start(
             Store::open(&dir, Fsync::Always).expect("open"),
             Fsync::Always,
+            Counter::default(),
         )
         .expect("start");
         let bell = log.doorbell();
@@ -278,6 +285,7 @@ mod tests {
         let log = Log::start(
             Store::open(&dir, Fsync::Interval(Duration::from_millis(5))).expect("open"),
             Fsync::Interval(Duration::from_millis(5)),
+            Counter::default(),
         )
         .expect("start");
         let n = TAIL_EVENTS_MAX + 100;
