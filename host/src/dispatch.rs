@@ -56,12 +56,23 @@ impl Dispatch {
         }
     }
 
-    /// Could publishing `events` events block for a while? (Durable appends
-    /// always wait for their group's commit.)
-    pub fn might_wait(&self, events: usize) -> bool {
+    /// Publish from async code: a durable append awaits its group's
+    /// commit without holding a thread; an in-memory publish runs here, and
+    /// steps off the async thread only when a full queue may make it wait.
+    pub async fn publish_async(&self, events: Vec<Event>) -> Result<Published, DispatchError> {
         match self {
-            Dispatch::Memory(bus) => bus.might_wait(events),
-            Dispatch::Durable(_) => true,
+            Dispatch::Memory(bus) if bus.might_wait(events.len()) => {
+                Ok(tokio::task::block_in_place(|| bus.publish(events))?)
+            }
+            Dispatch::Memory(bus) => Ok(bus.publish(events)?),
+            Dispatch::Durable(log) => {
+                let count = events.len();
+                let first_sequence = log.submit(events)?.wait_async().await?;
+                Ok(Published {
+                    first_sequence,
+                    count,
+                })
+            }
         }
     }
 }

@@ -193,16 +193,9 @@ fn base_type(ct: &str) -> String {
         .to_ascii_lowercase()
 }
 
-fn publish(state: &AppState, events: Vec<Event>) -> Result<Response, IngressError> {
+async fn publish(state: &AppState, events: Vec<Event>) -> Result<Response, IngressError> {
     let single = (events.len() == 1).then(|| events[0].id.clone());
-    // Publishing may wait for room in a full queue (bounded by the publish
-    // timeout). Only then tell tokio, which moves this thread's other tasks
-    // elsewhere meanwhile; that hand-over is too costly for every request.
-    let published = if state.dispatch.might_wait(events.len()) {
-        tokio::task::block_in_place(|| state.dispatch.publish(events))?
-    } else {
-        state.dispatch.publish(events)?
-    };
+    let published = state.dispatch.publish_async(events).await?;
     let body = match single {
         Some(id) => json!({ "accepted": 1, "id": id, "sequence": published.first_sequence }),
         None => json!({ "accepted": published.count, "first_sequence": published.first_sequence }),
@@ -224,7 +217,7 @@ async fn publish_plain(
     }
     let body = read_body(body, &parts.headers, state.body_bytes_max).await?;
     let event = Event::from_plain_json(&topic, &body)?;
-    publish(&state, vec![event])
+    publish(&state, vec![event]).await
 }
 
 async fn publish_cloudevents(
@@ -262,7 +255,7 @@ async fn publish_cloudevents(
             ))
         }
     };
-    publish(&state, events)
+    publish(&state, events).await
 }
 
 async fn plugins(State(state): State<AppState>) -> Response {

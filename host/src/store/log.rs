@@ -31,7 +31,24 @@ pub const TAIL_EVENTS_MAX: usize = 65_536;
 
 struct Append {
     events: Vec<Event>,
-    reply: Sender<Result<u64, StoreError>>,
+    reply: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// The answer to an append, once its group is committed: the first
+/// sequence given, or why nothing was stored. Await it from async code, or
+/// [`Ticket::wait`] from a thread.
+pub struct Ticket(tokio::sync::oneshot::Receiver<Result<u64, StoreError>>);
+
+impl Ticket {
+    /// Block the thread until the group is committed. Not for async code.
+    pub fn wait(self) -> Result<u64, StoreError> {
+        self.0.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Wait without blocking a thread.
+    pub async fn wait_async(self) -> Result<u64, StoreError> {
+        self.0.await.map_err(|_| StoreError::Closed)?
+    }
 }
 
 struct Tail {
@@ -93,12 +110,19 @@ impl Log {
     }
 
     /// Append `events` durably; returns the first sequence given. Blocks
-    /// until the group they join is committed.
+    /// the thread until the group they join is committed.
     pub fn append(&self, events: Vec<Event>) -> Result<u64, StoreError> {
+        self.submit(events)?.wait()
+    }
+
+    /// Hand `events` to the committer; the ticket answers once they are
+    /// committed. Waits only if a full backlog of appends is already queued.
+    pub fn submit(&self, events: Vec<Event>) -> Result<Ticket, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
         if events.is_empty() {
-            return Ok(self.head() + 1);
+            let _ = reply.send(Ok(self.head() + 1));
+            return Ok(Ticket(answer));
         }
-        let (reply, answer) = crossbeam_channel::bounded(1);
         let sender = self
             .requests
             .lock()
@@ -108,7 +132,7 @@ impl Log {
         sender
             .send(Append { events, reply })
             .map_err(|_| StoreError::Closed)?;
-        answer.recv().map_err(|_| StoreError::Closed)?
+        Ok(Ticket(answer))
     }
 
     /// A doorbell: rings (holds one `()`) whenever events are committed.
@@ -193,14 +217,14 @@ impl Log {
                 Ok(first_sequence) => {
                     self.publish(events);
                     let mut next = first_sequence;
-                    for (a, n) in group.iter().zip(sizes) {
+                    for (a, n) in group.into_iter().zip(sizes) {
                         let _ = a.reply.send(Ok(next));
                         next += n as u64;
                     }
                 }
                 Err(e) => {
                     tracing::error!(events = count, "{e}");
-                    for a in &group {
+                    for a in group {
                         let _ = a.reply.send(Err(e.clone()));
                     }
                 }
