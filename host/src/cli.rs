@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::http::BODY_BYTES_MAX_DEFAULT;
 use crate::plugin::DeliverySettings;
 use crate::runtime::Limits;
-use crate::store::Fsync;
+use crate::store::{Fsync, DISK_RESERVE_BYTES_DEFAULT};
 
 /// The address `plugbus run` listens on by default.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7420";
@@ -101,6 +101,11 @@ pub struct RunArgs {
     /// process loses nothing, power loss up to MS of events).
     #[arg(long, default_value = "always", value_parser = clap::value_parser!(Fsync))]
     pub fsync: Fsync,
+    /// Refuse publishes (507) while the data directory's file system has
+    /// less than this many bytes free, so the store never runs out of room
+    /// for its own flushes; publishing resumes once there is room.
+    #[arg(long, default_value_t = DISK_RESERVE_BYTES_DEFAULT)]
+    pub disk_reserve_bytes: u64,
     /// Most events passed to one plugin call.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub batch_events_max: u64,
@@ -141,6 +146,8 @@ pub struct RunSettings {
     pub data: Option<PathBuf>,
     /// The fsync policy (durable mode).
     pub fsync: Fsync,
+    /// Free space kept on the data directory's file system, in bytes.
+    pub disk_reserve_bytes: u64,
     /// Plugin directory.
     pub plugins: PathBuf,
     /// HTTP address.
@@ -209,6 +216,7 @@ impl RunArgs {
         Ok(RunSettings {
             data,
             fsync: self.fsync,
+            disk_reserve_bytes: self.disk_reserve_bytes,
             plugins: self.plugins.clone(),
             listen: self.listen,
             cache_dir,

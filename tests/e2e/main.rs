@@ -698,4 +698,121 @@ mod durable {
             &lost[..lost.len().min(5)]
         );
     }
+
+    /// Mount a tmpfs of `size` at `dir` (root only: CI runs as root).
+    fn mount_tmpfs(dir: &std::path::Path, size: &str) {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs failed: this test needs root (it fills a small file system)"
+        );
+    }
+
+    struct Unmount(std::path::PathBuf);
+
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    #[test]
+    fn a_full_disk_answers_507_loses_nothing_acknowledged_and_recovers_without_restart() {
+        let top = TestDir::new("diskfull");
+        let mnt = top.0.join("mnt");
+        // 24 MiB, of which the host keeps 16 MiB free.
+        mount_tmpfs(&mnt, "24m");
+        let _unmount = Unmount(mnt.clone());
+        let data = mnt.join("data");
+        let data_arg = data.display().to_string();
+        let h = host(
+            &[PluginFile::Wasm("recorder", artifacts::RECORDER)],
+            &["--data", &data_arg, "--disk-reserve-bytes", "16777216"],
+        );
+        // Incompressible padding (the store compresses).
+        let noise = |seed: usize| -> String {
+            let mut x = seed as u64 | 1;
+            (0..8 * 1024)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(b"0123456789abcdef"[(x % 16) as usize])
+                })
+                .collect()
+        };
+        let send = |k: usize| {
+            let ids: Vec<String> = (0..10).map(|j| format!("f-{k}-{j}")).collect();
+            let batch: Vec<Value> = ids
+                .iter()
+                .enumerate()
+                .map(|(j, id)| {
+                    json!({"specversion": "1.0", "id": id, "source": "/fill",
+                           "type": "order.placed", "data": {"pad": noise(k * 10 + j + 7)}})
+                })
+                .collect();
+            let (status, body) = h.post(
+                "/v1/events",
+                Some("application/cloudevents-batch+json"),
+                &[],
+                Value::Array(batch).to_string().as_bytes(),
+            );
+            (status, body, ids)
+        };
+        let mut acked = Vec::new();
+        let mut refusal = None;
+        for k in 0..1000 {
+            match send(k) {
+                (202, _, ids) => acked.extend(ids),
+                (507, body, _) => {
+                    refusal = Some(body);
+                    break;
+                }
+                (status, body, _) => panic!("unexpected {status}: {body}"),
+            }
+        }
+        let body = refusal.expect("the file system fills up");
+        let message = body["error"].as_str().unwrap_or("");
+        assert!(
+            message.contains(&data_arg) && message.contains("full"),
+            "{message}"
+        );
+        assert!(!acked.is_empty(), "some batches fit before the disk filled");
+
+        // Make room: publishing resumes in the same process.
+        let status = std::process::Command::new("mount")
+            .args(["-o", "remount,size=64m"])
+            .arg(&mnt)
+            .status()
+            .expect("remount");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body, ids) = send(1000);
+            if status == 202 {
+                acked.extend(ids);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "publishing did not resume: {status} {body}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        h.wait_until("the recorder to catch up", WAIT, |h| {
+            h.plugin("recorder").and_then(|p| p["lag"].as_u64()) == Some(0)
+        })
+        .expect("caught up");
+        let log = h.log();
+        let lost: Vec<&String> = acked
+            .iter()
+            .filter(|id| !log.iter().any(|l| l.ends_with(&format!("handled {id}"))))
+            .collect();
+        assert!(lost.is_empty(), "acknowledged but never handled: {lost:?}");
+    }
 }

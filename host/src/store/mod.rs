@@ -10,7 +10,9 @@
 //! their events are durable, and an in-memory tail that workers read first.
 //!
 //! Faults: a full disk is reported as [`StoreError::DiskFull`] naming the
-//! directory, and nothing is acknowledged; the store keeps accepting once
+//! directory, and nothing is acknowledged. The store refuses appends while
+//! less than a reserve is free ([`Store::with_disk_reserve`]), so the
+//! engine itself never runs out of space, and it accepts again as soon as
 //! there is room. A failed fsync poisons the store: every later append is
 //! refused until a restart, so that nothing is ever retried and then
 //! acknowledged after the kernel may have dropped the dirty pages. A record
@@ -124,7 +126,12 @@ pub struct Store {
     last_persist: Mutex<Instant>,
     poisoned: Mutex<Option<String>>,
     dirty: AtomicBool,
+    disk_reserve_bytes: u64,
 }
+
+/// The default for [`Store::with_disk_reserve`]: 256 MiB, room for the
+/// engine to flush a full memtable (64 MiB) and compact.
+pub const DISK_RESERVE_BYTES_DEFAULT: u64 = 256 << 20;
 
 fn is_disk_full(e: &fjall::Error) -> bool {
     let io = match e {
@@ -173,7 +180,18 @@ impl Store {
             last_persist: Mutex::new(Instant::now()),
             poisoned: Mutex::new(None),
             dirty: AtomicBool::new(false),
+            disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,
         })
+    }
+
+    /// Refuse appends (as [`StoreError::DiskFull`]) while the data
+    /// directory's file system has less than `bytes` free besides what the
+    /// append needs. The storage engine must never itself run out of space:
+    /// a failed write makes it refuse every later one until a restart, while
+    /// a refusal here lets publishing resume as soon as there is room.
+    pub fn with_disk_reserve(mut self, bytes: u64) -> Store {
+        self.disk_reserve_bytes = bytes;
+        self
     }
 
     /// The data directory.
@@ -225,6 +243,17 @@ impl Store {
     /// committer).
     pub fn append(&self, events: &mut [Event]) -> Result<u64, StoreError> {
         self.check_poisoned()?;
+        let incoming: u64 = events
+            .iter()
+            .map(|e| 64 + e.data.len() as u64 + e.id.len() as u64 + e.topic.len() as u64)
+            .sum();
+        if let Ok(free) = fs4::available_space(&self.dir) {
+            if free < self.disk_reserve_bytes.saturating_add(incoming) {
+                return Err(StoreError::DiskFull {
+                    dir: self.dir.clone(),
+                });
+            }
+        }
         let first = self.last_sequence() + 1;
         let mut batch = self.db.batch();
         for (i, e) in events.iter_mut().enumerate() {
@@ -374,6 +403,30 @@ pub(crate) mod tests {
             store.append(&mut c).expect("append"),
             6,
             "numbering continues"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn below_the_disk_reserve_appends_are_refused_and_nothing_is_used_up() {
+        let dir = temp_dir("reserve");
+        let store = Store::open(&dir, Fsync::Always)
+            .expect("opens")
+            .with_disk_reserve(u64::MAX);
+        let err = store
+            .append(&mut [ev(0)])
+            .expect_err("no disk has that much free");
+        assert!(
+            matches!(&err, StoreError::DiskFull { dir: d } if d == &dir),
+            "{err}"
+        );
+        assert!(err.to_string().contains("free space there"), "{err}");
+        assert_eq!(store.last_sequence(), 0);
+        let store = store.with_disk_reserve(0);
+        assert_eq!(
+            store.append(&mut [ev(0)]).expect("room now"),
+            1,
+            "not poisoned"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
