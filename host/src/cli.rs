@@ -106,6 +106,11 @@ pub struct RunArgs {
     /// for its own flushes; publishing resumes once there is room.
     #[arg(long, default_value_t = DISK_RESERVE_BYTES_DEFAULT)]
     pub disk_reserve_bytes: u64,
+    /// Start even if the store comes back shorter than what was
+    /// acknowledged (a damaged journal): the loss is logged and new events
+    /// are numbered after it. Without it plugbus refuses to start.
+    #[arg(long)]
+    pub accept_lost_events: bool,
     /// Most events passed to one plugin call.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub batch_events_max: u64,
@@ -148,6 +153,8 @@ pub struct RunSettings {
     pub fsync: Fsync,
     /// Free space kept on the data directory's file system, in bytes.
     pub disk_reserve_bytes: u64,
+    /// Start on a store that lost acknowledged events.
+    pub accept_lost_events: bool,
     /// Plugin directory.
     pub plugins: PathBuf,
     /// HTTP address.
@@ -217,6 +224,7 @@ impl RunArgs {
             data,
             fsync: self.fsync,
             disk_reserve_bytes: self.disk_reserve_bytes,
+            accept_lost_events: self.accept_lost_events,
             plugins: self.plugins.clone(),
             listen: self.listen,
             cache_dir,

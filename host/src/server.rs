@@ -58,7 +58,8 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         }
         Some(dir) => {
             let store =
-                Store::open(dir, settings.fsync)?.with_disk_reserve(settings.disk_reserve_bytes);
+                Store::open_accepting_loss(dir, settings.fsync, settings.accept_lost_events)?
+                    .with_disk_reserve(settings.disk_reserve_bytes);
             tracing::info!(data = %dir.display(), fsync = ?settings.fsync, events = store.last_sequence(), "event log opened");
             Dispatch::Durable(Log::start(
                 store,

@@ -815,4 +815,96 @@ mod durable {
             .collect();
         assert!(lost.is_empty(), "acknowledged but never handled: {lost:?}");
     }
+
+    /// Damage the journal of a stopped host's data directory: cut its used
+    /// part to two thirds, or flip 40 bytes in its middle. (The engine
+    /// recovers the prefix before a cut, and refuses or recovers a prefix
+    /// around flipped bytes, depending on where they land.)
+    fn damage_journal(data: &std::path::Path, flip: bool) {
+        let journal = std::fs::read_dir(data)
+            .expect("data dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "jnl"))
+            .expect("a journal file");
+        let mut bytes = std::fs::read(&journal).expect("read journal");
+        let used = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+        if flip {
+            for b in &mut bytes[used / 2..used / 2 + 40] {
+                *b ^= 0x5a;
+            }
+        } else {
+            bytes.truncate(used * 2 / 3);
+        }
+        std::fs::write(&journal, bytes).expect("write journal");
+    }
+
+    #[test]
+    fn a_damaged_journal_recovers_a_prefix_says_so_and_skips_nothing_new() {
+        for flip in [false, true] {
+            let data = TestDir::new("damaged");
+            let args = ["--data", &data.arg()];
+            let plugins = [PluginFile::Wasm("recorder", artifacts::RECORDER)];
+            let h = host(&plugins, &args);
+            for i in 0..20 {
+                h.publish("order.placed", &json!({ "n": i }))
+                    .expect("publish");
+            }
+            h.wait_until("the recorder", WAIT, |h| {
+                h.count("recorder", "handled") == 20
+            })
+            .expect("handled");
+            assert!(h.stop().expect("stops").success());
+
+            damage_journal(&data.0, flip);
+            // Refused, naming the journal and the choices.
+            let out = std::process::Command::new(BIN)
+                .args([
+                    "run",
+                    "--plugins",
+                    "/nonexistent",
+                    "--listen",
+                    "127.0.0.1:0",
+                ])
+                .args(["--data", &data.arg()])
+                .output()
+                .expect("run");
+            assert!(
+                !out.status.success(),
+                "a store that lost acknowledged events must not start silently"
+            );
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(".jnl"), "names the journal: {err}");
+            // Either the engine refuses the damaged journal outright...
+            if err.contains("the store is damaged") {
+                assert!(err.contains("Restore the directory from a backup"), "{err}");
+                continue;
+            }
+            // ...or it recovers a prefix, which plugbus refuses until told.
+            assert!(
+                err.contains("were acknowledged") && err.contains("--accept-lost-events"),
+                "{err}"
+            );
+            // Accepted knowingly: reported, and nothing new is skipped.
+            let h = host(&plugins, &["--data", &data.arg(), "--accept-lost-events"]);
+            let line = h
+                .wait_log("going on as --accept-lost-events asks", WAIT)
+                .expect("the loss is reported");
+            assert!(
+                line.contains(&data.arg()) && line.contains("up to 20"),
+                "{line}"
+            );
+            let after = h
+                .publish("order.placed", &json!({ "n": "new" }))
+                .expect("publish");
+            assert!(
+                after["sequence"].as_u64() > Some(20),
+                "numbered after every cursor: {after}"
+            );
+            // (The recovered cursor may sit before the recovered end: those
+            // events come again, at least once. The new one must come too.)
+            let id = after["id"].as_str().expect("id");
+            h.wait_log(&format!("handled {id}"), WAIT)
+                .expect("it is the new one");
+        }
+    }
 }

@@ -109,6 +109,28 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The storage engine found its files damaged and will not open them.
+    #[error("data directory {dir}: the store is damaged and cannot be opened ({reason}; files: {journals}). Restore the directory from a backup, or move it aside (mv {dir} {dir}.damaged) to start with an empty log")]
+    Damaged {
+        /// The data directory.
+        dir: PathBuf,
+        /// The journal files.
+        journals: String,
+        /// What the engine found.
+        reason: String,
+    },
+    /// The log ends before events that were acknowledged.
+    #[error("data directory {dir}: the event log ends at sequence {recovered}, but events up to {acknowledged} were acknowledged: the storage engine recovered only a prefix of a damaged or truncated journal ({journals}). Restore the directory from a backup, or start with --accept-lost-events to go on without events {}..={acknowledged}", recovered + 1)]
+    LostTail {
+        /// The data directory.
+        dir: PathBuf,
+        /// The journal files.
+        journals: String,
+        /// Where the recovered log ends.
+        recovered: u64,
+        /// The highest sequence acknowledged before.
+        acknowledged: u64,
+    },
     /// The committer is gone (shutdown).
     #[error("the store is shutting down; retry against the restarted host")]
     Closed,
@@ -127,7 +149,17 @@ pub struct Store {
     poisoned: Mutex<Option<String>>,
     dirty: AtomicBool,
     disk_reserve_bytes: u64,
+    /// `DIR/acknowledged`: the highest sequence known durable, written after
+    /// each sync outside the engine's journal, as a witness against a
+    /// journal that comes back shorter than it was.
+    mark: std::fs::File,
+    /// The sequence of the last event handed to the engine (maybe not yet
+    /// synced).
+    written: AtomicU64,
 }
+
+/// The name of the acknowledged-sequence witness file in the data directory.
+pub const MARK_FILE: &str = "acknowledged";
 
 /// The default for [`Store::with_disk_reserve`]: 256 MiB, room for the
 /// engine to flush a full memtable (64 MiB) and compact.
@@ -146,7 +178,20 @@ fn is_disk_full(e: &fjall::Error) -> bool {
 
 impl Store {
     /// Open (or create) the store in `dir`, and find where the log ends.
+    /// Refuses ([`StoreError::LostTail`]) if the log ends before events that
+    /// were acknowledged.
     pub fn open(dir: &Path, fsync: Fsync) -> Result<Store, StoreError> {
+        Store::open_accepting_loss(dir, fsync, false)
+    }
+
+    /// [`Store::open`], but with `accept_lost_events` a log that lost
+    /// acknowledged events is reported and used: new events are numbered
+    /// after everything ever acknowledged, so nothing is skipped or reused.
+    pub fn open_accepting_loss(
+        dir: &Path,
+        fsync: Fsync,
+        accept_lost_events: bool,
+    ) -> Result<Store, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             dir: dir.to_path_buf(),
             reason,
@@ -155,7 +200,18 @@ impl Store {
         let db = Database::builder(dir)
             .manual_journal_persist(true)
             .open()
-            .map_err(|e| open_err(format!("{e:?}")))?;
+            .map_err(|e| match e {
+                fjall::Error::JournalRecovery(_)
+                | fjall::Error::InvalidTrailer
+                | fjall::Error::InvalidTag(_)
+                | fjall::Error::Decompress(_)
+                | fjall::Error::InvalidVersion(_) => StoreError::Damaged {
+                    dir: dir.to_path_buf(),
+                    journals: journal_files(dir),
+                    reason: format!("{e:?}"),
+                },
+                e => open_err(format!("{e:?}")),
+            })?;
         let log = db
             .keyspace("log", KeyspaceCreateOptions::default)
             .map_err(|e| open_err(format!("{e:?}")))?;
@@ -170,17 +226,53 @@ impl Store {
                     .ok_or_else(|| open_err("a log key is not a sequence number".into()))?
             }
         };
+        // What was acknowledged before: the witness file, and any cursor.
+        let mark_path = dir.join(MARK_FILE);
+        let mut high = std::fs::read(&mark_path)
+            .ok()
+            .and_then(|b| sequence_of(&b))
+            .unwrap_or(0);
+        for guard in cursors.iter() {
+            if let Some(cursor) = guard.value().ok().and_then(|v| sequence_of(&v)) {
+                high = high.max(cursor);
+            }
+        }
+        if high > last {
+            let lost = StoreError::LostTail {
+                dir: dir.to_path_buf(),
+                journals: journal_files(dir),
+                recovered: last,
+                acknowledged: high,
+            };
+            if !accept_lost_events {
+                return Err(lost);
+            }
+            tracing::error!(
+                "{lost}; going on as --accept-lost-events asks: new events are numbered from {}",
+                high + 1
+            );
+        }
+        let high = high.max(last);
+        let mark = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&mark_path)
+            .map_err(|e| open_err(format!("{}: {e}", mark_path.display())))?;
         Ok(Store {
             db,
             log,
             cursors,
             dir: dir.to_path_buf(),
             fsync,
-            last_sequence: AtomicU64::new(last),
+            last_sequence: AtomicU64::new(high),
+            written: AtomicU64::new(high),
             last_persist: Mutex::new(Instant::now()),
             poisoned: Mutex::new(None),
             dirty: AtomicBool::new(false),
             disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,
+            mark,
         })
     }
 
@@ -199,7 +291,8 @@ impl Store {
         &self.dir
     }
 
-    /// The sequence of the last stored event (0: none).
+    /// The sequence of the last stored event (0: none), or the highest any
+    /// plugin had finished if the log lost its tail (see `open`).
     pub fn last_sequence(&self) -> u64 {
         self.last_sequence.load(Ordering::Acquire)
     }
@@ -266,6 +359,8 @@ impl Store {
             }
             e => self.write_error(&e),
         })?;
+        self.written
+            .store(first + events.len() as u64 - 1, Ordering::Release);
         self.dirty.store(true, Ordering::Release);
         match self.fsync {
             Fsync::Always => self.sync()?,
@@ -300,6 +395,13 @@ impl Store {
         }
         if let Ok(mut t) = self.last_persist.lock() {
             *t = Instant::now();
+        }
+        // The witness of what is durable now. Not synced itself: it guards
+        // against a journal that comes back shorter than it was, and a
+        // failure to write it is logged, not fatal.
+        let durable = self.written.load(Ordering::Acquire).to_be_bytes();
+        if let Err(e) = std::os::unix::fs::FileExt::write_all_at(&self.mark, &durable, 0) {
+            tracing::warn!(data = %self.dir.display(), "cannot update {MARK_FILE}: {e}");
         }
         Ok(())
     }
@@ -357,6 +459,25 @@ impl Store {
         batch.commit().map_err(|e| self.write_error(&e))?;
         self.dirty.store(true, Ordering::Release);
         Ok(())
+    }
+}
+
+/// The journal files in `dir`, for messages.
+fn journal_files(dir: &Path) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "jnl"))
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    if names.is_empty() {
+        "no journal file left".into()
+    } else {
+        names.join(", ")
     }
 }
 
