@@ -64,6 +64,72 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Dead letters: events a plugin rejected or ran out of attempts on
+    /// (durable mode).
+    Dead {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: DeadAction,
+        /// The host's HTTP address.
+        #[arg(
+            long,
+            global = true,
+            env = "PLUGBUS_URL",
+            default_value = "http://127.0.0.1:7420"
+        )]
+        url: String,
+    },
+}
+
+/// `plugbus dead` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DeadAction {
+    /// List dead letters, of one plugin or of all.
+    List {
+        /// Only this plugin's.
+        plugin: Option<String>,
+    },
+    /// Show one dead letter with its event.
+    Show {
+        /// The plugin.
+        plugin: String,
+        /// The event's sequence.
+        sequence: u64,
+    },
+    /// Deliver dead letters to their plugin again (they keep their ids).
+    Redrive(DeadSelection),
+    /// Delete dead letters.
+    Purge(DeadSelection),
+}
+
+/// Which dead letters of a plugin.
+#[derive(Debug, Args)]
+pub struct DeadSelection {
+    /// The plugin.
+    pub plugin: String,
+    /// These sequences.
+    pub sequences: Vec<u64>,
+    /// Those whose topic matches this pattern, e.g. `order.*`.
+    #[arg(long, conflicts_with = "sequences")]
+    pub topic: Option<String>,
+    /// All of them.
+    #[arg(long, conflicts_with_all = ["sequences", "topic"])]
+    pub all: bool,
+}
+
+impl DeadSelection {
+    /// The selection as the HTTP API takes it.
+    pub fn body(&self) -> Result<serde_json::Value, String> {
+        if self.all {
+            Ok(serde_json::json!({ "all": true }))
+        } else if let Some(topic) = &self.topic {
+            Ok(serde_json::json!({ "topic": topic }))
+        } else if !self.sequences.is_empty() {
+            Ok(serde_json::json!({ "sequences": self.sequences }))
+        } else {
+            Err("say which dead letters: sequence numbers, --topic PATTERN or --all".into())
+        }
+    }
 }
 
 /// Flags of `plugbus run`.

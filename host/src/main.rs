@@ -9,7 +9,7 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use plugbus::cli::{Cli, Command};
+use plugbus::cli::{Cli, Command, DeadAction};
 use plugbus::plugin::PluginStatus;
 
 fn main() -> ExitCode {
@@ -45,6 +45,10 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
         Command::Plugins { url, json } => match plugins(&url, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Command::Dead { action, url } => match dead(&url, &action) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
@@ -122,6 +126,75 @@ fn plugins(url: &str, raw: bool) -> Result<(), String> {
         );
         if let Some(e) = &p.error {
             println!("    {e}");
+        }
+    }
+    Ok(())
+}
+
+fn get_json(url: &str, path: &str) -> Result<serde_json::Value, String> {
+    let endpoint = format!("{}{path}", url.trim_end_matches('/'));
+    ureq::get(&endpoint)
+        .call()
+        .map_err(|e| request_error(url, e))?
+        .into_json()
+        .map_err(|e| format!("unexpected answer from {endpoint}: {e}"))
+}
+
+fn post_json(url: &str, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, String> {
+    let endpoint = format!("{}{path}", url.trim_end_matches('/'));
+    ureq::post(&endpoint)
+        .send_json(body.clone())
+        .map_err(|e| request_error(url, e))?
+        .into_json()
+        .map_err(|e| format!("unexpected answer from {endpoint}: {e}"))
+}
+
+fn dead(url: &str, action: &DeadAction) -> Result<(), String> {
+    match action {
+        DeadAction::List { plugin } => {
+            let path = match plugin {
+                Some(p) => format!("/v1/dead/{p}"),
+                None => "/v1/dead".to_string(),
+            };
+            let body = get_json(url, &path)?;
+            let letters = body["dead_letters"].as_array().cloned().unwrap_or_default();
+            println!(
+                "{:<14} {:>9} {:<22} {:>8}  ERROR",
+                "PLUGIN", "SEQUENCE", "TYPE", "ATTEMPTS"
+            );
+            for l in &letters {
+                println!(
+                    "{:<14} {:>9} {:<22} {:>8}  {}",
+                    l["plugin"].as_str().unwrap_or("?"),
+                    l["sequence"],
+                    l["type"].as_str().unwrap_or("?"),
+                    l["attempts"],
+                    l["error"].as_str().unwrap_or("")
+                );
+            }
+            eprintln!("{} dead letter(s)", letters.len());
+        }
+        DeadAction::Show { plugin, sequence } => {
+            println!(
+                "{:#}",
+                get_json(url, &format!("/v1/dead/{plugin}/{sequence}"))?
+            );
+        }
+        DeadAction::Redrive(which) => {
+            let body = post_json(
+                url,
+                &format!("/v1/dead/{}/redrive", which.plugin),
+                &which.body()?,
+            )?;
+            println!("re-driven: {}", body["redriven"]);
+        }
+        DeadAction::Purge(which) => {
+            let body = post_json(
+                url,
+                &format!("/v1/dead/{}/purge", which.plugin),
+                &which.body()?,
+            )?;
+            println!("purged: {}", body["purged"]);
         }
     }
     Ok(())

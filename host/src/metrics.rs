@@ -74,6 +74,8 @@ pub struct Metrics {
     pub traps: Family<PluginLabels, Counter>,
     /// Events dropped, by plugin and reason.
     pub dropped: Family<DropLabels, Counter>,
+    /// Events moved to dead letters (durable mode).
+    pub dead_lettered: Family<PluginLabels, Counter>,
     /// Events waiting in each plugin's queue.
     pub queue_depth: Family<PluginLabels, Gauge>,
     /// Seconds per `handle` call (one batch).
@@ -109,6 +111,7 @@ impl Metrics {
             retried: Family::default(),
             traps: Family::default(),
             dropped: Family::default(),
+            dead_lettered: Family::default(),
             queue_depth: Family::default(),
             handle_seconds: HistogramFamily::new_with_constructor(latency_histogram),
             batch_events: HistogramFamily::new_with_constructor(batch_histogram),
@@ -147,6 +150,11 @@ impl Metrics {
             "events_dropped",
             "Events not delivered to a plugin, by reason",
             m.dropped.clone(),
+        );
+        registry.register(
+            "events_dead_lettered",
+            "Events a plugin gave up on, kept as dead letters",
+            m.dead_lettered.clone(),
         );
         registry.register(
             "queue_depth_events",

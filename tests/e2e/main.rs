@@ -95,9 +95,14 @@ mod order_flow {
             0,
             "a reject is never retried"
         );
+        // Durable mode keeps it as a dead letter rather than dropping it.
+        assert_eq!(
+            h.metric(r#"plugbus_events_dead_lettered_total{plugin="inventory"}"#),
+            Some(1.0)
+        );
         assert_eq!(
             h.metric(r#"plugbus_events_dropped_total{plugin="inventory",reason="rejected"}"#),
-            Some(1.0)
+            Some(0.0)
         );
         h.wait_log("order o-9 has no items", WAIT)
             .expect("reason logged");
@@ -382,7 +387,9 @@ mod plugins {
                 PluginFile::Wasm("trap", artifacts::TRAP),
                 PluginFile::Wasm("analytics", artifacts::ANALYTICS),
             ],
+            // Memory mode: an event given up on is dropped and counted.
             &[
+                "--memory",
                 "--max-attempts",
                 "2",
                 "--backoff-ms-min",
@@ -906,5 +913,154 @@ mod durable {
             h.wait_log(&format!("handled {id}"), WAIT)
                 .expect("it is the new one");
         }
+    }
+
+    fn cli(args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .output()
+            .expect("run the cli");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn given_up_events_become_dead_letters_that_a_fixed_plugin_gets_when_redriven() {
+        let data = TestDir::new("dead");
+        let args = [
+            "--data",
+            &data.arg(),
+            "--max-attempts",
+            "2",
+            "--backoff-ms-min",
+            "10",
+            "--backoff-ms-max",
+            "20",
+            "--batch-events-max",
+            "1",
+        ];
+        let h = host(
+            &[
+                PluginFile::Wasm("trap", artifacts::TRAP),
+                PluginFile::Wasm("inventory", artifacts::INVENTORY),
+            ],
+            &args,
+        );
+        let no_items = h
+            .publish(
+                "order.placed",
+                &json!({"order_id": "o-1", "customer": "c", "total_cents": 1}),
+            )
+            .expect("publish");
+        let boom = h
+            .publish(
+                "order.placed",
+                &json!({"order_id": "o-2", "customer": "c", "note": "boom",
+                                             "items": [{"sku": "w", "qty": 1}]}),
+            )
+            .expect("publish");
+        h.wait_until("two dead letters", WAIT, |h| {
+            h.get("/v1/dead")
+                .ok()
+                .and_then(|v| v["dead_letters"].as_array().map(Vec::len))
+                == Some(2)
+        })
+        .expect("dead-lettered");
+        let list = h.get("/v1/dead").expect("list");
+        let letter = |plugin: &str| {
+            list["dead_letters"]
+                .as_array()
+                .and_then(|l| l.iter().find(|d| d["plugin"] == plugin).cloned())
+                .unwrap_or_else(|| panic!("{plugin} in {list}"))
+        };
+        let inv = letter("inventory");
+        assert_eq!(
+            (inv["attempts"].as_u64(), inv["id"].clone()),
+            (Some(1), no_items["id"].clone()),
+            "a reject is not retried"
+        );
+        assert!(
+            inv["error"].as_str().unwrap_or("").contains("has no items"),
+            "{inv}"
+        );
+        let trap = letter("trap");
+        assert_eq!(
+            (trap["attempts"].as_u64(), trap["id"].clone()),
+            (Some(2), boom["id"].clone())
+        );
+        assert!(
+            trap["error"].as_str().unwrap_or("").contains("trapped"),
+            "{trap}"
+        );
+        assert_eq!(
+            h.metric(r#"plugbus_events_dead_lettered_total{plugin="trap"}"#),
+            Some(1.0)
+        );
+
+        let (ok, out, _) = cli(&["dead", "list", "--url", &h.url]);
+        assert!(
+            ok && out.contains("inventory") && out.contains("trap"),
+            "{out}"
+        );
+        let seq = trap["sequence"].as_u64().expect("sequence").to_string();
+        let (ok, out, _) = cli(&["dead", "show", "trap", &seq, "--url", &h.url]);
+        assert!(
+            ok && out.contains("boom"),
+            "the letter carries its event: {out}"
+        );
+        assert!(h.stop().expect("stops").success());
+
+        // The fix is deployed under the same name; re-drive to it.
+        let h = host(
+            &[
+                PluginFile::Wasm("trap", artifacts::NOOP),
+                PluginFile::Wasm("inventory", artifacts::INVENTORY),
+            ],
+            &args,
+        );
+        let (ok, out, err) = cli(&["dead", "redrive", "trap", "--all", "--url", &h.url]);
+        assert!(ok && out.contains("re-driven: 1"), "{out}{err}");
+        h.wait_until("the fixed plugin to handle it", WAIT, |h| {
+            h.count("trap", "handled") == 1
+        })
+        .expect("re-driven");
+        assert_eq!(
+            h.get("/v1/dead/trap").expect("list")["dead_letters"],
+            json!([])
+        );
+        let (ok, out, _) = cli(&["dead", "purge", "inventory", "--all", "--url", &h.url]);
+        assert!(ok && out.contains("purged: 1"), "{out}");
+        let (ok, _, err) = cli(&["dead", "redrive", "trap", "--url", &h.url]);
+        assert!(
+            !ok && err.contains("--all"),
+            "a selection is required: {err}"
+        );
+        assert!(h.stop().expect("stops").success());
+
+        // Handled once is done: a restart does not bring it again.
+        let h = host(&[PluginFile::Wasm("trap", artifacts::NOOP)], &args);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(h.count("trap", "handled"), 0);
+        assert_eq!(h.get("/v1/dead").expect("list")["dead_letters"], json!([]));
+    }
+
+    #[test]
+    fn dead_letters_need_durable_mode() {
+        let h = host(
+            &[PluginFile::Wasm("analytics", artifacts::ANALYTICS)],
+            &["--memory"],
+        );
+        let status = match ureq::get(&format!("{}/v1/dead", h.url)).call() {
+            Err(ureq::Error::Status(code, r)) => {
+                let body = r.into_string().unwrap_or_default();
+                assert!(body.contains("durable mode"), "{body}");
+                code
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert_eq!(status, 409);
     }
 }

@@ -7,6 +7,9 @@
 //!   (`application/cloudevents-batch+json`) or binary mode (`ce-*` headers,
 //!   any content type).
 //! - `GET /v1/plugins`, `GET /healthz`, `GET /metrics`.
+//! - Dead letters (durable mode): `GET /v1/dead[/{plugin}[/{sequence}]]`,
+//!   `POST /v1/dead/{plugin}/redrive` and `/purge` with a selection
+//!   (`{"sequences": [..]}`, `{"topic": "order.*"}` or `{"all": true}`).
 //!
 //! A request is validated whole before anything is published, so a bad
 //! request publishes nothing: 400 names the attribute or the JSON position,
@@ -75,6 +78,15 @@ pub enum IngressError {
     /// A batch with no events.
     #[error("the batch is empty; send at least one event")]
     EmptyBatch,
+    /// Dead letters exist only in durable mode.
+    #[error("dead letters are kept only in durable mode; this host runs with --memory")]
+    NoStore,
+    /// A selection of dead letters that is not one.
+    #[error("{0}")]
+    BadSelection(String),
+    /// No such dead letter.
+    #[error("plugin `{0}` has no dead letter with sequence {1}")]
+    NoLetter(String, u64),
     /// Backpressure, or the store refused.
     #[error("{0}")]
     Publish(#[from] DispatchError),
@@ -83,9 +95,12 @@ pub enum IngressError {
 impl IntoResponse for IngressError {
     fn into_response(self) -> Response {
         let status = match &self {
-            IngressError::BadEvent(_) | IngressError::Body(_) | IngressError::EmptyBatch => {
-                StatusCode::BAD_REQUEST
-            }
+            IngressError::BadEvent(_)
+            | IngressError::Body(_)
+            | IngressError::EmptyBatch
+            | IngressError::BadSelection(_) => StatusCode::BAD_REQUEST,
+            IngressError::NoStore => StatusCode::CONFLICT,
+            IngressError::NoLetter(..) => StatusCode::NOT_FOUND,
             IngressError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngressError::Publish(DispatchError::Busy(_))
@@ -123,6 +138,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", post(publish_cloudevents))
         .route("/v1/events/{type}", post(publish_plain))
         .route("/v1/plugins", get(plugins))
+        .route("/v1/dead", get(dead_list))
+        .route("/v1/dead/{plugin}", get(dead_list_plugin))
+        .route("/v1/dead/{plugin}/{sequence}", get(dead_show))
+        .route("/v1/dead/{plugin}/redrive", post(dead_redrive))
+        .route("/v1/dead/{plugin}/purge", post(dead_purge))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         // Bodies are read with our own limit, below, to answer 413 with a
@@ -279,4 +299,114 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.metrics.encode(),
     )
         .into_response()
+}
+
+fn letter_json(l: &crate::store::dead::DeadLetter, with_event: bool) -> serde_json::Value {
+    let mut v = json!({
+        "plugin": l.plugin,
+        "sequence": l.event.sequence,
+        "id": l.event.id,
+        "type": l.event.topic,
+        "attempts": l.attempts,
+        "error": l.error,
+        "dead_at": l.dead_at,
+    });
+    if with_event {
+        v["event"] = l.event.to_json();
+    }
+    v
+}
+
+fn store_of(state: &AppState) -> Result<Arc<crate::store::Store>, IngressError> {
+    state.registry.store().cloned().ok_or(IngressError::NoStore)
+}
+
+fn store_error(e: StoreError) -> IngressError {
+    IngressError::Publish(DispatchError::Store(e))
+}
+
+fn letters(state: &AppState, plugins: Vec<String>) -> Result<Response, IngressError> {
+    let store = store_of(state)?;
+    let mut out = Vec::new();
+    for p in plugins {
+        for l in store.dead_letters(&p).map_err(store_error)? {
+            out.push(letter_json(&l, false));
+        }
+    }
+    Ok(Json(json!({ "dead_letters": out })).into_response())
+}
+
+async fn dead_list(State(state): State<AppState>) -> Result<Response, IngressError> {
+    let names = state.registry.names();
+    letters(&state, names)
+}
+
+async fn dead_list_plugin(
+    State(state): State<AppState>,
+    Path(plugin): Path<String>,
+) -> Result<Response, IngressError> {
+    letters(&state, vec![plugin])
+}
+
+async fn dead_show(
+    State(state): State<AppState>,
+    Path((plugin, sequence)): Path<(String, u64)>,
+) -> Result<Response, IngressError> {
+    let store = store_of(&state)?;
+    let letter = store
+        .dead_letters(&plugin)
+        .map_err(store_error)?
+        .into_iter()
+        .find(|l| l.event.sequence == sequence)
+        .ok_or(IngressError::NoLetter(plugin, sequence))?;
+    Ok(Json(letter_json(&letter, true)).into_response())
+}
+
+/// Which letters: `{"sequences": [..]}`, `{"topic": "order.*"}` or
+/// `{"all": true}`.
+async fn selection(request: Request) -> Result<crate::store::dead::Selection, IngressError> {
+    use crate::store::dead::Selection;
+    let (parts, body) = request.into_parts();
+    let body = read_body(body, &parts.headers, 64 << 10).await?;
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| IngressError::BadSelection(format!("the body is not valid JSON: {e}")))?;
+    let how = "say which: {\"sequences\": [3, 7]}, {\"topic\": \"order.*\"} or {\"all\": true}";
+    if let Some(seqs) = v.get("sequences").and_then(|s| s.as_array()) {
+        let seqs: Option<Vec<u64>> = seqs.iter().map(|s| s.as_u64()).collect();
+        return seqs.map(Selection::Sequences).ok_or_else(|| {
+            IngressError::BadSelection(format!("sequences must be whole numbers; {how}"))
+        });
+    }
+    if let Some(topic) = v.get("topic").and_then(|t| t.as_str()) {
+        return crate::topic::Pattern::parse(topic)
+            .map(Selection::Topic)
+            .map_err(|e| IngressError::BadSelection(e.to_string()));
+    }
+    if v.get("all").and_then(|a| a.as_bool()) == Some(true) {
+        return Ok(Selection::All);
+    }
+    Err(IngressError::BadSelection(how.to_string()))
+}
+
+async fn dead_redrive(
+    State(state): State<AppState>,
+    Path(plugin): Path<String>,
+    request: Request,
+) -> Result<Response, IngressError> {
+    let store = store_of(&state)?;
+    let which = selection(request).await?;
+    let n = store.redrive(&plugin, &which).map_err(store_error)?;
+    state.registry.wake_redrive(&plugin);
+    Ok(Json(json!({ "redriven": n })).into_response())
+}
+
+async fn dead_purge(
+    State(state): State<AppState>,
+    Path(plugin): Path<String>,
+    request: Request,
+) -> Result<Response, IngressError> {
+    let store = store_of(&state)?;
+    let which = selection(request).await?;
+    let n = store.purge(&plugin, &which).map_err(store_error)?;
+    Ok(Json(json!({ "purged": n })).into_response())
 }

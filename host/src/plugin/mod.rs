@@ -134,6 +134,8 @@ pub struct RunningPlugin {
     cursor: AtomicU64,
     /// Events waiting in its queue.
     depth: Arc<AtomicUsize>,
+    /// Set to make the worker look at its re-drive list.
+    redrive_wanted: AtomicBool,
 }
 
 /// What `/v1/plugins` and `plugbus plugins` show for one plugin.
@@ -321,6 +323,8 @@ impl Registry {
             retried: self.metrics.retried.get_or_create(&labels).clone(),
             cursor: AtomicU64::new(start),
             depth: queue.depth_handle(),
+            // Look once at start: re-drives may be pending from before.
+            redrive_wanted: AtomicBool::new(true),
         });
         let worker = worker::Worker::new(
             instance,
@@ -413,6 +417,33 @@ impl Registry {
         );
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// The durable store, when there is one.
+    pub fn store(&self) -> Option<&Arc<crate::store::Store>> {
+        match &self.dispatch {
+            Dispatch::Durable(log) => Some(log.store()),
+            Dispatch::Memory(_) => None,
+        }
+    }
+
+    /// The names of every plugin, running or failed.
+    pub fn names(&self) -> Vec<String> {
+        self.status().into_iter().map(|p| p.name).collect()
+    }
+
+    /// Tell `plugin`'s worker to pick up events re-driven to it (it also
+    /// looks at every start).
+    pub fn wake_redrive(&self, plugin: &str) {
+        for p in self
+            .running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|p| p.name == plugin)
+        {
+            p.redrive_wanted.store(true, Ordering::Release);
+        }
     }
 
     /// Refresh the queue-depth gauges (before a scrape).

@@ -7,8 +7,11 @@
 //! - `retry`: re-delivered after the plugin's delay, or exponential backoff
 //!   with jitter, with `attempt` counting up; after `max_attempts` the event
 //!   is dropped and counted (`retries_exhausted`).
-//! - `reject`: dropped at once and counted (`rejected`). (Dead letters come
-//!   with the durable store.)
+//! - `reject`: given up on at once. In durable mode the event becomes a
+//!   dead letter (`store::dead`); in memory mode it is dropped and counted
+//!   (`rejected`). Running out of attempts does the same.
+//! - events re-driven from dead letters come back through the retry heap
+//!   with `attempt` 1, and leave the re-drive list when acked.
 //! - a trap (panic, deadline, memory cap) or a wrong number of outcomes
 //!   fails every event of the batch as one failed attempt; the store is
 //!   dropped and a fresh instance made before the next batch.
@@ -39,6 +42,10 @@ use crate::event::{Chunk, Event};
 use crate::metrics::{self, DropReason, Metrics};
 use crate::runtime::{self, Outcome, PluginInstance};
 use crate::store::Store;
+
+/// How long an idle durable worker waits before looking for re-driven
+/// events again.
+const REDRIVE_POLL: Duration = Duration::from_millis(250);
 
 /// The longest retry delay a plugin may ask for, in ms (one hour).
 const RETRY_DELAY_MS_MAX: u64 = 3_600_000;
@@ -101,6 +108,27 @@ pub(super) struct Worker {
     dropped_rejected: Counter,
     dropped_exhausted: Counter,
     dropped_follow_up: Counter,
+    dead_lettered: Counter,
+    /// Sequences of events re-driven from dead letters, in flight.
+    redriven: std::collections::HashSet<u64>,
+}
+
+/// Why a worker stops delivering an event.
+#[derive(Clone, Copy)]
+enum GiveUp {
+    Rejected,
+    Exhausted,
+    BacklogFull,
+}
+
+impl GiveUp {
+    fn says(self) -> &'static str {
+        match self {
+            GiveUp::Rejected => "rejected by the plugin",
+            GiveUp::Exhausted => "no attempts left",
+            GiveUp::BacklogFull => "retry backlog full",
+        }
+    }
 }
 
 impl Worker {
@@ -136,6 +164,8 @@ impl Worker {
             dropped_rejected: m.drop_counter(&plugin.name, DropReason::Rejected),
             dropped_exhausted: m.drop_counter(&plugin.name, DropReason::RetriesExhausted),
             dropped_follow_up: m.drop_counter(&plugin.name, DropReason::FollowUpQueueFull),
+            dead_lettered: m.dead_lettered.get_or_create(&labels).clone(),
+            redriven: std::collections::HashSet::new(),
             plugin,
         }
     }
@@ -153,6 +183,7 @@ impl Worker {
     pub(super) fn run(mut self) {
         let mut closed = false;
         loop {
+            self.pick_up_redrives();
             // Retries that are due go first, as a batch of their own.
             if let Some((chunk, attempts)) = self.due_retries() {
                 self.deliver(&chunk, 0..chunk.len(), &attempts);
@@ -182,6 +213,8 @@ impl Worker {
                     Some(r) => self
                         .queue
                         .recv_timeout(r.0.due.saturating_duration_since(Instant::now())),
+                    // Durable: look up now and then for re-driven events.
+                    None if self.cursor_store.is_some() => self.queue.recv_timeout(REDRIVE_POLL),
                     None => self
                         .queue
                         .recv()
@@ -354,12 +387,14 @@ impl Worker {
                 for ((event, &attempt), outcome) in batch.iter().zip(attempts).zip(&result.outcomes)
                 {
                     match outcome {
-                        Outcome::Ack => acked += 1,
+                        Outcome::Ack => {
+                            acked += 1;
+                            self.acked_redrive(event.sequence);
+                        }
                         Outcome::Retry(r) => self.fail(event, attempt, r.delay_ms, &r.message),
                         Outcome::Reject(msg) => {
                             self.plugin.failed.inc();
-                            self.dropped_rejected.inc();
-                            tracing::warn!(plugin = %self.plugin.name, id = %event.id, topic = %event.topic, reason = %msg, "event rejected by the plugin; dropped");
+                            self.give_up(event, attempt, msg, GiveUp::Rejected);
                         }
                     }
                 }
@@ -410,13 +445,12 @@ impl Worker {
         self.plugin.failed.inc();
         let heap_full = self.retries.len() >= self.settings.queue_events_max;
         if attempt >= self.settings.max_attempts || heap_full {
-            self.dropped_exhausted.inc();
-            tracing::warn!(
-                plugin = %self.plugin.name, id = %event.id, topic = %event.topic, attempt,
-                last_error = %message,
-                "{}; event dropped",
-                if heap_full { "retry backlog full" } else { "no attempts left" }
-            );
+            let why = if heap_full {
+                GiveUp::BacklogFull
+            } else {
+                GiveUp::Exhausted
+            };
+            self.give_up(event, attempt, message, why);
             return;
         }
         let delay = match delay_ms {
@@ -429,6 +463,68 @@ impl Worker {
             attempt: attempt + 1,
             event: event.clone(),
         }));
+    }
+
+    /// Stop delivering `event`: in durable mode it becomes a dead letter (kept,
+    /// with its attempts and last error, until re-driven or purged); in
+    /// memory mode it is dropped and counted.
+    fn give_up(&mut self, event: &Arc<Event>, attempts: u32, error: &str, why: GiveUp) {
+        self.redriven.remove(&event.sequence);
+        if let Some(store) = &self.cursor_store {
+            match store.dead_letter(&self.plugin.name, event, attempts, error) {
+                Ok(()) => {
+                    self.dead_lettered.inc();
+                    tracing::warn!(plugin = %self.plugin.name, id = %event.id, topic = %event.topic, attempts, last_error = %error, "{}; moved to dead letters", why.says());
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(plugin = %self.plugin.name, id = %event.id, "{}, but the dead letter could not be stored: {e}", why.says());
+                }
+            }
+        }
+        match why {
+            GiveUp::Rejected => self.dropped_rejected.inc(),
+            GiveUp::Exhausted | GiveUp::BacklogFull => self.dropped_exhausted.inc(),
+        };
+        tracing::warn!(plugin = %self.plugin.name, id = %event.id, topic = %event.topic, attempts, last_error = %error, "{}; event dropped", why.says());
+    }
+
+    /// A re-driven event was acked: it leaves the re-drive list.
+    fn acked_redrive(&mut self, sequence: u64) {
+        if self.redriven.remove(&sequence) {
+            if let Some(store) = &self.cursor_store {
+                if let Err(e) = store.redriven(&self.plugin.name, sequence) {
+                    tracing::error!(plugin = %self.plugin.name, "cannot clear a re-driven event (it will come again): {e}");
+                }
+            }
+        }
+    }
+
+    /// Take events re-driven from dead letters, when asked to look.
+    fn pick_up_redrives(&mut self) {
+        if !self.plugin.redrive_wanted.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let Some(store) = &self.cursor_store else {
+            return;
+        };
+        match store.redrives(&self.plugin.name) {
+            Ok(events) => {
+                let now = Instant::now();
+                for event in events {
+                    if self.redriven.insert(event.sequence) {
+                        self.retries.push(Reverse(Pending {
+                            due: now,
+                            attempt: 1,
+                            event: Arc::new(event),
+                        }));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(plugin = %self.plugin.name, "cannot read re-driven events: {e}")
+            }
+        }
     }
 
     /// `backoff_ms_min * 2^(attempt-1)`, capped at `backoff_ms_max`, with

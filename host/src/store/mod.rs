@@ -1,7 +1,8 @@
 //! The durable store: one fjall database in the data directory, with a
 //! keyspace for the event log (key: the sequence, big-endian; value: the
-//! event, `store::codec`) and one for the plugins' cursors (key: the plugin
-//! name; value: the highest sequence it is done with).
+//! event, `store::codec`), one for the plugins' cursors (key: the plugin
+//! name; value: the highest sequence it is done with), and two for dead
+//! letters and those being re-driven (`store::dead`).
 //!
 //! [`Store`] is the storage layer: appending a group of events in one atomic
 //! batch under the fsync policy, reading the log by sequence, and reading
@@ -22,6 +23,7 @@
 //! This module knows nothing of plugins, wasm or HTTP.
 
 pub mod codec;
+pub mod dead;
 pub mod log;
 
 use std::path::{Path, PathBuf};
@@ -141,6 +143,8 @@ pub struct Store {
     db: Database,
     log: Keyspace,
     cursors: Keyspace,
+    dead: Keyspace,
+    redrive: Keyspace,
     dir: PathBuf,
     fsync: Fsync,
     /// The sequence of the last event stored.
@@ -218,6 +222,12 @@ impl Store {
         let cursors = db
             .keyspace("cursors", KeyspaceCreateOptions::default)
             .map_err(|e| open_err(format!("{e:?}")))?;
+        let dead = db
+            .keyspace("dead", KeyspaceCreateOptions::default)
+            .map_err(|e| open_err(format!("{e:?}")))?;
+        let redrive = db
+            .keyspace("redrive", KeyspaceCreateOptions::default)
+            .map_err(|e| open_err(format!("{e:?}")))?;
         let last = match log.last_key_value() {
             None => 0,
             Some(guard) => {
@@ -264,6 +274,8 @@ impl Store {
             db,
             log,
             cursors,
+            dead,
+            redrive,
             dir: dir.to_path_buf(),
             fsync,
             last_sequence: AtomicU64::new(high),
@@ -295,6 +307,13 @@ impl Store {
     /// plugin had finished if the log lost its tail (see `open`).
     pub fn last_sequence(&self) -> u64 {
         self.last_sequence.load(Ordering::Acquire)
+    }
+
+    fn read_error(&self, e: &fjall::Error) -> StoreError {
+        StoreError::Write {
+            dir: self.dir.clone(),
+            reason: format!("reading: {e:?}"),
+        }
     }
 
     fn write_error(&self, e: &fjall::Error) -> StoreError {
