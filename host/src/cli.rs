@@ -64,6 +64,41 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Deliver a plugin every event from a point in the log again, as a
+    /// fresh instance: rebuilds a projection from the log (durable mode).
+    ///
+    /// Example: plugbus replay analytics --from-seq 1
+    Replay {
+        /// The plugin.
+        plugin: String,
+        /// From this sequence number.
+        #[arg(
+            long,
+            conflicts_with = "from_time",
+            required_unless_present = "from_time"
+        )]
+        from_seq: Option<u64>,
+        /// From the first event at or after this RFC 3339 time.
+        #[arg(long)]
+        from_time: Option<String>,
+        /// The host's HTTP address.
+        #[arg(long, env = "PLUGBUS_URL", default_value = "http://127.0.0.1:7420")]
+        url: String,
+    },
+    /// Read the event log (durable mode).
+    Log {
+        /// What to read.
+        #[command(subcommand)]
+        action: LogAction,
+        /// The host's HTTP address.
+        #[arg(
+            long,
+            global = true,
+            env = "PLUGBUS_URL",
+            default_value = "http://127.0.0.1:7420"
+        )]
+        url: String,
+    },
     /// Dead letters: events a plugin rejected or ran out of attempts on
     /// (durable mode).
     Dead {
@@ -78,6 +113,22 @@ pub enum Command {
             default_value = "http://127.0.0.1:7420"
         )]
         url: String,
+    },
+}
+
+/// `plugbus log` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LogAction {
+    /// The last events, one JSON object a line.
+    Tail {
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        count: usize,
+    },
+    /// One event, by sequence.
+    Get {
+        /// Its sequence number.
+        sequence: u64,
     },
 }
 

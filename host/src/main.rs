@@ -9,7 +9,7 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use plugbus::cli::{Cli, Command, DeadAction};
+use plugbus::cli::{Cli, Command, DeadAction, LogAction};
 use plugbus::plugin::PluginStatus;
 
 fn main() -> ExitCode {
@@ -48,6 +48,41 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
+        Command::Replay {
+            plugin,
+            from_seq,
+            from_time,
+            url,
+        } => {
+            let body = match (from_seq, from_time) {
+                (Some(seq), _) => serde_json::json!({ "from_sequence": seq }),
+                (None, Some(t)) => serde_json::json!({ "from_time": t }),
+                (None, None) => return fail("say where from: --from-seq N or --from-time T"),
+            };
+            match post_json(&url, &format!("/v1/plugins/{plugin}/replay"), &body) {
+                Ok(v) => {
+                    println!("{plugin} replays from sequence {}", v["from_sequence"]);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Log { action, url } => {
+            let path = match action {
+                LogAction::Tail { count } => format!("/v1/log?limit={count}"),
+                LogAction::Get { sequence } => format!("/v1/log/{sequence}"),
+            };
+            match get_json(&url, &path) {
+                Ok(v) => {
+                    match v["events"].as_array() {
+                        Some(events) => events.iter().for_each(|e| println!("{e}")),
+                        None => println!("{v:#}"),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
         Command::Dead { action, url } => match dead(&url, &action) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),

@@ -7,6 +7,9 @@
 //!   (`application/cloudevents-batch+json`) or binary mode (`ce-*` headers,
 //!   any content type).
 //! - `GET /v1/plugins`, `GET /healthz`, `GET /metrics`.
+//! - The log (durable mode): `GET /v1/log?from=SEQ&limit=N` (default: the
+//!   last 20), `GET /v1/log/{sequence}`; `POST /v1/plugins/{name}/replay`
+//!   with `{"from_sequence": N}` or `{"from_time": "RFC 3339"}`.
 //! - Dead letters (durable mode): `GET /v1/dead[/{plugin}[/{sequence}]]`,
 //!   `POST /v1/dead/{plugin}/redrive` and `/purge` with a selection
 //!   (`{"sequences": [..]}`, `{"topic": "order.*"}` or `{"all": true}`).
@@ -84,6 +87,12 @@ pub enum IngressError {
     /// A selection of dead letters that is not one.
     #[error("{0}")]
     BadSelection(String),
+    /// A replay request that is not one, or a plugin that cannot replay.
+    #[error("{0}")]
+    Replay(String),
+    /// No such event in the log.
+    #[error("the log has no event with sequence {0}")]
+    NoEvent(u64),
     /// No such dead letter.
     #[error("plugin `{0}` has no dead letter with sequence {1}")]
     NoLetter(String, u64),
@@ -100,7 +109,8 @@ impl IntoResponse for IngressError {
             | IngressError::EmptyBatch
             | IngressError::BadSelection(_) => StatusCode::BAD_REQUEST,
             IngressError::NoStore => StatusCode::CONFLICT,
-            IngressError::NoLetter(..) => StatusCode::NOT_FOUND,
+            IngressError::NoLetter(..) | IngressError::NoEvent(_) => StatusCode::NOT_FOUND,
+            IngressError::Replay(_) => StatusCode::BAD_REQUEST,
             IngressError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngressError::Publish(DispatchError::Busy(_))
@@ -138,6 +148,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", post(publish_cloudevents))
         .route("/v1/events/{type}", post(publish_plain))
         .route("/v1/plugins", get(plugins))
+        .route("/v1/plugins/{plugin}/replay", post(replay))
+        .route("/v1/log", get(log_read))
+        .route("/v1/log/{sequence}", get(log_get))
         .route("/v1/dead", get(dead_list))
         .route("/v1/dead/{plugin}", get(dead_list_plugin))
         .route("/v1/dead/{plugin}/{sequence}", get(dead_show))
@@ -409,4 +422,74 @@ async fn dead_purge(
     let which = selection(request).await?;
     let n = store.purge(&plugin, &which).map_err(store_error)?;
     Ok(Json(json!({ "purged": n })).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct LogQuery {
+    from: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn log_read(
+    State(state): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<LogQuery>,
+) -> Result<Response, IngressError> {
+    let store = store_of(&state)?;
+    let limit = q.limit.unwrap_or(20).clamp(1, 1000);
+    let from = q.from.unwrap_or_else(|| {
+        store
+            .last_sequence()
+            .saturating_sub(limit as u64 - 1)
+            .max(1)
+    });
+    let events = tokio::task::block_in_place(|| store.read(from, limit)).map_err(store_error)?;
+    let events: Vec<serde_json::Value> = events.iter().map(Event::to_json).collect();
+    Ok(Json(json!({ "events": events, "last_sequence": store.last_sequence() })).into_response())
+}
+
+async fn log_get(
+    State(state): State<AppState>,
+    Path(sequence): Path<u64>,
+) -> Result<Response, IngressError> {
+    let store = store_of(&state)?;
+    let event = store
+        .read(sequence, 1)
+        .map_err(store_error)?
+        .into_iter()
+        .find(|e| e.sequence == sequence)
+        .ok_or(IngressError::NoEvent(sequence))?;
+    Ok(Json(event.to_json()).into_response())
+}
+
+async fn replay(
+    State(state): State<AppState>,
+    Path(plugin): Path<String>,
+    request: Request,
+) -> Result<Response, IngressError> {
+    let store = store_of(&state)?;
+    let (parts, body) = request.into_parts();
+    let body = read_body(body, &parts.headers, 64 << 10).await?;
+    let how = "say where from: {\"from_sequence\": 1} or {\"from_time\": \"2026-11-23T10:00:00Z\"}";
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| IngressError::Replay(format!("the body is not valid JSON: {e}; {how}")))?;
+    let from = if let Some(seq) = v.get("from_sequence").and_then(|s| s.as_u64()) {
+        seq.max(1)
+    } else if let Some(t) = v.get("from_time").and_then(|t| t.as_str()) {
+        let t = humantime::parse_rfc3339_weak(t).map_err(|_| {
+            IngressError::Replay(format!(
+                "`{t}` is not an RFC 3339 time, e.g. 2026-11-23T10:00:00Z"
+            ))
+        })?;
+        tokio::task::block_in_place(|| store.first_since(t))
+            .map_err(store_error)?
+            .unwrap_or(store.last_sequence() + 1)
+    } else {
+        return Err(IngressError::Replay(how.to_string()));
+    };
+    let registry = state.registry.clone();
+    let status = tokio::task::spawn_blocking(move || registry.replay(&plugin, from))
+        .await
+        .map_err(|e| IngressError::Replay(format!("replay failed: {e}")))?
+        .map_err(|e| IngressError::Replay(e.to_string()))?;
+    Ok(Json(json!({ "from_sequence": from, "plugin": status })).into_response())
 }

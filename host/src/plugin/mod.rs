@@ -120,6 +120,23 @@ pub enum PluginError {
     },
 }
 
+/// Why a replay could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// There is no log in memory mode.
+    #[error("replay needs the durable log; this host runs with --memory")]
+    NotDurable,
+    /// No such running plugin.
+    #[error("no running plugin is called `{0}`; see `plugbus plugins`")]
+    NoPlugin(String),
+    /// The cursor could not be moved.
+    #[error("cannot move the cursor: {0}")]
+    Store(StoreError),
+    /// The plugin did not start again.
+    #[error("the plugin did not start again after moving its cursor: {0}")]
+    Restart(PluginError),
+}
+
 /// A running plugin's identity and live counters.
 pub struct RunningPlugin {
     name: String,
@@ -136,6 +153,9 @@ pub struct RunningPlugin {
     depth: Arc<AtomicUsize>,
     /// Set to make the worker look at its re-drive list.
     redrive_wanted: AtomicBool,
+    /// Set to stop this plugin alone (replay): its reader stops and its
+    /// worker abandons what it has in hand.
+    stop: Arc<AtomicBool>,
 }
 
 /// What `/v1/plugins` and `plugbus plugins` show for one plugin.
@@ -185,8 +205,10 @@ pub struct Registry {
     settings: DeliverySettings,
     running: RwLock<Vec<Arc<RunningPlugin>>>,
     failed: RwLock<Vec<Failed>>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
-    pumps: Mutex<Vec<JoinHandle<()>>>,
+    /// Each plugin's worker thread, by plugin name.
+    workers: Mutex<Vec<(String, JoinHandle<()>)>>,
+    /// Each plugin's log reader thread (durable mode), by plugin name.
+    pumps: Mutex<Vec<(String, JoinHandle<()>)>>,
     stopping: Arc<AtomicBool>,
 }
 
@@ -277,6 +299,7 @@ impl Registry {
             tracing::info!(plugin = %name, reports = %info.name, "plugin calls itself by another name; plugbus uses the file name");
         }
         let labels = metrics::plugin(&name);
+        let stop = Arc::new(AtomicBool::new(false));
         // Where delivery starts: after the stored cursor in durable mode
         // (a new plugin starts at the earliest event), at once in memory.
         let (queue, cursor_store, start) = match &self.dispatch {
@@ -297,10 +320,16 @@ impl Registry {
                 let (tx, queue) =
                     Queue::channel((self.settings.queue_events_max / CHUNK_EVENTS_MAX).max(2));
                 let store = log.store().clone();
-                let (log, stop, pump_name) = (log.clone(), self.stopping.clone(), name.clone());
+                let (log, all, own, pump_name) = (
+                    log.clone(),
+                    self.stopping.clone(),
+                    stop.clone(),
+                    name.clone(),
+                );
+                let stopped = move || all.load(Ordering::Acquire) || own.load(Ordering::Acquire);
                 let pump = std::thread::Builder::new()
                     .name(format!("pump-{name}"))
-                    .spawn(move || pump::run(&log, &pump_name, &patterns, &tx, start + 1, &stop))
+                    .spawn(move || pump::run(&log, &pump_name, &patterns, &tx, start + 1, &stopped))
                     .map_err(|source| PluginError::Thread {
                         file: file.to_path_buf(),
                         source,
@@ -308,7 +337,7 @@ impl Registry {
                 self.pumps
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push(pump);
+                    .push((name.clone(), pump));
                 (queue, Some(store), start)
             }
         };
@@ -325,6 +354,7 @@ impl Registry {
             depth: queue.depth_handle(),
             // Look once at start: re-drives may be pending from before.
             redrive_wanted: AtomicBool::new(true),
+            stop,
         });
         let worker = worker::Worker::new(
             instance,
@@ -353,7 +383,7 @@ impl Registry {
         self.workers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(handle);
+            .push((name.clone(), handle));
         tracing::info!(
             plugin = %name,
             version = %info.version,
@@ -446,6 +476,55 @@ impl Registry {
         }
     }
 
+    /// Replay: deliver `plugin` every event from sequence `from` on again.
+    /// Its reader and worker stop (abandoning what they have in hand), its
+    /// cursor moves to `from - 1`, and it starts again as a fresh instance,
+    /// so an in-memory projection is rebuilt from the log. Returns the
+    /// plugin's status after the restart.
+    pub fn replay(&self, plugin: &str, from: u64) -> Result<PluginStatus, ReplayError> {
+        let store = self.store().cloned().ok_or(ReplayError::NotDurable)?;
+        let running = self
+            .running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|p| p.name == plugin)
+            .cloned()
+            .ok_or_else(|| ReplayError::NoPlugin(plugin.to_string()))?;
+        running.stop.store(true, Ordering::Release);
+        for list in [&self.pumps, &self.workers] {
+            let mine: Vec<JoinHandle<()>> = {
+                let mut all = list.lock().unwrap_or_else(|p| p.into_inner());
+                let (mine, rest) = std::mem::take(&mut *all)
+                    .into_iter()
+                    .partition(|(n, _)| n == plugin);
+                *all = rest;
+                mine.into_iter().map(|(_, h)| h).collect()
+            };
+            for h in mine {
+                if h.join().is_err() {
+                    tracing::error!(
+                        plugin,
+                        "a thread of the plugin panicked while stopping for a replay"
+                    );
+                }
+            }
+        }
+        self.running
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|p| p.name != plugin);
+        store
+            .set_cursor(plugin, from.saturating_sub(1))
+            .map_err(ReplayError::Store)?;
+        tracing::info!(plugin, from, "replaying the log from sequence {from}");
+        self.start(&running.file).map_err(ReplayError::Restart)?;
+        self.status()
+            .into_iter()
+            .find(|p| p.name == plugin)
+            .ok_or_else(|| ReplayError::NoPlugin(plugin.to_string()))
+    }
+
     /// Refresh the queue-depth gauges (before a scrape).
     pub fn refresh_gauges(&self) {
         for p in self
@@ -472,7 +551,7 @@ impl Registry {
                 self.stopping.store(true, Ordering::Release);
                 let pumps =
                     std::mem::take(&mut *self.pumps.lock().unwrap_or_else(|p| p.into_inner()));
-                for p in pumps {
+                for (_, p) in pumps {
                     if p.join().is_err() {
                         tracing::error!("a log reader panicked during shutdown");
                     }
@@ -480,7 +559,7 @@ impl Registry {
             }
         }
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
-        for w in workers {
+        for (_, w) in workers {
             if w.join().is_err() {
                 tracing::error!("a plugin worker panicked during shutdown");
             }

@@ -5,7 +5,6 @@
 //! loses nothing. Each delivery says how far the reader has looked, so the
 //! worker's cursor also moves past events the plugin does not want.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,17 +16,17 @@ use crate::topic::Pattern;
 /// Events read from the log at a time.
 const READ_EVENTS_MAX: usize = 4096;
 
-/// Read from sequence `next` on until `stop` is set or the worker is gone.
+/// Read from sequence `next` on until `stopped()` or the worker is gone.
 pub(super) fn run(
     log: &Log,
     plugin: &str,
     patterns: &[Pattern],
     queue: &QueueSender,
     mut next: u64,
-    stop: &AtomicBool,
+    stopped: &dyn Fn() -> bool,
 ) {
     let bell = log.doorbell();
-    while !stop.load(Ordering::Acquire) {
+    while !stopped() {
         let events = match log.read_from(next, READ_EVENTS_MAX) {
             Ok(events) => events,
             Err(e) => {

@@ -183,6 +183,11 @@ impl Worker {
     pub(super) fn run(mut self) {
         let mut closed = false;
         loop {
+            if self.plugin.stop.load(Ordering::Acquire) {
+                // Stopped alone (a replay moves the cursor): what is in
+                // hand is abandoned, not delivered.
+                break;
+            }
             self.pick_up_redrives();
             // Retries that are due go first, as a batch of their own.
             if let Some((chunk, attempts)) = self.due_retries() {

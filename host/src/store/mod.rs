@@ -448,6 +448,26 @@ impl Store {
         Ok(out)
     }
 
+    /// The sequence of the first event whose `time` is at or after `t`.
+    /// Times are what publishers gave (or the host's clock when they gave
+    /// none), so this scans the log from the start rather than assume they
+    /// are ordered.
+    pub fn first_since(&self, t: std::time::SystemTime) -> Result<Option<u64>, StoreError> {
+        let mut from = 1;
+        loop {
+            let events = self.read(from, 4096)?;
+            let Some(last) = events.last().map(|e| e.sequence) else {
+                return Ok(None);
+            };
+            for e in &events {
+                if humantime::parse_rfc3339_weak(&e.time).is_ok_and(|et| et >= t) {
+                    return Ok(Some(e.sequence));
+                }
+            }
+            from = last + 1;
+        }
+    }
+
     /// The cursor of `plugin`: the highest sequence it is done with.
     pub fn cursor(&self, plugin: &str) -> Result<Option<u64>, StoreError> {
         let value = self.cursors.get(plugin).map_err(|e| StoreError::Write {
