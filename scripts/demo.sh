@@ -44,6 +44,17 @@ echo
 echo "== what the plugins did (from the host log)"
 grep -E '\[(email|inventory|analytics)\]' "$log" | sed -E 's/^[^ ]+ +[A-Z]+ plugin: //'
 echo
+echo "== the event log (plugbus log tail)"
+"$bin" log tail -n 4 | cut -c1-160
+echo
+echo "== event sourcing: analytics' projection rebuilt from the log (plugbus replay analytics --from-seq 1)"
+"$bin" replay analytics --from-seq 1
+for _ in $(seq 1 100); do
+  [ "$(grep -c 'analytics\] totals: orders=2' "$log")" -ge 2 ] && break
+  sleep 0.1
+done
+grep -E '\[analytics\] totals' "$log" | sed -E 's/^[^ ]+ +[A-Z]+ plugin: //'
+echo
 echo "== plugbus plugins"
 "$bin" plugins
 echo

@@ -76,6 +76,14 @@ pub struct Metrics {
     pub dropped: Family<DropLabels, Counter>,
     /// Events moved to dead letters (durable mode).
     pub dead_lettered: Family<PluginLabels, Counter>,
+    /// Events in the log (its last sequence), durable mode.
+    pub log_events: Gauge,
+    /// Bytes the store takes on disk, durable mode.
+    pub log_bytes: Gauge,
+    /// Seconds per fsync of the store.
+    pub fsync_seconds: Histogram,
+    /// Events in the log a plugin has yet to finish, durable mode.
+    pub lag: Family<PluginLabels, Gauge>,
     /// Events waiting in each plugin's queue.
     pub queue_depth: Family<PluginLabels, Gauge>,
     /// Seconds per `handle` call (one batch).
@@ -112,6 +120,10 @@ impl Metrics {
             traps: Family::default(),
             dropped: Family::default(),
             dead_lettered: Family::default(),
+            log_events: Gauge::default(),
+            log_bytes: Gauge::default(),
+            fsync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 14)),
+            lag: Family::default(),
             queue_depth: Family::default(),
             handle_seconds: HistogramFamily::new_with_constructor(latency_histogram),
             batch_events: HistogramFamily::new_with_constructor(batch_histogram),
@@ -150,6 +162,26 @@ impl Metrics {
             "events_dropped",
             "Events not delivered to a plugin, by reason",
             m.dropped.clone(),
+        );
+        registry.register(
+            "log_events",
+            "Events in the log (its last sequence)",
+            m.log_events.clone(),
+        );
+        registry.register(
+            "log_bytes",
+            "Bytes the store takes on disk",
+            m.log_bytes.clone(),
+        );
+        registry.register(
+            "fsync_duration_seconds",
+            "Time per fsync of the store",
+            m.fsync_seconds.clone(),
+        );
+        registry.register(
+            "lag_events",
+            "Events in the log a plugin has yet to finish",
+            m.lag.clone(),
         );
         registry.register(
             "events_dead_lettered",

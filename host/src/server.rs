@@ -59,7 +59,8 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         Some(dir) => {
             let store =
                 Store::open_accepting_loss(dir, settings.fsync, settings.accept_lost_events)?
-                    .with_disk_reserve(settings.disk_reserve_bytes);
+                    .with_disk_reserve(settings.disk_reserve_bytes)
+                    .with_fsync_histogram(metrics.fsync_seconds.clone());
             tracing::info!(data = %dir.display(), fsync = ?settings.fsync, events = store.last_sequence(), "event log opened");
             Dispatch::Durable(Log::start(
                 store,

@@ -456,6 +456,10 @@ mod operations {
             r#"plugbus_queue_depth_events{plugin="analytics"} 0"#,
             r#"plugbus_handle_duration_seconds_count{plugin="analytics"} 1"#,
             "plugbus_events_published_total 2",
+            "plugbus_log_events 2",
+            r#"plugbus_lag_events{plugin="analytics"} 0"#,
+            "plugbus_fsync_duration_seconds_count",
+            "plugbus_log_bytes",
         ] {
             assert!(text.contains(series), "missing {series} in\n{text}");
         }

@@ -537,6 +537,17 @@ impl Registry {
                 .queue_depth
                 .get_or_create(&metrics::plugin(&p.name))
                 .set(p.depth.load(Ordering::Relaxed) as i64);
+            if let Dispatch::Durable(log) = &self.dispatch {
+                let lag = log.head().saturating_sub(p.cursor.load(Ordering::Relaxed));
+                self.metrics
+                    .lag
+                    .get_or_create(&metrics::plugin(&p.name))
+                    .set(lag as i64);
+            }
+        }
+        if let Dispatch::Durable(log) = &self.dispatch {
+            self.metrics.log_events.set(log.head() as i64);
+            self.metrics.log_bytes.set(log.store().disk_bytes() as i64);
         }
     }
 

@@ -160,6 +160,8 @@ pub struct Store {
     /// The sequence of the last event handed to the engine (maybe not yet
     /// synced).
     written: AtomicU64,
+    /// Seconds per fsync.
+    fsync_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// The name of the acknowledged-sequence witness file in the data directory.
@@ -280,6 +282,9 @@ impl Store {
             fsync,
             last_sequence: AtomicU64::new(high),
             written: AtomicU64::new(high),
+            fsync_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 14),
+            ),
             last_persist: Mutex::new(Instant::now()),
             poisoned: Mutex::new(None),
             dirty: AtomicBool::new(false),
@@ -296,6 +301,20 @@ impl Store {
     pub fn with_disk_reserve(mut self, bytes: u64) -> Store {
         self.disk_reserve_bytes = bytes;
         self
+    }
+
+    /// Observe every fsync's duration in `histogram` (seconds).
+    pub fn with_fsync_histogram(
+        mut self,
+        histogram: prometheus_client::metrics::histogram::Histogram,
+    ) -> Store {
+        self.fsync_seconds = histogram;
+        self
+    }
+
+    /// Bytes the store's files take on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
     }
 
     /// The data directory.
@@ -405,7 +424,10 @@ impl Store {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        if let Err(e) = self.db.persist(PersistMode::SyncAll) {
+        let started = Instant::now();
+        let persisted = self.db.persist(PersistMode::SyncAll);
+        self.fsync_seconds.observe(started.elapsed().as_secs_f64());
+        if let Err(e) = persisted {
             let err = self.write_error(&e);
             return Err(match err {
                 StoreError::DiskFull { .. } => err,
