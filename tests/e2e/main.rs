@@ -689,7 +689,15 @@ mod durable {
             h.plugin("recorder").and_then(|p| p["lag"].as_u64()) == Some(0)
         })
         .expect("caught up");
-        collect(&h.log(), &mut handled);
+        // The log reaches the test through a pipe: wait for the lines.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            collect(&h.log(), &mut handled);
+            if acked.is_subset(&handled) || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         eprintln!(
             "kill -9 x20: {} events acknowledged, {} distinct handled",
             acked.len(),
@@ -819,11 +827,21 @@ mod durable {
             h.plugin("recorder").and_then(|p| p["lag"].as_u64()) == Some(0)
         })
         .expect("caught up");
-        let log = h.log();
-        let lost: Vec<&String> = acked
-            .iter()
-            .filter(|id| !log.iter().any(|l| l.ends_with(&format!("handled {id}"))))
-            .collect();
+        // The cursor moves after the handler logged; the log reaches the
+        // test through a pipe, so give it a moment.
+        let handled_all = |log: &[String]| -> Vec<String> {
+            acked
+                .iter()
+                .filter(|id| !log.iter().any(|l| l.ends_with(&format!("handled {id}"))))
+                .cloned()
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut lost = handled_all(&h.log());
+        while !lost.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            lost = handled_all(&h.log());
+        }
         assert!(lost.is_empty(), "acknowledged but never handled: {lost:?}");
     }
 

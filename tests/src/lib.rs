@@ -33,6 +33,7 @@ pub struct TestHost {
     /// The plugin directory.
     pub dir: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// A plugin to put in the directory: the file name stem and what to copy.
@@ -93,7 +94,7 @@ impl TestHost {
         let stderr = child.stderr.take().ok_or("no stderr")?;
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
                 if std::env::var_os("PLUGBUS_E2E_ECHO").is_some() {
                     eprintln!("host| {line}");
@@ -108,6 +109,7 @@ impl TestHost {
             url: String::new(),
             dir: plugin_dir,
             log,
+            reader: Some(reader),
         };
         let ready = host.wait_log("plugbus ready", Duration::from_secs(60))?;
         let addr = ready
@@ -285,8 +287,10 @@ impl TestHost {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // Let the reader thread take the last lines.
-        std::thread::sleep(Duration::from_millis(50));
+        // The pipe is closed now: the reader ends after the last line.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
         self.log()
     }
 }
