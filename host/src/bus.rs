@@ -220,6 +220,9 @@ pub struct Published {
     pub first_sequence: u64,
     /// Number of events published.
     pub count: usize,
+    /// How many of them were already in the log (same id, within the
+    /// duplicate window) and were not stored again (durable mode).
+    pub duplicates: usize,
 }
 
 /// The dispatcher.
@@ -383,6 +386,7 @@ impl Bus {
         Ok(Published {
             first_sequence,
             count,
+            duplicates: 0,
         })
     }
 }

@@ -223,6 +223,12 @@ pub struct RunArgs {
     /// for its own flushes; publishing resumes once there is room.
     #[arg(long, default_value_t = DISK_RESERVE_BYTES_DEFAULT)]
     pub disk_reserve_bytes: u64,
+    /// Idempotent publishing: an event whose id was published less than
+    /// this long ago is not stored again, and its publisher gets the
+    /// original sequence (0 turns this off). At most 1,000,000 ids are
+    /// remembered.
+    #[arg(long, default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub dedup_window_ms: u64,
     /// Start even if the store comes back shorter than what was
     /// acknowledged (a damaged journal): the loss is logged and new events
     /// are numbered after it. Without it plugbus refuses to start.
@@ -272,6 +278,8 @@ pub struct RunSettings {
     pub disk_reserve_bytes: u64,
     /// Start on a store that lost acknowledged events.
     pub accept_lost_events: bool,
+    /// The duplicate window of idempotent publishing.
+    pub dedup_window: Duration,
     /// Plugin directory.
     pub plugins: PathBuf,
     /// HTTP address.
@@ -342,6 +350,7 @@ impl RunArgs {
             fsync: self.fsync,
             disk_reserve_bytes: self.disk_reserve_bytes,
             accept_lost_events: self.accept_lost_events,
+            dedup_window: Duration::from_millis(self.dedup_window_ms),
             plugins: self.plugins.clone(),
             listen: self.listen,
             cache_dir,

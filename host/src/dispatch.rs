@@ -45,14 +45,7 @@ impl Dispatch {
     pub fn publish(&self, events: Vec<Event>) -> Result<Published, DispatchError> {
         match self {
             Dispatch::Memory(bus) => Ok(bus.publish(events)?),
-            Dispatch::Durable(log) => {
-                let count = events.len();
-                let first_sequence = log.append(events)?;
-                Ok(Published {
-                    first_sequence,
-                    count,
-                })
-            }
+            Dispatch::Durable(log) => Ok(published(log.append(events)?)),
         }
     }
 
@@ -65,14 +58,15 @@ impl Dispatch {
                 Ok(tokio::task::block_in_place(|| bus.publish(events))?)
             }
             Dispatch::Memory(bus) => Ok(bus.publish(events)?),
-            Dispatch::Durable(log) => {
-                let count = events.len();
-                let first_sequence = log.submit(events)?.wait_async().await?;
-                Ok(Published {
-                    first_sequence,
-                    count,
-                })
-            }
+            Dispatch::Durable(log) => Ok(published(log.submit(events)?.wait_async().await?)),
         }
+    }
+}
+
+fn published(appended: crate::store::log::Appended) -> Published {
+    Published {
+        first_sequence: appended.sequences.first().copied().unwrap_or(0),
+        count: appended.sequences.len(),
+        duplicates: appended.duplicates,
     }
 }

@@ -62,10 +62,11 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
                     .with_disk_reserve(settings.disk_reserve_bytes)
                     .with_fsync_histogram(metrics.fsync_seconds.clone());
             tracing::info!(data = %dir.display(), fsync = ?settings.fsync, events = store.last_sequence(), "event log opened");
-            Dispatch::Durable(Log::start(
+            Dispatch::Durable(Log::start_with_window(
                 store,
                 settings.fsync,
                 metrics.published.clone(),
+                settings.dedup_window,
             )?)
         }
     };

@@ -1140,4 +1140,44 @@ mod durable {
             "{err}"
         );
     }
+
+    #[test]
+    fn a_publisher_retrying_with_the_same_id_gets_the_original_sequence() {
+        let h = host(&[PluginFile::Wasm("analytics", artifacts::ANALYTICS)], &[]);
+        let event = json!({"specversion": "1.0", "id": "retry-me", "source": "/shop",
+                           "type": "order.placed", "data": {"total_cents": 700}});
+        let send = || {
+            h.post(
+                "/v1/events",
+                Some("application/cloudevents+json"),
+                &[],
+                event.to_string().as_bytes(),
+            )
+        };
+        let (s1, first) = send();
+        let (s2, again) = send();
+        assert_eq!((s1, s2), (202, 202));
+        assert_eq!(first["duplicate"], false);
+        assert_eq!(again["duplicate"], true, "{again}");
+        assert_eq!(first["sequence"], again["sequence"]);
+        let batch = json!([event, {"specversion": "1.0", "id": "new-one", "source": "/shop",
+                                    "type": "order.placed", "data": {"total_cents": 1}}]);
+        let (_, b) = h.post(
+            "/v1/events",
+            Some("application/cloudevents-batch+json"),
+            &[],
+            batch.to_string().as_bytes(),
+        );
+        assert_eq!(b["duplicates"], 1, "{b}");
+        h.wait_until("analytics", WAIT, |h| h.count("analytics", "handled") == 2)
+            .expect("two distinct");
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            h.count("analytics", "handled"),
+            2,
+            "the retried event is handled once"
+        );
+        h.wait_log("totals: orders=2 revenue_cents=701", WAIT)
+            .expect("counted once");
+    }
 }

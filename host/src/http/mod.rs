@@ -230,8 +230,10 @@ async fn publish(state: &AppState, events: Vec<Event>) -> Result<Response, Ingre
     let single = (events.len() == 1).then(|| events[0].id.clone());
     let published = state.dispatch.publish_async(events).await?;
     let body = match single {
-        Some(id) => json!({ "accepted": 1, "id": id, "sequence": published.first_sequence }),
-        None => json!({ "accepted": published.count, "first_sequence": published.first_sequence }),
+        Some(id) => json!({ "accepted": 1, "id": id, "sequence": published.first_sequence,
+                            "duplicate": published.duplicates > 0 }),
+        None => json!({ "accepted": published.count, "first_sequence": published.first_sequence,
+                        "duplicates": published.duplicates }),
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use prometheus_client::metrics::counter::Counter;
@@ -31,23 +31,68 @@ pub const TAIL_EVENTS_MAX: usize = 65_536;
 
 struct Append {
     events: Vec<Event>,
-    reply: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
+    reply: tokio::sync::oneshot::Sender<Result<Appended, StoreError>>,
 }
 
-/// The answer to an append, once its group is committed: the first
-/// sequence given, or why nothing was stored. Await it from async code, or
-/// [`Ticket::wait`] from a thread.
-pub struct Ticket(tokio::sync::oneshot::Receiver<Result<u64, StoreError>>);
+/// What an append got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The sequence of each event, in order: a new one, or, for an event
+    /// whose id was appended within the duplicate window, the original's.
+    pub sequences: Vec<u64>,
+    /// How many were such duplicates (not stored again).
+    pub duplicates: usize,
+}
+
+/// The answer to an append, once its group is committed, or why nothing
+/// was stored. Await it from async code, or [`Ticket::wait`] from a thread.
+pub struct Ticket(tokio::sync::oneshot::Receiver<Result<Appended, StoreError>>);
 
 impl Ticket {
     /// Block the thread until the group is committed. Not for async code.
-    pub fn wait(self) -> Result<u64, StoreError> {
+    pub fn wait(self) -> Result<Appended, StoreError> {
         self.0.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
     /// Wait without blocking a thread.
-    pub async fn wait_async(self) -> Result<u64, StoreError> {
+    pub async fn wait_async(self) -> Result<Appended, StoreError> {
         self.0.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// The duplicate window's default: 2 minutes (as NATS JetStream's).
+pub const DEDUP_WINDOW_DEFAULT: Duration = Duration::from_secs(120);
+/// The most ids remembered for duplicate detection; past it the oldest are
+/// forgotten early (under a very high rate the window is shorter).
+pub const DEDUP_IDS_MAX: usize = 1_000_000;
+
+/// Recently appended ids and their sequences. Only the committer uses it.
+struct Dedup {
+    window: Duration,
+    seen: std::collections::HashMap<String, u64>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Dedup {
+    fn evict(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            let expired = now.saturating_duration_since(*at) > self.window;
+            if !expired && self.order.len() <= DEDUP_IDS_MAX {
+                break;
+            }
+            if let Some((_, id)) = self.order.pop_front() {
+                self.seen.remove(&id);
+            }
+        }
+    }
+
+    fn insert(&mut self, at: Instant, id: String, sequence: u64) {
+        if self.window.is_zero() {
+            return;
+        }
+        if self.seen.insert(id.clone(), sequence).is_none() {
+            self.order.push_back((at, id));
+        }
     }
 }
 
@@ -69,9 +114,22 @@ pub struct Log {
 }
 
 impl Log {
-    /// Start the committer on `store`; `committed` counts the events it
-    /// commits.
+    /// Start the committer on `store` with the default duplicate window;
+    /// `committed` counts the events it commits.
     pub fn start(store: Store, fsync: Fsync, committed: Counter) -> Result<Arc<Log>, StoreError> {
+        Log::start_with_window(store, fsync, committed, DEDUP_WINDOW_DEFAULT)
+    }
+
+    /// [`Log::start`], with `dedup_window` for idempotent publishing: an
+    /// event whose id was appended less than this ago is not stored again,
+    /// and its publisher gets the original sequence (zero: no detection).
+    /// The ids of the log's recent events are remembered across restarts.
+    pub fn start_with_window(
+        store: Store,
+        fsync: Fsync,
+        committed: Counter,
+        dedup_window: Duration,
+    ) -> Result<Arc<Log>, StoreError> {
         let store = Arc::new(store);
         let head = store.last_sequence();
         let (tx, rx) = crossbeam_channel::bounded::<Append>(1024);
@@ -87,10 +145,11 @@ impl Log {
             committer: Mutex::default(),
             committed,
         });
+        let dedup = log.recent_ids(dedup_window)?;
         let committer = log.clone();
         let handle = std::thread::Builder::new()
             .name("plugbus-commit".into())
-            .spawn(move || committer.commit_loop(rx, fsync))
+            .spawn(move || committer.commit_loop(rx, fsync, dedup))
             .map_err(|e| StoreError::Open {
                 dir: log.store.dir().to_path_buf(),
                 reason: format!("cannot start the committer thread: {e}"),
@@ -109,9 +168,9 @@ impl Log {
         self.head.load(Ordering::Acquire)
     }
 
-    /// Append `events` durably; returns the first sequence given. Blocks
-    /// the thread until the group they join is committed.
-    pub fn append(&self, events: Vec<Event>) -> Result<u64, StoreError> {
+    /// Append `events` durably; returns their sequences. Blocks the thread
+    /// until the group they join is committed.
+    pub fn append(&self, events: Vec<Event>) -> Result<Appended, StoreError> {
         self.submit(events)?.wait()
     }
 
@@ -120,7 +179,10 @@ impl Log {
     pub fn submit(&self, events: Vec<Event>) -> Result<Ticket, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         if events.is_empty() {
-            let _ = reply.send(Ok(self.head() + 1));
+            let _ = reply.send(Ok(Appended {
+                sequences: Vec::new(),
+                duplicates: 0,
+            }));
             return Ok(Ticket(answer));
         }
         let sender = self
@@ -181,7 +243,36 @@ impl Log {
         }
     }
 
-    fn commit_loop(&self, rx: Receiver<Append>, fsync: Fsync) {
+    /// The ids of the events at the end of the log whose time is within
+    /// `window` (at most [`DEDUP_IDS_MAX`]), for duplicate detection after a
+    /// restart.
+    fn recent_ids(&self, window: Duration) -> Result<Dedup, StoreError> {
+        let mut dedup = Dedup {
+            window,
+            seen: std::collections::HashMap::new(),
+            order: VecDeque::new(),
+        };
+        if window.is_zero() {
+            return Ok(dedup);
+        }
+        let now = Instant::now();
+        let wall = std::time::SystemTime::now();
+        for event in self.store.read_back(DEDUP_IDS_MAX)? {
+            let age = humantime::parse_rfc3339_weak(&event.time)
+                .ok()
+                .and_then(|t| wall.duration_since(t).ok())
+                .unwrap_or(Duration::ZERO);
+            if age > window {
+                break;
+            }
+            let at = now.checked_sub(age).unwrap_or(now);
+            dedup.seen.entry(event.id.clone()).or_insert(event.sequence);
+            dedup.order.push_front((at, event.id));
+        }
+        Ok(dedup)
+    }
+
+    fn commit_loop(&self, rx: Receiver<Append>, fsync: Fsync, mut dedup: Dedup) {
         let idle = match fsync {
             Fsync::Always => Duration::from_secs(3600),
             Fsync::Interval(every) => every,
@@ -208,18 +299,55 @@ impl Log {
                     Err(_) => break,
                 }
             }
-            let sizes: Vec<usize> = group.iter().map(|a| a.events.len()).collect();
-            let mut events: Vec<Event> = group
-                .iter_mut()
-                .flat_map(|a| std::mem::take(&mut a.events))
-                .collect();
-            match self.store.append(&mut events) {
+            let now = Instant::now();
+            dedup.evict(now);
+            // Each event of each append: an index into `fresh`, or the
+            // sequence of the event it duplicates.
+            let mut fresh: Vec<Event> = Vec::with_capacity(count);
+            let mut in_group: std::collections::HashMap<String, usize> =
+                std::collections::HashMap::new();
+            let mut slots: Vec<Vec<(Result<usize, u64>, bool)>> = Vec::with_capacity(group.len());
+            for a in &mut group {
+                let mut mine = Vec::with_capacity(a.events.len());
+                for e in std::mem::take(&mut a.events) {
+                    if let Some(&seq) = dedup.seen.get(&e.id) {
+                        mine.push((Err(seq), true));
+                    } else if let Some(&i) = in_group.get(&e.id) {
+                        mine.push((Ok(i), true));
+                    } else {
+                        if !dedup.window.is_zero() {
+                            in_group.insert(e.id.clone(), fresh.len());
+                        }
+                        mine.push((Ok(fresh.len()), false));
+                        fresh.push(e);
+                    }
+                }
+                slots.push(mine);
+            }
+            let first_sequence = if fresh.is_empty() {
+                Ok(0)
+            } else {
+                self.store.append(&mut fresh)
+            };
+            match first_sequence {
                 Ok(first_sequence) => {
-                    self.publish(events);
-                    let mut next = first_sequence;
-                    for (a, n) in group.into_iter().zip(sizes) {
-                        let _ = a.reply.send(Ok(next));
-                        next += n as u64;
+                    for (i, e) in fresh.iter().enumerate() {
+                        dedup.insert(now, e.id.clone(), first_sequence + i as u64);
+                    }
+                    self.publish(fresh);
+                    for (a, mine) in group.into_iter().zip(slots) {
+                        let duplicates = mine.iter().filter(|(_, dup)| *dup).count();
+                        let sequences = mine
+                            .into_iter()
+                            .map(|(s, _)| match s {
+                                Ok(i) => first_sequence + i as u64,
+                                Err(seq) => seq,
+                            })
+                            .collect();
+                        let _ = a.reply.send(Ok(Appended {
+                            sequences,
+                            duplicates,
+                        }));
                     }
                 }
                 Err(e) => {
@@ -281,6 +409,7 @@ mod tests {
                         .map(|i| {
                             log.append(vec![ev(w * 1000 + i), ev(w * 1000 + i)])
                                 .expect("append")
+                                .sequences[0]
                         })
                         .collect::<Vec<u64>>()
                 })
@@ -300,6 +429,49 @@ mod tests {
         assert!(all.windows(2).all(|w| w[0].sequence + 1 == w[1].sequence));
         log.close();
         assert!(matches!(log.append(vec![ev(0)]), Err(StoreError::Closed)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_repeated_id_within_the_window_gets_the_original_sequence_even_after_a_restart() {
+        let dir = crate::store::tests::temp_dir("log-dedup");
+        let open = || {
+            Log::start(
+                Store::open(&dir, Fsync::Always).expect("open"),
+                Fsync::Always,
+                Counter::default(),
+            )
+            .expect("start")
+        };
+        let log = open();
+        let a = ev(1);
+        let b = ev(2);
+        let first = log.append(vec![a.clone(), b.clone()]).expect("append");
+        assert_eq!((first.sequences.clone(), first.duplicates), (vec![1, 2], 0));
+        let again = log.append(vec![b.clone(), ev(3), ev(3)]).expect("append");
+        assert_eq!(
+            again.duplicates,
+            1 + 0,
+            "b is a duplicate; the two ev(3) have new ids"
+        );
+        assert_eq!(again.sequences[0], 2, "the original sequence");
+        let twice = ev(4);
+        let same = log.append(vec![twice.clone(), twice]).expect("append");
+        assert_eq!(
+            (same.sequences[0], same.sequences[1], same.duplicates),
+            (5, 5, 1)
+        );
+        assert_eq!(log.head(), 5, "nothing stored twice");
+        log.close();
+        drop(log);
+        let log = open();
+        let after = log.append(vec![a]).expect("append");
+        assert_eq!(
+            (after.sequences, after.duplicates),
+            (vec![1], 1),
+            "remembered across a restart"
+        );
+        log.close();
         let _ = std::fs::remove_dir_all(&dir);
     }
 

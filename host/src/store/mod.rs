@@ -470,6 +470,22 @@ impl Store {
         Ok(out)
     }
 
+    /// Up to `max` events from the end of the log, newest first.
+    pub fn read_back(&self, max: usize) -> Result<Vec<Event>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.log.range::<&[u8], _>(..).rev().take(max) {
+            let (key, value) = guard.into_inner().map_err(|e| self.read_error(&e))?;
+            let sequence = sequence_of(&key).unwrap_or(0);
+            let event = codec::decode(sequence, &value).map_err(|e| StoreError::Corrupt {
+                dir: self.dir.clone(),
+                sequence,
+                reason: e.0,
+            })?;
+            out.push(event);
+        }
+        Ok(out)
+    }
+
     /// The sequence of the first event whose `time` is at or after `t`.
     /// Times are what publishers gave (or the host's clock when they gave
     /// none), so this scans the log from the start rather than assume they
