@@ -450,8 +450,7 @@ mod tests {
         assert_eq!((first.sequences.clone(), first.duplicates), (vec![1, 2], 0));
         let again = log.append(vec![b.clone(), ev(3), ev(3)]).expect("append");
         assert_eq!(
-            again.duplicates,
-            1 + 0,
+            again.duplicates, 1,
             "b is a duplicate; the two ev(3) have new ids"
         );
         assert_eq!(again.sequences[0], 2, "the original sequence");
