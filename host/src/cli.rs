@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::http::BODY_BYTES_MAX_DEFAULT;
 use crate::plugin::DeliverySettings;
 use crate::runtime::Limits;
-use crate::store::{Fsync, DISK_RESERVE_BYTES_DEFAULT};
+use crate::store::{Fsync, Retention, DISK_RESERVE_BYTES_DEFAULT};
 
 /// The address `plugbus run` listens on by default.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7420";
@@ -229,6 +229,14 @@ pub struct RunArgs {
     /// remembered.
     #[arg(long, default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     pub dedup_window_ms: u64,
+    /// Remove events older than this (by their `time`), e.g. `7d`, `12h`,
+    /// once every plugin has finished them. Default: keep all.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub retention_age: Option<Duration>,
+    /// Remove the oldest events while the log is larger than this many
+    /// bytes, once every plugin has finished them. Default: no limit.
+    #[arg(long)]
+    pub retention_bytes: Option<u64>,
     /// Start even if the store comes back shorter than what was
     /// acknowledged (a damaged journal): the loss is logged and new events
     /// are numbered after it. Without it plugbus refuses to start.
@@ -280,6 +288,8 @@ pub struct RunSettings {
     pub accept_lost_events: bool,
     /// The duplicate window of idempotent publishing.
     pub dedup_window: Duration,
+    /// How much of the log to keep.
+    pub retention: Retention,
     /// Plugin directory.
     pub plugins: PathBuf,
     /// HTTP address.
@@ -351,6 +361,10 @@ impl RunArgs {
             disk_reserve_bytes: self.disk_reserve_bytes,
             accept_lost_events: self.accept_lost_events,
             dedup_window: Duration::from_millis(self.dedup_window_ms),
+            retention: Retention {
+                age: self.retention_age,
+                bytes: self.retention_bytes,
+            },
             plugins: self.plugins.clone(),
             listen: self.listen,
             cache_dir,

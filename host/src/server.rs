@@ -11,7 +11,7 @@ use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::plugin::Registry;
 use crate::runtime::Runtime;
-use crate::store::log::Log;
+use crate::store::log::{Log, LogOptions};
 use crate::store::Store;
 
 /// Why `plugbus run` could not start.
@@ -62,11 +62,14 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
                     .with_disk_reserve(settings.disk_reserve_bytes)
                     .with_fsync_histogram(metrics.fsync_seconds.clone());
             tracing::info!(data = %dir.display(), fsync = ?settings.fsync, events = store.last_sequence(), "event log opened");
-            Dispatch::Durable(Log::start_with_window(
+            Dispatch::Durable(Log::start_with(
                 store,
-                settings.fsync,
                 metrics.published.clone(),
-                settings.dedup_window,
+                LogOptions {
+                    fsync: settings.fsync,
+                    dedup_window: settings.dedup_window,
+                    retention: settings.retention,
+                },
             )?)
         }
     };

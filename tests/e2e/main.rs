@@ -1180,4 +1180,35 @@ mod durable {
         h.wait_log("totals: orders=2 revenue_cents=701", WAIT)
             .expect("counted once");
     }
+
+    #[test]
+    fn retention_trims_finished_events_and_publishing_goes_on() {
+        let h = host(
+            &[PluginFile::Wasm("analytics", artifacts::ANALYTICS)],
+            &["--retention-bytes", "1"],
+        );
+        for i in 0..20 {
+            h.publish("order.placed", &order(&format!("o-{i}"), "w", 1, 1))
+                .expect("publish");
+        }
+        h.wait_until("analytics", WAIT, |h| h.count("analytics", "handled") == 20)
+            .expect("handled");
+        h.wait_log(
+            "retention: removed the oldest finished events",
+            Duration::from_secs(15),
+        )
+        .expect("trimmed within a few seconds");
+        let log = h.get("/v1/log?from=1&limit=100").expect("log");
+        assert_eq!(
+            log["events"],
+            json!([]),
+            "every finished event is gone: {log}"
+        );
+        let next = h
+            .publish("order.placed", &order("o-20", "w", 1, 1))
+            .expect("publish goes on");
+        assert_eq!(next["sequence"], 21);
+        h.wait_until("analytics", WAIT, |h| h.count("analytics", "handled") == 21)
+            .expect("handled");
+    }
 }

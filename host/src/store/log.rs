@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use prometheus_client::metrics::counter::Counter;
 
-use super::{Fsync, Store, StoreError};
+use super::{Fsync, Retention, Store, StoreError};
 use crate::event::Event;
 
 /// The most events committed in one group.
@@ -58,6 +58,22 @@ impl Ticket {
     pub async fn wait_async(self) -> Result<Appended, StoreError> {
         self.0.await.map_err(|_| StoreError::Closed)?
     }
+}
+
+/// How often retention is applied.
+const TRIM_EVERY: Duration = Duration::from_secs(5);
+
+/// How the log behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct LogOptions {
+    /// When appends reach stable storage.
+    pub fsync: Fsync,
+    /// Idempotent publishing: an event whose id was appended less than this
+    /// ago is not stored again, and its publisher gets the original
+    /// sequence (zero: no detection). Remembered across restarts.
+    pub dedup_window: Duration,
+    /// How much of the log to keep, applied every few seconds.
+    pub retention: Retention,
 }
 
 /// The duplicate window's default: 2 minutes (as NATS JetStream's).
@@ -114,22 +130,31 @@ pub struct Log {
 }
 
 impl Log {
-    /// Start the committer on `store` with the default duplicate window;
-    /// `committed` counts the events it commits.
+    /// Start the committer on `store` with the default duplicate window and
+    /// no retention; `committed` counts the events it commits.
     pub fn start(store: Store, fsync: Fsync, committed: Counter) -> Result<Arc<Log>, StoreError> {
-        Log::start_with_window(store, fsync, committed, DEDUP_WINDOW_DEFAULT)
+        Log::start_with(
+            store,
+            committed,
+            LogOptions {
+                fsync,
+                dedup_window: DEDUP_WINDOW_DEFAULT,
+                retention: Retention::default(),
+            },
+        )
     }
 
-    /// [`Log::start`], with `dedup_window` for idempotent publishing: an
-    /// event whose id was appended less than this ago is not stored again,
-    /// and its publisher gets the original sequence (zero: no detection).
-    /// The ids of the log's recent events are remembered across restarts.
-    pub fn start_with_window(
+    /// [`Log::start`] with every option.
+    pub fn start_with(
         store: Store,
-        fsync: Fsync,
         committed: Counter,
-        dedup_window: Duration,
+        options: LogOptions,
     ) -> Result<Arc<Log>, StoreError> {
+        let LogOptions {
+            fsync,
+            dedup_window,
+            retention,
+        } = options;
         let store = Arc::new(store);
         let head = store.last_sequence();
         let (tx, rx) = crossbeam_channel::bounded::<Append>(1024);
@@ -149,7 +174,7 @@ impl Log {
         let committer = log.clone();
         let handle = std::thread::Builder::new()
             .name("plugbus-commit".into())
-            .spawn(move || committer.commit_loop(rx, fsync, dedup))
+            .spawn(move || committer.commit_loop(rx, fsync, dedup, retention))
             .map_err(|e| StoreError::Open {
                 dir: log.store.dir().to_path_buf(),
                 reason: format!("cannot start the committer thread: {e}"),
@@ -272,12 +297,30 @@ impl Log {
         Ok(dedup)
     }
 
-    fn commit_loop(&self, rx: Receiver<Append>, fsync: Fsync, mut dedup: Dedup) {
+    fn commit_loop(
+        &self,
+        rx: Receiver<Append>,
+        fsync: Fsync,
+        mut dedup: Dedup,
+        retention: Retention,
+    ) {
         let idle = match fsync {
-            Fsync::Always => Duration::from_secs(3600),
-            Fsync::Interval(every) => every,
+            Fsync::Always => TRIM_EVERY,
+            Fsync::Interval(every) => every.min(TRIM_EVERY),
         };
+        let mut last_trim = Instant::now();
         loop {
+            // Housekeeping, in the log's only writer: retention.
+            if last_trim.elapsed() >= TRIM_EVERY {
+                last_trim = Instant::now();
+                match self.store.trim(&retention) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(removed = n, "retention: removed the oldest finished events")
+                    }
+                    Err(e) => tracing::error!("retention: {e}"),
+                }
+            }
             let first = match rx.recv_timeout(idle) {
                 Ok(a) => a,
                 Err(RecvTimeoutError::Timeout) => {

@@ -145,6 +145,10 @@ pub struct Store {
     cursors: Keyspace,
     dead: Keyspace,
     redrive: Keyspace,
+    meta: Keyspace,
+    /// Bytes of the records in the log (keys and values): kept in `meta`,
+    /// updated in the same batch as every append and trim.
+    log_bytes: AtomicU64,
     dir: PathBuf,
     fsync: Fsync,
     /// The sequence of the last event stored.
@@ -162,6 +166,20 @@ pub struct Store {
     written: AtomicU64,
     /// Seconds per fsync.
     fsync_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+/// The `meta` key holding the log's size in bytes.
+const LOG_BYTES_KEY: &str = "log_bytes";
+
+/// How much of the log to keep. Events are removed oldest first, and only
+/// once every plugin's cursor is past them: never one a plugin has yet to
+/// finish.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Remove events whose `time` is older than this.
+    pub age: Option<Duration>,
+    /// Remove the oldest events while the log is larger than this.
+    pub bytes: Option<u64>,
 }
 
 /// The name of the acknowledged-sequence witness file in the data directory.
@@ -230,6 +248,14 @@ impl Store {
         let redrive = db
             .keyspace("redrive", KeyspaceCreateOptions::default)
             .map_err(|e| open_err(format!("{e:?}")))?;
+        let meta = db
+            .keyspace("meta", KeyspaceCreateOptions::default)
+            .map_err(|e| open_err(format!("{e:?}")))?;
+        let log_bytes = meta
+            .get(LOG_BYTES_KEY)
+            .map_err(|e| open_err(format!("{e:?}")))?
+            .and_then(|v| sequence_of(&v))
+            .unwrap_or(0);
         let last = match log.last_key_value() {
             None => 0,
             Some(guard) => {
@@ -278,6 +304,8 @@ impl Store {
             cursors,
             dead,
             redrive,
+            meta,
+            log_bytes: AtomicU64::new(log_bytes),
             dir: dir.to_path_buf(),
             fsync,
             last_sequence: AtomicU64::new(high),
@@ -387,16 +415,22 @@ impl Store {
         }
         let first = self.last_sequence() + 1;
         let mut batch = self.db.batch();
+        let mut added = 0;
         for (i, e) in events.iter_mut().enumerate() {
             e.sequence = first + i as u64;
-            batch.insert(&self.log, e.sequence.to_be_bytes(), codec::encode(e));
+            let value = codec::encode(e);
+            added += 8 + value.len() as u64;
+            batch.insert(&self.log, e.sequence.to_be_bytes(), value);
         }
+        let log_bytes = self.log_bytes.load(Ordering::Acquire) + added;
+        batch.insert(&self.meta, LOG_BYTES_KEY, log_bytes.to_be_bytes());
         batch.commit().map_err(|e| match e {
             fjall::Error::Poisoned => {
                 self.poison("fjall refused writes after an earlier failure".into())
             }
             e => self.write_error(&e),
         })?;
+        self.log_bytes.store(log_bytes, Ordering::Release);
         self.written
             .store(first + events.len() as u64 - 1, Ordering::Release);
         self.dirty.store(true, Ordering::Release);
@@ -468,6 +502,82 @@ impl Store {
             out.push(event);
         }
         Ok(out)
+    }
+
+    /// Bytes of the records in the log.
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes.load(Ordering::Acquire)
+    }
+
+    /// The lowest cursor of any plugin (0 when none has one): every event
+    /// up to it is finished by every plugin the store knows.
+    pub fn min_cursor(&self) -> Result<u64, StoreError> {
+        let mut min: Option<u64> = None;
+        for guard in self.cursors.iter() {
+            let value = guard.value().map_err(|e| self.read_error(&e))?;
+            if let Some(c) = sequence_of(&value) {
+                min = Some(min.map_or(c, |m| m.min(c)));
+            }
+        }
+        Ok(min.unwrap_or(0))
+    }
+
+    /// Remove the oldest events `keep` does not keep, never past the lowest
+    /// cursor; returns how many. Called by the log's committer, the log's
+    /// only writer.
+    pub fn trim(&self, keep: &Retention) -> Result<usize, StoreError> {
+        if keep.age.is_none() && keep.bytes.is_none() {
+            return Ok(0);
+        }
+        self.check_poisoned()?;
+        let limit = self.min_cursor()?;
+        let cutoff = keep
+            .age
+            .and_then(|age| std::time::SystemTime::now().checked_sub(age));
+        let mut bytes = self.log_bytes();
+        let mut removed = 0;
+        let mut from: u64 = 1;
+        'scan: loop {
+            let mut batch = self.db.batch();
+            let mut any = false;
+            let mut done = false;
+            for guard in self.log.range(from.to_be_bytes()..).take(4096) {
+                let (key, value) = guard.into_inner().map_err(|e| self.read_error(&e))?;
+                let Some(sequence) = sequence_of(&key) else {
+                    break 'scan;
+                };
+                from = sequence + 1;
+                if sequence > limit {
+                    done = true;
+                    break;
+                }
+                let too_big = keep.bytes.is_some_and(|max| bytes > max);
+                let too_old = cutoff.is_some_and(|cut| {
+                    codec::decode(sequence, &value)
+                        .ok()
+                        .and_then(|e| humantime::parse_rfc3339_weak(&e.time).ok())
+                        .is_some_and(|t| t < cut)
+                });
+                if !too_big && !too_old {
+                    done = true;
+                    break;
+                }
+                batch.remove(&self.log, key.to_vec());
+                bytes = bytes.saturating_sub(8 + value.len() as u64);
+                removed += 1;
+                any = true;
+            }
+            if any {
+                batch.insert(&self.meta, LOG_BYTES_KEY, bytes.to_be_bytes());
+                batch.commit().map_err(|e| self.write_error(&e))?;
+                self.log_bytes.store(bytes, Ordering::Release);
+                self.dirty.store(true, Ordering::Release);
+            }
+            if done || !any {
+                break;
+            }
+        }
+        Ok(removed)
     }
 
     /// Up to `max` events from the end of the log, newest first.
@@ -626,6 +736,52 @@ pub(crate) mod tests {
             1,
             "not poisoned"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn retention_removes_the_oldest_finished_events_and_never_an_unfinished_one() {
+        let dir = temp_dir("retention");
+        let store = Store::open(&dir, Fsync::Always).expect("opens");
+        let mut old: Vec<Event> = (0..10).map(ev).collect();
+        for e in &mut old {
+            e.time = "2020-01-01T00:00:00Z".into();
+        }
+        store.append(&mut old).expect("append");
+        let mut new: Vec<Event> = (10..100).map(ev).collect();
+        store.append(&mut new).expect("append");
+        let full = store.log_bytes();
+        assert!(full > 0);
+        store.set_cursor("a", 60).expect("cursor");
+        store.set_cursor("b", 5).expect("cursor");
+        let by_age = Retention {
+            age: Some(Duration::from_secs(3600)),
+            bytes: None,
+        };
+        assert_eq!(
+            store.trim(&by_age).expect("trim"),
+            5,
+            "old, but b has finished only 5"
+        );
+        store.set_cursor("b", 80).expect("cursor");
+        assert_eq!(store.trim(&by_age).expect("trim"), 5, "the other old ones");
+        assert_eq!(store.read(1, 1).expect("read")[0].sequence, 11);
+        let by_size = Retention {
+            age: None,
+            bytes: Some(1),
+        };
+        assert_eq!(
+            store.trim(&by_size).expect("trim"),
+            50,
+            "down to a's cursor and no further"
+        );
+        assert_eq!(store.read(1, 1).expect("read")[0].sequence, 61);
+        assert!(store.log_bytes() < full);
+        let kept = store.log_bytes();
+        drop(store);
+        let store = Store::open(&dir, Fsync::Always).expect("reopens");
+        assert_eq!(store.log_bytes(), kept, "the size survives a restart");
+        assert_eq!(store.last_sequence(), 100);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
