@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The fan-out benchmark: plugbus against a crossbeam floor, the bare wasm
-# call, redis-server pub/sub and HTTP ingress under wrk, in one run; prints
-# a table. Installs redis-server and wrk from Debian when missing.
+# The benchmark: plugbus against a crossbeam floor, the bare wasm
+# call, redis-server pub/sub, durable publishing against NATS JetStream and
+# Redis Streams, and HTTP ingress under wrk, in one run; prints
+# a table. Installs redis-server, wrk and nats-server from Debian when missing.
 #   PLUGBUS_BENCH_EVENTS  events per in-process measurement (default 1000000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-apt_install redis-server wrk
+apt_install redis-server wrk nats-server
 # The Debian package starts a system redis on :6379; the benchmark starts its
 # own on a free loopback port and stops it by pid, so that one is not used.
 cargo bench -p plugbus --bench fanout

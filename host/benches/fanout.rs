@@ -12,6 +12,13 @@
 //! - redis pub/sub: Debian's redis-server on loopback with three
 //!   subscribers (the textbook setup): delivered events/s and what each
 //!   subscriber received;
+//! - durable publishing (acknowledged once stored) with `--fsync always`
+//!   and `interval=10ms`, 1 and 64 publishers waiting for each ack, and one
+//!   publisher appending 64 at a time; in the same run the peers a user would
+//!   pick instead: NATS JetStream (file storage, pipelined publish-with-ack)
+//!   and Redis Streams (`XADD`, `appendfsync always` and `everysec`);
+//! - the cost of durability: three wasm plugins fed through the durable log
+//!   against the in-memory bus;
 //! - HTTP ingress: the real binary under wrk, single-event and batch mode
 //!   (median of three runs after a warm-up), with a check that every
 //!   plugin handled every accepted event.
@@ -20,7 +27,7 @@
 //! `cargo bench -p plugbus --bench fanout`; rows whose tools are missing say
 //! so. `PLUGBUS_BENCH_EVENTS` sets the event count (default 1,000,000);
 //! `PLUGBUS_BENCH_ONLY` (a comma-separated subset of `floor,wasm,plugbus,
-//! redis,http`) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
+//! redis,durable,http`) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
 //! prints each plugin's time inside `handle` and its batch sizes.
 
 use std::io::{BufRead, BufReader, Write};
@@ -37,6 +44,9 @@ use plugbus::event::Event;
 use plugbus::metrics::Metrics;
 use plugbus::plugin::{DeliverySettings, Registry};
 use plugbus::runtime::{self, InstanceConfig, Limits, Runtime};
+use plugbus::store::log::Log;
+use plugbus::store::{Fsync, Store};
+use prometheus_client::metrics::counter::Counter;
 
 // The allocator the plugbus binary uses (see host/src/main.rs), so that the
 // in-process rows measure what the binary does.
@@ -189,6 +199,254 @@ fn plugbus_inprocess(rt: Arc<Runtime>, dir: &Path, batch: usize, n: usize) -> f6
     }
     registry.shutdown();
     rate
+}
+
+/// Durable publishing through the log: `publishers` threads, each
+/// appending `per_append` events at a time and waiting for the ack.
+fn durable_publish(fsync: Fsync, publishers: usize, per_append: usize, n: usize) -> f64 {
+    let dir = std::env::temp_dir().join(format!("plugbus-bench-log-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = Log::start(
+        Store::open(&dir, fsync).expect("store"),
+        fsync,
+        Counter::default(),
+    )
+    .expect("log");
+    let template = events(1).remove(0);
+    let each = n / publishers;
+    let start = Instant::now();
+    let threads: Vec<_> = (0..publishers)
+        .map(|p| {
+            let (log, template) = (log.clone(), template.clone());
+            thread::spawn(move || {
+                let mut sent = 0;
+                while sent < each {
+                    let k = per_append.min(each - sent);
+                    let batch: Vec<Event> = (0..k)
+                        .map(|i| {
+                            let mut e = template.clone();
+                            e.id = format!("{p}-{}", sent + i);
+                            e
+                        })
+                        .collect();
+                    log.append(batch).expect("append");
+                    sent += k;
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("publisher");
+    }
+    let rate = (each * publishers) as f64 / start.elapsed().as_secs_f64();
+    log.close();
+    drop(log);
+    let _ = std::fs::remove_dir_all(&dir);
+    rate
+}
+
+/// One publisher with up to `in_flight` single-event appends awaiting their
+/// acks (pipelined, as the JetStream row).
+fn durable_pipelined(fsync: Fsync, in_flight: usize, n: usize) -> f64 {
+    let dir = std::env::temp_dir().join(format!("plugbus-bench-plog-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = Log::start(
+        Store::open(&dir, fsync).expect("store"),
+        fsync,
+        Counter::default(),
+    )
+    .expect("log");
+    let template = events(1).remove(0);
+    let start = Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    for i in 0..n {
+        let mut e = template.clone();
+        e.id = format!("p-{i}");
+        pending.push_back(log.submit(vec![e]).expect("submit"));
+        if pending.len() >= in_flight {
+            if let Some(t) = pending.pop_front() {
+                t.wait().expect("ack");
+            }
+        }
+    }
+    for t in pending {
+        t.wait().expect("ack");
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    log.close();
+    drop(log);
+    let _ = std::fs::remove_dir_all(&dir);
+    rate
+}
+
+/// Three wasm plugins fed through the durable log (fsync always, one
+/// publisher appending 1000 at a time): events/s handled by all three.
+fn plugbus_durable(rt: Arc<Runtime>, plugins: &Path, n: usize) -> f64 {
+    let dir = std::env::temp_dir().join(format!("plugbus-bench-dlog-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let metrics = Arc::new(Metrics::new());
+    let log = Log::start(
+        Store::open(&dir, Fsync::Always).expect("store"),
+        Fsync::Always,
+        Counter::default(),
+    )
+    .expect("log");
+    let registry = Registry::new(
+        plugbus::dispatch::Dispatch::Durable(log.clone()),
+        rt,
+        metrics,
+        DeliverySettings {
+            queue_events_max: 8192,
+            ..DeliverySettings::default()
+        },
+    );
+    for i in 1..=SUBSCRIBERS {
+        registry
+            .start(&plugins.join(format!("noop{i}.wasm")))
+            .expect("noop starts");
+    }
+    let template = events(1).remove(0);
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < n {
+        let k = 1000.min(n - sent);
+        let batch: Vec<Event> = (0..k)
+            .map(|i| {
+                let mut e = template.clone();
+                e.id = format!("d-{}", sent + i);
+                e
+            })
+            .collect();
+        log.append(batch).expect("append");
+        sent += k;
+    }
+    while registry.status().iter().any(|p| p.handled < n as u64) {
+        thread::sleep(Duration::from_micros(500));
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    registry.shutdown();
+    drop(registry);
+    drop(log);
+    let _ = std::fs::remove_dir_all(&dir);
+    rate
+}
+
+/// NATS JetStream, file storage, one publisher with up to 256 publishes
+/// awaiting their acks (pipelined).
+fn jetstream(n: usize) -> Result<f64, String> {
+    let bin = which("nats-server")
+        .or_else(|| Some(PathBuf::from("/usr/sbin/nats-server")).filter(|p| p.is_file()))
+        .ok_or("nats-server not installed")?;
+    let port = free_port();
+    let store = std::env::temp_dir().join(format!("plugbus-bench-js-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&store);
+    let _server = Server(
+        Command::new(bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let payload = bytes::Bytes::from(payload(0));
+    let rate = rt.block_on(async move {
+        let url = format!("nats://127.0.0.1:{port}");
+        let mut client = None;
+        for _ in 0..100 {
+            if let Ok(c) = async_nats::connect(&url).await {
+                client = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let js = async_nats::jetstream::new(client.ok_or("nats-server did not come up")?);
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "ORDERS".into(),
+            subjects: vec!["order.>".into()],
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        let mut pending = std::collections::VecDeque::new();
+        for _ in 0..n {
+            pending.push_back(
+                js.publish("order.placed", payload.clone())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+            if pending.len() >= 256 {
+                if let Some(ack) = pending.pop_front() {
+                    ack.await.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        for ack in pending {
+            ack.await.map_err(|e| e.to_string())?;
+        }
+        Ok::<f64, String>(n as f64 / start.elapsed().as_secs_f64())
+    });
+    let _ = std::fs::remove_dir_all(&store);
+    rate
+}
+
+/// Redis Streams: `XADD` pipelined 64 per round trip on one connection,
+/// with the append-only file synced `always` or `everysec`.
+fn redis_streams(appendfsync: &str, n: usize) -> Result<f64, String> {
+    let bin = which("redis-server").ok_or("redis-server not installed")?;
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("plugbus-bench-rs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let _server = Server(
+        Command::new(bin)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", appendfsync, "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/").as_str())
+        .map_err(|e| e.to_string())?;
+    let mut con = (0..100)
+        .find_map(|_| {
+            thread::sleep(Duration::from_millis(50));
+            client.get_connection().ok()
+        })
+        .ok_or("redis-server did not come up")?;
+    let body = payload(0);
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < n {
+        let mut pipe = redis::pipe();
+        for _ in 0..64.min(n - sent) {
+            pipe.cmd("XADD")
+                .arg("orders")
+                .arg("*")
+                .arg("data")
+                .arg(&body)
+                .ignore();
+            sent += 1;
+        }
+        pipe.query::<()>(&mut con).map_err(|e| e.to_string())?;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(rate)
 }
 
 fn free_port() -> u16 {
@@ -541,6 +799,96 @@ fn main() {
             )),
             Err(e) => rows.push(row("redis-server pub/sub", None, format!("skipped: {e}"))),
         }
+    }
+
+    if want("durable") {
+        let m = (n / 5).max(10_000);
+        let interval = Fsync::Interval(Duration::from_millis(10));
+        let js = jetstream(m);
+        let js_rate = js.as_ref().ok().copied();
+        let vs_js =
+            |rate: f64| js_rate.map_or(String::new(), |j| format!("{:.2}x JetStream", rate / j));
+        for (name, fsync, publishers, per_append, count) in [
+            (
+                "durable publish, fsync always, 1 publisher (ack per event)",
+                Fsync::Always,
+                1,
+                1,
+                m / 20,
+            ),
+            (
+                "durable publish, fsync always, 64 publishers (ack per event)",
+                Fsync::Always,
+                64,
+                1,
+                m,
+            ),
+            (
+                "durable publish, fsync always, 1 publisher, 64 per append",
+                Fsync::Always,
+                1,
+                64,
+                m,
+            ),
+            (
+                "durable publish, fsync interval=10ms, 1 publisher (ack per event)",
+                interval,
+                1,
+                1,
+                m / 4,
+            ),
+            (
+                "durable publish, fsync interval=10ms, 64 publishers (ack per event)",
+                interval,
+                64,
+                1,
+                m,
+            ),
+        ] {
+            let rate = durable_publish(fsync, publishers, per_append, count);
+            rows.push(row(name, Some(rate), vs_js(rate)));
+        }
+        for (name, fsync) in [
+            (
+                "durable publish, fsync always, 1 publisher pipelined (256 in flight)",
+                Fsync::Always,
+            ),
+            (
+                "durable publish, fsync interval=10ms, 1 publisher pipelined (256 in flight)",
+                interval,
+            ),
+        ] {
+            let rate = durable_pipelined(fsync, 256, m);
+            rows.push(row(name, Some(rate), vs_js(rate)));
+        }
+        match js {
+            Ok(rate) => rows.push(row(
+                "NATS JetStream, file storage, pipelined publish-with-ack (256 in flight)",
+                Some(rate),
+                "nats-server from Debian; does not fsync each message by default",
+            )),
+            Err(e) => rows.push(row("NATS JetStream", None, format!("skipped: {e}"))),
+        }
+        for sync in ["always", "everysec"] {
+            match redis_streams(sync, m) {
+                Ok(rate) => rows.push(row(
+                    &format!("Redis Streams XADD, appendfsync {sync}, pipelined 64"),
+                    Some(rate),
+                    "",
+                )),
+                Err(e) => rows.push(row("Redis Streams", None, format!("skipped: {e}"))),
+            }
+        }
+        let durable_fanout = plugbus_durable(rt.clone(), &dir, m);
+        rows.push(row(
+            "plugbus: 3 wasm plugins through the durable log (fsync always, appends of 1000)",
+            Some(durable_fanout),
+            if pb64.is_nan() {
+                String::new()
+            } else {
+                format!("{:.2}x the in-memory bus", durable_fanout / pb64)
+            },
+        ));
     }
 
     if want("http") {
