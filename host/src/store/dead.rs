@@ -189,16 +189,7 @@ impl Store {
         let mut out = Vec::new();
         for guard in self.redrive.prefix(prefix(plugin)) {
             let (k, v) = guard.into_inner().map_err(|e| self.read_error(&e))?;
-            let sequence = k
-                .get(k.len().saturating_sub(8)..)
-                .and_then(sequence_of)
-                .unwrap_or(0);
-            let event = codec::decode(sequence, &v).map_err(|e| StoreError::Corrupt {
-                dir: self.dir.clone(),
-                sequence,
-                reason: e.0,
-            })?;
-            out.push(event);
+            out.push(self.decode_record(&k, &v)?);
         }
         Ok(out)
     }

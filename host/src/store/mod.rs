@@ -236,21 +236,15 @@ impl Store {
                 },
                 e => open_err(format!("{e:?}")),
             })?;
-        let log = db
-            .keyspace("log", KeyspaceCreateOptions::default)
-            .map_err(|e| open_err(format!("{e:?}")))?;
-        let cursors = db
-            .keyspace("cursors", KeyspaceCreateOptions::default)
-            .map_err(|e| open_err(format!("{e:?}")))?;
-        let dead = db
-            .keyspace("dead", KeyspaceCreateOptions::default)
-            .map_err(|e| open_err(format!("{e:?}")))?;
-        let redrive = db
-            .keyspace("redrive", KeyspaceCreateOptions::default)
-            .map_err(|e| open_err(format!("{e:?}")))?;
-        let meta = db
-            .keyspace("meta", KeyspaceCreateOptions::default)
-            .map_err(|e| open_err(format!("{e:?}")))?;
+        let keyspace = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(|e| open_err(format!("keyspace {name}: {e:?}")))
+        };
+        let log = keyspace("log")?;
+        let cursors = keyspace("cursors")?;
+        let dead = keyspace("dead")?;
+        let redrive = keyspace("redrive")?;
+        let meta = keyspace("meta")?;
         let log_bytes = meta
             .get(LOG_BYTES_KEY)
             .map_err(|e| open_err(format!("{e:?}")))?
@@ -489,17 +483,7 @@ impl Store {
                 dir: self.dir.clone(),
                 reason: format!("reading the log: {e:?}"),
             })?;
-            let sequence = sequence_of(&key).ok_or_else(|| StoreError::Corrupt {
-                dir: self.dir.clone(),
-                sequence: 0,
-                reason: format!("a log key of {} bytes", key.len()),
-            })?;
-            let event = codec::decode(sequence, &value).map_err(|e| StoreError::Corrupt {
-                dir: self.dir.clone(),
-                sequence,
-                reason: e.0,
-            })?;
-            out.push(event);
+            out.push(self.decode_record(&key, &value)?);
         }
         Ok(out)
     }
@@ -580,18 +564,29 @@ impl Store {
         Ok(removed)
     }
 
+    /// Decode a stored event whose key ends with its sequence.
+    pub(crate) fn decode_record(&self, key: &[u8], value: &[u8]) -> Result<Event, StoreError> {
+        let sequence = key
+            .get(key.len().saturating_sub(8)..)
+            .and_then(sequence_of)
+            .ok_or_else(|| StoreError::Corrupt {
+                dir: self.dir.clone(),
+                sequence: 0,
+                reason: format!("a key of {} bytes", key.len()),
+            })?;
+        codec::decode(sequence, value).map_err(|e| StoreError::Corrupt {
+            dir: self.dir.clone(),
+            sequence,
+            reason: e.0,
+        })
+    }
+
     /// Up to `max` events from the end of the log, newest first.
     pub fn read_back(&self, max: usize) -> Result<Vec<Event>, StoreError> {
         let mut out = Vec::new();
         for guard in self.log.range::<&[u8], _>(..).rev().take(max) {
             let (key, value) = guard.into_inner().map_err(|e| self.read_error(&e))?;
-            let sequence = sequence_of(&key).unwrap_or(0);
-            let event = codec::decode(sequence, &value).map_err(|e| StoreError::Corrupt {
-                dir: self.dir.clone(),
-                sequence,
-                reason: e.0,
-            })?;
-            out.push(event);
+            out.push(self.decode_record(&key, &value)?);
         }
         Ok(out)
     }
