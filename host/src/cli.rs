@@ -237,6 +237,10 @@ pub struct RunArgs {
     /// bytes, once every plugin has finished them. Default: no limit.
     #[arg(long)]
     pub retention_bytes: Option<u64>,
+    /// Where a plugin the log has never seen starts: `earliest` (every
+    /// event kept) or `latest` (the next event published).
+    #[arg(long, default_value = "earliest", value_parser = ["earliest", "latest"])]
+    pub new_plugins_start: String,
     /// Start even if the store comes back shorter than what was
     /// acknowledged (a damaged journal): the loss is logged and new events
     /// are numbered after it. Without it plugbus refuses to start.
@@ -380,6 +384,7 @@ impl RunArgs {
                 max_attempts: self.max_attempts,
                 backoff_ms_min: self.backoff_ms_min,
                 backoff_ms_max: self.backoff_ms_max,
+                new_plugins_start_latest: self.new_plugins_start == "latest",
                 ..DeliverySettings::default()
             },
             publish_timeout: Duration::from_millis(self.publish_timeout_ms),

@@ -1211,4 +1211,46 @@ mod durable {
         h.wait_until("analytics", WAIT, |h| h.count("analytics", "handled") == 21)
             .expect("handled");
     }
+
+    #[test]
+    fn a_new_plugin_can_start_at_the_latest_event() {
+        let data = TestDir::new("latest");
+        let h = host(
+            &[PluginFile::Wasm("analytics", artifacts::ANALYTICS)],
+            &["--data", &data.arg()],
+        );
+        for i in 0..3 {
+            h.publish("order.placed", &order(&format!("o-{i}"), "w", 1, 1))
+                .expect("publish");
+        }
+        h.wait_until("analytics", WAIT, |h| h.count("analytics", "handled") == 3)
+            .expect("handled");
+        assert!(h.stop().expect("stops").success());
+        let args = ["--data", &data.arg(), "--new-plugins-start", "latest"];
+        let plugins = [
+            PluginFile::Wasm("analytics", artifacts::ANALYTICS),
+            PluginFile::Wasm("late", artifacts::RECORDER),
+        ];
+        let h = host(&plugins, &args);
+        assert_eq!(
+            h.plugin("late").expect("listed")["cursor"],
+            3,
+            "starts after what is there"
+        );
+        let new = h
+            .publish("order.placed", &order("o-3", "w", 1, 1))
+            .expect("publish");
+        h.wait_until("late", WAIT, |h| h.count("late", "handled") == 1)
+            .expect("only the new one");
+        h.wait_log(
+            &format!("handled {}", new["id"].as_str().expect("id")),
+            WAIT,
+        )
+        .expect("the new one");
+        assert!(h.stop().expect("stops").success());
+        // The starting point stuck: no replay of the old events on restart.
+        let h = host(&plugins, &["--data", &data.arg()]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(h.count("late", "handled"), 0);
+    }
 }

@@ -46,6 +46,9 @@ pub struct DeliverySettings {
     pub backoff_ms_max: u64,
     /// Longest chain of follow-up events. Default 32.
     pub hops_max: u32,
+    /// Where a plugin the log has never seen starts (durable mode): at the
+    /// earliest event kept (default), or at the next one published.
+    pub new_plugins_start_latest: bool,
 }
 
 impl Default for DeliverySettings {
@@ -58,6 +61,7 @@ impl Default for DeliverySettings {
             backoff_ms_min: 100,
             backoff_ms_max: 30_000,
             hops_max: 32,
+            new_plugins_start_latest: false,
         }
     }
 }
@@ -309,14 +313,24 @@ impl Registry {
                 0,
             ),
             Dispatch::Durable(log) => {
-                let start = log
-                    .store()
-                    .cursor(&name)
-                    .map_err(|source| PluginError::Cursor {
-                        file: file.to_path_buf(),
-                        source,
-                    })?
-                    .unwrap_or(0);
+                let cursor_err = |source| PluginError::Cursor {
+                    file: file.to_path_buf(),
+                    source,
+                };
+                let start = match log.store().cursor(&name).map_err(cursor_err)? {
+                    Some(cursor) => cursor,
+                    None => {
+                        let start = if self.settings.new_plugins_start_latest {
+                            log.head()
+                        } else {
+                            0
+                        };
+                        // Where a new plugin starts sticks across restarts.
+                        log.store().set_cursor(&name, start).map_err(cursor_err)?;
+                        tracing::info!(plugin = %name, "new plugin: starts after sequence {start}");
+                        start
+                    }
+                };
                 let (tx, queue) =
                     Queue::channel((self.settings.queue_events_max / CHUNK_EVENTS_MAX).max(2));
                 let store = log.store().clone();
