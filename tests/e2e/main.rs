@@ -645,7 +645,12 @@ mod durable {
                 }
             }
         };
-        for round in 0..20 {
+        // 20 rounds in the suite; scripts/soak-kill9.sh runs many more.
+        let rounds: u64 = std::env::var("PLUGBUS_KILL9_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20);
+        for round in 0..rounds {
             let h = host(&plugins, &args);
             let url = h.url.clone();
             let stop = Instant::now() + Duration::from_millis(150 + 20 * (round % 5));
@@ -699,7 +704,7 @@ mod durable {
             std::thread::sleep(Duration::from_millis(50));
         }
         eprintln!(
-            "kill -9 x20: {} events acknowledged, {} distinct handled",
+            "kill -9 x{rounds}: {} events acknowledged, {} distinct handled",
             acked.len(),
             handled.len()
         );
