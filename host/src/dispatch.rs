@@ -42,7 +42,8 @@ impl DispatchError {
 
 impl Dispatch {
     /// Publish `events` in order; each gets the next sequence number.
-    pub fn publish(&self, events: Vec<Event>) -> Result<Published, DispatchError> {
+    pub fn publish(&self, mut events: Vec<Event>) -> Result<Published, DispatchError> {
+        accepted_now(&mut events);
         match self {
             Dispatch::Memory(bus) => Ok(bus.publish(events)?),
             Dispatch::Durable(log) => Ok(published(log.append(events)?)),
@@ -52,7 +53,8 @@ impl Dispatch {
     /// Publish from async code: a durable append awaits its group's
     /// commit without holding a thread; an in-memory publish runs here, and
     /// steps off the async thread only when a full queue may make it wait.
-    pub async fn publish_async(&self, events: Vec<Event>) -> Result<Published, DispatchError> {
+    pub async fn publish_async(&self, mut events: Vec<Event>) -> Result<Published, DispatchError> {
+        accepted_now(&mut events);
         match self {
             Dispatch::Memory(bus) if bus.might_wait(events.len()) => {
                 Ok(tokio::task::block_in_place(|| bus.publish(events))?)
@@ -68,5 +70,13 @@ fn published(appended: crate::store::log::Appended) -> Published {
         first_sequence: appended.sequences.first().copied().unwrap_or(0),
         count: appended.sequences.len(),
         duplicates: appended.duplicates,
+    }
+}
+
+/// Stamp events with the time they were accepted, for delivery latency.
+fn accepted_now(events: &mut [Event]) {
+    let now = std::time::Instant::now();
+    for e in events {
+        e.accepted_at.get_or_insert(now);
     }
 }

@@ -90,6 +90,8 @@ pub struct Metrics {
     pub handle_seconds: HistogramFamily,
     /// Events per `handle` call.
     pub batch_events: HistogramFamily,
+    /// Seconds from an event's acceptance to its ack by a plugin.
+    pub delivery_seconds: HistogramFamily,
 }
 
 fn latency_histogram() -> Histogram {
@@ -127,6 +129,7 @@ impl Metrics {
             queue_depth: Family::default(),
             handle_seconds: HistogramFamily::new_with_constructor(latency_histogram),
             batch_events: HistogramFamily::new_with_constructor(batch_histogram),
+            delivery_seconds: HistogramFamily::new_with_constructor(latency_histogram),
         };
         registry.register(
             "events_published",
@@ -182,6 +185,11 @@ impl Metrics {
             "lag_events",
             "Events in the log a plugin has yet to finish",
             m.lag.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "Time from an event's acceptance (publish) to its ack by a plugin",
+            m.delivery_seconds.clone(),
         );
         registry.register(
             "events_dead_lettered",

@@ -460,6 +460,7 @@ mod operations {
             r#"plugbus_lag_events{plugin="analytics"} 0"#,
             "plugbus_fsync_duration_seconds_count",
             "plugbus_log_bytes",
+            r#"plugbus_delivery_latency_seconds_count{plugin="analytics"} 1"#,
         ] {
             assert!(text.contains(series), "missing {series} in\n{text}");
         }

@@ -58,6 +58,9 @@ pub struct Event {
     pub hops: u32,
     /// Other extension attributes, in the order given.
     pub extensions: Vec<(String, String)>,
+    /// When this host accepted the event (for delivery latency); not
+    /// stored, so `None` for events read back from the store.
+    pub accepted_at: Option<std::time::Instant>,
 }
 
 /// Why an event was refused. Each names the attribute and what to do.
@@ -165,6 +168,7 @@ impl Event {
             causationid: None,
             hops: 0,
             extensions: Vec::new(),
+            accepted_at: None,
         })
     }
 
@@ -250,6 +254,7 @@ impl Event {
             causationid,
             hops: 0,
             extensions,
+            accepted_at: None,
         })
     }
 

@@ -104,6 +104,7 @@ pub(super) struct Worker {
     jitter: u64,
     handle_seconds: Histogram,
     batch_events: Histogram,
+    delivery_seconds: Histogram,
     traps: Counter,
     dropped_rejected: Counter,
     dropped_exhausted: Counter,
@@ -160,6 +161,7 @@ impl Worker {
                 | 1,
             handle_seconds: m.handle_seconds.get_or_create(&labels).clone(),
             batch_events: m.batch_events.get_or_create(&labels).clone(),
+            delivery_seconds: m.delivery_seconds.get_or_create(&labels).clone(),
             traps: m.traps.get_or_create(&labels).clone(),
             dropped_rejected: m.drop_counter(&plugin.name, DropReason::Rejected),
             dropped_exhausted: m.drop_counter(&plugin.name, DropReason::RetriesExhausted),
@@ -384,7 +386,9 @@ impl Worker {
         }
         let started = Instant::now();
         let result = self.instance.handle(chunk, range, attempts);
-        self.handle_seconds.observe(started.elapsed().as_secs_f64());
+        let handled_at = Instant::now();
+        self.handle_seconds
+            .observe(handled_at.duration_since(started).as_secs_f64());
         self.batch_events.observe(batch.len() as f64);
         match result {
             Ok(result) => {
@@ -395,6 +399,10 @@ impl Worker {
                         Outcome::Ack => {
                             acked += 1;
                             self.acked_redrive(event.sequence);
+                            if let Some(at) = event.accepted_at {
+                                let waited = handled_at.saturating_duration_since(at);
+                                self.delivery_seconds.observe(waited.as_secs_f64());
+                            }
                         }
                         Outcome::Retry(r) => self.fail(event, attempt, r.delay_ms, &r.message),
                         Outcome::Reject(msg) => {

@@ -149,6 +149,7 @@ pub fn decode(sequence: u64, bytes: &[u8]) -> Result<Event, DecodeError> {
         causationid,
         hops,
         extensions,
+        accepted_at: None,
     })
 }
 
