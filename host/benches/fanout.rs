@@ -201,6 +201,26 @@ fn plugbus_inprocess(rt: Arc<Runtime>, dir: &Path, batch: usize, n: usize) -> f6
     rate
 }
 
+/// A log in a fresh temporary directory; hand both to [`drop_log`].
+fn temp_log(name: &str, fsync: Fsync) -> (PathBuf, Arc<Log>) {
+    let dir = std::env::temp_dir().join(format!("plugbus-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = Log::start(
+        Store::open(&dir, fsync).expect("store"),
+        fsync,
+        Counter::default(),
+    )
+    .expect("log");
+    (dir, log)
+}
+
+/// Close a [`temp_log`] and remove its directory.
+fn drop_log(dir: PathBuf, log: Arc<Log>) {
+    log.close();
+    drop(log);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Durable publishing through the log: `publishers` threads, each
 /// appending `per_append` events at a time and waiting for the ack.
 fn durable_publish(fsync: Fsync, publishers: usize, per_append: usize, n: usize) -> f64 {
@@ -239,9 +259,7 @@ fn durable_publish(fsync: Fsync, publishers: usize, per_append: usize, n: usize)
         t.join().expect("publisher");
     }
     let rate = (each * publishers) as f64 / start.elapsed().as_secs_f64();
-    log.close();
-    drop(log);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop_log(dir, log);
     rate
 }
 
@@ -273,24 +291,15 @@ fn durable_pipelined(fsync: Fsync, in_flight: usize, n: usize) -> f64 {
         t.wait().expect("ack");
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
-    log.close();
-    drop(log);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop_log(dir, log);
     rate
 }
 
 /// Three wasm plugins fed through the durable log (fsync always, one
 /// publisher appending 1000 at a time): events/s handled by all three.
 fn plugbus_durable(rt: Arc<Runtime>, plugins: &Path, n: usize) -> f64 {
-    let dir = std::env::temp_dir().join(format!("plugbus-bench-dlog-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let (dir, log) = temp_log("dlog", Fsync::Always);
     let metrics = Arc::new(Metrics::new());
-    let log = Log::start(
-        Store::open(&dir, Fsync::Always).expect("store"),
-        Fsync::Always,
-        Counter::default(),
-    )
-    .expect("log");
     let registry = Registry::new(
         plugbus::dispatch::Dispatch::Durable(log.clone()),
         rt,
@@ -326,8 +335,7 @@ fn plugbus_durable(rt: Arc<Runtime>, plugins: &Path, n: usize) -> f64 {
     let rate = n as f64 / start.elapsed().as_secs_f64();
     registry.shutdown();
     drop(registry);
-    drop(log);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop_log(dir, log);
     rate
 }
 
