@@ -151,6 +151,15 @@ fn wasm_call_ns(rt: &Runtime, noop: &Path, batch: usize, n: usize) -> f64 {
     start.elapsed().as_nanos() as f64 / (calls * batch) as f64
 }
 
+/// Start the three noop plugins of `dir` in `registry`.
+fn start_noops(registry: &Registry, dir: &Path) {
+    for i in 1..=SUBSCRIBERS {
+        registry
+            .start(&dir.join(format!("noop{i}.wasm")))
+            .expect("noop starts");
+    }
+}
+
 /// plugbus in-process: bus + workers + three wasm plugins.
 fn plugbus_inprocess(rt: Arc<Runtime>, dir: &Path, batch: usize, n: usize) -> f64 {
     let metrics = Arc::new(Metrics::new());
@@ -167,11 +176,7 @@ fn plugbus_inprocess(rt: Arc<Runtime>, dir: &Path, batch: usize, n: usize) -> f6
         metrics,
         settings,
     );
-    for i in 1..=SUBSCRIBERS {
-        registry
-            .start(&dir.join(format!("noop{i}.wasm")))
-            .expect("noop starts");
-    }
+    start_noops(&registry, dir);
     // The publisher builds events as it goes (as ingress does) and
     // publishes them 64 at a time.
     let template = events(1).remove(0);
@@ -309,11 +314,7 @@ fn plugbus_durable(rt: Arc<Runtime>, plugins: &Path, n: usize) -> f64 {
             ..DeliverySettings::default()
         },
     );
-    for i in 1..=SUBSCRIBERS {
-        registry
-            .start(&plugins.join(format!("noop{i}.wasm")))
-            .expect("noop starts");
-    }
+    start_noops(&registry, plugins);
     let template = events(1).remove(0);
     let start = Instant::now();
     let mut sent = 0;
@@ -404,38 +405,45 @@ fn jetstream(n: usize) -> Result<f64, String> {
     rate
 }
 
-/// Redis Streams: `XADD` pipelined 64 per round trip on one connection,
-/// with the append-only file synced `always` or `everysec`.
-fn redis_streams(appendfsync: &str, n: usize) -> Result<f64, String> {
+/// Start Debian's redis-server on a free loopback port with `extra`
+/// arguments (stopped by pid when the `Server` drops), and connect.
+fn start_redis(extra: &[&str]) -> Result<(Server, redis::Client, redis::Connection), String> {
     let bin = which("redis-server").ok_or("redis-server not installed")?;
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("plugbus-bench-rs-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let _server = Server(
+    let port = free_port().to_string();
+    let server = Server(
         Command::new(bin)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", appendfsync, "--dir"])
-            .arg(&dir)
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .map_err(|e| e.to_string())?,
     );
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/").as_str())
         .map_err(|e| e.to_string())?;
-    let mut con = (0..100)
+    let con = (0..100)
         .find_map(|_| {
             thread::sleep(Duration::from_millis(50));
             client.get_connection().ok()
         })
         .ok_or("redis-server did not come up")?;
+    Ok((server, client, con))
+}
+
+/// Redis Streams: `XADD` pipelined 64 per round trip on one connection,
+/// with the append-only file synced `always` or `everysec`.
+fn redis_streams(appendfsync: &str, n: usize) -> Result<f64, String> {
+    let dir = std::env::temp_dir().join(format!("plugbus-bench-rs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let dir_arg = dir.display().to_string();
+    let (_server, _client, mut con) = start_redis(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        appendfsync,
+        "--dir",
+        &dir_arg,
+    ])?;
     let body = payload(0);
     let start = Instant::now();
     let mut sent = 0;
@@ -485,32 +493,7 @@ impl Drop for Server {
 /// redis-server pub/sub, three subscribers: delivered events/s per
 /// subscriber and what each got.
 fn redis_pubsub(n: usize) -> Result<(f64, Vec<usize>), String> {
-    let bin = which("redis-server").ok_or("redis-server not installed")?;
-    let port = free_port();
-    let _server = Server(
-        Command::new(bin)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
-    let url = format!("redis://127.0.0.1:{port}/");
-    let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
-    let mut con = (0..100)
-        .find_map(|_| {
-            thread::sleep(Duration::from_millis(50));
-            client.get_connection().ok()
-        })
-        .ok_or("redis-server did not come up")?;
+    let (_server, client, mut con) = start_redis(&["--appendonly", "no"])?;
     let last_seen = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let mut subs = Vec::new();

@@ -18,6 +18,9 @@ use crate::store::{Fsync, Retention, DISK_RESERVE_BYTES_DEFAULT};
 
 /// The address `plugbus run` listens on by default.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7420";
+/// Where the client subcommands find the host by default: `LISTEN_DEFAULT`
+/// over HTTP (keep the two in step).
+pub const URL_DEFAULT: &str = "http://127.0.0.1:7420";
 
 /// plugbus: an event runtime for sandboxed WebAssembly plugins.
 ///
@@ -52,13 +55,13 @@ pub enum Command {
         /// The event data: a JSON document.
         json: String,
         /// The host's HTTP address.
-        #[arg(long, env = "PLUGBUS_URL", default_value = "http://127.0.0.1:7420")]
+        #[arg(long, env = "PLUGBUS_URL", default_value = URL_DEFAULT)]
         url: String,
     },
     /// List the plugins of a running host, with their counters.
     Plugins {
         /// The host's HTTP address.
-        #[arg(long, env = "PLUGBUS_URL", default_value = "http://127.0.0.1:7420")]
+        #[arg(long, env = "PLUGBUS_URL", default_value = URL_DEFAULT)]
         url: String,
         /// Print the raw JSON instead of a table.
         #[arg(long)]
@@ -82,7 +85,7 @@ pub enum Command {
         #[arg(long)]
         from_time: Option<String>,
         /// The host's HTTP address.
-        #[arg(long, env = "PLUGBUS_URL", default_value = "http://127.0.0.1:7420")]
+        #[arg(long, env = "PLUGBUS_URL", default_value = URL_DEFAULT)]
         url: String,
     },
     /// Read the event log (durable mode).
@@ -95,7 +98,7 @@ pub enum Command {
             long,
             global = true,
             env = "PLUGBUS_URL",
-            default_value = "http://127.0.0.1:7420"
+            default_value = URL_DEFAULT
         )]
         url: String,
     },
@@ -110,7 +113,7 @@ pub enum Command {
             long,
             global = true,
             env = "PLUGBUS_URL",
-            default_value = "http://127.0.0.1:7420"
+            default_value = URL_DEFAULT
         )]
         url: String,
     },
@@ -410,6 +413,11 @@ mod tests {
     fn defaults_are_documented_values() {
         let s = parse(&[]).expect("defaults are valid");
         assert_eq!(s.listen.to_string(), LISTEN_DEFAULT);
+        assert_eq!(
+            URL_DEFAULT,
+            format!("http://{LISTEN_DEFAULT}"),
+            "keep the two in step"
+        );
         assert_eq!(s.delivery.batch_events_max, 64);
         assert_eq!(s.body_bytes_max, 1 << 20);
         assert_eq!(s.fsync, Fsync::Always);

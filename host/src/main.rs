@@ -131,18 +131,13 @@ fn publish(url: &str, topic: &str, json: &str) -> Result<(), String> {
 }
 
 fn plugins(url: &str, raw: bool) -> Result<(), String> {
-    let endpoint = format!("{}/v1/plugins", url.trim_end_matches('/'));
-    let body: serde_json::Value = ureq::get(&endpoint)
-        .call()
-        .map_err(|e| request_error(url, e))?
-        .into_json()
-        .map_err(|e| format!("unexpected answer from {endpoint}: {e}"))?;
+    let body = get_json(url, "/v1/plugins")?;
     if raw {
         println!("{body:#}");
         return Ok(());
     }
     let list: Vec<PluginStatus> = serde_json::from_value(body["plugins"].clone())
-        .map_err(|e| format!("unexpected answer from {endpoint}: {e}"))?;
+        .map_err(|e| format!("unexpected answer from {url}/v1/plugins: {e}"))?;
     println!(
         "{:<14} {:<8} {:<9} {:>9} {:>7} {:>7} {:>6}  SUBSCRIPTIONS",
         "NAME", "STATE", "VERSION", "HANDLED", "FAILED", "RETRIED", "QUEUE"
