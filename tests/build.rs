@@ -19,6 +19,7 @@ const PLUGINS: &[(&str, &str, Option<&str>)] = &[
     ("TRAP", "plugbus-test-plugins", Some("trap")),
     ("SLOW", "plugbus-test-plugins", Some("slow")),
     ("RECORDER", "plugbus-test-plugins", Some("recorder")),
+    ("TALLY", "plugbus-test-plugins", Some("tally")),
     ("INIT_FAILS", "plugbus-test-plugins", Some("init_fails")),
     ("CONTRACT_V2", "plugbus-test-plugins", Some("contract_v2")),
 ];

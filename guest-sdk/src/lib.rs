@@ -50,6 +50,11 @@
 //! Publishes made while handling an event are sent only if that event's
 //! outcome is [`Outcome::Ack`]; the host keeps the event's correlation id on
 //! them and sets their causation id to the event's id.
+//!
+//! A plugin keeps what it must remember in its [`State`], a key-value
+//! bucket the host commits together with the plugin's progress: writes made
+//! for an event count only if it is acked, so a plugin whose only effect is
+//! its state counts every event exactly once, even across a crash.
 
 // The generated bindings name this crate by its path, from inside it too.
 extern crate self as plugbus_sdk;
@@ -71,6 +76,10 @@ pub mod bindings {
         generate_all,
     });
 }
+
+mod state;
+
+pub use state::{State, StateError};
 
 use bindings::plugbus::plugin::{config as host_config, publisher, types};
 use bindings::wasi::logging::logging;

@@ -70,7 +70,7 @@ pub enum Command {
     /// Deliver a plugin every event from a point in the log again, as a
     /// fresh instance: rebuilds a projection from the log (durable mode).
     ///
-    /// Example: plugbus replay analytics --from-seq 1
+    /// Example: plugbus replay analytics --from-seq 1 --reset-state
     Replay {
         /// The plugin.
         plugin: String,
@@ -84,8 +84,27 @@ pub enum Command {
         /// From the first event at or after this RFC 3339 time.
         #[arg(long)]
         from_time: Option<String>,
+        /// Empty the plugin's key-value state first, to rebuild it.
+        #[arg(long)]
+        reset_state: bool,
         /// The host's HTTP address.
         #[arg(long, env = "PLUGBUS_URL", default_value = URL_DEFAULT)]
+        url: String,
+    },
+    /// Read a plugin's key-value state.
+    ///
+    /// Example: plugbus kv list analytics; plugbus kv get analytics orders
+    Kv {
+        /// What to read.
+        #[command(subcommand)]
+        action: KvAction,
+        /// The host's HTTP address.
+        #[arg(
+            long,
+            global = true,
+            env = "PLUGBUS_URL",
+            default_value = URL_DEFAULT
+        )]
         url: String,
     },
     /// Read the event log (durable mode).
@@ -132,6 +151,23 @@ pub enum LogAction {
     Get {
         /// Its sequence number.
         sequence: u64,
+    },
+}
+
+/// `plugbus kv` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KvAction {
+    /// Every key of a plugin's bucket with its value, one a line.
+    List {
+        /// The plugin.
+        plugin: String,
+    },
+    /// One value.
+    Get {
+        /// The plugin.
+        plugin: String,
+        /// The key.
+        key: String,
     },
 }
 

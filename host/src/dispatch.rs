@@ -73,6 +73,13 @@ fn published(appended: crate::store::log::Appended) -> Published {
     }
 }
 
+/// `events` stamped with the time they were accepted (for delivery
+/// latency), for a caller that appends them to the log itself.
+pub fn stamped(mut events: Vec<Event>) -> Vec<Event> {
+    accepted_now(&mut events);
+    events
+}
+
 /// Stamp events with the time they were accepted, for delivery latency.
 fn accepted_now(events: &mut [Event]) {
     let now = std::time::Instant::now();

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use plugbus::cli::{Cli, Command, DeadAction, LogAction};
+use plugbus::cli::{Cli, Command, DeadAction, KvAction, LogAction};
 use plugbus::plugin::PluginStatus;
 
 fn main() -> ExitCode {
@@ -52,16 +52,29 @@ fn main() -> ExitCode {
             plugin,
             from_seq,
             from_time,
+            reset_state,
             url,
         } => {
             let body = match (from_seq, from_time) {
-                (Some(seq), _) => serde_json::json!({ "from_sequence": seq }),
-                (None, Some(t)) => serde_json::json!({ "from_time": t }),
+                (Some(seq), _) => {
+                    serde_json::json!({ "from_sequence": seq, "reset_state": reset_state })
+                }
+                (None, Some(t)) => {
+                    serde_json::json!({ "from_time": t, "reset_state": reset_state })
+                }
                 (None, None) => return fail("say where from: --from-seq N or --from-time T"),
             };
             match post_json(&url, &format!("/v1/plugins/{plugin}/replay"), &body) {
                 Ok(v) => {
-                    println!("{plugin} replays from sequence {}", v["from_sequence"]);
+                    let state = if reset_state {
+                        " with its state cleared"
+                    } else {
+                        ""
+                    };
+                    println!(
+                        "{plugin} replays from sequence {}{state}",
+                        v["from_sequence"]
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e),
@@ -83,11 +96,42 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        Command::Kv { action, url } => {
+            let path = match &action {
+                KvAction::List { plugin } => format!("/v1/plugins/{plugin}/kv"),
+                KvAction::Get { plugin, key } => {
+                    format!("/v1/plugins/{plugin}/kv/{}", encode_path(key))
+                }
+            };
+            match get_json(&url, &path) {
+                Ok(v) => {
+                    match (&action, v["entries"].as_array()) {
+                        (KvAction::List { .. }, Some(entries)) => {
+                            for e in entries {
+                                println!(
+                                    "{}\t{}",
+                                    e["key"].as_str().unwrap_or_default(),
+                                    e["value"]
+                                );
+                            }
+                        }
+                        _ => println!("{}", v["value"]),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
         Command::Dead { action, url } => match dead(&url, &action) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
     }
+}
+
+/// `text` as one URL path segment.
+fn encode_path(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 fn fail(message: &str) -> ExitCode {

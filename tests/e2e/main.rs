@@ -642,7 +642,10 @@ mod durable {
     fn kill_9_during_a_publish_storm_loses_no_acknowledged_event() {
         let data = TestDir::new("kill9");
         let args = ["--data", &data.arg(), "--fsync", "always"];
-        let plugins = [PluginFile::Wasm("recorder", artifacts::RECORDER)];
+        let plugins = [
+            PluginFile::Wasm("recorder", artifacts::RECORDER),
+            PluginFile::Wasm("analytics", artifacts::ANALYTICS),
+        ];
         let mut acked: HashSet<String> = HashSet::new();
         let mut handled: HashSet<String> = HashSet::new();
         let collect = |log: &[String], into: &mut HashSet<String>| {
@@ -697,8 +700,10 @@ mod durable {
         }
         // One last start delivers whatever the kills interrupted.
         let h = host(&plugins, &args);
-        h.wait_until("the recorder to catch up", WAIT, |h| {
-            h.plugin("recorder").and_then(|p| p["lag"].as_u64()) == Some(0)
+        h.wait_until("the plugins to catch up", WAIT, |h| {
+            ["recorder", "analytics"]
+                .iter()
+                .all(|p| h.plugin(p).and_then(|p| p["lag"].as_u64()) == Some(0))
         })
         .expect("caught up");
         // The log reaches the test through a pipe: wait for the lines.
@@ -727,6 +732,50 @@ mod durable {
             lost.len(),
             acked.len(),
             &lost[..lost.len().min(5)]
+        );
+        // Exactly once in state: analytics counted each order in the log
+        // (every acknowledged one, and any stored just before a kill
+        // reached its publisher) once, whatever the kills interrupted.
+        let mut in_log: HashSet<String> = HashSet::new();
+        let mut from = 1;
+        loop {
+            let page = h
+                .get(&format!("/v1/log?from={from}&limit=1000"))
+                .expect("log");
+            let events = page["events"].as_array().expect("events").clone();
+            let Some(last) = events.last().and_then(|e| e["sequence"].as_u64()) else {
+                break;
+            };
+            in_log.extend(
+                events
+                    .iter()
+                    .filter_map(|e| e["id"].as_str().map(String::from)),
+            );
+            from = last + 1;
+        }
+        assert!(
+            acked.is_subset(&in_log),
+            "every acknowledged event is in the log"
+        );
+        let orders = h.get("/v1/plugins/analytics/kv/orders").expect("orders")["value"].as_u64();
+        let cents = h
+            .get("/v1/plugins/analytics/kv/revenue_cents")
+            .expect("revenue")["value"]
+            .as_u64();
+        eprintln!(
+            "analytics: orders={orders:?} revenue_cents={cents:?}; log holds {} orders, {} acknowledged",
+            in_log.len(),
+            acked.len()
+        );
+        assert_eq!(
+            orders,
+            Some(in_log.len() as u64),
+            "each order counted exactly once"
+        );
+        assert_eq!(
+            cents,
+            Some(in_log.len() as u64),
+            "1 cent each, counted once"
         );
     }
 
@@ -1127,13 +1176,42 @@ mod durable {
         let (ok, out, _) = cli(&["log", "get", &first, "--url", &h.url]);
         assert!(ok && out.contains("o-0"), "{out}");
 
-        // Event sourcing: a fresh instance rebuilds identical totals.
-        let (ok, out, err) = cli(&["replay", "analytics", "--from-seq", "1", "--url", &h.url]);
-        assert!(ok && out.contains("replays from sequence 1"), "{out}{err}");
+        // The projection is the plugin's state, readable from outside.
+        let kv = |key: &str| {
+            h.get(&format!("/v1/plugins/analytics/kv/{key}"))
+                .map(|v| v["value"].clone())
+        };
+        assert_eq!(kv("orders").expect("orders"), json!(5));
+        assert_eq!(kv("revenue_cents").expect("revenue"), json!(3150));
+        assert_eq!(
+            h.get("/v1/plugins/inventory/kv/stock.w").expect("stock")["value"],
+            json!(95),
+            "inventory keeps its stock in its state"
+        );
+
+        // Event sourcing: cleared, then rebuilt from the log, identical.
+        let (ok, out, err) = cli(&[
+            "replay",
+            "analytics",
+            "--from-seq",
+            "1",
+            "--reset-state",
+            "--url",
+            &h.url,
+        ]);
+        assert!(
+            ok && out.contains("replays from sequence 1 with its state cleared"),
+            "{out}{err}"
+        );
         h.wait_until("the rebuilt totals", WAIT, |h| {
             h.log().iter().filter(|l| l.ends_with(all)).count() == 2
         })
         .expect("rebuilt, identical");
+        h.wait_until("the rebuilt state", WAIT, |_| {
+            kv("orders").ok() == Some(json!(5))
+        })
+        .expect("state rebuilt");
+        assert_eq!(kv("revenue_cents").expect("revenue"), json!(3150));
 
         // Time travel: from the third order on.
         let third = acks[2]["sequence"].as_u64().expect("sequence");
@@ -1141,10 +1219,45 @@ mod durable {
             .as_str()
             .expect("time")
             .to_string();
-        let (ok, out, err) = cli(&["replay", "analytics", "--from-time", &time, "--url", &h.url]);
+        let (ok, out, err) = cli(&[
+            "replay",
+            "analytics",
+            "--from-time",
+            &time,
+            "--reset-state",
+            "--url",
+            &h.url,
+        ]);
         assert!(ok, "{out}{err}");
         h.wait_log("[analytics] totals: orders=3 revenue_cents=2800", WAIT)
             .expect("the projection of the later orders");
+
+        // Without --reset-state the replayed events add to what is kept.
+        let (ok, out, err) = cli(&[
+            "replay",
+            "analytics",
+            "--from-seq",
+            &third.to_string(),
+            "--url",
+            &h.url,
+        ]);
+        assert!(ok && !out.contains("cleared"), "{out}{err}");
+        h.wait_log("[analytics] totals: orders=6 revenue_cents=5600", WAIT)
+            .expect("added to the kept state");
+
+        // The CLI reads state too; values show as JSON.
+        let (ok, out, err) = cli(&["kv", "list", "analytics", "--url", &h.url]);
+        assert!(ok, "{err}");
+        assert_eq!(
+            out.lines().collect::<Vec<_>>(),
+            ["orders\t6", "revenue_cents\t5600"]
+        );
+        let (ok, out, _) = cli(&["kv", "get", "analytics", "orders", "--url", &h.url]);
+        assert!(ok && out.trim() == "6", "{out}");
+        let (ok, _, err) = cli(&["kv", "get", "analytics", "nothing", "--url", &h.url]);
+        assert!(!ok && err.contains("no key `nothing`"), "{err}");
+        let (ok, _, err) = cli(&["kv", "list", "nobody", "--url", &h.url]);
+        assert!(!ok && err.contains("no plugin named `nobody`"), "{err}");
 
         let (ok, _, err) = cli(&["replay", "nobody", "--from-seq", "1", "--url", &h.url]);
         assert!(
@@ -1264,5 +1377,121 @@ mod durable {
         let h = host(&plugins, &["--data", &data.arg()]);
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(h.count("late", "handled"), 0);
+    }
+}
+
+mod state {
+    use super::*;
+
+    fn tally_batch(ids: &[(&str, Value)]) -> Vec<u8> {
+        let events: Vec<Value> = ids
+            .iter()
+            .map(|(id, data)| {
+                json!({"specversion": "1.0", "id": id, "source": "/test",
+                       "type": "tally.one", "data": data})
+            })
+            .collect();
+        Value::Array(events).to_string().into_bytes()
+    }
+
+    fn kv(h: &TestHost, key: &str) -> Option<Value> {
+        h.get(&format!("/v1/plugins/tally/kv/{key}"))
+            .ok()
+            .map(|v| v["value"].clone())
+    }
+
+    #[test]
+    fn state_keeps_only_acked_events_writes_and_pending_retries_survive_kill_9() {
+        let data = TestDir::new("state");
+        let args = ["--data", &data.arg()];
+        let plugins = [PluginFile::Wasm("tally", artifacts::TALLY)];
+        let h = host(&plugins, &args);
+        // One batch of ten; two of them are retried twice inside it. Every
+        // call writes, so the batch is re-handled event by event and only
+        // acked events' writes are kept.
+        let retry = json!({"retry_until_attempt": 3, "delay_ms": 30});
+        let ids: Vec<(String, Value)> = (0..10)
+            .map(|i| {
+                let data = if i == 3 || i == 7 {
+                    retry.clone()
+                } else {
+                    json!({})
+                };
+                (format!("t{i}"), data)
+            })
+            .collect();
+        let borrowed: Vec<(&str, Value)> =
+            ids.iter().map(|(i, d)| (i.as_str(), d.clone())).collect();
+        let (status, body) = h.post(
+            "/v1/events",
+            Some("application/cloudevents-batch+json"),
+            &[],
+            &tally_batch(&borrowed),
+        );
+        assert_eq!(status, 202, "{body}");
+        h.wait_until("ten acked", WAIT, |h| h.count("tally", "handled") == 10)
+            .expect("all acked");
+        assert_eq!(kv(&h, "seen"), Some(json!(10)), "each event counted once");
+        assert_eq!(kv(&h, "attempt.t3"), Some(json!(3)));
+        assert_eq!(kv(&h, "attempt.t0"), Some(json!(1)));
+        assert_eq!(h.count("tally", "retried"), 4);
+
+        // A retry waiting when the host is killed is still owed after it.
+        let (status, body) = h.post(
+            "/v1/events",
+            Some("application/cloudevents-batch+json"),
+            &[],
+            &tally_batch(&[(
+                "late",
+                json!({"retry_until_attempt": 2, "delay_ms": 60_000}),
+            )]),
+        );
+        assert_eq!(status, 202, "{body}");
+        h.wait_until("the first attempt", WAIT, |h| {
+            h.count("tally", "retried") == 5
+        })
+        .expect("retried");
+        h.kill9();
+        let h = host(&plugins, &args);
+        h.wait_until("the owed retry", WAIT, |h| {
+            kv(h, "attempt.late") == Some(json!(2))
+        })
+        .expect("delivered after the restart, as attempt 2");
+        assert_eq!(kv(&h, "seen"), Some(json!(11)), "nothing counted twice");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            h.count("tally", "handled"),
+            1,
+            "only the owed event came again"
+        );
+    }
+
+    #[test]
+    fn state_works_in_memory_mode_too() {
+        let h = host(
+            &[PluginFile::Wasm("tally", artifacts::TALLY)],
+            &["--memory"],
+        );
+        let (status, _) = h.post(
+            "/v1/events",
+            Some("application/cloudevents-batch+json"),
+            &[],
+            &tally_batch(&[
+                ("m1", json!({})),
+                ("m2", json!({"retry_until_attempt": 2, "delay_ms": 10})),
+            ]),
+        );
+        assert_eq!(status, 202);
+        h.wait_until("both acked", WAIT, |h| h.count("tally", "handled") == 2)
+            .expect("acked");
+        assert_eq!(kv(&h, "seen"), Some(json!(2)));
+        let list = h.get("/v1/plugins/tally/kv").expect("list");
+        let keys: Vec<&str> = list["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter_map(|e| e["key"].as_str())
+            .collect();
+        assert_eq!(keys, ["attempt.m1", "attempt.m2", "seen"]);
     }
 }

@@ -9,7 +9,11 @@
 //! - `GET /v1/plugins`, `GET /healthz`, `GET /metrics`.
 //! - The log (durable mode): `GET /v1/log?from=SEQ&limit=N` (default: the
 //!   last 20), `GET /v1/log/{sequence}`; `POST /v1/plugins/{name}/replay`
-//!   with `{"from_sequence": N}` or `{"from_time": "RFC 3339"}`.
+//!   with `{"from_sequence": N}` or `{"from_time": "RFC 3339"}`, and
+//!   `"reset_state": true` to empty the plugin's bucket first.
+//! - Plugin state: `GET /v1/plugins/{name}/kv` (keys and values, paged with
+//!   `?after=KEY&limit=N`), `GET /v1/plugins/{name}/kv/{key}`. Values are
+//!   shown as stored: JSON when they are JSON, else text, else base64.
 //! - Dead letters (durable mode): `GET /v1/dead[/{plugin}[/{sequence}]]`,
 //!   `POST /v1/dead/{plugin}/redrive` and `/purge` with a selection
 //!   (`{"sequences": [..]}`, `{"topic": "order.*"}` or `{"all": true}`).
@@ -93,6 +97,15 @@ pub enum IngressError {
     /// No such event in the log.
     #[error("the log has no event with sequence {0}")]
     NoEvent(u64),
+    /// No such plugin.
+    #[error("there is no plugin named `{0}`; `plugbus plugins` lists them")]
+    NoPlugin(String),
+    /// No such key in a plugin's state.
+    #[error("plugin `{0}` has no key `{1}` in its state")]
+    NoKey(String, String),
+    /// The plugin's state could not be read.
+    #[error("cannot read the state of plugin `{0}`: {1}")]
+    State(String, String),
     /// No such dead letter.
     #[error("plugin `{0}` has no dead letter with sequence {1}")]
     NoLetter(String, u64),
@@ -109,7 +122,11 @@ impl IntoResponse for IngressError {
             | IngressError::EmptyBatch
             | IngressError::BadSelection(_) => StatusCode::BAD_REQUEST,
             IngressError::NoStore => StatusCode::CONFLICT,
-            IngressError::NoLetter(..) | IngressError::NoEvent(_) => StatusCode::NOT_FOUND,
+            IngressError::NoLetter(..)
+            | IngressError::NoEvent(_)
+            | IngressError::NoPlugin(_)
+            | IngressError::NoKey(..) => StatusCode::NOT_FOUND,
+            IngressError::State(..) => StatusCode::INTERNAL_SERVER_ERROR,
             IngressError::Replay(_) => StatusCode::BAD_REQUEST,
             IngressError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             IngressError::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -149,6 +166,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events/{type}", post(publish_plain))
         .route("/v1/plugins", get(plugins))
         .route("/v1/plugins/{plugin}/replay", post(replay))
+        .route("/v1/plugins/{plugin}/kv", get(kv_list))
+        .route("/v1/plugins/{plugin}/kv/{key}", get(kv_get))
         .route("/v1/log", get(log_read))
         .route("/v1/log/{sequence}", get(log_get))
         .route("/v1/dead", get(dead_list))
@@ -463,6 +482,68 @@ async fn log_get(
     Ok(Json(event.to_json()).into_response())
 }
 
+/// A stored value as JSON: itself when it is JSON, else a string when it
+/// is text, else `{"base64": ...}`.
+fn shown(value: &[u8]) -> serde_json::Value {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(value) {
+        return v;
+    }
+    match std::str::from_utf8(value) {
+        Ok(text) => serde_json::Value::String(text.to_string()),
+        Err(_) => {
+            use base64::Engine;
+            json!({ "base64": base64::engine::general_purpose::STANDARD.encode(value) })
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct KvQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn kv_list(
+    State(state): State<AppState>,
+    Path(plugin): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<KvQuery>,
+) -> Result<Response, IngressError> {
+    let bucket = state
+        .registry
+        .state_of(&plugin)
+        .ok_or_else(|| IngressError::NoPlugin(plugin.clone()))?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let mut entries =
+        tokio::task::block_in_place(|| bucket.list(&plugin, q.after.as_deref(), limit + 1))
+            .map_err(|e| IngressError::State(plugin.clone(), e))?;
+    let more = entries.len() > limit;
+    entries.truncate(limit);
+    let next = if more {
+        entries.last().map(|(k, _)| k.clone())
+    } else {
+        None
+    };
+    let entries: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(k, v)| json!({ "key": k, "value": shown(v) }))
+        .collect();
+    Ok(Json(json!({ "plugin": plugin, "entries": entries, "next_after": next })).into_response())
+}
+
+async fn kv_get(
+    State(state): State<AppState>,
+    Path((plugin, key)): Path<(String, String)>,
+) -> Result<Response, IngressError> {
+    let bucket = state
+        .registry
+        .state_of(&plugin)
+        .ok_or_else(|| IngressError::NoPlugin(plugin.clone()))?;
+    let value = tokio::task::block_in_place(|| bucket.get(&plugin, &key))
+        .map_err(|e| IngressError::State(plugin.clone(), e))?
+        .ok_or_else(|| IngressError::NoKey(plugin.clone(), key.clone()))?;
+    Ok(Json(json!({ "plugin": plugin, "key": key, "value": shown(&value) })).into_response())
+}
+
 async fn replay(
     State(state): State<AppState>,
     Path(plugin): Path<String>,
@@ -488,10 +569,19 @@ async fn replay(
     } else {
         return Err(IngressError::Replay(how.to_string()));
     };
+    let reset_state = match v.get("reset_state") {
+        None => false,
+        Some(b) => b.as_bool().ok_or_else(|| {
+            IngressError::Replay("`reset_state` must be true or false".to_string())
+        })?,
+    };
     let registry = state.registry.clone();
-    let status = tokio::task::spawn_blocking(move || registry.replay(&plugin, from))
+    let status = tokio::task::spawn_blocking(move || registry.replay(&plugin, from, reset_state))
         .await
         .map_err(|e| IngressError::Replay(format!("replay failed: {e}")))?
         .map_err(|e| IngressError::Replay(e.to_string()))?;
-    Ok(Json(json!({ "from_sequence": from, "plugin": status })).into_response())
+    Ok(
+        Json(json!({ "from_sequence": from, "reset_state": reset_state, "plugin": status }))
+            .into_response(),
+    )
 }

@@ -22,7 +22,8 @@ use serde::Serialize;
 use crate::bus::{Queue, CHUNK_EVENTS_MAX};
 use crate::dispatch::Dispatch;
 use crate::metrics::{self, Metrics};
-use crate::runtime::{self, CallError, InstanceConfig, LoadError, Runtime};
+use crate::runtime::{self, kv, CallError, InstanceConfig, LoadError, Runtime};
+use crate::store::progress::Cursor;
 use crate::store::StoreError;
 use crate::topic::{Pattern, TopicError};
 
@@ -214,6 +215,8 @@ pub struct Registry {
     /// Each plugin's log reader thread (durable mode), by plugin name.
     pumps: Mutex<Vec<(String, JoinHandle<()>)>>,
     stopping: Arc<AtomicBool>,
+    /// Each plugin's state in memory mode, kept across its restarts.
+    memory_kv: Mutex<std::collections::HashMap<String, kv::Backend>>,
 }
 
 impl Registry {
@@ -234,6 +237,7 @@ impl Registry {
             workers: Mutex::default(),
             pumps: Mutex::default(),
             stopping: Arc::default(),
+            memory_kv: Mutex::default(),
         }
     }
 
@@ -273,9 +277,12 @@ impl Registry {
     /// Load and start the plugin in `file`.
     pub fn start(&self, file: &Path) -> Result<Arc<RunningPlugin>, PluginError> {
         let loaded = Arc::new(self.runtime.load_file(file)?);
+        let name = loaded.name().to_string();
+        let kv = self.bucket(&name);
         let config = InstanceConfig {
             config: Vec::new(),
             hops_max: self.settings.hops_max,
+            kv: kv.clone(),
         };
         let (instance, info) =
             runtime::instantiate(loaded.clone(), config).map_err(|source| PluginError::Start {
@@ -298,7 +305,6 @@ impl Registry {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let name = loaded.name().to_string();
         if info.name != name {
             tracing::info!(plugin = %name, reports = %info.name, "plugin calls itself by another name; plugbus uses the file name");
         }
@@ -310,14 +316,14 @@ impl Registry {
             Dispatch::Memory(bus) => (
                 bus.subscribe(&name, patterns, self.settings.queue_events_max),
                 None,
-                0,
+                Cursor::default(),
             ),
             Dispatch::Durable(log) => {
                 let cursor_err = |source| PluginError::Cursor {
                     file: file.to_path_buf(),
                     source,
                 };
-                let start = match log.store().cursor(&name).map_err(cursor_err)? {
+                let start = match log.store().cursor_state(&name).map_err(cursor_err)? {
                     Some(cursor) => cursor,
                     None => {
                         let start = if self.settings.new_plugins_start_latest {
@@ -328,9 +334,10 @@ impl Registry {
                         // Where a new plugin starts sticks across restarts.
                         log.store().set_cursor(&name, start).map_err(cursor_err)?;
                         tracing::info!(plugin = %name, "new plugin: starts after sequence {start}");
-                        start
+                        Cursor::at(start)
                     }
                 };
+                let from = start.through + 1;
                 let (tx, queue) =
                     Queue::channel((self.settings.queue_events_max / CHUNK_EVENTS_MAX).max(2));
                 let store = log.store().clone();
@@ -343,7 +350,7 @@ impl Registry {
                 let stopped = move || all.load(Ordering::Acquire) || own.load(Ordering::Acquire);
                 let pump = std::thread::Builder::new()
                     .name(format!("pump-{name}"))
-                    .spawn(move || pump::run(&log, &pump_name, &patterns, &tx, start + 1, &stopped))
+                    .spawn(move || pump::run(&log, &pump_name, &patterns, &tx, from, &stopped))
                     .map_err(|source| PluginError::Thread {
                         file: file.to_path_buf(),
                         source,
@@ -364,7 +371,7 @@ impl Registry {
             handled: self.metrics.handled.get_or_create(&labels).clone(),
             failed: self.metrics.failed.get_or_create(&labels).clone(),
             retried: self.metrics.retried.get_or_create(&labels).clone(),
-            cursor: AtomicU64::new(start),
+            cursor: AtomicU64::new(start.low()),
             depth: queue.depth_handle(),
             // Look once at start: re-drives may be pending from before.
             redrive_wanted: AtomicBool::new(true),
@@ -376,6 +383,7 @@ impl Registry {
                 queue,
                 cursor_store,
                 start,
+                kv,
             },
             self.dispatch.clone(),
             plugin.clone(),
@@ -471,6 +479,28 @@ impl Registry {
         }
     }
 
+    /// Where `plugin`'s key-value state is, if it is a plugin this host
+    /// knows (running or failed).
+    pub fn state_of(&self, plugin: &str) -> Option<kv::Backend> {
+        if !self.names().iter().any(|n| n == plugin) {
+            return None;
+        }
+        Some(self.bucket(plugin))
+    }
+
+    fn bucket(&self, plugin: &str) -> kv::Backend {
+        match &self.dispatch {
+            Dispatch::Durable(log) => kv::Backend::Durable(log.store().clone()),
+            Dispatch::Memory(_) => self
+                .memory_kv
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(plugin.to_string())
+                .or_default()
+                .clone(),
+        }
+    }
+
     /// The names of every plugin, running or failed.
     pub fn names(&self) -> Vec<String> {
         self.status().into_iter().map(|p| p.name).collect()
@@ -492,10 +522,16 @@ impl Registry {
 
     /// Replay: deliver `plugin` every event from sequence `from` on again.
     /// Its reader and worker stop (abandoning what they have in hand), its
-    /// cursor moves to `from - 1`, and it starts again as a fresh instance,
-    /// so an in-memory projection is rebuilt from the log. Returns the
-    /// plugin's status after the restart.
-    pub fn replay(&self, plugin: &str, from: u64) -> Result<PluginStatus, ReplayError> {
+    /// cursor moves to `from - 1` (forgetting pending retries), with
+    /// `reset_state` its key-value bucket is emptied, and it starts again
+    /// as a fresh instance: a projection is rebuilt from the log. Returns
+    /// the plugin's status after the restart.
+    pub fn replay(
+        &self,
+        plugin: &str,
+        from: u64,
+        reset_state: bool,
+    ) -> Result<PluginStatus, ReplayError> {
         let store = self.store().cloned().ok_or(ReplayError::NotDurable)?;
         let running = self
             .running
@@ -528,6 +564,10 @@ impl Registry {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|p| p.name != plugin);
+        if reset_state {
+            let removed = store.kv_clear(plugin).map_err(ReplayError::Store)?;
+            tracing::info!(plugin, removed, "state cleared for the replay");
+        }
         store
             .set_cursor(plugin, from.saturating_sub(1))
             .map_err(ReplayError::Store)?;

@@ -18,11 +18,20 @@
 //!
 //! Retries wait in a bounded in-memory heap (`max_attempts` bounds their
 //! number per event; the heap is capped at the queue capacity, beyond which
-//! new failures are dropped as `retries_exhausted`). The worker's cursor is
-//! the highest sequence up to which every event is dealt with (each
-//! delivery says how far it accounts for), held back before any event still
-//! waiting for a retry. In durable mode it is saved after every batch, so a
-//! restart resumes there: at-least-once, never past an unhandled event.
+//! new failures are given up on). The worker's cursor (`store::progress`)
+//! says how far it is through the log and which events behind that are
+//! still to be retried.
+//!
+//! State: the key-value writes of a batch whose events were all acked are
+//! committed; a batch with writes and any other outcome is handled again
+//! one event at a time, so that only acked events' writes are kept. In
+//! durable mode the writes, the follow-up events, dead letters and the new
+//! cursor of each batch are one atomic write; only once it is written do
+//! the outcomes take effect (counters, retries). A write that fails takes
+//! nothing: the batch's events are delivered again later at the same
+//! attempt, to a fresh instance. A restart resumes at the saved cursor, so a
+//! plugin's state counts each acked event exactly once, and its other
+//! effects happen at least once.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -40,7 +49,9 @@ use crate::bus::{Delivery, Queue};
 use crate::dispatch::Dispatch;
 use crate::event::{Chunk, Event};
 use crate::metrics::{self, DropReason, Metrics};
+use crate::runtime::kv;
 use crate::runtime::{self, Outcome, PluginInstance};
+use crate::store::progress::{Cursor, GaveUp, Progress};
 use crate::store::Store;
 
 /// How long an idle durable worker waits before looking for re-driven
@@ -49,6 +60,15 @@ const REDRIVE_POLL: Duration = Duration::from_millis(250);
 
 /// The longest retry delay a plugin may ask for, in ms (one hour).
 const RETRY_DELAY_MS_MAX: u64 = 3_600_000;
+
+/// How long a batch waits to be delivered again after its progress could
+/// not be written.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// A cursor that only moves past events (nothing else changed) is saved at
+/// most this often while busy, and at once when idle: losing it only means
+/// reading those events again.
+const CURSOR_SAVE_EVERY: Duration = Duration::from_millis(200);
 
 /// An event waiting for its next attempt.
 struct Pending {
@@ -79,7 +99,16 @@ impl Ord for Pending {
 pub(super) struct Source {
     pub queue: Queue,
     pub cursor_store: Option<Arc<Store>>,
-    pub start: u64,
+    pub start: Cursor,
+    pub kv: kv::Backend,
+}
+
+/// What a batch's outcomes do, applied once its progress is written.
+#[derive(Default)]
+struct Effects {
+    acked: Vec<Arc<Event>>,
+    retries: Vec<Pending>,
+    gave_up: Vec<(Arc<Event>, u32, String, GiveUp)>,
 }
 
 pub(super) struct Worker {
@@ -94,7 +123,13 @@ pub(super) struct Worker {
     done_through: u64,
     /// Where the durable cursor is kept (durable mode).
     cursor_store: Option<Arc<Store>>,
-    committed: u64,
+    /// The cursor last saved, and when.
+    saved: Cursor,
+    saved_at: Instant,
+    /// Where committed state goes in memory mode.
+    kv: kv::Backend,
+    /// The outcomes of the batch in hand.
+    fx: Effects,
     dispatch: Dispatch,
     plugin: Arc<RunningPlugin>,
     settings: DeliverySettings,
@@ -142,19 +177,44 @@ impl Worker {
         settings: DeliverySettings,
     ) -> Worker {
         let labels = metrics::plugin(&plugin.name);
+        let mut retries = BinaryHeap::new();
+        if let (Some(store), false) = (&source.cursor_store, source.start.pending.is_empty()) {
+            let now = Instant::now();
+            for &(seq, attempt) in &source.start.pending {
+                match store.read(seq, 1) {
+                    Ok(found) => match found.into_iter().next() {
+                        Some(event) if event.sequence == seq => retries.push(Reverse(Pending {
+                            due: now,
+                            attempt,
+                            event: Arc::new(event),
+                        })),
+                        _ => {
+                            tracing::error!(plugin = %plugin.name, sequence = seq, "an event waiting for a retry is no longer in the log")
+                        }
+                    },
+                    Err(e) => {
+                        tracing::error!(plugin = %plugin.name, sequence = seq, "cannot read an event waiting for a retry: {e}")
+                    }
+                }
+            }
+            tracing::info!(plugin = %plugin.name, pending = retries.len(), "retries pending from before the restart");
+        }
         Worker {
             instance,
             needs_reset: false,
             queue: source.queue,
             current: None,
             pos: 0,
-            done_through: source.start,
+            done_through: source.start.through,
             cursor_store: source.cursor_store,
-            committed: source.start,
+            saved: source.start,
+            saved_at: Instant::now(),
+            kv: source.kv,
+            fx: Effects::default(),
             dispatch,
             first_attempts: vec![1; settings.batch_events_max.max(1)],
             settings,
-            retries: BinaryHeap::new(),
+            retries,
             jitter: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
@@ -193,8 +253,7 @@ impl Worker {
             self.pick_up_redrives();
             // Retries that are due go first, as a batch of their own.
             if let Some((chunk, attempts)) = self.due_retries() {
-                self.deliver(&chunk, 0..chunk.len(), &attempts);
-                self.commit_cursor();
+                self.deliver(&chunk, 0..chunk.len(), &attempts, false);
                 continue;
             }
             let left = self
@@ -232,7 +291,7 @@ impl Worker {
                         self.current = Some(delivery);
                         self.pos = 0;
                     }
-                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Timeout) => self.save_cursor(true),
                     Err(RecvTimeoutError::Disconnected) => closed = true,
                 }
                 continue;
@@ -252,16 +311,16 @@ impl Worker {
                     let (merged, through) =
                         self.merge(chunk[start..end].to_vec(), bytes, delivery.through, next);
                     let attempts = self.first_attempts[..merged.len()].to_vec();
-                    self.deliver(&merged, 0..merged.len(), &attempts);
+                    self.deliver(&merged, 0..merged.len(), &attempts, true);
                     self.done(through);
                     continue;
                 }
             }
             let attempts = std::mem::take(&mut self.first_attempts);
-            self.deliver(&chunk, start..end, &attempts[..end - start]);
+            self.deliver(&chunk, start..end, &attempts[..end - start], true);
             self.first_attempts = attempts;
         }
-        self.commit_cursor();
+        self.save_cursor(true);
         tracing::debug!(plugin = %self.plugin.name, "worker stopped");
     }
 
@@ -319,32 +378,59 @@ impl Worker {
         (Arc::from(batch), through)
     }
 
-    /// Everything through `through` is dealt with: move the cursor as far
-    /// as pending retries allow.
+    /// Everything through `through` is dealt with: the cursor may move.
     fn done(&mut self, through: u64) {
         self.done_through = self.done_through.max(through);
-        self.commit_cursor();
+        self.save_cursor(false);
     }
 
-    fn commit_cursor(&mut self) {
-        let oldest_retry = self.retries.iter().map(|r| r.0.event.sequence).min();
-        let cursor = match oldest_retry {
-            Some(seq) => self.done_through.min(seq.saturating_sub(1)),
-            None => self.done_through,
-        };
-        if cursor <= self.committed {
+    /// The cursor at `through`, with the pending retries (and `more`).
+    /// Events re-driven from dead letters are kept by the re-drive list
+    /// instead.
+    fn cursor(&self, through: u64, more: &[Pending]) -> Cursor {
+        let mut pending: Vec<(u64, u32)> = self
+            .retries
+            .iter()
+            .map(|r| &r.0)
+            .chain(more)
+            .filter(|p| !self.redriven.contains(&p.event.sequence))
+            .map(|p| (p.event.sequence, p.attempt))
+            .collect();
+        pending.sort_unstable();
+        pending.dedup_by_key(|p| p.0);
+        Cursor { through, pending }
+    }
+
+    /// Save the cursor if it moved: now when `now`, else at most every
+    /// [`CURSOR_SAVE_EVERY`].
+    fn save_cursor(&mut self, now: bool) {
+        if !now && self.saved_at.elapsed() < CURSOR_SAVE_EVERY {
             return;
         }
-        self.plugin.cursor.fetch_max(cursor, Ordering::Relaxed);
+        let cursor = self.cursor(self.done_through, &[]);
+        if cursor == self.saved {
+            return;
+        }
         if let Some(store) = &self.cursor_store {
-            if let Err(e) = store.set_cursor(&self.plugin.name, cursor) {
-                // Not moving the cursor only means re-delivery after a
-                // restart; delivery goes on.
+            let progress = Progress {
+                plugin: self.plugin.name.clone(),
+                cursor: cursor.clone(),
+                ..Default::default()
+            };
+            if let Err(e) = store.commit_progress(&progress) {
+                // Not moving the cursor only means reading events again
+                // after a restart; delivery goes on.
                 tracing::error!(plugin = %self.plugin.name, "cannot save the cursor: {e}");
                 return;
             }
         }
-        self.committed = cursor;
+        self.saved_cursor(cursor);
+    }
+
+    fn saved_cursor(&mut self, cursor: Cursor) {
+        self.plugin.cursor.store(cursor.low(), Ordering::Relaxed);
+        self.saved = cursor;
+        self.saved_at = Instant::now();
     }
 
     /// The retries that are due, within the batch limits.
@@ -370,8 +456,15 @@ impl Worker {
         (!events.is_empty()).then(|| (Arc::from(events), attempts))
     }
 
-    fn deliver(&mut self, chunk: &Chunk, range: Range<usize>, attempts: &[u32]) {
+    /// Handle `chunk[range]`; `stream` when the events are the next ones
+    /// from the queue (not retries), so that the cursor moves past them.
+    fn deliver(&mut self, chunk: &Chunk, range: Range<usize>, attempts: &[u32], stream: bool) {
         let batch = &chunk[range.clone()];
+        let advance = if stream {
+            batch.last().map(|e| e.sequence)
+        } else {
+            None
+        };
         if self.needs_reset && !self.reset() {
             // No working instance: every event counts a failed attempt.
             for (event, &attempt) in batch.iter().zip(attempts) {
@@ -382,27 +475,35 @@ impl Worker {
                     "the plugin could not be re-instantiated",
                 );
             }
+            self.finish(batch, attempts, advance, kv::Writes::new(), Vec::new());
             return;
         }
         let started = Instant::now();
-        let result = self.instance.handle(chunk, range, attempts);
+        let result = self.instance.handle(chunk, range.clone(), attempts);
         let handled_at = Instant::now();
         self.handle_seconds
             .observe(handled_at.duration_since(started).as_secs_f64());
         self.batch_events.observe(batch.len() as f64);
         match result {
             Ok(result) => {
-                let mut acked = 0;
+                let all_acked = result.outcomes.iter().all(|o| matches!(o, Outcome::Ack));
+                if !all_acked && !result.writes.is_empty() && batch.len() > 1 {
+                    // Writes cannot be told apart by event: handle the
+                    // events one by one so that only acked ones' are kept.
+                    for (i, &attempt) in range.zip(attempts) {
+                        self.deliver(chunk, i..i + 1, &[attempt], stream);
+                    }
+                    return;
+                }
                 for ((event, &attempt), outcome) in batch.iter().zip(attempts).zip(&result.outcomes)
                 {
                     match outcome {
                         Outcome::Ack => {
-                            acked += 1;
-                            self.acked_redrive(event.sequence);
                             if let Some(at) = event.accepted_at {
                                 let waited = handled_at.saturating_duration_since(at);
                                 self.delivery_seconds.observe(waited.as_secs_f64());
                             }
+                            self.fx.acked.push(event.clone());
                         }
                         Outcome::Retry(r) => self.fail(event, attempt, r.delay_ms, &r.message),
                         Outcome::Reject(msg) => {
@@ -411,20 +512,18 @@ impl Worker {
                         }
                     }
                 }
-                self.plugin.handled.inc_by(acked);
                 let follow_ups: Vec<Event> = result
                     .published
                     .into_iter()
                     .filter(|(cause, _)| matches!(result.outcomes.get(*cause), Some(Outcome::Ack)))
                     .map(|(_, e)| e)
                     .collect();
-                if !follow_ups.is_empty() {
-                    let n = follow_ups.len();
-                    if let Err(e) = self.dispatch.publish(follow_ups) {
-                        self.dropped_follow_up.inc_by((n - e.accepted()) as u64);
-                        tracing::error!(plugin = %self.plugin.name, "follow-up events lost: {e}");
-                    }
-                }
+                let writes = if all_acked {
+                    result.writes
+                } else {
+                    kv::Writes::new()
+                };
+                self.finish(batch, attempts, advance, writes, follow_ups);
             }
             Err(e) => {
                 self.traps.inc();
@@ -434,6 +533,121 @@ impl Worker {
                     self.fail(event, attempt, None, &message);
                 }
                 self.needs_reset = true;
+                self.finish(batch, attempts, advance, kv::Writes::new(), Vec::new());
+            }
+        }
+    }
+
+    /// Make the batch's outcomes (in `self.fx`), `writes` and `follow_ups`
+    /// take effect: in durable mode written in one atomic batch with the
+    /// cursor (past `advance`, when the events came from the queue). If that
+    /// fails nothing takes effect and the events come again later.
+    fn finish(
+        &mut self,
+        batch: &[Arc<Event>],
+        attempts: &[u32],
+        advance: Option<u64>,
+        writes: kv::Writes,
+        follow_ups: Vec<Event>,
+    ) {
+        let fx = std::mem::take(&mut self.fx);
+        let through = advance.map_or(self.done_through, |a| self.done_through.max(a));
+        let redriven: Vec<u64> = fx
+            .acked
+            .iter()
+            .map(|e| e.sequence)
+            .chain(fx.gave_up.iter().map(|g| g.0.sequence))
+            .filter(|seq| self.redriven.contains(seq))
+            .collect();
+        let committed = match &self.cursor_store {
+            Some(store) => {
+                let cursor = self.cursor(through, &fx.retries);
+                let progress = Progress {
+                    plugin: self.plugin.name.clone(),
+                    cursor: cursor.clone(),
+                    kv: writes.into_iter().collect(),
+                    dead: fx
+                        .gave_up
+                        .iter()
+                        .map(|(event, attempts, error, _)| GaveUp {
+                            event: event.clone(),
+                            attempts: *attempts,
+                            error: error.clone(),
+                        })
+                        .collect(),
+                    redriven: redriven.clone(),
+                };
+                let written = match (&self.dispatch, follow_ups.is_empty()) {
+                    (Dispatch::Durable(log), false) => log
+                        .submit_with(crate::dispatch::stamped(follow_ups), Some(progress))
+                        .and_then(|ticket| ticket.wait())
+                        .map(|_| ()),
+                    _ => store.commit_progress(&progress),
+                };
+                written.map(|()| Some(cursor))
+            }
+            None => {
+                if let Err(e) = self.kv.apply(&self.plugin.name, writes) {
+                    tracing::error!(plugin = %self.plugin.name, "state not kept: {e}");
+                }
+                if !follow_ups.is_empty() {
+                    let n = follow_ups.len();
+                    if let Err(e) = self.dispatch.publish(follow_ups) {
+                        self.dropped_follow_up.inc_by((n - e.accepted()) as u64);
+                        tracing::error!(plugin = %self.plugin.name, "follow-up events lost: {e}");
+                    }
+                }
+                Ok(None)
+            }
+        };
+        match committed {
+            Ok(cursor) => {
+                self.done_through = through;
+                if let Some(cursor) = cursor {
+                    self.saved_cursor(cursor);
+                } else {
+                    self.plugin
+                        .cursor
+                        .store(self.cursor(through, &fx.retries).low(), Ordering::Relaxed);
+                }
+                for seq in redriven {
+                    self.redriven.remove(&seq);
+                }
+                self.apply(fx);
+            }
+            Err(e) => {
+                tracing::error!(plugin = %self.plugin.name, batch_events = batch.len(), "cannot write what the batch did ({e}); it will be delivered again in {STORE_RETRY:?}");
+                let due = Instant::now() + STORE_RETRY;
+                for (event, &attempt) in batch.iter().zip(attempts) {
+                    self.retries.push(Reverse(Pending {
+                        due,
+                        attempt,
+                        event: event.clone(),
+                    }));
+                }
+                self.needs_reset = true;
+            }
+        }
+    }
+
+    /// The outcomes of a batch whose progress is written.
+    fn apply(&mut self, fx: Effects) {
+        self.plugin.handled.inc_by(fx.acked.len() as u64);
+        for p in fx.retries {
+            self.plugin.retried.inc();
+            self.retries.push(Reverse(p));
+        }
+        let durable = self.cursor_store.is_some();
+        for (event, attempts, error, why) in fx.gave_up {
+            if durable {
+                self.dead_lettered.inc();
+                tracing::warn!(plugin = %self.plugin.name, id = %event.id, topic = %event.topic, attempts, last_error = %error, "{}; moved to dead letters", why.says());
+            } else {
+                match why {
+                    GiveUp::Rejected => self.dropped_rejected.inc(),
+                    GiveUp::Exhausted | GiveUp::BacklogFull => self.dropped_exhausted.inc(),
+                };
+                tracing::warn!(plugin = %self.plugin.name, id = %event.id, topic = %event.topic, attempts, last_error = %error, "{}; event dropped", why.says());
             }
         }
     }
@@ -452,11 +666,12 @@ impl Worker {
         }
     }
 
-    /// Count a failed attempt and schedule the next, or drop the event when
-    /// its attempts are used up.
+    /// Count a failed attempt and schedule the next, or give up on the
+    /// event when its attempts are used up.
     fn fail(&mut self, event: &Arc<Event>, attempt: u32, delay_ms: Option<u64>, message: &str) {
         self.plugin.failed.inc();
-        let heap_full = self.retries.len() >= self.settings.queue_events_max;
+        let heap_full =
+            self.retries.len() + self.fx.retries.len() >= self.settings.queue_events_max;
         if attempt >= self.settings.max_attempts || heap_full {
             let why = if heap_full {
                 GiveUp::BacklogFull
@@ -470,47 +685,20 @@ impl Worker {
             Some(ms) => ms.min(RETRY_DELAY_MS_MAX),
             None => self.backoff_ms(attempt),
         };
-        self.plugin.retried.inc();
-        self.retries.push(Reverse(Pending {
+        self.fx.retries.push(Pending {
             due: Instant::now() + Duration::from_millis(delay),
             attempt: attempt + 1,
             event: event.clone(),
-        }));
+        });
     }
 
     /// Stop delivering `event`: in durable mode it becomes a dead letter (kept,
     /// with its attempts and last error, until re-driven or purged); in
     /// memory mode it is dropped and counted.
     fn give_up(&mut self, event: &Arc<Event>, attempts: u32, error: &str, why: GiveUp) {
-        self.redriven.remove(&event.sequence);
-        if let Some(store) = &self.cursor_store {
-            match store.dead_letter(&self.plugin.name, event, attempts, error) {
-                Ok(()) => {
-                    self.dead_lettered.inc();
-                    tracing::warn!(plugin = %self.plugin.name, id = %event.id, topic = %event.topic, attempts, last_error = %error, "{}; moved to dead letters", why.says());
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(plugin = %self.plugin.name, id = %event.id, "{}, but the dead letter could not be stored: {e}", why.says());
-                }
-            }
-        }
-        match why {
-            GiveUp::Rejected => self.dropped_rejected.inc(),
-            GiveUp::Exhausted | GiveUp::BacklogFull => self.dropped_exhausted.inc(),
-        };
-        tracing::warn!(plugin = %self.plugin.name, id = %event.id, topic = %event.topic, attempts, last_error = %error, "{}; event dropped", why.says());
-    }
-
-    /// A re-driven event was acked: it leaves the re-drive list.
-    fn acked_redrive(&mut self, sequence: u64) {
-        if self.redriven.remove(&sequence) {
-            if let Some(store) = &self.cursor_store {
-                if let Err(e) = store.redriven(&self.plugin.name, sequence) {
-                    tracing::error!(plugin = %self.plugin.name, "cannot clear a re-driven event (it will come again): {e}");
-                }
-            }
-        }
+        self.fx
+            .gave_up
+            .push((event.clone(), attempts, error.to_string(), why));
     }
 
     /// Take events re-driven from dead letters, when asked to look.

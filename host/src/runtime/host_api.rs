@@ -1,5 +1,5 @@
 //! The host side of the plugin's imports: `wasi:logging`, `publisher`,
-//! `config`, and the WASI 0.2 context (which grants nothing: no files,
+//! `config` (`wasi:keyvalue` is in `runtime::kv`), and the WASI 0.2 context (which grants nothing: no files,
 //! environment, arguments, sockets or name lookups; stdout and stderr go to
 //! the host log tagged with the plugin's name).
 //!
@@ -29,14 +29,19 @@ pub const PUBLISHES_PER_EVENT_MAX: usize = 64;
 
 /// Per-store state: WASI context, limits, config and the batch in flight.
 pub struct HostState {
-    plugin: Arc<str>,
+    pub(super) plugin: Arc<str>,
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) table: ResourceTable,
     limits: StoreLimits,
     config: Vec<(String, String)>,
     hops_max: u32,
     batch: Option<(Chunk, Range<usize>)>,
     published: Vec<(usize, Event)>,
+    /// Where the plugin's committed state is.
+    pub(super) kv: super::kv::Backend,
+    /// State written in the call in progress, not yet committed.
+    pub(super) kv_writes: super::kv::Writes,
+    pub(super) kv_write_bytes: usize,
 }
 
 impl HostState {
@@ -45,6 +50,7 @@ impl HostState {
         config: Vec<(String, String)>,
         hops_max: u32,
         limits: StoreLimits,
+        kv: super::kv::Backend,
     ) -> HostState {
         let plugin: Arc<str> = Arc::from(plugin);
         let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
@@ -62,6 +68,9 @@ impl HostState {
             hops_max,
             batch: None,
             published: Vec::new(),
+            kv,
+            kv_writes: Default::default(),
+            kv_write_bytes: 0,
         }
     }
 
@@ -72,6 +81,13 @@ impl HostState {
     pub(super) fn begin_batch(&mut self, chunk: &Chunk, range: Range<usize>) {
         self.batch = Some((chunk.clone(), range));
         self.published.clear();
+        self.take_writes();
+    }
+
+    /// The state written since the last call to this (or the batch's start).
+    pub(super) fn take_writes(&mut self) -> super::kv::Writes {
+        self.kv_write_bytes = 0;
+        std::mem::take(&mut self.kv_writes)
     }
 
     /// The events of the call in progress.
@@ -82,9 +98,9 @@ impl HostState {
         }
     }
 
-    pub(super) fn end_batch(&mut self) -> Vec<(usize, Event)> {
+    pub(super) fn end_batch(&mut self) -> (Vec<(usize, Event)>, super::kv::Writes) {
         self.batch = None;
-        std::mem::take(&mut self.published)
+        (std::mem::take(&mut self.published), self.take_writes())
     }
 }
 
@@ -184,6 +200,11 @@ impl publisher::Host for HostState {
             event.data,
         )
         .map_err(|e| types::PublishError::Invalid(e.to_string()))?;
+        // The same plugin handling the same event publishes the same ids:
+        // handled again after a crash, its follow-ups are duplicates that
+        // the log's duplicate window and idempotent consumers recognise.
+        let ordinal = self.published.iter().filter(|(i, _)| *i == index).count();
+        follow.id = follow_up_id(&self.plugin, &cause.id, ordinal);
         follow.source = format!("plugbus/plugin/{}", self.plugin);
         follow.subject = event.subject;
         follow.correlationid = Some(cause.chain_id().to_string());
@@ -192,6 +213,16 @@ impl publisher::Host for HostState {
         self.published.push((index, follow));
         Ok(())
     }
+}
+
+/// Namespace of follow-up event ids (UUID v5).
+const FOLLOW_UP_IDS: uuid::Uuid = uuid::Uuid::from_u128(0x5a1c_2f0e_8d4b_4f6a_9e1d_3c7b_2a60_b1e5);
+
+/// The id of the `ordinal`th follow-up `plugin` publishes for the event
+/// `cause_id`: derived from them, so the same handling gives the same id.
+pub fn follow_up_id(plugin: &str, cause_id: &str, ordinal: usize) -> String {
+    let name = format!("{plugin}\0{cause_id}\0{ordinal}");
+    uuid::Uuid::new_v5(&FOLLOW_UP_IDS, name.as_bytes()).to_string()
 }
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
@@ -297,5 +328,20 @@ impl tokio::io::AsyncWrite for GuestOutput {
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::follow_up_id;
+
+    #[test]
+    fn follow_up_ids_depend_on_plugin_cause_and_ordinal_only() {
+        let a = follow_up_id("inventory", "order-1", 0);
+        assert_eq!(a, follow_up_id("inventory", "order-1", 0));
+        assert_ne!(a, follow_up_id("inventory", "order-1", 1));
+        assert_ne!(a, follow_up_id("inventory", "order-2", 0));
+        assert_ne!(a, follow_up_id("email", "order-1", 0));
+        assert_eq!(a.len(), 36, "a UUID: {a}");
     }
 }

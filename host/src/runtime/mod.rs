@@ -20,6 +20,7 @@
 
 mod cache;
 mod host_api;
+pub mod kv;
 
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
@@ -42,6 +43,10 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         world: "plugin",
         path: "../wit",
+        with: {
+            "wasi:keyvalue/store.bucket": super::kv::KvBucket,
+            "wasi:keyvalue/atomics.cas": super::kv::KvCas,
+        },
     });
 }
 
@@ -207,6 +212,8 @@ pub struct InstanceConfig {
     pub config: Vec<(String, String)>,
     /// Hops after which a chain of follow-up events is cut. Default 32.
     pub hops_max: u32,
+    /// Where the plugin's key-value state is committed.
+    pub kv: kv::Backend,
 }
 
 /// The result of one `handle` call.
@@ -215,6 +222,8 @@ pub struct BatchResult {
     pub outcomes: Vec<Outcome>,
     /// Follow-up events, each with the index (in the batch) of its cause.
     pub published: Vec<(usize, Event)>,
+    /// Key-value writes made by the call, not yet committed.
+    pub writes: kv::Writes,
 }
 
 impl Runtime {
@@ -446,7 +455,13 @@ impl LoadedPlugin {
             .tables(64)
             .memories(8)
             .build();
-        let state = HostState::new(&self.name, config.config.clone(), config.hops_max, limits);
+        let state = HostState::new(
+            &self.name,
+            config.config.clone(),
+            config.hops_max,
+            limits,
+            config.kv.clone(),
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s.limits_mut());
         store
@@ -480,6 +495,14 @@ pub fn instantiate(
         .map_err(|reason| CallError::InitFailed {
             plugin: loaded.name.clone(),
             reason,
+        })?;
+    let writes = store.data_mut().take_writes();
+    config
+        .kv
+        .apply(&loaded.name, writes)
+        .map_err(|reason| CallError::InitFailed {
+            plugin: loaded.name.clone(),
+            reason: format!("cannot keep what init wrote to its state: {reason}"),
         })?;
     Ok((
         PluginInstance {
@@ -525,7 +548,7 @@ impl PluginInstance {
             .bindings
             .plugbus_plugin_handler()
             .call_handle(&mut self.store, &self.buffer.batch);
-        let published = self.store.data_mut().end_batch();
+        let (published, writes) = self.store.data_mut().end_batch();
         let outcomes = result.map_err(|e| CallError::Trap {
             plugin: self.loaded.name.clone(),
             reason: format!("{e:#}"),
@@ -540,6 +563,7 @@ impl PluginInstance {
         Ok(BatchResult {
             outcomes,
             published,
+            writes,
         })
     }
 }

@@ -53,7 +53,7 @@ impl Selection {
     }
 }
 
-fn key(plugin: &str, sequence: u64) -> Vec<u8> {
+pub(super) fn key(plugin: &str, sequence: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(plugin.len() + 9);
     k.extend_from_slice(plugin.as_bytes());
     k.push(0);
@@ -76,6 +76,19 @@ fn encode(attempts: u32, error: &str, dead_at: &str, event: &Event) -> Vec<u8> {
     }
     out.extend_from_slice(&codec::encode(event));
     out
+}
+
+/// The key and value of the dead letter of `event` for `plugin`.
+pub(super) fn record(
+    plugin: &str,
+    event: &Event,
+    attempts: u32,
+    error: &str,
+) -> (Vec<u8>, Vec<u8>) {
+    (
+        key(plugin, event.sequence),
+        encode(attempts, error, &now_rfc3339(), event),
+    )
 }
 
 fn decode(plugin: &str, sequence: u64, bytes: &[u8]) -> Option<DeadLetter> {
@@ -129,13 +142,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.check_poisoned()?;
         let mut batch = self.db.batch();
-        batch.insert(
-            &self.dead,
-            key(plugin, event.sequence),
-            encode(attempts, error, &now_rfc3339(), event),
-        );
+        let (k, v) = record(plugin, event, attempts, error);
         // A letter that was being re-driven is done with that.
-        batch.remove(&self.redrive, key(plugin, event.sequence));
+        batch.remove(&self.redrive, k.clone());
+        batch.insert(&self.dead, k, v);
         batch.commit().map_err(|e| self.write_error(&e))?;
         self.dirty.store(true, std::sync::atomic::Ordering::Release);
         Ok(())

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use prometheus_client::metrics::counter::Counter;
 
+use super::progress::Progress;
 use super::{Fsync, Retention, Store, StoreError};
 use crate::event::Event;
 
@@ -31,6 +32,8 @@ pub const TAIL_EVENTS_MAX: usize = 65_536;
 
 struct Append {
     events: Vec<Event>,
+    /// A plugin's progress, for follow-up events: stored with them.
+    progress: Option<Progress>,
     reply: tokio::sync::oneshot::Sender<Result<Appended, StoreError>>,
 }
 
@@ -202,8 +205,19 @@ impl Log {
     /// Hand `events` to the committer; the ticket answers once they are
     /// committed. Waits only if a full backlog of appends is already queued.
     pub fn submit(&self, events: Vec<Event>) -> Result<Ticket, StoreError> {
+        self.submit_with(events, None)
+    }
+
+    /// [`Log::submit`] for a plugin's follow-up events: `progress` (the
+    /// plugin's state, cursor and dead letters after the batch that
+    /// published them) is written in the same atomic batch as the events.
+    pub fn submit_with(
+        &self,
+        events: Vec<Event>,
+        progress: Option<Progress>,
+    ) -> Result<Ticket, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if events.is_empty() {
+        if events.is_empty() && progress.is_none() {
             let _ = reply.send(Ok(Appended {
                 sequences: Vec::new(),
                 duplicates: 0,
@@ -217,7 +231,11 @@ impl Log {
             .clone()
             .ok_or(StoreError::Closed)?;
         sender
-            .send(Append { events, reply })
+            .send(Append {
+                events,
+                progress,
+                reply,
+            })
             .map_err(|_| StoreError::Closed)?;
         Ok(Ticket(answer))
     }
@@ -367,10 +385,14 @@ impl Log {
                 }
                 slots.push(mine);
             }
-            let first_sequence = if fresh.is_empty() {
-                Ok(0)
-            } else {
-                self.store.append(&mut fresh)
+            let first_sequence = {
+                let progress: Vec<&Progress> =
+                    group.iter().filter_map(|a| a.progress.as_ref()).collect();
+                if fresh.is_empty() && progress.is_empty() {
+                    Ok(0)
+                } else {
+                    self.store.append_with(&mut fresh, &progress)
+                }
             };
             match first_sequence {
                 Ok(first_sequence) => {

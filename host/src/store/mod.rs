@@ -1,8 +1,8 @@
 //! The durable store: one fjall database in the data directory, with a
 //! keyspace for the event log (key: the sequence, big-endian; value: the
-//! event, `store::codec`), one for the plugins' cursors (key: the plugin
-//! name; value: the highest sequence it is done with), and two for dead
-//! letters and those being re-driven (`store::dead`).
+//! event, `store::codec`), one for the plugins' cursors and one for their
+//! key-value buckets (`store::progress`), and two for dead letters and
+//! those being re-driven (`store::dead`).
 //!
 //! [`Store`] is the storage layer: appending a group of events in one atomic
 //! batch under the fsync policy, reading the log by sequence, and reading
@@ -25,6 +25,7 @@
 pub mod codec;
 pub mod dead;
 pub mod log;
+pub mod progress;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -35,6 +36,7 @@ use std::time::{Duration, Instant};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::event::Event;
+use progress::Cursor;
 
 /// When appended events are forced to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +148,7 @@ pub struct Store {
     dead: Keyspace,
     redrive: Keyspace,
     meta: Keyspace,
+    kv: Keyspace,
     /// Bytes of the records in the log (keys and values): kept in `meta`,
     /// updated in the same batch as every append and trim.
     log_bytes: AtomicU64,
@@ -245,6 +248,7 @@ impl Store {
         let dead = keyspace("dead")?;
         let redrive = keyspace("redrive")?;
         let meta = keyspace("meta")?;
+        let kv = keyspace("kv")?;
         let log_bytes = meta
             .get(LOG_BYTES_KEY)
             .map_err(|e| open_err(format!("{e:?}")))?
@@ -265,8 +269,8 @@ impl Store {
             .and_then(|b| sequence_of(&b))
             .unwrap_or(0);
         for guard in cursors.iter() {
-            if let Some(cursor) = guard.value().ok().and_then(|v| sequence_of(&v)) {
-                high = high.max(cursor);
+            if let Some(cursor) = guard.value().ok().and_then(|v| Cursor::decode(&v)) {
+                high = high.max(cursor.through);
             }
         }
         if high > last {
@@ -299,6 +303,7 @@ impl Store {
             dead,
             redrive,
             meta,
+            kv,
             log_bytes: AtomicU64::new(log_bytes),
             dir: dir.to_path_buf(),
             fsync,
@@ -395,6 +400,16 @@ impl Store {
     /// the sequence numbers are not used up. Only one thread appends (the
     /// committer).
     pub fn append(&self, events: &mut [Event]) -> Result<u64, StoreError> {
+        self.append_with(events, &[])
+    }
+
+    /// [`Store::append`], writing `progress` (of the plugins whose follow-up
+    /// events these are) in the same atomic batch.
+    pub fn append_with(
+        &self,
+        events: &mut [Event],
+        progress: &[&progress::Progress],
+    ) -> Result<u64, StoreError> {
         self.check_poisoned()?;
         let incoming: u64 = events
             .iter()
@@ -418,6 +433,9 @@ impl Store {
         }
         let log_bytes = self.log_bytes.load(Ordering::Acquire) + added;
         batch.insert(&self.meta, LOG_BYTES_KEY, log_bytes.to_be_bytes());
+        for p in progress {
+            self.add_progress(&mut batch, p);
+        }
         batch.commit().map_err(|e| match e {
             fjall::Error::Poisoned => {
                 self.poison("fjall refused writes after an earlier failure".into())
@@ -499,7 +517,7 @@ impl Store {
         let mut min: Option<u64> = None;
         for guard in self.cursors.iter() {
             let value = guard.value().map_err(|e| self.read_error(&e))?;
-            if let Some(c) = sequence_of(&value) {
+            if let Some(c) = Cursor::decode(&value).map(|c| c.low()) {
                 min = Some(min.map_or(c, |m| m.min(c)));
             }
         }
@@ -611,25 +629,10 @@ impl Store {
         }
     }
 
-    /// The cursor of `plugin`: the highest sequence it is done with.
+    /// The cursor of `plugin`: the highest sequence up to which it is done
+    /// with every event (before any it is still retrying).
     pub fn cursor(&self, plugin: &str) -> Result<Option<u64>, StoreError> {
-        let value = self.cursors.get(plugin).map_err(|e| StoreError::Write {
-            dir: self.dir.clone(),
-            reason: format!("reading cursor of {plugin}: {e:?}"),
-        })?;
-        match value {
-            None => Ok(None),
-            Some(v) => sequence_of(&v)
-                .map(Some)
-                .ok_or_else(|| StoreError::Corrupt {
-                    dir: self.dir.clone(),
-                    sequence: 0,
-                    reason: format!(
-                        "the cursor of plugin `{plugin}` is {} bytes, not 8",
-                        v.len()
-                    ),
-                }),
-        }
+        Ok(self.cursor_state(plugin)?.map(|c| c.low()))
     }
 
     /// Move `plugin`'s cursor to `sequence`. Not fsynced by itself: a lost
@@ -637,7 +640,7 @@ impl Store {
     pub fn set_cursor(&self, plugin: &str, sequence: u64) -> Result<(), StoreError> {
         self.check_poisoned()?;
         let mut batch = self.db.batch();
-        batch.insert(&self.cursors, plugin, sequence.to_be_bytes());
+        batch.insert(&self.cursors, plugin, Cursor::at(sequence).encode());
         batch.commit().map_err(|e| self.write_error(&e))?;
         self.dirty.store(true, Ordering::Release);
         Ok(())

@@ -1,9 +1,13 @@
 //! The `analytics` reference plugin: a projection of the order stream. It
-//! keeps the number of orders and the revenue, and logs the running totals.
-//! Because it is derived from events alone, it can be rebuilt by replaying
-//! the log.
+//! keeps the number of orders and the revenue in its state, under the keys
+//! `orders` and `revenue_cents`, and logs the running totals. The host
+//! commits the totals with the plugin's progress through the log, so each
+//! order is counted exactly once, even across a crash; and because the
+//! projection is derived from events alone, it can be cleared and rebuilt
+//! by replaying the log (`plugbus replay analytics --from-seq 1
+//! --reset-state`).
 
-use plugbus_sdk::{export_plugin, Config, Context, Event, Info, Outcome, Plugin};
+use plugbus_sdk::{export_plugin, Config, Context, Event, Info, Outcome, Plugin, State};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -12,16 +16,13 @@ struct Order {
 }
 
 struct Analytics {
-    orders: u64,
-    revenue_cents: u64,
+    state: State,
 }
 
 impl Plugin for Analytics {
     fn init(_config: &Config) -> Result<Self, String> {
-        Ok(Analytics {
-            orders: 0,
-            revenue_cents: 0,
-        })
+        let state = State::open().map_err(|e| format!("cannot open the state bucket: {e}"))?;
+        Ok(Analytics { state })
     }
 
     fn info(&self) -> Info {
@@ -29,18 +30,20 @@ impl Plugin for Analytics {
     }
 
     fn handle(&mut self, event: &Event<'_>, _ctx: &mut Context) -> Outcome {
-        match event.json::<Order>() {
-            Ok(order) => {
-                self.orders += 1;
-                self.revenue_cents += order.total_cents;
-                plugbus_sdk::info!(
-                    "totals: orders={} revenue_cents={}",
-                    self.orders,
-                    self.revenue_cents
-                );
+        let order = match event.json::<Order>() {
+            Ok(order) => order,
+            Err(e) => return Outcome::reject(e.to_string()),
+        };
+        let totals = self.state.increment("orders", 1).and_then(|orders| {
+            let cents = i64::try_from(order.total_cents).unwrap_or(i64::MAX);
+            Ok((orders, self.state.increment("revenue_cents", cents)?))
+        });
+        match totals {
+            Ok((orders, revenue_cents)) => {
+                plugbus_sdk::info!("totals: orders={orders} revenue_cents={revenue_cents}");
                 Outcome::Ack
             }
-            Err(e) => Outcome::reject(e.to_string()),
+            Err(e) => Outcome::retry(format!("cannot update the totals: {e}")),
         }
     }
 }

@@ -7,13 +7,15 @@
 //! An order without items cannot be understood and never will be: it is
 //! rejected (permanently), not retried.
 //!
-//! Stock starts at `default_stock` (config, default 100) units per SKU, with
-//! per-SKU overrides in `stock.<sku>` config keys. It lives in the instance's
-//! memory for now.
+//! Stock lives in the plugin's state, one key per SKU (`stock.<sku>`, units
+//! left); a SKU not seen yet starts at `default_stock` (config, default 100)
+//! units, or at a per-SKU `stock.<sku>` config value. The reservation is
+//! kept only if the order is acked, together with the follow-up event: a
+//! crash never reserves an order twice or loses a reservation.
 
 use std::collections::HashMap;
 
-use plugbus_sdk::{export_plugin, Config, Context, Event, Info, Outcome, Plugin};
+use plugbus_sdk::{export_plugin, Config, Context, Event, Info, Outcome, Plugin, State};
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize)]
@@ -48,12 +50,15 @@ struct Insufficient<'a> {
 
 struct Inventory {
     default_stock: u64,
-    stock: HashMap<String, u64>,
+    /// Starting stock from config, per SKU.
+    initial: HashMap<String, u64>,
+    state: State,
 }
 
 impl Inventory {
-    fn available(&self, sku: &str) -> u64 {
-        self.stock.get(sku).copied().unwrap_or(self.default_stock)
+    fn available(&self, sku: &str) -> Result<u64, plugbus_sdk::StateError> {
+        let kept = self.state.get_json::<u64>(&format!("stock.{sku}"))?;
+        Ok(kept.unwrap_or_else(|| self.initial.get(sku).copied().unwrap_or(self.default_stock)))
     }
 }
 
@@ -65,18 +70,19 @@ impl Plugin for Inventory {
                 .map_err(|_| format!("config `default_stock` = `{v}` is not a whole number"))?,
             None => 100,
         };
-        let mut stock = HashMap::new();
+        let mut initial = HashMap::new();
         for (key, value) in config.iter() {
             if let Some(sku) = key.strip_prefix("stock.") {
                 let units = value
                     .parse()
                     .map_err(|_| format!("config `{key}` = `{value}` is not a whole number"))?;
-                stock.insert(sku.to_string(), units);
+                initial.insert(sku.to_string(), units);
             }
         }
         Ok(Inventory {
             default_stock,
-            stock,
+            initial,
+            state: State::open().map_err(|e| format!("cannot open the state bucket: {e}"))?,
         })
     }
 
@@ -92,13 +98,20 @@ impl Plugin for Inventory {
         if order.items.is_empty() {
             return Outcome::reject(format!("order {} has no items", order.order_id));
         }
+        let mut levels = Vec::with_capacity(order.items.len());
+        for item in &order.items {
+            match self.available(&item.sku) {
+                Ok(units) => levels.push(units),
+                Err(e) => return Outcome::retry(format!("cannot read stock: {e}")),
+            }
+        }
         let short = order
             .items
             .iter()
-            .find(|item| self.available(&item.sku) < item.qty);
+            .zip(&levels)
+            .find(|(item, &units)| units < item.qty);
         let published = match short {
-            Some(item) => {
-                let available = self.available(&item.sku);
+            Some((item, &available)) => {
                 plugbus_sdk::warn!(
                     "order {}: {} x {} wanted, {} in stock",
                     order.order_id,
@@ -119,9 +132,11 @@ impl Plugin for Inventory {
             }
             None => {
                 let mut changes = Vec::new();
-                for item in &order.items {
-                    let left = self.available(&item.sku) - item.qty;
-                    self.stock.insert(item.sku.clone(), left);
+                for (item, units) in order.items.iter().zip(&levels) {
+                    let left = units - item.qty;
+                    if let Err(e) = self.state.set_json(&format!("stock.{}", item.sku), &left) {
+                        return Outcome::retry(format!("cannot keep stock: {e}"));
+                    }
                     changes.push(format!("{} -{} (left {left})", item.sku, item.qty));
                 }
                 plugbus_sdk::info!("order {}: reserved {}", order.order_id, changes.join(", "));

@@ -1,0 +1,371 @@
+//! The plugin's state as the sandbox sees it: `wasi:keyvalue` (store,
+//! atomics, batch at 0.2.0-draft2) on one bucket per plugin, `default`.
+//!
+//! Writes made during a `handle` call are held in the store's overlay and
+//! read back from it (a plugin reads its own writes); the worker commits
+//! them with the plugin's cursor only for a batch whose events were all
+//! acked (`plugin::worker`), so what a plugin keeps is exactly the effect of
+//! the events it acked. Reads of keys not written in the call go to the
+//! [`Backend`]: the durable store, or a map in memory (`--memory`).
+//!
+//! Writes during `init` are committed when `init` returns.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use wasmtime::component::Resource;
+
+use super::bindings::wasi::keyvalue::{atomics, batch, store};
+use super::HostState;
+use crate::store::Store;
+
+/// The only bucket name: the plugin's own.
+pub const BUCKET: &str = "default";
+/// The longest key, in bytes.
+pub const KEY_BYTES_MAX: usize = 1024;
+/// The largest value, in bytes.
+pub const VALUE_BYTES_MAX: usize = 1 << 20;
+/// The most bytes (keys and values) one call may write.
+pub const CALL_WRITE_BYTES_MAX: usize = 16 << 20;
+/// Keys per page of `list-keys`.
+pub const LIST_PAGE: usize = 1000;
+
+/// A plugin's bucket handle (the guest's `bucket` resource).
+pub struct KvBucket;
+
+/// A compare-and-swap in progress (the guest's `cas` resource): the key and
+/// the value it saw.
+pub struct KvCas {
+    key: String,
+    seen: Option<Vec<u8>>,
+}
+
+/// Where committed state lives.
+#[derive(Clone)]
+pub enum Backend {
+    /// The store's `kv` keyspace.
+    Durable(Arc<Store>),
+    /// A map in memory, lost on exit (`--memory`).
+    Memory(Arc<Mutex<BTreeMap<String, Vec<u8>>>>),
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Durable(_) => "Backend::Durable",
+            Backend::Memory(_) => "Backend::Memory",
+        })
+    }
+}
+
+impl Default for Backend {
+    fn default() -> Self {
+        Backend::Memory(Arc::default())
+    }
+}
+
+/// Writes not yet committed: a value, or none for a delete.
+pub type Writes = BTreeMap<String, Option<Vec<u8>>>;
+
+impl Backend {
+    /// The committed value of `key` in `plugin`'s bucket.
+    pub fn get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        match self {
+            Backend::Durable(s) => s.kv_get(plugin, key).map_err(|e| e.to_string()),
+            Backend::Memory(m) => Ok(m
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(key)
+                .cloned()),
+        }
+    }
+
+    /// Up to `max` committed keys after `after`, in order, with values.
+    pub fn list(
+        &self,
+        plugin: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, String> {
+        match self {
+            Backend::Durable(s) => s.kv_list(plugin, after, max).map_err(|e| e.to_string()),
+            Backend::Memory(m) => {
+                let m = m.lock().unwrap_or_else(|p| p.into_inner());
+                let from = match after {
+                    Some(a) => std::ops::Bound::Excluded(a.to_string()),
+                    None => std::ops::Bound::Unbounded,
+                };
+                Ok(m.range((from, std::ops::Bound::Unbounded))
+                    .take(max)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect())
+            }
+        }
+    }
+
+    /// Commit `writes` at once, outside any delivery (memory mode, and
+    /// writes made during `init`).
+    pub fn apply(&self, plugin: &str, writes: Writes) -> Result<(), String> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Backend::Durable(s) => {
+                let mut progress = crate::store::progress::Progress {
+                    plugin: plugin.to_string(),
+                    kv: writes.into_iter().collect(),
+                    ..Default::default()
+                };
+                // Keep the cursor as it is.
+                progress.cursor = s
+                    .cursor_state(plugin)
+                    .map_err(|e| e.to_string())?
+                    .unwrap_or_default();
+                s.commit_progress(&progress).map_err(|e| e.to_string())
+            }
+            Backend::Memory(m) => {
+                let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
+                for (k, v) in writes {
+                    match v {
+                        Some(v) => m.insert(k, v),
+                        None => m.remove(&k),
+                    };
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Delete every key (memory mode; the store clears its own).
+    pub fn clear(&self) {
+        if let Backend::Memory(m) = self {
+            m.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+}
+
+fn other(e: impl std::fmt::Display) -> store::Error {
+    store::Error::Other(e.to_string())
+}
+
+impl HostState {
+    /// The value of `key` as this call sees it.
+    fn kv_read(&self, key: &str) -> Result<Option<Vec<u8>>, store::Error> {
+        if let Some(v) = self.kv_writes.get(key) {
+            return Ok(v.clone());
+        }
+        self.kv.get(&self.plugin, key).map_err(other)
+    }
+
+    fn kv_write(&mut self, key: String, value: Option<Vec<u8>>) -> Result<(), store::Error> {
+        if key.len() > KEY_BYTES_MAX {
+            return Err(other(format!(
+                "the key is {} bytes, over the limit of {KEY_BYTES_MAX}",
+                key.len()
+            )));
+        }
+        let size = key.len() + value.as_ref().map_or(0, Vec::len);
+        if value.as_ref().is_some_and(|v| v.len() > VALUE_BYTES_MAX) {
+            return Err(other(format!(
+                "the value of `{key}` is {} bytes, over the limit of {VALUE_BYTES_MAX}",
+                size - key.len()
+            )));
+        }
+        if self.kv_write_bytes + size > CALL_WRITE_BYTES_MAX {
+            return Err(other(format!(
+                "this call has written {} bytes, the limit per call is {CALL_WRITE_BYTES_MAX}",
+                self.kv_write_bytes
+            )));
+        }
+        self.kv_write_bytes += size;
+        self.kv_writes.insert(key, value);
+        Ok(())
+    }
+
+    fn kv_increment(&mut self, key: String, delta: i64) -> Result<i64, store::Error> {
+        let now = match self.kv_read(&key)? {
+            None => 0,
+            Some(bytes) => parse_number(&bytes).ok_or_else(|| {
+                other(format!(
+                    "`{key}` does not hold a number (as decimal text), so it cannot be incremented"
+                ))
+            })?,
+        };
+        let next = now
+            .checked_add(delta)
+            .ok_or_else(|| other(format!("`{key}` would overflow: {now} + {delta}")))?;
+        self.kv_write(key, Some(next.to_string().into_bytes()))?;
+        Ok(next)
+    }
+}
+
+/// A counter's value: decimal text (what `increment` writes, readable as
+/// JSON), or 8 bytes little-endian (what some SDKs write).
+fn parse_number(bytes: &[u8]) -> Option<i64> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .or_else(|| <[u8; 8]>::try_from(bytes).ok().map(i64::from_le_bytes))
+}
+
+impl store::Host for HostState {
+    fn open(&mut self, identifier: String) -> Result<Resource<KvBucket>, store::Error> {
+        if identifier != BUCKET {
+            return Err(store::Error::NoSuchStore);
+        }
+        self.table.push(KvBucket).map_err(other)
+    }
+}
+
+impl store::HostBucket for HostState {
+    fn get(&mut self, _: Resource<KvBucket>, key: String) -> Result<Option<Vec<u8>>, store::Error> {
+        self.kv_read(&key)
+    }
+
+    fn set(
+        &mut self,
+        _: Resource<KvBucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), store::Error> {
+        self.kv_write(key, Some(value))
+    }
+
+    fn delete(&mut self, _: Resource<KvBucket>, key: String) -> Result<(), store::Error> {
+        self.kv_write(key, None)
+    }
+
+    fn exists(&mut self, _: Resource<KvBucket>, key: String) -> Result<bool, store::Error> {
+        Ok(self.kv_read(&key)?.is_some())
+    }
+
+    fn list_keys(
+        &mut self,
+        _: Resource<KvBucket>,
+        cursor: Option<String>,
+    ) -> Result<store::KeyResponse, store::Error> {
+        let after = cursor.as_deref();
+        let committed = self
+            .kv
+            .list(&self.plugin, after, LIST_PAGE + 1)
+            .map_err(other)?;
+        let more_committed = committed.len() > LIST_PAGE;
+        let mut keys: BTreeMap<String, bool> =
+            committed.into_iter().map(|(k, _)| (k, true)).collect();
+        for (k, v) in &self.kv_writes {
+            if after.is_none_or(|a| k.as_str() > a) {
+                keys.insert(k.clone(), v.is_some());
+            }
+        }
+        let mut live: Vec<String> = keys
+            .into_iter()
+            .filter_map(|(k, present)| present.then_some(k))
+            .collect();
+        let more = more_committed || live.len() > LIST_PAGE;
+        live.truncate(LIST_PAGE);
+        let cursor = if more { live.last().cloned() } else { None };
+        Ok(store::KeyResponse { keys: live, cursor })
+    }
+
+    fn drop(&mut self, rep: Resource<KvBucket>) -> wasmtime::Result<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for HostState {
+    fn increment(
+        &mut self,
+        _: Resource<KvBucket>,
+        key: String,
+        delta: i64,
+    ) -> Result<i64, store::Error> {
+        self.kv_increment(key, delta)
+    }
+
+    fn swap(&mut self, cas: Resource<KvCas>, value: Vec<u8>) -> Result<(), atomics::CasError> {
+        let cas_state = self
+            .table
+            .delete(cas)
+            .map_err(|e| atomics::CasError::StoreError(other(e)))?;
+        let now = self
+            .kv_read(&cas_state.key)
+            .map_err(atomics::CasError::StoreError)?;
+        if now != cas_state.seen {
+            let fresh = self
+                .table
+                .push(KvCas {
+                    key: cas_state.key,
+                    seen: now,
+                })
+                .map_err(|e| atomics::CasError::StoreError(other(e)))?;
+            return Err(atomics::CasError::CasFailed(fresh));
+        }
+        self.kv_write(cas_state.key, Some(value))
+            .map_err(atomics::CasError::StoreError)
+    }
+}
+
+impl atomics::HostCas for HostState {
+    fn new(&mut self, _: Resource<KvBucket>, key: String) -> Result<Resource<KvCas>, store::Error> {
+        let seen = self.kv_read(&key)?;
+        self.table.push(KvCas { key, seen }).map_err(other)
+    }
+
+    fn current(&mut self, cas: Resource<KvCas>) -> Result<Option<Vec<u8>>, store::Error> {
+        let key = self.table.get(&cas).map_err(other)?.key.clone();
+        self.kv_read(&key)
+    }
+
+    fn drop(&mut self, rep: Resource<KvCas>) -> wasmtime::Result<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}
+
+impl batch::Host for HostState {
+    fn get_many(
+        &mut self,
+        _: Resource<KvBucket>,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<(String, Vec<u8>)>>, store::Error> {
+        keys.into_iter()
+            .map(|k| Ok(self.kv_read(&k)?.map(|v| (k, v))))
+            .collect()
+    }
+
+    fn set_many(
+        &mut self,
+        _: Resource<KvBucket>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), store::Error> {
+        for (k, v) in key_values {
+            self.kv_write(k, Some(v))?;
+        }
+        Ok(())
+    }
+
+    fn delete_many(
+        &mut self,
+        _: Resource<KvBucket>,
+        keys: Vec<String>,
+    ) -> Result<(), store::Error> {
+        for k in keys {
+            self.kv_write(k, None)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_read_as_decimal_text_or_little_endian() {
+        assert_eq!(parse_number(b"42"), Some(42));
+        assert_eq!(parse_number(b"-7"), Some(-7));
+        assert_eq!(parse_number(&5i64.to_le_bytes()), Some(5));
+        assert_eq!(parse_number(b"{\"a\":1}"), None);
+    }
+}

@@ -1,0 +1,305 @@
+//! A plugin's progress through the log and its state, written together.
+//!
+//! A plugin's cursor is not one number: events the plugin asked to retry
+//! are behind it while later ones are done. [`Cursor`] says both: every
+//! event up to `through` is done except the `pending` ones, each with the
+//! attempt it is due for. After a restart the worker reads from `through +
+//! 1` and delivers the pending events again first, so an event acked once
+//! is never delivered again, and one not yet acked is never skipped.
+//!
+//! [`Progress`] is what one handled batch changes: the plugin's key-value
+//! bucket, its cursor, dead letters and the re-drive list. It is written as
+//! one atomic batch (with the batch's follow-up events, when there are any,
+//! by the log's committer), so the state a plugin keeps and the events it
+//! has counted in it cannot disagree after a crash.
+//!
+//! Buckets live in the `kv` keyspace under `plugin \0 key`.
+
+use fjall::OwnedWriteBatch;
+
+use super::{dead, Store, StoreError};
+use crate::event::Event;
+
+/// How far a plugin is through the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// Every event up to here is done, except `pending`.
+    pub through: u64,
+    /// Events at or below `through` still to be retried: (sequence, the
+    /// attempt due next).
+    pub pending: Vec<(u64, u32)>,
+}
+
+impl Cursor {
+    /// A cursor with nothing pending.
+    pub fn at(through: u64) -> Cursor {
+        Cursor {
+            through,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The highest sequence up to which every event is done: what
+    /// retention may remove and what lag is measured from.
+    pub fn low(&self) -> u64 {
+        self.pending
+            .iter()
+            .map(|&(seq, _)| seq.saturating_sub(1))
+            .fold(self.through, u64::min)
+    }
+
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 12 * self.pending.len());
+        out.extend_from_slice(&self.through.to_be_bytes());
+        for &(seq, attempt) in &self.pending {
+            out.extend_from_slice(&seq.to_be_bytes());
+            out.extend_from_slice(&attempt.to_be_bytes());
+        }
+        out
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Option<Cursor> {
+        let through = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let rest = &bytes[8..];
+        if !rest.len().is_multiple_of(12) {
+            return None;
+        }
+        let pending = rest
+            .chunks_exact(12)
+            .filter_map(|c| {
+                let seq = u64::from_be_bytes(c[..8].try_into().ok()?);
+                let attempt = u32::from_be_bytes(c[8..].try_into().ok()?);
+                Some((seq, attempt))
+            })
+            .collect();
+        Some(Cursor { through, pending })
+    }
+}
+
+/// An event a plugin gave up on, to keep as a dead letter.
+#[derive(Debug, Clone)]
+pub struct GaveUp {
+    /// The event, as delivered.
+    pub event: std::sync::Arc<Event>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error.
+    pub error: String,
+}
+
+/// What one handled batch changes for one plugin, written atomically.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// The plugin.
+    pub plugin: String,
+    /// Its cursor after the batch.
+    pub cursor: Cursor,
+    /// Key-value writes to its bucket: a value, or none to delete.
+    pub kv: Vec<(String, Option<Vec<u8>>)>,
+    /// Events it gave up on.
+    pub dead: Vec<GaveUp>,
+    /// Re-driven events it is done with (acked or given up on).
+    pub redriven: Vec<u64>,
+}
+
+pub(super) fn kv_key(plugin: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(plugin.len() + 1 + key.len());
+    k.extend_from_slice(plugin.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+impl Store {
+    /// Add `progress` to `batch`.
+    pub(super) fn add_progress(&self, batch: &mut OwnedWriteBatch, progress: &Progress) {
+        let plugin = progress.plugin.as_str();
+        for (key, value) in &progress.kv {
+            match value {
+                Some(v) => batch.insert(&self.kv, kv_key(plugin, key), v.as_slice()),
+                None => batch.remove(&self.kv, kv_key(plugin, key)),
+            }
+        }
+        for g in &progress.dead {
+            let (k, v) = dead::record(plugin, &g.event, g.attempts, &g.error);
+            batch.remove(&self.redrive, k.clone());
+            batch.insert(&self.dead, k, v);
+        }
+        for &seq in &progress.redriven {
+            batch.remove(&self.redrive, dead::key(plugin, seq));
+        }
+        batch.insert(&self.cursors, plugin, progress.cursor.encode());
+    }
+
+    /// Write `progress` (one without follow-up events) atomically, and hand
+    /// it to the operating system, so that it survives the process being
+    /// killed. Not fsynced by itself: a power cut before the next sync loses
+    /// it whole, and the plugin handles its batch again from the state
+    /// before it.
+    pub fn commit_progress(&self, progress: &Progress) -> Result<(), StoreError> {
+        self.check_poisoned()?;
+        let mut batch = self.db.batch().durability(Some(fjall::PersistMode::Buffer));
+        self.add_progress(&mut batch, progress);
+        batch.commit().map_err(|e| self.write_error(&e))?;
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// The cursor of `plugin`, with its pending retries.
+    pub fn cursor_state(&self, plugin: &str) -> Result<Option<Cursor>, StoreError> {
+        let value = self.cursors.get(plugin).map_err(|e| self.read_error(&e))?;
+        match value {
+            None => Ok(None),
+            Some(v) => Cursor::decode(&v)
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt {
+                    dir: self.dir.clone(),
+                    sequence: 0,
+                    reason: format!(
+                        "the cursor of plugin `{plugin}` does not decode ({} bytes)",
+                        v.len()
+                    ),
+                }),
+        }
+    }
+
+    /// One value of `plugin`'s bucket.
+    pub fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.kv
+            .get(kv_key(plugin, key))
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| self.read_error(&e))
+    }
+
+    /// Up to `max` keys of `plugin`'s bucket after `after` (none: from the
+    /// first), in order, with their values.
+    pub fn kv_list(
+        &self,
+        plugin: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = kv_key(plugin, "");
+        let start = match after {
+            Some(a) => {
+                let mut k = kv_key(plugin, a);
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for guard in self.kv.range(start..) {
+            let (k, v) = guard.into_inner().map_err(|e| self.read_error(&e))?;
+            let Some(key) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            if out.len() >= max {
+                break;
+            }
+            out.push((String::from_utf8_lossy(key).into_owned(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Delete every key of `plugin`'s bucket; returns how many.
+    pub fn kv_clear(&self, plugin: &str) -> Result<usize, StoreError> {
+        self.check_poisoned()?;
+        let mut batch = self.db.batch();
+        let mut n = 0;
+        for guard in self.kv.prefix(kv_key(plugin, "")) {
+            let k = guard.key().map_err(|e| self.read_error(&e))?;
+            batch.remove(&self.kv, k);
+            n += 1;
+        }
+        batch.commit().map_err(|e| self.write_error(&e))?;
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::temp_dir;
+    use crate::store::Fsync;
+
+    #[test]
+    fn cursors_round_trip_and_their_low_mark_waits_for_pending_retries() {
+        let c = Cursor {
+            through: 90,
+            pending: vec![(40, 2), (77, 5)],
+        };
+        assert_eq!(Cursor::decode(&c.encode()), Some(c.clone()));
+        assert_eq!(c.low(), 39);
+        assert_eq!(Cursor::at(12).low(), 12);
+        assert_eq!(
+            Cursor::decode(&7u64.to_be_bytes()),
+            Some(Cursor::at(7)),
+            "a plain sequence (the older format) reads as a cursor"
+        );
+        assert_eq!(Cursor::decode(&[0; 13]), None);
+    }
+
+    #[test]
+    fn progress_writes_state_cursor_and_dead_letters_together() {
+        let dir = temp_dir("progress");
+        let store = Store::open(&dir, Fsync::Always).expect("opens");
+        let mut event = Event::new("order.placed", None, b"{}".to_vec()).expect("event");
+        event.sequence = 4;
+        store
+            .commit_progress(&Progress {
+                plugin: "analytics".into(),
+                cursor: Cursor {
+                    through: 9,
+                    pending: vec![(6, 2)],
+                },
+                kv: vec![
+                    ("orders".into(), Some(b"3".to_vec())),
+                    ("revenue_cents".into(), Some(b"450".to_vec())),
+                    ("gone".into(), None),
+                ],
+                dead: vec![GaveUp {
+                    event: std::sync::Arc::new(event),
+                    attempts: 1,
+                    error: "no".into(),
+                }],
+                redriven: Vec::new(),
+            })
+            .expect("commit");
+        assert_eq!(
+            store.kv_get("analytics", "orders").expect("get"),
+            Some(b"3".to_vec())
+        );
+        assert_eq!(store.kv_get("inventory", "orders").expect("get"), None);
+        let keys: Vec<String> = store
+            .kv_list("analytics", None, 10)
+            .expect("list")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["orders", "revenue_cents"]);
+        let after: Vec<String> = store
+            .kv_list("analytics", Some("orders"), 10)
+            .expect("list")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(after, ["revenue_cents"]);
+        assert_eq!(store.cursor("analytics").expect("cursor"), Some(5));
+        assert_eq!(
+            store.cursor_state("analytics").expect("cursor"),
+            Some(Cursor {
+                through: 9,
+                pending: vec![(6, 2)]
+            })
+        );
+        assert_eq!(store.dead_letters("analytics").expect("dead").len(), 1);
+        assert_eq!(store.kv_clear("analytics").expect("clear"), 2);
+        assert!(store
+            .kv_list("analytics", None, 10)
+            .expect("list")
+            .is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
