@@ -47,13 +47,18 @@ echo
 echo "== the event log (plugbus log tail)"
 "$bin" log tail -n 4 | cut -c1-160
 echo
-echo "== event sourcing: analytics' projection rebuilt from the log (plugbus replay analytics --from-seq 1)"
-"$bin" replay analytics --from-seq 1
+echo "== plugin state: analytics' projection and inventory's stock (plugbus kv list)"
+"$bin" kv list analytics
+"$bin" kv list inventory
+echo
+echo "== event sourcing: analytics' state cleared and rebuilt from the log (plugbus replay analytics --from-seq 1 --reset-state)"
+"$bin" replay analytics --from-seq 1 --reset-state
 for _ in $(seq 1 100); do
   [ "$(grep -c 'analytics\] totals: orders=2' "$log")" -ge 2 ] && break
   sleep 0.1
 done
 grep -E '\[analytics\] totals' "$log" | sed -E 's/^[^ ]+ +[A-Z]+ plugin: //'
+"$bin" kv list analytics
 echo
 echo "== plugbus plugins"
 "$bin" plugins
