@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::http::BODY_BYTES_MAX_DEFAULT;
-use crate::plugin::DeliverySettings;
+use crate::plugin::{DeliverySettings, RetryOrdering};
 use crate::runtime::Limits;
 use crate::store::{Fsync, Retention, DISK_RESERVE_BYTES_DEFAULT};
 
@@ -316,6 +316,14 @@ pub struct RunArgs {
     /// Longest retry delay in ms.
     #[arg(long, default_value_t = 30_000)]
     pub backoff_ms_max: u64,
+    /// Ordering under retry: `none` (later events go on) or `strict` (later
+    /// events with the same subject wait for the retried one).
+    #[arg(long, default_value = "none")]
+    pub ordering: RetryOrdering,
+    /// Ordering under retry for one plugin, as NAME=strict|none; repeat for
+    /// more plugins.
+    #[arg(long, value_name = "PLUGIN=ORDERING")]
+    pub ordering_for: Vec<String>,
 }
 
 /// `plugbus run`'s flags, checked and typed.
@@ -369,6 +377,16 @@ impl RunArgs {
                 "--batch-events-max ({}) is larger than --queue-events-max ({}); a batch is taken from the queue, so raise the queue or lower the batch",
                 self.batch_events_max, self.queue_events_max
             ));
+        }
+        let mut ordering_for = std::collections::HashMap::new();
+        for pair in &self.ordering_for {
+            let (plugin, ordering) = pair.split_once('=').ok_or_else(|| {
+                format!("--ordering-for `{pair}`: write PLUGIN=strict or PLUGIN=none")
+            })?;
+            let ordering = ordering
+                .parse()
+                .map_err(|e| format!("--ordering-for `{pair}`: {e}"))?;
+            ordering_for.insert(plugin.to_string(), ordering);
         }
         let home = || std::env::var_os("HOME").map(PathBuf::from);
         let data = if self.memory {
@@ -424,6 +442,8 @@ impl RunArgs {
                 backoff_ms_min: self.backoff_ms_min,
                 backoff_ms_max: self.backoff_ms_max,
                 new_plugins_start_latest: self.new_plugins_start == "latest",
+                ordering: self.ordering,
+                ordering_for,
                 ..DeliverySettings::default()
             },
             publish_timeout: Duration::from_millis(self.publish_timeout_ms),
@@ -443,6 +463,17 @@ mod tests {
             Command::Run(run) => run.settings(),
             other => Err(format!("unexpected {other:?}")),
         }
+    }
+
+    #[test]
+    fn ordering_is_set_for_all_and_per_plugin_with_a_clear_refusal() {
+        let s = parse(&["--ordering", "strict", "--ordering-for", "email=none"]).expect("valid");
+        assert_eq!(s.delivery.ordering_of("email"), RetryOrdering::None);
+        assert_eq!(s.delivery.ordering_of("inventory"), RetryOrdering::Strict);
+        let e = parse(&["--ordering-for", "email"]).expect_err("no ordering");
+        assert!(e.contains("PLUGIN=strict"), "{e}");
+        let e = parse(&["--ordering-for", "email=sorted"]).expect_err("bad ordering");
+        assert!(e.contains("`sorted` is not an ordering"), "{e}");
     }
 
     #[test]

@@ -1387,11 +1387,74 @@ mod state {
         let events: Vec<Value> = ids
             .iter()
             .map(|(id, data)| {
-                json!({"specversion": "1.0", "id": id, "source": "/test",
-                       "type": "tally.one", "data": data})
+                let mut e = json!({"specversion": "1.0", "id": id, "source": "/test",
+                                   "type": "tally.one", "data": data});
+                if let Some(subject) = data["subject"].as_str() {
+                    e["subject"] = json!(subject);
+                }
+                e
             })
             .collect();
         Value::Array(events).to_string().into_bytes()
+    }
+
+    #[test]
+    fn strict_ordering_holds_later_events_of_the_same_subject_behind_a_retry() {
+        let retry = json!({"subject": "A", "retry_until_attempt": 3, "delay_ms": 40});
+        let batch = [
+            ("a1", retry),
+            ("a2", json!({"subject": "A"})),
+            ("b1", json!({"subject": "B"})),
+            ("a3", json!({"subject": "A"})),
+            ("n1", json!({})),
+        ];
+        for (ordering, want) in [("strict", ["a1", "a2", "a3"]), ("none", ["a2", "a3", "a1"])] {
+            let h = host(
+                &[PluginFile::Wasm("tally", artifacts::TALLY)],
+                &["--ordering", ordering],
+            );
+            let (status, body) = h.post(
+                "/v1/events",
+                Some("application/cloudevents-batch+json"),
+                &[],
+                &tally_batch(&batch),
+            );
+            assert_eq!(status, 202, "{body}");
+            h.wait_until("all acked", WAIT, |h| h.count("tally", "handled") == 5)
+                .expect("acked");
+            assert_eq!(
+                kv(&h, "order.A"),
+                Some(json!(want)),
+                "--ordering {ordering}"
+            );
+            assert_eq!(
+                kv(&h, "order.B"),
+                Some(json!(["b1"])),
+                "other subjects go on"
+            );
+            assert_eq!(kv(&h, "seen"), Some(json!(5)), "each counted once");
+            assert_eq!(kv(&h, "attempt.a1"), Some(json!(3)));
+            assert_eq!(
+                h.count("tally", "retried"),
+                2,
+                "held events are not retries"
+            );
+        }
+        // Per plugin: the flag names the plugin.
+        let h = host(
+            &[PluginFile::Wasm("tally", artifacts::TALLY)],
+            &["--ordering-for", "tally=strict", "--memory"],
+        );
+        let (status, _) = h.post(
+            "/v1/events",
+            Some("application/cloudevents-batch+json"),
+            &[],
+            &tally_batch(&batch),
+        );
+        assert_eq!(status, 202);
+        h.wait_until("all acked", WAIT, |h| h.count("tally", "handled") == 5)
+            .expect("acked");
+        assert_eq!(kv(&h, "order.A"), Some(json!(["a1", "a2", "a3"])));
     }
 
     fn kv(h: &TestHost, key: &str) -> Option<Value> {
@@ -1492,6 +1555,6 @@ mod state {
             .iter()
             .filter_map(|e| e["key"].as_str())
             .collect();
-        assert_eq!(keys, ["attempt.m1", "attempt.m2", "seen"]);
+        assert_eq!(keys, ["attempt.m1", "attempt.m2", "order.-", "seen"]);
     }
 }

@@ -50,6 +50,44 @@ pub struct DeliverySettings {
     /// Where a plugin the log has never seen starts (durable mode): at the
     /// earliest event kept (default), or at the next one published.
     pub new_plugins_start_latest: bool,
+    /// Ordering under retry, for plugins not named in `ordering_for`.
+    pub ordering: RetryOrdering,
+    /// Ordering under retry per plugin, by name.
+    pub ordering_for: std::collections::HashMap<String, RetryOrdering>,
+}
+
+/// What a retry does to the events after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RetryOrdering {
+    /// Later events go on; a retried event arrives after them.
+    #[default]
+    None,
+    /// Later events with the same ordering key (the CloudEvents `subject`;
+    /// events without one share a key) wait, in order, until the retried
+    /// event is acked or given up on.
+    Strict,
+}
+
+impl std::str::FromStr for RetryOrdering {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(RetryOrdering::None),
+            "strict" => Ok(RetryOrdering::Strict),
+            other => Err(format!("`{other}` is not an ordering; use strict or none")),
+        }
+    }
+}
+
+impl DeliverySettings {
+    /// The ordering under retry of `plugin`.
+    pub fn ordering_of(&self, plugin: &str) -> RetryOrdering {
+        self.ordering_for
+            .get(plugin)
+            .copied()
+            .unwrap_or(self.ordering)
+    }
 }
 
 impl Default for DeliverySettings {
@@ -63,6 +101,8 @@ impl Default for DeliverySettings {
             backoff_ms_max: 30_000,
             hops_max: 32,
             new_plugins_start_latest: false,
+            ordering: RetryOrdering::None,
+            ordering_for: std::collections::HashMap::new(),
         }
     }
 }

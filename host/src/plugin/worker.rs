@@ -16,6 +16,13 @@
 //!   fails every event of the batch as one failed attempt; the store is
 //!   dropped and a fresh instance made before the next batch.
 //!
+//! Ordering under retry (`RetryOrdering`): with `none` later events go on
+//! while one waits for its retry. With `strict` an event waiting for a retry
+//! holds back the later events with its ordering key (the `subject`): they
+//! are not handed to the plugin (or, handled in the same batch after it,
+//! their outcomes are set aside) but wait in order, and are released one by
+//! one once the retried event is acked or given up on.
+//!
 //! Retries wait in a bounded in-memory heap (`max_attempts` bounds their
 //! number per event; the heap is capped at the queue capacity, beyond which
 //! new failures are given up on). The worker's cursor (`store::progress`)
@@ -34,7 +41,7 @@
 //! effects happen at least once.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -44,7 +51,7 @@ use crossbeam_channel::RecvTimeoutError;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
-use super::{DeliverySettings, RunningPlugin};
+use super::{DeliverySettings, RetryOrdering, RunningPlugin};
 use crate::bus::{Delivery, Queue};
 use crate::dispatch::Dispatch;
 use crate::event::{Chunk, Event};
@@ -108,6 +115,8 @@ pub(super) struct Source {
 struct Effects {
     acked: Vec<Arc<Event>>,
     retries: Vec<Pending>,
+    /// Held events whose turn came (strict ordering): due now, not retries.
+    released: Vec<Pending>,
     gave_up: Vec<(Arc<Event>, u32, String, GiveUp)>,
 }
 
@@ -147,6 +156,18 @@ pub(super) struct Worker {
     dead_lettered: Counter,
     /// Sequences of events re-driven from dead letters, in flight.
     redriven: std::collections::HashSet<u64>,
+    /// Strict ordering under retry.
+    strict: bool,
+    /// Per ordering key: the event waiting for a retry that holds it.
+    blockers: HashMap<String, u64>,
+    /// Per ordering key: the events held back behind it, in order, with
+    /// their attempts.
+    held: HashMap<String, VecDeque<(Arc<Event>, u32)>>,
+}
+
+/// The ordering key of `event`: its subject (none: the empty key).
+fn ordering_key(event: &Event) -> &str {
+    event.subject.as_deref().unwrap_or("")
 }
 
 /// Why a worker stops delivering an event.
@@ -177,6 +198,7 @@ impl Worker {
         settings: DeliverySettings,
     ) -> Worker {
         let labels = metrics::plugin(&plugin.name);
+        let settings_strict = settings.ordering_of(&plugin.name) == RetryOrdering::Strict;
         let mut retries = BinaryHeap::new();
         if let (Some(store), false) = (&source.cursor_store, source.start.pending.is_empty()) {
             let now = Instant::now();
@@ -228,6 +250,9 @@ impl Worker {
             dropped_follow_up: m.drop_counter(&plugin.name, DropReason::FollowUpQueueFull),
             dead_lettered: m.dead_lettered.get_or_create(&labels).clone(),
             redriven: std::collections::HashSet::new(),
+            strict: settings_strict,
+            blockers: HashMap::new(),
+            held: HashMap::new(),
             plugin,
         }
     }
@@ -387,14 +412,20 @@ impl Worker {
     /// The cursor at `through`, with the pending retries (and `more`).
     /// Events re-driven from dead letters are kept by the re-drive list
     /// instead.
-    fn cursor(&self, through: u64, more: &[Pending]) -> Cursor {
+    fn cursor(&self, through: u64, more: &[&Pending]) -> Cursor {
         let mut pending: Vec<(u64, u32)> = self
             .retries
             .iter()
             .map(|r| &r.0)
-            .chain(more)
+            .chain(more.iter().copied())
             .filter(|p| !self.redriven.contains(&p.event.sequence))
             .map(|p| (p.event.sequence, p.attempt))
+            .chain(
+                self.held
+                    .values()
+                    .flatten()
+                    .map(|(e, attempt)| (e.sequence, *attempt)),
+            )
             .collect();
         pending.sort_unstable();
         pending.dedup_by_key(|p| p.0);
@@ -465,6 +496,74 @@ impl Worker {
         } else {
             None
         };
+        if self.strict && !self.blockers.is_empty() && batch.iter().any(|e| self.is_held_back(e)) {
+            // Strict ordering: events behind a retry wait; the rest go on.
+            let mut pass = Vec::with_capacity(batch.len());
+            let mut pass_attempts = Vec::with_capacity(batch.len());
+            for (event, &attempt) in batch.iter().zip(attempts) {
+                if self.is_held_back(event) {
+                    self.hold(event, attempt);
+                } else {
+                    pass.push(event.clone());
+                    pass_attempts.push(attempt);
+                }
+            }
+            let pass: Chunk = Arc::from(pass);
+            self.deliver_now(&pass, 0..pass.len(), &pass_attempts, advance);
+            return;
+        }
+        self.deliver_now(chunk, range, attempts, advance);
+    }
+
+    /// Whether `event` must wait behind another event's retry.
+    fn is_held_back(&self, event: &Event) -> bool {
+        self.blockers
+            .get(ordering_key(event))
+            .is_some_and(|&blocker| blocker != event.sequence)
+    }
+
+    fn hold(&mut self, event: &Arc<Event>, attempt: u32) {
+        self.held
+            .entry(ordering_key(event).to_string())
+            .or_default()
+            .push_back((event.clone(), attempt));
+    }
+
+    /// `event`, which held its key, is done with: the next event held
+    /// behind it (if any) is released and holds the key in turn.
+    fn unblock(&mut self, event: &Event) {
+        let key = ordering_key(event);
+        if self.blockers.get(key) != Some(&event.sequence) {
+            return;
+        }
+        match self.held.get_mut(key).and_then(VecDeque::pop_front) {
+            Some((next, attempt)) => {
+                self.blockers.insert(key.to_string(), next.sequence);
+                self.fx.released.push(Pending {
+                    due: Instant::now(),
+                    attempt,
+                    event: next,
+                });
+            }
+            None => {
+                self.blockers.remove(key);
+                self.held.remove(key);
+            }
+        }
+    }
+
+    fn deliver_now(
+        &mut self,
+        chunk: &Chunk,
+        range: Range<usize>,
+        attempts: &[u32],
+        advance: Option<u64>,
+    ) {
+        let batch = &chunk[range.clone()];
+        if batch.is_empty() {
+            self.finish(batch, attempts, advance, kv::Writes::new(), Vec::new());
+            return;
+        }
         if self.needs_reset && !self.reset() {
             // No working instance: every event counts a failed attempt.
             for (event, &attempt) in batch.iter().zip(attempts) {
@@ -491,12 +590,24 @@ impl Worker {
                     // Writes cannot be told apart by event: handle the
                     // events one by one so that only acked ones' are kept.
                     for (i, &attempt) in range.zip(attempts) {
-                        self.deliver(chunk, i..i + 1, &[attempt], stream);
+                        self.deliver(chunk, i..i + 1, &[attempt], advance.is_some());
+                    }
+                    if let Some(through) = advance {
+                        self.finish(&[], &[], Some(through), kv::Writes::new(), Vec::new());
                     }
                     return;
                 }
-                for ((event, &attempt), outcome) in batch.iter().zip(attempts).zip(&result.outcomes)
+                // Strict ordering: an event after a retried one with its key
+                // in this batch is set aside, as if it had not been handled.
+                let mut set_aside = vec![false; batch.len()];
+                for (i, ((event, &attempt), outcome)) in
+                    batch.iter().zip(attempts).zip(&result.outcomes).enumerate()
                 {
+                    if self.strict && self.is_held_back(event) {
+                        set_aside[i] = true;
+                        self.hold(event, attempt);
+                        continue;
+                    }
                     match outcome {
                         Outcome::Ack => {
                             if let Some(at) = event.accepted_at {
@@ -504,6 +615,9 @@ impl Worker {
                                 self.delivery_seconds.observe(waited.as_secs_f64());
                             }
                             self.fx.acked.push(event.clone());
+                            if self.strict {
+                                self.unblock(event);
+                            }
                         }
                         Outcome::Retry(r) => self.fail(event, attempt, r.delay_ms, &r.message),
                         Outcome::Reject(msg) => {
@@ -515,10 +629,13 @@ impl Worker {
                 let follow_ups: Vec<Event> = result
                     .published
                     .into_iter()
-                    .filter(|(cause, _)| matches!(result.outcomes.get(*cause), Some(Outcome::Ack)))
+                    .filter(|(cause, _)| {
+                        matches!(result.outcomes.get(*cause), Some(Outcome::Ack))
+                            && !set_aside.get(*cause).copied().unwrap_or(true)
+                    })
                     .map(|(_, e)| e)
                     .collect();
-                let writes = if all_acked {
+                let writes = if all_acked && !set_aside.contains(&true) {
                     result.writes
                 } else {
                     kv::Writes::new()
@@ -530,7 +647,11 @@ impl Worker {
                 tracing::error!(plugin = %self.plugin.name, batch_events = batch.len(), "{e}; the batch counts as a failed attempt and the instance is re-made");
                 let message = e.to_string();
                 for (event, &attempt) in batch.iter().zip(attempts) {
-                    self.fail(event, attempt, None, &message);
+                    if self.strict && self.is_held_back(event) {
+                        self.hold(event, attempt);
+                    } else {
+                        self.fail(event, attempt, None, &message);
+                    }
                 }
                 self.needs_reset = true;
                 self.finish(batch, attempts, advance, kv::Writes::new(), Vec::new());
@@ -552,6 +673,9 @@ impl Worker {
     ) {
         let fx = std::mem::take(&mut self.fx);
         let through = advance.map_or(self.done_through, |a| self.done_through.max(a));
+        if batch.is_empty() && through == self.done_through && fx.released.is_empty() {
+            return;
+        }
         let redriven: Vec<u64> = fx
             .acked
             .iter()
@@ -561,7 +685,8 @@ impl Worker {
             .collect();
         let committed = match &self.cursor_store {
             Some(store) => {
-                let cursor = self.cursor(through, &fx.retries);
+                let owed: Vec<&Pending> = fx.retries.iter().chain(&fx.released).collect();
+                let cursor = self.cursor(through, &owed);
                 let progress = Progress {
                     plugin: self.plugin.name.clone(),
                     cursor: cursor.clone(),
@@ -608,7 +733,7 @@ impl Worker {
                 } else {
                     self.plugin
                         .cursor
-                        .store(self.cursor(through, &fx.retries).low(), Ordering::Relaxed);
+                        .store(self.cursor(through, &[]).low(), Ordering::Relaxed);
                 }
                 for seq in redriven {
                     self.redriven.remove(&seq);
@@ -635,6 +760,9 @@ impl Worker {
         self.plugin.handled.inc_by(fx.acked.len() as u64);
         for p in fx.retries {
             self.plugin.retried.inc();
+            self.retries.push(Reverse(p));
+        }
+        for p in fx.released {
             self.retries.push(Reverse(p));
         }
         let durable = self.cursor_store.is_some();
@@ -690,6 +818,11 @@ impl Worker {
             attempt: attempt + 1,
             event: event.clone(),
         });
+        if self.strict {
+            self.blockers
+                .entry(ordering_key(event).to_string())
+                .or_insert(event.sequence);
+        }
     }
 
     /// Stop delivering `event`: in durable mode it becomes a dead letter (kept,
@@ -699,6 +832,9 @@ impl Worker {
         self.fx
             .gave_up
             .push((event.clone(), attempts, error.to_string(), why));
+        if self.strict {
+            self.unblock(event);
+        }
     }
 
     /// Take events re-driven from dead letters, when asked to look.

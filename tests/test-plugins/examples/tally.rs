@@ -3,7 +3,8 @@
 //! an event says so: `{"retry_until_attempt": N, "delay_ms": D}` is retried
 //! (after D ms) until its attempt N. Every call writes state first, so a
 //! test sees whether writes made for a retried event are kept (they must
-//! not be).
+//! not be). It records the order of its acks per subject under
+//! `order.<subject>` (`order.-` without one).
 
 use plugbus_sdk::{export_plugin, Config, Context, Event, Info, Outcome, Plugin, State};
 
@@ -38,6 +39,16 @@ impl Plugin for Tally {
             let delay = data["delay_ms"].as_u64().unwrap_or(10);
             plugbus_sdk::info!("retry {} (attempt {})", event.id(), event.attempt());
             return Outcome::retry_after(delay, "asked to retry");
+        }
+        // The order acks happen in, per subject.
+        let key = format!("order.{}", event.subject().unwrap_or("-"));
+        let mut order: Vec<String> = match self.state.get_json(&key) {
+            Ok(order) => order.unwrap_or_default(),
+            Err(e) => return Outcome::retry(e.to_string()),
+        };
+        order.push(event.id().to_string());
+        if let Err(e) = self.state.set_json(&key, &order) {
+            return Outcome::retry(e.to_string());
         }
         plugbus_sdk::info!("acked {} (attempt {})", event.id(), event.attempt());
         Outcome::Ack
