@@ -928,6 +928,101 @@ mod durable {
         std::fs::write(&journal, bytes).expect("write journal");
     }
 
+    /// Build the LD_PRELOAD shim that makes fsync fail on demand
+    /// (`tests/faults/fsync_fails.c`) into `dir`.
+    fn fsync_fault_shim(dir: &std::path::Path) -> std::path::PathBuf {
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/faults/fsync_fails.c");
+        let out = dir.join("libfsync_fails.so");
+        let status = std::process::Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&out)
+            .arg(src)
+            .arg("-ldl")
+            .status()
+            .expect("run cc (the C compiler the Rust toolchain links with)");
+        assert!(status.success(), "building the fsync fault shim failed");
+        out
+    }
+
+    #[test]
+    fn a_failed_fsync_is_never_retried_then_acknowledged() {
+        let data = TestDir::new("fsync-fault");
+        let shim = fsync_fault_shim(&data.0);
+        let trigger = data.0.join("fail-fsync-now");
+        let args = ["--data", &format!("{}/db", data.arg()), "--fsync", "always"];
+        let plugins = [PluginFile::Wasm("recorder", artifacts::RECORDER)];
+        let h = TestHost::start_with_env(
+            BIN,
+            &plugins,
+            &args,
+            &[
+                ("LD_PRELOAD", shim.as_os_str()),
+                ("PLUGBUS_FAULT_FSYNC", trigger.as_os_str()),
+            ],
+        )
+        .expect("starts with the shim");
+        let publish = |h: &TestHost, id: &str| {
+            let event = json!({"specversion": "1.0", "id": id, "source": "/t",
+                               "type": "order.placed", "data": {"total_cents": 1}});
+            h.post(
+                "/v1/events",
+                Some("application/cloudevents+json"),
+                &[],
+                event.to_string().as_bytes(),
+            )
+        };
+        for id in ["ok-1", "ok-2"] {
+            assert_eq!(publish(&h, id).0, 202, "fsync works before the fault");
+        }
+        // The disk fails: the publish is refused, not acknowledged.
+        std::fs::write(&trigger, b"").expect("trigger");
+        let (status, body) = publish(&h, "during-fault");
+        assert_eq!(status, 500, "{body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("fsync failed") && error.contains("restart"),
+            "names the failure and the fix: {error}"
+        );
+        // The disk seems fine again, but the kernel may have dropped the
+        // dirty pages: nothing more is acknowledged until a restart, not
+        // even the same event sent again.
+        std::fs::remove_file(&trigger).expect("untrigger");
+        for id in ["during-fault", "after-fault"] {
+            let (status, body) = publish(&h, id);
+            assert_eq!(status, 500, "{id}: {body}");
+            assert!(
+                body["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("refuses writes until plugbus is restarted"),
+                "{body}"
+            );
+        }
+        let before = h.kill9();
+        // After a restart everything acknowledged is there and handled, and
+        // publishing works again. (The event whose fsync failed may be in
+        // the log, as may any event whose answer a publisher never got; it
+        // was not acknowledged.)
+        let h = host(&plugins, &args);
+        assert_eq!(publish(&h, "after-restart").0, 202);
+        h.wait_log("[recorder] handled after-restart", WAIT)
+            .expect("publishing works again");
+        let handled = |id: &str| {
+            before
+                .iter()
+                .chain(h.log().iter())
+                .any(|l| l.ends_with(&format!("[recorder] handled {id}")))
+        };
+        assert!(
+            handled("ok-1") && handled("ok-2"),
+            "acknowledged events handled"
+        );
+        assert!(
+            !handled("after-fault"),
+            "an event refused while poisoned was never stored"
+        );
+    }
+
     #[test]
     fn a_damaged_journal_recovers_a_prefix_says_so_and_skips_nothing_new() {
         for flip in [false, true] {

@@ -48,6 +48,16 @@ impl TestHost {
     /// Start `bin` (`env!("CARGO_BIN_EXE_plugbus")`) with `plugins` and
     /// extra `args`, and wait until it is ready.
     pub fn start(bin: &str, plugins: &[PluginFile<'_>], args: &[&str]) -> Result<TestHost> {
+        TestHost::start_with_env(bin, plugins, args, &[])
+    }
+
+    /// [`TestHost::start`] with extra environment variables.
+    pub fn start_with_env(
+        bin: &str,
+        plugins: &[PluginFile<'_>],
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<TestHost> {
         let dir = std::env::temp_dir().join(format!(
             "plugbus-e2e-{}-{}",
             std::process::id(),
@@ -87,6 +97,7 @@ impl TestHost {
             .args(&data)
             .args(args)
             .env("RUST_LOG", "info,fjall=warn,lsm_tree=warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
