@@ -20,6 +20,7 @@ const PLUGINS: &[(&str, &str, Option<&str>)] = &[
     ("SLOW", "plugbus-test-plugins", Some("slow")),
     ("RECORDER", "plugbus-test-plugins", Some("recorder")),
     ("TALLY", "plugbus-test-plugins", Some("tally")),
+    ("PROBE", "plugbus-test-plugins", Some("probe")),
     ("INIT_FAILS", "plugbus-test-plugins", Some("init_fails")),
     ("CONTRACT_V2", "plugbus-test-plugins", Some("contract_v2")),
 ];

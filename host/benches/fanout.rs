@@ -21,15 +21,18 @@
 //!   against the in-memory bus;
 //! - HTTP ingress: the real binary under wrk, single-event and batch mode
 //!   (median of three runs after a warm-up), with a check that every
-//!   plugin handled every accepted event.
+//!   plugin handled every accepted event;
+//! - latency: publish (HTTP) to handled, at fixed rates, durable and in
+//!   memory, beside the three reference plugins (HDR histogram).
 //!
 //! Run with `scripts/bench.sh` (installs redis-server and wrk), or
 //! `cargo bench -p plugbus --bench fanout`; rows whose tools are missing say
 //! so. `PLUGBUS_BENCH_EVENTS` sets the event count (default 1,000,000);
 //! `PLUGBUS_BENCH_ONLY` (a comma-separated subset of `floor,wasm,plugbus,
-//! redis,durable,http`) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
+//! redis,durable,http,latency`) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
 //! prints each plugin's time inside `handle` and its batch sizes.
 
+use hdrhistogram::Histogram;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -542,20 +545,15 @@ fn redis_pubsub(n: usize) -> Result<(f64, Vec<usize>), String> {
     Ok((per_subscriber / elapsed.as_secs_f64().max(1e-9), received))
 }
 
-/// Start the real binary with three noop plugins; returns it and its URL.
-fn start_host(dir: &Path) -> Result<(Server, String), String> {
+/// Start the real binary with the plugins in `dir` and `args`; returns it
+/// and its URL.
+fn start_host(dir: &Path, args: &[&str]) -> Result<(Server, String), String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_plugbus"))
         .arg("run")
         .arg("--plugins")
         .arg(dir)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--queue-events-max",
-            "65536",
-            "--publish-timeout-ms",
-            "10000",
-        ])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
         .env("RUST_LOG", "warn,plugbus::server=info")
         .stderr(Stdio::piped())
         .spawn()
@@ -650,7 +648,14 @@ fn parse_wrk(text: &str) -> Result<(f64, u64), String> {
 }
 
 fn http_rows(dir: &Path, rows: &mut Vec<Row>) {
-    let (server, url) = match start_host(dir) {
+    let args = [
+        "--memory",
+        "--queue-events-max",
+        "65536",
+        "--publish-timeout-ms",
+        "10000",
+    ];
+    let (server, url) = match start_host(dir, &args) {
         Ok(h) => h,
         Err(e) => {
             rows.push(row("HTTP ingress", None, format!("skipped: {e}")));
@@ -695,6 +700,100 @@ fn http_rows(dir: &Path, rows: &mut Vec<Row>) {
         Err(e) => rows.push(row("HTTP ingress, batch", None, format!("skipped: {e}"))),
     }
     drop(server);
+}
+
+/// End-to-end latency through the real binary: single-event POSTs at a
+/// fixed `rate` for `seconds`, to the three reference plugins and the probe
+/// plugin, which keeps the time from the host accepting each event to its
+/// `handle` seeing it. Returns the probe's samples (µs) as an HDR histogram.
+fn latency(dir: &Path, args: &[&str], rate: u64, seconds: u64) -> Result<Histogram<u64>, String> {
+    use plugbus_e2e::artifacts;
+    let mode = if args.contains(&"--memory") {
+        "memory"
+    } else {
+        "durable"
+    };
+    let plugins = dir.join(format!("latency-{mode}"));
+    std::fs::create_dir_all(&plugins).map_err(|e| e.to_string())?;
+    for (name, file) in [
+        ("email", artifacts::EMAIL),
+        ("inventory", artifacts::INVENTORY),
+        ("analytics", artifacts::ANALYTICS),
+        ("probe", artifacts::PROBE),
+    ] {
+        std::fs::copy(file, plugins.join(format!("{name}.wasm"))).map_err(|e| e.to_string())?;
+    }
+    let (server, url) = start_host(&plugins, args)?;
+    let n = rate * seconds;
+    const SENDERS: u64 = 4;
+    let start = Instant::now() + Duration::from_millis(200);
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|t| {
+            let url = format!("{url}/v1/events/order.placed");
+            thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new().build();
+                let mut failed = 0u64;
+                for i in (t..n).step_by(SENDERS as usize) {
+                    let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+                    thread::sleep(due.saturating_duration_since(Instant::now()));
+                    let order = format!(
+                        r#"{{"order_id":"o-{i}","customer":"c{i}@example.com","items":[{{"sku":"sku-{}","qty":1}}],"total_cents":{}}}"#,
+                        i % 1000,
+                        100 + i % 900
+                    );
+                    if agent
+                        .post(&url)
+                        .set("content-type", "application/json")
+                        .send_string(&order)
+                        .is_err()
+                    {
+                        failed += 1;
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let failed: u64 = senders.into_iter().map(|s| s.join().unwrap_or(n)).sum();
+    if failed > 0 {
+        return Err(format!("{failed} of {n} publishes failed"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let mut after = String::new();
+    loop {
+        let mut request = ureq::get(&format!("{url}/v1/plugins/probe/kv")).query("limit", "10000");
+        if !after.is_empty() {
+            request = request.query("after", &after);
+        }
+        let page: serde_json::Value = request
+            .call()
+            .map_err(|e| e.to_string())?
+            .into_json()
+            .map_err(|e| e.to_string())?;
+        let entries = page["entries"].as_array().cloned().unwrap_or_default();
+        for e in &entries {
+            if let Some(us) = e["value"].as_u64() {
+                hist.record(us.max(1)).map_err(|e| e.to_string())?;
+            }
+        }
+        match page["next_after"].as_str() {
+            Some(next) => after = next.to_string(),
+            None if hist.len() >= n => break,
+            None if Instant::now() > deadline => {
+                return Err(format!("the probe saw {} of {n} events", hist.len()))
+            }
+            None => {
+                // Not all handled yet: read again from the start.
+                hist.reset();
+                after.clear();
+                thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    drop(server);
+    Ok(hist)
 }
 
 fn main() {
@@ -885,6 +984,29 @@ fn main() {
     if want("http") {
         http_rows(&dir, &mut rows);
     }
+
+    let mut latencies = Vec::new();
+    if want("latency") {
+        let data = dir.join("latency-data");
+        let data = data.to_string_lossy().into_owned();
+        for (name, args, rate) in [
+            (
+                "durable, fsync always",
+                vec!["--data", data.as_str(), "--fsync", "always"],
+                1000,
+            ),
+            (
+                "durable, fsync always",
+                vec!["--data", data.as_str(), "--fsync", "always"],
+                5000,
+            ),
+            ("in memory (--memory)", vec!["--memory"], 1000),
+            ("in memory (--memory)", vec!["--memory"], 5000),
+        ] {
+            let _ = std::fs::remove_dir_all(&data);
+            latencies.push((name, rate, latency(&dir, &args, rate, 5)));
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 
     println!();
@@ -900,6 +1022,26 @@ fn main() {
                 r.note
             ),
             None => println!("| {} | - | - | {} |", r.name, r.note),
+        }
+    }
+    if !latencies.is_empty() {
+        println!();
+        println!("Latency from the host accepting an event (HTTP, one event per POST, at a fixed rate for 5 s) to the probe plugin's handle seeing it, beside the three reference plugins (HDR histogram, µs):");
+        println!();
+        println!("| mode | events/s | p50 | p99 | p99.9 | max | samples |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        for (name, rate, h) in latencies {
+            match h {
+                Ok(h) => println!(
+                    "| {name} | {rate} | {} | {} | {} | {} | {} |",
+                    h.value_at_quantile(0.5),
+                    h.value_at_quantile(0.99),
+                    h.value_at_quantile(0.999),
+                    h.max(),
+                    h.len()
+                ),
+                Err(e) => println!("| {name} | {rate} | - | - | - | - | skipped: {e} |"),
+            }
         }
     }
 }
