@@ -604,13 +604,12 @@ impl Registry {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|p| p.name != plugin);
+        let removed = store
+            .rewind(plugin, Some(from.saturating_sub(1)), reset_state)
+            .map_err(ReplayError::Store)?;
         if reset_state {
-            let removed = store.kv_clear(plugin).map_err(ReplayError::Store)?;
             tracing::info!(plugin, removed, "state cleared for the replay");
         }
-        store
-            .set_cursor(plugin, from.saturating_sub(1))
-            .map_err(ReplayError::Store)?;
         tracing::info!(plugin, from, "replaying the log from sequence {from}");
         self.start(&running.file).map_err(ReplayError::Restart)?;
         self.status()

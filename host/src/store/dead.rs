@@ -132,25 +132,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Record that `plugin` gave up on `event` after `attempts`.
-    pub fn dead_letter(
-        &self,
-        plugin: &str,
-        event: &Event,
-        attempts: u32,
-        error: &str,
-    ) -> Result<(), StoreError> {
-        self.check_poisoned()?;
-        let mut batch = self.db.batch();
-        let (k, v) = record(plugin, event, attempts, error);
-        // A letter that was being re-driven is done with that.
-        batch.remove(&self.redrive, k.clone());
-        batch.insert(&self.dead, k, v);
-        batch.commit().map_err(|e| self.write_error(&e))?;
-        self.dirty.store(true, std::sync::atomic::Ordering::Release);
-        Ok(())
-    }
-
     /// `plugin`'s dead letters, in log order.
     pub fn dead_letters(&self, plugin: &str) -> Result<Vec<DeadLetter>, StoreError> {
         self.scan(&self.dead, plugin)
@@ -203,22 +184,29 @@ impl Store {
         }
         Ok(out)
     }
-
-    /// A re-driven event was handled: drop it from the re-drive list.
-    pub fn redriven(&self, plugin: &str, sequence: u64) -> Result<(), StoreError> {
-        let mut batch = self.db.batch();
-        batch.remove(&self.redrive, key(plugin, sequence));
-        batch.commit().map_err(|e| self.write_error(&e))?;
-        self.dirty.store(true, std::sync::atomic::Ordering::Release);
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::progress::{Cursor, GaveUp, Progress};
     use crate::store::tests::temp_dir;
     use crate::store::Fsync;
+
+    fn give_up(store: &Store, plugin: &str, event: Event, attempts: u32, error: &str) {
+        store
+            .commit_progress(&Progress {
+                plugin: plugin.into(),
+                cursor: Cursor::at(0),
+                dead: vec![GaveUp {
+                    event: std::sync::Arc::new(event),
+                    attempts,
+                    error: error.into(),
+                }],
+                ..Default::default()
+            })
+            .expect("dead letter");
+    }
 
     fn ev(topic: &str, seq: u64) -> Event {
         let mut e = Event::new(topic, None, b"{}".to_vec()).expect("event");
@@ -230,15 +218,9 @@ mod tests {
     fn letters_are_kept_per_plugin_redriven_by_topic_and_purged() {
         let dir = temp_dir("dead");
         let store = Store::open(&dir, Fsync::Always).expect("opens");
-        store
-            .dead_letter("inventory", &ev("order.placed", 3), 5, "no items")
-            .expect("dl");
-        store
-            .dead_letter("inventory", &ev("order.cancelled", 7), 1, "rejected")
-            .expect("dl");
-        store
-            .dead_letter("email", &ev("order.placed", 3), 2, "smtp down")
-            .expect("dl");
+        give_up(&store, "inventory", ev("order.placed", 3), 5, "no items");
+        give_up(&store, "inventory", ev("order.cancelled", 7), 1, "rejected");
+        give_up(&store, "email", ev("order.placed", 3), 2, "smtp down");
         let inv = store.dead_letters("inventory").expect("list");
         assert_eq!(
             inv.iter().map(|l| l.event.sequence).collect::<Vec<_>>(),
@@ -257,7 +239,13 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].id, inv[0].event.id, "keeps its id");
         assert_eq!(store.dead_letters("inventory").expect("list").len(), 1);
-        store.redriven("inventory", 3).expect("done");
+        store
+            .commit_progress(&Progress {
+                plugin: "inventory".into(),
+                redriven: vec![3],
+                ..Default::default()
+            })
+            .expect("done");
         assert!(store.redrives("inventory").expect("redrives").is_empty());
 
         assert_eq!(store.purge("inventory", &Selection::All).expect("purge"), 1);

@@ -160,6 +160,10 @@ pub struct Store {
     poisoned: Mutex<Option<String>>,
     dirty: AtomicBool,
     disk_reserve_bytes: u64,
+    /// Bytes that may still be appended before the free space is looked
+    /// up again: half of what was above the reserve at the last look,
+    /// less what was appended since. Saves a `statvfs` per append.
+    room: Mutex<u64>,
     /// `DIR/acknowledged`: the highest sequence known durable, written after
     /// each sync outside the engine's journal, as a witness against a
     /// journal that comes back shorter than it was.
@@ -316,6 +320,7 @@ impl Store {
             poisoned: Mutex::new(None),
             dirty: AtomicBool::new(false),
             disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,
+            room: Mutex::new(0),
             mark,
         })
     }
@@ -415,13 +420,7 @@ impl Store {
             .iter()
             .map(|e| 64 + e.data.len() as u64 + e.id.len() as u64 + e.topic.len() as u64)
             .sum();
-        if let Ok(free) = fs4::available_space(&self.dir) {
-            if free < self.disk_reserve_bytes.saturating_add(incoming) {
-                return Err(StoreError::DiskFull {
-                    dir: self.dir.clone(),
-                });
-            }
-        }
+        self.make_room(incoming)?;
         let first = self.last_sequence() + 1;
         let mut batch = self.db.batch();
         let mut added = 0;
@@ -462,6 +461,28 @@ impl Store {
         self.last_sequence
             .store(first + events.len() as u64 - 1, Ordering::Release);
         Ok(first)
+    }
+
+    /// Account for `incoming` bytes about to be appended; refuses with
+    /// [`StoreError::DiskFull`] when they would eat into the reserve.
+    fn make_room(&self, incoming: u64) -> Result<(), StoreError> {
+        let mut room = self.room.lock().unwrap_or_else(|p| p.into_inner());
+        if *room < incoming {
+            if let Ok(free) = fs4::available_space(&self.dir) {
+                let above = free.saturating_sub(self.disk_reserve_bytes);
+                if above < incoming {
+                    *room = 0;
+                    return Err(StoreError::DiskFull {
+                        dir: self.dir.clone(),
+                    });
+                }
+                *room = above / 2;
+            } else {
+                *room = incoming;
+            }
+        }
+        *room = room.saturating_sub(incoming);
+        Ok(())
     }
 
     /// Force everything written so far to stable storage. A failure poisons
@@ -635,15 +656,9 @@ impl Store {
         Ok(self.cursor_state(plugin)?.map(|c| c.low()))
     }
 
-    /// Move `plugin`'s cursor to `sequence`. Not fsynced by itself: a lost
-    /// cursor update only means re-delivery (at-least-once).
+    /// Move `plugin`'s cursor to `sequence`, with nothing pending.
     pub fn set_cursor(&self, plugin: &str, sequence: u64) -> Result<(), StoreError> {
-        self.check_poisoned()?;
-        let mut batch = self.db.batch();
-        batch.insert(&self.cursors, plugin, Cursor::at(sequence).encode());
-        batch.commit().map_err(|e| self.write_error(&e))?;
-        self.dirty.store(true, Ordering::Release);
-        Ok(())
+        self.rewind(plugin, Some(sequence), false).map(|_| ())
     }
 }
 

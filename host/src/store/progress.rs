@@ -204,13 +204,31 @@ impl Store {
 
     /// Delete every key of `plugin`'s bucket; returns how many.
     pub fn kv_clear(&self, plugin: &str) -> Result<usize, StoreError> {
+        self.rewind(plugin, None, true)
+    }
+
+    /// Move `plugin`'s cursor to `cursor` (forgetting pending retries) and,
+    /// with `clear_state`, delete every key of its bucket, in one atomic
+    /// write: a replay never starts from a cleared state with the old
+    /// cursor, or the other way round. Returns how many keys were deleted.
+    pub fn rewind(
+        &self,
+        plugin: &str,
+        cursor: Option<u64>,
+        clear_state: bool,
+    ) -> Result<usize, StoreError> {
         self.check_poisoned()?;
-        let mut batch = self.db.batch();
+        let mut batch = self.db.batch().durability(Some(fjall::PersistMode::Buffer));
         let mut n = 0;
-        for guard in self.kv.prefix(kv_key(plugin, "")) {
-            let k = guard.key().map_err(|e| self.read_error(&e))?;
-            batch.remove(&self.kv, k);
-            n += 1;
+        if clear_state {
+            for guard in self.kv.prefix(kv_key(plugin, "")) {
+                let k = guard.key().map_err(|e| self.read_error(&e))?;
+                batch.remove(&self.kv, k);
+                n += 1;
+            }
+        }
+        if let Some(through) = cursor {
+            batch.insert(&self.cursors, plugin, Cursor::at(through).encode());
         }
         batch.commit().map_err(|e| self.write_error(&e))?;
         self.dirty.store(true, std::sync::atomic::Ordering::Release);
