@@ -30,7 +30,9 @@
 //! so. `PLUGBUS_BENCH_EVENTS` sets the event count (default 1,000,000);
 //! `PLUGBUS_BENCH_ONLY` (a comma-separated subset of `floor,wasm,plugbus,
 //! redis,durable,http,latency`) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
-//! prints each plugin's time inside `handle` and its batch sizes.
+//! prints each plugin's time inside `handle` and its batch sizes;
+//! `PLUGBUS_BENCH_PIPELINED_ONLY=1` keeps, of the durable publishing rows,
+//! only the pipelined ones and their peers.
 
 use hdrhistogram::Histogram;
 use std::io::{BufRead, BufReader, Write};
@@ -898,6 +900,7 @@ fn main() {
         let js_rate = js.as_ref().ok().copied();
         let vs_js =
             |rate: f64| js_rate.map_or(String::new(), |j| format!("{:.2}x JetStream", rate / j));
+        let all = !std::env::var("PLUGBUS_BENCH_PIPELINED_ONLY").is_ok_and(|v| v == "1");
         for (name, fsync, publishers, per_append, count) in [
             (
                 "durable publish, fsync always, 1 publisher (ack per event)",
@@ -934,7 +937,10 @@ fn main() {
                 1,
                 m,
             ),
-        ] {
+        ]
+        .into_iter()
+        .filter(|_| all)
+        {
             let rate = durable_publish(fsync, publishers, per_append, count);
             rows.push(row(name, Some(rate), vs_js(rate)));
         }

@@ -113,7 +113,10 @@ pub(super) struct Source {
 /// What a batch's outcomes do, applied once its progress is written.
 #[derive(Default)]
 struct Effects {
-    acked: Vec<Arc<Event>>,
+    /// How many were acked.
+    acked: u64,
+    /// Of those, the events re-driven from dead letters.
+    acked_redriven: Vec<u64>,
     retries: Vec<Pending>,
     /// Held events whose turn came (strict ordering): due now, not retries.
     released: Vec<Pending>,
@@ -614,7 +617,10 @@ impl Worker {
                                 let waited = handled_at.saturating_duration_since(at);
                                 self.delivery_seconds.observe(waited.as_secs_f64());
                             }
-                            self.fx.acked.push(event.clone());
+                            self.fx.acked += 1;
+                            if self.redriven.contains(&event.sequence) {
+                                self.fx.acked_redriven.push(event.sequence);
+                            }
                             if self.strict {
                                 self.unblock(event);
                             }
@@ -677,11 +683,15 @@ impl Worker {
             return;
         }
         let redriven: Vec<u64> = fx
-            .acked
+            .acked_redriven
             .iter()
-            .map(|e| e.sequence)
-            .chain(fx.gave_up.iter().map(|g| g.0.sequence))
-            .filter(|seq| self.redriven.contains(seq))
+            .copied()
+            .chain(
+                fx.gave_up
+                    .iter()
+                    .map(|g| g.0.sequence)
+                    .filter(|seq| self.redriven.contains(seq)),
+            )
             .collect();
         let committed = match &self.cursor_store {
             Some(store) => {
@@ -757,7 +767,7 @@ impl Worker {
 
     /// The outcomes of a batch whose progress is written.
     fn apply(&mut self, fx: Effects) {
-        self.plugin.handled.inc_by(fx.acked.len() as u64);
+        self.plugin.handled.inc_by(fx.acked);
         for p in fx.retries {
             self.plugin.retried.inc();
             self.retries.push(Reverse(p));

@@ -85,11 +85,15 @@ pub const DEDUP_WINDOW_DEFAULT: Duration = Duration::from_secs(120);
 /// forgotten early (under a very high rate the window is shorter).
 pub const DEDUP_IDS_MAX: usize = 1_000_000;
 
+/// A map keyed by event id, with a fast hash seeded per process (ids come
+/// from publishers).
+type ById<V> = std::collections::HashMap<Arc<str>, V, foldhash::fast::RandomState>;
+
 /// Recently appended ids and their sequences. Only the committer uses it.
 struct Dedup {
     window: Duration,
-    seen: std::collections::HashMap<String, u64>,
-    order: VecDeque<(Instant, String)>,
+    seen: ById<u64>,
+    order: VecDeque<(Instant, Arc<str>)>,
 }
 
 impl Dedup {
@@ -105,7 +109,7 @@ impl Dedup {
         }
     }
 
-    fn insert(&mut self, at: Instant, id: String, sequence: u64) {
+    fn insert(&mut self, at: Instant, id: Arc<str>, sequence: u64) {
         if self.window.is_zero() {
             return;
         }
@@ -292,7 +296,7 @@ impl Log {
     fn recent_ids(&self, window: Duration) -> Result<Dedup, StoreError> {
         let mut dedup = Dedup {
             window,
-            seen: std::collections::HashMap::new(),
+            seen: ById::default(),
             order: VecDeque::new(),
         };
         if window.is_zero() {
@@ -309,8 +313,9 @@ impl Log {
                 break;
             }
             let at = now.checked_sub(age).unwrap_or(now);
-            dedup.seen.entry(event.id.clone()).or_insert(event.sequence);
-            dedup.order.push_front((at, event.id));
+            let id: Arc<str> = event.id.into();
+            dedup.seen.entry(id.clone()).or_insert(event.sequence);
+            dedup.order.push_front((at, id));
         }
         Ok(dedup)
     }
@@ -327,6 +332,8 @@ impl Log {
             Fsync::Interval(every) => every.min(TRIM_EVERY),
         };
         let mut last_trim = Instant::now();
+        // Ids appended by the group being committed, reused group to group.
+        let mut in_group: ById<usize> = ById::default();
         loop {
             // Housekeeping, in the log's only writer: retention.
             if last_trim.elapsed() >= TRIM_EVERY {
@@ -365,19 +372,18 @@ impl Log {
             // Each event of each append: an index into `fresh`, or the
             // sequence of the event it duplicates.
             let mut fresh: Vec<Event> = Vec::with_capacity(count);
-            let mut in_group: std::collections::HashMap<String, usize> =
-                std::collections::HashMap::new();
+            in_group.clear();
             let mut slots: Vec<Vec<(Result<usize, u64>, bool)>> = Vec::with_capacity(group.len());
             for a in &mut group {
                 let mut mine = Vec::with_capacity(a.events.len());
                 for e in std::mem::take(&mut a.events) {
-                    if let Some(&seq) = dedup.seen.get(&e.id) {
+                    if let Some(&seq) = dedup.seen.get(e.id.as_str()) {
                         mine.push((Err(seq), true));
-                    } else if let Some(&i) = in_group.get(&e.id) {
+                    } else if let Some(&i) = in_group.get(e.id.as_str()) {
                         mine.push((Ok(i), true));
                     } else {
                         if !dedup.window.is_zero() {
-                            in_group.insert(e.id.clone(), fresh.len());
+                            in_group.insert(e.id.as_str().into(), fresh.len());
                         }
                         mine.push((Ok(fresh.len()), false));
                         fresh.push(e);
@@ -396,8 +402,8 @@ impl Log {
             };
             match first_sequence {
                 Ok(first_sequence) => {
-                    for (i, e) in fresh.iter().enumerate() {
-                        dedup.insert(now, e.id.clone(), first_sequence + i as u64);
+                    for (id, i) in in_group.drain() {
+                        dedup.insert(now, id, first_sequence + i as u64);
                     }
                     self.publish(fresh);
                     for (a, mine) in group.into_iter().zip(slots) {
