@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark: plugbus against a crossbeam floor, the bare wasm
 # call, redis-server pub/sub, durable publishing against NATS JetStream and
-# Redis Streams, and HTTP ingress under wrk, in one run; prints
+# Redis Streams, HTTP ingress under wrk, and publish-to-handled latency at
+# fixed rates, in one run; prints
 # a table. Installs redis-server, wrk and nats-server from Debian when missing.
 #   PLUGBUS_BENCH_EVENTS  events per in-process measurement (default 1000000)
 set -euo pipefail
