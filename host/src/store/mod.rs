@@ -16,7 +16,10 @@
 //! engine itself never runs out of space, and it accepts again as soon as
 //! there is room. A failed fsync poisons the store: every later append is
 //! refused until a restart, so that nothing is ever retried and then
-//! acknowledged after the kernel may have dropped the dirty pages. A record
+//! acknowledged after the kernel may have dropped the dirty pages. The
+//! fsync runs on the store's own handle on the engine's journal, outside
+//! the engine's lock, so plugins committing progress never wait behind it.
+//! A record
 //! that does not decode is [`StoreError::Corrupt`], naming the file and
 //! sequence, never a silently wrong event.
 //!
@@ -164,6 +167,8 @@ pub struct Store {
     /// up again: half of what was above the reserve at the last look,
     /// less what was appended since. Saves a `statvfs` per append.
     room: Mutex<u64>,
+    /// The engine's active journal file and our own handle on it.
+    journal: Mutex<Option<(u64, std::fs::File)>>,
     /// `DIR/acknowledged`: the highest sequence known durable, written after
     /// each sync outside the engine's journal, as a witness against a
     /// journal that comes back shorter than it was.
@@ -321,6 +326,7 @@ impl Store {
             dirty: AtomicBool::new(false),
             disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,
             room: Mutex::new(0),
+            journal: Mutex::new(None),
             mark,
         })
     }
@@ -492,14 +498,21 @@ impl Store {
             return Ok(());
         }
         let started = Instant::now();
-        let persisted = self.db.persist(PersistMode::SyncAll);
-        self.fsync_seconds.observe(started.elapsed().as_secs_f64());
+        // The journal's buffer goes to the kernel under the engine's lock;
+        // the fsync itself runs on a handle of our own, outside the lock, so
+        // plugins committing their progress do not wait behind it.
+        let persisted = self.db.persist(PersistMode::Buffer);
         if let Err(e) = persisted {
             let err = self.write_error(&e);
             return Err(match err {
                 StoreError::DiskFull { .. } => err,
                 _ => self.poison(format!("fsync failed: {e:?}")),
             });
+        }
+        let synced = self.sync_active_journal();
+        self.fsync_seconds.observe(started.elapsed().as_secs_f64());
+        if let Err(e) = synced {
+            return Err(self.poison(format!("fsync failed: {e}")));
         }
         if let Ok(mut t) = self.last_persist.lock() {
             *t = Instant::now();
@@ -512,6 +525,33 @@ impl Store {
             tracing::warn!(data = %self.dir.display(), "cannot update {MARK_FILE}: {e}");
         }
         Ok(())
+    }
+
+    /// fsync the engine's active journal through our own handle. fjall 3
+    /// numbers its journals `N.jnl` and fsyncs one before it moves to the
+    /// next, so what was handed to the kernel before a move is durable
+    /// either way. Another layout falls back to the engine's own fsync.
+    fn sync_active_journal(&self) -> std::io::Result<()> {
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        // The engine moved on if the next journal exists.
+        let moved = journal
+            .as_ref()
+            .is_none_or(|(id, _)| self.dir.join(format!("{}.jnl", id + 1)).exists());
+        if moved {
+            let Some(id) = newest_journal(&self.dir) else {
+                *journal = None;
+                return self
+                    .db
+                    .persist(PersistMode::SyncAll)
+                    .map_err(|e| std::io::Error::other(format!("{e:?}")));
+            };
+            let file = std::fs::File::open(self.dir.join(format!("{id}.jnl")))?;
+            *journal = Some((id, file));
+        }
+        match journal.as_ref() {
+            Some((_, file)) => file.sync_all(),
+            None => Ok(()),
+        }
     }
 
     /// Up to `max` events with sequence ≥ `from`, in order.
@@ -662,6 +702,18 @@ impl Store {
     }
 }
 
+/// The number of the engine's active journal in `dir`: the highest `N` of
+/// the `N.jnl` files.
+fn newest_journal(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name();
+            name.to_str()?.strip_suffix(".jnl")?.parse().ok()
+        })
+        .max()
+}
+
 /// The journal files in `dir`, for messages.
 fn journal_files(dir: &Path) -> String {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -795,6 +847,30 @@ pub(crate) mod tests {
         let store = Store::open(&dir, Fsync::Always).expect("reopens");
         assert_eq!(store.log_bytes(), kept, "the size survives a restart");
         assert_eq!(store.last_sequence(), 100);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_active_journal_is_the_highest_numbered() {
+        let dir = temp_dir("journals");
+        std::fs::create_dir_all(&dir).expect("dir");
+        assert_eq!(newest_journal(&dir), None);
+        for name in ["3.jnl", "12.jnl", "9.jnl", "x.jnl", "13.jnl.tmp"] {
+            std::fs::write(dir.join(name), b"").expect("file");
+        }
+        assert_eq!(newest_journal(&dir), Some(12));
+        let _ = std::fs::remove_dir_all(&dir);
+        // And a real store syncs through the journal it finds.
+        let dir = temp_dir("journal-sync");
+        let store = Store::open(&dir, Fsync::Always).expect("opens");
+        store.append(&mut [ev(1)]).expect("append, synced");
+        let synced = store
+            .journal
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .map(|(id, _)| *id);
+        assert_eq!(synced, newest_journal(&dir), "fsynced the active journal");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
