@@ -4,7 +4,10 @@
 //! waiting (up to [`GROUP_EVENTS_MAX`] events), writes them as one atomic
 //! batch, syncs under the fsync policy, and only then answers each
 //! publisher with its sequence numbers: an acknowledged event is durable.
-//! A group that fails is refused whole and acknowledged to nobody.
+//! With `--fsync always` the sync and the answers are a second thread's
+//! (the syncer's), which covers every group written so far with one fsync
+//! while the committer writes the next. A group that fails is refused whole
+//! and acknowledged to nobody, and nothing is acknowledged after it.
 //!
 //! Committed events also go into an in-memory tail of the log (the last
 //! [`TAIL_EVENTS_MAX`]), and every doorbell rings. Readers
@@ -34,8 +37,23 @@ struct Append {
     events: Vec<Event>,
     /// A plugin's progress, for follow-up events: stored with them.
     progress: Option<Progress>,
-    reply: tokio::sync::oneshot::Sender<Result<Appended, StoreError>>,
+    reply: Reply,
 }
+
+/// A group the committer wrote, waiting for the syncer (`--fsync always`).
+struct Written {
+    /// The new events, for the tail once durable.
+    events: Vec<Event>,
+    /// Each append's answer, sent once the group is durable.
+    replies: Vec<(Reply, Appended)>,
+    /// Whether anything was written (not only duplicates answered).
+    wrote: bool,
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<Appended, StoreError>>;
+
+/// Groups written and not yet synced, at most (then the committer waits).
+const WRITTEN_GROUPS_MAX: usize = 64;
 
 /// What an append got.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +151,7 @@ pub struct Log {
     head: AtomicU64,
     bells: Mutex<Vec<Sender<()>>>,
     committer: Mutex<Option<JoinHandle<()>>>,
+    syncer: Mutex<Option<JoinHandle<()>>>,
     committed: Counter,
 }
 
@@ -175,17 +194,34 @@ impl Log {
             head: AtomicU64::new(head),
             bells: Mutex::default(),
             committer: Mutex::default(),
+            syncer: Mutex::default(),
             committed,
         });
         let dedup = log.recent_ids(dedup_window)?;
+        let thread_err = |what: &str, e: std::io::Error| StoreError::Open {
+            dir: log.store.dir().to_path_buf(),
+            reason: format!("cannot start the {what} thread: {e}"),
+        };
+        // With fsync always, a syncer makes written groups durable and
+        // answers them while the committer writes the next ones.
+        let to_syncer = match fsync {
+            Fsync::Always => {
+                let (tx, written) = crossbeam_channel::bounded::<Written>(WRITTEN_GROUPS_MAX);
+                let syncer = log.clone();
+                let handle = std::thread::Builder::new()
+                    .name("plugbus-sync".into())
+                    .spawn(move || syncer.sync_loop(written))
+                    .map_err(|e| thread_err("syncer", e))?;
+                *log.syncer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+                Some(tx)
+            }
+            Fsync::Interval(_) => None,
+        };
         let committer = log.clone();
         let handle = std::thread::Builder::new()
             .name("plugbus-commit".into())
-            .spawn(move || committer.commit_loop(rx, fsync, dedup, retention))
-            .map_err(|e| StoreError::Open {
-                dir: log.store.dir().to_path_buf(),
-                reason: format!("cannot start the committer thread: {e}"),
-            })?;
+            .spawn(move || committer.commit_loop(rx, fsync, dedup, retention, to_syncer))
+            .map_err(|e| thread_err("committer", e))?;
         *log.committer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         Ok(log)
     }
@@ -278,14 +314,13 @@ impl Log {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let handle = self
-            .committer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(h) = handle {
-            if h.join().is_err() {
-                tracing::error!("the log committer panicked");
+        // The committer first: when it ends, the syncer drains and ends.
+        for (thread, what) in [(&self.committer, "committer"), (&self.syncer, "syncer")] {
+            let handle = thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(h) = handle {
+                if h.join().is_err() {
+                    tracing::error!("the log {what} panicked");
+                }
             }
         }
     }
@@ -326,6 +361,7 @@ impl Log {
         fsync: Fsync,
         mut dedup: Dedup,
         retention: Retention,
+        to_syncer: Option<Sender<Written>>,
     ) {
         let idle = match fsync {
             Fsync::Always => TRIM_EVERY,
@@ -391,13 +427,16 @@ impl Log {
                 }
                 slots.push(mine);
             }
+            let wrote = !fresh.is_empty() || group.iter().any(|a| a.progress.is_some());
             let first_sequence = {
                 let progress: Vec<&Progress> =
                     group.iter().filter_map(|a| a.progress.as_ref()).collect();
-                if fresh.is_empty() && progress.is_empty() {
-                    Ok(0)
-                } else {
-                    self.store.append_with(&mut fresh, &progress)
+                match (wrote, &to_syncer) {
+                    // Duplicates only: a poisoned store answers them with
+                    // its error, never an ack.
+                    (false, _) => self.store.check_poisoned().map(|()| 0),
+                    (true, Some(_)) => self.store.write_with(&mut fresh, &progress),
+                    (true, None) => self.store.append_with(&mut fresh, &progress),
                 }
             };
             match first_sequence {
@@ -405,20 +444,39 @@ impl Log {
                     for (id, i) in in_group.drain() {
                         dedup.insert(now, id, first_sequence + i as u64);
                     }
-                    self.publish(fresh);
-                    for (a, mine) in group.into_iter().zip(slots) {
-                        let duplicates = mine.iter().filter(|(_, dup)| *dup).count();
-                        let sequences = mine
-                            .into_iter()
-                            .map(|(s, _)| match s {
-                                Ok(i) => first_sequence + i as u64,
-                                Err(seq) => seq,
-                            })
-                            .collect();
-                        let _ = a.reply.send(Ok(Appended {
-                            sequences,
-                            duplicates,
-                        }));
+                    let replies: Vec<(Reply, Appended)> = group
+                        .into_iter()
+                        .zip(slots)
+                        .map(|(a, mine)| {
+                            let duplicates = mine.iter().filter(|(_, dup)| *dup).count();
+                            let sequences = mine
+                                .into_iter()
+                                .map(|(s, _)| match s {
+                                    Ok(i) => first_sequence + i as u64,
+                                    Err(seq) => seq,
+                                })
+                                .collect();
+                            let appended = Appended {
+                                sequences,
+                                duplicates,
+                            };
+                            (a.reply, appended)
+                        })
+                        .collect();
+                    let written = Written {
+                        events: fresh,
+                        replies,
+                        wrote,
+                    };
+                    match &to_syncer {
+                        Some(syncer) => {
+                            if let Err(unsent) = syncer.send(written) {
+                                for (reply, _) in unsent.0.replies {
+                                    let _ = reply.send(Err(StoreError::Closed));
+                                }
+                            }
+                        }
+                        None => self.answer(written),
                     }
                 }
                 Err(e) => {
@@ -431,6 +489,44 @@ impl Log {
         }
         if let Err(e) = self.store.sync() {
             tracing::error!("final sync: {e}");
+        }
+    }
+
+    /// The syncer (`--fsync always`): takes every group written so far,
+    /// makes them durable with one fsync, and only then answers them, in
+    /// order. After a failed fsync nothing more is acknowledged (the store
+    /// is poisoned).
+    fn sync_loop(&self, written: Receiver<Written>) {
+        while let Ok(first) = written.recv() {
+            let mut groups = vec![first];
+            while let Ok(more) = written.try_recv() {
+                groups.push(more);
+            }
+            let synced = if groups.iter().any(|g| g.wrote) {
+                self.store.sync()
+            } else {
+                self.store.check_poisoned()
+            };
+            match synced {
+                Ok(()) => groups.into_iter().for_each(|g| self.answer(g)),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    for g in groups {
+                        for (reply, _) in g.replies {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A durable group: its events go to the tail, then its appends are
+    /// acknowledged.
+    fn answer(&self, written: Written) {
+        self.publish(written.events);
+        for (reply, appended) in written.replies {
+            let _ = reply.send(Ok(appended));
         }
     }
 

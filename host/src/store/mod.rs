@@ -169,6 +169,8 @@ pub struct Store {
     room: Mutex<u64>,
     /// The engine's active journal file and our own handle on it.
     journal: Mutex<Option<(u64, std::fs::File)>>,
+    /// Held for the whole of a sync.
+    sync_lock: Mutex<()>,
     /// `DIR/acknowledged`: the highest sequence known durable, written after
     /// each sync outside the engine's journal, as a witness against a
     /// journal that comes back shorter than it was.
@@ -327,6 +329,7 @@ impl Store {
             disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,
             room: Mutex::new(0),
             journal: Mutex::new(None),
+            sync_lock: Mutex::new(()),
             mark,
         })
     }
@@ -386,7 +389,7 @@ impl Store {
         }
     }
 
-    fn check_poisoned(&self) -> Result<(), StoreError> {
+    pub(crate) fn check_poisoned(&self) -> Result<(), StoreError> {
         match &*self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(reason) => Err(StoreError::Poisoned {
                 dir: self.dir.clone(),
@@ -421,6 +424,32 @@ impl Store {
         events: &mut [Event],
         progress: &[&progress::Progress],
     ) -> Result<u64, StoreError> {
+        let first = self.write_with(events, progress)?;
+        match self.fsync {
+            Fsync::Always => self.sync()?,
+            Fsync::Interval(every) => {
+                let due = self
+                    .last_persist
+                    .lock()
+                    .map(|t| t.elapsed() >= every)
+                    .unwrap_or(true);
+                if due {
+                    self.sync()?;
+                }
+            }
+        }
+        Ok(first)
+    }
+
+    /// Number `events` and write them with `progress` as one atomic batch,
+    /// without syncing: the caller makes them durable ([`Store::sync`])
+    /// before acknowledging them. Only one thread writes events (the
+    /// committer).
+    pub fn write_with(
+        &self,
+        events: &mut [Event],
+        progress: &[&progress::Progress],
+    ) -> Result<u64, StoreError> {
         self.check_poisoned()?;
         let incoming: u64 = events
             .iter()
@@ -451,19 +480,6 @@ impl Store {
         self.written
             .store(first + events.len() as u64 - 1, Ordering::Release);
         self.dirty.store(true, Ordering::Release);
-        match self.fsync {
-            Fsync::Always => self.sync()?,
-            Fsync::Interval(every) => {
-                let due = self
-                    .last_persist
-                    .lock()
-                    .map(|t| t.elapsed() >= every)
-                    .unwrap_or(true);
-                if due {
-                    self.sync()?;
-                }
-            }
-        }
         self.last_sequence
             .store(first + events.len() as u64 - 1, Ordering::Release);
         Ok(first)
@@ -494,9 +510,15 @@ impl Store {
     /// Force everything written so far to stable storage. A failure poisons
     /// the store (see the module docs).
     pub fn sync(&self) -> Result<(), StoreError> {
+        // One sync at a time: a caller that finds nothing dirty must not
+        // return while another's fsync of its writes is still running.
+        let _one = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_poisoned()?;
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
+        // Everything written before the flush below is durable after it.
+        let durable = self.written.load(Ordering::Acquire);
         let started = Instant::now();
         // The journal's buffer goes to the kernel under the engine's lock;
         // the fsync itself runs on a handle of our own, outside the lock, so
@@ -520,8 +542,9 @@ impl Store {
         // The witness of what is durable now. Not synced itself: it guards
         // against a journal that comes back shorter than it was, and a
         // failure to write it is logged, not fatal.
-        let durable = self.written.load(Ordering::Acquire).to_be_bytes();
-        if let Err(e) = std::os::unix::fs::FileExt::write_all_at(&self.mark, &durable, 0) {
+        if let Err(e) =
+            std::os::unix::fs::FileExt::write_all_at(&self.mark, &durable.to_be_bytes(), 0)
+        {
             tracing::warn!(data = %self.dir.display(), "cannot update {MARK_FILE}: {e}");
         }
         Ok(())
