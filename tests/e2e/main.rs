@@ -1508,12 +1508,7 @@ mod state {
                 &[PluginFile::Wasm("tally", artifacts::TALLY)],
                 &["--ordering", ordering],
             );
-            let (status, body) = h.post(
-                "/v1/events",
-                Some("application/cloudevents-batch+json"),
-                &[],
-                &tally_batch(&batch),
-            );
+            let (status, body) = send(&h, &batch);
             assert_eq!(status, 202, "{body}");
             h.wait_until("all acked", WAIT, |h| h.count("tally", "handled") == 5)
                 .expect("acked");
@@ -1540,16 +1535,21 @@ mod state {
             &[PluginFile::Wasm("tally", artifacts::TALLY)],
             &["--ordering-for", "tally=strict", "--memory"],
         );
-        let (status, _) = h.post(
-            "/v1/events",
-            Some("application/cloudevents-batch+json"),
-            &[],
-            &tally_batch(&batch),
-        );
+        let (status, _) = send(&h, &batch);
         assert_eq!(status, 202);
         h.wait_until("all acked", WAIT, |h| h.count("tally", "handled") == 5)
             .expect("acked");
         assert_eq!(kv(&h, "order.A"), Some(json!(["a1", "a2", "a3"])));
+    }
+
+    /// POST tally events as one CloudEvents batch.
+    fn send(h: &TestHost, ids: &[(&str, Value)]) -> (u16, Value) {
+        h.post(
+            "/v1/events",
+            Some("application/cloudevents-batch+json"),
+            &[],
+            &tally_batch(ids),
+        )
     }
 
     fn kv(h: &TestHost, key: &str) -> Option<Value> {
@@ -1580,12 +1580,7 @@ mod state {
             .collect();
         let borrowed: Vec<(&str, Value)> =
             ids.iter().map(|(i, d)| (i.as_str(), d.clone())).collect();
-        let (status, body) = h.post(
-            "/v1/events",
-            Some("application/cloudevents-batch+json"),
-            &[],
-            &tally_batch(&borrowed),
-        );
+        let (status, body) = send(&h, &borrowed);
         assert_eq!(status, 202, "{body}");
         h.wait_until("ten acked", WAIT, |h| h.count("tally", "handled") == 10)
             .expect("all acked");
@@ -1595,15 +1590,8 @@ mod state {
         assert_eq!(h.count("tally", "retried"), 4);
 
         // A retry waiting when the host is killed is still owed after it.
-        let (status, body) = h.post(
-            "/v1/events",
-            Some("application/cloudevents-batch+json"),
-            &[],
-            &tally_batch(&[(
-                "late",
-                json!({"retry_until_attempt": 2, "delay_ms": 60_000}),
-            )]),
-        );
+        let late = json!({"retry_until_attempt": 2, "delay_ms": 60_000});
+        let (status, body) = send(&h, &[("late", late)]);
         assert_eq!(status, 202, "{body}");
         h.wait_until("the first attempt", WAIT, |h| {
             h.count("tally", "retried") == 5
@@ -1630,14 +1618,12 @@ mod state {
             &[PluginFile::Wasm("tally", artifacts::TALLY)],
             &["--memory"],
         );
-        let (status, _) = h.post(
-            "/v1/events",
-            Some("application/cloudevents-batch+json"),
-            &[],
-            &tally_batch(&[
+        let (status, _) = send(
+            &h,
+            &[
                 ("m1", json!({})),
                 ("m2", json!({"retry_until_attempt": 2, "delay_ms": 10})),
-            ]),
+            ],
         );
         assert_eq!(status, 202);
         h.wait_until("both acked", WAIT, |h| h.count("tally", "handled") == 2)
