@@ -1,6 +1,6 @@
 //! The durable store: one fjall database in the data directory, with a
-//! keyspace for the event log (key: the sequence, big-endian; value: the
-//! event, `store::codec`), one for the plugins' cursors and one for their
+//! keyspace for the event log (key: the sequence, big-endian, of the first
+//! event of a record; value: one event or a run of them, `store::codec`), one for the plugins' cursors and one for their
 //! key-value buckets (`store::progress`), and two for dead letters and
 //! those being re-driven (`store::dead`).
 //!
@@ -182,8 +182,14 @@ pub struct Store {
     fsync_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
+/// The most events in one log record (a run of one group commit).
+const RUN_EVENTS_MAX: usize = 256;
+
 /// The `meta` key holding the log's size in bytes.
 const LOG_BYTES_KEY: &str = "log_bytes";
+/// The `meta` key holding the last sequence retention removed: the log
+/// reaches at least there even when retention emptied it.
+const TRIMMED_KEY: &str = "trimmed_through";
 
 /// How much of the log to keep. Events are removed oldest first, and only
 /// once every plugin's cursor is past them: never one a plugin has yet to
@@ -268,11 +274,23 @@ impl Store {
         let last = match log.last_key_value() {
             None => 0,
             Some(guard) => {
-                let key = guard.key().map_err(|e| open_err(format!("{e:?}")))?;
-                sequence_of(&key)
-                    .ok_or_else(|| open_err("a log key is not a sequence number".into()))?
+                let (key, value) = guard.into_inner().map_err(|e| open_err(format!("{e:?}")))?;
+                let first = sequence_of(&key)
+                    .ok_or_else(|| open_err("a log key is not a sequence number".into()))?;
+                let count = codec::run_len(&value).map_err(|e| StoreError::Corrupt {
+                    dir: dir.to_path_buf(),
+                    sequence: first,
+                    reason: e.0,
+                })?;
+                first + count.saturating_sub(1)
             }
         };
+        let trimmed = meta
+            .get(TRIMMED_KEY)
+            .map_err(|e| open_err(format!("{e:?}")))?
+            .and_then(|v| sequence_of(&v))
+            .unwrap_or(0);
+        let last = last.max(trimmed);
         // What was acknowledged before: the witness file, and any cursor.
         let mark_path = dir.join(MARK_FILE);
         let mut high = std::fs::read(&mark_path)
@@ -461,9 +479,12 @@ impl Store {
         let mut added = 0;
         for (i, e) in events.iter_mut().enumerate() {
             e.sequence = first + i as u64;
-            let value = codec::encode(e);
+        }
+        // One record per run of events: the engine's cost is per record.
+        for run in events.chunks(RUN_EVENTS_MAX) {
+            let value = codec::encode_run(run);
             added += 8 + value.len() as u64;
-            batch.insert(&self.log, e.sequence.to_be_bytes(), value);
+            batch.insert(&self.log, run[0].sequence.to_be_bytes(), value);
         }
         let log_bytes = self.log_bytes.load(Ordering::Acquire) + added;
         batch.insert(&self.meta, LOG_BYTES_KEY, log_bytes.to_be_bytes());
@@ -580,12 +601,28 @@ impl Store {
     /// Up to `max` events with sequence ≥ `from`, in order.
     pub fn read(&self, from: u64, max: usize) -> Result<Vec<Event>, StoreError> {
         let mut out = Vec::new();
-        for guard in self.log.range(from.to_be_bytes()..).take(max) {
-            let (key, value) = guard.into_inner().map_err(|e| StoreError::Write {
-                dir: self.dir.clone(),
-                reason: format!("reading the log: {e:?}"),
-            })?;
-            out.push(self.decode_record(&key, &value)?);
+        if max == 0 {
+            return Ok(out);
+        }
+        // Start at the record that holds `from`: it may begin before it.
+        let start = match self.log.range(..=from.to_be_bytes()).next_back() {
+            Some(guard) => {
+                let key = guard.key().map_err(|e| self.read_error(&e))?;
+                sequence_of(&key).unwrap_or(from)
+            }
+            None => from,
+        };
+        for guard in self.log.range(start.to_be_bytes()..) {
+            let (key, value) = guard.into_inner().map_err(|e| self.read_error(&e))?;
+            for e in self.decode_log_record(&key, &value)? {
+                if e.sequence < from {
+                    continue;
+                }
+                out.push(e);
+                if out.len() >= max {
+                    return Ok(out);
+                }
+            }
         }
         Ok(out)
     }
@@ -623,25 +660,29 @@ impl Store {
         let mut bytes = self.log_bytes();
         let mut removed = 0;
         let mut from: u64 = 1;
+        let mut removed_through = 0;
         'scan: loop {
             let mut batch = self.db.batch();
             let mut any = false;
             let mut done = false;
             for guard in self.log.range(from.to_be_bytes()..).take(4096) {
                 let (key, value) = guard.into_inner().map_err(|e| self.read_error(&e))?;
-                let Some(sequence) = sequence_of(&key) else {
+                let Some(first) = sequence_of(&key) else {
                     break 'scan;
                 };
-                from = sequence + 1;
-                if sequence > limit {
+                // A record goes whole, once every event in it may go.
+                let last = first + codec::run_len(&value).unwrap_or(1).saturating_sub(1);
+                from = last + 1;
+                if last > limit {
                     done = true;
                     break;
                 }
                 let too_big = keep.bytes.is_some_and(|max| bytes > max);
                 let too_old = cutoff.is_some_and(|cut| {
-                    codec::decode(sequence, &value)
+                    codec::decode_run(first, &value)
                         .ok()
-                        .and_then(|e| humantime::parse_rfc3339_weak(&e.time).ok())
+                        .and_then(|events| events.last().map(|e| e.time.clone()))
+                        .and_then(|t| humantime::parse_rfc3339_weak(&t).ok())
                         .is_some_and(|t| t < cut)
                 });
                 if !too_big && !too_old {
@@ -650,11 +691,13 @@ impl Store {
                 }
                 batch.remove(&self.log, key.to_vec());
                 bytes = bytes.saturating_sub(8 + value.len() as u64);
-                removed += 1;
+                removed += (last - first + 1) as usize;
+                removed_through = last;
                 any = true;
             }
             if any {
                 batch.insert(&self.meta, LOG_BYTES_KEY, bytes.to_be_bytes());
+                batch.insert(&self.meta, TRIMMED_KEY, removed_through.to_be_bytes());
                 batch.commit().map_err(|e| self.write_error(&e))?;
                 self.log_bytes.store(bytes, Ordering::Release);
                 self.dirty.store(true, Ordering::Release);
@@ -683,12 +726,31 @@ impl Store {
         })
     }
 
+    /// The events of a log record (one, or a run).
+    fn decode_log_record(&self, key: &[u8], value: &[u8]) -> Result<Vec<Event>, StoreError> {
+        let first = sequence_of(key).ok_or_else(|| StoreError::Corrupt {
+            dir: self.dir.clone(),
+            sequence: 0,
+            reason: format!("a log key of {} bytes", key.len()),
+        })?;
+        codec::decode_run(first, value).map_err(|e| StoreError::Corrupt {
+            dir: self.dir.clone(),
+            sequence: first,
+            reason: e.0,
+        })
+    }
+
     /// Up to `max` events from the end of the log, newest first.
     pub fn read_back(&self, max: usize) -> Result<Vec<Event>, StoreError> {
         let mut out = Vec::new();
-        for guard in self.log.range::<&[u8], _>(..).rev().take(max) {
+        for guard in self.log.range::<&[u8], _>(..).rev() {
             let (key, value) = guard.into_inner().map_err(|e| self.read_error(&e))?;
-            out.push(self.decode_record(&key, &value)?);
+            for e in self.decode_log_record(&key, &value)?.into_iter().rev() {
+                if out.len() >= max {
+                    return Ok(out);
+                }
+                out.push(e);
+            }
         }
         Ok(out)
     }
@@ -835,9 +897,13 @@ pub(crate) mod tests {
         for e in &mut old {
             e.time = "2020-01-01T00:00:00Z".into();
         }
-        store.append(&mut old).expect("append");
-        let mut new: Vec<Event> = (10..100).map(ev).collect();
-        store.append(&mut new).expect("append");
+        // One record per event here, so that trimming is per event.
+        for e in &mut old {
+            store.append(std::slice::from_mut(e)).expect("append");
+        }
+        for i in 10..100 {
+            store.append(&mut [ev(i)]).expect("append");
+        }
         let full = store.log_bytes();
         assert!(full > 0);
         store.set_cursor("a", 60).expect("cursor");
@@ -870,6 +936,26 @@ pub(crate) mod tests {
         let store = Store::open(&dir, Fsync::Always).expect("reopens");
         assert_eq!(store.log_bytes(), kept, "the size survives a restart");
         assert_eq!(store.last_sequence(), 100);
+        // A run of events (one group commit) is one record: it goes whole,
+        // only once every event in it is finished.
+        let mut run: Vec<Event> = (100..110).map(ev).collect();
+        store.append(&mut run).expect("append a run");
+        store.set_cursor("a", 105).expect("cursor");
+        store.set_cursor("b", 105).expect("cursor");
+        assert_eq!(
+            store.trim(&by_size).expect("trim"),
+            40,
+            "61..=100, not the run"
+        );
+        assert_eq!(store.read(1, 1).expect("read")[0].sequence, 101);
+        store.set_cursor("a", 110).expect("cursor");
+        store.set_cursor("b", 110).expect("cursor");
+        assert_eq!(store.trim(&by_size).expect("trim"), 10, "the whole run");
+        assert!(store.read(1, 1).expect("read").is_empty());
+        assert_eq!(store.last_sequence(), 110);
+        drop(store);
+        let store = Store::open(&dir, Fsync::Always).expect("an emptied log reopens");
+        assert_eq!(store.last_sequence(), 110, "numbering goes on");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
