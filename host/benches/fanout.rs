@@ -234,14 +234,7 @@ fn drop_log(dir: PathBuf, log: Arc<Log>) {
 /// Durable publishing through the log: `publishers` threads, each
 /// appending `per_append` events at a time and waiting for the ack.
 fn durable_publish(fsync: Fsync, publishers: usize, per_append: usize, n: usize) -> f64 {
-    let dir = std::env::temp_dir().join(format!("plugbus-bench-log-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let log = Log::start(
-        Store::open(&dir, fsync).expect("store"),
-        fsync,
-        Counter::default(),
-    )
-    .expect("log");
+    let (dir, log) = temp_log("log", fsync);
     let template = events(1).remove(0);
     let each = n / publishers;
     let start = Instant::now();
@@ -276,14 +269,7 @@ fn durable_publish(fsync: Fsync, publishers: usize, per_append: usize, n: usize)
 /// One publisher with up to `in_flight` single-event appends awaiting their
 /// acks (pipelined, as the JetStream row).
 fn durable_pipelined(fsync: Fsync, in_flight: usize, n: usize) -> f64 {
-    let dir = std::env::temp_dir().join(format!("plugbus-bench-plog-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let log = Log::start(
-        Store::open(&dir, fsync).expect("store"),
-        fsync,
-        Counter::default(),
-    )
-    .expect("log");
+    let (dir, log) = temp_log("plog", fsync);
     let template = events(1).remove(0);
     let start = Instant::now();
     let mut pending = std::collections::VecDeque::new();

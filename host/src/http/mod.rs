@@ -503,15 +503,20 @@ struct KvQuery {
     limit: Option<usize>,
 }
 
+/// Where `plugin`'s state is, or 404 naming it.
+fn state_of(state: &AppState, plugin: &str) -> Result<crate::runtime::kv::Backend, IngressError> {
+    state
+        .registry
+        .state_of(plugin)
+        .ok_or_else(|| IngressError::NoPlugin(plugin.to_string()))
+}
+
 async fn kv_list(
     State(state): State<AppState>,
     Path(plugin): Path<String>,
     axum::extract::Query(q): axum::extract::Query<KvQuery>,
 ) -> Result<Response, IngressError> {
-    let bucket = state
-        .registry
-        .state_of(&plugin)
-        .ok_or_else(|| IngressError::NoPlugin(plugin.clone()))?;
+    let bucket = state_of(&state, &plugin)?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let mut entries =
         tokio::task::block_in_place(|| bucket.list(&plugin, q.after.as_deref(), limit + 1))
@@ -534,10 +539,7 @@ async fn kv_get(
     State(state): State<AppState>,
     Path((plugin, key)): Path<(String, String)>,
 ) -> Result<Response, IngressError> {
-    let bucket = state
-        .registry
-        .state_of(&plugin)
-        .ok_or_else(|| IngressError::NoPlugin(plugin.clone()))?;
+    let bucket = state_of(&state, &plugin)?;
     let value = tokio::task::block_in_place(|| bucket.get(&plugin, &key))
         .map_err(|e| IngressError::State(plugin.clone(), e))?
         .ok_or_else(|| IngressError::NoKey(plugin.clone(), key.clone()))?;

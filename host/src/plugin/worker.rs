@@ -448,7 +448,7 @@ impl Worker {
         if let Some(store) = &self.cursor_store {
             let progress = Progress {
                 plugin: self.plugin.name.clone(),
-                cursor: cursor.clone(),
+                cursor: Some(cursor.clone()),
                 ..Default::default()
             };
             if let Err(e) = store.commit_progress(&progress) {
@@ -699,7 +699,7 @@ impl Worker {
                 let cursor = self.cursor(through, &owed);
                 let progress = Progress {
                     plugin: self.plugin.name.clone(),
-                    cursor: cursor.clone(),
+                    cursor: Some(cursor.clone()),
                     kv: writes.into_iter().collect(),
                     dead: fx
                         .gave_up

@@ -110,19 +110,15 @@ impl Backend {
             return Ok(());
         }
         match self {
-            Backend::Durable(s) => {
-                let mut progress = crate::store::progress::Progress {
+            // No cursor: the stored one stays as it is (a plugin new to
+            // the log has none yet, and must still be seen as new).
+            Backend::Durable(s) => s
+                .commit_progress(&crate::store::progress::Progress {
                     plugin: plugin.to_string(),
                     kv: writes.into_iter().collect(),
                     ..Default::default()
-                };
-                // Keep the cursor as it is.
-                progress.cursor = s
-                    .cursor_state(plugin)
-                    .map_err(|e| e.to_string())?
-                    .unwrap_or_default();
-                s.commit_progress(&progress).map_err(|e| e.to_string())
-            }
+                })
+                .map_err(|e| e.to_string()),
             Backend::Memory(m) => {
                 let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
                 for (k, v) in writes {
@@ -133,13 +129,6 @@ impl Backend {
                 }
                 Ok(())
             }
-        }
-    }
-
-    /// Delete every key (memory mode; the store clears its own).
-    pub fn clear(&self) {
-        if let Backend::Memory(m) = self {
-            m.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
     }
 }
@@ -164,13 +153,13 @@ impl HostState {
                 key.len()
             )));
         }
-        let size = key.len() + value.as_ref().map_or(0, Vec::len);
-        if value.as_ref().is_some_and(|v| v.len() > VALUE_BYTES_MAX) {
+        let value_len = value.as_ref().map_or(0, Vec::len);
+        if value_len > VALUE_BYTES_MAX {
             return Err(other(format!(
-                "the value of `{key}` is {} bytes, over the limit of {VALUE_BYTES_MAX}",
-                size - key.len()
+                "the value of `{key}` is {value_len} bytes, over the limit of {VALUE_BYTES_MAX}"
             )));
         }
+        let size = key.len() + value_len;
         if self.kv_write_bytes + size > CALL_WRITE_BYTES_MAX {
             return Err(other(format!(
                 "this call has written {} bytes, the limit per call is {CALL_WRITE_BYTES_MAX}",

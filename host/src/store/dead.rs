@@ -146,15 +146,14 @@ impl Store {
             .into_iter()
             .filter(|l| which.wants(l))
             .collect();
-        let mut batch = self.db.batch();
-        for l in &chosen {
-            let k = key(plugin, l.event.sequence);
-            batch.remove(&self.dead, k.clone());
-            batch.insert(&self.redrive, k, codec::encode(&l.event));
-        }
-        batch.commit().map_err(|e| self.write_error(&e))?;
-        self.dirty.store(true, std::sync::atomic::Ordering::Release);
-        Ok(chosen.len())
+        self.write_now(|batch| {
+            for l in &chosen {
+                let k = key(plugin, l.event.sequence);
+                batch.remove(&self.dead, k.clone());
+                batch.insert(&self.redrive, k, codec::encode(&l.event));
+            }
+            Ok(chosen.len())
+        })
     }
 
     /// Delete the selected letters of `plugin`; returns how many.
@@ -166,13 +165,12 @@ impl Store {
             .filter(|l| which.wants(l))
             .map(|l| l.event.sequence)
             .collect();
-        let mut batch = self.db.batch();
-        for &seq in &chosen {
-            batch.remove(&self.dead, key(plugin, seq));
-        }
-        batch.commit().map_err(|e| self.write_error(&e))?;
-        self.dirty.store(true, std::sync::atomic::Ordering::Release);
-        Ok(chosen.len())
+        self.write_now(|batch| {
+            for &seq in &chosen {
+                batch.remove(&self.dead, key(plugin, seq));
+            }
+            Ok(chosen.len())
+        })
     }
 
     /// The events waiting to be re-delivered to `plugin`.
@@ -180,7 +178,7 @@ impl Store {
         let mut out = Vec::new();
         for guard in self.redrive.prefix(prefix(plugin)) {
             let (k, v) = guard.into_inner().map_err(|e| self.read_error(&e))?;
-            out.push(self.decode_record(&k, &v)?);
+            out.extend(self.decode_records(&k, &v)?);
         }
         Ok(out)
     }
@@ -189,7 +187,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::progress::{Cursor, GaveUp, Progress};
+    use crate::store::progress::{GaveUp, Progress};
     use crate::store::tests::temp_dir;
     use crate::store::Fsync;
 
@@ -197,7 +195,6 @@ mod tests {
         store
             .commit_progress(&Progress {
                 plugin: plugin.into(),
-                cursor: Cursor::at(0),
                 dead: vec![GaveUp {
                     event: std::sync::Arc::new(event),
                     attempts,

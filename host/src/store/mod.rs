@@ -614,7 +614,7 @@ impl Store {
         };
         for guard in self.log.range(start.to_be_bytes()..) {
             let (key, value) = guard.into_inner().map_err(|e| self.read_error(&e))?;
-            for e in self.decode_log_record(&key, &value)? {
+            for e in self.decode_records(&key, &value)? {
                 if e.sequence < from {
                     continue;
                 }
@@ -709,9 +709,14 @@ impl Store {
         Ok(removed)
     }
 
-    /// Decode a stored event whose key ends with its sequence.
-    pub(crate) fn decode_record(&self, key: &[u8], value: &[u8]) -> Result<Event, StoreError> {
-        let sequence = key
+    /// The events of a stored record (one, or a run) whose key ends with
+    /// the sequence of its first event.
+    pub(crate) fn decode_records(
+        &self,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Vec<Event>, StoreError> {
+        let first = key
             .get(key.len().saturating_sub(8)..)
             .and_then(sequence_of)
             .ok_or_else(|| StoreError::Corrupt {
@@ -719,20 +724,6 @@ impl Store {
                 sequence: 0,
                 reason: format!("a key of {} bytes", key.len()),
             })?;
-        codec::decode(sequence, value).map_err(|e| StoreError::Corrupt {
-            dir: self.dir.clone(),
-            sequence,
-            reason: e.0,
-        })
-    }
-
-    /// The events of a log record (one, or a run).
-    fn decode_log_record(&self, key: &[u8], value: &[u8]) -> Result<Vec<Event>, StoreError> {
-        let first = sequence_of(key).ok_or_else(|| StoreError::Corrupt {
-            dir: self.dir.clone(),
-            sequence: 0,
-            reason: format!("a log key of {} bytes", key.len()),
-        })?;
         codec::decode_run(first, value).map_err(|e| StoreError::Corrupt {
             dir: self.dir.clone(),
             sequence: first,
@@ -740,12 +731,27 @@ impl Store {
         })
     }
 
+    /// Check the store is writable, fill one atomic batch with `fill`,
+    /// commit it and hand it to the operating system (so that it survives
+    /// the process being killed; the next sync makes it durable).
+    pub(crate) fn write_now<T>(
+        &self,
+        fill: impl FnOnce(&mut fjall::OwnedWriteBatch) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.check_poisoned()?;
+        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+        let out = fill(&mut batch)?;
+        batch.commit().map_err(|e| self.write_error(&e))?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(out)
+    }
+
     /// Up to `max` events from the end of the log, newest first.
     pub fn read_back(&self, max: usize) -> Result<Vec<Event>, StoreError> {
         let mut out = Vec::new();
         for guard in self.log.range::<&[u8], _>(..).rev() {
             let (key, value) = guard.into_inner().map_err(|e| self.read_error(&e))?;
-            for e in self.decode_log_record(&key, &value)?.into_iter().rev() {
+            for e in self.decode_records(&key, &value)?.into_iter().rev() {
                 if out.len() >= max {
                     return Ok(out);
                 }

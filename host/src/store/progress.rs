@@ -92,8 +92,9 @@ pub struct GaveUp {
 pub struct Progress {
     /// The plugin.
     pub plugin: String,
-    /// Its cursor after the batch.
-    pub cursor: Cursor,
+    /// Its cursor after the batch; none leaves the stored cursor as it is
+    /// (state written outside delivery, e.g. by `init`).
+    pub cursor: Option<Cursor>,
     /// Key-value writes to its bucket: a value, or none to delete.
     pub kv: Vec<(String, Option<Vec<u8>>)>,
     /// Events it gave up on.
@@ -128,7 +129,9 @@ impl Store {
         for &seq in &progress.redriven {
             batch.remove(&self.redrive, dead::key(plugin, seq));
         }
-        batch.insert(&self.cursors, plugin, progress.cursor.encode());
+        if let Some(cursor) = &progress.cursor {
+            batch.insert(&self.cursors, plugin, cursor.encode());
+        }
     }
 
     /// Write `progress` (one without follow-up events) atomically, and hand
@@ -137,12 +140,10 @@ impl Store {
     /// it whole, and the plugin handles its batch again from the state
     /// before it.
     pub fn commit_progress(&self, progress: &Progress) -> Result<(), StoreError> {
-        self.check_poisoned()?;
-        let mut batch = self.db.batch().durability(Some(fjall::PersistMode::Buffer));
-        self.add_progress(&mut batch, progress);
-        batch.commit().map_err(|e| self.write_error(&e))?;
-        self.dirty.store(true, std::sync::atomic::Ordering::Release);
-        Ok(())
+        self.write_now(|batch| {
+            self.add_progress(batch, progress);
+            Ok(())
+        })
     }
 
     /// The cursor of `plugin`, with its pending retries.
@@ -202,11 +203,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Delete every key of `plugin`'s bucket; returns how many.
-    pub fn kv_clear(&self, plugin: &str) -> Result<usize, StoreError> {
-        self.rewind(plugin, None, true)
-    }
-
     /// Move `plugin`'s cursor to `cursor` (forgetting pending retries) and,
     /// with `clear_state`, delete every key of its bucket, in one atomic
     /// write: a replay never starts from a cleared state with the old
@@ -217,22 +213,20 @@ impl Store {
         cursor: Option<u64>,
         clear_state: bool,
     ) -> Result<usize, StoreError> {
-        self.check_poisoned()?;
-        let mut batch = self.db.batch().durability(Some(fjall::PersistMode::Buffer));
-        let mut n = 0;
-        if clear_state {
-            for guard in self.kv.prefix(kv_key(plugin, "")) {
-                let k = guard.key().map_err(|e| self.read_error(&e))?;
-                batch.remove(&self.kv, k);
-                n += 1;
+        self.write_now(|batch| {
+            let mut n = 0;
+            if clear_state {
+                for guard in self.kv.prefix(kv_key(plugin, "")) {
+                    let k = guard.key().map_err(|e| self.read_error(&e))?;
+                    batch.remove(&self.kv, k);
+                    n += 1;
+                }
             }
-        }
-        if let Some(through) = cursor {
-            batch.insert(&self.cursors, plugin, Cursor::at(through).encode());
-        }
-        batch.commit().map_err(|e| self.write_error(&e))?;
-        self.dirty.store(true, std::sync::atomic::Ordering::Release);
-        Ok(n)
+            if let Some(through) = cursor {
+                batch.insert(&self.cursors, plugin, Cursor::at(through).encode());
+            }
+            Ok(n)
+        })
     }
 }
 
@@ -268,10 +262,10 @@ mod tests {
         store
             .commit_progress(&Progress {
                 plugin: "analytics".into(),
-                cursor: Cursor {
+                cursor: Some(Cursor {
                     through: 9,
                     pending: vec![(6, 2)],
-                },
+                }),
                 kv: vec![
                     ("orders".into(), Some(b"3".to_vec())),
                     ("revenue_cents".into(), Some(b"450".to_vec())),
@@ -313,7 +307,7 @@ mod tests {
             })
         );
         assert_eq!(store.dead_letters("analytics").expect("dead").len(), 1);
-        assert_eq!(store.kv_clear("analytics").expect("clear"), 2);
+        assert_eq!(store.rewind("analytics", None, true).expect("clear"), 2);
         assert!(store
             .kv_list("analytics", None, 10)
             .expect("list")
