@@ -42,8 +42,9 @@ struct Append {
 
 /// A group the committer wrote, waiting for the syncer (`--fsync always`).
 struct Written {
-    /// The new events, for the tail once durable.
-    events: Vec<Event>,
+    /// The new events, for the tail once durable (shared here, in the
+    /// committer, so the syncer's answer is quick).
+    events: Vec<Arc<Event>>,
     /// Each append's answer, sent once the group is durable.
     replies: Vec<(Reply, Appended)>,
     /// Whether anything was written (not only duplicates answered).
@@ -464,7 +465,7 @@ impl Log {
                         })
                         .collect();
                     let written = Written {
-                        events: fresh,
+                        events: fresh.into_iter().map(Arc::new).collect(),
                         replies,
                         wrote,
                     };
@@ -522,31 +523,35 @@ impl Log {
     }
 
     /// A durable group: its events go to the tail, then its appends are
-    /// acknowledged.
+    /// acknowledged; the events that left the tail are dropped last.
     fn answer(&self, written: Written) {
-        self.publish(written.events);
+        let gone = self.publish(written.events);
         for (reply, appended) in written.replies {
             let _ = reply.send(Ok(appended));
         }
+        drop(gone);
     }
 
     /// Put committed events in the tail, move the head, ring the bells.
-    fn publish(&self, events: Vec<Event>) {
+    /// Returns the events pushed out of the tail (for the caller to drop
+    /// outside the lock).
+    fn publish(&self, events: Vec<Arc<Event>>) -> Vec<Arc<Event>> {
         let Some(last) = events.last().map(|e| e.sequence) else {
-            return;
+            return Vec::new();
         };
         let count = events.len() as u64;
-        {
+        let gone = {
             let mut tail = self.tail.write().unwrap_or_else(|p| p.into_inner());
-            tail.events.extend(events.into_iter().map(Arc::new));
+            tail.events.extend(events);
             let excess = tail.events.len().saturating_sub(TAIL_EVENTS_MAX);
-            tail.events.drain(..excess);
             tail.first += excess as u64;
-        }
+            tail.events.drain(..excess).collect()
+        };
         self.head.store(last, Ordering::Release);
         self.committed.inc_by(count);
         let mut bells = self.bells.lock().unwrap_or_else(|p| p.into_inner());
         bells.retain(|b| !matches!(b.try_send(()), Err(TrySendError::Disconnected(_))));
+        gone
     }
 }
 

@@ -575,6 +575,8 @@ impl Store {
     /// numbers its journals `N.jnl` and fsyncs one before it moves to the
     /// next, so what was handed to the kernel before a move is durable
     /// either way. Another layout falls back to the engine's own fsync.
+    /// `fdatasync` suffices: it also makes durable a size the file grew
+    /// to, and fjall sets a journal's size (and syncs it) when it makes it.
     fn sync_active_journal(&self) -> std::io::Result<()> {
         let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         // The engine moved on if the next journal exists.
@@ -593,7 +595,7 @@ impl Store {
             *journal = Some((id, file));
         }
         match journal.as_ref() {
-            Some((_, file)) => file.sync_all(),
+            Some((_, file)) => file.sync_data(),
             None => Ok(()),
         }
     }
