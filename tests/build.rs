@@ -21,6 +21,7 @@ const PLUGINS: &[(&str, &str, Option<&str>)] = &[
     ("RECORDER", "plugbus-test-plugins", Some("recorder")),
     ("TALLY", "plugbus-test-plugins", Some("tally")),
     ("PROBE", "plugbus-test-plugins", Some("probe")),
+    ("SWAPPER", "plugbus-test-plugins", Some("swapper")),
     ("INIT_FAILS", "plugbus-test-plugins", Some("init_fails")),
     ("CONTRACT_V2", "plugbus-test-plugins", Some("contract_v2")),
 ];

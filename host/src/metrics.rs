@@ -92,6 +92,12 @@ pub struct Metrics {
     pub batch_events: HistogramFamily,
     /// Seconds from an event's acceptance to its ack by a plugin.
     pub delivery_seconds: HistogramFamily,
+    /// New versions of a plugin's file swapped in.
+    pub swaps: Family<PluginLabels, Counter>,
+    /// Seconds a new version waited for its worker's batch boundary.
+    pub swap_wait_seconds: HistogramFamily,
+    /// Plugin files (new or changed) that failed to load or to `init`.
+    pub reload_failures: Family<PluginLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -130,7 +136,25 @@ impl Metrics {
             handle_seconds: HistogramFamily::new_with_constructor(latency_histogram),
             batch_events: HistogramFamily::new_with_constructor(batch_histogram),
             delivery_seconds: HistogramFamily::new_with_constructor(latency_histogram),
+            swaps: Family::default(),
+            swap_wait_seconds: HistogramFamily::new_with_constructor(latency_histogram),
+            reload_failures: Family::default(),
         };
+        registry.register(
+            "plugin_swaps",
+            "New versions of a plugin's file swapped in at a batch boundary",
+            m.swaps.clone(),
+        );
+        registry.register(
+            "plugin_swap_wait_seconds",
+            "Time a new plugin version waited for its worker's batch boundary",
+            m.swap_wait_seconds.clone(),
+        );
+        registry.register(
+            "plugin_load_failures",
+            "Plugin files (new or changed) that failed to load or to init; a running version keeps serving",
+            m.reload_failures.clone(),
+        );
         registry.register(
             "events_published",
             "Events accepted by the bus",

@@ -80,6 +80,15 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         settings.delivery.clone(),
     ));
     let dir = settings.plugins.clone();
+    // Watch first, so that nothing deployed while the others load is missed
+    // (the registry serialises the two).
+    let watch = match crate::plugin::watch::DirWatch::start(registry.clone(), &dir) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!("{e}");
+            None
+        }
+    };
     let loader = registry.clone();
     let failures = tokio::task::spawn_blocking(move || loader.load_dir(&dir))
         .await
@@ -112,6 +121,11 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(StartError::Serve)?;
+    if let Some(w) = watch {
+        tokio::task::spawn_blocking(move || w.stop())
+            .await
+            .map_err(|e| StartError::Runtime(format!("stopping the watcher panicked: {e}")))?;
+    }
     tracing::info!("stopping: delivering queued events");
     tokio::task::spawn_blocking(move || registry.shutdown())
         .await

@@ -7,8 +7,15 @@
 //! subscribing it to the bus with the patterns `init` returned. A plugin
 //! that fails any of those is reported with its file name and the fix, and
 //! kept in the registry as failed; the others load and run regardless.
+//!
+//! While it runs the directory is watched (`plugin::watch`): a new file
+//! starts a plugin, a changed one is loaded and initialised on the
+//! watcher's thread and handed to the running worker, which swaps it in at
+//! its next batch boundary ([`Registry::reload`]), and a removed one stops
+//! the plugin, keeping its cursor and state ([`Registry::remove`]).
 
 mod pump;
+pub mod watch;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -182,13 +189,33 @@ pub enum ReplayError {
     Restart(PluginError),
 }
 
+/// Which build of a plugin is serving: what it reports and its file's hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Release {
+    version: String,
+    /// First 12 hex digits of the file's SHA-256.
+    content_hash: String,
+}
+
+/// A new version, loaded and initialised, waiting for the worker to take it
+/// at its next batch boundary.
+pub(crate) struct Swap {
+    instance: runtime::PluginInstance,
+    release: Release,
+    /// When it was offered.
+    offered: std::time::Instant,
+}
+
 /// A running plugin's identity and live counters.
 pub struct RunningPlugin {
     name: String,
     file: PathBuf,
-    version: String,
-    content_hash: String,
+    release: RwLock<Release>,
     subscriptions: Vec<String>,
+    /// A new version for the worker to swap in.
+    swap: Mutex<Option<Swap>>,
+    /// Why the last new version of the file was not swapped in, if it was not.
+    reload_error: Mutex<Option<String>>,
     handled: Counter,
     failed: Counter,
     retried: Counter,
@@ -212,7 +239,9 @@ pub struct PluginStatus {
     pub file: String,
     /// `running` or `failed`.
     pub state: String,
-    /// Why it failed to load, when it did.
+    /// Why it failed to load, when it did; for a running plugin, why the
+    /// newest version of its file was not swapped in (the running version
+    /// keeps serving).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The version the plugin reports.
@@ -257,6 +286,9 @@ pub struct Registry {
     stopping: Arc<AtomicBool>,
     /// Each plugin's state in memory mode, kept across its restarts.
     memory_kv: Mutex<std::collections::HashMap<String, kv::Backend>>,
+    /// Held while plugins start, stop or change (loading the directory, the
+    /// watcher, a replay), so that one plugin never starts twice.
+    lifecycle: Mutex<()>,
 }
 
 impl Registry {
@@ -278,6 +310,7 @@ impl Registry {
             pumps: Mutex::default(),
             stopping: Arc::default(),
             memory_kv: Mutex::default(),
+            lifecycle: Mutex::default(),
         }
     }
 
@@ -285,6 +318,7 @@ impl Registry {
     /// and recorded; the result lists them. Only an unreadable directory is
     /// an error.
     pub fn load_dir(&self, dir: &Path) -> Result<Vec<PluginError>, PluginError> {
+        let _one = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
         let dir_err = |source| PluginError::Dir {
             dir: dir.to_path_buf(),
             source,
@@ -301,13 +335,7 @@ impl Registry {
         let mut errors = Vec::new();
         for file in files {
             if let Err(e) = self.start(&file) {
-                tracing::error!("plugin not loaded: {e}");
-                let mut failed = self.failed.write().unwrap_or_else(|p| p.into_inner());
-                failed.push(Failed {
-                    name: stem(&file),
-                    file: file.clone(),
-                    error: e.to_string(),
-                });
+                self.record_failure(&stem(&file), &file, &e);
                 errors.push(e);
             }
         }
@@ -329,22 +357,7 @@ impl Registry {
                 file: file.to_path_buf(),
                 source,
             })?;
-        if info.subscriptions.is_empty() {
-            return Err(PluginError::NoSubscriptions {
-                file: file.to_path_buf(),
-            });
-        }
-        let patterns = info
-            .subscriptions
-            .iter()
-            .map(|p| {
-                Pattern::parse(p).map_err(|source| PluginError::Subscription {
-                    file: file.to_path_buf(),
-                    pattern: p.clone(),
-                    source,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let patterns = check_subscriptions(file, &info.subscriptions)?;
         if info.name != name {
             tracing::info!(plugin = %name, reports = %info.name, "plugin calls itself by another name; plugbus uses the file name");
         }
@@ -405,9 +418,13 @@ impl Registry {
         let plugin = Arc::new(RunningPlugin {
             name: name.clone(),
             file: file.to_path_buf(),
-            version: info.version.clone(),
-            content_hash: loaded.content_hash().chars().take(12).collect(),
+            release: RwLock::new(Release {
+                version: info.version.clone(),
+                content_hash: short_hash(&loaded),
+            }),
             subscriptions: info.subscriptions.clone(),
+            swap: Mutex::default(),
+            reload_error: Mutex::default(),
             handled: self.metrics.handled.get_or_create(&labels).clone(),
             failed: self.metrics.failed.get_or_create(&labels).clone(),
             retried: self.metrics.retried.get_or_create(&labels).clone(),
@@ -470,20 +487,27 @@ impl Registry {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|p| PluginStatus {
-                name: p.name.clone(),
-                file: p.file.display().to_string(),
-                state: "running".into(),
-                error: None,
-                version: p.version.clone(),
-                content_hash: p.content_hash.clone(),
-                subscriptions: p.subscriptions.clone(),
-                handled: p.handled.get(),
-                failed: p.failed.get(),
-                retried: p.retried.get(),
-                queue_depth: p.depth.load(Ordering::Relaxed),
-                cursor: p.cursor.load(Ordering::Relaxed),
-                lag: head.map(|h| h.saturating_sub(p.cursor.load(Ordering::Relaxed))),
+            .map(|p| {
+                let release = p.release();
+                PluginStatus {
+                    name: p.name.clone(),
+                    file: p.file.display().to_string(),
+                    state: "running".into(),
+                    error: p
+                        .reload_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone(),
+                    version: release.version,
+                    content_hash: release.content_hash,
+                    subscriptions: p.subscriptions.clone(),
+                    handled: p.handled.get(),
+                    failed: p.failed.get(),
+                    retried: p.retried.get(),
+                    queue_depth: p.depth.load(Ordering::Relaxed),
+                    cursor: p.cursor.load(Ordering::Relaxed),
+                    lag: head.map(|h| h.saturating_sub(p.cursor.load(Ordering::Relaxed))),
+                }
             })
             .collect();
         out.extend(
@@ -573,37 +597,10 @@ impl Registry {
         reset_state: bool,
     ) -> Result<PluginStatus, ReplayError> {
         let store = self.store().cloned().ok_or(ReplayError::NotDurable)?;
+        let _one = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
         let running = self
-            .running
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|p| p.name == plugin)
-            .cloned()
+            .stop_one(plugin)
             .ok_or_else(|| ReplayError::NoPlugin(plugin.to_string()))?;
-        running.stop.store(true, Ordering::Release);
-        for list in [&self.pumps, &self.workers] {
-            let mine: Vec<JoinHandle<()>> = {
-                let mut all = list.lock().unwrap_or_else(|p| p.into_inner());
-                let (mine, rest) = std::mem::take(&mut *all)
-                    .into_iter()
-                    .partition(|(n, _)| n == plugin);
-                *all = rest;
-                mine.into_iter().map(|(_, h)| h).collect()
-            };
-            for h in mine {
-                if h.join().is_err() {
-                    tracing::error!(
-                        plugin,
-                        "a thread of the plugin panicked while stopping for a replay"
-                    );
-                }
-            }
-        }
-        self.running
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|p| p.name != plugin);
         let removed = store
             .rewind(plugin, Some(from.saturating_sub(1)), reset_state)
             .map_err(ReplayError::Store)?;
@@ -616,6 +613,190 @@ impl Registry {
             .into_iter()
             .find(|p| p.name == plugin)
             .ok_or_else(|| ReplayError::NoPlugin(plugin.to_string()))
+    }
+
+    /// Stop the running plugin called `plugin` alone: its reader and worker
+    /// stop (what they have in hand is abandoned; its cursor says what is
+    /// still to do) and it leaves the running list. Its cursor and state
+    /// stay in the store. Returns it, if it was running.
+    fn stop_one(&self, plugin: &str) -> Option<Arc<RunningPlugin>> {
+        let running = self
+            .running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|p| p.name == plugin)
+            .cloned()?;
+        running.stop.store(true, Ordering::Release);
+        for list in [&self.pumps, &self.workers] {
+            let mine: Vec<JoinHandle<()>> = {
+                let mut all = list.lock().unwrap_or_else(|p| p.into_inner());
+                let (mine, rest) = std::mem::take(&mut *all)
+                    .into_iter()
+                    .partition(|(n, _)| n == plugin);
+                *all = rest;
+                mine.into_iter().map(|(_, h)| h).collect()
+            };
+            for h in mine {
+                if h.join().is_err() {
+                    tracing::error!(plugin, "a thread of the plugin panicked while stopping");
+                }
+            }
+        }
+        if let Dispatch::Memory(bus) = &self.dispatch {
+            bus.unsubscribe(plugin);
+        }
+        self.running
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|p| p.name != plugin);
+        Some(running)
+    }
+
+    /// The plugin file `file` is new or changed: start it, or load the new
+    /// version and have the worker swap it in at its next batch boundary
+    /// (no event lost, none handled by both versions, the cursor and
+    /// pending retries carried over). A version whose subscriptions differ
+    /// restarts the plugin at its cursor instead. A version that fails to
+    /// load or to `init` is reported (log, status, metric) and the running
+    /// one keeps serving. Loading and `init` run on the caller's thread,
+    /// off the delivery path.
+    pub fn reload(&self, file: &Path) -> Result<Reload, PluginError> {
+        let _one = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
+        let name = stem(file);
+        let running = self
+            .running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|p| p.name == name)
+            .cloned();
+        let Some(running) = running else {
+            return match self.start(file) {
+                Ok(_) => {
+                    self.forget_failure(&name);
+                    Ok(Reload::Started)
+                }
+                Err(e) => {
+                    self.record_failure(&name, file, &e);
+                    Err(e)
+                }
+            };
+        };
+        match self.prepare(&running, file) {
+            Ok(Some(swap)) if swap.1 => {
+                // New subscriptions: a restart at the cursor.
+                drop(swap);
+                self.stop_one(&name);
+                self.start(file)?;
+                Ok(Reload::Restarted)
+            }
+            Ok(Some((swap, _))) => {
+                *running
+                    .reload_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
+                *running.swap.lock().unwrap_or_else(|p| p.into_inner()) = Some(swap);
+                Ok(Reload::Offered)
+            }
+            Ok(None) => Ok(Reload::Unchanged),
+            Err(e) => {
+                tracing::error!(plugin = %name, "new version not loaded; the running one keeps serving: {e}");
+                self.metrics
+                    .reload_failures
+                    .get_or_create(&metrics::plugin(&name))
+                    .inc();
+                *running
+                    .reload_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                    "new version not loaded (the running one keeps serving): {e}"
+                ));
+                Err(e)
+            }
+        }
+    }
+
+    /// Load and initialise the version of `running` in `file`: `None` if it
+    /// is the one running (or already offered), else the swap and whether
+    /// its subscriptions differ.
+    fn prepare(
+        &self,
+        running: &RunningPlugin,
+        file: &Path,
+    ) -> Result<Option<(Swap, bool)>, PluginError> {
+        let loaded = Arc::new(self.runtime.load_file(file)?);
+        let hash = short_hash(&loaded);
+        let offered = running
+            .swap
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.release.content_hash.clone());
+        if running.release().content_hash == hash && offered.is_none()
+            || offered.as_deref() == Some(hash.as_str())
+        {
+            return Ok(None);
+        }
+        let config = InstanceConfig {
+            config: Vec::new(),
+            hops_max: self.settings.hops_max,
+            kv: self.bucket(&running.name),
+        };
+        let (instance, info) =
+            runtime::instantiate(loaded, config).map_err(|source| PluginError::Start {
+                file: file.to_path_buf(),
+                source,
+            })?;
+        check_subscriptions(file, &info.subscriptions)?;
+        let moved = info.subscriptions != running.subscriptions;
+        Ok(Some((
+            Swap {
+                instance,
+                release: Release {
+                    version: info.version,
+                    content_hash: hash,
+                },
+                offered: std::time::Instant::now(),
+            },
+            moved,
+        )))
+    }
+
+    /// The plugin file of `plugin` was removed: stop it, keeping its cursor
+    /// and state for when it comes back.
+    pub fn remove(&self, plugin: &str) -> bool {
+        let _one = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
+        let stopped = self.stop_one(plugin).is_some();
+        if stopped {
+            tracing::info!(
+                plugin,
+                "plugin file removed: stopped; its cursor and state are kept"
+            );
+        }
+        self.forget_failure(plugin) || stopped
+    }
+
+    fn record_failure(&self, name: &str, file: &Path, e: &PluginError) {
+        tracing::error!("plugin not loaded: {e}");
+        self.metrics
+            .reload_failures
+            .get_or_create(&metrics::plugin(name))
+            .inc();
+        let mut failed = self.failed.write().unwrap_or_else(|p| p.into_inner());
+        failed.retain(|f| f.name != name);
+        failed.push(Failed {
+            name: name.to_string(),
+            file: file.to_path_buf(),
+            error: e.to_string(),
+        });
+    }
+
+    fn forget_failure(&self, name: &str) -> bool {
+        let mut failed = self.failed.write().unwrap_or_else(|p| p.into_inner());
+        let before = failed.len();
+        failed.retain(|f| f.name != name);
+        failed.len() != before
     }
 
     /// Refresh the queue-depth gauges (before a scrape).
@@ -672,6 +853,71 @@ impl Registry {
             log.close();
         }
     }
+}
+
+/// What [`Registry::reload`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// A plugin new to this host started.
+    Started,
+    /// The new version waits for the worker's next batch boundary.
+    Offered,
+    /// The new version subscribes differently: the plugin restarted at its
+    /// cursor.
+    Restarted,
+    /// The file holds the version already running (or already offered).
+    Unchanged,
+}
+
+impl RunningPlugin {
+    fn release(&self) -> Release {
+        self.release
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The new version offered, if any, for the worker to swap in.
+    pub(crate) fn take_swap(&self) -> Option<Swap> {
+        let swap = self.swap.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        *self.release.write().unwrap_or_else(|p| p.into_inner()) = swap.release.clone();
+        Some(swap)
+    }
+}
+
+impl Swap {
+    /// The new instance, and how long it waited for a batch boundary.
+    pub(crate) fn into_parts(self) -> (runtime::PluginInstance, std::time::Duration, String) {
+        (
+            self.instance,
+            self.offered.elapsed(),
+            self.release.content_hash,
+        )
+    }
+}
+
+/// The patterns of `subscriptions` as `init` returned them, or why they
+/// cannot be used.
+fn check_subscriptions(file: &Path, subscriptions: &[String]) -> Result<Vec<Pattern>, PluginError> {
+    if subscriptions.is_empty() {
+        return Err(PluginError::NoSubscriptions {
+            file: file.to_path_buf(),
+        });
+    }
+    subscriptions
+        .iter()
+        .map(|p| {
+            Pattern::parse(p).map_err(|source| PluginError::Subscription {
+                file: file.to_path_buf(),
+                pattern: p.clone(),
+                source,
+            })
+        })
+        .collect()
+}
+
+fn short_hash(loaded: &runtime::LoadedPlugin) -> String {
+    loaded.content_hash().chars().take(12).collect()
 }
 
 fn stem(file: &Path) -> String {

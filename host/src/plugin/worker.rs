@@ -61,9 +61,9 @@ use crate::runtime::{self, Outcome, PluginInstance};
 use crate::store::progress::{Cursor, GaveUp, Progress};
 use crate::store::Store;
 
-/// How long an idle durable worker waits before looking for re-driven
-/// events again.
-const REDRIVE_POLL: Duration = Duration::from_millis(250);
+/// How long an idle worker waits before looking for re-driven events
+/// (durable mode) and a new version again.
+const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// The longest retry delay a plugin may ask for, in ms (one hour).
 const RETRY_DELAY_MS_MAX: u64 = 3_600_000;
@@ -157,6 +157,8 @@ pub(super) struct Worker {
     dropped_exhausted: Counter,
     dropped_follow_up: Counter,
     dead_lettered: Counter,
+    swaps: Counter,
+    swap_wait_seconds: Histogram,
     /// Sequences of events re-driven from dead letters, in flight.
     redriven: std::collections::HashSet<u64>,
     /// Strict ordering under retry.
@@ -252,6 +254,8 @@ impl Worker {
             dropped_exhausted: m.drop_counter(&plugin.name, DropReason::RetriesExhausted),
             dropped_follow_up: m.drop_counter(&plugin.name, DropReason::FollowUpQueueFull),
             dead_lettered: m.dead_lettered.get_or_create(&labels).clone(),
+            swaps: m.swaps.get_or_create(&labels).clone(),
+            swap_wait_seconds: m.swap_wait_seconds.get_or_create(&labels).clone(),
             redriven: std::collections::HashSet::new(),
             strict: settings_strict,
             blockers: HashMap::new(),
@@ -278,6 +282,9 @@ impl Worker {
                 // hand is abandoned, not delivered.
                 break;
             }
+            // A batch boundary: the place to take a new version, with the
+            // queue, the cursor and pending retries as they are.
+            self.take_swap();
             self.pick_up_redrives();
             // Retries that are due go first, as a batch of their own.
             if let Some((chunk, attempts)) = self.due_retries() {
@@ -307,12 +314,9 @@ impl Worker {
                     Some(r) => self
                         .queue
                         .recv_timeout(r.0.due.saturating_duration_since(Instant::now())),
-                    // Durable: look up now and then for re-driven events.
-                    None if self.cursor_store.is_some() => self.queue.recv_timeout(REDRIVE_POLL),
-                    None => self
-                        .queue
-                        .recv()
-                        .map_err(|_| RecvTimeoutError::Disconnected),
+                    // Look up now and then for re-driven events (durable)
+                    // and for a new version.
+                    None => self.queue.recv_timeout(IDLE_POLL),
                 };
                 match next {
                     Ok(delivery) => {
@@ -788,6 +792,19 @@ impl Worker {
                 tracing::warn!(plugin = %self.plugin.name, id = %event.id, topic = %event.topic, attempts, last_error = %error, "{}; event dropped", why.says());
             }
         }
+    }
+
+    /// Swap in the new version offered, if any: the next batch goes to it.
+    fn take_swap(&mut self) {
+        let Some(swap) = self.plugin.take_swap() else {
+            return;
+        };
+        let (instance, waited, hash) = swap.into_parts();
+        self.instance = instance;
+        self.needs_reset = false;
+        self.swaps.inc();
+        self.swap_wait_seconds.observe(waited.as_secs_f64());
+        tracing::info!(plugin = %self.plugin.name, content_hash = %hash, "new version swapped in");
     }
 
     /// Make a fresh instance; false (and logged) when that fails too.

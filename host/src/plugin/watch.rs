@@ -1,0 +1,145 @@
+//! Watching the plugin directory: the operator deploys by dropping files.
+//!
+//! A thread takes the directory's change notices (`notify`) and, once a
+//! plugin's file has been quiet for [`SETTLE`], brings the registry in line
+//! with it: a new `NAME.wasm` starts a plugin, a changed one is loaded and
+//! swapped in at the worker's next batch boundary, a removed one stops the
+//! plugin (its cursor and state stay). Only names ending in `.wasm` count,
+//! so a deploy script writes `NAME.wasm.tmp` (or a dotfile) and renames it
+//! into place: the rename is atomic, and the host never sees half a file.
+//! A file copied in place in several writes is still safe: it is loaded
+//! only once quiet, and a file that does not compile is reported while the
+//! running version keeps serving; the next complete write is picked up.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use notify::{RecursiveMode, Watcher};
+
+use super::Registry;
+
+/// How long a plugin file must be quiet before it is acted on.
+pub const SETTLE: Duration = Duration::from_millis(200);
+
+/// The watcher thread and the stop flag it checks.
+pub struct DirWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Why the directory cannot be watched.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot watch the plugin directory {dir}: {reason}; plugins there are loaded at start only (restart to pick up changes), or fix the directory")]
+pub struct WatchError {
+    /// The directory.
+    pub dir: PathBuf,
+    /// What failed.
+    pub reason: String,
+}
+
+impl DirWatch {
+    /// Start watching `dir` for `registry`.
+    pub fn start(registry: Arc<Registry>, dir: &Path) -> Result<DirWatch, WatchError> {
+        let err = |reason: String| WatchError {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut watcher = notify::recommended_watcher(move |res| {
+            let _ = tx.send(res);
+        })
+        .map_err(|e| err(e.to_string()))?;
+        watcher
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(|e| err(e.to_string()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, dir) = (stop.clone(), dir.to_path_buf());
+        let thread = std::thread::Builder::new()
+            .name("plugin-watch".into())
+            .spawn(move || {
+                // The watcher lives as long as the thread.
+                let _watcher = watcher;
+                let mut quiet_since: HashMap<String, Instant> = HashMap::new();
+                while !flag.load(Ordering::Acquire) {
+                    match rx.recv_timeout(SETTLE / 4) {
+                        Ok(Ok(event)) => {
+                            for name in event.paths.iter().filter_map(|p| plugin_name(p)) {
+                                quiet_since.insert(name, Instant::now());
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(dir = %dir.display(), "plugin directory watch: {e}")
+                        }
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                    }
+                    let settled: Vec<String> = quiet_since
+                        .iter()
+                        .filter(|(_, at)| at.elapsed() >= SETTLE)
+                        .map(|(name, _)| name.clone())
+                        .collect();
+                    for name in settled {
+                        quiet_since.remove(&name);
+                        apply(&registry, &dir, &name);
+                    }
+                }
+            })
+            .map_err(|e| err(format!("cannot start the watcher thread: {e}")))?;
+        Ok(DirWatch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stop watching (before the registry shuts down).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("the plugin directory watcher panicked");
+            }
+        }
+    }
+}
+
+/// Bring plugin `name` in line with its file in `dir`.
+fn apply(registry: &Registry, dir: &Path, name: &str) {
+    let file = dir.join(format!("{name}.wasm"));
+    if file.is_file() {
+        // A failure is logged, shown in the status and counted by reload.
+        if let Ok(done) = registry.reload(&file) {
+            tracing::debug!(plugin = name, ?done, "plugin file changed");
+        }
+    } else {
+        registry.remove(name);
+    }
+}
+
+/// The plugin a path in the directory is the file of: `NAME.wasm`, not a
+/// dotfile.
+fn plugin_name(path: &Path) -> Option<String> {
+    let file = path.file_name()?.to_str()?;
+    let name = file.strip_suffix(".wasm")?;
+    (!name.is_empty() && !name.starts_with('.')).then(|| name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_wasm_files_name_a_plugin() {
+        assert_eq!(
+            plugin_name(Path::new("/p/email.wasm")).as_deref(),
+            Some("email")
+        );
+        assert_eq!(plugin_name(Path::new("/p/email.wasm.tmp")), None);
+        assert_eq!(plugin_name(Path::new("/p/.email.wasm")), None);
+        assert_eq!(plugin_name(Path::new("/p/email.toml")), None);
+        assert_eq!(plugin_name(Path::new("/p/.wasm")), None);
+    }
+}
