@@ -94,8 +94,10 @@ pub struct Metrics {
     pub delivery_seconds: HistogramFamily,
     /// New versions of a plugin's file swapped in.
     pub swaps: Family<PluginLabels, Counter>,
-    /// Seconds a new version waited for its worker's batch boundary.
-    pub swap_wait_seconds: HistogramFamily,
+    /// Seconds a plugin's delivery stopped for a swap: from the swap to the
+    /// new version's first `handle` call, less time spent waiting for
+    /// events.
+    pub swap_pause_seconds: HistogramFamily,
     /// Plugin files (new or changed) that failed to load or to `init`.
     pub reload_failures: Family<PluginLabels, Counter>,
 }
@@ -137,7 +139,7 @@ impl Metrics {
             batch_events: HistogramFamily::new_with_constructor(batch_histogram),
             delivery_seconds: HistogramFamily::new_with_constructor(latency_histogram),
             swaps: Family::default(),
-            swap_wait_seconds: HistogramFamily::new_with_constructor(latency_histogram),
+            swap_pause_seconds: HistogramFamily::new_with_constructor(latency_histogram),
             reload_failures: Family::default(),
         };
         registry.register(
@@ -146,9 +148,9 @@ impl Metrics {
             m.swaps.clone(),
         );
         registry.register(
-            "plugin_swap_wait_seconds",
-            "Time a new plugin version waited for its worker's batch boundary",
-            m.swap_wait_seconds.clone(),
+            "plugin_swap_pause_seconds",
+            "Time a plugin's delivery stopped for a swap: from the swap to the new version's first handle call, less time waiting for events",
+            m.swap_pause_seconds.clone(),
         );
         registry.register(
             "plugin_load_failures",

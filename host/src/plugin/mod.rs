@@ -216,6 +216,9 @@ pub struct RunningPlugin {
     swap: Mutex<Option<Swap>>,
     /// Why the last new version of the file was not swapped in, if it was not.
     reload_error: Mutex<Option<String>>,
+    /// How long delivery stopped for the last swap, in µs (`u64::MAX`: none
+    /// yet).
+    last_swap_pause_us: AtomicU64,
     handled: Counter,
     failed: Counter,
     retried: Counter,
@@ -263,6 +266,11 @@ pub struct PluginStatus {
     /// Events in the log it has yet to finish (durable mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lag: Option<u64>,
+    /// How long delivery stopped for the last swap of a new version, in µs:
+    /// from the swap (at a batch boundary) to the new version's first
+    /// `handle` call, less time spent waiting for events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_pause_us: Option<u64>,
 }
 
 struct Failed {
@@ -425,6 +433,7 @@ impl Registry {
             subscriptions: info.subscriptions.clone(),
             swap: Mutex::default(),
             reload_error: Mutex::default(),
+            last_swap_pause_us: AtomicU64::new(u64::MAX),
             handled: self.metrics.handled.get_or_create(&labels).clone(),
             failed: self.metrics.failed.get_or_create(&labels).clone(),
             retried: self.metrics.retried.get_or_create(&labels).clone(),
@@ -507,6 +516,8 @@ impl Registry {
                     queue_depth: p.depth.load(Ordering::Relaxed),
                     cursor: p.cursor.load(Ordering::Relaxed),
                     lag: head.map(|h| h.saturating_sub(p.cursor.load(Ordering::Relaxed))),
+                    swap_pause_us: Some(p.last_swap_pause_us.load(Ordering::Acquire))
+                        .filter(|&us| us != u64::MAX),
                 }
             })
             .collect();
@@ -529,6 +540,7 @@ impl Registry {
                     queue_depth: 0,
                     cursor: 0,
                     lag: None,
+                    swap_pause_us: None,
                 }),
         );
         out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -158,7 +158,10 @@ pub(super) struct Worker {
     dropped_follow_up: Counter,
     dead_lettered: Counter,
     swaps: Counter,
-    swap_wait_seconds: Histogram,
+    swap_pause_seconds: Histogram,
+    /// Set by a swap: when it started, moved on by any time spent waiting
+    /// for events before the new version's first call.
+    pause_from: Option<Instant>,
     /// Sequences of events re-driven from dead letters, in flight.
     redriven: std::collections::HashSet<u64>,
     /// Strict ordering under retry.
@@ -255,7 +258,8 @@ impl Worker {
             dropped_follow_up: m.drop_counter(&plugin.name, DropReason::FollowUpQueueFull),
             dead_lettered: m.dead_lettered.get_or_create(&labels).clone(),
             swaps: m.swaps.get_or_create(&labels).clone(),
-            swap_wait_seconds: m.swap_wait_seconds.get_or_create(&labels).clone(),
+            swap_pause_seconds: m.swap_pause_seconds.get_or_create(&labels).clone(),
+            pause_from: None,
             redriven: std::collections::HashSet::new(),
             strict: settings_strict,
             blockers: HashMap::new(),
@@ -310,6 +314,7 @@ impl Worker {
                         None => break,
                     }
                 }
+                let waiting = Instant::now();
                 let next = match self.retries.peek() {
                     Some(r) => self
                         .queue
@@ -318,6 +323,10 @@ impl Worker {
                     // and for a new version.
                     None => self.queue.recv_timeout(IDLE_POLL),
                 };
+                // Time spent waiting for events is not a pause of delivery.
+                if let Some(from) = self.pause_from.as_mut() {
+                    *from += waiting.elapsed();
+                }
                 match next {
                     Ok(delivery) => {
                         self.current = Some(delivery);
@@ -585,6 +594,13 @@ impl Worker {
             return;
         }
         let started = Instant::now();
+        if let Some(from) = self.pause_from.take() {
+            let pause = started.saturating_duration_since(from);
+            self.swap_pause_seconds.observe(pause.as_secs_f64());
+            self.plugin
+                .last_swap_pause_us
+                .store(pause.as_micros() as u64, Ordering::Release);
+        }
         let result = self.instance.handle(chunk, range.clone(), attempts);
         let handled_at = Instant::now();
         self.handle_seconds
@@ -799,12 +815,13 @@ impl Worker {
         let Some(swap) = self.plugin.take_swap() else {
             return;
         };
+        let swapping = Instant::now();
         let (instance, waited, hash) = swap.into_parts();
         self.instance = instance;
         self.needs_reset = false;
         self.swaps.inc();
-        self.swap_wait_seconds.observe(waited.as_secs_f64());
-        tracing::info!(plugin = %self.plugin.name, content_hash = %hash, "new version swapped in");
+        self.pause_from = Some(swapping);
+        tracing::info!(plugin = %self.plugin.name, content_hash = %hash, waited_ms = waited.as_millis() as u64, "new version swapped in");
     }
 
     /// Make a fresh instance; false (and logged) when that fails too.
