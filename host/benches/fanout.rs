@@ -350,22 +350,15 @@ fn median_of_3(run: impl Fn() -> Result<f64, String>) -> Result<f64, String> {
 /// swap's pause is the time from the swap (at a batch boundary) to the
 /// new version's first `handle` call, less time spent waiting for events.
 /// Returns the pauses in µs.
-fn swap_pauses(rt: Arc<Runtime>, swaps: usize) -> Vec<u64> {
-    const TAG: &[u8] = b"SWAPTAG:00000000";
-    let original = std::fs::read(plugbus_e2e::artifacts::SWAPPER).expect("swapper built");
-    let at = original
-        .windows(TAG.len())
-        .position(|w| w == TAG)
-        .expect("the tag is in the swapper");
+fn swap_pauses(rt: Arc<Runtime>, swaps: u32) -> Vec<u64> {
     let (dir, log) = temp_log("swap", Fsync::Always);
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).expect("plugin dir");
     let file = plugins.join("swapper.wasm");
-    let write_version = |v: usize| {
-        let mut bytes = original.clone();
-        bytes[at + 8..at + 16].copy_from_slice(format!("{v:08}").as_bytes());
+    let write_version = |v: u32| {
+        let (bytes, tag) = plugbus_e2e::swapper_version(v);
         std::fs::write(&file, bytes).expect("write version");
-        format!("SWAPTAG:{v:08}")
+        tag
     };
     write_version(0);
     let registry = Registry::new(
@@ -395,7 +388,7 @@ fn swap_pauses(rt: Arc<Runtime>, swaps: usize) -> Vec<u64> {
         })
     };
     let status = |r: &Registry| r.status().into_iter().find(|p| p.name == "swapper");
-    let mut pauses = Vec::with_capacity(swaps);
+    let mut pauses = Vec::with_capacity(swaps as usize);
     for v in 1..=swaps {
         let tag = write_version(v);
         registry.reload(&file).expect("new version loads");

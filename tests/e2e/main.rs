@@ -1643,22 +1643,7 @@ mod state {
 mod hot_swap {
     use super::*;
 
-    const TAG: &[u8] = b"SWAPTAG:00000000";
-
-    /// The swapper plugin with its tag set to `version`.
-    fn swapper(version: u32) -> (Vec<u8>, String) {
-        let mut bytes = std::fs::read(artifacts::SWAPPER).expect("swapper built");
-        let at: Vec<usize> = bytes
-            .windows(TAG.len())
-            .enumerate()
-            .filter(|(_, w)| *w == TAG)
-            .map(|(i, _)| i)
-            .collect();
-        assert_eq!(at.len(), 1, "the tag is in the file once");
-        let tag = format!("SWAPTAG:{version:08}");
-        bytes[at[0]..at[0] + TAG.len()].copy_from_slice(tag.as_bytes());
-        (bytes, tag)
-    }
+    use plugbus_e2e::swapper_version as swapper;
 
     /// Deploy the way the README says: write beside, rename into place.
     fn deploy(dir: &std::path::Path, name: &str, bytes: &[u8]) {

@@ -20,6 +20,24 @@ pub mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 }
 
+/// The swapper test plugin tagged as `version`: its bytes, and the tag it
+/// reports as its version (`SWAPTAG:` and eight digits, patched into its
+/// data segment, so that a test makes as many versions as it likes).
+pub fn swapper_version(version: u32) -> (Vec<u8>, String) {
+    const TAG: &[u8] = b"SWAPTAG:00000000";
+    let mut bytes = std::fs::read(artifacts::SWAPPER).expect("the swapper plugin is built");
+    let at: Vec<usize> = bytes
+        .windows(TAG.len())
+        .enumerate()
+        .filter(|(_, w)| *w == TAG)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(at.len(), 1, "the tag is in the swapper's file once");
+    let tag = format!("SWAPTAG:{version:08}");
+    bytes[at[0]..at[0] + TAG.len()].copy_from_slice(tag.as_bytes());
+    (bytes, tag)
+}
+
 /// Errors of the harness; tests unwrap them with a message.
 pub type Result<T> = std::result::Result<T, String>;
 

@@ -696,14 +696,18 @@ impl Registry {
             };
         };
         match self.prepare(&running, file) {
-            Ok(Some(swap)) if swap.1 => {
+            Ok(Some((_, true))) => {
                 // New subscriptions: a restart at the cursor.
-                drop(swap);
                 self.stop_one(&name);
-                self.start(file)?;
-                Ok(Reload::Restarted)
+                match self.start(file) {
+                    Ok(_) => Ok(Reload::Restarted),
+                    Err(e) => {
+                        self.record_failure(&name, file, &e);
+                        Err(e)
+                    }
+                }
             }
-            Ok(Some((swap, _))) => {
+            Ok(Some((swap, false))) => {
                 *running
                     .reload_error
                     .lock()
@@ -739,15 +743,15 @@ impl Registry {
     ) -> Result<Option<(Swap, bool)>, PluginError> {
         let loaded = Arc::new(self.runtime.load_file(file)?);
         let hash = short_hash(&loaded);
-        let offered = running
+        // The version the worker runs next: the one offered, if any.
+        let next = running
             .swap
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .map(|s| s.release.content_hash.clone());
-        if running.release().content_hash == hash && offered.is_none()
-            || offered.as_deref() == Some(hash.as_str())
-        {
+            .map(|s| s.release.content_hash.clone())
+            .unwrap_or_else(|| running.release().content_hash);
+        if next == hash {
             return Ok(None);
         }
         let config = InstanceConfig {
@@ -776,17 +780,16 @@ impl Registry {
     }
 
     /// The plugin file of `plugin` was removed: stop it, keeping its cursor
-    /// and state for when it comes back.
-    pub fn remove(&self, plugin: &str) -> bool {
+    /// and state for when it comes back, and forget a failure to load it.
+    pub fn remove(&self, plugin: &str) {
         let _one = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
-        let stopped = self.stop_one(plugin).is_some();
-        if stopped {
+        if self.stop_one(plugin).is_some() {
             tracing::info!(
                 plugin,
                 "plugin file removed: stopped; its cursor and state are kept"
             );
         }
-        self.forget_failure(plugin) || stopped
+        self.forget_failure(plugin);
     }
 
     fn record_failure(&self, name: &str, file: &Path, e: &PluginError) {
@@ -804,11 +807,11 @@ impl Registry {
         });
     }
 
-    fn forget_failure(&self, name: &str) -> bool {
-        let mut failed = self.failed.write().unwrap_or_else(|p| p.into_inner());
-        let before = failed.len();
-        failed.retain(|f| f.name != name);
-        failed.len() != before
+    fn forget_failure(&self, name: &str) {
+        self.failed
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|f| f.name != name);
     }
 
     /// Refresh the queue-depth gauges (before a scrape).
