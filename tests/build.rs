@@ -22,6 +22,7 @@ const PLUGINS: &[(&str, &str, Option<&str>)] = &[
     ("TALLY", "plugbus-test-plugins", Some("tally")),
     ("PROBE", "plugbus-test-plugins", Some("probe")),
     ("SWAPPER", "plugbus-test-plugins", Some("swapper")),
+    ("HOSTILE", "plugbus-test-plugins", Some("hostile")),
     ("INIT_FAILS", "plugbus-test-plugins", Some("init_fails")),
     ("CONTRACT_V2", "plugbus-test-plugins", Some("contract_v2")),
 ];

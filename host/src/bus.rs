@@ -54,15 +54,127 @@ pub struct Delivery {
     pub through: u64,
 }
 
-/// One plugin's subscription: its patterns and the sending half of its queue.
+/// What decides which of a plugin's workers an event goes to, and what a
+/// strict ordering under retry holds back: events with the same key go to
+/// one worker, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum OrderingKey {
+    /// The CloudEvents `subject` (events without one share a key).
+    #[default]
+    Subject,
+    /// The topic (`type`).
+    Topic,
+    /// The CloudEvents `source`.
+    Source,
+    /// A CloudEvents extension attribute (events without it share a key).
+    Extension(String),
+}
+
+impl OrderingKey {
+    /// `subject`, `topic` (or `type`), `source` or `extension:NAME`.
+    pub fn parse(s: &str) -> Option<OrderingKey> {
+        match s {
+            "subject" => Some(OrderingKey::Subject),
+            "topic" | "type" => Some(OrderingKey::Topic),
+            "source" => Some(OrderingKey::Source),
+            _ => s
+                .strip_prefix("extension:")
+                .filter(|n| !n.is_empty())
+                .map(|n| OrderingKey::Extension(n.to_string())),
+        }
+    }
+
+    /// The key of `event`.
+    pub fn of<'e>(&self, event: &'e Event) -> &'e str {
+        match self {
+            OrderingKey::Subject => event.subject.as_deref().unwrap_or(""),
+            OrderingKey::Topic => &event.topic,
+            OrderingKey::Source => &event.source,
+            OrderingKey::Extension(name) => event
+                .extensions
+                .iter()
+                .find(|(k, _)| k == name)
+                .map_or("", |(_, v)| v.as_str()),
+        }
+    }
+
+    /// Which of `parts` workers `event` goes to: a stable hash (FNV-1a) of
+    /// its key, the same in every run, so a restart keeps each key with
+    /// the worker whose cursor knows it.
+    pub fn part(&self, event: &Event, parts: usize) -> usize {
+        if parts <= 1 {
+            return 0;
+        }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in self.of(event).as_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % parts as u64) as usize
+    }
+}
+
+impl std::fmt::Display for OrderingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OrderingKey::Subject => f.write_str("subject"),
+            OrderingKey::Topic => f.write_str("topic"),
+            OrderingKey::Source => f.write_str("source"),
+            OrderingKey::Extension(n) => write!(f, "extension:{n}"),
+        }
+    }
+}
+
+/// What a full queue does to a publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Wait for room up to this long (`None`: the bus's publish timeout),
+    /// then refuse ([`PublishError::QueueFull`], HTTP 503).
+    Block(Option<Duration>),
+    /// Drop what the queue has no room for, counted in
+    /// `plugbus_events_dropped_total{reason="overflow_drop"}`; the
+    /// publisher goes on.
+    Drop,
+}
+
+impl Default for Overflow {
+    fn default() -> Self {
+        Overflow::Block(None)
+    }
+}
+
+/// How a plugin subscribes beyond its patterns.
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeOptions {
+    /// Capacity of each worker's queue, in events.
+    pub capacity: usize,
+    /// Workers (queues); 0 counts as 1.
+    pub parts: usize,
+    /// Which worker an event goes to.
+    pub key: OrderingKey,
+    /// What a full queue does.
+    pub overflow: Overflow,
+}
+
+/// One queue of a subscription (one per worker).
+#[derive(Clone)]
+struct Part {
+    queue: Sender<Delivery>,
+    pending: Arc<AtomicUsize>,
+}
+
+/// One plugin's subscription: its patterns and the sending halves of its
+/// queues.
 #[derive(Clone)]
 pub struct Subscription {
     plugin: Arc<str>,
     patterns: Vec<Pattern>,
-    queue: Sender<Delivery>,
-    pending: Arc<AtomicUsize>,
+    parts: Vec<Part>,
+    key: OrderingKey,
     capacity: usize,
+    overflow: Overflow,
     dropped_full: Counter,
+    dropped_overflow: Counter,
 }
 
 impl Subscription {
@@ -71,14 +183,42 @@ impl Subscription {
         self.patterns.iter().any(|p| p.matches(topic))
     }
 
-    /// Queue `chunk`, waiting until `deadline` for room. False on timeout.
-    fn offer(&self, mut chunk: Chunk, deadline: Instant) -> bool {
+    /// Queue `chunk`, split over the parts by key, each waiting until
+    /// `deadline` for room (or until `deadline` set by this
+    /// subscription's own block timeout). False when a part stayed full
+    /// (block); under `drop` what had no room is counted and dropped.
+    fn offer(&self, chunk: Chunk, deadline: Instant, started: Instant) -> bool {
+        let deadline = match self.overflow {
+            Overflow::Block(Some(t)) => started + t,
+            Overflow::Block(None) => deadline,
+            Overflow::Drop => started,
+        };
+        let mut ok = true;
+        if self.parts.len() == 1 {
+            ok = self.offer_part(&self.parts[0], chunk, deadline);
+        } else {
+            let mut split: Vec<Vec<Arc<Event>>> = vec![Vec::new(); self.parts.len()];
+            for e in chunk.iter() {
+                split[self.key.part(e, self.parts.len())].push(e.clone());
+            }
+            for (part, events) in self.parts.iter().zip(split) {
+                if !events.is_empty() && !self.offer_part(part, Arc::from(events), deadline) {
+                    ok = false;
+                }
+            }
+        }
+        ok || self.overflow == Overflow::Drop
+    }
+
+    /// Queue `chunk` on `part`, waiting until `deadline` for room. False
+    /// on timeout (under `drop`, counted here).
+    fn offer_part(&self, part: &Part, mut chunk: Chunk, deadline: Instant) -> bool {
         let n = chunk.len();
         let mut pause = Duration::from_micros(20);
         loop {
             // Room for the whole chunk, or an empty queue (a chunk larger
             // than the queue goes alone rather than never).
-            let reserved = self
+            let reserved = part
                 .pending
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
                     (cur == 0 || cur + n <= self.capacity).then_some(cur + n)
@@ -86,7 +226,7 @@ impl Subscription {
                 .is_ok();
             if reserved {
                 let through = chunk.last().map_or(0, |e| e.sequence);
-                match self.queue.try_send(Delivery {
+                match part.queue.try_send(Delivery {
                     events: chunk,
                     through,
                 }) {
@@ -95,20 +235,25 @@ impl Subscription {
                     // removed: its successor subscribed already, or it is
                     // gone on purpose.
                     Err(TrySendError::Disconnected(_)) => {
-                        self.pending.fetch_sub(n, Ordering::AcqRel);
+                        part.pending.fetch_sub(n, Ordering::AcqRel);
                         return true;
                     }
                     // Messages never outnumber events, so a channel sized in
                     // events is not full when the count had room; if it
                     // were, wait like for a full queue.
                     Err(TrySendError::Full(back)) => {
-                        self.pending.fetch_sub(n, Ordering::AcqRel);
+                        part.pending.fetch_sub(n, Ordering::AcqRel);
                         chunk = back.events;
                     }
                 }
             }
             let now = Instant::now();
             if now >= deadline {
+                let counter = match self.overflow {
+                    Overflow::Drop => &self.dropped_overflow,
+                    Overflow::Block(_) => &self.dropped_full,
+                };
+                counter.inc_by(n as u64);
                 return false;
             }
             std::thread::sleep(pause.min(deadline - now));
@@ -139,6 +284,22 @@ impl QueueSender {
         self.tx.send(delivery).map_err(|e| {
             self.pending.fetch_sub(n, Ordering::AcqRel);
             e.into_inner()
+        })
+    }
+}
+
+impl QueueSender {
+    /// Queue `delivery` if there is room now: `Err(Some(it))` when full,
+    /// `Err(None)` when the receiver is gone.
+    pub fn try_send(&self, delivery: Delivery) -> Result<(), Option<Delivery>> {
+        let n = delivery.events.len();
+        self.pending.fetch_add(n, Ordering::AcqRel);
+        self.tx.try_send(delivery).map_err(|e| {
+            self.pending.fetch_sub(n, Ordering::AcqRel);
+            match e {
+                TrySendError::Full(d) => Some(d),
+                TrySendError::Disconnected(_) => None,
+            }
         })
     }
 }
@@ -246,18 +407,50 @@ impl Bus {
     }
 
     /// Add (or replace) `plugin`'s subscription and return the receiving
-    /// half of its new queue, of `capacity` events.
+    /// half of its new queue, of `capacity` events; a full queue blocks
+    /// publishers up to the publish timeout.
     pub fn subscribe(&self, plugin: &str, patterns: Vec<Pattern>, capacity: usize) -> Queue {
-        let capacity = capacity.max(1);
-        let (tx, rx) = crossbeam_channel::bounded(capacity);
-        let pending = Arc::new(AtomicUsize::new(0));
+        let mut queues = self.subscribe_with(
+            plugin,
+            patterns,
+            SubscribeOptions {
+                capacity,
+                ..SubscribeOptions::default()
+            },
+        );
+        queues.remove(0)
+    }
+
+    /// Add (or replace) `plugin`'s subscription with one queue per worker
+    /// (`options.parts`), events split over them by `options.key`, and
+    /// return the receiving halves, in worker order.
+    pub fn subscribe_with(
+        &self,
+        plugin: &str,
+        patterns: Vec<Pattern>,
+        options: SubscribeOptions,
+    ) -> Vec<Queue> {
+        let capacity = options.capacity.max(1);
+        let mut parts = Vec::new();
+        let mut queues = Vec::new();
+        for _ in 0..options.parts.max(1) {
+            let (tx, rx) = crossbeam_channel::bounded(capacity);
+            let pending = Arc::new(AtomicUsize::new(0));
+            parts.push(Part {
+                queue: tx,
+                pending: pending.clone(),
+            });
+            queues.push(Queue { rx, pending });
+        }
         let sub = Subscription {
             plugin: Arc::from(plugin),
             patterns,
-            queue: tx,
-            pending: pending.clone(),
+            parts,
+            key: options.key,
             capacity,
+            overflow: options.overflow,
             dropped_full: self.metrics.drop_counter(plugin, DropReason::QueueFull),
+            dropped_overflow: self.metrics.drop_counter(plugin, DropReason::OverflowDrop),
         };
         self.routes.rcu(|routes| {
             let mut subscriptions: Vec<Subscription> = routes
@@ -269,7 +462,7 @@ impl Bus {
             subscriptions.push(sub.clone());
             Routes { subscriptions }
         });
-        Queue { rx, pending }
+        queues
     }
 
     /// Remove `plugin`'s subscription. Its queue closes once the last
@@ -297,7 +490,14 @@ impl Bus {
             .load()
             .subscriptions
             .iter()
-            .map(|s| (s.plugin.clone(), s.pending.load(Ordering::Relaxed)))
+            .map(|s| {
+                let n = s
+                    .parts
+                    .iter()
+                    .map(|p| p.pending.load(Ordering::Relaxed))
+                    .sum();
+                (s.plugin.clone(), n)
+            })
             .collect()
     }
 
@@ -307,8 +507,11 @@ impl Bus {
     /// such as async tasks.
     pub fn might_wait(&self, events: usize) -> bool {
         self.routes.load().subscriptions.iter().any(|s| {
-            let pending = s.pending.load(Ordering::Relaxed);
-            pending > 0 && pending + events.min(CHUNK_EVENTS_MAX) > s.capacity
+            s.overflow != Overflow::Drop
+                && s.parts.iter().any(|p| {
+                    let pending = p.pending.load(Ordering::Relaxed);
+                    pending > 0 && pending + events.min(CHUNK_EVENTS_MAX) > s.capacity
+                })
         })
     }
 
@@ -325,7 +528,8 @@ impl Bus {
             .next_sequence
             .fetch_add(count as u64, Ordering::Relaxed);
         let routes = self.routes.load();
-        let deadline = Instant::now() + self.publish_timeout;
+        let started = Instant::now();
+        let deadline = started + self.publish_timeout;
         let events: Vec<Arc<Event>> = events
             .into_iter()
             .enumerate()
@@ -362,9 +566,7 @@ impl Bus {
                 } else {
                     wanted.iter().map(|&i| chunk[i].clone()).collect()
                 };
-                let n = mine.len();
-                if !sub.offer(mine, deadline) {
-                    sub.dropped_full.inc_by(n as u64);
+                if !sub.offer(mine, deadline, started) {
                     full.get_or_insert(sub);
                 }
             }
@@ -373,10 +575,14 @@ impl Bus {
                 let accepted = c * CHUNK_EVENTS_MAX;
                 self.metrics.published.inc_by(accepted as u64);
                 self.metrics.unrouted.inc_by(unrouted);
+                let timeout = match sub.overflow {
+                    Overflow::Block(Some(t)) => t,
+                    _ => self.publish_timeout,
+                };
                 return Err(PublishError::QueueFull {
                     plugin: sub.plugin.to_string(),
                     capacity: sub.capacity,
-                    timeout_ms: self.publish_timeout.as_millis() as u64,
+                    timeout_ms: timeout.as_millis() as u64,
                     accepted,
                 });
             }

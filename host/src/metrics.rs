@@ -43,6 +43,9 @@ pub enum DropReason {
     RetriesExhausted,
     /// A follow-up event could not be queued.
     FollowUpQueueFull,
+    /// The plugin's queue was full and its manifest says `overflow.policy =
+    /// "drop"`.
+    OverflowDrop,
 }
 
 impl DropReason {
@@ -53,6 +56,7 @@ impl DropReason {
             DropReason::Rejected => "rejected",
             DropReason::RetriesExhausted => "retries_exhausted",
             DropReason::FollowUpQueueFull => "follow_up_queue_full",
+            DropReason::OverflowDrop => "overflow_drop",
         }
     }
 }
@@ -100,6 +104,12 @@ pub struct Metrics {
     pub swap_pause_seconds: HistogramFamily,
     /// Plugin files (new or changed) that failed to load or to `init`.
     pub reload_failures: Family<PluginLabels, Counter>,
+    /// Times a plugin was quarantined for failing every event.
+    pub quarantines: Family<PluginLabels, Counter>,
+    /// Lines of guest stdout/stderr and log calls dropped by the rate limit.
+    pub output_dropped: Family<PluginLabels, Counter>,
+    /// Publishes refused by the plugin's publish rate limit.
+    pub publish_throttled: Family<PluginLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -141,7 +151,25 @@ impl Metrics {
             swaps: Family::default(),
             swap_pause_seconds: HistogramFamily::new_with_constructor(latency_histogram),
             reload_failures: Family::default(),
+            quarantines: Family::default(),
+            output_dropped: Family::default(),
+            publish_throttled: Family::default(),
         };
+        registry.register(
+            "plugin_quarantines",
+            "Times a plugin was quarantined (delivery paused with growing backoff) for failing every event",
+            m.quarantines.clone(),
+        );
+        registry.register(
+            "plugin_output_dropped_lines",
+            "Lines of a plugin's stdout, stderr and log dropped over limits.output_lines_per_s_max",
+            m.output_dropped.clone(),
+        );
+        registry.register(
+            "plugin_publish_throttled",
+            "Publishes refused by a plugin's publish.rate_events_per_s_max",
+            m.publish_throttled.clone(),
+        );
         registry.register(
             "plugin_swaps",
             "New versions of a plugin's file swapped in at a batch boundary",

@@ -13,6 +13,10 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_plugbus");
 const WAIT: Duration = Duration::from_secs(30);
 
+/// A manifest lifting the guest output limit, for tests that read every
+/// line a plugin logs (the recorder logs each event it handles).
+const LOUD: &str = "[limits]\noutput_lines_per_s_max = 10000000\n";
+
 fn order_flow() -> Vec<PluginFile<'static>> {
     vec![
         PluginFile::Wasm("email", artifacts::EMAIL),
@@ -644,6 +648,7 @@ mod durable {
         let args = ["--data", &data.arg(), "--fsync", "always"];
         let plugins = [
             PluginFile::Wasm("recorder", artifacts::RECORDER),
+            PluginFile::Manifest("recorder", LOUD),
             PluginFile::Wasm("analytics", artifacts::ANALYTICS),
         ];
         let mut acked: HashSet<String> = HashSet::new();
@@ -811,7 +816,10 @@ mod durable {
         let data = mnt.join("data");
         let data_arg = data.display().to_string();
         let h = host(
-            &[PluginFile::Wasm("recorder", artifacts::RECORDER)],
+            &[
+                PluginFile::Wasm("recorder", artifacts::RECORDER),
+                PluginFile::Manifest("recorder", LOUD),
+            ],
             &["--data", &data_arg, "--disk-reserve-bytes", "16777216"],
         );
         // Incompressible padding (the store compresses).
@@ -950,7 +958,10 @@ mod durable {
         let shim = fsync_fault_shim(&data.0);
         let trigger = data.0.join("fail-fsync-now");
         let args = ["--data", &format!("{}/db", data.arg()), "--fsync", "always"];
-        let plugins = [PluginFile::Wasm("recorder", artifacts::RECORDER)];
+        let plugins = [
+            PluginFile::Wasm("recorder", artifacts::RECORDER),
+            PluginFile::Manifest("recorder", LOUD),
+        ];
         let h = TestHost::start_with_env(
             BIN,
             &plugins,
@@ -1028,7 +1039,10 @@ mod durable {
         for flip in [false, true] {
             let data = TestDir::new("damaged");
             let args = ["--data", &data.arg()];
-            let plugins = [PluginFile::Wasm("recorder", artifacts::RECORDER)];
+            let plugins = [
+                PluginFile::Wasm("recorder", artifacts::RECORDER),
+                PluginFile::Manifest("recorder", LOUD),
+            ];
             let h = host(&plugins, &args);
             for i in 0..20 {
                 h.publish("order.placed", &json!({ "n": i }))
@@ -1450,6 +1464,7 @@ mod durable {
         let plugins = [
             PluginFile::Wasm("analytics", artifacts::ANALYTICS),
             PluginFile::Wasm("late", artifacts::RECORDER),
+            PluginFile::Manifest("late", LOUD),
         ];
         let h = host(&plugins, &args);
         assert_eq!(
@@ -1850,5 +1865,398 @@ mod hot_swap {
             json!(["a1@SWAPTAG:00000000", "a2@SWAPTAG:00000001"]),
             "state and cursor kept while away"
         );
+    }
+}
+
+mod isolation {
+    use super::*;
+
+    /// The manifest of a hostile plugin in `mode`: two attempts, quick
+    /// retries, and `extra` lines.
+    fn hostile(mode: &str, extra: &str) -> String {
+        format!(
+            "[config]\nmode = \"{mode}\"\n{extra}\n[retry]\nmax_attempts = 2\nbackoff_ms_min = 10\nbackoff_ms_max = 20\n"
+        )
+    }
+
+    /// `n` orders as one CloudEvents batch (one delivery, one batch per
+    /// plugin).
+    fn orders(h: &TestHost, n: usize) {
+        let batch: Vec<Value> = (0..n)
+            .map(|i| {
+                json!({"specversion": "1.0", "id": format!("o-{i}"), "source": "/shop",
+                       "type": "order.placed", "subject": format!("o-{i}"),
+                       "data": order(&format!("o-{i}"), "widget", 1, 100)})
+            })
+            .collect();
+        h.publish_batch(batch);
+    }
+
+    fn dead_letters(h: &TestHost, plugin: &str) -> Vec<Value> {
+        h.get(&format!("/v1/dead/{plugin}"))
+            .ok()
+            .and_then(|v| v["dead_letters"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    fn reference_plugins_deliver(h: &TestHost, n: u64) {
+        for p in ["email", "inventory", "analytics"] {
+            h.wait_until(&format!("{p} to handle {n} orders"), WAIT, |h| {
+                h.count(p, "handled") >= n
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(h.count(p, "failed"), 0, "{p} never fails");
+        }
+    }
+
+    #[test]
+    fn hostile_plugins_fail_alone_into_dead_letters_and_the_order_flow_goes_on() {
+        let manifests: Vec<(String, String)> = [
+            ("loop", "[limits]\ndeadline_ms = 100"),
+            ("alloc", ""),
+            ("recurse", ""),
+            ("trap", ""),
+            ("big", "[limits]\nmemory_bytes_max = 268435456"),
+            ("garbage", ""),
+        ]
+        .iter()
+        .map(|(mode, extra)| (format!("hostile_{mode}"), hostile(mode, extra)))
+        .collect();
+        let mut files = order_flow();
+        for (name, manifest) in &manifests {
+            files.push(PluginFile::Wasm(name, artifacts::HOSTILE));
+            files.push(PluginFile::Manifest(name, manifest));
+        }
+        let h = host(&files, &[]);
+        const N: usize = 10;
+        orders(&h, N);
+        reference_plugins_deliver(&h, N as u64);
+        // Each hostile plugin's events are dead letters after two failed
+        // attempts, with the reason.
+        for (mode, says) in [
+            ("loop", "interrupt"),
+            ("alloc", "trapped"),
+            ("recurse", "call stack exhausted"),
+            ("trap", "unreachable"),
+            ("big", "cut: the plugin's message was 104857600 bytes"),
+            ("garbage", "outcomes for a batch of"),
+        ] {
+            let name = format!("hostile_{mode}");
+            h.wait_until(&format!("{name}: {N} dead letters"), WAIT, |h| {
+                dead_letters(h, &name).len() == N
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+            let letters = dead_letters(&h, &name);
+            // The big message is on the first event of the batch.
+            let error = letters
+                .iter()
+                .filter_map(|l| l["error"].as_str())
+                .find(|e| e.contains(says))
+                .unwrap_or_else(|| panic!("{name}: no error says {says:?}: {letters:?}"))
+                .to_string();
+            assert!(error.contains(says), "{name}: {error}");
+            assert!(error.len() < 8192, "{name}: an error is kept short");
+            if mode != "big" {
+                assert_eq!(letters[0]["attempts"], json!(2), "{name}");
+            }
+            let status = h.plugin(&name).expect("listed");
+            assert_ne!(status["state"], json!("failed"), "{name}: {status}");
+        }
+        // A guest's panic message reaches the log, tagged with the plugin.
+        h.wait_log("this plugin traps on every event", WAIT)
+            .expect("logged");
+        assert_eq!(h.get("/healthz").map(|_| ()), Ok(()));
+        // The loop plugin ran under its manifest's deadline.
+        let limits = &h.plugin("hostile_loop").expect("listed")["limits"];
+        assert_eq!(limits["deadline_ms"], json!(100), "{limits}");
+        assert_eq!(limits["manifest"], json!(true));
+        let status = h.stop().expect("stops");
+        assert!(status.success(), "clean shutdown: {status}");
+    }
+
+    #[test]
+    fn a_plugin_failing_every_event_is_quarantined_until_a_new_version_comes() {
+        let manifest =
+            "batch_events_max = 1\n[config]\nmode = \"trap\"\n[retry]\nmax_attempts = 1\n";
+        let mut files = order_flow();
+        files.push(PluginFile::Wasm("bad", artifacts::HOSTILE));
+        files.push(PluginFile::Manifest("bad", manifest));
+        let h = host(&files, &[]);
+        for i in 0..12 {
+            h.publish("order.placed", &order(&format!("q-{i}"), "widget", 1, 100))
+                .expect("publish");
+        }
+        h.wait_until("bad to be quarantined", WAIT, |h| {
+            h.plugin("bad")
+                .is_some_and(|p| p["state"] == json!("quarantined"))
+        })
+        .expect("quarantined");
+        let p = h.plugin("bad").expect("listed");
+        assert!(p["quarantines"].as_u64() >= Some(1), "{p}");
+        assert!(
+            p["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("failing every event"),
+            "{p}"
+        );
+        // Not spinning: while it waits, no more attempts are made.
+        let failed = h.count("bad", "failed");
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(h.count("bad", "failed") <= failed + 1, "paused");
+        reference_plugins_deliver(&h, 12);
+        h.wait_log("quarantined: 5 batches in a row failed", WAIT)
+            .expect("logged");
+        // A working version (the reference email plugin's build under this
+        // name) ends the quarantine at once and gets the waiting events.
+        let tmp = h.dir.join("bad.wasm.tmp");
+        std::fs::copy(artifacts::EMAIL, &tmp).expect("copy");
+        std::fs::rename(&tmp, h.dir.join("bad.wasm")).expect("rename");
+        h.wait_until("bad to ack again", WAIT, |h| {
+            h.plugin("bad")
+                .is_some_and(|p| p["state"] == json!("running") && p["handled"].as_u64() > Some(0))
+        })
+        .expect("out of quarantine");
+    }
+
+    #[test]
+    fn a_publish_storm_is_held_to_the_allowed_topics_and_rate() {
+        let manifest = hostile(
+            "storm",
+            "[publish]\nallow = [\"storm.>\"]\nrate_events_per_s_max = 50",
+        );
+        let mut files = order_flow();
+        files.push(PluginFile::Wasm("storm", artifacts::HOSTILE));
+        files.push(PluginFile::Manifest("storm", &manifest));
+        let h = host(&files, &[]);
+        orders(&h, 5);
+        h.wait_until("storm to handle 5", WAIT, |h| {
+            h.count("storm", "handled") == 5
+        })
+        .expect("storm acks");
+        let kv = |key: &str| {
+            h.get(&format!("/v1/plugins/storm/kv/{key}"))
+                .unwrap_or_else(|e| panic!("{key}: {e}"))
+        };
+        let refused = kv("storm.refused").to_string();
+        assert!(
+            refused.contains("order.placed: PublishError::Denied")
+                && refused.contains("not allowed"),
+            "the plugin sees the refusal: {refused}"
+        );
+        assert!(
+            refused.contains("storm.noise: PublishError::Denied") && refused.contains("rate limit"),
+            "{refused}"
+        );
+        let sent = kv("storm.sent");
+        let sent = sent["value"]
+            .as_i64()
+            .or_else(|| sent.as_i64())
+            .unwrap_or(-1);
+        assert!((1..=60).contains(&sent), "about a second's worth: {sent}");
+        // The order flow saw only the 5 real orders: nothing of the storm.
+        reference_plugins_deliver(&h, 5);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(h.count("analytics", "handled"), 5);
+        assert!(h.metric(r#"plugbus_plugin_publish_throttled_total{plugin="storm"}"#) >= Some(1.0));
+    }
+
+    #[test]
+    fn the_sandbox_grants_no_files_sockets_or_environment() {
+        let manifest = hostile("sandbox", "");
+        let mut files = order_flow();
+        files.push(PluginFile::Wasm("sandbox", artifacts::HOSTILE));
+        files.push(PluginFile::Manifest("sandbox", &manifest));
+        let h = TestHost::start_with_env(
+            BIN,
+            &files,
+            &[],
+            &[("PLUGBUS_SECRET", std::ffi::OsStr::new("hunter2"))],
+        )
+        .expect("starts");
+        orders(&h, 1);
+        h.wait_until("sandbox to ack", WAIT, |h| {
+            h.count("sandbox", "handled") == 1
+        })
+        .expect("acks");
+        let seen = h
+            .get("/v1/plugins/sandbox/kv/sandbox")
+            .expect("kept what it saw")
+            .to_string();
+        for line in [
+            "open /etc/passwd: refused",
+            "open ./secret: refused",
+            "create /tmp/plugbus-escape: refused",
+            "list /: refused",
+            "connect 127.0.0.1:22: refused",
+            "env: 0 variables",
+            "args: 0",
+            "wall clock: true",
+            "monotonic clock: true",
+        ] {
+            assert!(seen.contains(line), "{line} in {seen}");
+        }
+        assert!(!seen.contains("hunter2"));
+        assert!(!std::path::Path::new("/tmp/plugbus-escape").exists());
+        reference_plugins_deliver(&h, 1);
+    }
+}
+
+mod manifests {
+    use super::*;
+
+    fn write(dir: &std::path::Path, name: &str, text: &str) {
+        let tmp = dir.join(format!("{name}.toml.tmp"));
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, dir.join(format!("{name}.toml"))).expect("rename");
+    }
+
+    #[test]
+    fn a_manifest_overrides_subscriptions_and_limits_and_a_bad_key_is_named() {
+        let h = host(
+            &[
+                PluginFile::Wasm("tally", artifacts::TALLY),
+                PluginFile::Manifest(
+                    "tally",
+                    "subscriptions = [\"audit.>\"]\nbatch_events_max = 3\n[limits]\nstack_bytes_max = 262144\n",
+                ),
+                PluginFile::Wasm("broken", artifacts::NOOP),
+                PluginFile::Manifest("broken", "concurency = 2\n"),
+            ],
+            &[],
+        );
+        let broken = h.plugin("broken").expect("listed");
+        assert_eq!(broken["state"], json!("failed"));
+        let error = broken["error"].as_str().unwrap_or("");
+        assert!(
+            error.contains("broken.toml") && error.contains("concurency"),
+            "names the file and the key: {error}"
+        );
+        let tally = h.plugin("tally").expect("running");
+        assert_eq!(tally["subscriptions"], json!(["audit.>"]));
+        assert_eq!(tally["limits"]["batch_events_max"], json!(3));
+        assert_eq!(tally["limits"]["stack_bytes_max"], json!(262144));
+        h.publish("audit.checked", &json!({})).expect("publish");
+        h.publish("tally.ignored", &json!({})).expect("publish");
+        h.wait_until("tally to handle the audit event", WAIT, |h| {
+            h.count("tally", "handled") == 1
+        })
+        .expect("subscribed by manifest");
+        // A changed manifest restarts the plugin with it, at its cursor.
+        write(
+            &h.dir,
+            "tally",
+            "subscriptions = [\"audit.>\"]\nbatch_events_max = 7\n",
+        );
+        h.wait_until("the new manifest", WAIT, |h| {
+            h.plugin("tally")
+                .is_some_and(|p| p["limits"]["batch_events_max"] == json!(7))
+        })
+        .expect("restarted with it");
+        h.publish("audit.again", &json!({})).expect("publish");
+        h.wait_until("tally to handle the second", WAIT, |h| {
+            h.count("tally", "handled") == 1 // counters are per start
+                || h.count("tally", "handled") == 2
+        })
+        .expect("handled");
+        // A broken manifest is reported; the plugin keeps its settings.
+        write(&h.dir, "tally", "[limits]\ndeadline_ms = \"soon\"\n");
+        h.wait_until("the broken manifest to be reported", WAIT, |h| {
+            h.plugin("tally").is_some_and(|p| {
+                p["error"].as_str().unwrap_or("").contains("deadline_ms")
+                    && p["state"] == json!("running")
+            })
+        })
+        .expect("reported");
+        assert_eq!(
+            h.plugin("tally").expect("running")["limits"]["batch_events_max"],
+            json!(7)
+        );
+        // A fixed manifest for the failed plugin starts it.
+        write(&h.dir, "broken", "concurrency = 2\n");
+        h.wait_until("broken to start", WAIT, |h| {
+            h.plugin("broken").is_some_and(|p| {
+                p["state"] == json!("running") && p["limits"]["concurrency"] == json!(2)
+            })
+        })
+        .expect("started");
+    }
+
+    #[test]
+    fn memory_mode_overflow_drop_counts_instead_of_refusing() {
+        let h = host(
+            &[
+                PluginFile::Wasm("slow", artifacts::SLOW),
+                PluginFile::Manifest("slow", "[overflow]\npolicy = \"drop\"\n"),
+            ],
+            &[
+                "--memory",
+                "--queue-events-max",
+                "64",
+                "--batch-events-max",
+                "1",
+            ],
+        );
+        let batch: Vec<Value> = (0..64)
+            .map(|i| json!({"specversion": "1.0", "id": format!("d{i}"), "source": "/t", "type": "order.placed", "data": {}}))
+            .collect();
+        for _ in 0..4 {
+            // Drop never refuses a publisher.
+            h.publish_batch(batch.clone());
+        }
+        h.wait_until("drops to be counted", WAIT, |h| {
+            h.metric(r#"plugbus_events_dropped_total{plugin="slow",reason="overflow_drop"}"#)
+                .is_some_and(|n| n > 0.0)
+        })
+        .expect("counted");
+    }
+}
+
+mod concurrency {
+    use super::*;
+
+    #[test]
+    fn four_workers_keep_each_subject_in_order_and_handle_every_event_once() {
+        let h = host(
+            &[
+                PluginFile::Wasm("tally", artifacts::TALLY),
+                PluginFile::Manifest("tally", "concurrency = 4\nordering_key = \"subject\"\n"),
+            ],
+            &[],
+        );
+        const SUBJECTS: usize = 8;
+        const N: usize = 400;
+        let mut sent: Vec<Vec<String>> = vec![Vec::new(); SUBJECTS];
+        for chunk in (0..N).collect::<Vec<_>>().chunks(50) {
+            let batch: Vec<Value> = chunk
+                .iter()
+                .map(|&i| {
+                    sent[i % SUBJECTS].push(format!("c{i}"));
+                    json!({"specversion": "1.0", "id": format!("c{i}"), "source": "/t",
+                           "type": "tally.one", "subject": format!("s{}", i % SUBJECTS), "data": {}})
+                })
+                .collect();
+            h.publish_batch(batch);
+        }
+        h.wait_until("all handled", WAIT, |h| {
+            h.count("tally", "handled") == N as u64
+        })
+        .expect("handled");
+        let p = h.plugin("tally").expect("running");
+        assert_eq!(p["limits"]["concurrency"], json!(4));
+        for (s, ids) in sent.iter().enumerate() {
+            let order = h
+                .get(&format!("/v1/plugins/tally/kv/order.s{s}"))
+                .expect("order kept");
+            let order: Vec<String> =
+                serde_json::from_value(order.get("value").cloned().unwrap_or(order.clone()))
+                    .unwrap_or_else(|e| panic!("order.s{s}: {e}: {order}"));
+            assert_eq!(&order, ids, "subject s{s}: every event once, in order");
+        }
+        // Every worker's cursor moves past the end, its events or not.
+        h.wait_until("the workers' cursors to reach the end", WAIT, |h| {
+            h.plugin("tally").is_some_and(|p| p["lag"] == json!(0))
+        })
+        .expect("cursors at the end");
     }
 }

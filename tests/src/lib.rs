@@ -60,6 +60,8 @@ pub enum PluginFile<'a> {
     Wasm(&'a str, &'a str),
     /// Write these bytes as NAME.wasm.
     Bytes(&'a str, &'a [u8]),
+    /// Write this text as NAME.toml, the plugin's manifest.
+    Manifest(&'a str, &'a str),
 }
 
 impl TestHost {
@@ -92,6 +94,10 @@ impl TestHost {
                 PluginFile::Bytes(name, bytes) => {
                     std::fs::write(plugin_dir.join(format!("{name}.wasm")), bytes)
                         .map_err(|e| format!("write {name}: {e}"))?;
+                }
+                PluginFile::Manifest(name, text) => {
+                    std::fs::write(plugin_dir.join(format!("{name}.toml")), text)
+                        .map_err(|e| format!("write {name}.toml: {e}"))?;
                 }
             }
         }
@@ -147,6 +153,18 @@ impl TestHost {
             .ok_or_else(|| format!("no listen= in {ready:?}"))?;
         host.url = format!("http://{addr}");
         Ok(host)
+    }
+
+    /// Publish `events` (CloudEvents in structured mode) as one batch, and
+    /// check that it was accepted whole.
+    pub fn publish_batch(&self, events: Vec<Value>) {
+        let (status, body) = self.post(
+            "/v1/events",
+            Some("application/cloudevents-batch+json"),
+            &[],
+            Value::Array(events).to_string().as_bytes(),
+        );
+        assert_eq!(status, 202, "batch refused: {body}");
     }
 
     /// Every line the host wrote to stderr so far.

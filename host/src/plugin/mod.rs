@@ -14,6 +14,7 @@
 //! its next batch boundary ([`Registry::reload`]), and a removed one stops
 //! the plugin, keeping its cursor and state ([`Registry::remove`]).
 
+pub mod manifest;
 mod pump;
 pub mod watch;
 mod worker;
@@ -26,13 +27,16 @@ use std::thread::JoinHandle;
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 
-use crate::bus::{Queue, CHUNK_EVENTS_MAX};
+use crate::bus::{OrderingKey, Overflow, Queue, SubscribeOptions, CHUNK_EVENTS_MAX};
 use crate::dispatch::Dispatch;
-use crate::metrics::{self, Metrics};
-use crate::runtime::{self, kv, CallError, InstanceConfig, LoadError, Runtime};
-use crate::store::progress::Cursor;
+use crate::metrics::{self, DropReason, Metrics};
+use crate::runtime::{
+    self, kv, CallError, Info, InstanceConfig, Limits, LoadError, PublishPolicy, RateLimit, Runtime,
+};
+use crate::store::progress::{self, Cursor};
 use crate::store::StoreError;
 use crate::topic::{Pattern, TopicError};
+pub use manifest::{Manifest, ManifestError};
 
 /// Delivery settings shared by every plugin (per-plugin manifests come
 /// later).
@@ -61,6 +65,9 @@ pub struct DeliverySettings {
     pub ordering: RetryOrdering,
     /// Ordering under retry per plugin, by name.
     pub ordering_for: std::collections::HashMap<String, RetryOrdering>,
+    /// What strict ordering holds back, and which worker an event goes to
+    /// when a plugin has several. Default: the `subject`.
+    pub ordering_key: OrderingKey,
 }
 
 /// What a retry does to the events after it.
@@ -110,8 +117,23 @@ impl Default for DeliverySettings {
             new_plugins_start_latest: false,
             ordering: RetryOrdering::None,
             ordering_for: std::collections::HashMap::new(),
+            ordering_key: OrderingKey::Subject,
         }
     }
+}
+
+/// One plugin's settings: the host's, with its manifest applied.
+#[derive(Clone)]
+struct PluginSettings {
+    delivery: DeliverySettings,
+    limits: Limits,
+    concurrency: usize,
+    overflow: Overflow,
+    subscriptions: Option<Vec<String>>,
+    config: Vec<(String, String)>,
+    publish: Arc<PublishPolicy>,
+    output: Arc<RateLimit>,
+    has_manifest: bool,
 }
 
 /// Why a plugin did not start.
@@ -120,6 +142,9 @@ pub enum PluginError {
     /// The file could not be loaded.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// Its manifest cannot be used.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
     /// Instantiation or `init` failed.
     #[error("{file}: {source}")]
     Start {
@@ -206,14 +231,32 @@ pub(crate) struct Swap {
     offered: std::time::Instant,
 }
 
+/// A worker in quarantine: delivery paused until `until`.
+#[derive(Clone)]
+pub(crate) struct Quarantine {
+    pub(crate) until: std::time::Instant,
+    /// The pause, doubled at each quarantine in a row.
+    pub(crate) pause: std::time::Duration,
+    /// The last failure.
+    pub(crate) reason: String,
+}
+
+/// The handled count at the last rate sample, and the rate then.
+#[derive(Default)]
+struct RateSample {
+    at: Option<std::time::Instant>,
+    handled: u64,
+    per_s: f64,
+}
+
 /// A running plugin's identity and live counters.
 pub struct RunningPlugin {
     name: String,
     file: PathBuf,
     release: RwLock<Release>,
     subscriptions: Vec<String>,
-    /// A new version for the worker to swap in.
-    swap: Mutex<Option<Swap>>,
+    /// A new version for each worker to swap in.
+    swap: Mutex<Vec<Option<Swap>>>,
     /// Why the last new version of the file was not swapped in, if it was not.
     reload_error: Mutex<Option<String>>,
     /// How long delivery stopped for the last swap, in µs (`u64::MAX`: none
@@ -222,15 +265,51 @@ pub struct RunningPlugin {
     handled: Counter,
     failed: Counter,
     retried: Counter,
-    /// The highest sequence this plugin has finished with.
-    cursor: AtomicU64,
-    /// Events waiting in its queue.
-    depth: Arc<AtomicUsize>,
+    quarantines: Counter,
+    /// Per worker: the highest sequence it has finished with.
+    cursors: Vec<AtomicU64>,
+    /// Per worker: events waiting in its queue.
+    depths: Vec<Arc<AtomicUsize>>,
     /// Set to make the worker look at its re-drive list.
     redrive_wanted: AtomicBool,
     /// Set to stop this plugin alone (replay): its reader stops and its
     /// worker abandons what it has in hand.
     stop: Arc<AtomicBool>,
+    /// Per worker: its quarantine, if it is in one.
+    quarantine: Mutex<Vec<Option<Quarantine>>>,
+    rate: Mutex<RateSample>,
+    settings: PluginSettings,
+}
+
+/// The bounds and policies a plugin runs under, as `/v1/plugins` shows
+/// them (the host's settings with its manifest applied).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct PluginLimits {
+    /// Workers, each with its own instance.
+    pub concurrency: usize,
+    /// What picks an event's worker and what strict ordering holds back.
+    pub ordering_key: String,
+    /// `strict` or `none`.
+    pub retry_ordering: String,
+    /// Most events per `handle` call.
+    pub batch_events_max: usize,
+    /// Attempts before an event is given up on.
+    pub max_attempts: u32,
+    /// Wall-clock budget per call.
+    pub deadline_ms: u64,
+    /// Linear memory an instance may grow to.
+    pub memory_bytes_max: usize,
+    /// WebAssembly stack per call.
+    pub stack_bytes_max: usize,
+    /// `block` or `drop`.
+    pub overflow: String,
+    /// Follow-up events per second (none: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_events_per_s_max: Option<u32>,
+    /// Lines of stdout/stderr/log kept per second.
+    pub output_lines_per_s_max: u32,
+    /// Whether a `NAME.toml` manifest was applied.
+    pub manifest: bool,
 }
 
 /// What `/v1/plugins` and `plugbus plugins` show for one plugin.
@@ -240,7 +319,8 @@ pub struct PluginStatus {
     pub name: String,
     /// The plugin file.
     pub file: String,
-    /// `running` or `failed`.
+    /// `running`, `quarantined` (failing every event: delivery paused with
+    /// growing backoff) or `failed` (did not load; `error` says why).
     pub state: String,
     /// Why it failed to load, when it did; for a running plugin, why the
     /// newest version of its file was not swapped in (the running version
@@ -271,6 +351,18 @@ pub struct PluginStatus {
     /// `handle` call, less time spent waiting for events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swap_pause_us: Option<u64>,
+    /// Events acked per second, over the time since the previous status.
+    #[serde(default)]
+    pub handled_per_s: f64,
+    /// While quarantined: how long until delivery is tried again, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_ms: Option<u64>,
+    /// Times it was quarantined.
+    #[serde(default)]
+    pub quarantines: u64,
+    /// Its bounds and policies (running plugins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<PluginLimits>,
 }
 
 struct Failed {
@@ -350,58 +442,220 @@ impl Registry {
         Ok(errors)
     }
 
+    /// The settings of the plugin in `file`: the host's, with its manifest
+    /// (`NAME.toml`, if any) applied.
+    fn resolve(&self, name: &str, file: &Path) -> Result<PluginSettings, PluginError> {
+        let m = Manifest::load_for(file)?;
+        let bad = |key: &str, reason: String| {
+            PluginError::Manifest(ManifestError::Value {
+                file: manifest::path_for(file),
+                key: key.to_string(),
+                reason,
+            })
+        };
+        let mut d = self.settings.clone();
+        if let Some(b) = m.batch_events_max {
+            d.batch_events_max = b as usize;
+        }
+        let r = &m.retry;
+        d.max_attempts = r.max_attempts.unwrap_or(d.max_attempts);
+        d.backoff_ms_min = r.backoff_ms_min.unwrap_or(d.backoff_ms_min);
+        d.backoff_ms_max = r.backoff_ms_max.unwrap_or(d.backoff_ms_max);
+        if d.backoff_ms_min > d.backoff_ms_max {
+            return Err(bad(
+                "retry",
+                format!(
+                    "backoff_ms_min ({}) would be larger than backoff_ms_max ({}) with the host's settings; set both",
+                    d.backoff_ms_min, d.backoff_ms_max
+                ),
+            ));
+        }
+        d.ordering = match &r.ordering {
+            Some(o) => o.parse().map_err(|e| bad("retry.ordering", e))?,
+            None => d.ordering_of(name),
+        };
+        d.ordering_for.clear();
+        if m.ordering_key.is_some() {
+            d.ordering_key = m.ordering_key();
+        }
+        let host = self.runtime.limits();
+        let l = &m.limits;
+        let limits = Limits {
+            deadline_ms: l.deadline_ms.unwrap_or(host.deadline_ms),
+            memory_bytes_max: l
+                .memory_bytes_max
+                .map_or(host.memory_bytes_max, |m| m as usize),
+            stack_bytes_max: l
+                .stack_bytes_max
+                .map_or(host.stack_bytes_max, |s| s as usize),
+        };
+        // A batch must fit in the plugin's memory.
+        d.batch_bytes_max = d.batch_bytes_max.min(limits.memory_bytes_max / 2);
+        let patterns = |list: &[String]| -> Vec<Pattern> {
+            // Checked when the manifest was parsed.
+            list.iter().filter_map(|p| Pattern::parse(p).ok()).collect()
+        };
+        let labels = metrics::plugin(name);
+        let publish = PublishPolicy {
+            allow: m.publish.allow.as_deref().map(patterns),
+            deny: patterns(&m.publish.deny),
+            rate: m.publish.rate_events_per_s_max.map(|per_s| {
+                RateLimit::new(
+                    Some(per_s),
+                    self.metrics
+                        .publish_throttled
+                        .get_or_create(&labels)
+                        .clone(),
+                )
+            }),
+        };
+        let output = RateLimit::new(
+            Some(
+                l.output_lines_per_s_max
+                    .unwrap_or(runtime::OUTPUT_LINES_PER_S_DEFAULT),
+            ),
+            self.metrics.output_dropped.get_or_create(&labels).clone(),
+        );
+        Ok(PluginSettings {
+            concurrency: m.concurrency.unwrap_or(1) as usize,
+            overflow: m.overflow(),
+            subscriptions: m.subscriptions.clone(),
+            config: m.config.clone().into_iter().collect(),
+            limits,
+            publish: Arc::new(publish),
+            output: Arc::new(output),
+            delivery: d,
+            has_manifest: manifest::path_for(file).is_file(),
+        })
+    }
+
+    /// Instantiate `loaded` once per worker of `settings` and run `init`:
+    /// the instances and the subscriptions (the manifest's, else those
+    /// `init` returned) with what the plugin said about itself.
+    fn instances(
+        &self,
+        loaded: &Arc<runtime::LoadedPlugin>,
+        file: &Path,
+        settings: &PluginSettings,
+    ) -> Result<(Vec<runtime::PluginInstance>, Info, Vec<String>), PluginError> {
+        let config = InstanceConfig {
+            config: settings.config.clone(),
+            hops_max: self.settings.hops_max,
+            kv: self.bucket(loaded.name()),
+            limits: settings.limits.clone(),
+            publish: settings.publish.clone(),
+            output: settings.output.clone(),
+        };
+        let start_err = |source| PluginError::Start {
+            file: file.to_path_buf(),
+            source,
+        };
+        let (first, info) =
+            runtime::instantiate(loaded.clone(), config.clone()).map_err(start_err)?;
+        let mut instances = vec![first];
+        for _ in 1..settings.concurrency {
+            let (more, _) =
+                runtime::instantiate(loaded.clone(), config.clone()).map_err(start_err)?;
+            instances.push(more);
+        }
+        let subscriptions = settings
+            .subscriptions
+            .clone()
+            .unwrap_or_else(|| info.subscriptions.clone());
+        check_subscriptions(file, &subscriptions)?;
+        Ok((instances, info, subscriptions))
+    }
+
     /// Load and start the plugin in `file`.
     pub fn start(&self, file: &Path) -> Result<Arc<RunningPlugin>, PluginError> {
-        let loaded = Arc::new(self.runtime.load_file(file)?);
-        let name = loaded.name().to_string();
+        let name = stem(file);
+        let settings = self.resolve(&name, file)?;
+        let loaded = Arc::new(
+            self.runtime
+                .load_file_with_stack(file, settings.limits.stack_bytes_max)?,
+        );
         let kv = self.bucket(&name);
-        let config = InstanceConfig {
-            config: Vec::new(),
-            hops_max: self.settings.hops_max,
-            kv: kv.clone(),
-        };
-        let (instance, info) =
-            runtime::instantiate(loaded.clone(), config).map_err(|source| PluginError::Start {
-                file: file.to_path_buf(),
-                source,
-            })?;
-        let patterns = check_subscriptions(file, &info.subscriptions)?;
+        let (instances, info, subscriptions) = self.instances(&loaded, file, &settings)?;
+        let patterns = check_subscriptions(file, &subscriptions)?;
         if info.name != name {
             tracing::info!(plugin = %name, reports = %info.name, "plugin calls itself by another name; plugbus uses the file name");
         }
+        let workers = settings.concurrency.max(1);
         let labels = metrics::plugin(&name);
         let stop = Arc::new(AtomicBool::new(false));
-        // Where delivery starts: after the stored cursor in durable mode
+        let key = settings.delivery.ordering_key.clone();
+        // Where delivery starts: after the stored cursors in durable mode
         // (a new plugin starts at the earliest event), at once in memory.
-        let (queue, cursor_store, start) = match &self.dispatch {
+        let (queues, cursor_store, starts, cursor_names) = match &self.dispatch {
             Dispatch::Memory(bus) => (
-                bus.subscribe(&name, patterns, self.settings.queue_events_max),
+                bus.subscribe_with(
+                    &name,
+                    patterns,
+                    SubscribeOptions {
+                        capacity: self.settings.queue_events_max,
+                        parts: workers,
+                        key,
+                        overflow: settings.overflow,
+                    },
+                ),
                 None,
-                Cursor::default(),
+                vec![Cursor::default(); workers],
+                vec![None; workers],
             ),
             Dispatch::Durable(log) => {
                 let cursor_err = |source| PluginError::Cursor {
                     file: file.to_path_buf(),
                     source,
                 };
-                let start = match log.store().cursor_state(&name).map_err(cursor_err)? {
-                    Some(cursor) => cursor,
+                let store = log.store().clone();
+                let names: Vec<String> = (0..workers)
+                    .map(|i| progress::cursor_name(&name, i, workers))
+                    .collect();
+                let existing = store.cursors_of(&name).map_err(cursor_err)?;
+                let seed = match existing.iter().map(|(_, c)| c.low()).min() {
+                    Some(low) => low,
                     None => {
                         let start = if self.settings.new_plugins_start_latest {
                             log.head()
                         } else {
                             0
                         };
-                        // Where a new plugin starts sticks across restarts.
-                        log.store().set_cursor(&name, start).map_err(cursor_err)?;
                         tracing::info!(plugin = %name, "new plugin: starts after sequence {start}");
-                        Cursor::at(start)
+                        start
                     }
                 };
-                let from = start.through + 1;
-                let (tx, queue) =
-                    Queue::channel((self.settings.queue_events_max / CHUNK_EVENTS_MAX).max(2));
-                let store = log.store().clone();
+                let mut starts = Vec::new();
+                for n in &names {
+                    match existing.iter().find(|(e, _)| e == n) {
+                        Some((_, c)) => starts.push(c.clone()),
+                        None => {
+                            // Where a new worker starts sticks across restarts.
+                            store.set_cursor(n, seed).map_err(cursor_err)?;
+                            starts.push(Cursor::at(seed));
+                        }
+                    }
+                }
+                for (old, _) in existing.iter().filter(|(e, _)| !names.contains(e)) {
+                    tracing::info!(plugin = %name, cursor = %old, "concurrency changed: the new workers start after sequence {seed}, the lowest of the old cursors (events after it may be delivered again)");
+                    store.remove_cursor(old).map_err(cursor_err)?;
+                }
+                let mut outlets = Vec::new();
+                let mut queues = Vec::new();
+                for start in &starts {
+                    let (tx, queue) =
+                        Queue::channel((self.settings.queue_events_max / CHUNK_EVENTS_MAX).max(2));
+                    outlets.push(pump::Outlet {
+                        queue: tx,
+                        through: start.through,
+                    });
+                    queues.push(queue);
+                }
+                let routing = pump::Routing {
+                    patterns,
+                    key,
+                    drop_when_full: settings.overflow == Overflow::Drop,
+                    dropped: self.metrics.drop_counter(&name, DropReason::OverflowDrop),
+                };
                 let (log, all, own, pump_name) = (
                     log.clone(),
                     self.stopping.clone(),
@@ -411,7 +665,7 @@ impl Registry {
                 let stopped = move || all.load(Ordering::Acquire) || own.load(Ordering::Acquire);
                 let pump = std::thread::Builder::new()
                     .name(format!("pump-{name}"))
-                    .spawn(move || pump::run(&log, &pump_name, &patterns, &tx, from, &stopped))
+                    .spawn(move || pump::run(&log, &pump_name, &routing, &outlets, &stopped))
                     .map_err(|source| PluginError::Thread {
                         file: file.to_path_buf(),
                         source,
@@ -420,7 +674,12 @@ impl Registry {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push((name.clone(), pump));
-                (queue, Some(store), start)
+                let names = if workers > 1 {
+                    names.into_iter().map(Some).collect()
+                } else {
+                    vec![None]
+                };
+                (queues, Some(store), starts, names)
             }
         };
         let plugin = Arc::new(RunningPlugin {
@@ -430,52 +689,84 @@ impl Registry {
                 version: info.version.clone(),
                 content_hash: short_hash(&loaded),
             }),
-            subscriptions: info.subscriptions.clone(),
-            swap: Mutex::default(),
+            subscriptions: subscriptions.clone(),
+            swap: Mutex::new((0..workers).map(|_| None).collect()),
             reload_error: Mutex::default(),
             last_swap_pause_us: AtomicU64::new(u64::MAX),
             handled: self.metrics.handled.get_or_create(&labels).clone(),
             failed: self.metrics.failed.get_or_create(&labels).clone(),
             retried: self.metrics.retried.get_or_create(&labels).clone(),
-            cursor: AtomicU64::new(start.low()),
-            depth: queue.depth_handle(),
+            quarantines: self.metrics.quarantines.get_or_create(&labels).clone(),
+            cursors: starts.iter().map(|s| AtomicU64::new(s.low())).collect(),
+            depths: queues.iter().map(Queue::depth_handle).collect(),
             // Look once at start: re-drives may be pending from before.
             redrive_wanted: AtomicBool::new(true),
             stop,
+            quarantine: Mutex::new(vec![None; workers]),
+            rate: Mutex::new(RateSample::default()),
+            settings: settings.clone(),
         });
-        let worker = worker::Worker::new(
-            instance,
-            worker::Source {
-                queue,
-                cursor_store,
-                start,
-                kv,
-            },
-            self.dispatch.clone(),
-            plugin.clone(),
-            &self.metrics,
-            self.settings.clone(),
-        );
-        let handle = std::thread::Builder::new()
-            .name(format!("plugin-{name}"))
-            .spawn(move || worker.run())
-            .map_err(|source| {
-                if let Dispatch::Memory(bus) = &self.dispatch {
-                    bus.unsubscribe(&name);
+        let mut spawned = Vec::new();
+        for (index, ((instance, queue), (start, cursor_name))) in instances
+            .into_iter()
+            .zip(queues)
+            .zip(starts.into_iter().zip(cursor_names))
+            .enumerate()
+        {
+            let worker = worker::Worker::new(
+                instance,
+                worker::Source {
+                    queue,
+                    cursor_store: cursor_store.clone(),
+                    start,
+                    kv: kv.clone(),
+                    index,
+                    cursor_name,
+                    stopping: self.stopping.clone(),
+                },
+                self.dispatch.clone(),
+                plugin.clone(),
+                &self.metrics,
+                settings.delivery.clone(),
+            );
+            let thread = if workers > 1 {
+                format!("plugin-{name}-{index}")
+            } else {
+                format!("plugin-{name}")
+            };
+            match std::thread::Builder::new()
+                .name(thread)
+                .spawn(move || worker.run())
+            {
+                Ok(handle) => spawned.push((name.clone(), handle)),
+                Err(source) => {
+                    // Stop what started; its cursor says where it was.
+                    plugin.stop.store(true, Ordering::Release);
+                    self.workers
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend(spawned);
+                    self.join_threads(&name);
+                    if let Dispatch::Memory(bus) = &self.dispatch {
+                        bus.unsubscribe(&name);
+                    }
+                    return Err(PluginError::Thread {
+                        file: file.to_path_buf(),
+                        source,
+                    });
                 }
-                PluginError::Thread {
-                    file: file.to_path_buf(),
-                    source,
-                }
-            })?;
+            }
+        }
         self.workers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((name.clone(), handle));
+            .extend(spawned);
         tracing::info!(
             plugin = %name,
             version = %info.version,
-            subscriptions = ?info.subscriptions,
+            subscriptions = ?subscriptions,
+            workers,
+            manifest = settings.has_manifest,
             "plugin loaded"
         );
         self.running
@@ -498,26 +789,51 @@ impl Registry {
             .iter()
             .map(|p| {
                 let release = p.release();
+                let quarantine = p.quarantined();
+                let error = p
+                    .reload_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .or_else(|| {
+                        quarantine.as_ref().map(|q| {
+                            format!(
+                                "quarantined for {} ms: failing every event (last: {}); delivery is tried again in {} ms, and a new version of the file is swapped in at once",
+                                q.pause.as_millis(),
+                                q.reason,
+                                q.until.saturating_duration_since(std::time::Instant::now()).as_millis()
+                            )
+                        })
+                    });
+                let cursor = p.cursor();
                 PluginStatus {
                     name: p.name.clone(),
                     file: p.file.display().to_string(),
-                    state: "running".into(),
-                    error: p
-                        .reload_error
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .clone(),
+                    state: if quarantine.is_some() {
+                        "quarantined".into()
+                    } else {
+                        "running".into()
+                    },
+                    error,
                     version: release.version,
                     content_hash: release.content_hash,
                     subscriptions: p.subscriptions.clone(),
                     handled: p.handled.get(),
                     failed: p.failed.get(),
                     retried: p.retried.get(),
-                    queue_depth: p.depth.load(Ordering::Relaxed),
-                    cursor: p.cursor.load(Ordering::Relaxed),
-                    lag: head.map(|h| h.saturating_sub(p.cursor.load(Ordering::Relaxed))),
+                    queue_depth: p.depth(),
+                    cursor,
+                    lag: head.map(|h| h.saturating_sub(cursor)),
                     swap_pause_us: Some(p.last_swap_pause_us.load(Ordering::Acquire))
                         .filter(|&us| us != u64::MAX),
+                    handled_per_s: p.handled_per_s(),
+                    quarantine_ms: quarantine.map(|q| {
+                        q.until
+                            .saturating_duration_since(std::time::Instant::now())
+                            .as_millis() as u64
+                    }),
+                    quarantines: p.quarantines.get(),
+                    limits: Some(p.limits()),
                 }
             })
             .collect();
@@ -541,6 +857,10 @@ impl Registry {
                     cursor: 0,
                     lag: None,
                     swap_pause_us: None,
+                    handled_per_s: 0.0,
+                    quarantine_ms: None,
+                    quarantines: 0,
+                    limits: None,
                 }),
         );
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -632,14 +952,45 @@ impl Registry {
     /// still to do) and it leaves the running list. Its cursor and state
     /// stay in the store. Returns it, if it was running.
     fn stop_one(&self, plugin: &str) -> Option<Arc<RunningPlugin>> {
-        let running = self
-            .running
+        let running = self.running_plugin(plugin)?;
+        running.stop.store(true, Ordering::Release);
+        self.join_threads(plugin);
+        if let Dispatch::Memory(bus) = &self.dispatch {
+            bus.unsubscribe(plugin);
+        }
+        self.running
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|p| p.name != plugin);
+        Some(running)
+    }
+
+    /// A new version or manifest of `running` was not taken: log it, count
+    /// it, and show it in the plugin's status until the next change.
+    fn refused_change(&self, running: &RunningPlugin, what: &str, e: &PluginError) {
+        tracing::error!(plugin = %running.name, "{what}: {e}");
+        self.metrics
+            .reload_failures
+            .get_or_create(&metrics::plugin(&running.name))
+            .inc();
+        *running
+            .reload_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(format!("{what}: {e}"));
+    }
+
+    /// The running plugin called `name`, if there is one.
+    fn running_plugin(&self, name: &str) -> Option<Arc<RunningPlugin>> {
+        self.running
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .find(|p| p.name == plugin)
-            .cloned()?;
-        running.stop.store(true, Ordering::Release);
+            .find(|p| p.name == name)
+            .cloned()
+    }
+
+    /// Wait for the reader and workers of `plugin`, told to stop.
+    fn join_threads(&self, plugin: &str) {
         for list in [&self.pumps, &self.workers] {
             let mine: Vec<JoinHandle<()>> = {
                 let mut all = list.lock().unwrap_or_else(|p| p.into_inner());
@@ -655,14 +1006,6 @@ impl Registry {
                 }
             }
         }
-        if let Dispatch::Memory(bus) = &self.dispatch {
-            bus.unsubscribe(plugin);
-        }
-        self.running
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|p| p.name != plugin);
-        Some(running)
     }
 
     /// The plugin file `file` is new or changed: start it, or load the new
@@ -676,14 +1019,7 @@ impl Registry {
     pub fn reload(&self, file: &Path) -> Result<Reload, PluginError> {
         let _one = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
         let name = stem(file);
-        let running = self
-            .running
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|p| p.name == name)
-            .cloned();
-        let Some(running) = running else {
+        let Some(running) = self.running_plugin(&name) else {
             return match self.start(file) {
                 Ok(_) => {
                     self.forget_failure(&name);
@@ -707,76 +1043,100 @@ impl Registry {
                     }
                 }
             }
-            Ok(Some((swap, false))) => {
+            Ok(Some((swaps, false))) => {
                 *running
                     .reload_error
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) = None;
-                *running.swap.lock().unwrap_or_else(|p| p.into_inner()) = Some(swap);
+                *running.swap.lock().unwrap_or_else(|p| p.into_inner()) =
+                    swaps.into_iter().map(Some).collect();
                 Ok(Reload::Offered)
             }
             Ok(None) => Ok(Reload::Unchanged),
             Err(e) => {
-                tracing::error!(plugin = %name, "new version not loaded; the running one keeps serving: {e}");
-                self.metrics
-                    .reload_failures
-                    .get_or_create(&metrics::plugin(&name))
-                    .inc();
-                *running
-                    .reload_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = Some(format!(
-                    "new version not loaded (the running one keeps serving): {e}"
-                ));
+                self.refused_change(
+                    &running,
+                    "new version not loaded (the running one keeps serving)",
+                    &e,
+                );
                 Err(e)
             }
         }
     }
 
-    /// Load and initialise the version of `running` in `file`: `None` if it
-    /// is the one running (or already offered), else the swap and whether
-    /// its subscriptions differ.
+    /// Load and initialise the version of `running` in `file`, one
+    /// instance per worker: `None` if it is the one running (or already
+    /// offered), else the swaps and whether its subscriptions differ.
     fn prepare(
         &self,
         running: &RunningPlugin,
         file: &Path,
-    ) -> Result<Option<(Swap, bool)>, PluginError> {
-        let loaded = Arc::new(self.runtime.load_file(file)?);
+    ) -> Result<Option<(Vec<Swap>, bool)>, PluginError> {
+        let settings = &running.settings;
+        let loaded = Arc::new(
+            self.runtime
+                .load_file_with_stack(file, settings.limits.stack_bytes_max)?,
+        );
         let hash = short_hash(&loaded);
-        // The version the worker runs next: the one offered, if any.
+        // The version the workers run next: the one offered, if any.
         let next = running
             .swap
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
+            .iter()
+            .flatten()
+            .next()
             .map(|s| s.release.content_hash.clone())
             .unwrap_or_else(|| running.release().content_hash);
         if next == hash {
             return Ok(None);
         }
-        let config = InstanceConfig {
-            config: Vec::new(),
-            hops_max: self.settings.hops_max,
-            kv: self.bucket(&running.name),
+        let (instances, info, subscriptions) = self.instances(&loaded, file, settings)?;
+        let moved = subscriptions != running.subscriptions;
+        let offered = std::time::Instant::now();
+        let release = Release {
+            version: info.version,
+            content_hash: hash,
         };
-        let (instance, info) =
-            runtime::instantiate(loaded, config).map_err(|source| PluginError::Start {
-                file: file.to_path_buf(),
-                source,
-            })?;
-        check_subscriptions(file, &info.subscriptions)?;
-        let moved = info.subscriptions != running.subscriptions;
-        Ok(Some((
-            Swap {
+        let swaps = instances
+            .into_iter()
+            .map(|instance| Swap {
                 instance,
-                release: Release {
-                    version: info.version,
-                    content_hash: hash,
-                },
-                offered: std::time::Instant::now(),
-            },
-            moved,
-        )))
+                release: release.clone(),
+                offered,
+            })
+            .collect();
+        Ok(Some((swaps, moved)))
+    }
+
+    /// The manifest of the plugin in `file` is new, changed or removed:
+    /// restart the plugin with it at its cursor (a new plugin starts). A
+    /// manifest that cannot be used is reported (log, status, metric) and
+    /// the running plugin keeps serving with its settings.
+    pub fn reload_manifest(&self, file: &Path) -> Result<Reload, PluginError> {
+        let name = stem(file);
+        let Some(running) = self.running_plugin(&name) else {
+            return self.reload(file);
+        };
+        let _one = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = Manifest::load_for(file) {
+            let e = PluginError::Manifest(e);
+            self.refused_change(
+                &running,
+                "manifest not applied (the plugin keeps running with its settings)",
+                &e,
+            );
+            return Err(e);
+        }
+        tracing::info!(plugin = %name, "manifest changed: restarting the plugin at its cursor");
+        self.stop_one(&name);
+        match self.start(file) {
+            Ok(_) => Ok(Reload::Restarted),
+            Err(e) => {
+                self.record_failure(&name, file, &e);
+                Err(e)
+            }
+        }
     }
 
     /// The plugin file of `plugin` was removed: stop it, keeping its cursor
@@ -825,9 +1185,9 @@ impl Registry {
             self.metrics
                 .queue_depth
                 .get_or_create(&metrics::plugin(&p.name))
-                .set(p.depth.load(Ordering::Relaxed) as i64);
+                .set(p.depth() as i64);
             if let Dispatch::Durable(log) = &self.dispatch {
-                let lag = log.head().saturating_sub(p.cursor.load(Ordering::Relaxed));
+                let lag = log.head().saturating_sub(p.cursor());
                 self.metrics
                     .lag
                     .get_or_create(&metrics::plugin(&p.name))
@@ -845,6 +1205,7 @@ impl Registry {
     /// (what they have not read is delivered after a restart), and the log
     /// closes last, after the workers' follow-up events.
     pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
         match &self.dispatch {
             Dispatch::Memory(bus) => bus.close(),
             Dispatch::Durable(_) => {
@@ -892,11 +1253,100 @@ impl RunningPlugin {
             .clone()
     }
 
-    /// The new version offered, if any, for the worker to swap in.
-    pub(crate) fn take_swap(&self) -> Option<Swap> {
-        let swap = self.swap.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+    /// The new version offered to worker `index`, if any, for it to swap
+    /// in.
+    pub(crate) fn take_swap(&self, index: usize) -> Option<Swap> {
+        let swap = self
+            .swap
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(index)?
+            .take()?;
         *self.release.write().unwrap_or_else(|p| p.into_inner()) = swap.release.clone();
         Some(swap)
+    }
+
+    /// The lowest cursor of its workers.
+    fn cursor(&self) -> u64 {
+        self.cursors
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Events waiting in its queues.
+    fn depth(&self) -> usize {
+        self.depths.iter().map(|d| d.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The quarantine of the worker whose pause ends last, if any is in one.
+    fn quarantined(&self) -> Option<Quarantine> {
+        self.quarantine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flatten()
+            .max_by_key(|q| q.until)
+            .cloned()
+    }
+
+    /// Put worker `index` in quarantine (or take it out, with `None`).
+    pub(crate) fn set_quarantine(&self, index: usize, q: Option<Quarantine>) {
+        if let Some(slot) = self
+            .quarantine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(index)
+        {
+            *slot = q;
+        }
+    }
+
+    /// Events acked per second since the last sample (at least a second
+    /// ago; until then, the last rate).
+    fn handled_per_s(&self) -> f64 {
+        let mut r = self.rate.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let handled = self.handled.get();
+        match r.at {
+            Some(at) if now.duration_since(at) < std::time::Duration::from_secs(1) => {}
+            Some(at) => {
+                r.per_s = (handled.saturating_sub(r.handled)) as f64
+                    / now.duration_since(at).as_secs_f64();
+                r.at = Some(now);
+                r.handled = handled;
+            }
+            None => {
+                r.at = Some(now);
+                r.handled = handled;
+            }
+        }
+        (r.per_s * 10.0).round() / 10.0
+    }
+
+    fn limits(&self) -> PluginLimits {
+        let s = &self.settings;
+        PluginLimits {
+            concurrency: s.concurrency.max(1),
+            ordering_key: s.delivery.ordering_key.to_string(),
+            retry_ordering: match s.delivery.ordering {
+                RetryOrdering::Strict => "strict".into(),
+                RetryOrdering::None => "none".into(),
+            },
+            batch_events_max: s.delivery.batch_events_max,
+            max_attempts: s.delivery.max_attempts,
+            deadline_ms: s.limits.deadline_ms,
+            memory_bytes_max: s.limits.memory_bytes_max,
+            stack_bytes_max: s.limits.stack_bytes_max,
+            overflow: match s.overflow {
+                Overflow::Drop => "drop".into(),
+                Overflow::Block(_) => "block".into(),
+            },
+            publish_events_per_s_max: s.publish.rate.as_ref().and_then(RateLimit::per_s),
+            output_lines_per_s_max: s.output.per_s().unwrap_or(0),
+            manifest: s.has_manifest,
+        }
     }
 }
 

@@ -1,31 +1,55 @@
 //! A plugin's log reader (durable mode): reads the log from the plugin's
-//! cursor, keeps the events the plugin subscribes to, and queues them for
-//! its worker in deliveries of up to `CHUNK_EVENTS_MAX`. When the worker's
-//! queue is full the reader waits: a slow plugin delays its own reader and
-//! loses nothing. Each delivery says how far the reader has looked, so the
-//! worker's cursor also moves past events the plugin does not want.
+//! cursors, keeps the events the plugin subscribes to, and queues them for
+//! its workers (one queue per worker; an event goes to the worker its
+//! ordering key hashes to, and only if that worker's cursor is before it)
+//! in deliveries of up to `CHUNK_EVENTS_MAX`. When a worker's queue is full
+//! the reader waits: a slow plugin delays its own reader and loses nothing.
+//! Under `overflow.policy = "drop"` it drops (and counts) what a full queue
+//! has no room for instead, so a lossy plugin never falls behind. Each
+//! delivery says how far the reader has looked, so each worker's cursor also
+//! moves past events the plugin does not want.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::bus::{Delivery, QueueSender, CHUNK_EVENTS_MAX};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::bus::{Delivery, OrderingKey, QueueSender, CHUNK_EVENTS_MAX};
 use crate::event::Event;
 use crate::store::log::Log;
 use crate::topic::Pattern;
 
+/// One worker's queue and where its cursor is.
+pub(super) struct Outlet {
+    pub queue: QueueSender,
+    /// Events up to this sequence are done for this worker.
+    pub through: u64,
+}
+
+/// What a reader does, besides reading.
+pub(super) struct Routing {
+    pub patterns: Vec<Pattern>,
+    pub key: OrderingKey,
+    /// Drop (counted in `dropped`) rather than wait for room.
+    pub drop_when_full: bool,
+    pub dropped: Counter,
+}
+
 /// Events read from the log at a time.
 const READ_EVENTS_MAX: usize = 4096;
 
-/// Read from sequence `next` on until `stopped()` or the worker is gone.
+/// Read from the lowest outlet's cursor on until `stopped()` or a worker is
+/// gone.
 pub(super) fn run(
     log: &Log,
     plugin: &str,
-    patterns: &[Pattern],
-    queue: &QueueSender,
-    mut next: u64,
+    routing: &Routing,
+    outlets: &[Outlet],
     stopped: &dyn Fn() -> bool,
 ) {
     let bell = log.doorbell();
+    let mut next = outlets.iter().map(|o| o.through).min().unwrap_or(0) + 1;
+    let parts = outlets.len().max(1);
     while !stopped() {
         let events = match log.read_from(next, READ_EVENTS_MAX) {
             Ok(events) => events,
@@ -41,25 +65,59 @@ pub(super) fn run(
             continue;
         };
         next = last + 1;
-        let wanted: Vec<Arc<Event>> = events
-            .into_iter()
-            .filter(|e| patterns.iter().any(|p| p.matches(&e.topic)))
-            .collect();
-        let parts = wanted.len().div_ceil(CHUNK_EVENTS_MAX).max(1);
-        let mut chunks = wanted.chunks(CHUNK_EVENTS_MAX);
-        for i in 0..parts {
-            let part = chunks.next().unwrap_or_default();
-            let through = match part.last() {
-                Some(e) if i + 1 < parts => e.sequence,
-                _ => last,
-            };
-            let delivery = Delivery {
-                events: Arc::from(part),
-                through,
-            };
-            if queue.send(delivery).is_err() {
+        let mut wanted: Vec<Vec<Arc<Event>>> = vec![Vec::new(); parts];
+        for e in events {
+            if !routing.patterns.iter().any(|p| p.matches(&e.topic)) {
+                continue;
+            }
+            let i = routing.key.part(&e, parts);
+            if outlets.get(i).is_some_and(|o| e.sequence > o.through) {
+                wanted[i].push(e);
+            }
+        }
+        for (outlet, wanted) in outlets.iter().zip(wanted) {
+            if last <= outlet.through {
+                continue;
+            }
+            if !send(routing, &outlet.queue, &wanted, last) {
                 return;
             }
         }
     }
+}
+
+/// Queue `wanted` (events up to `last` looked at) in deliveries of up to
+/// `CHUNK_EVENTS_MAX`; false when the worker is gone.
+fn send(routing: &Routing, queue: &QueueSender, wanted: &[Arc<Event>], last: u64) -> bool {
+    let n = wanted.len().div_ceil(CHUNK_EVENTS_MAX).max(1);
+    let mut chunks = wanted.chunks(CHUNK_EVENTS_MAX);
+    for i in 0..n {
+        let part = chunks.next().unwrap_or_default();
+        let through = match part.last() {
+            Some(e) if i + 1 < n => e.sequence,
+            _ => last,
+        };
+        let delivery = Delivery {
+            events: Arc::from(part),
+            through,
+        };
+        let sent = if routing.drop_when_full {
+            match queue.try_send(delivery) {
+                Ok(()) => Ok(()),
+                Err(Some(dropped)) => {
+                    // Dropped: the next delivery's `through` moves the
+                    // cursor past these.
+                    routing.dropped.inc_by(dropped.events.len() as u64);
+                    Ok(())
+                }
+                Err(None) => Err(()),
+            }
+        } else {
+            queue.send(delivery).map_err(|_| ())
+        };
+        if sent.is_err() {
+            return false;
+        }
+    }
+    true
 }

@@ -4,7 +4,10 @@
 //! plugin's file has been quiet for [`SETTLE`], brings the registry in line
 //! with it: a new `NAME.wasm` starts a plugin, a changed one is loaded and
 //! swapped in at the worker's next batch boundary, a removed one stops the
-//! plugin (its cursor and state stay). Only names ending in `.wasm` count,
+//! plugin (its cursor and state stay). A new, changed or removed manifest
+//! (`NAME.toml`) restarts the plugin with it at its cursor; one that cannot
+//! be used is reported and the plugin keeps its settings. Only names ending
+//! in `.wasm` (and `.toml` for manifests) count,
 //! so a deploy script writes `NAME.wasm.tmp` (or a dotfile) and renames it
 //! into place: the rename is atomic, and the host never sees half a file.
 //! A file copied in place in several writes is still safe: it is loaded
@@ -63,12 +66,21 @@ impl DirWatch {
             .spawn(move || {
                 // The watcher lives as long as the thread.
                 let _watcher = watcher;
-                let mut quiet_since: HashMap<String, Instant> = HashMap::new();
+                // Per plugin: when its files last changed, and whether its
+                // manifest was one of them.
+                let mut quiet_since: HashMap<String, (Instant, bool)> = HashMap::new();
                 while !flag.load(Ordering::Acquire) {
                     match rx.recv_timeout(SETTLE / 4) {
+                        // Reading a file (the host's own loads included) is
+                        // no change.
+                        Ok(Ok(event)) if matches!(event.kind, notify::EventKind::Access(_)) => {}
                         Ok(Ok(event)) => {
-                            for name in event.paths.iter().filter_map(|p| plugin_name(p)) {
-                                quiet_since.insert(name, Instant::now());
+                            for (name, manifest) in
+                                event.paths.iter().filter_map(|p| plugin_file(p))
+                            {
+                                let seen =
+                                    quiet_since.entry(name).or_insert((Instant::now(), false));
+                                *seen = (Instant::now(), seen.1 || manifest);
                             }
                         }
                         Ok(Err(e)) => {
@@ -77,14 +89,14 @@ impl DirWatch {
                         Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                         Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
                     }
-                    let settled: Vec<String> = quiet_since
+                    let settled: Vec<(String, bool)> = quiet_since
                         .iter()
-                        .filter(|(_, at)| at.elapsed() >= SETTLE)
-                        .map(|(name, _)| name.clone())
+                        .filter(|(_, (at, _))| at.elapsed() >= SETTLE)
+                        .map(|(name, (_, manifest))| (name.clone(), *manifest))
                         .collect();
-                    for name in settled {
+                    for (name, manifest) in settled {
                         quiet_since.remove(&name);
-                        apply(&registry, &dir, &name);
+                        apply(&registry, &dir, &name, manifest);
                     }
                 }
             })
@@ -106,25 +118,34 @@ impl DirWatch {
     }
 }
 
-/// Bring plugin `name` in line with its file in `dir`.
-fn apply(registry: &Registry, dir: &Path, name: &str) {
+/// Bring plugin `name` in line with its files in `dir`; `manifest` when its
+/// manifest changed.
+fn apply(registry: &Registry, dir: &Path, name: &str, manifest: bool) {
     let file = dir.join(format!("{name}.wasm"));
     if file.is_file() {
         // A failure is logged, shown in the status and counted by reload.
-        if let Ok(done) = registry.reload(&file) {
+        let done = if manifest {
+            registry.reload_manifest(&file)
+        } else {
+            registry.reload(&file)
+        };
+        if let Ok(done) = done {
             tracing::debug!(plugin = name, ?done, "plugin file changed");
         }
-    } else {
+    } else if !manifest {
         registry.remove(name);
     }
 }
 
-/// The plugin a path in the directory is the file of: `NAME.wasm`, not a
-/// dotfile.
-fn plugin_name(path: &Path) -> Option<String> {
+/// The plugin a path in the directory is a file of, and whether it is its
+/// manifest: `NAME.wasm` or `NAME.toml`, not a dotfile.
+fn plugin_file(path: &Path) -> Option<(String, bool)> {
     let file = path.file_name()?.to_str()?;
-    let name = file.strip_suffix(".wasm")?;
-    (!name.is_empty() && !name.starts_with('.')).then(|| name.to_string())
+    let (name, manifest) = match file.strip_suffix(".wasm") {
+        Some(name) => (name, false),
+        None => (file.strip_suffix(".toml")?, true),
+    };
+    (!name.is_empty() && !name.starts_with('.')).then(|| (name.to_string(), manifest))
 }
 
 #[cfg(test)]
@@ -132,14 +153,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_wasm_files_name_a_plugin() {
+    fn only_wasm_and_toml_files_name_a_plugin() {
         assert_eq!(
-            plugin_name(Path::new("/p/email.wasm")).as_deref(),
-            Some("email")
+            plugin_file(Path::new("/p/email.wasm")),
+            Some(("email".into(), false))
         );
-        assert_eq!(plugin_name(Path::new("/p/email.wasm.tmp")), None);
-        assert_eq!(plugin_name(Path::new("/p/.email.wasm")), None);
-        assert_eq!(plugin_name(Path::new("/p/email.toml")), None);
-        assert_eq!(plugin_name(Path::new("/p/.wasm")), None);
+        assert_eq!(plugin_file(Path::new("/p/email.wasm.tmp")), None);
+        assert_eq!(plugin_file(Path::new("/p/.email.wasm")), None);
+        assert_eq!(
+            plugin_file(Path::new("/p/email.toml")),
+            Some(("email".into(), true))
+        );
+        assert_eq!(plugin_file(Path::new("/p/email.toml.tmp")), None);
+        assert_eq!(plugin_file(Path::new("/p/.wasm")), None);
     }
 }

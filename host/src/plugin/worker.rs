@@ -23,6 +23,16 @@
 //! their outcomes are set aside) but wait in order, and are released one by
 //! one once the retried event is acked or given up on.
 //!
+//! Quarantine: a worker whose batches keep failing (a trap, a deadline, a
+//! memory fault or `retry` for every event, [`QUARANTINE_AFTER_BATCHES`]
+//! batches in a row without an ack) stops delivering for a pause that
+//! starts at [`QUARANTINE_PAUSE_MIN`] and doubles, up to
+//! [`QUARANTINE_PAUSE_MAX`], each time the batch tried after it fails too.
+//! Its events wait (in the log, or in its queue) and the failed ones go
+//! through retries and dead letters as usual. An ack ends the quarantine,
+//! and so does a new version of the plugin's file. `reject` is a plugin
+//! working as meant and never counts.
+//!
 //! Retries wait in a bounded in-memory heap (`max_attempts` bounds their
 //! number per event; the heap is capped at the queue capacity, beyond which
 //! new failures are given up on). The worker's cursor (`store::progress`)
@@ -51,7 +61,7 @@ use crossbeam_channel::RecvTimeoutError;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
-use super::{DeliverySettings, RetryOrdering, RunningPlugin};
+use super::{DeliverySettings, Quarantine, RetryOrdering, RunningPlugin};
 use crate::bus::{Delivery, Queue};
 use crate::dispatch::Dispatch;
 use crate::event::{Chunk, Event};
@@ -64,6 +74,14 @@ use crate::store::Store;
 /// How long an idle worker waits before looking for re-driven events
 /// (durable mode) and a new version again.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// Batches in a row that failed (none acked) before a worker is
+/// quarantined.
+pub const QUARANTINE_AFTER_BATCHES: u32 = 5;
+/// The first quarantine's pause.
+pub const QUARANTINE_PAUSE_MIN: Duration = Duration::from_secs(1);
+/// The longest quarantine pause.
+pub const QUARANTINE_PAUSE_MAX: Duration = Duration::from_secs(60);
 
 /// The longest retry delay a plugin may ask for, in ms (one hour).
 const RETRY_DELAY_MS_MAX: u64 = 3_600_000;
@@ -108,6 +126,12 @@ pub(super) struct Source {
     pub cursor_store: Option<Arc<Store>>,
     pub start: Cursor,
     pub kv: kv::Backend,
+    /// Which of the plugin's workers this is.
+    pub index: usize,
+    /// The name of its cursor, when the plugin has several workers.
+    pub cursor_name: Option<String>,
+    /// Set when the host shuts down.
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What a batch's outcomes do, applied once its progress is written.
@@ -124,6 +148,16 @@ struct Effects {
 }
 
 pub(super) struct Worker {
+    /// Which of the plugin's workers this is.
+    index: usize,
+    cursor_name: Option<String>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Batches in a row that failed without an ack.
+    fail_streak: u32,
+    /// The next quarantine's pause.
+    quarantine_pause: Duration,
+    /// Delivery is paused until then.
+    quarantined_until: Option<Instant>,
     instance: PluginInstance,
     needs_reset: bool,
     queue: Queue,
@@ -171,11 +205,6 @@ pub(super) struct Worker {
     /// Per ordering key: the events held back behind it, in order, with
     /// their attempts.
     held: HashMap<String, VecDeque<(Arc<Event>, u32)>>,
-}
-
-/// The ordering key of `event`: its subject (none: the empty key).
-fn ordering_key(event: &Event) -> &str {
-    event.subject.as_deref().unwrap_or("")
 }
 
 /// Why a worker stops delivering an event.
@@ -230,6 +259,12 @@ impl Worker {
             tracing::info!(plugin = %plugin.name, pending = retries.len(), "retries pending from before the restart");
         }
         Worker {
+            index: source.index,
+            cursor_name: source.cursor_name,
+            stopping: source.stopping,
+            fail_streak: 0,
+            quarantine_pause: QUARANTINE_PAUSE_MIN,
+            quarantined_until: None,
             instance,
             needs_reset: false,
             queue: source.queue,
@@ -289,7 +324,24 @@ impl Worker {
             // A batch boundary: the place to take a new version, with the
             // queue, the cursor and pending retries as they are.
             self.take_swap();
-            self.pick_up_redrives();
+            if let Some(until) = self.quarantined_until {
+                let left = until.saturating_duration_since(Instant::now());
+                if !left.is_zero() {
+                    if self.stopping.load(Ordering::Acquire) {
+                        // Shutting down: what waits is in the log (durable)
+                        // or lost with the process (memory, by design).
+                        break;
+                    }
+                    std::thread::sleep(left.min(IDLE_POLL));
+                    continue;
+                }
+                // The pause is over: the next batch tries again.
+                self.quarantined_until = None;
+            }
+            if self.index == 0 {
+                // Events re-driven from dead letters go to the first worker.
+                self.pick_up_redrives();
+            }
             // Retries that are due go first, as a batch of their own.
             if let Some((chunk, attempts)) = self.due_retries() {
                 self.deliver(&chunk, 0..chunk.len(), &attempts, false);
@@ -305,6 +357,9 @@ impl Worker {
                 }
                 if closed {
                     match self.retries.peek() {
+                        // Durable: pending retries are in the cursor, and
+                        // are delivered after a restart.
+                        Some(_) if self.cursor_store.is_some() => break,
                         // Retries still pending after the queue closed: wait
                         // for them (bounded by max_attempts and backoff_ms_max).
                         Some(r) => {
@@ -461,6 +516,7 @@ impl Worker {
         if let Some(store) = &self.cursor_store {
             let progress = Progress {
                 plugin: self.plugin.name.clone(),
+                cursor_name: self.cursor_name.clone(),
                 cursor: Some(cursor.clone()),
                 ..Default::default()
             };
@@ -475,7 +531,7 @@ impl Worker {
     }
 
     fn saved_cursor(&mut self, cursor: Cursor) {
-        self.plugin.cursor.store(cursor.low(), Ordering::Relaxed);
+        self.plugin.cursors[self.index].store(cursor.low(), Ordering::Relaxed);
         self.saved = cursor;
         self.saved_at = Instant::now();
     }
@@ -534,13 +590,13 @@ impl Worker {
     /// Whether `event` must wait behind another event's retry.
     fn is_held_back(&self, event: &Event) -> bool {
         self.blockers
-            .get(ordering_key(event))
+            .get(self.settings.ordering_key.of(event))
             .is_some_and(|&blocker| blocker != event.sequence)
     }
 
     fn hold(&mut self, event: &Arc<Event>, attempt: u32) {
         self.held
-            .entry(ordering_key(event).to_string())
+            .entry(self.settings.ordering_key.of(event).to_string())
             .or_default()
             .push_back((event.clone(), attempt));
     }
@@ -548,7 +604,8 @@ impl Worker {
     /// `event`, which held its key, is done with: the next event held
     /// behind it (if any) is released and holds the key in turn.
     fn unblock(&mut self, event: &Event) {
-        let key = ordering_key(event);
+        let key = self.settings.ordering_key.of(event).to_string();
+        let key = key.as_str();
         if self.blockers.get(key) != Some(&event.sequence) {
             return;
         }
@@ -606,6 +663,17 @@ impl Worker {
         self.handle_seconds
             .observe(handled_at.duration_since(started).as_secs_f64());
         self.batch_events.observe(batch.len() as f64);
+        match &result {
+            Ok(r) => {
+                let acked = r.outcomes.iter().any(|o| matches!(o, Outcome::Ack));
+                let failed = r.outcomes.iter().find_map(|o| match o {
+                    Outcome::Retry(r) => Some(r.message.as_str()),
+                    _ => None,
+                });
+                self.note_batch(acked, failed);
+            }
+            Err(e) => self.note_batch(false, Some(&e.to_string())),
+        }
         match result {
             Ok(result) => {
                 let all_acked = result.outcomes.iter().all(|o| matches!(o, Outcome::Ack));
@@ -719,6 +787,7 @@ impl Worker {
                 let cursor = self.cursor(through, &owed);
                 let progress = Progress {
                     plugin: self.plugin.name.clone(),
+                    cursor_name: self.cursor_name.clone(),
                     cursor: Some(cursor.clone()),
                     kv: writes.into_iter().collect(),
                     dead: fx
@@ -761,8 +830,7 @@ impl Worker {
                 if let Some(cursor) = cursor {
                     self.saved_cursor(cursor);
                 } else {
-                    self.plugin
-                        .cursor
+                    self.plugin.cursors[self.index]
                         .store(self.cursor(through, &[]).low(), Ordering::Relaxed);
                 }
                 for seq in redriven {
@@ -812,9 +880,14 @@ impl Worker {
 
     /// Swap in the new version offered, if any: the next batch goes to it.
     fn take_swap(&mut self) {
-        let Some(swap) = self.plugin.take_swap() else {
+        let Some(swap) = self.plugin.take_swap(self.index) else {
             return;
         };
+        // A new version gets a fresh start.
+        self.fail_streak = 0;
+        self.quarantine_pause = QUARANTINE_PAUSE_MIN;
+        self.quarantined_until = None;
+        self.plugin.set_quarantine(self.index, None);
         let swapping = Instant::now();
         let (instance, waited, hash) = swap.into_parts();
         self.instance = instance;
@@ -822,6 +895,49 @@ impl Worker {
         self.swaps.inc();
         self.pause_from = Some(swapping);
         tracing::info!(plugin = %self.plugin.name, content_hash = %hash, waited_ms = waited.as_millis() as u64, "new version swapped in");
+    }
+
+    /// Count a batch toward quarantine: `acked` if any event was acked,
+    /// `failed` with a failure (trap or retry) if any.
+    fn note_batch(&mut self, acked: bool, failed: Option<&str>) {
+        if acked {
+            if self.fail_streak >= QUARANTINE_AFTER_BATCHES {
+                tracing::info!(plugin = %self.plugin.name, worker = self.index, "acking again: out of quarantine");
+            }
+            self.fail_streak = 0;
+            self.quarantine_pause = QUARANTINE_PAUSE_MIN;
+            self.plugin.set_quarantine(self.index, None);
+            return;
+        }
+        let Some(reason) = failed else {
+            return;
+        };
+        self.fail_streak += 1;
+        if self.fail_streak < QUARANTINE_AFTER_BATCHES {
+            return;
+        }
+        let pause = self.quarantine_pause;
+        let until = Instant::now() + pause;
+        self.quarantined_until = Some(until);
+        self.quarantine_pause = (pause * 2).min(QUARANTINE_PAUSE_MAX);
+        self.plugin.quarantines.inc();
+        let mut reason = reason.to_string();
+        if reason.len() > 512 {
+            let mut end = 512;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        tracing::warn!(plugin = %self.plugin.name, worker = self.index, pause_ms = pause.as_millis() as u64, last_error = %reason, "quarantined: {} batches in a row failed; delivery pauses, its events wait", self.fail_streak);
+        self.plugin.set_quarantine(
+            self.index,
+            Some(Quarantine {
+                until,
+                pause,
+                reason,
+            }),
+        );
     }
 
     /// Make a fresh instance; false (and logged) when that fails too.
@@ -864,7 +980,7 @@ impl Worker {
         });
         if self.strict {
             self.blockers
-                .entry(ordering_key(event).to_string())
+                .entry(self.settings.ordering_key.of(event).to_string())
                 .or_insert(event.sequence);
         }
     }

@@ -35,6 +35,9 @@ pub struct HostState {
     limits: StoreLimits,
     config: Vec<(String, String)>,
     hops_max: u32,
+    publish_policy: Arc<super::PublishPolicy>,
+    /// Log lines (wasi:logging) share the stdout/stderr rate limit.
+    output: Arc<super::RateLimit>,
     batch: Option<(Chunk, Range<usize>)>,
     published: Vec<(usize, Event)>,
     /// Where the plugin's committed state is.
@@ -47,15 +50,14 @@ pub struct HostState {
 impl HostState {
     pub(super) fn new(
         plugin: &str,
-        config: Vec<(String, String)>,
-        hops_max: u32,
+        instance: &super::InstanceConfig,
         limits: StoreLimits,
-        kv: super::kv::Backend,
     ) -> HostState {
         let plugin: Arc<str> = Arc::from(plugin);
         let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
-        wasi.stdout(super::host_api::GuestOutput::new(plugin.clone(), "stdout"))
-            .stderr(super::host_api::GuestOutput::new(plugin.clone(), "stderr"))
+        let output = |stream| GuestOutput::new(plugin.clone(), stream, instance.output.clone());
+        wasi.stdout(output("stdout"))
+            .stderr(output("stderr"))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
@@ -64,11 +66,13 @@ impl HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             limits,
-            config,
-            hops_max,
+            config: instance.config.clone(),
+            hops_max: instance.hops_max,
+            publish_policy: instance.publish.clone(),
+            output: instance.output.clone(),
             batch: None,
             published: Vec::new(),
-            kv,
+            kv: instance.kv.clone(),
             kv_writes: Default::default(),
             kv_write_bytes: 0,
         }
@@ -117,6 +121,9 @@ impl types::Host for HostState {}
 
 impl logging::Host for HostState {
     fn log(&mut self, level: logging::Level, context: String, message: String) {
+        if !self.output.take() {
+            return;
+        }
         let plugin = &*self.plugin;
         let sep = if context.is_empty() { "" } else { ": " };
         match level {
@@ -167,6 +174,9 @@ impl publisher::Host for HostState {
             )));
         }
         validate_topic(&event.type_).map_err(|e| types::PublishError::Invalid(e.to_string()))?;
+        self.publish_policy
+            .check(&event.type_)
+            .map_err(types::PublishError::Denied)?;
         if event.data.len() > PUBLISH_DATA_BYTES_MAX {
             return Err(types::PublishError::Invalid(format!(
                 "data is {} bytes, over the limit of {PUBLISH_DATA_BYTES_MAX}",
@@ -230,22 +240,29 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 }
 
 /// Guest stdout/stderr: each line goes to the host log, tagged with the
-/// plugin's name. Lines are cut at `LINE_BYTES_MAX`.
+/// plugin's name. Lines are cut at `LINE_BYTES_MAX`, and kept only within
+/// the plugin's output rate limit: the lines over it are dropped, counted,
+/// and the next line kept says how many went.
 #[derive(Clone)]
 pub(super) struct GuestOutput {
     plugin: Arc<str>,
     stream: &'static str,
     line: Arc<std::sync::Mutex<Vec<u8>>>,
+    limit: Arc<super::RateLimit>,
+    /// Lines dropped since the last one kept.
+    dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 const LINE_BYTES_MAX: usize = 4096;
 
 impl GuestOutput {
-    fn new(plugin: Arc<str>, stream: &'static str) -> GuestOutput {
+    fn new(plugin: Arc<str>, stream: &'static str, limit: Arc<super::RateLimit>) -> GuestOutput {
         GuestOutput {
             plugin,
             stream,
             line: Arc::default(),
+            limit,
+            dropped: Arc::default(),
         }
     }
 
@@ -266,6 +283,15 @@ impl GuestOutput {
     }
 
     fn emit(&self, line: &[u8]) {
+        use std::sync::atomic::Ordering;
+        if !self.limit.take() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(target: "plugin", "[{}] {}: {dropped} lines dropped (over limits.output_lines_per_s_max = {})", self.plugin, self.stream, self.limit.per_s().unwrap_or(0));
+        }
         tracing::info!(target: "plugin", "[{}] {}: {}", self.plugin, self.stream, String::from_utf8_lossy(line));
     }
 }

@@ -21,12 +21,13 @@
 mod cache;
 mod host_api;
 pub mod kv;
+pub mod policy;
 
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
 
 use crate::event::{Chunk, Event};
 pub use host_api::{HostState, Outgoing};
+pub use policy::{PublishPolicy, RateLimit};
 
 /// The generated host-side bindings of the `plugin` world.
 #[allow(missing_docs, clippy::all)]
@@ -180,10 +182,22 @@ pub enum CallError {
     },
 }
 
+/// An engine and the linker made for it.
+type EngineAndLinker = (Engine, Arc<Linker<HostState>>);
+
 /// The engine, the linker and the compile cache, shared by every plugin.
+///
+/// The stack cap is a setting of a wasmtime engine, not of a store, so a
+/// plugin whose manifest asks for another stack cap gets an engine of its
+/// own (made once per distinct cap, sharing the epoch ticker and the
+/// compile cache).
 pub struct Runtime {
     engine: Engine,
-    linker: Linker<HostState>,
+    linker: Arc<Linker<HostState>>,
+    /// Engines for other stack caps, by cap.
+    others: Mutex<Vec<(usize, EngineAndLinker)>>,
+    /// Every engine the epoch ticker advances.
+    ticked: Arc<Mutex<Vec<wasmtime::EngineWeak>>>,
     cache_dir: Option<PathBuf>,
     limits: Limits,
     ticker_stop: Arc<AtomicBool>,
@@ -202,11 +216,11 @@ pub struct LoadedPlugin {
     content_hash: String,
     pre: bindings::PluginPre<HostState>,
     engine: Engine,
-    limits: Limits,
 }
 
-/// What the instance needs from outside: its name and config.
-#[derive(Debug, Clone, Default)]
+/// What the instance needs from outside: its config, its bounds and where
+/// its state goes.
+#[derive(Clone, Default)]
 pub struct InstanceConfig {
     /// Config values passed to the plugin.
     pub config: Vec<(String, String)>,
@@ -214,7 +228,22 @@ pub struct InstanceConfig {
     pub hops_max: u32,
     /// Where the plugin's key-value state is committed.
     pub kv: kv::Backend,
+    /// The deadline and memory cap of each call (the stack cap is the
+    /// engine's: [`Runtime::load_file_with_stack`]).
+    pub limits: Limits,
+    /// Which topics it may publish to, and how fast. Shared by the
+    /// plugin's instances, so a re-instantiation does not refill it.
+    pub publish: Arc<PublishPolicy>,
+    /// Lines of stdout/stderr it may write per second, shared likewise.
+    pub output: Arc<RateLimit>,
 }
+
+/// Lines of guest stdout/stderr kept per second by default.
+pub const OUTPUT_LINES_PER_S_DEFAULT: u32 = 100;
+
+/// The longest message of a `retry` or `reject` outcome that is kept (in
+/// logs and dead letters); longer ones are cut, saying so.
+pub const OUTCOME_MESSAGE_BYTES_MAX: usize = 4096;
 
 /// The result of one `handle` call.
 pub struct BatchResult {
@@ -231,36 +260,60 @@ impl Runtime {
     /// the host imports. `cache_dir` holds compiled artifacts (none: compile
     /// every time).
     pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> Result<Runtime, String> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.max_wasm_stack(limits.stack_bytes_max);
-        config.wasm_component_model(true);
-        let engine = Engine::new(&config).map_err(|e| format!("cannot start wasmtime: {e:#}"))?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| format!("cannot link WASI: {e:#}"))?;
-        host_api::add_to_linker(&mut linker).map_err(|e| format!("cannot link host API: {e:#}"))?;
+        let (engine, linker) = engine_with_stack(limits.stack_bytes_max)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
-        let (stop, ticking) = (ticker_stop.clone(), engine.weak());
+        let ticked = Arc::new(Mutex::new(vec![engine.weak()]));
+        let (stop, ticking) = (ticker_stop.clone(), ticked.clone());
         thread::Builder::new()
             .name("plugbus-epoch".into())
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
-                    match ticking.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
+                    let engines = ticking.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut alive = 0;
+                    for engine in engines.iter().filter_map(|w| w.upgrade()) {
+                        engine.increment_epoch();
+                        alive += 1;
+                    }
+                    if alive == 0 {
+                        break;
                     }
                 }
             })
             .map_err(|e| format!("cannot start the epoch thread: {e}"))?;
         Ok(Runtime {
             engine,
-            linker,
+            linker: Arc::new(linker),
+            others: Mutex::default(),
+            ticked,
             cache_dir,
             limits,
             ticker_stop,
         })
+    }
+
+    /// The host's limits (the defaults of every plugin).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The engine and linker for a stack cap of `stack` bytes.
+    fn engine_for(&self, stack: usize) -> Result<EngineAndLinker, String> {
+        if stack == self.limits.stack_bytes_max {
+            return Ok((self.engine.clone(), self.linker.clone()));
+        }
+        let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, (engine, linker))) = others.iter().find(|(s, _)| *s == stack) {
+            return Ok((engine.clone(), linker.clone()));
+        }
+        let (engine, linker) = engine_with_stack(stack)?;
+        let linker = Arc::new(linker);
+        self.ticked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(engine.weak());
+        others.push((stack, (engine.clone(), linker.clone())));
+        Ok((engine, linker))
     }
 
     /// The engine (for tests and benchmarks).
@@ -271,6 +324,15 @@ impl Runtime {
     /// Load a plugin from a file: read, componentize if needed, compile (or
     /// take from the cache), check the contract version, link.
     pub fn load_file(&self, file: &Path) -> Result<LoadedPlugin, LoadError> {
+        self.load_file_with_stack(file, self.limits.stack_bytes_max)
+    }
+
+    /// [`Runtime::load_file`] with a stack cap of `stack` bytes for its calls.
+    pub fn load_file_with_stack(
+        &self,
+        file: &Path,
+        stack: usize,
+    ) -> Result<LoadedPlugin, LoadError> {
         let bytes = std::fs::read(file).map_err(|source| LoadError::Read {
             file: file.to_path_buf(),
             source,
@@ -279,7 +341,7 @@ impl Runtime {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        self.load_bytes(file, &name, &bytes)
+        self.load_bytes_with_stack(file, &name, &bytes, stack)
     }
 
     /// Load a plugin from bytes; `file` is used in messages only.
@@ -289,37 +351,49 @@ impl Runtime {
         name: &str,
         bytes: &[u8],
     ) -> Result<LoadedPlugin, LoadError> {
+        self.load_bytes_with_stack(file, name, bytes, self.limits.stack_bytes_max)
+    }
+
+    fn load_bytes_with_stack(
+        &self,
+        file: &Path,
+        name: &str,
+        bytes: &[u8],
+        stack: usize,
+    ) -> Result<LoadedPlugin, LoadError> {
+        let (engine, linker) = self
+            .engine_for(stack)
+            .map_err(|reason| LoadError::Compile {
+                file: file.to_path_buf(),
+                reason,
+            })?;
         let content_hash = hex(&Sha256::digest(bytes));
-        let component = match self.cached(&content_hash) {
+        let component = match self.cached(&engine, &content_hash) {
             Some(component) => component,
             None => {
                 let component_bytes = componentize(file, bytes)?;
-                let compiled = self
-                    .engine
-                    .precompile_component(&component_bytes)
-                    .map_err(|e| LoadError::Compile {
-                        file: file.to_path_buf(),
-                        reason: format!("{e:#}"),
-                    })?;
-                if let Some(path) = self.cache_path(&content_hash) {
-                    cache::store(&path, &compiled);
-                }
-                cache::deserialize(&self.engine, &compiled).map_err(|reason| {
+                let compiled = engine.precompile_component(&component_bytes).map_err(|e| {
                     LoadError::Compile {
                         file: file.to_path_buf(),
-                        reason,
+                        reason: format!("{e:#}"),
                     }
+                })?;
+                if let Some(path) = self.cache_path(&engine, &content_hash) {
+                    cache::store(&path, &compiled);
+                }
+                cache::deserialize(&engine, &compiled).map_err(|reason| LoadError::Compile {
+                    file: file.to_path_buf(),
+                    reason,
                 })?
             }
         };
-        check_contract(file, &self.engine, &component)?;
-        let instance_pre =
-            self.linker
-                .instantiate_pre(&component)
-                .map_err(|e| LoadError::Link {
-                    file: file.to_path_buf(),
-                    reason: format!("{e:#}"),
-                })?;
+        check_contract(file, &engine, &component)?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link {
+                file: file.to_path_buf(),
+                reason: format!("{e:#}"),
+            })?;
         let pre = bindings::PluginPre::new(instance_pre).map_err(|e| LoadError::Link {
             file: file.to_path_buf(),
             reason: format!("{e:#}"),
@@ -328,22 +402,36 @@ impl Runtime {
             name: name.to_string(),
             content_hash,
             pre,
-            engine: self.engine.clone(),
-            limits: self.limits.clone(),
+            engine,
         })
     }
 
-    fn cache_path(&self, content_hash: &str) -> Option<PathBuf> {
+    fn cache_path(&self, engine: &Engine, content_hash: &str) -> Option<PathBuf> {
         let dir = self.cache_dir.as_ref()?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
+        engine.precompile_compatibility_hash().hash(&mut h);
         Some(dir.join(format!("{content_hash}-{:016x}.cwasm", h.finish())))
     }
 
-    fn cached(&self, content_hash: &str) -> Option<Component> {
-        let path = self.cache_path(content_hash)?;
-        cache::load(&self.engine, &path)
+    fn cached(&self, engine: &Engine, content_hash: &str) -> Option<Component> {
+        let path = self.cache_path(engine, content_hash)?;
+        cache::load(engine, &path)
     }
+}
+
+/// An engine with epoch interruption and a stack cap of `stack` bytes, and
+/// its linker with the host imports.
+fn engine_with_stack(stack: usize) -> Result<(Engine, Linker<HostState>), String> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.max_wasm_stack(stack);
+    config.wasm_component_model(true);
+    let engine = Engine::new(&config).map_err(|e| format!("cannot start wasmtime: {e:#}"))?;
+    let mut linker = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        .map_err(|e| format!("cannot link WASI: {e:#}"))?;
+    host_api::add_to_linker(&mut linker).map_err(|e| format!("cannot link host API: {e:#}"))?;
+    Ok((engine, linker))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -450,18 +538,12 @@ impl LoadedPlugin {
 
     fn new_store(&self, config: &InstanceConfig) -> Store<HostState> {
         let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory_bytes_max)
+            .memory_size(config.limits.memory_bytes_max)
             .instances(16)
             .tables(64)
             .memories(8)
             .build();
-        let state = HostState::new(
-            &self.name,
-            config.config.clone(),
-            config.hops_max,
-            limits,
-            config.kv.clone(),
-        );
+        let state = HostState::new(&self.name, config, limits);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s.limits_mut());
         store
@@ -475,7 +557,7 @@ pub fn instantiate(
     config: InstanceConfig,
 ) -> Result<(PluginInstance, Info), CallError> {
     let mut store = loaded.new_store(&config);
-    let deadline_ticks = loaded.limits.deadline_ms.div_ceil(EPOCH_TICK_MS).max(1);
+    let deadline_ticks = config.limits.deadline_ms.div_ceil(EPOCH_TICK_MS).max(1);
     store.set_epoch_deadline(deadline_ticks);
     let bindings = loaded
         .pre
@@ -538,7 +620,7 @@ impl PluginInstance {
         self.buffer.fill(batch, attempts);
         self.store.data_mut().begin_batch(chunk, range);
         let deadline_ticks = self
-            .loaded
+            .config
             .limits
             .deadline_ms
             .div_ceil(EPOCH_TICK_MS)
@@ -549,9 +631,9 @@ impl PluginInstance {
             .plugbus_plugin_handler()
             .call_handle(&mut self.store, &self.buffer.batch);
         let (published, writes) = self.store.data_mut().end_batch();
-        let outcomes = result.map_err(|e| CallError::Trap {
+        let mut outcomes = result.map_err(|e| CallError::Trap {
             plugin: self.loaded.name.clone(),
-            reason: format!("{e:#}"),
+            reason: trap_reason(&e),
         })?;
         if outcomes.len() != batch.len() {
             return Err(CallError::OutcomeCount {
@@ -560,12 +642,60 @@ impl PluginInstance {
                 want: batch.len(),
             });
         }
+        for outcome in &mut outcomes {
+            match outcome {
+                Outcome::Retry(wit::Retry { message, .. }) | Outcome::Reject(message) => {
+                    cut_message(message)
+                }
+                Outcome::Ack => {}
+            }
+        }
         Ok(BatchResult {
             outcomes,
             published,
             writes,
         })
     }
+}
+
+/// Lines of a trap's wasm backtrace kept in its reason.
+const TRAP_BACKTRACE_LINES_MAX: usize = 12;
+
+/// A trap's reason: its cause (`wasm trap: interrupt`, `call stack
+/// exhausted`, a guest panic's `unreachable`), then the start of the wasm
+/// backtrace, so that a runaway recursion does not make a megabyte of text.
+fn trap_reason(e: &wasmtime::Error) -> String {
+    let root = e.root_cause().to_string();
+    let full = format!("{e:#}");
+    let mut lines = full.lines();
+    let mut kept: Vec<&str> = lines.by_ref().take(TRAP_BACKTRACE_LINES_MAX).collect();
+    let more = lines.count();
+    if more > 0 {
+        kept.push("    …");
+    }
+    let detail = kept.join("\n");
+    if more > 0 {
+        format!("{root}; {detail} ({more} more lines)")
+    } else if detail.contains(&root) {
+        detail
+    } else {
+        format!("{root}; {detail}")
+    }
+}
+
+/// Cut `message` to [`OUTCOME_MESSAGE_BYTES_MAX`] (at a character
+/// boundary), saying how long it was.
+fn cut_message(message: &mut String) {
+    if message.len() <= OUTCOME_MESSAGE_BYTES_MAX {
+        return;
+    }
+    let mut end = OUTCOME_MESSAGE_BYTES_MAX;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let total = message.len();
+    message.truncate(end);
+    message.push_str(&format!("… (cut: the plugin's message was {total} bytes)"));
 }
 
 /// The most bytes one batch may carry into the sandbox (spans are u32).
@@ -753,17 +883,22 @@ mod tests {
         let first = rt.load_file(file).expect("compiles");
         let entries: Vec<_> = std::fs::read_dir(&dir).expect("cache dir made").collect();
         assert_eq!(entries.len(), 1, "one artifact per content hash and engine");
-        let path = rt.cache_path(first.content_hash()).expect("cache on");
+        let path = rt
+            .cache_path(rt.engine(), first.content_hash())
+            .expect("cache on");
         assert!(path.is_file());
         assert!(
-            rt.cached(first.content_hash()).is_some(),
+            rt.cached(rt.engine(), first.content_hash()).is_some(),
             "the entry deserializes"
         );
         // A damaged entry is a miss, not an error: the plugin compiles again.
         std::fs::write(&path, b"not a compiled component").expect("damage it");
-        assert!(rt.cached(first.content_hash()).is_none());
+        assert!(rt.cached(rt.engine(), first.content_hash()).is_none());
         rt.load_file(file).expect("recompiles over a damaged entry");
-        assert!(rt.cached(first.content_hash()).is_some(), "and rewrites it");
+        assert!(
+            rt.cached(rt.engine(), first.content_hash()).is_some(),
+            "and rewrites it"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

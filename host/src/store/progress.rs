@@ -92,6 +92,9 @@ pub struct GaveUp {
 pub struct Progress {
     /// The plugin.
     pub plugin: String,
+    /// Whose cursor `cursor` is: one of the plugin's workers
+    /// ([`cursor_name`]); none: the plugin's own (one worker).
+    pub cursor_name: Option<String>,
     /// Its cursor after the batch; none leaves the stored cursor as it is
     /// (state written outside delivery, e.g. by `init`).
     pub cursor: Option<Cursor>,
@@ -130,7 +133,8 @@ impl Store {
             batch.remove(&self.redrive, dead::key(plugin, seq));
         }
         if let Some(cursor) = &progress.cursor {
-            batch.insert(&self.cursors, plugin, cursor.encode());
+            let name = progress.cursor_name.as_deref().unwrap_or(plugin);
+            batch.insert(&self.cursors, name, cursor.encode());
         }
     }
 
@@ -162,6 +166,32 @@ impl Store {
                     ),
                 }),
         }
+    }
+
+    /// Every cursor of `plugin`: its own and its workers' (when it runs
+    /// more than one), by name.
+    pub fn cursors_of(&self, plugin: &str) -> Result<Vec<(String, Cursor)>, StoreError> {
+        let mut out = Vec::new();
+        for guard in self.cursors.prefix(plugin) {
+            let (k, v) = guard.into_inner().map_err(|e| self.read_error(&e))?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            if !is_cursor_of(&name, plugin) {
+                continue;
+            }
+            if let Some(c) = Cursor::decode(&v) {
+                out.push((name, c));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forget the cursor called `name` (a worker's, after the plugin's
+    /// concurrency changed), so that it holds no events back.
+    pub fn remove_cursor(&self, name: &str) -> Result<(), StoreError> {
+        self.write_now(|batch| {
+            batch.remove(&self.cursors, name);
+            Ok(())
+        })
     }
 
     /// One value of `plugin`'s bucket.
@@ -203,10 +233,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Move `plugin`'s cursor to `cursor` (forgetting pending retries) and,
-    /// with `clear_state`, delete every key of its bucket, in one atomic
-    /// write: a replay never starts from a cleared state with the old
-    /// cursor, or the other way round. Returns how many keys were deleted.
+    /// Move `plugin`'s cursors (its own and its workers') to `cursor`
+    /// (forgetting pending retries) and, with `clear_state`, delete every
+    /// key of its bucket, in one atomic write: a replay never starts from a
+    /// cleared state with the old cursor, or the other way round. Returns
+    /// how many keys were deleted.
     pub fn rewind(
         &self,
         plugin: &str,
@@ -223,10 +254,42 @@ impl Store {
                 }
             }
             if let Some(through) = cursor {
-                batch.insert(&self.cursors, plugin, Cursor::at(through).encode());
+                let mut names: Vec<String> = self
+                    .cursors_of(plugin)?
+                    .into_iter()
+                    .map(|(name, _)| name)
+                    .collect();
+                if names.is_empty() {
+                    names.push(plugin.to_string());
+                }
+                for name in names {
+                    batch.insert(&self.cursors, name, Cursor::at(through).encode());
+                }
             }
             Ok(n)
         })
+    }
+}
+
+/// The name of the cursor of worker `index` of `workers` of `plugin`: the
+/// plugin's own name for a single worker, `plugin#index/workers` otherwise.
+pub fn cursor_name(plugin: &str, index: usize, workers: usize) -> String {
+    if workers <= 1 {
+        plugin.to_string()
+    } else {
+        format!("{plugin}#{index}/{workers}")
+    }
+}
+
+/// Is `name` the cursor of `plugin` or of one of its workers?
+fn is_cursor_of(name: &str, plugin: &str) -> bool {
+    match name.strip_prefix(plugin) {
+        Some("") => true,
+        Some(rest) => rest.strip_prefix('#').is_some_and(|r| {
+            r.split_once('/')
+                .is_some_and(|(i, n)| i.parse::<usize>().is_ok() && n.parse::<usize>().is_ok())
+        }),
+        None => false,
     }
 }
 
@@ -277,6 +340,7 @@ mod tests {
                     error: "no".into(),
                 }],
                 redriven: Vec::new(),
+                cursor_name: None,
             })
             .expect("commit");
         assert_eq!(
@@ -308,6 +372,22 @@ mod tests {
         );
         assert_eq!(store.dead_letters("analytics").expect("dead").len(), 1);
         assert_eq!(store.rewind("analytics", None, true).expect("clear"), 2);
+        // Workers' cursors are the plugin's too; a like-named plugin's are not.
+        store.set_cursor("analytics#0/2", 3).expect("cursor");
+        store.set_cursor("analytics#1/2", 4).expect("cursor");
+        store.set_cursor("analytics2", 4).expect("cursor");
+        let mine: Vec<String> = store
+            .cursors_of("analytics")
+            .expect("cursors")
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(mine, ["analytics", "analytics#0/2", "analytics#1/2"]);
+        store.rewind("analytics", Some(1), false).expect("rewind");
+        assert_eq!(store.cursor("analytics#1/2").expect("cursor"), Some(1));
+        assert_eq!(store.cursor("analytics2").expect("cursor"), Some(4));
+        store.remove_cursor("analytics#1/2").expect("remove");
+        assert_eq!(store.cursor("analytics#1/2").expect("cursor"), None);
         assert!(store
             .kv_list("analytics", None, 10)
             .expect("list")

@@ -1,0 +1,439 @@
+//! A plugin's manifest: `plugins-dir/NAME.toml` beside `NAME.wasm`, the
+//! operator's settings for that one plugin. Every field is optional; a
+//! missing one takes the host's setting (its command-line flag) or the
+//! default documented here. Unknown keys are refused with the key named, so
+//! a typo never silently does nothing.
+//!
+//! ```toml
+//! subscriptions = ["order.placed"]  # instead of what `init` returns
+//! concurrency = 2                   # workers, each with its own instance
+//! ordering_key = "subject"          # events with one key: one worker, in order
+//! batch_events_max = 64
+//!
+//! [config]                          # passed to `init` (the config interface)
+//! smtp_host = "mail.example"
+//!
+//! [limits]
+//! memory_bytes_max = 67108864
+//! deadline_ms = 1000                # per `handle` call (a batch)
+//! stack_bytes_max = 524288
+//! output_lines_per_s_max = 100      # guest stdout/stderr lines kept
+//!
+//! [publish]
+//! allow = ["inventory.>"]           # topics it may publish to (none: any)
+//! deny = ["inventory.internal.>"]   # refused even when allowed
+//! rate_events_per_s_max = 1000      # follow-up events per second
+//!
+//! [overflow]                        # when its queue is full (memory mode)
+//! policy = "block"                  # or "drop"
+//! timeout_ms = 5000                 # how long a publisher waits (block)
+//!
+//! [retry]
+//! max_attempts = 5
+//! backoff_ms_min = 100
+//! backoff_ms_max = 30000
+//! ordering = "none"                 # or "strict"
+//! ```
+//!
+//! It owns parsing and checking the file; `plugin` applies it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::bus::{OrderingKey, Overflow};
+use crate::topic::Pattern;
+
+/// The most workers a plugin may ask for.
+pub const CONCURRENCY_MAX: u32 = 64;
+
+/// A plugin's manifest, as written.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Topic patterns to consume instead of those `init` returns.
+    pub subscriptions: Option<Vec<String>>,
+    /// Workers for this plugin, each with its own instance. Default 1.
+    pub concurrency: Option<u32>,
+    /// What decides which worker an event goes to, and what strict
+    /// ordering holds back: `subject` (default), `topic`, `source`, or
+    /// `extension:NAME`.
+    pub ordering_key: Option<String>,
+    /// Most events per `handle` call. Default: the host's
+    /// `--batch-events-max` (64).
+    pub batch_events_max: Option<u32>,
+    /// Values the plugin reads with the config interface.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Bounds on each call.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// Which topics it may publish to, and how fast.
+    #[serde(default)]
+    pub publish: PublishSection,
+    /// What a full queue does.
+    #[serde(default)]
+    pub overflow: OverflowSection,
+    /// Retries.
+    #[serde(default)]
+    pub retry: RetrySection,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Linear memory an instance may grow to. Default: `--memory-bytes-max`.
+    pub memory_bytes_max: Option<u64>,
+    /// Wall-clock budget per `handle` call. Default: `--deadline-ms`.
+    pub deadline_ms: Option<u64>,
+    /// WebAssembly stack a call may use. Default: `--stack-bytes-max`.
+    pub stack_bytes_max: Option<u64>,
+    /// Lines of guest stdout/stderr kept per second (the rest are counted
+    /// and dropped). Default 100.
+    pub output_lines_per_s_max: Option<u32>,
+}
+
+/// `[publish]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishSection {
+    /// Patterns of topics it may publish to. Absent: any topic.
+    pub allow: Option<Vec<String>>,
+    /// Patterns it may not publish to, even when allowed.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Follow-up events per second, across its workers. Absent: no limit.
+    pub rate_events_per_s_max: Option<u32>,
+}
+
+/// `[overflow]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverflowSection {
+    /// `block` (default) or `drop`.
+    pub policy: Option<String>,
+    /// How long a publisher waits for room (`block`). Default:
+    /// `--publish-timeout-ms`.
+    pub timeout_ms: Option<u64>,
+}
+
+/// `[retry]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    /// Attempts before an event is given up on. Default: `--max-attempts`.
+    pub max_attempts: Option<u32>,
+    /// First retry delay. Default: `--backoff-ms-min`.
+    pub backoff_ms_min: Option<u64>,
+    /// Longest retry delay. Default: `--backoff-ms-max`.
+    pub backoff_ms_max: Option<u64>,
+    /// `none` or `strict`. Default: `--ordering`.
+    pub ordering: Option<String>,
+}
+
+/// Why a manifest cannot be used. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file exists but cannot be read.
+    #[error("{file}: cannot read the manifest: {source}")]
+    Read {
+        /// The manifest.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not TOML, an unknown key, or a value of the wrong type.
+    #[error("{file}: {reason}")]
+    Parse {
+        /// The manifest.
+        file: PathBuf,
+        /// What the parser said, with the key and line.
+        reason: String,
+    },
+    /// A value out of its range or not one of the allowed words.
+    #[error("{file}: `{key}`: {reason}")]
+    Value {
+        /// The manifest.
+        file: PathBuf,
+        /// The key, as written in the file (`limits.deadline_ms`).
+        key: String,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+}
+
+/// The path of the manifest of the plugin in `wasm`.
+pub fn path_for(wasm: &Path) -> PathBuf {
+    wasm.with_extension("toml")
+}
+
+impl Manifest {
+    /// The manifest beside `wasm`, or the empty one when there is none.
+    pub fn load_for(wasm: &Path) -> Result<Manifest, ManifestError> {
+        let file = path_for(wasm);
+        match std::fs::read_to_string(&file) {
+            Ok(text) => Manifest::parse(&file, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Manifest::default()),
+            Err(source) => Err(ManifestError::Read { file, source }),
+        }
+    }
+
+    /// Parse and check `text`; `file` is used in messages.
+    pub fn parse(file: &Path, text: &str) -> Result<Manifest, ManifestError> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
+            file: file.to_path_buf(),
+            reason: format!(
+                "{}; every key is optional and the known ones are listed in the README (Manifest)",
+                e.to_string().trim_end()
+            ),
+        })?;
+        manifest.check(file)?;
+        Ok(manifest)
+    }
+
+    fn check(&self, file: &Path) -> Result<(), ManifestError> {
+        let bad = |key: &str, reason: String| ManifestError::Value {
+            file: file.to_path_buf(),
+            key: key.to_string(),
+            reason,
+        };
+        let patterns = |key: &str, list: &[String]| -> Result<(), ManifestError> {
+            for p in list {
+                Pattern::parse(p).map_err(|e| bad(key, format!("`{p}` is not a pattern: {e}")))?;
+            }
+            Ok(())
+        };
+        if let Some(subs) = &self.subscriptions {
+            if subs.is_empty() {
+                return Err(bad(
+                    "subscriptions",
+                    "is empty, so the plugin would get no event; list at least one pattern or leave the key out".into(),
+                ));
+            }
+            patterns("subscriptions", subs)?;
+        }
+        if let Some(n) = self.concurrency {
+            if n == 0 || n > CONCURRENCY_MAX {
+                return Err(bad(
+                    "concurrency",
+                    format!("{n} is out of range; use 1 to {CONCURRENCY_MAX}"),
+                ));
+            }
+        }
+        if let Some(k) = &self.ordering_key {
+            if OrderingKey::parse(k).is_none() {
+                return Err(bad(
+                    "ordering_key",
+                    format!("`{k}` is not a key; use subject, topic, source or extension:NAME"),
+                ));
+            }
+        }
+        if self.batch_events_max == Some(0) {
+            return Err(bad("batch_events_max", "must be at least 1".into()));
+        }
+        let l = &self.limits;
+        if let Some(m) = l.memory_bytes_max {
+            if m < 1 << 20 {
+                return Err(bad(
+                    "limits.memory_bytes_max",
+                    format!("{m} is below 1 MiB (1048576), too little for any plugin"),
+                ));
+            }
+        }
+        if l.deadline_ms == Some(0) {
+            return Err(bad("limits.deadline_ms", "must be at least 1".into()));
+        }
+        if let Some(s) = l.stack_bytes_max {
+            if !(16 << 10..=64 << 20).contains(&s) {
+                return Err(bad(
+                    "limits.stack_bytes_max",
+                    format!("{s} is out of range; use 16 KiB (16384) to 64 MiB (67108864)"),
+                ));
+            }
+        }
+        patterns(
+            "publish.allow",
+            self.publish.allow.as_deref().unwrap_or(&[]),
+        )?;
+        patterns("publish.deny", &self.publish.deny)?;
+        if self.publish.rate_events_per_s_max == Some(0) {
+            return Err(bad(
+                "publish.rate_events_per_s_max",
+                "0 would refuse every publish; use publish.allow = [] for that".into(),
+            ));
+        }
+        if let Some(p) = &self.overflow.policy {
+            if p != "block" && p != "drop" {
+                return Err(bad(
+                    "overflow.policy",
+                    format!("`{p}` is not a policy; use block or drop"),
+                ));
+            }
+        }
+        let r = &self.retry;
+        if r.max_attempts == Some(0) {
+            return Err(bad("retry.max_attempts", "must be at least 1".into()));
+        }
+        if let (Some(min), Some(max)) = (r.backoff_ms_min, r.backoff_ms_max) {
+            if min > max {
+                return Err(bad(
+                    "retry.backoff_ms_min",
+                    format!("{min} is larger than retry.backoff_ms_max ({max})"),
+                ));
+            }
+        }
+        if let Some(o) = &r.ordering {
+            o.parse::<super::RetryOrdering>()
+                .map_err(|e| bad("retry.ordering", e))?;
+        }
+        Ok(())
+    }
+
+    /// The ordering key (default `subject`).
+    pub fn ordering_key(&self) -> OrderingKey {
+        self.ordering_key
+            .as_deref()
+            .and_then(OrderingKey::parse)
+            .unwrap_or_default()
+    }
+
+    /// The overflow policy (`block` with the host's publish timeout by
+    /// default).
+    pub fn overflow(&self) -> Overflow {
+        match self.overflow.policy.as_deref() {
+            Some("drop") => Overflow::Drop,
+            _ => Overflow::Block(
+                self.overflow
+                    .timeout_ms
+                    .map(std::time::Duration::from_millis),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(Path::new("plugins/x.toml"), text)
+    }
+
+    #[test]
+    fn every_field_is_optional() {
+        assert_eq!(parse("").expect("empty is valid"), Manifest::default());
+    }
+
+    #[test]
+    fn a_full_manifest_parses() {
+        let m = parse(
+            r#"
+            subscriptions = ["order.*"]
+            concurrency = 4
+            ordering_key = "extension:tenant"
+            batch_events_max = 16
+            [config]
+            greeting = "hi"
+            [limits]
+            memory_bytes_max = 8388608
+            deadline_ms = 50
+            stack_bytes_max = 65536
+            output_lines_per_s_max = 5
+            [publish]
+            allow = ["inventory.>"]
+            deny = ["inventory.secret"]
+            rate_events_per_s_max = 10
+            [overflow]
+            policy = "drop"
+            [retry]
+            max_attempts = 2
+            backoff_ms_min = 10
+            backoff_ms_max = 20
+            ordering = "strict"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(m.concurrency, Some(4));
+        assert_eq!(m.ordering_key(), OrderingKey::Extension("tenant".into()));
+        assert_eq!(m.config["greeting"], "hi");
+        assert_eq!(m.limits.deadline_ms, Some(50));
+        assert_eq!(m.overflow(), Overflow::Drop);
+        assert_eq!(m.retry.ordering.as_deref(), Some("strict"));
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let e = parse("concurency = 2").expect_err("typo");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("concurency") && msg.contains("x.toml"),
+            "{msg}"
+        );
+        let e = parse("[limits]\nmemory = 5").expect_err("unknown in a section");
+        assert!(e.to_string().contains("memory"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_allowed_ones() {
+        for (text, key, hint) in [
+            ("concurrency = 0", "concurrency", "1 to 64"),
+            (
+                "ordering_key = \"colour\"",
+                "ordering_key",
+                "extension:NAME",
+            ),
+            ("subscriptions = []", "subscriptions", "at least one"),
+            (
+                "subscriptions = [\"a..b\"]",
+                "subscriptions",
+                "not a pattern",
+            ),
+            ("[publish]\ndeny = [\"\"]", "publish.deny", "not a pattern"),
+            (
+                "[overflow]\npolicy = \"spill\"",
+                "overflow.policy",
+                "block or drop",
+            ),
+            (
+                "[retry]\nordering = \"sorted\"",
+                "retry.ordering",
+                "strict or none",
+            ),
+            (
+                "[retry]\nbackoff_ms_min = 9\nbackoff_ms_max = 1",
+                "retry.backoff_ms_min",
+                "larger",
+            ),
+            (
+                "[limits]\nmemory_bytes_max = 10",
+                "limits.memory_bytes_max",
+                "1 MiB",
+            ),
+        ] {
+            let msg = parse(text).expect_err(text).to_string();
+            assert!(
+                msg.contains(&format!("`{key}`")) && msg.contains(hint),
+                "{text}: {msg}"
+            );
+        }
+        let msg = parse("concurrency = \"two\"")
+            .expect_err("type")
+            .to_string();
+        assert!(msg.contains("concurrency"), "{msg}");
+    }
+
+    #[test]
+    fn ordering_keys_read_the_event() {
+        assert_eq!(OrderingKey::parse("subject"), Some(OrderingKey::Subject));
+        assert_eq!(OrderingKey::parse("extension:"), None);
+        let mut e = crate::event::Event::new("order.placed", None, b"{}".to_vec()).expect("event");
+        e.subject = Some("o-1".into());
+        e.extensions = vec![("tenant".into(), "acme".into())];
+        assert_eq!(OrderingKey::Subject.of(&e), "o-1");
+        assert_eq!(OrderingKey::Topic.of(&e), "order.placed");
+        assert_eq!(OrderingKey::Extension("tenant".into()).of(&e), "acme");
+        assert_eq!(OrderingKey::Extension("region".into()).of(&e), "");
+    }
+}
