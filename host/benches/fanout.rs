@@ -21,6 +21,15 @@
 //!   against the in-memory bus;
 //! - hot swap: how long a plugin's delivery stops while a new version is
 //!   swapped in, 100 times under a steady publishing load;
+//! - isolation: the three reference plugins' throughput (durable) alone
+//!   and beside each hostile test plugin (infinite loop, 4 GiB allocation,
+//!   recursion, trap on every event, publish storm, 100 MB return, garbage
+//!   outcomes, sandbox probing), each with a manifest of two attempts;
+//! - concurrency 1, 2 and 4 workers ordering by subject, on a plugin that
+//!   works 20 µs per event, and the cost of the epoch deadline and memory
+//!   cap (the bare batched call with and without them);
+//! - start to ready: the binary with the three reference plugins, compile
+//!   cache cold and warm, and its resident memory idle;
 //! - the pipelined durable rows and JetStream's are the median of three
 //!   runs each;
 //! - HTTP ingress: the real binary under wrk, single-event and batch mode
@@ -33,7 +42,7 @@
 //! `cargo bench -p plugbus --bench fanout`; rows whose tools are missing say
 //! so. `PLUGBUS_BENCH_EVENTS` sets the event count (default 1,000,000);
 //! `PLUGBUS_BENCH_ONLY` (a comma-separated subset of `floor,wasm,plugbus,
-//! redis,swap,durable,http,latency`) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
+//! redis,swap,isolation,concurrency,startup,durable,http,latency`) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
 //! prints each plugin's time inside `handle` and its batch sizes;
 //! `PLUGBUS_BENCH_PIPELINED_ONLY=1` keeps, of the durable publishing rows,
 //! only the pipelined ones and their peers.
@@ -414,6 +423,157 @@ fn swap_pauses(rt: Arc<Runtime>, swaps: u32) -> Vec<u64> {
     drop(registry);
     drop_log(dir, log);
     pauses
+}
+
+/// An `order.placed` the reference plugins accept, keyed by its subject.
+fn order_event(i: usize) -> Event {
+    let data = format!(
+        r#"{{"order_id":"b-{i}","customer":"c{i}@example.com","items":[{{"sku":"sku-{}","qty":1}}],"total_cents":1999}}"#,
+        i % 50
+    );
+    let mut e = Event::new(
+        "order.placed",
+        Some("application/json".into()),
+        data.into_bytes(),
+    )
+    .expect("event");
+    e.subject = Some(format!("b-{i}"));
+    e
+}
+
+/// Write `name.wasm` (a copy of `wasm`) and, if any, `name.toml` in `dir`.
+fn deploy(dir: &Path, name: &str, wasm: &str, manifest: Option<&str>) {
+    std::fs::copy(wasm, dir.join(format!("{name}.wasm"))).expect("copy plugin");
+    if let Some(m) = manifest {
+        std::fs::write(dir.join(format!("{name}.toml")), m).expect("write manifest");
+    }
+}
+
+/// The three reference plugins through the durable log (fsync always,
+/// appends of 500), with `beside` (a hostile plugin's name and manifest)
+/// running next to them: orders/s handled by all three.
+fn reference_rate(rt: Arc<Runtime>, beside: Option<(&str, &str)>, n: usize) -> f64 {
+    let (dir, log) = temp_log("iso", Fsync::Always);
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugin dir");
+    use plugbus_e2e::artifacts;
+    for (name, wasm) in [
+        ("email", artifacts::EMAIL),
+        ("inventory", artifacts::INVENTORY),
+        ("analytics", artifacts::ANALYTICS),
+    ] {
+        deploy(&plugins, name, wasm, None);
+    }
+    if let Some((name, manifest)) = beside {
+        deploy(&plugins, name, artifacts::HOSTILE, Some(manifest));
+    }
+    let registry = Registry::new(
+        plugbus::dispatch::Dispatch::Durable(log.clone()),
+        rt,
+        Arc::new(Metrics::new()),
+        DeliverySettings::default(),
+    );
+    let failed = registry.load_dir(&plugins).expect("plugin dir loads");
+    assert!(failed.is_empty(), "{failed:?}");
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < n {
+        let k = 500.min(n - sent);
+        log.append((sent..sent + k).map(order_event).collect())
+            .expect("append");
+        sent += k;
+    }
+    let reference = |r: &Registry| {
+        r.status()
+            .into_iter()
+            .filter(|p| ["email", "inventory", "analytics"].contains(&p.name.as_str()))
+            .all(|p| p.handled >= n as u64)
+    };
+    while !reference(&registry) {
+        thread::sleep(Duration::from_millis(1));
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    registry.shutdown();
+    drop(registry);
+    drop_log(dir, log);
+    rate
+}
+
+/// A plugin spending `work_us` µs per event with `workers` workers
+/// (ordering by subject, 1000 subjects), fed through the in-memory bus:
+/// events/s handled.
+fn concurrency_rate(rt: Arc<Runtime>, workers: usize, work_us: u64, n: usize) -> f64 {
+    let dir = std::env::temp_dir().join(format!(
+        "plugbus-bench-conc-{}-{workers}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("work.wasm");
+    deploy(
+        &dir,
+        "work",
+        plugbus_e2e::artifacts::HOSTILE,
+        Some(&format!(
+            "concurrency = {workers}\nordering_key = \"subject\"\n[config]\nmode = \"work\"\nwork_us = \"{work_us}\"\nsubscribe = \"order.placed\"\n"
+        )),
+    );
+    let bus = Arc::new(Bus::new(Duration::from_secs(60), Arc::new(Metrics::new())));
+    let registry = Registry::new(
+        plugbus::dispatch::Dispatch::Memory(bus.clone()),
+        rt,
+        Arc::new(Metrics::new()),
+        DeliverySettings::default(),
+    );
+    registry.start(&file).expect("work plugin starts");
+    let template = events(1).remove(0);
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < n {
+        let k = 64.min(n - sent);
+        let chunk: Vec<Event> = (sent..sent + k)
+            .map(|i| {
+                let mut e = template.clone();
+                e.subject = Some(format!("k{}", i % 1000));
+                e
+            })
+            .collect();
+        bus.publish(chunk).expect("no backpressure timeout");
+        sent += k;
+    }
+    while registry.status().iter().any(|p| p.handled < n as u64) {
+        thread::sleep(Duration::from_micros(500));
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    registry.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+    rate
+}
+
+/// Start the real binary with the three reference plugins and a compile
+/// cache in `cache` (emptied first when `cold`): ms from spawn to ready,
+/// and the resident memory (KiB) after a second idle.
+fn start_to_ready(dir: &Path, cache: &Path, cold: bool) -> Result<(f64, u64), String> {
+    if cold {
+        let _ = std::fs::remove_dir_all(cache);
+    }
+    let data = dir.join("ready-data");
+    let _ = std::fs::remove_dir_all(&data);
+    let started = Instant::now();
+    let cache_arg = cache.to_string_lossy().into_owned();
+    let data_arg = data.to_string_lossy().into_owned();
+    let (server, _url) = start_host(dir, &["--cache-dir", &cache_arg, "--data", &data_arg])?;
+    let ready_ms = started.elapsed().as_secs_f64() * 1e3;
+    thread::sleep(Duration::from_secs(1));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.0.id()))
+        .map_err(|e| e.to_string())?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or("no VmRSS")?;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data);
+    Ok((ready_ms, rss_kib))
 }
 
 /// NATS JetStream, file storage, one publisher with up to 256 publishes
@@ -981,6 +1141,127 @@ fn main() {
         ));
     }
 
+    if want("isolation") {
+        // Each hostile plugin's row is compared with runs of the reference
+        // plugins alone made right beside it (alternating, three of each,
+        // medians), so that the machine's drift does not make the ratio.
+        let k = (n / 10).max(20_000);
+        let retry = "[retry]\nmax_attempts = 2\nbackoff_ms_min = 10\nbackoff_ms_max = 20\n";
+        let mut all_alone = Vec::new();
+        for (mode, extra) in [
+            ("loop", ""),
+            ("alloc", ""),
+            ("recurse", ""),
+            ("trap", ""),
+            (
+                "storm",
+                "[publish]\nallow = [\"storm.>\"]\nrate_events_per_s_max = 50\n",
+            ),
+            ("big", "[limits]\nmemory_bytes_max = 268435456\n"),
+            ("garbage", ""),
+            ("sandbox", ""),
+        ] {
+            let manifest = format!("[config]\nmode = \"{mode}\"\n{extra}{retry}");
+            let name = format!("hostile_{mode}");
+            let (mut alone, mut beside) = (Vec::new(), Vec::new());
+            for _ in 0..3 {
+                alone.push(reference_rate(rt.clone(), None, k));
+                beside.push(reference_rate(rt.clone(), Some((&name, &manifest)), k));
+            }
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[1]
+            };
+            let (alone, beside) = (median(&mut alone), median(&mut beside));
+            all_alone.push(alone);
+            rows.push(row(
+                &format!("isolation: the 3 reference plugins beside hostile `{mode}`"),
+                Some(beside),
+                format!(
+                    "{:.0} % of alone ({alone:.0}/s, run beside it; target ≥ 90 %)",
+                    100.0 * beside / alone
+                ),
+            ));
+        }
+        all_alone.sort_by(f64::total_cmp);
+        rows.push(row(
+            "isolation: the 3 reference plugins alone (durable, fsync always; median of the runs above)",
+            Some(all_alone[all_alone.len() / 2]),
+            "baseline",
+        ));
+    }
+
+    if want("concurrency") {
+        let k = (n / 20).max(20_000);
+        let work_us = 20;
+        let one = concurrency_rate(rt.clone(), 1, work_us, k);
+        for workers in [1, 2, 4] {
+            let rate = if workers == 1 {
+                one
+            } else {
+                concurrency_rate(rt.clone(), workers, work_us, k)
+            };
+            rows.push(row(
+                &format!(
+                    "concurrency {workers}, ordering by subject ({work_us} µs of work per event)"
+                ),
+                Some(rate),
+                format!("{:.2}x one worker, {cores} cores", rate / one),
+            ));
+        }
+        let unlimited = Arc::new(
+            Runtime::new(
+                Limits {
+                    enforce: false,
+                    ..Limits::default()
+                },
+                None,
+            )
+            .expect("runtime"),
+        );
+        let on = median_of_3(|| Ok::<_, String>(wasm_call_ns(&rt, &dir.join("noop1.wasm"), 64, n)))
+            .unwrap_or(f64::NAN);
+        let off = median_of_3(|| {
+            Ok::<_, String>(wasm_call_ns(&unlimited, &dir.join("noop1.wasm"), 64, n))
+        })
+        .unwrap_or(f64::NAN);
+        rows.push(row(
+            "limits off: bare handle call, batch 64, no epoch deadline or memory cap",
+            Some(1e9 / off),
+            format!("{off:.0} ns/event"),
+        ));
+        rows.push(row(
+            "limits on: the same with epoch deadline and memory cap",
+            Some(1e9 / on),
+            format!(
+                "{on:.0} ns/event: limits cost {:.0} %",
+                100.0 * (on - off) / off
+            ),
+        ));
+    }
+
+    let mut startup = Vec::new();
+    if want("startup") {
+        let ready = dir.join("ready");
+        std::fs::create_dir_all(&ready).expect("dir");
+        use plugbus_e2e::artifacts;
+        for (name, wasm) in [
+            ("email", artifacts::EMAIL),
+            ("inventory", artifacts::INVENTORY),
+            ("analytics", artifacts::ANALYTICS),
+        ] {
+            deploy(&ready, name, wasm, None);
+        }
+        let cache = dir.join("ready-cache");
+        for (label, cold) in [("cold", true), ("warm", false)] {
+            let mut runs: Vec<(f64, u64)> = (0..3)
+                .filter_map(|_| start_to_ready(&ready, &cache, cold).ok())
+                .collect();
+            runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            startup.push((label, runs.get(runs.len() / 2).copied()));
+        }
+    }
+
     if want("durable") {
         let m = (n / 5).max(10_000);
         let interval = Fsync::Interval(Duration::from_millis(10));
@@ -1119,6 +1400,27 @@ fn main() {
                 r.note
             ),
             None => println!("| {} | - | - | {} |", r.name, r.note),
+        }
+    }
+    if !startup.is_empty() {
+        println!();
+        println!("Start to ready (spawn to `plugbus ready`, the real binary with the three reference plugins, durable, median of 3) and resident memory after a second idle:");
+        println!();
+        println!("| compile cache | start to ready (ms) | target | idle RSS (MiB) | target |");
+        println!("|---|---:|---:|---:|---:|");
+        for (label, run) in startup {
+            let target = if label == "warm" {
+                "≤ 100"
+            } else {
+                "≤ 300"
+            };
+            match run {
+                Some((ms, kib)) => println!(
+                    "| {label} | {ms:.0} | {target} | {:.1} | ≤ 50 |",
+                    kib as f64 / 1024.0
+                ),
+                None => println!("| {label} | - | {target} | - | ≤ 50 |"),
+            }
         }
     }
     if !latencies.is_empty() {

@@ -183,21 +183,51 @@ fn plugins(url: &str, raw: bool) -> Result<(), String> {
     let list: Vec<PluginStatus> = serde_json::from_value(body["plugins"].clone())
         .map_err(|e| format!("unexpected answer from {url}/v1/plugins: {e}"))?;
     println!(
-        "{:<14} {:<8} {:<9} {:>9} {:>7} {:>7} {:>6}  SUBSCRIPTIONS",
-        "NAME", "STATE", "VERSION", "HANDLED", "FAILED", "RETRIED", "QUEUE"
+        "{:<14} {:<11} {:<9} {:<12} {:>9} {:>7} {:>7} {:>6} {:>6} {:>8}  SUBSCRIPTIONS",
+        "NAME",
+        "STATE",
+        "VERSION",
+        "HASH",
+        "HANDLED",
+        "FAILED",
+        "RETRIED",
+        "QUEUE",
+        "LAG",
+        "EVENTS/S"
     );
     for p in &list {
         println!(
-            "{:<14} {:<8} {:<9} {:>9} {:>7} {:>7} {:>6}  {}",
+            "{:<14} {:<11} {:<9} {:<12} {:>9} {:>7} {:>7} {:>6} {:>6} {:>8.1}  {}",
             p.name,
             p.state,
             p.version,
+            p.content_hash,
             p.handled,
             p.failed,
             p.retried,
             p.queue_depth,
+            p.lag.map_or("-".to_string(), |l| l.to_string()),
+            p.handled_per_s,
             p.subscriptions.join(", ")
         );
+        if let Some(l) = &p.limits {
+            println!(
+                "    limits: {} worker(s) by {}, batch {}, deadline {} ms, memory {} MiB, stack {} KiB, {} attempts ({} ordering), overflow {}, publish {}, output {} lines/s{}",
+                l.concurrency,
+                l.ordering_key,
+                l.batch_events_max,
+                l.deadline_ms,
+                l.memory_bytes_max >> 20,
+                l.stack_bytes_max >> 10,
+                l.max_attempts,
+                l.retry_ordering,
+                l.overflow,
+                l.publish_events_per_s_max
+                    .map_or("unlimited".to_string(), |r| format!("{r}/s")),
+                l.output_lines_per_s_max,
+                if l.manifest { " (manifest)" } else { "" }
+            );
+        }
         if let Some(e) = &p.error {
             println!("    {e}");
         }

@@ -432,14 +432,51 @@ impl Registry {
         if files.is_empty() {
             tracing::warn!(dir = %dir.display(), "no plugins (*.wasm) in the plugin directory; events will be accepted but nobody consumes them");
         }
+        // Compiling is the slow part of a cold start: compile the plugins
+        // side by side (as many at once as there are cores), then start
+        // them in name order.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut errors = Vec::new();
-        for file in files {
-            if let Err(e) = self.start(&file) {
-                self.record_failure(&stem(&file), &file, &e);
-                errors.push(e);
+        for group in files.chunks(cores) {
+            let loaded: Vec<Result<(PluginSettings, runtime::LoadedPlugin), PluginError>> =
+                std::thread::scope(|scope| {
+                    let compiling: Vec<_> = group
+                        .iter()
+                        .map(|file| scope.spawn(move || self.load(file)))
+                        .collect();
+                    compiling
+                        .into_iter()
+                        .zip(group)
+                        .map(|(c, file)| {
+                            c.join().unwrap_or_else(|_| {
+                                Err(PluginError::Thread {
+                                    file: file.clone(),
+                                    source: std::io::Error::other("the compiling thread panicked"),
+                                })
+                            })
+                        })
+                        .collect()
+                });
+            for (file, loaded) in group.iter().zip(loaded) {
+                let started = loaded.and_then(|(settings, loaded)| {
+                    self.start_loaded(file, settings, Arc::new(loaded))
+                });
+                if let Err(e) = started {
+                    self.record_failure(&stem(file), file, &e);
+                    errors.push(e);
+                }
             }
         }
         Ok(errors)
+    }
+
+    /// Read the manifest of the plugin in `file` and compile it.
+    fn load(&self, file: &Path) -> Result<(PluginSettings, runtime::LoadedPlugin), PluginError> {
+        let settings = self.resolve(&stem(file), file)?;
+        let loaded = self
+            .runtime
+            .load_file_with_stack(file, settings.limits.stack_bytes_max)?;
+        Ok((settings, loaded))
     }
 
     /// The settings of the plugin in `file`: the host's, with its manifest
@@ -488,6 +525,7 @@ impl Registry {
             stack_bytes_max: l
                 .stack_bytes_max
                 .map_or(host.stack_bytes_max, |s| s as usize),
+            enforce: host.enforce,
         };
         // A batch must fit in the plugin's memory.
         d.batch_bytes_max = d.batch_bytes_max.min(limits.memory_bytes_max / 2);
@@ -568,12 +606,18 @@ impl Registry {
 
     /// Load and start the plugin in `file`.
     pub fn start(&self, file: &Path) -> Result<Arc<RunningPlugin>, PluginError> {
+        let (settings, loaded) = self.load(file)?;
+        self.start_loaded(file, settings, Arc::new(loaded))
+    }
+
+    /// Start the plugin in `file`, compiled as `loaded`, with `settings`.
+    fn start_loaded(
+        &self,
+        file: &Path,
+        settings: PluginSettings,
+        loaded: Arc<runtime::LoadedPlugin>,
+    ) -> Result<Arc<RunningPlugin>, PluginError> {
         let name = stem(file);
-        let settings = self.resolve(&name, file)?;
-        let loaded = Arc::new(
-            self.runtime
-                .load_file_with_stack(file, settings.limits.stack_bytes_max)?,
-        );
         let kv = self.bucket(&name);
         let (instances, info, subscriptions) = self.instances(&loaded, file, &settings)?;
         let patterns = check_subscriptions(file, &subscriptions)?;
@@ -1034,14 +1078,7 @@ impl Registry {
         match self.prepare(&running, file) {
             Ok(Some((_, true))) => {
                 // New subscriptions: a restart at the cursor.
-                self.stop_one(&name);
-                match self.start(file) {
-                    Ok(_) => Ok(Reload::Restarted),
-                    Err(e) => {
-                        self.record_failure(&name, file, &e);
-                        Err(e)
-                    }
-                }
+                self.restart(&name, file)
             }
             Ok(Some((swaps, false))) => {
                 *running
@@ -1129,11 +1166,17 @@ impl Registry {
             return Err(e);
         }
         tracing::info!(plugin = %name, "manifest changed: restarting the plugin at its cursor");
-        self.stop_one(&name);
+        self.restart(&name, file)
+    }
+
+    /// Stop the plugin `name` and start it again from `file`, at its
+    /// cursor; a start that fails is recorded as a failed plugin.
+    fn restart(&self, name: &str, file: &Path) -> Result<Reload, PluginError> {
+        self.stop_one(name);
         match self.start(file) {
             Ok(_) => Ok(Reload::Restarted),
             Err(e) => {
-                self.record_failure(&name, file, &e);
+                self.record_failure(name, file, &e);
                 Err(e)
             }
         }

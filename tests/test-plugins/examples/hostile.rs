@@ -12,7 +12,9 @@
 //! - `garbage`: returns three outcomes per event;
 //! - `sandbox`: tries to open files, list directories, connect a socket,
 //!   read the environment and arguments, and read the clocks, and keeps
-//!   what it saw in its state (`sandbox`), then acks.
+//!   what it saw in its state (`sandbox`), then acks;
+//! - `work` (not hostile): spins `[config] work_us` µs per event, then
+//!   acks, for the concurrency benchmark.
 //!
 //! It subscribes to `[config] subscribe` (default `order.placed`). It
 //! implements the handler export itself (not through `export_plugin!`), so
@@ -32,6 +34,7 @@ use plugbus_sdk::{Info, Outcome, Outgoing, State};
 
 thread_local! {
     static MODE: RefCell<String> = const { RefCell::new(String::new()) };
+    static WORK_US: RefCell<u64> = const { RefCell::new(0) };
 }
 
 struct Hostile;
@@ -143,6 +146,10 @@ impl Guest for Hostile {
         let mode = config::get("mode").unwrap_or_default();
         let subscribe = config::get("subscribe").unwrap_or_else(|| "order.placed".into());
         MODE.with(|m| *m.borrow_mut() = mode.clone());
+        let work = config::get("work_us")
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0);
+        WORK_US.with(|w| *w.borrow_mut() = work);
         Ok(Info::new(&format!("hostile-{mode}"), "0.1.0", [subscribe]))
     }
 
@@ -182,6 +189,16 @@ impl Guest for Hostile {
             }
             "garbage" => vec![Outcome::Ack; n * 3],
             "sandbox" => sandbox(&batch),
+            "work" => {
+                let per_event = std::time::Duration::from_micros(WORK_US.with(|w| *w.borrow()));
+                for _ in 0..n {
+                    let start = std::time::Instant::now();
+                    while start.elapsed() < per_event {
+                        std::hint::spin_loop();
+                    }
+                }
+                vec![Outcome::Ack; n]
+            }
             other => vec![Outcome::Reject(format!("unknown mode `{other}`")); n],
         }
     }
