@@ -178,6 +178,24 @@ fn start_noops(registry: &Registry, dir: &Path) {
     }
 }
 
+/// Wait until every plugin of `registry` has acked `n` events.
+fn wait_handled(registry: &Registry, n: usize) {
+    while registry.status().iter().any(|p| p.handled < n as u64) {
+        thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Copies of `template` with ids `{prefix}-{i}` for `i` in `range`.
+fn numbered(template: &Event, prefix: &str, range: std::ops::Range<usize>) -> Vec<Event> {
+    range
+        .map(|i| {
+            let mut e = template.clone();
+            e.id = format!("{prefix}-{i}");
+            e
+        })
+        .collect()
+}
+
 /// plugbus in-process: bus + workers + three wasm plugins.
 fn plugbus_inprocess(rt: Arc<Runtime>, dir: &Path, batch: usize, n: usize) -> f64 {
     let metrics = Arc::new(Metrics::new());
@@ -206,9 +224,7 @@ fn plugbus_inprocess(rt: Arc<Runtime>, dir: &Path, batch: usize, n: usize) -> f6
         bus.publish(chunk).expect("no backpressure timeout");
         sent += k;
     }
-    while registry.status().iter().any(|p| p.handled < n as u64) {
-        thread::sleep(Duration::from_micros(200));
-    }
+    wait_handled(&registry, n);
     let rate = n as f64 / start.elapsed().as_secs_f64();
     if std::env::var_os("PLUGBUS_BENCH_DEBUG").is_some() {
         eprintln!("wall {:?}", start.elapsed());
@@ -258,14 +274,8 @@ fn durable_publish(fsync: Fsync, publishers: usize, per_append: usize, n: usize)
                 let mut sent = 0;
                 while sent < each {
                     let k = per_append.min(each - sent);
-                    let batch: Vec<Event> = (0..k)
-                        .map(|i| {
-                            let mut e = template.clone();
-                            e.id = format!("{p}-{}", sent + i);
-                            e
-                        })
-                        .collect();
-                    log.append(batch).expect("append");
+                    log.append(numbered(&template, &p.to_string(), sent..sent + k))
+                        .expect("append");
                     sent += k;
                 }
             })
@@ -324,19 +334,11 @@ fn plugbus_durable(rt: Arc<Runtime>, plugins: &Path, n: usize) -> f64 {
     let mut sent = 0;
     while sent < n {
         let k = 1000.min(n - sent);
-        let batch: Vec<Event> = (0..k)
-            .map(|i| {
-                let mut e = template.clone();
-                e.id = format!("d-{}", sent + i);
-                e
-            })
-            .collect();
-        log.append(batch).expect("append");
+        log.append(numbered(&template, "d", sent..sent + k))
+            .expect("append");
         sent += k;
     }
-    while registry.status().iter().any(|p| p.handled < n as u64) {
-        thread::sleep(Duration::from_micros(500));
-    }
+    wait_handled(&registry, n);
     let rate = n as f64 / start.elapsed().as_secs_f64();
     registry.shutdown();
     drop(registry);
@@ -449,6 +451,18 @@ fn deploy(dir: &Path, name: &str, wasm: &str, manifest: Option<&str>) {
     }
 }
 
+/// Put the three reference plugins in `dir`.
+fn deploy_reference(dir: &Path) {
+    use plugbus_e2e::artifacts;
+    for (name, wasm) in [
+        ("email", artifacts::EMAIL),
+        ("inventory", artifacts::INVENTORY),
+        ("analytics", artifacts::ANALYTICS),
+    ] {
+        deploy(dir, name, wasm, None);
+    }
+}
+
 /// The three reference plugins through the durable log (fsync always,
 /// appends of 500), with `beside` (a hostile plugin's name and manifest)
 /// running next to them: orders/s handled by all three.
@@ -456,16 +470,14 @@ fn reference_rate(rt: Arc<Runtime>, beside: Option<(&str, &str)>, n: usize) -> f
     let (dir, log) = temp_log("iso", Fsync::Always);
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).expect("plugin dir");
-    use plugbus_e2e::artifacts;
-    for (name, wasm) in [
-        ("email", artifacts::EMAIL),
-        ("inventory", artifacts::INVENTORY),
-        ("analytics", artifacts::ANALYTICS),
-    ] {
-        deploy(&plugins, name, wasm, None);
-    }
+    deploy_reference(&plugins);
     if let Some((name, manifest)) = beside {
-        deploy(&plugins, name, artifacts::HOSTILE, Some(manifest));
+        deploy(
+            &plugins,
+            name,
+            plugbus_e2e::artifacts::HOSTILE,
+            Some(manifest),
+        );
     }
     let registry = Registry::new(
         plugbus::dispatch::Dispatch::Durable(log.clone()),
@@ -540,9 +552,7 @@ fn concurrency_rate(rt: Arc<Runtime>, workers: usize, work_us: u64, n: usize) ->
         bus.publish(chunk).expect("no backpressure timeout");
         sent += k;
     }
-    while registry.status().iter().any(|p| p.handled < n as u64) {
-        thread::sleep(Duration::from_micros(500));
-    }
+    wait_handled(&registry, n);
     let rate = n as f64 / start.elapsed().as_secs_f64();
     registry.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
@@ -1244,14 +1254,7 @@ fn main() {
     if want("startup") {
         let ready = dir.join("ready");
         std::fs::create_dir_all(&ready).expect("dir");
-        use plugbus_e2e::artifacts;
-        for (name, wasm) in [
-            ("email", artifacts::EMAIL),
-            ("inventory", artifacts::INVENTORY),
-            ("analytics", artifacts::ANALYTICS),
-        ] {
-            deploy(&ready, name, wasm, None);
-        }
+        deploy_reference(&ready);
         let cache = dir.join("ready-cache");
         for (label, cold) in [("cold", true), ("warm", false)] {
             let mut runs: Vec<(f64, u64)> = (0..3)

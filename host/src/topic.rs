@@ -64,11 +64,9 @@ fn check_length(s: &str) -> Result<(), TopicError> {
         return Err(TopicError::Empty);
     }
     if s.len() > TOPIC_BYTES_MAX {
-        let mut cut = 32;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        return Err(TopicError::TooLong(s[..cut].to_string()));
+        return Err(TopicError::TooLong(
+            crate::event::prefix_at_char(s, 32).to_string(),
+        ));
     }
     Ok(())
 }

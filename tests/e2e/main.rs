@@ -34,6 +34,15 @@ fn order(id: &str, sku: &str, qty: u64, total_cents: u64) -> Value {
     })
 }
 
+/// Put `file` (e.g. `email.wasm`, `email.toml`) with `bytes` in the plugin
+/// directory the way the README says deploy scripts should: write beside,
+/// rename into place.
+fn deploy(dir: &std::path::Path, file: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!("{file}.tmp"));
+    std::fs::write(&tmp, bytes).expect("write");
+    std::fs::rename(&tmp, dir.join(file)).expect("rename");
+}
+
 fn host(plugins: &[PluginFile<'_>], args: &[&str]) -> TestHost {
     TestHost::start(BIN, plugins, args).unwrap_or_else(|e| panic!("host did not start: {e}"))
 }
@@ -1660,13 +1669,6 @@ mod hot_swap {
 
     use plugbus_e2e::swapper_version as swapper;
 
-    /// Deploy the way the README says: write beside, rename into place.
-    fn deploy(dir: &std::path::Path, name: &str, bytes: &[u8]) {
-        let tmp = dir.join(format!("{name}.wasm.tmp"));
-        std::fs::write(&tmp, bytes).expect("write");
-        std::fs::rename(&tmp, dir.join(format!("{name}.wasm"))).expect("rename");
-    }
-
     fn version_of(tagged: &str) -> u32 {
         tagged
             .rsplit_once("@SWAPTAG:")
@@ -1716,7 +1718,7 @@ mod hot_swap {
         let started = Instant::now();
         for version in 1..=100 {
             let (bytes, tag) = swapper(version);
-            deploy(h.plugin_dir(), "swapper", &bytes);
+            deploy(h.plugin_dir(), "swapper.wasm", &bytes);
             h.wait_until(&format!("version {version} swapped in"), WAIT, |h| {
                 h.plugin("swapper")
                     .is_some_and(|p| p["version"] == json!(tag))
@@ -1810,7 +1812,7 @@ mod hot_swap {
         // The rest of the file arrives: the new version is swapped in and
         // the error clears.
         let (v2, tag2) = swapper(2);
-        deploy(h.plugin_dir(), "swapper", &v2);
+        deploy(h.plugin_dir(), "swapper.wasm", &v2);
         h.wait_until("the complete file is swapped in", WAIT, |h| {
             h.plugin("swapper")
                 .is_some_and(|p| p["version"] == json!(tag2) && p["error"].is_null())
@@ -1822,7 +1824,7 @@ mod hot_swap {
     fn plugins_come_and_go_with_their_files_and_keep_their_cursor() {
         let h = host(&[], &[]);
         let (v0, _) = swapper(0);
-        deploy(h.plugin_dir(), "swapper", &v0);
+        deploy(h.plugin_dir(), "swapper.wasm", &v0);
         h.wait_until("a new file starts a plugin", WAIT, |h| {
             h.plugin("swapper").is_some()
         })
@@ -1850,7 +1852,7 @@ mod hot_swap {
         // Published while it is away: delivered when it comes back, once.
         send("a2");
         let (v1, _) = swapper(1);
-        deploy(h.plugin_dir(), "swapper", &v1);
+        deploy(h.plugin_dir(), "swapper.wasm", &v1);
         h.wait_until("back, and caught up", WAIT, |h| {
             h.get("/v1/plugins/swapper/kv/order.k0")
                 .is_ok_and(|v| v["value"].as_array().is_some_and(|a| a.len() == 2))
@@ -2009,9 +2011,8 @@ mod isolation {
             .expect("logged");
         // A working version (the reference email plugin's build under this
         // name) ends the quarantine at once and gets the waiting events.
-        let tmp = h.dir.join("bad.wasm.tmp");
-        std::fs::copy(artifacts::EMAIL, &tmp).expect("copy");
-        std::fs::rename(&tmp, h.dir.join("bad.wasm")).expect("rename");
+        let email = std::fs::read(artifacts::EMAIL).expect("built");
+        deploy(&h.dir, "bad.wasm", &email);
         h.wait_until("bad to ack again", WAIT, |h| {
             h.plugin("bad")
                 .is_some_and(|p| p["state"] == json!("running") && p["handled"].as_u64() > Some(0))
@@ -2105,12 +2106,6 @@ mod isolation {
 mod manifests {
     use super::*;
 
-    fn write(dir: &std::path::Path, name: &str, text: &str) {
-        let tmp = dir.join(format!("{name}.toml.tmp"));
-        std::fs::write(&tmp, text).expect("write");
-        std::fs::rename(&tmp, dir.join(format!("{name}.toml"))).expect("rename");
-    }
-
     #[test]
     fn a_manifest_overrides_subscriptions_and_limits_and_a_bad_key_is_named() {
         let h = host(
@@ -2143,10 +2138,10 @@ mod manifests {
         })
         .expect("subscribed by manifest");
         // A changed manifest restarts the plugin with it, at its cursor.
-        write(
+        deploy(
             &h.dir,
-            "tally",
-            "subscriptions = [\"audit.>\"]\nbatch_events_max = 7\n",
+            "tally.toml",
+            "subscriptions = [\"audit.>\"]\nbatch_events_max = 7\n".as_bytes(),
         );
         h.wait_until("the new manifest", WAIT, |h| {
             h.plugin("tally")
@@ -2160,7 +2155,11 @@ mod manifests {
         })
         .expect("handled");
         // A broken manifest is reported; the plugin keeps its settings.
-        write(&h.dir, "tally", "[limits]\ndeadline_ms = \"soon\"\n");
+        deploy(
+            &h.dir,
+            "tally.toml",
+            "[limits]\ndeadline_ms = \"soon\"\n".as_bytes(),
+        );
         h.wait_until("the broken manifest to be reported", WAIT, |h| {
             h.plugin("tally").is_some_and(|p| {
                 p["error"].as_str().unwrap_or("").contains("deadline_ms")
@@ -2173,7 +2172,7 @@ mod manifests {
             json!(7)
         );
         // A fixed manifest for the failed plugin starts it.
-        write(&h.dir, "broken", "concurrency = 2\n");
+        deploy(&h.dir, "broken.toml", "concurrency = 2\n".as_bytes());
         h.wait_until("broken to start", WAIT, |h| {
             h.plugin("broken").is_some_and(|p| {
                 p["state"] == json!("running") && p["limits"]["concurrency"] == json!(2)

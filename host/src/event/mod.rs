@@ -25,6 +25,19 @@ pub const DEFAULT_SOURCE: &str = "plugbus";
 /// The longest accepted id, source or subject, in bytes.
 pub const ATTRIBUTE_BYTES_MAX: usize = 1024;
 
+/// The longest prefix of `s` of at most `max_bytes` bytes that ends on a
+/// character boundary (for cutting text a user or plugin controls).
+pub fn prefix_at_char(s: &str, max_bytes: usize) -> &str {
+    if s.len() <= max_bytes {
+        return s;
+    }
+    let mut end = max_bytes;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Events travelling together (through a queue, into a plugin call), each
 /// shared as `Arc<Event>`.
 pub type Chunk = std::sync::Arc<[std::sync::Arc<Event>]>;

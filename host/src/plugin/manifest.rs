@@ -170,12 +170,12 @@ pub fn path_for(wasm: &Path) -> PathBuf {
 }
 
 impl Manifest {
-    /// The manifest beside `wasm`, or the empty one when there is none.
-    pub fn load_for(wasm: &Path) -> Result<Manifest, ManifestError> {
+    /// The manifest beside `wasm`, if there is one.
+    pub fn load_for(wasm: &Path) -> Result<Option<Manifest>, ManifestError> {
         let file = path_for(wasm);
         match std::fs::read_to_string(&file) {
-            Ok(text) => Manifest::parse(&file, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Manifest::default()),
+            Ok(text) => Manifest::parse(&file, &text).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(ManifestError::Read { file, source }),
         }
     }

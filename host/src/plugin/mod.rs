@@ -136,6 +136,17 @@ struct PluginSettings {
     has_manifest: bool,
 }
 
+/// A plugin's instances, one per worker, just initialised.
+struct Instances {
+    instances: Vec<runtime::PluginInstance>,
+    /// What `init` said.
+    info: Info,
+    /// The subscriptions in force, as written.
+    subscriptions: Vec<String>,
+    /// The same, parsed.
+    patterns: Vec<Pattern>,
+}
+
 /// Why a plugin did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
@@ -482,7 +493,9 @@ impl Registry {
     /// The settings of the plugin in `file`: the host's, with its manifest
     /// (`NAME.toml`, if any) applied.
     fn resolve(&self, name: &str, file: &Path) -> Result<PluginSettings, PluginError> {
-        let m = Manifest::load_for(file)?;
+        let found = Manifest::load_for(file)?;
+        let has_manifest = found.is_some();
+        let m = found.unwrap_or_default();
         let bad = |key: &str, reason: String| {
             PluginError::Manifest(ManifestError::Value {
                 file: manifest::path_for(file),
@@ -563,19 +576,20 @@ impl Registry {
             publish: Arc::new(publish),
             output: Arc::new(output),
             delivery: d,
-            has_manifest: manifest::path_for(file).is_file(),
+            has_manifest,
         })
     }
 
     /// Instantiate `loaded` once per worker of `settings` and run `init`:
-    /// the instances and the subscriptions (the manifest's, else those
-    /// `init` returned) with what the plugin said about itself.
+    /// the instances, what the plugin said about itself, and its
+    /// subscriptions (the manifest's, else those `init` returned) as
+    /// written and as patterns.
     fn instances(
         &self,
         loaded: &Arc<runtime::LoadedPlugin>,
         file: &Path,
         settings: &PluginSettings,
-    ) -> Result<(Vec<runtime::PluginInstance>, Info, Vec<String>), PluginError> {
+    ) -> Result<Instances, PluginError> {
         let config = InstanceConfig {
             config: settings.config.clone(),
             hops_max: self.settings.hops_max,
@@ -600,8 +614,13 @@ impl Registry {
             .subscriptions
             .clone()
             .unwrap_or_else(|| info.subscriptions.clone());
-        check_subscriptions(file, &subscriptions)?;
-        Ok((instances, info, subscriptions))
+        let patterns = check_subscriptions(file, &subscriptions)?;
+        Ok(Instances {
+            instances,
+            info,
+            subscriptions,
+            patterns,
+        })
     }
 
     /// Load and start the plugin in `file`.
@@ -619,8 +638,12 @@ impl Registry {
     ) -> Result<Arc<RunningPlugin>, PluginError> {
         let name = stem(file);
         let kv = self.bucket(&name);
-        let (instances, info, subscriptions) = self.instances(&loaded, file, &settings)?;
-        let patterns = check_subscriptions(file, &subscriptions)?;
+        let Instances {
+            instances,
+            info,
+            subscriptions,
+            patterns,
+        } = self.instances(&loaded, file, &settings)?;
         if info.name != name {
             tracing::info!(plugin = %name, reports = %info.name, "plugin calls itself by another name; plugbus uses the file name");
         }
@@ -1128,7 +1151,12 @@ impl Registry {
         if next == hash {
             return Ok(None);
         }
-        let (instances, info, subscriptions) = self.instances(&loaded, file, settings)?;
+        let Instances {
+            instances,
+            info,
+            subscriptions,
+            ..
+        } = self.instances(&loaded, file, settings)?;
         let moved = subscriptions != running.subscriptions;
         let offered = std::time::Instant::now();
         let release = Release {

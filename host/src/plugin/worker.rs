@@ -663,20 +663,21 @@ impl Worker {
         self.handle_seconds
             .observe(handled_at.duration_since(started).as_secs_f64());
         self.batch_events.observe(batch.len() as f64);
-        match &result {
-            Ok(r) => {
-                let acked = r.outcomes.iter().any(|o| matches!(o, Outcome::Ack));
-                let failed = r.outcomes.iter().find_map(|o| match o {
-                    Outcome::Retry(r) => Some(r.message.as_str()),
-                    _ => None,
-                });
-                self.note_batch(acked, failed);
-            }
-            Err(e) => self.note_batch(false, Some(&e.to_string())),
-        }
         match result {
             Ok(result) => {
-                let all_acked = result.outcomes.iter().all(|o| matches!(o, Outcome::Ack));
+                let mut acked = 0;
+                let mut failed = None;
+                for o in &result.outcomes {
+                    match o {
+                        Outcome::Ack => acked += 1,
+                        Outcome::Retry(r) => {
+                            failed.get_or_insert(r.message.as_str());
+                        }
+                        Outcome::Reject(_) => {}
+                    }
+                }
+                self.note_batch(acked > 0, failed);
+                let all_acked = acked == result.outcomes.len();
                 if !all_acked && !result.writes.is_empty() && batch.len() > 1 {
                     // Writes cannot be told apart by event: handle the
                     // events one by one so that only acked ones' are kept.
@@ -740,6 +741,7 @@ impl Worker {
                 self.traps.inc();
                 tracing::error!(plugin = %self.plugin.name, batch_events = batch.len(), "{e}; the batch counts as a failed attempt and the instance is re-made");
                 let message = e.to_string();
+                self.note_batch(false, Some(&message));
                 for (event, &attempt) in batch.iter().zip(attempts) {
                     if self.strict && self.is_held_back(event) {
                         self.hold(event, attempt);
@@ -921,14 +923,7 @@ impl Worker {
         self.quarantined_until = Some(until);
         self.quarantine_pause = (pause * 2).min(QUARANTINE_PAUSE_MAX);
         self.plugin.quarantines.inc();
-        let mut reason = reason.to_string();
-        if reason.len() > 512 {
-            let mut end = 512;
-            while !reason.is_char_boundary(end) {
-                end -= 1;
-            }
-            reason.truncate(end);
-        }
+        let reason = crate::event::prefix_at_char(reason, 512).to_string();
         tracing::warn!(plugin = %self.plugin.name, worker = self.index, pause_ms = pause.as_millis() as u64, last_error = %reason, "quarantined: {} batches in a row failed; delivery pauses, its events wait", self.fail_streak);
         self.plugin.set_quarantine(
             self.index,

@@ -695,11 +695,8 @@ fn cut_message(message: &mut String) {
     if message.len() <= OUTCOME_MESSAGE_BYTES_MAX {
         return;
     }
-    let mut end = OUTCOME_MESSAGE_BYTES_MAX;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
     let total = message.len();
+    let end = crate::event::prefix_at_char(message, OUTCOME_MESSAGE_BYTES_MAX).len();
     message.truncate(end);
     message.push_str(&format!("… (cut: the plugin's message was {total} bytes)"));
 }
