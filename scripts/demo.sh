@@ -8,14 +8,14 @@ source scripts/env.sh
 
 echo "== building the host and the plugins (the first build takes several minutes)"
 cargo build --release -p plugbus
-cargo build --release --target wasm32-wasip1 \
+cargo build --profile plugin --target wasm32-wasip1 \
   -p plugbus-plugin-email -p plugbus-plugin-inventory -p plugbus-plugin-analytics
 bin="$CARGO_TARGET_DIR/release/plugbus"
 
 work="$(mktemp -d -t plugbus-demo.XXXXXX)"
 mkdir -p "$work/plugins"
 for p in email inventory analytics; do
-  cp "$CARGO_TARGET_DIR/wasm32-wasip1/release/plugbus_plugin_$p.wasm" "$work/plugins/$p.wasm"
+  cp "$CARGO_TARGET_DIR/wasm32-wasip1/plugin/plugbus_plugin_$p.wasm" "$work/plugins/$p.wasm"
 done
 log="$work/plugbus.log"
 "$bin" run --plugins "$work/plugins" --data "$work/data" --listen 127.0.0.1:0 2>"$log" &

@@ -56,7 +56,8 @@ fn main() {
     cmd.current_dir(&root)
         .args([
             "build",
-            "--release",
+            "--profile",
+            "plugin",
             "--target",
             "wasm32-wasip1",
             "--target-dir",
@@ -88,7 +89,7 @@ fn main() {
         "building the plugins for wasm32-wasip1 failed (see above); if the target is missing, run `rustup target add wasm32-wasip1`"
     );
 
-    let release = wasm_target.join("wasm32-wasip1").join("release");
+    let release = wasm_target.join("wasm32-wasip1").join("plugin");
     let mut consts = String::new();
     for (name, package, example) in PLUGINS {
         let path = match example {

@@ -159,11 +159,15 @@ fn wasm_call_ns(rt: &Runtime, noop: &Path, batch: usize, n: usize) -> f64 {
     let attempts = vec![1u32; batch];
     let calls = (n / batch).max(1);
     for _ in 0..calls.min(1000) {
-        instance.handle(&evs, 0..batch, &attempts).expect("warm-up");
+        instance
+            .handle(&evs, 0..batch, &attempts, false)
+            .expect("warm-up");
     }
     let start = Instant::now();
     for _ in 0..calls {
-        let r = instance.handle(&evs, 0..batch, &attempts).expect("handle");
+        let r = instance
+            .handle(&evs, 0..batch, &attempts, false)
+            .expect("handle");
         std::hint::black_box(r.outcomes.len());
     }
     start.elapsed().as_nanos() as f64 / (calls * batch) as f64
@@ -562,7 +566,16 @@ fn concurrency_rate(rt: Arc<Runtime>, workers: usize, work_us: u64, n: usize) ->
 /// Start the real binary with the three reference plugins and a compile
 /// cache in `cache` (emptied first when `cold`): ms from spawn to ready,
 /// and the resident memory (KiB) after a second idle.
-fn start_to_ready(dir: &Path, cache: &Path, cold: bool) -> Result<(f64, u64), String> {
+/// One start of the real binary on the plugins in `dir` (with an emptied
+/// compile cache when `cold`, and `--no-tiering` when not `tiered`): ms to
+/// `plugbus ready`, ms until every plugin runs its optimized build, and the
+/// resident memory (KiB) a second after that.
+fn start_to_ready(
+    dir: &Path,
+    cache: &Path,
+    cold: bool,
+    tiered: bool,
+) -> Result<(f64, f64, u64), String> {
     if cold {
         let _ = std::fs::remove_dir_all(cache);
     }
@@ -571,8 +584,28 @@ fn start_to_ready(dir: &Path, cache: &Path, cold: bool) -> Result<(f64, u64), St
     let started = Instant::now();
     let cache_arg = cache.to_string_lossy().into_owned();
     let data_arg = data.to_string_lossy().into_owned();
-    let (server, _url) = start_host(dir, &["--cache-dir", &cache_arg, "--data", &data_arg])?;
+    let mut args = vec!["--cache-dir", &cache_arg, "--data", &data_arg];
+    if !tiered {
+        args.push("--no-tiering");
+    }
+    let (server, url) = start_host(dir, &args)?;
     let ready_ms = started.elapsed().as_secs_f64() * 1e3;
+    let optimized = || -> Option<bool> {
+        let v: serde_json::Value = ureq::get(&format!("{url}/v1/plugins"))
+            .call()
+            .ok()?
+            .into_json()
+            .ok()?;
+        let list = v["plugins"].as_array()?;
+        Some(!list.is_empty() && list.iter().all(|p| p["tier"] == "optimized"))
+    };
+    while optimized() != Some(true) {
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err("the optimized builds never came".into());
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    let optimized_ms = started.elapsed().as_secs_f64() * 1e3;
     thread::sleep(Duration::from_secs(1));
     let status = std::fs::read_to_string(format!("/proc/{}/status", server.0.id()))
         .map_err(|e| e.to_string())?;
@@ -583,7 +616,7 @@ fn start_to_ready(dir: &Path, cache: &Path, cold: bool) -> Result<(f64, u64), St
         .ok_or("no VmRSS")?;
     drop(server);
     let _ = std::fs::remove_dir_all(&data);
-    Ok((ready_ms, rss_kib))
+    Ok((ready_ms, optimized_ms, rss_kib))
 }
 
 /// NATS JetStream, file storage, one publisher with up to 256 publishes
@@ -1256,9 +1289,21 @@ fn main() {
         std::fs::create_dir_all(&ready).expect("dir");
         deploy_reference(&ready);
         let cache = dir.join("ready-cache");
-        for (label, cold) in [("cold", true), ("warm", false)] {
-            let mut runs: Vec<(f64, u64)> = (0..3)
-                .filter_map(|_| start_to_ready(&ready, &cache, cold).ok())
+        for (label, cold, tiered) in [
+            (
+                "cold, compiled optimized at once (--no-tiering)",
+                true,
+                false,
+            ),
+            (
+                "cold (baseline first, optimized in the background)",
+                true,
+                true,
+            ),
+            ("warm", false, true),
+        ] {
+            let mut runs: Vec<(f64, f64, u64)> = (0..3)
+                .filter_map(|_| start_to_ready(&ready, &cache, cold, tiered).ok())
                 .collect();
             runs.sort_by(|a, b| a.0.total_cmp(&b.0));
             startup.push((label, runs.get(runs.len() / 2).copied()));
@@ -1407,10 +1452,10 @@ fn main() {
     }
     if !startup.is_empty() {
         println!();
-        println!("Start to ready (spawn to `plugbus ready`, the real binary with the three reference plugins, durable, median of 3) and resident memory after a second idle:");
+        println!("Start to ready (spawn to `plugbus ready`, the real binary with the three reference plugins, durable, median of 3), to every plugin on its optimized build, and resident memory a second after that:");
         println!();
-        println!("| compile cache | start to ready (ms) | target | idle RSS (MiB) | target |");
-        println!("|---|---:|---:|---:|---:|");
+        println!("| compile cache | start to ready (ms) | target | to optimized (ms) | idle RSS (MiB) | target |");
+        println!("|---|---:|---:|---:|---:|---:|");
         for (label, run) in startup {
             let target = if label == "warm" {
                 "≤ 100"
@@ -1418,11 +1463,11 @@ fn main() {
                 "≤ 300"
             };
             match run {
-                Some((ms, kib)) => println!(
-                    "| {label} | {ms:.0} | {target} | {:.1} | ≤ 50 |",
+                Some((ms, optimized, kib)) => println!(
+                    "| {label} | {ms:.0} | {target} | {optimized:.0} | {:.1} | ≤ 50 |",
                     kib as f64 / 1024.0
                 ),
-                None => println!("| {label} | - | {target} | - | ≤ 50 |"),
+                None => println!("| {label} | - | {target} | - | - | ≤ 50 |"),
             }
         }
     }

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::http::BODY_BYTES_MAX_DEFAULT;
 use crate::plugin::{DeliverySettings, RetryOrdering};
-use crate::runtime::Limits;
+use crate::runtime::{Limits, Tier};
 use crate::store::{Fsync, Retention, DISK_RESERVE_BYTES_DEFAULT};
 
 /// The address `plugbus run` listens on by default.
@@ -57,6 +57,29 @@ pub enum Command {
         /// The host's HTTP address.
         #[arg(long, env = "PLUGBUS_URL", default_value = URL_DEFAULT)]
         url: String,
+    },
+    /// Compile a plugin with the optimizing compiler into the compile
+    /// cache, ahead of time (a deploy step), so that the host starts it
+    /// from the cache.
+    ///
+    /// `plugbus run` runs this itself in the background for a plugin it
+    /// started with the baseline compiler.
+    ///
+    /// Example: plugbus compile plugins/email.wasm
+    Compile {
+        /// The plugin file (a wasm32-wasip1 module or a component).
+        file: PathBuf,
+        /// The compile cache (default: ~/.cache/plugbus/compiled), as given
+        /// to `plugbus run`.
+        #[arg(long, value_name = "DIR", env = "PLUGBUS_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+        /// The wasm stack cap the build is for, in bytes (the host's default,
+        /// or the plugin manifest's `limits.stack_bytes_max`).
+        #[arg(long, value_name = "BYTES", default_value_t = Limits::default().stack_bytes_max as u64)]
+        stack_bytes_max: u64,
+        /// Which compiler: `optimized` (Cranelift) or `baseline` (Winch).
+        #[arg(long, default_value = "optimized", value_parser = parse_tier)]
+        tier: Tier,
     },
     /// List the plugins of a running host, with their counters.
     Plugins {
@@ -238,6 +261,11 @@ pub struct RunArgs {
     /// Compile plugins at every start instead of caching them.
     #[arg(long)]
     pub no_cache: bool,
+    /// Compile a plugin missing from the cache with the optimizing compiler
+    /// before starting it (a slower cold start), instead of starting it on
+    /// a baseline build and swapping the optimized one in when it is ready.
+    #[arg(long)]
+    pub no_tiering: bool,
     /// Where the event log and cursors live (default:
     /// ~/.local/share/plugbus/data). Events are durable: a publisher's 202
     /// means stored under the --fsync policy.
@@ -347,6 +375,9 @@ pub struct RunSettings {
     pub listen: SocketAddr,
     /// Compile cache, if any.
     pub cache_dir: Option<PathBuf>,
+    /// Start plugins missing from the cache on a baseline build, and swap
+    /// the optimized one in when it is compiled (needs `cache_dir`).
+    pub tiered: bool,
     /// Limits per plugin call.
     pub limits: Limits,
     /// Delivery settings.
@@ -409,12 +440,7 @@ impl RunArgs {
         let cache_dir = if self.no_cache {
             None
         } else {
-            self.cache_dir.clone().or_else(|| {
-                std::env::var_os("XDG_CACHE_HOME")
-                    .map(PathBuf::from)
-                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                    .map(|c| c.join("plugbus").join("compiled"))
-            })
+            self.cache_dir.clone().or_else(default_cache_dir)
         };
         Ok(RunSettings {
             data,
@@ -429,6 +455,7 @@ impl RunArgs {
             plugins: self.plugins.clone(),
             listen: self.listen,
             cache_dir,
+            tiered: !self.no_tiering,
             limits: Limits {
                 deadline_ms: self.deadline_ms,
                 memory_bytes_max: self.memory_bytes_max as usize,
@@ -449,6 +476,23 @@ impl RunArgs {
             publish_timeout: Duration::from_millis(self.publish_timeout_ms),
             body_bytes_max: self.body_bytes_max as usize,
         })
+    }
+}
+
+/// The compile cache when none is given: `$XDG_CACHE_HOME/plugbus/compiled`
+/// or `~/.cache/plugbus/compiled`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|c| c.join("plugbus").join("compiled"))
+}
+
+fn parse_tier(s: &str) -> Result<Tier, String> {
+    match s {
+        "optimized" => Ok(Tier::Optimized),
+        "baseline" => Ok(Tier::Baseline),
+        _ => Err(format!("`{s}` is not a tier; use optimized or baseline")),
     }
 }
 

@@ -122,11 +122,38 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        Command::Compile {
+            file,
+            cache_dir,
+            stack_bytes_max,
+            tier,
+        } => match compile(&file, cache_dir, stack_bytes_max, tier) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
         Command::Dead { action, url } => match dead(&url, &action) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
     }
+}
+
+/// `plugbus compile`: `tier`'s build of `file` into the cache.
+fn compile(
+    file: &std::path::Path,
+    cache_dir: Option<std::path::PathBuf>,
+    stack_bytes_max: u64,
+    tier: plugbus::runtime::Tier,
+) -> Result<(), String> {
+    let cache = cache_dir
+        .or_else(plugbus::cli::default_cache_dir)
+        .ok_or("no compile cache: HOME is not set; pass --cache-dir DIR")?;
+    let stack = usize::try_from(stack_bytes_max)
+        .map_err(|_| format!("--stack-bytes-max {stack_bytes_max} is too large"))?;
+    let runtime = plugbus::runtime::Runtime::new(plugbus::runtime::Limits::default(), Some(cache))?;
+    runtime
+        .compile_into_cache(file, stack, tier)
+        .map_err(|e| e.to_string())
 }
 
 /// `text` as one URL path segment.
@@ -212,7 +239,8 @@ fn plugins(url: &str, raw: bool) -> Result<(), String> {
         );
         if let Some(l) = &p.limits {
             println!(
-                "    limits: {} worker(s) by {}, batch {}, deadline {} ms, memory {} MiB, stack {} KiB, {} attempts ({} ordering), overflow {}, publish {}, output {} lines/s{}",
+                "    {} build; limits: {} worker(s) by {}, batch {}, deadline {} ms, memory {} MiB, stack {} KiB, {} attempts ({} ordering), overflow {}, publish {}, output {} lines/s{}",
+                p.tier,
                 l.concurrency,
                 l.ordering_key,
                 l.batch_events_max,

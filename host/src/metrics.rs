@@ -110,6 +110,8 @@ pub struct Metrics {
     pub output_dropped: Family<PluginLabels, Counter>,
     /// Publishes refused by the plugin's publish rate limit.
     pub publish_throttled: Family<PluginLabels, Counter>,
+    /// Batches a plugin's calls ran at low CPU priority for misbehaving.
+    pub low_priority_batches: Family<PluginLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -154,7 +156,13 @@ impl Metrics {
             quarantines: Family::default(),
             output_dropped: Family::default(),
             publish_throttled: Family::default(),
+            low_priority_batches: Family::default(),
         };
+        registry.register(
+            "plugin_low_priority_batches",
+            "Batches a plugin handled at low CPU priority (nice 19) because it recently trapped, ran past its deadline, or was refused or cut",
+            m.low_priority_batches.clone(),
+        );
         registry.register(
             "plugin_quarantines",
             "Times a plugin was quarantined (delivery paused with growing backoff) for failing every event",

@@ -42,10 +42,17 @@ pub enum StartError {
 /// Run the host until Ctrl-C or SIGTERM.
 pub async fn run(settings: RunSettings) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
-    let runtime = Arc::new(
-        Runtime::new(settings.limits.clone(), settings.cache_dir.clone())
-            .map_err(StartError::Runtime)?,
-    );
+    let mut runtime = Runtime::new(settings.limits.clone(), settings.cache_dir.clone())
+        .map_err(StartError::Runtime)?;
+    if settings.tiered {
+        match std::env::current_exe() {
+            Ok(exe) => runtime = runtime.tiered(exe),
+            Err(e) => tracing::warn!(
+                "cannot find the plugbus binary ({e}); plugins missing from the compile cache are compiled optimized at start"
+            ),
+        }
+    }
+    let runtime = Arc::new(runtime);
     let dispatch = match &settings.data {
         None => {
             tracing::info!(
@@ -79,6 +86,7 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         metrics.clone(),
         settings.delivery.clone(),
     ));
+    registry.start_optimizer()?;
     let dir = settings.plugins.clone();
     // Watch first, so that nothing deployed while the others load is missed
     // (the registry serialises the two).

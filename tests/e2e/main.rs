@@ -1917,12 +1917,18 @@ mod isolation {
             ("loop", "[limits]\ndeadline_ms = 100"),
             ("alloc", ""),
             ("recurse", ""),
+            // A wasm stack far above the default: the host's threads make
+            // room for it.
+            ("deep", "[limits]\nstack_bytes_max = 1048576"),
             ("trap", ""),
             ("big", "[limits]\nmemory_bytes_max = 268435456"),
             ("garbage", ""),
         ]
         .iter()
-        .map(|(mode, extra)| (format!("hostile_{mode}"), hostile(mode, extra)))
+        .map(|(mode, extra)| {
+            let runs = if *mode == "deep" { "recurse" } else { mode };
+            (format!("hostile_{mode}"), hostile(runs, extra))
+        })
         .collect();
         let mut files = order_flow();
         for (name, manifest) in &manifests {
@@ -1939,6 +1945,7 @@ mod isolation {
             ("loop", "interrupt"),
             ("alloc", "trapped"),
             ("recurse", "call stack exhausted"),
+            ("deep", "call stack exhausted"),
             ("trap", "unreachable"),
             ("big", "cut: the plugin's message was 104857600 bytes"),
             ("garbage", "outcomes for a batch of"),
@@ -1963,6 +1970,26 @@ mod isolation {
             }
             let status = h.plugin(&name).expect("listed");
             assert_ne!(status["state"], json!("failed"), "{name}: {status}");
+            // Misbehaving, it is handled at low CPU priority: its retries
+            // ran so (`big` rejects at once: it has no second batch).
+            let low = h
+                .metric(&format!(
+                    "plugbus_plugin_low_priority_batches_total{{plugin=\"{name}\"}}"
+                ))
+                .unwrap_or(0.0);
+            if mode != "big" {
+                assert!(low >= 1.0, "{name}: {low} batches at low priority");
+            }
+        }
+        for p in ["email", "inventory", "analytics"] {
+            let status = h.plugin(p).expect("listed");
+            assert!(status.get("low_priority_ms").is_none(), "{p}: {status}");
+            assert_eq!(
+                h.metric(&format!(
+                    "plugbus_plugin_low_priority_batches_total{{plugin=\"{p}\"}}"
+                )),
+                Some(0.0)
+            );
         }
         // A guest's panic message reaches the log, tagged with the plugin.
         h.wait_log("this plugin traps on every event", WAIT)
@@ -2257,5 +2284,180 @@ mod concurrency {
             h.plugin("tally").is_some_and(|p| p["lag"] == json!(0))
         })
         .expect("cursors at the end");
+    }
+}
+
+mod tiers {
+    use super::*;
+
+    /// Files in the compile cache `dir`.
+    fn entries(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+                .count()
+        })
+    }
+
+    /// Tally events `from..to`, over 4 subjects.
+    fn tally_events(from: usize, to: usize) -> Vec<Value> {
+        (from..to)
+            .map(|i| {
+                json!({"specversion": "1.0", "id": format!("t{i}"), "source": "/t",
+                       "type": "tally.one", "subject": format!("s{}", i % 4), "data": {}})
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_cold_start_serves_a_baseline_build_then_swaps_the_optimized_one_in_losing_nothing() {
+        let cache = TestDir::new("tiers-cache");
+        let cache_arg = cache.arg();
+        let mut plugins = order_flow();
+        plugins.push(PluginFile::Wasm("tally", artifacts::TALLY));
+        let h = host(&plugins, &["--cache-dir", &cache_arg]);
+        // Started on baseline builds, each compiled by a child into the cache.
+        let loaded: Vec<String> = h
+            .log()
+            .into_iter()
+            .filter(|l| l.contains("plugin loaded"))
+            .collect();
+        assert_eq!(loaded.len(), 4, "{loaded:?}");
+        assert!(
+            loaded.iter().all(|l| l.contains("tier=baseline")),
+            "{loaded:?}"
+        );
+        // Events flow while the optimized builds are compiled and swapped in.
+        const N: usize = 400;
+        let mut sent = 0;
+        while sent < N {
+            h.publish_batch(tally_events(sent, sent + 20));
+            h.publish(
+                "order.placed",
+                &order(&format!("o-{sent}"), "widget", 1, 100),
+            )
+            .expect("order accepted");
+            sent += 20;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        h.wait_until("every plugin on its optimized build", WAIT, |h| {
+            h.get("/v1/plugins").is_ok_and(|v| {
+                let list = v["plugins"].as_array().cloned().unwrap_or_default();
+                list.len() == 4 && list.iter().all(|p| p["tier"] == json!("optimized"))
+            })
+        })
+        .expect("optimized");
+        h.publish_batch(tally_events(N, N + 40));
+        h.wait_until("every tally event handled", WAIT, |h| {
+            h.count("tally", "handled") == (N + 40) as u64
+        })
+        .expect("handled");
+        for s in 0..4 {
+            let want: Vec<String> = (0..N + 40)
+                .filter(|i| i % 4 == s)
+                .map(|i| format!("t{i}"))
+                .collect();
+            let got = h
+                .get(&format!("/v1/plugins/tally/kv/order.s{s}"))
+                .expect("order kept");
+            let got: Vec<String> =
+                serde_json::from_value(got.get("value").cloned().unwrap_or(got.clone()))
+                    .expect("a list of ids");
+            assert_eq!(got, want, "subject s{s}: every event once, in order");
+        }
+        let orders = (N / 20) as u64;
+        h.wait_until("every order handled", WAIT, |h| {
+            ["email", "inventory", "analytics"]
+                .iter()
+                .all(|p| h.count(p, "handled") >= orders)
+        })
+        .expect("orders handled");
+        // The same code optimized is not a new version.
+        assert_eq!(
+            h.metric("plugbus_plugin_swaps_total{plugin=\"tally\"}"),
+            Some(0.0)
+        );
+        let swapped = h
+            .log()
+            .iter()
+            .filter(|l| l.contains("optimized build swapped in"))
+            .count();
+        assert_eq!(swapped, 4, "one tier-up per plugin");
+        // Both builds of each plugin are in the cache.
+        assert_eq!(entries(&cache.0), 8);
+        h.stop().expect("clean stop");
+
+        // Started again, every plugin starts optimized from the cache.
+        let h = host(&plugins, &["--cache-dir", &cache_arg]);
+        let loaded: Vec<String> = h
+            .log()
+            .into_iter()
+            .filter(|l| l.contains("plugin loaded"))
+            .collect();
+        assert!(
+            loaded.iter().all(|l| l.contains("tier=optimized")),
+            "{loaded:?}"
+        );
+        assert!(!h
+            .log()
+            .iter()
+            .any(|l| l.contains("optimized build compiled")));
+        h.stop().expect("clean stop");
+    }
+
+    #[test]
+    fn plugbus_compile_fills_the_cache_ahead_of_a_start() {
+        let cache = TestDir::new("tiers-aot");
+        let out = std::process::Command::new(BIN)
+            .args(["compile", "--cache-dir", &cache.arg(), artifacts::EMAIL])
+            .output()
+            .expect("plugbus compile runs");
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(entries(&cache.0), 1);
+        let h = host(
+            &[PluginFile::Wasm("email", artifacts::EMAIL)],
+            &["--cache-dir", &cache.arg()],
+        );
+        assert!(
+            h.log()
+                .iter()
+                .any(|l| l.contains("plugin loaded") && l.contains("tier=optimized")),
+            "{:?}",
+            h.log()
+        );
+        h.stop().expect("clean stop");
+
+        // A file that is not wasm: the error names it, nothing is cached.
+        let junk = cache.0.join("junk.wasm");
+        std::fs::write(&junk, b"not wasm").expect("write");
+        let out = std::process::Command::new(BIN)
+            .arg("compile")
+            .arg("--cache-dir")
+            .arg(&cache.0)
+            .arg(&junk)
+            .output()
+            .expect("plugbus compile runs");
+        assert!(!out.status.success());
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("junk.wasm"), "{said}");
+        assert_eq!(entries(&cache.0), 1);
+    }
+
+    #[test]
+    fn without_tiering_a_cold_start_compiles_optimized_at_once() {
+        let cache = TestDir::new("tiers-off");
+        let h = host(
+            &[PluginFile::Wasm("email", artifacts::EMAIL)],
+            &["--cache-dir", &cache.arg(), "--no-tiering"],
+        );
+        assert!(
+            h.log()
+                .iter()
+                .any(|l| l.contains("plugin loaded") && l.contains("tier=optimized")),
+            "{:?}",
+            h.log()
+        );
+        assert_eq!(entries(&cache.0), 1);
+        h.stop().expect("clean stop");
     }
 }

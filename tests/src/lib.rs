@@ -101,7 +101,8 @@ impl TestHost {
                 }
             }
         }
-        // One compile cache for the whole test run keeps starts fast.
+        // One compile cache for the whole test run keeps starts fast, unless
+        // the test brings its own.
         let cache = std::env::temp_dir().join("plugbus-e2e-compile-cache");
         // Durable in a fresh data directory, unless the test asks for memory
         // or brings its own (to restart on it).
@@ -111,13 +112,18 @@ impl TestHost {
             } else {
                 vec!["--data".into(), dir.join("data").into()]
             };
+        let cache: Vec<std::ffi::OsString> =
+            if args.contains(&"--cache-dir") || args.contains(&"--no-cache") {
+                Vec::new()
+            } else {
+                vec!["--cache-dir".into(), cache.into()]
+            };
         let mut child = Command::new(bin)
             .arg("run")
             .arg("--plugins")
             .arg(&plugin_dir)
             .args(["--listen", "127.0.0.1:0"])
-            .arg("--cache-dir")
-            .arg(&cache)
+            .args(&cache)
             .args(&data)
             .args(args)
             .env("RUST_LOG", "info,fjall=warn,lsm_tree=warn")

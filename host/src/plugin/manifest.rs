@@ -246,10 +246,12 @@ impl Manifest {
             return Err(bad("limits.deadline_ms", "must be at least 1".into()));
         }
         if let Some(s) = l.stack_bytes_max {
-            if !(16 << 10..=64 << 20).contains(&s) {
+            // wasmtime refuses a wasm stack above its 2 MiB async stack,
+            // and wasm frames share the calling thread's native stack.
+            if !(16 << 10..=1 << 20).contains(&s) {
                 return Err(bad(
                     "limits.stack_bytes_max",
-                    format!("{s} is out of range; use 16 KiB (16384) to 64 MiB (67108864)"),
+                    format!("{s} is out of range; use 16 KiB (16384) to 1 MiB (1048576)"),
                 ));
             }
         }

@@ -231,6 +231,8 @@ struct Release {
     version: String,
     /// First 12 hex digits of the file's SHA-256.
     content_hash: String,
+    /// Which compiler built it.
+    tier: runtime::Tier,
 }
 
 /// A new version, loaded and initialised, waiting for the worker to take it
@@ -240,6 +242,8 @@ pub(crate) struct Swap {
     release: Release,
     /// When it was offered.
     offered: std::time::Instant,
+    /// The same file as the running version, optimized: no new version.
+    tier_up: bool,
 }
 
 /// A worker in quarantine: delivery paused until `until`.
@@ -277,6 +281,10 @@ pub struct RunningPlugin {
     failed: Counter,
     retried: Counter,
     quarantines: Counter,
+    pub(crate) low_priority_batches: Counter,
+    /// Until when its calls run at low CPU priority (the latest of its
+    /// workers'), if they do.
+    pub(crate) low_priority_until: Mutex<Option<std::time::Instant>>,
     /// Per worker: the highest sequence it has finished with.
     cursors: Vec<AtomicU64>,
     /// Per worker: events waiting in its queue.
@@ -342,6 +350,10 @@ pub struct PluginStatus {
     pub version: String,
     /// First 12 hex digits of the file's SHA-256.
     pub content_hash: String,
+    /// Which compiler built the running code: `optimized` (Cranelift), or
+    /// `baseline` (Winch) until the optimized build is swapped in.
+    #[serde(default)]
+    pub tier: String,
     /// Topic patterns it consumes.
     pub subscriptions: Vec<String>,
     /// Events acknowledged.
@@ -371,9 +383,23 @@ pub struct PluginStatus {
     /// Times it was quarantined.
     #[serde(default)]
     pub quarantines: u64,
+    /// How much longer its calls run at low CPU priority, in ms, when they
+    /// do: it trapped, ran past its deadline, or was refused (a publish,
+    /// output lines) or cut (an outcome message) within the last
+    /// [`worker::LOW_PRIORITY_FOR`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_priority_ms: Option<u64>,
     /// Its bounds and policies (running plugins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<PluginLimits>,
+}
+
+/// The queue of plugin files (with their stack caps) to compile optimized,
+/// the content hashes already asked for, and the thread compiling them.
+struct Optimizer {
+    queue: crossbeam_channel::Sender<(PathBuf, usize)>,
+    asked: std::collections::HashSet<String>,
+    thread: Option<JoinHandle<()>>,
 }
 
 struct Failed {
@@ -395,6 +421,9 @@ pub struct Registry {
     /// Each plugin's log reader thread (durable mode), by plugin name.
     pumps: Mutex<Vec<(String, JoinHandle<()>)>>,
     stopping: Arc<AtomicBool>,
+    /// Baseline builds waiting for their optimized build (when the runtime
+    /// compiles in tiers): the queue and the thread that works it.
+    optimizer: Mutex<Option<Optimizer>>,
     /// Each plugin's state in memory mode, kept across its restarts.
     memory_kv: Mutex<std::collections::HashMap<String, kv::Backend>>,
     /// Held while plugins start, stop or change (loading the directory, the
@@ -420,8 +449,78 @@ impl Registry {
             workers: Mutex::default(),
             pumps: Mutex::default(),
             stopping: Arc::default(),
+            optimizer: Mutex::default(),
             memory_kv: Mutex::default(),
             lifecycle: Mutex::default(),
+        }
+    }
+
+    /// Start compiling optimized builds in the background (when the runtime
+    /// compiles in tiers): each plugin started on a baseline build is
+    /// compiled optimized, one at a time, and swapped in like a new
+    /// version. Call once, before loading plugins.
+    pub fn start_optimizer(self: &Arc<Self>) -> Result<(), PluginError> {
+        if !self.runtime.is_tiered() {
+            return Ok(());
+        }
+        let (queue, jobs) = crossbeam_channel::unbounded::<(PathBuf, usize)>();
+        let registry = Arc::downgrade(self);
+        let stop = self.stopping.clone();
+        let thread = std::thread::Builder::new()
+            .name("plugin-optimize".into())
+            .spawn(move || {
+                for (file, stack) in jobs {
+                    let Some(runtime) = registry.upgrade().map(|r| r.runtime.clone()) else {
+                        break;
+                    };
+                    let started = std::time::Instant::now();
+                    let compiled = runtime.compile_in_child(
+                        &file,
+                        stack,
+                        runtime::Tier::Optimized,
+                        &stop,
+                    );
+                    let Some(registry) = registry.upgrade() else {
+                        break;
+                    };
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    match compiled {
+                        Ok(()) => {
+                            tracing::info!(file = %file.display(), ms = started.elapsed().as_millis() as u64, "optimized build compiled; swapping it in");
+                            // A failure is logged, shown and counted there.
+                            let _ = registry.reload(&file);
+                        }
+                        Err(e) => {
+                            tracing::warn!(file = %file.display(), "cannot compile the optimized build ({e}); the plugin keeps running on its baseline build")
+                        }
+                    }
+                }
+            })
+            .map_err(|source| PluginError::Thread {
+                file: PathBuf::from("plugin-optimize"),
+                source,
+            })?;
+        *self.optimizer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Optimizer {
+            queue,
+            asked: Default::default(),
+            thread: Some(thread),
+        });
+        Ok(())
+    }
+
+    /// Ask for the optimized build of `loaded` (from `file`) if it is a
+    /// baseline build; each file content is asked for once.
+    fn optimize_later(&self, file: &Path, loaded: &runtime::LoadedPlugin, stack: usize) {
+        if loaded.tier() == runtime::Tier::Optimized {
+            return;
+        }
+        let mut optimizer = self.optimizer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = optimizer.as_mut() {
+            if o.asked.insert(loaded.content_hash().to_string()) {
+                let _ = o.queue.send((file.to_path_buf(), stack));
+            }
         }
     }
 
@@ -602,14 +701,17 @@ impl Registry {
             file: file.to_path_buf(),
             source,
         };
-        let (first, info) =
-            runtime::instantiate(loaded.clone(), config.clone()).map_err(start_err)?;
-        let mut instances = vec![first];
-        for _ in 1..settings.concurrency {
-            let (more, _) =
-                runtime::instantiate(loaded.clone(), config.clone()).map_err(start_err)?;
-            instances.push(more);
-        }
+        // `init` runs here: on a thread with room for the plugin's stack.
+        let (instances, info) = runtime::with_native_stack(settings.limits.stack_bytes_max, || {
+            let (first, info) = runtime::instantiate(loaded.clone(), config.clone())?;
+            let mut instances = vec![first];
+            for _ in 1..settings.concurrency {
+                let (more, _) = runtime::instantiate(loaded.clone(), config.clone())?;
+                instances.push(more);
+            }
+            Ok((instances, info))
+        })
+        .map_err(start_err)?;
         let subscriptions = settings
             .subscriptions
             .clone()
@@ -644,6 +746,7 @@ impl Registry {
             subscriptions,
             patterns,
         } = self.instances(&loaded, file, &settings)?;
+        self.optimize_later(file, &loaded, settings.limits.stack_bytes_max);
         if info.name != name {
             tracing::info!(plugin = %name, reports = %info.name, "plugin calls itself by another name; plugbus uses the file name");
         }
@@ -755,6 +858,7 @@ impl Registry {
             release: RwLock::new(Release {
                 version: info.version.clone(),
                 content_hash: short_hash(&loaded),
+                tier: loaded.tier(),
             }),
             subscriptions: subscriptions.clone(),
             swap: Mutex::new((0..workers).map(|_| None).collect()),
@@ -764,6 +868,12 @@ impl Registry {
             failed: self.metrics.failed.get_or_create(&labels).clone(),
             retried: self.metrics.retried.get_or_create(&labels).clone(),
             quarantines: self.metrics.quarantines.get_or_create(&labels).clone(),
+            low_priority_batches: self
+                .metrics
+                .low_priority_batches
+                .get_or_create(&labels)
+                .clone(),
+            low_priority_until: Mutex::default(),
             cursors: starts.iter().map(|s| AtomicU64::new(s.low())).collect(),
             depths: queues.iter().map(Queue::depth_handle).collect(),
             // Look once at start: re-drives may be pending from before.
@@ -803,6 +913,7 @@ impl Registry {
             };
             match std::thread::Builder::new()
                 .name(thread)
+                .stack_size(runtime::native_stack_for(settings.limits.stack_bytes_max))
                 .spawn(move || worker.run())
             {
                 Ok(handle) => spawned.push((name.clone(), handle)),
@@ -834,6 +945,7 @@ impl Registry {
             subscriptions = ?subscriptions,
             workers,
             manifest = settings.has_manifest,
+            tier = %loaded.tier(),
             "plugin loaded"
         );
         self.running
@@ -884,6 +996,7 @@ impl Registry {
                     error,
                     version: release.version,
                     content_hash: release.content_hash,
+                    tier: release.tier.to_string(),
                     subscriptions: p.subscriptions.clone(),
                     handled: p.handled.get(),
                     failed: p.failed.get(),
@@ -900,6 +1013,12 @@ impl Registry {
                             .as_millis() as u64
                     }),
                     quarantines: p.quarantines.get(),
+                    low_priority_ms: p
+                        .low_priority_until
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .and_then(|t| t.checked_duration_since(std::time::Instant::now()))
+                        .map(|d| d.as_millis() as u64),
                     limits: Some(p.limits()),
                 }
             })
@@ -916,6 +1035,7 @@ impl Registry {
                     error: Some(f.error.clone()),
                     version: String::new(),
                     content_hash: String::new(),
+                    tier: String::new(),
                     subscriptions: Vec::new(),
                     handled: 0,
                     failed: 0,
@@ -927,6 +1047,7 @@ impl Registry {
                     handled_per_s: 0.0,
                     quarantine_ms: None,
                     quarantines: 0,
+                    low_priority_ms: None,
                     limits: None,
                 }),
         );
@@ -1146,9 +1267,11 @@ impl Registry {
             .iter()
             .flatten()
             .next()
-            .map(|s| s.release.content_hash.clone())
-            .unwrap_or_else(|| running.release().content_hash);
-        if next == hash {
+            .map(|s| s.release.clone())
+            .unwrap_or_else(|| running.release());
+        // The same file is a change only as a better build of it.
+        let tier_up = next.content_hash == hash;
+        if tier_up && loaded.tier() <= next.tier {
             return Ok(None);
         }
         let Instances {
@@ -1157,11 +1280,13 @@ impl Registry {
             subscriptions,
             ..
         } = self.instances(&loaded, file, settings)?;
+        self.optimize_later(file, &loaded, settings.limits.stack_bytes_max);
         let moved = subscriptions != running.subscriptions;
         let offered = std::time::Instant::now();
         let release = Release {
             version: info.version,
             content_hash: hash,
+            tier: loaded.tier(),
         };
         let swaps = instances
             .into_iter()
@@ -1169,6 +1294,7 @@ impl Registry {
                 instance,
                 release: release.clone(),
                 offered,
+                tier_up,
             })
             .collect();
         Ok(Some((swaps, moved)))
@@ -1277,6 +1403,17 @@ impl Registry {
     /// closes last, after the workers' follow-up events.
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
+        // The optimizer ends its compile (its child is killed) and stops.
+        let optimizer = self
+            .optimizer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(thread) = optimizer.and_then(|mut o| o.thread.take()) {
+            if thread.join().is_err() {
+                tracing::error!("the optimizing compile thread panicked");
+            }
+        }
         match &self.dispatch {
             Dispatch::Memory(bus) => bus.close(),
             Dispatch::Durable(_) => {
@@ -1422,12 +1559,14 @@ impl RunningPlugin {
 }
 
 impl Swap {
-    /// The new instance, and how long it waited for a batch boundary.
-    pub(crate) fn into_parts(self) -> (runtime::PluginInstance, std::time::Duration, String) {
+    /// The new instance, how long it waited for a batch boundary, its
+    /// content hash and whether it is the running file optimized.
+    pub(crate) fn into_parts(self) -> (runtime::PluginInstance, std::time::Duration, String, bool) {
         (
             self.instance,
             self.offered.elapsed(),
             self.release.content_hash,
+            self.tier_up,
         )
     }
 }

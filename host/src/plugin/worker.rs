@@ -67,7 +67,7 @@ use crate::dispatch::Dispatch;
 use crate::event::{Chunk, Event};
 use crate::metrics::{self, DropReason, Metrics};
 use crate::runtime::kv;
-use crate::runtime::{self, Outcome, PluginInstance};
+use crate::runtime::{self, BatchResult, CallError, Outcome, PluginInstance};
 use crate::store::progress::{Cursor, GaveUp, Progress};
 use crate::store::Store;
 
@@ -82,6 +82,17 @@ pub const QUARANTINE_AFTER_BATCHES: u32 = 5;
 pub const QUARANTINE_PAUSE_MIN: Duration = Duration::from_secs(1);
 /// The longest quarantine pause.
 pub const QUARANTINE_PAUSE_MAX: Duration = Duration::from_secs(60);
+
+/// How long a worker's calls run at low CPU priority after the plugin
+/// misbehaved (trapped, ran past its deadline, had a publish refused or
+/// output dropped, or an outcome message cut); each offence starts it
+/// again.
+pub const LOW_PRIORITY_FOR: Duration = Duration::from_secs(10);
+
+/// The nice value of a call at low priority: the lowest, so a misbehaving
+/// plugin gets the CPU time that well-behaved ones leave idle.
+#[cfg(target_os = "linux")]
+const LOW_PRIORITY_NICE: i32 = 19;
 
 /// The longest retry delay a plugin may ask for, in ms (one hour).
 const RETRY_DELAY_MS_MAX: u64 = 3_600_000;
@@ -158,6 +169,10 @@ pub(super) struct Worker {
     quarantine_pause: Duration,
     /// Delivery is paused until then.
     quarantined_until: Option<Instant>,
+    /// Calls run at low CPU priority until then.
+    low_priority_until: Option<Instant>,
+    /// The plugin's wasm stack cap, for threads that call into it.
+    wasm_stack: usize,
     instance: PluginInstance,
     needs_reset: bool,
     queue: Queue,
@@ -264,6 +279,8 @@ impl Worker {
             stopping: source.stopping,
             fail_streak: 0,
             quarantine_pause: QUARANTINE_PAUSE_MIN,
+            low_priority_until: None,
+            wasm_stack: plugin.settings.limits.stack_bytes_max,
             quarantined_until: None,
             instance,
             needs_reset: false,
@@ -658,8 +675,23 @@ impl Worker {
                 .last_swap_pause_us
                 .store(pause.as_micros() as u64, Ordering::Release);
         }
-        let result = self.instance.handle(chunk, range.clone(), attempts);
+        let low = self.low_priority_until.is_some_and(|t| started < t);
+        let result = if low {
+            self.plugin.low_priority_batches.inc();
+            self.handle_at_low_priority(chunk, range.clone(), attempts)
+        } else {
+            self.instance.handle(chunk, range.clone(), attempts, false)
+        };
+        if !matches!(&result, Ok(r) if r.refused == 0) {
+            self.misbehaved();
+        }
         let handled_at = Instant::now();
+        if low {
+            // Its share: a tenth of a core, host time in the call included.
+            let paused = result.as_ref().map_or(Duration::ZERO, |r| r.paused);
+            let busy = handled_at.duration_since(started).saturating_sub(paused);
+            self.rest(busy * runtime::THROTTLE_PAUSE_TICKS as u32);
+        }
         self.handle_seconds
             .observe(handled_at.duration_since(started).as_secs_f64());
         self.batch_events.observe(batch.len() as f64);
@@ -880,23 +912,95 @@ impl Worker {
         }
     }
 
+    /// Run the call on a thread of its own at the lowest CPU priority, so
+    /// that it takes only the CPU time other work leaves idle. (A thread
+    /// may lower its own priority but, unprivileged, never raise it again:
+    /// hence a thread per call, which costs tens of µs, paid only while
+    /// the plugin misbehaves.)
+    fn handle_at_low_priority(
+        &mut self,
+        chunk: &Chunk,
+        range: Range<usize>,
+        attempts: &[u32],
+    ) -> Result<BatchResult, CallError> {
+        let instance = &mut self.instance;
+        let low = std::thread::scope(|scope| {
+            let call = std::thread::Builder::new()
+                .name(format!("{}-low", self.plugin.name))
+                .stack_size(runtime::native_stack_for(self.wasm_stack))
+                .spawn_scoped(scope, || {
+                    lower_own_priority();
+                    instance.handle(chunk, range.clone(), attempts, true)
+                });
+            call.map(|c| {
+                c.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+        });
+        match low {
+            Ok(result) => result,
+            // No thread to be had: call at normal priority, throttled.
+            Err(_) => self.instance.handle(chunk, range, attempts, true),
+        }
+    }
+
+    /// Pause delivery for `pause` (at most [`LOW_PRIORITY_FOR`]), or until
+    /// the host stops.
+    fn rest(&self, pause: Duration) {
+        let until = Instant::now() + pause.min(LOW_PRIORITY_FOR);
+        while Instant::now() < until && !self.stopping.load(Ordering::Relaxed) {
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(10)));
+        }
+    }
+
+    /// The plugin misbehaved in its last call: its calls run at low CPU
+    /// priority for [`LOW_PRIORITY_FOR`] from now.
+    fn misbehaved(&mut self) {
+        let until = Instant::now() + LOW_PRIORITY_FOR;
+        if self.low_priority_until.is_none_or(|t| t < Instant::now()) {
+            tracing::info!(plugin = %self.plugin.name, worker = self.index, "misbehaving (trapped, past its deadline, refused or cut): its calls run at low CPU priority");
+        }
+        self.low_priority_until = Some(until);
+        let mut shown = self
+            .plugin
+            .low_priority_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *shown = Some(shown.map_or(until, |t| t.max(until)));
+    }
+
     /// Swap in the new version offered, if any: the next batch goes to it.
     fn take_swap(&mut self) {
         let Some(swap) = self.plugin.take_swap(self.index) else {
             return;
         };
-        // A new version gets a fresh start.
-        self.fail_streak = 0;
-        self.quarantine_pause = QUARANTINE_PAUSE_MIN;
-        self.quarantined_until = None;
-        self.plugin.set_quarantine(self.index, None);
         let swapping = Instant::now();
-        let (instance, waited, hash) = swap.into_parts();
+        let (instance, waited, hash, tier_up) = swap.into_parts();
+        if !tier_up {
+            // A new version gets a fresh start; the same one optimized
+            // does not.
+            self.fail_streak = 0;
+            self.quarantine_pause = QUARANTINE_PAUSE_MIN;
+            self.quarantined_until = None;
+            self.plugin.set_quarantine(self.index, None);
+            self.low_priority_until = None;
+            *self
+                .plugin
+                .low_priority_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = None;
+        }
         self.instance = instance;
         self.needs_reset = false;
-        self.swaps.inc();
+        if !tier_up {
+            self.swaps.inc();
+        }
         self.pause_from = Some(swapping);
-        tracing::info!(plugin = %self.plugin.name, content_hash = %hash, waited_ms = waited.as_millis() as u64, "new version swapped in");
+        if tier_up {
+            tracing::info!(plugin = %self.plugin.name, content_hash = %hash, waited_ms = waited.as_millis() as u64, "optimized build swapped in");
+        } else {
+            tracing::info!(plugin = %self.plugin.name, content_hash = %hash, waited_ms = waited.as_millis() as u64, "new version swapped in");
+        }
     }
 
     /// Count a batch toward quarantine: `acked` if any event was acked,
@@ -1036,5 +1140,16 @@ impl Worker {
             return base;
         }
         base - span / 2 + self.jitter % span
+    }
+}
+
+/// Lower the calling thread's CPU priority to the lowest (Linux; a no-op
+/// elsewhere). A failure leaves it as it was.
+fn lower_own_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), LOW_PRIORITY_NICE)
+    {
+        tracing::debug!("cannot lower a plugin call's priority: {e}");
     }
 }

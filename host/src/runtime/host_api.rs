@@ -45,6 +45,8 @@ pub struct HostState {
     /// State written in the call in progress, not yet committed.
     pub(super) kv_writes: super::kv::Writes,
     pub(super) kv_write_bytes: usize,
+    /// Publishes refused by the plugin's publish policy in this call.
+    pub(super) refused: u64,
 }
 
 impl HostState {
@@ -75,6 +77,7 @@ impl HostState {
             kv: instance.kv.clone(),
             kv_writes: Default::default(),
             kv_write_bytes: 0,
+            refused: 0,
         }
     }
 
@@ -85,6 +88,7 @@ impl HostState {
     pub(super) fn begin_batch(&mut self, chunk: &Chunk, range: Range<usize>) {
         self.batch = Some((chunk.clone(), range));
         self.published.clear();
+        self.refused = 0;
         self.take_writes();
     }
 
@@ -174,9 +178,10 @@ impl publisher::Host for HostState {
             )));
         }
         validate_topic(&event.type_).map_err(|e| types::PublishError::Invalid(e.to_string()))?;
-        self.publish_policy
-            .check(&event.type_)
-            .map_err(types::PublishError::Denied)?;
+        if let Err(why) = self.publish_policy.check(&event.type_) {
+            self.refused += 1;
+            return Err(types::PublishError::Denied(why));
+        }
         if event.data.len() > PUBLISH_DATA_BYTES_MAX {
             return Err(types::PublishError::Invalid(format!(
                 "data is {} bytes, over the limit of {PUBLISH_DATA_BYTES_MAX}",

@@ -6,7 +6,7 @@
 //! adapter); the on-disk compile cache, keyed by the file's content hash and
 //! the engine's compatibility hash; checking which contract version a plugin
 //! was built against; the linker with the host imports (`runtime::host_api`);
-//! and the limits every call runs under (an epoch deadline per batch, a
+//! compiling in two tiers (below); and the limits every call runs under (an epoch deadline per batch, a
 //! memory cap per store, a stack cap per engine). A call that traps, runs
 //! past its deadline or exhausts its memory fails its whole batch; the store
 //! is then dropped and a fresh instance made from the [`InstancePre`]
@@ -15,6 +15,17 @@
 //! It knows nothing of the bus, queues or HTTP: a caller hands it a batch of
 //! events and gets back outcomes and the follow-up events the plugin asked
 //! to publish.
+//!
+//! Two tiers: with [`Runtime::tiered`], a plugin missing from the compile
+//! cache is compiled at once by Winch, wasmtime's single-pass baseline
+//! compiler (about four times faster to compile than Cranelift, slower
+//! code), so a cold start is quick; [`Runtime::compile_in_child`] then
+//! compiles it with Cranelift into the cache, and the registry swaps the
+//! optimized build in. Both compiles run in a child process (`plugbus
+//! compile`) that writes the cache: the compilers' memory stays out of the
+//! host's resident set, and a compiler fault or a compile-time bomb out of
+//! the host. Should the child fail, the host compiles in its own process,
+//! which also gives the failure its precise error.
 //!
 //! [`InstancePre`]: wasmtime::component::InstancePre
 
@@ -189,6 +200,29 @@ pub enum CallError {
 /// An engine and the linker made for it.
 type EngineAndLinker = (Engine, Arc<Linker<HostState>>);
 
+/// Which compiler made a plugin's machine code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    /// Winch, the baseline compiler: compiled fast, runs slower; the build
+    /// a cold start serves with until the optimized one is ready.
+    Baseline,
+    /// Cranelift, the optimizing compiler.
+    Optimized,
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Tier::Baseline => "baseline",
+            Tier::Optimized => "optimized",
+        })
+    }
+}
+
+/// How long the optimizing compile of one plugin may take in its child
+/// process before it is stopped (the plugin keeps its baseline build).
+pub const OPTIMIZE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// The engine, the linker and the compile cache, shared by every plugin.
 ///
 /// The stack cap is a setting of a wasmtime engine, not of a store, so a
@@ -198,13 +232,16 @@ type EngineAndLinker = (Engine, Arc<Linker<HostState>>);
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
-    /// Engines for other stack caps, by cap.
-    others: Mutex<Vec<(usize, EngineAndLinker)>>,
+    /// Engines for other stack caps or the baseline tier, by both.
+    others: Mutex<Vec<((usize, Tier), EngineAndLinker)>>,
     /// Every engine the epoch ticker advances.
     ticked: Arc<Mutex<Vec<wasmtime::EngineWeak>>>,
     cache_dir: Option<PathBuf>,
     limits: Limits,
     ticker_stop: Arc<AtomicBool>,
+    /// The program that compiles optimized builds into the cache (the
+    /// plugbus binary), when compiling in tiers.
+    optimizer: Option<PathBuf>,
 }
 
 impl Drop for Runtime {
@@ -220,6 +257,7 @@ pub struct LoadedPlugin {
     content_hash: String,
     pre: bindings::PluginPre<HostState>,
     engine: Engine,
+    tier: Tier,
 }
 
 /// What the instance needs from outside: its config, its bounds and where
@@ -242,6 +280,38 @@ pub struct InstanceConfig {
     pub output: Arc<RateLimit>,
 }
 
+/// The native stack a thread needs to call into wasm with a stack cap of
+/// `wasm_stack` bytes: wasm frames live on the calling thread's stack,
+/// beside the host's own frames (wasmtime, WASI, host calls).
+pub fn native_stack_for(wasm_stack: usize) -> usize {
+    wasm_stack.saturating_add(2 << 20)
+}
+
+/// Run `f` on a thread whose native stack fits wasm calls with a stack cap
+/// of `wasm_stack` bytes (when the cap is above the default, which every
+/// thread fits); inline if no thread can be had.
+pub fn with_native_stack<T: Send>(wasm_stack: usize, f: impl FnOnce() -> T + Send) -> T {
+    if wasm_stack <= Limits::default().stack_bytes_max {
+        return f();
+    }
+    let mut f = Some(f);
+    let ran = thread::scope(|scope| {
+        let call = thread::Builder::new()
+            .name("plugin-init".into())
+            .stack_size(native_stack_for(wasm_stack))
+            .spawn_scoped(scope, || f.take().map(|f| f()));
+        call.ok().map(|c| {
+            c.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    });
+    match (ran.flatten(), f) {
+        (Some(out), _) => out,
+        (None, Some(f)) => f(),
+        (None, None) => unreachable!("the thread ran f or did not start"),
+    }
+}
+
 /// Lines of guest stdout/stderr kept per second by default.
 pub const OUTPUT_LINES_PER_S_DEFAULT: u32 = 100;
 
@@ -257,14 +327,25 @@ pub struct BatchResult {
     pub published: Vec<(usize, Event)>,
     /// Key-value writes made by the call, not yet committed.
     pub writes: kv::Writes,
+    /// What the plugin was refused or cut in the call: publishes refused
+    /// by its policy, output lines dropped, outcome messages cut.
+    pub refused: u64,
+    /// Time the call spent paused by throttling ([`PluginInstance::handle`]
+    /// with `throttled`).
+    pub paused: Duration,
 }
+
+/// A throttled call runs one epoch tick, then pauses this many ticks: at
+/// most a tenth of a core.
+pub const THROTTLE_PAUSE_TICKS: u64 = 9;
 
 impl Runtime {
     /// Build the engine with epoch interruption and the stack cap, and link
     /// the host imports. `cache_dir` holds compiled artifacts (none: compile
     /// every time).
     pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> Result<Runtime, String> {
-        let (engine, linker) = engine_with_stack(limits.stack_bytes_max, limits.enforce)?;
+        let (engine, linker) =
+            engine_with_stack(limits.stack_bytes_max, limits.enforce, Tier::Optimized)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let ticked = Arc::new(Mutex::new(vec![engine.weak()]));
         let (stop, ticking) = (ticker_stop.clone(), ticked.clone());
@@ -293,7 +374,20 @@ impl Runtime {
             cache_dir,
             limits,
             ticker_stop,
+            optimizer: None,
         })
+    }
+
+    /// Compile in two tiers: a plugin missing from the compile cache is
+    /// compiled by the baseline compiler, and [`Runtime::compile_optimized`]
+    /// runs `optimizer` (the plugbus binary: `plugbus compile`) to put the
+    /// optimized build in the cache. Needs a cache directory; without one
+    /// plugins are compiled optimized at once.
+    pub fn tiered(mut self, optimizer: PathBuf) -> Runtime {
+        if self.cache_dir.is_some() {
+            self.optimizer = Some(optimizer);
+        }
+        self
     }
 
     /// The host's limits (the defaults of every plugin).
@@ -301,23 +395,89 @@ impl Runtime {
         &self.limits
     }
 
-    /// The engine and linker for a stack cap of `stack` bytes.
-    fn engine_for(&self, stack: usize) -> Result<EngineAndLinker, String> {
-        if stack == self.limits.stack_bytes_max {
+    /// The engine and linker for a stack cap of `stack` bytes and `tier`.
+    fn engine_for(&self, stack: usize, tier: Tier) -> Result<EngineAndLinker, String> {
+        if stack == self.limits.stack_bytes_max && tier == Tier::Optimized {
             return Ok((self.engine.clone(), self.linker.clone()));
         }
         let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, (engine, linker))) = others.iter().find(|(s, _)| *s == stack) {
+        if let Some((_, (engine, linker))) = others.iter().find(|(k, _)| *k == (stack, tier)) {
             return Ok((engine.clone(), linker.clone()));
         }
-        let (engine, linker) = engine_with_stack(stack, self.limits.enforce)?;
+        let (engine, linker) = engine_with_stack(stack, self.limits.enforce, tier)?;
         let linker = Arc::new(linker);
         self.ticked
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(engine.weak());
-        others.push((stack, (engine.clone(), linker.clone())));
+        others.push(((stack, tier), (engine.clone(), linker.clone())));
         Ok((engine, linker))
+    }
+
+    /// Whether plugins missing from the cache start on a baseline build, to
+    /// be followed by [`Runtime::compile_in_child`] for the optimized one.
+    pub fn is_tiered(&self) -> bool {
+        self.optimizer.is_some()
+    }
+
+    /// Compile the plugin in `file` with `tier`'s compiler into the compile
+    /// cache, for a stack cap of `stack` bytes, in a child process
+    /// (`plugbus compile`). `stop` ends the wait early (the child is
+    /// killed). The next load of the file finds the build in the cache.
+    pub fn compile_in_child(
+        &self,
+        file: &Path,
+        stack: usize,
+        tier: Tier,
+        stop: &AtomicBool,
+    ) -> Result<(), String> {
+        let (Some(program), Some(cache)) = (&self.optimizer, &self.cache_dir) else {
+            return Err("not compiling in tiers".into());
+        };
+        let mut child = std::process::Command::new(program)
+            .arg("compile")
+            .arg("--cache-dir")
+            .arg(cache)
+            .arg("--stack-bytes-max")
+            .arg(stack.to_string())
+            .arg("--tier")
+            .arg(tier.to_string())
+            .arg(file)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+        let stderr = child.stderr.take();
+        let said = thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut s) = stderr {
+                let _ = std::io::Read::read_to_string(&mut s, &mut text);
+            }
+            text
+        });
+        let started = std::time::Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Ok(status),
+                Ok(None) if stop.load(Ordering::Relaxed) => break Err("stopped".to_string()),
+                Ok(None) if started.elapsed() > OPTIMIZE_TIMEOUT => {
+                    break Err(format!("took longer than {} s", OPTIMIZE_TIMEOUT.as_secs()))
+                }
+                Ok(None) => thread::sleep(Duration::from_millis(5)),
+                Err(e) => break Err(e.to_string()),
+            }
+        };
+        if !matches!(status, Ok(s) if s.success()) {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        let said = said.join().unwrap_or_default();
+        match status {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("{s}: {}", said.trim())),
+            Err(e) => Err(e),
+        }
     }
 
     /// The engine (for tests and benchmarks).
@@ -365,31 +525,33 @@ impl Runtime {
         bytes: &[u8],
         stack: usize,
     ) -> Result<LoadedPlugin, LoadError> {
-        let (engine, linker) = self
-            .engine_for(stack)
-            .map_err(|reason| LoadError::Compile {
-                file: file.to_path_buf(),
-                reason,
-            })?;
-        let content_hash = hex(&Sha256::digest(bytes));
-        let component = match self.cached(&engine, &content_hash) {
-            Some(component) => component,
-            None => {
-                let component_bytes = componentize(file, bytes)?;
-                let compiled = engine.precompile_component(&component_bytes).map_err(|e| {
-                    LoadError::Compile {
-                        file: file.to_path_buf(),
-                        reason: format!("{e:#}"),
-                    }
-                })?;
-                if let Some(path) = self.cache_path(&engine, &content_hash) {
-                    cache::store(&path, &compiled);
-                }
-                cache::deserialize(&engine, &compiled).map_err(|reason| LoadError::Compile {
+        let engine_for = |tier| {
+            self.engine_for(stack, tier)
+                .map_err(|reason| LoadError::Compile {
                     file: file.to_path_buf(),
                     reason,
-                })?
-            }
+                })
+        };
+        let (mut engine, mut linker) = engine_for(Tier::Optimized)?;
+        let mut tier = Tier::Optimized;
+        let content_hash = hex(&Sha256::digest(bytes));
+        let mut found = self.cached(&engine, &content_hash);
+        if found.is_none() && self.optimizer.is_some() {
+            // Serve with a baseline build until the optimized one is in the
+            // cache: from the cache, else compiled by a child into it.
+            (engine, linker) = engine_for(Tier::Baseline)?;
+            tier = Tier::Baseline;
+            found = self.cached(&engine, &content_hash).or_else(|| {
+                let never = AtomicBool::new(false);
+                if let Err(e) = self.compile_in_child(file, stack, tier, &never) {
+                    tracing::debug!(file = %file.display(), "compiling in a child failed ({e}); compiling here");
+                }
+                self.cached(&engine, &content_hash)
+            });
+        }
+        let component = match found {
+            Some(component) => component,
+            None => self.compile_and_cache(file, bytes, &engine, &content_hash)?,
         };
         check_contract(file, &engine, &component)?;
         let instance_pre = linker
@@ -407,6 +569,63 @@ impl Runtime {
             content_hash,
             pre,
             engine,
+            tier,
+        })
+    }
+
+    /// Compile the plugin in `file` with `tier`'s compiler into the compile
+    /// cache (what `plugbus compile` does, in the child process), for a
+    /// stack cap of `stack` bytes.
+    pub fn compile_into_cache(
+        &self,
+        file: &Path,
+        stack: usize,
+        tier: Tier,
+    ) -> Result<(), LoadError> {
+        let bytes = std::fs::read(file).map_err(|source| LoadError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        let (engine, _) = self
+            .engine_for(stack, tier)
+            .map_err(|reason| LoadError::Compile {
+                file: file.to_path_buf(),
+                reason,
+            })?;
+        let content_hash = hex(&Sha256::digest(&bytes));
+        if self.cache_path(&engine, &content_hash).is_none() {
+            return Err(LoadError::Compile {
+                file: file.to_path_buf(),
+                reason: "no compile cache to compile into".into(),
+            });
+        }
+        self.compile_and_cache(file, &bytes, &engine, &content_hash)
+            .map(drop)
+    }
+
+    /// Compile `bytes` (from `file`) with `engine`, store the build in the
+    /// cache (if any) and load it.
+    fn compile_and_cache(
+        &self,
+        file: &Path,
+        bytes: &[u8],
+        engine: &Engine,
+        content_hash: &str,
+    ) -> Result<Component, LoadError> {
+        let component_bytes = componentize(file, bytes)?;
+        let compiled =
+            engine
+                .precompile_component(&component_bytes)
+                .map_err(|e| LoadError::Compile {
+                    file: file.to_path_buf(),
+                    reason: format!("{e:#}"),
+                })?;
+        if let Some(path) = self.cache_path(engine, content_hash) {
+            cache::store(&path, &compiled);
+        }
+        cache::deserialize(engine, &compiled).map_err(|reason| LoadError::Compile {
+            file: file.to_path_buf(),
+            reason,
         })
     }
 
@@ -423,10 +642,19 @@ impl Runtime {
     }
 }
 
-/// An engine with epoch interruption (when `epochs`) and a stack cap of
-/// `stack` bytes, and its linker with the host imports.
-fn engine_with_stack(stack: usize, epochs: bool) -> Result<(Engine, Linker<HostState>), String> {
+/// An engine with epoch interruption (when `epochs`), a stack cap of
+/// `stack` bytes and the compiler of `tier`, and its linker with the host
+/// imports.
+fn engine_with_stack(
+    stack: usize,
+    epochs: bool,
+    tier: Tier,
+) -> Result<(Engine, Linker<HostState>), String> {
     let mut config = Config::new();
+    config.strategy(match tier {
+        Tier::Baseline => wasmtime::Strategy::Winch,
+        Tier::Optimized => wasmtime::Strategy::Cranelift,
+    });
     config.epoch_interruption(epochs);
     config.max_wasm_stack(stack);
     config.wasm_component_model(true);
@@ -456,17 +684,23 @@ fn componentize(file: &Path, bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
         file: file.to_path_buf(),
         reason: format!("{e:#}"),
     };
-    wit_component::ComponentEncoder::default()
-        .validate(true)
-        .module(bytes)
-        .map_err(fail)?
-        .adapter(
-            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
-            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
-        )
-        .map_err(fail)?
-        .encode()
-        .map_err(fail)
+    // The encoder can panic on a malformed module (seen on a truncated
+    // file): that is a bad file, not a host failure.
+    std::panic::catch_unwind(|| {
+        wit_component::ComponentEncoder::default()
+            .validate(true)
+            .module(bytes)?
+            .adapter(
+                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+            )?
+            .encode()
+    })
+    .map_err(|_| LoadError::Componentize {
+        file: file.to_path_buf(),
+        reason: "the component encoder failed on this module (is the file complete?)".into(),
+    })?
+    .map_err(fail)
 }
 
 /// The version in an interface name such as `plugbus:plugin/handler@0.1.0`.
@@ -538,6 +772,11 @@ impl LoadedPlugin {
     /// The SHA-256 of the plugin file, hex.
     pub fn content_hash(&self) -> &str {
         &self.content_hash
+    }
+
+    /// Which compiler made it.
+    pub fn tier(&self) -> Tier {
+        self.tier
     }
 
     fn new_store(&self, config: &InstanceConfig) -> Store<HostState> {
@@ -616,11 +855,17 @@ impl PluginInstance {
     /// `attempts[i]` is the delivery attempt of the batch's `i`th event. Copies the batch into one buffer for the guest, runs
     /// under the deadline, and collects follow-up events. The caller keeps
     /// the batch's [`batch_bytes`] under [`BATCH_BYTES_LIMIT`].
+    ///
+    /// A `throttled` call (of a plugin that misbehaved) pauses
+    /// [`THROTTLE_PAUSE_TICKS`] epoch ticks after each tick it runs, until
+    /// its deadline (wall-clock, pauses included): a runaway loop then
+    /// burns a tenth of a core instead of a whole one.
     pub fn handle(
         &mut self,
         chunk: &Chunk,
         range: Range<usize>,
         attempts: &[u32],
+        throttled: bool,
     ) -> Result<BatchResult, CallError> {
         let batch = chunk.get(range.clone()).unwrap_or_default();
         self.buffer.fill(batch, attempts);
@@ -631,12 +876,35 @@ impl PluginInstance {
             .deadline_ms
             .div_ceil(EPOCH_TICK_MS)
             .max(1);
-        self.store.set_epoch_deadline(deadline_ticks);
+        let paused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        if throttled && self.config.limits.enforce {
+            let deadline =
+                std::time::Instant::now() + Duration::from_millis(self.config.limits.deadline_ms);
+            let pause = Duration::from_millis(EPOCH_TICK_MS * THROTTLE_PAUSE_TICKS);
+            let paused = paused.clone();
+            self.store.epoch_deadline_callback(move |_| {
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    return Ok(wasmtime::UpdateDeadline::Interrupt);
+                }
+                let nap = pause.min(deadline - now);
+                thread::sleep(nap);
+                paused.fetch_add(nap.as_micros() as u64, Ordering::Relaxed);
+                Ok(wasmtime::UpdateDeadline::Continue(1))
+            });
+            self.store.set_epoch_deadline(1);
+        } else {
+            self.store.epoch_deadline_trap();
+            self.store.set_epoch_deadline(deadline_ticks);
+        }
+        let dropped_before = self.config.output.refused();
         let result = self
             .bindings
             .plugbus_plugin_handler()
             .call_handle(&mut self.store, &self.buffer.batch);
         let (published, writes) = self.store.data_mut().end_batch();
+        let mut refused =
+            self.store.data().refused + self.config.output.refused().saturating_sub(dropped_before);
         let mut outcomes = result.map_err(|e| CallError::Trap {
             plugin: self.loaded.name.clone(),
             reason: trap_reason(&e),
@@ -651,7 +919,7 @@ impl PluginInstance {
         for outcome in &mut outcomes {
             match outcome {
                 Outcome::Retry(wit::Retry { message, .. }) | Outcome::Reject(message) => {
-                    cut_message(message)
+                    refused += u64::from(cut_message(message));
                 }
                 Outcome::Ack => {}
             }
@@ -660,6 +928,8 @@ impl PluginInstance {
             outcomes,
             published,
             writes,
+            refused,
+            paused: Duration::from_micros(paused.load(Ordering::Relaxed)),
         })
     }
 }
@@ -690,15 +960,16 @@ fn trap_reason(e: &wasmtime::Error) -> String {
 }
 
 /// Cut `message` to [`OUTCOME_MESSAGE_BYTES_MAX`] (at a character
-/// boundary), saying how long it was.
-fn cut_message(message: &mut String) {
+/// boundary), saying how long it was; true if it was cut.
+fn cut_message(message: &mut String) -> bool {
     if message.len() <= OUTCOME_MESSAGE_BYTES_MAX {
-        return;
+        return false;
     }
     let total = message.len();
     let end = crate::event::prefix_at_char(message, OUTCOME_MESSAGE_BYTES_MAX).len();
     message.truncate(end);
     message.push_str(&format!("… (cut: the plugin's message was {total} bytes)"));
+    true
 }
 
 /// The most bytes one batch may carry into the sandbox (spans are u32).
@@ -872,7 +1143,9 @@ mod tests {
             instantiate(Arc::new(loaded), InstanceConfig::default()).expect("instantiates");
         assert_eq!(info.subscriptions, ["order.placed"]);
         let (chunk, attempts) = noop_batch(3);
-        let result = instance.handle(&chunk, 0..3, &attempts).expect("handles");
+        let result = instance
+            .handle(&chunk, 0..3, &attempts, false)
+            .expect("handles");
         assert_eq!(result.outcomes.len(), 3);
         assert!(result.outcomes.iter().all(|o| matches!(o, Outcome::Ack)));
     }
