@@ -78,7 +78,7 @@ pub enum Command {
         #[arg(long, value_name = "BYTES", default_value_t = Limits::default().stack_bytes_max as u64)]
         stack_bytes_max: u64,
         /// Which compiler: `optimized` (Cranelift) or `baseline` (Winch).
-        #[arg(long, default_value = "optimized", value_parser = parse_tier)]
+        #[arg(long, default_value = "optimized")]
         tier: Tier,
     },
     /// List the plugins of a running host, with their counters.
@@ -486,14 +486,6 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .map(|c| c.join("plugbus").join("compiled"))
-}
-
-fn parse_tier(s: &str) -> Result<Tier, String> {
-    match s {
-        "optimized" => Ok(Tier::Optimized),
-        "baseline" => Ok(Tier::Baseline),
-        _ => Err(format!("`{s}` is not a tier; use optimized or baseline")),
-    }
 }
 
 #[cfg(test)]

@@ -148,8 +148,17 @@ fn compile(
     let cache = cache_dir
         .or_else(plugbus::cli::default_cache_dir)
         .ok_or("no compile cache: HOME is not set; pass --cache-dir DIR")?;
+    let range = plugbus::runtime::STACK_BYTES_RANGE;
     let stack = usize::try_from(stack_bytes_max)
-        .map_err(|_| format!("--stack-bytes-max {stack_bytes_max} is too large"))?;
+        .ok()
+        .filter(|s| range.contains(s))
+        .ok_or_else(|| {
+            format!(
+                "--stack-bytes-max {stack_bytes_max} is out of range; use {} to {}, the plugin manifest's limits.stack_bytes_max",
+                range.start(),
+                range.end()
+            )
+        })?;
     let runtime = plugbus::runtime::Runtime::new(plugbus::runtime::Limits::default(), Some(cache))?;
     runtime
         .compile_into_cache(file, stack, tier)

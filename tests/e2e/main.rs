@@ -2299,6 +2299,25 @@ mod tiers {
         })
     }
 
+    /// The host's `plugin loaded` log lines (each says its `tier=`).
+    fn loaded_lines(h: &TestHost) -> Vec<String> {
+        h.log()
+            .into_iter()
+            .filter(|l| l.contains("plugin loaded"))
+            .collect()
+    }
+
+    /// `plugbus compile --cache-dir CACHE FILE`.
+    fn compile(cache: &std::path::Path, file: &std::path::Path) -> std::process::Output {
+        std::process::Command::new(BIN)
+            .arg("compile")
+            .arg("--cache-dir")
+            .arg(cache)
+            .arg(file)
+            .output()
+            .expect("plugbus compile runs")
+    }
+
     /// Tally events `from..to`, over 4 subjects.
     fn tally_events(from: usize, to: usize) -> Vec<Value> {
         (from..to)
@@ -2317,11 +2336,7 @@ mod tiers {
         plugins.push(PluginFile::Wasm("tally", artifacts::TALLY));
         let h = host(&plugins, &["--cache-dir", &cache_arg]);
         // Started on baseline builds, each compiled by a child into the cache.
-        let loaded: Vec<String> = h
-            .log()
-            .into_iter()
-            .filter(|l| l.contains("plugin loaded"))
-            .collect();
+        let loaded = loaded_lines(&h);
         assert_eq!(loaded.len(), 4, "{loaded:?}");
         assert!(
             loaded.iter().all(|l| l.contains("tier=baseline")),
@@ -2389,11 +2404,7 @@ mod tiers {
 
         // Started again, every plugin starts optimized from the cache.
         let h = host(&plugins, &["--cache-dir", &cache_arg]);
-        let loaded: Vec<String> = h
-            .log()
-            .into_iter()
-            .filter(|l| l.contains("plugin loaded"))
-            .collect();
+        let loaded = loaded_lines(&h);
         assert!(
             loaded.iter().all(|l| l.contains("tier=optimized")),
             "{loaded:?}"
@@ -2408,10 +2419,7 @@ mod tiers {
     #[test]
     fn plugbus_compile_fills_the_cache_ahead_of_a_start() {
         let cache = TestDir::new("tiers-aot");
-        let out = std::process::Command::new(BIN)
-            .args(["compile", "--cache-dir", &cache.arg(), artifacts::EMAIL])
-            .output()
-            .expect("plugbus compile runs");
+        let out = compile(&cache.0, std::path::Path::new(artifacts::EMAIL));
         assert!(out.status.success(), "{out:?}");
         assert_eq!(entries(&cache.0), 1);
         let h = host(
@@ -2419,9 +2427,9 @@ mod tiers {
             &["--cache-dir", &cache.arg()],
         );
         assert!(
-            h.log()
+            loaded_lines(&h)
                 .iter()
-                .any(|l| l.contains("plugin loaded") && l.contains("tier=optimized")),
+                .any(|l| l.contains("tier=optimized")),
             "{:?}",
             h.log()
         );
@@ -2430,13 +2438,7 @@ mod tiers {
         // A file that is not wasm: the error names it, nothing is cached.
         let junk = cache.0.join("junk.wasm");
         std::fs::write(&junk, b"not wasm").expect("write");
-        let out = std::process::Command::new(BIN)
-            .arg("compile")
-            .arg("--cache-dir")
-            .arg(&cache.0)
-            .arg(&junk)
-            .output()
-            .expect("plugbus compile runs");
+        let out = compile(&cache.0, &junk);
         assert!(!out.status.success());
         let said = String::from_utf8_lossy(&out.stderr);
         assert!(said.contains("junk.wasm"), "{said}");
@@ -2451,9 +2453,9 @@ mod tiers {
             &["--cache-dir", &cache.arg(), "--no-tiering"],
         );
         assert!(
-            h.log()
+            loaded_lines(&h)
                 .iter()
-                .any(|l| l.contains("plugin loaded") && l.contains("tier=optimized")),
+                .any(|l| l.contains("tier=optimized")),
             "{:?}",
             h.log()
         );

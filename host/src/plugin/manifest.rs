@@ -246,12 +246,15 @@ impl Manifest {
             return Err(bad("limits.deadline_ms", "must be at least 1".into()));
         }
         if let Some(s) = l.stack_bytes_max {
-            // wasmtime refuses a wasm stack above its 2 MiB async stack,
-            // and wasm frames share the calling thread's native stack.
-            if !(16 << 10..=1 << 20).contains(&s) {
+            let range = crate::runtime::STACK_BYTES_RANGE;
+            if !usize::try_from(s).is_ok_and(|s| range.contains(&s)) {
                 return Err(bad(
                     "limits.stack_bytes_max",
-                    format!("{s} is out of range; use 16 KiB (16384) to 1 MiB (1048576)"),
+                    format!(
+                        "{s} is out of range; use {} to {} (16 KiB to 1 MiB)",
+                        range.start(),
+                        range.end()
+                    ),
                 ));
             }
         }

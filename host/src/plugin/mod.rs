@@ -399,7 +399,7 @@ pub struct PluginStatus {
 struct Optimizer {
     queue: crossbeam_channel::Sender<(PathBuf, usize)>,
     asked: std::collections::HashSet<String>,
-    thread: Option<JoinHandle<()>>,
+    thread: JoinHandle<()>,
 }
 
 struct Failed {
@@ -505,7 +505,7 @@ impl Registry {
         *self.optimizer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Optimizer {
             queue,
             asked: Default::default(),
-            thread: Some(thread),
+            thread,
         });
         Ok(())
     }
@@ -1403,13 +1403,15 @@ impl Registry {
     /// closes last, after the workers' follow-up events.
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
-        // The optimizer ends its compile (its child is killed) and stops.
+        // The optimizer ends its compile (its child is killed) and, its
+        // queue closed, stops.
         let optimizer = self
             .optimizer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(thread) = optimizer.and_then(|mut o| o.thread.take()) {
+        if let Some(Optimizer { queue, thread, .. }) = optimizer {
+            drop(queue);
             if thread.join().is_err() {
                 tracing::error!("the optimizing compile thread panicked");
             }
@@ -1417,7 +1419,6 @@ impl Registry {
         match &self.dispatch {
             Dispatch::Memory(bus) => bus.close(),
             Dispatch::Durable(_) => {
-                self.stopping.store(true, Ordering::Release);
                 let pumps =
                     std::mem::take(&mut *self.pumps.lock().unwrap_or_else(|p| p.into_inner()));
                 for (_, p) in pumps {

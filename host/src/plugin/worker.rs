@@ -621,8 +621,7 @@ impl Worker {
     /// `event`, which held its key, is done with: the next event held
     /// behind it (if any) is released and holds the key in turn.
     fn unblock(&mut self, event: &Event) {
-        let key = self.settings.ordering_key.of(event).to_string();
-        let key = key.as_str();
+        let key = self.settings.ordering_key.of(event);
         if self.blockers.get(key) != Some(&event.sequence) {
             return;
         }
@@ -976,9 +975,14 @@ impl Worker {
         };
         let swapping = Instant::now();
         let (instance, waited, hash, tier_up) = swap.into_parts();
-        if !tier_up {
-            // A new version gets a fresh start; the same one optimized
-            // does not.
+        self.instance = instance;
+        self.needs_reset = false;
+        self.pause_from = Some(swapping);
+        let swapped = if tier_up {
+            // The same version optimized: its record stands.
+            "optimized build swapped in"
+        } else {
+            // A new version gets a fresh start.
             self.fail_streak = 0;
             self.quarantine_pause = QUARANTINE_PAUSE_MIN;
             self.quarantined_until = None;
@@ -989,18 +993,10 @@ impl Worker {
                 .low_priority_until
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = None;
-        }
-        self.instance = instance;
-        self.needs_reset = false;
-        if !tier_up {
             self.swaps.inc();
-        }
-        self.pause_from = Some(swapping);
-        if tier_up {
-            tracing::info!(plugin = %self.plugin.name, content_hash = %hash, waited_ms = waited.as_millis() as u64, "optimized build swapped in");
-        } else {
-            tracing::info!(plugin = %self.plugin.name, content_hash = %hash, waited_ms = waited.as_millis() as u64, "new version swapped in");
-        }
+            "new version swapped in"
+        };
+        tracing::info!(plugin = %self.plugin.name, content_hash = %hash, waited_ms = waited.as_millis() as u64, "{swapped}");
     }
 
     /// Count a batch toward quarantine: `acked` if any event was acked,

@@ -9,6 +9,7 @@
 //! caller decides which are sent (those whose cause was acked).
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -45,8 +46,12 @@ pub struct HostState {
     /// State written in the call in progress, not yet committed.
     pub(super) kv_writes: super::kv::Writes,
     pub(super) kv_write_bytes: usize,
-    /// Publishes refused by the plugin's publish policy in this call.
-    pub(super) refused: u64,
+    /// What this instance was refused in the call in progress: publishes
+    /// refused by its policy, output lines dropped (shared with its
+    /// stdout and stderr).
+    refused: Arc<AtomicU64>,
+    /// Time the call in progress spent paused by throttling.
+    pub(super) paused: std::time::Duration,
 }
 
 impl HostState {
@@ -56,8 +61,16 @@ impl HostState {
         limits: StoreLimits,
     ) -> HostState {
         let plugin: Arc<str> = Arc::from(plugin);
+        let refused = Arc::new(AtomicU64::new(0));
         let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
-        let output = |stream| GuestOutput::new(plugin.clone(), stream, instance.output.clone());
+        let output = |stream| {
+            GuestOutput::new(
+                plugin.clone(),
+                stream,
+                instance.output.clone(),
+                refused.clone(),
+            )
+        };
         wasi.stdout(output("stdout"))
             .stderr(output("stderr"))
             .allow_tcp(false)
@@ -77,7 +90,8 @@ impl HostState {
             kv: instance.kv.clone(),
             kv_writes: Default::default(),
             kv_write_bytes: 0,
-            refused: 0,
+            refused,
+            paused: std::time::Duration::ZERO,
         }
     }
 
@@ -88,8 +102,14 @@ impl HostState {
     pub(super) fn begin_batch(&mut self, chunk: &Chunk, range: Range<usize>) {
         self.batch = Some((chunk.clone(), range));
         self.published.clear();
-        self.refused = 0;
+        self.refused.store(0, Ordering::Relaxed);
+        self.paused = std::time::Duration::ZERO;
         self.take_writes();
+    }
+
+    /// What the instance was refused in the call in progress.
+    pub(super) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// The state written since the last call to this (or the batch's start).
@@ -126,6 +146,7 @@ impl types::Host for HostState {}
 impl logging::Host for HostState {
     fn log(&mut self, level: logging::Level, context: String, message: String) {
         if !self.output.take() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let plugin = &*self.plugin;
@@ -179,7 +200,7 @@ impl publisher::Host for HostState {
         }
         validate_topic(&event.type_).map_err(|e| types::PublishError::Invalid(e.to_string()))?;
         if let Err(why) = self.publish_policy.check(&event.type_) {
-            self.refused += 1;
+            self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(types::PublishError::Denied(why));
         }
         if event.data.len() > PUBLISH_DATA_BYTES_MAX {
@@ -255,19 +276,27 @@ pub(super) struct GuestOutput {
     line: Arc<std::sync::Mutex<Vec<u8>>>,
     limit: Arc<super::RateLimit>,
     /// Lines dropped since the last one kept.
-    dropped: Arc<std::sync::atomic::AtomicU64>,
+    dropped: Arc<AtomicU64>,
+    /// The instance's refusals in the call in progress.
+    refused: Arc<AtomicU64>,
 }
 
 const LINE_BYTES_MAX: usize = 4096;
 
 impl GuestOutput {
-    fn new(plugin: Arc<str>, stream: &'static str, limit: Arc<super::RateLimit>) -> GuestOutput {
+    fn new(
+        plugin: Arc<str>,
+        stream: &'static str,
+        limit: Arc<super::RateLimit>,
+        refused: Arc<AtomicU64>,
+    ) -> GuestOutput {
         GuestOutput {
             plugin,
             stream,
             line: Arc::default(),
             limit,
             dropped: Arc::default(),
+            refused,
         }
     }
 
@@ -288,9 +317,9 @@ impl GuestOutput {
     }
 
     fn emit(&self, line: &[u8]) {
-        use std::sync::atomic::Ordering;
         if !self.limit.take() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.refused.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let dropped = self.dropped.swap(0, Ordering::Relaxed);

@@ -219,6 +219,25 @@ impl std::fmt::Display for Tier {
     }
 }
 
+impl std::str::FromStr for Tier {
+    type Err = String;
+
+    /// The names [`Tier`]'s `Display` writes.
+    fn from_str(s: &str) -> Result<Tier, String> {
+        match s {
+            "baseline" => Ok(Tier::Baseline),
+            "optimized" => Ok(Tier::Optimized),
+            _ => Err(format!("`{s}` is not a tier; use optimized or baseline")),
+        }
+    }
+}
+
+/// The wasm stack caps a plugin may have (a manifest's
+/// `limits.stack_bytes_max`, `plugbus compile --stack-bytes-max`): wasmtime
+/// refuses a wasm stack above its 2 MiB async stack, and wasm frames share
+/// the calling thread's native stack.
+pub const STACK_BYTES_RANGE: std::ops::RangeInclusive<usize> = 16 << 10..=1 << 20;
+
 /// How long the optimizing compile of one plugin may take in its child
 /// process before it is stopped (the plugin keeps its baseline build).
 pub const OPTIMIZE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -395,8 +414,14 @@ impl Runtime {
         &self.limits
     }
 
-    /// The engine and linker for a stack cap of `stack` bytes and `tier`.
-    fn engine_for(&self, stack: usize, tier: Tier) -> Result<EngineAndLinker, String> {
+    /// The engine and linker for a stack cap of `stack` bytes and `tier`,
+    /// to compile or run the plugin in `file` (named in the error).
+    fn engine_for(
+        &self,
+        file: &Path,
+        stack: usize,
+        tier: Tier,
+    ) -> Result<EngineAndLinker, LoadError> {
         if stack == self.limits.stack_bytes_max && tier == Tier::Optimized {
             return Ok((self.engine.clone(), self.linker.clone()));
         }
@@ -404,7 +429,13 @@ impl Runtime {
         if let Some((_, (engine, linker))) = others.iter().find(|(k, _)| *k == (stack, tier)) {
             return Ok((engine.clone(), linker.clone()));
         }
-        let (engine, linker) = engine_with_stack(stack, self.limits.enforce, tier)?;
+        let (engine, linker) =
+            engine_with_stack(stack, self.limits.enforce, tier).map_err(|reason| {
+                LoadError::Compile {
+                    file: file.to_path_buf(),
+                    reason,
+                }
+            })?;
         let linker = Arc::new(linker);
         self.ticked
             .lock()
@@ -525,21 +556,14 @@ impl Runtime {
         bytes: &[u8],
         stack: usize,
     ) -> Result<LoadedPlugin, LoadError> {
-        let engine_for = |tier| {
-            self.engine_for(stack, tier)
-                .map_err(|reason| LoadError::Compile {
-                    file: file.to_path_buf(),
-                    reason,
-                })
-        };
-        let (mut engine, mut linker) = engine_for(Tier::Optimized)?;
+        let (mut engine, mut linker) = self.engine_for(file, stack, Tier::Optimized)?;
         let mut tier = Tier::Optimized;
         let content_hash = hex(&Sha256::digest(bytes));
         let mut found = self.cached(&engine, &content_hash);
         if found.is_none() && self.optimizer.is_some() {
             // Serve with a baseline build until the optimized one is in the
             // cache: from the cache, else compiled by a child into it.
-            (engine, linker) = engine_for(Tier::Baseline)?;
+            (engine, linker) = self.engine_for(file, stack, Tier::Baseline)?;
             tier = Tier::Baseline;
             found = self.cached(&engine, &content_hash).or_else(|| {
                 let never = AtomicBool::new(false);
@@ -586,12 +610,7 @@ impl Runtime {
             file: file.to_path_buf(),
             source,
         })?;
-        let (engine, _) = self
-            .engine_for(stack, tier)
-            .map_err(|reason| LoadError::Compile {
-                file: file.to_path_buf(),
-                reason,
-            })?;
+        let (engine, _) = self.engine_for(file, stack, tier)?;
         let content_hash = hex(&Sha256::digest(&bytes));
         if self.cache_path(&engine, &content_hash).is_none() {
             return Err(LoadError::Compile {
@@ -876,20 +895,18 @@ impl PluginInstance {
             .deadline_ms
             .div_ceil(EPOCH_TICK_MS)
             .max(1);
-        let paused = Arc::new(std::sync::atomic::AtomicU64::new(0));
         if throttled && self.config.limits.enforce {
             let deadline =
                 std::time::Instant::now() + Duration::from_millis(self.config.limits.deadline_ms);
             let pause = Duration::from_millis(EPOCH_TICK_MS * THROTTLE_PAUSE_TICKS);
-            let paused = paused.clone();
-            self.store.epoch_deadline_callback(move |_| {
+            self.store.epoch_deadline_callback(move |mut ctx| {
                 let now = std::time::Instant::now();
                 if now >= deadline {
                     return Ok(wasmtime::UpdateDeadline::Interrupt);
                 }
                 let nap = pause.min(deadline - now);
                 thread::sleep(nap);
-                paused.fetch_add(nap.as_micros() as u64, Ordering::Relaxed);
+                ctx.data_mut().paused += nap;
                 Ok(wasmtime::UpdateDeadline::Continue(1))
             });
             self.store.set_epoch_deadline(1);
@@ -897,14 +914,13 @@ impl PluginInstance {
             self.store.epoch_deadline_trap();
             self.store.set_epoch_deadline(deadline_ticks);
         }
-        let dropped_before = self.config.output.refused();
         let result = self
             .bindings
             .plugbus_plugin_handler()
             .call_handle(&mut self.store, &self.buffer.batch);
         let (published, writes) = self.store.data_mut().end_batch();
-        let mut refused =
-            self.store.data().refused + self.config.output.refused().saturating_sub(dropped_before);
+        let mut refused = self.store.data().refused();
+        let paused = self.store.data().paused;
         let mut outcomes = result.map_err(|e| CallError::Trap {
             plugin: self.loaded.name.clone(),
             reason: trap_reason(&e),
@@ -929,7 +945,7 @@ impl PluginInstance {
             published,
             writes,
             refused,
-            paused: Duration::from_micros(paused.load(Ordering::Relaxed)),
+            paused,
         })
     }
 }
