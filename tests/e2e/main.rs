@@ -2004,6 +2004,31 @@ mod isolation {
     }
 
     #[test]
+    fn a_plugin_over_its_output_limit_is_not_deprioritized() {
+        // email logs a line per order: over a limit of 1 line/s most are
+        // dropped, which is no offence.
+        let mut files = order_flow();
+        files.push(PluginFile::Manifest(
+            "email",
+            "[limits]\noutput_lines_per_s_max = 1\n",
+        ));
+        let h = host(&files, &[]);
+        const N: usize = 30;
+        orders(&h, N);
+        reference_plugins_deliver(&h, N as u64);
+        let dropped = h
+            .metric("plugbus_plugin_output_dropped_lines_total{plugin=\"email\"}")
+            .unwrap_or(0.0);
+        assert!(dropped >= 1.0, "{dropped} lines dropped");
+        let status = h.plugin("email").expect("listed");
+        assert!(status.get("low_priority_ms").is_none(), "{status}");
+        assert_eq!(
+            h.metric("plugbus_plugin_low_priority_batches_total{plugin=\"email\"}"),
+            Some(0.0)
+        );
+    }
+
+    #[test]
     fn a_plugin_failing_every_event_is_quarantined_until_a_new_version_comes() {
         let manifest =
             "batch_events_max = 1\n[config]\nmode = \"trap\"\n[retry]\nmax_attempts = 1\n";

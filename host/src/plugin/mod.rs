@@ -384,8 +384,8 @@ pub struct PluginStatus {
     #[serde(default)]
     pub quarantines: u64,
     /// How much longer its calls run at low CPU priority, in ms, when they
-    /// do: it trapped, ran past its deadline, or was refused (a publish,
-    /// output lines) or cut (an outcome message) within the last
+    /// do: it trapped, ran past its deadline, had a publish refused or an
+    /// outcome message cut within the last
     /// [`worker::LOW_PRIORITY_FOR`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub low_priority_ms: Option<u64>,

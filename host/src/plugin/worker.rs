@@ -84,9 +84,10 @@ pub const QUARANTINE_PAUSE_MIN: Duration = Duration::from_secs(1);
 pub const QUARANTINE_PAUSE_MAX: Duration = Duration::from_secs(60);
 
 /// How long a worker's calls run at low CPU priority after the plugin
-/// misbehaved (trapped, ran past its deadline, had a publish refused or
-/// output dropped, or an outcome message cut); each offence starts it
-/// again.
+/// misbehaved (trapped, ran past its deadline, had a publish refused by
+/// its policy, or an outcome message cut); each offence starts it again.
+/// Output lines dropped by the rate limit are no offence: a plugin that
+/// logs each event would be throttled under load for being busy.
 pub const LOW_PRIORITY_FOR: Duration = Duration::from_secs(10);
 
 /// The nice value of a call at low priority: the lowest, so a misbehaving

@@ -46,10 +46,10 @@ pub struct HostState {
     /// State written in the call in progress, not yet committed.
     pub(super) kv_writes: super::kv::Writes,
     pub(super) kv_write_bytes: usize,
-    /// What this instance was refused in the call in progress: publishes
-    /// refused by its policy, output lines dropped (shared with its
-    /// stdout and stderr).
-    refused: Arc<AtomicU64>,
+    /// Publishes refused by the plugin's policy in the call in progress.
+    /// (Output lines over the rate limit are dropped but not counted here:
+    /// a plugin that logs each event is chatty, not misbehaving.)
+    refused: u64,
     /// Time the call in progress spent paused by throttling.
     pub(super) paused: std::time::Duration,
 }
@@ -61,16 +61,8 @@ impl HostState {
         limits: StoreLimits,
     ) -> HostState {
         let plugin: Arc<str> = Arc::from(plugin);
-        let refused = Arc::new(AtomicU64::new(0));
         let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
-        let output = |stream| {
-            GuestOutput::new(
-                plugin.clone(),
-                stream,
-                instance.output.clone(),
-                refused.clone(),
-            )
-        };
+        let output = |stream| GuestOutput::new(plugin.clone(), stream, instance.output.clone());
         wasi.stdout(output("stdout"))
             .stderr(output("stderr"))
             .allow_tcp(false)
@@ -90,7 +82,7 @@ impl HostState {
             kv: instance.kv.clone(),
             kv_writes: Default::default(),
             kv_write_bytes: 0,
-            refused,
+            refused: 0,
             paused: std::time::Duration::ZERO,
         }
     }
@@ -102,14 +94,14 @@ impl HostState {
     pub(super) fn begin_batch(&mut self, chunk: &Chunk, range: Range<usize>) {
         self.batch = Some((chunk.clone(), range));
         self.published.clear();
-        self.refused.store(0, Ordering::Relaxed);
+        self.refused = 0;
         self.paused = std::time::Duration::ZERO;
         self.take_writes();
     }
 
-    /// What the instance was refused in the call in progress.
+    /// Publishes refused in the call in progress.
     pub(super) fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
+        self.refused
     }
 
     /// The state written since the last call to this (or the batch's start).
@@ -146,7 +138,6 @@ impl types::Host for HostState {}
 impl logging::Host for HostState {
     fn log(&mut self, level: logging::Level, context: String, message: String) {
         if !self.output.take() {
-            self.refused.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let plugin = &*self.plugin;
@@ -200,7 +191,7 @@ impl publisher::Host for HostState {
         }
         validate_topic(&event.type_).map_err(|e| types::PublishError::Invalid(e.to_string()))?;
         if let Err(why) = self.publish_policy.check(&event.type_) {
-            self.refused.fetch_add(1, Ordering::Relaxed);
+            self.refused += 1;
             return Err(types::PublishError::Denied(why));
         }
         if event.data.len() > PUBLISH_DATA_BYTES_MAX {
@@ -277,26 +268,18 @@ pub(super) struct GuestOutput {
     limit: Arc<super::RateLimit>,
     /// Lines dropped since the last one kept.
     dropped: Arc<AtomicU64>,
-    /// The instance's refusals in the call in progress.
-    refused: Arc<AtomicU64>,
 }
 
 const LINE_BYTES_MAX: usize = 4096;
 
 impl GuestOutput {
-    fn new(
-        plugin: Arc<str>,
-        stream: &'static str,
-        limit: Arc<super::RateLimit>,
-        refused: Arc<AtomicU64>,
-    ) -> GuestOutput {
+    fn new(plugin: Arc<str>, stream: &'static str, limit: Arc<super::RateLimit>) -> GuestOutput {
         GuestOutput {
             plugin,
             stream,
             line: Arc::default(),
             limit,
             dropped: Arc::default(),
-            refused,
         }
     }
 
@@ -319,7 +302,6 @@ impl GuestOutput {
     fn emit(&self, line: &[u8]) {
         if !self.limit.take() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            self.refused.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let dropped = self.dropped.swap(0, Ordering::Relaxed);

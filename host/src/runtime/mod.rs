@@ -347,7 +347,8 @@ pub struct BatchResult {
     /// Key-value writes made by the call, not yet committed.
     pub writes: kv::Writes,
     /// What the plugin was refused or cut in the call: publishes refused
-    /// by its policy, output lines dropped, outcome messages cut.
+    /// by its policy, outcome messages cut. (Output lines over the rate
+    /// limit are dropped and counted apart: logging is not an offence.)
     pub refused: u64,
     /// Time the call spent paused by throttling ([`PluginInstance::handle`]
     /// with `throttled`).
