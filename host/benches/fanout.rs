@@ -46,6 +46,8 @@
 //! prints each plugin's time inside `handle` and its batch sizes;
 //! `PLUGBUS_BENCH_PIPELINED_ONLY=1` keeps, of the durable publishing rows,
 //! only the pipelined ones and their peers.
+//! `PLUGBUS_BENCH_HOSTILE` (a comma-separated subset of the hostile modes)
+//! keeps only those isolation rows.
 
 use hdrhistogram::Histogram;
 use std::io::{BufRead, BufReader, Write};
@@ -61,7 +63,7 @@ use plugbus::bus::Bus;
 use plugbus::event::Event;
 use plugbus::metrics::Metrics;
 use plugbus::plugin::{DeliverySettings, Registry};
-use plugbus::runtime::{self, InstanceConfig, Limits, Runtime};
+use plugbus::runtime::{self, CallMode, InstanceConfig, Limits, Runtime};
 use plugbus::store::log::Log;
 use plugbus::store::{Fsync, Store};
 use prometheus_client::metrics::counter::Counter;
@@ -158,17 +160,24 @@ fn wasm_call_ns(rt: &Runtime, noop: &Path, batch: usize, n: usize) -> f64 {
     let evs: plugbus::event::Chunk = events(batch).into_iter().map(Arc::new).collect();
     let attempts = vec![1u32; batch];
     let calls = (n / batch).max(1);
+    let mut call = || {
+        let r = instance
+            .handle(
+                &evs,
+                0..batch,
+                &attempts,
+                CallMode::Foreground,
+                Duration::from_secs(1),
+            )
+            .expect("handle");
+        std::hint::black_box(r.outcomes.len());
+    };
     for _ in 0..calls.min(1000) {
-        instance
-            .handle(&evs, 0..batch, &attempts, false)
-            .expect("warm-up");
+        call();
     }
     let start = Instant::now();
     for _ in 0..calls {
-        let r = instance
-            .handle(&evs, 0..batch, &attempts, false)
-            .expect("handle");
-        std::hint::black_box(r.outcomes.len());
+        call();
     }
     start.elapsed().as_nanos() as f64 / (calls * batch) as f64
 }
@@ -470,6 +479,9 @@ fn deploy_reference(dir: &Path) {
 /// The three reference plugins through the durable log (fsync always,
 /// appends of 500), with `beside` (a hostile plugin's name and manifest)
 /// running next to them: orders/s handled by all three.
+/// Runs of the reference plugins alone and beside each hostile plugin.
+const ISOLATION_RUNS: usize = 5;
+
 fn reference_rate(rt: Arc<Runtime>, beside: Option<(&str, &str)>, n: usize) -> f64 {
     let (dir, log) = temp_log("iso", Fsync::Always);
     let plugins = dir.join("plugins");
@@ -1186,11 +1198,13 @@ fn main() {
 
     if want("isolation") {
         // Each hostile plugin's row is compared with runs of the reference
-        // plugins alone made right beside it (alternating, three of each,
-        // medians), so that the machine's drift does not make the ratio.
+        // plugins alone made right beside it (alternating, ISOLATION_RUNS of
+        // each, medians), so that the machine's drift does not make the
+        // ratio.
         let k = (n / 10).max(20_000);
         let retry = "[retry]\nmax_attempts = 2\nbackoff_ms_min = 10\nbackoff_ms_max = 20\n";
         let mut all_alone = Vec::new();
+        let hostile = std::env::var("PLUGBUS_BENCH_HOSTILE").unwrap_or_default();
         for (mode, extra) in [
             ("loop", ""),
             ("alloc", ""),
@@ -1204,16 +1218,20 @@ fn main() {
             ("garbage", ""),
             ("sandbox", ""),
         ] {
+            if !hostile.is_empty() && !hostile.split(',').any(|m| m.trim() == mode) {
+                continue;
+            }
             let manifest = format!("[config]\nmode = \"{mode}\"\n{extra}{retry}");
             let name = format!("hostile_{mode}");
             let (mut alone, mut beside) = (Vec::new(), Vec::new());
-            for _ in 0..3 {
+            for _ in 0..ISOLATION_RUNS {
                 alone.push(reference_rate(rt.clone(), None, k));
                 beside.push(reference_rate(rt.clone(), Some((&name, &manifest)), k));
             }
+            eprintln!("isolation `{mode}`: alone {alone:.0?}, beside {beside:.0?} events/s");
             let median = |v: &mut Vec<f64>| {
                 v.sort_by(f64::total_cmp);
-                v[1]
+                v[v.len() / 2]
             };
             let (alone, beside) = (median(&mut alone), median(&mut beside));
             all_alone.push(alone);
@@ -1227,11 +1245,13 @@ fn main() {
             ));
         }
         all_alone.sort_by(f64::total_cmp);
-        rows.push(row(
-            "isolation: the 3 reference plugins alone (durable, fsync always; median of the runs above)",
-            Some(all_alone[all_alone.len() / 2]),
-            "baseline",
-        ));
+        if let Some(&median) = all_alone.get(all_alone.len() / 2) {
+            rows.push(row(
+                "isolation: the 3 reference plugins alone (durable, fsync always; median of the runs above)",
+                Some(median),
+                "baseline",
+            ));
+        }
     }
 
     if want("concurrency") {

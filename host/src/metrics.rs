@@ -112,6 +112,9 @@ pub struct Metrics {
     pub publish_throttled: Family<PluginLabels, Counter>,
     /// Batches a plugin's calls ran at low CPU priority for misbehaving.
     pub low_priority_batches: Family<PluginLabels, Counter>,
+    /// Batches a plugin's calls ran in the background (on a thread of the
+    /// lowest CPU priority): heavy, misbehaving, or cut in the foreground.
+    pub background_batches: Family<PluginLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -157,7 +160,13 @@ impl Metrics {
             output_dropped: Family::default(),
             publish_throttled: Family::default(),
             low_priority_batches: Family::default(),
+            background_batches: Family::default(),
         };
+        registry.register(
+            "plugin_background_batches",
+            "Batches a plugin handled on a thread of the lowest CPU priority: calls of a plugin whose recent calls ran past 100 ms or grew its memory by 16 MiB (such a call in the foreground is cut and run again there), and of a misbehaving one",
+            m.background_batches.clone(),
+        );
         registry.register(
             "plugin_low_priority_batches",
             "Batches a plugin handled at low CPU priority (nice 19) because it recently trapped, ran past its deadline, or was refused or cut",

@@ -2029,6 +2029,52 @@ mod isolation {
     }
 
     #[test]
+    fn an_honest_heavy_plugin_runs_in_the_background_and_handles_every_event_once() {
+        // 150 ms of work per event: each batch is cut in the foreground at
+        // 100 ms and run again in the background, where it finishes.
+        let mut files = order_flow();
+        files.push(PluginFile::Wasm("heavy", artifacts::HOSTILE));
+        files.push(PluginFile::Manifest(
+            "heavy",
+            "batch_events_max = 4\n[config]\nmode = \"work\"\nwork_us = \"150000\"\nsubscribe = \"order.placed\"\n",
+        ));
+        let h = host(&files, &[]);
+        const N: usize = 12;
+        orders(&h, N);
+        reference_plugins_deliver(&h, N as u64);
+        h.wait_until("heavy to handle every order", WAIT, |h| {
+            h.count("heavy", "handled") >= N as u64
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let metric = |m: &str| {
+            h.metric(&format!("plugbus_{m}{{plugin=\"heavy\"}}"))
+                .unwrap_or(0.0)
+        };
+        assert!(
+            metric("plugin_background_batches_total") >= 1.0,
+            "its batches ran in the background"
+        );
+        // Cut and run again is no failure, no retry, no offence, and no
+        // event is counted twice.
+        assert_eq!(h.count("heavy", "handled"), N as u64);
+        assert_eq!(h.count("heavy", "failed"), 0);
+        assert_eq!(metric("events_retried_total"), 0.0);
+        assert_eq!(metric("plugin_traps_total"), 0.0);
+        assert_eq!(metric("plugin_low_priority_batches_total"), 0.0);
+        assert!(dead_letters(&h, "heavy").is_empty());
+        h.wait_log("at low CPU priority", WAIT).expect("logged");
+        for p in ["email", "inventory", "analytics"] {
+            assert_eq!(
+                h.metric(&format!(
+                    "plugbus_plugin_background_batches_total{{plugin=\"{p}\"}}"
+                )),
+                Some(0.0),
+                "{p} stays in the foreground"
+            );
+        }
+    }
+
+    #[test]
     fn a_plugin_failing_every_event_is_quarantined_until_a_new_version_comes() {
         let manifest =
             "batch_events_max = 1\n[config]\nmode = \"trap\"\n[retry]\nmax_attempts = 1\n";

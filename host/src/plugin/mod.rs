@@ -282,6 +282,7 @@ pub struct RunningPlugin {
     retried: Counter,
     quarantines: Counter,
     pub(crate) low_priority_batches: Counter,
+    pub(crate) background_batches: Counter,
     /// Until when its calls run at low CPU priority (the latest of its
     /// workers'), if they do.
     pub(crate) low_priority_until: Mutex<Option<std::time::Instant>>,
@@ -871,6 +872,11 @@ impl Registry {
             low_priority_batches: self
                 .metrics
                 .low_priority_batches
+                .get_or_create(&labels)
+                .clone(),
+            background_batches: self
+                .metrics
+                .background_batches
                 .get_or_create(&labels)
                 .clone(),
             low_priority_until: Mutex::default(),
@@ -1473,6 +1479,15 @@ impl RunningPlugin {
             .take()?;
         *self.release.write().unwrap_or_else(|p| p.into_inner()) = swap.release.clone();
         Some(swap)
+    }
+
+    /// Whether a new version waits for worker `index` to swap it in.
+    pub(crate) fn swap_offered(&self, index: usize) -> bool {
+        self.swap
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(index)
+            .is_some_and(Option::is_some)
     }
 
     /// The lowest cursor of its workers.

@@ -33,6 +33,14 @@
 //! and so does a new version of the plugin's file. `reject` is a plugin
 //! working as meant and never counts.
 //!
+//! CPU: a call starts in the foreground, on the worker's thread; one cut
+//! there for turning heavy (`runtime::call`) runs again from the start in
+//! the background, and so do the plugin's calls for [`BACKGROUND_FOR`]
+//! after its last heavy one. A plugin that misbehaves (a trap, a deadline,
+//! a refused publish, a cut message) is held to a tenth of a core for
+//! [`LOW_PRIORITY_FOR`]: its calls are throttled, and after an offending
+//! call delivery rests nine times the call's busy time.
+//!
 //! Retries wait in a bounded in-memory heap (`max_attempts` bounds their
 //! number per event; the heap is capped at the queue capacity, beyond which
 //! new failures are given up on). The worker's cursor (`store::progress`)
@@ -67,7 +75,7 @@ use crate::dispatch::Dispatch;
 use crate::event::{Chunk, Event};
 use crate::metrics::{self, DropReason, Metrics};
 use crate::runtime::kv;
-use crate::runtime::{self, BatchResult, CallError, Outcome, PluginInstance};
+use crate::runtime::{self, BatchResult, CallError, CallMode, Outcome, PluginInstance};
 use crate::store::progress::{Cursor, GaveUp, Progress};
 use crate::store::Store;
 
@@ -90,10 +98,12 @@ pub const QUARANTINE_PAUSE_MAX: Duration = Duration::from_secs(60);
 /// logs each event would be throttled under load for being busy.
 pub const LOW_PRIORITY_FOR: Duration = Duration::from_secs(10);
 
-/// The nice value of a call at low priority: the lowest, so a misbehaving
-/// plugin gets the CPU time that well-behaved ones leave idle.
-#[cfg(target_os = "linux")]
-const LOW_PRIORITY_NICE: i32 = 19;
+/// How long a worker's calls run in the background (on a thread of the
+/// lowest CPU priority, [`CallMode::Background`]) after a heavy call: one
+/// that ran past [`runtime::call::PREEMPT_AFTER`] or grew its memory by
+/// [`runtime::call::PREEMPT_GROWTH_BYTES`]. Each heavy call starts it
+/// again, so a plugin whose every batch is heavy stays there.
+pub const BACKGROUND_FOR: Duration = Duration::from_secs(10);
 
 /// The longest retry delay a plugin may ask for, in ms (one hour).
 const RETRY_DELAY_MS_MAX: u64 = 3_600_000;
@@ -170,8 +180,10 @@ pub(super) struct Worker {
     quarantine_pause: Duration,
     /// Delivery is paused until then.
     quarantined_until: Option<Instant>,
-    /// Calls run at low CPU priority until then.
+    /// Calls run at low CPU priority, throttled, until then.
     low_priority_until: Option<Instant>,
+    /// Calls run in the background until then.
+    background_until: Option<Instant>,
     /// The plugin's wasm stack cap, for threads that call into it.
     wasm_stack: usize,
     instance: PluginInstance,
@@ -281,6 +293,7 @@ impl Worker {
             fail_streak: 0,
             quarantine_pause: QUARANTINE_PAUSE_MIN,
             low_priority_until: None,
+            background_until: None,
             wasm_stack: plugin.settings.limits.stack_bytes_max,
             quarantined_until: None,
             instance,
@@ -675,22 +688,43 @@ impl Worker {
                 .last_swap_pause_us
                 .store(pause.as_micros() as u64, Ordering::Release);
         }
+        let budget = Duration::from_millis(self.plugin.settings.limits.deadline_ms);
         let low = self.low_priority_until.is_some_and(|t| started < t);
-        let result = if low {
+        let mode = if low {
             self.plugin.low_priority_batches.inc();
-            self.handle_at_low_priority(chunk, range.clone(), attempts)
+            CallMode::Throttled
+        } else if self.background_until.is_some_and(|t| started < t) {
+            CallMode::Background
         } else {
-            self.instance.handle(chunk, range.clone(), attempts, false)
+            CallMode::Foreground
         };
-        if !matches!(&result, Ok(r) if r.refused == 0) {
-            self.misbehaved();
+        let mut result = self.call(chunk, range.clone(), attempts, mode, budget);
+        let mut heavy = matches!(&result, Ok(r) if r.heavy);
+        if let Err(CallError::Preempted { why, .. }) = &result {
+            // Nothing it did was kept: the batch runs again from the start,
+            // in the background, with what is left of its deadline.
+            tracing::info!(plugin = %self.plugin.name, worker = self.index, "a call {why}: it runs again, and the plugin's calls for the next {} s, at low CPU priority", BACKGROUND_FOR.as_secs());
+            heavy = true;
+            result = self.instance.reset().and_then(|_| {
+                let left = budget.saturating_sub(started.elapsed());
+                self.call(chunk, range.clone(), attempts, CallMode::Background, left)
+            });
+        }
+        if heavy {
+            self.background_until = Some(Instant::now() + BACKGROUND_FOR);
         }
         let handled_at = Instant::now();
-        if low {
-            // Its share: a tenth of a core, host time in the call included.
-            let paused = result.as_ref().map_or(Duration::ZERO, |r| r.paused);
-            let busy = handled_at.duration_since(started).saturating_sub(paused);
+        if low || !matches!(&result, Ok(r) if r.refused == 0) {
+            // Its share while misbehaving: a tenth of a core, host time in
+            // the call included (its first offence too, which ran at full
+            // speed until it was cut or failed).
+            let busy = handled_at
+                .duration_since(started)
+                .saturating_sub(self.instance.paused());
             self.rest(busy * runtime::THROTTLE_PAUSE_TICKS as u32);
+        }
+        if !matches!(&result, Ok(r) if r.refused == 0) {
+            self.misbehaved();
         }
         self.handle_seconds
             .observe(handled_at.duration_since(started).as_secs_f64());
@@ -912,43 +946,53 @@ impl Worker {
         }
     }
 
-    /// Run the call on a thread of its own at the lowest CPU priority, so
-    /// that it takes only the CPU time other work leaves idle. (A thread
-    /// may lower its own priority but, unprivileged, never raise it again:
-    /// hence a thread per call, which costs tens of µs, paid only while
-    /// the plugin misbehaves.)
-    fn handle_at_low_priority(
+    /// Call the plugin in `mode`: in the foreground on this thread, else on
+    /// a thread of its own at the lowest CPU priority, so that it takes
+    /// only the CPU time other work leaves idle. (A thread may lower its
+    /// own priority but, unprivileged, never raise it again: hence a
+    /// thread per call, which costs tens of µs, paid only by calls that
+    /// are heavy or misbehave.)
+    fn call(
         &mut self,
         chunk: &Chunk,
         range: Range<usize>,
         attempts: &[u32],
+        mode: CallMode,
+        budget: Duration,
     ) -> Result<BatchResult, CallError> {
+        if mode == CallMode::Foreground {
+            return self.instance.handle(chunk, range, attempts, mode, budget);
+        }
+        self.plugin.background_batches.inc();
         let instance = &mut self.instance;
-        let low = std::thread::scope(|scope| {
+        let background = std::thread::scope(|scope| {
             let call = std::thread::Builder::new()
-                .name(format!("{}-low", self.plugin.name))
+                .name(format!("{}-bg", self.plugin.name))
                 .stack_size(runtime::native_stack_for(self.wasm_stack))
                 .spawn_scoped(scope, || {
-                    lower_own_priority();
-                    instance.handle(chunk, range.clone(), attempts, true)
+                    runtime::call::lower_own_priority();
+                    instance.handle(chunk, range.clone(), attempts, mode, budget)
                 });
             call.map(|c| {
                 c.join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             })
         });
-        match low {
+        match background {
             Ok(result) => result,
-            // No thread to be had: call at normal priority, throttled.
-            Err(_) => self.instance.handle(chunk, range, attempts, true),
+            // No thread to be had: call on this one, not to be cut.
+            Err(_) => self.instance.handle(chunk, range, attempts, mode, budget),
         }
     }
 
     /// Pause delivery for `pause` (at most [`LOW_PRIORITY_FOR`]), or until
-    /// the host stops.
+    /// the host stops or a new version is offered.
     fn rest(&self, pause: Duration) {
         let until = Instant::now() + pause.min(LOW_PRIORITY_FOR);
-        while Instant::now() < until && !self.stopping.load(Ordering::Relaxed) {
+        while Instant::now() < until
+            && !self.stopping.load(Ordering::Relaxed)
+            && !self.plugin.swap_offered(self.index)
+        {
             std::thread::sleep((until - Instant::now()).min(Duration::from_millis(10)));
         }
     }
@@ -1137,16 +1181,5 @@ impl Worker {
             return base;
         }
         base - span / 2 + self.jitter % span
-    }
-}
-
-/// Lower the calling thread's CPU priority to the lowest (Linux; a no-op
-/// elsewhere). A failure leaves it as it was.
-fn lower_own_priority() {
-    #[cfg(target_os = "linux")]
-    if let Err(e) =
-        rustix::process::setpriority_process(Some(rustix::thread::gettid()), LOW_PRIORITY_NICE)
-    {
-        tracing::debug!("cannot lower a plugin call's priority: {e}");
     }
 }

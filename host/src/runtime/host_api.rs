@@ -33,7 +33,8 @@ pub struct HostState {
     pub(super) plugin: Arc<str>,
     wasi: WasiCtx,
     pub(super) table: ResourceTable,
-    limits: StoreLimits,
+    /// The call in progress: its clock and its memory.
+    pub(super) call: super::call::CallState,
     config: Vec<(String, String)>,
     hops_max: u32,
     publish_policy: Arc<super::PublishPolicy>,
@@ -50,8 +51,6 @@ pub struct HostState {
     /// (Output lines over the rate limit are dropped but not counted here:
     /// a plugin that logs each event is chatty, not misbehaving.)
     refused: u64,
-    /// Time the call in progress spent paused by throttling.
-    pub(super) paused: std::time::Duration,
 }
 
 impl HostState {
@@ -72,7 +71,7 @@ impl HostState {
             plugin,
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limits,
+            call: super::call::CallState::new(limits),
             config: instance.config.clone(),
             hops_max: instance.hops_max,
             publish_policy: instance.publish.clone(),
@@ -83,19 +82,13 @@ impl HostState {
             kv_writes: Default::default(),
             kv_write_bytes: 0,
             refused: 0,
-            paused: std::time::Duration::ZERO,
         }
-    }
-
-    pub(super) fn limits_mut(&mut self) -> &mut StoreLimits {
-        &mut self.limits
     }
 
     pub(super) fn begin_batch(&mut self, chunk: &Chunk, range: Range<usize>) {
         self.batch = Some((chunk.clone(), range));
         self.published.clear();
         self.refused = 0;
-        self.paused = std::time::Duration::ZERO;
         self.take_writes();
     }
 

@@ -6,8 +6,10 @@
 //! adapter); the on-disk compile cache, keyed by the file's content hash and
 //! the engine's compatibility hash; checking which contract version a plugin
 //! was built against; the linker with the host imports (`runtime::host_api`);
-//! compiling in two tiers (below); and the limits every call runs under (an epoch deadline per batch, a
-//! memory cap per store, a stack cap per engine). A call that traps, runs
+//! compiling in two tiers (below); and the limits every call runs under (an
+//! epoch deadline per batch, a memory cap per store, a stack cap per engine,
+//! and the cut of a foreground call that turns heavy: `runtime::call`). A
+//! call that traps, runs
 //! past its deadline or exhausts its memory fails its whole batch; the store
 //! is then dropped and a fresh instance made from the [`InstancePre`]
 //! (`PluginInstance::reset`).
@@ -30,6 +32,7 @@
 //! [`InstancePre`]: wasmtime::component::InstancePre
 
 mod cache;
+pub mod call;
 mod host_api;
 pub mod kv;
 pub mod policy;
@@ -47,6 +50,7 @@ use wasmtime::component::{types::ComponentItem, Component, Linker};
 use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
 
 use crate::event::{Chunk, Event};
+pub use call::{CallMode, THROTTLE_PAUSE_TICKS};
 pub use host_api::{HostState, Outgoing};
 pub use policy::{PublishPolicy, RateLimit};
 
@@ -176,6 +180,15 @@ pub enum CallError {
         plugin: String,
         /// The plugin's own message.
         reason: String,
+    },
+    /// A foreground call turned heavy and was cut, to be run again in
+    /// the background ([`call`]): nothing it did was kept.
+    #[error("plugin `{plugin}`: the call was cut in the foreground: it {why}")]
+    Preempted {
+        /// The plugin name.
+        plugin: String,
+        /// What made it heavy.
+        why: &'static str,
     },
     /// The call trapped: a panic, a bug, the deadline, or the memory cap.
     #[error("plugin `{plugin}` trapped: {reason}")]
@@ -350,14 +363,9 @@ pub struct BatchResult {
     /// by its policy, outcome messages cut. (Output lines over the rate
     /// limit are dropped and counted apart: logging is not an offence.)
     pub refused: u64,
-    /// Time the call spent paused by throttling ([`PluginInstance::handle`]
-    /// with `throttled`).
-    pub paused: Duration,
+    /// Whether the call was heavy ([`call::CallState::heavy`]).
+    pub heavy: bool,
 }
-
-/// A throttled call runs one epoch tick, then pauses this many ticks: at
-/// most a tenth of a core.
-pub const THROTTLE_PAUSE_TICKS: u64 = 9;
 
 impl Runtime {
     /// Build the engine with epoch interruption and the stack cap, and link
@@ -809,7 +817,8 @@ impl LoadedPlugin {
         let state = HostState::new(&self.name, config, limits);
         let mut store = Store::new(&self.engine, state);
         if config.limits.enforce {
-            store.limiter(|s| s.limits_mut());
+            store.limiter(|s| &mut s.call);
+            store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().call.on_epoch()));
         }
         store
     }
@@ -822,8 +831,9 @@ pub fn instantiate(
     config: InstanceConfig,
 ) -> Result<(PluginInstance, Info), CallError> {
     let mut store = loaded.new_store(&config);
-    let deadline_ticks = config.limits.deadline_ms.div_ceil(EPOCH_TICK_MS).max(1);
-    store.set_epoch_deadline(deadline_ticks);
+    let deadline = Duration::from_millis(config.limits.deadline_ms);
+    let ticks = store.data_mut().call.begin(CallMode::Background, deadline);
+    store.set_epoch_deadline(ticks);
     let bindings = loaded
         .pre
         .instantiate(&mut store)
@@ -831,7 +841,8 @@ pub fn instantiate(
             plugin: loaded.name.clone(),
             reason: format!("{e:#}"),
         })?;
-    store.set_epoch_deadline(deadline_ticks);
+    let ticks = store.data_mut().call.begin(CallMode::Background, deadline);
+    store.set_epoch_deadline(ticks);
     let info = bindings
         .plugbus_plugin_handler()
         .call_init(&mut store)
@@ -864,6 +875,12 @@ pub fn instantiate(
 }
 
 impl PluginInstance {
+    /// Time the last call spent paused by throttling
+    /// ([`CallMode::Throttled`]).
+    pub fn paused(&self) -> Duration {
+        self.store.data().call.paused()
+    }
+
     /// Drop this store and make a fresh instance (after a trap).
     pub fn reset(&mut self) -> Result<Info, CallError> {
         let (fresh, info) = instantiate(self.loaded.clone(), self.config.clone())?;
@@ -872,59 +889,44 @@ impl PluginInstance {
     }
 
     /// Call `handle` once for the events `chunk[range]` (the batch);
-    /// `attempts[i]` is the delivery attempt of the batch's `i`th event. Copies the batch into one buffer for the guest, runs
-    /// under the deadline, and collects follow-up events. The caller keeps
-    /// the batch's [`batch_bytes`] under [`BATCH_BYTES_LIMIT`].
+    /// `attempts[i]` is the delivery attempt of the batch's `i`th event.
+    /// Copies the batch into one buffer for the guest, runs it in `mode`
+    /// for at most `budget`, and collects follow-up events. The caller
+    /// keeps the batch's [`batch_bytes`] under [`BATCH_BYTES_LIMIT`].
     ///
-    /// A `throttled` call (of a plugin that misbehaved) pauses
-    /// [`THROTTLE_PAUSE_TICKS`] epoch ticks after each tick it runs, until
-    /// its deadline (wall-clock, pauses included): a runaway loop then
-    /// burns a tenth of a core instead of a whole one.
+    /// A foreground call that turns heavy fails with
+    /// [`CallError::Preempted`]; the store must then be reset before the
+    /// batch runs again in the background.
     pub fn handle(
         &mut self,
         chunk: &Chunk,
         range: Range<usize>,
         attempts: &[u32],
-        throttled: bool,
+        mode: CallMode,
+        budget: Duration,
     ) -> Result<BatchResult, CallError> {
         let batch = chunk.get(range.clone()).unwrap_or_default();
         self.buffer.fill(batch, attempts);
         self.store.data_mut().begin_batch(chunk, range);
-        let deadline_ticks = self
-            .config
-            .limits
-            .deadline_ms
-            .div_ceil(EPOCH_TICK_MS)
-            .max(1);
-        if throttled && self.config.limits.enforce {
-            let deadline =
-                std::time::Instant::now() + Duration::from_millis(self.config.limits.deadline_ms);
-            let pause = Duration::from_millis(EPOCH_TICK_MS * THROTTLE_PAUSE_TICKS);
-            self.store.epoch_deadline_callback(move |mut ctx| {
-                let now = std::time::Instant::now();
-                if now >= deadline {
-                    return Ok(wasmtime::UpdateDeadline::Interrupt);
-                }
-                let nap = pause.min(deadline - now);
-                thread::sleep(nap);
-                ctx.data_mut().paused += nap;
-                Ok(wasmtime::UpdateDeadline::Continue(1))
-            });
-            self.store.set_epoch_deadline(1);
-        } else {
-            self.store.epoch_deadline_trap();
-            self.store.set_epoch_deadline(deadline_ticks);
-        }
+        let ticks = self.store.data_mut().call.begin(mode, budget);
+        self.store.set_epoch_deadline(ticks);
         let result = self
             .bindings
             .plugbus_plugin_handler()
             .call_handle(&mut self.store, &self.buffer.batch);
         let (published, writes) = self.store.data_mut().end_batch();
-        let mut refused = self.store.data().refused();
-        let paused = self.store.data().paused;
-        let mut outcomes = result.map_err(|e| CallError::Trap {
-            plugin: self.loaded.name.clone(),
-            reason: trap_reason(&e),
+        let state = self.store.data();
+        let mut refused = state.refused();
+        let heavy = state.call.heavy();
+        let mut outcomes = result.map_err(|e| match state.call.preempted() {
+            Some(why) => CallError::Preempted {
+                plugin: self.loaded.name.clone(),
+                why,
+            },
+            None => CallError::Trap {
+                plugin: self.loaded.name.clone(),
+                reason: trap_reason(&e),
+            },
         })?;
         if outcomes.len() != batch.len() {
             return Err(CallError::OutcomeCount {
@@ -946,7 +948,7 @@ impl PluginInstance {
             published,
             writes,
             refused,
-            paused,
+            heavy,
         })
     }
 }
@@ -986,6 +988,7 @@ fn cut_message(message: &mut String) -> bool {
     let end = crate::event::prefix_at_char(message, OUTCOME_MESSAGE_BYTES_MAX).len();
     message.truncate(end);
     message.push_str(&format!("… (cut: the plugin's message was {total} bytes)"));
+    message.shrink_to_fit();
     true
 }
 
@@ -1161,7 +1164,13 @@ mod tests {
         assert_eq!(info.subscriptions, ["order.placed"]);
         let (chunk, attempts) = noop_batch(3);
         let result = instance
-            .handle(&chunk, 0..3, &attempts, false)
+            .handle(
+                &chunk,
+                0..3,
+                &attempts,
+                CallMode::Foreground,
+                Duration::from_secs(1),
+            )
             .expect("handles");
         assert_eq!(result.outcomes.len(), 3);
         assert!(result.outcomes.iter().all(|o| matches!(o, Outcome::Ack)));
@@ -1211,6 +1220,83 @@ mod tests {
             msg.contains("plugbus:plugin@0.2.0") && msg.contains("plugbus:plugin@0.1.0"),
             "{msg}"
         );
+    }
+
+    /// The hostile test plugin in `mode`, instantiated with `memory` bytes,
+    /// and the runtime whose epoch ticker keeps its deadlines.
+    fn hostile(mode: &str, memory: usize) -> (Runtime, PluginInstance) {
+        let rt = Runtime::new(Limits::default(), None).expect("runtime");
+        let loaded = rt
+            .load_file(Path::new(plugbus_e2e::artifacts::HOSTILE))
+            .expect("hostile loads");
+        let config = InstanceConfig {
+            config: vec![("mode".into(), mode.into())],
+            limits: Limits {
+                memory_bytes_max: memory,
+                ..Limits::default()
+            },
+            ..InstanceConfig::default()
+        };
+        let instance = instantiate(Arc::new(loaded), config)
+            .expect("instantiates")
+            .0;
+        (rt, instance)
+    }
+
+    #[test]
+    fn a_foreground_call_past_its_grace_is_cut_and_runs_on_in_the_background() {
+        let (_rt, mut looping) = hostile("loop", 64 << 20);
+        let (chunk, attempts) = noop_batch(2);
+        let deadline = Duration::from_secs(1);
+        let cut = looping
+            .handle(&chunk, 0..2, &attempts, CallMode::Foreground, deadline)
+            .err()
+            .expect("an endless call is cut");
+        assert!(
+            matches!(&cut, CallError::Preempted { why, .. } if why.contains("100 ms")),
+            "{cut}"
+        );
+        looping.reset().expect("re-instantiates");
+        // In the background it is not cut, and stops at its deadline.
+        let err = looping
+            .handle(&chunk, 0..2, &attempts, CallMode::Background, deadline / 4)
+            .err()
+            .expect("an endless call stops at its deadline");
+        assert!(
+            matches!(&err, CallError::Trap { reason, .. } if reason.contains("interrupt")),
+            "{err}"
+        );
+        // Throttled, it is paused most of the time it takes.
+        looping.reset().expect("re-instantiates");
+        let _ = looping.handle(&chunk, 0..2, &attempts, CallMode::Throttled, deadline / 4);
+        assert!(looping.paused() > Duration::ZERO, "paused");
+    }
+
+    #[test]
+    fn a_foreground_call_growing_its_memory_by_16_mib_is_cut() {
+        let (_rt, mut big) = hostile("big", 256 << 20);
+        let (chunk, attempts) = noop_batch(2);
+        let deadline = Duration::from_secs(5);
+        let cut = big
+            .handle(&chunk, 0..2, &attempts, CallMode::Foreground, deadline)
+            .err()
+            .expect("cut");
+        assert!(
+            matches!(&cut, CallError::Preempted { why, .. } if why.contains("memory")),
+            "{cut}"
+        );
+        big.reset().expect("re-instantiates");
+        let done = big
+            .handle(&chunk, 0..2, &attempts, CallMode::Background, deadline)
+            .expect("runs to the end in the background");
+        assert!(done.heavy, "a heavy call");
+        assert_eq!(done.refused, 1, "its 100 MB message is cut");
+        // An ordinary call is neither cut nor heavy.
+        let (_rt2, mut light) = hostile("work", 64 << 20);
+        let done = light
+            .handle(&chunk, 0..2, &attempts, CallMode::Foreground, deadline)
+            .expect("handles");
+        assert!(!done.heavy);
     }
 
     #[test]
