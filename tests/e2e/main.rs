@@ -2063,7 +2063,12 @@ mod isolation {
         assert_eq!(metric("plugin_low_priority_batches_total"), 0.0);
         assert!(dead_letters(&h, "heavy").is_empty());
         h.wait_log("at low CPU priority", WAIT).expect("logged");
+        let status = h.plugin("heavy").expect("listed");
+        assert!(status["background_ms"].as_u64() > Some(0), "{status}");
+        assert!(status.get("low_priority_ms").is_none(), "{status}");
         for p in ["email", "inventory", "analytics"] {
+            let status = h.plugin(p).expect("listed");
+            assert!(status.get("background_ms").is_none(), "{p}: {status}");
             assert_eq!(
                 h.metric(&format!(
                     "plugbus_plugin_background_batches_total{{plugin=\"{p}\"}}"

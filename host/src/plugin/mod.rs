@@ -283,9 +283,11 @@ pub struct RunningPlugin {
     quarantines: Counter,
     pub(crate) low_priority_batches: Counter,
     pub(crate) background_batches: Counter,
-    /// Until when its calls run at low CPU priority (the latest of its
-    /// workers'), if they do.
-    pub(crate) low_priority_until: Mutex<Option<std::time::Instant>>,
+    /// Until when its calls run at low CPU priority, throttled (the latest
+    /// of its workers'), if they do.
+    pub(crate) low_priority_until: Until,
+    /// Until when its calls run in the background, likewise.
+    pub(crate) background_until: Until,
     /// Per worker: the highest sequence it has finished with.
     cursors: Vec<AtomicU64>,
     /// Per worker: events waiting in its queue.
@@ -390,6 +392,11 @@ pub struct PluginStatus {
     /// [`worker::LOW_PRIORITY_FOR`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub low_priority_ms: Option<u64>,
+    /// How much longer its calls run in the background, in ms, when they
+    /// do: a call of it ran past 100 ms or grew its memory by 16 MiB within
+    /// the last [`worker::BACKGROUND_FOR`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background_ms: Option<u64>,
     /// Its bounds and policies (running plugins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<PluginLimits>,
@@ -879,7 +886,8 @@ impl Registry {
                 .background_batches
                 .get_or_create(&labels)
                 .clone(),
-            low_priority_until: Mutex::default(),
+            low_priority_until: Until::default(),
+            background_until: Until::default(),
             cursors: starts.iter().map(|s| AtomicU64::new(s.low())).collect(),
             depths: queues.iter().map(Queue::depth_handle).collect(),
             // Look once at start: re-drives may be pending from before.
@@ -1019,12 +1027,8 @@ impl Registry {
                             .as_millis() as u64
                     }),
                     quarantines: p.quarantines.get(),
-                    low_priority_ms: p
-                        .low_priority_until
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .and_then(|t| t.checked_duration_since(std::time::Instant::now()))
-                        .map(|d| d.as_millis() as u64),
+                    low_priority_ms: p.low_priority_until.left_ms(),
+                    background_ms: p.background_until.left_ms(),
                     limits: Some(p.limits()),
                 }
             })
@@ -1054,6 +1058,7 @@ impl Registry {
                     quarantine_ms: None,
                     quarantines: 0,
                     low_priority_ms: None,
+                    background_ms: None,
                     limits: None,
                 }),
         );
@@ -1458,6 +1463,31 @@ pub enum Reload {
     Restarted,
     /// The file holds the version already running (or already offered).
     Unchanged,
+}
+
+/// A time shared by a plugin's workers: the latest any of them set.
+#[derive(Default)]
+pub(crate) struct Until(Mutex<Option<std::time::Instant>>);
+
+impl Until {
+    /// Make it at least `until`.
+    pub(crate) fn extend(&self, until: std::time::Instant) {
+        let mut at = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *at = Some(at.map_or(until, |t| t.max(until)));
+    }
+
+    pub(crate) fn clear(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Milliseconds left, if any.
+    fn left_ms(&self) -> Option<u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .and_then(|t| t.checked_duration_since(std::time::Instant::now()))
+            .map(|d| d.as_millis() as u64)
+    }
 }
 
 impl RunningPlugin {

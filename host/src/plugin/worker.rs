@@ -184,6 +184,9 @@ pub(super) struct Worker {
     low_priority_until: Option<Instant>,
     /// Calls run in the background until then.
     background_until: Option<Instant>,
+    /// Delivery pauses this long at the next batch boundary (after a
+    /// misbehaving call).
+    rest_due: Duration,
     /// The plugin's wasm stack cap, for threads that call into it.
     wasm_stack: usize,
     instance: PluginInstance,
@@ -294,6 +297,7 @@ impl Worker {
             quarantine_pause: QUARANTINE_PAUSE_MIN,
             low_priority_until: None,
             background_until: None,
+            rest_due: Duration::ZERO,
             wasm_stack: plugin.settings.limits.stack_bytes_max,
             quarantined_until: None,
             instance,
@@ -352,8 +356,10 @@ impl Worker {
                 // hand is abandoned, not delivered.
                 break;
             }
-            // A batch boundary: the place to take a new version, with the
-            // queue, the cursor and pending retries as they are.
+            // A batch boundary: the place to rest after a misbehaving call,
+            // and to take a new version, with the queue, the cursor and
+            // pending retries as they are.
+            self.rest();
             self.take_swap();
             if let Some(until) = self.quarantined_until {
                 let left = until.saturating_duration_since(Instant::now());
@@ -711,17 +717,20 @@ impl Worker {
             });
         }
         if heavy {
-            self.background_until = Some(Instant::now() + BACKGROUND_FOR);
+            let until = Instant::now() + BACKGROUND_FOR;
+            self.background_until = Some(until);
+            self.plugin.background_until.extend(until);
         }
         let handled_at = Instant::now();
         if low || !matches!(&result, Ok(r) if r.refused == 0) {
             // Its share while misbehaving: a tenth of a core, host time in
             // the call included (its first offence too, which ran at full
-            // speed until it was cut or failed).
+            // speed until it was cut or failed). The rest comes after the
+            // batch's outcomes are committed.
             let busy = handled_at
                 .duration_since(started)
                 .saturating_sub(self.instance.paused());
-            self.rest(busy * runtime::THROTTLE_PAUSE_TICKS as u32);
+            self.rest_due += busy * runtime::THROTTLE_PAUSE_TICKS as u32;
         }
         if !matches!(&result, Ok(r) if r.refused == 0) {
             self.misbehaved();
@@ -985,12 +994,17 @@ impl Worker {
         }
     }
 
-    /// Pause delivery for `pause` (at most [`LOW_PRIORITY_FOR`]), or until
-    /// the host stops or a new version is offered.
-    fn rest(&self, pause: Duration) {
+    /// Pause delivery for the rest due (at most [`LOW_PRIORITY_FOR`]), or
+    /// until the host or the plugin stops or a new version is offered.
+    fn rest(&mut self) {
+        let pause = std::mem::take(&mut self.rest_due);
+        if pause.is_zero() {
+            return;
+        }
         let until = Instant::now() + pause.min(LOW_PRIORITY_FOR);
         while Instant::now() < until
             && !self.stopping.load(Ordering::Relaxed)
+            && !self.plugin.stop.load(Ordering::Relaxed)
             && !self.plugin.swap_offered(self.index)
         {
             std::thread::sleep((until - Instant::now()).min(Duration::from_millis(10)));
@@ -1005,12 +1019,7 @@ impl Worker {
             tracing::info!(plugin = %self.plugin.name, worker = self.index, "misbehaving (trapped, past its deadline, refused or cut): its calls run at low CPU priority");
         }
         self.low_priority_until = Some(until);
-        let mut shown = self
-            .plugin
-            .low_priority_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        *shown = Some(shown.map_or(until, |t| t.max(until)));
+        self.plugin.low_priority_until.extend(until);
     }
 
     /// Swap in the new version offered, if any: the next batch goes to it.
@@ -1033,11 +1042,9 @@ impl Worker {
             self.quarantined_until = None;
             self.plugin.set_quarantine(self.index, None);
             self.low_priority_until = None;
-            *self
-                .plugin
-                .low_priority_until
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = None;
+            self.plugin.low_priority_until.clear();
+            self.background_until = None;
+            self.plugin.background_until.clear();
             self.swaps.inc();
             "new version swapped in"
         };
