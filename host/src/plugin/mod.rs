@@ -145,6 +145,8 @@ struct Instances {
     subscriptions: Vec<String>,
     /// The same, parsed.
     patterns: Vec<Pattern>,
+    /// Where their state is.
+    kv: kv::Backend,
 }
 
 /// Why a plugin did not start.
@@ -657,15 +659,13 @@ impl Registry {
         let publish = PublishPolicy {
             allow: m.publish.allow.as_deref().map(patterns),
             deny: patterns(&m.publish.deny),
-            rate: m.publish.rate_events_per_s_max.map(|per_s| {
-                RateLimit::new(
-                    Some(per_s),
-                    self.metrics
-                        .publish_throttled
-                        .get_or_create(&labels)
-                        .clone(),
-                )
-            }),
+            rate: RateLimit::new(
+                m.publish.rate_events_per_s_max,
+                self.metrics
+                    .publish_throttled
+                    .get_or_create(&labels)
+                    .clone(),
+            ),
         };
         let output = RateLimit::new(
             Some(
@@ -730,6 +730,7 @@ impl Registry {
             info,
             subscriptions,
             patterns,
+            kv: config.kv,
         })
     }
 
@@ -747,12 +748,12 @@ impl Registry {
         loaded: Arc<runtime::LoadedPlugin>,
     ) -> Result<Arc<RunningPlugin>, PluginError> {
         let name = stem(file);
-        let kv = self.bucket(&name);
         let Instances {
             instances,
             info,
             subscriptions,
             patterns,
+            kv,
         } = self.instances(&loaded, file, &settings)?;
         self.optimize_later(file, &loaded, settings.limits.stack_bytes_max);
         if info.name != name {
@@ -1597,7 +1598,7 @@ impl RunningPlugin {
                 Overflow::Drop => "drop".into(),
                 Overflow::Block(_) => "block".into(),
             },
-            publish_events_per_s_max: s.publish.rate.as_ref().and_then(RateLimit::per_s),
+            publish_events_per_s_max: s.publish.rate.per_s(),
             output_lines_per_s_max: s.output.per_s().unwrap_or(0),
             manifest: s.has_manifest,
         }

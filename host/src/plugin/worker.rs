@@ -722,7 +722,8 @@ impl Worker {
             self.plugin.background_until.extend(until);
         }
         let handled_at = Instant::now();
-        if low || !matches!(&result, Ok(r) if r.refused == 0) {
+        let offended = !matches!(&result, Ok(r) if r.refused == 0);
+        if low || offended {
             // Its share while misbehaving: a tenth of a core, host time in
             // the call included (its first offence too, which ran at full
             // speed until it was cut or failed). The rest comes after the
@@ -732,7 +733,7 @@ impl Worker {
                 .saturating_sub(self.instance.paused());
             self.rest_due += busy * runtime::THROTTLE_PAUSE_TICKS as u32;
         }
-        if !matches!(&result, Ok(r) if r.refused == 0) {
+        if offended {
             self.misbehaved();
         }
         self.handle_seconds
@@ -974,24 +975,13 @@ impl Worker {
         }
         self.plugin.background_batches.inc();
         let instance = &mut self.instance;
-        let background = std::thread::scope(|scope| {
-            let call = std::thread::Builder::new()
-                .name(format!("{}-bg", self.plugin.name))
-                .stack_size(runtime::native_stack_for(self.wasm_stack))
-                .spawn_scoped(scope, || {
-                    runtime::call::lower_own_priority();
-                    instance.handle(chunk, range.clone(), attempts, mode, budget)
-                });
-            call.map(|c| {
-                c.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-        });
-        match background {
-            Ok(result) => result,
-            // No thread to be had: call on this one, not to be cut.
-            Err(_) => self.instance.handle(chunk, range, attempts, mode, budget),
-        }
+        // Without a thread of its own it runs on this one, not to be cut.
+        runtime::on_own_thread(
+            format!("{}-bg", self.plugin.name),
+            self.wasm_stack,
+            true,
+            || instance.handle(chunk, range, attempts, mode, budget),
+        )
     }
 
     /// Pause delivery for the rest due (at most [`LOW_PRIORITY_FOR`]), or

@@ -22,11 +22,15 @@ use super::EPOCH_TICK_MS;
 /// A foreground call still running after this long is cut and run again
 /// in the background.
 pub const PREEMPT_AFTER: Duration = Duration::from_millis(100);
+/// Why a call cut for [`PREEMPT_AFTER`] was cut (keep the two together).
+const RAN_LONG: &str = "ran past 100 ms";
 
 /// A foreground call that grows its memory by this much is cut and run
 /// again in the background: copying that much in and out of the sandbox is
 /// work the epoch clock does not see.
 pub const PREEMPT_GROWTH_BYTES: usize = 16 << 20;
+/// Why a call cut for [`PREEMPT_GROWTH_BYTES`] was cut (keep them together).
+const GREW: &str = "grew its memory by 16 MiB";
 
 /// A throttled call runs one epoch tick, then pauses this many ticks: at
 /// most a tenth of a core.
@@ -118,7 +122,7 @@ impl CallState {
         }
         match self.mode {
             CallMode::Foreground if now - self.started >= PREEMPT_AFTER => {
-                self.preempted = Some("ran past 100 ms");
+                self.preempted = Some(RAN_LONG);
                 UpdateDeadline::Interrupt
             }
             CallMode::Throttled => {
@@ -153,10 +157,8 @@ impl ResourceLimiter for CallState {
         }
         self.grown = self.grown.saturating_add(desired.saturating_sub(current));
         if self.mode == CallMode::Foreground && self.grown >= PREEMPT_GROWTH_BYTES {
-            self.preempted = Some("grew its memory by 16 MiB");
-            return Err(wasmtime::format_err!(
-                "cut in the foreground: grew its memory by 16 MiB"
-            ));
+            self.preempted = Some(GREW);
+            return Err(wasmtime::format_err!("cut in the foreground: {GREW}"));
         }
         Ok(true)
     }

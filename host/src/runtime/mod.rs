@@ -326,12 +326,32 @@ pub fn with_native_stack<T: Send>(wasm_stack: usize, f: impl FnOnce() -> T + Sen
     if wasm_stack <= Limits::default().stack_bytes_max {
         return f();
     }
+    on_own_thread("plugin-init".into(), wasm_stack, false, f)
+}
+
+/// Run `f` on a thread of its own named `name`, with native stack room for
+/// wasm calls with a stack cap of `wasm_stack` bytes, and at the lowest CPU
+/// priority when `lowest` ([`call::lower_own_priority`]); on the calling
+/// thread, as it is, if no thread can be had. The caller waits for it.
+pub fn on_own_thread<T: Send>(
+    name: String,
+    wasm_stack: usize,
+    lowest: bool,
+    f: impl FnOnce() -> T + Send,
+) -> T {
     let mut f = Some(f);
     let ran = thread::scope(|scope| {
+        let pending = &mut f;
         let call = thread::Builder::new()
-            .name("plugin-init".into())
+            .name(name)
             .stack_size(native_stack_for(wasm_stack))
-            .spawn_scoped(scope, || f.take().map(|f| f()));
+            .spawn_scoped(scope, move || {
+                let f = pending.take()?;
+                if lowest {
+                    call::lower_own_priority();
+                }
+                Some(f())
+            });
         call.ok().map(|c| {
             c.join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
@@ -824,6 +844,12 @@ impl LoadedPlugin {
     }
 }
 
+/// Start the clock of a call of `mode` that may take `budget`.
+fn begin_call(store: &mut Store<HostState>, mode: CallMode, budget: Duration) {
+    let ticks = store.data_mut().call.begin(mode, budget);
+    store.set_epoch_deadline(ticks);
+}
+
 /// Instantiate `loaded` and run `init`. Returns the instance and what the
 /// plugin said about itself.
 pub fn instantiate(
@@ -832,8 +858,7 @@ pub fn instantiate(
 ) -> Result<(PluginInstance, Info), CallError> {
     let mut store = loaded.new_store(&config);
     let deadline = Duration::from_millis(config.limits.deadline_ms);
-    let ticks = store.data_mut().call.begin(CallMode::Background, deadline);
-    store.set_epoch_deadline(ticks);
+    begin_call(&mut store, CallMode::Background, deadline);
     let bindings = loaded
         .pre
         .instantiate(&mut store)
@@ -841,8 +866,7 @@ pub fn instantiate(
             plugin: loaded.name.clone(),
             reason: format!("{e:#}"),
         })?;
-    let ticks = store.data_mut().call.begin(CallMode::Background, deadline);
-    store.set_epoch_deadline(ticks);
+    begin_call(&mut store, CallMode::Background, deadline);
     let info = bindings
         .plugbus_plugin_handler()
         .call_init(&mut store)
@@ -908,8 +932,7 @@ impl PluginInstance {
         let batch = chunk.get(range.clone()).unwrap_or_default();
         self.buffer.fill(batch, attempts);
         self.store.data_mut().begin_batch(chunk, range);
-        let ticks = self.store.data_mut().call.begin(mode, budget);
-        self.store.set_epoch_deadline(ticks);
+        begin_call(&mut self.store, mode, budget);
         let result = self
             .bindings
             .plugbus_plugin_handler()

@@ -70,14 +70,25 @@ impl Default for RateLimit {
 
 /// The topics a plugin may publish to, and how many follow-up events a
 /// second. Deny wins over allow; no allow list allows every topic.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PublishPolicy {
     /// Patterns allowed (`None`: all).
     pub allow: Option<Vec<Pattern>>,
     /// Patterns refused even when allowed.
     pub deny: Vec<Pattern>,
     /// Follow-up events per second.
-    pub rate: Option<RateLimit>,
+    pub rate: RateLimit,
+}
+
+impl Default for PublishPolicy {
+    /// Every topic, at any rate.
+    fn default() -> Self {
+        PublishPolicy {
+            allow: None,
+            deny: Vec::new(),
+            rate: RateLimit::new(None, Counter::default()),
+        }
+    }
 }
 
 impl PublishPolicy {
@@ -105,13 +116,11 @@ impl PublishPolicy {
                 ));
             }
         }
-        if let Some(rate) = &self.rate {
-            if !rate.take() {
-                return Err(format!(
-                    "publish rate limit of {} events/s reached (publish.rate_events_per_s_max); return a retry to publish later",
-                    rate.per_s().unwrap_or(0)
-                ));
-            }
+        if !self.rate.take() {
+            return Err(format!(
+                "publish rate limit of {} events/s reached (publish.rate_events_per_s_max); return a retry to publish later",
+                self.rate.per_s().unwrap_or(0)
+            ));
         }
         Ok(())
     }
@@ -134,7 +143,7 @@ mod tests {
         let p = PublishPolicy {
             allow: Some(pats(&["inventory.>"])),
             deny: pats(&["inventory.secret"]),
-            rate: None,
+            ..PublishPolicy::default()
         };
         assert!(p.check("inventory.reserved").is_ok());
         let e = p.check("inventory.secret").expect_err("denied");
