@@ -1,0 +1,74 @@
+//! The reference order flow: every plugin gets an order, the chain keeps its correlation.
+
+use super::*;
+
+#[test]
+fn an_order_reaches_every_plugin_and_the_chain_keeps_its_correlation() {
+    let h = host(&order_flow(), &[]);
+    h.publish("order.placed", &order("o-1", "widget", 2, 2500))
+        .expect("first order");
+    let second = h
+        .publish("order.placed", &order("o-2", "gadget", 1000, 990))
+        .expect("second order");
+    let second_id = second["id"]
+        .as_str()
+        .expect("id in the 202 body")
+        .to_string();
+
+    // email gets both orders and inventory's follow-up for the second.
+    h.wait_until("email to handle 3 events", WAIT, |h| {
+        h.count("email", "handled") == 3
+    })
+    .expect("email");
+    h.wait_until("analytics to handle 2", WAIT, |h| {
+        h.count("analytics", "handled") == 2
+    })
+    .expect("analytics");
+    assert_eq!(h.count("inventory", "handled"), 2);
+
+    h.wait_log("[email] to alice@example.com from orders@shop.example: your order o-1 is confirmed, total 25.00", WAIT)
+        .expect("confirmation");
+    h.wait_log("[inventory] order o-1: reserved widget -2 (left 98)", WAIT)
+        .expect("stock change");
+    h.wait_log("[analytics] totals: orders=2 revenue_cents=3490", WAIT)
+        .expect("running totals");
+    // The follow-up names the order as its cause and keeps the chain's
+    // correlation id: the order's id, since the order started the chain.
+    h.wait_log(
+        &format!("order o-2 is delayed: gadget is out of stock (correlation {second_id}, caused by {second_id})"),
+        WAIT,
+    )
+    .expect("choreography chain");
+    let status = h.stop().expect("stops");
+    assert!(status.success(), "clean exit on SIGTERM, got {status}");
+}
+
+#[test]
+fn an_order_without_items_is_rejected_and_counted_not_retried() {
+    let h = host(&order_flow(), &[]);
+    h.publish(
+        "order.placed",
+        &json!({"order_id": "o-9", "customer": "bob", "total_cents": 5}),
+    )
+    .expect("accepted: it is valid JSON");
+    h.wait_until("inventory to reject", WAIT, |h| {
+        h.count("inventory", "failed") == 1
+    })
+    .expect("rejected");
+    assert_eq!(
+        h.count("inventory", "retried"),
+        0,
+        "a reject is never retried"
+    );
+    // Durable mode keeps it as a dead letter rather than dropping it.
+    assert_eq!(
+        h.metric(r#"plugbus_events_dead_lettered_total{plugin="inventory"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        h.metric(r#"plugbus_events_dropped_total{plugin="inventory",reason="rejected"}"#),
+        Some(0.0)
+    );
+    h.wait_log("order o-9 has no items", WAIT)
+        .expect("reason logged");
+}
