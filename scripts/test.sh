@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
+# Real clients and servers the end-to-end tests use: curl, openssl (a test
+# CA for TLS), yes (CPU hogs for the busy-machine tests).
+apt_install curl openssl coreutils
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 

@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::http::BODY_BYTES_MAX_DEFAULT;
 use crate::plugin::{DeliverySettings, RetryOrdering};
 use crate::runtime::{Limits, Tier};
-use crate::store::{Fsync, Retention, DISK_RESERVE_BYTES_DEFAULT};
+use crate::store::{Fsync, Retention};
 
 /// The address `plugbus run` listens on by default.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7420";
@@ -44,7 +44,7 @@ pub enum Command {
     ///
     /// Stops cleanly on Ctrl-C or SIGTERM: new publishes are refused, queued
     /// events are delivered, then the process exits.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Publish one event with a JSON body to a running host.
     ///
     /// Example: plugbus publish order.placed '{"order_id":"o-1","total_cents":2500}'
@@ -54,9 +54,9 @@ pub enum Command {
         topic: String,
         /// The event data: a JSON document.
         json: String,
-        /// The host's HTTP address.
-        #[arg(long, env = "PLUGBUS_URL", default_value = URL_DEFAULT)]
-        url: String,
+        /// Where the host is, and the token.
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Compile a plugin with the optimizing compiler into the compile
     /// cache, ahead of time (a deploy step), so that the host starts it
@@ -83,9 +83,9 @@ pub enum Command {
     },
     /// List the plugins of a running host, with their counters.
     Plugins {
-        /// The host's HTTP address.
-        #[arg(long, env = "PLUGBUS_URL", default_value = URL_DEFAULT)]
-        url: String,
+        /// Where the host is, and the token.
+        #[command(flatten)]
+        client: ClientArgs,
         /// Print the raw JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -110,9 +110,9 @@ pub enum Command {
         /// Empty the plugin's key-value state first, to rebuild it.
         #[arg(long)]
         reset_state: bool,
-        /// The host's HTTP address.
-        #[arg(long, env = "PLUGBUS_URL", default_value = URL_DEFAULT)]
-        url: String,
+        /// Where the host is, and the token.
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Read a plugin's key-value state.
     ///
@@ -121,28 +121,26 @@ pub enum Command {
         /// What to read.
         #[command(subcommand)]
         action: KvAction,
-        /// The host's HTTP address.
-        #[arg(
-            long,
-            global = true,
-            env = "PLUGBUS_URL",
-            default_value = URL_DEFAULT
-        )]
-        url: String,
+        /// Where the host is, and the token.
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Read the event log (durable mode).
     Log {
         /// What to read.
         #[command(subcommand)]
         action: LogAction,
-        /// The host's HTTP address.
-        #[arg(
-            long,
-            global = true,
-            env = "PLUGBUS_URL",
-            default_value = URL_DEFAULT
-        )]
-        url: String,
+        /// Where the host is, and the token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make an API token.
+    ///
+    /// Example: plugbus token new shop --scope 'publish:order.*' --scope read
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        action: TokenAction,
     },
     /// Dead letters: events a plugin rejected or ran out of attempts on
     /// (durable mode).
@@ -150,14 +148,41 @@ pub enum Command {
         /// What to do with them.
         #[command(subcommand)]
         action: DeadAction,
-        /// The host's HTTP address.
-        #[arg(
-            long,
-            global = true,
-            env = "PLUGBUS_URL",
-            default_value = URL_DEFAULT
-        )]
-        url: String,
+        /// Where the host is, and the token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Where a client subcommand finds the host, and how it proves who it is.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The host's address: http://HOST:PORT, or https://HOST:PORT when it
+    /// serves TLS.
+    #[arg(long, global = true, env = "PLUGBUS_URL", default_value = URL_DEFAULT)]
+    pub url: String,
+    /// The API token, when the host was started with --auth (sent as
+    /// `Authorization: Bearer`).
+    #[arg(long, global = true, env = "PLUGBUS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A PEM file with the certificate authority that signed the host's TLS
+    /// certificate (default: the system's web roots).
+    #[arg(long, global = true, value_name = "FILE", env = "PLUGBUS_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// `plugbus token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Make a new random token: prints it once, and the entry to add to
+    /// the token file (which holds only its hash).
+    New {
+        /// A name for who uses it (shown in 403 answers and logs).
+        name: String,
+        /// What it may do: `publish`, `publish:PATTERN` (e.g.
+        /// `publish:order.*`), `read`, `admin`. Repeat for several.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
     },
 }
 
@@ -287,9 +312,10 @@ pub struct RunArgs {
     pub fsync: Fsync,
     /// Refuse publishes (507) while the data directory's file system has
     /// less than this many bytes free, so the store never runs out of room
-    /// for its own flushes; publishing resumes once there is room.
-    #[arg(long, default_value_t = DISK_RESERVE_BYTES_DEFAULT)]
-    pub disk_reserve_bytes: u64,
+    /// for its own flushes; publishing resumes once there is room. Default:
+    /// an eighth of the file system, at least 8 MiB and at most 256 MiB.
+    #[arg(long)]
+    pub disk_reserve_bytes: Option<u64>,
     /// Idempotent publishing: an event whose id was published less than
     /// this long ago is not stored again, and its publisher gets the
     /// original sequence (0 turns this off). At most 1,000,000 ids are
@@ -326,10 +352,45 @@ pub struct RunArgs {
     /// How long a publisher waits for room in a full queue before 503, in ms.
     #[arg(long, default_value_t = 2000)]
     pub publish_timeout_ms: u64,
+    /// A token file: who may call the API, with which scopes (TOML; see
+    /// `plugbus token new`). Read again when it changes. Without it anyone
+    /// who reaches --listen may do anything, so a --listen off loopback
+    /// needs it (or --insecure-no-auth).
+    #[arg(long, value_name = "FILE", env = "PLUGBUS_AUTH")]
+    pub auth: Option<PathBuf>,
+    /// Listen off loopback without a token file, accepting that anyone who
+    /// reaches the port may publish, read every plugin's state, purge dead
+    /// letters and wipe state by replay.
+    #[arg(long, conflicts_with = "auth")]
+    pub insecure_no_auth: bool,
+    /// With --auth, serve /metrics without a token (default: it needs the
+    /// `read` scope).
+    #[arg(long)]
+    pub metrics_open: bool,
+    /// Serve HTTPS with this certificate chain (PEM, server certificate
+    /// first); read again when it changes, for rotation without a restart.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// HTTP connections open at once; more are closed at once and counted.
+    #[arg(long, default_value_t = crate::http::serve::CONNECTIONS_MAX_DEFAULT as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub connections_max: u64,
+    /// Time for a client to send a request's headers (and a TLS handshake),
+    /// in ms, including an idle keep-alive connection's next request; then
+    /// the connection is closed.
+    #[arg(long, default_value_t = crate::http::serve::HEADER_TIMEOUT_MS_DEFAULT, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub header_timeout_ms: u64,
+    /// Time for a client to send a request's body, in ms; then 408 and the
+    /// connection is closed.
+    #[arg(long, default_value_t = crate::http::serve::BODY_TIMEOUT_MS_DEFAULT, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub body_timeout_ms: u64,
     /// Largest HTTP request body, in bytes.
     #[arg(long, default_value_t = BODY_BYTES_MAX_DEFAULT as u64, value_parser = clap::value_parser!(u64).range(1024..=1 << 30))]
     pub body_bytes_max: u64,
-    /// Time budget of one plugin call (a batch), in ms.
+    /// CPU time one plugin call (a batch) may use, in ms; a call still running
+    /// after 60 times this on the wall clock is stopped too.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub deadline_ms: u64,
     /// Linear memory a plugin instance may use, in bytes.
@@ -361,8 +422,9 @@ pub struct RunSettings {
     pub data: Option<PathBuf>,
     /// The fsync policy (durable mode).
     pub fsync: Fsync,
-    /// Free space kept on the data directory's file system, in bytes.
-    pub disk_reserve_bytes: u64,
+    /// Free space kept on the data directory's file system, in bytes
+    /// (`None`: [`crate::store::disk_reserve_for`] its size).
+    pub disk_reserve_bytes: Option<u64>,
     /// Start on a store that lost acknowledged events.
     pub accept_lost_events: bool,
     /// The duplicate window of idempotent publishing.
@@ -386,11 +448,29 @@ pub struct RunSettings {
     pub publish_timeout: Duration,
     /// HTTP body limit.
     pub body_bytes_max: usize,
+    /// The token file, if any.
+    pub auth: Option<PathBuf>,
+    /// With a token file, `/metrics` needs no token.
+    pub metrics_open: bool,
+    /// TLS certificate and key files, if any.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// HTTP connections open at once.
+    pub connections_max: usize,
+    /// Time for a request's headers (and a TLS handshake).
+    pub header_timeout: Duration,
+    /// Time for a request's body.
+    pub body_timeout: Duration,
 }
 
 impl RunArgs {
     /// Check combinations and build the settings.
     pub fn settings(&self) -> Result<RunSettings, String> {
+        if !self.listen.ip().is_loopback() && self.auth.is_none() && !self.insecure_no_auth {
+            return Err(format!(
+                "--listen {} is reachable from other machines, and without a token file anyone who reaches it may publish, read every plugin's state, purge dead letters and wipe state by replay; give --auth FILE (make tokens with `plugbus token new NAME --scope ...`), or --insecure-no-auth to accept the risk knowingly",
+                self.listen
+            ));
+        }
         if self.backoff_ms_min > self.backoff_ms_max {
             return Err(format!(
                 "--backoff-ms-min ({}) is larger than --backoff-ms-max ({}); make the minimum the smaller",
@@ -475,6 +555,12 @@ impl RunArgs {
             },
             publish_timeout: Duration::from_millis(self.publish_timeout_ms),
             body_bytes_max: self.body_bytes_max as usize,
+            auth: self.auth.clone(),
+            metrics_open: self.metrics_open,
+            tls: self.tls_cert.clone().zip(self.tls_key.clone()),
+            connections_max: self.connections_max as usize,
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
         })
     }
 }
@@ -510,6 +596,22 @@ mod tests {
         assert!(e.contains("PLUGIN=strict"), "{e}");
         let e = parse(&["--ordering-for", "email=sorted"]).expect_err("bad ordering");
         assert!(e.contains("`sorted` is not an ordering"), "{e}");
+    }
+
+    #[test]
+    fn listening_off_loopback_needs_a_token_file_or_the_risk_said_out_loud() {
+        let e = parse(&["--listen", "0.0.0.0:7420"]).expect_err("open to the network");
+        assert!(
+            e.contains("--auth FILE") && e.contains("--insecure-no-auth"),
+            "{e}"
+        );
+        assert!(parse(&["--listen", "0.0.0.0:7420", "--auth", "/tmp/tokens.toml"]).is_ok());
+        assert!(parse(&["--listen", "0.0.0.0:7420", "--insecure-no-auth"]).is_ok());
+        assert!(parse(&["--listen", "[::1]:7420"]).is_ok(), "loopback");
+        assert!(
+            parse(&["--tls-cert", "/tmp/c.pem"]).is_err(),
+            "a certificate needs its key"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod bus;
 pub mod cli;
+pub mod client;
 pub mod dispatch;
 pub mod event;
 pub mod http;

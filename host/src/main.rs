@@ -9,7 +9,8 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use plugbus::cli::{Cli, Command, DeadAction, KvAction, LogAction};
+use plugbus::cli::{Cli, Command, DeadAction, KvAction, LogAction, TokenAction};
+use plugbus::client::Client;
 use plugbus::plugin::PluginStatus;
 
 fn main() -> ExitCode {
@@ -40,20 +41,26 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             }
         }
-        Command::Publish { topic, json, url } => match publish(&url, &topic, &json) {
+        Command::Publish {
+            topic,
+            json,
+            client,
+        } => match Client::new(&client).and_then(|c| publish(&c, &topic, &json)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
-        Command::Plugins { url, json } => match plugins(&url, json) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&e),
-        },
+        Command::Plugins { client, json } => {
+            match Client::new(&client).and_then(|c| plugins(&c, json)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
         Command::Replay {
             plugin,
             from_seq,
             from_time,
             reset_state,
-            url,
+            client,
         } => {
             let body = match (from_seq, from_time) {
                 (Some(seq), _) => {
@@ -64,7 +71,9 @@ fn main() -> ExitCode {
                 }
                 (None, None) => return fail("say where from: --from-seq N or --from-time T"),
             };
-            match post_json(&url, &format!("/v1/plugins/{plugin}/replay"), &body) {
+            let replayed = Client::new(&client)
+                .and_then(|c| c.post_json(&format!("/v1/plugins/{plugin}/replay"), &body));
+            match replayed {
                 Ok(v) => {
                     let state = if reset_state {
                         " with its state cleared"
@@ -80,12 +89,12 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
-        Command::Log { action, url } => {
+        Command::Log { action, client } => {
             let path = match action {
                 LogAction::Tail { count } => format!("/v1/log?limit={count}"),
                 LogAction::Get { sequence } => format!("/v1/log/{sequence}"),
             };
-            match get_json(&url, &path) {
+            match Client::new(&client).and_then(|c| c.get_json(&path)) {
                 Ok(v) => {
                     match v["events"].as_array() {
                         Some(events) => events.iter().for_each(|e| println!("{e}")),
@@ -96,14 +105,14 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
-        Command::Kv { action, url } => {
+        Command::Kv { action, client } => {
             let path = match &action {
                 KvAction::List { plugin } => format!("/v1/plugins/{plugin}/kv"),
                 KvAction::Get { plugin, key } => {
                     format!("/v1/plugins/{plugin}/kv/{}", encode_path(key))
                 }
             };
-            match get_json(&url, &path) {
+            match Client::new(&client).and_then(|c| c.get_json(&path)) {
                 Ok(v) => {
                     match (&action, v["entries"].as_array()) {
                         (KvAction::List { .. }, Some(entries)) => {
@@ -131,7 +140,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
-        Command::Dead { action, url } => match dead(&url, &action) {
+        Command::Dead { action, client } => {
+            match Client::new(&client).and_then(|c| dead(&c, &action)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Token {
+            action: TokenAction::New { name, scopes },
+        } => match token_new(&name, &scopes) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
@@ -175,33 +192,14 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn request_error(url: &str, e: ureq::Error) -> String {
-    match e {
-        ureq::Error::Status(code, response) => {
-            let body = response.into_string().unwrap_or_default();
-            let message = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-                .unwrap_or(body);
-            format!("the host answered {code}: {message}")
-        }
-        ureq::Error::Transport(t) => format!(
-            "cannot reach plugbus at {url}: {t}; is `plugbus run` running there? (set --url or PLUGBUS_URL)"
-        ),
-    }
-}
-
-fn publish(url: &str, topic: &str, json: &str) -> Result<(), String> {
+fn publish(client: &Client, topic: &str, json: &str) -> Result<(), String> {
     serde_json::from_str::<serde_json::Value>(json)
         .map_err(|e| format!("the event data is not valid JSON: {e}; quote it for your shell, e.g. '{{\"order_id\":\"o-1\"}}'"))?;
-    let endpoint = format!("{}/v1/events/{topic}", url.trim_end_matches('/'));
-    let response = ureq::post(&endpoint)
-        .set("content-type", "application/json")
-        .send_string(json)
-        .map_err(|e| request_error(url, e))?;
-    let body: serde_json::Value = response
-        .into_json()
-        .map_err(|e| format!("unexpected answer from {endpoint}: {e}"))?;
+    let body = client.post_text(
+        &format!("/v1/events/{}", encode_path(topic)),
+        "application/json",
+        json,
+    )?;
     println!(
         "published {topic} id={} sequence={}",
         body["id"].as_str().unwrap_or("?"),
@@ -210,14 +208,14 @@ fn publish(url: &str, topic: &str, json: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn plugins(url: &str, raw: bool) -> Result<(), String> {
-    let body = get_json(url, "/v1/plugins")?;
+fn plugins(client: &Client, raw: bool) -> Result<(), String> {
+    let body = client.get_json("/v1/plugins")?;
     if raw {
         println!("{body:#}");
         return Ok(());
     }
     let list: Vec<PluginStatus> = serde_json::from_value(body["plugins"].clone())
-        .map_err(|e| format!("unexpected answer from {url}/v1/plugins: {e}"))?;
+        .map_err(|e| format!("unexpected answer to /v1/plugins: {e}"))?;
     println!(
         "{:<14} {:<11} {:<9} {:<12} {:>9} {:>7} {:>7} {:>6} {:>6} {:>8}  SUBSCRIPTIONS",
         "NAME",
@@ -272,32 +270,14 @@ fn plugins(url: &str, raw: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn get_json(url: &str, path: &str) -> Result<serde_json::Value, String> {
-    let endpoint = format!("{}{path}", url.trim_end_matches('/'));
-    ureq::get(&endpoint)
-        .call()
-        .map_err(|e| request_error(url, e))?
-        .into_json()
-        .map_err(|e| format!("unexpected answer from {endpoint}: {e}"))
-}
-
-fn post_json(url: &str, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, String> {
-    let endpoint = format!("{}{path}", url.trim_end_matches('/'));
-    ureq::post(&endpoint)
-        .send_json(body.clone())
-        .map_err(|e| request_error(url, e))?
-        .into_json()
-        .map_err(|e| format!("unexpected answer from {endpoint}: {e}"))
-}
-
-fn dead(url: &str, action: &DeadAction) -> Result<(), String> {
+fn dead(client: &Client, action: &DeadAction) -> Result<(), String> {
     match action {
         DeadAction::List { plugin } => {
             let path = match plugin {
                 Some(p) => format!("/v1/dead/{p}"),
                 None => "/v1/dead".to_string(),
             };
-            let body = get_json(url, &path)?;
+            let body = client.get_json(&path)?;
             let letters = body["dead_letters"].as_array().cloned().unwrap_or_default();
             println!(
                 "{:<14} {:>9} {:<22} {:>8}  ERROR",
@@ -318,25 +298,53 @@ fn dead(url: &str, action: &DeadAction) -> Result<(), String> {
         DeadAction::Show { plugin, sequence } => {
             println!(
                 "{:#}",
-                get_json(url, &format!("/v1/dead/{plugin}/{sequence}"))?
+                client.get_json(&format!("/v1/dead/{plugin}/{sequence}"))?
             );
         }
         DeadAction::Redrive(which) => {
-            let body = post_json(
-                url,
+            let body = client.post_json(
                 &format!("/v1/dead/{}/redrive", which.plugin),
                 &which.body()?,
             )?;
             println!("re-driven: {}", body["redriven"]);
         }
         DeadAction::Purge(which) => {
-            let body = post_json(
-                url,
-                &format!("/v1/dead/{}/purge", which.plugin),
-                &which.body()?,
-            )?;
+            let body =
+                client.post_json(&format!("/v1/dead/{}/purge", which.plugin), &which.body()?)?;
             println!("purged: {}", body["purged"]);
         }
     }
     Ok(())
+}
+
+/// `plugbus token new`: a random token, printed once (stderr), and the
+/// entry for the token file, which keeps only its hash (stdout).
+fn token_new(name: &str, scopes: &[String]) -> Result<(), String> {
+    use plugbus::http::auth;
+    let token = auth::new_token()?;
+    let entry = format!(
+        "[[token]]\nname = {}\nsha256 = \"{}\"\nscopes = [{}]\n",
+        toml_string(name),
+        auth::hash_hex(&token),
+        scopes
+            .iter()
+            .map(|s| toml_string(s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // The entry must be one the host accepts.
+    auth::parse(&entry)?;
+    // The entry on stdout (`>> tokens.toml` appends it), the token on
+    // stderr: shown once, never written to a file by us.
+    eprintln!(
+        "token for `{name}` (shown once; the CLI takes it as --token or PLUGBUS_TOKEN):\n{token}\n"
+    );
+    eprintln!("the entry for the token file (--auth), holding only the token's hash:");
+    print!("{entry}");
+    Ok(())
+}
+
+/// `text` as a TOML basic string.
+fn toml_string(text: &str) -> String {
+    serde_json::Value::String(text.to_string()).to_string()
 }

@@ -30,6 +30,14 @@ pub struct DropLabels {
     pub reason: String,
 }
 
+/// Labels of the HTTP listener's refusals.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// Why: `headers`, `body` or `tls_handshake` (too slow), `unauthorized`
+    /// (401: no or an unknown token), `forbidden` (403: a scope missing).
+    pub reason: String,
+}
+
 type HistogramFamily = Family<PluginLabels, Histogram, fn() -> Histogram>;
 
 /// Why an event was dropped for a plugin.
@@ -113,8 +121,15 @@ pub struct Metrics {
     /// Batches a plugin's calls ran at low CPU priority for misbehaving.
     pub low_priority_batches: Family<PluginLabels, Counter>,
     /// Batches a plugin's calls ran in the background (on a thread of the
-    /// lowest CPU priority): heavy, misbehaving, or cut in the foreground.
+    /// yielding to the host's foreground calls): heavy, misbehaving, or cut in the foreground.
     pub background_batches: Family<PluginLabels, Counter>,
+    /// HTTP connections open now.
+    pub http_connections_open: Gauge,
+    /// HTTP connections closed at once because `--connections-max` were
+    /// open.
+    pub http_connections_refused: Counter,
+    /// HTTP requests or connections refused: too slow, or not authorized.
+    pub http_refused: Family<HttpLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -161,15 +176,18 @@ impl Metrics {
             publish_throttled: Family::default(),
             low_priority_batches: Family::default(),
             background_batches: Family::default(),
+            http_connections_open: Gauge::default(),
+            http_connections_refused: Counter::default(),
+            http_refused: Family::default(),
         };
         registry.register(
             "plugin_background_batches",
-            "Batches a plugin handled on a thread of the lowest CPU priority: calls of a plugin whose recent calls ran past 100 ms or grew its memory by 16 MiB (such a call in the foreground is cut and run again there), and of a misbehaving one",
+            "Batches a plugin handled in the background, yielding to the host's foreground calls: calls of a plugin whose recent calls used 100 ms of CPU time or grew its memory by 16 MiB (such a call in the foreground is cut and run again there), and of a misbehaving one",
             m.background_batches.clone(),
         );
         registry.register(
             "plugin_low_priority_batches",
-            "Batches a plugin handled at low CPU priority (nice 19) because it recently trapped, ran past its deadline, or was refused or cut",
+            "Batches a plugin handled throttled to a tenth of a core because it recently trapped, ran past its deadline, or was refused or cut",
             m.low_priority_batches.clone(),
         );
         registry.register(
@@ -282,7 +300,31 @@ impl Metrics {
             "Events per handle call",
             m.batch_events.clone(),
         );
+        registry.register(
+            "http_connections_open",
+            "HTTP connections open",
+            m.http_connections_open.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at once because --connections-max were open",
+            m.http_connections_refused.clone(),
+        );
+        registry.register(
+            "http_refused",
+            "HTTP requests and connections refused: too slow (headers, body, tls_handshake) or not authorized (unauthorized, forbidden)",
+            m.http_refused.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// The counter of HTTP refusals for `reason`.
+    pub fn http_refused(&self, reason: &str) -> Counter {
+        self.http_refused
+            .get_or_create(&HttpLabels {
+                reason: reason.to_string(),
+            })
+            .clone()
     }
 
     /// The counter for drops of `plugin`'s events for `reason`.

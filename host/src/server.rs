@@ -34,13 +34,29 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// Serving failed.
-    #[error("the HTTP server stopped: {0}")]
-    Serve(std::io::Error),
+    /// The token file cannot be used.
+    #[error(transparent)]
+    Auth(#[from] crate::http::auth::AuthError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::http::tls::TlsError),
 }
 
 /// Run the host until Ctrl-C or SIGTERM.
 pub async fn run(settings: RunSettings) -> Result<(), StartError> {
+    // The files that guard the API are checked before anything starts.
+    let tokens = match &settings.auth {
+        Some(file) => Some(Arc::new(http::auth::Tokens::load(
+            file,
+            settings.metrics_open,
+        )?)),
+        None => None,
+    };
+    let tls = match &settings.tls {
+        Some((cert, key)) => Some(Arc::new(http::tls::ReloadingCert::load(cert, key)?)),
+        None => None,
+    };
+    raise_open_files_limit();
     let metrics = Arc::new(Metrics::new());
     let mut runtime = Runtime::new(settings.limits.clone(), settings.cache_dir.clone())
         .map_err(StartError::Runtime)?;
@@ -64,11 +80,14 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
             )))
         }
         Some(dir) => {
-            let store =
-                Store::open_accepting_loss(dir, settings.fsync, settings.accept_lost_events)?
-                    .with_disk_reserve(settings.disk_reserve_bytes)
-                    .with_fsync_histogram(metrics.fsync_seconds.clone());
-            tracing::info!(data = %dir.display(), fsync = ?settings.fsync, events = store.last_sequence(), "event log opened");
+            let store = Store::open_accepting_loss(
+                dir,
+                settings.fsync,
+                settings.accept_lost_events,
+                settings.disk_reserve_bytes,
+            )?
+            .with_fsync_histogram(metrics.fsync_seconds.clone());
+            tracing::info!(data = %dir.display(), fsync = ?settings.fsync, events = store.last_sequence(), disk_reserve_bytes = store.disk_reserve_bytes(), "event log opened");
             Dispatch::Durable(Log::start_with(
                 store,
                 metrics.published.clone(),
@@ -115,6 +134,8 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         .count();
     tracing::info!(
         listen = %listen,
+        tls = tls.is_some(),
+        auth = tokens.is_some(),
         plugins = running,
         failed = failures.len(),
         "plugbus ready"
@@ -122,13 +143,17 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
     let app = http::router(AppState {
         dispatch,
         registry: registry.clone(),
-        metrics,
+        metrics: metrics.clone(),
         body_bytes_max: settings.body_bytes_max,
+        body_timeout: settings.body_timeout,
+        tokens,
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(StartError::Serve)?;
+    let options = http::serve::ServeOptions {
+        connections_max: settings.connections_max,
+        header_timeout: settings.header_timeout,
+        tls,
+    };
+    http::serve::serve(listener, app, options, metrics, shutdown_signal()).await?;
     if let Some(w) = watch {
         tokio::task::spawn_blocking(move || w.stop())
             .await
@@ -159,5 +184,21 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+/// Raise this process's soft limit of open files to its hard limit: each
+/// HTTP connection takes a descriptor, beside the store's files.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!("cannot raise the open files limit: {e}");
+        }
     }
 }

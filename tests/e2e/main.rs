@@ -11,7 +11,10 @@ use plugbus_e2e::{artifacts, PluginFile, TestDir, TestHost};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_plugbus");
-const WAIT: Duration = Duration::from_secs(30);
+/// How long a test waits for something to happen before it fails: a bound
+/// for liveness only, far above what a busy machine needs, never a timing
+/// a test asserts.
+const WAIT: Duration = Duration::from_secs(120);
 
 /// A manifest lifting the guest output limit, for tests that read every
 /// line a plugin logs (the recorder logs each event it handles).
@@ -47,6 +50,9 @@ fn host(plugins: &[PluginFile<'_>], args: &[&str]) -> TestHost {
     TestHost::start(BIN, plugins, args).unwrap_or_else(|e| panic!("host did not start: {e}"))
 }
 
+mod abuse;
+mod auth;
+mod busy;
 mod concurrency;
 mod dead_letters;
 mod disk;

@@ -5,6 +5,15 @@ use super::*;
 #[test]
 fn an_order_reaches_every_plugin_and_the_chain_keeps_its_correlation() {
     let h = host(&order_flow(), &[]);
+    two_orders_through(&h);
+    let status = h.stop().expect("stops");
+    assert!(status.success(), "clean exit on SIGTERM, got {status}");
+}
+
+/// Two orders through the reference plugins of `h`, which has seen no
+/// order yet: each plugin did its part, and inventory's follow-up keeps the
+/// chain's correlation id.
+pub(crate) fn two_orders_through(h: &TestHost) {
     h.publish("order.placed", &order("o-1", "widget", 2, 2500))
         .expect("first order");
     let second = h
@@ -39,8 +48,6 @@ fn an_order_reaches_every_plugin_and_the_chain_keeps_its_correlation() {
         WAIT,
     )
     .expect("choreography chain");
-    let status = h.stop().expect("stops");
-    assert!(status.success(), "clean exit on SIGTERM, got {status}");
 }
 
 #[test]

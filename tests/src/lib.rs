@@ -52,6 +52,8 @@ pub struct TestHost {
     pub dir: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
+    /// The API token the harness's requests carry, if any.
+    pub token: Option<String>,
 }
 
 /// A plugin to put in the directory: the file name stem and what to copy.
@@ -151,13 +153,19 @@ impl TestHost {
             dir: plugin_dir,
             log,
             reader: Some(reader),
+            token: None,
         };
-        let ready = host.wait_log("plugbus ready", Duration::from_secs(60))?;
+        let ready = host.wait_log("plugbus ready", Duration::from_secs(120))?;
         let addr = ready
             .split_whitespace()
             .find_map(|w| w.strip_prefix("listen="))
             .ok_or_else(|| format!("no listen= in {ready:?}"))?;
-        host.url = format!("http://{addr}");
+        let scheme = if args.contains(&"--tls-cert") {
+            "https"
+        } else {
+            "http"
+        };
+        host.url = format!("{scheme}://{addr}");
         Ok(host)
     }
 
@@ -218,6 +226,14 @@ impl TestHost {
         Ok(())
     }
 
+    /// `request` with the harness's token, if it has one.
+    fn authorized(&self, request: ureq::Request) -> ureq::Request {
+        match &self.token {
+            Some(t) => request.set("authorization", &format!("Bearer {t}")),
+            None => request,
+        }
+    }
+
     /// POST `body` to `path` with `content_type` (and extra headers);
     /// returns the status and the JSON body (Null if not JSON).
     pub fn post(
@@ -227,7 +243,7 @@ impl TestHost {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> (u16, Value) {
-        let mut req = ureq::post(&format!("{}{path}", self.url));
+        let mut req = self.authorized(ureq::post(&format!("{}{path}", self.url)));
         if let Some(ct) = content_type {
             req = req.set("content-type", ct);
         }
@@ -262,7 +278,7 @@ impl TestHost {
 
     /// GET `path` as JSON.
     pub fn get(&self, path: &str) -> Result<Value> {
-        ureq::get(&format!("{}{path}", self.url))
+        self.authorized(ureq::get(&format!("{}{path}", self.url)))
             .call()
             .map_err(|e| e.to_string())?
             .into_json()
@@ -271,7 +287,7 @@ impl TestHost {
 
     /// GET `path` as text.
     pub fn get_text(&self, path: &str) -> Result<String> {
-        ureq::get(&format!("{}{path}", self.url))
+        self.authorized(ureq::get(&format!("{}{path}", self.url)))
             .call()
             .map_err(|e| e.to_string())?
             .into_string()

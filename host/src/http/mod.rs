@@ -18,6 +18,12 @@
 //!   `POST /v1/dead/{plugin}/redrive` and `/purge` with a selection
 //!   (`{"sequences": [..]}`, `{"topic": "order.*"}` or `{"all": true}`).
 //!
+//! With a token file (`http::auth`) every route but `/healthz` needs a
+//! bearer token with the scope its effect needs (401 without one, 403
+//! naming the scope), and a publish token limited to topic patterns may
+//! publish only to those. The listener's bounds (connections, slow
+//! clients) and TLS live in `http::serve` and `http::tls`.
+//!
 //! A request is validated whole before anything is published, so a bad
 //! request publishes nothing: 400 names the attribute or the JSON position,
 //! 413 the size limit, 415 the content types accepted. A full plugin queue
@@ -26,6 +32,10 @@
 //! failure 500. Successful publishes answer 202 with the sequence numbers
 //! given, in durable mode only once the events are stored under the fsync
 //! policy.
+
+pub mod auth;
+pub mod serve;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -65,6 +75,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Largest request body accepted, in bytes.
     pub body_bytes_max: usize,
+    /// Time a request's body may take to arrive.
+    pub body_timeout: std::time::Duration,
+    /// Who may do what (`None`: anyone, anything).
+    pub tokens: Option<Arc<auth::Tokens>>,
 }
 
 /// Why a request was refused; each maps to one status code.
@@ -82,6 +96,9 @@ pub enum IngressError {
     /// The body could not be read.
     #[error("the request body could not be read: {0}")]
     Body(String),
+    /// The body did not arrive in time.
+    #[error("the request body did not arrive within {0} ms (--body-timeout-ms); send it at once, or in smaller requests")]
+    BodyTimeout(u128),
     /// A batch with no events.
     #[error("the batch is empty; send at least one event")]
     EmptyBatch,
@@ -112,6 +129,9 @@ pub enum IngressError {
     /// Backpressure, or the store refused.
     #[error("{0}")]
     Publish(#[from] DispatchError),
+    /// The token may not publish to a topic of the request.
+    #[error("{0}")]
+    TopicForbidden(String),
 }
 
 impl IntoResponse for IngressError {
@@ -129,6 +149,8 @@ impl IntoResponse for IngressError {
             IngressError::State(..) => StatusCode::INTERNAL_SERVER_ERROR,
             IngressError::Replay(_) => StatusCode::BAD_REQUEST,
             IngressError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IngressError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            IngressError::TopicForbidden(_) => StatusCode::FORBIDDEN,
             IngressError::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngressError::Publish(DispatchError::Busy(_))
             | IngressError::Publish(DispatchError::Store(StoreError::Closed)) => {
@@ -150,6 +172,12 @@ impl IntoResponse for IngressError {
             body["accepted"] = json!(accepted);
         }
         let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may never come: do not wait for it.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
@@ -161,6 +189,10 @@ impl IntoResponse for IngressError {
 
 /// The router.
 pub fn router(state: AppState) -> Router {
+    let guard = auth::AuthState {
+        tokens: state.tokens.clone(),
+        metrics: state.metrics.clone(),
+    };
     Router::new()
         .route("/v1/events", post(publish_cloudevents))
         .route("/v1/events/{type}", post(publish_plain))
@@ -180,6 +212,7 @@ pub fn router(state: AppState) -> Router {
         // Bodies are read with our own limit, below, to answer 413 with a
         // message that names the limit.
         .layer(DefaultBodyLimit::disable())
+        .route_layer(axum::middleware::from_fn_with_state(guard, auth::authorize))
         .with_state(state)
 }
 
@@ -188,7 +221,28 @@ pub fn router(state: AppState) -> Router {
 /// a reset connection. Beyond it the connection is simply closed.
 const DRAIN_BYTES_MAX: usize = 8 << 20;
 
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, IngressError> {
+/// Read a request's body of at most `limit` bytes within the state's
+/// `body_timeout` (408 past it, counted, and the connection closed).
+async fn read_body(
+    state: &AppState,
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, IngressError> {
+    match tokio::time::timeout(state.body_timeout, read_body_within(body, headers, limit)).await {
+        Ok(read) => read,
+        Err(_) => {
+            state.metrics.http_refused("body").inc();
+            Err(IngressError::BodyTimeout(state.body_timeout.as_millis()))
+        }
+    }
+}
+
+async fn read_body_within(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, IngressError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -245,7 +299,20 @@ fn base_type(ct: &str) -> String {
         .to_ascii_lowercase()
 }
 
-async fn publish(state: &AppState, events: Vec<Event>) -> Result<Response, IngressError> {
+/// Publish `events`, all or none: a token limited to topic patterns must
+/// be allowed every topic of the request.
+async fn publish(
+    state: &AppState,
+    principal: Option<&Arc<auth::Principal>>,
+    events: Vec<Event>,
+) -> Result<Response, IngressError> {
+    if let Some(principal) = principal {
+        for event in &events {
+            principal
+                .may_publish(&event.topic)
+                .map_err(IngressError::TopicForbidden)?;
+        }
+    }
     let single = (events.len() == 1).then(|| events[0].id.clone());
     let published = state.dispatch.publish_async(events).await?;
     let body = match single {
@@ -269,9 +336,9 @@ async fn publish_plain(
             return Err(IngressError::UnsupportedType(ct));
         }
     }
-    let body = read_body(body, &parts.headers, state.body_bytes_max).await?;
+    let body = read_body(&state, body, &parts.headers, state.body_bytes_max).await?;
     let event = Event::from_plain_json(&topic, &body)?;
-    publish(&state, vec![event]).await
+    publish(&state, parts.extensions.get(), vec![event]).await
 }
 
 async fn publish_cloudevents(
@@ -282,7 +349,7 @@ async fn publish_cloudevents(
     let ct = content_type(&parts.headers);
     let base = ct.as_deref().map(base_type);
     let binary = parts.headers.contains_key("ce-specversion");
-    let body = read_body(body, &parts.headers, state.body_bytes_max).await?;
+    let body = read_body(&state, body, &parts.headers, state.body_bytes_max).await?;
     let events = match base.as_deref() {
         Some(CE_JSON) => vec![Event::parse_structured(&body)?],
         Some(CE_BATCH_JSON) => {
@@ -309,7 +376,7 @@ async fn publish_cloudevents(
             ))
         }
     };
-    publish(&state, events).await
+    publish(&state, parts.extensions.get(), events).await
 }
 
 async fn plugins(State(state): State<AppState>) -> Response {
@@ -398,10 +465,13 @@ async fn dead_show(
 
 /// Which letters: `{"sequences": [..]}`, `{"topic": "order.*"}` or
 /// `{"all": true}`.
-async fn selection(request: Request) -> Result<crate::store::dead::Selection, IngressError> {
+async fn selection(
+    state: &AppState,
+    request: Request,
+) -> Result<crate::store::dead::Selection, IngressError> {
     use crate::store::dead::Selection;
     let (parts, body) = request.into_parts();
-    let body = read_body(body, &parts.headers, 64 << 10).await?;
+    let body = read_body(state, body, &parts.headers, 64 << 10).await?;
     let v: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| IngressError::BadSelection(format!("the body is not valid JSON: {e}")))?;
     let how = "say which: {\"sequences\": [3, 7]}, {\"topic\": \"order.*\"} or {\"all\": true}";
@@ -428,7 +498,7 @@ async fn dead_redrive(
     request: Request,
 ) -> Result<Response, IngressError> {
     let store = store_of(&state)?;
-    let which = selection(request).await?;
+    let which = selection(&state, request).await?;
     let n = store.redrive(&plugin, &which).map_err(store_error)?;
     state.registry.wake_redrive(&plugin);
     Ok(Json(json!({ "redriven": n })).into_response())
@@ -440,7 +510,7 @@ async fn dead_purge(
     request: Request,
 ) -> Result<Response, IngressError> {
     let store = store_of(&state)?;
-    let which = selection(request).await?;
+    let which = selection(&state, request).await?;
     let n = store.purge(&plugin, &which).map_err(store_error)?;
     Ok(Json(json!({ "purged": n })).into_response())
 }
@@ -553,7 +623,7 @@ async fn replay(
 ) -> Result<Response, IngressError> {
     let store = store_of(&state)?;
     let (parts, body) = request.into_parts();
-    let body = read_body(body, &parts.headers, 64 << 10).await?;
+    let body = read_body(&state, body, &parts.headers, 64 << 10).await?;
     let how = "say where from: {\"from_sequence\": 1} or {\"from_time\": \"2026-11-23T10:00:00Z\"}";
     let v: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| IngressError::Replay(format!("the body is not valid JSON: {e}; {how}")))?;

@@ -15,7 +15,7 @@
 //!
 //! [limits]
 //! memory_bytes_max = 67108864
-//! deadline_ms = 1000                # per `handle` call (a batch)
+//! deadline_ms = 1000                # CPU time per `handle` call (a batch)
 //! stack_bytes_max = 524288
 //! output_lines_per_s_max = 100      # guest stdout/stderr lines kept
 //!
@@ -86,7 +86,7 @@ pub struct Manifest {
 pub struct LimitsSection {
     /// Linear memory an instance may grow to. Default: `--memory-bytes-max`.
     pub memory_bytes_max: Option<u64>,
-    /// Wall-clock budget per `handle` call. Default: `--deadline-ms`.
+    /// CPU time a `handle` call may use. Default: `--deadline-ms`.
     pub deadline_ms: Option<u64>,
     /// WebAssembly stack a call may use. Default: `--stack-bytes-max`.
     pub stack_bytes_max: Option<u64>,

@@ -33,10 +33,10 @@
 //! and so does a new version of the plugin's file. `reject` is a plugin
 //! working as meant and never counts.
 //!
-//! CPU: a call starts in the foreground, on the worker's thread; one cut
-//! there for turning heavy (`runtime::call`) runs again from the start in
-//! the background, and so do the plugin's calls for [`BACKGROUND_FOR`]
-//! after its last heavy one. A plugin that misbehaves (a trap, a deadline,
+//! CPU: a call starts in the foreground; one cut there for turning heavy
+//! (`runtime::call`) runs again from the start in the background, where it
+//! yields to the host's foreground calls, and so do the plugin's calls for
+//! [`BACKGROUND_FOR`] after its last heavy one. A plugin that misbehaves (a trap, a deadline,
 //! a refused publish, a cut message) is held to a tenth of a core for
 //! [`LOW_PRIORITY_FOR`]: its calls are throttled, and after an offending
 //! call delivery rests nine times the call's busy time.
@@ -98,8 +98,8 @@ pub const QUARANTINE_PAUSE_MAX: Duration = Duration::from_secs(60);
 /// logs each event would be throttled under load for being busy.
 pub const LOW_PRIORITY_FOR: Duration = Duration::from_secs(10);
 
-/// How long a worker's calls run in the background (on a thread of the
-/// lowest CPU priority, [`CallMode::Background`]) after a heavy call: one
+/// How long a worker's calls run in the background (yielding to the
+/// host's foreground calls, [`CallMode::Background`]) after a heavy call: one
 /// that ran past [`runtime::call::PREEMPT_AFTER`] or grew its memory by
 /// [`runtime::call::PREEMPT_GROWTH_BYTES`]. Each heavy call starts it
 /// again, so a plugin whose every batch is heavy stays there.
@@ -187,8 +187,6 @@ pub(super) struct Worker {
     /// Delivery pauses this long at the next batch boundary (after a
     /// misbehaving call).
     rest_due: Duration,
-    /// The plugin's wasm stack cap, for threads that call into it.
-    wasm_stack: usize,
     instance: PluginInstance,
     needs_reset: bool,
     queue: Queue,
@@ -298,7 +296,6 @@ impl Worker {
             low_priority_until: None,
             background_until: None,
             rest_due: Duration::ZERO,
-            wasm_stack: plugin.settings.limits.stack_bytes_max,
             quarantined_until: None,
             instance,
             needs_reset: false,
@@ -706,15 +703,18 @@ impl Worker {
         };
         let mut result = self.call(chunk, range.clone(), attempts, mode, budget);
         let mut heavy = matches!(&result, Ok(r) if r.heavy);
+        // CPU time the batch's calls used (the throttle's pauses excluded).
+        let mut busy = self.instance.cpu_used();
         if let Err(CallError::Preempted { why, .. }) = &result {
             // Nothing it did was kept: the batch runs again from the start,
             // in the background, with what is left of its deadline.
-            tracing::info!(plugin = %self.plugin.name, worker = self.index, "a call {why}: it runs again, and the plugin's calls for the next {} s, at low CPU priority", BACKGROUND_FOR.as_secs());
+            tracing::info!(plugin = %self.plugin.name, worker = self.index, "a call {why}: it runs again, and the plugin's calls for the next {} s, in the background (yielding to the other plugins)", BACKGROUND_FOR.as_secs());
             heavy = true;
+            let left = budget.saturating_sub(busy);
             result = self.instance.reset().and_then(|_| {
-                let left = budget.saturating_sub(started.elapsed());
                 self.call(chunk, range.clone(), attempts, CallMode::Background, left)
             });
+            busy += self.instance.cpu_used();
         }
         if heavy {
             let until = Instant::now() + BACKGROUND_FOR;
@@ -728,9 +728,6 @@ impl Worker {
             // the call included (its first offence too, which ran at full
             // speed until it was cut or failed). The rest comes after the
             // batch's outcomes are committed.
-            let busy = handled_at
-                .duration_since(started)
-                .saturating_sub(self.instance.paused());
             self.rest_due += busy * runtime::THROTTLE_PAUSE_TICKS as u32;
         }
         if offended {
@@ -956,12 +953,9 @@ impl Worker {
         }
     }
 
-    /// Call the plugin in `mode`: in the foreground on this thread, else on
-    /// a thread of its own at the lowest CPU priority, so that it takes
-    /// only the CPU time other work leaves idle. (A thread may lower its
-    /// own priority but, unprivileged, never raise it again: hence a
-    /// thread per call, which costs tens of µs, paid only by calls that
-    /// are heavy or misbehave.)
+    /// Call the plugin in `mode` (on this thread, whose stack has room for
+    /// the plugin's wasm stack), counting the batches not in the
+    /// foreground.
     fn call(
         &mut self,
         chunk: &Chunk,
@@ -970,18 +964,10 @@ impl Worker {
         mode: CallMode,
         budget: Duration,
     ) -> Result<BatchResult, CallError> {
-        if mode == CallMode::Foreground {
-            return self.instance.handle(chunk, range, attempts, mode, budget);
+        if mode != CallMode::Foreground {
+            self.plugin.background_batches.inc();
         }
-        self.plugin.background_batches.inc();
-        let instance = &mut self.instance;
-        // Without a thread of its own it runs on this one, not to be cut.
-        runtime::on_own_thread(
-            format!("{}-bg", self.plugin.name),
-            self.wasm_stack,
-            true,
-            || instance.handle(chunk, range, attempts, mode, budget),
-        )
+        self.instance.handle(chunk, range, attempts, mode, budget)
     }
 
     /// Pause delivery for the rest due (at most [`LOW_PRIORITY_FOR`]), or
@@ -1006,7 +992,7 @@ impl Worker {
     fn misbehaved(&mut self) {
         let until = Instant::now() + LOW_PRIORITY_FOR;
         if self.low_priority_until.is_none_or(|t| t < Instant::now()) {
-            tracing::info!(plugin = %self.plugin.name, worker = self.index, "misbehaving (trapped, past its deadline, refused or cut): its calls run at low CPU priority");
+            tracing::info!(plugin = %self.plugin.name, worker = self.index, "misbehaving (trapped, past its deadline, refused or cut): its calls are held to a tenth of a core");
         }
         self.low_priority_until = Some(until);
         self.plugin.low_priority_until.extend(until);

@@ -83,7 +83,9 @@ pub const EPOCH_TICK_MS: u64 = 10;
 /// Bounds every plugin call runs under.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Wall-clock budget for one `handle` (or `init`) call, in ms. Default 1000.
+    /// CPU time one `handle` (or `init`) call may use, in ms (time spent
+    /// waiting for a CPU does not count; [`call::WALL_CEILING_FACTOR`] times
+    /// it on the wall clock stops a call for liveness). Default 1000.
     pub deadline_ms: u64,
     /// Linear memory a plugin instance may grow to, in bytes. Default 64 MiB.
     pub memory_bytes_max: usize,
@@ -190,7 +192,21 @@ pub enum CallError {
         /// What made it heavy.
         why: &'static str,
     },
-    /// The call trapped: a panic, a bug, the deadline, or the memory cap.
+    /// The call used its deadline of CPU time, or ran
+    /// [`call::WALL_CEILING_FACTOR`] times it on the wall clock, and was
+    /// stopped.
+    #[error("plugin `{plugin}`: {}", deadline_message(call, *deadline_ms, *wall))]
+    Deadline {
+        /// The plugin name.
+        plugin: String,
+        /// Which export: `init` or `handle`.
+        call: &'static str,
+        /// Its deadline, in ms of CPU time.
+        deadline_ms: u64,
+        /// Stopped by the wall-clock ceiling, not the CPU deadline.
+        wall: bool,
+    },
+    /// The call trapped: a panic, a bug, or the memory cap.
     #[error("plugin `{plugin}` trapped: {reason}")]
     Trap {
         /// The plugin name.
@@ -208,6 +224,25 @@ pub enum CallError {
         /// Events sent.
         want: usize,
     },
+}
+
+/// What a [`CallError::Deadline`] says: which limit, and the fix.
+fn deadline_message(call: &str, deadline_ms: u64, wall: bool) -> String {
+    let what = if wall {
+        format!(
+            "`{call}` did not return within {} s on the wall clock ({} times its deadline of {deadline_ms} ms of CPU time) and was stopped",
+            deadline_ms.saturating_mul(u64::from(call::WALL_CEILING_FACTOR)) / 1000,
+            call::WALL_CEILING_FACTOR
+        )
+    } else {
+        format!("`{call}` ran past its deadline of {deadline_ms} ms of CPU time and was stopped")
+    };
+    let fix = if call == "init" {
+        "init must return promptly: move long work out of init (into handle, or into state built up over events)"
+    } else {
+        "make a batch do less (a smaller `batch_events_max`)"
+    };
+    format!("{what}; {fix}, or raise `limits.deadline_ms` in the plugin's manifest (or `--deadline-ms`)")
 }
 
 /// An engine and the linker made for it.
@@ -326,19 +361,13 @@ pub fn with_native_stack<T: Send>(wasm_stack: usize, f: impl FnOnce() -> T + Sen
     if wasm_stack <= Limits::default().stack_bytes_max {
         return f();
     }
-    on_own_thread("plugin-init".into(), wasm_stack, false, f)
+    on_own_thread("plugin-init".into(), wasm_stack, f)
 }
 
 /// Run `f` on a thread of its own named `name`, with native stack room for
-/// wasm calls with a stack cap of `wasm_stack` bytes, and at the lowest CPU
-/// priority when `lowest` ([`call::lower_own_priority`]); on the calling
+/// wasm calls with a stack cap of `wasm_stack` bytes; on the calling
 /// thread, as it is, if no thread can be had. The caller waits for it.
-pub fn on_own_thread<T: Send>(
-    name: String,
-    wasm_stack: usize,
-    lowest: bool,
-    f: impl FnOnce() -> T + Send,
-) -> T {
+fn on_own_thread<T: Send>(name: String, wasm_stack: usize, f: impl FnOnce() -> T + Send) -> T {
     let mut f = Some(f);
     let ran = thread::scope(|scope| {
         let pending = &mut f;
@@ -347,9 +376,6 @@ pub fn on_own_thread<T: Send>(
             .stack_size(native_stack_for(wasm_stack))
             .spawn_scoped(scope, move || {
                 let f = pending.take()?;
-                if lowest {
-                    call::lower_own_priority();
-                }
                 Some(f())
             });
         call.ok().map(|c| {
@@ -844,7 +870,30 @@ impl LoadedPlugin {
     }
 }
 
-/// Start the clock of a call of `mode` that may take `budget`.
+impl LoadedPlugin {
+    /// The error for a call stopped by its deadline or the wall-clock
+    /// ceiling (`None` if it was not, or was cut for turning heavy).
+    fn stopped(
+        &self,
+        store: &Store<HostState>,
+        call: &'static str,
+        config: &InstanceConfig,
+    ) -> Option<CallError> {
+        let wall = match store.data().call.stopped()? {
+            call::Stop::Deadline => false,
+            call::Stop::WallCeiling => true,
+            call::Stop::Cut(_) => return None,
+        };
+        Some(CallError::Deadline {
+            plugin: self.name.clone(),
+            call,
+            deadline_ms: config.limits.deadline_ms,
+            wall,
+        })
+    }
+}
+
+/// Start the clock of a call of `mode` that may use `budget` of CPU time.
 fn begin_call(store: &mut Store<HostState>, mode: CallMode, budget: Duration) {
     let ticks = store.data_mut().call.begin(mode, budget);
     store.set_epoch_deadline(ticks);
@@ -859,20 +908,27 @@ pub fn instantiate(
     let mut store = loaded.new_store(&config);
     let deadline = Duration::from_millis(config.limits.deadline_ms);
     begin_call(&mut store, CallMode::Background, deadline);
-    let bindings = loaded
-        .pre
-        .instantiate(&mut store)
-        .map_err(|e| CallError::Instantiate {
-            plugin: loaded.name.clone(),
-            reason: format!("{e:#}"),
-        })?;
+    let bindings = loaded.pre.instantiate(&mut store);
+    store.data_mut().call.end();
+    let bindings = bindings.map_err(|e| {
+        loaded
+            .stopped(&store, "init", &config)
+            .unwrap_or_else(|| CallError::Instantiate {
+                plugin: loaded.name.clone(),
+                reason: format!("{e:#}"),
+            })
+    })?;
     begin_call(&mut store, CallMode::Background, deadline);
-    let info = bindings
-        .plugbus_plugin_handler()
-        .call_init(&mut store)
-        .map_err(|e| CallError::Trap {
-            plugin: loaded.name.clone(),
-            reason: format!("in init: {e:#}"),
+    let info = bindings.plugbus_plugin_handler().call_init(&mut store);
+    store.data_mut().call.end();
+    let info = info
+        .map_err(|e| {
+            loaded
+                .stopped(&store, "init", &config)
+                .unwrap_or_else(|| CallError::Trap {
+                    plugin: loaded.name.clone(),
+                    reason: format!("in init: {}", trap_reason(&e)),
+                })
         })?
         .map_err(|reason| CallError::InitFailed {
             plugin: loaded.name.clone(),
@@ -905,6 +961,11 @@ impl PluginInstance {
         self.store.data().call.paused()
     }
 
+    /// The CPU time the last call used.
+    pub fn cpu_used(&self) -> Duration {
+        self.store.data().call.cpu_used()
+    }
+
     /// Drop this store and make a fresh instance (after a trap).
     pub fn reset(&mut self) -> Result<Info, CallError> {
         let (fresh, info) = instantiate(self.loaded.clone(), self.config.clone())?;
@@ -915,7 +976,7 @@ impl PluginInstance {
     /// Call `handle` once for the events `chunk[range]` (the batch);
     /// `attempts[i]` is the delivery attempt of the batch's `i`th event.
     /// Copies the batch into one buffer for the guest, runs it in `mode`
-    /// for at most `budget`, and collects follow-up events. The caller
+    /// for at most `budget` of CPU time, and collects follow-up events. The caller
     /// keeps the batch's [`batch_bytes`] under [`BATCH_BYTES_LIMIT`].
     ///
     /// A foreground call that turns heavy fails with
@@ -932,24 +993,29 @@ impl PluginInstance {
         let batch = chunk.get(range.clone()).unwrap_or_default();
         self.buffer.fill(batch, attempts);
         self.store.data_mut().begin_batch(chunk, range);
+        let _foreground = (mode == CallMode::Foreground).then(call::ForegroundCall::enter);
         begin_call(&mut self.store, mode, budget);
         let result = self
             .bindings
             .plugbus_plugin_handler()
             .call_handle(&mut self.store, &self.buffer.batch);
+        self.store.data_mut().call.end();
         let (published, writes) = self.store.data_mut().end_batch();
         let state = self.store.data();
         let mut refused = state.refused();
         let heavy = state.call.heavy();
-        let mut outcomes = result.map_err(|e| match state.call.preempted() {
-            Some(why) => CallError::Preempted {
+        let mut outcomes = result.map_err(|e| match state.call.stopped() {
+            Some(call::Stop::Cut(why)) => CallError::Preempted {
                 plugin: self.loaded.name.clone(),
                 why,
             },
-            None => CallError::Trap {
-                plugin: self.loaded.name.clone(),
-                reason: trap_reason(&e),
-            },
+            _ => self
+                .loaded
+                .stopped(&self.store, "handle", &self.config)
+                .unwrap_or_else(|| CallError::Trap {
+                    plugin: self.loaded.name.clone(),
+                    reason: trap_reason(&e),
+                }),
         })?;
         if outcomes.len() != batch.len() {
             return Err(CallError::OutcomeCount {
@@ -1286,13 +1352,74 @@ mod tests {
             .err()
             .expect("an endless call stops at its deadline");
         assert!(
-            matches!(&err, CallError::Trap { reason, .. } if reason.contains("interrupt")),
+            matches!(
+                &err,
+                CallError::Deadline {
+                    call: "handle",
+                    deadline_ms: 1000,
+                    wall: false,
+                    ..
+                }
+            ),
             "{err}"
         );
-        // Throttled, it is paused most of the time it takes.
+        let text = err.to_string();
+        assert!(
+            text.contains("deadline of 1000 ms of CPU time") && text.contains("limits.deadline_ms"),
+            "{text}"
+        );
+        // It was stopped for the CPU time it used, not for the time it took.
+        assert!(
+            looping.cpu_used() >= deadline / 4,
+            "{:?}",
+            looping.cpu_used()
+        );
+        // Throttled, it is paused most of the time it takes, and the pauses
+        // count against its deadline.
         looping.reset().expect("re-instantiates");
-        let _ = looping.handle(&chunk, 0..2, &attempts, CallMode::Throttled, deadline / 4);
-        assert!(looping.paused() > Duration::ZERO, "paused");
+        let err = looping
+            .handle(&chunk, 0..2, &attempts, CallMode::Throttled, deadline / 4)
+            .err()
+            .expect("stops at its deadline");
+        assert!(matches!(err, CallError::Deadline { .. }), "{err}");
+        assert!(looping.paused() > looping.cpu_used(), "paused");
+        assert!(looping.paused() + looping.cpu_used() >= deadline / 4);
+    }
+
+    #[test]
+    fn an_init_that_spins_forever_is_stopped_at_its_deadline_and_says_so() {
+        let rt = Runtime::new(Limits::default(), None).expect("runtime");
+        let loaded = rt
+            .load_file(Path::new(plugbus_e2e::artifacts::HOSTILE))
+            .expect("hostile loads");
+        let config = InstanceConfig {
+            config: vec![("mode".into(), "init-loop".into())],
+            limits: Limits {
+                deadline_ms: 200,
+                ..Limits::default()
+            },
+            ..InstanceConfig::default()
+        };
+        let err = instantiate(Arc::new(loaded), config)
+            .err()
+            .expect("init never returns");
+        let text = err.to_string();
+        assert!(
+            matches!(
+                err,
+                CallError::Deadline {
+                    call: "init",
+                    deadline_ms: 200,
+                    wall: false,
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("init must return promptly") && !text.contains("wasm trap"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -84,11 +84,15 @@ pub enum StoreError {
         /// What fjall said.
         reason: String,
     },
-    /// No space left.
-    #[error("data directory {dir} is full: the events were not stored and not acknowledged; free space there or move --data to a larger disk (publishing resumes by itself once there is room)")]
+    /// No space left, or no more than the reserve.
+    #[error("data directory {dir} is full: {} free on its file system, and the store keeps {} free for its own flushes (--disk-reserve-bytes; by default an eighth of the file system, at least 8 MiB and at most 256 MiB): the events were not stored and not acknowledged; free space there, move --data to a larger disk, or lower the reserve (publishing resumes by itself once there is room)", mib(*free), mib(*reserve))]
     DiskFull {
         /// The data directory.
         dir: PathBuf,
+        /// Bytes free on its file system.
+        free: u64,
+        /// Bytes the store keeps free.
+        reserve: u64,
     },
     /// A write failed for another reason.
     #[error("data directory {dir}: writing failed: {reason}; the events were not acknowledged")]
@@ -205,9 +209,35 @@ pub struct Retention {
 /// The name of the acknowledged-sequence witness file in the data directory.
 pub const MARK_FILE: &str = "acknowledged";
 
-/// The default for [`Store::with_disk_reserve`]: 256 MiB, room for the
-/// engine to flush a full memtable (64 MiB) and compact.
-pub const DISK_RESERVE_BYTES_DEFAULT: u64 = 256 << 20;
+/// The most the store keeps free by default ([`disk_reserve_for`]): room
+/// for the engine to flush full memtables (64 MiB each) and compact.
+pub const DISK_RESERVE_BYTES_MAX: u64 = 256 << 20;
+/// The least the store keeps free by default ([`disk_reserve_for`]).
+pub const DISK_RESERVE_BYTES_MIN: u64 = 8 << 20;
+/// The largest memtable of a keyspace ([`memtable_bytes_for`]).
+const MEMTABLE_BYTES_MAX: u64 = 64 << 20;
+/// The smallest memtable of a keyspace.
+const MEMTABLE_BYTES_MIN: u64 = 1 << 20;
+
+/// The space the store keeps free by default on a file system of
+/// `total` bytes: an eighth of it, at least [`DISK_RESERVE_BYTES_MIN`] and at
+/// most [`DISK_RESERVE_BYTES_MAX`]. (A 48 MiB device keeps 8 MiB, a 1 GiB
+/// one 128 MiB, anything from 2 GiB up 256 MiB.)
+pub fn disk_reserve_for(total: u64) -> u64 {
+    (total / 8).clamp(DISK_RESERVE_BYTES_MIN, DISK_RESERVE_BYTES_MAX)
+}
+
+/// The memtable size of each keyspace for a reserve of `reserve` bytes:
+/// half of it, so that a memtable's flush always fits in the reserve, and
+/// at most the engine's default of 64 MiB.
+fn memtable_bytes_for(reserve: u64) -> u64 {
+    (reserve / 2).clamp(MEMTABLE_BYTES_MIN, MEMTABLE_BYTES_MAX)
+}
+
+/// `bytes` in MiB, for messages.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
 
 fn is_disk_full(e: &fjall::Error) -> bool {
     let io = match e {
@@ -225,22 +255,34 @@ impl Store {
     /// Refuses ([`StoreError::LostTail`]) if the log ends before events that
     /// were acknowledged.
     pub fn open(dir: &Path, fsync: Fsync) -> Result<Store, StoreError> {
-        Store::open_accepting_loss(dir, fsync, false)
+        Store::open_accepting_loss(dir, fsync, false, None)
     }
 
     /// [`Store::open`], but with `accept_lost_events` a log that lost
     /// acknowledged events is reported and used: new events are numbered
     /// after everything ever acknowledged, so nothing is skipped or reused.
+    /// Appends are refused while the data directory's file system has less
+    /// than `disk_reserve` bytes free besides what they need (default:
+    /// [`disk_reserve_for`] its size): the storage engine must never itself
+    /// run out of space, since a failed write makes it refuse every later
+    /// one until a restart, while a refusal here lets publishing resume as
+    /// soon as there is room. Memtables are sized so that a flush fits in
+    /// the reserve.
     pub fn open_accepting_loss(
         dir: &Path,
         fsync: Fsync,
         accept_lost_events: bool,
+        disk_reserve: Option<u64>,
     ) -> Result<Store, StoreError> {
         let open_err = |reason: String| StoreError::Open {
             dir: dir.to_path_buf(),
             reason,
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        let disk_reserve_bytes = disk_reserve.unwrap_or_else(|| {
+            fs4::total_space(dir).map_or(DISK_RESERVE_BYTES_MAX, disk_reserve_for)
+        });
+        let memtable = memtable_bytes_for(disk_reserve_bytes);
         let db = Database::builder(dir)
             .manual_journal_persist(true)
             .open()
@@ -257,8 +299,10 @@ impl Store {
                 e => open_err(format!("{e:?}")),
             })?;
         let keyspace = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(|e| open_err(format!("keyspace {name}: {e:?}")))
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(memtable)
+            })
+            .map_err(|e| open_err(format!("keyspace {name}: {e:?}")))
         };
         let log = keyspace("log")?;
         let cursors = keyspace("cursors")?;
@@ -344,7 +388,7 @@ impl Store {
             last_persist: Mutex::new(Instant::now()),
             poisoned: Mutex::new(None),
             dirty: AtomicBool::new(false),
-            disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,
+            disk_reserve_bytes,
             room: Mutex::new(0),
             journal: Mutex::new(None),
             sync_lock: Mutex::new(()),
@@ -352,12 +396,13 @@ impl Store {
         })
     }
 
-    /// Refuse appends (as [`StoreError::DiskFull`]) while the data
-    /// directory's file system has less than `bytes` free besides what the
-    /// append needs. The storage engine must never itself run out of space:
-    /// a failed write makes it refuse every later one until a restart, while
-    /// a refusal here lets publishing resume as soon as there is room.
-    pub fn with_disk_reserve(mut self, bytes: u64) -> Store {
+    /// The bytes kept free on the data directory's file system.
+    pub fn disk_reserve_bytes(&self) -> u64 {
+        self.disk_reserve_bytes
+    }
+
+    #[cfg(test)]
+    fn with_disk_reserve(mut self, bytes: u64) -> Store {
         self.disk_reserve_bytes = bytes;
         self
     }
@@ -398,6 +443,8 @@ impl Store {
         if is_disk_full(e) {
             StoreError::DiskFull {
                 dir: self.dir.clone(),
+                free: fs4::available_space(&self.dir).unwrap_or(0),
+                reserve: self.disk_reserve_bytes,
             }
         } else {
             StoreError::Write {
@@ -517,6 +564,8 @@ impl Store {
                     *room = 0;
                     return Err(StoreError::DiskFull {
                         dir: self.dir.clone(),
+                        free,
+                        reserve: self.disk_reserve_bytes,
                     });
                 }
                 *room = above / 2;
@@ -874,6 +923,23 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_default_reserve_fits_the_disk_and_a_memtable_flush_fits_the_reserve() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(disk_reserve_for(48 * MIB), 8 * MIB);
+        assert_eq!(disk_reserve_for(1024 * MIB), 128 * MIB);
+        assert_eq!(disk_reserve_for(1 << 40), 256 * MIB);
+        for reserve in [8 * MIB, 128 * MIB, 256 * MIB, 1 << 40] {
+            assert!(memtable_bytes_for(reserve) * 2 <= reserve);
+        }
+        assert_eq!(
+            memtable_bytes_for(256 * MIB),
+            64 * MIB,
+            "the engine's default"
+        );
+        assert_eq!(memtable_bytes_for(0), MIB);
+    }
+
+    #[test]
     fn below_the_disk_reserve_appends_are_refused_and_nothing_is_used_up() {
         let dir = temp_dir("reserve");
         let store = Store::open(&dir, Fsync::Always)
@@ -883,10 +949,14 @@ pub(crate) mod tests {
             .append(&mut [ev(0)])
             .expect_err("no disk has that much free");
         assert!(
-            matches!(&err, StoreError::DiskFull { dir: d } if d == &dir),
+            matches!(&err, StoreError::DiskFull { dir: d, reserve: u64::MAX, .. } if d == &dir),
             "{err}"
         );
-        assert!(err.to_string().contains("free space there"), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("free space there") && text.contains("--disk-reserve-bytes"),
+            "{text}"
+        );
         assert_eq!(store.last_sequence(), 0);
         let store = store.with_disk_reserve(0);
         assert_eq!(

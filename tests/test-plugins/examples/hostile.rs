@@ -2,6 +2,7 @@
 //! set by its manifest's `[config] mode`, so one build serves every case:
 //!
 //! - `loop`: spins forever in `handle` (the deadline must stop it);
+//! - `init-loop`: spins forever in `init`;
 //! - `alloc`: allocates 4 GiB (the memory cap must stop it);
 //! - `recurse`: recurses without end (the stack cap must stop it);
 //! - `trap`: panics on every event;
@@ -146,6 +147,12 @@ impl Guest for Hostile {
         let mode = config::get("mode").unwrap_or_default();
         let subscribe = config::get("subscribe").unwrap_or_else(|| "order.placed".into());
         MODE.with(|m| *m.borrow_mut() = mode.clone());
+        if mode == "init-loop" {
+            let mut x = 0u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
         let work = config::get("work_us")
             .and_then(|w| w.parse().ok())
             .unwrap_or(0);
