@@ -123,6 +123,13 @@ pub struct Metrics {
     /// Batches a plugin's calls ran in the background (on a thread of the
     /// yielding to the host's foreground calls): heavy, misbehaving, or cut in the foreground.
     pub background_batches: Family<PluginLabels, Counter>,
+    /// Follow-up publishes refused because their causal chain reached its
+    /// budget (an event storm).
+    pub chain_refused: Family<PluginLabels, Counter>,
+    /// State writes refused by the plugin's state quota.
+    pub state_refused: Family<PluginLabels, Counter>,
+    /// Bytes of state (keys and values) a plugin keeps.
+    pub state_bytes: Family<PluginLabels, Gauge>,
     /// HTTP connections open now.
     pub http_connections_open: Gauge,
     /// HTTP connections closed at once because `--connections-max` were
@@ -176,6 +183,9 @@ impl Metrics {
             publish_throttled: Family::default(),
             low_priority_batches: Family::default(),
             background_batches: Family::default(),
+            chain_refused: Family::default(),
+            state_refused: Family::default(),
+            state_bytes: Family::default(),
             http_connections_open: Gauge::default(),
             http_connections_refused: Counter::default(),
             http_refused: Family::default(),
@@ -299,6 +309,21 @@ impl Metrics {
             "batch_events",
             "Events per handle call",
             m.batch_events.clone(),
+        );
+        registry.register(
+            "plugin_chain_refused",
+            "Follow-up publishes refused because their causal chain reached its budget (publish.chain_events_max): an event storm",
+            m.chain_refused.clone(),
+        );
+        registry.register(
+            "plugin_state_refused",
+            "State writes refused by the plugin's quota (limits.state_bytes_max)",
+            m.state_refused.clone(),
+        );
+        registry.register(
+            "plugin_state_bytes",
+            "Bytes of state (keys and values) a plugin keeps",
+            m.state_bytes.clone(),
         );
         registry.register(
             "http_connections_open",

@@ -65,4 +65,5 @@ mod operations;
 mod order_flow;
 mod plugins;
 mod state;
+mod storms;
 mod tiers;

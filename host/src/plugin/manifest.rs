@@ -18,11 +18,13 @@
 //! deadline_ms = 1000                # CPU time per `handle` call (a batch)
 //! stack_bytes_max = 524288
 //! output_lines_per_s_max = 100      # guest stdout/stderr lines kept
+//! state_bytes_max = 67108864        # state (keys and values) kept
 //!
 //! [publish]
 //! allow = ["inventory.>"]           # topics it may publish to (none: any)
 //! deny = ["inventory.internal.>"]   # refused even when allowed
-//! rate_events_per_s_max = 1000      # follow-up events per second
+//! rate_events_per_s_max = 10000     # follow-up events per second
+//! chain_events_max = 1000           # follow-ups one causal chain may have
 //!
 //! [overflow]                        # when its queue is full (memory mode)
 //! policy = "block"                  # or "drop"
@@ -93,6 +95,8 @@ pub struct LimitsSection {
     /// Lines of guest stdout/stderr kept per second (the rest are counted
     /// and dropped). Default 100.
     pub output_lines_per_s_max: Option<u32>,
+    /// State (keys and values) it may keep, in bytes. Default 64 MiB.
+    pub state_bytes_max: Option<u64>,
 }
 
 /// `[publish]`.
@@ -104,8 +108,12 @@ pub struct PublishSection {
     /// Patterns it may not publish to, even when allowed.
     #[serde(default)]
     pub deny: Vec<String>,
-    /// Follow-up events per second, across its workers. Absent: no limit.
+    /// Follow-up events per second, across its workers. Default 10,000.
     pub rate_events_per_s_max: Option<u32>,
+    /// Follow-up events one causal chain (one correlation id) may have,
+    /// counting every plugin's, before this plugin's are refused. Default
+    /// 1000.
+    pub chain_events_max: Option<u64>,
 }
 
 /// `[overflow]`.
@@ -263,6 +271,12 @@ impl Manifest {
             self.publish.allow.as_deref().unwrap_or(&[]),
         )?;
         patterns("publish.deny", &self.publish.deny)?;
+        if self.publish.chain_events_max == Some(0) {
+            return Err(bad("publish.chain_events_max", "must be at least 1".into()));
+        }
+        if self.limits.state_bytes_max == Some(0) {
+            return Err(bad("limits.state_bytes_max", "must be at least 1".into()));
+        }
         if self.publish.rate_events_per_s_max == Some(0) {
             return Err(bad(
                 "publish.rate_events_per_s_max",

@@ -133,6 +133,8 @@ struct PluginSettings {
     config: Vec<(String, String)>,
     publish: Arc<PublishPolicy>,
     output: Arc<RateLimit>,
+    /// Its state quota; what it keeps is counted at each start.
+    state: Arc<kv::StateQuota>,
     has_manifest: bool,
 }
 
@@ -330,6 +332,12 @@ pub struct PluginLimits {
     /// Follow-up events per second (none: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_events_per_s_max: Option<u32>,
+    /// Follow-up events one causal chain may have.
+    #[serde(default)]
+    pub chain_events_max: u64,
+    /// State (keys and values) it may keep, in bytes.
+    #[serde(default)]
+    pub state_bytes_max: u64,
     /// Lines of stdout/stderr/log kept per second.
     pub output_lines_per_s_max: u32,
     /// Whether a `NAME.toml` manifest was applied.
@@ -399,9 +407,29 @@ pub struct PluginStatus {
     /// the last [`worker::BACKGROUND_FOR`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub background_ms: Option<u64>,
+    /// Bytes of state (keys and values) it keeps (running plugins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_bytes: Option<u64>,
+    /// The last causal chain in which its follow-ups were refused for the
+    /// chain's budget (an event storm), within the last 10 minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm: Option<StormStatus>,
     /// Its bounds and policies (running plugins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<PluginLimits>,
+}
+
+/// An event storm a plugin took part in, as its status shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct StormStatus {
+    /// The chain's correlation id.
+    pub correlation_id: String,
+    /// Follow-up events the chain had when the last was refused.
+    pub chain_events: u64,
+    /// The plugin's follow-ups refused for chain budgets, in all.
+    pub refused: u64,
+    /// How long ago the last was refused, in ms.
+    pub ago_ms: u64,
 }
 
 /// The queue of plugin files (with their stack caps) to compile optimized,
@@ -436,6 +464,8 @@ pub struct Registry {
     optimizer: Mutex<Option<Optimizer>>,
     /// Each plugin's state in memory mode, kept across its restarts.
     memory_kv: Mutex<std::collections::HashMap<String, kv::Backend>>,
+    /// The follow-up counts of causal chains, shared by every plugin.
+    chains: Arc<runtime::chains::Chains>,
     /// Held while plugins start, stop or change (loading the directory, the
     /// watcher, a replay), so that one plugin never starts twice.
     lifecycle: Mutex<()>,
@@ -461,6 +491,7 @@ impl Registry {
             stopping: Arc::default(),
             optimizer: Mutex::default(),
             memory_kv: Mutex::default(),
+            chains: Arc::default(),
             lifecycle: Mutex::default(),
         }
     }
@@ -660,13 +691,29 @@ impl Registry {
             allow: m.publish.allow.as_deref().map(patterns),
             deny: patterns(&m.publish.deny),
             rate: RateLimit::new(
-                m.publish.rate_events_per_s_max,
+                Some(
+                    m.publish
+                        .rate_events_per_s_max
+                        .unwrap_or(runtime::PUBLISH_EVENTS_PER_S_DEFAULT),
+                ),
                 self.metrics
                     .publish_throttled
                     .get_or_create(&labels)
                     .clone(),
             ),
+            chain_events_max: m
+                .publish
+                .chain_events_max
+                .unwrap_or(runtime::chains::CHAIN_EVENTS_MAX_DEFAULT),
+            chains: self.chains.clone(),
+            chain_refused: self.metrics.chain_refused.get_or_create(&labels).clone(),
+            storm: Mutex::new(None),
         };
+        let state = kv::StateQuota::new(
+            l.state_bytes_max.unwrap_or(kv::STATE_BYTES_MAX_DEFAULT),
+            0,
+            self.metrics.state_refused.get_or_create(&labels).clone(),
+        );
         let output = RateLimit::new(
             Some(
                 l.output_lines_per_s_max
@@ -682,6 +729,7 @@ impl Registry {
             limits,
             publish: Arc::new(publish),
             output: Arc::new(output),
+            state: Arc::new(state),
             delivery: d,
             has_manifest,
         })
@@ -697,13 +745,22 @@ impl Registry {
         file: &Path,
         settings: &PluginSettings,
     ) -> Result<Instances, PluginError> {
+        let bucket = self.bucket(loaded.name());
+        // What it keeps now counts against its quota.
+        match bucket.usage(loaded.name()) {
+            Ok(used) => settings
+                .state
+                .committed(used as i64 - settings.state.used() as i64),
+            Err(e) => tracing::warn!(plugin = loaded.name(), "cannot measure its state: {e}"),
+        }
         let config = InstanceConfig {
             config: settings.config.clone(),
             hops_max: self.settings.hops_max,
-            kv: self.bucket(loaded.name()),
+            kv: bucket,
             limits: settings.limits.clone(),
             publish: settings.publish.clone(),
             output: settings.output.clone(),
+            state: settings.state.clone(),
         };
         let start_err = |source| PluginError::Start {
             file: file.to_path_buf(),
@@ -1030,6 +1087,8 @@ impl Registry {
                     quarantines: p.quarantines.get(),
                     low_priority_ms: p.low_priority_until.left_ms(),
                     background_ms: p.background_until.left_ms(),
+                    state_bytes: Some(p.settings.state.used()),
+                    storm: p.storm(),
                     limits: Some(p.limits()),
                 }
             })
@@ -1060,6 +1119,8 @@ impl Registry {
                     quarantines: 0,
                     low_priority_ms: None,
                     background_ms: None,
+                    state_bytes: None,
+                    storm: None,
                     limits: None,
                 }),
         );
@@ -1395,6 +1456,10 @@ impl Registry {
                 .queue_depth
                 .get_or_create(&metrics::plugin(&p.name))
                 .set(p.depth() as i64);
+            self.metrics
+                .state_bytes
+                .get_or_create(&metrics::plugin(&p.name))
+                .set(p.settings.state.used() as i64);
             if let Dispatch::Durable(log) = &self.dispatch {
                 let lag = log.head().saturating_sub(p.cursor());
                 self.metrics
@@ -1580,6 +1645,23 @@ impl RunningPlugin {
         (r.per_s * 10.0).round() / 10.0
     }
 
+    /// Its last event storm, if within [`runtime::chains::CHAIN_IDLE`].
+    fn storm(&self) -> Option<StormStatus> {
+        let publish = &self.settings.publish;
+        let storm = publish
+            .storm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        let ago = storm.at.elapsed();
+        (ago < runtime::chains::CHAIN_IDLE).then(|| StormStatus {
+            correlation_id: storm.correlation_id,
+            chain_events: storm.events,
+            refused: publish.chain_refused.get(),
+            ago_ms: ago.as_millis() as u64,
+        })
+    }
+
     fn limits(&self) -> PluginLimits {
         let s = &self.settings;
         PluginLimits {
@@ -1599,6 +1681,8 @@ impl RunningPlugin {
                 Overflow::Block(_) => "block".into(),
             },
             publish_events_per_s_max: s.publish.rate.per_s(),
+            chain_events_max: s.publish.chain_events_max,
+            state_bytes_max: s.state.max(),
             output_lines_per_s_max: s.output.per_s().unwrap_or(0),
             manifest: s.has_manifest,
         }

@@ -667,7 +667,7 @@ impl Worker {
     ) {
         let batch = &chunk[range.clone()];
         if batch.is_empty() {
-            self.finish(batch, attempts, advance, kv::Writes::new(), Vec::new());
+            self.finish(batch, attempts, advance, kv::Writes::new(), 0, Vec::new());
             return;
         }
         if self.needs_reset && !self.reset() {
@@ -680,7 +680,7 @@ impl Worker {
                     "the plugin could not be re-instantiated",
                 );
             }
-            self.finish(batch, attempts, advance, kv::Writes::new(), Vec::new());
+            self.finish(batch, attempts, advance, kv::Writes::new(), 0, Vec::new());
             return;
         }
         let started = Instant::now();
@@ -758,7 +758,7 @@ impl Worker {
                         self.deliver(chunk, i..i + 1, &[attempt], advance.is_some());
                     }
                     if let Some(through) = advance {
-                        self.finish(&[], &[], Some(through), kv::Writes::new(), Vec::new());
+                        self.finish(&[], &[], Some(through), kv::Writes::new(), 0, Vec::new());
                     }
                     return;
                 }
@@ -803,12 +803,12 @@ impl Worker {
                     })
                     .map(|(_, e)| e)
                     .collect();
-                let writes = if all_acked && !set_aside.contains(&true) {
-                    result.writes
+                let (writes, state_delta) = if all_acked && !set_aside.contains(&true) {
+                    (result.writes, result.state_delta)
                 } else {
-                    kv::Writes::new()
+                    (kv::Writes::new(), 0)
                 };
-                self.finish(batch, attempts, advance, writes, follow_ups);
+                self.finish(batch, attempts, advance, writes, state_delta, follow_ups);
             }
             Err(e) => {
                 self.traps.inc();
@@ -823,7 +823,7 @@ impl Worker {
                     }
                 }
                 self.needs_reset = true;
-                self.finish(batch, attempts, advance, kv::Writes::new(), Vec::new());
+                self.finish(batch, attempts, advance, kv::Writes::new(), 0, Vec::new());
             }
         }
     }
@@ -838,6 +838,7 @@ impl Worker {
         attempts: &[u32],
         advance: Option<u64>,
         writes: kv::Writes,
+        state_delta: i64,
         follow_ups: Vec<Event>,
     ) {
         let fx = std::mem::take(&mut self.fx);
@@ -886,8 +887,9 @@ impl Worker {
                 written.map(|()| Some(cursor))
             }
             None => {
-                if let Err(e) = self.kv.apply(&self.plugin.name, writes) {
-                    tracing::error!(plugin = %self.plugin.name, "state not kept: {e}");
+                match self.kv.apply(&self.plugin.name, writes) {
+                    Ok(()) => self.instance.state().committed(state_delta),
+                    Err(e) => tracing::error!(plugin = %self.plugin.name, "state not kept: {e}"),
                 }
                 if !follow_ups.is_empty() {
                     let n = follow_ups.len();
@@ -903,6 +905,7 @@ impl Worker {
             Ok(cursor) => {
                 self.done_through = through;
                 if let Some(cursor) = cursor {
+                    self.instance.state().committed(state_delta);
                     self.saved_cursor(cursor);
                 } else {
                     self.plugin.cursors[self.index]

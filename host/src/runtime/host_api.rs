@@ -47,6 +47,10 @@ pub struct HostState {
     /// State written in the call in progress, not yet committed.
     pub(super) kv_writes: super::kv::Writes,
     pub(super) kv_write_bytes: usize,
+    /// How the call's writes change the state's size, in bytes.
+    pub(super) kv_delta: i64,
+    /// The plugin's state quota.
+    pub(super) state: Arc<super::kv::StateQuota>,
     /// Publishes refused by the plugin's policy in the call in progress.
     /// (Output lines over the rate limit are dropped but not counted here:
     /// a plugin that logs each event is chatty, not misbehaving.)
@@ -81,6 +85,8 @@ impl HostState {
             kv: instance.kv.clone(),
             kv_writes: Default::default(),
             kv_write_bytes: 0,
+            kv_delta: 0,
+            state: instance.state.clone(),
             refused: 0,
         }
     }
@@ -97,10 +103,12 @@ impl HostState {
         self.refused
     }
 
-    /// The state written since the last call to this (or the batch's start).
-    pub(super) fn take_writes(&mut self) -> super::kv::Writes {
+    /// The state written since the last call to this (or the batch's
+    /// start), and how it changes the state's size.
+    pub(super) fn take_writes(&mut self) -> (super::kv::Writes, i64) {
         self.kv_write_bytes = 0;
-        std::mem::take(&mut self.kv_writes)
+        let delta = std::mem::take(&mut self.kv_delta);
+        (std::mem::take(&mut self.kv_writes), delta)
     }
 
     /// The events of the call in progress.
@@ -111,9 +119,10 @@ impl HostState {
         }
     }
 
-    pub(super) fn end_batch(&mut self) -> (Vec<(usize, Event)>, super::kv::Writes) {
+    pub(super) fn end_batch(&mut self) -> (Vec<(usize, Event)>, super::kv::Writes, i64) {
         self.batch = None;
-        (std::mem::take(&mut self.published), self.take_writes())
+        let (writes, delta) = self.take_writes();
+        (std::mem::take(&mut self.published), writes, delta)
     }
 }
 
@@ -209,6 +218,10 @@ impl publisher::Host for HostState {
                 cause.hops + 1,
                 self.hops_max
             )));
+        }
+        if let Err(why) = self.publish_policy.take_chain(cause.chain_id()) {
+            self.refused += 1;
+            return Err(types::PublishError::Denied(why));
         }
         let mut follow = Event::new(
             &event.type_,

@@ -11,7 +11,10 @@
 //! Writes during `init` are committed when `init` returns.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use prometheus_client::metrics::counter::Counter;
 
 use wasmtime::component::Resource;
 
@@ -29,6 +32,56 @@ pub const VALUE_BYTES_MAX: usize = 1 << 20;
 pub const CALL_WRITE_BYTES_MAX: usize = 16 << 20;
 /// Keys per page of `list-keys`.
 pub const LIST_PAGE: usize = 1000;
+/// The state a plugin may keep by default (keys and values), in bytes.
+pub const STATE_BYTES_MAX_DEFAULT: u64 = 64 << 20;
+
+/// A plugin's state quota (`limits.state_bytes_max`) and what it keeps now
+/// (keys and values, committed), shared by its instances. A write that would
+/// take the state past the quota fails in the plugin and is counted; writes
+/// that shrink it always succeed.
+#[derive(Debug)]
+pub struct StateQuota {
+    max: u64,
+    used: AtomicU64,
+    refused: Counter,
+}
+
+impl Default for StateQuota {
+    fn default() -> Self {
+        StateQuota::new(STATE_BYTES_MAX_DEFAULT, 0, Counter::default())
+    }
+}
+
+impl StateQuota {
+    /// A quota of `max` bytes with `used` kept now; refusals go to
+    /// `refused`.
+    pub fn new(max: u64, used: u64, refused: Counter) -> StateQuota {
+        StateQuota {
+            max,
+            used: AtomicU64::new(used),
+            refused,
+        }
+    }
+
+    /// The quota, in bytes.
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// The bytes of state kept now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Writes that changed the state by `delta` bytes were committed.
+    pub fn committed(&self, delta: i64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_add_signed(delta))
+            });
+    }
+}
 
 /// A plugin's bucket handle (the guest's `bucket` resource).
 pub struct KvBucket;
@@ -103,6 +156,23 @@ impl Backend {
         }
     }
 
+    /// The bytes (keys and values) of `plugin`'s committed state.
+    pub fn usage(&self, plugin: &str) -> Result<u64, String> {
+        let mut total = 0u64;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list(plugin, after.as_deref(), LIST_PAGE)?;
+            total += page
+                .iter()
+                .map(|(k, v)| (k.len() + v.len()) as u64)
+                .sum::<u64>();
+            match page.last() {
+                Some((k, _)) if page.len() == LIST_PAGE => after = Some(k.clone()),
+                _ => return Ok(total),
+            }
+        }
+    }
+
     /// Commit `writes` at once, outside any delivery (memory mode, and
     /// writes made during `init`).
     pub fn apply(&self, plugin: &str, writes: Writes) -> Result<(), String> {
@@ -160,6 +230,17 @@ impl HostState {
             )));
         }
         let size = key.len() + value_len;
+        let before = self.kv_read(&key)?.map_or(0, |v| key.len() + v.len());
+        let delta = if value.is_some() { size } else { 0 } as i64 - before as i64;
+        let after = (self.state.used() as i64).saturating_add(self.kv_delta + delta);
+        if delta > 0 && after > self.state.max() as i64 {
+            self.state.refused.inc();
+            return Err(other(format!(
+                "the state quota of plugin `{}` is full: this write would keep {after} bytes of state (keys and values), over its limits.state_bytes_max of {}; delete keys it no longer needs, or raise the quota in its manifest",
+                self.plugin,
+                self.state.max()
+            )));
+        }
         if self.kv_write_bytes + size > CALL_WRITE_BYTES_MAX {
             return Err(other(format!(
                 "this call has written {} bytes, the limit per call is {CALL_WRITE_BYTES_MAX}",
@@ -167,6 +248,7 @@ impl HostState {
             )));
         }
         self.kv_write_bytes += size;
+        self.kv_delta += delta;
         self.kv_writes.insert(key, value);
         Ok(())
     }

@@ -33,6 +33,7 @@
 
 mod cache;
 pub mod call;
+pub mod chains;
 mod host_api;
 pub mod kv;
 pub mod policy;
@@ -52,7 +53,7 @@ use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
 use crate::event::{Chunk, Event};
 pub use call::{CallMode, THROTTLE_PAUSE_TICKS};
 pub use host_api::{HostState, Outgoing};
-pub use policy::{PublishPolicy, RateLimit};
+pub use policy::{PublishPolicy, RateLimit, Storm, PUBLISH_EVENTS_PER_S_DEFAULT};
 
 /// The generated host-side bindings of the `plugin` world.
 #[allow(missing_docs, clippy::all)]
@@ -345,6 +346,8 @@ pub struct InstanceConfig {
     pub publish: Arc<PublishPolicy>,
     /// Lines of stdout/stderr it may write per second, shared likewise.
     pub output: Arc<RateLimit>,
+    /// Its state quota and what it keeps, shared likewise.
+    pub state: Arc<kv::StateQuota>,
 }
 
 /// The native stack a thread needs to call into wasm with a stack cap of
@@ -405,6 +408,9 @@ pub struct BatchResult {
     pub published: Vec<(usize, Event)>,
     /// Key-value writes made by the call, not yet committed.
     pub writes: kv::Writes,
+    /// How the writes change the state's size, in bytes
+    /// ([`kv::StateQuota::committed`] once they are).
+    pub state_delta: i64,
     /// What the plugin was refused or cut in the call: publishes refused
     /// by its policy, outcome messages cut. (Output lines over the rate
     /// limit are dropped and counted apart: logging is not an offence.)
@@ -934,7 +940,7 @@ pub fn instantiate(
             plugin: loaded.name.clone(),
             reason,
         })?;
-    let writes = store.data_mut().take_writes();
+    let (writes, delta) = store.data_mut().take_writes();
     config
         .kv
         .apply(&loaded.name, writes)
@@ -942,6 +948,7 @@ pub fn instantiate(
             plugin: loaded.name.clone(),
             reason: format!("cannot keep what init wrote to its state: {reason}"),
         })?;
+    config.state.committed(delta);
     Ok((
         PluginInstance {
             loaded,
@@ -959,6 +966,11 @@ impl PluginInstance {
     /// ([`CallMode::Throttled`]).
     pub fn paused(&self) -> Duration {
         self.store.data().call.paused()
+    }
+
+    /// The plugin's state quota.
+    pub fn state(&self) -> &Arc<kv::StateQuota> {
+        &self.config.state
     }
 
     /// The CPU time the last call used.
@@ -1000,7 +1012,7 @@ impl PluginInstance {
             .plugbus_plugin_handler()
             .call_handle(&mut self.store, &self.buffer.batch);
         self.store.data_mut().call.end();
-        let (published, writes) = self.store.data_mut().end_batch();
+        let (published, writes, state_delta) = self.store.data_mut().end_batch();
         let state = self.store.data();
         let mut refused = state.refused();
         let heavy = state.call.heavy();
@@ -1036,6 +1048,7 @@ impl PluginInstance {
             outcomes,
             published,
             writes,
+            state_delta,
             refused,
             heavy,
         })

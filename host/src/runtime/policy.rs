@@ -5,12 +5,17 @@
 //! them. A publish refused here reaches the plugin as
 //! `publish-error::denied` with the reason.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
 
+use super::chains::{Chains, CHAIN_EVENTS_MAX_DEFAULT};
 use crate::topic::Pattern;
+
+/// Follow-up events a plugin may publish per second by default (burst: one
+/// second's worth).
+pub const PUBLISH_EVENTS_PER_S_DEFAULT: u32 = 10_000;
 
 /// A token bucket: up to `per_s` a second, with a burst of one second's
 /// worth. Refusals are counted.
@@ -68,8 +73,9 @@ impl Default for RateLimit {
     }
 }
 
-/// The topics a plugin may publish to, and how many follow-up events a
-/// second. Deny wins over allow; no allow list allows every topic.
+/// The topics a plugin may publish to, how many follow-up events a second,
+/// and how many a causal chain may have. Deny wins over allow; no allow
+/// list allows every topic.
 #[derive(Debug)]
 pub struct PublishPolicy {
     /// Patterns allowed (`None`: all).
@@ -78,20 +84,69 @@ pub struct PublishPolicy {
     pub deny: Vec<Pattern>,
     /// Follow-up events per second.
     pub rate: RateLimit,
+    /// Follow-up events one causal chain may have (`publish.chain_events_max`).
+    pub chain_events_max: u64,
+    /// The chains' counts, shared by every plugin of the host.
+    pub chains: Arc<Chains>,
+    /// Publishes refused for a chain's budget.
+    pub chain_refused: Counter,
+    /// The last chain refused: its correlation id, when, and its count.
+    pub storm: Mutex<Option<Storm>>,
+}
+
+/// A causal chain that reached its budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Storm {
+    /// The chain's correlation id.
+    pub correlation_id: String,
+    /// Follow-up events it had.
+    pub events: u64,
+    /// When a publish in it was last refused.
+    pub at: Instant,
 }
 
 impl Default for PublishPolicy {
-    /// Every topic, at any rate.
+    /// Every topic, at any rate, with the default chain budget.
     fn default() -> Self {
         PublishPolicy {
             allow: None,
             deny: Vec::new(),
             rate: RateLimit::new(None, Counter::default()),
+            chain_events_max: CHAIN_EVENTS_MAX_DEFAULT,
+            chains: Arc::default(),
+            chain_refused: Counter::default(),
+            storm: Mutex::new(None),
         }
     }
 }
 
 impl PublishPolicy {
+    /// Count one more follow-up in the chain `correlation_id`, or refuse it
+    /// past the budget, naming the budget and the chain.
+    pub fn take_chain(&self, correlation_id: &str) -> Result<(), String> {
+        match self.chains.take(correlation_id, self.chain_events_max) {
+            Ok(_) => Ok(()),
+            Err(events) => {
+                self.chain_refused.inc();
+                let mut storm = self.storm.lock().unwrap_or_else(|p| p.into_inner());
+                if storm
+                    .as_ref()
+                    .is_none_or(|s| s.correlation_id != correlation_id)
+                {
+                    tracing::warn!(correlation_id, events, budget = self.chain_events_max, "an event storm: a causal chain reached its budget of follow-up events; further follow-ups in it are refused");
+                }
+                *storm = Some(Storm {
+                    correlation_id: correlation_id.to_string(),
+                    events,
+                    at: Instant::now(),
+                });
+                Err(format!(
+                    "the causal chain {correlation_id} has had {events} follow-up events, its budget (publish.chain_events_max, default {CHAIN_EVENTS_MAX_DEFAULT}); no more are published in it. Is a plugin publishing several events for each one it handles, in a loop?"
+                ))
+            }
+        }
+    }
+
     /// May the plugin publish to `topic` now? The refusal says why and
     /// names the manifest key.
     pub fn check(&self, topic: &str) -> Result<(), String> {

@@ -10,6 +10,11 @@
 //!   `storm.noise`, and keeps what it was told in its state;
 //! - `big`: rejects every event, the first of each batch with a 100 MB
 //!   message;
+//! - `amplify`: publishes 20 follow-ups to the topic it subscribes to for
+//!   each event it handles (an event storm: it consumes its own output),
+//!   and acks;
+//! - `statebomb`: keeps a new 1 MiB value for each event it handles, and
+//!   acks (a refused write is logged);
 //! - `garbage`: returns three outcomes per event;
 //! - `sandbox`: tries to open files, list directories, connect a socket,
 //!   read the environment and arguments, and read the clocks, and keeps
@@ -52,6 +57,40 @@ fn recurse(depth: u64, until: u64) -> u64 {
         return 0;
     }
     recurse(depth + 1, until).wrapping_add(std::hint::black_box(depth))
+}
+
+fn amplify(batch: &Batch) -> Vec<Outcome> {
+    let topic = config::get("subscribe").unwrap_or_else(|| "amp.x".into());
+    for i in 0..events(batch) {
+        for _ in 0..20 {
+            let event = Outgoing {
+                type_: topic.clone(),
+                subject: None,
+                datacontenttype: None,
+                data: br#"{"again":true}"#.to_vec(),
+            };
+            if let Err(e) = publisher::publish(i as u32, &event) {
+                println!("publish refused: {e:?}");
+                break;
+            }
+        }
+    }
+    vec![Outcome::Ack; events(batch)]
+}
+
+fn statebomb(batch: &Batch) -> Vec<Outcome> {
+    let Ok(state) = State::open() else {
+        return vec![Outcome::retry("no state"); events(batch)];
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    for i in 0..events(batch) {
+        if let Err(e) = state.set(&format!("bomb.{now}.{i}"), &vec![7u8; 1 << 20]) {
+            println!("state write refused: {e:?}");
+        }
+    }
+    vec![Outcome::Ack; events(batch)]
 }
 
 fn storm(batch: &Batch) -> Vec<Outcome> {
@@ -185,6 +224,8 @@ impl Guest for Hostile {
             }
             "trap" => panic!("this plugin traps on every event"),
             "storm" => storm(&batch),
+            "amplify" => amplify(&batch),
+            "statebomb" => statebomb(&batch),
             "big" => {
                 // One 100 MB message per batch; the other events get the
                 // same outcome with a short one.
