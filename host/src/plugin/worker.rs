@@ -701,6 +701,10 @@ impl Worker {
         } else {
             CallMode::Foreground
         };
+        // A batch in the foreground is under way until it is committed:
+        // background calls yield to it.
+        let mut foreground =
+            (mode == CallMode::Foreground).then(runtime::call::ForegroundCall::enter);
         let mut result = self.call(chunk, range.clone(), attempts, mode, budget);
         let mut heavy = matches!(&result, Ok(r) if r.heavy);
         // CPU time the batch's calls used (the throttle's pauses excluded).
@@ -710,6 +714,7 @@ impl Worker {
             // in the background, with what is left of its deadline.
             tracing::info!(plugin = %self.plugin.name, worker = self.index, "a call {why}: it runs again, and the plugin's calls for the next {} s, in the background (yielding to the other plugins)", BACKGROUND_FOR.as_secs());
             heavy = true;
+            drop(foreground.take());
             let left = budget.saturating_sub(busy);
             result = self.instance.reset().and_then(|_| {
                 self.call(chunk, range.clone(), attempts, CallMode::Background, left)

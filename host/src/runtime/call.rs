@@ -17,7 +17,9 @@
 //! there is cut: its effects were only buffered, so the worker runs the
 //! batch again from the start in the background ([`CallMode::Background`]),
 //! with what is left of its deadline. A background call yields to the
-//! host's foreground calls: while any is running it pauses a tick at a time,
+//! host's foreground work (batches handled in the foreground, from the call
+//! to their commit: [`ForegroundCall`]): while any is under way it pauses a
+//! tick at a time,
 //! running at least one tick in [`BACKGROUND_YIELDS_MAX`] + 1, so a heavy
 //! plugin takes what the light ones leave and is never starved by them.
 //! Towards other programs on the machine it is an ordinary thread: the
@@ -57,17 +59,18 @@ pub const THROTTLE_PAUSE_TICKS: u64 = 9;
 pub const WALL_CEILING_FACTOR: u32 = 60;
 
 /// Ticks in a row a background call pauses while foreground calls run,
-/// before it runs one: it gets at least a tenth of a core against them.
-pub const BACKGROUND_YIELDS_MAX: u32 = 9;
+/// before it runs one: it gets at least a fiftieth of a core against them.
+pub const BACKGROUND_YIELDS_MAX: u32 = 49;
 
-/// Foreground calls running now, in the whole process.
+/// Foreground batches under way now, in the whole process.
 static FOREGROUND_CALLS: AtomicUsize = AtomicUsize::new(0);
 
-/// Counts a foreground call as running while it lives.
+/// Counts a batch handled in the foreground as under way while it lives
+/// (a worker holds it from the call to the batch's commit).
 pub struct ForegroundCall(());
 
 impl ForegroundCall {
-    /// A foreground call starts.
+    /// A foreground batch starts.
     pub fn enter() -> ForegroundCall {
         FOREGROUND_CALLS.fetch_add(1, Ordering::Relaxed);
         ForegroundCall(())
@@ -127,6 +130,8 @@ pub struct CallState {
     cpu_at_pause: Duration,
     /// The CPU time the call used, once it returned.
     cpu_used: Duration,
+    /// When the call began, on the wall clock.
+    started: Instant,
     /// The wall-clock ceiling.
     ceiling: Instant,
     grown: usize,
@@ -148,6 +153,7 @@ impl CallState {
             cpu_start: Duration::ZERO,
             cpu_at_pause: Duration::ZERO,
             cpu_used: Duration::ZERO,
+            started: Instant::now(),
             ceiling: Instant::now(),
             grown: 0,
             stopped: None,
@@ -166,7 +172,8 @@ impl CallState {
         self.cpu_start = thread_cpu();
         self.cpu_at_pause = Duration::ZERO;
         self.cpu_used = Duration::ZERO;
-        self.ceiling = Instant::now() + budget.saturating_mul(WALL_CEILING_FACTOR);
+        self.started = Instant::now();
+        self.ceiling = self.started + budget.saturating_mul(WALL_CEILING_FACTOR);
         self.grown = 0;
         self.stopped = None;
         self.paused = Duration::ZERO;
@@ -180,9 +187,17 @@ impl CallState {
     }
 
     /// The call returned (or was stopped): note the CPU time it used. On
-    /// the thread that made the call.
+    /// the thread that made the call. A call that took less than half of
+    /// [`PREEMPT_AFTER`] on the wall clock cannot have been heavy: its wall
+    /// time stands for its CPU time (an upper bound), which saves reading
+    /// the CPU clock (a system call) on the path of every light batch.
     pub(super) fn end(&mut self) {
-        self.cpu_used = thread_cpu().saturating_sub(self.cpu_start);
+        let wall = self.started.elapsed();
+        self.cpu_used = if wall < PREEMPT_AFTER / 2 {
+            wall
+        } else {
+            thread_cpu().saturating_sub(self.cpu_start)
+        };
     }
 
     /// Why the call was stopped before it returned, if it was.

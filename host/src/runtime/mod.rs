@@ -1005,7 +1005,6 @@ impl PluginInstance {
         let batch = chunk.get(range.clone()).unwrap_or_default();
         self.buffer.fill(batch, attempts);
         self.store.data_mut().begin_batch(chunk, range);
-        let _foreground = (mode == CallMode::Foreground).then(call::ForegroundCall::enter);
         begin_call(&mut self.store, mode, budget);
         let result = self
             .bindings
