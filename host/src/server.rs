@@ -56,6 +56,9 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         Some((cert, key)) => Some(Arc::new(http::tls::ReloadingCert::load(cert, key)?)),
         None => None,
     };
+    if tokens.is_some() && tls.is_none() && !settings.listen.ip().is_loopback() {
+        tracing::warn!(listen = %settings.listen, "tokens cross the network in clear text: anyone on the path can read and reuse them; serve TLS with --tls-cert and --tls-key");
+    }
     raise_open_files_limit();
     let metrics = Arc::new(Metrics::new());
     let mut runtime = Runtime::new(settings.limits.clone(), settings.cache_dir.clone())
