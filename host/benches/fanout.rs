@@ -366,27 +366,6 @@ fn plugbus_durable(rt: Arc<Runtime>, plugins: &Path, n: usize) -> f64 {
     rate
 }
 
-/// CPU hogs (`yes`), one per core, killed by pid when dropped.
-struct Hogs {
-    _running: Vec<Server>,
-}
-
-impl Hogs {
-    fn start(cores: usize) -> Hogs {
-        Hogs {
-            _running: (0..cores.max(2))
-                .filter_map(|_| {
-                    Command::new("yes")
-                        .stdout(Stdio::null())
-                        .spawn()
-                        .ok()
-                        .map(Server)
-                })
-                .collect(),
-        }
-    }
-}
-
 /// The median of three runs of `run`, or the first error.
 fn median_of_3(run: impl Fn() -> Result<f64, String>) -> Result<f64, String> {
     let mut rates = (0..3)
@@ -1099,9 +1078,11 @@ fn main() {
         // plugin is ever judged for waiting for a CPU (target: 0 offences).
         let k = (n / 10).max(20_000);
         let (mut quiet, mut busy, mut offences) = (Vec::new(), Vec::new(), 0);
+        let mut hog_count = 0;
         for _ in 0..3 {
             quiet.push(reference_run(rt.clone(), None, k));
-            let hogs = Hogs::start(cores);
+            let hogs = plugbus_e2e::Hogs::start().expect("CPU hogs (yes)");
+            hog_count = hogs.count();
             busy.push(reference_run(rt.clone(), None, k));
             drop(hogs);
         }
@@ -1113,7 +1094,7 @@ fn main() {
         };
         let (quiet, busy) = (median(&quiet), median(&busy));
         rows.push(row(
-            &format!("busy machine: the 3 reference plugins with {} CPU hogs", cores.max(2)),
+            &format!("busy machine: the 3 reference plugins with {hog_count} CPU hogs"),
             Some(busy),
             format!(
                 "{:.0} % of quiet ({quiet:.0}/s, alternating, medians of 3); honest-plugin offences {offences} (target 0)",

@@ -77,7 +77,7 @@ impl Client {
     pub fn post_json(&self, path: &str, body: &Value) -> Result<Value, String> {
         let response = self
             .request("POST", path)
-            .send_json(body.clone())
+            .send_json(body)
             .map_err(|e| self.error(e))?;
         self.json(path, response)
     }

@@ -32,14 +32,6 @@ fn token_new(name: &str, scopes: &[&str]) -> (String, String) {
     (token, entry)
 }
 
-/// Write `text` to `file` the way an operator's tooling should: beside,
-/// then renamed into place.
-fn replace_file(file: &Path, text: &[u8]) {
-    let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write");
-    std::fs::rename(&tmp, file).expect("rename");
-}
-
 /// What curl got: the status, the headers and the body.
 struct Curl {
     status: u16,
@@ -263,7 +255,11 @@ fn tokens_with_scopes_guard_every_route_and_the_token_file_is_reloaded() {
     let (late, entry) = token_new("late", &["read"]);
     let late_header = bearer(&late);
     let before = std::fs::read_to_string(&t.file).expect("read");
-    replace_file(&t.file, format!("{before}\n{entry}").as_bytes());
+    deploy(
+        &top.0,
+        "tokens.toml",
+        format!("{before}\n{entry}").as_bytes(),
+    );
     h.wait_until("the new token to be accepted", WAIT, |h| {
         curl(
             "GET",
@@ -274,7 +270,7 @@ fn tokens_with_scopes_guard_every_route_and_the_token_file_is_reloaded() {
             == 200
     })
     .expect("reloaded");
-    replace_file(&t.file, b"[[token]]\nname = \"broken\"\n");
+    deploy(&top.0, "tokens.toml", b"[[token]]\nname = \"broken\"\n");
     // The file is looked at when requests come.
     h.wait_until("the broken file to be reported", WAIT, |h| {
         let url = format!("{}/v1/plugins", h.url);
@@ -418,9 +414,14 @@ fn over_tls_the_same_scopes_hold_and_a_replaced_certificate_is_served_without_a_
 
     // Rotation: the files are replaced; new connections get the new one.
     assert_eq!(served_serial(&h.url), first);
-    replace_file(&key, &std::fs::read(dir.join("server2.key")).expect("key"));
-    replace_file(
-        &cert,
+    deploy(
+        dir,
+        "server.key",
+        &std::fs::read(dir.join("server2.key")).expect("key"),
+    );
+    deploy(
+        dir,
+        "server.pem",
         &std::fs::read(dir.join("server2.pem")).expect("cert"),
     );
     h.wait_until("the new certificate to be served", WAIT, |h| {

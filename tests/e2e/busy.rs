@@ -3,38 +3,10 @@
 //! it used, so honest plugins never offend however long they wait for a
 //! CPU, and hostile ones are still cut and contained.
 
-use std::process::{Child, Command, Stdio};
+use plugbus_e2e::Hogs;
 
 use super::*;
 use crate::isolation::{contained, never, orders, reference_plugins_deliver};
-
-/// CPU hogs, stopped by their process id when dropped.
-struct Hogs(Vec<Child>);
-
-impl Hogs {
-    fn start() -> Hogs {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Hogs(
-            (0..cores.max(2))
-                .map(|_| {
-                    Command::new("yes")
-                        .stdout(Stdio::null())
-                        .spawn()
-                        .expect("start a CPU hog (yes)")
-                })
-                .collect(),
-        )
-    }
-}
-
-impl Drop for Hogs {
-    fn drop(&mut self) {
-        for hog in &mut self.0 {
-            let _ = Command::new("kill").arg(hog.id().to_string()).status();
-            let _ = hog.wait();
-        }
-    }
-}
 
 /// `plugin` did nothing a misbehaving plugin does: no failed, retried or
 /// trapped batch, no quarantine, never held to a tenth of a core. (The
@@ -59,7 +31,7 @@ fn honest(h: &TestHost, plugin: &str) {
 
 #[test]
 fn on_a_busy_machine_honest_plugins_never_offend_and_handle_every_event_once_in_order() {
-    let _hogs = Hogs::start();
+    let _hogs = Hogs::start().expect("CPU hogs");
     let (v0, _) = plugbus_e2e::swapper_version(0);
     let mut files = order_flow();
     files.push(PluginFile::Bytes("swapper", &v0));
@@ -83,7 +55,7 @@ fn on_a_busy_machine_honest_plugins_never_offend_and_handle_every_event_once_in_
 
 #[test]
 fn on_a_busy_machine_hostile_plugins_are_still_cut_and_contained() {
-    let _hogs = Hogs::start();
+    let _hogs = Hogs::start().expect("CPU hogs");
     let h = contained(&["loop", "alloc", "big"]);
     for plugin in ["email", "inventory", "analytics"] {
         honest(&h, plugin);

@@ -403,3 +403,38 @@ impl Drop for TestHost {
         }
     }
 }
+
+/// CPU hogs (`yes`), one per core and at least two, that keep every core
+/// busy for as long as they live: the busy-machine tests and benchmark
+/// start them, and dropping them kills each by its process id.
+pub struct Hogs(Vec<Child>);
+
+impl Hogs {
+    /// Start them; fails if `yes` cannot be run.
+    pub fn start() -> Result<Hogs> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        (0..cores.max(2))
+            .map(|_| {
+                Command::new("yes")
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("cannot start a CPU hog (yes): {e}"))
+            })
+            .collect::<Result<Vec<Child>>>()
+            .map(Hogs)
+    }
+
+    /// How many there are.
+    pub fn count(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        for hog in &mut self.0 {
+            let _ = hog.kill();
+            let _ = hog.wait();
+        }
+    }
+}

@@ -22,8 +22,7 @@
 //! answers; it knows nothing of events beyond their topics.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::extract::{MatchedPath, Request, State};
@@ -36,11 +35,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::reload::Watched;
 use crate::metrics::Metrics;
 use crate::topic::Pattern;
-
-/// How often, at most, the token file is looked at again.
-const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The prefix of every token `plugbus token new` makes.
 pub const TOKEN_PREFIX: &str = "pbt_";
@@ -254,19 +251,11 @@ pub fn new_token() -> Result<String, String> {
     ))
 }
 
-/// What the token file's stat was when last looked at.
-type Stamp = Option<(SystemTime, u64)>;
-
-fn stamp(path: &Path) -> Stamp {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
-
 /// The tokens of a token file, read again when it changes.
 pub struct Tokens {
     file: PathBuf,
     current: ArcSwap<Vec<Arc<Principal>>>,
-    checked: Mutex<(Instant, Stamp)>,
+    watched: Watched,
     /// `/metrics` needs no token.
     pub metrics_open: bool,
 }
@@ -274,7 +263,7 @@ pub struct Tokens {
 impl Tokens {
     /// Read `file`; an error names it and what is wrong.
     pub fn load(file: &Path, metrics_open: bool) -> Result<Tokens, AuthError> {
-        let stamped = stamp(file);
+        let watched = Watched::new(&[file]);
         let principals = read(file)?;
         if principals.is_empty() {
             tracing::warn!(file = %file.display(), "the token file has no tokens: every request but /healthz is refused");
@@ -282,29 +271,23 @@ impl Tokens {
         Ok(Tokens {
             file: file.to_path_buf(),
             current: ArcSwap::from_pointee(principals),
-            checked: Mutex::new((Instant::now(), stamped)),
+            watched,
             metrics_open,
         })
     }
 
     fn refresh(&self) {
-        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
-        if checked.0.elapsed() < RECHECK_EVERY {
-            return;
-        }
-        checked.0 = Instant::now();
-        let now = stamp(&self.file);
-        if now == checked.1 {
-            return;
-        }
-        match read(&self.file) {
+        self.watched.reload_if_changed(|| match read(&self.file) {
             Ok(principals) => {
                 tracing::info!(file = %self.file.display(), tokens = principals.len(), "token file reloaded");
                 self.current.store(Arc::new(principals));
-                checked.1 = now;
+                true
             }
-            Err(e) => tracing::warn!("{e}; the previous tokens stay in force"),
-        }
+            Err(e) => {
+                tracing::warn!("{e}; the previous tokens stay in force");
+                false
+            }
+        });
     }
 
     /// The client whose token `presented` is, if any.

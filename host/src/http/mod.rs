@@ -34,6 +34,7 @@
 //! policy.
 
 pub mod auth;
+pub mod reload;
 pub mod serve;
 pub mod tls;
 

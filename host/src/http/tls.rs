@@ -1,6 +1,6 @@
 //! TLS for the HTTP listener (rustls, with the `ring` provider): the
 //! server's certificate chain and key, read from PEM files and read again
-//! when either file changes, so that a certificate is rotated by replacing
+//! when either file changes (`http::reload`), so that a certificate is rotated by replacing
 //! its files, with no restart. Connections already open keep the
 //! certificate they were made with; every new handshake gets the newest one
 //! that loaded. A pair that does not load (half written, or a key that does
@@ -9,8 +9,7 @@
 //! It knows nothing of routes or tokens.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
@@ -20,8 +19,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
-/// How often, at most, the files are looked at again (on a handshake).
-const RECHECK_EVERY: Duration = Duration::from_secs(1);
+use super::reload::Watched;
 
 /// Why the certificate and key could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -49,14 +47,6 @@ pub enum TlsError {
     Config(String),
 }
 
-/// What identifies a version of a file: its modification time and length.
-type Stamp = Option<(SystemTime, u64)>;
-
-fn stamp(path: &Path) -> Stamp {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
-
 /// The certificate served, read again from its files when they change.
 #[derive(Debug)]
 pub struct ReloadingCert {
@@ -64,22 +54,21 @@ pub struct ReloadingCert {
     key: PathBuf,
     provider: Arc<CryptoProvider>,
     current: ArcSwap<CertifiedKey>,
-    /// When the files were last looked at, and their stamps then.
-    checked: Mutex<(Instant, Stamp, Stamp)>,
+    files: Watched,
 }
 
 impl ReloadingCert {
     /// Load the pair of files; an error names the file and the fix.
     pub fn load(cert: &Path, key: &Path) -> Result<ReloadingCert, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let stamps = (stamp(cert), stamp(key));
+        let files = Watched::new(&[cert, key]);
         let loaded = load_pair(cert, key, &provider)?;
         Ok(ReloadingCert {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             provider,
             current: ArcSwap::from_pointee(loaded),
-            checked: Mutex::new((Instant::now(), stamps.0, stamps.1)),
+            files,
         })
     }
 
@@ -94,29 +83,25 @@ impl ReloadingCert {
         Ok(Arc::new(config))
     }
 
-    /// Look at the files again if [`RECHECK_EVERY`] has passed, and load
-    /// them if they changed.
+    /// Load the files again if they changed (at most once a second); a
+    /// pair that does not load is reported and the previous one kept.
     fn refresh(&self) {
-        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
-        if checked.0.elapsed() < RECHECK_EVERY {
-            return;
-        }
-        let stamps = (stamp(&self.cert), stamp(&self.key));
-        checked.0 = Instant::now();
-        if (stamps.0, stamps.1) == (checked.1, checked.2) {
-            return;
-        }
-        match load_pair(&self.cert, &self.key, &self.provider) {
-            Ok(loaded) => {
-                self.current.store(Arc::new(loaded));
-                (checked.1, checked.2) = stamps;
-                tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+        self.files.reload_if_changed(|| {
+            match load_pair(&self.cert, &self.key, &self.provider) {
+                Ok(loaded) => {
+                    self.current.store(Arc::new(loaded));
+                    tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                    true
+                }
+                // Looked at again next time: the other file may be on its way.
+                Err(e) => {
+                    tracing::warn!(
+                        "TLS certificate not reloaded, still serving the previous one: {e}"
+                    );
+                    false
+                }
             }
-            // Looked at again next time: the other file may be on its way.
-            Err(e) => {
-                tracing::warn!("TLS certificate not reloaded, still serving the previous one: {e}")
-            }
-        }
+        });
     }
 }
 

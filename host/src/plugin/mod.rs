@@ -748,9 +748,7 @@ impl Registry {
         let bucket = self.bucket(loaded.name());
         // What it keeps now counts against its quota.
         match bucket.usage(loaded.name()) {
-            Ok(used) => settings
-                .state
-                .committed(used as i64 - settings.state.used() as i64),
+            Ok(used) => settings.state.set_used(used),
             Err(e) => tracing::warn!(plugin = loaded.name(), "cannot measure its state: {e}"),
         }
         let config = InstanceConfig {

@@ -140,8 +140,6 @@ pub struct CallState {
     paused: Duration,
     /// Ticks in a row a background call paused for foreground calls.
     yields: u32,
-    /// Time a background call spent paused for foreground calls.
-    yielded: Duration,
 }
 
 impl CallState {
@@ -159,7 +157,6 @@ impl CallState {
             stopped: None,
             paused: Duration::ZERO,
             yields: 0,
-            yielded: Duration::ZERO,
         }
     }
 
@@ -178,7 +175,6 @@ impl CallState {
         self.stopped = None;
         self.paused = Duration::ZERO;
         self.yields = 0;
-        self.yielded = Duration::ZERO;
         let first = match mode {
             CallMode::Foreground => budget.min(PREEMPT_AFTER),
             CallMode::Background | CallMode::Throttled => Duration::from_millis(EPOCH_TICK_MS),
@@ -213,11 +209,6 @@ impl CallState {
     /// Time the call spent paused by throttling.
     pub fn paused(&self) -> Duration {
         self.paused
-    }
-
-    /// Time a background call spent paused for foreground calls.
-    pub fn yielded(&self) -> Duration {
-        self.yielded
     }
 
     /// Whether the call was heavy: it used [`PREEMPT_AFTER`] of CPU time or
@@ -269,7 +260,6 @@ impl CallState {
                     let nap = Duration::from_millis(EPOCH_TICK_MS).min(self.ceiling - now);
                     std::thread::sleep(nap);
                     self.yields += 1;
-                    self.yielded += nap;
                 } else {
                     self.yields = 0;
                 }

@@ -219,10 +219,6 @@ impl publisher::Host for HostState {
                 self.hops_max
             )));
         }
-        if let Err(why) = self.publish_policy.take_chain(cause.chain_id()) {
-            self.refused += 1;
-            return Err(types::PublishError::Denied(why));
-        }
         let mut follow = Event::new(
             &event.type_,
             Some(
@@ -233,6 +229,12 @@ impl publisher::Host for HostState {
             event.data,
         )
         .map_err(|e| types::PublishError::Invalid(e.to_string()))?;
+        // The chain's budget is used only by a publish that is otherwise
+        // accepted.
+        if let Err(why) = self.publish_policy.take_chain(cause.chain_id()) {
+            self.refused += 1;
+            return Err(types::PublishError::Denied(why));
+        }
         // The same plugin handling the same event publishes the same ids:
         // handled again after a crash, its follow-ups are duplicates that
         // the log's duplicate window and idempotent consumers recognise.

@@ -73,6 +73,11 @@ impl StateQuota {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// The state keeps `bytes` now (measured at a start).
+    pub fn set_used(&self, bytes: u64) {
+        self.used.store(bytes, Ordering::Relaxed);
+    }
+
     /// Writes that changed the state by `delta` bytes were committed.
     pub fn committed(&self, delta: i64) {
         let _ = self
@@ -217,6 +222,19 @@ impl HostState {
     }
 
     fn kv_write(&mut self, key: String, value: Option<Vec<u8>>) -> Result<(), store::Error> {
+        let before = self.kv_read(&key)?.map(|v| v.len());
+        self.kv_replace(key, before, value)
+    }
+
+    /// Write `value` (none: delete) over the `before` bytes `key` holds as
+    /// this call sees it (none: no value), within the limits and the
+    /// state quota.
+    fn kv_replace(
+        &mut self,
+        key: String,
+        before: Option<usize>,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), store::Error> {
         if key.len() > KEY_BYTES_MAX {
             return Err(other(format!(
                 "the key is {} bytes, over the limit of {KEY_BYTES_MAX}",
@@ -230,7 +248,7 @@ impl HostState {
             )));
         }
         let size = key.len() + value_len;
-        let before = self.kv_read(&key)?.map_or(0, |v| key.len() + v.len());
+        let before = before.map_or(0, |v| key.len() + v);
         let delta = if value.is_some() { size } else { 0 } as i64 - before as i64;
         let after = (self.state.used() as i64).saturating_add(self.kv_delta + delta);
         if delta > 0 && after > self.state.max() as i64 {
@@ -254,9 +272,10 @@ impl HostState {
     }
 
     fn kv_increment(&mut self, key: String, delta: i64) -> Result<i64, store::Error> {
-        let now = match self.kv_read(&key)? {
+        let held = self.kv_read(&key)?;
+        let now = match &held {
             None => 0,
-            Some(bytes) => parse_number(&bytes).ok_or_else(|| {
+            Some(bytes) => parse_number(bytes).ok_or_else(|| {
                 other(format!(
                     "`{key}` does not hold a number (as decimal text), so it cannot be incremented"
                 ))
@@ -265,7 +284,11 @@ impl HostState {
         let next = now
             .checked_add(delta)
             .ok_or_else(|| other(format!("`{key}` would overflow: {now} + {delta}")))?;
-        self.kv_write(key, Some(next.to_string().into_bytes()))?;
+        self.kv_replace(
+            key,
+            held.map(|v| v.len()),
+            Some(next.to_string().into_bytes()),
+        )?;
         Ok(next)
     }
 }
@@ -372,7 +395,8 @@ impl atomics::Host for HostState {
                 .map_err(|e| atomics::CasError::StoreError(other(e)))?;
             return Err(atomics::CasError::CasFailed(fresh));
         }
-        self.kv_write(cas_state.key, Some(value))
+        let before = now.map(|v| v.len());
+        self.kv_replace(cas_state.key, before, Some(value))
             .map_err(atomics::CasError::StoreError)
     }
 }
