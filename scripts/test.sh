@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, clippy with warnings as errors, unit
 # tests, doc tests, end-to-end tests (the real binary with real plugins
-# built to wasm32-wasip1 once for the run) and a fuzz smoke pass of every
-# parser of outside input. Everything runs in release: wasmtime's compiler
-# is too slow unoptimised.
+# built to wasm32-wasip1 once for the run), the static aarch64 binary under
+# qemu, and a fuzz smoke pass of every parser of outside input. Everything
+# runs in release: wasmtime's compiler is too slow unoptimised.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -22,6 +22,11 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 # linked natively); clippy checks them and the e2e build compiles them.
 echo "== cargo test" >&2
 cargo test --release
+# The static aarch64 release binary, built for the edge, run under
+# qemu-user with the reference plugins and an order through
+# (scripts/release.sh without --check builds every platform and measures).
+echo "== static aarch64 binary under qemu" >&2
+bash scripts/release.sh --check aarch64-unknown-linux-musl
 # A short deterministic pass of each fuzz target (scripts/fuzz.sh runs them
 # for longer). Its instrumented build has its own target directory.
 echo "== fuzz smoke pass" >&2

@@ -614,6 +614,29 @@ mod tests {
         );
     }
 
+    /// The systemd unit shipped in `packaging/` starts a host these flags
+    /// accept: its `ExecStart` line, continuations joined, parses and
+    /// passes the same checks as a real start (off loopback with a token
+    /// file, a certificate with its key).
+    #[test]
+    fn the_shipped_systemd_unit_starts_a_valid_host() {
+        let unit = include_str!("../../packaging/plugbus.service").replace("\\\n", " ");
+        let line = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("the unit has an ExecStart line");
+        let mut args = line.split_whitespace();
+        assert_eq!(args.next(), Some("/usr/local/bin/plugbus"));
+        let cli = Cli::try_parse_from(std::iter::once("plugbus").chain(args))
+            .unwrap_or_else(|e| panic!("{line}: {e}"));
+        let Command::Run(run) = cli.command else {
+            panic!("the unit runs `plugbus run`: {line}")
+        };
+        let s = run.settings().unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(!s.listen.ip().is_loopback(), "the unit serves the network");
+        assert!(s.data.is_some(), "durable");
+    }
+
     #[test]
     fn defaults_are_documented_values() {
         let s = parse(&[]).expect("defaults are valid");

@@ -33,14 +33,14 @@ fn token_new(name: &str, scopes: &[&str]) -> (String, String) {
 }
 
 /// What curl got: the status, the headers and the body.
-struct Curl {
-    status: u16,
-    headers: String,
-    body: String,
+pub(crate) struct Curl {
+    pub(crate) status: u16,
+    pub(crate) headers: String,
+    pub(crate) body: String,
 }
 
 /// curl `method` `url` with `args` (e.g. `-H`, `--cacert`).
-fn curl(method: &str, url: &str, args: &[&str]) -> Curl {
+pub(crate) fn curl(method: &str, url: &str, args: &[&str]) -> Curl {
     let out = Command::new("curl")
         .args(["-sS", "-X", method, "-D", "-", "--max-time", "60"])
         .args(args)
@@ -66,20 +66,20 @@ fn curl(method: &str, url: &str, args: &[&str]) -> Curl {
     }
 }
 
-fn bearer(token: &str) -> String {
+pub(crate) fn bearer(token: &str) -> String {
     format!("authorization: Bearer {token}")
 }
 
 /// Tokens for the tests: `admin` (admin), `shop` (publish to `order.*`,
 /// read) and `reader` (read); the token file holds the three.
-struct Tokens {
-    admin: String,
-    shop: String,
-    reader: String,
-    file: PathBuf,
+pub(crate) struct Tokens {
+    pub(crate) admin: String,
+    pub(crate) shop: String,
+    pub(crate) reader: String,
+    pub(crate) file: PathBuf,
 }
 
-fn tokens(dir: &Path) -> Tokens {
+pub(crate) fn tokens(dir: &Path) -> Tokens {
     let (admin, a) = token_new("admin", &["admin"]);
     let (shop, s) = token_new("shop", &["publish:order.*", "read"]);
     let (reader, r) = token_new("reader", &["read"]);
@@ -317,7 +317,7 @@ fn openssl(dir: &Path, args: &str) {
 const NEW_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
 
 /// A certificate authority (`ca.pem`, `ca.key`) made in `dir`.
-fn make_ca(dir: &Path) {
+pub(crate) fn make_ca(dir: &Path) {
     openssl(
         dir,
         &format!(
@@ -328,7 +328,7 @@ fn make_ca(dir: &Path) {
 
 /// A server certificate for 127.0.0.1 signed by the CA, as `NAME.pem` and
 /// `NAME.key`; returns its serial as openssl prints it.
-fn make_server_cert(dir: &Path, name: &str) -> String {
+pub(crate) fn make_server_cert(dir: &Path, name: &str) -> String {
     std::fs::write(
         dir.join(format!("{name}.ext")),
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",

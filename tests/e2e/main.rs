@@ -64,6 +64,7 @@ mod manifests;
 mod operations;
 mod order_flow;
 mod plugins;
+mod release;
 mod state;
 mod storms;
 mod tiers;

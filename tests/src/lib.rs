@@ -80,6 +80,18 @@ impl TestHost {
         args: &[&str],
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Result<TestHost> {
+        TestHost::start_under(None, bin, plugins, args, env)
+    }
+
+    /// [`TestHost::start_with_env`] with `bin` run by `runner` when given
+    /// (e.g. `qemu-aarch64` for a binary of another architecture).
+    pub fn start_under(
+        runner: Option<&str>,
+        bin: &str,
+        plugins: &[PluginFile<'_>],
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<TestHost> {
         let dir = std::env::temp_dir().join(format!(
             "plugbus-e2e-{}-{}",
             std::process::id(),
@@ -120,7 +132,15 @@ impl TestHost {
             } else {
                 vec!["--cache-dir".into(), cache.into()]
             };
-        let mut child = Command::new(bin)
+        let mut command = match runner {
+            Some(runner) => {
+                let mut c = Command::new(runner);
+                c.arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = command
             .arg("run")
             .arg("--plugins")
             .arg(&plugin_dir)
