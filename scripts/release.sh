@@ -97,7 +97,9 @@ for arch in x86_64 aarch64; do
     tests+=("release::the_static_${arch}_binary")
   fi
 done
-env "${test_env[@]}" cargo test --release -p plugbus --test e2e -- --ignored "${tests[@]}"
+# Without -p: the same package selection, so the same features, as the
+# suite's cargo test, whose build this reuses.
+env "${test_env[@]}" cargo test --release --test e2e -- --ignored "${tests[@]}"
 
 if [ "$CHECK" -eq 1 ] || [ -z "${bin_x86_64:-}" ]; then
   exit 0
