@@ -1,0 +1,275 @@
+//! Disk space and durability: the reserve the store keeps free on its file
+//! system (so that the engine never runs out of room for its own flushes
+//! and compactions), the sizing of memtables to fit it, refusing an append
+//! that would eat into it, and the fsync of what was written, which poisons
+//! the store when it fails (see the parent module).
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use fjall::PersistMode;
+
+use super::{Store, StoreError, MARK_FILE};
+
+/// The most the store keeps free by default ([`disk_reserve_for`]): room
+/// for the engine to flush full memtables (64 MiB each) and compact.
+pub const DISK_RESERVE_BYTES_MAX: u64 = 256 << 20;
+/// The least the store keeps free by default ([`disk_reserve_for`]).
+pub const DISK_RESERVE_BYTES_MIN: u64 = 8 << 20;
+/// The largest memtable of a keyspace ([`memtable_bytes_for`]).
+pub(super) const MEMTABLE_BYTES_MAX: u64 = 64 << 20;
+/// The smallest memtable of a keyspace.
+pub(super) const MEMTABLE_BYTES_MIN: u64 = 1 << 20;
+
+/// The space the store keeps free by default on a file system of
+/// `total` bytes: an eighth of it, at least [`DISK_RESERVE_BYTES_MIN`] and at
+/// most [`DISK_RESERVE_BYTES_MAX`]. (A 48 MiB device keeps 8 MiB, a 1 GiB
+/// one 128 MiB, anything from 2 GiB up 256 MiB.)
+pub fn disk_reserve_for(total: u64) -> u64 {
+    (total / 8).clamp(DISK_RESERVE_BYTES_MIN, DISK_RESERVE_BYTES_MAX)
+}
+
+/// The memtable size of each keyspace for a reserve of `reserve` bytes:
+/// half of it, so that a memtable's flush always fits in the reserve, and
+/// at most the engine's default of 64 MiB.
+pub(super) fn memtable_bytes_for(reserve: u64) -> u64 {
+    (reserve / 2).clamp(MEMTABLE_BYTES_MIN, MEMTABLE_BYTES_MAX)
+}
+
+/// `bytes` in MiB, for messages.
+pub(super) fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+pub(super) fn is_disk_full(e: &fjall::Error) -> bool {
+    let io = match e {
+        fjall::Error::Io(io) => Some(io),
+        fjall::Error::Storage(fjall::LsmError::Io(io)) => Some(io),
+        _ => None,
+    };
+    io.is_some_and(|io| {
+        io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28)
+    })
+}
+
+/// The number of the engine's active journal in `dir`: the highest `N` of
+/// the `N.jnl` files.
+pub(super) fn newest_journal(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name();
+            name.to_str()?.strip_suffix(".jnl")?.parse().ok()
+        })
+        .max()
+}
+
+/// The journal files in `dir`, for messages.
+pub(super) fn journal_files(dir: &Path) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "jnl"))
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    if names.is_empty() {
+        "no journal file left".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+impl Store {
+    /// The bytes kept free on the data directory's file system.
+    pub fn disk_reserve_bytes(&self) -> u64 {
+        self.disk_reserve_bytes
+    }
+
+    #[cfg(test)]
+    fn with_disk_reserve(mut self, bytes: u64) -> Store {
+        self.disk_reserve_bytes = bytes;
+        self
+    }
+
+    /// Bytes the store's files take on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+
+    /// Account for `incoming` bytes about to be appended; refuses with
+    /// [`StoreError::DiskFull`] when they would eat into the reserve.
+    pub(super) fn make_room(&self, incoming: u64) -> Result<(), StoreError> {
+        let mut room = self.room.lock().unwrap_or_else(|p| p.into_inner());
+        if *room < incoming {
+            if let Ok(free) = fs4::available_space(&self.dir) {
+                let above = free.saturating_sub(self.disk_reserve_bytes);
+                if above < incoming {
+                    *room = 0;
+                    return Err(StoreError::DiskFull {
+                        dir: self.dir.clone(),
+                        free,
+                        reserve: self.disk_reserve_bytes,
+                    });
+                }
+                *room = above / 2;
+            } else {
+                *room = incoming;
+            }
+        }
+        *room = room.saturating_sub(incoming);
+        Ok(())
+    }
+
+    /// Force everything written so far to stable storage. A failure poisons
+    /// the store (see the module docs).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        // One sync at a time: a caller that finds nothing dirty must not
+        // return while another's fsync of its writes is still running.
+        let _one = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_poisoned()?;
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // Everything written before the flush below is durable after it.
+        let durable = self.written.load(Ordering::Acquire);
+        let started = Instant::now();
+        // The journal's buffer goes to the kernel under the engine's lock;
+        // the fsync itself runs on a handle of our own, outside the lock, so
+        // plugins committing their progress do not wait behind it.
+        let persisted = self.db.persist(PersistMode::Buffer);
+        if let Err(e) = persisted {
+            let err = self.write_error(&e);
+            return Err(match err {
+                StoreError::DiskFull { .. } => err,
+                _ => self.poison(format!("fsync failed: {e:?}")),
+            });
+        }
+        let synced = self.sync_active_journal();
+        self.fsync_seconds.observe(started.elapsed().as_secs_f64());
+        if let Err(e) = synced {
+            return Err(self.poison(format!("fsync failed: {e}")));
+        }
+        if let Ok(mut t) = self.last_persist.lock() {
+            *t = Instant::now();
+        }
+        // The witness of what is durable now. Not synced itself: it guards
+        // against a journal that comes back shorter than it was, and a
+        // failure to write it is logged, not fatal.
+        if let Err(e) =
+            std::os::unix::fs::FileExt::write_all_at(&self.mark, &durable.to_be_bytes(), 0)
+        {
+            tracing::warn!(data = %self.dir.display(), "cannot update {MARK_FILE}: {e}");
+        }
+        Ok(())
+    }
+
+    /// fsync the engine's active journal through our own handle. fjall 3
+    /// numbers its journals `N.jnl` and fsyncs one before it moves to the
+    /// next, so what was handed to the kernel before a move is durable
+    /// either way. Another layout falls back to the engine's own fsync.
+    /// `fdatasync` suffices: it also makes durable a size the file grew
+    /// to, and fjall sets a journal's size (and syncs it) when it makes it.
+    fn sync_active_journal(&self) -> std::io::Result<()> {
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        // The engine moved on if the next journal exists.
+        let moved = journal
+            .as_ref()
+            .is_none_or(|(id, _)| self.dir.join(format!("{}.jnl", id + 1)).exists());
+        if moved {
+            let Some(id) = newest_journal(&self.dir) else {
+                *journal = None;
+                return self
+                    .db
+                    .persist(PersistMode::SyncAll)
+                    .map_err(|e| std::io::Error::other(format!("{e:?}")));
+            };
+            let file = std::fs::File::open(self.dir.join(format!("{id}.jnl")))?;
+            *journal = Some((id, file));
+        }
+        match journal.as_ref() {
+            Some((_, file)) => file.sync_data(),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::{ev, temp_dir};
+    use crate::store::Fsync;
+
+    #[test]
+    fn the_default_reserve_fits_the_disk_and_a_memtable_flush_fits_the_reserve() {
+        const MIB: u64 = 1 << 20;
+        assert_eq!(disk_reserve_for(48 * MIB), 8 * MIB);
+        assert_eq!(disk_reserve_for(1024 * MIB), 128 * MIB);
+        assert_eq!(disk_reserve_for(1 << 40), 256 * MIB);
+        for reserve in [8 * MIB, 128 * MIB, 256 * MIB, 1 << 40] {
+            assert!(memtable_bytes_for(reserve) * 2 <= reserve);
+        }
+        assert_eq!(
+            memtable_bytes_for(256 * MIB),
+            64 * MIB,
+            "the engine's default"
+        );
+        assert_eq!(memtable_bytes_for(0), MIB);
+    }
+
+    #[test]
+    fn below_the_disk_reserve_appends_are_refused_and_nothing_is_used_up() {
+        let dir = temp_dir("reserve");
+        let store = Store::open(&dir, Fsync::Always)
+            .expect("opens")
+            .with_disk_reserve(u64::MAX);
+        let err = store
+            .append(&mut [ev(0)])
+            .expect_err("no disk has that much free");
+        assert!(
+            matches!(&err, StoreError::DiskFull { dir: d, reserve: u64::MAX, .. } if d == &dir),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("free space there") && text.contains("--disk-reserve-bytes"),
+            "{text}"
+        );
+        assert_eq!(store.last_sequence(), 0);
+        let store = store.with_disk_reserve(0);
+        assert_eq!(
+            store.append(&mut [ev(0)]).expect("room now"),
+            1,
+            "not poisoned"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_active_journal_is_the_highest_numbered() {
+        let dir = temp_dir("journals");
+        std::fs::create_dir_all(&dir).expect("dir");
+        assert_eq!(newest_journal(&dir), None);
+        for name in ["3.jnl", "12.jnl", "9.jnl", "x.jnl", "13.jnl.tmp"] {
+            std::fs::write(dir.join(name), b"").expect("file");
+        }
+        assert_eq!(newest_journal(&dir), Some(12));
+        let _ = std::fs::remove_dir_all(&dir);
+        // And a real store syncs through the journal it finds.
+        let dir = temp_dir("journal-sync");
+        let store = Store::open(&dir, Fsync::Always).expect("opens");
+        store.append(&mut [ev(1)]).expect("append, synced");
+        let synced = store
+            .journal
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .map(|(id, _)| *id);
+        assert_eq!(synced, newest_journal(&dir), "fsynced the active journal");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
