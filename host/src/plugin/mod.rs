@@ -13,9 +13,17 @@
 //! watcher's thread and handed to the running worker, which swaps it in at
 //! its next batch boundary ([`Registry::reload`]), and a removed one stops
 //! the plugin, keeping its cursor and state ([`Registry::remove`]).
+//!
+//! Rooms: `settings` (delivery settings and a plugin's resolved manifest),
+//! `swap` (reload, restart, removal, shutdown), `status` (what
+//! `/v1/plugins` shows), `worker` (delivery), `pump` (memory-mode queues),
+//! `watch` (the directory), `manifest` (`NAME.toml`).
 
 pub mod manifest;
 mod pump;
+mod settings;
+mod status;
+mod swap;
 pub mod watch;
 mod worker;
 
@@ -25,7 +33,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use prometheus_client::metrics::counter::Counter;
-use serde::Serialize;
 
 use crate::bus::{OrderingKey, Overflow, Queue, SubscribeOptions, CHUNK_EVENTS_MAX};
 use crate::dispatch::Dispatch;
@@ -37,106 +44,12 @@ use crate::store::progress::{self, Cursor};
 use crate::store::StoreError;
 use crate::topic::{Pattern, TopicError};
 pub use manifest::{Manifest, ManifestError};
-
-/// Delivery settings shared by every plugin (per-plugin manifests come
-/// later).
-#[derive(Debug, Clone)]
-pub struct DeliverySettings {
-    /// Most events handed to one `handle` call. Default 64.
-    pub batch_events_max: usize,
-    /// Most bytes (data plus attributes) handed to one `handle` call; a
-    /// single larger event still goes alone. Default 4 MiB, so that a batch
-    /// fits well inside a plugin's memory cap.
-    pub batch_bytes_max: usize,
-    /// Capacity of each plugin's queue, in events. Default 4096.
-    pub queue_events_max: usize,
-    /// Delivery attempts before an event is given up on. Default 5.
-    pub max_attempts: u32,
-    /// First retry delay, in ms; doubled per attempt. Default 100.
-    pub backoff_ms_min: u64,
-    /// Longest retry delay, in ms. Default 30000.
-    pub backoff_ms_max: u64,
-    /// Longest chain of follow-up events. Default 32.
-    pub hops_max: u32,
-    /// Where a plugin the log has never seen starts (durable mode): at the
-    /// earliest event kept (default), or at the next one published.
-    pub new_plugins_start_latest: bool,
-    /// Ordering under retry, for plugins not named in `ordering_for`.
-    pub ordering: RetryOrdering,
-    /// Ordering under retry per plugin, by name.
-    pub ordering_for: std::collections::HashMap<String, RetryOrdering>,
-    /// What strict ordering holds back, and which worker an event goes to
-    /// when a plugin has several. Default: the `subject`.
-    pub ordering_key: OrderingKey,
-}
-
-/// What a retry does to the events after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RetryOrdering {
-    /// Later events go on; a retried event arrives after them.
-    #[default]
-    None,
-    /// Later events with the same ordering key (the CloudEvents `subject`;
-    /// events without one share a key) wait, in order, until the retried
-    /// event is acked or given up on.
-    Strict,
-}
-
-impl std::str::FromStr for RetryOrdering {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "none" => Ok(RetryOrdering::None),
-            "strict" => Ok(RetryOrdering::Strict),
-            other => Err(format!("`{other}` is not an ordering; use strict or none")),
-        }
-    }
-}
-
-impl DeliverySettings {
-    /// The ordering under retry of `plugin`.
-    pub fn ordering_of(&self, plugin: &str) -> RetryOrdering {
-        self.ordering_for
-            .get(plugin)
-            .copied()
-            .unwrap_or(self.ordering)
-    }
-}
-
-impl Default for DeliverySettings {
-    fn default() -> Self {
-        DeliverySettings {
-            batch_events_max: 64,
-            batch_bytes_max: 4 << 20,
-            queue_events_max: 4096,
-            max_attempts: 5,
-            backoff_ms_min: 100,
-            backoff_ms_max: 30_000,
-            hops_max: 32,
-            new_plugins_start_latest: false,
-            ordering: RetryOrdering::None,
-            ordering_for: std::collections::HashMap::new(),
-            ordering_key: OrderingKey::Subject,
-        }
-    }
-}
-
-/// One plugin's settings: the host's, with its manifest applied.
-#[derive(Clone)]
-struct PluginSettings {
-    delivery: DeliverySettings,
-    limits: Limits,
-    concurrency: usize,
-    overflow: Overflow,
-    subscriptions: Option<Vec<String>>,
-    config: Vec<(String, String)>,
-    publish: Arc<PublishPolicy>,
-    output: Arc<RateLimit>,
-    /// Its state quota; what it keeps is counted at each start.
-    state: Arc<kv::StateQuota>,
-    has_manifest: bool,
-}
+use settings::PluginSettings;
+pub use settings::{DeliverySettings, RetryOrdering};
+use status::RateSample;
+pub use status::{PluginLimits, PluginStatus, StormStatus};
+pub use swap::Reload;
+pub(crate) use swap::Swap;
 
 /// A plugin's instances, one per worker, just initialised.
 struct Instances {
@@ -239,17 +152,6 @@ struct Release {
     tier: runtime::Tier,
 }
 
-/// A new version, loaded and initialised, waiting for the worker to take it
-/// at its next batch boundary.
-pub(crate) struct Swap {
-    instance: runtime::PluginInstance,
-    release: Release,
-    /// When it was offered.
-    offered: std::time::Instant,
-    /// The same file as the running version, optimized: no new version.
-    tier_up: bool,
-}
-
 /// A worker in quarantine: delivery paused until `until`.
 #[derive(Clone)]
 pub(crate) struct Quarantine {
@@ -258,14 +160,6 @@ pub(crate) struct Quarantine {
     pub(crate) pause: std::time::Duration,
     /// The last failure.
     pub(crate) reason: String,
-}
-
-/// The handled count at the last rate sample, and the rate then.
-#[derive(Default)]
-struct RateSample {
-    at: Option<std::time::Instant>,
-    handled: u64,
-    per_s: f64,
 }
 
 /// A running plugin's identity and live counters.
@@ -305,131 +199,6 @@ pub struct RunningPlugin {
     quarantine: Mutex<Vec<Option<Quarantine>>>,
     rate: Mutex<RateSample>,
     settings: PluginSettings,
-}
-
-/// The bounds and policies a plugin runs under, as `/v1/plugins` shows
-/// them (the host's settings with its manifest applied).
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct PluginLimits {
-    /// Workers, each with its own instance.
-    pub concurrency: usize,
-    /// What picks an event's worker and what strict ordering holds back.
-    pub ordering_key: String,
-    /// `strict` or `none`.
-    pub retry_ordering: String,
-    /// Most events per `handle` call.
-    pub batch_events_max: usize,
-    /// Attempts before an event is given up on.
-    pub max_attempts: u32,
-    /// Wall-clock budget per call.
-    pub deadline_ms: u64,
-    /// Linear memory an instance may grow to.
-    pub memory_bytes_max: usize,
-    /// WebAssembly stack per call.
-    pub stack_bytes_max: usize,
-    /// `block` or `drop`.
-    pub overflow: String,
-    /// Follow-up events per second (none: no limit).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub publish_events_per_s_max: Option<u32>,
-    /// Follow-up events one causal chain may have.
-    #[serde(default)]
-    pub chain_events_max: u64,
-    /// State (keys and values) it may keep, in bytes.
-    #[serde(default)]
-    pub state_bytes_max: u64,
-    /// Lines of stdout/stderr/log kept per second.
-    pub output_lines_per_s_max: u32,
-    /// Whether a `NAME.toml` manifest was applied.
-    pub manifest: bool,
-}
-
-/// What `/v1/plugins` and `plugbus plugins` show for one plugin.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct PluginStatus {
-    /// The plugin's name (file stem).
-    pub name: String,
-    /// The plugin file.
-    pub file: String,
-    /// `running`, `quarantined` (failing every event: delivery paused with
-    /// growing backoff) or `failed` (did not load; `error` says why).
-    pub state: String,
-    /// Why it failed to load, when it did; for a running plugin, why the
-    /// newest version of its file was not swapped in (the running version
-    /// keeps serving).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The version the plugin reports.
-    pub version: String,
-    /// First 12 hex digits of the file's SHA-256.
-    pub content_hash: String,
-    /// Which compiler built the running code: `optimized` (Cranelift), or
-    /// `baseline` (Winch) until the optimized build is swapped in.
-    #[serde(default)]
-    pub tier: String,
-    /// Topic patterns it consumes.
-    pub subscriptions: Vec<String>,
-    /// Events acknowledged.
-    pub handled: u64,
-    /// Failed attempts.
-    pub failed: u64,
-    /// Re-deliveries scheduled.
-    pub retried: u64,
-    /// Events waiting in its queue.
-    pub queue_depth: usize,
-    /// Highest sequence it has finished with (its cursor).
-    pub cursor: u64,
-    /// Events in the log it has yet to finish (durable mode).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lag: Option<u64>,
-    /// How long delivery stopped for the last swap of a new version, in µs:
-    /// from the swap (at a batch boundary) to the new version's first
-    /// `handle` call, less time spent waiting for events.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub swap_pause_us: Option<u64>,
-    /// Events acked per second, over the time since the previous status.
-    #[serde(default)]
-    pub handled_per_s: f64,
-    /// While quarantined: how long until delivery is tried again, in ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quarantine_ms: Option<u64>,
-    /// Times it was quarantined.
-    #[serde(default)]
-    pub quarantines: u64,
-    /// How much longer its calls run at low CPU priority, in ms, when they
-    /// do: it trapped, ran past its deadline, had a publish refused or an
-    /// outcome message cut within the last
-    /// [`worker::LOW_PRIORITY_FOR`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub low_priority_ms: Option<u64>,
-    /// How much longer its calls run in the background, in ms, when they
-    /// do: a call of it ran past 100 ms or grew its memory by 16 MiB within
-    /// the last [`worker::BACKGROUND_FOR`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub background_ms: Option<u64>,
-    /// Bytes of state (keys and values) it keeps (running plugins).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state_bytes: Option<u64>,
-    /// The last causal chain in which its follow-ups were refused for the
-    /// chain's budget (an event storm), within the last 10 minutes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storm: Option<StormStatus>,
-    /// Its bounds and policies (running plugins).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limits: Option<PluginLimits>,
-}
-
-/// An event storm a plugin took part in, as its status shows it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct StormStatus {
-    /// The chain's correlation id.
-    pub correlation_id: String,
-    /// Follow-up events the chain had when the last was refused.
-    pub chain_events: u64,
-    /// The plugin's follow-ups refused for chain budgets, in all.
-    pub refused: u64,
-    /// How long ago the last was refused, in ms.
-    pub ago_ms: u64,
 }
 
 /// The queue of plugin files (with their stack caps) to compile optimized,
@@ -628,111 +397,6 @@ impl Registry {
             .runtime
             .load_file_with_stack(file, settings.limits.stack_bytes_max)?;
         Ok((settings, loaded))
-    }
-
-    /// The settings of the plugin in `file`: the host's, with its manifest
-    /// (`NAME.toml`, if any) applied.
-    fn resolve(&self, name: &str, file: &Path) -> Result<PluginSettings, PluginError> {
-        let found = Manifest::load_for(file)?;
-        let has_manifest = found.is_some();
-        let m = found.unwrap_or_default();
-        let bad = |key: &str, reason: String| {
-            PluginError::Manifest(ManifestError::Value {
-                file: manifest::path_for(file),
-                key: key.to_string(),
-                reason,
-            })
-        };
-        let mut d = self.settings.clone();
-        if let Some(b) = m.batch_events_max {
-            d.batch_events_max = b as usize;
-        }
-        let r = &m.retry;
-        d.max_attempts = r.max_attempts.unwrap_or(d.max_attempts);
-        d.backoff_ms_min = r.backoff_ms_min.unwrap_or(d.backoff_ms_min);
-        d.backoff_ms_max = r.backoff_ms_max.unwrap_or(d.backoff_ms_max);
-        if d.backoff_ms_min > d.backoff_ms_max {
-            return Err(bad(
-                "retry",
-                format!(
-                    "backoff_ms_min ({}) would be larger than backoff_ms_max ({}) with the host's settings; set both",
-                    d.backoff_ms_min, d.backoff_ms_max
-                ),
-            ));
-        }
-        d.ordering = match &r.ordering {
-            Some(o) => o.parse().map_err(|e| bad("retry.ordering", e))?,
-            None => d.ordering_of(name),
-        };
-        d.ordering_for.clear();
-        if m.ordering_key.is_some() {
-            d.ordering_key = m.ordering_key();
-        }
-        let host = self.runtime.limits();
-        let l = &m.limits;
-        let limits = Limits {
-            deadline_ms: l.deadline_ms.unwrap_or(host.deadline_ms),
-            memory_bytes_max: l
-                .memory_bytes_max
-                .map_or(host.memory_bytes_max, |m| m as usize),
-            stack_bytes_max: l
-                .stack_bytes_max
-                .map_or(host.stack_bytes_max, |s| s as usize),
-            enforce: host.enforce,
-        };
-        // A batch must fit in the plugin's memory.
-        d.batch_bytes_max = d.batch_bytes_max.min(limits.memory_bytes_max / 2);
-        let patterns = |list: &[String]| -> Vec<Pattern> {
-            // Checked when the manifest was parsed.
-            list.iter().filter_map(|p| Pattern::parse(p).ok()).collect()
-        };
-        let labels = metrics::plugin(name);
-        let publish = PublishPolicy {
-            allow: m.publish.allow.as_deref().map(patterns),
-            deny: patterns(&m.publish.deny),
-            rate: RateLimit::new(
-                Some(
-                    m.publish
-                        .rate_events_per_s_max
-                        .unwrap_or(runtime::PUBLISH_EVENTS_PER_S_DEFAULT),
-                ),
-                self.metrics
-                    .publish_throttled
-                    .get_or_create(&labels)
-                    .clone(),
-            ),
-            chain_events_max: m
-                .publish
-                .chain_events_max
-                .unwrap_or(runtime::chains::CHAIN_EVENTS_MAX_DEFAULT),
-            chains: self.chains.clone(),
-            chain_refused: self.metrics.chain_refused.get_or_create(&labels).clone(),
-            storm: Mutex::new(None),
-        };
-        let state = kv::StateQuota::new(
-            l.state_bytes_max.unwrap_or(kv::STATE_BYTES_MAX_DEFAULT),
-            0,
-            self.metrics.state_refused.get_or_create(&labels).clone(),
-        );
-        let output = RateLimit::new(
-            Some(
-                l.output_lines_per_s_max
-                    .unwrap_or(runtime::OUTPUT_LINES_PER_S_DEFAULT),
-            ),
-            self.metrics.output_dropped.get_or_create(&labels).clone(),
-        );
-        Ok(PluginSettings {
-            concurrency: m.concurrency.unwrap_or(1) as usize,
-            overflow: m.overflow(),
-            subscriptions: m.subscriptions.clone(),
-            config: m.config.clone().into_iter().collect(),
-            limits,
-            publish: Arc::new(publish),
-            output: Arc::new(output),
-            state: Arc::new(state),
-            delivery: d,
-            has_manifest,
-        })
     }
 
     /// Instantiate `loaded` once per worker of `settings` and run `init`:
@@ -1025,107 +689,6 @@ impl Registry {
         Ok(plugin)
     }
 
-    /// The status of every plugin, running and failed, by name.
-    pub fn status(&self) -> Vec<PluginStatus> {
-        let head = match &self.dispatch {
-            Dispatch::Durable(log) => Some(log.head()),
-            Dispatch::Memory(_) => None,
-        };
-        let mut out: Vec<PluginStatus> = self
-            .running
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|p| {
-                let release = p.release();
-                let quarantine = p.quarantined();
-                let error = p
-                    .reload_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-                    .or_else(|| {
-                        quarantine.as_ref().map(|q| {
-                            format!(
-                                "quarantined for {} ms: failing every event (last: {}); delivery is tried again in {} ms, and a new version of the file is swapped in at once",
-                                q.pause.as_millis(),
-                                q.reason,
-                                q.until.saturating_duration_since(std::time::Instant::now()).as_millis()
-                            )
-                        })
-                    });
-                let cursor = p.cursor();
-                PluginStatus {
-                    name: p.name.clone(),
-                    file: p.file.display().to_string(),
-                    state: if quarantine.is_some() {
-                        "quarantined".into()
-                    } else {
-                        "running".into()
-                    },
-                    error,
-                    version: release.version,
-                    content_hash: release.content_hash,
-                    tier: release.tier.to_string(),
-                    subscriptions: p.subscriptions.clone(),
-                    handled: p.handled.get(),
-                    failed: p.failed.get(),
-                    retried: p.retried.get(),
-                    queue_depth: p.depth(),
-                    cursor,
-                    lag: head.map(|h| h.saturating_sub(cursor)),
-                    swap_pause_us: Some(p.last_swap_pause_us.load(Ordering::Acquire))
-                        .filter(|&us| us != u64::MAX),
-                    handled_per_s: p.handled_per_s(),
-                    quarantine_ms: quarantine.map(|q| {
-                        q.until
-                            .saturating_duration_since(std::time::Instant::now())
-                            .as_millis() as u64
-                    }),
-                    quarantines: p.quarantines.get(),
-                    low_priority_ms: p.low_priority_until.left_ms(),
-                    background_ms: p.background_until.left_ms(),
-                    state_bytes: Some(p.settings.state.used()),
-                    storm: p.storm(),
-                    limits: Some(p.limits()),
-                }
-            })
-            .collect();
-        out.extend(
-            self.failed
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .map(|f| PluginStatus {
-                    name: f.name.clone(),
-                    file: f.file.display().to_string(),
-                    state: "failed".into(),
-                    error: Some(f.error.clone()),
-                    version: String::new(),
-                    content_hash: String::new(),
-                    tier: String::new(),
-                    subscriptions: Vec::new(),
-                    handled: 0,
-                    failed: 0,
-                    retried: 0,
-                    queue_depth: 0,
-                    cursor: 0,
-                    lag: None,
-                    swap_pause_us: None,
-                    handled_per_s: 0.0,
-                    quarantine_ms: None,
-                    quarantines: 0,
-                    low_priority_ms: None,
-                    background_ms: None,
-                    state_bytes: None,
-                    storm: None,
-                    limits: None,
-                }),
-        );
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
-    }
-
     /// The durable store, when there is one.
     pub fn store(&self) -> Option<&Arc<crate::store::Store>> {
         match &self.dispatch {
@@ -1206,38 +769,6 @@ impl Registry {
             .ok_or_else(|| ReplayError::NoPlugin(plugin.to_string()))
     }
 
-    /// Stop the running plugin called `plugin` alone: its reader and worker
-    /// stop (what they have in hand is abandoned; its cursor says what is
-    /// still to do) and it leaves the running list. Its cursor and state
-    /// stay in the store. Returns it, if it was running.
-    fn stop_one(&self, plugin: &str) -> Option<Arc<RunningPlugin>> {
-        let running = self.running_plugin(plugin)?;
-        running.stop.store(true, Ordering::Release);
-        self.join_threads(plugin);
-        if let Dispatch::Memory(bus) = &self.dispatch {
-            bus.unsubscribe(plugin);
-        }
-        self.running
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|p| p.name != plugin);
-        Some(running)
-    }
-
-    /// A new version or manifest of `running` was not taken: log it, count
-    /// it, and show it in the plugin's status until the next change.
-    fn refused_change(&self, running: &RunningPlugin, what: &str, e: &PluginError) {
-        tracing::error!(plugin = %running.name, "{what}: {e}");
-        self.metrics
-            .reload_failures
-            .get_or_create(&metrics::plugin(&running.name))
-            .inc();
-        *running
-            .reload_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(format!("{what}: {e}"));
-    }
-
     /// The running plugin called `name`, if there is one.
     fn running_plugin(&self, name: &str) -> Option<Arc<RunningPlugin>> {
         self.running
@@ -1246,178 +777,6 @@ impl Registry {
             .iter()
             .find(|p| p.name == name)
             .cloned()
-    }
-
-    /// Wait for the reader and workers of `plugin`, told to stop.
-    fn join_threads(&self, plugin: &str) {
-        for list in [&self.pumps, &self.workers] {
-            let mine: Vec<JoinHandle<()>> = {
-                let mut all = list.lock().unwrap_or_else(|p| p.into_inner());
-                let (mine, rest) = std::mem::take(&mut *all)
-                    .into_iter()
-                    .partition(|(n, _)| n == plugin);
-                *all = rest;
-                mine.into_iter().map(|(_, h)| h).collect()
-            };
-            for h in mine {
-                if h.join().is_err() {
-                    tracing::error!(plugin, "a thread of the plugin panicked while stopping");
-                }
-            }
-        }
-    }
-
-    /// The plugin file `file` is new or changed: start it, or load the new
-    /// version and have the worker swap it in at its next batch boundary
-    /// (no event lost, none handled by both versions, the cursor and
-    /// pending retries carried over). A version whose subscriptions differ
-    /// restarts the plugin at its cursor instead. A version that fails to
-    /// load or to `init` is reported (log, status, metric) and the running
-    /// one keeps serving. Loading and `init` run on the caller's thread,
-    /// off the delivery path.
-    pub fn reload(&self, file: &Path) -> Result<Reload, PluginError> {
-        let _one = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
-        let name = stem(file);
-        let Some(running) = self.running_plugin(&name) else {
-            return match self.start(file) {
-                Ok(_) => {
-                    self.forget_failure(&name);
-                    Ok(Reload::Started)
-                }
-                Err(e) => {
-                    self.record_failure(&name, file, &e);
-                    Err(e)
-                }
-            };
-        };
-        match self.prepare(&running, file) {
-            Ok(Some((_, true))) => {
-                // New subscriptions: a restart at the cursor.
-                self.restart(&name, file)
-            }
-            Ok(Some((swaps, false))) => {
-                *running
-                    .reload_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = None;
-                *running.swap.lock().unwrap_or_else(|p| p.into_inner()) =
-                    swaps.into_iter().map(Some).collect();
-                Ok(Reload::Offered)
-            }
-            Ok(None) => Ok(Reload::Unchanged),
-            Err(e) => {
-                self.refused_change(
-                    &running,
-                    "new version not loaded (the running one keeps serving)",
-                    &e,
-                );
-                Err(e)
-            }
-        }
-    }
-
-    /// Load and initialise the version of `running` in `file`, one
-    /// instance per worker: `None` if it is the one running (or already
-    /// offered), else the swaps and whether its subscriptions differ.
-    fn prepare(
-        &self,
-        running: &RunningPlugin,
-        file: &Path,
-    ) -> Result<Option<(Vec<Swap>, bool)>, PluginError> {
-        let settings = &running.settings;
-        let loaded = Arc::new(
-            self.runtime
-                .load_file_with_stack(file, settings.limits.stack_bytes_max)?,
-        );
-        let hash = short_hash(&loaded);
-        // The version the workers run next: the one offered, if any.
-        let next = running
-            .swap
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .flatten()
-            .next()
-            .map(|s| s.release.clone())
-            .unwrap_or_else(|| running.release());
-        // The same file is a change only as a better build of it.
-        let tier_up = next.content_hash == hash;
-        if tier_up && loaded.tier() <= next.tier {
-            return Ok(None);
-        }
-        let Instances {
-            instances,
-            info,
-            subscriptions,
-            ..
-        } = self.instances(&loaded, file, settings)?;
-        self.optimize_later(file, &loaded, settings.limits.stack_bytes_max);
-        let moved = subscriptions != running.subscriptions;
-        let offered = std::time::Instant::now();
-        let release = Release {
-            version: info.version,
-            content_hash: hash,
-            tier: loaded.tier(),
-        };
-        let swaps = instances
-            .into_iter()
-            .map(|instance| Swap {
-                instance,
-                release: release.clone(),
-                offered,
-                tier_up,
-            })
-            .collect();
-        Ok(Some((swaps, moved)))
-    }
-
-    /// The manifest of the plugin in `file` is new, changed or removed:
-    /// restart the plugin with it at its cursor (a new plugin starts). A
-    /// manifest that cannot be used is reported (log, status, metric) and
-    /// the running plugin keeps serving with its settings.
-    pub fn reload_manifest(&self, file: &Path) -> Result<Reload, PluginError> {
-        let name = stem(file);
-        let Some(running) = self.running_plugin(&name) else {
-            return self.reload(file);
-        };
-        let _one = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = Manifest::load_for(file) {
-            let e = PluginError::Manifest(e);
-            self.refused_change(
-                &running,
-                "manifest not applied (the plugin keeps running with its settings)",
-                &e,
-            );
-            return Err(e);
-        }
-        tracing::info!(plugin = %name, "manifest changed: restarting the plugin at its cursor");
-        self.restart(&name, file)
-    }
-
-    /// Stop the plugin `name` and start it again from `file`, at its
-    /// cursor; a start that fails is recorded as a failed plugin.
-    fn restart(&self, name: &str, file: &Path) -> Result<Reload, PluginError> {
-        self.stop_one(name);
-        match self.start(file) {
-            Ok(_) => Ok(Reload::Restarted),
-            Err(e) => {
-                self.record_failure(name, file, &e);
-                Err(e)
-            }
-        }
-    }
-
-    /// The plugin file of `plugin` was removed: stop it, keeping its cursor
-    /// and state for when it comes back, and forget a failure to load it.
-    pub fn remove(&self, plugin: &str) {
-        let _one = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
-        if self.stop_one(plugin).is_some() {
-            tracing::info!(
-                plugin,
-                "plugin file removed: stopped; its cursor and state are kept"
-            );
-        }
-        self.forget_failure(plugin);
     }
 
     fn record_failure(&self, name: &str, file: &Path, e: &PluginError) {
@@ -1441,92 +800,6 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|f| f.name != name);
     }
-
-    /// Refresh the queue-depth gauges (before a scrape).
-    pub fn refresh_gauges(&self) {
-        for p in self
-            .running
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            self.metrics
-                .queue_depth
-                .get_or_create(&metrics::plugin(&p.name))
-                .set(p.depth() as i64);
-            self.metrics
-                .state_bytes
-                .get_or_create(&metrics::plugin(&p.name))
-                .set(p.settings.state.used() as i64);
-            if let Dispatch::Durable(log) = &self.dispatch {
-                let lag = log.head().saturating_sub(p.cursor());
-                self.metrics
-                    .lag
-                    .get_or_create(&metrics::plugin(&p.name))
-                    .set(lag as i64);
-            }
-        }
-        if let Dispatch::Durable(log) = &self.dispatch {
-            self.metrics.log_events.set(log.head() as i64);
-            self.metrics.log_bytes.set(log.store().disk_bytes() as i64);
-        }
-    }
-
-    /// Stop: close every queue, let each worker finish what is queued, and
-    /// wait for them. In durable mode the pumps stop reading the log first
-    /// (what they have not read is delivered after a restart), and the log
-    /// closes last, after the workers' follow-up events.
-    pub fn shutdown(&self) {
-        self.stopping.store(true, Ordering::Release);
-        // The optimizer ends its compile (its child is killed) and, its
-        // queue closed, stops.
-        let optimizer = self
-            .optimizer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(Optimizer { queue, thread, .. }) = optimizer {
-            drop(queue);
-            if thread.join().is_err() {
-                tracing::error!("the optimizing compile thread panicked");
-            }
-        }
-        match &self.dispatch {
-            Dispatch::Memory(bus) => bus.close(),
-            Dispatch::Durable(_) => {
-                let pumps =
-                    std::mem::take(&mut *self.pumps.lock().unwrap_or_else(|p| p.into_inner()));
-                for (_, p) in pumps {
-                    if p.join().is_err() {
-                        tracing::error!("a log reader panicked during shutdown");
-                    }
-                }
-            }
-        }
-        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
-        for (_, w) in workers {
-            if w.join().is_err() {
-                tracing::error!("a plugin worker panicked during shutdown");
-            }
-        }
-        if let Dispatch::Durable(log) = &self.dispatch {
-            log.close();
-        }
-    }
-}
-
-/// What [`Registry::reload`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reload {
-    /// A plugin new to this host started.
-    Started,
-    /// The new version waits for the worker's next batch boundary.
-    Offered,
-    /// The new version subscribes differently: the plugin restarted at its
-    /// cursor.
-    Restarted,
-    /// The file holds the version already running (or already offered).
-    Unchanged,
 }
 
 /// A time shared by a plugin's workers: the latest any of them set.
@@ -1584,31 +857,6 @@ impl RunningPlugin {
             .is_some_and(Option::is_some)
     }
 
-    /// The lowest cursor of its workers.
-    fn cursor(&self) -> u64 {
-        self.cursors
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .min()
-            .unwrap_or(0)
-    }
-
-    /// Events waiting in its queues.
-    fn depth(&self) -> usize {
-        self.depths.iter().map(|d| d.load(Ordering::Relaxed)).sum()
-    }
-
-    /// The quarantine of the worker whose pause ends last, if any is in one.
-    fn quarantined(&self) -> Option<Quarantine> {
-        self.quarantine
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .flatten()
-            .max_by_key(|q| q.until)
-            .cloned()
-    }
-
     /// Put worker `index` in quarantine (or take it out, with `None`).
     pub(crate) fn set_quarantine(&self, index: usize, q: Option<Quarantine>) {
         if let Some(slot) = self
@@ -1619,84 +867,6 @@ impl RunningPlugin {
         {
             *slot = q;
         }
-    }
-
-    /// Events acked per second since the last sample (at least a second
-    /// ago; until then, the last rate).
-    fn handled_per_s(&self) -> f64 {
-        let mut r = self.rate.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        let handled = self.handled.get();
-        match r.at {
-            Some(at) if now.duration_since(at) < std::time::Duration::from_secs(1) => {}
-            Some(at) => {
-                r.per_s = (handled.saturating_sub(r.handled)) as f64
-                    / now.duration_since(at).as_secs_f64();
-                r.at = Some(now);
-                r.handled = handled;
-            }
-            None => {
-                r.at = Some(now);
-                r.handled = handled;
-            }
-        }
-        (r.per_s * 10.0).round() / 10.0
-    }
-
-    /// Its last event storm, if within [`runtime::chains::CHAIN_IDLE`].
-    fn storm(&self) -> Option<StormStatus> {
-        let publish = &self.settings.publish;
-        let storm = publish
-            .storm
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()?;
-        let ago = storm.at.elapsed();
-        (ago < runtime::chains::CHAIN_IDLE).then(|| StormStatus {
-            correlation_id: storm.correlation_id,
-            chain_events: storm.events,
-            refused: publish.chain_refused.get(),
-            ago_ms: ago.as_millis() as u64,
-        })
-    }
-
-    fn limits(&self) -> PluginLimits {
-        let s = &self.settings;
-        PluginLimits {
-            concurrency: s.concurrency.max(1),
-            ordering_key: s.delivery.ordering_key.to_string(),
-            retry_ordering: match s.delivery.ordering {
-                RetryOrdering::Strict => "strict".into(),
-                RetryOrdering::None => "none".into(),
-            },
-            batch_events_max: s.delivery.batch_events_max,
-            max_attempts: s.delivery.max_attempts,
-            deadline_ms: s.limits.deadline_ms,
-            memory_bytes_max: s.limits.memory_bytes_max,
-            stack_bytes_max: s.limits.stack_bytes_max,
-            overflow: match s.overflow {
-                Overflow::Drop => "drop".into(),
-                Overflow::Block(_) => "block".into(),
-            },
-            publish_events_per_s_max: s.publish.rate.per_s(),
-            chain_events_max: s.publish.chain_events_max,
-            state_bytes_max: s.state.max(),
-            output_lines_per_s_max: s.output.per_s().unwrap_or(0),
-            manifest: s.has_manifest,
-        }
-    }
-}
-
-impl Swap {
-    /// The new instance, how long it waited for a batch boundary, its
-    /// content hash and whether it is the running file optimized.
-    pub(crate) fn into_parts(self) -> (runtime::PluginInstance, std::time::Duration, String, bool) {
-        (
-            self.instance,
-            self.offered.elapsed(),
-            self.release.content_hash,
-            self.tier_up,
-        )
     }
 }
 

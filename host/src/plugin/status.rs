@@ -1,0 +1,367 @@
+//! What the operator sees of each plugin: its status (`plugbus plugins`,
+//! `/v1/plugins`), its limits as applied, a storm it is in, its handling
+//! rate, and the queue-depth gauges refreshed before a scrape.
+
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use super::*;
+
+/// The handled count at the last rate sample, and the rate then.
+#[derive(Default)]
+pub(super) struct RateSample {
+    at: Option<std::time::Instant>,
+    handled: u64,
+    per_s: f64,
+}
+
+/// The bounds and policies a plugin runs under, as `/v1/plugins` shows
+/// them (the host's settings with its manifest applied).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct PluginLimits {
+    /// Workers, each with its own instance.
+    pub concurrency: usize,
+    /// What picks an event's worker and what strict ordering holds back.
+    pub ordering_key: String,
+    /// `strict` or `none`.
+    pub retry_ordering: String,
+    /// Most events per `handle` call.
+    pub batch_events_max: usize,
+    /// Attempts before an event is given up on.
+    pub max_attempts: u32,
+    /// Wall-clock budget per call.
+    pub deadline_ms: u64,
+    /// Linear memory an instance may grow to.
+    pub memory_bytes_max: usize,
+    /// WebAssembly stack per call.
+    pub stack_bytes_max: usize,
+    /// `block` or `drop`.
+    pub overflow: String,
+    /// Follow-up events per second (none: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_events_per_s_max: Option<u32>,
+    /// Follow-up events one causal chain may have.
+    #[serde(default)]
+    pub chain_events_max: u64,
+    /// State (keys and values) it may keep, in bytes.
+    #[serde(default)]
+    pub state_bytes_max: u64,
+    /// Lines of stdout/stderr/log kept per second.
+    pub output_lines_per_s_max: u32,
+    /// Whether a `NAME.toml` manifest was applied.
+    pub manifest: bool,
+}
+
+/// What `/v1/plugins` and `plugbus plugins` show for one plugin.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct PluginStatus {
+    /// The plugin's name (file stem).
+    pub name: String,
+    /// The plugin file.
+    pub file: String,
+    /// `running`, `quarantined` (failing every event: delivery paused with
+    /// growing backoff) or `failed` (did not load; `error` says why).
+    pub state: String,
+    /// Why it failed to load, when it did; for a running plugin, why the
+    /// newest version of its file was not swapped in (the running version
+    /// keeps serving).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The version the plugin reports.
+    pub version: String,
+    /// First 12 hex digits of the file's SHA-256.
+    pub content_hash: String,
+    /// Which compiler built the running code: `optimized` (Cranelift), or
+    /// `baseline` (Winch) until the optimized build is swapped in.
+    #[serde(default)]
+    pub tier: String,
+    /// Topic patterns it consumes.
+    pub subscriptions: Vec<String>,
+    /// Events acknowledged.
+    pub handled: u64,
+    /// Failed attempts.
+    pub failed: u64,
+    /// Re-deliveries scheduled.
+    pub retried: u64,
+    /// Events waiting in its queue.
+    pub queue_depth: usize,
+    /// Highest sequence it has finished with (its cursor).
+    pub cursor: u64,
+    /// Events in the log it has yet to finish (durable mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
+    /// How long delivery stopped for the last swap of a new version, in µs:
+    /// from the swap (at a batch boundary) to the new version's first
+    /// `handle` call, less time spent waiting for events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_pause_us: Option<u64>,
+    /// Events acked per second, over the time since the previous status.
+    #[serde(default)]
+    pub handled_per_s: f64,
+    /// While quarantined: how long until delivery is tried again, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_ms: Option<u64>,
+    /// Times it was quarantined.
+    #[serde(default)]
+    pub quarantines: u64,
+    /// How much longer its calls run at low CPU priority, in ms, when they
+    /// do: it trapped, ran past its deadline, had a publish refused or an
+    /// outcome message cut within the last
+    /// [`worker::LOW_PRIORITY_FOR`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_priority_ms: Option<u64>,
+    /// How much longer its calls run in the background, in ms, when they
+    /// do: a call of it ran past 100 ms or grew its memory by 16 MiB within
+    /// the last [`worker::BACKGROUND_FOR`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background_ms: Option<u64>,
+    /// Bytes of state (keys and values) it keeps (running plugins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_bytes: Option<u64>,
+    /// The last causal chain in which its follow-ups were refused for the
+    /// chain's budget (an event storm), within the last 10 minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm: Option<StormStatus>,
+    /// Its bounds and policies (running plugins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<PluginLimits>,
+}
+
+/// An event storm a plugin took part in, as its status shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct StormStatus {
+    /// The chain's correlation id.
+    pub correlation_id: String,
+    /// Follow-up events the chain had when the last was refused.
+    pub chain_events: u64,
+    /// The plugin's follow-ups refused for chain budgets, in all.
+    pub refused: u64,
+    /// How long ago the last was refused, in ms.
+    pub ago_ms: u64,
+}
+
+impl Registry {
+    /// The status of every plugin, running and failed, by name.
+    pub fn status(&self) -> Vec<PluginStatus> {
+        let head = match &self.dispatch {
+            Dispatch::Durable(log) => Some(log.head()),
+            Dispatch::Memory(_) => None,
+        };
+        let mut out: Vec<PluginStatus> = self
+            .running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|p| {
+                let release = p.release();
+                let quarantine = p.quarantined();
+                let error = p
+                    .reload_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .or_else(|| {
+                        quarantine.as_ref().map(|q| {
+                            format!(
+                                "quarantined for {} ms: failing every event (last: {}); delivery is tried again in {} ms, and a new version of the file is swapped in at once",
+                                q.pause.as_millis(),
+                                q.reason,
+                                q.until.saturating_duration_since(std::time::Instant::now()).as_millis()
+                            )
+                        })
+                    });
+                let cursor = p.cursor();
+                PluginStatus {
+                    name: p.name.clone(),
+                    file: p.file.display().to_string(),
+                    state: if quarantine.is_some() {
+                        "quarantined".into()
+                    } else {
+                        "running".into()
+                    },
+                    error,
+                    version: release.version,
+                    content_hash: release.content_hash,
+                    tier: release.tier.to_string(),
+                    subscriptions: p.subscriptions.clone(),
+                    handled: p.handled.get(),
+                    failed: p.failed.get(),
+                    retried: p.retried.get(),
+                    queue_depth: p.depth(),
+                    cursor,
+                    lag: head.map(|h| h.saturating_sub(cursor)),
+                    swap_pause_us: Some(p.last_swap_pause_us.load(Ordering::Acquire))
+                        .filter(|&us| us != u64::MAX),
+                    handled_per_s: p.handled_per_s(),
+                    quarantine_ms: quarantine.map(|q| {
+                        q.until
+                            .saturating_duration_since(std::time::Instant::now())
+                            .as_millis() as u64
+                    }),
+                    quarantines: p.quarantines.get(),
+                    low_priority_ms: p.low_priority_until.left_ms(),
+                    background_ms: p.background_until.left_ms(),
+                    state_bytes: Some(p.settings.state.used()),
+                    storm: p.storm(),
+                    limits: Some(p.limits()),
+                }
+            })
+            .collect();
+        out.extend(
+            self.failed
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|f| PluginStatus {
+                    name: f.name.clone(),
+                    file: f.file.display().to_string(),
+                    state: "failed".into(),
+                    error: Some(f.error.clone()),
+                    version: String::new(),
+                    content_hash: String::new(),
+                    tier: String::new(),
+                    subscriptions: Vec::new(),
+                    handled: 0,
+                    failed: 0,
+                    retried: 0,
+                    queue_depth: 0,
+                    cursor: 0,
+                    lag: None,
+                    swap_pause_us: None,
+                    handled_per_s: 0.0,
+                    quarantine_ms: None,
+                    quarantines: 0,
+                    low_priority_ms: None,
+                    background_ms: None,
+                    state_bytes: None,
+                    storm: None,
+                    limits: None,
+                }),
+        );
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Refresh the queue-depth gauges (before a scrape).
+    pub fn refresh_gauges(&self) {
+        for p in self
+            .running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            self.metrics
+                .queue_depth
+                .get_or_create(&metrics::plugin(&p.name))
+                .set(p.depth() as i64);
+            self.metrics
+                .state_bytes
+                .get_or_create(&metrics::plugin(&p.name))
+                .set(p.settings.state.used() as i64);
+            if let Dispatch::Durable(log) = &self.dispatch {
+                let lag = log.head().saturating_sub(p.cursor());
+                self.metrics
+                    .lag
+                    .get_or_create(&metrics::plugin(&p.name))
+                    .set(lag as i64);
+            }
+        }
+        if let Dispatch::Durable(log) = &self.dispatch {
+            self.metrics.log_events.set(log.head() as i64);
+            self.metrics.log_bytes.set(log.store().disk_bytes() as i64);
+        }
+    }
+}
+
+impl RunningPlugin {
+    /// The lowest cursor of its workers.
+    fn cursor(&self) -> u64 {
+        self.cursors
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Events waiting in its queues.
+    fn depth(&self) -> usize {
+        self.depths.iter().map(|d| d.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The quarantine of the worker whose pause ends last, if any is in one.
+    fn quarantined(&self) -> Option<Quarantine> {
+        self.quarantine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flatten()
+            .max_by_key(|q| q.until)
+            .cloned()
+    }
+
+    /// Events acked per second since the last sample (at least a second
+    /// ago; until then, the last rate).
+    fn handled_per_s(&self) -> f64 {
+        let mut r = self.rate.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let handled = self.handled.get();
+        match r.at {
+            Some(at) if now.duration_since(at) < std::time::Duration::from_secs(1) => {}
+            Some(at) => {
+                r.per_s = (handled.saturating_sub(r.handled)) as f64
+                    / now.duration_since(at).as_secs_f64();
+                r.at = Some(now);
+                r.handled = handled;
+            }
+            None => {
+                r.at = Some(now);
+                r.handled = handled;
+            }
+        }
+        (r.per_s * 10.0).round() / 10.0
+    }
+
+    /// Its last event storm, if within [`runtime::chains::CHAIN_IDLE`].
+    fn storm(&self) -> Option<StormStatus> {
+        let publish = &self.settings.publish;
+        let storm = publish
+            .storm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        let ago = storm.at.elapsed();
+        (ago < runtime::chains::CHAIN_IDLE).then(|| StormStatus {
+            correlation_id: storm.correlation_id,
+            chain_events: storm.events,
+            refused: publish.chain_refused.get(),
+            ago_ms: ago.as_millis() as u64,
+        })
+    }
+
+    fn limits(&self) -> PluginLimits {
+        let s = &self.settings;
+        PluginLimits {
+            concurrency: s.concurrency.max(1),
+            ordering_key: s.delivery.ordering_key.to_string(),
+            retry_ordering: match s.delivery.ordering {
+                RetryOrdering::Strict => "strict".into(),
+                RetryOrdering::None => "none".into(),
+            },
+            batch_events_max: s.delivery.batch_events_max,
+            max_attempts: s.delivery.max_attempts,
+            deadline_ms: s.limits.deadline_ms,
+            memory_bytes_max: s.limits.memory_bytes_max,
+            stack_bytes_max: s.limits.stack_bytes_max,
+            overflow: match s.overflow {
+                Overflow::Drop => "drop".into(),
+                Overflow::Block(_) => "block".into(),
+            },
+            publish_events_per_s_max: s.publish.rate.per_s(),
+            chain_events_max: s.publish.chain_events_max,
+            state_bytes_max: s.state.max(),
+            output_lines_per_s_max: s.output.per_s().unwrap_or(0),
+            manifest: s.has_manifest,
+        }
+    }
+}
