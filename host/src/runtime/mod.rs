@@ -31,12 +31,18 @@
 //!
 //! [`InstancePre`]: wasmtime::component::InstancePre
 
+mod batch;
 mod cache;
 pub mod call;
 pub mod chains;
 mod host_api;
 pub mod kv;
+mod load;
 pub mod policy;
+
+use batch::BatchBuffer;
+pub use batch::{batch_bytes, BATCH_BYTES_LIMIT, HEADER_WORDS};
+use load::engine_with_stack;
 
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
@@ -475,363 +481,16 @@ impl Runtime {
         &self.limits
     }
 
-    /// The engine and linker for a stack cap of `stack` bytes and `tier`,
-    /// to compile or run the plugin in `file` (named in the error).
-    fn engine_for(
-        &self,
-        file: &Path,
-        stack: usize,
-        tier: Tier,
-    ) -> Result<EngineAndLinker, LoadError> {
-        if stack == self.limits.stack_bytes_max && tier == Tier::Optimized {
-            return Ok((self.engine.clone(), self.linker.clone()));
-        }
-        let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, (engine, linker))) = others.iter().find(|(k, _)| *k == (stack, tier)) {
-            return Ok((engine.clone(), linker.clone()));
-        }
-        let (engine, linker) =
-            engine_with_stack(stack, self.limits.enforce, tier).map_err(|reason| {
-                LoadError::Compile {
-                    file: file.to_path_buf(),
-                    reason,
-                }
-            })?;
-        let linker = Arc::new(linker);
-        self.ticked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(engine.weak());
-        others.push(((stack, tier), (engine.clone(), linker.clone())));
-        Ok((engine, linker))
-    }
-
     /// Whether plugins missing from the cache start on a baseline build, to
     /// be followed by [`Runtime::compile_in_child`] for the optimized one.
     pub fn is_tiered(&self) -> bool {
         self.optimizer.is_some()
     }
 
-    /// Compile the plugin in `file` with `tier`'s compiler into the compile
-    /// cache, for a stack cap of `stack` bytes, in a child process
-    /// (`plugbus compile`). `stop` ends the wait early (the child is
-    /// killed). The next load of the file finds the build in the cache.
-    pub fn compile_in_child(
-        &self,
-        file: &Path,
-        stack: usize,
-        tier: Tier,
-        stop: &AtomicBool,
-    ) -> Result<(), String> {
-        let (Some(program), Some(cache)) = (&self.optimizer, &self.cache_dir) else {
-            return Err("not compiling in tiers".into());
-        };
-        let mut child = std::process::Command::new(program)
-            .arg("compile")
-            .arg("--cache-dir")
-            .arg(cache)
-            .arg("--stack-bytes-max")
-            .arg(stack.to_string())
-            .arg("--tier")
-            .arg(tier.to_string())
-            .arg(file)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
-        let stderr = child.stderr.take();
-        let said = thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(mut s) = stderr {
-                let _ = std::io::Read::read_to_string(&mut s, &mut text);
-            }
-            text
-        });
-        let started = std::time::Instant::now();
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Ok(status),
-                Ok(None) if stop.load(Ordering::Relaxed) => break Err("stopped".to_string()),
-                Ok(None) if started.elapsed() > OPTIMIZE_TIMEOUT => {
-                    break Err(format!("took longer than {} s", OPTIMIZE_TIMEOUT.as_secs()))
-                }
-                Ok(None) => thread::sleep(Duration::from_millis(5)),
-                Err(e) => break Err(e.to_string()),
-            }
-        };
-        if !matches!(status, Ok(s) if s.success()) {
-            let _ = child.kill();
-        }
-        let _ = child.wait();
-        let said = said.join().unwrap_or_default();
-        match status {
-            Ok(s) if s.success() => Ok(()),
-            Ok(s) => Err(format!("{s}: {}", said.trim())),
-            Err(e) => Err(e),
-        }
-    }
-
     /// The engine (for tests and benchmarks).
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
-
-    /// Load a plugin from a file: read, componentize if needed, compile (or
-    /// take from the cache), check the contract version, link.
-    pub fn load_file(&self, file: &Path) -> Result<LoadedPlugin, LoadError> {
-        self.load_file_with_stack(file, self.limits.stack_bytes_max)
-    }
-
-    /// [`Runtime::load_file`] with a stack cap of `stack` bytes for its calls.
-    pub fn load_file_with_stack(
-        &self,
-        file: &Path,
-        stack: usize,
-    ) -> Result<LoadedPlugin, LoadError> {
-        let bytes = std::fs::read(file).map_err(|source| LoadError::Read {
-            file: file.to_path_buf(),
-            source,
-        })?;
-        let name = file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        self.load_bytes_with_stack(file, &name, &bytes, stack)
-    }
-
-    /// Load a plugin from bytes; `file` is used in messages only.
-    pub fn load_bytes(
-        &self,
-        file: &Path,
-        name: &str,
-        bytes: &[u8],
-    ) -> Result<LoadedPlugin, LoadError> {
-        self.load_bytes_with_stack(file, name, bytes, self.limits.stack_bytes_max)
-    }
-
-    fn load_bytes_with_stack(
-        &self,
-        file: &Path,
-        name: &str,
-        bytes: &[u8],
-        stack: usize,
-    ) -> Result<LoadedPlugin, LoadError> {
-        let (mut engine, mut linker) = self.engine_for(file, stack, Tier::Optimized)?;
-        let mut tier = Tier::Optimized;
-        let content_hash = hex(&Sha256::digest(bytes));
-        let mut found = self.cached(&engine, &content_hash);
-        if found.is_none() && self.optimizer.is_some() {
-            // Serve with a baseline build until the optimized one is in the
-            // cache: from the cache, else compiled by a child into it.
-            (engine, linker) = self.engine_for(file, stack, Tier::Baseline)?;
-            tier = Tier::Baseline;
-            found = self.cached(&engine, &content_hash).or_else(|| {
-                let never = AtomicBool::new(false);
-                if let Err(e) = self.compile_in_child(file, stack, tier, &never) {
-                    tracing::debug!(file = %file.display(), "compiling in a child failed ({e}); compiling here");
-                }
-                self.cached(&engine, &content_hash)
-            });
-        }
-        let component = match found {
-            Some(component) => component,
-            None => self.compile_and_cache(file, bytes, &engine, &content_hash)?,
-        };
-        check_contract(file, &engine, &component)?;
-        let instance_pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::Link {
-                file: file.to_path_buf(),
-                reason: format!("{e:#}"),
-            })?;
-        let pre = bindings::PluginPre::new(instance_pre).map_err(|e| LoadError::Link {
-            file: file.to_path_buf(),
-            reason: format!("{e:#}"),
-        })?;
-        Ok(LoadedPlugin {
-            name: name.to_string(),
-            content_hash,
-            pre,
-            engine,
-            tier,
-        })
-    }
-
-    /// Compile the plugin in `file` with `tier`'s compiler into the compile
-    /// cache (what `plugbus compile` does, in the child process), for a
-    /// stack cap of `stack` bytes.
-    pub fn compile_into_cache(
-        &self,
-        file: &Path,
-        stack: usize,
-        tier: Tier,
-    ) -> Result<(), LoadError> {
-        let bytes = std::fs::read(file).map_err(|source| LoadError::Read {
-            file: file.to_path_buf(),
-            source,
-        })?;
-        let (engine, _) = self.engine_for(file, stack, tier)?;
-        let content_hash = hex(&Sha256::digest(&bytes));
-        if self.cache_path(&engine, &content_hash).is_none() {
-            return Err(LoadError::Compile {
-                file: file.to_path_buf(),
-                reason: "no compile cache to compile into".into(),
-            });
-        }
-        self.compile_and_cache(file, &bytes, &engine, &content_hash)
-            .map(drop)
-    }
-
-    /// Compile `bytes` (from `file`) with `engine`, store the build in the
-    /// cache (if any) and load it.
-    fn compile_and_cache(
-        &self,
-        file: &Path,
-        bytes: &[u8],
-        engine: &Engine,
-        content_hash: &str,
-    ) -> Result<Component, LoadError> {
-        let component_bytes = componentize(file, bytes)?;
-        let compiled =
-            engine
-                .precompile_component(&component_bytes)
-                .map_err(|e| LoadError::Compile {
-                    file: file.to_path_buf(),
-                    reason: format!("{e:#}"),
-                })?;
-        if let Some(path) = self.cache_path(engine, content_hash) {
-            cache::store(&path, &compiled);
-        }
-        cache::deserialize(engine, &compiled).map_err(|reason| LoadError::Compile {
-            file: file.to_path_buf(),
-            reason,
-        })
-    }
-
-    fn cache_path(&self, engine: &Engine, content_hash: &str) -> Option<PathBuf> {
-        let dir = self.cache_dir.as_ref()?;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut h);
-        Some(dir.join(format!("{content_hash}-{:016x}.cwasm", h.finish())))
-    }
-
-    fn cached(&self, engine: &Engine, content_hash: &str) -> Option<Component> {
-        let path = self.cache_path(engine, content_hash)?;
-        cache::load(engine, &path)
-    }
-}
-
-/// An engine with epoch interruption (when `epochs`), a stack cap of
-/// `stack` bytes and the compiler of `tier`, and its linker with the host
-/// imports.
-fn engine_with_stack(
-    stack: usize,
-    epochs: bool,
-    tier: Tier,
-) -> Result<(Engine, Linker<HostState>), String> {
-    let mut config = Config::new();
-    config.strategy(match tier {
-        Tier::Baseline => wasmtime::Strategy::Winch,
-        Tier::Optimized => wasmtime::Strategy::Cranelift,
-    });
-    config.epoch_interruption(epochs);
-    config.max_wasm_stack(stack);
-    config.wasm_component_model(true);
-    let engine = Engine::new(&config).map_err(|e| format!("cannot start wasmtime: {e:#}"))?;
-    let mut linker = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-        .map_err(|e| format!("cannot link WASI: {e:#}"))?;
-    host_api::add_to_linker(&mut linker).map_err(|e| format!("cannot link host API: {e:#}"))?;
-    Ok((engine, linker))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Turn a core module into a component; pass a component through.
-fn componentize(file: &Path, bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
-    if wasmparser::Parser::is_component(bytes) {
-        return Ok(bytes.to_vec());
-    }
-    if !wasmparser::Parser::is_core_wasm(bytes) {
-        return Err(LoadError::NotWasm {
-            file: file.to_path_buf(),
-        });
-    }
-    let fail = |e: anyhow::Error| LoadError::Componentize {
-        file: file.to_path_buf(),
-        reason: format!("{e:#}"),
-    };
-    // The encoder can panic on a malformed module (seen on a truncated
-    // file): that is a bad file, not a host failure.
-    std::panic::catch_unwind(|| {
-        wit_component::ComponentEncoder::default()
-            .validate(true)
-            .module(bytes)?
-            .adapter(
-                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
-                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
-            )?
-            .encode()
-    })
-    .map_err(|_| LoadError::Componentize {
-        file: file.to_path_buf(),
-        reason: "the component encoder failed on this module (is the file complete?)".into(),
-    })?
-    .map_err(fail)
-}
-
-/// The version in an interface name such as `plugbus:plugin/handler@0.1.0`.
-fn contract_version(name: &str) -> Option<&str> {
-    let rest = name.strip_prefix(CONTRACT_PACKAGE)?.strip_prefix('/')?;
-    rest.split_once('@').map(|(_, v)| v)
-}
-
-/// Semver compatibility as the component model uses it: same major, and for
-/// 0.x the same minor.
-fn compatible(found: &str) -> bool {
-    let parts = |v: &str| -> Option<(u64, u64)> {
-        let mut it = v.split(['.', '-', '+']);
-        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-    };
-    match (parts(found), parts(CONTRACT_VERSION)) {
-        (Some((0, fm)), Some((0, cm))) => fm == cm,
-        (Some((fmaj, _)), Some((cmaj, _))) => fmaj == cmaj && fmaj != 0,
-        _ => false,
-    }
-}
-
-fn check_contract(file: &Path, engine: &Engine, component: &Component) -> Result<(), LoadError> {
-    let ty = component.component_type();
-    let names = ty
-        .exports(engine)
-        .map(|(n, item)| {
-            (
-                n.to_string(),
-                matches!(item.ty, ComponentItem::ComponentInstance(_)),
-            )
-        })
-        .chain(ty.imports(engine).map(|(n, _)| (n.to_string(), false)));
-    let mut has_handler = false;
-    for (name, is_export) in names {
-        if let Some(version) = contract_version(&name) {
-            if !compatible(version) {
-                return Err(LoadError::ContractVersion {
-                    file: file.to_path_buf(),
-                    found: version.to_string(),
-                });
-            }
-            has_handler |= is_export && name.starts_with("plugbus:plugin/handler@");
-        }
-    }
-    if !has_handler {
-        return Err(LoadError::NoHandler {
-            file: file.to_path_buf(),
-        });
-    }
-    Ok(())
 }
 
 /// A live plugin instance: its store and its bindings.
@@ -1093,118 +752,10 @@ fn cut_message(message: &mut String) -> bool {
     true
 }
 
-/// The most bytes one batch may carry into the sandbox (spans are u32).
-pub const BATCH_BYTES_LIMIT: usize = u32::MAX as usize;
-
-/// Words per event in a batch's `headers`; the layout is documented on
-/// `record batch` in `wit/plugin.wit`, and `plugbus-sdk` reads it.
-pub const HEADER_WORDS: usize = 24;
-
-/// Fills a reusable [`wit::Batch`]: every string and payload of the batch is
-/// appended to one byte buffer, and each event's header records where its
-/// attributes are. The buffers keep their capacity from batch to batch.
-struct BatchBuffer {
-    batch: wit::Batch,
-}
-
-impl Default for BatchBuffer {
-    fn default() -> Self {
-        BatchBuffer {
-            batch: wit::Batch {
-                bytes: Vec::new(),
-                headers: Vec::new(),
-                extensions: Vec::new(),
-            },
-        }
-    }
-}
-
-impl BatchBuffer {
-    fn fill(&mut self, events: &[Arc<Event>], attempts: &[u32]) {
-        let b = &mut self.batch;
-        b.bytes.clear();
-        b.headers.clear();
-        b.extensions.clear();
-        let bytes = &mut b.bytes;
-        let mut put = |h: &mut Vec<u32>, text: Option<&[u8]>| {
-            let [offset, len] = span(bytes, text.unwrap_or_default());
-            h.push(offset);
-            h.push(len);
-        };
-        for (e, &attempt) in events.iter().zip(attempts) {
-            let h = &mut b.headers;
-            put(h, Some(e.id.as_bytes()));
-            put(h, Some(e.source.as_bytes()));
-            put(h, Some(e.topic.as_bytes()));
-            put(h, e.subject.as_deref().map(str::as_bytes));
-            put(h, Some(e.time.as_bytes()));
-            put(h, e.datacontenttype.as_deref().map(str::as_bytes));
-            put(h, Some(&e.data));
-            put(h, e.correlationid.as_deref().map(str::as_bytes));
-            put(h, e.causationid.as_deref().map(str::as_bytes));
-            h.push(e.sequence as u32);
-            h.push((e.sequence >> 32) as u32);
-            h.push(attempt);
-            h.push((b.extensions.len() / 4) as u32);
-            h.push(e.extensions.len() as u32);
-            h.push(0);
-            for (name, value) in &e.extensions {
-                put(&mut b.extensions, Some(name.as_bytes()));
-                put(&mut b.extensions, Some(value.as_bytes()));
-            }
-        }
-    }
-}
-
-/// Append `text` and return its (offset, length). Callers keep a batch
-/// under [`BATCH_BYTES_LIMIT`] (the worker's `batch_bytes_max` is far below).
-fn span(buf: &mut Vec<u8>, text: &[u8]) -> [u32; 2] {
-    let offset = buf.len() as u32;
-    buf.extend_from_slice(text);
-    [offset, text.len() as u32]
-}
-
-/// The bytes `event` adds to a batch buffer.
-pub fn batch_bytes(event: &Event) -> usize {
-    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-    event.id.len()
-        + event.source.len()
-        + event.topic.len()
-        + event.time.len()
-        + event.data.len()
-        + opt(&event.subject)
-        + opt(&event.datacontenttype)
-        + opt(&event.correlationid)
-        + opt(&event.causationid)
-        + event
-            .extensions
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>()
-}
-
 #[cfg(test)]
 mod tests {
+    use super::load::componentize;
     use super::*;
-
-    #[test]
-    fn contract_versions_follow_semver_for_0x() {
-        assert!(compatible("0.1.0"));
-        assert!(compatible("0.1.7"));
-        assert!(!compatible("0.2.0"));
-        assert!(!compatible("1.0.0"));
-        assert!(!compatible("garbage"));
-    }
-
-    #[test]
-    fn version_is_read_from_interface_names() {
-        assert_eq!(
-            contract_version("plugbus:plugin/handler@0.2.0"),
-            Some("0.2.0")
-        );
-        assert_eq!(contract_version("wasi:logging/logging@0.1.0-draft"), None);
-        assert_eq!(contract_version("plugbus:plugin/handler"), None);
-    }
 
     #[test]
     fn batch_buffer_headers_point_at_each_attribute() {
@@ -1275,52 +826,6 @@ mod tests {
             .expect("handles");
         assert_eq!(result.outcomes.len(), 3);
         assert!(result.outcomes.iter().all(|o| matches!(o, Outcome::Ack)));
-    }
-
-    #[test]
-    fn the_compile_cache_is_written_then_used() {
-        let dir = std::env::temp_dir().join(format!("plugbus-cache-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let rt = Runtime::new(Limits::default(), Some(dir.clone())).expect("runtime");
-        let file = Path::new(plugbus_e2e::artifacts::NOOP);
-        let first = rt.load_file(file).expect("compiles");
-        let entries: Vec<_> = std::fs::read_dir(&dir).expect("cache dir made").collect();
-        assert_eq!(entries.len(), 1, "one artifact per content hash and engine");
-        let path = rt
-            .cache_path(rt.engine(), first.content_hash())
-            .expect("cache on");
-        assert!(path.is_file());
-        assert!(
-            rt.cached(rt.engine(), first.content_hash()).is_some(),
-            "the entry deserializes"
-        );
-        // A damaged entry is a miss, not an error: the plugin compiles again.
-        std::fs::write(&path, b"not a compiled component").expect("damage it");
-        assert!(rt.cached(rt.engine(), first.content_hash()).is_none());
-        rt.load_file(file).expect("recompiles over a damaged entry");
-        assert!(
-            rt.cached(rt.engine(), first.content_hash()).is_some(),
-            "and rewrites it"
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn another_contract_version_is_refused_naming_both() {
-        let rt = Runtime::new(Limits::default(), None).expect("runtime");
-        let err = rt
-            .load_file(Path::new(plugbus_e2e::artifacts::CONTRACT_V2))
-            .err()
-            .expect("refused");
-        assert!(
-            matches!(&err, LoadError::ContractVersion { found, .. } if found == "0.2.0"),
-            "{err}"
-        );
-        let msg = err.to_string();
-        assert!(
-            msg.contains("plugbus:plugin@0.2.0") && msg.contains("plugbus:plugin@0.1.0"),
-            "{msg}"
-        );
     }
 
     /// The hostile test plugin in `mode`, instantiated with `memory` bytes,
@@ -1459,12 +964,5 @@ mod tests {
             .handle(&chunk, 0..2, &attempts, CallMode::Foreground, deadline)
             .expect("handles");
         assert!(!done.heavy);
-    }
-
-    #[test]
-    fn garbage_is_not_wasm() {
-        let err = componentize(Path::new("x.wasm"), b"hello").expect_err("not wasm");
-        assert!(matches!(err, LoadError::NotWasm { .. }));
-        assert!(err.to_string().contains("x.wasm"));
     }
 }
