@@ -29,7 +29,7 @@ pub(super) fn engine_with_stack(
     Ok((engine, linker))
 }
 
-pub(super) fn hex(bytes: &[u8]) -> String {
+fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -67,14 +67,14 @@ pub(super) fn componentize(file: &Path, bytes: &[u8]) -> Result<Vec<u8>, LoadErr
 }
 
 /// The version in an interface name such as `plugbus:plugin/handler@0.1.0`.
-pub(super) fn contract_version(name: &str) -> Option<&str> {
+fn contract_version(name: &str) -> Option<&str> {
     let rest = name.strip_prefix(CONTRACT_PACKAGE)?.strip_prefix('/')?;
     rest.split_once('@').map(|(_, v)| v)
 }
 
 /// Semver compatibility as the component model uses it: same major, and for
 /// 0.x the same minor.
-pub(super) fn compatible(found: &str) -> bool {
+fn compatible(found: &str) -> bool {
     let parts = |v: &str| -> Option<(u64, u64)> {
         let mut it = v.split(['.', '-', '+']);
         Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
@@ -86,11 +86,7 @@ pub(super) fn compatible(found: &str) -> bool {
     }
 }
 
-pub(super) fn check_contract(
-    file: &Path,
-    engine: &Engine,
-    component: &Component,
-) -> Result<(), LoadError> {
+fn check_contract(file: &Path, engine: &Engine, component: &Component) -> Result<(), LoadError> {
     let ty = component.component_type();
     let names = ty
         .exports(engine)
