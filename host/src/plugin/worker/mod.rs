@@ -57,7 +57,16 @@
 //! attempt, to a fresh instance. A restart resumes at the saved cursor, so a
 //! plugin's state counts each acked event exactly once, and its other
 //! effects happen at least once.
+//!
+//! Rooms: `retry` (the retry heap, strict ordering, re-drives, giving up),
+//! `health` (quarantine, rest after an offence, reset, hot swap), `cursor`
+//! (how far the worker is done, and saving it).
 
+mod cursor;
+mod health;
+mod retry;
+
+use retry::{GiveUp, Pending};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::ops::Range;
@@ -116,30 +125,6 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 /// most this often while busy, and at once when idle: losing it only means
 /// reading those events again.
 const CURSOR_SAVE_EVERY: Duration = Duration::from_millis(200);
-
-/// An event waiting for its next attempt.
-struct Pending {
-    due: Instant,
-    attempt: u32,
-    event: Arc<Event>,
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        self.due == other.due && self.event.sequence == other.event.sequence
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Pending {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.due, self.event.sequence).cmp(&(other.due, other.event.sequence))
-    }
-}
 
 /// Where a worker's events come from: its queue, and in durable mode the
 /// store that keeps its cursor and the cursor it starts from.
@@ -234,24 +219,6 @@ pub(super) struct Worker {
     /// Per ordering key: the events held back behind it, in order, with
     /// their attempts.
     held: HashMap<String, VecDeque<(Arc<Event>, u32)>>,
-}
-
-/// Why a worker stops delivering an event.
-#[derive(Clone, Copy)]
-enum GiveUp {
-    Rejected,
-    Exhausted,
-    BacklogFull,
-}
-
-impl GiveUp {
-    fn says(self) -> &'static str {
-        match self {
-            GiveUp::Rejected => "rejected by the plugin",
-            GiveUp::Exhausted => "no attempts left",
-            GiveUp::BacklogFull => "retry backlog full",
-        }
-    }
 }
 
 impl Worker {
@@ -508,91 +475,6 @@ impl Worker {
         (Arc::from(batch), through)
     }
 
-    /// Everything through `through` is dealt with: the cursor may move.
-    fn done(&mut self, through: u64) {
-        self.done_through = self.done_through.max(through);
-        self.save_cursor(false);
-    }
-
-    /// The cursor at `through`, with the pending retries (and `more`).
-    /// Events re-driven from dead letters are kept by the re-drive list
-    /// instead.
-    fn cursor(&self, through: u64, more: &[&Pending]) -> Cursor {
-        let mut pending: Vec<(u64, u32)> = self
-            .retries
-            .iter()
-            .map(|r| &r.0)
-            .chain(more.iter().copied())
-            .filter(|p| !self.redriven.contains(&p.event.sequence))
-            .map(|p| (p.event.sequence, p.attempt))
-            .chain(
-                self.held
-                    .values()
-                    .flatten()
-                    .map(|(e, attempt)| (e.sequence, *attempt)),
-            )
-            .collect();
-        pending.sort_unstable();
-        pending.dedup_by_key(|p| p.0);
-        Cursor { through, pending }
-    }
-
-    /// Save the cursor if it moved: now when `now`, else at most every
-    /// [`CURSOR_SAVE_EVERY`].
-    fn save_cursor(&mut self, now: bool) {
-        if !now && self.saved_at.elapsed() < CURSOR_SAVE_EVERY {
-            return;
-        }
-        let cursor = self.cursor(self.done_through, &[]);
-        if cursor == self.saved {
-            return;
-        }
-        if let Some(store) = &self.cursor_store {
-            let progress = Progress {
-                plugin: self.plugin.name.clone(),
-                cursor_name: self.cursor_name.clone(),
-                cursor: Some(cursor.clone()),
-                ..Default::default()
-            };
-            if let Err(e) = store.commit_progress(&progress) {
-                // Not moving the cursor only means reading events again
-                // after a restart; delivery goes on.
-                tracing::error!(plugin = %self.plugin.name, "cannot save the cursor: {e}");
-                return;
-            }
-        }
-        self.saved_cursor(cursor);
-    }
-
-    fn saved_cursor(&mut self, cursor: Cursor) {
-        self.plugin.cursors[self.index].store(cursor.low(), Ordering::Relaxed);
-        self.saved = cursor;
-        self.saved_at = Instant::now();
-    }
-
-    /// The retries that are due, within the batch limits.
-    fn due_retries(&mut self) -> Option<(Chunk, Vec<u32>)> {
-        let now = Instant::now();
-        let mut events = Vec::new();
-        let mut attempts = Vec::new();
-        let mut bytes = 0;
-        while events.len() < self.batch_events_max() {
-            let Some(Reverse(next)) = self.retries.peek() else {
-                break;
-            };
-            let size = runtime::batch_bytes(&next.event);
-            if next.due > now || (!events.is_empty() && bytes + size > self.batch_bytes_max()) {
-                break;
-            }
-            bytes += size;
-            if let Some(Reverse(p)) = self.retries.pop() {
-                events.push(p.event);
-                attempts.push(p.attempt);
-            }
-        }
-        (!events.is_empty()).then(|| (Arc::from(events), attempts))
-    }
-
     /// Handle `chunk[range]`; `stream` when the events are the next ones
     /// from the queue (not retries), so that the cursor moves past them.
     fn deliver(&mut self, chunk: &Chunk, range: Range<usize>, attempts: &[u32], stream: bool) {
@@ -619,43 +501,6 @@ impl Worker {
             return;
         }
         self.deliver_now(chunk, range, attempts, advance);
-    }
-
-    /// Whether `event` must wait behind another event's retry.
-    fn is_held_back(&self, event: &Event) -> bool {
-        self.blockers
-            .get(self.settings.ordering_key.of(event))
-            .is_some_and(|&blocker| blocker != event.sequence)
-    }
-
-    fn hold(&mut self, event: &Arc<Event>, attempt: u32) {
-        self.held
-            .entry(self.settings.ordering_key.of(event).to_string())
-            .or_default()
-            .push_back((event.clone(), attempt));
-    }
-
-    /// `event`, which held its key, is done with: the next event held
-    /// behind it (if any) is released and holds the key in turn.
-    fn unblock(&mut self, event: &Event) {
-        let key = self.settings.ordering_key.of(event);
-        if self.blockers.get(key) != Some(&event.sequence) {
-            return;
-        }
-        match self.held.get_mut(key).and_then(VecDeque::pop_front) {
-            Some((next, attempt)) => {
-                self.blockers.insert(key.to_string(), next.sequence);
-                self.fx.released.push(Pending {
-                    due: Instant::now(),
-                    attempt,
-                    event: next,
-                });
-            }
-            None => {
-                self.blockers.remove(key);
-                self.held.remove(key);
-            }
-        }
     }
 
     fn deliver_now(
@@ -976,201 +821,5 @@ impl Worker {
             self.plugin.background_batches.inc();
         }
         self.instance.handle(chunk, range, attempts, mode, budget)
-    }
-
-    /// Pause delivery for the rest due (at most [`LOW_PRIORITY_FOR`]), or
-    /// until the host or the plugin stops or a new version is offered.
-    fn rest(&mut self) {
-        let pause = std::mem::take(&mut self.rest_due);
-        if pause.is_zero() {
-            return;
-        }
-        let until = Instant::now() + pause.min(LOW_PRIORITY_FOR);
-        while Instant::now() < until
-            && !self.stopping.load(Ordering::Relaxed)
-            && !self.plugin.stop.load(Ordering::Relaxed)
-            && !self.plugin.swap_offered(self.index)
-        {
-            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(10)));
-        }
-    }
-
-    /// The plugin misbehaved in its last call: its calls run at low CPU
-    /// priority for [`LOW_PRIORITY_FOR`] from now.
-    fn misbehaved(&mut self) {
-        let until = Instant::now() + LOW_PRIORITY_FOR;
-        if self.low_priority_until.is_none_or(|t| t < Instant::now()) {
-            tracing::info!(plugin = %self.plugin.name, worker = self.index, "misbehaving (trapped, past its deadline, refused or cut): its calls are held to a tenth of a core");
-        }
-        self.low_priority_until = Some(until);
-        self.plugin.low_priority_until.extend(until);
-    }
-
-    /// Swap in the new version offered, if any: the next batch goes to it.
-    fn take_swap(&mut self) {
-        let Some(swap) = self.plugin.take_swap(self.index) else {
-            return;
-        };
-        let swapping = Instant::now();
-        let (instance, waited, hash, tier_up) = swap.into_parts();
-        self.instance = instance;
-        self.needs_reset = false;
-        self.pause_from = Some(swapping);
-        let swapped = if tier_up {
-            // The same version optimized: its record stands.
-            "optimized build swapped in"
-        } else {
-            // A new version gets a fresh start.
-            self.fail_streak = 0;
-            self.quarantine_pause = QUARANTINE_PAUSE_MIN;
-            self.quarantined_until = None;
-            self.plugin.set_quarantine(self.index, None);
-            self.low_priority_until = None;
-            self.plugin.low_priority_until.clear();
-            self.background_until = None;
-            self.plugin.background_until.clear();
-            self.swaps.inc();
-            "new version swapped in"
-        };
-        tracing::info!(plugin = %self.plugin.name, content_hash = %hash, waited_ms = waited.as_millis() as u64, "{swapped}");
-    }
-
-    /// Count a batch toward quarantine: `acked` if any event was acked,
-    /// `failed` with a failure (trap or retry) if any.
-    fn note_batch(&mut self, acked: bool, failed: Option<&str>) {
-        if acked {
-            if self.fail_streak >= QUARANTINE_AFTER_BATCHES {
-                tracing::info!(plugin = %self.plugin.name, worker = self.index, "acking again: out of quarantine");
-            }
-            self.fail_streak = 0;
-            self.quarantine_pause = QUARANTINE_PAUSE_MIN;
-            self.plugin.set_quarantine(self.index, None);
-            return;
-        }
-        let Some(reason) = failed else {
-            return;
-        };
-        self.fail_streak += 1;
-        if self.fail_streak < QUARANTINE_AFTER_BATCHES {
-            return;
-        }
-        let pause = self.quarantine_pause;
-        let until = Instant::now() + pause;
-        self.quarantined_until = Some(until);
-        self.quarantine_pause = (pause * 2).min(QUARANTINE_PAUSE_MAX);
-        self.plugin.quarantines.inc();
-        let reason = crate::event::prefix_at_char(reason, 512).to_string();
-        tracing::warn!(plugin = %self.plugin.name, worker = self.index, pause_ms = pause.as_millis() as u64, last_error = %reason, "quarantined: {} batches in a row failed; delivery pauses, its events wait", self.fail_streak);
-        self.plugin.set_quarantine(
-            self.index,
-            Some(Quarantine {
-                until,
-                pause,
-                reason,
-            }),
-        );
-    }
-
-    /// Make a fresh instance; false (and logged) when that fails too.
-    fn reset(&mut self) -> bool {
-        match self.instance.reset() {
-            Ok(_) => {
-                self.needs_reset = false;
-                true
-            }
-            Err(e) => {
-                tracing::error!(plugin = %self.plugin.name, "cannot re-instantiate after a trap: {e}");
-                false
-            }
-        }
-    }
-
-    /// Count a failed attempt and schedule the next, or give up on the
-    /// event when its attempts are used up.
-    fn fail(&mut self, event: &Arc<Event>, attempt: u32, delay_ms: Option<u64>, message: &str) {
-        self.plugin.failed.inc();
-        let heap_full =
-            self.retries.len() + self.fx.retries.len() >= self.settings.queue_events_max;
-        if attempt >= self.settings.max_attempts || heap_full {
-            let why = if heap_full {
-                GiveUp::BacklogFull
-            } else {
-                GiveUp::Exhausted
-            };
-            self.give_up(event, attempt, message, why);
-            return;
-        }
-        let delay = match delay_ms {
-            Some(ms) => ms.min(RETRY_DELAY_MS_MAX),
-            None => self.backoff_ms(attempt),
-        };
-        self.fx.retries.push(Pending {
-            due: Instant::now() + Duration::from_millis(delay),
-            attempt: attempt + 1,
-            event: event.clone(),
-        });
-        if self.strict {
-            self.blockers
-                .entry(self.settings.ordering_key.of(event).to_string())
-                .or_insert(event.sequence);
-        }
-    }
-
-    /// Stop delivering `event`: in durable mode it becomes a dead letter (kept,
-    /// with its attempts and last error, until re-driven or purged); in
-    /// memory mode it is dropped and counted.
-    fn give_up(&mut self, event: &Arc<Event>, attempts: u32, error: &str, why: GiveUp) {
-        self.fx
-            .gave_up
-            .push((event.clone(), attempts, error.to_string(), why));
-        if self.strict {
-            self.unblock(event);
-        }
-    }
-
-    /// Take events re-driven from dead letters, when asked to look.
-    fn pick_up_redrives(&mut self) {
-        if !self.plugin.redrive_wanted.swap(false, Ordering::AcqRel) {
-            return;
-        }
-        let Some(store) = &self.cursor_store else {
-            return;
-        };
-        match store.redrives(&self.plugin.name) {
-            Ok(events) => {
-                let now = Instant::now();
-                for event in events {
-                    if self.redriven.insert(event.sequence) {
-                        self.retries.push(Reverse(Pending {
-                            due: now,
-                            attempt: 1,
-                            event: Arc::new(event),
-                        }));
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(plugin = %self.plugin.name, "cannot read re-driven events: {e}")
-            }
-        }
-    }
-
-    /// `backoff_ms_min * 2^(attempt-1)`, capped at `backoff_ms_max`, with
-    /// ±25 % jitter so that retries of many events do not arrive together.
-    fn backoff_ms(&mut self, attempt: u32) -> u64 {
-        let base = self
-            .settings
-            .backoff_ms_min
-            .saturating_mul(1u64 << (attempt - 1).min(30))
-            .min(self.settings.backoff_ms_max);
-        // xorshift64: jitter needs spread, not cryptographic quality.
-        self.jitter ^= self.jitter << 13;
-        self.jitter ^= self.jitter >> 7;
-        self.jitter ^= self.jitter << 17;
-        let span = base / 2;
-        if span == 0 {
-            return base;
-        }
-        base - span / 2 + self.jitter % span
     }
 }
