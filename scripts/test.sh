@@ -8,8 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 # Real clients and servers the end-to-end tests use: curl, openssl (a test
-# CA for TLS), yes (CPU hogs for the busy-machine tests).
-apt_install curl openssl coreutils
+# CA for TLS), yes (CPU hogs for the busy-machine tests), redis-server and
+# the pinned nats-server (the brokers; tests start their own on loopback).
+apt_install curl openssl coreutils redis-server
+PLUGBUS_NATS_SERVER="$(nats_server)"
+export PLUGBUS_NATS_SERVER
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 

@@ -52,6 +52,7 @@ fn host(plugins: &[PluginFile<'_>], args: &[&str]) -> TestHost {
 
 mod abuse;
 mod auth;
+mod brokers;
 mod busy;
 mod concurrency;
 mod dead_letters;

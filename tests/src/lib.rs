@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod brokers;
+
 /// Paths of the plugins built to wasm32-wasip1 for this run.
 pub mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));

@@ -9,9 +9,11 @@ use super::*;
 /// NATS JetStream, file storage, one publisher with up to 256 publishes
 /// awaiting their acks (pipelined).
 pub(crate) fn jetstream(n: usize) -> Result<f64, String> {
-    let bin = which("nats-server")
-        .or_else(|| Some(PathBuf::from("/usr/sbin/nats-server")).filter(|p| p.is_file()))
-        .ok_or("nats-server not installed")?;
+    // scripts/bench.sh installs the pinned server the broker tests use.
+    let bin = std::env::var_os("PLUGBUS_NATS_SERVER")
+        .map(PathBuf::from)
+        .or_else(|| which("nats-server"))
+        .ok_or("nats-server not installed (scripts/bench.sh installs it)")?;
     let port = free_port();
     let store = std::env::temp_dir().join(format!("plugbus-bench-js-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&store);

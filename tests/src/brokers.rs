@@ -1,0 +1,152 @@
+//! Real brokers for the tests, each started on loopback with its data in a
+//! directory of its own and stopped by its process id when dropped:
+//! `nats-server` with JetStream (the pinned build `scripts/test.sh`
+//! installs, named by `PLUGBUS_NATS_SERVER`) on a free port it picks and
+//! reports, and `redis-server` (Debian's) on a unix socket, with
+//! `appendfsync always`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Result, TestDir};
+
+/// How long a broker may take to come up: liveness only.
+const UP_WITHIN: Duration = Duration::from_secs(60);
+
+/// A broker process, killed by its pid and waited for when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Wait until `ready` gives a value, or the process exits, or
+/// [`UP_WITHIN`] passes.
+fn wait_for<T>(what: &str, child: &mut Child, ready: impl Fn() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + UP_WITHIN;
+    loop {
+        if let Some(v) = ready() {
+            return Ok(v);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("{what} exited at start: {status}"));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what} did not come up within {UP_WITHIN:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `nats-server -js` on loopback.
+pub struct Nats {
+    process: Process,
+    /// `nats://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its directory: JetStream's store, the pid and ports files.
+    pub dir: TestDir,
+}
+
+impl Nats {
+    /// The server binary: `PLUGBUS_NATS_SERVER`, set by `scripts/test.sh`.
+    pub fn binary() -> Result<PathBuf> {
+        std::env::var_os("PLUGBUS_NATS_SERVER")
+            .map(PathBuf::from)
+            .ok_or_else(|| {
+                "PLUGBUS_NATS_SERVER is not set: run the tests with scripts/test.sh, which installs the pinned nats-server and sets it".into()
+            })
+    }
+
+    /// Start one, on a port it picks (`-p -1`, reported in its ports file).
+    pub fn start() -> Result<Nats> {
+        let bin = Nats::binary()?;
+        let dir = TestDir::new("nats");
+        let mut child = Command::new(&bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
+            .arg(dir.0.join("js"))
+            .arg("-P")
+            .arg(dir.0.join("nats.pid"))
+            .arg("-ports_file_dir")
+            .arg(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let pid = child.id();
+        let ports = dir.0.join(format!("nats-server_{pid}.ports"));
+        let url = wait_for("nats-server", &mut child, || client_url(&ports));
+        let process = Process(child);
+        Ok(Nats {
+            url: url?,
+            process,
+            dir,
+        })
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.0.id()
+    }
+}
+
+/// The client URL in a nats-server ports file (`{"nats": ["nats://…"], …}`).
+fn client_url(ports: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(ports).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["nats"][0].as_str().map(str::to_string)
+}
+
+/// A `redis-server` on a unix socket, appending every write to its AOF and
+/// fsyncing it before answering.
+pub struct Redis {
+    process: Process,
+    /// `redis+unix:///…/redis.sock`.
+    pub url: String,
+    /// Its directory: the socket and the append-only file.
+    pub dir: TestDir,
+}
+
+impl Redis {
+    /// Start one (Debian's `redis-server`, which `scripts/test.sh`
+    /// installs).
+    pub fn start() -> Result<Redis> {
+        let dir = TestDir::new("redis");
+        let socket = dir.0.join("redis.sock");
+        let mut child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .arg("--dir")
+            .arg(&dir.0)
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start redis-server ({e}): scripts/test.sh installs it"))?;
+        wait_for("redis-server", &mut child, || {
+            std::os::unix::net::UnixStream::connect(&socket).ok()
+        })?;
+        Ok(Redis {
+            url: format!("redis+unix://{}", socket.display()),
+            process: Process(child),
+            dir,
+        })
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.0.id()
+    }
+}
