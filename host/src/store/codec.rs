@@ -231,6 +231,50 @@ mod tests {
         e
     }
 
+    /// The seeds of the `record` fuzz target (`fuzz/seeds/record`): an
+    /// event with every attribute, a bare one, and a run of three, each
+    /// with a fixed id and time so that the files stay the same.
+    fn fuzz_seeds() -> Vec<(&'static str, Vec<u8>)> {
+        let fixed = |mut e: Event, n: u32| {
+            e.id = format!("0190f3a0-0000-7000-8000-{n:012}");
+            e.time = "2026-12-01T00:00:00Z".into();
+            e
+        };
+        let full = fixed(sample(), 1);
+        let bare = fixed(Event::new("x", None, Vec::new()).expect("a bare event"), 2);
+        let run: Vec<Event> = (3..6).map(|n| fixed(sample(), n)).collect();
+        vec![
+            ("full", encode(&full)),
+            ("bare", encode(&bare)),
+            ("run", encode_run(&run)),
+        ]
+    }
+
+    /// The committed seeds are what this codec writes (and decode), so the
+    /// fuzzer starts from real records. `PLUGBUS_WRITE_SEEDS=1 cargo test
+    /// --release -p plugbus --lib fuzz_seeds` rewrites them after a format
+    /// change.
+    #[test]
+    fn the_record_fuzz_seeds_are_records_of_this_codec() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/record");
+        for (name, bytes) in fuzz_seeds() {
+            let path = dir.join(name);
+            if std::env::var_os("PLUGBUS_WRITE_SEEDS").is_some() {
+                std::fs::write(&path, &bytes).expect("write the seed");
+            }
+            let kept = std::fs::read(&path).unwrap_or_else(|e| {
+                panic!("{}: {e} (PLUGBUS_WRITE_SEEDS=1 writes it)", path.display())
+            });
+            assert_eq!(
+                kept,
+                bytes,
+                "{} is stale: PLUGBUS_WRITE_SEEDS=1 rewrites it",
+                path.display()
+            );
+            assert!(decode_run(1, &kept).is_ok(), "{name} decodes");
+        }
+    }
+
     #[test]
     fn round_trip_keeps_every_attribute() {
         let e = sample();
