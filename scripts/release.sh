@@ -28,6 +28,15 @@ if [ "${1:-}" = "--check" ]; then
 fi
 TARGETS=("$@")
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
+for t in "${TARGETS[@]}"; do
+  case "$t" in
+    x86_64-unknown-linux-musl | aarch64-unknown-linux-musl) ;;
+    *)
+      echo "release: no static build for $t: the targets are x86_64-unknown-linux-musl and aarch64-unknown-linux-musl" >&2
+      exit 2
+      ;;
+  esac
+done
 # The size every binary must stay under (30 MB).
 SIZE_MAX=30000000
 
@@ -52,6 +61,7 @@ dist="${PLUGBUS_DIST_DIR:-$HOME/.cache/plugbus/dist}"
 mkdir -p "$dist"
 
 rows=()
+built=()
 for t in "${TARGETS[@]}"; do
   echo "== building $t (profile dist: static, stripped; a cold build takes about 8 minutes)" >&2
   cargo build --profile dist --target "$t" -p plugbus --bin plugbus
@@ -75,8 +85,9 @@ for t in "${TARGETS[@]}"; do
   fi
   rows+=("$(printf '%-28s %-32s %12s %9s  %s' "$t" "$machine" "$size" "$(awk -v s="$size" 'BEGIN{printf "%.1f", s/1e6}')" "static")")
   declare "bin_$arch=$out"
+  built+=("$(basename "$out")")
 done
-(cd "$dist" && sha256sum plugbus-"$version"-*-linux-musl >SHA256SUMS)
+(cd "$dist" && sha256sum "${built[@]}" >SHA256SUMS)
 
 echo
 echo "== static binaries in $dist"
