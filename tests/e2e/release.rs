@@ -4,7 +4,8 @@
 //! ignored in a plain `cargo test` because they need those binaries;
 //! `scripts/release.sh` (and through it the suite) runs them with
 //! `--ignored` and the binaries' paths in `PLUGBUS_RELEASE_X86_64` and
-//! `PLUGBUS_RELEASE_AARCH64`.
+//! `PLUGBUS_RELEASE_AARCH64`. The systemd unit shipped beside them is
+//! verified in every run.
 
 use std::path::Path;
 
@@ -157,4 +158,31 @@ impl Elf {
             has_interpreter,
         }
     }
+}
+
+/// The shipped systemd unit passes `systemd-analyze verify` with nothing to
+/// say (an unknown or misspelt key is a warning there), run with this
+/// build's binary in its `ExecStart`.
+#[test]
+fn the_shipped_systemd_unit_verifies_clean() {
+    let top = TestDir::new("unit");
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/plugbus.service"
+    ))
+    .expect("packaging/plugbus.service");
+    assert!(unit.contains("ExecStart=/usr/local/bin/plugbus run"));
+    let file = top.0.join("plugbus.service");
+    std::fs::write(&file, unit.replace("/usr/local/bin/plugbus", BIN)).expect("write");
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&file)
+        .output()
+        .expect("systemd-analyze runs (scripts/test.sh installs systemd)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
 }
