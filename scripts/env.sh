@@ -48,3 +48,12 @@ nats_server() {
   fi
   echo "$venv/bin/nats-server"
 }
+
+# release_binary ARCH: where scripts/release.sh puts the static binary for
+# ARCH (x86_64, aarch64): $PLUGBUS_DIST_DIR (default ~/.cache/plugbus/dist)
+# as plugbus-VERSION-ARCH-linux-musl.
+release_binary() {
+  local version
+  version="$(cargo pkgid -p plugbus | sed 's/.*[#@]//')"
+  echo "${PLUGBUS_DIST_DIR:-$HOME/.cache/plugbus/dist}/plugbus-$version-$1-linux-musl"
+}

@@ -24,13 +24,15 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 # The default members (host, guest-sdk, tests) hold every test. The plugin
 # crates are cdylibs for wasm32-wasip1 only (their export names cannot be
 # linked natively); clippy checks them and the e2e build compiles them.
+# The static aarch64 release binary, built for the edge; the e2e test
+# `release::` runs it under qemu-user with the reference plugins and an
+# order through (scripts/release.sh builds every platform and measures).
+echo "== static aarch64 binary" >&2
+bash scripts/release.sh --build-only aarch64-unknown-linux-musl
+PLUGBUS_RELEASE_BINARIES="$(release_binary aarch64)"
+export PLUGBUS_RELEASE_BINARIES
 echo "== cargo test" >&2
 cargo test --release
-# The static aarch64 release binary, built for the edge, run under
-# qemu-user with the reference plugins and an order through
-# (scripts/release.sh without --check builds every platform and measures).
-echo "== static aarch64 binary under qemu" >&2
-bash scripts/release.sh --check aarch64-unknown-linux-musl
 # A short deterministic pass of each fuzz target (scripts/fuzz.sh runs them
 # for longer). Its instrumented build has its own target directory.
 echo "== fuzz smoke pass" >&2

@@ -1,11 +1,10 @@
 //! The static release binaries that `scripts/release.sh` builds: each runs
-//! the reference order flow with plugins its own engine compiled (the
-//! aarch64 one under qemu-user), and serves TLS with a token. The tests are
-//! ignored in a plain `cargo test` because they need those binaries;
-//! `scripts/release.sh` (and through it the suite) runs them with
-//! `--ignored` and the binaries' paths in `PLUGBUS_RELEASE_X86_64` and
-//! `PLUGBUS_RELEASE_AARCH64`. The systemd unit shipped beside them is
-//! verified in every run.
+//! the reference order flow with plugins its own engine compiled (one for
+//! another architecture under qemu-user), and serves TLS with a token. The
+//! binaries are named in `PLUGBUS_RELEASE_BINARIES` (paths separated by
+//! `:`): the suite (`scripts/test.sh`) builds the aarch64 one and sets it,
+//! `scripts/release.sh` sets both. The systemd unit shipped beside them is
+//! verified too.
 
 use std::path::Path;
 
@@ -18,33 +17,32 @@ const EM_X86_64: u16 = 62;
 const EM_AARCH64: u16 = 183;
 
 #[test]
-#[ignore = "needs the static binaries: scripts/release.sh builds them and runs this"]
-fn the_static_x86_64_binary_runs_the_order_flow_and_serves_tls() {
-    let bin = release_bin("PLUGBUS_RELEASE_X86_64");
-    runs_the_order_flow_and_serves_tls(&bin, None, EM_X86_64);
-}
-
-#[test]
-#[ignore = "needs the static binaries: scripts/release.sh builds them and runs this"]
-fn the_static_aarch64_binary_runs_the_order_flow_and_serves_tls_under_qemu() {
-    let bin = release_bin("PLUGBUS_RELEASE_AARCH64");
-    runs_the_order_flow_and_serves_tls(&bin, Some("qemu-aarch64"), EM_AARCH64);
-}
-
-fn release_bin(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} names the static binary to test: run scripts/release.sh, which builds it and sets it")
-    })
-}
-
-fn runs_the_order_flow_and_serves_tls(bin: &str, runner: Option<&str>, machine: u16) {
-    let elf = Elf::read(Path::new(bin));
-    assert_eq!(elf.machine, machine, "{bin} is built for another machine");
+fn the_static_release_binaries_run_the_order_flow_and_serve_tls() {
+    let binaries = std::env::var("PLUGBUS_RELEASE_BINARIES").unwrap_or_default();
     assert!(
-        !elf.has_interpreter,
-        "{bin} asks for a dynamic loader: it is not static"
+        !binaries.is_empty(),
+        "PLUGBUS_RELEASE_BINARIES names the static binaries to test: run scripts/test.sh or scripts/release.sh, which build them and set it"
     );
+    for bin in binaries.split(':') {
+        let elf = Elf::read(Path::new(bin));
+        // A binary for another machine runs under qemu-user.
+        let (arch, runner) = match elf.machine {
+            EM_X86_64 => ("x86_64", "qemu-x86_64"),
+            EM_AARCH64 => ("aarch64", "qemu-aarch64"),
+            other => panic!("{bin}: ELF machine {other} is neither x86_64 nor aarch64"),
+        };
+        assert!(
+            !elf.has_interpreter,
+            "{bin} asks for a dynamic loader: it is not static"
+        );
+        let runner = (arch != std::env::consts::ARCH).then_some(runner);
+        runs_the_order_flow_and_serves_tls(bin, runner, elf.machine);
+    }
+}
 
+/// `bin`, a static binary for `machine` (run by `runner` when given), with
+/// the reference plugins and TLS.
+fn runs_the_order_flow_and_serves_tls(bin: &str, runner: Option<&str>, machine: u16) {
     // The reference plugins, compiled by this binary's engine into a
     // compile cache of the test's own.
     let top = TestDir::new("release");
