@@ -44,7 +44,8 @@ fn wait_for<T>(what: &str, child: &mut Child, ready: impl Fn() -> Option<T>) -> 
 
 /// A `nats-server -js` on loopback.
 pub struct Nats {
-    process: Process,
+    /// Held to be killed when dropped.
+    _process: Process,
     /// `nats://127.0.0.1:PORT`.
     pub url: String,
     /// Its directory: JetStream's store, the pid and ports files.
@@ -82,14 +83,9 @@ impl Nats {
         let process = Process(child);
         Ok(Nats {
             url: url?,
-            process,
+            _process: process,
             dir,
         })
-    }
-
-    /// The server's process id.
-    pub fn pid(&self) -> u32 {
-        self.process.0.id()
     }
 }
 
@@ -103,7 +99,8 @@ fn client_url(ports: &Path) -> Option<String> {
 /// A `redis-server` on a unix socket, appending every write to its AOF and
 /// fsyncing it before answering.
 pub struct Redis {
-    process: Process,
+    /// Held to be killed when dropped.
+    _process: Process,
     /// `redis+unix:///…/redis.sock`.
     pub url: String,
     /// Its directory: the socket and the append-only file.
@@ -140,13 +137,8 @@ impl Redis {
         })?;
         Ok(Redis {
             url: format!("redis+unix://{}", socket.display()),
-            process: Process(child),
+            _process: Process(child),
             dir,
         })
-    }
-
-    /// The server's process id.
-    pub fn pid(&self) -> u32 {
-        self.process.0.id()
     }
 }
