@@ -44,7 +44,7 @@ pub enum Selection {
 }
 
 impl Selection {
-    fn wants(&self, letter: &DeadLetter) -> bool {
+    pub(crate) fn wants(&self, letter: &DeadLetter) -> bool {
         match self {
             Selection::Sequences(seqs) => seqs.contains(&letter.event.sequence),
             Selection::Topic(p) => p.matches(&letter.event.topic),
@@ -67,7 +67,7 @@ fn prefix(plugin: &str) -> Vec<u8> {
     p
 }
 
-fn encode(attempts: u32, error: &str, dead_at: &str, event: &Event) -> Vec<u8> {
+pub(crate) fn encode(attempts: u32, error: &str, dead_at: &str, event: &Event) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&attempts.to_le_bytes());
     for text in [error, dead_at] {
@@ -91,7 +91,7 @@ pub(super) fn record(
     )
 }
 
-fn decode(plugin: &str, sequence: u64, bytes: &[u8]) -> Option<DeadLetter> {
+pub(crate) fn decode(plugin: &str, sequence: u64, bytes: &[u8]) -> Option<DeadLetter> {
     let attempts = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
     let mut rest = &bytes[4..];
     let mut texts = Vec::with_capacity(2);

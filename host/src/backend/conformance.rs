@@ -1,0 +1,462 @@
+//! The backend conformance suite: the same cases, unchanged, against the
+//! embedded store and each broker (a real server started on loopback for
+//! the test, in a directory of its own, stopped by its pid). A backend
+//! that lacks a guarantee declares it in [`Capabilities`], and the case
+//! checks the declaration (and that the backend behaves as declared)
+//! instead of being skipped.
+//!
+//! Nothing here waits on a clock to decide: a retry delay is checked by
+//! asking for a long one (not due within the test) and a short one (waited
+//! for, with a generous bound that only a hung backend reaches).
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::embedded::EmbeddedBackend;
+use super::redis::RedisBackend;
+use super::*;
+use crate::store::log::{Log, DEDUP_WINDOW_DEFAULT};
+use crate::store::{Fsync, Store};
+
+/// Longer than any case should take: only a hung backend reaches it.
+const HUNG: Duration = Duration::from_secs(60);
+
+/// A backend under test, a second host on the same backend (the same one
+/// for the embedded store), and what keeps them alive.
+struct Harness {
+    backend: Arc<dyn Backend>,
+    other: Arc<dyn Backend>,
+    _keep: Box<dyn Any>,
+}
+
+impl Harness {
+    fn embedded() -> Harness {
+        let dir = plugbus_e2e::TestDir::new("conformance-embedded");
+        let store = Store::open(&dir.0, Fsync::Always).expect("store");
+        let log = Log::start(store, Fsync::Always, Default::default()).expect("log");
+        let backend: Arc<dyn Backend> =
+            Arc::new(EmbeddedBackend::new(log.clone(), DEDUP_WINDOW_DEFAULT));
+        Harness {
+            other: backend.clone(),
+            backend,
+            _keep: Box::new((dir, Closing(log))),
+        }
+    }
+
+    fn redis() -> Harness {
+        let server = plugbus_e2e::brokers::Redis::start().unwrap_or_else(|e| panic!("{e}"));
+        let open = || -> Arc<dyn Backend> {
+            Arc::new(RedisBackend::open(&server.url, "pb", Duration::from_secs(120)).expect("url"))
+        };
+        Harness {
+            backend: open(),
+            other: open(),
+            _keep: Box::new(server),
+        }
+    }
+
+    fn consumer(&self, plugin: &str, topics: &[&str], lease: Duration) -> Box<dyn Consumer> {
+        open(&self.backend, "host-a", plugin, topics, lease)
+    }
+}
+
+/// Closes the log when the test ends.
+struct Closing(Arc<Log>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+fn options(host: &str, topics: &[&str], lease: Duration) -> ConsumerOptions {
+    ConsumerOptions {
+        patterns: topics
+            .iter()
+            .map(|t| Pattern::parse(t).expect("pattern"))
+            .collect(),
+        host: host.into(),
+        lease,
+        start_latest: false,
+    }
+}
+
+fn open(
+    backend: &Arc<dyn Backend>,
+    host: &str,
+    plugin: &str,
+    topics: &[&str],
+    lease: Duration,
+) -> Box<dyn Consumer> {
+    backend
+        .consumer(plugin, options(host, topics, lease))
+        .expect("consumer")
+}
+
+fn event(topic: &str, i: usize) -> Event {
+    Event::new(topic, None, format!("{{\"i\":{i}}}").into_bytes()).expect("event")
+}
+
+/// Batches until `n` events came (or the backend hangs).
+fn take(c: &mut dyn Consumer, n: usize) -> Vec<Delivered> {
+    let until = std::time::Instant::now() + HUNG;
+    let mut got = Vec::new();
+    while got.len() < n {
+        assert!(
+            std::time::Instant::now() < until,
+            "only {} of {n} events came",
+            got.len()
+        );
+        got.extend(
+            c.next_batch(n - got.len(), Duration::from_millis(200))
+                .expect("batch"),
+        );
+    }
+    got
+}
+
+fn seqs(d: &[Delivered]) -> Vec<u64> {
+    d.iter().map(|d| d.event.sequence).collect()
+}
+
+fn acks(d: &[Delivered]) -> Settlement {
+    Settlement {
+        verdicts: d.iter().map(|d| (d.event.sequence, Verdict::Ack)).collect(),
+        ..Settlement::default()
+    }
+}
+
+fn appends_with_dedup(h: Harness) {
+    let a = event("order.placed", 1);
+    let b = event("order.placed", 2);
+    let first = h.backend.append(vec![a.clone(), b]).expect("append");
+    assert_eq!((first.sequences.clone(), first.duplicates), (vec![1, 2], 0));
+    let again = h
+        .backend
+        .append(vec![a, event("order.placed", 3)])
+        .expect("append");
+    assert_eq!(
+        again.sequences,
+        [1, 3],
+        "a duplicate id gets the original's sequence"
+    );
+    assert_eq!(again.duplicates, 1);
+    let log = h.backend.read(1, 10).expect("read");
+    assert_eq!(
+        log.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(log[2].data, br#"{"i":3}"#);
+    assert_eq!(h.backend.head().expect("head"), 3);
+    let window = h.backend.capabilities().dedup_window;
+    assert!(
+        window >= Duration::from_secs(1),
+        "a window that holds: {window:?}"
+    );
+}
+
+fn reads_batches_of_the_plugins_topics_in_order(h: Harness) {
+    let events: Vec<Event> = (0..10)
+        .map(|i| {
+            event(
+                if i % 2 == 0 {
+                    "order.placed"
+                } else {
+                    "user.signed_up"
+                },
+                i,
+            )
+        })
+        .collect();
+    h.backend.append(events).expect("append");
+    let mut c = h.consumer("email", &["order.*"], HUNG);
+    let first = c.next_batch(3, HUNG).expect("batch");
+    assert_eq!(
+        seqs(&first),
+        [1, 3, 5],
+        "its topics, in log order, at most 3"
+    );
+    assert!(first.iter().all(|d| d.attempt == 1));
+    let rest = take(c.as_mut(), 2);
+    assert_eq!(seqs(&rest), [7, 9]);
+    let none = c.next_batch(10, Duration::from_millis(50)).expect("batch");
+    assert!(none.is_empty(), "nothing more: {:?}", seqs(&none));
+}
+
+fn settles_state_and_follow_ups_with_the_ack(h: Harness) {
+    h.backend
+        .append(vec![event("order.placed", 1)])
+        .expect("append");
+    {
+        let mut c = h.consumer("inventory", &["order.placed"], HUNG);
+        let got = take(c.as_mut(), 1);
+        let mut s = acks(&got);
+        s.writes = vec![
+            ("stock:w".into(), Some(b"9".to_vec())),
+            ("gone".into(), None),
+        ];
+        s.follow_ups = vec![event("inventory.reserved", 2)];
+        c.settle(s).expect("settle");
+    }
+    assert_eq!(
+        h.backend.kv_get("inventory", "stock:w").expect("kv"),
+        Some(b"9".to_vec())
+    );
+    let listed = h.backend.kv_list("inventory", None, 10).expect("list");
+    assert_eq!(listed, [("stock:w".to_string(), b"9".to_vec())]);
+    let log = h.backend.read(1, 10).expect("read");
+    assert_eq!(log.len(), 2, "the follow-up is in the log");
+    assert_eq!(log[1].topic, "inventory.reserved");
+    // Acked: a consumer opened again does not get it again, and another
+    // plugin gets the follow-up.
+    let mut again = h.consumer("inventory", &["order.placed"], HUNG);
+    assert!(again
+        .next_batch(10, Duration::from_millis(50))
+        .expect("batch")
+        .is_empty());
+    let mut next = h.consumer("shipping", &["inventory.*"], HUNG);
+    assert_eq!(seqs(&take(next.as_mut(), 1)), [2]);
+}
+
+fn retries_after_the_delay_with_the_next_attempt(h: Harness) {
+    h.backend
+        .append(vec![event("order.placed", 1), event("order.placed", 2)])
+        .expect("append");
+    let mut c = h.consumer("email", &["order.placed"], HUNG);
+    let got = take(c.as_mut(), 2);
+    c.settle(Settlement {
+        verdicts: vec![
+            (1, Verdict::Retry(Duration::from_secs(3600))),
+            (2, Verdict::Retry(Duration::from_millis(20))),
+        ],
+        ..Settlement::default()
+    })
+    .expect("settle");
+    assert_eq!(got.len(), 2);
+    let back = take(c.as_mut(), 1);
+    assert_eq!(
+        seqs(&back),
+        [2],
+        "the short delay came back; the hour did not"
+    );
+    assert_eq!(back[0].attempt, 2);
+    c.settle(Settlement {
+        verdicts: vec![(2, Verdict::Retry(Duration::from_millis(20)))],
+        ..Settlement::default()
+    })
+    .expect("settle");
+    let third = take(c.as_mut(), 1);
+    assert_eq!((third[0].event.sequence, third[0].attempt), (2, 3));
+    c.settle(acks(&third)).expect("ack");
+    assert!(c
+        .next_batch(10, Duration::from_millis(50))
+        .expect("batch")
+        .is_empty());
+}
+
+fn dead_letters_list_redrive_with_the_id_and_purge(h: Harness) {
+    h.backend
+        .append(vec![event("order.placed", 1), event("order.placed", 2)])
+        .expect("append");
+    let mut c = h.consumer("email", &["order.placed"], HUNG);
+    let got = take(c.as_mut(), 2);
+    let ids: Vec<String> = got.iter().map(|d| d.event.id.clone()).collect();
+    c.settle(Settlement {
+        verdicts: vec![
+            (1, Verdict::Dead("no such customer".into())),
+            (2, Verdict::Dead("bad".into())),
+        ],
+        ..Settlement::default()
+    })
+    .expect("settle");
+    let dead = h.backend.dead_letters("email").expect("dead");
+    assert_eq!(dead.len(), 2);
+    assert_eq!((dead[0].event.sequence, dead[0].attempts), (1, 1));
+    assert_eq!(dead[0].error, "no such customer");
+    assert_eq!(dead[0].event.id, ids[0]);
+    assert_eq!(
+        h.backend
+            .redrive("email", &Selection::Sequences(vec![1]))
+            .expect("redrive"),
+        1
+    );
+    assert_eq!(h.backend.dead_letters("email").expect("dead").len(), 1);
+    let back = take(c.as_mut(), 1);
+    assert_eq!(
+        (back[0].event.id.as_str(), back[0].attempt),
+        (ids[0].as_str(), 1),
+        "same id, attempt 1"
+    );
+    c.settle(acks(&back)).expect("ack");
+    assert_eq!(h.backend.purge("email", &Selection::All).expect("purge"), 1);
+    assert!(h.backend.dead_letters("email").expect("dead").is_empty());
+    assert!(c
+        .next_batch(10, Duration::from_millis(50))
+        .expect("batch")
+        .is_empty());
+}
+
+fn replays_from_a_sequence_and_a_time_resetting_state(h: Harness) {
+    h.backend
+        .append(vec![event("order.placed", 1), event("order.placed", 2)])
+        .expect("append");
+    let middle = SystemTime::now();
+    std::thread::sleep(Duration::from_millis(5));
+    h.backend
+        .append(vec![event("order.placed", 3), event("order.placed", 4)])
+        .expect("append");
+    {
+        let mut c = h.consumer("analytics", &["order.placed"], HUNG);
+        let got = take(c.as_mut(), 4);
+        let mut s = acks(&got);
+        s.writes = vec![("orders".into(), Some(b"4".to_vec()))];
+        c.settle(s).expect("settle");
+    }
+    h.backend
+        .replay("analytics", Start::Sequence(2), true)
+        .expect("replay");
+    assert_eq!(
+        h.backend.kv_get("analytics", "orders").expect("kv"),
+        None,
+        "state reset"
+    );
+    {
+        let mut c = h.consumer("analytics", &["order.placed"], HUNG);
+        let got = take(c.as_mut(), 3);
+        assert_eq!(seqs(&got), [2, 3, 4]);
+        c.settle(acks(&got)).expect("settle");
+    }
+    h.backend
+        .replay("analytics", Start::Time(middle), false)
+        .expect("replay");
+    let mut c = h.consumer("analytics", &["order.placed"], HUNG);
+    let got = take(c.as_mut(), 2);
+    assert_eq!(
+        seqs(&got),
+        [3, 4],
+        "from the first event at or after the time"
+    );
+}
+
+fn commits_nothing_for_a_host_that_lost_its_lease(h: Harness) {
+    let caps = h.backend.capabilities();
+    h.backend
+        .append(vec![event("order.placed", 1)])
+        .expect("append");
+    let lease = Duration::from_millis(100);
+    let mut a = open(&h.backend, "host-a", "analytics", &["order.placed"], lease);
+    let got = take(a.as_mut(), 1);
+    let other = h
+        .other
+        .consumer("analytics", options("host-b", &["order.placed"], lease));
+    if !caps.shared {
+        // One consumer per plugin: no one to take the events over, so
+        // nothing to fence, and a second consumer is refused.
+        assert!(
+            !caps.fenced,
+            "a backend that is not shared has nothing to fence"
+        );
+        assert!(matches!(other, Err(BackendError::InUse { .. })), "refused");
+        return;
+    }
+    let mut b = other.expect("second host");
+    // Host a stalls past its lease; host b takes the event over.
+    let taken = take(b.as_mut(), 1);
+    assert_eq!(taken[0].event.sequence, 1);
+    assert_eq!(taken[0].attempt, 2, "a redelivery");
+    let mut late = acks(&got);
+    late.writes = vec![("orders".into(), Some(b"1".to_vec()))];
+    late.follow_ups = vec![event("analytics.counted", 9)];
+    let refused = a.settle(late);
+    assert!(caps.fenced, "a shared backend must fence");
+    assert!(
+        matches!(refused, Err(BackendError::Fenced { sequence: 1, .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        h.backend.kv_get("analytics", "orders").expect("kv"),
+        None,
+        "nothing of it kept"
+    );
+    assert_eq!(h.backend.head().expect("head"), 1, "no follow-up appended");
+    let mut s = acks(&taken);
+    s.writes = vec![("orders".into(), Some(b"1".to_vec()))];
+    b.settle(s).expect("the holder commits");
+    assert_eq!(
+        h.backend.kv_get("analytics", "orders").expect("kv"),
+        Some(b"1".to_vec())
+    );
+}
+
+fn hands_back_at_once_on_release(h: Harness) {
+    h.backend
+        .append(vec![event("order.placed", 1), event("order.placed", 2)])
+        .expect("append");
+    let mut a = h.consumer("email", &["order.placed"], HUNG);
+    let got = take(a.as_mut(), 2);
+    a.settle(Settlement {
+        verdicts: vec![(
+            got[0].event.sequence,
+            Verdict::Retry(Duration::from_millis(1)),
+        )],
+        ..Settlement::default()
+    })
+    .expect("settle");
+    let again = take(a.as_mut(), 1);
+    assert_eq!(again[0].attempt, 2);
+    a.extend().expect("extend");
+    a.release().expect("release");
+    drop(a);
+    // Another host (or this one, on one host) gets both at once, at the
+    // attempts they had: the lease (an hour) is not waited for.
+    let mut b = open(&h.other, "host-b", "email", &["order.placed"], HUNG);
+    let mut back = take(b.as_mut(), 2);
+    back.sort_by_key(|d| d.event.sequence);
+    let seen: Vec<(u64, u32)> = back.iter().map(|d| (d.event.sequence, d.attempt)).collect();
+    assert_eq!(seen, [(1, 2), (2, 1)]);
+}
+
+macro_rules! conformance {
+    ($backend:ident) => {
+        mod $backend {
+            use super::*;
+
+            #[test]
+            fn appends_with_dedup() {
+                super::appends_with_dedup(Harness::$backend());
+            }
+            #[test]
+            fn reads_batches_of_the_plugins_topics_in_order() {
+                super::reads_batches_of_the_plugins_topics_in_order(Harness::$backend());
+            }
+            #[test]
+            fn settles_state_and_follow_ups_with_the_ack() {
+                super::settles_state_and_follow_ups_with_the_ack(Harness::$backend());
+            }
+            #[test]
+            fn retries_after_the_delay_with_the_next_attempt() {
+                super::retries_after_the_delay_with_the_next_attempt(Harness::$backend());
+            }
+            #[test]
+            fn dead_letters_list_redrive_with_the_id_and_purge() {
+                super::dead_letters_list_redrive_with_the_id_and_purge(Harness::$backend());
+            }
+            #[test]
+            fn replays_from_a_sequence_and_a_time_resetting_state() {
+                super::replays_from_a_sequence_and_a_time_resetting_state(Harness::$backend());
+            }
+            #[test]
+            fn commits_nothing_for_a_host_that_lost_its_lease() {
+                super::commits_nothing_for_a_host_that_lost_its_lease(Harness::$backend());
+            }
+            #[test]
+            fn hands_back_at_once_on_release() {
+                super::hands_back_at_once_on_release(Harness::$backend());
+            }
+        }
+    };
+}
+
+conformance!(embedded);
+conformance!(redis);

@@ -1,0 +1,263 @@
+//! The delivery boundary: what the embedded store and the brokers each
+//! implement, so that workers, the runtime, manifests and hot swap never
+//! know which one they run on.
+//!
+//! Its verbs are few. [`Backend::append`] stores events (the event id is
+//! the dedup key) and says their sequences. [`Backend::consumer`] opens a
+//! plugin's delivery: a [`Consumer`] hands out its next batch, each event
+//! with its attempt number, and [`Consumer::settle`] commits one batch's
+//! outcome: per event ack, retry after a delay, or dead letter, together
+//! with the plugin's key-value writes and its follow-up events. A backend
+//! commits a settlement atomically where it can, and refuses one from a
+//! consumer that lost its lease ([`BackendError::Fenced`]): the events are
+//! then someone else's, and nothing of the settlement is kept. What each
+//! backend guarantees is declared in [`Capabilities`], and the conformance
+//! suite (`backend::conformance`, tests only) holds each to its declaration.
+//!
+//! Beside delivery: reading the log, replay from a sequence or a time,
+//! dead letters (list, re-drive keeping the event's id, purge) and the
+//! plugins' key-value state, for the CLI and the HTTP API.
+//!
+//! Rooms: `embedded` (the fjall store, the default), `redis` (Redis
+//! Streams, `--broker redis://…`).
+//!
+//! This module knows nothing of wasm, plugins' instances or HTTP.
+
+pub mod embedded;
+pub mod redis;
+
+#[cfg(test)]
+mod conformance;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::event::Event;
+use crate::store::dead::{DeadLetter, Selection};
+use crate::store::StoreError;
+use crate::topic::Pattern;
+
+/// What a backend guarantees, as the conformance suite checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The plugin's state writes, its follow-up events, dead letters and the
+    /// acks of a settlement commit as one unit: all or none.
+    pub atomic_settle: bool,
+    /// A consumer that lost its lease (stalled past it while another took
+    /// its events) cannot commit: its settlement is refused whole.
+    pub fenced: bool,
+    /// Several hosts may share one plugin's consumer, each event going to
+    /// one of them.
+    pub shared: bool,
+    /// How long an appended id is remembered: an event appended again
+    /// within it is not stored twice.
+    pub dedup_window: Duration,
+}
+
+/// Where a replay starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// At this sequence (inclusive).
+    Sequence(u64),
+    /// At the first event appended at or after this time.
+    Time(SystemTime),
+}
+
+/// How a plugin's consumer behaves.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// The topics it wants; other events are passed over.
+    pub patterns: Vec<Pattern>,
+    /// This host's name among the consumers sharing the plugin.
+    pub host: String,
+    /// How long an event handed out stays this consumer's without a
+    /// settlement or an [`Consumer::extend`]; past it another host may
+    /// take it (brokers), and this one's settlement is refused.
+    pub lease: Duration,
+    /// A new plugin (no position yet) starts after the events already in
+    /// the log (`true`) or at the beginning.
+    pub start_latest: bool,
+}
+
+/// An event handed out for handling.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// The event, with its sequence.
+    pub event: Arc<Event>,
+    /// 1 on the first delivery, counting up with each redelivery.
+    pub attempt: u32,
+}
+
+/// What became of one handed-out event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Done.
+    Ack,
+    /// Deliver again (with the next attempt) after this long.
+    Retry(Duration),
+    /// Given up on: keep it as a dead letter with this last error.
+    Dead(String),
+}
+
+/// One batch's outcome, committed by [`Consumer::settle`].
+#[derive(Debug, Clone, Default)]
+pub struct Settlement {
+    /// Per handed-out event (by sequence): what became of it.
+    pub verdicts: Vec<(u64, Verdict)>,
+    /// Key-value writes to the plugin's bucket: a value, or none to delete.
+    pub writes: Vec<(String, Option<Vec<u8>>)>,
+    /// Events the handlers published, appended with the settlement.
+    pub follow_ups: Vec<Event>,
+}
+
+/// What an append got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The sequence of each event, in order: a new one, or for a duplicate
+    /// id the original's.
+    pub sequences: Vec<u64>,
+    /// How many were duplicates (not stored again).
+    pub duplicates: usize,
+}
+
+/// Why a backend refused or failed. Each names the backend and the fix.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// The embedded store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The broker cannot be reached (or the connection dropped mid-call):
+    /// nothing of the call is known to have taken effect unless it is
+    /// retried with the same ids.
+    #[error("broker {broker} is unreachable: {reason}; plugbus reconnects by itself with backoff; check that the broker runs and --broker names it")]
+    Unavailable {
+        /// The broker's address (without credentials).
+        broker: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The broker refused what plugbus asked (credentials, a command it
+    /// lacks, a full memory).
+    #[error("broker {broker} refused: {reason}")]
+    Refused {
+        /// The broker's address (without credentials).
+        broker: String,
+        /// What it said.
+        reason: String,
+    },
+    /// The settlement came from a consumer that no longer holds the event:
+    /// nothing of it was committed.
+    #[error("plugin `{plugin}`: event {sequence} is no longer this host's ({why}): another host took it after the lease ran out, so this host's outcome for the batch was not committed")]
+    Fenced {
+        /// The plugin.
+        plugin: String,
+        /// The first event found taken.
+        sequence: u64,
+        /// Who holds it now, as the broker says.
+        why: String,
+    },
+    /// Something stored in the broker does not decode.
+    #[error("broker {broker}: {what} does not decode ({reason}); it was not written by this version of plugbus")]
+    Corrupt {
+        /// The broker's address.
+        broker: String,
+        /// What was read.
+        what: String,
+        /// Why it does not decode.
+        reason: String,
+    },
+    /// A plugin's delivery is already open on this host, and the backend
+    /// does not share one.
+    #[error("plugin `{plugin}` already has a consumer: the embedded store delivers each plugin to one consumer (run it on a broker to share it between hosts)")]
+    InUse {
+        /// The plugin.
+        plugin: String,
+    },
+    /// A settlement named an event this consumer did not hand out.
+    #[error("plugin `{plugin}`: event {sequence} was not handed out by this consumer")]
+    NotHeld {
+        /// The plugin.
+        plugin: String,
+        /// The sequence.
+        sequence: u64,
+    },
+}
+
+/// A plugin's delivery on one host. Not shared between threads: each of a
+/// plugin's workers opens its own.
+pub trait Consumer: Send {
+    /// Up to `max_events` events to handle: due redeliveries first, then new
+    /// ones. Waits up to `wait` when there are none, and returns empty then.
+    fn next_batch(
+        &mut self,
+        max_events: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivered>, BackendError>;
+
+    /// Commit what became of handed-out events, with the plugin's writes
+    /// and follow-ups. On an error nothing was committed (for
+    /// [`BackendError::Unavailable`]: as far as is known) and the events
+    /// stay handed out.
+    fn settle(&mut self, settlement: Settlement) -> Result<(), BackendError>;
+
+    /// Renew the lease on everything handed out and not yet settled.
+    fn extend(&mut self) -> Result<(), BackendError>;
+
+    /// Hand back everything handed out and not yet settled, to be delivered
+    /// again at once (on this host or another) at the same attempt.
+    fn release(&mut self) -> Result<(), BackendError>;
+}
+
+/// A place events are stored and delivered from. See the module docs.
+pub trait Backend: Send + Sync {
+    /// What it is, for logs, `plugbus plugins` and metrics: `embedded`, or
+    /// the broker's address without credentials.
+    fn describe(&self) -> String;
+
+    /// What it guarantees.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Store `events` in order, durably before returning; an id seen within
+    /// the dedup window is not stored again.
+    fn append(&self, events: Vec<Event>) -> Result<Appended, BackendError>;
+
+    /// Open `plugin`'s delivery on this host.
+    fn consumer(
+        &self,
+        plugin: &str,
+        options: ConsumerOptions,
+    ) -> Result<Box<dyn Consumer>, BackendError>;
+
+    /// Up to `max` events of the log from sequence `from` on.
+    fn read(&self, from: u64, max: usize) -> Result<Vec<Event>, BackendError>;
+
+    /// The sequence of the last event appended (0: none).
+    fn head(&self) -> Result<u64, BackendError>;
+
+    /// Deliver the log to `plugin` again from `start`, emptying its
+    /// key-value bucket first if `reset_state`. Its consumers must be
+    /// closed (the plugin stopped) while this runs.
+    fn replay(&self, plugin: &str, start: Start, reset_state: bool) -> Result<(), BackendError>;
+
+    /// `plugin`'s dead letters, in log order.
+    fn dead_letters(&self, plugin: &str) -> Result<Vec<DeadLetter>, BackendError>;
+
+    /// Deliver the selected dead letters again (same id, attempt 1);
+    /// returns how many.
+    fn redrive(&self, plugin: &str, which: &Selection) -> Result<usize, BackendError>;
+
+    /// Delete the selected dead letters; returns how many.
+    fn purge(&self, plugin: &str, which: &Selection) -> Result<usize, BackendError>;
+
+    /// One value of `plugin`'s key-value bucket.
+    fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, BackendError>;
+
+    /// Up to `limit` keys of `plugin`'s bucket after `after`, in key order,
+    /// with their values.
+    fn kv_list(
+        &self,
+        plugin: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, BackendError>;
+}

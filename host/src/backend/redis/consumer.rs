@@ -1,0 +1,469 @@
+//! One host's delivery of one plugin from Redis: this host is a consumer
+//! (named by `ConsumerOptions::host`) in the plugin's group on the log and
+//! on its redo stream. A batch is, in order: entries another host held past
+//! the lease (XAUTOCLAIM, looked for every half lease), due retries (moved
+//! onto the redo stream first), then new entries. Log entries the plugin
+//! does not subscribe to are acknowledged with the next settlement.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::reply::{self, Entry};
+use super::{dead_record, fenced, Shared};
+use crate::backend::{BackendError, Consumer, ConsumerOptions, Delivered, Settlement, Verdict};
+use crate::event::Event;
+use crate::store::codec;
+
+/// How often due retries are looked for when none of this host's is due
+/// sooner (another host may have scheduled one).
+const MOVE_EVERY: Duration = Duration::from_millis(500);
+/// The longest one blocking read waits, so that claims and retries are
+/// looked at in between.
+const BLOCK_MAX: Duration = Duration::from_millis(500);
+/// Entries passed over (not subscribed to) acknowledged at once past this
+/// many, rather than with the next settlement.
+const SKIPPED_MAX: usize = 1024;
+
+/// An entry handed out and not yet settled.
+struct Held {
+    /// On the redo stream (else the log).
+    redo: bool,
+    id: String,
+    /// Its delivery count when handed out: the fence.
+    deliveries: u64,
+    attempt: u32,
+    event: Arc<Event>,
+}
+
+impl Held {
+    fn tag(&self) -> &'static str {
+        if self.redo {
+            "r"
+        } else {
+            "l"
+        }
+    }
+}
+
+pub(in crate::backend) struct RedisConsumer {
+    shared: Arc<Shared>,
+    con: Option<redis::Connection>,
+    plugin: String,
+    options: ConsumerOptions,
+    log: String,
+    redo: String,
+    retry: String,
+    dead: String,
+    kv: String,
+    groups_made: bool,
+    held: HashMap<u64, Held>,
+    skipped: Vec<String>,
+    next_claim: Instant,
+    next_move: Instant,
+}
+
+impl RedisConsumer {
+    pub(super) fn open(
+        shared: Arc<Shared>,
+        plugin: &str,
+        options: ConsumerOptions,
+    ) -> Result<RedisConsumer, BackendError> {
+        let now = Instant::now();
+        Ok(RedisConsumer {
+            log: shared.key("log"),
+            redo: shared.plugin_key("redo", plugin),
+            retry: shared.plugin_key("retry", plugin),
+            dead: shared.plugin_key("dead", plugin),
+            kv: shared.plugin_key("kv", plugin),
+            shared,
+            con: None,
+            plugin: plugin.to_string(),
+            options,
+            groups_made: false,
+            held: HashMap::new(),
+            skipped: Vec::new(),
+            next_claim: now,
+            next_move: now,
+        })
+    }
+
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, BackendError> {
+        self.shared.with(&mut self.con, f)
+    }
+
+    /// Make the plugin's groups, if they are not there yet (a new plugin
+    /// starts at the log's end or beginning, as configured).
+    fn make_groups(&mut self) -> Result<(), BackendError> {
+        if self.groups_made {
+            return Ok(());
+        }
+        let start = if self.options.start_latest { "$" } else { "0" };
+        for (stream, from) in [(self.log.clone(), start), (self.redo.clone(), "0")] {
+            let plugin = self.plugin.clone();
+            let made: Result<(), BackendError> = self.with(|c| {
+                redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&stream)
+                    .arg(&plugin)
+                    .arg(from)
+                    .arg("MKSTREAM")
+                    .query(c)
+            });
+            match made {
+                Ok(()) => {}
+                Err(BackendError::Refused { reason, .. }) if reason.contains("BUSYGROUP") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.groups_made = true;
+        Ok(())
+    }
+
+    /// Move due retries onto the redo stream; note when to look again.
+    fn move_due(&mut self, max: usize) -> Result<(), BackendError> {
+        let mut call = self.shared.scripts.move_due.prepare_invoke();
+        call.key(&self.retry)
+            .key(&self.redo)
+            .key(&self.log)
+            .arg(max);
+        let shared = self.shared.clone();
+        let (_, next_in): (i64, i64) = shared.with(&mut self.con, |c| call.invoke(c))?;
+        let wait = u64::try_from(next_in).map_or(MOVE_EVERY, Duration::from_millis);
+        self.next_move = Instant::now() + wait.min(MOVE_EVERY);
+        Ok(())
+    }
+
+    /// Entries other hosts held past the lease, now this host's.
+    fn claim(&mut self, max: usize) -> Result<Vec<Delivered>, BackendError> {
+        let lease_ms = self.options.lease.as_millis() as u64;
+        let mut out = Vec::new();
+        for redo in [true, false] {
+            let stream = if redo {
+                self.redo.clone()
+            } else {
+                self.log.clone()
+            };
+            let (plugin, me) = (self.plugin.clone(), self.options.host.clone());
+            let answer: redis::Value = self.with(|c| {
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&stream)
+                    .arg(&plugin)
+                    .arg(&me)
+                    .arg(lease_ms)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(max)
+                    .query(c)
+            })?;
+            let claimed = reply::claimed(&answer).map_err(|e| self.shared.corrupt("a claim", e))?;
+            if claimed.is_empty() {
+                continue;
+            }
+            let counts: redis::Value = self.with(|c| {
+                redis::cmd("XPENDING")
+                    .arg(&stream)
+                    .arg(&plugin)
+                    .arg("-")
+                    .arg("+")
+                    .arg(max.max(1) * 4)
+                    .arg(&me)
+                    .query(c)
+            })?;
+            let counts: HashMap<String, u64> = reply::deliveries(&counts).into_iter().collect();
+            for entry in claimed {
+                let deliveries = counts.get(&entry.0).copied().unwrap_or(1);
+                tracing::info!(plugin = %self.plugin, entry = %entry.0, deliveries, "took over an event another host held past its lease");
+                if let Some(d) = self.take(redo, entry, deliveries)? {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Hold `entry`, delivered `deliveries` times, and hand it out (or pass
+    /// over a log entry the plugin does not want).
+    fn take(
+        &mut self,
+        redo: bool,
+        (id, fields): Entry,
+        deliveries: u64,
+    ) -> Result<Option<Delivered>, BackendError> {
+        let corrupt = |why: &str| self.shared.corrupt(format!("entry {id}"), why.to_string());
+        let bytes = reply::field(&fields, "e").ok_or_else(|| corrupt("no event"))?;
+        let (sequence, attempt) = if redo {
+            let seq = reply::number(&fields, "s").ok_or_else(|| corrupt("no sequence"))?;
+            let first = reply::number(&fields, "a").unwrap_or(1);
+            (seq, (first + deliveries.saturating_sub(1)) as u32)
+        } else {
+            let seq = reply::sequence_of(&id).map_err(|e| self.shared.corrupt("the log", e))?;
+            (seq, deliveries as u32)
+        };
+        let event = Arc::new(self.shared.event(sequence, bytes)?);
+        if !redo
+            && !self
+                .options
+                .patterns
+                .iter()
+                .any(|p| p.matches(&event.topic))
+        {
+            self.skipped.push(id);
+            return Ok(None);
+        }
+        self.held.insert(
+            sequence,
+            Held {
+                redo,
+                id,
+                deliveries,
+                attempt,
+                event: event.clone(),
+            },
+        );
+        Ok(Some(Delivered { event, attempt }))
+    }
+
+    /// Acknowledge the entries passed over, now.
+    fn flush_skipped(&mut self) -> Result<(), BackendError> {
+        if self.skipped.is_empty() {
+            return Ok(());
+        }
+        let (log, plugin, ids) = (self.log.clone(), self.plugin.clone(), self.skipped.clone());
+        let _: u64 = self.with(|c| redis::cmd("XACK").arg(&log).arg(&plugin).arg(&ids).query(c))?;
+        self.skipped.clear();
+        Ok(())
+    }
+
+    /// New entries, blocking up to `block`, and how many entries were read
+    /// (the plugin's or not).
+    fn read_new(
+        &mut self,
+        max: usize,
+        block: Duration,
+    ) -> Result<(Vec<Delivered>, usize), BackendError> {
+        let (redo, log) = (self.redo.clone(), self.log.clone());
+        let (plugin, me) = (self.plugin.clone(), self.options.host.clone());
+        let block_ms = block.as_millis() as u64;
+        let shared = self.shared.clone();
+        let answer: redis::Value = shared.with(&mut self.con, |c| {
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP").arg(&plugin).arg(&me).arg("COUNT").arg(max);
+            if block_ms > 0 {
+                cmd.arg("BLOCK").arg(block_ms);
+            }
+            cmd.arg("STREAMS").arg(&redo).arg(&log).arg(">").arg(">");
+            cmd.query(c)
+        })?;
+        let mut out = Vec::new();
+        let mut read = 0;
+        for (name, list) in reply::streams(&answer).map_err(|e| self.shared.corrupt("a read", e))? {
+            let is_redo = name == self.redo;
+            read += list.len();
+            for entry in list {
+                if let Some(d) = self.take(is_redo, entry, 1)? {
+                    out.push(d);
+                }
+            }
+        }
+        Ok((out, read))
+    }
+
+    /// The fence's description of everything held, `stride` values each.
+    fn held_args(&self, with_attempt: bool) -> Vec<String> {
+        let mut args = Vec::new();
+        for h in self.held.values() {
+            args.extend([h.tag().to_string(), h.id.clone(), h.deliveries.to_string()]);
+            if with_attempt {
+                args.extend([h.event.sequence.to_string(), h.attempt.to_string()]);
+            }
+        }
+        args
+    }
+
+    fn sequence_of_id(&self, id: &str) -> u64 {
+        self.held
+            .values()
+            .find(|h| h.id == id)
+            .map_or(0, |h| h.event.sequence)
+    }
+}
+
+impl RedisConsumer {
+    /// Run the extend script (or with `release`, the hand-back script) on
+    /// everything held, fenced.
+    fn on_held(&mut self, release: bool) -> Result<(), BackendError> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let args = self.held_args(release);
+        let scripts = &self.shared.scripts;
+        let script = if release {
+            &scripts.release
+        } else {
+            &scripts.extend
+        };
+        let mut call = script.prepare_invoke();
+        call.key(&self.log)
+            .key(&self.redo)
+            .arg(&self.plugin)
+            .arg(&self.options.host)
+            .arg(self.held.len())
+            .arg(&args);
+        let shared = self.shared.clone();
+        let answer: redis::Value = shared.with(&mut self.con, |c| call.invoke(c))?;
+        fenced(&self.shared, &self.plugin, &answer, |id| {
+            self.sequence_of_id(id)
+        })
+        .map(|_| ())
+    }
+}
+
+impl Consumer for RedisConsumer {
+    fn next_batch(
+        &mut self,
+        max_events: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivered>, BackendError> {
+        let max = max_events.max(1);
+        let until = Instant::now()
+            .checked_add(wait)
+            .unwrap_or_else(Instant::now);
+        self.make_groups()?;
+        let mut out: Vec<Delivered> = Vec::new();
+        loop {
+            let now = Instant::now();
+            if out.is_empty() && now >= self.next_claim {
+                self.next_claim = now + (self.options.lease / 2).max(Duration::from_millis(50));
+                let claimed = self.claim(max)?;
+                if !claimed.is_empty() {
+                    return Ok(claimed);
+                }
+            }
+            if now >= self.next_move {
+                self.move_due(max)?;
+            }
+            // Block only while there is nothing to hand out.
+            let block = if out.is_empty() {
+                until
+                    .min(self.next_move)
+                    .min(self.next_claim)
+                    .saturating_duration_since(Instant::now())
+                    .min(BLOCK_MAX)
+            } else {
+                Duration::ZERO
+            };
+            let (got, read) = self.read_new(max - out.len(), block)?;
+            out.extend(got);
+            let done = out.len() >= max
+                || (read == 0 && !out.is_empty())
+                || (out.is_empty() && Instant::now() >= until);
+            if self.skipped.len() > SKIPPED_MAX || (done && out.is_empty()) {
+                self.flush_skipped()?;
+            }
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn settle(&mut self, s: Settlement) -> Result<(), BackendError> {
+        let mut args: Vec<Vec<u8>> = vec![
+            self.plugin.clone().into_bytes(),
+            self.options.host.clone().into_bytes(),
+            self.shared.prefix.clone().into_bytes(),
+            self.shared.dedup.as_secs().to_string().into_bytes(),
+            s.verdicts.len().to_string().into_bytes(),
+        ];
+        for (seq, verdict) in &s.verdicts {
+            let h = self.held.get(seq).ok_or_else(|| BackendError::NotHeld {
+                plugin: self.plugin.clone(),
+                sequence: *seq,
+            })?;
+            let (kind, x, y) = match verdict {
+                Verdict::Ack => ("a", Vec::new(), Vec::new()),
+                Verdict::Retry(delay) => (
+                    "r",
+                    delay.as_millis().to_string().into_bytes(),
+                    format!("{seq}:{}", h.attempt + 1).into_bytes(),
+                ),
+                Verdict::Dead(error) => (
+                    "d",
+                    seq.to_string().into_bytes(),
+                    dead_record(&h.event, h.attempt, error),
+                ),
+            };
+            args.extend([
+                h.tag().as_bytes().to_vec(),
+                h.id.clone().into_bytes(),
+                h.deliveries.to_string().into_bytes(),
+                kind.as_bytes().to_vec(),
+                x,
+                y,
+            ]);
+        }
+        args.push(s.writes.len().to_string().into_bytes());
+        for (key, value) in &s.writes {
+            let op = if value.is_some() { "s" } else { "d" };
+            args.extend([
+                op.as_bytes().to_vec(),
+                key.clone().into_bytes(),
+                value.clone().unwrap_or_default(),
+            ]);
+        }
+        args.push(self.skipped.len().to_string().into_bytes());
+        args.extend(self.skipped.iter().map(|id| id.clone().into_bytes()));
+        args.push(s.follow_ups.len().to_string().into_bytes());
+        for e in &s.follow_ups {
+            args.extend([e.id.clone().into_bytes(), codec::encode(e)]);
+        }
+        let mut call = self.shared.scripts.settle.prepare_invoke();
+        for k in [
+            &self.log,
+            &self.redo,
+            &self.retry,
+            &self.dead,
+            &self.kv,
+            &self.shared.key("seq"),
+            &self.shared.key("times"),
+            &self.shared.key("lastsec"),
+        ] {
+            call.key(k);
+        }
+        for a in &args {
+            call.arg(a.as_slice());
+        }
+        let shared = self.shared.clone();
+        let answer: redis::Value = shared.with(&mut self.con, |c| call.invoke(c))?;
+        let result = fenced(&self.shared, &self.plugin, &answer, |id| {
+            self.sequence_of_id(id)
+        });
+        if matches!(result, Ok(_) | Err(BackendError::Fenced { .. })) {
+            // Settled, or someone else's now: either way no longer held.
+            for (seq, verdict) in &s.verdicts {
+                self.held.remove(seq);
+                if let Verdict::Retry(delay) = verdict {
+                    self.next_move = self.next_move.min(Instant::now() + *delay);
+                }
+            }
+            if result.is_ok() {
+                self.skipped.clear();
+            }
+        }
+        result.map(|_| ())
+    }
+
+    fn extend(&mut self) -> Result<(), BackendError> {
+        self.on_held(false)
+    }
+
+    fn release(&mut self) -> Result<(), BackendError> {
+        self.flush_skipped()?;
+        let result = self.on_held(true);
+        self.held.clear();
+        result
+    }
+}

@@ -1,0 +1,445 @@
+//! The Redis Streams backend (`--broker redis://HOST:PORT[/DB]`,
+//! `redis+unix:///PATH`): the log is one stream whose entry ids are the
+//! plugbus sequences (`0-SEQ`); each plugin is one consumer group on it,
+//! shared by every host that runs the plugin (one consumer per host), plus
+//! a redo stream of its own for retries whose time came, events handed back
+//! and re-driven dead letters. Retries wait in a sorted set by due time and
+//! are moved onto the redo stream by whichever host looks first, atomically.
+//! Attempt numbers come from the entries' delivery counts.
+//!
+//! Keys (PREFIX defaults to `plugbus`): `PREFIX:log`, `PREFIX:seq`,
+//! `PREFIX:times` (first sequence of each second, for replay by time),
+//! `PREFIX:lastsec`, `PREFIX:id:ID` (dedup, expiring), and per plugin
+//! `PREFIX:redo:P`, `PREFIX:retry:P`, `PREFIX:dead:P` (a hash by
+//! sequence), `PREFIX:kv:P` (a hash: the plugin's state).
+//!
+//! Guarantees: a settlement (acks, retries, dead letters, state writes,
+//! follow-ups) is one Lua script that first checks, for every entry, that
+//! this host still holds it at the delivery count it saw (XACK alone does
+//! not check ownership), so a host that stalled past its lease commits
+//! nothing. On one primary with `appendfsync always` that keeps the
+//! embedded store's effectively-once state. Replication is asynchronous: a
+//! failover may lose what was acknowledged.
+//!
+//! Rooms: `scripts` (the Lua), `consumer` (delivery), `reply` (reading
+//! Redis's answers).
+
+mod consumer;
+mod reply;
+mod scripts;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::{Appended, Backend, BackendError, Capabilities, Consumer, ConsumerOptions, Start};
+use crate::event::{now_rfc3339, Event};
+use crate::store::codec;
+use crate::store::dead::{self, DeadLetter, Selection};
+use reply::{entries, int, text};
+use scripts::Scripts;
+
+/// How long connecting may take before the broker counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest a command may go unanswered before the connection counts
+/// as lost (a blocking read adds its own block time).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most events one append script carries.
+const APPEND_EVENTS_MAX: usize = 512;
+
+/// What the backend and its consumers share: the client, the keys' prefix
+/// and the scripts.
+pub(super) struct Shared {
+    client: redis::Client,
+    /// The address, without credentials.
+    broker: String,
+    prefix: String,
+    dedup: Duration,
+    scripts: Scripts,
+}
+
+impl Shared {
+    fn key(&self, what: &str) -> String {
+        format!("{}:{what}", self.prefix)
+    }
+
+    fn plugin_key(&self, what: &str, plugin: &str) -> String {
+        format!("{}:{what}:{plugin}", self.prefix)
+    }
+
+    fn connect(&self) -> Result<redis::Connection, BackendError> {
+        let con = self
+            .client
+            .get_connection_with_timeout(CONNECT_TIMEOUT)
+            .map_err(|e| self.error(e))?;
+        con.set_read_timeout(Some(COMMAND_TIMEOUT))
+            .and_then(|()| con.set_write_timeout(Some(COMMAND_TIMEOUT)))
+            .map_err(|e| self.error(e))?;
+        Ok(con)
+    }
+
+    /// A Redis error as ours: a lost connection is
+    /// [`BackendError::Unavailable`], anything the server answered is
+    /// [`BackendError::Refused`].
+    fn error(&self, e: redis::RedisError) -> BackendError {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+            BackendError::Unavailable {
+                broker: self.broker.clone(),
+                reason: e.to_string(),
+            }
+        } else {
+            BackendError::Refused {
+                broker: self.broker.clone(),
+                reason: e.to_string(),
+            }
+        }
+    }
+
+    fn corrupt(&self, what: impl Into<String>, reason: impl Into<String>) -> BackendError {
+        BackendError::Corrupt {
+            broker: self.broker.clone(),
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Run `f` on `slot`'s connection, connecting first if there is none;
+    /// a connection that failed is dropped, to be made again next time.
+    fn with<T>(
+        &self,
+        slot: &mut Option<redis::Connection>,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, BackendError> {
+        let mut con = match slot.take() {
+            Some(con) => con,
+            None => self.connect()?,
+        };
+        match f(&mut con) {
+            Ok(v) => {
+                *slot = Some(con);
+                Ok(v)
+            }
+            Err(e) => {
+                let e = self.error(e);
+                if matches!(e, BackendError::Refused { .. }) {
+                    *slot = Some(con);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Decode a log entry's event bytes.
+    fn event(&self, sequence: u64, bytes: &[u8]) -> Result<Event, BackendError> {
+        codec::decode(sequence, bytes)
+            .map_err(|e| self.corrupt(format!("log event {sequence}"), e.0))
+    }
+}
+
+/// The Redis Streams backend. See the module docs.
+pub struct RedisBackend {
+    shared: Arc<Shared>,
+    con: Mutex<Option<redis::Connection>>,
+}
+
+impl RedisBackend {
+    /// A backend on the server at `url` (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`
+    /// or `redis+unix:///PATH`), its keys under `prefix`, remembering
+    /// appended ids for `dedup`. Connects lazily: an unreachable server is
+    /// an error of the first call, not of this.
+    pub fn open(url: &str, prefix: &str, dedup: Duration) -> Result<RedisBackend, BackendError> {
+        let broker = without_credentials(url);
+        let client = redis::Client::open(url).map_err(|e| BackendError::Refused {
+            broker: broker.clone(),
+            reason: format!(
+                "not a Redis address ({e}); use redis://HOST:PORT[/DB] or redis+unix:///PATH"
+            ),
+        })?;
+        Ok(RedisBackend {
+            shared: Arc::new(Shared {
+                client,
+                broker,
+                prefix: prefix.to_string(),
+                dedup,
+                scripts: Scripts::new(),
+            }),
+            con: Mutex::new(None),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, BackendError> {
+        let mut slot = self.con.lock().unwrap_or_else(|p| p.into_inner());
+        self.shared.with(&mut slot, f)
+    }
+
+    fn letters(&self, plugin: &str) -> Result<Vec<DeadLetter>, BackendError> {
+        let key = self.shared.plugin_key("dead", plugin);
+        let all: Vec<(String, Vec<u8>)> =
+            self.with(|c| redis::cmd("HGETALL").arg(&key).query(c))?;
+        let mut out = Vec::with_capacity(all.len());
+        for (seq, bytes) in all {
+            let sequence = seq.parse::<u64>().unwrap_or(0);
+            let letter = dead::decode(plugin, sequence, &bytes).ok_or_else(|| {
+                self.shared.corrupt(
+                    format!("dead letter {seq} of plugin `{plugin}`"),
+                    "bad record",
+                )
+            })?;
+            out.push(letter);
+        }
+        out.sort_by_key(|l| l.event.sequence);
+        Ok(out)
+    }
+
+    /// The first sequence whose event's time is at or after `t`, looking
+    /// from the first event appended in the second before it.
+    fn first_since(&self, t: std::time::SystemTime) -> Result<u64, BackendError> {
+        let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let times = self.shared.key("times");
+        let hint: Vec<(String, f64)> = self.with(|c| {
+            redis::cmd("ZREVRANGEBYSCORE")
+                .arg(&times)
+                .arg(secs.saturating_sub(1))
+                .arg("-inf")
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(1)
+                .query(c)
+        })?;
+        let mut from = hint
+            .first()
+            .and_then(|(seq, _)| seq.parse::<u64>().ok())
+            .unwrap_or(1);
+        loop {
+            let events = self.read(from, 1024)?;
+            let Some(last) = events.last().map(|e| e.sequence) else {
+                return Ok(from);
+            };
+            if let Some(e) = events
+                .iter()
+                .find(|e| humantime::parse_rfc3339_weak(&e.time).is_ok_and(|et| et >= t))
+            {
+                return Ok(e.sequence);
+            }
+            from = last + 1;
+        }
+    }
+}
+
+/// `url` with any password replaced, for messages.
+fn without_credentials(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Backend for RedisBackend {
+    fn describe(&self) -> String {
+        self.shared.broker.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            atomic_settle: true,
+            fenced: true,
+            shared: true,
+            dedup_window: self.shared.dedup,
+        }
+    }
+
+    fn append(&self, events: Vec<Event>) -> Result<Appended, BackendError> {
+        let mut sequences = Vec::with_capacity(events.len());
+        let mut duplicates = 0;
+        let keys = [
+            self.shared.key("log"),
+            self.shared.key("seq"),
+            self.shared.key("times"),
+            self.shared.key("lastsec"),
+        ];
+        for part in events.chunks(APPEND_EVENTS_MAX) {
+            let mut call = self.shared.scripts.append.prepare_invoke();
+            for k in &keys {
+                call.key(k);
+            }
+            call.arg(&self.shared.prefix)
+                .arg(self.shared.dedup.as_secs());
+            for e in part {
+                call.arg(&e.id).arg(codec::encode(e));
+            }
+            let out: Vec<u64> = self.with(|c| call.invoke(c))?;
+            for pair in out.chunks(2) {
+                sequences.push(pair[0]);
+                duplicates += usize::from(pair.get(1) == Some(&1));
+            }
+        }
+        Ok(Appended {
+            sequences,
+            duplicates,
+        })
+    }
+
+    fn consumer(
+        &self,
+        plugin: &str,
+        options: ConsumerOptions,
+    ) -> Result<Box<dyn Consumer>, BackendError> {
+        Ok(Box::new(consumer::RedisConsumer::open(
+            self.shared.clone(),
+            plugin,
+            options,
+        )?))
+    }
+
+    fn read(&self, from: u64, max: usize) -> Result<Vec<Event>, BackendError> {
+        let log = self.shared.key("log");
+        let reply: redis::Value = self.with(|c| {
+            redis::cmd("XRANGE")
+                .arg(&log)
+                .arg(format!("0-{}", from.max(1)))
+                .arg("+")
+                .arg("COUNT")
+                .arg(max)
+                .query(c)
+        })?;
+        let mut out = Vec::new();
+        for (id, fields) in entries(&reply).map_err(|e| self.shared.corrupt("the log", e))? {
+            let seq = reply::sequence_of(&id).map_err(|e| self.shared.corrupt("the log", e))?;
+            let bytes = reply::field(&fields, "e")
+                .ok_or_else(|| self.shared.corrupt(format!("log entry {id}"), "no event"))?;
+            out.push(self.shared.event(seq, bytes)?);
+        }
+        Ok(out)
+    }
+
+    fn head(&self) -> Result<u64, BackendError> {
+        let key = self.shared.key("seq");
+        let v: Option<u64> = self.with(|c| redis::cmd("GET").arg(&key).query(c))?;
+        Ok(v.unwrap_or(0))
+    }
+
+    fn replay(&self, plugin: &str, start: Start, reset_state: bool) -> Result<(), BackendError> {
+        let from = match start {
+            Start::Sequence(seq) => seq.max(1),
+            Start::Time(t) => self.first_since(t)?,
+        };
+        let keys = [
+            self.shared.key("log"),
+            self.shared.plugin_key("redo", plugin),
+            self.shared.plugin_key("retry", plugin),
+            self.shared.plugin_key("kv", plugin),
+        ];
+        let mut call = self.shared.scripts.replay.prepare_invoke();
+        for k in &keys {
+            call.key(k);
+        }
+        call.arg(plugin)
+            .arg(format!("0-{}", from - 1))
+            .arg(if reset_state { "1" } else { "0" });
+        let _: String = self.with(|c| call.invoke(c))?;
+        Ok(())
+    }
+
+    fn dead_letters(&self, plugin: &str) -> Result<Vec<DeadLetter>, BackendError> {
+        self.letters(plugin)
+    }
+
+    fn redrive(&self, plugin: &str, which: &Selection) -> Result<usize, BackendError> {
+        let chosen: Vec<DeadLetter> = self
+            .letters(plugin)?
+            .into_iter()
+            .filter(|l| which.wants(l))
+            .collect();
+        if chosen.is_empty() {
+            return Ok(0);
+        }
+        let mut call = self.shared.scripts.redrive.prepare_invoke();
+        call.key(self.shared.plugin_key("dead", plugin))
+            .key(self.shared.plugin_key("redo", plugin));
+        for l in &chosen {
+            call.arg(l.event.sequence).arg(codec::encode(&l.event));
+        }
+        self.with(|c| call.invoke(c))
+    }
+
+    fn purge(&self, plugin: &str, which: &Selection) -> Result<usize, BackendError> {
+        let seqs: Vec<u64> = self
+            .letters(plugin)?
+            .into_iter()
+            .filter(|l| which.wants(l))
+            .map(|l| l.event.sequence)
+            .collect();
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        let key = self.shared.plugin_key("dead", plugin);
+        self.with(|c| redis::cmd("HDEL").arg(&key).arg(&seqs).query(c))
+    }
+
+    fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        let bucket = self.shared.plugin_key("kv", plugin);
+        self.with(|c| redis::cmd("HGET").arg(&bucket).arg(key).query(c))
+    }
+
+    fn kv_list(
+        &self,
+        plugin: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, BackendError> {
+        let bucket = self.shared.plugin_key("kv", plugin);
+        let mut keys: Vec<String> = self.with(|c| redis::cmd("HKEYS").arg(&bucket).query(c))?;
+        keys.sort_unstable();
+        keys.retain(|k| after.is_none_or(|a| k.as_str() > a));
+        keys.truncate(limit);
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<Vec<u8>>> =
+            self.with(|c| redis::cmd("HMGET").arg(&bucket).arg(&keys).query(c))?;
+        Ok(keys
+            .into_iter()
+            .zip(values)
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect())
+    }
+}
+
+/// A dead letter's record as the settle script stores it.
+fn dead_record(event: &Event, attempts: u32, error: &str) -> Vec<u8> {
+    dead::encode(attempts, error, &now_rfc3339(), event)
+}
+
+/// The answer of a fenced script: `Ok` or who holds the entry now.
+fn fenced(
+    shared: &Shared,
+    plugin: &str,
+    reply: &redis::Value,
+    sequence_of_id: impl Fn(&str) -> u64,
+) -> Result<Vec<u64>, BackendError> {
+    let items = match reply {
+        redis::Value::Array(items) => items,
+        other => return Err(shared.corrupt("a script's answer", format!("{other:?}"))),
+    };
+    match items.first().and_then(text).as_deref() {
+        Some("OK") => Ok(items[1..]
+            .iter()
+            .filter_map(int)
+            .map(|n| n as u64)
+            .collect()),
+        Some("FENCED") => {
+            let id = items.get(1).and_then(text).unwrap_or_default();
+            Err(BackendError::Fenced {
+                plugin: plugin.to_string(),
+                sequence: sequence_of_id(&id),
+                why: items.get(2).and_then(text).unwrap_or_default(),
+            })
+        }
+        _ => Err(shared.corrupt("a script's answer", format!("{items:?}"))),
+    }
+}

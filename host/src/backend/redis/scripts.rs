@@ -1,0 +1,263 @@
+//! The Lua scripts the Redis backend runs: each is atomic on the server, so
+//! an append (dedup, sequence, log entry, time index), a settlement (fence,
+//! acks, retries, dead letters, state, follow-ups), a hand-back and a
+//! replay each happen whole or not at all. Entries of the log stream have
+//! explicit ids `0-SEQ`, so the plugbus sequence is the entry id.
+//!
+//! Keys the scripts touch beside those passed in `KEYS`: the dedup keys
+//! `PREFIX:id:EVENT_ID`. That is fine on one primary; on a Cluster every key
+//! would need one hash tag (not supported yet).
+
+/// `append(log, seqkey, times, lastsec, prefix, dedup_s, id, bytes, now_s)`:
+/// the sequence, and 1 when `id` was seen within the window (then nothing
+/// is stored).
+const APPEND_FN: &str = r#"
+local function append(log, seqkey, times, lastsec, prefix, dedup, id, bytes, now_s)
+  local idkey = prefix .. ':id:' .. id
+  if dedup > 0 then
+    local seen = redis.call('GET', idkey)
+    if seen then return tonumber(seen), 1 end
+  end
+  local seq = redis.call('INCR', seqkey)
+  redis.call('XADD', log, '0-' .. seq, 'e', bytes)
+  if dedup > 0 then redis.call('SET', idkey, seq, 'EX', dedup) end
+  if redis.call('GET', lastsec) ~= tostring(now_s) then
+    redis.call('ZADD', times, now_s, seq)
+    redis.call('SET', lastsec, now_s)
+  end
+  return seq, 0
+end
+local function now()
+  local t = redis.call('TIME')
+  local s = tonumber(t[1])
+  return s, s * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"#;
+
+/// KEYS: log, seq, times, lastsec. ARGV: prefix, dedup_s, then (id, bytes)
+/// per event. Returns (sequence, duplicate) per event, flat.
+const APPEND_BODY: &str = r#"
+local now_s = now()
+local out = {}
+local dedup = tonumber(ARGV[2])
+for i = 3, #ARGV, 2 do
+  local seq, dup = append(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], dedup, ARGV[i], ARGV[i + 1], now_s)
+  out[#out + 1] = seq
+  out[#out + 1] = dup
+end
+return out
+"#;
+
+/// The fence, shared by settle, hand-back and extend: for `n` handed-out
+/// entries described from ARGV[at] on, `stride` values each (stream tag
+/// `l`|`r`, entry id, deliveries seen), an error table if any is no longer
+/// this consumer's at that delivery count.
+const FENCE_FN: &str = r#"
+local function stream_of(tag, log, redo)
+  if tag == 'r' then return redo end
+  return log
+end
+local function fence(log, redo, group, me, at, n, stride)
+  for v = 0, n - 1 do
+    local b = at + v * stride
+    local stream = stream_of(ARGV[b], log, redo)
+    local id = ARGV[b + 1]
+    local p = redis.call('XPENDING', stream, group, id, id, 1)
+    if #p == 0 then
+      return {'FENCED', id, 'it is no longer pending: another host settled or handed it back'}
+    end
+    if p[1][2] ~= me then
+      return {'FENCED', id, 'host `' .. p[1][2] .. '` holds it now'}
+    end
+    if tostring(p[1][4]) ~= ARGV[b + 2] then
+      return {'FENCED', id, 'it was delivered again since (' .. p[1][4] .. ' deliveries)'}
+    end
+  end
+  return nil
+end
+"#;
+
+/// KEYS: log, redo, retry, dead, kv, seq, times, lastsec.
+/// ARGV: group, me, prefix, dedup_s, n, then n verdicts of 6 values
+/// (stream tag, entry id, deliveries, kind `a`|`r`|`d`, x, y: for a retry
+/// x = delay ms and y = the retry member `SEQ:ATTEMPT`; for a dead letter
+/// x = the sequence and y = the record), then the count of state writes
+/// and 3 values each (`s`|`d`, key, value), then the count of log entries
+/// passed over and their ids, then the count of follow-ups and (id, bytes)
+/// each. Returns {'OK', follow-up sequences...} or {'FENCED', id, why}.
+const SETTLE_BODY: &str = r#"
+local log, redo = KEYS[1], KEYS[2]
+local group, me = ARGV[1], ARGV[2]
+local n = tonumber(ARGV[5])
+local fenced = fence(log, redo, group, me, 6, n, 6)
+if fenced then return fenced end
+local now_s, now_ms = now()
+for v = 0, n - 1 do
+  local b = 6 + v * 6
+  local id, kind = ARGV[b + 1], ARGV[b + 3]
+  if ARGV[b] == 'r' then
+    redis.call('XACK', redo, group, id)
+    redis.call('XDEL', redo, id)
+  else
+    redis.call('XACK', log, group, id)
+  end
+  if kind == 'r' then
+    redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[b + 4]), ARGV[b + 5])
+  elseif kind == 'd' then
+    redis.call('HSET', KEYS[4], ARGV[b + 4], ARGV[b + 5])
+  end
+end
+local i = 6 + n * 6
+local writes = tonumber(ARGV[i])
+i = i + 1
+for w = 1, writes do
+  if ARGV[i] == 's' then
+    redis.call('HSET', KEYS[5], ARGV[i + 1], ARGV[i + 2])
+  else
+    redis.call('HDEL', KEYS[5], ARGV[i + 1])
+  end
+  i = i + 3
+end
+local skipped = tonumber(ARGV[i])
+i = i + 1
+for s = 1, skipped do
+  redis.call('XACK', log, group, ARGV[i])
+  i = i + 1
+end
+local out = {'OK'}
+local follow = tonumber(ARGV[i])
+i = i + 1
+for f = 1, follow do
+  local seq = append(log, KEYS[6], KEYS[7], KEYS[8], ARGV[3], tonumber(ARGV[4]), ARGV[i], ARGV[i + 1], now_s)
+  out[#out + 1] = seq
+  i = i + 2
+end
+return out
+"#;
+
+/// The event bytes of a log or redo entry (`e`), and a redo entry's
+/// redriven flag.
+const ENTRY_FN: &str = r#"
+local function entry(stream, id)
+  local r = redis.call('XRANGE', stream, id, id)
+  if #r == 0 then return nil, '0' end
+  local e, red = nil, '0'
+  local f = r[1][2]
+  for k = 1, #f, 2 do
+    if f[k] == 'e' then e = f[k + 1] elseif f[k] == 'r' then red = f[k + 1] end
+  end
+  return e, red
+end
+"#;
+
+/// Hand back: KEYS: log, redo. ARGV: group, me, n, then n entries of 5
+/// values (stream tag, id, deliveries, sequence, attempt). Each goes back
+/// onto the redo stream at the same attempt, for any host to take at once.
+/// Returns {'OK'} or {'FENCED', id, why}.
+const RELEASE_BODY: &str = r#"
+local log, redo = KEYS[1], KEYS[2]
+local group, me = ARGV[1], ARGV[2]
+local n = tonumber(ARGV[3])
+local fenced = fence(log, redo, group, me, 4, n, 5)
+if fenced then return fenced end
+for v = 0, n - 1 do
+  local b = 4 + v * 5
+  local stream = stream_of(ARGV[b], log, redo)
+  local id = ARGV[b + 1]
+  local e, red = entry(stream, id)
+  redis.call('XACK', stream, group, id)
+  if stream == redo then redis.call('XDEL', redo, id) end
+  if e then
+    redis.call('XADD', redo, '*', 's', ARGV[b + 3], 'a', ARGV[b + 4], 'e', e, 'r', red)
+  end
+end
+return {'OK'}
+"#;
+
+/// Extend: ARGV: group, me, n, then n entries of 3 values (stream tag, id,
+/// deliveries). Resets the idle time of each (XCLAIM JUSTID keeps the
+/// delivery count), only if all are still this consumer's.
+const EXTEND_BODY: &str = r#"
+local log, redo = KEYS[1], KEYS[2]
+local group, me = ARGV[1], ARGV[2]
+local n = tonumber(ARGV[3])
+local fenced = fence(log, redo, group, me, 4, n, 3)
+if fenced then return fenced end
+for v = 0, n - 1 do
+  local b = 4 + v * 3
+  redis.call('XCLAIM', stream_of(ARGV[b], log, redo), group, me, 0, ARGV[b + 1], 'JUSTID')
+end
+return {'OK'}
+"#;
+
+/// Move due retries onto the redo stream. KEYS: retry, redo, log. ARGV:
+/// max. Returns {moved, ms until the next is due or -1}.
+const MOVE_DUE_BODY: &str = r#"
+local now_s, now_ms = now()
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, m in ipairs(due) do
+  local sep = string.find(m, ':', 1, true)
+  local seq, attempt = string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
+  local e = entry(KEYS[3], '0-' .. seq)
+  redis.call('ZREM', KEYS[1], m)
+  if e then
+    redis.call('XADD', KEYS[2], '*', 's', seq, 'a', attempt, 'e', e, 'r', '0')
+  end
+end
+local next = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #next == 0 then return {#due, -1} end
+return {#due, math.max(0, tonumber(next[2]) - now_ms)}
+"#;
+
+/// Re-drive: KEYS: dead, redo. ARGV: (sequence, event bytes) per letter.
+/// Each letter still there leaves the dead letters and goes onto the redo
+/// stream at attempt 1, marked re-driven. Returns how many.
+const REDRIVE_BODY: &str = r#"
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    redis.call('XADD', KEYS[2], '*', 's', ARGV[i], 'a', '1', 'e', ARGV[i + 1], 'r', '1')
+    n = n + 1
+  end
+end
+return n
+"#;
+
+/// Replay: KEYS: log, redo, retry, kv. ARGV: group, start id (exclusive),
+/// reset state `1`|`0`. The plugin's group is made again at the start (its
+/// pending entries dropped), its retries and redeliveries dropped, and its
+/// bucket emptied if asked.
+const REPLAY_BODY: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('XGROUP', 'DESTROY', KEYS[1], ARGV[1]) end
+redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], ARGV[2], 'MKSTREAM')
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[1], '0', 'MKSTREAM')
+if ARGV[3] == '1' then redis.call('DEL', KEYS[4]) end
+return 'OK'
+"#;
+
+/// The scripts, loaded by hash on first use.
+pub(super) struct Scripts {
+    pub append: redis::Script,
+    pub settle: redis::Script,
+    pub release: redis::Script,
+    pub extend: redis::Script,
+    pub move_due: redis::Script,
+    pub redrive: redis::Script,
+    pub replay: redis::Script,
+}
+
+impl Scripts {
+    pub fn new() -> Scripts {
+        let with = |parts: &[&str]| redis::Script::new(&parts.concat());
+        Scripts {
+            append: with(&[APPEND_FN, APPEND_BODY]),
+            settle: with(&[APPEND_FN, FENCE_FN, SETTLE_BODY]),
+            release: with(&[FENCE_FN, ENTRY_FN, RELEASE_BODY]),
+            extend: with(&[FENCE_FN, EXTEND_BODY]),
+            move_due: with(&[APPEND_FN, ENTRY_FN, MOVE_DUE_BODY]),
+            redrive: with(&[REDRIVE_BODY]),
+            replay: with(&[REPLAY_BODY]),
+        }
+    }
+}
