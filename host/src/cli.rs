@@ -305,6 +305,27 @@ pub struct RunArgs {
     /// tests and benchmarks.
     #[arg(long)]
     pub memory: bool,
+    /// Keep the log, the plugins' delivery, dead letters and state in a
+    /// broker instead of the data directory, shared by every host pointed
+    /// at it (each event is handled by one host per plugin):
+    /// `redis://[USER:PASSWORD@]HOST:PORT[/DB]` or `redis+unix:///PATH`
+    /// (Redis Streams, 7.0 or later; run it with `appendfsync always`).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PLUGBUS_BROKER",
+        conflicts_with_all = ["memory", "data"]
+    )]
+    pub broker: Option<String>,
+    /// This host's name among a broker's consumers (default: the machine's
+    /// host name and the process id).
+    #[arg(long, value_name = "NAME")]
+    pub host_name: Option<String>,
+    /// On a broker: how long events handed to this host stay its own
+    /// without a settlement before another host may take them, in ms (at
+    /// least three of a plugin's deadlines; renewed while a batch runs).
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub broker_lease_ms: u64,
     /// When stored events reach stable storage: `always` (before the 202:
     /// they survive power loss) or `interval=MS` (within MS; a crash of the
     /// process loses nothing, power loss up to MS of events).
@@ -420,6 +441,8 @@ pub struct RunArgs {
 pub struct RunSettings {
     /// The data directory, or `None` for memory mode.
     pub data: Option<PathBuf>,
+    /// The broker's URL, if the log is kept there.
+    pub broker: Option<String>,
     /// The fsync policy (durable mode).
     pub fsync: Fsync,
     /// Free space kept on the data directory's file system, in bytes
@@ -500,7 +523,7 @@ impl RunArgs {
             ordering_for.insert(plugin.to_string(), ordering);
         }
         let home = || std::env::var_os("HOME").map(PathBuf::from);
-        let data = if self.memory {
+        let data = if self.memory || self.broker.is_some() {
             None
         } else {
             match self.data.clone().or_else(|| {
@@ -522,8 +545,15 @@ impl RunArgs {
         } else {
             self.cache_dir.clone().or_else(default_cache_dir)
         };
+        let host_name = self.host_name.clone().unwrap_or_else(|| {
+            let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "host".into());
+            format!("{machine}-{}", std::process::id())
+        });
         Ok(RunSettings {
             data,
+            broker: self.broker.clone(),
             fsync: self.fsync,
             disk_reserve_bytes: self.disk_reserve_bytes,
             accept_lost_events: self.accept_lost_events,
@@ -551,6 +581,8 @@ impl RunArgs {
                 new_plugins_start_latest: self.new_plugins_start == "latest",
                 ordering: self.ordering,
                 ordering_for,
+                broker_host: host_name,
+                broker_lease_ms: self.broker_lease_ms,
                 ..DeliverySettings::default()
             },
             publish_timeout: Duration::from_millis(self.publish_timeout_ms),

@@ -1,10 +1,12 @@
-//! Where published events go: the in-memory bus (`--memory`), or the
-//! durable log, which acknowledges only what it has stored. Ingress and the
+//! Where published events go: the in-memory bus (`--memory`), the
+//! durable log, which acknowledges only what it has stored, or a broker
+//! (`--broker`), which does the same. Ingress and the
 //! plugin workers (for follow-up events) publish through this, and need not
 //! know which.
 
 use std::sync::Arc;
 
+use crate::backend::{Backend, BackendError};
 use crate::bus::{Bus, PublishError, Published};
 use crate::event::Event;
 use crate::store::log::Log;
@@ -17,6 +19,8 @@ pub enum Dispatch {
     Memory(Arc<Bus>),
     /// Append to the durable log; plugins read it by cursor.
     Durable(Arc<Log>),
+    /// Append to a broker's log; plugins are its consumers.
+    Broker(Arc<dyn Backend>),
 }
 
 /// Why a publish failed.
@@ -28,6 +32,9 @@ pub enum DispatchError {
     /// The log refused (durable mode): nothing was acknowledged.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The broker refused or is unreachable: nothing was acknowledged.
+    #[error(transparent)]
+    Broker(#[from] BackendError),
 }
 
 impl DispatchError {
@@ -35,7 +42,7 @@ impl DispatchError {
     pub fn accepted(&self) -> usize {
         match self {
             DispatchError::Busy(PublishError::QueueFull { accepted, .. }) => *accepted,
-            DispatchError::Store(_) => 0,
+            DispatchError::Store(_) | DispatchError::Broker(_) => 0,
         }
     }
 }
@@ -47,6 +54,7 @@ impl Dispatch {
         match self {
             Dispatch::Memory(bus) => Ok(bus.publish(events)?),
             Dispatch::Durable(log) => Ok(published(log.append(events)?)),
+            Dispatch::Broker(b) => Ok(from_broker(b.append(events)?)),
         }
     }
 
@@ -61,11 +69,26 @@ impl Dispatch {
             }
             Dispatch::Memory(bus) => Ok(bus.publish(events)?),
             Dispatch::Durable(log) => Ok(published(log.submit(events)?.wait_async().await?)),
+            Dispatch::Broker(b) => {
+                let b = b.clone();
+                let appended = tokio::task::spawn_blocking(move || b.append(events))
+                    .await
+                    .map_err(|_| StoreError::Closed)??;
+                Ok(from_broker(appended))
+            }
         }
     }
 }
 
 fn published(appended: crate::store::log::Appended) -> Published {
+    Published {
+        first_sequence: appended.sequences.first().copied().unwrap_or(0),
+        count: appended.sequences.len(),
+        duplicates: appended.duplicates,
+    }
+}
+
+fn from_broker(appended: crate::backend::Appended) -> Published {
     Published {
         first_sequence: appended.sequences.first().copied().unwrap_or(0),
         count: appended.sequences.len(),

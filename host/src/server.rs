@@ -40,6 +40,48 @@ pub enum StartError {
     /// The TLS certificate or key cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::http::tls::TlsError),
+    /// The broker refused (its address, credentials or version).
+    #[error(transparent)]
+    Broker(#[from] crate::backend::BackendError),
+}
+
+/// The first wait between attempts to reach the broker at start; doubled
+/// up to [`BROKER_RETRY_MAX`].
+const BROKER_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(250);
+const BROKER_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Open the broker at `url` and wait until it answers, retrying with
+/// backoff (and saying so) while it is unreachable; a broker that answers
+/// with a refusal (credentials, a command it lacks) stops the start.
+async fn connect_broker(
+    url: &str,
+    dedup_window: std::time::Duration,
+) -> Result<Arc<dyn crate::backend::Backend>, StartError> {
+    use crate::backend::{Backend, BackendError};
+    let backend: Arc<dyn Backend> = Arc::new(crate::backend::redis::RedisBackend::open(
+        url,
+        "plugbus",
+        dedup_window,
+    )?);
+    let mut wait = BROKER_RETRY_MIN;
+    loop {
+        let probe = backend.clone();
+        let answer = tokio::task::spawn_blocking(move || probe.head())
+            .await
+            .map_err(|e| StartError::Runtime(format!("the broker check panicked: {e}")))?;
+        match answer {
+            Ok(head) => {
+                tracing::info!(broker = %backend.describe(), events = head, "broker connected");
+                return Ok(backend);
+            }
+            Err(e @ BackendError::Unavailable { .. }) => {
+                tracing::warn!("{e}; trying again in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(BROKER_RETRY_MAX);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Run the host until Ctrl-C or SIGTERM.
@@ -72,8 +114,9 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         }
     }
     let runtime = Arc::new(runtime);
-    let dispatch = match &settings.data {
-        None => {
+    let dispatch = match (&settings.data, &settings.broker) {
+        (_, Some(url)) => Dispatch::Broker(connect_broker(url, settings.dedup_window).await?),
+        (None, None) => {
             tracing::info!(
                 "memory mode: events are not stored, a crash or a full queue loses them"
             );
@@ -82,7 +125,7 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
                 metrics.clone(),
             )))
         }
-        Some(dir) => {
+        (Some(dir), None) => {
             let store = Store::open_accepting_loss(
                 dir,
                 settings.fsync,

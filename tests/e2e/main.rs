@@ -62,6 +62,7 @@ mod hot_swap;
 mod ingress;
 mod isolation;
 mod manifests;
+mod on_redis;
 mod operations;
 mod order_flow;
 mod plugins;

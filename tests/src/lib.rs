@@ -121,9 +121,10 @@ impl TestHost {
         // the test brings its own.
         let cache = std::env::temp_dir().join("plugbus-e2e-compile-cache");
         // Durable in a fresh data directory, unless the test asks for memory
-        // or brings its own (to restart on it).
+        // or a broker, or brings its own (to restart on it).
         let data: Vec<std::ffi::OsString> =
-            if args.contains(&"--memory") || args.contains(&"--data") {
+            if args.contains(&"--memory") || args.contains(&"--data") || args.contains(&"--broker")
+            {
                 Vec::new()
             } else {
                 vec!["--data".into(), dir.join("data").into()]

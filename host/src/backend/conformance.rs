@@ -417,6 +417,60 @@ fn hands_back_at_once_on_release(h: Harness) {
     assert_eq!(seen, [(1, 2), (2, 1)]);
 }
 
+fn refuses_writes_made_from_values_that_changed(h: Harness) {
+    h.backend
+        .append(vec![event("order.placed", 1)])
+        .expect("append");
+    let orders = |v: &str| vec![("orders".to_string(), Some(v.as_bytes().to_vec()))];
+    h.backend
+        .put_state("analytics", orders("1"))
+        .expect("state");
+    let mut c = h.consumer("analytics", &["order.placed"], HUNG);
+    let got = take(c.as_mut(), 1);
+    // The batch read orders = 1 and wrote 2; meanwhile another writer
+    // (another host of the plugin) made it 5.
+    h.other.put_state("analytics", orders("5")).expect("state");
+    let mut stale = acks(&got);
+    stale.expected = orders("1");
+    stale.writes = orders("2");
+    let refused = c.settle(stale);
+    assert!(
+        matches!(refused, Err(BackendError::Conflict { ref key, .. }) if key == "orders"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        h.backend.kv_get("analytics", "orders").expect("kv"),
+        Some(b"5".to_vec())
+    );
+    // Still this consumer's: handed back and handled again from 5.
+    c.release().expect("release");
+    let again = take(c.as_mut(), 1);
+    assert_eq!(again[0].event.sequence, 1);
+    let mut fresh = acks(&again);
+    fresh.expected = orders("5");
+    fresh.writes = orders("6");
+    c.settle(fresh).expect("settle");
+    assert_eq!(
+        h.backend.kv_get("analytics", "orders").expect("kv"),
+        Some(b"6".to_vec())
+    );
+    // An absent key expected absent, found written, conflicts too.
+    h.backend
+        .append(vec![event("order.placed", 2)])
+        .expect("append");
+    let got = take(c.as_mut(), 1);
+    h.other
+        .put_state("analytics", vec![("new".into(), Some(b"x".to_vec()))])
+        .expect("state");
+    let mut stale = acks(&got);
+    stale.expected = vec![("new".into(), None)];
+    stale.writes = vec![("new".into(), Some(b"y".to_vec()))];
+    assert!(matches!(
+        c.settle(stale),
+        Err(BackendError::Conflict { .. })
+    ));
+}
+
 macro_rules! conformance {
     ($backend:ident) => {
         mod $backend {
@@ -449,6 +503,10 @@ macro_rules! conformance {
             #[test]
             fn commits_nothing_for_a_host_that_lost_its_lease() {
                 super::commits_nothing_for_a_host_that_lost_its_lease(Harness::$backend());
+            }
+            #[test]
+            fn refuses_writes_made_from_values_that_changed() {
+                super::refuses_writes_made_from_values_that_changed(Harness::$backend());
             }
             #[test]
             fn hands_back_at_once_on_release() {

@@ -95,13 +95,19 @@ impl Backend for EmbeddedBackend {
         Ok(self.log.head())
     }
 
+    fn first_since(&self, t: std::time::SystemTime) -> Result<u64, BackendError> {
+        let found = self.log.store().first_since(t)?;
+        Ok(found.unwrap_or(self.log.head() + 1))
+    }
+
     fn replay(&self, plugin: &str, start: Start, reset_state: bool) -> Result<(), BackendError> {
-        let store = self.log.store();
         let from = match start {
             Start::Sequence(seq) => seq.max(1),
-            Start::Time(t) => store.first_since(t)?.unwrap_or(self.log.head() + 1),
+            Start::Time(t) => self.first_since(t)?,
         };
-        store.rewind(plugin, Some(from - 1), reset_state)?;
+        self.log
+            .store()
+            .rewind(plugin, Some(from - 1), reset_state)?;
         Ok(())
     }
 
@@ -115,6 +121,18 @@ impl Backend for EmbeddedBackend {
 
     fn purge(&self, plugin: &str, which: &Selection) -> Result<usize, BackendError> {
         Ok(self.log.store().purge(plugin, which)?)
+    }
+
+    fn put_state(
+        &self,
+        plugin: &str,
+        writes: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Result<(), BackendError> {
+        Ok(self.log.store().commit_progress(&Progress {
+            plugin: plugin.to_string(),
+            kv: writes,
+            ..Progress::default()
+        })?)
     }
 
     fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
@@ -365,6 +383,16 @@ impl Consumer for EmbeddedConsumer {
     }
 
     fn settle(&mut self, s: Settlement) -> Result<(), BackendError> {
+        // One consumer per plugin: only an outside write (init, an
+        // operator) can have changed what the batch read.
+        for (key, value) in &s.expected {
+            if self.log.store().kv_get(&self.plugin, key)? != *value {
+                return Err(BackendError::Conflict {
+                    plugin: self.plugin.clone(),
+                    key: key.clone(),
+                });
+            }
+        }
         let mut settled = HashSet::new();
         let mut retried = Vec::new();
         let mut dead = Vec::new();

@@ -106,6 +106,12 @@ pub struct Settlement {
     pub verdicts: Vec<(u64, Verdict)>,
     /// Key-value writes to the plugin's bucket: a value, or none to delete.
     pub writes: Vec<(String, Option<Vec<u8>>)>,
+    /// The values (none: absent) the writes were computed from, which must
+    /// still be the bucket's for the settlement to commit: another host of
+    /// a shared plugin may have written them since
+    /// ([`BackendError::Conflict`]). A backend with one consumer per
+    /// plugin has nobody else writing, and may skip the check.
+    pub expected: Vec<(String, Option<Vec<u8>>)>,
     /// Events the handlers published, appended with the settlement.
     pub follow_ups: Vec<Event>,
 }
@@ -155,6 +161,16 @@ pub enum BackendError {
         sequence: u64,
         /// Who holds it now, as the broker says.
         why: String,
+    },
+    /// A value the settlement's writes were computed from changed since it
+    /// was read (another host wrote it): nothing was committed, and the
+    /// events are still this consumer's, to hand back and handle again.
+    #[error("plugin `{plugin}`: key `{key}` of its state changed while the batch was handled (another host wrote it), so the batch was not committed and is handled again")]
+    Conflict {
+        /// The plugin.
+        plugin: String,
+        /// The first key found changed.
+        key: String,
     },
     /// Something stored in the broker does not decode.
     #[error("broker {broker}: {what} does not decode ({reason}); it was not written by this version of plugbus")]
@@ -234,6 +250,10 @@ pub trait Backend: Send + Sync {
     /// The sequence of the last event appended (0: none).
     fn head(&self) -> Result<u64, BackendError>;
 
+    /// The first sequence whose event's `time` is at or after `t` (the
+    /// next one to come, when there is none).
+    fn first_since(&self, t: SystemTime) -> Result<u64, BackendError>;
+
     /// Deliver the log to `plugin` again from `start`, emptying its
     /// key-value bucket first if `reset_state`. Its consumers must be
     /// closed (the plugin stopped) while this runs.
@@ -248,6 +268,14 @@ pub trait Backend: Send + Sync {
 
     /// Delete the selected dead letters; returns how many.
     fn purge(&self, plugin: &str, which: &Selection) -> Result<usize, BackendError>;
+
+    /// Write to `plugin`'s bucket outside delivery (its `init`), at once
+    /// and atomically: a value, or none to delete.
+    fn put_state(
+        &self,
+        plugin: &str,
+        writes: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Result<(), BackendError>;
 
     /// One value of `plugin`'s key-value bucket.
     fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, BackendError>;

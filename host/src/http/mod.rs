@@ -50,6 +50,7 @@ use bytes::Buf;
 use http_body_util::BodyExt;
 use serde_json::json;
 
+use crate::backend::BackendError;
 use crate::bus::PublishError;
 use crate::dispatch::{Dispatch, DispatchError};
 use crate::event::{Event, EventError};
@@ -103,8 +104,8 @@ pub enum IngressError {
     /// A batch with no events.
     #[error("the batch is empty; send at least one event")]
     EmptyBatch,
-    /// Dead letters exist only in durable mode.
-    #[error("dead letters are kept only in durable mode; this host runs with --memory")]
+    /// Dead letters, the log and replay exist only in durable mode.
+    #[error("the log and dead letters are kept only in durable mode or on a broker; this host runs with --memory")]
     NoStore,
     /// A selection of dead letters that is not one.
     #[error("{0}")]
@@ -161,6 +162,10 @@ impl IntoResponse for IngressError {
                 StatusCode::INSUFFICIENT_STORAGE
             }
             IngressError::Publish(DispatchError::Store(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            IngressError::Publish(DispatchError::Broker(BackendError::Unavailable { .. })) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            IngressError::Publish(DispatchError::Broker(_)) => StatusCode::BAD_GATEWAY,
         };
         let mut body = json!({ "error": self.to_string() });
         if let IngressError::Publish(DispatchError::Busy(PublishError::QueueFull {
@@ -419,19 +424,23 @@ fn letter_json(l: &crate::store::dead::DeadLetter, with_event: bool) -> serde_js
     v
 }
 
-fn store_of(state: &AppState) -> Result<Arc<crate::store::Store>, IngressError> {
-    state.registry.store().cloned().ok_or(IngressError::NoStore)
+fn store_of(state: &AppState) -> Result<Arc<dyn crate::backend::Backend>, IngressError> {
+    state.registry.backend().ok_or(IngressError::NoStore)
 }
 
-fn store_error(e: StoreError) -> IngressError {
-    IngressError::Publish(DispatchError::Store(e))
+fn store_error(e: crate::backend::BackendError) -> IngressError {
+    match e {
+        crate::backend::BackendError::Store(e) => IngressError::Publish(DispatchError::Store(e)),
+        other => IngressError::Publish(DispatchError::Broker(other)),
+    }
 }
 
 fn letters(state: &AppState, plugins: Vec<String>) -> Result<Response, IngressError> {
     let store = store_of(state)?;
     let mut out = Vec::new();
     for p in plugins {
-        for l in store.dead_letters(&p).map_err(store_error)? {
+        let found = tokio::task::block_in_place(|| store.dead_letters(&p));
+        for l in found.map_err(store_error)? {
             out.push(letter_json(&l, false));
         }
     }
@@ -455,8 +464,7 @@ async fn dead_show(
     Path((plugin, sequence)): Path<(String, u64)>,
 ) -> Result<Response, IngressError> {
     let store = store_of(&state)?;
-    let letter = store
-        .dead_letters(&plugin)
+    let letter = tokio::task::block_in_place(|| store.dead_letters(&plugin))
         .map_err(store_error)?
         .into_iter()
         .find(|l| l.event.sequence == sequence)
@@ -500,7 +508,7 @@ async fn dead_redrive(
 ) -> Result<Response, IngressError> {
     let store = store_of(&state)?;
     let which = selection(&state, request).await?;
-    let n = store.redrive(&plugin, &which).map_err(store_error)?;
+    let n = tokio::task::block_in_place(|| store.redrive(&plugin, &which)).map_err(store_error)?;
     state.registry.wake_redrive(&plugin);
     Ok(Json(json!({ "redriven": n })).into_response())
 }
@@ -512,7 +520,7 @@ async fn dead_purge(
 ) -> Result<Response, IngressError> {
     let store = store_of(&state)?;
     let which = selection(&state, request).await?;
-    let n = store.purge(&plugin, &which).map_err(store_error)?;
+    let n = tokio::task::block_in_place(|| store.purge(&plugin, &which)).map_err(store_error)?;
     Ok(Json(json!({ "purged": n })).into_response())
 }
 
@@ -528,15 +536,16 @@ async fn log_read(
 ) -> Result<Response, IngressError> {
     let store = store_of(&state)?;
     let limit = q.limit.unwrap_or(20).clamp(1, 1000);
-    let from = q.from.unwrap_or_else(|| {
-        store
-            .last_sequence()
-            .saturating_sub(limit as u64 - 1)
-            .max(1)
-    });
-    let events = tokio::task::block_in_place(|| store.read(from, limit)).map_err(store_error)?;
+    let (events, head) = tokio::task::block_in_place(|| {
+        let head = store.head()?;
+        let from = q
+            .from
+            .unwrap_or_else(|| head.saturating_sub(limit as u64 - 1).max(1));
+        Ok((store.read(from, limit)?, head))
+    })
+    .map_err(store_error)?;
     let events: Vec<serde_json::Value> = events.iter().map(Event::to_json).collect();
-    Ok(Json(json!({ "events": events, "last_sequence": store.last_sequence() })).into_response())
+    Ok(Json(json!({ "events": events, "last_sequence": head })).into_response())
 }
 
 async fn log_get(
@@ -544,8 +553,7 @@ async fn log_get(
     Path(sequence): Path<u64>,
 ) -> Result<Response, IngressError> {
     let store = store_of(&state)?;
-    let event = store
-        .read(sequence, 1)
+    let event = tokio::task::block_in_place(|| store.read(sequence, 1))
         .map_err(store_error)?
         .into_iter()
         .find(|e| e.sequence == sequence)
@@ -636,9 +644,7 @@ async fn replay(
                 "`{t}` is not an RFC 3339 time, e.g. 2026-11-23T10:00:00Z"
             ))
         })?;
-        tokio::task::block_in_place(|| store.first_since(t))
-            .map_err(store_error)?
-            .unwrap_or(store.last_sequence() + 1)
+        tokio::task::block_in_place(|| store.first_since(t)).map_err(store_error)?
     } else {
         return Err(IngressError::Replay(how.to_string()));
     };

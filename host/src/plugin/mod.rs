@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 
@@ -98,6 +99,14 @@ pub enum PluginError {
         file: PathBuf,
     },
     /// The worker thread could not be started.
+    #[error("{file}: {reason}")]
+    Broker {
+        /// The plugin file.
+        file: PathBuf,
+        /// What the broker backend cannot do with these settings.
+        reason: String,
+    },
+    /// A worker thread could not be started.
     #[error("{file}: cannot start a worker thread: {source}")]
     Thread {
         /// The plugin file.
@@ -134,9 +143,9 @@ pub enum ReplayError {
     /// No such running plugin.
     #[error("no running plugin is called `{0}`; see `plugbus plugins`")]
     NoPlugin(String),
-    /// The cursor could not be moved.
-    #[error("cannot move the cursor: {0}")]
-    Store(StoreError),
+    /// The cursor (or the broker's consumer group) could not be moved.
+    #[error("cannot move the plugin's position in the log: {0}")]
+    Backend(crate::backend::BackendError),
     /// The plugin did not start again.
     #[error("the plugin did not start again after moving its cursor: {0}")]
     Restart(PluginError),
@@ -484,6 +493,7 @@ impl Registry {
         let key = settings.delivery.ordering_key.clone();
         // Where delivery starts: after the stored cursors in durable mode
         // (a new plugin starts at the earliest event), at once in memory.
+        let mut consumers = Vec::new();
         let (queues, cursor_store, starts, cursor_names) = match &self.dispatch {
             Dispatch::Memory(bus) => (
                 bus.subscribe_with(
@@ -579,6 +589,38 @@ impl Registry {
                 };
                 (queues, Some(store), starts, names)
             }
+            Dispatch::Broker(backend) => {
+                let strict = settings.delivery.ordering_of(&name) == RetryOrdering::Strict;
+                if workers > 1 || strict {
+                    return Err(PluginError::Broker {
+                        file: file.to_path_buf(),
+                        reason: format!("on a broker a plugin runs one worker per host with ordering under retry `none` (it has concurrency {workers}{}): per-key order across hosts is not kept yet; set concurrency = 1 and ordering = \"none\" in its manifest, or run it on the embedded store", if strict { " and strict ordering" } else { "" }),
+                    });
+                }
+                // A lease longer than a batch may take: three deadlines.
+                let lease = Duration::from_millis(
+                    self.settings
+                        .broker_lease_ms
+                        .max(3 * settings.limits.deadline_ms),
+                );
+                let consumer = backend
+                    .consumer(
+                        &name,
+                        crate::backend::ConsumerOptions {
+                            patterns,
+                            host: self.settings.broker_host.clone(),
+                            lease,
+                            start_latest: self.settings.new_plugins_start_latest,
+                        },
+                    )
+                    .map_err(|e| PluginError::Broker {
+                        file: file.to_path_buf(),
+                        reason: e.to_string(),
+                    })?;
+                consumers.push((consumer, lease));
+                let (_, queue) = Queue::channel(1);
+                (vec![queue], None, vec![Cursor::default()], vec![None])
+            }
         };
         let plugin = Arc::new(RunningPlugin {
             name: name.clone(),
@@ -634,6 +676,7 @@ impl Registry {
                     index,
                     cursor_name,
                     stopping: self.stopping.clone(),
+                    consumer: consumers.pop(),
                 },
                 self.dispatch.clone(),
                 plugin.clone(),
@@ -693,6 +736,17 @@ impl Registry {
     pub fn store(&self) -> Option<&Arc<crate::store::Store>> {
         match &self.dispatch {
             Dispatch::Durable(log) => Some(log.store()),
+            Dispatch::Memory(_) | Dispatch::Broker(_) => None,
+        }
+    }
+
+    /// Where the log, dead letters and state are kept, outside memory mode.
+    pub fn backend(&self) -> Option<Arc<dyn crate::backend::Backend>> {
+        match &self.dispatch {
+            Dispatch::Durable(log) => Some(Arc::new(
+                crate::backend::embedded::EmbeddedBackend::new(log.clone(), log.dedup_window()),
+            )),
+            Dispatch::Broker(b) => Some(b.clone()),
             Dispatch::Memory(_) => None,
         }
     }
@@ -709,6 +763,7 @@ impl Registry {
     fn bucket(&self, plugin: &str) -> kv::Backend {
         match &self.dispatch {
             Dispatch::Durable(log) => kv::Backend::Durable(log.store().clone()),
+            Dispatch::Broker(b) => kv::Backend::Broker(b.clone()),
             Dispatch::Memory(_) => self
                 .memory_kv
                 .lock()
@@ -750,16 +805,20 @@ impl Registry {
         from: u64,
         reset_state: bool,
     ) -> Result<PluginStatus, ReplayError> {
-        let store = self.store().cloned().ok_or(ReplayError::NotDurable)?;
+        let backend = self.backend().ok_or(ReplayError::NotDurable)?;
         let _one = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
         let running = self
             .stop_one(plugin)
             .ok_or_else(|| ReplayError::NoPlugin(plugin.to_string()))?;
-        let removed = store
-            .rewind(plugin, Some(from.saturating_sub(1)), reset_state)
-            .map_err(ReplayError::Store)?;
+        backend
+            .replay(
+                plugin,
+                crate::backend::Start::Sequence(from.max(1)),
+                reset_state,
+            )
+            .map_err(ReplayError::Backend)?;
         if reset_state {
-            tracing::info!(plugin, removed, "state cleared for the replay");
+            tracing::info!(plugin, "state cleared for the replay");
         }
         tracing::info!(plugin, from, "replaying the log from sequence {from}");
         self.start(&running.file).map_err(ReplayError::Restart)?;

@@ -33,6 +33,12 @@ pub struct DeliverySettings {
     /// What strict ordering holds back, and which worker an event goes to
     /// when a plugin has several. Default: the `subject`.
     pub ordering_key: OrderingKey,
+    /// On a broker: this host's name among the consumers of each plugin.
+    pub broker_host: String,
+    /// On a broker: how long events handed to this host stay its own
+    /// without a settlement (renewed while a batch runs), in ms; at least
+    /// three of a plugin's deadlines. Default 30000.
+    pub broker_lease_ms: u64,
 }
 
 /// What a retry does to the events after it.
@@ -83,6 +89,8 @@ impl Default for DeliverySettings {
             ordering: RetryOrdering::None,
             ordering_for: std::collections::HashMap::new(),
             ordering_key: OrderingKey::Subject,
+            broker_host: String::new(),
+            broker_lease_ms: 30_000,
         }
     }
 }

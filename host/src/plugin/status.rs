@@ -146,6 +146,7 @@ impl Registry {
     pub fn status(&self) -> Vec<PluginStatus> {
         let head = match &self.dispatch {
             Dispatch::Durable(log) => Some(log.head()),
+            Dispatch::Broker(b) => b.head().ok(),
             Dispatch::Memory(_) => None,
         };
         let mut out: Vec<PluginStatus> = self

@@ -269,6 +269,7 @@ impl Registry {
         }
         match &self.dispatch {
             Dispatch::Memory(bus) => bus.close(),
+            Dispatch::Broker(_) => {}
             Dispatch::Durable(_) => {
                 let pumps =
                     std::mem::take(&mut *self.pumps.lock().unwrap_or_else(|p| p.into_inner()));

@@ -46,6 +46,10 @@ pub struct HostState {
     pub(super) kv: super::kv::Backend,
     /// State written in the call in progress, not yet committed.
     pub(super) kv_writes: super::kv::Writes,
+    /// On a broker: the committed value of each key as the call first read
+    /// it, which must still be there for its writes to commit (another
+    /// host may have changed it meanwhile).
+    pub(super) kv_reads: std::cell::RefCell<super::kv::Writes>,
     pub(super) kv_write_bytes: usize,
     /// How the call's writes change the state's size, in bytes.
     pub(super) kv_delta: i64,
@@ -84,6 +88,7 @@ impl HostState {
             published: Vec::new(),
             kv: instance.kv.clone(),
             kv_writes: Default::default(),
+            kv_reads: Default::default(),
             kv_write_bytes: 0,
             kv_delta: 0,
             state: instance.state.clone(),
@@ -107,6 +112,7 @@ impl HostState {
     /// start), and how it changes the state's size.
     pub(super) fn take_writes(&mut self) -> (super::kv::Writes, i64) {
         self.kv_write_bytes = 0;
+        self.kv_reads.get_mut().clear();
         let delta = std::mem::take(&mut self.kv_delta);
         (std::mem::take(&mut self.kv_writes), delta)
     }
@@ -119,10 +125,16 @@ impl HostState {
         }
     }
 
-    pub(super) fn end_batch(&mut self) -> (Vec<(usize, Event)>, super::kv::Writes, i64) {
+    pub(super) fn end_batch(&mut self) -> super::BatchEffects {
         self.batch = None;
-        let (writes, delta) = self.take_writes();
-        (std::mem::take(&mut self.published), writes, delta)
+        let reads = std::mem::take(self.kv_reads.get_mut());
+        let (writes, state_delta) = self.take_writes();
+        super::BatchEffects {
+            published: std::mem::take(&mut self.published),
+            writes,
+            reads,
+            state_delta,
+        }
     }
 }
 

@@ -126,7 +126,12 @@ impl PluginInstance {
             .plugbus_plugin_handler()
             .call_handle(&mut self.store, &self.buffer.batch);
         self.store.data_mut().call.end();
-        let (published, writes, state_delta) = self.store.data_mut().end_batch();
+        let super::BatchEffects {
+            published,
+            writes,
+            reads,
+            state_delta,
+        } = self.store.data_mut().end_batch();
         let state = self.store.data();
         let mut refused = state.refused();
         let heavy = state.call.heavy();
@@ -162,6 +167,7 @@ impl PluginInstance {
             outcomes,
             published,
             writes,
+            reads,
             state_delta,
             refused,
             heavy,

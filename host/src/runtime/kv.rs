@@ -105,6 +105,8 @@ pub enum Backend {
     Durable(Arc<Store>),
     /// A map in memory, lost on exit (`--memory`).
     Memory(Arc<Mutex<BTreeMap<String, Vec<u8>>>>),
+    /// The plugin's bucket in a broker (`--broker`).
+    Broker(Arc<dyn crate::backend::Backend>),
 }
 
 impl std::fmt::Debug for Backend {
@@ -112,6 +114,7 @@ impl std::fmt::Debug for Backend {
         f.write_str(match self {
             Backend::Durable(_) => "Backend::Durable",
             Backend::Memory(_) => "Backend::Memory",
+            Backend::Broker(_) => "Backend::Broker",
         })
     }
 }
@@ -130,6 +133,7 @@ impl Backend {
     pub fn get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
         match self {
             Backend::Durable(s) => s.kv_get(plugin, key).map_err(|e| e.to_string()),
+            Backend::Broker(b) => b.kv_get(plugin, key).map_err(|e| e.to_string()),
             Backend::Memory(m) => Ok(m
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -147,6 +151,7 @@ impl Backend {
     ) -> Result<Vec<(String, Vec<u8>)>, String> {
         match self {
             Backend::Durable(s) => s.kv_list(plugin, after, max).map_err(|e| e.to_string()),
+            Backend::Broker(b) => b.kv_list(plugin, after, max).map_err(|e| e.to_string()),
             Backend::Memory(m) => {
                 let m = m.lock().unwrap_or_else(|p| p.into_inner());
                 let from = match after {
@@ -194,6 +199,9 @@ impl Backend {
                     ..Default::default()
                 })
                 .map_err(|e| e.to_string()),
+            Backend::Broker(b) => b
+                .put_state(plugin, writes.into_iter().collect())
+                .map_err(|e| e.to_string()),
             Backend::Memory(m) => {
                 let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
                 for (k, v) in writes {
@@ -218,7 +226,14 @@ impl HostState {
         if let Some(v) = self.kv_writes.get(key) {
             return Ok(v.clone());
         }
-        self.kv.get(&self.plugin, key).map_err(other)
+        let value = self.kv.get(&self.plugin, key).map_err(other)?;
+        if matches!(self.kv, Backend::Broker(_)) {
+            self.kv_reads
+                .borrow_mut()
+                .entry(key.to_string())
+                .or_insert_with(|| value.clone());
+        }
+        Ok(value)
     }
 
     fn kv_write(&mut self, key: String, value: Option<Vec<u8>>) -> Result<(), store::Error> {

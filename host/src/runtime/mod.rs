@@ -414,6 +414,14 @@ pub const OUTPUT_LINES_PER_S_DEFAULT: u32 = 100;
 /// logs and dead letters); longer ones are cut, saying so.
 pub const OUTCOME_MESSAGE_BYTES_MAX: usize = 4096;
 
+/// What a call left in the host state: its publishes, writes and reads.
+pub(crate) struct BatchEffects {
+    published: Vec<(usize, crate::event::Event)>,
+    writes: kv::Writes,
+    reads: kv::Writes,
+    state_delta: i64,
+}
+
 /// The result of one `handle` call.
 pub struct BatchResult {
     /// One outcome per event, in order.
@@ -422,6 +430,9 @@ pub struct BatchResult {
     pub published: Vec<(usize, Event)>,
     /// Key-value writes made by the call, not yet committed.
     pub writes: kv::Writes,
+    /// On a broker: the committed values the call read, which must be
+    /// unchanged for `writes` to commit.
+    pub reads: kv::Writes,
     /// How the writes change the state's size, in bytes
     /// ([`kv::StateQuota::committed`] once they are).
     pub state_delta: i64,

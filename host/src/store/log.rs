@@ -154,6 +154,7 @@ pub struct Log {
     committer: Mutex<Option<JoinHandle<()>>>,
     syncer: Mutex<Option<JoinHandle<()>>>,
     committed: Counter,
+    dedup_window: Duration,
 }
 
 impl Log {
@@ -197,6 +198,7 @@ impl Log {
             committer: Mutex::default(),
             syncer: Mutex::default(),
             committed,
+            dedup_window,
         });
         let dedup = log.recent_ids(dedup_window)?;
         let thread_err = |what: &str, e: std::io::Error| StoreError::Open {
@@ -225,6 +227,11 @@ impl Log {
             .map_err(|e| thread_err("committer", e))?;
         *log.committer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         Ok(log)
+    }
+
+    /// How long an appended id is remembered for duplicate detection.
+    pub fn dedup_window(&self) -> Duration {
+        self.dedup_window
     }
 
     /// The store underneath.

@@ -420,6 +420,15 @@ impl Consumer for RedisConsumer {
         for e in &s.follow_ups {
             args.extend([e.id.clone().into_bytes(), codec::encode(e)]);
         }
+        args.push(s.expected.len().to_string().into_bytes());
+        for (key, value) in &s.expected {
+            let present = if value.is_some() { "1" } else { "0" };
+            args.extend([
+                present.as_bytes().to_vec(),
+                key.clone().into_bytes(),
+                value.clone().unwrap_or_default(),
+            ]);
+        }
         let mut call = self.shared.scripts.settle.prepare_invoke();
         for k in [
             &self.log,

@@ -195,7 +195,7 @@ impl RedisBackend {
 
     /// The first sequence whose event's time is at or after `t`, looking
     /// from the first event appended in the second before it.
-    fn first_since(&self, t: std::time::SystemTime) -> Result<u64, BackendError> {
+    fn first_at_or_after(&self, t: std::time::SystemTime) -> Result<u64, BackendError> {
         let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let times = self.shared.key("times");
         let hint: Vec<(String, f64)> = self.with(|c| {
@@ -323,10 +323,14 @@ impl Backend for RedisBackend {
         Ok(v.unwrap_or(0))
     }
 
+    fn first_since(&self, t: std::time::SystemTime) -> Result<u64, BackendError> {
+        self.first_at_or_after(t)
+    }
+
     fn replay(&self, plugin: &str, start: Start, reset_state: bool) -> Result<(), BackendError> {
         let from = match start {
             Start::Sequence(seq) => seq.max(1),
-            Start::Time(t) => self.first_since(t)?,
+            Start::Time(t) => self.first_at_or_after(t)?,
         };
         let keys = [
             self.shared.key("log"),
@@ -381,6 +385,23 @@ impl Backend for RedisBackend {
         self.with(|c| redis::cmd("HDEL").arg(&key).arg(&seqs).query(c))
     }
 
+    fn put_state(
+        &self,
+        plugin: &str,
+        writes: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Result<(), BackendError> {
+        let bucket = self.shared.plugin_key("kv", plugin);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (key, value) in &writes {
+            match value {
+                Some(v) => pipe.cmd("HSET").arg(&bucket).arg(key).arg(v.as_slice()),
+                None => pipe.cmd("HDEL").arg(&bucket).arg(key),
+            };
+        }
+        self.with(|c| pipe.query::<()>(c))
+    }
+
     fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
         let bucket = self.shared.plugin_key("kv", plugin);
         self.with(|c| redis::cmd("HGET").arg(&bucket).arg(key).query(c))
@@ -432,6 +453,10 @@ fn fenced(
             .filter_map(int)
             .map(|n| n as u64)
             .collect()),
+        Some("CONFLICT") => Err(BackendError::Conflict {
+            plugin: plugin.to_string(),
+            key: items.get(1).and_then(text).unwrap_or_default(),
+        }),
         Some("FENCED") => {
             let id = items.get(1).and_then(text).unwrap_or_default();
             Err(BackendError::Fenced {

@@ -84,13 +84,28 @@ end
 /// x = the sequence and y = the record), then the count of state writes
 /// and 3 values each (`s`|`d`, key, value), then the count of log entries
 /// passed over and their ids, then the count of follow-ups and (id, bytes)
-/// each. Returns {'OK', follow-up sequences...} or {'FENCED', id, why}.
+/// each, then the count of expected values and 3 values each (`1` present
+/// | `0` absent, key, value). Returns {'OK', follow-up sequences...},
+/// {'FENCED', id, why} or {'CONFLICT', key}.
 const SETTLE_BODY: &str = r#"
 local log, redo = KEYS[1], KEYS[2]
 local group, me = ARGV[1], ARGV[2]
 local n = tonumber(ARGV[5])
 local fenced = fence(log, redo, group, me, 6, n, 6)
 if fenced then return fenced end
+local at = 6 + n * 6
+at = at + 1 + tonumber(ARGV[at]) * 3
+at = at + 1 + tonumber(ARGV[at])
+at = at + 1 + tonumber(ARGV[at]) * 2
+for x = 1, tonumber(ARGV[at]) do
+  local b = at + 1 + (x - 1) * 3
+  local current = redis.call('HGET', KEYS[5], ARGV[b + 1])
+  if ARGV[b] == '1' then
+    if current ~= ARGV[b + 2] then return {'CONFLICT', ARGV[b + 1]} end
+  elseif current then
+    return {'CONFLICT', ARGV[b + 1]}
+  end
+end
 local now_s, now_ms = now()
 for v = 0, n - 1 do
   local b = 6 + v * 6

@@ -58,10 +58,15 @@
 //! plugin's state counts each acked event exactly once, and its other
 //! effects happen at least once.
 //!
-//! Rooms: `retry` (the retry heap, strict ordering, re-drives, giving up),
+//! On a broker (`broker`), batches come from the plugin's consumer and are
+//! settled through it; retries and dead letters live in the broker.
+//!
+//! Rooms: `broker` (pulling and settling through a backend consumer),
+//! `retry` (the retry heap, strict ordering, re-drives, giving up),
 //! `health` (quarantine, rest after an offence, reset, hot swap), `cursor`
 //! (how far the worker is done, and saving it).
 
+mod broker;
 mod cursor;
 mod health;
 mod retry;
@@ -139,6 +144,9 @@ pub(super) struct Source {
     pub cursor_name: Option<String>,
     /// Set when the host shuts down.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// On a broker: the plugin's consumer (the queue is then unused), and
+    /// its lease.
+    pub consumer: Option<(Box<dyn crate::backend::Consumer>, Duration)>,
 }
 
 /// What a batch's outcomes do, applied once its progress is written.
@@ -152,6 +160,8 @@ struct Effects {
     /// Held events whose turn came (strict ordering): due now, not retries.
     released: Vec<Pending>,
     gave_up: Vec<(Arc<Event>, u32, String, GiveUp)>,
+    /// On a broker: the committed values the writes were made from.
+    reads: kv::Writes,
 }
 
 pub(super) struct Worker {
@@ -219,6 +229,10 @@ pub(super) struct Worker {
     /// Per ordering key: the events held back behind it, in order, with
     /// their attempts.
     held: HashMap<String, VecDeque<(Arc<Event>, u32)>>,
+    /// On a broker: where batches come from and are settled.
+    consumer: Option<Box<dyn crate::backend::Consumer>>,
+    lease: Duration,
+    lease_renewed: Instant,
 }
 
 impl Worker {
@@ -298,6 +312,9 @@ impl Worker {
             strict: settings_strict,
             blockers: HashMap::new(),
             held: HashMap::new(),
+            lease: source.consumer.as_ref().map_or(Duration::MAX, |c| c.1),
+            consumer: source.consumer.map(|c| c.0),
+            lease_renewed: Instant::now(),
             plugin,
         }
     }
@@ -342,6 +359,13 @@ impl Worker {
             if self.index == 0 {
                 // Events re-driven from dead letters go to the first worker.
                 self.pick_up_redrives();
+            }
+            if self.consumer.is_some() {
+                if self.stopping.load(Ordering::Acquire) {
+                    break;
+                }
+                self.pull();
+                continue;
             }
             // Retries that are due go first, as a batch of their own.
             if let Some((chunk, attempts)) = self.due_retries() {
@@ -418,6 +442,7 @@ impl Worker {
             self.first_attempts = attempts;
         }
         self.save_cursor(true);
+        self.hand_back();
         tracing::debug!(plugin = %self.plugin.name, "worker stopped");
     }
 
@@ -528,6 +553,7 @@ impl Worker {
             self.finish(batch, attempts, advance, kv::Writes::new(), 0, Vec::new());
             return;
         }
+        self.keep_lease();
         let started = Instant::now();
         if let Some(from) = self.pause_from.take() {
             let pause = started.saturating_duration_since(from);
@@ -654,6 +680,9 @@ impl Worker {
                     .map(|(_, e)| e)
                     .collect();
                 let (writes, state_delta) = if all_acked && !set_aside.contains(&true) {
+                    if !result.writes.is_empty() {
+                        self.fx.reads = result.reads;
+                    }
                     (result.writes, result.state_delta)
                 } else {
                     (kv::Writes::new(), 0)
@@ -692,6 +721,12 @@ impl Worker {
         follow_ups: Vec<Event>,
     ) {
         let fx = std::mem::take(&mut self.fx);
+        if self.consumer.is_some() {
+            if !batch.is_empty() {
+                self.settle(batch, writes, state_delta, follow_ups, fx);
+            }
+            return;
+        }
         let through = advance.map_or(self.done_through, |a| self.done_through.max(a));
         if batch.is_empty() && through == self.done_through && fx.released.is_empty() {
             return;
@@ -784,14 +819,18 @@ impl Worker {
     /// The outcomes of a batch whose progress is written.
     fn apply(&mut self, fx: Effects) {
         self.plugin.handled.inc_by(fx.acked);
+        let broker = self.consumer.is_some();
         for p in fx.retries {
             self.plugin.retried.inc();
-            self.retries.push(Reverse(p));
+            // On a broker the retry waits there, for any host.
+            if !broker {
+                self.retries.push(Reverse(p));
+            }
         }
         for p in fx.released {
             self.retries.push(Reverse(p));
         }
-        let durable = self.cursor_store.is_some();
+        let durable = self.cursor_store.is_some() || broker;
         for (event, attempts, error, why) in fx.gave_up {
             if durable {
                 self.dead_lettered.inc();
