@@ -74,3 +74,36 @@ fn two_hosts_share_each_plugin_and_count_every_order_once() {
         assert!(status.success(), "clean exit on SIGTERM, got {status}");
     }
 }
+
+#[test]
+fn a_host_killed_mid_stream_is_taken_over_and_nothing_acknowledged_is_lost() {
+    const ORDERS: u64 = 40;
+    let redis = Redis::start().unwrap_or_else(|e| panic!("{e}"));
+    // A short lease, so that the survivor takes the killed host's events
+    // over soon (three deadlines at least).
+    let short = ["--deadline-ms", "200", "--broker-lease-ms", "600"];
+    let start = |name: &str| {
+        let mut args = vec!["--broker", redis.url.as_str(), "--host-name", name];
+        args.extend(short);
+        host(&order_flow(), &args)
+    };
+    let a = start("host-a");
+    let b = start("host-b");
+    for i in 0..ORDERS / 2 {
+        a.publish("order.placed", &order(&format!("o-{i}"), "widget", 1, 100))
+            .expect("accepted");
+    }
+    // Killed with whatever it holds: handed out, maybe half handled.
+    a.kill9();
+    for i in ORDERS / 2..ORDERS {
+        b.publish("order.placed", &order(&format!("o-{i}"), "widget", 1, 100))
+            .expect("accepted");
+    }
+    b.wait_until("every acknowledged order counted", WAIT, |b| {
+        orders_counted(b) >= ORDERS
+    })
+    .expect("counted");
+    assert_eq!(orders_counted(&b), ORDERS, "none lost, none twice");
+    let status = b.stop().expect("stops");
+    assert!(status.success(), "clean exit on SIGTERM, got {status}");
+}
