@@ -50,10 +50,7 @@ fn given_up_events_become_dead_letters_that_a_fixed_plugin_gets_when_redriven() 
         )
         .expect("publish");
     h.wait_until("two dead letters", WAIT, |h| {
-        h.get("/v1/dead")
-            .ok()
-            .and_then(|v| v["dead_letters"].as_array().map(Vec::len))
-            == Some(2)
+        dead_count(h, "/v1/dead") == Some(2)
     })
     .expect("dead-lettered");
     let list = h.get("/v1/dead").expect("list");
@@ -108,16 +105,7 @@ fn given_up_events_become_dead_letters_that_a_fixed_plugin_gets_when_redriven() 
         ],
         &args,
     );
-    let (ok, out, err) = cli(&["dead", "redrive", "trap", "--all", "--url", &h.url]);
-    assert!(ok && out.contains("re-driven: 1"), "{out}{err}");
-    h.wait_until("the fixed plugin to handle it", WAIT, |h| {
-        h.count("trap", "handled") == 1
-    })
-    .expect("re-driven");
-    assert_eq!(
-        h.get("/v1/dead/trap").expect("list")["dead_letters"],
-        json!([])
-    );
+    redrive_trap_to_the_fix(&h);
     let (ok, out, _) = cli(&["dead", "purge", "inventory", "--all", "--url", &h.url]);
     assert!(ok && out.contains("purged: 1"), "{out}");
     let (ok, _, err) = cli(&["dead", "redrive", "trap", "--url", &h.url]);
@@ -132,6 +120,21 @@ fn given_up_events_become_dead_letters_that_a_fixed_plugin_gets_when_redriven() 
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(h.count("trap", "handled"), 0);
     assert_eq!(h.get("/v1/dead").expect("list")["dead_letters"], json!([]));
+}
+
+/// Re-drive `trap`'s one dead letter with the CLI to the fixed build `h`
+/// runs under that name: it handles it, and no letter is left.
+pub(crate) fn redrive_trap_to_the_fix(h: &TestHost) {
+    let (ok, out, err) = cli(&["dead", "redrive", "trap", "--all", "--url", &h.url]);
+    assert!(ok && out.contains("re-driven: 1"), "{out}{err}");
+    h.wait_until("the fixed plugin to handle it", WAIT, |h| {
+        h.count("trap", "handled") == 1
+    })
+    .expect("re-driven");
+    assert_eq!(
+        h.get("/v1/dead/trap").expect("list")["dead_letters"],
+        json!([])
+    );
 }
 
 #[test]

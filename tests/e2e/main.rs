@@ -46,6 +46,13 @@ fn deploy(dir: &std::path::Path, file: &str, bytes: &[u8]) {
     std::fs::rename(&tmp, dir.join(file)).expect("rename");
 }
 
+/// How many dead letters `GET path` lists (none while it does not answer).
+fn dead_count(h: &TestHost, path: &str) -> Option<usize> {
+    h.get(path)
+        .ok()
+        .and_then(|v| v["dead_letters"].as_array().map(Vec::len))
+}
+
 fn host(plugins: &[PluginFile<'_>], args: &[&str]) -> TestHost {
     TestHost::start(BIN, plugins, args).unwrap_or_else(|e| panic!("host did not start: {e}"))
 }

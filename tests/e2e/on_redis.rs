@@ -107,3 +107,206 @@ fn a_host_killed_mid_stream_is_taken_over_and_nothing_acknowledged_is_lost() {
     let status = b.stop().expect("stops");
     assert!(status.success(), "clean exit on SIGTERM, got {status}");
 }
+
+fn post_order(h: &TestHost, id: &str) -> (u16, Value) {
+    let body = order(id, "widget", 1, 100).to_string();
+    h.post(
+        "/v1/events/order.placed",
+        Some("application/json"),
+        &[],
+        body.as_bytes(),
+    )
+}
+
+#[test]
+fn a_killed_broker_is_reported_503_and_the_host_reconnects_by_itself() {
+    let mut redis = Redis::start().unwrap_or_else(|e| panic!("{e}"));
+    let h = on(&redis, "solo");
+    for i in 0..10 {
+        assert_eq!(post_order(&h, &format!("o-{i}")).0, 202);
+    }
+    h.wait_until("10 orders counted", WAIT, |h| orders_counted(h) == 10)
+        .expect("counted");
+    redis.kill9();
+    let (status, body) = post_order(&h, "o-lost");
+    assert_eq!(status, 503, "the broker is down: {body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("unreachable"),
+        "names the broker: {body}"
+    );
+    redis.restart().unwrap_or_else(|e| panic!("{e}"));
+    // The host reconnects on its own; publishes are accepted again.
+    let mut accepted = 0;
+    let mut i = 10;
+    while accepted < 10 {
+        let (status, body) = post_order(&h, &format!("o-{i}"));
+        match status {
+            202 => accepted += 1,
+            503 => std::thread::sleep(Duration::from_millis(50)),
+            other => panic!("{other}: {body}"),
+        }
+        i += 1;
+        assert!(i < 100_000, "the host never reconnected");
+    }
+    h.wait_until("20 orders counted", WAIT, |h| orders_counted(h) >= 20)
+        .expect("counted after the restart");
+    assert_eq!(orders_counted(&h), 20, "every acknowledged order once");
+    assert!(h.stop().expect("stops").success());
+}
+
+/// How many entries `host` holds (handed out, unsettled) for `plugin`.
+fn held_by(redis: &Redis, plugin: &str, host: &str) -> u64 {
+    let client = redis::Client::open(redis.url.as_str()).expect("url");
+    let mut con = client.get_connection().expect("connects");
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg("plugbus:log")
+        .arg(plugin)
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .arg(host)
+        .query(&mut con)
+        .expect("xpending");
+    match pending {
+        redis::Value::Array(entries) => entries.len() as u64,
+        _ => 0,
+    }
+}
+
+#[test]
+fn a_stalled_host_past_its_lease_cannot_commit_what_another_took_over() {
+    const ORDERS: u64 = 30;
+    let redis = Redis::start().unwrap_or_else(|e| panic!("{e}"));
+    let args = |name: &'static str| {
+        [
+            "--broker",
+            redis.url.as_str(),
+            "--host-name",
+            name,
+            "--deadline-ms",
+            "200",
+            "--broker-lease-ms",
+            "600",
+            "--batch-events-max",
+            "1",
+        ]
+    };
+    // `slow` spends 50 ms on each order: host a is stopped while it holds
+    // one, as a stalled machine would be.
+    let plugins = [
+        PluginFile::Wasm("slow", artifacts::SLOW),
+        PluginFile::Wasm("analytics", artifacts::ANALYTICS),
+    ];
+    let a = host(&plugins, &args("host-a"));
+    for i in 0..ORDERS {
+        a.publish("order.placed", &order(&format!("o-{i}"), "widget", 1, 100))
+            .expect("accepted");
+    }
+    loop {
+        a.pause();
+        if held_by(&redis, "slow", "host-a") > 0 {
+            break;
+        }
+        a.resume();
+        assert!(
+            a.count("slow", "handled") < ORDERS,
+            "host a finished before it could be stopped holding an event"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let b = host(&plugins, &args("host-b"));
+    b.wait_until("host b to take over and finish", WAIT, |b| {
+        orders_counted(b) >= ORDERS && held_by(&redis, "slow", "host-a") == 0
+    })
+    .expect("taken over");
+    // Host a wakes up and finishes the event it held: its settlement must
+    // be refused, since host b handled that event.
+    a.resume();
+    a.wait_log("is no longer this host's", WAIT)
+        .expect("the late settlement refused");
+    b.wait_until("every order handled once", WAIT, |b| {
+        a.count("slow", "handled") + b.count("slow", "handled") >= ORDERS
+    })
+    .expect("handled");
+    assert_eq!(
+        a.count("slow", "handled") + b.count("slow", "handled"),
+        ORDERS,
+        "each order handled (and acked) by exactly one host"
+    );
+    assert_eq!(orders_counted(&b), ORDERS);
+    for h in [a, b] {
+        assert!(h.stop().expect("stops").success());
+    }
+}
+
+#[test]
+fn dead_letters_on_redis_are_redriven_to_a_fixed_build_with_their_id() {
+    let redis = Redis::start().unwrap_or_else(|e| panic!("{e}"));
+    let args = [
+        "--broker",
+        redis.url.as_str(),
+        "--max-attempts",
+        "2",
+        "--backoff-ms-min",
+        "10",
+        "--backoff-ms-max",
+        "20",
+    ];
+    let h = host(&[PluginFile::Wasm("trap", artifacts::TRAP)], &args);
+    let boom = h
+        .publish("order.placed", &json!({"order_id": "o-2", "note": "boom"}))
+        .expect("publish");
+    h.wait_until("a dead letter", WAIT, |h| {
+        dead_count(h, "/v1/dead/trap") == Some(1)
+    })
+    .expect("dead-lettered");
+    let letter = h.get("/v1/dead/trap").expect("list")["dead_letters"][0].clone();
+    assert_eq!(letter["id"], boom["id"]);
+    assert_eq!(letter["attempts"], json!(2), "{letter}");
+    assert!(h.stop().expect("stops").success());
+    // The fix under the same name, on the same broker; re-driven with the CLI.
+    let h = host(&[PluginFile::Wasm("trap", artifacts::NOOP)], &args);
+    crate::dead_letters::redrive_trap_to_the_fix(&h);
+    assert!(h.stop().expect("stops").success());
+}
+
+#[test]
+fn replay_with_reset_state_rebuilds_analytics_on_redis() {
+    let redis = Redis::start().unwrap_or_else(|e| panic!("{e}"));
+    let h = on(&redis, "solo");
+    for i in 0..5 {
+        assert_eq!(post_order(&h, &format!("o-{i}")).0, 202);
+    }
+    h.wait_until("5 orders counted", WAIT, |h| orders_counted(h) == 5)
+        .expect("counted");
+    let (status, body) = h.post(
+        "/v1/plugins/analytics/replay",
+        Some("application/json"),
+        &[],
+        br#"{"from_sequence": 1, "reset_state": true}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    // Rebuilt from nothing: the totals pass 5 a second time.
+    h.wait_until("analytics rebuilt", WAIT, |h| {
+        let passes = h
+            .log()
+            .iter()
+            .filter(|l| l.contains("totals: orders=5 "))
+            .count();
+        passes == 2 && orders_counted(h) == 5
+    })
+    .expect("rebuilt");
+    assert_eq!(orders_counted(&h), 5, "identical totals, not doubled");
+    assert!(h.stop().expect("stops").success());
+}
+
+#[test]
+fn a_plugin_swapped_100_times_under_load_on_redis_handles_every_event_once() {
+    let redis = Redis::start().unwrap_or_else(|e| panic!("{e}"));
+    let (v0, _) = plugbus_e2e::swapper_version(0);
+    let h = host(
+        &[PluginFile::Bytes("swapper", &v0)],
+        &["--broker", &redis.url],
+    );
+    crate::hot_swap::swap_100_times_under_load(&h);
+}

@@ -99,8 +99,8 @@ fn client_url(ports: &Path) -> Option<String> {
 /// A `redis-server` on a unix socket, appending every write to its AOF and
 /// fsyncing it before answering.
 pub struct Redis {
-    /// Held to be killed when dropped.
-    _process: Process,
+    /// Held to be killed when dropped; none while killed.
+    process: Option<Process>,
     /// `redis+unix:///…/redis.sock`.
     pub url: String,
     /// Its directory: the socket and the append-only file.
@@ -112,7 +112,30 @@ impl Redis {
     /// installs).
     pub fn start() -> Result<Redis> {
         let dir = TestDir::new("redis");
+        let process = Redis::spawn(&dir)?;
+        Ok(Redis {
+            url: format!("redis+unix://{}", dir.0.join("redis.sock").display()),
+            process: Some(process),
+            dir,
+        })
+    }
+
+    /// Kill it with SIGKILL (it fsynced every write it answered).
+    pub fn kill9(&mut self) {
+        self.process.take();
+    }
+
+    /// Start it again on the same directory and socket: it reloads its
+    /// append-only file.
+    pub fn restart(&mut self) -> Result<()> {
+        self.process.take();
+        self.process = Some(Redis::spawn(&self.dir)?);
+        Ok(())
+    }
+
+    fn spawn(dir: &TestDir) -> Result<Process> {
         let socket = dir.0.join("redis.sock");
+        let _ = std::fs::remove_file(&socket);
         let mut child = Command::new("redis-server")
             .args(["--port", "0", "--unixsocket"])
             .arg(&socket)
@@ -135,10 +158,6 @@ impl Redis {
         wait_for("redis-server", &mut child, || {
             std::os::unix::net::UnixStream::connect(&socket).ok()
         })?;
-        Ok(Redis {
-            url: format!("redis+unix://{}", socket.display()),
-            _process: Process(child),
-            dir,
-        })
+        Ok(Process(child))
     }
 }

@@ -373,6 +373,21 @@ fn signal(child: &Child, sig: &str) {
 }
 
 impl TestHost {
+    /// Stop the host's process where it is (SIGSTOP), as a stalled machine
+    /// would be; [`TestHost::resume`] lets it go on.
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            signal(child, "STOP");
+        }
+    }
+
+    /// Let a paused host go on (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(child) = &self.child {
+            signal(child, "CONT");
+        }
+    }
+
     /// Kill the host with SIGKILL (no shutdown at all) and return its log.
     pub fn kill9(mut self) -> Vec<String> {
         if let Some(mut child) = self.child.take() {

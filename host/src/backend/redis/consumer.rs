@@ -24,6 +24,10 @@ const BLOCK_MAX: Duration = Duration::from_millis(500);
 /// Entries passed over (not subscribed to) acknowledged at once past this
 /// many, rather than with the next settlement.
 const SKIPPED_MAX: usize = 1024;
+/// How often a settlement whose answer was lost is sent again, and the
+/// first pause before it (growing linearly).
+const SETTLE_TRIES: u32 = 5;
+const SETTLE_RETRY: Duration = Duration::from_millis(100);
 
 /// An entry handed out and not yet settled.
 struct Held {
@@ -56,6 +60,8 @@ pub(in crate::backend) struct RedisConsumer {
     retry: String,
     dead: String,
     kv: String,
+    /// Each host's last settlement token (a hash by host name).
+    settled: String,
     groups_made: bool,
     held: HashMap<u64, Held>,
     skipped: Vec<String>,
@@ -76,6 +82,7 @@ impl RedisConsumer {
             retry: shared.plugin_key("retry", plugin),
             dead: shared.plugin_key("dead", plugin),
             kv: shared.plugin_key("kv", plugin),
+            settled: shared.plugin_key("settled", plugin),
             shared,
             con: None,
             plugin: plugin.to_string(),
@@ -429,6 +436,7 @@ impl Consumer for RedisConsumer {
                 value.clone().unwrap_or_default(),
             ]);
         }
+        args.push(crate::event::new_id().into_bytes());
         let mut call = self.shared.scripts.settle.prepare_invoke();
         for k in [
             &self.log,
@@ -439,6 +447,7 @@ impl Consumer for RedisConsumer {
             &self.shared.key("seq"),
             &self.shared.key("times"),
             &self.shared.key("lastsec"),
+            &self.settled,
         ] {
             call.key(k);
         }
@@ -446,7 +455,19 @@ impl Consumer for RedisConsumer {
             call.arg(a.as_slice());
         }
         let shared = self.shared.clone();
-        let answer: redis::Value = shared.with(&mut self.con, |c| call.invoke(c))?;
+        // An answer lost on the way (the connection dropped, a signal cut
+        // the read) leaves the outcome unknown: the same settlement, token
+        // and all, is sent again, and runs at most once.
+        let mut tries = 0;
+        let answer: redis::Value = loop {
+            match shared.with(&mut self.con, |c| call.invoke(c)) {
+                Err(BackendError::Unavailable { .. }) if tries < SETTLE_TRIES => {
+                    tries += 1;
+                    std::thread::sleep(SETTLE_RETRY * tries);
+                }
+                other => break other?,
+            }
+        };
         let result = fenced(&self.shared, &self.plugin, &answer, |id| {
             self.sequence_of_id(id)
         });

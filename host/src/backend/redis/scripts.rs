@@ -77,7 +77,7 @@ local function fence(log, redo, group, me, at, n, stride)
 end
 "#;
 
-/// KEYS: log, redo, retry, dead, kv, seq, times, lastsec.
+/// KEYS: log, redo, retry, dead, kv, seq, times, lastsec, settled.
 /// ARGV: group, me, prefix, dedup_s, n, then n verdicts of 6 values
 /// (stream tag, entry id, deliveries, kind `a`|`r`|`d`, x, y: for a retry
 /// x = delay ms and y = the retry member `SEQ:ATTEMPT`; for a dead letter
@@ -85,11 +85,15 @@ end
 /// and 3 values each (`s`|`d`, key, value), then the count of log entries
 /// passed over and their ids, then the count of follow-ups and (id, bytes)
 /// each, then the count of expected values and 3 values each (`1` present
-/// | `0` absent, key, value). Returns {'OK', follow-up sequences...},
-/// {'FENCED', id, why} or {'CONFLICT', key}.
+/// | `0` absent, key, value), and last the settlement's token: a settlement
+/// sent again after its answer was lost (the host cannot know whether it
+/// ran) finds its token and answers OK without running twice. Returns
+/// {'OK', follow-up sequences...}, {'FENCED', id, why} or {'CONFLICT', key}.
 const SETTLE_BODY: &str = r#"
 local log, redo = KEYS[1], KEYS[2]
 local group, me = ARGV[1], ARGV[2]
+local token = ARGV[#ARGV]
+if redis.call('HGET', KEYS[9], me) == token then return {'OK'} end
 local n = tonumber(ARGV[5])
 local fenced = fence(log, redo, group, me, 6, n, 6)
 if fenced then return fenced end
@@ -139,6 +143,7 @@ for s = 1, skipped do
   redis.call('XACK', log, group, ARGV[i])
   i = i + 1
 end
+redis.call('HSET', KEYS[9], me, token)
 local out = {'OK'}
 local follow = tonumber(ARGV[i])
 i = i + 1
