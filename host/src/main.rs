@@ -216,6 +216,17 @@ fn plugins(client: &Client, raw: bool) -> Result<(), String> {
     }
     let list: Vec<PluginStatus> = serde_json::from_value(body["plugins"].clone())
         .map_err(|e| format!("unexpected answer to /v1/plugins: {e}"))?;
+    if body["backend"]["kind"] == "broker" {
+        println!(
+            "broker {} ({})",
+            body["backend"]["address"].as_str().unwrap_or("?"),
+            if body["backend"]["connected"] == true {
+                "connected"
+            } else {
+                "unreachable: reconnecting"
+            }
+        );
+    }
     println!(
         "{:<14} {:<11} {:<9} {:<12} {:>9} {:>7} {:>7} {:>6} {:>6} {:>8}  SUBSCRIPTIONS",
         "NAME",
@@ -244,6 +255,9 @@ fn plugins(client: &Client, raw: bool) -> Result<(), String> {
             p.handled_per_s,
             p.subscriptions.join(", ")
         );
+        if let (Some(pending), Some(waiting)) = (p.pending, p.waiting_retries) {
+            println!("    on the broker: {pending} handed out and not settled, {waiting} retries waiting, last handed out {}", p.cursor);
+        }
         if let Some(l) = &p.limits {
             println!(
                 "    {} build; limits: {} worker(s) by {}, batch {}, deadline {} ms, memory {} MiB, stack {} KiB, {} attempts ({} ordering), overflow {}, publish {}, output {} lines/s{}",

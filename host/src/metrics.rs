@@ -96,6 +96,10 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     /// Events in the log a plugin has yet to finish, durable mode.
     pub lag: Family<PluginLabels, Gauge>,
+    /// On a broker: events handed out to a plugin's hosts, not settled.
+    pub broker_pending: Family<PluginLabels, Gauge>,
+    /// On a broker: 1 while its last call went through, else 0.
+    pub broker_connected: Gauge,
     /// Events waiting in each plugin's queue.
     pub queue_depth: Family<PluginLabels, Gauge>,
     /// Seconds per `handle` call (one batch).
@@ -171,6 +175,8 @@ impl Metrics {
             log_bytes: Gauge::default(),
             fsync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 14)),
             lag: Family::default(),
+            broker_pending: Family::default(),
+            broker_connected: Gauge::default(),
             queue_depth: Family::default(),
             handle_seconds: HistogramFamily::new_with_constructor(latency_histogram),
             batch_events: HistogramFamily::new_with_constructor(batch_histogram),
@@ -284,6 +290,16 @@ impl Metrics {
             "lag_events",
             "Events in the log a plugin has yet to finish",
             m.lag.clone(),
+        );
+        registry.register(
+            "broker_pending_events",
+            "Events handed out to a plugin's hosts and not yet settled (on a broker)",
+            m.broker_pending.clone(),
+        );
+        registry.register(
+            "broker_connected",
+            "1 while the broker answers, else 0 (on a broker)",
+            m.broker_connected.clone(),
         );
         registry.register(
             "delivery_latency_seconds",

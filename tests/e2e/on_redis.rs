@@ -69,6 +69,32 @@ fn two_hosts_share_each_plugin_and_count_every_order_once() {
     }
     assert_eq!(orders_counted(&a), ORDERS);
     assert_eq!(orders_counted(&b), ORDERS, "both hosts read the one bucket");
+    // The broker's view, the same from either host: soon nothing left to
+    // do (events of other topics are acknowledged with a host's next
+    // settlement, or when it is idle).
+    a.wait_until("nothing pending on the broker", WAIT, |a| {
+        ["email", "inventory", "analytics"].iter().all(|plugin| {
+            a.plugin(plugin).is_some_and(|p| {
+                [&p["lag"], &p["pending"], &p["waiting_retries"]]
+                    .iter()
+                    .all(|n| n.as_u64() == Some(0))
+            })
+        })
+    })
+    .expect("settled");
+    assert_eq!(
+        a.metric(r#"plugbus_broker_pending_events{plugin="analytics"}"#),
+        Some(0.0)
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["plugins", "--url", &b.url])
+        .output()
+        .expect("cli");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("(connected)") && table.contains("on the broker: 0 handed out"),
+        "{table}"
+    );
     for h in [a, b] {
         let status = h.stop().expect("stops");
         assert!(status.success(), "clean exit on SIGTERM, got {status}");
@@ -127,6 +153,10 @@ fn a_killed_broker_is_reported_503_and_the_host_reconnects_by_itself() {
     }
     h.wait_until("10 orders counted", WAIT, |h| orders_counted(h) == 10)
         .expect("counted");
+    let status = h.get("/v1/plugins").expect("status");
+    assert_eq!(status["backend"]["kind"], "broker");
+    assert_eq!(status["backend"]["connected"], true, "{status}");
+    assert_eq!(h.metric("plugbus_broker_connected"), Some(1.0));
     redis.kill9();
     let (status, body) = post_order(&h, "o-lost");
     assert_eq!(status, 503, "the broker is down: {body}");
@@ -134,6 +164,11 @@ fn a_killed_broker_is_reported_503_and_the_host_reconnects_by_itself() {
         body["error"].as_str().unwrap_or("").contains("unreachable"),
         "names the broker: {body}"
     );
+    let status = h
+        .get("/v1/plugins")
+        .expect("status while the broker is down");
+    assert_eq!(status["backend"]["connected"], false, "{status}");
+    assert_eq!(h.metric("plugbus_broker_connected"), Some(0.0));
     redis.restart().unwrap_or_else(|e| panic!("{e}"));
     // The host reconnects on its own; publishes are accepted again.
     let mut accepted = 0;

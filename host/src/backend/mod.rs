@@ -126,6 +126,19 @@ pub struct Appended {
     pub duplicates: usize,
 }
 
+/// Where a plugin is in the log, as the backend reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    /// The last sequence handed out to any of its consumers.
+    pub delivered: u64,
+    /// Events in the log not yet handed out to it.
+    pub lag: u64,
+    /// Events handed out and not yet settled, on every host.
+    pub pending: u64,
+    /// Retries waiting for their time.
+    pub waiting: u64,
+}
+
 /// Why a backend refused or failed. Each names the backend and the fix.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
@@ -232,6 +245,19 @@ pub trait Backend: Send + Sync {
 
     /// What it guarantees.
     fn capabilities(&self) -> Capabilities;
+
+    /// Whether the last call to it went through (always, for the embedded
+    /// store).
+    fn connected(&self) -> bool {
+        true
+    }
+
+    /// Where `plugin` is in the log, when the backend keeps it for all
+    /// hosts (a broker); `None` otherwise (the host's own cursor says).
+    fn position(&self, plugin: &str) -> Result<Option<Position>, BackendError> {
+        let _ = plugin;
+        Ok(None)
+    }
 
     /// Store `events` in order, durably before returning; an id seen within
     /// the dedup window is not stored again.

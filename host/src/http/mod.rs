@@ -386,7 +386,10 @@ async fn publish_cloudevents(
 }
 
 async fn plugins(State(state): State<AppState>) -> Response {
-    Json(json!({ "plugins": state.registry.status() })).into_response()
+    let registry = state.registry.clone();
+    let (plugins, backend) =
+        tokio::task::block_in_place(|| (registry.status(), registry.backend_status()));
+    Json(json!({ "plugins": plugins, "backend": backend })).into_response()
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {

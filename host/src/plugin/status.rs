@@ -88,9 +88,16 @@ pub struct PluginStatus {
     pub queue_depth: usize,
     /// Highest sequence it has finished with (its cursor).
     pub cursor: u64,
-    /// Events in the log it has yet to finish (durable mode).
+    /// Events in the log it has yet to finish (durable mode); on a broker,
+    /// events not yet handed out to any host, as the broker counts them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lag: Option<u64>,
+    /// On a broker: events handed out to its hosts and not yet settled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<u64>,
+    /// On a broker: retries waiting in the broker for their time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_retries: Option<u64>,
     /// How long delivery stopped for the last swap of a new version, in µs:
     /// from the swap (at a batch boundary) to the new version's first
     /// `handle` call, less time spent waiting for events.
@@ -172,7 +179,8 @@ impl Registry {
                             )
                         })
                     });
-                let cursor = p.cursor();
+                let position = self.broker_position(&p.name);
+                let cursor = position.map_or_else(|| p.cursor(), |b| b.delivered);
                 PluginStatus {
                     name: p.name.clone(),
                     file: p.file.display().to_string(),
@@ -191,7 +199,11 @@ impl Registry {
                     retried: p.retried.get(),
                     queue_depth: p.depth(),
                     cursor,
-                    lag: head.map(|h| h.saturating_sub(cursor)),
+                    lag: position
+                        .map(|b| b.lag)
+                        .or_else(|| head.map(|h| h.saturating_sub(cursor))),
+                    pending: position.map(|b| b.pending),
+                    waiting_retries: position.map(|b| b.waiting),
                     swap_pause_us: Some(p.last_swap_pause_us.load(Ordering::Acquire))
                         .filter(|&us| us != u64::MAX),
                     handled_per_s: p.handled_per_s(),
@@ -229,6 +241,8 @@ impl Registry {
                     queue_depth: 0,
                     cursor: 0,
                     lag: None,
+                    pending: None,
+                    waiting_retries: None,
                     swap_pause_us: None,
                     handled_per_s: 0.0,
                     quarantine_ms: None,
@@ -260,17 +274,54 @@ impl Registry {
                 .state_bytes
                 .get_or_create(&metrics::plugin(&p.name))
                 .set(p.settings.state.used() as i64);
+            let labels = metrics::plugin(&p.name);
             if let Dispatch::Durable(log) = &self.dispatch {
                 let lag = log.head().saturating_sub(p.cursor());
+                self.metrics.lag.get_or_create(&labels).set(lag as i64);
+            }
+            if let Some(b) = self.broker_position(&p.name) {
+                self.metrics.lag.get_or_create(&labels).set(b.lag as i64);
                 self.metrics
-                    .lag
-                    .get_or_create(&metrics::plugin(&p.name))
-                    .set(lag as i64);
+                    .broker_pending
+                    .get_or_create(&labels)
+                    .set(b.pending as i64);
             }
         }
-        if let Dispatch::Durable(log) = &self.dispatch {
-            self.metrics.log_events.set(log.head() as i64);
-            self.metrics.log_bytes.set(log.store().disk_bytes() as i64);
+        match &self.dispatch {
+            Dispatch::Durable(log) => {
+                self.metrics.log_events.set(log.head() as i64);
+                self.metrics.log_bytes.set(log.store().disk_bytes() as i64);
+            }
+            Dispatch::Broker(b) => {
+                if let Ok(head) = b.head() {
+                    self.metrics.log_events.set(head as i64);
+                }
+                self.metrics.broker_connected.set(i64::from(b.connected()));
+            }
+            Dispatch::Memory(_) => {}
+        }
+    }
+
+    /// On a broker: where `plugin` is, as the broker reports it (none if
+    /// it cannot be asked now).
+    fn broker_position(&self, plugin: &str) -> Option<crate::backend::Position> {
+        match &self.dispatch {
+            Dispatch::Broker(b) => b.position(plugin).ok().flatten(),
+            _ => None,
+        }
+    }
+
+    /// Where events are kept, for `/v1/plugins`: `embedded`, `memory`, or
+    /// the broker's address and whether it answers.
+    pub fn backend_status(&self) -> serde_json::Value {
+        match &self.dispatch {
+            Dispatch::Durable(_) => serde_json::json!({"kind": "embedded"}),
+            Dispatch::Memory(_) => serde_json::json!({"kind": "memory"}),
+            Dispatch::Broker(b) => serde_json::json!({
+                "kind": "broker",
+                "address": b.describe(),
+                "connected": b.connected(),
+            }),
         }
     }
 }

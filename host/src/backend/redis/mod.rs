@@ -28,10 +28,13 @@ mod consumer;
 mod reply;
 mod scripts;
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::{Appended, Backend, BackendError, Capabilities, Consumer, ConsumerOptions, Start};
+use super::{
+    Appended, Backend, BackendError, Capabilities, Consumer, ConsumerOptions, Position, Start,
+};
 use crate::event::{now_rfc3339, Event};
 use crate::store::codec;
 use crate::store::dead::{self, DeadLetter, Selection};
@@ -55,6 +58,8 @@ pub(super) struct Shared {
     prefix: String,
     dedup: Duration,
     scripts: Scripts,
+    /// Whether the last call went through.
+    connected: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -111,15 +116,22 @@ impl Shared {
     ) -> Result<T, BackendError> {
         let mut con = match slot.take() {
             Some(con) => con,
-            None => self.connect()?,
+            None => self.connect().inspect_err(|_| {
+                self.connected.store(false, Ordering::Relaxed);
+            })?,
         };
         match f(&mut con) {
             Ok(v) => {
                 *slot = Some(con);
+                self.connected.store(true, Ordering::Relaxed);
                 Ok(v)
             }
             Err(e) => {
                 let e = self.error(e);
+                self.connected.store(
+                    !matches!(e, BackendError::Unavailable { .. }),
+                    Ordering::Relaxed,
+                );
                 if matches!(e, BackendError::Refused { .. }) {
                     *slot = Some(con);
                 }
@@ -161,6 +173,7 @@ impl RedisBackend {
                 prefix: prefix.to_string(),
                 dedup,
                 scripts: Scripts::new(),
+                connected: std::sync::atomic::AtomicBool::new(false),
             }),
             con: Mutex::new(None),
         })
@@ -251,6 +264,40 @@ impl Backend for RedisBackend {
             shared: true,
             dedup_window: self.shared.dedup,
         }
+    }
+
+    fn connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Relaxed)
+    }
+
+    fn position(&self, plugin: &str) -> Result<Option<Position>, BackendError> {
+        let (log, retry) = (
+            self.shared.key("log"),
+            self.shared.plugin_key("retry", plugin),
+        );
+        let redo = self.shared.plugin_key("redo", plugin);
+        let (groups, redo_groups, waiting): (redis::Value, redis::Value, u64) = self.with(|c| {
+            redis::pipe()
+                .cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&log)
+                .cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&redo)
+                .cmd("ZCARD")
+                .arg(&retry)
+                .query(c)
+        })?;
+        let Some(group) = reply::group(&groups, plugin) else {
+            return Ok(None);
+        };
+        let redo_pending = reply::group(&redo_groups, plugin).map_or(0, |g| g.pending);
+        Ok(Some(Position {
+            delivered: group.delivered,
+            lag: group.lag,
+            pending: group.pending + redo_pending,
+            waiting,
+        }))
     }
 
     fn append(&self, events: Vec<Event>) -> Result<Appended, BackendError> {

@@ -130,3 +130,38 @@ pub(super) fn deliveries(v: &Value) -> Vec<(String, u64)> {
         })
         .collect()
 }
+
+/// One consumer group as XINFO GROUPS describes it.
+pub(super) struct Group {
+    pub pending: u64,
+    /// The sequence of its last delivered entry (log ids are `0-SEQ`).
+    pub delivered: u64,
+    pub lag: u64,
+}
+
+/// The group called `name` in an XINFO GROUPS answer (a list of flat
+/// field/value lists, or maps).
+pub(super) fn group(v: &Value, name: &str) -> Option<Group> {
+    items(v)?.iter().find_map(|g| {
+        let pairs: Vec<(String, &Value)> = match g {
+            Value::Map(m) => m.iter().filter_map(|(k, v)| Some((text(k)?, v))).collect(),
+            other => items(other)?
+                .chunks(2)
+                .filter_map(|p| Some((text(p.first()?)?, p.get(1)?)))
+                .collect(),
+        };
+        let get = |k: &str| pairs.iter().find(|(f, _)| f == k).map(|(_, v)| *v);
+        if get("name").and_then(text).as_deref() != Some(name) {
+            return None;
+        }
+        let number = |k: &str| get(k).and_then(int).map_or(0, |n| n.max(0) as u64);
+        Some(Group {
+            pending: number("pending"),
+            delivered: get("last-delivered-id")
+                .and_then(text)
+                .and_then(|id| sequence_of(&id).ok())
+                .unwrap_or(0),
+            lag: number("lag"),
+        })
+    })
+}
