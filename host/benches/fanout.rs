@@ -19,6 +19,9 @@
 //!   and Redis Streams (`XADD`, `appendfsync always` and `everysec`);
 //! - the cost of durability: three wasm plugins fed through the durable log
 //!   against the in-memory bus;
+//! - on a broker (`fanout/brokers.rs`): Redis Streams' own publish+consume
+//!   ceiling, plugbus on it with one host and two against the embedded
+//!   store, and a CPU-bound plugin on one host and two (work sharing);
 //! - hot swap: how long a plugin's delivery stops while a new version is
 //!   swapped in, 100 times under a steady publishing load;
 //! - busy machine: the three reference plugins with a CPU hog per core
@@ -64,6 +67,8 @@ use std::time::{Duration, Instant};
 
 #[path = "fanout/binary.rs"]
 mod binary;
+#[path = "fanout/brokers.rs"]
+mod brokers;
 #[path = "fanout/durable.rs"]
 mod durable;
 #[path = "fanout/http.rs"]
@@ -720,6 +725,10 @@ fn main() {
 
     if want("http") {
         http::rows(&dir, &mut rows);
+    }
+
+    if want("brokers") {
+        brokers::rows(&dir, &mut rows, n);
     }
 
     let mut latencies = Vec::new();

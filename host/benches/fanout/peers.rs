@@ -74,10 +74,11 @@ pub(crate) fn jetstream(n: usize) -> Result<f64, String> {
 }
 
 /// Start Debian's redis-server on a free loopback port with `extra`
-/// arguments (stopped by pid when the `Server` drops), and connect.
+/// arguments (stopped by pid when the `Server` drops), and connect; its URL
+/// too.
 pub(crate) fn start_redis(
     extra: &[&str],
-) -> Result<(Server, redis::Client, redis::Connection), String> {
+) -> Result<(Server, redis::Client, redis::Connection, String), String> {
     let bin = which("redis-server").ok_or("redis-server not installed")?;
     let port = free_port().to_string();
     let server = Server(
@@ -88,15 +89,15 @@ pub(crate) fn start_redis(
             .spawn()
             .map_err(|e| e.to_string())?,
     );
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/").as_str())
-        .map_err(|e| e.to_string())?;
+    let url = format!("redis://127.0.0.1:{port}/");
+    let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
     let con = (0..100)
         .find_map(|_| {
             thread::sleep(Duration::from_millis(50));
             client.get_connection().ok()
         })
         .ok_or("redis-server did not come up")?;
-    Ok((server, client, con))
+    Ok((server, client, con, url))
 }
 
 /// Redis Streams: `XADD` pipelined 64 per round trip on one connection,
@@ -106,7 +107,7 @@ pub(crate) fn redis_streams(appendfsync: &str, n: usize) -> Result<f64, String> 
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let dir_arg = dir.display().to_string();
-    let (_server, _client, mut con) = start_redis(&[
+    let (_server, _client, mut con, _) = start_redis(&[
         "--appendonly",
         "yes",
         "--appendfsync",
@@ -114,31 +115,41 @@ pub(crate) fn redis_streams(appendfsync: &str, n: usize) -> Result<f64, String> 
         "--dir",
         &dir_arg,
     ])?;
-    let body = payload(0);
     let start = Instant::now();
+    xadd_pipelined(&mut con, "orders", n)?;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(rate)
+}
+
+/// Append `n` payloads to `stream` with XADD, 64 per round trip.
+pub(crate) fn xadd_pipelined(
+    con: &mut redis::Connection,
+    stream: &str,
+    n: usize,
+) -> Result<(), String> {
+    let body = payload(0);
     let mut sent = 0;
     while sent < n {
         let mut pipe = redis::pipe();
         for _ in 0..64.min(n - sent) {
             pipe.cmd("XADD")
-                .arg("orders")
+                .arg(stream)
                 .arg("*")
                 .arg("data")
                 .arg(&body)
                 .ignore();
             sent += 1;
         }
-        pipe.query::<()>(&mut con).map_err(|e| e.to_string())?;
+        pipe.query::<()>(con).map_err(|e| e.to_string())?;
     }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(rate)
+    Ok(())
 }
 
 /// redis-server pub/sub, three subscribers: delivered events/s per
 /// subscriber and what each got.
 pub(crate) fn redis_pubsub(n: usize) -> Result<(f64, Vec<usize>), String> {
-    let (_server, client, mut con) = start_redis(&["--appendonly", "no"])?;
+    let (_server, client, mut con, _) = start_redis(&["--appendonly", "no"])?;
     let last_seen = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let mut subs = Vec::new();

@@ -150,8 +150,14 @@ impl Shared {
 /// The Redis Streams backend. See the module docs.
 pub struct RedisBackend {
     shared: Arc<Shared>,
-    con: Mutex<Option<redis::Connection>>,
+    /// Idle connections: a call takes one (or makes one) and puts it back,
+    /// so that publishes from several requests run at once (and share
+    /// Redis's fsyncs) instead of queueing for one connection.
+    idle: Mutex<Vec<redis::Connection>>,
 }
+
+/// Idle connections kept for publishing and the API.
+const IDLE_CONNECTIONS_MAX: usize = 8;
 
 impl RedisBackend {
     /// A backend on the server at `url` (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`
@@ -175,7 +181,7 @@ impl RedisBackend {
                 scripts: Scripts::new(),
                 connected: std::sync::atomic::AtomicBool::new(false),
             }),
-            con: Mutex::new(None),
+            idle: Mutex::default(),
         })
     }
 
@@ -183,8 +189,15 @@ impl RedisBackend {
         &self,
         f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, BackendError> {
-        let mut slot = self.con.lock().unwrap_or_else(|p| p.into_inner());
-        self.shared.with(&mut slot, f)
+        let mut slot = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let result = self.shared.with(&mut slot, f);
+        if let Some(con) = slot {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < IDLE_CONNECTIONS_MAX {
+                idle.push(con);
+            }
+        }
+        result
     }
 
     fn letters(&self, plugin: &str) -> Result<Vec<DeadLetter>, BackendError> {

@@ -12,6 +12,7 @@
 /// the sequence, and 1 when `id` was seen within the window (then nothing
 /// is stored).
 const APPEND_FN: &str = r#"
+local last_sec = nil
 local function append(log, seqkey, times, lastsec, prefix, dedup, id, bytes, now_s)
   local idkey = prefix .. ':id:' .. id
   if dedup > 0 then
@@ -21,7 +22,9 @@ local function append(log, seqkey, times, lastsec, prefix, dedup, id, bytes, now
   local seq = redis.call('INCR', seqkey)
   redis.call('XADD', log, '0-' .. seq, 'e', bytes)
   if dedup > 0 then redis.call('SET', idkey, seq, 'EX', dedup) end
-  if redis.call('GET', lastsec) ~= tostring(now_s) then
+  if last_sec == nil then last_sec = redis.call('GET', lastsec) or '' end
+  if last_sec ~= tostring(now_s) then
+    last_sec = tostring(now_s)
     redis.call('ZADD', times, now_s, seq)
     redis.call('SET', lastsec, now_s)
   end
@@ -58,19 +61,34 @@ local function stream_of(tag, log, redo)
   return log
 end
 local function fence(log, redo, group, me, at, n, stride)
+  -- This consumer's pending entries, one XPENDING per stream (the first
+  -- page; an entry past it is looked up alone).
+  local pages = {}
+  local function page(stream)
+    if not pages[stream] then
+      local t = {}
+      for _, p in ipairs(redis.call('XPENDING', stream, group, '-', '+', n + 64, me)) do
+        t[p[1]] = tostring(p[4])
+      end
+      pages[stream] = t
+    end
+    return pages[stream]
+  end
   for v = 0, n - 1 do
     local b = at + v * stride
     local stream = stream_of(ARGV[b], log, redo)
     local id = ARGV[b + 1]
-    local p = redis.call('XPENDING', stream, group, id, id, 1)
-    if #p == 0 then
-      return {'FENCED', id, 'it is no longer pending: another host settled or handed it back'}
-    end
-    if p[1][2] ~= me then
-      return {'FENCED', id, 'host `' .. p[1][2] .. '` holds it now'}
-    end
-    if tostring(p[1][4]) ~= ARGV[b + 2] then
-      return {'FENCED', id, 'it was delivered again since (' .. p[1][4] .. ' deliveries)'}
+    if page(stream)[id] ~= ARGV[b + 2] then
+      local p = redis.call('XPENDING', stream, group, id, id, 1)
+      if #p == 0 then
+        return {'FENCED', id, 'it is no longer pending: another host settled or handed it back'}
+      end
+      if p[1][2] ~= me then
+        return {'FENCED', id, 'host `' .. p[1][2] .. '` holds it now'}
+      end
+      if tostring(p[1][4]) ~= ARGV[b + 2] then
+        return {'FENCED', id, 'it was delivered again since (' .. p[1][4] .. ' deliveries)'}
+      end
     end
   end
   return nil

@@ -1,0 +1,291 @@
+//! Rows for plugbus on a broker (`--broker`), each beside the broker's own
+//! ceiling measured in the same run with its own client, and the embedded
+//! store:
+//!
+//! - Redis Streams ceiling: one client publishing (XADD, 64 per round trip)
+//!   while three consumer groups consume (XREADGROUP 64, XACK),
+//!   `appendfsync always`;
+//! - plugbus publish → handled by three trivial plugins, through HTTP
+//!   (CloudEvents batches of 64), on one host and on two hosts sharing the
+//!   broker, and on the embedded store;
+//! - a CPU-bound plugin (the hostile plugin's `work` mode, concurrency 1)
+//!   on one host and two: work sharing.
+
+use super::*;
+
+/// Events per publish request.
+const PER_REQUEST: usize = 64;
+/// Concurrent publishing clients.
+const PUBLISHERS: usize = 4;
+
+/// A redis-server on a free port with its AOF fsynced always, in a temp
+/// directory; its URL.
+fn redis(dir: &Path) -> Result<(Server, String), String> {
+    let data = dir.join("redis-broker");
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+    let data_arg = data.display().to_string();
+    let (server, _, _, url) = peers::start_redis(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        &data_arg,
+    ])?;
+    Ok((server, url))
+}
+
+/// Redis Streams with its own client: publish with ack (pipelined XADD)
+/// while three consumer groups (one per subscriber, as plugbus's three
+/// plugins) read and ack; events/s through all of them.
+fn redis_ceiling(dir: &Path, n: usize) -> Result<f64, String> {
+    let (_server, url) = redis(dir)?;
+    let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+    let mut con = client.get_connection().map_err(|e| e.to_string())?;
+    for g in 0..SUBSCRIBERS {
+        redis::cmd("XGROUP")
+            .arg(&["CREATE", "ceiling", &format!("g{g}"), "0", "MKSTREAM"][..])
+            .query::<()>(&mut con)
+            .map_err(|e| e.to_string())?;
+    }
+    let start = Instant::now();
+    let consumers: Vec<_> = (0..SUBSCRIBERS)
+        .map(|g| {
+            let client = client.clone();
+            let group = format!("g{g}");
+            thread::spawn(move || -> Result<(), String> {
+                let mut con = client.get_connection().map_err(|e| e.to_string())?;
+                let mut got = 0;
+                while got < n {
+                    let read: redis::Value = redis::cmd("XREADGROUP")
+                        .arg(&["GROUP", &group, "c", "COUNT", "64", "BLOCK", "1000"][..])
+                        .arg(&["STREAMS", "ceiling", ">"][..])
+                        .query(&mut con)
+                        .map_err(|e| e.to_string())?;
+                    let ids = entry_ids(&read);
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    got += ids.len();
+                    redis::cmd("XACK")
+                        .arg("ceiling")
+                        .arg(&group)
+                        .arg(&ids)
+                        .query::<u64>(&mut con)
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    peers::xadd_pipelined(&mut con, "ceiling", n)?;
+    for c in consumers {
+        c.join().map_err(|_| "consumer panicked")??;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The entry ids in an XREADGROUP answer ([[stream, [[id, fields]...]]]).
+fn entry_ids(v: &redis::Value) -> Vec<String> {
+    let list = |v: &redis::Value| match v {
+        redis::Value::Array(items) => items.clone(),
+        _ => Vec::new(),
+    };
+    list(v)
+        .iter()
+        .flat_map(|stream| list(stream).get(1).map(list).unwrap_or_default())
+        .filter_map(|entry| match list(&entry).first() {
+            Some(redis::Value::BulkString(id)) => String::from_utf8(id.clone()).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Publish `n` `order.placed` events to the hosts at `urls` (round robin,
+/// [`PUBLISHERS`] clients, [`PER_REQUEST`] a request); wait until `plugins`
+/// each handled them all across the hosts. Events/s from first publish to
+/// last handled.
+fn publish_and_handle(urls: &[String], plugins: &[&str], n: usize) -> Result<f64, String> {
+    let handled = |plugin: &str| -> u64 {
+        urls.iter()
+            .filter_map(|u| ureq::get(&format!("{u}/v1/plugins")).call().ok())
+            .filter_map(|r| r.into_json::<serde_json::Value>().ok())
+            .filter_map(|v| {
+                v["plugins"]
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["name"] == plugin)?["handled"]
+                    .as_u64()
+            })
+            .sum()
+    };
+    let before: Vec<u64> = plugins.iter().map(|p| handled(p)).collect();
+    let start = Instant::now();
+    let per = n.div_ceil(PUBLISHERS);
+    let clients: Vec<_> = (0..PUBLISHERS)
+        .map(|c| {
+            let url = urls[c % urls.len()].clone();
+            thread::spawn(move || -> Result<(), String> {
+                let data = String::from_utf8_lossy(&payload(0)).into_owned();
+                let mut sent = 0;
+                while sent < per {
+                    let k = PER_REQUEST.min(per - sent);
+                    let batch: Vec<serde_json::Value> = (0..k)
+                        .map(|i| {
+                            serde_json::json!({"specversion": "1.0", "id": format!("c{c}-{}", sent + i),
+                                "source": "/bench", "type": "order.placed", "data": data})
+                        })
+                        .collect();
+                    let r = ureq::post(&format!("{url}/v1/events"))
+                        .set("content-type", "application/cloudevents-batch+json")
+                        .send_string(&serde_json::Value::Array(batch).to_string());
+                    match r {
+                        Ok(r) if r.status() == 202 => sent += k,
+                        Ok(r) => return Err(format!("publish: {}", r.status())),
+                        Err(ureq::Error::Status(503, _)) => thread::sleep(Duration::from_millis(5)),
+                        Err(e) => return Err(format!("publish: {e}")),
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().map_err(|_| "publisher panicked")??;
+    }
+    let total = (per * PUBLISHERS) as u64;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    for (plugin, before) in plugins.iter().zip(before) {
+        while handled(plugin) < before + total {
+            if Instant::now() > deadline {
+                return Err(format!("{plugin} did not handle every event"));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Start `hosts` hosts on the plugins in `plugins`, with `args` and
+/// `--host-name hN`; run `f` on their URLs.
+fn with_hosts<T>(
+    plugins: &Path,
+    hosts: usize,
+    args: &[&str],
+    f: impl FnOnce(&[String]) -> Result<T, String>,
+) -> Result<T, String> {
+    let mut servers = Vec::new();
+    let mut urls = Vec::new();
+    for h in 0..hosts {
+        let name = format!("h{h}");
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--host-name", &name]);
+        let (server, url) = start_host(plugins, &all)?;
+        servers.push(server);
+        urls.push(url);
+    }
+    f(&urls)
+}
+
+pub(crate) fn rows(dir: &Path, rows: &mut Vec<Row>, n: usize) {
+    let trivial = dir.join("broker-trivial");
+    let _ = std::fs::remove_dir_all(&trivial);
+    std::fs::create_dir_all(&trivial).expect("dir");
+    for i in 1..=SUBSCRIBERS {
+        deploy(
+            &trivial,
+            &format!("noop{i}"),
+            plugbus_e2e::artifacts::NOOP,
+            None,
+        );
+    }
+    let names: Vec<String> = (1..=SUBSCRIBERS).map(|i| format!("noop{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let m = (n / 20).max(10_000);
+
+    let ceiling = redis_ceiling(dir, m);
+    let ceiling_rate = ceiling.as_ref().ok().copied();
+    rows.push(match &ceiling {
+        Ok(rate) => row(
+            "Redis Streams ceiling: XADD x64 + 3 groups XREADGROUP/XACK x64, its own client, appendfsync always",
+            Some(*rate),
+            "the broker's own publish+consume",
+        ),
+        Err(e) => row("Redis Streams ceiling", None, format!("skipped: {e}")),
+    });
+    let vs = |rate: f64| {
+        ceiling_rate.map_or(String::new(), |c| {
+            format!("{:.0} % of the Redis ceiling", 100.0 * rate / c)
+        })
+    };
+    let embedded = dir.join("broker-embedded-data");
+    let _ = std::fs::remove_dir_all(&embedded);
+    let embedded_arg = embedded.display().to_string();
+    let on_embedded = with_hosts(&trivial, 1, &["--data", &embedded_arg], |urls| {
+        publish_and_handle(urls, &names, m)
+    });
+    rows.push(match on_embedded {
+        Ok(rate) => row(
+            "plugbus embedded: HTTP publish (x64) → handled by 3 trivial plugins, 1 host",
+            Some(rate),
+            "baseline",
+        ),
+        Err(e) => row("plugbus embedded", None, format!("failed: {e}")),
+    });
+    let mut one_host = f64::NAN;
+    for hosts in [1, 2] {
+        let result = redis(dir).and_then(|(_server, url)| {
+            with_hosts(&trivial, hosts, &["--broker", &url], |urls| {
+                publish_and_handle(urls, &names, m)
+            })
+        });
+        rows.push(match result {
+            Ok(rate) => {
+                if hosts == 1 {
+                    one_host = rate;
+                }
+                row(
+                    &format!("plugbus on Redis: HTTP publish (x64) → handled by 3 trivial plugins, {hosts} host(s)"),
+                    Some(rate),
+                    if hosts == 1 { vs(rate) } else { format!("{}, {:.2}x one host", vs(rate), rate / one_host) },
+                )
+            }
+            Err(e) => row(&format!("plugbus on Redis, {hosts} host(s)"), None, format!("failed: {e}")),
+        });
+    }
+
+    // Work sharing: a plugin spending 2 ms of CPU per event, one worker a
+    // host; two hosts on two cores should come near twice one.
+    let work = dir.join("broker-work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).expect("dir");
+    deploy(
+        &work,
+        "work",
+        plugbus_e2e::artifacts::HOSTILE,
+        Some("[config]\nmode = \"work\"\nwork_us = \"2000\"\nsubscribe = \"order.placed\"\n"),
+    );
+    let k = 2_000;
+    let mut one = f64::NAN;
+    for hosts in [1, 2] {
+        let result = redis(dir).and_then(|(_server, url)| {
+            with_hosts(&work, hosts, &["--broker", &url], |urls| {
+                publish_and_handle(urls, &["work"], k)
+            })
+        });
+        rows.push(match result {
+            Ok(rate) => {
+                if hosts == 1 {
+                    one = rate;
+                }
+                row(
+                    &format!("work sharing on Redis: 2 ms of CPU per event, concurrency 1, {hosts} host(s)"),
+                    Some(rate),
+                    if hosts == 1 { "baseline".to_string() } else { format!("{:.2}x one host (target ≥ 1.7x on 2 cores)", rate / one) },
+                )
+            }
+            Err(e) => row(&format!("work sharing, {hosts} host(s)"), None, format!("failed: {e}")),
+        });
+    }
+}
