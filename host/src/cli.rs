@@ -308,8 +308,9 @@ pub struct RunArgs {
     /// Keep the log, the plugins' delivery, dead letters and state in a
     /// broker instead of the data directory, shared by every host pointed
     /// at it (each event is handled by one host per plugin):
-    /// `redis://[USER:PASSWORD@]HOST:PORT[/DB]` or `redis+unix:///PATH`
-    /// (Redis Streams, 7.0 or later; run it with `appendfsync always`).
+    /// `redis://[USER:PASSWORD@]HOST:PORT[/DB]`, `rediss://…` (TLS) or
+    /// `redis+unix:///PATH` (Redis Streams, 7.0 or later; run it with
+    /// `appendfsync always`).
     #[arg(
         long,
         value_name = "URL",
@@ -317,6 +318,11 @@ pub struct RunArgs {
         conflicts_with_all = ["memory", "data"]
     )]
     pub broker: Option<String>,
+    /// A CA certificate (PEM) the broker's TLS certificate must chain to,
+    /// for a `rediss://` broker whose certificate the system's roots do not
+    /// cover.
+    #[arg(long, value_name = "FILE", requires = "broker")]
+    pub broker_ca: Option<PathBuf>,
     /// This host's name among a broker's consumers (default: the machine's
     /// host name and the process id).
     #[arg(long, value_name = "NAME")]
@@ -443,6 +449,8 @@ pub struct RunSettings {
     pub data: Option<PathBuf>,
     /// The broker's URL, if the log is kept there.
     pub broker: Option<String>,
+    /// The CA the broker's TLS certificate must chain to.
+    pub broker_ca: Option<PathBuf>,
     /// The fsync policy (durable mode).
     pub fsync: Fsync,
     /// Free space kept on the data directory's file system, in bytes
@@ -554,6 +562,7 @@ impl RunArgs {
         Ok(RunSettings {
             data,
             broker: self.broker.clone(),
+            broker_ca: self.broker_ca.clone(),
             fsync: self.fsync,
             disk_reserve_bytes: self.disk_reserve_bytes,
             accept_lost_events: self.accept_lost_events,

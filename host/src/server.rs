@@ -56,12 +56,14 @@ const BROKER_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10)
 async fn connect_broker(
     url: &str,
     dedup_window: std::time::Duration,
+    ca: Option<&std::path::Path>,
 ) -> Result<Arc<dyn crate::backend::Backend>, StartError> {
     use crate::backend::{Backend, BackendError};
     let backend: Arc<dyn Backend> = Arc::new(crate::backend::redis::RedisBackend::open(
         url,
         "plugbus",
         dedup_window,
+        ca,
     )?);
     let mut wait = BROKER_RETRY_MIN;
     loop {
@@ -115,7 +117,9 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
     }
     let runtime = Arc::new(runtime);
     let dispatch = match (&settings.data, &settings.broker) {
-        (_, Some(url)) => Dispatch::Broker(connect_broker(url, settings.dedup_window).await?),
+        (_, Some(url)) => Dispatch::Broker(
+            connect_broker(url, settings.dedup_window, settings.broker_ca.as_deref()).await?,
+        ),
         (None, None) => {
             tracing::info!(
                 "memory mode: events are not stored, a crash or a full queue loses them"

@@ -345,3 +345,33 @@ fn a_plugin_swapped_100_times_under_load_on_redis_handles_every_event_once() {
     );
     crate::hot_swap::swap_100_times_under_load(&h);
 }
+
+#[test]
+fn a_broker_over_tls_with_a_password_is_used_and_a_wrong_password_is_named() {
+    let certs = TestDir::new("redis-certs");
+    crate::auth::make_ca(&certs.0);
+    crate::auth::make_server_cert(&certs.0, "redis");
+    let redis = Redis::start_tls(&certs.0, "redis", "s3cret").unwrap_or_else(|e| panic!("{e}"));
+    let ca = certs.0.join("ca.pem").display().to_string();
+    let h = host(&order_flow(), &["--broker", &redis.url, "--broker-ca", &ca]);
+    crate::order_flow::two_orders_through(&h);
+    assert_eq!(orders_counted(&h), 2);
+    assert!(h.stop().expect("stops").success());
+    // A wrong password stops the start with the broker's refusal, the
+    // password itself not shown.
+    let wrong = redis.url.replace("s3cret", "wrong");
+    let err = match TestHost::start(
+        BIN,
+        &order_flow(),
+        &["--broker", &wrong, "--broker-ca", &ca],
+    ) {
+        Ok(_) => panic!("started with a wrong password"),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("exited at start")
+            && err.contains("Password authentication failed")
+            && !err.contains("wrong@"),
+        "{err}"
+    );
+}

@@ -133,12 +133,68 @@ impl Redis {
         Ok(())
     }
 
+    /// Start one serving TLS only, on a free loopback port, with the
+    /// certificate `NAME.pem`/`NAME.key` from `certs` and a password:
+    /// `rediss://:PASSWORD@127.0.0.1:PORT/`.
+    pub fn start_tls(certs: &Path, name: &str, password: &str) -> Result<Redis> {
+        let dir = TestDir::new("redis-tls");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let cert = |f: &str| certs.join(f).display().to_string();
+        let tls = [
+            "--port".to_string(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--tls-cert-file".into(),
+            cert(&format!("{name}.pem")),
+            "--tls-key-file".into(),
+            cert(&format!("{name}.key")),
+            "--tls-ca-cert-file".into(),
+            cert("ca.pem"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--requirepass".into(),
+            password.into(),
+        ];
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let process = Redis::spawn_with(&dir, &tls, &|| {
+            std::net::TcpStream::connect(addr).ok().map(drop)
+        })?;
+        Ok(Redis {
+            url: format!("rediss://:{password}@127.0.0.1:{port}/"),
+            process: Some(process),
+            dir,
+        })
+    }
+
     fn spawn(dir: &TestDir) -> Result<Process> {
         let socket = dir.0.join("redis.sock");
         let _ = std::fs::remove_file(&socket);
+        let args = [
+            "--port".to_string(),
+            "0".into(),
+            "--unixsocket".into(),
+            socket.display().to_string(),
+        ];
+        Redis::spawn_with(dir, &args, &|| {
+            std::os::unix::net::UnixStream::connect(&socket)
+                .ok()
+                .map(drop)
+        })
+    }
+
+    fn spawn_with(
+        dir: &TestDir,
+        listen: &[String],
+        ready: &dyn Fn() -> Option<()>,
+    ) -> Result<Process> {
         let mut child = Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
-            .arg(&socket)
+            .args(listen)
             .arg("--dir")
             .arg(&dir.0)
             .args([
@@ -155,9 +211,7 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start redis-server ({e}): scripts/test.sh installs it"))?;
-        wait_for("redis-server", &mut child, || {
-            std::os::unix::net::UnixStream::connect(&socket).ok()
-        })?;
+        wait_for("redis-server", &mut child, ready)?;
         Ok(Process(child))
     }
 }

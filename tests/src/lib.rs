@@ -178,7 +178,7 @@ impl TestHost {
             reader: Some(reader),
             token: None,
         };
-        let ready = host.wait_log("plugbus ready", Duration::from_secs(120))?;
+        let ready = host.wait_ready(Duration::from_secs(120))?;
         let addr = ready
             .split_whitespace()
             .find_map(|w| w.strip_prefix("listen="))
@@ -190,6 +190,38 @@ impl TestHost {
         };
         host.url = format!("{scheme}://{addr}");
         Ok(host)
+    }
+
+    /// The `plugbus ready` line, once logged; an error with the log as soon
+    /// as the process exits instead (or after `timeout`).
+    fn wait_ready(&mut self, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log().into_iter().find(|l| l.contains("plugbus ready")) {
+                return Ok(line);
+            }
+            let exited = match self.child.as_mut() {
+                Some(child) => child.try_wait().map_err(|e| e.to_string())?,
+                None => return Err("no process".into()),
+            };
+            if let Some(status) = exited {
+                // The pipe is closed: the reader ends after the last line.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
+                return Err(format!(
+                    "the host exited at start ({status}); log:\n{}",
+                    self.log().join("\n")
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no log line with \"plugbus ready\" within {timeout:?}; log:\n{}",
+                    self.log().join("\n")
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Publish `events` (CloudEvents in structured mode) as one batch, and

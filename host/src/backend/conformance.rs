@@ -47,7 +47,9 @@ impl Harness {
     fn redis() -> Harness {
         let server = plugbus_e2e::brokers::Redis::start().unwrap_or_else(|e| panic!("{e}"));
         let open = || -> Arc<dyn Backend> {
-            Arc::new(RedisBackend::open(&server.url, "pb", Duration::from_secs(120)).expect("url"))
+            Arc::new(
+                RedisBackend::open(&server.url, "pb", Duration::from_secs(120), None).expect("url"),
+            )
         };
         Harness {
             backend: open(),

@@ -160,18 +160,53 @@ pub struct RedisBackend {
 const IDLE_CONNECTIONS_MAX: usize = 8;
 
 impl RedisBackend {
-    /// A backend on the server at `url` (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`
-    /// or `redis+unix:///PATH`), its keys under `prefix`, remembering
-    /// appended ids for `dedup`. Connects lazily: an unreachable server is
-    /// an error of the first call, not of this.
-    pub fn open(url: &str, prefix: &str, dedup: Duration) -> Result<RedisBackend, BackendError> {
+    /// A backend on the server at `url` (`redis://[USER:PASSWORD@]HOST:PORT[/DB]`,
+    /// `rediss://…` for TLS, or `redis+unix:///PATH`), its keys under
+    /// `prefix`, remembering appended ids for `dedup`. With TLS the server's
+    /// certificate must chain to the system's roots, or to `ca` (a PEM
+    /// file) when given. Connects lazily: an unreachable server is an error
+    /// of the first call, not of this.
+    pub fn open(
+        url: &str,
+        prefix: &str,
+        dedup: Duration,
+        ca: Option<&std::path::Path>,
+    ) -> Result<RedisBackend, BackendError> {
         let broker = without_credentials(url);
-        let client = redis::Client::open(url).map_err(|e| BackendError::Refused {
+        let refused = |reason: String| BackendError::Refused {
             broker: broker.clone(),
-            reason: format!(
-                "not a Redis address ({e}); use redis://HOST:PORT[/DB] or redis+unix:///PATH"
-            ),
-        })?;
+            reason,
+        };
+        let how =
+            "use redis://[USER:PASSWORD@]HOST:PORT[/DB], rediss://… (TLS) or redis+unix:///PATH";
+        let client = match ca {
+            None => redis::Client::open(url)
+                .map_err(|e| refused(format!("not a Redis address ({e}); {how}")))?,
+            Some(file) => {
+                if !url.starts_with("rediss://") {
+                    return Err(refused(format!(
+                        "--broker-ca {} is for TLS: use a rediss:// address",
+                        file.display()
+                    )));
+                }
+                let root = std::fs::read(file).map_err(|e| {
+                    refused(format!(
+                        "cannot read the CA certificate {} ({e}); pass a readable PEM file to --broker-ca",
+                        file.display()
+                    ))
+                })?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root),
+                };
+                redis::Client::build_with_tls(url, certs).map_err(|e| {
+                    refused(format!(
+                        "{e}; {how}, with a PEM certificate in --broker-ca {}",
+                        file.display()
+                    ))
+                })?
+            }
+        };
         Ok(RedisBackend {
             shared: Arc::new(Shared {
                 client,
