@@ -188,6 +188,27 @@ fn with_hosts<T>(
     f(&urls)
 }
 
+/// [`publish_and_handle`] on a fresh Redis with one host, then with two:
+/// (hosts, events/s) each.
+fn on_one_and_two_hosts(
+    dir: &Path,
+    plugins: &Path,
+    names: &[&str],
+    n: usize,
+) -> Vec<(usize, Result<f64, String>)> {
+    [1, 2]
+        .into_iter()
+        .map(|hosts| {
+            let rate = redis(dir).and_then(|(_server, url)| {
+                with_hosts(plugins, hosts, &["--broker", &url], |urls| {
+                    publish_and_handle(urls, names, n)
+                })
+            });
+            (hosts, rate)
+        })
+        .collect()
+}
+
 pub(crate) fn rows(dir: &Path, rows: &mut Vec<Row>, n: usize) {
     let trivial = dir.join("broker-trivial");
     let _ = std::fs::remove_dir_all(&trivial);
@@ -233,24 +254,15 @@ pub(crate) fn rows(dir: &Path, rows: &mut Vec<Row>, n: usize) {
         ),
         Err(e) => row("plugbus embedded", None, format!("failed: {e}")),
     });
-    let mut one_host = f64::NAN;
-    for hosts in [1, 2] {
-        let result = redis(dir).and_then(|(_server, url)| {
-            with_hosts(&trivial, hosts, &["--broker", &url], |urls| {
-                publish_and_handle(urls, &names, m)
-            })
-        });
+    let runs = on_one_and_two_hosts(dir, &trivial, &names, m);
+    let one_host = runs[0].1.as_ref().map_or(f64::NAN, |r| *r);
+    for (hosts, result) in runs {
         rows.push(match result {
-            Ok(rate) => {
-                if hosts == 1 {
-                    one_host = rate;
-                }
-                row(
-                    &format!("plugbus on Redis: HTTP publish (x64) → handled by 3 trivial plugins, {hosts} host(s)"),
-                    Some(rate),
-                    if hosts == 1 { vs(rate) } else { format!("{}, {:.2}x one host", vs(rate), rate / one_host) },
-                )
-            }
+            Ok(rate) => row(
+                &format!("plugbus on Redis: HTTP publish (x64) → handled by 3 trivial plugins, {hosts} host(s)"),
+                Some(rate),
+                if hosts == 1 { vs(rate) } else { format!("{}, {:.2}x one host", vs(rate), rate / one_host) },
+            ),
             Err(e) => row(&format!("plugbus on Redis, {hosts} host(s)"), None, format!("failed: {e}")),
         });
     }
@@ -266,26 +278,26 @@ pub(crate) fn rows(dir: &Path, rows: &mut Vec<Row>, n: usize) {
         plugbus_e2e::artifacts::HOSTILE,
         Some("[config]\nmode = \"work\"\nwork_us = \"2000\"\nsubscribe = \"order.placed\"\n"),
     );
-    let k = 2_000;
-    let mut one = f64::NAN;
-    for hosts in [1, 2] {
-        let result = redis(dir).and_then(|(_server, url)| {
-            with_hosts(&work, hosts, &["--broker", &url], |urls| {
-                publish_and_handle(urls, &["work"], k)
-            })
-        });
+    let runs = on_one_and_two_hosts(dir, &work, &["work"], 2_000);
+    let one = runs[0].1.as_ref().map_or(f64::NAN, |r| *r);
+    for (hosts, result) in runs {
         rows.push(match result {
-            Ok(rate) => {
+            Ok(rate) => row(
+                &format!(
+                    "work sharing on Redis: 2 ms of CPU per event, concurrency 1, {hosts} host(s)"
+                ),
+                Some(rate),
                 if hosts == 1 {
-                    one = rate;
-                }
-                row(
-                    &format!("work sharing on Redis: 2 ms of CPU per event, concurrency 1, {hosts} host(s)"),
-                    Some(rate),
-                    if hosts == 1 { "baseline".to_string() } else { format!("{:.2}x one host (target ≥ 1.7x on 2 cores)", rate / one) },
-                )
-            }
-            Err(e) => row(&format!("work sharing, {hosts} host(s)"), None, format!("failed: {e}")),
+                    "baseline".to_string()
+                } else {
+                    format!("{:.2}x one host (target ≥ 1.7x on 2 cores)", rate / one)
+                },
+            ),
+            Err(e) => row(
+                &format!("work sharing, {hosts} host(s)"),
+                None,
+                format!("failed: {e}"),
+            ),
         });
     }
 }

@@ -101,10 +101,7 @@ impl Backend for EmbeddedBackend {
     }
 
     fn replay(&self, plugin: &str, start: Start, reset_state: bool) -> Result<(), BackendError> {
-        let from = match start {
-            Start::Sequence(seq) => seq.max(1),
-            Start::Time(t) => self.first_since(t)?,
-        };
+        let from = start.sequence(self)?;
         self.log
             .store()
             .rewind(plugin, Some(from - 1), reset_state)?;
@@ -337,9 +334,7 @@ impl Consumer for EmbeddedConsumer {
         wait: Duration,
     ) -> Result<Vec<Delivered>, BackendError> {
         let max = max_events.max(1);
-        let until = Instant::now()
-            .checked_add(wait)
-            .unwrap_or_else(Instant::now);
+        let until = crate::backend::deadline(wait);
         loop {
             let now = Instant::now();
             let mut out = Vec::new();

@@ -63,6 +63,16 @@ pub enum Start {
     Time(SystemTime),
 }
 
+impl Start {
+    /// The sequence this start names on `backend`.
+    pub fn sequence(self, backend: &dyn Backend) -> Result<u64, BackendError> {
+        match self {
+            Start::Sequence(seq) => Ok(seq.max(1)),
+            Start::Time(t) => backend.first_since(t),
+        }
+    }
+}
+
 /// How a plugin's consumer behaves.
 #[derive(Debug, Clone)]
 pub struct ConsumerOptions {
@@ -210,6 +220,15 @@ pub enum BackendError {
         /// The sequence.
         sequence: u64,
     },
+}
+
+/// When a wait of `wait` from now ends (a wait too long to add ends in a
+/// year: as good as never).
+pub(crate) fn deadline(wait: Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 /// A plugin's delivery on one host. Not shared between threads: each of a

@@ -427,11 +427,11 @@ fn letter_json(l: &crate::store::dead::DeadLetter, with_event: bool) -> serde_js
     v
 }
 
-fn store_of(state: &AppState) -> Result<Arc<dyn crate::backend::Backend>, IngressError> {
+fn backend_of(state: &AppState) -> Result<Arc<dyn crate::backend::Backend>, IngressError> {
     state.registry.backend().ok_or(IngressError::NoStore)
 }
 
-fn store_error(e: crate::backend::BackendError) -> IngressError {
+fn backend_error(e: crate::backend::BackendError) -> IngressError {
     match e {
         crate::backend::BackendError::Store(e) => IngressError::Publish(DispatchError::Store(e)),
         other => IngressError::Publish(DispatchError::Broker(other)),
@@ -439,11 +439,11 @@ fn store_error(e: crate::backend::BackendError) -> IngressError {
 }
 
 fn letters(state: &AppState, plugins: Vec<String>) -> Result<Response, IngressError> {
-    let store = store_of(state)?;
+    let backend = backend_of(state)?;
     let mut out = Vec::new();
     for p in plugins {
-        let found = tokio::task::block_in_place(|| store.dead_letters(&p));
-        for l in found.map_err(store_error)? {
+        let found = tokio::task::block_in_place(|| backend.dead_letters(&p));
+        for l in found.map_err(backend_error)? {
             out.push(letter_json(&l, false));
         }
     }
@@ -466,9 +466,9 @@ async fn dead_show(
     State(state): State<AppState>,
     Path((plugin, sequence)): Path<(String, u64)>,
 ) -> Result<Response, IngressError> {
-    let store = store_of(&state)?;
-    let letter = tokio::task::block_in_place(|| store.dead_letters(&plugin))
-        .map_err(store_error)?
+    let backend = backend_of(&state)?;
+    let letter = tokio::task::block_in_place(|| backend.dead_letters(&plugin))
+        .map_err(backend_error)?
         .into_iter()
         .find(|l| l.event.sequence == sequence)
         .ok_or(IngressError::NoLetter(plugin, sequence))?;
@@ -509,9 +509,10 @@ async fn dead_redrive(
     Path(plugin): Path<String>,
     request: Request,
 ) -> Result<Response, IngressError> {
-    let store = store_of(&state)?;
+    let backend = backend_of(&state)?;
     let which = selection(&state, request).await?;
-    let n = tokio::task::block_in_place(|| store.redrive(&plugin, &which)).map_err(store_error)?;
+    let n =
+        tokio::task::block_in_place(|| backend.redrive(&plugin, &which)).map_err(backend_error)?;
     state.registry.wake_redrive(&plugin);
     Ok(Json(json!({ "redriven": n })).into_response())
 }
@@ -521,9 +522,10 @@ async fn dead_purge(
     Path(plugin): Path<String>,
     request: Request,
 ) -> Result<Response, IngressError> {
-    let store = store_of(&state)?;
+    let backend = backend_of(&state)?;
     let which = selection(&state, request).await?;
-    let n = tokio::task::block_in_place(|| store.purge(&plugin, &which)).map_err(store_error)?;
+    let n =
+        tokio::task::block_in_place(|| backend.purge(&plugin, &which)).map_err(backend_error)?;
     Ok(Json(json!({ "purged": n })).into_response())
 }
 
@@ -537,16 +539,16 @@ async fn log_read(
     State(state): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<LogQuery>,
 ) -> Result<Response, IngressError> {
-    let store = store_of(&state)?;
+    let backend = backend_of(&state)?;
     let limit = q.limit.unwrap_or(20).clamp(1, 1000);
     let (events, head) = tokio::task::block_in_place(|| {
-        let head = store.head()?;
+        let head = backend.head()?;
         let from = q
             .from
             .unwrap_or_else(|| head.saturating_sub(limit as u64 - 1).max(1));
-        Ok((store.read(from, limit)?, head))
+        Ok((backend.read(from, limit)?, head))
     })
-    .map_err(store_error)?;
+    .map_err(backend_error)?;
     let events: Vec<serde_json::Value> = events.iter().map(Event::to_json).collect();
     Ok(Json(json!({ "events": events, "last_sequence": head })).into_response())
 }
@@ -555,9 +557,9 @@ async fn log_get(
     State(state): State<AppState>,
     Path(sequence): Path<u64>,
 ) -> Result<Response, IngressError> {
-    let store = store_of(&state)?;
-    let event = tokio::task::block_in_place(|| store.read(sequence, 1))
-        .map_err(store_error)?
+    let backend = backend_of(&state)?;
+    let event = tokio::task::block_in_place(|| backend.read(sequence, 1))
+        .map_err(backend_error)?
         .into_iter()
         .find(|e| e.sequence == sequence)
         .ok_or(IngressError::NoEvent(sequence))?;
@@ -633,7 +635,7 @@ async fn replay(
     Path(plugin): Path<String>,
     request: Request,
 ) -> Result<Response, IngressError> {
-    let store = store_of(&state)?;
+    let backend = backend_of(&state)?;
     let (parts, body) = request.into_parts();
     let body = read_body(&state, body, &parts.headers, 64 << 10).await?;
     let how = "say where from: {\"from_sequence\": 1} or {\"from_time\": \"2026-11-23T10:00:00Z\"}";
@@ -647,7 +649,7 @@ async fn replay(
                 "`{t}` is not an RFC 3339 time, e.g. 2026-11-23T10:00:00Z"
             ))
         })?;
-        tokio::task::block_in_place(|| store.first_since(t)).map_err(store_error)?
+        tokio::task::block_in_place(|| backend.first_since(t)).map_err(backend_error)?
     } else {
         return Err(IngressError::Replay(how.to_string()));
     };

@@ -227,6 +227,9 @@ struct Failed {
 /// The registry: running plugins, failed ones, and their workers.
 pub struct Registry {
     dispatch: Dispatch,
+    /// Where the log, dead letters and state are kept, for the API: the
+    /// embedded store or the broker (none in memory mode).
+    backend: Option<Arc<dyn crate::backend::Backend>>,
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
     settings: DeliverySettings,
@@ -257,8 +260,16 @@ impl Registry {
         metrics: Arc<Metrics>,
         settings: DeliverySettings,
     ) -> Registry {
+        let backend: Option<Arc<dyn crate::backend::Backend>> = match &dispatch {
+            Dispatch::Durable(log) => Some(Arc::new(
+                crate::backend::embedded::EmbeddedBackend::new(log.clone(), log.dedup_window()),
+            )),
+            Dispatch::Broker(b) => Some(b.clone()),
+            Dispatch::Memory(_) => None,
+        };
         Registry {
             dispatch,
+            backend,
             runtime,
             metrics,
             settings,
@@ -742,13 +753,7 @@ impl Registry {
 
     /// Where the log, dead letters and state are kept, outside memory mode.
     pub fn backend(&self) -> Option<Arc<dyn crate::backend::Backend>> {
-        match &self.dispatch {
-            Dispatch::Durable(log) => Some(Arc::new(
-                crate::backend::embedded::EmbeddedBackend::new(log.clone(), log.dedup_window()),
-            )),
-            Dispatch::Broker(b) => Some(b.clone()),
-            Dispatch::Memory(_) => None,
-        }
+        self.backend.clone()
     }
 
     /// Where `plugin`'s key-value state is, if it is a plugin this host

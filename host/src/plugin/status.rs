@@ -260,33 +260,8 @@ impl Registry {
 
     /// Refresh the queue-depth gauges (before a scrape).
     pub fn refresh_gauges(&self) {
-        for p in self
-            .running
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            self.metrics
-                .queue_depth
-                .get_or_create(&metrics::plugin(&p.name))
-                .set(p.depth() as i64);
-            self.metrics
-                .state_bytes
-                .get_or_create(&metrics::plugin(&p.name))
-                .set(p.settings.state.used() as i64);
-            let labels = metrics::plugin(&p.name);
-            if let Dispatch::Durable(log) = &self.dispatch {
-                let lag = log.head().saturating_sub(p.cursor());
-                self.metrics.lag.get_or_create(&labels).set(lag as i64);
-            }
-            if let Some(b) = self.broker_position(&p.name) {
-                self.metrics.lag.get_or_create(&labels).set(b.lag as i64);
-                self.metrics
-                    .broker_pending
-                    .get_or_create(&labels)
-                    .set(b.pending as i64);
-            }
-        }
+        // The log's head first: on a broker it also says whether the
+        // broker answers, before each plugin's position is asked.
         match &self.dispatch {
             Dispatch::Durable(log) => {
                 self.metrics.log_events.set(log.head() as i64);
@@ -300,13 +275,41 @@ impl Registry {
             }
             Dispatch::Memory(_) => {}
         }
+        for p in self
+            .running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let labels = metrics::plugin(&p.name);
+            self.metrics
+                .queue_depth
+                .get_or_create(&labels)
+                .set(p.depth() as i64);
+            self.metrics
+                .state_bytes
+                .get_or_create(&labels)
+                .set(p.settings.state.used() as i64);
+            if let Dispatch::Durable(log) = &self.dispatch {
+                let lag = log.head().saturating_sub(p.cursor());
+                self.metrics.lag.get_or_create(&labels).set(lag as i64);
+            }
+            if let Some(b) = self.broker_position(&p.name) {
+                self.metrics.lag.get_or_create(&labels).set(b.lag as i64);
+                self.metrics
+                    .broker_pending
+                    .get_or_create(&labels)
+                    .set(b.pending as i64);
+            }
+        }
     }
 
     /// On a broker: where `plugin` is, as the broker reports it (none if
-    /// it cannot be asked now).
+    /// it cannot be asked now). A broker whose last call failed is not
+    /// asked again per plugin: each ask would wait out a connect timeout.
     fn broker_position(&self, plugin: &str) -> Option<crate::backend::Position> {
         match &self.dispatch {
-            Dispatch::Broker(b) => b.position(plugin).ok().flatten(),
+            Dispatch::Broker(b) if b.connected() => b.position(plugin).ok().flatten(),
             _ => None,
         }
     }

@@ -95,13 +95,6 @@ impl RedisConsumer {
         })
     }
 
-    fn with<T>(
-        &mut self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, BackendError> {
-        self.shared.with(&mut self.con, f)
-    }
-
     /// Make the plugin's groups, if they are not there yet (a new plugin
     /// starts at the log's end or beginning, as configured).
     fn make_groups(&mut self) -> Result<(), BackendError> {
@@ -109,13 +102,12 @@ impl RedisConsumer {
             return Ok(());
         }
         let start = if self.options.start_latest { "$" } else { "0" };
-        for (stream, from) in [(self.log.clone(), start), (self.redo.clone(), "0")] {
-            let plugin = self.plugin.clone();
-            let made: Result<(), BackendError> = self.with(|c| {
+        for (stream, from) in [(&self.log, start), (&self.redo, "0")] {
+            let made: Result<(), BackendError> = self.shared.with(&mut self.con, |c| {
                 redis::cmd("XGROUP")
                     .arg("CREATE")
-                    .arg(&stream)
-                    .arg(&plugin)
+                    .arg(stream)
+                    .arg(&self.plugin)
                     .arg(from)
                     .arg("MKSTREAM")
                     .query(c)
@@ -137,8 +129,7 @@ impl RedisConsumer {
             .key(&self.redo)
             .key(&self.log)
             .arg(max);
-        let shared = self.shared.clone();
-        let (_, next_in): (i64, i64) = shared.with(&mut self.con, |c| call.invoke(c))?;
+        let (_, next_in): (i64, i64) = self.shared.with(&mut self.con, |c| call.invoke(c))?;
         let wait = u64::try_from(next_in).map_or(MOVE_EVERY, Duration::from_millis);
         self.next_move = Instant::now() + wait.min(MOVE_EVERY);
         Ok(())
@@ -149,17 +140,13 @@ impl RedisConsumer {
         let lease_ms = self.options.lease.as_millis() as u64;
         let mut out = Vec::new();
         for redo in [true, false] {
-            let stream = if redo {
-                self.redo.clone()
-            } else {
-                self.log.clone()
-            };
-            let (plugin, me) = (self.plugin.clone(), self.options.host.clone());
-            let answer: redis::Value = self.with(|c| {
+            let stream = if redo { &self.redo } else { &self.log };
+            let (plugin, me) = (&self.plugin, &self.options.host);
+            let answer: redis::Value = self.shared.with(&mut self.con, |c| {
                 redis::cmd("XAUTOCLAIM")
-                    .arg(&stream)
-                    .arg(&plugin)
-                    .arg(&me)
+                    .arg(stream)
+                    .arg(plugin)
+                    .arg(me)
                     .arg(lease_ms)
                     .arg("0-0")
                     .arg("COUNT")
@@ -170,14 +157,14 @@ impl RedisConsumer {
             if claimed.is_empty() {
                 continue;
             }
-            let counts: redis::Value = self.with(|c| {
+            let counts: redis::Value = self.shared.with(&mut self.con, |c| {
                 redis::cmd("XPENDING")
-                    .arg(&stream)
-                    .arg(&plugin)
+                    .arg(stream)
+                    .arg(plugin)
                     .arg("-")
                     .arg("+")
                     .arg(max.max(1) * 4)
-                    .arg(&me)
+                    .arg(me)
                     .query(c)
             })?;
             let counts: HashMap<String, u64> = reply::deliveries(&counts).into_iter().collect();
@@ -239,8 +226,13 @@ impl RedisConsumer {
         if self.skipped.is_empty() {
             return Ok(());
         }
-        let (log, plugin, ids) = (self.log.clone(), self.plugin.clone(), self.skipped.clone());
-        let _: u64 = self.with(|c| redis::cmd("XACK").arg(&log).arg(&plugin).arg(&ids).query(c))?;
+        let _: u64 = self.shared.with(&mut self.con, |c| {
+            redis::cmd("XACK")
+                .arg(&self.log)
+                .arg(&self.plugin)
+                .arg(&self.skipped)
+                .query(c)
+        })?;
         self.skipped.clear();
         Ok(())
     }
@@ -252,17 +244,22 @@ impl RedisConsumer {
         max: usize,
         block: Duration,
     ) -> Result<(Vec<Delivered>, usize), BackendError> {
-        let (redo, log) = (self.redo.clone(), self.log.clone());
-        let (plugin, me) = (self.plugin.clone(), self.options.host.clone());
         let block_ms = block.as_millis() as u64;
-        let shared = self.shared.clone();
-        let answer: redis::Value = shared.with(&mut self.con, |c| {
+        let answer: redis::Value = self.shared.with(&mut self.con, |c| {
             let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP").arg(&plugin).arg(&me).arg("COUNT").arg(max);
+            cmd.arg("GROUP")
+                .arg(&self.plugin)
+                .arg(&self.options.host)
+                .arg("COUNT")
+                .arg(max);
             if block_ms > 0 {
                 cmd.arg("BLOCK").arg(block_ms);
             }
-            cmd.arg("STREAMS").arg(&redo).arg(&log).arg(">").arg(">");
+            cmd.arg("STREAMS")
+                .arg(&self.redo)
+                .arg(&self.log)
+                .arg(">")
+                .arg(">");
             cmd.query(c)
         })?;
         let mut out = Vec::new();
@@ -299,6 +296,25 @@ impl RedisConsumer {
     }
 }
 
+/// `values` as script arguments: their count, then per value three: the
+/// flag `flags.0` (a value) or `flags.1` (none), the key, and the value
+/// (empty for none).
+fn push_values(
+    args: &mut Vec<Vec<u8>>,
+    values: Vec<(String, Option<Vec<u8>>)>,
+    flags: (&str, &str),
+) {
+    args.push(values.len().to_string().into_bytes());
+    for (key, value) in values {
+        let flag = if value.is_some() { flags.0 } else { flags.1 };
+        args.extend([
+            flag.as_bytes().to_vec(),
+            key.into_bytes(),
+            value.unwrap_or_default(),
+        ]);
+    }
+}
+
 impl RedisConsumer {
     /// Run the extend script (or with `release`, the hand-back script) on
     /// everything held, fenced.
@@ -320,8 +336,7 @@ impl RedisConsumer {
             .arg(&self.options.host)
             .arg(self.held.len())
             .arg(&args);
-        let shared = self.shared.clone();
-        let answer: redis::Value = shared.with(&mut self.con, |c| call.invoke(c))?;
+        let answer: redis::Value = self.shared.with(&mut self.con, |c| call.invoke(c))?;
         fenced(&self.shared, &self.plugin, &answer, |id| {
             self.sequence_of_id(id)
         })
@@ -336,9 +351,7 @@ impl Consumer for RedisConsumer {
         wait: Duration,
     ) -> Result<Vec<Delivered>, BackendError> {
         let max = max_events.max(1);
-        let until = Instant::now()
-            .checked_add(wait)
-            .unwrap_or_else(Instant::now);
+        let until = crate::backend::deadline(wait);
         self.make_groups()?;
         let mut out: Vec<Delivered> = Vec::new();
         loop {
@@ -378,14 +391,20 @@ impl Consumer for RedisConsumer {
     }
 
     fn settle(&mut self, s: Settlement) -> Result<(), BackendError> {
+        let Settlement {
+            verdicts,
+            writes,
+            expected,
+            follow_ups,
+        } = s;
         let mut args: Vec<Vec<u8>> = vec![
             self.plugin.clone().into_bytes(),
             self.options.host.clone().into_bytes(),
             self.shared.prefix.clone().into_bytes(),
             self.shared.dedup.as_secs().to_string().into_bytes(),
-            s.verdicts.len().to_string().into_bytes(),
+            verdicts.len().to_string().into_bytes(),
         ];
-        for (seq, verdict) in &s.verdicts {
+        for (seq, verdict) in &verdicts {
             let h = self.held.get(seq).ok_or_else(|| BackendError::NotHeld {
                 plugin: self.plugin.clone(),
                 sequence: *seq,
@@ -412,30 +431,14 @@ impl Consumer for RedisConsumer {
                 y,
             ]);
         }
-        args.push(s.writes.len().to_string().into_bytes());
-        for (key, value) in &s.writes {
-            let op = if value.is_some() { "s" } else { "d" };
-            args.extend([
-                op.as_bytes().to_vec(),
-                key.clone().into_bytes(),
-                value.clone().unwrap_or_default(),
-            ]);
-        }
+        push_values(&mut args, writes, ("s", "d"));
         args.push(self.skipped.len().to_string().into_bytes());
         args.extend(self.skipped.iter().map(|id| id.clone().into_bytes()));
-        args.push(s.follow_ups.len().to_string().into_bytes());
-        for e in &s.follow_ups {
+        args.push(follow_ups.len().to_string().into_bytes());
+        for e in &follow_ups {
             args.extend([e.id.clone().into_bytes(), codec::encode(e)]);
         }
-        args.push(s.expected.len().to_string().into_bytes());
-        for (key, value) in &s.expected {
-            let present = if value.is_some() { "1" } else { "0" };
-            args.extend([
-                present.as_bytes().to_vec(),
-                key.clone().into_bytes(),
-                value.clone().unwrap_or_default(),
-            ]);
-        }
+        push_values(&mut args, expected, ("1", "0"));
         args.push(crate::event::new_id().into_bytes());
         let mut call = self.shared.scripts.settle.prepare_invoke();
         for k in [
@@ -454,13 +457,12 @@ impl Consumer for RedisConsumer {
         for a in &args {
             call.arg(a.as_slice());
         }
-        let shared = self.shared.clone();
         // An answer lost on the way (the connection dropped, a signal cut
         // the read) leaves the outcome unknown: the same settlement, token
         // and all, is sent again, and runs at most once.
         let mut tries = 0;
         let answer: redis::Value = loop {
-            match shared.with(&mut self.con, |c| call.invoke(c)) {
+            match self.shared.with(&mut self.con, |c| call.invoke(c)) {
                 Err(BackendError::Unavailable { .. }) if tries < SETTLE_TRIES => {
                     tries += 1;
                     std::thread::sleep(SETTLE_RETRY * tries);
@@ -473,7 +475,7 @@ impl Consumer for RedisConsumer {
         });
         if matches!(result, Ok(_) | Err(BackendError::Fenced { .. })) {
             // Settled, or someone else's now: either way no longer held.
-            for (seq, verdict) in &s.verdicts {
+            for (seq, verdict) in &verdicts {
                 self.held.remove(seq);
                 if let Verdict::Retry(delay) = verdict {
                     self.next_move = self.next_move.min(Instant::now() + *delay);

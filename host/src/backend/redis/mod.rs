@@ -241,52 +241,18 @@ impl RedisBackend {
             self.with(|c| redis::cmd("HGETALL").arg(&key).query(c))?;
         let mut out = Vec::with_capacity(all.len());
         for (seq, bytes) in all {
-            let sequence = seq.parse::<u64>().unwrap_or(0);
-            let letter = dead::decode(plugin, sequence, &bytes).ok_or_else(|| {
+            let corrupt = || {
                 self.shared.corrupt(
                     format!("dead letter {seq} of plugin `{plugin}`"),
                     "bad record",
                 )
-            })?;
+            };
+            let sequence = seq.parse::<u64>().map_err(|_| corrupt())?;
+            let letter = dead::decode(plugin, sequence, &bytes).ok_or_else(corrupt)?;
             out.push(letter);
         }
         out.sort_by_key(|l| l.event.sequence);
         Ok(out)
-    }
-
-    /// The first sequence whose event's time is at or after `t`, looking
-    /// from the first event appended in the second before it.
-    fn first_at_or_after(&self, t: std::time::SystemTime) -> Result<u64, BackendError> {
-        let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let times = self.shared.key("times");
-        let hint: Vec<(String, f64)> = self.with(|c| {
-            redis::cmd("ZREVRANGEBYSCORE")
-                .arg(&times)
-                .arg(secs.saturating_sub(1))
-                .arg("-inf")
-                .arg("WITHSCORES")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(1)
-                .query(c)
-        })?;
-        let mut from = hint
-            .first()
-            .and_then(|(seq, _)| seq.parse::<u64>().ok())
-            .unwrap_or(1);
-        loop {
-            let events = self.read(from, 1024)?;
-            let Some(last) = events.last().map(|e| e.sequence) else {
-                return Ok(from);
-            };
-            if let Some(e) = events
-                .iter()
-                .find(|e| humantime::parse_rfc3339_weak(&e.time).is_ok_and(|et| et >= t))
-            {
-                return Ok(e.sequence);
-            }
-            from = last + 1;
-        }
     }
 }
 
@@ -418,15 +384,43 @@ impl Backend for RedisBackend {
         Ok(v.unwrap_or(0))
     }
 
+    /// The first sequence whose event's time is at or after `t`, looking
+    /// from the first event appended in the second before it.
     fn first_since(&self, t: std::time::SystemTime) -> Result<u64, BackendError> {
-        self.first_at_or_after(t)
+        let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let times = self.shared.key("times");
+        let hint: Vec<(String, f64)> = self.with(|c| {
+            redis::cmd("ZREVRANGEBYSCORE")
+                .arg(&times)
+                .arg(secs.saturating_sub(1))
+                .arg("-inf")
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(1)
+                .query(c)
+        })?;
+        let mut from = hint
+            .first()
+            .and_then(|(seq, _)| seq.parse::<u64>().ok())
+            .unwrap_or(1);
+        loop {
+            let events = self.read(from, 1024)?;
+            let Some(last) = events.last().map(|e| e.sequence) else {
+                return Ok(from);
+            };
+            if let Some(e) = events
+                .iter()
+                .find(|e| humantime::parse_rfc3339_weak(&e.time).is_ok_and(|et| et >= t))
+            {
+                return Ok(e.sequence);
+            }
+            from = last + 1;
+        }
     }
 
     fn replay(&self, plugin: &str, start: Start, reset_state: bool) -> Result<(), BackendError> {
-        let from = match start {
-            Start::Sequence(seq) => seq.max(1),
-            Start::Time(t) => self.first_at_or_after(t)?,
-        };
+        let from = start.sequence(self)?;
         let keys = [
             self.shared.key("log"),
             self.shared.plugin_key("redo", plugin),

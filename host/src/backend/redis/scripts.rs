@@ -30,6 +30,10 @@ local function append(log, seqkey, times, lastsec, prefix, dedup, id, bytes, now
   end
   return seq, 0
 end
+"#;
+
+/// `now()`: the server's time, in seconds and in milliseconds.
+const NOW_FN: &str = r#"
 local function now()
   local t = redis.call('TIME')
   local s = tonumber(t[1])
@@ -289,11 +293,11 @@ impl Scripts {
     pub fn new() -> Scripts {
         let with = |parts: &[&str]| redis::Script::new(&parts.concat());
         Scripts {
-            append: with(&[APPEND_FN, APPEND_BODY]),
-            settle: with(&[APPEND_FN, FENCE_FN, SETTLE_BODY]),
+            append: with(&[NOW_FN, APPEND_FN, APPEND_BODY]),
+            settle: with(&[NOW_FN, APPEND_FN, FENCE_FN, SETTLE_BODY]),
             release: with(&[FENCE_FN, ENTRY_FN, RELEASE_BODY]),
             extend: with(&[FENCE_FN, EXTEND_BODY]),
-            move_due: with(&[APPEND_FN, ENTRY_FN, MOVE_DUE_BODY]),
+            move_due: with(&[NOW_FN, ENTRY_FN, MOVE_DUE_BODY]),
             redrive: with(&[REDRIVE_BODY]),
             replay: with(&[REPLAY_BODY]),
         }
