@@ -308,9 +308,10 @@ pub struct RunArgs {
     /// Keep the log, the plugins' delivery, dead letters and state in a
     /// broker instead of the data directory, shared by every host pointed
     /// at it (each event is handled by one host per plugin):
-    /// `redis://[USER:PASSWORD@]HOST:PORT[/DB]`, `rediss://…` (TLS) or
-    /// `redis+unix:///PATH` (Redis Streams, 7.0 or later; run it with
-    /// `appendfsync always`).
+    /// `nats://[USER:PASSWORD@|TOKEN@]HOST:PORT` or `tls://…` (NATS
+    /// JetStream, 2.12 or later), `redis://[USER:PASSWORD@]HOST:PORT[/DB]`,
+    /// `rediss://…` (TLS) or `redis+unix:///PATH` (Redis Streams, 7.0 or
+    /// later; run it with `appendfsync always`).
     #[arg(
         long,
         value_name = "URL",
@@ -319,10 +320,19 @@ pub struct RunArgs {
     )]
     pub broker: Option<String>,
     /// A CA certificate (PEM) the broker's TLS certificate must chain to,
-    /// for a `rediss://` broker whose certificate the system's roots do not
-    /// cover.
+    /// for a `rediss://` or `tls://` broker whose certificate the system's
+    /// roots do not cover.
     #[arg(long, value_name = "FILE", requires = "broker")]
     pub broker_ca: Option<PathBuf>,
+    /// A NATS credentials file (`.creds`: a user JWT and its NKey seed) for
+    /// a `nats://` broker.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "broker",
+        env = "PLUGBUS_BROKER_CREDS"
+    )]
+    pub broker_creds: Option<PathBuf>,
     /// This host's name among a broker's consumers (default: the machine's
     /// host name and the process id).
     #[arg(long, value_name = "NAME")]
@@ -451,6 +461,8 @@ pub struct RunSettings {
     pub broker: Option<String>,
     /// The CA the broker's TLS certificate must chain to.
     pub broker_ca: Option<PathBuf>,
+    /// A NATS credentials file.
+    pub broker_creds: Option<PathBuf>,
     /// The fsync policy (durable mode).
     pub fsync: Fsync,
     /// Free space kept on the data directory's file system, in bytes
@@ -563,6 +575,7 @@ impl RunArgs {
             data,
             broker: self.broker.clone(),
             broker_ca: self.broker_ca.clone(),
+            broker_creds: self.broker_creds.clone(),
             fsync: self.fsync,
             disk_reserve_bytes: self.disk_reserve_bytes,
             accept_lost_events: self.accept_lost_events,

@@ -56,15 +56,28 @@ const BROKER_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10)
 async fn connect_broker(
     url: &str,
     dedup_window: std::time::Duration,
-    ca: Option<&std::path::Path>,
+    access: crate::backend::nats::Access,
 ) -> Result<Arc<dyn crate::backend::Backend>, StartError> {
-    use crate::backend::{Backend, BackendError};
-    let backend: Arc<dyn Backend> = Arc::new(crate::backend::redis::RedisBackend::open(
-        url,
-        "plugbus",
-        dedup_window,
-        ca,
-    )?);
+    use crate::backend::{nats::NatsBackend, redis::RedisBackend, Backend, BackendError};
+    let backend: Arc<dyn Backend> = if url.starts_with("nats://") || url.starts_with("tls://") {
+        Arc::new(NatsBackend::open(url, "plugbus", dedup_window, access)?)
+    } else {
+        if let Some(creds) = &access.creds {
+            return Err(StartError::Broker(BackendError::Refused {
+                broker: url.split('@').next_back().unwrap_or(url).to_string(),
+                reason: format!(
+                    "--broker-creds {} is for a NATS broker (nats://…); a Redis broker takes its password in the URL",
+                    creds.display()
+                ),
+            }));
+        }
+        Arc::new(RedisBackend::open(
+            url,
+            "plugbus",
+            dedup_window,
+            access.ca.as_deref(),
+        )?)
+    };
     let mut wait = BROKER_RETRY_MIN;
     loop {
         let probe = backend.clone();
@@ -118,7 +131,15 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
     let runtime = Arc::new(runtime);
     let dispatch = match (&settings.data, &settings.broker) {
         (_, Some(url)) => Dispatch::Broker(
-            connect_broker(url, settings.dedup_window, settings.broker_ca.as_deref()).await?,
+            connect_broker(
+                url,
+                settings.dedup_window,
+                crate::backend::nats::Access {
+                    ca: settings.broker_ca.clone(),
+                    creds: settings.broker_creds.clone(),
+                },
+            )
+            .await?,
         ),
         (None, None) => {
             tracing::info!(

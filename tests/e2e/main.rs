@@ -69,7 +69,7 @@ mod hot_swap;
 mod ingress;
 mod isolation;
 mod manifests;
-mod on_redis;
+mod on_brokers;
 mod operations;
 mod order_flow;
 mod plugins;

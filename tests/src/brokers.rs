@@ -42,14 +42,18 @@ fn wait_for<T>(what: &str, child: &mut Child, ready: impl Fn() -> Option<T>) -> 
     }
 }
 
-/// A `nats-server -js` on loopback.
+/// A `nats-server -js` on loopback, syncing every write to disk
+/// (`sync_interval: always`, as plugbus's README advises for production).
 pub struct Nats {
-    /// Held to be killed when dropped.
-    _process: Process,
-    /// `nats://127.0.0.1:PORT`.
+    /// Held to be killed when dropped; none while killed.
+    process: Option<Process>,
+    /// `nats://127.0.0.1:PORT` (or `tls://USER:PASSWORD@127.0.0.1:PORT`).
     pub url: String,
-    /// Its directory: JetStream's store, the pid and ports files.
+    /// Its directory: JetStream's store, its configuration, the pid and
+    /// ports files.
     pub dir: TestDir,
+    /// The port it listens on, kept across a restart.
+    port: u16,
 }
 
 impl Nats {
@@ -64,11 +68,68 @@ impl Nats {
 
     /// Start one, on a port it picks (`-p -1`, reported in its ports file).
     pub fn start() -> Result<Nats> {
-        let bin = Nats::binary()?;
         let dir = TestDir::new("nats");
+        Nats::configure(&dir, "")?;
+        let (process, port) = Nats::spawn(&dir, None)?;
+        Ok(Nats {
+            process: Some(process),
+            url: format!("nats://127.0.0.1:{port}"),
+            dir,
+            port,
+        })
+    }
+
+    /// Start one that serves TLS only, with the certificate
+    /// `NAME.pem`/`NAME.key` from `certs` and one user with a password:
+    /// `tls://USER:PASSWORD@127.0.0.1:PORT`.
+    pub fn start_tls(certs: &Path, name: &str, user: &str, password: &str) -> Result<Nats> {
+        let dir = TestDir::new("nats-tls");
+        let cert = |f: &str| certs.join(f).display().to_string();
+        let extra = format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\nauthorization {{\n  user: \"{user}\"\n  password: \"{password}\"\n}}\n",
+            cert(&format!("{name}.pem")),
+            cert(&format!("{name}.key")),
+        );
+        Nats::configure(&dir, &extra)?;
+        let (process, port) = Nats::spawn(&dir, None)?;
+        Ok(Nats {
+            process: Some(process),
+            url: format!("tls://{user}:{password}@127.0.0.1:{port}"),
+            dir,
+            port,
+        })
+    }
+
+    /// Kill it with SIGKILL (it synced every write it acknowledged).
+    pub fn kill9(&mut self) {
+        self.process.take();
+    }
+
+    /// Start it again on the same directory and port: it recovers its
+    /// streams from disk.
+    pub fn restart(&mut self) -> Result<()> {
+        self.process.take();
+        let (process, _) = Nats::spawn(&self.dir, Some(self.port))?;
+        self.process = Some(process);
+        Ok(())
+    }
+
+    fn configure(dir: &TestDir, extra: &str) -> Result<()> {
+        let config = format!(
+            "jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n{extra}",
+            dir.0.join("js").display()
+        );
+        std::fs::write(dir.0.join("nats.conf"), config)
+            .map_err(|e| format!("cannot write the nats-server configuration: {e}"))
+    }
+
+    fn spawn(dir: &TestDir, port: Option<u16>) -> Result<(Process, u16)> {
+        let bin = Nats::binary()?;
+        let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
         let mut child = Command::new(&bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
-            .arg(dir.0.join("js"))
+            .arg("-c")
+            .arg(dir.0.join("nats.conf"))
+            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg])
             .arg("-P")
             .arg(dir.0.join("nats.pid"))
             .arg("-ports_file_dir")
@@ -79,21 +140,17 @@ impl Nats {
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         let pid = child.id();
         let ports = dir.0.join(format!("nats-server_{pid}.ports"));
-        let url = wait_for("nats-server", &mut child, || client_url(&ports));
+        let port = wait_for("nats-server", &mut child, || client_port(&ports));
         let process = Process(child);
-        Ok(Nats {
-            url: url?,
-            _process: process,
-            dir,
-        })
+        Ok((process, port?))
     }
 }
 
-/// The client URL in a nats-server ports file (`{"nats": ["nats://…"], …}`).
-fn client_url(ports: &Path) -> Option<String> {
+/// The client port in a nats-server ports file (`{"nats": ["nats://…:PORT"], …}`).
+fn client_port(ports: &Path) -> Option<u16> {
     let text = std::fs::read_to_string(ports).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["nats"][0].as_str().map(str::to_string)
+    v["nats"][0].as_str()?.rsplit(':').next()?.parse().ok()
 }
 
 /// A `redis-server` on a unix socket, appending every write to its AOF and

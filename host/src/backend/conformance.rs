@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::embedded::EmbeddedBackend;
+use super::nats::{Access, NatsBackend};
 use super::redis::RedisBackend;
 use super::*;
 use crate::store::log::{Log, DEDUP_WINDOW_DEFAULT};
@@ -49,6 +50,26 @@ impl Harness {
         let open = || -> Arc<dyn Backend> {
             Arc::new(
                 RedisBackend::open(&server.url, "pb", Duration::from_secs(120), None).expect("url"),
+            )
+        };
+        Harness {
+            backend: open(),
+            other: open(),
+            _keep: Box::new(server),
+        }
+    }
+
+    fn nats() -> Harness {
+        let server = plugbus_e2e::brokers::Nats::start().unwrap_or_else(|e| panic!("{e}"));
+        let open = || -> Arc<dyn Backend> {
+            Arc::new(
+                NatsBackend::open(
+                    &server.url,
+                    "pb",
+                    Duration::from_secs(120),
+                    Access::default(),
+                )
+                .expect("url"),
             )
         };
         Harness {
@@ -520,3 +541,4 @@ macro_rules! conformance {
 
 conformance!(embedded);
 conformance!(redis);
+conformance!(nats);

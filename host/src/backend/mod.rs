@@ -19,11 +19,13 @@
 //! plugins' key-value state, for the CLI and the HTTP API.
 //!
 //! Rooms: `embedded` (the fjall store, the default), `redis` (Redis
-//! Streams, `--broker redis://…`).
+//! Streams, `--broker redis://…`), `nats` (NATS JetStream,
+//! `--broker nats://…`).
 //!
 //! This module knows nothing of wasm, plugins' instances or HTTP.
 
 pub mod embedded;
+pub mod nats;
 pub mod redis;
 
 #[cfg(test)]

@@ -257,7 +257,7 @@ impl RedisBackend {
 }
 
 /// `url` with any password replaced, for messages.
-fn without_credentials(url: &str) -> String {
+pub(in crate::backend) fn without_credentials(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://***@{}", &url[..scheme], &url[at + 1..])

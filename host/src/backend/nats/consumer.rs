@@ -1,0 +1,674 @@
+//! One host's delivery of one plugin from JetStream: a pull from the
+//! plugin's durable consumer (shared by every host that runs it), and the
+//! settlement: the state, markers and outbox in one atomic batch into the
+//! plugin's bucket, then the outbox published, then acks and naks.
+//!
+//! A first delivery needs no marker. A redelivery (a retry, a hand-back,
+//! or a takeover after another host's lease ran out) reads the event's
+//! marker first: settled already, it is acked without being handled
+//! (after its outbox is published again); otherwise this host writes its
+//! claim there, guarded by the marker it read, so that a settlement of the
+//! host that held it before fails its guard.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::{self, AckKind};
+use futures_util::StreamExt;
+
+use super::commit::{self, Marker, Out, Outgoing};
+use super::connect::Bridge;
+use super::letters::dead_record;
+use super::{Inner, CALL_TIMEOUT};
+use crate::backend::{BackendError, Consumer, ConsumerOptions, Delivered, Settlement, Verdict};
+use crate::event::Event;
+
+/// An event handed out and not yet settled.
+struct Held {
+    message: jetstream::Message,
+    stream_seq: u64,
+    /// Its marker's sequence when handed out (0: none): the guard.
+    last: u64,
+    handbacks: u32,
+    attempt: u32,
+    event: Arc<Event>,
+}
+
+/// An event a settlement is done with (acked or dead-lettered), as the
+/// commit needs it.
+struct Final {
+    seq: u64,
+    stream_seq: u64,
+    /// The marker sequence it was handed out at (the guard).
+    last: u64,
+    handbacks: u32,
+    attempt: u32,
+    /// Dead-lettered with this error.
+    error: Option<String>,
+}
+
+/// The plugin's durable consumer, made or brought up to date: its filter
+/// is the plugin's topics and its redo subject, its ack wait the lease.
+pub(super) async fn durable(
+    inner: &Inner,
+    plugin: &str,
+    options: &ConsumerOptions,
+) -> Result<PullConsumer, BackendError> {
+    let stream = inner.events().await?;
+    let mut filters: Vec<String> = options
+        .patterns
+        .iter()
+        .map(|p| inner.event_subject(p.as_str()))
+        .collect();
+    filters.sort();
+    filters.dedup();
+    filters.push(inner.redo_subject(plugin));
+    match stream.consumer_info(plugin).await {
+        Ok(info) => {
+            let mut config = info.config.clone();
+            let mut current = config.filter_subjects.clone();
+            if !config.filter_subject.is_empty() {
+                current.push(config.filter_subject.clone());
+            }
+            if current != filters || config.ack_wait != options.lease {
+                config.filter_subject = String::new();
+                config.filter_subjects = filters;
+                config.ack_wait = options.lease;
+                stream
+                    .update_consumer(pull_config(config))
+                    .await
+                    .map_err(|e| inner.error(format!("cannot update consumer {plugin}: {e}")))?;
+            }
+        }
+        Err(e) if !e.to_string().contains("not found") => return Err(inner.error(e)),
+        Err(_) => {
+            let config = pull::Config {
+                durable_name: Some(plugin.to_string()),
+                deliver_policy: if options.start_latest {
+                    DeliverPolicy::New
+                } else {
+                    DeliverPolicy::All
+                },
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: options.lease,
+                filter_subjects: filters,
+                ..Default::default()
+            };
+            stream
+                .create_consumer(config)
+                .await
+                .map_err(|e| inner.error(format!("cannot make consumer {plugin}: {e}")))?;
+        }
+    }
+    stream
+        .get_consumer(plugin)
+        .await
+        .map_err(|e| inner.error(e))
+}
+
+/// A consumer's configuration as a pull consumer's.
+fn pull_config(c: jetstream::consumer::Config) -> pull::Config {
+    pull::Config {
+        durable_name: c.durable_name,
+        name: c.name,
+        description: c.description,
+        deliver_policy: c.deliver_policy,
+        ack_policy: c.ack_policy,
+        ack_wait: c.ack_wait,
+        max_deliver: c.max_deliver,
+        filter_subject: c.filter_subject,
+        filter_subjects: c.filter_subjects,
+        replay_policy: c.replay_policy,
+        max_ack_pending: c.max_ack_pending,
+        ..Default::default()
+    }
+}
+
+/// Deliver the log to `plugin` again from `from`: its consumer is made
+/// anew there, its markers (and with `reset_state` its whole bucket)
+/// purged.
+pub(super) async fn replay(
+    inner: &Inner,
+    plugin: &str,
+    from: u64,
+    reset_state: bool,
+) -> Result<(), BackendError> {
+    let stream = inner.events().await?;
+    let mut config = match stream.consumer_info(plugin).await {
+        Ok(info) => {
+            let config = pull_config(info.config.clone());
+            stream
+                .delete_consumer(plugin)
+                .await
+                .map_err(|e| inner.error(e))?;
+            config
+        }
+        Err(e) if !e.to_string().contains("not found") => return Err(inner.error(e)),
+        Err(_) => pull::Config {
+            durable_name: Some(plugin.to_string()),
+            ack_policy: AckPolicy::Explicit,
+            filter_subjects: vec![inner.event_subject(">"), inner.redo_subject(plugin)],
+            ..Default::default()
+        },
+    };
+    let bucket = inner.ensure_bucket(plugin).await?;
+    let name = inner.bucket(plugin);
+    let filter = if reset_state {
+        format!("$KV.{name}.>")
+    } else {
+        format!("$KV.{name}._pb.>")
+    };
+    bucket
+        .purge()
+        .filter(filter)
+        .await
+        .map_err(|e| inner.error(e))?;
+    config.deliver_policy = DeliverPolicy::ByStartSequence {
+        start_sequence: from.max(1),
+    };
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| inner.error(format!("cannot make consumer {plugin} again: {e}")))?;
+    Ok(())
+}
+
+pub(in crate::backend) struct NatsConsumer {
+    inner: Arc<Inner>,
+    bridge: Arc<Bridge>,
+    plugin: String,
+    options: ConsumerOptions,
+    pull: PullConsumer,
+    held: Arc<Mutex<HashMap<u64, Held>>>,
+}
+
+impl NatsConsumer {
+    pub(super) fn new(
+        inner: Arc<Inner>,
+        bridge: Arc<Bridge>,
+        plugin: &str,
+        options: ConsumerOptions,
+        pull: PullConsumer,
+    ) -> NatsConsumer {
+        NatsConsumer {
+            inner,
+            bridge,
+            plugin: plugin.to_string(),
+            options,
+            pull,
+            held: Arc::default(),
+        }
+    }
+
+    fn run<T: Send + 'static, F>(
+        &self,
+        timeout: Duration,
+        f: impl FnOnce(Task) -> F,
+    ) -> Result<T, BackendError>
+    where
+        F: std::future::Future<Output = Result<T, BackendError>> + Send + 'static,
+    {
+        let task = Task {
+            inner: self.inner.clone(),
+            plugin: self.plugin.clone(),
+            host: self.options.host.clone(),
+            pull: self.pull.clone(),
+            held: self.held.clone(),
+        };
+        self.bridge.run(&self.inner, timeout, f(task))
+    }
+}
+
+/// What a consumer's calls run with on the client's runtime.
+struct Task {
+    inner: Arc<Inner>,
+    plugin: String,
+    host: String,
+    pull: PullConsumer,
+    held: Arc<Mutex<HashMap<u64, Held>>>,
+}
+
+/// A single guarded write's outcome: stored at this sequence, or the guard
+/// failed.
+enum Guarded {
+    Stored(u64),
+    WrongLast,
+}
+
+impl Task {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Held>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bucket(&self) -> String {
+        self.inner.bucket(&self.plugin)
+    }
+
+    async fn publish_guarded(&self, out: Out) -> Result<Guarded, BackendError> {
+        let conn = self.inner.conn().await?;
+        let ack = conn
+            .js
+            .publish_with_headers(out.subject, out.headers, out.payload)
+            .await
+            .map_err(|e| self.inner.error(e))?;
+        match ack.await {
+            Ok(ack) => Ok(Guarded::Stored(ack.sequence)),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                Ok(Guarded::WrongLast)
+            }
+            Err(e) => Err(self.inner.error(e)),
+        }
+    }
+
+    /// Pull up to `max` messages: what is there at once, else wait up to
+    /// `wait` for one and take what came with it.
+    async fn pull(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<jetstream::Message>, BackendError> {
+        let mut got = self.fetch(max, None).await?;
+        if got.is_empty() && !wait.is_zero() {
+            got = self
+                .fetch(1, Some(wait.max(Duration::from_millis(10))))
+                .await?;
+            if !got.is_empty() && max > 1 {
+                got.extend(self.fetch(max - 1, None).await?);
+            }
+        }
+        Ok(got)
+    }
+
+    async fn fetch(
+        &self,
+        max: usize,
+        wait: Option<Duration>,
+    ) -> Result<Vec<jetstream::Message>, BackendError> {
+        let mut batch = match wait {
+            None => self.pull.fetch().max_messages(max).messages().await,
+            Some(wait) => {
+                self.pull
+                    .batch()
+                    .max_messages(max)
+                    .expires(wait)
+                    .messages()
+                    .await
+            }
+        }
+        .map_err(|e| self.inner.error(e))?;
+        let mut out = Vec::new();
+        while let Some(m) = batch.next().await {
+            out.push(m.map_err(|e| self.inner.error(e))?);
+        }
+        Ok(out)
+    }
+
+    async fn next_batch(self, max: usize, wait: Duration) -> Result<Vec<Delivered>, BackendError> {
+        let stream = self.inner.ensure_bucket(&self.plugin).await?;
+        let mut out = Vec::new();
+        for message in self.pull(max, wait).await? {
+            let (stream_seq, delivered) = match message.info() {
+                Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
+                Err(e) => {
+                    return Err(self
+                        .inner
+                        .corrupt("a delivered message's info", e.to_string()))
+                }
+            };
+            let decoded = if message.subject.as_str() == self.inner.redo_subject(&self.plugin) {
+                commit::decode_redo(&message.payload)
+            } else {
+                crate::store::codec::decode(stream_seq, &message.payload).ok()
+            };
+            let Some(event) = decoded else {
+                tracing::error!(plugin = %self.plugin, stream_seq, subject = %message.subject, "a message of the log does not decode (not written by this version of plugbus); terminated without handling it");
+                let _ = message.ack_with(AckKind::Term).await;
+                continue;
+            };
+            let (mut last, mut handbacks) = (0, 0);
+            if delivered > 1 {
+                let bucket = self.bucket();
+                let marker = commit::read_marker(&self.inner, &stream, &bucket, stream_seq).await?;
+                if let Some((
+                    _,
+                    Marker {
+                        done: Some((batch, n)),
+                        ..
+                    },
+                )) = marker
+                {
+                    // Settled before: its outbox again, then the ack.
+                    self.send_outbox(&stream, batch, n).await?;
+                    message.ack().await.map_err(|e| self.inner.error(e))?;
+                    continue;
+                }
+                let (seen, before) = marker.map_or((0, Marker::default()), |(s, m)| (s, m));
+                handbacks = before.handbacks;
+                let claim = Marker {
+                    done: None,
+                    host: self.host.clone(),
+                    handbacks,
+                };
+                match self
+                    .publish_guarded(commit::marker(&bucket, stream_seq, &claim, seen))
+                    .await?
+                {
+                    Guarded::Stored(seq) => last = seq,
+                    // Another host claimed it meanwhile: it is theirs.
+                    Guarded::WrongLast => continue,
+                }
+            }
+            let attempt = delivered.saturating_sub(handbacks).max(1);
+            let event = Arc::new(event);
+            self.held().insert(
+                event.sequence,
+                Held {
+                    message,
+                    stream_seq,
+                    last,
+                    handbacks,
+                    attempt,
+                    event: event.clone(),
+                },
+            );
+            out.push(Delivered { event, attempt });
+        }
+        Ok(out)
+    }
+
+    /// Publish a settled batch's outbox (again), from the bucket.
+    async fn send_outbox(
+        &self,
+        stream: &jetstream::stream::Stream,
+        batch: u64,
+        n: usize,
+    ) -> Result<(), BackendError> {
+        let bucket = self.bucket();
+        let mut outgoing = Vec::with_capacity(n);
+        for i in 0..n {
+            let subject = commit::outbox_subject(&bucket, batch, i);
+            match commit::last(&self.inner, stream, &subject).await? {
+                Some((_, Some(bytes))) => outgoing.push(
+                    Outgoing::decode(&bytes)
+                        .ok_or_else(|| self.inner.corrupt(subject.clone(), "bad outbox entry"))?,
+                ),
+                _ => {
+                    tracing::warn!(plugin = %self.plugin, %subject, "an outbox entry expired before it was published again");
+                }
+            }
+        }
+        self.publish_outbox(&outgoing).await
+    }
+
+    /// Publish follow-ups to the log and dead letters to the DLQ stream,
+    /// each with its message id, waiting for the server's answers.
+    async fn publish_outbox(&self, outgoing: &[Outgoing]) -> Result<(), BackendError> {
+        let conn = self.inner.conn().await?;
+        let mut acks = Vec::with_capacity(outgoing.len());
+        for o in outgoing {
+            let mut headers = async_nats::HeaderMap::new();
+            let (subject, payload) = match o {
+                Outgoing::FollowUp(e) => {
+                    headers.insert(async_nats::header::NATS_MESSAGE_ID, e.id.as_str());
+                    (
+                        self.inner.event_subject(&e.topic),
+                        crate::store::codec::encode(e),
+                    )
+                }
+                Outgoing::Dead { record, id } => {
+                    headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+                    (self.inner.dlq_subject(&self.plugin), record.clone())
+                }
+            };
+            acks.push(
+                conn.js
+                    .publish_with_headers(subject, headers, payload.into())
+                    .await
+                    .map_err(|e| self.inner.error(e))?,
+            );
+        }
+        for ack in acks {
+            ack.await.map_err(|e| self.inner.error(e))?;
+        }
+        Ok(())
+    }
+
+    async fn settle(self, s: Settlement) -> Result<(), BackendError> {
+        let bucket = self.bucket();
+        // What each verdict is about.
+        let mut finals: Vec<Final> = Vec::new();
+        let mut retries: Vec<(u64, Duration)> = Vec::new();
+        {
+            let held = self.held();
+            for (seq, verdict) in &s.verdicts {
+                let h = held.get(seq).ok_or_else(|| BackendError::NotHeld {
+                    plugin: self.plugin.clone(),
+                    sequence: *seq,
+                })?;
+                let error = match verdict {
+                    Verdict::Ack => None,
+                    Verdict::Dead(error) => Some(error.clone()),
+                    Verdict::Retry(delay) => {
+                        retries.push((*seq, *delay));
+                        continue;
+                    }
+                };
+                finals.push(Final {
+                    seq: *seq,
+                    stream_seq: h.stream_seq,
+                    last: h.last,
+                    handbacks: h.handbacks,
+                    attempt: h.attempt,
+                    error,
+                });
+            }
+        }
+        let stream = self.inner.ensure_bucket(&self.plugin).await?;
+        let mut batch: Vec<Out> = Vec::new();
+        // The values the writes were computed from must still be there:
+        // each is checked now and guarded by its sequence in the batch.
+        let mut guards: HashMap<&str, (u64, Option<Vec<u8>>)> = HashMap::new();
+        for (key, expected) in &s.expected {
+            let subject = commit::key_subject(&bucket, key);
+            let (seq, current) = commit::last(&self.inner, &stream, &subject)
+                .await?
+                .map_or((0, None), |(seq, v)| (seq, v));
+            if current != *expected {
+                return Err(BackendError::Conflict {
+                    plugin: self.plugin.clone(),
+                    key: key.clone(),
+                });
+            }
+            guards.insert(key.as_str(), (seq, current));
+        }
+        let mut writes: Vec<(&str, Option<&[u8]>)> = Vec::new();
+        for (key, value) in &s.writes {
+            writes.retain(|(k, _)| *k != key.as_str());
+            writes.push((key.as_str(), value.as_deref()));
+        }
+        for (key, value) in &writes {
+            let guard = guards.remove(key).map(|(seq, _)| seq);
+            batch.push(commit::write(&bucket, key, *value, guard));
+        }
+        for (key, (seq, value)) in &guards {
+            batch.push(commit::write(&bucket, key, value.as_deref(), Some(*seq)));
+        }
+        let mut outgoing: Vec<Outgoing> = s
+            .follow_ups
+            .into_iter()
+            .map(|e| Outgoing::FollowUp(Box::new(e)))
+            .collect();
+        {
+            let held = self.held();
+            for f in &finals {
+                if let (Some(error), Some(h)) = (&f.error, held.get(&f.seq)) {
+                    outgoing.push(Outgoing::Dead {
+                        record: dead_record(&h.event, f.attempt, error),
+                        id: format!("dlq:{}:{}", self.plugin, f.stream_seq),
+                    });
+                }
+            }
+        }
+        let batch_id = finals.first().map(|f| f.stream_seq);
+        if let Some(batch_id) = batch_id {
+            for (i, o) in outgoing.iter().enumerate() {
+                batch.push(o.entry(&bucket, batch_id, i));
+            }
+            for f in &finals {
+                let done = Marker {
+                    done: Some((batch_id, outgoing.len())),
+                    host: self.host.clone(),
+                    handbacks: f.handbacks,
+                };
+                batch.push(commit::marker(&bucket, f.stream_seq, &done, f.last));
+            }
+        }
+        let conn = self.inner.conn().await?;
+        match commit::atomic(&conn.client, batch).await {
+            Ok(()) => {}
+            Err(commit::BatchError::WrongLast(why)) => {
+                return Err(self.diagnose(&stream, &finals, &s.expected, why).await)
+            }
+            Err(e) => return Err(e.into_backend(&self.inner)),
+        }
+        if let Err(e) = self.publish_outbox(&outgoing).await {
+            // Committed: a redelivery publishes the outbox again.
+            tracing::warn!(plugin = %self.plugin, "a settlement's follow-ups or dead letters were not all published ({e}); they are, when the events come back after the lease");
+        }
+        let (mut acks, mut naks) = (Vec::new(), Vec::new());
+        {
+            let mut held = self.held();
+            for f in &finals {
+                acks.extend(held.remove(&f.seq).map(|h| h.message));
+            }
+            for (seq, delay) in &retries {
+                naks.extend(held.remove(seq).map(|h| (h.message, *delay)));
+            }
+        }
+        // Committed: an ack or nak lost here only brings the event back
+        // after the lease, to be recognised by its marker (or retried).
+        for m in acks {
+            if let Err(e) = m.ack().await {
+                tracing::warn!(plugin = %self.plugin, "an ack was not sent ({e}); the event comes back after the lease and is acked then");
+            }
+        }
+        for (m, delay) in naks {
+            if let Err(e) = m.ack_with(AckKind::Nak(Some(delay))).await {
+                tracing::warn!(plugin = %self.plugin, "a retry was not sent ({e}); the event comes back after the lease");
+            }
+        }
+        Ok(())
+    }
+
+    /// Why a guarded commit failed: an event this host no longer holds
+    /// (fenced: nothing of the batch is its any more), else a changed key.
+    async fn diagnose(
+        &self,
+        stream: &jetstream::stream::Stream,
+        finals: &[Final],
+        expected: &[(String, Option<Vec<u8>>)],
+        why: String,
+    ) -> BackendError {
+        let bucket = self.bucket();
+        for f in finals {
+            match commit::read_marker(&self.inner, stream, &bucket, f.stream_seq).await {
+                Ok(found) if found.as_ref().map_or(0, |(s, _)| *s) != f.last => {
+                    let holder = found.map(|(_, m)| m);
+                    let why = match holder {
+                        Some(Marker {
+                            done: Some(_),
+                            host,
+                            ..
+                        }) => format!("{host} settled it"),
+                        Some(m) => format!("{} holds it", m.host),
+                        None => "its claim expired".into(),
+                    };
+                    let mut held = self.held();
+                    for other in finals {
+                        held.remove(&other.seq);
+                    }
+                    return BackendError::Fenced {
+                        plugin: self.plugin.clone(),
+                        sequence: f.seq,
+                        why,
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => return e,
+            }
+        }
+        match expected.first() {
+            Some((key, _)) => BackendError::Conflict {
+                plugin: self.plugin.clone(),
+                key: key.clone(),
+            },
+            None => self
+                .inner
+                .refused(format!("a state commit was refused: {why}")),
+        }
+    }
+
+    async fn extend(self) -> Result<(), BackendError> {
+        let messages: Vec<jetstream::Message> =
+            self.held().values().map(|h| h.message.clone()).collect();
+        for m in messages {
+            m.ack_with(AckKind::Progress)
+                .await
+                .map_err(|e| self.inner.error(e))?;
+        }
+        Ok(())
+    }
+
+    async fn release(self) -> Result<(), BackendError> {
+        let held = std::mem::take(&mut *self.held());
+        let bucket = self.bucket();
+        for h in held.into_values() {
+            let back = Marker {
+                done: None,
+                host: self.host.clone(),
+                handbacks: h.handbacks + 1,
+            };
+            match self
+                .publish_guarded(commit::marker(&bucket, h.stream_seq, &back, h.last))
+                .await?
+            {
+                Guarded::Stored(_) => h
+                    .message
+                    .ack_with(AckKind::Nak(None))
+                    .await
+                    .map_err(|e| self.inner.error(e))?,
+                // Taken by another host meanwhile: not this one's to hand
+                // back.
+                Guarded::WrongLast => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Consumer for NatsConsumer {
+    fn next_batch(
+        &mut self,
+        max_events: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivered>, BackendError> {
+        if max_events == 0 {
+            return Ok(Vec::new());
+        }
+        self.run(wait + CALL_TIMEOUT, |t| t.next_batch(max_events, wait))
+    }
+
+    fn settle(&mut self, settlement: Settlement) -> Result<(), BackendError> {
+        self.run(CALL_TIMEOUT, |t| t.settle(settlement))
+    }
+
+    fn extend(&mut self) -> Result<(), BackendError> {
+        self.run(CALL_TIMEOUT, |t| t.extend())
+    }
+
+    fn release(&mut self) -> Result<(), BackendError> {
+        self.run(CALL_TIMEOUT, |t| t.release())
+    }
+}

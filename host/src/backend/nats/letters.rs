@@ -1,0 +1,130 @@
+//! The plugins' dead letters in the DLQ stream (`plugbus.dlq.PLUGIN`):
+//! listed through a consumer of their own, re-driven onto the plugin's
+//! redo subject keeping the event, deleted by their stream sequence.
+
+use super::{commit, Inner};
+use crate::backend::BackendError;
+use crate::event::Event;
+use crate::store::dead::{self, DeadLetter, Selection};
+use async_nats::jetstream::consumer::DeliverPolicy;
+
+impl Inner {
+    /// The plugin's dead letters with their sequences in the DLQ stream.
+    pub(super) async fn letters(
+        &self,
+        plugin: &str,
+    ) -> Result<Vec<(u64, DeadLetter)>, BackendError> {
+        let conn = self.conn().await?;
+        let stream = conn
+            .js
+            .get_stream(self.dlq_stream())
+            .await
+            .map_err(|e| self.error(e))?;
+        let all = self
+            .scan(
+                &stream,
+                self.dlq_subject(plugin),
+                DeliverPolicy::All,
+                usize::MAX,
+            )
+            .await?;
+        let mut out = Vec::with_capacity(all.len());
+        for (dlq_seq, m) in all {
+            let letter = commit::decode_dead(plugin, &m.payload).ok_or_else(|| {
+                self.corrupt(
+                    format!("dead letter {dlq_seq} of plugin `{plugin}`"),
+                    "bad record",
+                )
+            })?;
+            out.push((dlq_seq, letter));
+        }
+        out.sort_by_key(|(_, l)| l.event.sequence);
+        Ok(out)
+    }
+
+    /// The selected dead letters, and the DLQ stream they are in.
+    async fn chosen(
+        &self,
+        plugin: &str,
+        which: &Selection,
+    ) -> Result<
+        (
+            Vec<(u64, DeadLetter)>,
+            async_nats::jetstream::stream::Stream,
+        ),
+        BackendError,
+    > {
+        let chosen = self
+            .letters(plugin)
+            .await?
+            .into_iter()
+            .filter(|(_, l)| which.wants(l))
+            .collect();
+        let conn = self.conn().await?;
+        let dlq = conn
+            .js
+            .get_stream(self.dlq_stream())
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok((chosen, dlq))
+    }
+
+    /// Deliver the selected dead letters to `plugin` again: back on its own
+    /// subject, keeping the event (its id and sequence); the message id
+    /// makes a re-drive that is retried store it once.
+    pub(super) async fn redrive(
+        &self,
+        plugin: &str,
+        which: &Selection,
+    ) -> Result<usize, BackendError> {
+        let (chosen, dlq) = self.chosen(plugin, which).await?;
+        let conn = self.conn().await?;
+        for (dlq_seq, letter) in &chosen {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                format!("redo:{plugin}:{dlq_seq}").as_str(),
+            );
+            let ack = conn
+                .js
+                .publish_with_headers(
+                    self.redo_subject(plugin),
+                    headers,
+                    commit::encode_redo(&letter.event).into(),
+                )
+                .await
+                .map_err(|e| self.error(e))?;
+            ack.await.map_err(|e| self.error(e))?;
+            dlq.delete_message(*dlq_seq)
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        Ok(chosen.len())
+    }
+
+    /// Delete the selected dead letters.
+    pub(super) async fn purge(
+        &self,
+        plugin: &str,
+        which: &Selection,
+    ) -> Result<usize, BackendError> {
+        let (chosen, dlq) = self.chosen(plugin, which).await?;
+        for (seq, _) in &chosen {
+            dlq.delete_message(*seq).await.map_err(|e| self.error(e))?;
+        }
+        Ok(chosen.len())
+    }
+}
+
+/// A dead letter's record as the outbox carries it and the DLQ stream
+/// keeps it.
+pub(super) fn dead_record(event: &Event, attempts: u32, error: &str) -> Vec<u8> {
+    let mut out = event.sequence.to_be_bytes().to_vec();
+    out.extend(dead::encode(
+        attempts,
+        error,
+        &crate::event::now_rfc3339(),
+        event,
+    ));
+    out
+}
