@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark: plugbus against a crossbeam floor, the bare wasm
 # call, redis-server pub/sub, durable publishing against NATS JetStream and
-# Redis Streams, plugbus itself on Redis Streams (one host and two), HTTP
+# Redis Streams, plugbus itself on Redis Streams and NATS JetStream (one
+# host and two, and latency), HTTP
 # ingress under wrk, and publish-to-handled latency at
 # fixed rates, in one run; prints
 # a table. Installs redis-server and wrk from Debian and a pinned nats-server

@@ -727,11 +727,12 @@ fn main() {
         http::rows(&dir, &mut rows);
     }
 
+    let mut latencies = Vec::new();
     if want("brokers") {
         brokers::rows(&dir, &mut rows, n);
+        brokers::latencies(&dir, &mut latencies);
     }
 
-    let mut latencies = Vec::new();
     if want("latency") {
         let data = dir.join("latency-data");
         let data = data.to_string_lossy().into_owned();

@@ -5,11 +5,17 @@
 //! - Redis Streams ceiling: one client publishing (XADD, 64 per round trip)
 //!   while three consumer groups consume (XREADGROUP 64, XACK),
 //!   `appendfsync always`;
+//! - NATS JetStream ceiling: one client publishing with acks (256 in
+//!   flight) while three durable pull consumers fetch (64) and ack each
+//!   message, at the server's default sync (every two minutes) and with
+//!   `sync_interval: always`;
 //! - plugbus publish → handled by three trivial plugins, through HTTP
 //!   (CloudEvents batches of 64), on one host and on two hosts sharing the
 //!   broker, and on the embedded store;
 //! - a CPU-bound plugin (the hostile plugin's `work` mode, concurrency 1)
-//!   on one host and two: work sharing.
+//!   on one host and two: work sharing;
+//! - publish → handled latency (p50/p99) on each broker, as the latency
+//!   rows measure it on the embedded store.
 
 use super::*;
 
@@ -34,6 +40,169 @@ fn redis(dir: &Path) -> Result<(Server, String), String> {
         &data_arg,
     ])?;
     Ok((server, url))
+}
+
+/// A nats-server with JetStream on a free port, in a temp directory,
+/// syncing every write (`sync_interval: always`) or, as by default, every
+/// two minutes; its URL.
+fn nats(dir: &Path, sync_always: bool) -> Result<(Server, String), String> {
+    let bin = std::env::var_os("PLUGBUS_NATS_SERVER")
+        .map(PathBuf::from)
+        .or_else(|| which("nats-server"))
+        .ok_or("nats-server not installed (scripts/bench.sh installs it)")?;
+    let data = dir.join("nats-broker");
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+    let config = data.join("nats.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "jetstream {{\n  store_dir: \"{}\"\n{}}}\n",
+            data.join("js").display(),
+            if sync_always {
+                "  sync_interval: always\n"
+            } else {
+                ""
+            }
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let port = free_port();
+    let server = Server(
+        Command::new(bin)
+            .arg("-c")
+            .arg(&config)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    (0..200)
+        .find_map(|_| {
+            thread::sleep(Duration::from_millis(50));
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })
+        .ok_or("nats-server did not come up")?;
+    Ok((server, format!("nats://127.0.0.1:{port}")))
+}
+
+/// NATS JetStream with its own client: publish with acks (256 in flight)
+/// while three durable pull consumers (one per subscriber) fetch up to 64
+/// and ack each; events/s through all of them.
+fn nats_ceiling(dir: &Path, sync_always: bool, n: usize) -> Result<f64, String> {
+    use async_nats::jetstream::{self, consumer::pull, stream};
+    let (_server, url) = nats(dir, sync_always)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let client = async_nats::connect(&url).await.map_err(|e| e.to_string())?;
+        let js = jetstream::new(client);
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: "CEILING".into(),
+                subjects: vec!["ceiling.>".into()],
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut consumers = Vec::new();
+        for g in 0..SUBSCRIBERS {
+            consumers.push(
+                stream
+                    .create_consumer(pull::Config {
+                        durable_name: Some(format!("g{g}")),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let start = Instant::now();
+        let readers: Vec<_> = consumers
+            .into_iter()
+            .map(|c| {
+                tokio::spawn(async move {
+                    let mut got = 0;
+                    while got < n {
+                        let mut batch = c
+                            .batch()
+                            .max_messages(64)
+                            .expires(Duration::from_secs(1))
+                            .messages()
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        while let Some(m) = futures_util::StreamExt::next(&mut batch).await {
+                            m.map_err(|e| e.to_string())?
+                                .ack()
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            got += 1;
+                        }
+                    }
+                    Ok::<(), String>(())
+                })
+            })
+            .collect();
+        peers::publish_pipelined(&js, "ceiling.order", n).await?;
+        for r in readers {
+            r.await.map_err(|e| e.to_string())??;
+        }
+        Ok(n as f64 / start.elapsed().as_secs_f64())
+    })
+}
+
+/// The brokers the rows run on.
+#[derive(Clone, Copy)]
+enum Broker {
+    /// `appendfsync always`.
+    Redis,
+    /// The server's default: synced every two minutes (durability from
+    /// replication).
+    Nats,
+    /// `sync_interval: always`.
+    NatsSynced,
+}
+
+impl Broker {
+    fn name(self) -> &'static str {
+        match self {
+            Broker::Redis => "Redis",
+            Broker::Nats => "NATS",
+            Broker::NatsSynced => "NATS (sync always)",
+        }
+    }
+
+    /// A fresh server of it; its URL.
+    fn start(self, dir: &Path) -> Result<(Server, String), String> {
+        match self {
+            Broker::Redis => redis(dir),
+            Broker::Nats => nats(dir, false),
+            Broker::NatsSynced => nats(dir, true),
+        }
+    }
+
+    /// Its own client's publish + consume rate, and what was measured.
+    fn ceiling(self, dir: &Path, n: usize) -> (Result<f64, String>, &'static str) {
+        match self {
+            Broker::Redis => (
+                redis_ceiling(dir, n),
+                "Redis Streams ceiling: XADD x64 + 3 groups XREADGROUP/XACK x64, its own client, appendfsync always",
+            ),
+            Broker::Nats => (
+                nats_ceiling(dir, false, n),
+                "NATS JetStream ceiling: publish with ack (256 in flight) + 3 pull consumers fetch x64/ack, its own client, default sync (2 min)",
+            ),
+            Broker::NatsSynced => (
+                nats_ceiling(dir, true, n),
+                "NATS JetStream ceiling, as above with sync_interval always",
+            ),
+        }
+    }
 }
 
 /// Redis Streams with its own client: publish with ack (pipelined XADD)
@@ -188,9 +357,10 @@ fn with_hosts<T>(
     f(&urls)
 }
 
-/// [`publish_and_handle`] on a fresh Redis with one host, then with two:
-/// (hosts, events/s) each.
+/// [`publish_and_handle`] on a fresh `broker` with one host, then with
+/// two: (hosts, events/s) each.
 fn on_one_and_two_hosts(
+    broker: Broker,
     dir: &Path,
     plugins: &Path,
     names: &[&str],
@@ -199,7 +369,7 @@ fn on_one_and_two_hosts(
     [1, 2]
         .into_iter()
         .map(|hosts| {
-            let rate = redis(dir).and_then(|(_server, url)| {
+            let rate = broker.start(dir).and_then(|(_server, url)| {
                 with_hosts(plugins, hosts, &["--broker", &url], |urls| {
                     publish_and_handle(urls, names, n)
                 })
@@ -225,21 +395,6 @@ pub(crate) fn rows(dir: &Path, rows: &mut Vec<Row>, n: usize) {
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let m = (n / 20).max(10_000);
 
-    let ceiling = redis_ceiling(dir, m);
-    let ceiling_rate = ceiling.as_ref().ok().copied();
-    rows.push(match &ceiling {
-        Ok(rate) => row(
-            "Redis Streams ceiling: XADD x64 + 3 groups XREADGROUP/XACK x64, its own client, appendfsync always",
-            Some(*rate),
-            "the broker's own publish+consume",
-        ),
-        Err(e) => row("Redis Streams ceiling", None, format!("skipped: {e}")),
-    });
-    let vs = |rate: f64| {
-        ceiling_rate.map_or(String::new(), |c| {
-            format!("{:.0} % of the Redis ceiling", 100.0 * rate / c)
-        })
-    };
     let embedded = dir.join("broker-embedded-data");
     let _ = std::fs::remove_dir_all(&embedded);
     let embedded_arg = embedded.display().to_string();
@@ -254,17 +409,31 @@ pub(crate) fn rows(dir: &Path, rows: &mut Vec<Row>, n: usize) {
         ),
         Err(e) => row("plugbus embedded", None, format!("failed: {e}")),
     });
-    let runs = on_one_and_two_hosts(dir, &trivial, &names, m);
-    let one_host = runs[0].1.as_ref().map_or(f64::NAN, |r| *r);
-    for (hosts, result) in runs {
-        rows.push(match result {
-            Ok(rate) => row(
-                &format!("plugbus on Redis: HTTP publish (x64) → handled by 3 trivial plugins, {hosts} host(s)"),
-                Some(rate),
-                if hosts == 1 { vs(rate) } else { format!("{}, {:.2}x one host", vs(rate), rate / one_host) },
-            ),
-            Err(e) => row(&format!("plugbus on Redis, {hosts} host(s)"), None, format!("failed: {e}")),
+    for broker in [Broker::Redis, Broker::Nats, Broker::NatsSynced] {
+        let name = broker.name();
+        let (ceiling, what) = broker.ceiling(dir, m);
+        let ceiling_rate = ceiling.as_ref().ok().copied();
+        rows.push(match &ceiling {
+            Ok(rate) => row(what, Some(*rate), "the broker's own publish+consume"),
+            Err(e) => row(&format!("{name} ceiling"), None, format!("skipped: {e}")),
         });
+        let vs = |rate: f64| {
+            ceiling_rate.map_or(String::new(), |c| {
+                format!("{:.0} % of the {name} ceiling", 100.0 * rate / c)
+            })
+        };
+        let runs = on_one_and_two_hosts(broker, dir, &trivial, &names, m);
+        let one_host = runs[0].1.as_ref().map_or(f64::NAN, |r| *r);
+        for (hosts, result) in runs {
+            rows.push(match result {
+                Ok(rate) => row(
+                    &format!("plugbus on {name}: HTTP publish (x64) → handled by 3 trivial plugins, {hosts} host(s)"),
+                    Some(rate),
+                    if hosts == 1 { vs(rate) } else { format!("{}, {:.2}x one host", vs(rate), rate / one_host) },
+                ),
+                Err(e) => row(&format!("plugbus on {name}, {hosts} host(s)"), None, format!("failed: {e}")),
+            });
+        }
     }
 
     // Work sharing: a plugin spending 2 ms of CPU per event, one worker a
@@ -278,26 +447,47 @@ pub(crate) fn rows(dir: &Path, rows: &mut Vec<Row>, n: usize) {
         plugbus_e2e::artifacts::HOSTILE,
         Some("[config]\nmode = \"work\"\nwork_us = \"2000\"\nsubscribe = \"order.placed\"\n"),
     );
-    let runs = on_one_and_two_hosts(dir, &work, &["work"], 2_000);
-    let one = runs[0].1.as_ref().map_or(f64::NAN, |r| *r);
-    for (hosts, result) in runs {
-        rows.push(match result {
-            Ok(rate) => row(
-                &format!(
-                    "work sharing on Redis: 2 ms of CPU per event, concurrency 1, {hosts} host(s)"
+    for broker in [Broker::Redis, Broker::Nats] {
+        let name = broker.name();
+        let runs = on_one_and_two_hosts(broker, dir, &work, &["work"], 2_000);
+        let one = runs[0].1.as_ref().map_or(f64::NAN, |r| *r);
+        for (hosts, result) in runs {
+            rows.push(match result {
+                Ok(rate) => row(
+                    &format!(
+                    "work sharing on {name}: 2 ms of CPU per event, concurrency 1, {hosts} host(s)"
                 ),
-                Some(rate),
-                if hosts == 1 {
-                    "baseline".to_string()
-                } else {
-                    format!("{:.2}x one host (target ≥ 1.7x on 2 cores)", rate / one)
-                },
-            ),
-            Err(e) => row(
-                &format!("work sharing, {hosts} host(s)"),
-                None,
-                format!("failed: {e}"),
-            ),
-        });
+                    Some(rate),
+                    if hosts == 1 {
+                        "baseline".to_string()
+                    } else {
+                        format!("{:.2}x one host (target ≥ 1.7x on 2 cores)", rate / one)
+                    },
+                ),
+                Err(e) => row(
+                    &format!("work sharing, {hosts} host(s)"),
+                    None,
+                    format!("failed: {e}"),
+                ),
+            });
+        }
+    }
+}
+
+/// One latency run: its mode, its rate, its samples (µs).
+pub(crate) type LatencyRun = (&'static str, u64, Result<Histogram<u64>, String>);
+
+/// Publish → handled latency on each broker (the probe plugin beside the
+/// three reference plugins, one event per POST at a fixed rate), as the
+/// latency rows measure it on the embedded store.
+pub(crate) fn latencies(dir: &Path, out: &mut Vec<LatencyRun>) {
+    for (broker, label) in [
+        (Broker::Redis, "on Redis (appendfsync always)"),
+        (Broker::Nats, "on NATS JetStream (default sync)"),
+    ] {
+        let result = broker
+            .start(dir)
+            .and_then(|(_server, url)| binary::latency(dir, &["--broker", &url], 1000, 5));
+        out.push((label, 1000, result));
     }
 }

@@ -30,7 +30,6 @@ pub(crate) fn jetstream(n: usize) -> Result<f64, String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let payload = bytes::Bytes::from(payload(0));
     let rate = rt.block_on(async move {
         let url = format!("nats://127.0.0.1:{port}");
         let mut client = None;
@@ -51,26 +50,37 @@ pub(crate) fn jetstream(n: usize) -> Result<f64, String> {
         .await
         .map_err(|e| e.to_string())?;
         let start = Instant::now();
-        let mut pending = std::collections::VecDeque::new();
-        for _ in 0..n {
-            pending.push_back(
-                js.publish("order.placed", payload.clone())
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
-            if pending.len() >= 256 {
-                if let Some(ack) = pending.pop_front() {
-                    ack.await.map_err(|e| e.to_string())?;
-                }
-            }
-        }
-        for ack in pending {
-            ack.await.map_err(|e| e.to_string())?;
-        }
+        publish_pipelined(&js, "order.placed", n).await?;
         Ok::<f64, String>(n as f64 / start.elapsed().as_secs_f64())
     });
     let _ = std::fs::remove_dir_all(&store);
     rate
+}
+
+/// Publish `n` payloads to `subject` with acks, up to 256 awaiting theirs.
+pub(crate) async fn publish_pipelined(
+    js: &async_nats::jetstream::Context,
+    subject: &'static str,
+    n: usize,
+) -> Result<(), String> {
+    let body = bytes::Bytes::from(payload(0));
+    let mut pending = std::collections::VecDeque::new();
+    for _ in 0..n {
+        pending.push_back(
+            js.publish(subject, body.clone())
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        if pending.len() >= 256 {
+            if let Some(ack) = pending.pop_front() {
+                ack.await.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    for ack in pending {
+        ack.await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Start Debian's redis-server on a free loopback port with `extra`

@@ -1,27 +1,35 @@
 //! Spends 50 ms on every `order.placed` (busy-waiting on the monotonic
-//! clock): a consumer that cannot keep up, for backpressure tests.
+//! clock) and notes the event in its state (`seen:ID`): a consumer that
+//! cannot keep up, for backpressure tests, whose outcome is a state commit
+//! (which a broker must fence).
 
 use std::time::{Duration, Instant};
 
-use plugbus_sdk::{export_plugin, Config, Context, Event, Info, Outcome, Plugin};
+use plugbus_sdk::{export_plugin, Config, Context, Event, Info, Outcome, Plugin, State};
 
-struct Slow;
+struct Slow {
+    state: State,
+}
 
 impl Plugin for Slow {
     fn init(_config: &Config) -> Result<Self, String> {
-        Ok(Slow)
+        let state = State::open().map_err(|e| format!("cannot open the state bucket: {e}"))?;
+        Ok(Slow { state })
     }
 
     fn info(&self) -> Info {
         Info::new("slow", "0.1.0", ["order.placed"])
     }
 
-    fn handle(&mut self, _event: &Event<'_>, _ctx: &mut Context) -> Outcome {
+    fn handle(&mut self, event: &Event<'_>, _ctx: &mut Context) -> Outcome {
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(50) {
             std::hint::spin_loop();
         }
-        Outcome::Ack
+        match self.state.set(&format!("seen:{}", event.id()), b"1") {
+            Ok(()) => Outcome::Ack,
+            Err(e) => Outcome::retry(format!("cannot note the event: {e}")),
+        }
     }
 }
 

@@ -4,9 +4,10 @@
 //! by which settled events are fenced and recognised
 //! (`_pb.a.STREAMSEQ`), the outbox of a settlement (`_pb.o.BATCH.I`), and
 //! the atomic batch publish (ADR-50) that commits them, which async-nats
-//! 0.51 lacks: the first message and the commit are requests, the ones
-//! between plain publishes, all carrying `Nats-Batch-Id` and
-//! `Nats-Batch-Sequence`.
+//! 0.51 lacks: the commit is a request whose answer says whether the whole
+//! batch was stored, the messages before it plain publishes, all carrying
+//! `Nats-Batch-Id` and `Nats-Batch-Sequence` (a failed guard on any of
+//! them fails the commit).
 
 use async_nats::header::{
     NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL, NATS_BATCH_ID, NATS_BATCH_SEQUENCE,
@@ -262,12 +263,12 @@ pub(super) async fn atomic(client: &async_nats::Client, batch: Vec<Out>) -> Resu
             out.headers
                 .insert(NATS_BATCH_COMMIT, NATS_BATCH_COMMIT_FINAL);
         }
-        if i == 0 || commit {
+        if commit {
             let reply = client
                 .request_with_headers(out.subject, out.headers, out.payload)
                 .await
                 .map_err(|e| BatchError::Unavailable(e.to_string()))?;
-            answer(&reply.payload, commit)?;
+            answer(&reply.payload)?;
         } else {
             client
                 .publish_with_headers(out.subject, out.headers, out.payload)
@@ -278,18 +279,14 @@ pub(super) async fn atomic(client: &async_nats::Client, batch: Vec<Out>) -> Resu
     Ok(())
 }
 
-/// Read the server's answer to a batch message: nothing (accepted, more to
-/// come), an error, or the commit's acknowledgement.
-fn answer(payload: &[u8], commit: bool) -> Result<(), BatchError> {
+/// Read the server's answer to a batch's commit: an error, or its
+/// acknowledgement of the whole batch.
+fn answer(payload: &[u8]) -> Result<(), BatchError> {
     if payload.is_empty() {
-        return if commit {
-            Err(BatchError::Refused(
-                "the server gave no answer to the commit: it does not support atomic batches (2.12+)"
-                    .into(),
-            ))
-        } else {
-            Ok(())
-        };
+        return Err(BatchError::Refused(
+            "the server gave no answer to the commit: it does not support atomic batches (2.12+)"
+                .into(),
+        ));
     }
     let v: serde_json::Value = serde_json::from_slice(payload)
         .map_err(|e| BatchError::Refused(format!("an answer that is not JSON ({e})")))?;
@@ -306,7 +303,7 @@ fn answer(payload: &[u8], commit: bool) -> Result<(), BatchError> {
             BatchError::Refused(format!("{text} (error {code})"))
         });
     }
-    if commit && v.get("batch").is_none() {
+    if v.get("batch").is_none() {
         return Err(BatchError::Refused(
             "the commit was stored as a plain message: the server ignores atomic batches (2.12+ needed)"
                 .into(),

@@ -88,15 +88,26 @@ impl Inner {
             allow_direct: true,
             ..Default::default()
         };
+        let mut made = Vec::with_capacity(2);
         for config in [events, dlq] {
             let name = config.name.clone();
-            js.get_or_create_stream(config).await.map_err(|e| {
+            made.push(js.get_or_create_stream(config).await.map_err(|e| {
                 self.error(format!(
                     "cannot make the stream {name} ({e}); is JetStream enabled (nats-server -js)?"
                 ))
-            })?;
+            })?);
         }
-        Ok(Conn { client, js })
+        let dlq = made.pop();
+        let events = made.pop();
+        match (events, dlq) {
+            (Some(events), Some(dlq)) => Ok(Conn {
+                client,
+                js,
+                events,
+                dlq,
+            }),
+            _ => Err(self.refused("the streams were not made")),
+        }
     }
 
     /// The plugin's bucket stream, made on first use (a key-value bucket
@@ -109,9 +120,10 @@ impl Inner {
             .buckets
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(plugin);
-        if known {
-            return conn.js.get_stream(&name).await.map_err(|e| self.error(e));
+            .get(plugin)
+            .cloned();
+        if let Some(stream) = known {
+            return Ok(stream);
         }
         let config = stream::Config {
             name: name.clone(),
@@ -141,16 +153,13 @@ impl Inner {
         self.buckets
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(plugin.to_string());
+            .insert(plugin.to_string(), made.clone());
         Ok(made)
     }
 
+    /// The log's stream.
     pub(super) async fn events(&self) -> Result<stream::Stream, BackendError> {
-        let conn = self.conn().await?;
-        conn.js
-            .get_stream(self.stream())
-            .await
-            .map_err(|e| self.error(e))
+        Ok(self.conn().await?.events.clone())
     }
 }
 

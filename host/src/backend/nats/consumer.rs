@@ -465,16 +465,29 @@ impl Task {
                 });
             }
         }
+        if s.writes.is_empty()
+            && s.expected.is_empty()
+            && s.follow_ups.is_empty()
+            && finals.iter().all(|f| f.error.is_none())
+        {
+            // Nothing to commit but acks: no marker (a late ack from a
+            // stalled host changes nothing but the message's ack).
+            self.acknowledge(&finals, &retries).await;
+            return Ok(());
+        }
         let stream = self.inner.ensure_bucket(&self.plugin).await?;
         let mut batch: Vec<Out> = Vec::new();
         // The values the writes were computed from must still be there:
         // each is checked now and guarded by its sequence in the batch.
         let mut guards: HashMap<&str, (u64, Option<Vec<u8>>)> = HashMap::new();
-        for (key, expected) in &s.expected {
+        let found = futures_util::future::join_all(s.expected.iter().map(|(key, _)| {
             let subject = commit::key_subject(&bucket, key);
-            let (seq, current) = commit::last(&self.inner, &stream, &subject)
-                .await?
-                .map_or((0, None), |(seq, v)| (seq, v));
+            let (inner, stream) = (&self.inner, &stream);
+            async move { commit::last(inner, stream, &subject).await }
+        }))
+        .await;
+        for ((key, expected), found) in s.expected.iter().zip(found) {
+            let (seq, current) = found?.map_or((0, None), |(seq, v)| (seq, v));
             if current != *expected {
                 return Err(BackendError::Conflict {
                     plugin: self.plugin.clone(),
@@ -537,13 +550,20 @@ impl Task {
             // Committed: a redelivery publishes the outbox again.
             tracing::warn!(plugin = %self.plugin, "a settlement's follow-ups or dead letters were not all published ({e}); they are, when the events come back after the lease");
         }
+        self.acknowledge(&finals, &retries).await;
+        Ok(())
+    }
+
+    /// Ack the settled events and nak the retried ones (after their
+    /// delays); they are no longer this consumer's.
+    async fn acknowledge(&self, finals: &[Final], retries: &[(u64, Duration)]) {
         let (mut acks, mut naks) = (Vec::new(), Vec::new());
         {
             let mut held = self.held();
-            for f in &finals {
+            for f in finals {
                 acks.extend(held.remove(&f.seq).map(|h| h.message));
             }
-            for (seq, delay) in &retries {
+            for (seq, delay) in retries {
                 naks.extend(held.remove(seq).map(|h| (h.message, *delay)));
             }
         }
@@ -559,7 +579,6 @@ impl Task {
                 tracing::warn!(plugin = %self.plugin, "a retry was not sent ({e}); the event comes back after the lease");
             }
         }
-        Ok(())
     }
 
     /// Why a guarded commit failed: an event this host no longer holds

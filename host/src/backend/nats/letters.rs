@@ -14,12 +14,7 @@ impl Inner {
         &self,
         plugin: &str,
     ) -> Result<Vec<(u64, DeadLetter)>, BackendError> {
-        let conn = self.conn().await?;
-        let stream = conn
-            .js
-            .get_stream(self.dlq_stream())
-            .await
-            .map_err(|e| self.error(e))?;
+        let stream = self.conn().await?.dlq.clone();
         let all = self
             .scan(
                 &stream,
@@ -60,13 +55,7 @@ impl Inner {
             .into_iter()
             .filter(|(_, l)| which.wants(l))
             .collect();
-        let conn = self.conn().await?;
-        let dlq = conn
-            .js
-            .get_stream(self.dlq_stream())
-            .await
-            .map_err(|e| self.error(e))?;
-        Ok((chosen, dlq))
+        Ok((chosen, self.conn().await?.dlq.clone()))
     }
 
     /// Deliver the selected dead letters to `plugin` again: back on its own

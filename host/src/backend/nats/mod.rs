@@ -32,7 +32,7 @@ mod connect;
 mod consumer;
 mod letters;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,6 +74,9 @@ pub struct Access {
 struct Conn {
     client: async_nats::Client,
     js: jetstream::Context,
+    /// The log's stream and the dead letters'.
+    events: stream::Stream,
+    dlq: stream::Stream,
 }
 
 /// What the backend and its consumers share.
@@ -88,7 +91,7 @@ pub(super) struct Inner {
     dedup: Duration,
     connected: AtomicBool,
     /// Plugins whose bucket is known to exist.
-    buckets: Mutex<HashSet<String>>,
+    buckets: Mutex<HashMap<String, stream::Stream>>,
 }
 
 impl Inner {
