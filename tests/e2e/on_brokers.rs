@@ -436,6 +436,40 @@ fn a_broker_over_tls_with_a_password_is_used_and_a_wrong_password_is_named<B: Br
     );
 }
 
+#[test]
+fn a_nats_token_is_used_and_a_wrong_one_is_named_without_showing_it() {
+    let nats = Nats::start_with_token("t0ken-s3cret").unwrap_or_else(|e| panic!("{e}"));
+    let h = host(&order_flow(), &["--broker", &nats.url]);
+    crate::order_flow::two_orders_through(&h);
+    assert_eq!(orders_counted(&h), 2);
+    assert!(h.stop().expect("stops").success());
+    let wrong = nats.url.replace("t0ken-s3cret", "guessed");
+    let err = match TestHost::start(BIN, &order_flow(), &["--broker", &wrong]) {
+        Ok(_) => panic!("started with a wrong token"),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("exited at start")
+            && err.contains("authorization violation")
+            && err.contains("nats://***@")
+            && !err.contains("guessed"),
+        "{err}"
+    );
+    // A creds file that is not one is named, with the flag to fix.
+    let creds = nats.dir.0.join("not.creds");
+    std::fs::write(&creds, "not a creds file").expect("write");
+    let creds = creds.display().to_string();
+    let err = match TestHost::start(
+        BIN,
+        &order_flow(),
+        &["--broker", &nats.url, "--broker-creds", &creds],
+    ) {
+        Ok(_) => panic!("started with a broken creds file"),
+        Err(e) => e,
+    };
+    assert!(err.contains("--broker-creds"), "{err}");
+}
+
 macro_rules! on_broker {
     ($broker:ident, $kind:ty) => {
         mod $broker {

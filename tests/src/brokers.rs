@@ -100,6 +100,23 @@ impl Nats {
         })
     }
 
+    /// Start one that admits clients with `token` only:
+    /// `nats://TOKEN@127.0.0.1:PORT`.
+    pub fn start_with_token(token: &str) -> Result<Nats> {
+        let dir = TestDir::new("nats-token");
+        Nats::configure(
+            &dir,
+            &format!("authorization {{\n  token: \"{token}\"\n}}\n"),
+        )?;
+        let (process, port) = Nats::spawn(&dir, None)?;
+        Ok(Nats {
+            process: Some(process),
+            url: format!("nats://{token}@127.0.0.1:{port}"),
+            dir,
+            port,
+        })
+    }
+
     /// Kill it with SIGKILL (it synced every write it acknowledged).
     pub fn kill9(&mut self) {
         self.process.take();

@@ -481,6 +481,14 @@ pub(crate) type LatencyRun = (&'static str, u64, Result<Histogram<u64>, String>)
 /// three reference plugins, one event per POST at a fixed rate), as the
 /// latency rows measure it on the embedded store.
 pub(crate) fn latencies(dir: &Path, out: &mut Vec<LatencyRun>) {
+    let data = dir.join("latency-embedded-data");
+    let _ = std::fs::remove_dir_all(&data);
+    let data = data.display().to_string();
+    out.push((
+        "embedded, fsync always (same run)",
+        1000,
+        binary::latency(dir, &["--data", &data, "--fsync", "always"], 1000, 5),
+    ));
     for (broker, label) in [
         (Broker::Redis, "on Redis (appendfsync always)"),
         (Broker::Nats, "on NATS JetStream (default sync)"),
