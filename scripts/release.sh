@@ -56,6 +56,11 @@ export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_musl=aarch64-linux-gnu-ar
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64
 
+# x86_64 is static-pie (the loader-free binary still gets ASLR): its
+# relative relocations are packed (RELR, which musl's start code applies),
+# 1.8 MB fewer than as a plain table.
+export CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="-C link-arg=-Wl,-z,pack-relative-relocs"
+
 dist="$(dirname "$(release_binary x86_64)")"
 mkdir -p "$dist"
 

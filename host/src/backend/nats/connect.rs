@@ -220,6 +220,17 @@ impl Bridge {
         timeout: Duration,
         future: impl Future<Output = Result<T, BackendError>> + Send + 'static,
     ) -> Result<T, BackendError> {
+        // Boxed, so that the runtime's task and the timeout are made once
+        // per answer type, not once per call site (a smaller binary).
+        self.run_boxed(inner, timeout, Box::pin(future))
+    }
+
+    fn run_boxed<T: Send + 'static>(
+        &self,
+        inner: &Inner,
+        timeout: Duration,
+        future: std::pin::Pin<Box<dyn Future<Output = Result<T, BackendError>> + Send>>,
+    ) -> Result<T, BackendError> {
         let Some(rt) = &self.0 else {
             return Err(inner.unavailable("the NATS client stopped"));
         };
