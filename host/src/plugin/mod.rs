@@ -17,9 +17,13 @@
 //! Rooms: `settings` (delivery settings and a plugin's resolved manifest),
 //! `swap` (reload, restart, removal, shutdown), `status` (what
 //! `/v1/plugins` shows), `worker` (delivery), `pump` (memory-mode queues),
-//! `watch` (the directory), `manifest` (`NAME.toml`).
+//! `watch` (the directory), `manifest` (`NAME.toml`), `optimizer`
+//! (optimized builds in the background), `error` (why a plugin did not
+//! start).
 
+mod error;
 pub mod manifest;
+mod optimizer;
 mod pump;
 mod settings;
 mod status;
@@ -38,13 +42,13 @@ use prometheus_client::metrics::counter::Counter;
 use crate::bus::{OrderingKey, Overflow, Queue, SubscribeOptions, CHUNK_EVENTS_MAX};
 use crate::dispatch::Dispatch;
 use crate::metrics::{self, DropReason, Metrics};
-use crate::runtime::{
-    self, kv, CallError, Info, InstanceConfig, Limits, LoadError, PublishPolicy, RateLimit, Runtime,
-};
+use crate::runtime::{self, kv, Info, InstanceConfig, Limits, PublishPolicy, RateLimit, Runtime};
 use crate::store::progress::{self, Cursor};
-use crate::store::StoreError;
-use crate::topic::{Pattern, TopicError};
+
+use crate::topic::Pattern;
+pub use error::{PluginError, ReplayError};
 pub use manifest::{Manifest, ManifestError};
+use optimizer::Optimizer;
 use settings::PluginSettings;
 pub use settings::{DeliverySettings, RetryOrdering};
 use status::RateSample;
@@ -63,92 +67,6 @@ struct Instances {
     patterns: Vec<Pattern>,
     /// Where their state is.
     kv: kv::Backend,
-}
-
-/// Why a plugin did not start.
-#[derive(Debug, thiserror::Error)]
-pub enum PluginError {
-    /// The file could not be loaded.
-    #[error(transparent)]
-    Load(#[from] LoadError),
-    /// Its manifest cannot be used.
-    #[error(transparent)]
-    Manifest(#[from] ManifestError),
-    /// Instantiation or `init` failed.
-    #[error("{file}: {source}")]
-    Start {
-        /// The plugin file.
-        file: PathBuf,
-        /// What failed.
-        source: CallError,
-    },
-    /// `init` returned a subscription that is not a pattern.
-    #[error("{file}: init returned subscription `{pattern}`, which is not valid: {source}")]
-    Subscription {
-        /// The plugin file.
-        file: PathBuf,
-        /// The pattern as returned.
-        pattern: String,
-        /// Why it is invalid.
-        source: TopicError,
-    },
-    /// `init` returned no subscriptions.
-    #[error("{file}: init returned no subscriptions, so the plugin would never get an event; return at least one topic pattern from `info()`")]
-    NoSubscriptions {
-        /// The plugin file.
-        file: PathBuf,
-    },
-    /// The worker thread could not be started.
-    #[error("{file}: {reason}")]
-    Broker {
-        /// The plugin file.
-        file: PathBuf,
-        /// What the broker backend cannot do with these settings.
-        reason: String,
-    },
-    /// A worker thread could not be started.
-    #[error("{file}: cannot start a worker thread: {source}")]
-    Thread {
-        /// The plugin file.
-        file: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The plugin's cursor could not be read.
-    #[error("{file}: {source}")]
-    Cursor {
-        /// The plugin file.
-        file: PathBuf,
-        /// The store's error.
-        source: StoreError,
-    },
-    /// The plugin directory cannot be read.
-    #[error(
-        "plugin directory {dir}: {source}; create it or pass --plugins with an existing directory"
-    )]
-    Dir {
-        /// The directory.
-        dir: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-}
-
-/// Why a replay could not be done.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
-    /// There is no log in memory mode.
-    #[error("replay needs the durable log; this host runs with --memory")]
-    NotDurable,
-    /// No such running plugin.
-    #[error("no running plugin is called `{0}`; see `plugbus plugins`")]
-    NoPlugin(String),
-    /// The cursor (or the broker's consumer group) could not be moved.
-    #[error("cannot move the plugin's position in the log: {0}")]
-    Backend(crate::backend::BackendError),
-    /// The plugin did not start again.
-    #[error("the plugin did not start again after moving its cursor: {0}")]
-    Restart(PluginError),
 }
 
 /// Which build of a plugin is serving: what it reports and its file's hash.
@@ -208,14 +126,6 @@ pub struct RunningPlugin {
     quarantine: Mutex<Vec<Option<Quarantine>>>,
     rate: Mutex<RateSample>,
     settings: PluginSettings,
-}
-
-/// The queue of plugin files (with their stack caps) to compile optimized,
-/// the content hashes already asked for, and the thread compiling them.
-struct Optimizer {
-    queue: crossbeam_channel::Sender<(PathBuf, usize)>,
-    asked: std::collections::HashSet<String>,
-    thread: JoinHandle<()>,
 }
 
 struct Failed {
@@ -282,75 +192,6 @@ impl Registry {
             memory_kv: Mutex::default(),
             chains: Arc::default(),
             lifecycle: Mutex::default(),
-        }
-    }
-
-    /// Start compiling optimized builds in the background (when the runtime
-    /// compiles in tiers): each plugin started on a baseline build is
-    /// compiled optimized, one at a time, and swapped in like a new
-    /// version. Call once, before loading plugins.
-    pub fn start_optimizer(self: &Arc<Self>) -> Result<(), PluginError> {
-        if !self.runtime.is_tiered() {
-            return Ok(());
-        }
-        let (queue, jobs) = crossbeam_channel::unbounded::<(PathBuf, usize)>();
-        let registry = Arc::downgrade(self);
-        let stop = self.stopping.clone();
-        let thread = std::thread::Builder::new()
-            .name("plugin-optimize".into())
-            .spawn(move || {
-                for (file, stack) in jobs {
-                    let Some(runtime) = registry.upgrade().map(|r| r.runtime.clone()) else {
-                        break;
-                    };
-                    let started = std::time::Instant::now();
-                    let compiled = runtime.compile_in_child(
-                        &file,
-                        stack,
-                        runtime::Tier::Optimized,
-                        &stop,
-                    );
-                    let Some(registry) = registry.upgrade() else {
-                        break;
-                    };
-                    if stop.load(Ordering::Acquire) {
-                        break;
-                    }
-                    match compiled {
-                        Ok(()) => {
-                            tracing::info!(file = %file.display(), ms = started.elapsed().as_millis() as u64, "optimized build compiled; swapping it in");
-                            // A failure is logged, shown and counted there.
-                            let _ = registry.reload(&file);
-                        }
-                        Err(e) => {
-                            tracing::warn!(file = %file.display(), "cannot compile the optimized build ({e}); the plugin keeps running on its baseline build")
-                        }
-                    }
-                }
-            })
-            .map_err(|source| PluginError::Thread {
-                file: PathBuf::from("plugin-optimize"),
-                source,
-            })?;
-        *self.optimizer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Optimizer {
-            queue,
-            asked: Default::default(),
-            thread,
-        });
-        Ok(())
-    }
-
-    /// Ask for the optimized build of `loaded` (from `file`) if it is a
-    /// baseline build; each file content is asked for once.
-    fn optimize_later(&self, file: &Path, loaded: &runtime::LoadedPlugin, stack: usize) {
-        if loaded.tier() == runtime::Tier::Optimized {
-            return;
-        }
-        let mut optimizer = self.optimizer.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(o) = optimizer.as_mut() {
-            if o.asked.insert(loaded.content_hash().to_string()) {
-                let _ = o.queue.send((file.to_path_buf(), stack));
-            }
         }
     }
 
