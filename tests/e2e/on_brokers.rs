@@ -68,6 +68,10 @@ impl Broker for Nats {
     fn restart(&mut self) {
         Nats::restart(self).unwrap_or_else(|e| panic!("{e}"))
     }
+    /// Handed out and not committed: a settlement's state is committed
+    /// before its acks, so an event whose applied-marker is written but
+    /// whose ack is not yet sent does not count (a host stopped there has
+    /// nothing left to be refused).
     fn holds(&self, plugin: &str) -> bool {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -78,7 +82,30 @@ impl Broker for Nats {
             let js = async_nats::jetstream::new(client);
             let stream = js.get_stream("PLUGBUS").await.expect("stream");
             let info = stream.consumer_info(plugin).await.expect("consumer");
-            info.num_ack_pending > 0
+            if info.num_ack_pending == 0 {
+                return false;
+            }
+            let bucket = js
+                .get_stream(format!("KV_plugbus_{plugin}"))
+                .await
+                .expect("bucket");
+            let (floor, delivered) = (
+                info.ack_floor.stream_sequence,
+                info.delivered.stream_sequence,
+            );
+            for seq in floor + 1..=delivered {
+                let marker = bucket
+                    .direct_get_last_for_subject(format!("$KV.plugbus_{plugin}._pb.a.{seq}"))
+                    .await;
+                let settled = marker.is_ok_and(|m| {
+                    serde_json::from_slice::<serde_json::Value>(&m.payload)
+                        .is_ok_and(|v| !v["done"].is_null())
+                });
+                if !settled {
+                    return true;
+                }
+            }
+            false
         })
     }
     fn start_tls(certs: &std::path::Path, password: &str) -> Self {

@@ -309,73 +309,94 @@ impl Task {
         let stream = self.inner.ensure_bucket(&self.plugin).await?;
         let mut out = Vec::new();
         for message in self.pull(max, wait).await? {
-            let (stream_seq, delivered) = match message.info() {
-                Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
+            match self.take(&stream, message).await {
+                Ok(Some(delivered)) => out.push(delivered),
+                Ok(None) => {}
+                Err(e) if out.is_empty() => return Err(e),
+                // What was taken is handed out; the rest comes back after
+                // the lease (kept, it would have its lease renewed while
+                // nobody handles it).
                 Err(e) => {
-                    return Err(self
-                        .inner
-                        .corrupt("a delivered message's info", e.to_string()))
-                }
-            };
-            let decoded = if message.subject.as_str() == self.inner.redo_subject(&self.plugin) {
-                commit::decode_redo(&message.payload)
-            } else {
-                crate::store::codec::decode(stream_seq, &message.payload).ok()
-            };
-            let Some(event) = decoded else {
-                tracing::error!(plugin = %self.plugin, stream_seq, subject = %message.subject, "a message of the log does not decode (not written by this version of plugbus); terminated without handling it");
-                let _ = message.ack_with(AckKind::Term).await;
-                continue;
-            };
-            let (mut last, mut handbacks) = (0, 0);
-            if delivered > 1 {
-                let bucket = self.bucket();
-                let marker = commit::read_marker(&self.inner, &stream, &bucket, stream_seq).await?;
-                if let Some((
-                    _,
-                    Marker {
-                        done: Some((batch, n)),
-                        ..
-                    },
-                )) = marker
-                {
-                    // Settled before: its outbox again, then the ack.
-                    self.send_outbox(&stream, batch, n).await?;
-                    message.ack().await.map_err(|e| self.inner.error(e))?;
-                    continue;
-                }
-                let (seen, before) = marker.map_or((0, Marker::default()), |(s, m)| (s, m));
-                handbacks = before.handbacks;
-                let claim = Marker {
-                    done: None,
-                    host: self.host.clone(),
-                    handbacks,
-                };
-                match self
-                    .publish_guarded(commit::marker(&bucket, stream_seq, &claim, seen))
-                    .await?
-                {
-                    Guarded::Stored(seq) => last = seq,
-                    // Another host claimed it meanwhile: it is theirs.
-                    Guarded::WrongLast => continue,
+                    tracing::warn!(plugin = %self.plugin, "part of a batch was not taken ({e}); it is delivered again after the lease");
+                    break;
                 }
             }
-            let attempt = delivered.saturating_sub(handbacks).max(1);
-            let event = Arc::new(event);
-            self.held().insert(
-                event.sequence,
-                Held {
-                    message,
-                    stream_seq,
-                    last,
-                    handbacks,
-                    attempt,
-                    event: event.clone(),
-                },
-            );
-            out.push(Delivered { event, attempt });
         }
         Ok(out)
+    }
+
+    /// Make a pulled message this consumer's: decoded, recognised if it
+    /// was settled before (then acked, none), claimed if redelivered.
+    async fn take(
+        &self,
+        stream: &jetstream::stream::Stream,
+        message: jetstream::Message,
+    ) -> Result<Option<Delivered>, BackendError> {
+        let (stream_seq, delivered) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
+            Err(e) => {
+                return Err(self
+                    .inner
+                    .corrupt("a delivered message's info", e.to_string()))
+            }
+        };
+        let decoded = if message.subject.as_str() == self.inner.redo_subject(&self.plugin) {
+            commit::decode_redo(&message.payload)
+        } else {
+            crate::store::codec::decode(stream_seq, &message.payload).ok()
+        };
+        let Some(event) = decoded else {
+            tracing::error!(plugin = %self.plugin, stream_seq, subject = %message.subject, "a message of the log does not decode (not written by this version of plugbus); terminated without handling it");
+            let _ = message.ack_with(AckKind::Term).await;
+            return Ok(None);
+        };
+        let (mut last, mut handbacks) = (0, 0);
+        if delivered > 1 {
+            let bucket = self.bucket();
+            let marker = commit::read_marker(&self.inner, stream, &bucket, stream_seq).await?;
+            if let Some((
+                _,
+                Marker {
+                    done: Some((batch, n)),
+                    ..
+                },
+            )) = marker
+            {
+                // Settled before: its outbox again, then the ack.
+                self.send_outbox(stream, batch, n).await?;
+                message.ack().await.map_err(|e| self.inner.error(e))?;
+                return Ok(None);
+            }
+            let (seen, before) = marker.map_or((0, Marker::default()), |(s, m)| (s, m));
+            handbacks = before.handbacks;
+            let claim = Marker {
+                done: None,
+                host: self.host.clone(),
+                handbacks,
+            };
+            match self
+                .publish_guarded(commit::marker(&bucket, stream_seq, &claim, seen))
+                .await?
+            {
+                Guarded::Stored(seq) => last = seq,
+                // Another host claimed it meanwhile: it is theirs.
+                Guarded::WrongLast => return Ok(None),
+            }
+        }
+        let attempt = delivered.saturating_sub(handbacks).max(1);
+        let event = Arc::new(event);
+        self.held().insert(
+            event.sequence,
+            Held {
+                message,
+                stream_seq,
+                last,
+                handbacks,
+                attempt,
+                event: event.clone(),
+            },
+        );
+        Ok(Some(Delivered { event, attempt }))
     }
 
     /// Publish a settled batch's outbox (again), from the bucket.
