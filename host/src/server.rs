@@ -56,28 +56,10 @@ const BROKER_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10)
 async fn connect_broker(
     url: &str,
     dedup_window: std::time::Duration,
-    access: crate::backend::nats::Access,
+    access: crate::backend::Access,
 ) -> Result<Arc<dyn crate::backend::Backend>, StartError> {
-    use crate::backend::{nats::NatsBackend, redis::RedisBackend, Backend, BackendError};
-    let backend: Arc<dyn Backend> = if url.starts_with("nats://") || url.starts_with("tls://") {
-        Arc::new(NatsBackend::open(url, "plugbus", dedup_window, access)?)
-    } else {
-        if let Some(creds) = &access.creds {
-            return Err(StartError::Broker(BackendError::Refused {
-                broker: url.split('@').next_back().unwrap_or(url).to_string(),
-                reason: format!(
-                    "--broker-creds {} is for a NATS broker (nats://…); a Redis broker takes its password in the URL",
-                    creds.display()
-                ),
-            }));
-        }
-        Arc::new(RedisBackend::open(
-            url,
-            "plugbus",
-            dedup_window,
-            access.ca.as_deref(),
-        )?)
-    };
+    use crate::backend::BackendError;
+    let backend = crate::backend::open_broker(url, "plugbus", dedup_window, access)?;
     let mut wait = BROKER_RETRY_MIN;
     loop {
         let probe = backend.clone();
@@ -134,7 +116,7 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
             connect_broker(
                 url,
                 settings.dedup_window,
-                crate::backend::nats::Access {
+                crate::backend::Access {
                     ca: settings.broker_ca.clone(),
                     creds: settings.broker_creds.clone(),
                 },

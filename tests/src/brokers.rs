@@ -43,7 +43,8 @@ fn wait_for<T>(what: &str, child: &mut Child, ready: impl Fn() -> Option<T>) -> 
 }
 
 /// A `nats-server -js` on loopback, syncing every write to disk
-/// (`sync_interval: always`, as plugbus's README advises for production).
+/// (`sync_interval: always`) unless started for a benchmark at the
+/// server's default.
 pub struct Nats {
     /// Held to be killed when dropped; none while killed.
     process: Option<Process>,
@@ -68,50 +69,63 @@ impl Nats {
 
     /// Start one, on a port it picks (`-p -1`, reported in its ports file).
     pub fn start() -> Result<Nats> {
-        let dir = TestDir::new("nats");
-        Nats::configure(&dir, "")?;
-        let (process, port) = Nats::spawn(&dir, None)?;
-        Ok(Nats {
-            process: Some(process),
-            url: format!("nats://127.0.0.1:{port}"),
-            dir,
-            port,
-        })
+        Nats::launch("nats", true, "", |port| format!("nats://127.0.0.1:{port}"))
+    }
+
+    /// Start one at the server's default sync (every two minutes), as it
+    /// is deployed with replication for durability: for benchmarks.
+    pub fn start_default_sync() -> Result<Nats> {
+        Nats::launch("nats", false, "", |port| format!("nats://127.0.0.1:{port}"))
     }
 
     /// Start one that serves TLS only, with the certificate
     /// `NAME.pem`/`NAME.key` from `certs` and one user with a password:
     /// `tls://USER:PASSWORD@127.0.0.1:PORT`.
     pub fn start_tls(certs: &Path, name: &str, user: &str, password: &str) -> Result<Nats> {
-        let dir = TestDir::new("nats-tls");
         let cert = |f: &str| certs.join(f).display().to_string();
         let extra = format!(
             "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\nauthorization {{\n  user: \"{user}\"\n  password: \"{password}\"\n}}\n",
             cert(&format!("{name}.pem")),
             cert(&format!("{name}.key")),
         );
-        Nats::configure(&dir, &extra)?;
-        let (process, port) = Nats::spawn(&dir, None)?;
-        Ok(Nats {
-            process: Some(process),
-            url: format!("tls://{user}:{password}@127.0.0.1:{port}"),
-            dir,
-            port,
+        Nats::launch("nats-tls", true, &extra, |port| {
+            format!("tls://{user}:{password}@127.0.0.1:{port}")
         })
     }
 
     /// Start one that admits clients with `token` only:
     /// `nats://TOKEN@127.0.0.1:PORT`.
     pub fn start_with_token(token: &str) -> Result<Nats> {
-        let dir = TestDir::new("nats-token");
-        Nats::configure(
-            &dir,
-            &format!("authorization {{\n  token: \"{token}\"\n}}\n"),
-        )?;
+        let extra = format!("authorization {{\n  token: \"{token}\"\n}}\n");
+        Nats::launch("nats-token", true, &extra, |port| {
+            format!("nats://{token}@127.0.0.1:{port}")
+        })
+    }
+
+    /// Configure one in a directory of its own (`extra` appended to its
+    /// configuration) and start it; `url` names it by its port.
+    fn launch(
+        name: &str,
+        sync_always: bool,
+        extra: &str,
+        url: impl Fn(u16) -> String,
+    ) -> Result<Nats> {
+        let dir = TestDir::new(name);
+        let config = format!(
+            "jetstream {{\n  store_dir: \"{}\"\n{}}}\n{extra}",
+            dir.0.join("js").display(),
+            if sync_always {
+                "  sync_interval: always\n"
+            } else {
+                ""
+            }
+        );
+        std::fs::write(dir.0.join("nats.conf"), config)
+            .map_err(|e| format!("cannot write the nats-server configuration: {e}"))?;
         let (process, port) = Nats::spawn(&dir, None)?;
         Ok(Nats {
             process: Some(process),
-            url: format!("nats://{token}@127.0.0.1:{port}"),
+            url: url(port),
             dir,
             port,
         })
@@ -129,15 +143,6 @@ impl Nats {
         let (process, _) = Nats::spawn(&self.dir, Some(self.port))?;
         self.process = Some(process);
         Ok(())
-    }
-
-    fn configure(dir: &TestDir, extra: &str) -> Result<()> {
-        let config = format!(
-            "jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n{extra}",
-            dir.0.join("js").display()
-        );
-        std::fs::write(dir.0.join("nats.conf"), config)
-            .map_err(|e| format!("cannot write the nats-server configuration: {e}"))
     }
 
     fn spawn(dir: &TestDir, port: Option<u16>) -> Result<(Process, u16)> {

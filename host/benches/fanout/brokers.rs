@@ -42,57 +42,26 @@ fn redis(dir: &Path) -> Result<(Server, String), String> {
     Ok((server, url))
 }
 
-/// A nats-server with JetStream on a free port, in a temp directory,
-/// syncing every write (`sync_interval: always`) or, as by default, every
-/// two minutes; its URL.
-fn nats(dir: &Path, sync_always: bool) -> Result<(Server, String), String> {
-    let bin = std::env::var_os("PLUGBUS_NATS_SERVER")
-        .map(PathBuf::from)
-        .or_else(|| which("nats-server"))
-        .ok_or("nats-server not installed (scripts/bench.sh installs it)")?;
-    let data = dir.join("nats-broker");
-    let _ = std::fs::remove_dir_all(&data);
-    std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
-    let config = data.join("nats.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "jetstream {{\n  store_dir: \"{}\"\n{}}}\n",
-            data.join("js").display(),
-            if sync_always {
-                "  sync_interval: always\n"
-            } else {
-                ""
-            }
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let port = free_port();
-    let server = Server(
-        Command::new(bin)
-            .arg("-c")
-            .arg(&config)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
-    (0..200)
-        .find_map(|_| {
-            thread::sleep(Duration::from_millis(50));
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        })
-        .ok_or("nats-server did not come up")?;
-    Ok((server, format!("nats://127.0.0.1:{port}")))
+/// A nats-server with JetStream (the test harness's), syncing every write
+/// (`sync_interval: always`) or, as by default, every two minutes; its
+/// URL.
+fn nats(sync_always: bool) -> Result<(Box<dyn std::any::Any>, String), String> {
+    use plugbus_e2e::brokers::Nats;
+    let server = if sync_always {
+        Nats::start()
+    } else {
+        Nats::start_default_sync()
+    }?;
+    let url = server.url.clone();
+    Ok((Box::new(server), url))
 }
 
 /// NATS JetStream with its own client: publish with acks (256 in flight)
 /// while three durable pull consumers (one per subscriber) fetch up to 64
 /// and ack each; events/s through all of them.
-fn nats_ceiling(dir: &Path, sync_always: bool, n: usize) -> Result<f64, String> {
+fn nats_ceiling(sync_always: bool, n: usize) -> Result<f64, String> {
     use async_nats::jetstream::{self, consumer::pull, stream};
-    let (_server, url) = nats(dir, sync_always)?;
+    let (_server, url) = nats(sync_always)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -178,11 +147,11 @@ impl Broker {
     }
 
     /// A fresh server of it; its URL.
-    fn start(self, dir: &Path) -> Result<(Server, String), String> {
+    fn start(self, dir: &Path) -> Result<(Box<dyn std::any::Any>, String), String> {
         match self {
-            Broker::Redis => redis(dir),
-            Broker::Nats => nats(dir, false),
-            Broker::NatsSynced => nats(dir, true),
+            Broker::Redis => redis(dir).map(|(server, url)| (Box::new(server) as _, url)),
+            Broker::Nats => nats(false),
+            Broker::NatsSynced => nats(true),
         }
     }
 
@@ -194,11 +163,11 @@ impl Broker {
                 "Redis Streams ceiling: XADD x64 + 3 groups XREADGROUP/XACK x64, its own client, appendfsync always",
             ),
             Broker::Nats => (
-                nats_ceiling(dir, false, n),
+                nats_ceiling(false, n),
                 "NATS JetStream ceiling: publish with ack (256 in flight) + 3 pull consumers fetch x64/ack, its own client, default sync (2 min)",
             ),
             Broker::NatsSynced => (
-                nats_ceiling(dir, true, n),
+                nats_ceiling(true, n),
                 "NATS JetStream ceiling, as above with sync_interval always",
             ),
         }

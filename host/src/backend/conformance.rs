@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::embedded::EmbeddedBackend;
-use super::nats::{Access, NatsBackend};
+use super::nats::NatsBackend;
 use super::redis::RedisBackend;
 use super::*;
 use crate::store::log::{Log, DEDUP_WINDOW_DEFAULT};

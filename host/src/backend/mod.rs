@@ -39,6 +39,63 @@ use crate::store::dead::{DeadLetter, Selection};
 use crate::store::StoreError;
 use crate::topic::Pattern;
 
+/// How to reach a broker, besides its address.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// A CA certificate (PEM) the broker's certificate must chain to
+    /// (`rediss://`, `tls://`); NATS requires TLS when it is given.
+    pub ca: Option<std::path::PathBuf>,
+    /// A NATS credentials file (JWT and NKey seed).
+    pub creds: Option<std::path::PathBuf>,
+}
+
+/// The broker at `url`, by its scheme: NATS JetStream (`nats://`,
+/// `tls://`) or Redis Streams (`redis://`, `rediss://`, `redis+unix://`),
+/// its streams or keys named by `prefix`, remembering appended ids for
+/// `dedup`. Connects lazily.
+pub fn open_broker(
+    url: &str,
+    prefix: &str,
+    dedup: Duration,
+    access: Access,
+) -> Result<Arc<dyn Backend>, BackendError> {
+    let refused = |reason: String| BackendError::Refused {
+        broker: without_credentials(url),
+        reason,
+    };
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    match scheme {
+        "nats" | "tls" => Ok(Arc::new(nats::NatsBackend::open(url, prefix, dedup, access)?)),
+        "redis" | "rediss" | "redis+unix" | "unix" => {
+            if let Some(creds) = &access.creds {
+                return Err(refused(format!(
+                    "--broker-creds {} is for a NATS broker (nats://…); a Redis broker takes its password in the URL",
+                    creds.display()
+                )));
+            }
+            Ok(Arc::new(redis::RedisBackend::open(
+                url,
+                prefix,
+                dedup,
+                access.ca.as_deref(),
+            )?))
+        }
+        _ => Err(refused(
+            "not a broker address: use nats://HOST:PORT or tls://HOST:PORT (NATS JetStream), or redis://HOST:PORT[/DB], rediss://… or redis+unix:///PATH (Redis Streams)".into(),
+        )),
+    }
+}
+
+/// `url` with any password replaced, for messages.
+pub(crate) fn without_credentials(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// What a backend guarantees, as the conformance suite checks it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {

@@ -147,7 +147,7 @@ impl Inner {
         let c = &made.cached_info().config;
         if !c.allow_atomic_publish || !c.allow_message_ttl {
             return Err(self.refused(format!(
-                "the stream {name} has atomic batches or message TTLs off; plugbus needs both (nats stream edit {name} --allow-batch --allow-msg-ttl)"
+                "the stream {name} has atomic batch publish or per-message TTLs off (allow_atomic, allow_msg_ttl in its configuration); plugbus needs both: turn them on, or delete the stream (the plugin's state) and plugbus makes it again"
             )));
         }
         self.buckets

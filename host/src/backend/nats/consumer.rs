@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, FromConsumer, PullConsumer};
 use async_nats::jetstream::{self, AckKind};
 use futures_util::StreamExt;
 
@@ -56,7 +56,6 @@ pub(super) async fn durable(
     plugin: &str,
     options: &ConsumerOptions,
 ) -> Result<PullConsumer, BackendError> {
-    let stream = inner.events().await?;
     let mut filters: Vec<String> = options
         .patterns
         .iter()
@@ -65,65 +64,44 @@ pub(super) async fn durable(
     filters.sort();
     filters.dedup();
     filters.push(inner.redo_subject(plugin));
-    match stream.consumer_info(plugin).await {
-        Ok(info) => {
-            let mut config = info.config.clone();
-            let mut current = config.filter_subjects.clone();
-            if !config.filter_subject.is_empty() {
-                current.push(config.filter_subject.clone());
-            }
-            if current != filters || config.ack_wait != options.lease {
-                config.filter_subject = String::new();
-                config.filter_subjects = filters;
-                config.ack_wait = options.lease;
-                stream
-                    .update_consumer(pull_config(config))
-                    .await
-                    .map_err(|e| inner.error(format!("cannot update consumer {plugin}: {e}")))?;
-            }
-        }
-        Err(e) if !e.to_string().contains("not found") => return Err(inner.error(e)),
-        Err(_) => {
-            let config = pull::Config {
-                durable_name: Some(plugin.to_string()),
-                deliver_policy: if options.start_latest {
-                    DeliverPolicy::New
-                } else {
-                    DeliverPolicy::All
-                },
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: options.lease,
-                filter_subjects: filters,
-                ..Default::default()
-            };
-            stream
-                .create_consumer(config)
-                .await
-                .map_err(|e| inner.error(format!("cannot make consumer {plugin}: {e}")))?;
-        }
+    let as_pull = |c: jetstream::consumer::Config| {
+        pull::Config::try_from_consumer_config(c).map_err(|e| inner.error(e))
+    };
+    let stream = inner.events().await?;
+    let Some(info) = inner.consumer_info(plugin).await? else {
+        let config = pull::Config {
+            durable_name: Some(plugin.to_string()),
+            deliver_policy: if options.start_latest {
+                DeliverPolicy::New
+            } else {
+                DeliverPolicy::All
+            },
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: options.lease,
+            filter_subjects: filters,
+            ..Default::default()
+        };
+        return stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| inner.error(format!("cannot make consumer {plugin}: {e}")));
+    };
+    let mut config = info.config.clone();
+    let mut current = config.filter_subjects.clone();
+    if !config.filter_subject.is_empty() {
+        current.push(config.filter_subject.clone());
     }
+    if current == filters && config.ack_wait == options.lease {
+        let js = inner.conn().await?.js.clone();
+        return Ok(PullConsumer::new(as_pull(config)?, info, js));
+    }
+    config.filter_subject = String::new();
+    config.filter_subjects = filters;
+    config.ack_wait = options.lease;
     stream
-        .get_consumer(plugin)
+        .update_consumer(as_pull(config)?)
         .await
-        .map_err(|e| inner.error(e))
-}
-
-/// A consumer's configuration as a pull consumer's.
-fn pull_config(c: jetstream::consumer::Config) -> pull::Config {
-    pull::Config {
-        durable_name: c.durable_name,
-        name: c.name,
-        description: c.description,
-        deliver_policy: c.deliver_policy,
-        ack_policy: c.ack_policy,
-        ack_wait: c.ack_wait,
-        max_deliver: c.max_deliver,
-        filter_subject: c.filter_subject,
-        filter_subjects: c.filter_subjects,
-        replay_policy: c.replay_policy,
-        max_ack_pending: c.max_ack_pending,
-        ..Default::default()
-    }
+        .map_err(|e| inner.error(format!("cannot update consumer {plugin}: {e}")))
 }
 
 /// Deliver the log to `plugin` again from `from`: its consumer is made
@@ -136,17 +114,15 @@ pub(super) async fn replay(
     reset_state: bool,
 ) -> Result<(), BackendError> {
     let stream = inner.events().await?;
-    let mut config = match stream.consumer_info(plugin).await {
-        Ok(info) => {
-            let config = pull_config(info.config.clone());
+    let mut config = match inner.consumer_info(plugin).await? {
+        Some(info) => {
             stream
                 .delete_consumer(plugin)
                 .await
                 .map_err(|e| inner.error(e))?;
-            config
+            info.config
         }
-        Err(e) if !e.to_string().contains("not found") => return Err(inner.error(e)),
-        Err(_) => pull::Config {
+        None => jetstream::consumer::Config {
             durable_name: Some(plugin.to_string()),
             ack_policy: AckPolicy::Explicit,
             filter_subjects: vec![inner.event_subject(">"), inner.redo_subject(plugin)],
@@ -426,34 +402,22 @@ impl Task {
     /// Publish follow-ups to the log and dead letters to the DLQ stream,
     /// each with its message id, waiting for the server's answers.
     async fn publish_outbox(&self, outgoing: &[Outgoing]) -> Result<(), BackendError> {
-        let conn = self.inner.conn().await?;
-        let mut acks = Vec::with_capacity(outgoing.len());
-        for o in outgoing {
-            let mut headers = async_nats::HeaderMap::new();
-            let (subject, payload) = match o {
-                Outgoing::FollowUp(e) => {
-                    headers.insert(async_nats::header::NATS_MESSAGE_ID, e.id.as_str());
-                    (
-                        self.inner.event_subject(&e.topic),
-                        crate::store::codec::encode(e),
-                    )
-                }
-                Outgoing::Dead { record, id } => {
-                    headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-                    (self.inner.dlq_subject(&self.plugin), record.clone())
-                }
-            };
-            acks.push(
-                conn.js
-                    .publish_with_headers(subject, headers, payload.into())
-                    .await
-                    .map_err(|e| self.inner.error(e))?,
-            );
-        }
-        for ack in acks {
-            ack.await.map_err(|e| self.inner.error(e))?;
-        }
-        Ok(())
+        let messages = outgoing
+            .iter()
+            .map(|o| match o {
+                Outgoing::FollowUp(e) => (
+                    self.inner.event_subject(&e.topic),
+                    e.id.clone(),
+                    crate::store::codec::encode(e),
+                ),
+                Outgoing::Dead { record, id } => (
+                    self.inner.dlq_subject(&self.plugin),
+                    id.clone(),
+                    record.clone(),
+                ),
+            })
+            .collect();
+        self.inner.publish_all(messages).await.map(drop)
     }
 
     async fn settle(self, s: Settlement) -> Result<(), BackendError> {

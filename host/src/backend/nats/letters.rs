@@ -5,7 +5,7 @@
 use super::{commit, Inner};
 use crate::backend::BackendError;
 use crate::event::Event;
-use crate::store::dead::{self, DeadLetter, Selection};
+use crate::store::dead::{DeadLetter, Selection};
 use async_nats::jetstream::consumer::DeliverPolicy;
 
 impl Inner {
@@ -67,23 +67,13 @@ impl Inner {
         which: &Selection,
     ) -> Result<usize, BackendError> {
         let (chosen, dlq) = self.chosen(plugin, which).await?;
-        let conn = self.conn().await?;
         for (dlq_seq, letter) in &chosen {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(
-                async_nats::header::NATS_MESSAGE_ID,
-                format!("redo:{plugin}:{dlq_seq}").as_str(),
-            );
-            let ack = conn
-                .js
-                .publish_with_headers(
-                    self.redo_subject(plugin),
-                    headers,
-                    commit::encode_redo(&letter.event).into(),
-                )
-                .await
-                .map_err(|e| self.error(e))?;
-            ack.await.map_err(|e| self.error(e))?;
+            self.publish_all(vec![(
+                self.redo_subject(plugin),
+                format!("redo:{plugin}:{dlq_seq}"),
+                commit::encode_redo(&letter.event),
+            )])
+            .await?;
             dlq.delete_message(*dlq_seq)
                 .await
                 .map_err(|e| self.error(e))?;
@@ -109,11 +99,6 @@ impl Inner {
 /// keeps it.
 pub(super) fn dead_record(event: &Event, attempts: u32, error: &str) -> Vec<u8> {
     let mut out = event.sequence.to_be_bytes().to_vec();
-    out.extend(dead::encode(
-        attempts,
-        error,
-        &crate::event::now_rfc3339(),
-        event,
-    ));
+    out.extend(crate::backend::redis::dead_record(event, attempts, error));
     out
 }

@@ -34,7 +34,6 @@ mod letters;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -43,7 +42,8 @@ use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy, strea
 use futures_util::StreamExt;
 
 use super::{
-    Appended, Backend, BackendError, Capabilities, Consumer, ConsumerOptions, Position, Start,
+    Access, Appended, Backend, BackendError, Capabilities, Consumer, ConsumerOptions, Position,
+    Start,
 };
 use crate::event::Event;
 use crate::store::codec;
@@ -59,16 +59,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 pub const MARKER_TTL: Duration = Duration::from_secs(3600);
 /// The oldest server with what this backend builds on (atomic batches).
 const SERVER_MIN: (u64, u64) = (2, 12);
-
-/// How to reach the server, besides its address.
-#[derive(Debug, Clone, Default)]
-pub struct Access {
-    /// A CA certificate (PEM) the server's certificate must chain to; TLS
-    /// is required when given.
-    pub ca: Option<PathBuf>,
-    /// A NATS credentials file (JWT and NKey seed).
-    pub creds: Option<PathBuf>,
-}
 
 /// The connection, made on first use; the client reconnects by itself.
 struct Conn {
@@ -221,24 +211,33 @@ impl Inner {
             .map_err(|e| self.corrupt(format!("log event {sequence}"), e.0))
     }
 
-    /// Publish `events` to the log, each with its id as `Nats-Msg-Id`
-    /// (pipelined), and say their sequences and which were duplicates.
+    /// Publish `events` to the log, each with its id as `Nats-Msg-Id`,
+    /// and say their sequences and which were duplicates.
     async fn publish(&self, events: &[Event]) -> Result<Vec<(u64, bool)>, BackendError> {
+        let messages = events
+            .iter()
+            .map(|e| (self.event_subject(&e.topic), e.id.clone(), codec::encode(e)))
+            .collect();
+        self.publish_all(messages).await
+    }
+
+    /// Publish each (subject, message id, payload), pipelined, waiting for
+    /// the server's answers: (sequence, duplicate) each.
+    pub(super) async fn publish_all(
+        &self,
+        messages: Vec<(String, String, Vec<u8>)>,
+    ) -> Result<Vec<(u64, bool)>, BackendError> {
         let conn = self.conn().await?;
-        let mut acks = Vec::with_capacity(events.len());
-        for e in events {
+        let mut acks = Vec::with_capacity(messages.len());
+        for (subject, id, payload) in messages {
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, e.id.as_str());
-            let ack = conn
-                .js
-                .publish_with_headers(
-                    self.event_subject(&e.topic),
-                    headers,
-                    codec::encode(e).into(),
-                )
-                .await
-                .map_err(|e| self.error(e))?;
-            acks.push(ack);
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+            acks.push(
+                conn.js
+                    .publish_with_headers(subject, headers, payload.into())
+                    .await
+                    .map_err(|e| self.error(e))?,
+            );
         }
         let mut out = Vec::with_capacity(acks.len());
         for ack in acks {
@@ -246,6 +245,19 @@ impl Inner {
             out.push((ack.sequence, ack.duplicate));
         }
         Ok(out)
+    }
+
+    /// `plugin`'s durable consumer as the server has it, if there is one.
+    pub(super) async fn consumer_info(
+        &self,
+        plugin: &str,
+    ) -> Result<Option<jetstream::consumer::Info>, BackendError> {
+        use jetstream::context::ConsumerInfoErrorKind;
+        match self.events().await?.consumer_info(plugin).await {
+            Ok(info) => Ok(Some(info)),
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.error(e)),
+        }
     }
 }
 
@@ -266,7 +278,7 @@ impl NatsBackend {
         dedup: Duration,
         access: Access,
     ) -> Result<NatsBackend, BackendError> {
-        let broker = super::redis::without_credentials(url);
+        let broker = super::without_credentials(url);
         if !(url.starts_with("nats://") || url.starts_with("tls://")) {
             return Err(BackendError::Refused {
                 broker,
@@ -335,17 +347,12 @@ impl Backend for NatsBackend {
     fn position(&self, plugin: &str) -> Result<Option<Position>, BackendError> {
         let plugin = plugin.to_string();
         self.run(|inner| async move {
-            let stream = inner.events().await?;
-            match stream.consumer_info(&plugin).await {
-                Ok(info) => Ok(Some(Position {
-                    delivered: info.delivered.stream_sequence,
-                    lag: info.num_pending,
-                    pending: info.num_ack_pending as u64,
-                    waiting: 0,
-                })),
-                Err(e) if e.to_string().contains("not found") => Ok(None),
-                Err(e) => Err(inner.error(e)),
-            }
+            Ok(inner.consumer_info(&plugin).await?.map(|info| Position {
+                delivered: info.delivered.stream_sequence,
+                lag: info.num_pending,
+                pending: info.num_ack_pending as u64,
+                waiting: 0,
+            }))
         })
     }
 
@@ -502,14 +509,23 @@ impl Backend for NatsBackend {
             let mut keys = commit::keys(&inner, &stream, &bucket).await?;
             keys.sort_unstable();
             keys.retain(|k| after.as_deref().is_none_or(|a| k.as_str() > a));
-            let mut out = Vec::new();
-            for key in keys {
-                if out.len() >= limit {
-                    break;
-                }
-                let subject = commit::key_subject(&bucket, &key);
-                if let Some((_, Some(v))) = commit::last(&inner, &stream, &subject).await? {
-                    out.push((key, v));
+            // Values looked up at once, a page at a time: deleted keys
+            // (still listed) are passed over and the page filled on.
+            let mut out = Vec::with_capacity(limit.min(keys.len()));
+            let mut rest = keys.as_slice();
+            while out.len() < limit && !rest.is_empty() {
+                let (page, after) = rest.split_at((limit - out.len()).min(rest.len()));
+                rest = after;
+                let values = futures_util::future::join_all(page.iter().map(|key| {
+                    let subject = commit::key_subject(&bucket, key);
+                    let (inner, stream) = (&inner, &stream);
+                    async move { commit::last(inner, stream, &subject).await }
+                }))
+                .await;
+                for (key, value) in page.iter().zip(values) {
+                    if let Some((_, Some(v))) = value? {
+                        out.push((key.clone(), v));
+                    }
                 }
             }
             Ok(out)

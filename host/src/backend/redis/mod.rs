@@ -172,7 +172,7 @@ impl RedisBackend {
         dedup: Duration,
         ca: Option<&std::path::Path>,
     ) -> Result<RedisBackend, BackendError> {
-        let broker = without_credentials(url);
+        let broker = super::without_credentials(url);
         let refused = |reason: String| BackendError::Refused {
             broker: broker.clone(),
             reason,
@@ -253,16 +253,6 @@ impl RedisBackend {
         }
         out.sort_by_key(|l| l.event.sequence);
         Ok(out)
-    }
-}
-
-/// `url` with any password replaced, for messages.
-pub(in crate::backend) fn without_credentials(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_string(),
     }
 }
 
@@ -520,8 +510,9 @@ impl Backend for RedisBackend {
     }
 }
 
-/// A dead letter's record as the settle script stores it.
-fn dead_record(event: &Event, attempts: u32, error: &str) -> Vec<u8> {
+/// A dead letter's record as the settle script stores it (and the NATS
+/// backend's DLQ stream, after the event's sequence).
+pub(in crate::backend) fn dead_record(event: &Event, attempts: u32, error: &str) -> Vec<u8> {
     dead::encode(attempts, error, &now_rfc3339(), event)
 }
 
