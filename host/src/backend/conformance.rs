@@ -94,15 +94,14 @@ impl Drop for Closing {
 }
 
 fn options(host: &str, topics: &[&str], lease: Duration) -> ConsumerOptions {
-    ConsumerOptions {
-        patterns: topics
+    ConsumerOptions::new(
+        topics
             .iter()
             .map(|t| Pattern::parse(t).expect("pattern"))
             .collect(),
-        host: host.into(),
+        host,
         lease,
-        start_latest: false,
-    }
+    )
 }
 
 fn open(

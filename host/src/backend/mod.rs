@@ -18,13 +18,15 @@
 //! dead letters (list, re-drive keeping the event's id, purge) and the
 //! plugins' key-value state, for the CLI and the HTTP API.
 //!
-//! Rooms: `embedded` (the fjall store, the default), `redis` (Redis
-//! Streams, `--broker redis://…`), `nats` (NATS JetStream,
-//! `--broker nats://…`).
+//! Rooms: `embedded` (the fjall store, the default), `local` (delivery
+//! from this host's own queues: the embedded store's consumer, and memory
+//! mode's), `redis` (Redis Streams, `--broker redis://…`), `nats` (NATS
+//! JetStream, `--broker nats://…`).
 //!
 //! This module knows nothing of wasm, plugins' instances or HTTP.
 
 pub mod embedded;
+pub mod local;
 pub mod nats;
 pub mod redis;
 
@@ -34,6 +36,7 @@ mod conformance;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::bus::OrderingKey;
 use crate::event::Event;
 use crate::store::dead::{DeadLetter, Selection};
 use crate::store::StoreError;
@@ -146,6 +149,38 @@ pub struct ConsumerOptions {
     /// A new plugin (no position yet) starts after the events already in
     /// the log (`true`) or at the beginning.
     pub start_latest: bool,
+    /// How many consumers share the plugin on this host
+    /// ([`Backend::consumers`]), each taking the events whose ordering key
+    /// hashes to it. A broker takes one per host.
+    pub parts: usize,
+    /// What decides an event's part, and what strict ordering holds back.
+    pub key: OrderingKey,
+    /// Strict ordering under retry: an event waiting for its retry holds
+    /// back the later events of its key.
+    pub strict: bool,
+    /// Events a consumer's queue holds (the embedded store's reader waits
+    /// for room).
+    pub queue_events_max: usize,
+    /// Drop what a full queue has no room for, counting it here, rather
+    /// than wait (`overflow.policy = "drop"`).
+    pub drop_when_full: Option<prometheus_client::metrics::counter::Counter>,
+}
+
+impl ConsumerOptions {
+    /// Options with one part, no strict ordering and waiting for room.
+    pub fn new(patterns: Vec<Pattern>, host: &str, lease: Duration) -> ConsumerOptions {
+        ConsumerOptions {
+            patterns,
+            host: host.to_string(),
+            lease,
+            start_latest: false,
+            parts: 1,
+            key: OrderingKey::default(),
+            strict: false,
+            queue_events_max: 10_000,
+            drop_when_full: None,
+        }
+    }
 }
 
 /// An event handed out for handling.
@@ -271,6 +306,28 @@ pub enum BackendError {
         /// The plugin.
         plugin: String,
     },
+    /// A thread could not be started.
+    #[error("cannot start {what}: {reason}; the system is out of threads or memory")]
+    Thread {
+        /// What the thread was for.
+        what: String,
+        /// Why it did not start.
+        reason: String,
+    },
+    /// The consumer's source closed (the host is stopping): nothing more
+    /// comes.
+    #[error("the delivery of this plugin was closed (the host is stopping)")]
+    Closed,
+    /// The backend cannot deliver a plugin the way its manifest asks.
+    #[error("{backend} cannot run plugin `{plugin}` as its manifest asks: {reason}")]
+    Unsupported {
+        /// The backend, as [`Backend::describe`] says.
+        backend: String,
+        /// The plugin.
+        plugin: String,
+        /// What it cannot do, and the fix.
+        reason: String,
+    },
     /// A settlement named an event this consumer did not hand out.
     #[error("plugin `{plugin}`: event {sequence} was not handed out by this consumer")]
     NotHeld {
@@ -301,6 +358,22 @@ pub trait Consumer: Send {
         wait: Duration,
     ) -> Result<Vec<Delivered>, BackendError>;
 
+    /// [`Consumer::next_batch`] as the events and their attempts: local
+    /// delivery hands out a queued delivery as it is, without a reference
+    /// count per event.
+    fn next_chunk(
+        &mut self,
+        max_events: usize,
+        wait: Duration,
+    ) -> Result<(crate::event::Chunk, Vec<u32>), BackendError> {
+        let (events, attempts): (Vec<_>, Vec<_>) = self
+            .next_batch(max_events, wait)?
+            .into_iter()
+            .map(|d| (d.event, d.attempt))
+            .unzip();
+        Ok((events.into(), attempts))
+    }
+
     /// Commit what became of handed-out events, with the plugin's writes
     /// and follow-ups. On an error nothing was committed (for
     /// [`BackendError::Unavailable`]: as far as is known) and the events
@@ -313,6 +386,19 @@ pub trait Consumer: Send {
     /// Hand back everything handed out and not yet settled, to be delivered
     /// again at once (on this host or another) at the same attempt.
     fn release(&mut self) -> Result<(), BackendError>;
+
+    /// Retries waiting in this consumer for their time (0 where the broker
+    /// keeps them).
+    fn waiting(&self) -> usize {
+        0
+    }
+
+    /// Live views of how far it is and what waits in its queue, where the
+    /// host keeps them (local delivery; a broker reports
+    /// [`Backend::position`]).
+    fn gauges(&self) -> Option<local::Gauges> {
+        None
+    }
 }
 
 /// A place events are stored and delivered from. See the module docs.
@@ -347,6 +433,25 @@ pub trait Backend: Send + Sync {
         plugin: &str,
         options: ConsumerOptions,
     ) -> Result<Box<dyn Consumer>, BackendError>;
+
+    /// Open `plugin`'s delivery on this host as `options.parts` consumers,
+    /// one per worker. A broker shares one consumer between hosts and keeps
+    /// no per-key order across them: it takes one part without strict
+    /// ordering, and refuses the rest.
+    fn consumers(
+        &self,
+        plugin: &str,
+        options: ConsumerOptions,
+    ) -> Result<Vec<Box<dyn Consumer>>, BackendError> {
+        if options.parts > 1 || options.strict {
+            return Err(BackendError::Unsupported {
+                backend: self.describe(),
+                plugin: plugin.to_string(),
+                reason: format!("on a broker a plugin runs one worker per host with ordering under retry `none` (it has concurrency {}{}): per-key order across hosts is not kept yet; set concurrency = 1 and ordering = \"none\" in its manifest, or run it on the embedded store", options.parts, if options.strict { " and strict ordering" } else { "" }),
+            });
+        }
+        Ok(vec![self.consumer(plugin, options)?])
+    }
 
     /// Up to `max` events of the log from sequence `from` on.
     fn read(&self, from: u64, max: usize) -> Result<Vec<Event>, BackendError>;

@@ -513,7 +513,6 @@ async fn dead_redrive(
     let which = selection(&state, request).await?;
     let n =
         tokio::task::block_in_place(|| backend.redrive(&plugin, &which)).map_err(backend_error)?;
-    state.registry.wake_redrive(&plugin);
     Ok(Json(json!({ "redriven": n })).into_response())
 }
 

@@ -24,7 +24,6 @@
 mod error;
 pub mod manifest;
 mod optimizer;
-mod pump;
 mod settings;
 mod status;
 mod swap;
@@ -39,11 +38,13 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::bus::{OrderingKey, Overflow, Queue, SubscribeOptions, CHUNK_EVENTS_MAX};
+use crate::backend::local::{Commit, LocalConsumer, LocalOptions};
+use crate::backend::Consumer;
+use crate::bus::{OrderingKey, Overflow, SubscribeOptions};
 use crate::dispatch::Dispatch;
 use crate::metrics::{self, DropReason, Metrics};
 use crate::runtime::{self, kv, Info, InstanceConfig, Limits, PublishPolicy, RateLimit, Runtime};
-use crate::store::progress::{self, Cursor};
+use crate::store::progress::Cursor;
 
 use crate::topic::Pattern;
 pub use error::{PluginError, ReplayError};
@@ -114,11 +115,9 @@ pub struct RunningPlugin {
     /// Until when its calls run in the background, likewise.
     pub(crate) background_until: Until,
     /// Per worker: the highest sequence it has finished with.
-    cursors: Vec<AtomicU64>,
+    cursors: Vec<Arc<AtomicU64>>,
     /// Per worker: events waiting in its queue.
     depths: Vec<Arc<AtomicUsize>>,
-    /// Set to make the worker look at its re-drive list.
-    redrive_wanted: AtomicBool,
     /// Set to stop this plugin alone (replay): its reader stops and its
     /// worker abandons what it has in hand.
     stop: Arc<AtomicBool>,
@@ -147,8 +146,6 @@ pub struct Registry {
     failed: RwLock<Vec<Failed>>,
     /// Each plugin's worker thread, by plugin name.
     workers: Mutex<Vec<(String, JoinHandle<()>)>>,
-    /// Each plugin's log reader thread (durable mode), by plugin name.
-    pumps: Mutex<Vec<(String, JoinHandle<()>)>>,
     stopping: Arc<AtomicBool>,
     /// Baseline builds waiting for their optimized build (when the runtime
     /// compiles in tiers): the queue and the thread that works it.
@@ -186,7 +183,6 @@ impl Registry {
             running: RwLock::default(),
             failed: RwLock::default(),
             workers: Mutex::default(),
-            pumps: Mutex::default(),
             stopping: Arc::default(),
             optimizer: Mutex::default(),
             memory_kv: Mutex::default(),
@@ -343,137 +339,82 @@ impl Registry {
         let labels = metrics::plugin(&name);
         let stop = Arc::new(AtomicBool::new(false));
         let key = settings.delivery.ordering_key.clone();
-        // Where delivery starts: after the stored cursors in durable mode
-        // (a new plugin starts at the earliest event), at once in memory.
-        let mut consumers = Vec::new();
-        let (queues, cursor_store, starts, cursor_names) = match &self.dispatch {
-            Dispatch::Memory(bus) => (
-                bus.subscribe_with(
+        // Each worker's consumer: on the embedded store and a broker from
+        // the backend, in memory on the bus's queues.
+        let strict = settings.delivery.ordering_of(&name) == RetryOrdering::Strict;
+        let broker_err = |e: crate::backend::BackendError| PluginError::Broker {
+            file: file.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let (consumers, lease): (Vec<Box<dyn Consumer>>, Duration) = match &self.dispatch {
+            Dispatch::Memory(bus) => {
+                let queues = bus.subscribe_with(
                     &name,
                     patterns,
                     SubscribeOptions {
                         capacity: self.settings.queue_events_max,
                         parts: workers,
-                        key,
+                        key: key.clone(),
                         overflow: settings.overflow,
                     },
-                ),
-                None,
-                vec![Cursor::default(); workers],
-                vec![None; workers],
-            ),
-            Dispatch::Durable(log) => {
-                let cursor_err = |source| PluginError::Cursor {
-                    file: file.to_path_buf(),
-                    source,
-                };
-                let store = log.store().clone();
-                let names: Vec<String> = (0..workers)
-                    .map(|i| progress::cursor_name(&name, i, workers))
-                    .collect();
-                let existing = store.cursors_of(&name).map_err(cursor_err)?;
-                let seed = match existing.iter().map(|(_, c)| c.low()).min() {
-                    Some(low) => low,
-                    None => {
-                        let start = if self.settings.new_plugins_start_latest {
-                            log.head()
-                        } else {
-                            0
-                        };
-                        tracing::info!(plugin = %name, "new plugin: starts after sequence {start}");
-                        start
-                    }
-                };
-                let mut starts = Vec::new();
-                for n in &names {
-                    match existing.iter().find(|(e, _)| e == n) {
-                        Some((_, c)) => starts.push(c.clone()),
-                        None => {
-                            // Where a new worker starts sticks across restarts.
-                            store.set_cursor(n, seed).map_err(cursor_err)?;
-                            starts.push(Cursor::at(seed));
-                        }
-                    }
-                }
-                for (old, _) in existing.iter().filter(|(e, _)| !names.contains(e)) {
-                    tracing::info!(plugin = %name, cursor = %old, "concurrency changed: the new workers start after sequence {seed}, the lowest of the old cursors (events after it may be delivered again)");
-                    store.remove_cursor(old).map_err(cursor_err)?;
-                }
-                let mut outlets = Vec::new();
-                let mut queues = Vec::new();
-                for start in &starts {
-                    let (tx, queue) =
-                        Queue::channel((self.settings.queue_events_max / CHUNK_EVENTS_MAX).max(2));
-                    outlets.push(pump::Outlet {
-                        queue: tx,
-                        through: start.through,
-                    });
-                    queues.push(queue);
-                }
-                let routing = pump::Routing {
-                    patterns,
-                    key,
-                    drop_when_full: settings.overflow == Overflow::Drop,
-                    dropped: self.metrics.drop_counter(&name, DropReason::OverflowDrop),
-                };
-                let (log, all, own, pump_name) = (
-                    log.clone(),
-                    self.stopping.clone(),
-                    stop.clone(),
-                    name.clone(),
                 );
-                let stopped = move || all.load(Ordering::Acquire) || own.load(Ordering::Acquire);
-                let pump = std::thread::Builder::new()
-                    .name(format!("pump-{name}"))
-                    .spawn(move || pump::run(&log, &pump_name, &routing, &outlets, &stopped))
-                    .map_err(|source| PluginError::Thread {
-                        file: file.to_path_buf(),
-                        source,
-                    })?;
-                self.pumps
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((name.clone(), pump));
-                let names = if workers > 1 {
-                    names.into_iter().map(Some).collect()
-                } else {
-                    vec![None]
-                };
-                (queues, Some(store), starts, names)
+                let consumers = queues
+                    .into_iter()
+                    .map(|queue| {
+                        let consumer = LocalConsumer::new(
+                            &name,
+                            queue,
+                            Commit::Memory(self.memory_commit(&name, kv.clone())),
+                            LocalOptions {
+                                strict: strict.then(|| key.clone()),
+                                start: Cursor::default(),
+                                redrives: None,
+                                drain_on_close: true,
+                            },
+                            None,
+                        );
+                        Box::new(consumer) as Box<dyn Consumer>
+                    })
+                    .collect();
+                (consumers, Duration::MAX)
             }
-            Dispatch::Broker(backend) => {
-                let strict = settings.delivery.ordering_of(&name) == RetryOrdering::Strict;
-                if workers > 1 || strict {
-                    return Err(PluginError::Broker {
-                        file: file.to_path_buf(),
-                        reason: format!("on a broker a plugin runs one worker per host with ordering under retry `none` (it has concurrency {workers}{}): per-key order across hosts is not kept yet; set concurrency = 1 and ordering = \"none\" in its manifest, or run it on the embedded store", if strict { " and strict ordering" } else { "" }),
-                    });
-                }
-                // A lease longer than a batch may take: three deadlines.
+            Dispatch::Durable(_) | Dispatch::Broker(_) => {
+                let Some(backend) = self.backend.clone() else {
+                    return Err(broker_err(crate::backend::BackendError::Closed));
+                };
+                // On a broker, a lease longer than a batch may take: three
+                // deadlines. The embedded store has nobody to take over.
                 let lease = Duration::from_millis(
                     self.settings
                         .broker_lease_ms
                         .max(3 * settings.limits.deadline_ms),
                 );
-                let consumer = backend
-                    .consumer(
-                        &name,
-                        crate::backend::ConsumerOptions {
-                            patterns,
-                            host: self.settings.broker_host.clone(),
-                            lease,
-                            start_latest: self.settings.new_plugins_start_latest,
-                        },
-                    )
-                    .map_err(|e| PluginError::Broker {
+                let options = crate::backend::ConsumerOptions {
+                    patterns,
+                    host: self.settings.broker_host.clone(),
+                    lease,
+                    start_latest: self.settings.new_plugins_start_latest,
+                    parts: workers,
+                    key: key.clone(),
+                    strict,
+                    queue_events_max: self.settings.queue_events_max,
+                    drop_when_full: (settings.overflow == Overflow::Drop)
+                        .then(|| self.metrics.drop_counter(&name, DropReason::OverflowDrop)),
+                };
+                let consumers = backend.consumers(&name, options).map_err(|e| match e {
+                    crate::backend::BackendError::Store(source) => PluginError::Cursor {
                         file: file.to_path_buf(),
-                        reason: e.to_string(),
-                    })?;
-                consumers.push((consumer, lease));
-                let (_, queue) = Queue::channel(1);
-                (vec![queue], None, vec![Cursor::default()], vec![None])
+                        source,
+                    },
+                    other => broker_err(other),
+                })?;
+                (consumers, lease)
             }
         };
+        let gauges: Vec<crate::backend::local::Gauges> = consumers
+            .iter()
+            .map(|c| c.gauges().unwrap_or_default())
+            .collect();
         let plugin = Arc::new(RunningPlugin {
             name: name.clone(),
             file: file.to_path_buf(),
@@ -502,35 +443,25 @@ impl Registry {
                 .clone(),
             low_priority_until: Until::default(),
             background_until: Until::default(),
-            cursors: starts.iter().map(|s| AtomicU64::new(s.low())).collect(),
-            depths: queues.iter().map(Queue::depth_handle).collect(),
-            // Look once at start: re-drives may be pending from before.
-            redrive_wanted: AtomicBool::new(true),
+            cursors: gauges.iter().map(|g| g.done_through.clone()).collect(),
+            depths: gauges.iter().map(|g| g.queued.clone()).collect(),
             stop,
             quarantine: Mutex::new(vec![None; workers]),
             rate: Mutex::new(RateSample::default()),
             settings: settings.clone(),
         });
         let mut spawned = Vec::new();
-        for (index, ((instance, queue), (start, cursor_name))) in instances
-            .into_iter()
-            .zip(queues)
-            .zip(starts.into_iter().zip(cursor_names))
-            .enumerate()
-        {
+        let durable = !matches!(self.dispatch, Dispatch::Memory(_));
+        for (index, (instance, consumer)) in instances.into_iter().zip(consumers).enumerate() {
             let worker = worker::Worker::new(
                 instance,
                 worker::Source {
-                    queue,
-                    cursor_store: cursor_store.clone(),
-                    start,
-                    kv: kv.clone(),
+                    consumer,
+                    lease,
+                    durable,
                     index,
-                    cursor_name,
                     stopping: self.stopping.clone(),
-                    consumer: consumers.pop(),
                 },
-                self.dispatch.clone(),
                 plugin.clone(),
                 &self.metrics,
                 settings.delivery.clone(),
@@ -606,6 +537,28 @@ impl Registry {
         Some(self.bucket(plugin))
     }
 
+    /// What commits a memory-mode settlement of `plugin`: its state writes
+    /// into `kv`, then its follow-up events published (those that find no
+    /// room are counted as dropped).
+    fn memory_commit(&self, plugin: &str, kv: kv::Backend) -> crate::backend::local::MemoryCommit {
+        let (dispatch, name) = (self.dispatch.clone(), plugin.to_string());
+        let dropped = self
+            .metrics
+            .drop_counter(plugin, DropReason::FollowUpQueueFull);
+        Box::new(move |writes, follow_ups| {
+            if let Err(e) = kv.apply(&name, writes.into_iter().collect()) {
+                tracing::error!(plugin = %name, "state not kept: {e}");
+            }
+            if !follow_ups.is_empty() {
+                let n = follow_ups.len();
+                if let Err(e) = dispatch.publish(follow_ups) {
+                    dropped.inc_by((n - e.accepted()) as u64);
+                    tracing::error!(plugin = %name, "follow-up events lost: {e}");
+                }
+            }
+        })
+    }
+
     fn bucket(&self, plugin: &str) -> kv::Backend {
         match &self.dispatch {
             Dispatch::Durable(log) => kv::Backend::Durable(log.store().clone()),
@@ -623,20 +576,6 @@ impl Registry {
     /// The names of every plugin, running or failed.
     pub fn names(&self) -> Vec<String> {
         self.status().into_iter().map(|p| p.name).collect()
-    }
-
-    /// Tell `plugin`'s worker to pick up events re-driven to it (it also
-    /// looks at every start).
-    pub fn wake_redrive(&self, plugin: &str) {
-        for p in self
-            .running
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|p| p.name == plugin)
-        {
-            p.redrive_wanted.store(true, Ordering::Release);
-        }
     }
 
     /// Replay: deliver `plugin` every event from sequence `from` on again.

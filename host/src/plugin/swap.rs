@@ -78,7 +78,7 @@ impl Registry {
 
     /// Wait for the reader and workers of `plugin`, told to stop.
     pub(super) fn join_threads(&self, plugin: &str) {
-        for list in [&self.pumps, &self.workers] {
+        for list in [&self.workers] {
             let mine: Vec<JoinHandle<()>> = {
                 let mut all = list.lock().unwrap_or_else(|p| p.into_inner());
                 let (mine, rest) = std::mem::take(&mut *all)
@@ -248,10 +248,10 @@ impl Registry {
         self.forget_failure(plugin);
     }
 
-    /// Stop: close every queue, let each worker finish what is queued, and
-    /// wait for them. In durable mode the pumps stop reading the log first
-    /// (what they have not read is delivered after a restart), and the log
-    /// closes last, after the workers' follow-up events.
+    /// Stop: each worker finishes the batch in hand and stops (in memory
+    /// mode once its queue, closed now, is empty), and this waits for them.
+    /// What they have not taken is delivered after a restart (durable, a
+    /// broker); the log closes last, after the workers' follow-up events.
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
         // The optimizer ends its compile (its child is killed) and, its
@@ -267,18 +267,8 @@ impl Registry {
                 tracing::error!("the optimizing compile thread panicked");
             }
         }
-        match &self.dispatch {
-            Dispatch::Memory(bus) => bus.close(),
-            Dispatch::Broker(_) => {}
-            Dispatch::Durable(_) => {
-                let pumps =
-                    std::mem::take(&mut *self.pumps.lock().unwrap_or_else(|p| p.into_inner()));
-                for (_, p) in pumps {
-                    if p.join().is_err() {
-                        tracing::error!("a log reader panicked during shutdown");
-                    }
-                }
-            }
+        if let Dispatch::Memory(bus) = &self.dispatch {
+            bus.close();
         }
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
         for (_, w) in workers {

@@ -1,67 +1,62 @@
-//! A worker on a backend consumer (`--broker`): batches are pulled from the
-//! plugin's consumer, which the broker shares with every host running the
-//! plugin, instead of a queue; each batch's outcome is settled through it
-//! (acks, retries with their delay, dead letters, state writes and
-//! follow-ups in one call), so retries wait in the broker, not here, and
-//! any host may take them. A settlement refused because another host took
-//! the events over after the lease ran out keeps nothing.
+//! Taking batches from the worker's consumer and settling them through it:
+//! each batch's outcomes (acks, retries with their delay, dead letters),
+//! state writes and follow-ups in one call. On a broker the consumer is
+//! shared with every host running the plugin, so retries wait there and
+//! any host may take them, and a settlement refused because another host
+//! took the events over after the lease ran out keeps nothing.
 
 use super::*;
 use crate::backend::{BackendError, Settlement, Verdict};
 
-/// How long delivery pauses after the broker could not be reached.
-const BROKER_RETRY: Duration = Duration::from_secs(1);
+/// How long delivery pauses after the consumer failed to hand out events.
+const CONSUMER_RETRY: Duration = Duration::from_secs(1);
 
 impl Worker {
-    /// Pull the next batch and handle it; an idle wait is at most
-    /// [`IDLE_POLL`].
-    pub(super) fn pull(&mut self) {
+    /// Take the next batch and handle it; an idle wait is at most
+    /// [`IDLE_POLL`]. False once the consumer is closed.
+    pub(super) fn pull(&mut self) -> bool {
         let max = self.batch_events_max();
-        let Some(consumer) = self.consumer.as_mut() else {
-            return;
-        };
         let waiting = Instant::now();
-        let got = match consumer.next_batch(max, IDLE_POLL) {
+        let (chunk, attempts) = match self.consumer.next_chunk(max, IDLE_POLL) {
             Ok(got) => got,
+            Err(BackendError::Closed) => return false,
             Err(e) => {
                 tracing::error!(plugin = %self.plugin.name, "delivery paused: {e}");
-                std::thread::sleep(BROKER_RETRY);
-                return;
+                std::thread::sleep(CONSUMER_RETRY);
+                return true;
             }
         };
-        if got.is_empty() {
-            return;
+        if chunk.is_empty() {
+            return true;
         }
         // Time spent waiting for events is not a pause of delivery.
         if let Some(from) = self.pause_from.as_mut() {
             *from += waiting.elapsed();
         }
-        let attempts: Vec<u32> = got.iter().map(|d| d.attempt).collect();
-        let chunk: Chunk = got.into_iter().map(|d| d.event).collect();
+        // A batch handed out has a fresh lease.
+        self.lease_renewed = Instant::now();
         let mut start = 0;
         while start < chunk.len() {
             let (end, _) = self.run_end(&chunk, start, 0, 0);
-            self.deliver(&chunk, start..end, &attempts[start..end], false);
+            self.deliver(&chunk, start..end, &attempts[start..end]);
             start = end;
         }
+        true
     }
 
     /// Renew the lease on the events in hand, when a third of it has gone.
     pub(super) fn keep_lease(&mut self) {
-        let Some(consumer) = self.consumer.as_mut() else {
-            return;
-        };
         if self.lease_renewed.elapsed() < self.lease / 3 {
             return;
         }
         self.lease_renewed = Instant::now();
-        if let Err(e) = consumer.extend() {
+        if let Err(e) = self.consumer.extend() {
             tracing::warn!(plugin = %self.plugin.name, "cannot renew the lease on the batch in hand: {e}");
         }
     }
 
-    /// Settle `batch` with the broker: each event's outcome (from `fx`),
-    /// the state writes and follow-ups; then the outcomes take effect.
+    /// Settle `batch`: each event's outcome (from `fx`), the state writes
+    /// and follow-ups; once committed, the outcomes take effect here.
     pub(super) fn settle(
         &mut self,
         batch: &[Arc<Event>],
@@ -70,12 +65,7 @@ impl Worker {
         follow_ups: Vec<Event>,
         fx: Effects,
     ) {
-        let now = Instant::now();
-        let retry: HashMap<u64, Duration> = fx
-            .retries
-            .iter()
-            .map(|p| (p.event.sequence, p.due.saturating_duration_since(now)))
-            .collect();
+        let retry: HashMap<u64, Duration> = fx.retries.iter().copied().collect();
         let dead: HashMap<u64, &str> = fx
             .gave_up
             .iter()
@@ -92,15 +82,12 @@ impl Worker {
                 (e.sequence, v)
             })
             .collect();
-        let Some(consumer) = self.consumer.as_mut() else {
-            return;
-        };
         let expected = fx
             .reads
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let settled = consumer.settle(Settlement {
+        let settled = self.consumer.settle(Settlement {
             verdicts,
             writes: writes.into_iter().collect(),
             expected,
@@ -108,6 +95,13 @@ impl Worker {
         });
         match settled {
             Ok(()) => {
+                let held = self.lease_renewed.elapsed();
+                if held > self.lease {
+                    // A stall (the machine, or this process stopped): the
+                    // backend still took the outcome, as nobody else had
+                    // settled the events meanwhile.
+                    tracing::warn!(plugin = %self.plugin.name, batch_events = batch.len(), "a batch held past its lease ({held:?} since it was taken or renewed, the lease is {:?}) was still committed: no other host had settled its events", self.lease);
+                }
                 self.instance.state().committed(state_delta);
                 self.apply(fx);
             }
@@ -122,7 +116,7 @@ impl Worker {
                 self.needs_reset = true;
             }
             Err(e) => {
-                tracing::error!(plugin = %self.plugin.name, batch_events = batch.len(), "cannot settle the batch ({e}); the broker delivers its events again once the lease ({:?}) runs out", self.lease);
+                tracing::error!(plugin = %self.plugin.name, batch_events = batch.len(), "cannot commit what the batch did ({e}); nothing of it was kept, and its events are delivered again (after {:?} on this host, or once the broker's lease runs out)", crate::backend::local::COMMIT_RETRY);
                 self.needs_reset = true;
             }
         }
@@ -130,10 +124,8 @@ impl Worker {
 
     /// Hand back what is in hand, for another host to take at once.
     pub(super) fn hand_back(&mut self) {
-        if let Some(consumer) = self.consumer.as_mut() {
-            if let Err(e) = consumer.release() {
-                tracing::warn!(plugin = %self.plugin.name, "cannot hand back the events in hand ({e}); they are delivered again once the lease runs out");
-            }
+        if let Err(e) = self.consumer.release() {
+            tracing::warn!(plugin = %self.plugin.name, "cannot hand back the events in hand ({e}); they are delivered again once the lease runs out");
         }
     }
 }

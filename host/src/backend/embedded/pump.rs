@@ -1,6 +1,6 @@
-//! A plugin's log reader (durable mode): reads the log from the plugin's
-//! cursors, keeps the events the plugin subscribes to, and queues them for
-//! its workers (one queue per worker; an event goes to the worker its
+//! A plugin's log reader: reads the log from the plugin's cursors, keeps
+//! the events the plugin subscribes to, and queues them for its consumers
+//! (one queue per consumer, that is per worker; an event goes to the worker its
 //! ordering key hashes to, and only if that worker's cursor is before it)
 //! in deliveries of up to `CHUNK_EVENTS_MAX`. When a worker's queue is full
 //! the reader waits: a slow plugin delays its own reader and loses nothing.
@@ -30,9 +30,8 @@ pub(super) struct Outlet {
 pub(super) struct Routing {
     pub patterns: Vec<Pattern>,
     pub key: OrderingKey,
-    /// Drop (counted in `dropped`) rather than wait for room.
-    pub drop_when_full: bool,
-    pub dropped: Counter,
+    /// Drop (counted here) rather than wait for room.
+    pub dropped: Option<Counter>,
 }
 
 /// Events read from the log at a time.
@@ -101,13 +100,13 @@ fn send(routing: &Routing, queue: &QueueSender, wanted: &[Arc<Event>], last: u64
             events: Arc::from(part),
             through,
         };
-        let sent = if routing.drop_when_full {
+        let sent = if let Some(counter) = &routing.dropped {
             match queue.try_send(delivery) {
                 Ok(()) => Ok(()),
                 Err(Some(dropped)) => {
                     // Dropped: the next delivery's `through` moves the
                     // cursor past these.
-                    routing.dropped.inc_by(dropped.events.len() as u64);
+                    counter.inc_by(dropped.events.len() as u64);
                     Ok(())
                 }
                 Err(None) => Err(()),

@@ -1,0 +1,818 @@
+//! Delivery from this host's own queues: the [`Consumer`] of the embedded
+//! store (fed by the plugin's log reader, `embedded::pump`) and of memory
+//! mode (fed by the bus). It keeps what a broker keeps for its consumers:
+//!
+//! - the events handed out and not yet settled, and how far through its
+//!   queue the consumer is done (its cursor, saved in the store: at once
+//!   with anything else a settlement writes, and at most every
+//!   [`CURSOR_SAVE_EVERY`] when only the position moved);
+//! - retries waiting for their time (in memory, and in the cursor so that
+//!   they survive a restart), delivered before new events;
+//! - events re-driven from dead letters, looked for when the backend says
+//!   there are some;
+//! - strict ordering under retry: an event holds its ordering key from the
+//!   moment it is handed out until it is acked or given up on, and later
+//!   events of that key wait behind it, in order, and are handed out one
+//!   by one. So a batch never holds two events of one key.
+//!
+//! A settlement is committed in one atomic write (durable: the cursor, the
+//! state writes, dead letters and follow-up events; memory: the state
+//! map, then the follow-ups published), before any of it takes effect here.
+//! A write that fails keeps nothing, and the batch's events come again
+//! after [`COMMIT_RETRY`], at the same attempt, as they would after a
+//! broker's lease.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{RecvTimeoutError, TryRecvError};
+
+use super::{BackendError, Consumer, Delivered, Settlement, Verdict};
+use crate::bus::{Delivery, OrderingKey, Queue};
+use crate::event::{Chunk, Event};
+use crate::store::log::Log;
+use crate::store::progress::{Cursor, GaveUp, Progress};
+
+/// A cursor that only moves past events (nothing else changed) is saved at
+/// most this often while busy, and at once when idle: losing it only means
+/// reading those events again.
+pub const CURSOR_SAVE_EVERY: Duration = Duration::from_millis(200);
+
+/// How long a batch waits to be delivered again after its settlement could
+/// not be written.
+pub const COMMIT_RETRY: Duration = Duration::from_secs(1);
+
+/// What commits a memory-mode settlement: the state writes, then the
+/// follow-up events.
+pub type MemoryCommit = Box<dyn FnMut(Vec<(String, Option<Vec<u8>>)>, Vec<Event>) + Send>;
+
+/// Where a settlement is committed.
+pub enum Commit {
+    /// The embedded store: one atomic write with the cursor `cursor_name`
+    /// (none: the plugin's own).
+    Durable {
+        /// The log the store belongs to.
+        log: Arc<Log>,
+        /// The consumer's cursor.
+        cursor_name: Option<String>,
+        /// Held by the plugin's consumers while they check what their
+        /// writes were computed from and commit, so that two parts never
+        /// both write a key from the same value.
+        writing: Arc<std::sync::Mutex<()>>,
+    },
+    /// Memory mode: nothing survives the process; dead letters are dropped.
+    Memory(MemoryCommit),
+}
+
+/// Live views of a local consumer, for status reports.
+#[derive(Clone, Default)]
+pub struct Gauges {
+    /// Every event up to here is done (what the cursor's `low` says).
+    pub done_through: Arc<AtomicU64>,
+    /// Events waiting in its queue.
+    pub queued: Arc<AtomicUsize>,
+}
+
+/// Where a handed-out event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The queue, for the first time: the cursor waits for it.
+    New,
+    /// A retry, or an event that waited behind another of its key: in the
+    /// cursor's pending list until settled.
+    Retry,
+    /// A re-driven dead letter: in the store's re-drive list until settled.
+    Redrive,
+}
+
+/// An event waiting for its time (a retry) or for its turn.
+struct Waiting {
+    due: Instant,
+    attempt: u32,
+    origin: Origin,
+    event: Arc<Event>,
+}
+
+impl PartialEq for Waiting {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.event.sequence) == (other.due, other.event.sequence)
+    }
+}
+impl Eq for Waiting {}
+impl PartialOrd for Waiting {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Waiting {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.event.sequence).cmp(&(other.due, other.event.sequence))
+    }
+}
+
+/// An event handed out.
+struct Handed {
+    seq: u64,
+    attempt: u32,
+    origin: Origin,
+    settled: bool,
+    /// The event, for retries and re-drives; a new event is found in the
+    /// delivery it came in (`LocalConsumer::chunks`), so that handing out a
+    /// delivery costs no reference count per event.
+    event: Option<Arc<Event>>,
+}
+
+/// A batch being put together.
+#[derive(Default)]
+struct Out {
+    events: Vec<Arc<Event>>,
+    attempts: Vec<u32>,
+}
+
+/// How a local consumer is set up, besides its queue and commit.
+pub struct LocalOptions {
+    /// Strict ordering under retry, by this key.
+    pub strict: Option<OrderingKey>,
+    /// Where it starts: how far it was done, and the retries pending then.
+    pub start: Cursor,
+    /// Set when re-driven dead letters are waiting (the plugin's first
+    /// consumer only, durable mode).
+    pub redrives: Option<Arc<AtomicBool>>,
+    /// Wait for the retries still pending once the queue closes, rather
+    /// than leave them (memory mode: nothing keeps them).
+    pub drain_on_close: bool,
+}
+
+/// A consumer on this host's queue. See the module docs.
+pub struct LocalConsumer {
+    plugin: String,
+    queue: Queue,
+    commit: Commit,
+    strict: Option<OrderingKey>,
+    redrives: Option<Arc<AtomicBool>>,
+    drain_on_close: bool,
+    closed: bool,
+    /// The delivery being taken from, and how far.
+    current: Option<Delivery>,
+    pos: usize,
+    /// Everything the queue accounted for up to here is handed out (or
+    /// not the plugin's).
+    taken_to: u64,
+    handed: VecDeque<Handed>,
+    /// The deliveries the new events in `handed` came from.
+    chunks: Vec<Chunk>,
+    /// Whether `current` is in `chunks`.
+    current_kept: bool,
+    /// Where the next settlement's first event likely is in `handed`.
+    hint: usize,
+    waiting: BinaryHeap<Reverse<Waiting>>,
+    /// Strict ordering: per key, the event that holds it, and those
+    /// waiting behind it in order.
+    owners: HashMap<String, u64>,
+    behind: HashMap<String, VecDeque<Waiting>>,
+    /// Re-driven letters handed out or waiting.
+    redriving: HashSet<u64>,
+    saved: Cursor,
+    saved_at: Instant,
+    gauges: Gauges,
+    /// Dropped last: whatever must outlive the queue (the log reader).
+    _guard: Option<Box<dyn Send>>,
+}
+
+impl LocalConsumer {
+    /// A consumer of `plugin` taking deliveries from `queue`, committing
+    /// through `commit`; `guard` is dropped after everything else.
+    pub fn new(
+        plugin: &str,
+        queue: Queue,
+        commit: Commit,
+        options: LocalOptions,
+        guard: Option<Box<dyn Send>>,
+    ) -> LocalConsumer {
+        let gauges = Gauges {
+            done_through: Arc::new(AtomicU64::new(options.start.low())),
+            queued: queue.depth_handle(),
+        };
+        let mut consumer = LocalConsumer {
+            plugin: plugin.to_string(),
+            queue,
+            commit,
+            strict: options.strict,
+            redrives: options.redrives,
+            drain_on_close: options.drain_on_close,
+            closed: false,
+            current: None,
+            pos: 0,
+            taken_to: options.start.through,
+            handed: VecDeque::new(),
+            chunks: Vec::new(),
+            current_kept: false,
+            hint: 0,
+            waiting: BinaryHeap::new(),
+            owners: HashMap::new(),
+            behind: HashMap::new(),
+            redriving: HashSet::new(),
+            saved: options.start.clone(),
+            saved_at: Instant::now(),
+            gauges,
+            _guard: guard,
+        };
+        consumer.pending_from(&options.start);
+        consumer
+    }
+
+    /// Retries pending when the consumer last stopped, due now.
+    fn pending_from(&mut self, start: &Cursor) {
+        let Commit::Durable { log, .. } = &self.commit else {
+            return;
+        };
+        if start.pending.is_empty() {
+            return;
+        }
+        let store = log.store().clone();
+        let now = Instant::now();
+        for &(seq, attempt) in &start.pending {
+            match store.read(seq, 1) {
+                Ok(found) => match found.into_iter().next() {
+                    Some(event) if event.sequence == seq => self.waiting.push(Reverse(Waiting {
+                        due: now,
+                        attempt,
+                        origin: Origin::Retry,
+                        event: Arc::new(event),
+                    })),
+                    _ => {
+                        tracing::error!(plugin = %self.plugin, sequence = seq, "an event waiting for a retry is no longer in the log")
+                    }
+                },
+                Err(e) => {
+                    tracing::error!(plugin = %self.plugin, sequence = seq, "cannot read an event waiting for a retry: {e}")
+                }
+            }
+        }
+        tracing::info!(plugin = %self.plugin, pending = self.waiting.len(), "retries pending from before the restart");
+    }
+
+    /// Live views of how far it is and what waits in its queue.
+    pub fn gauges(&self) -> Gauges {
+        self.gauges.clone()
+    }
+
+    /// Whether `event` may be handed out now (strict ordering: nobody
+    /// else holds its key; it then holds it).
+    fn may_take(&mut self, event: &Event) -> bool {
+        let Some(key) = &self.strict else {
+            return true;
+        };
+        let k = key.of(event);
+        match self.owners.get(k) {
+            Some(&owner) => owner == event.sequence,
+            None => {
+                self.owners.insert(k.to_string(), event.sequence);
+                true
+            }
+        }
+    }
+
+    /// Have `w` wait behind the event holding its key.
+    fn wait_behind(&mut self, w: Waiting) {
+        let Some(key) = &self.strict else {
+            return;
+        };
+        let origin = match w.origin {
+            Origin::New => Origin::Retry,
+            other => other,
+        };
+        self.behind
+            .entry(key.of(&w.event).to_string())
+            .or_default()
+            .push_back(Waiting { origin, ..w });
+    }
+
+    /// Hand `w` (a retry, a re-drive, or an event whose turn came) out
+    /// into `out`, unless it must wait behind another of its key.
+    fn take(&mut self, w: Waiting, out: &mut Out) {
+        if !self.may_take(&w.event) {
+            self.wait_behind(w);
+            return;
+        }
+        out.events.push(w.event.clone());
+        out.attempts.push(w.attempt);
+        self.handed.push_back(Handed {
+            seq: w.event.sequence,
+            attempt: w.attempt,
+            origin: w.origin,
+            settled: false,
+            event: Some(w.event),
+        });
+    }
+
+    /// New events from the queue into `out`, up to `max` in all, without
+    /// waiting. A whole delivery into an empty batch goes as it is.
+    fn take_new(&mut self, max: usize, out: &mut Out) -> Option<Chunk> {
+        while out.events.len() < max {
+            let Some(delivery) = self.current.clone() else {
+                match self.queue.try_recv() {
+                    Ok(d) => {
+                        self.current = Some(d);
+                        self.pos = 0;
+                        self.current_kept = false;
+                        continue;
+                    }
+                    Err(TryRecvError::Empty) => return None,
+                    Err(TryRecvError::Disconnected) => {
+                        self.closed = true;
+                        return None;
+                    }
+                }
+            };
+            let events = &delivery.events;
+            if out.events.is_empty()
+                && self.pos == 0
+                && events.len() <= max
+                && self.strict.is_none()
+            {
+                // The common case: the delivery is the batch.
+                for e in events.iter() {
+                    self.handed.push_back(Handed {
+                        seq: e.sequence,
+                        attempt: 1,
+                        origin: Origin::New,
+                        settled: false,
+                        event: None,
+                    });
+                }
+                self.chunks.push(events.clone());
+                self.taken_to = self.taken_to.max(delivery.through);
+                self.current = None;
+                out.attempts.resize(events.len(), 1);
+                return Some(events.clone());
+            }
+            if !self.current_kept {
+                self.chunks.push(events.clone());
+                self.current_kept = true;
+            }
+            while self.pos < events.len() && out.events.len() < max {
+                let event = &events[self.pos];
+                self.pos += 1;
+                self.taken_to = self.taken_to.max(event.sequence);
+                if !self.may_take(event) {
+                    self.wait_behind(Waiting {
+                        due: Instant::now(),
+                        attempt: 1,
+                        origin: Origin::New,
+                        event: event.clone(),
+                    });
+                    continue;
+                }
+                out.events.push(event.clone());
+                out.attempts.push(1);
+                self.handed.push_back(Handed {
+                    seq: event.sequence,
+                    attempt: 1,
+                    origin: Origin::New,
+                    settled: false,
+                    event: None,
+                });
+            }
+            if self.pos >= events.len() {
+                self.taken_to = self.taken_to.max(delivery.through);
+                self.current = None;
+            }
+        }
+        None
+    }
+
+    /// The event handed out at `i`.
+    fn event_at(&self, i: usize) -> Option<Arc<Event>> {
+        let h = &self.handed[i];
+        if let Some(e) = &h.event {
+            return Some(e.clone());
+        }
+        // Deliveries are in sequence order; a linear look is the fallback.
+        self.chunks.iter().find_map(|c| {
+            c.binary_search_by_key(&h.seq, |e| e.sequence)
+                .ok()
+                .map(|at| c[at].clone())
+                .or_else(|| c.iter().find(|e| e.sequence == h.seq).cloned())
+        })
+    }
+
+    /// Re-driven dead letters, when there are new ones, as due retries.
+    fn look_for_redrives(&mut self) -> Result<(), BackendError> {
+        let (Some(flag), Commit::Durable { log, .. }) = (&self.redrives, &self.commit) else {
+            return Ok(());
+        };
+        if !flag.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let events = match log.store().redrives(&self.plugin) {
+            Ok(events) => events,
+            Err(e) => {
+                flag.store(true, Ordering::Release);
+                return Err(e.into());
+            }
+        };
+        let now = Instant::now();
+        for event in events {
+            if self.redriving.insert(event.sequence) {
+                self.waiting.push(Reverse(Waiting {
+                    due: now,
+                    attempt: 1,
+                    origin: Origin::Redrive,
+                    event: Arc::new(event),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where `seq` is among the events handed out and not settled.
+    fn find(&mut self, seq: u64) -> Option<usize> {
+        let n = self.handed.len();
+        let at = (0..n)
+            .map(|i| (self.hint + i) % n)
+            .find(|&i| self.handed[i].seq == seq && !self.handed[i].settled)?;
+        self.hint = at + 1;
+        Some(at)
+    }
+
+    /// The cursor with `retried` (sequence, next attempt) waiting besides
+    /// what waits already.
+    fn cursor_after(&self, retried: &[(u64, u32)]) -> Cursor {
+        let unsettled = |i: usize| !self.handed[i].settled;
+        let through = (0..self.handed.len())
+            .filter(|&i| self.handed[i].origin == Origin::New && unsettled(i))
+            .map(|i| self.handed[i].seq - 1)
+            .fold(self.taken_to, u64::min);
+        let mut pending: Vec<(u64, u32)> = self
+            .waiting
+            .iter()
+            .map(|w| &w.0)
+            .chain(self.behind.values().flatten())
+            .filter(|w| w.origin != Origin::Redrive)
+            .map(|w| (w.event.sequence, w.attempt))
+            .chain(
+                (0..self.handed.len())
+                    .filter(|&i| self.handed[i].origin == Origin::Retry && unsettled(i))
+                    .map(|i| (self.handed[i].seq, self.handed[i].attempt)),
+            )
+            .chain(retried.iter().copied())
+            .collect();
+        pending.sort_unstable();
+        pending.dedup_by_key(|p| p.0);
+        Cursor { through, pending }
+    }
+
+    /// Save the cursor if it moved: now when `now`, else at most every
+    /// [`CURSOR_SAVE_EVERY`].
+    fn save_cursor(&mut self, now: bool) {
+        if !now && self.saved_at.elapsed() < CURSOR_SAVE_EVERY {
+            return;
+        }
+        let cursor = self.cursor_after(&[]);
+        if cursor == self.saved {
+            return;
+        }
+        if let Commit::Durable {
+            log, cursor_name, ..
+        } = &self.commit
+        {
+            let progress = Progress {
+                plugin: self.plugin.clone(),
+                cursor_name: cursor_name.clone(),
+                cursor: Some(cursor.clone()),
+                ..Default::default()
+            };
+            if let Err(e) = log.store().commit_progress(&progress) {
+                // Not moving the cursor only means reading events again
+                // after a restart; delivery goes on.
+                tracing::error!(plugin = %self.plugin, "cannot save the cursor: {e}");
+                return;
+            }
+        }
+        self.saved_cursor(cursor);
+    }
+
+    fn saved_cursor(&mut self, cursor: Cursor) {
+        self.gauges
+            .done_through
+            .store(cursor.low(), Ordering::Relaxed);
+        self.saved = cursor;
+        self.saved_at = Instant::now();
+    }
+
+    /// `event`, which held its key, is done with: the next event waiting
+    /// behind it (if any) is due now and holds the key in turn.
+    fn unblock(&mut self, event: &Event) {
+        let Some(key) = &self.strict else {
+            return;
+        };
+        let k = key.of(event);
+        if self.owners.get(k) != Some(&event.sequence) {
+            return;
+        }
+        match self.behind.get_mut(k).and_then(VecDeque::pop_front) {
+            Some(mut next) => {
+                self.owners.insert(k.to_string(), next.event.sequence);
+                next.due = Instant::now();
+                self.waiting.push(Reverse(next));
+            }
+            None => {
+                self.owners.remove(k);
+                self.behind.remove(k);
+            }
+        }
+    }
+
+    /// Commit `progress` with `follow_ups`, if the values in `expected`
+    /// are still the bucket's.
+    fn write(
+        &mut self,
+        progress: Progress,
+        follow_ups: Vec<Event>,
+        expected: &[(String, Option<Vec<u8>>)],
+    ) -> Result<(), BackendError> {
+        match &mut self.commit {
+            Commit::Durable { log, writing, .. } => {
+                // Only the plugin's other parts and outside writes (its
+                // `init`, an operator) can have changed what was read.
+                let _one = (!expected.is_empty())
+                    .then(|| writing.lock().unwrap_or_else(|p| p.into_inner()));
+                for (key, value) in expected {
+                    if log.store().kv_get(&self.plugin, key)? != *value {
+                        return Err(BackendError::Conflict {
+                            plugin: self.plugin.clone(),
+                            key: key.clone(),
+                        });
+                    }
+                }
+                if follow_ups.is_empty() {
+                    log.store().commit_progress(&progress)?;
+                } else {
+                    log.submit_with(follow_ups, Some(progress))?.wait()?;
+                }
+            }
+            Commit::Memory(commit) => commit(progress.kv, follow_ups),
+        }
+        Ok(())
+    }
+
+    /// Drop settled events from the front of `handed`.
+    fn trim(&mut self) {
+        while self.handed.front().is_some_and(|h| h.settled) {
+            self.handed.pop_front();
+            self.hint = self.hint.saturating_sub(1);
+        }
+        if self.handed.is_empty() {
+            self.hint = 0;
+            self.chunks.clear();
+        }
+    }
+
+    /// Hand the unsettled events at `at` back, due at `due` (at the same
+    /// attempt).
+    fn hand_back(&mut self, at: impl Iterator<Item = usize>, due: Instant) {
+        for i in at {
+            let Some(event) = self.event_at(i) else {
+                continue;
+            };
+            let h = &mut self.handed[i];
+            h.settled = true;
+            let origin = match h.origin {
+                Origin::New => Origin::Retry,
+                other => other,
+            };
+            self.waiting.push(Reverse(Waiting {
+                due,
+                attempt: h.attempt,
+                origin,
+                event,
+            }));
+        }
+        self.trim();
+    }
+
+    /// The next batch: due retries first, then new events.
+    fn next_out(&mut self, max: usize, wait: Duration) -> Result<(Chunk, Vec<u32>), BackendError> {
+        let until = super::deadline(wait);
+        let mut out = Out::default();
+        loop {
+            self.look_for_redrives()?;
+            let now = Instant::now();
+            while out.events.len() < max && self.waiting.peek().is_some_and(|w| w.0.due <= now) {
+                if let Some(Reverse(w)) = self.waiting.pop() {
+                    self.take(w, &mut out);
+                }
+            }
+            if out.events.len() < max {
+                if let Some(whole) = self.take_new(max, &mut out) {
+                    return Ok((whole, out.attempts));
+                }
+            }
+            if !out.events.is_empty() {
+                return Ok((Arc::from(out.events), out.attempts));
+            }
+            if self.closed {
+                let left = self.waiting.peek().map(|w| w.0.due);
+                match left {
+                    Some(due) if self.drain_on_close => {
+                        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                        continue;
+                    }
+                    _ => return Err(BackendError::Closed),
+                }
+            }
+            if now >= until {
+                // Idle: a good moment to save where it is.
+                self.save_cursor(true);
+                return Ok((Arc::from(Vec::new()), Vec::new()));
+            }
+            let next = self.waiting.peek().map_or(until, |w| w.0.due.min(until));
+            match self
+                .queue
+                .recv_timeout(next.saturating_duration_since(Instant::now()))
+            {
+                Ok(d) => {
+                    self.current = Some(d);
+                    self.pos = 0;
+                    self.current_kept = false;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => self.closed = true,
+            }
+        }
+    }
+}
+
+impl Consumer for LocalConsumer {
+    fn next_batch(
+        &mut self,
+        max_events: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivered>, BackendError> {
+        let (events, attempts) = self.next_out(max_events.max(1), wait)?;
+        Ok(events
+            .iter()
+            .zip(attempts)
+            .map(|(event, attempt)| Delivered {
+                event: event.clone(),
+                attempt,
+            })
+            .collect())
+    }
+
+    fn next_chunk(
+        &mut self,
+        max_events: usize,
+        wait: Duration,
+    ) -> Result<(Chunk, Vec<u32>), BackendError> {
+        self.next_out(max_events.max(1), wait)
+    }
+
+    fn settle(&mut self, s: Settlement) -> Result<(), BackendError> {
+        let mut at = Vec::with_capacity(s.verdicts.len());
+        for (seq, _) in &s.verdicts {
+            let i = self.find(*seq).ok_or_else(|| BackendError::NotHeld {
+                plugin: self.plugin.clone(),
+                sequence: *seq,
+            })?;
+            at.push(i);
+        }
+        let mut retried = Vec::new();
+        let mut dead = Vec::new();
+        let mut redriven = Vec::new();
+        let mut only_position = s.writes.is_empty() && s.follow_ups.is_empty();
+        for (&i, (_, verdict)) in at.iter().zip(&s.verdicts) {
+            let h = &self.handed[i];
+            if h.origin == Origin::Redrive {
+                redriven.push(h.seq);
+                only_position = false;
+            }
+            if h.origin == Origin::Retry {
+                // It leaves the cursor's pending list.
+                only_position = false;
+            }
+            match verdict {
+                Verdict::Ack => {}
+                Verdict::Retry(_) => {
+                    retried.push((h.seq, h.attempt + 1));
+                    only_position = false;
+                }
+                Verdict::Dead(error) => {
+                    let attempts = h.attempt;
+                    if let Some(event) = self.event_at(i) {
+                        dead.push(GaveUp {
+                            event,
+                            attempts,
+                            error: error.clone(),
+                        });
+                    }
+                    only_position = false;
+                }
+            }
+        }
+        // Settled from here on, unless the commit finds a conflict.
+        for &i in &at {
+            self.handed[i].settled = true;
+        }
+        let cursor = self.cursor_after(&retried);
+        if !only_position {
+            let (cursor_name, durable) = match &self.commit {
+                Commit::Durable { cursor_name, .. } => (cursor_name.clone(), true),
+                Commit::Memory(_) => (None, false),
+            };
+            let progress = Progress {
+                plugin: self.plugin.clone(),
+                cursor_name,
+                cursor: durable.then(|| cursor.clone()),
+                kv: s.writes,
+                dead,
+                redriven,
+            };
+            match self.write(progress, s.follow_ups, &s.expected) {
+                Ok(()) => {}
+                Err(e @ BackendError::Conflict { .. }) => {
+                    // Still this consumer's, to hand back and handle again.
+                    for &i in &at {
+                        self.handed[i].settled = false;
+                    }
+                    return Err(e);
+                }
+                Err(e) => {
+                    // Nothing kept: the events come again after a while.
+                    for &i in &at {
+                        self.handed[i].settled = false;
+                    }
+                    self.hand_back(at.into_iter(), Instant::now() + COMMIT_RETRY);
+                    return Err(e);
+                }
+            }
+        }
+        let now = Instant::now();
+        for (&i, (_, verdict)) in at.iter().zip(s.verdicts) {
+            let h = &self.handed[i];
+            let (seq, attempt, origin) = (h.seq, h.attempt, h.origin);
+            if origin == Origin::Redrive {
+                self.redriving.remove(&seq);
+            }
+            let retry = match verdict {
+                Verdict::Retry(delay) => Some(delay),
+                Verdict::Ack | Verdict::Dead(_) if self.strict.is_none() => continue,
+                Verdict::Ack | Verdict::Dead(_) => None,
+            };
+            let Some(event) = self.event_at(i) else {
+                continue;
+            };
+            match retry {
+                Some(delay) => self.waiting.push(Reverse(Waiting {
+                    due: now.checked_add(delay).unwrap_or(now),
+                    attempt: attempt + 1,
+                    origin: Origin::Retry,
+                    event,
+                })),
+                None => self.unblock(&event),
+            }
+        }
+        self.trim();
+        if only_position {
+            self.gauges
+                .done_through
+                .store(cursor.low(), Ordering::Relaxed);
+            self.save_cursor(false);
+        } else {
+            self.saved_cursor(cursor);
+        }
+        Ok(())
+    }
+
+    fn extend(&mut self) -> Result<(), BackendError> {
+        // Nobody else can take what this consumer holds.
+        Ok(())
+    }
+
+    fn release(&mut self) -> Result<(), BackendError> {
+        let unsettled: Vec<usize> = (0..self.handed.len())
+            .filter(|&i| !self.handed[i].settled)
+            .collect();
+        self.hand_back(unsettled.into_iter(), Instant::now());
+        self.save_cursor(true);
+        Ok(())
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    fn gauges(&self) -> Option<Gauges> {
+        Some(self.gauges.clone())
+    }
+}
+
+impl Drop for LocalConsumer {
+    fn drop(&mut self) {
+        self.save_cursor(true);
+    }
+}
