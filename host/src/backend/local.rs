@@ -45,9 +45,17 @@ pub const CURSOR_SAVE_EVERY: Duration = Duration::from_millis(200);
 /// not be written.
 pub const COMMIT_RETRY: Duration = Duration::from_secs(1);
 
-/// What commits a memory-mode settlement: the state writes, then the
-/// follow-up events.
-pub type MemoryCommit = Box<dyn FnMut(Vec<(String, Option<Vec<u8>>)>, Vec<Event>) + Send>;
+/// What commits a memory-mode settlement: the state writes, if the values
+/// they were computed from (the third argument) are still the bucket's
+/// (else [`BackendError::Conflict`]), then the follow-up events.
+pub type MemoryCommit = Box<
+    dyn FnMut(
+            Vec<(String, Option<Vec<u8>>)>,
+            Vec<Event>,
+            &[(String, Option<Vec<u8>>)],
+        ) -> Result<(), BackendError>
+        + Send,
+>;
 
 /// Where a settlement is committed.
 pub enum Commit {
@@ -555,7 +563,7 @@ impl LocalConsumer {
                     log.submit_with(follow_ups, Some(progress))?.wait()?;
                 }
             }
-            Commit::Memory(commit) => commit(progress.kv, follow_ups),
+            Commit::Memory(commit) => commit(progress.kv, follow_ups, expected)?,
         }
         Ok(())
     }

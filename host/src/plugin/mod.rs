@@ -545,9 +545,18 @@ impl Registry {
         let dropped = self
             .metrics
             .drop_counter(plugin, DropReason::FollowUpQueueFull);
-        Box::new(move |writes, follow_ups| {
-            if let Err(e) = kv.apply(&name, writes.into_iter().collect()) {
-                tracing::error!(plugin = %name, "state not kept: {e}");
+        Box::new(move |writes, follow_ups, expected| {
+            match kv.apply_if(&name, expected, writes.into_iter().collect()) {
+                Ok(()) => {}
+                Err(kv::ApplyError::Changed(key)) => {
+                    return Err(crate::backend::BackendError::Conflict {
+                        plugin: name.clone(),
+                        key,
+                    })
+                }
+                Err(kv::ApplyError::Failed(e)) => {
+                    tracing::error!(plugin = %name, "state not kept: {e}")
+                }
             }
             if !follow_ups.is_empty() {
                 let n = follow_ups.len();
@@ -556,6 +565,7 @@ impl Registry {
                     tracing::error!(plugin = %name, "follow-up events lost: {e}");
                 }
             }
+            Ok(())
         })
     }
 

@@ -125,6 +125,15 @@ impl Default for Backend {
     }
 }
 
+/// Why [`Backend::apply_if`] wrote nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyError {
+    /// This key's value is no longer the one expected.
+    Changed(String),
+    /// The write failed.
+    Failed(String),
+}
+
 /// Writes not yet committed: a value, or none for a delete.
 pub type Writes = BTreeMap<String, Option<Vec<u8>>>;
 
@@ -183,6 +192,35 @@ impl Backend {
         }
     }
 
+    /// Commit `writes` if every value in `expected` is still the bucket's
+    /// (checked and written under one lock in memory mode).
+    pub fn apply_if(
+        &self,
+        plugin: &str,
+        expected: &[(String, Option<Vec<u8>>)],
+        writes: Writes,
+    ) -> Result<(), ApplyError> {
+        let Backend::Memory(m) = self else {
+            for (key, value) in expected {
+                if self.get(plugin, key).map_err(ApplyError::Failed)? != *value {
+                    return Err(ApplyError::Changed(key.clone()));
+                }
+            }
+            return self.apply(plugin, writes).map_err(ApplyError::Failed);
+        };
+        let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((key, _)) = expected.iter().find(|(k, v)| m.get(k) != v.as_ref()) {
+            return Err(ApplyError::Changed(key.clone()));
+        }
+        for (k, v) in writes {
+            match v {
+                Some(v) => m.insert(k, v),
+                None => m.remove(&k),
+            };
+        }
+        Ok(())
+    }
+
     /// Commit `writes` at once, outside any delivery (memory mode, and
     /// writes made during `init`).
     pub fn apply(&self, plugin: &str, writes: Writes) -> Result<(), String> {
@@ -227,12 +265,12 @@ impl HostState {
             return Ok(v.clone());
         }
         let value = self.kv.get(&self.plugin, key).map_err(other)?;
-        if matches!(self.kv, Backend::Broker(_)) {
-            self.kv_reads
-                .borrow_mut()
-                .entry(key.to_string())
-                .or_insert_with(|| value.clone());
-        }
+        // What the call's writes are computed from: the commit checks it
+        // is still the bucket's (another worker or host may write it).
+        self.kv_reads
+            .borrow_mut()
+            .entry(key.to_string())
+            .or_insert_with(|| value.clone());
         Ok(value)
     }
 
