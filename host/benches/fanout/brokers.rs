@@ -146,6 +146,20 @@ impl Broker {
         }
     }
 
+    /// Whether `PLUGBUS_BENCH_BROKERS` (a comma-separated subset of
+    /// `redis,nats,nats-synced`; all when unset) keeps it.
+    fn wanted(self) -> bool {
+        let Ok(only) = std::env::var("PLUGBUS_BENCH_BROKERS") else {
+            return true;
+        };
+        let key = match self {
+            Broker::Redis => "redis",
+            Broker::Nats => "nats",
+            Broker::NatsSynced => "nats-synced",
+        };
+        only.split(',').any(|b| b.trim() == key)
+    }
+
     /// A fresh server of it; its URL.
     fn start(self, dir: &Path) -> Result<(Box<dyn std::any::Any>, String), String> {
         match self {
@@ -379,6 +393,9 @@ pub(crate) fn rows(dir: &Path, rows: &mut Vec<Row>, n: usize) {
         Err(e) => row("plugbus embedded", None, format!("failed: {e}")),
     });
     for broker in [Broker::Redis, Broker::Nats, Broker::NatsSynced] {
+        if !broker.wanted() {
+            continue;
+        }
         let name = broker.name();
         let (ceiling, what) = broker.ceiling(dir, m);
         let ceiling_rate = ceiling.as_ref().ok().copied();
@@ -417,6 +434,9 @@ pub(crate) fn rows(dir: &Path, rows: &mut Vec<Row>, n: usize) {
         Some("[config]\nmode = \"work\"\nwork_us = \"2000\"\nsubscribe = \"order.placed\"\n"),
     );
     for broker in [Broker::Redis, Broker::Nats] {
+        if !broker.wanted() {
+            continue;
+        }
         let name = broker.name();
         let runs = on_one_and_two_hosts(broker, dir, &work, &["work"], 2_000);
         let one = runs[0].1.as_ref().map_or(f64::NAN, |r| *r);

@@ -164,13 +164,17 @@ fn appends_with_dedup(h: Harness) {
         "a duplicate id gets the original's sequence"
     );
     assert_eq!(again.duplicates, 1);
+    // An id twice in one append is stored once.
+    let d = event("order.placed", 4);
+    let twice = h.backend.append(vec![d.clone(), d]).expect("append");
+    assert_eq!((twice.sequences, twice.duplicates), (vec![4, 4], 1));
     let log = h.backend.read(1, 10).expect("read");
     assert_eq!(
         log.iter().map(|e| e.sequence).collect::<Vec<_>>(),
-        [1, 2, 3]
+        [1, 2, 3, 4]
     );
     assert_eq!(log[2].data, br#"{"i":3}"#);
-    assert_eq!(h.backend.head().expect("head"), 3);
+    assert_eq!(h.backend.head().expect("head"), 4);
     let window = h.backend.capabilities().dedup_window;
     assert!(
         window >= Duration::from_secs(1),

@@ -8,27 +8,48 @@
 //! `PREFIX:id:EVENT_ID`. That is fine on one primary; on a Cluster every key
 //! would need one hash tag (not supported yet).
 
-/// `append(log, seqkey, times, lastsec, prefix, dedup_s, id, bytes, now_s)`:
-/// the sequence, and 1 when `id` was seen within the window (then nothing
-/// is stored).
+/// `append_all(log, seqkey, times, lastsec, prefix, dedup_s, at, count,
+/// now_s)`: append the `count` events given as (id, bytes) pairs from
+/// `ARGV[at]` on; per event its sequence and 1 when its id was seen within
+/// the window (then nothing is stored), flat. Sequences are taken with one
+/// INCRBY for the batch; an id twice in one batch is stored once.
 const APPEND_FN: &str = r#"
-local last_sec = nil
-local function append(log, seqkey, times, lastsec, prefix, dedup, id, bytes, now_s)
-  local idkey = prefix .. ':id:' .. id
-  if dedup > 0 then
-    local seen = redis.call('GET', idkey)
-    if seen then return tonumber(seen), 1 end
+local function append_all(log, seqkey, times, lastsec, prefix, dedup, at, count, now_s)
+  local out, first_of, new, fresh = {}, {}, {}, 0
+  for k = 0, count - 1 do
+    local id = ARGV[at + 2 * k]
+    local seen = nil
+    if dedup > 0 and first_of[id] == nil then
+      seen = redis.call('GET', prefix .. ':id:' .. id)
+    end
+    if seen then
+      out[2 * k + 1], out[2 * k + 2] = tonumber(seen), 1
+    elseif dedup > 0 and first_of[id] ~= nil then
+      out[2 * k + 1], out[2 * k + 2] = -1 - first_of[id], 1
+    else
+      if dedup > 0 then first_of[id] = k end
+      new[k] = true
+      fresh = fresh + 1
+    end
   end
-  local seq = redis.call('INCR', seqkey)
-  redis.call('XADD', log, '0-' .. seq, 'e', bytes)
-  if dedup > 0 then redis.call('SET', idkey, seq, 'EX', dedup) end
-  if last_sec == nil then last_sec = redis.call('GET', lastsec) or '' end
-  if last_sec ~= tostring(now_s) then
-    last_sec = tostring(now_s)
-    redis.call('ZADD', times, now_s, seq)
+  if fresh == 0 then return out end
+  local seq = redis.call('INCRBY', seqkey, fresh) - fresh
+  local first = seq + 1
+  for k = 0, count - 1 do
+    if new[k] then
+      seq = seq + 1
+      out[2 * k + 1], out[2 * k + 2] = seq, 0
+      redis.call('XADD', log, '0-' .. seq, 'e', ARGV[at + 2 * k + 1])
+      if dedup > 0 then redis.call('SET', prefix .. ':id:' .. ARGV[at + 2 * k], seq, 'EX', dedup) end
+    elseif out[2 * k + 1] < 0 then
+      out[2 * k + 1] = out[2 * (-1 - out[2 * k + 1]) + 1]
+    end
+  end
+  if redis.call('GET', lastsec) ~= tostring(now_s) then
+    redis.call('ZADD', times, now_s, first)
     redis.call('SET', lastsec, now_s)
   end
-  return seq, 0
+  return out
 end
 "#;
 
@@ -45,14 +66,7 @@ end
 /// per event. Returns (sequence, duplicate) per event, flat.
 const APPEND_BODY: &str = r#"
 local now_s = now()
-local out = {}
-local dedup = tonumber(ARGV[2])
-for i = 3, #ARGV, 2 do
-  local seq, dup = append(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], dedup, ARGV[i], ARGV[i + 1], now_s)
-  out[#out + 1] = seq
-  out[#out + 1] = dup
-end
-return out
+return append_all(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], tonumber(ARGV[2]), 3, (#ARGV - 2) / 2, now_s)
 "#;
 
 /// The fence, shared by settle, hand-back and extend: for `n` handed-out
@@ -133,14 +147,14 @@ for x = 1, tonumber(ARGV[at]) do
   end
 end
 local now_s, now_ms = now()
+local acked_log, acked_redo = {}, {}
 for v = 0, n - 1 do
   local b = 6 + v * 6
   local id, kind = ARGV[b + 1], ARGV[b + 3]
   if ARGV[b] == 'r' then
-    redis.call('XACK', redo, group, id)
-    redis.call('XDEL', redo, id)
+    acked_redo[#acked_redo + 1] = id
   else
-    redis.call('XACK', log, group, id)
+    acked_log[#acked_log + 1] = id
   end
   if kind == 'r' then
     redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[b + 4]), ARGV[b + 5])
@@ -162,17 +176,24 @@ end
 local skipped = tonumber(ARGV[i])
 i = i + 1
 for s = 1, skipped do
-  redis.call('XACK', log, group, ARGV[i])
+  acked_log[#acked_log + 1] = ARGV[i]
   i = i + 1
+end
+-- Acknowledged a page of ids a call, not one by one.
+for s = 1, #acked_log, 256 do
+  redis.call('XACK', log, group, unpack(acked_log, s, math.min(s + 255, #acked_log)))
+end
+for s = 1, #acked_redo, 256 do
+  local last = math.min(s + 255, #acked_redo)
+  redis.call('XACK', redo, group, unpack(acked_redo, s, last))
+  redis.call('XDEL', redo, unpack(acked_redo, s, last))
 end
 redis.call('HSET', KEYS[9], me, token)
 local out = {'OK'}
 local follow = tonumber(ARGV[i])
-i = i + 1
+local appended = append_all(log, KEYS[6], KEYS[7], KEYS[8], ARGV[3], tonumber(ARGV[4]), i + 1, follow, now_s)
 for f = 1, follow do
-  local seq = append(log, KEYS[6], KEYS[7], KEYS[8], ARGV[3], tonumber(ARGV[4]), ARGV[i], ARGV[i + 1], now_s)
-  out[#out + 1] = seq
-  i = i + 2
+  out[#out + 1] = appended[2 * f - 1]
 end
 return out
 "#;
