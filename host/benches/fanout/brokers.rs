@@ -259,19 +259,7 @@ fn entry_ids(v: &redis::Value) -> Vec<String> {
 /// each handled them all across the hosts. Events/s from first publish to
 /// last handled.
 fn publish_and_handle(urls: &[String], plugins: &[&str], n: usize) -> Result<f64, String> {
-    let handled = |plugin: &str| -> u64 {
-        urls.iter()
-            .filter_map(|u| ureq::get(&format!("{u}/v1/plugins")).call().ok())
-            .filter_map(|r| r.into_json::<serde_json::Value>().ok())
-            .filter_map(|v| {
-                v["plugins"]
-                    .as_array()?
-                    .iter()
-                    .find(|p| p["name"] == plugin)?["handled"]
-                    .as_u64()
-            })
-            .sum()
-    };
+    let handled = |plugin: &str| handled(urls, plugin);
     let before: Vec<u64> = plugins.iter().map(|p| handled(p)).collect();
     let start = Instant::now();
     let per = n.div_ceil(PUBLISHERS);
@@ -317,6 +305,59 @@ fn publish_and_handle(urls: &[String], plugins: &[&str], n: usize) -> Result<f64
         }
     }
     Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// How many events `plugin` handled on the hosts at `urls`.
+fn handled(urls: &[String], plugin: &str) -> u64 {
+    urls.iter()
+        .filter_map(|u| ureq::get(&format!("{u}/v1/plugins")).call().ok())
+        .filter_map(|r| r.into_json::<serde_json::Value>().ok())
+        .filter_map(|v| {
+            v["plugins"]
+                .as_array()?
+                .iter()
+                .find(|p| p["name"] == plugin)?["handled"]
+                .as_u64()
+        })
+        .sum()
+}
+
+/// The two halves of [`publish_and_handle`] apart, on a fresh `broker`
+/// and one host: events/s published with no plugin running, then events/s
+/// handled by `names` from that backlog (counted from the first look at
+/// their counters, the host already started).
+fn publish_then_consume(
+    broker: Broker,
+    dir: &Path,
+    plugins: &Path,
+    names: &[&str],
+    n: usize,
+) -> Result<(f64, f64), String> {
+    let (_server, url) = broker.start(dir)?;
+    let empty = dir.join("broker-no-plugins");
+    let _ = std::fs::remove_dir_all(&empty);
+    std::fs::create_dir_all(&empty).map_err(|e| e.to_string())?;
+    let published = with_hosts(&empty, 1, &["--broker", &url], |urls| {
+        publish_and_handle(urls, &[], n)
+    })?;
+    let total = (n.div_ceil(PUBLISHERS) * PUBLISHERS) as u64;
+    let consumed = with_hosts(plugins, 1, &["--broker", &url], |urls| {
+        let start = Instant::now();
+        let before: u64 = names.iter().map(|p| handled(urls, p)).sum();
+        let deadline = start + Duration::from_secs(600);
+        loop {
+            let now: u64 = names.iter().map(|p| handled(urls, p)).sum();
+            if now >= total * names.len() as u64 {
+                let done = (now - before) as f64 / names.len() as f64;
+                return Ok(done / start.elapsed().as_secs_f64());
+            }
+            if Instant::now() > deadline {
+                return Err("the backlog was not handled".into());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    })?;
+    Ok((published, consumed))
 }
 
 /// Start `hosts` hosts on the plugins in `plugins`, with `args` and
@@ -410,6 +451,27 @@ pub(crate) fn rows(dir: &Path, rows: &mut Vec<Row>, n: usize) {
         };
         let runs = on_one_and_two_hosts(broker, dir, &trivial, &names, m);
         let one_host = runs[0].1.as_ref().map_or(f64::NAN, |r| *r);
+        match publish_then_consume(broker, dir, &trivial, &names, m) {
+            Ok((published, consumed)) => {
+                rows.push(row(
+                    &format!("plugbus on {name}: HTTP publish (x64) alone, no plugins, 1 host"),
+                    Some(published),
+                    vs(published),
+                ));
+                rows.push(row(
+                    &format!(
+                        "plugbus on {name}: that backlog handled by 3 trivial plugins, 1 host"
+                    ),
+                    Some(consumed),
+                    vs(consumed),
+                ));
+            }
+            Err(e) => rows.push(row(
+                &format!("plugbus on {name}, publish then consume"),
+                None,
+                format!("failed: {e}"),
+            )),
+        }
         for (hosts, result) in runs {
             rows.push(match result {
                 Ok(rate) => row(
