@@ -52,7 +52,8 @@
 //! redis,swap,busy,isolation,concurrency,startup,durable,http,latency`) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
 //! prints each plugin's time inside `handle` and its batch sizes;
 //! `PLUGBUS_BENCH_BROKERS` (a comma-separated subset of
-//! `redis,nats,nats-synced`) keeps only those brokers' rows;
+//! `redis,nats,nats-synced`) keeps only those brokers' rows, and
+//! `PLUGBUS_BENCH_HOST_ARGS` adds flags to the hosts they start;
 //! `PLUGBUS_BENCH_PIPELINED_ONLY=1` keeps, of the durable publishing rows,
 //! only the pipelined ones and their peers.
 //! `PLUGBUS_BENCH_HOSTILE` (a comma-separated subset of the hostile modes)

@@ -370,9 +370,13 @@ fn with_hosts<T>(
 ) -> Result<T, String> {
     let mut servers = Vec::new();
     let mut urls = Vec::new();
+    // Extra host flags for an experiment (`PLUGBUS_BENCH_HOST_ARGS`,
+    // split on spaces), on every host these rows start.
+    let extra = std::env::var("PLUGBUS_BENCH_HOST_ARGS").unwrap_or_default();
     for h in 0..hosts {
         let name = format!("h{h}");
         let mut all: Vec<&str> = args.to_vec();
+        all.extend(extra.split_whitespace());
         all.extend(["--host-name", &name]);
         let (server, url) = start_host(plugins, &all)?;
         servers.push(server);
