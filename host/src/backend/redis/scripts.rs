@@ -11,42 +11,32 @@
 /// `append_all(log, seqkey, times, lastsec, prefix, dedup_s, at, count,
 /// now_s)`: append the `count` events given as (id, bytes) pairs from
 /// `ARGV[at]` on; per event its sequence and 1 when its id was seen within
-/// the window (then nothing is stored), flat. Sequences are taken with one
-/// INCRBY for the batch; an id twice in one batch is stored once.
+/// the window (then nothing is stored), flat. The script runs alone, so the
+/// next sequence is known ahead: each id's key is set to it only if absent,
+/// answering the sequence already there otherwise (`SET NX GET`, Redis
+/// 7.0), one command per event for dedup; an id twice in one batch finds
+/// its first sequence that way too. The counter moves once per batch.
 const APPEND_FN: &str = r#"
 local function append_all(log, seqkey, times, lastsec, prefix, dedup, at, count, now_s)
-  local out, first_of, new, fresh = {}, {}, {}, 0
+  local out, base, fresh = {}, tonumber(redis.call('GET', seqkey) or '0'), 0
   for k = 0, count - 1 do
-    local id = ARGV[at + 2 * k]
+    local seq = base + fresh + 1
     local seen = nil
-    if dedup > 0 and first_of[id] == nil then
-      seen = redis.call('GET', prefix .. ':id:' .. id)
+    if dedup > 0 then
+      seen = redis.call('SET', prefix .. ':id:' .. ARGV[at + 2 * k], seq, 'NX', 'GET', 'EX', dedup)
     end
     if seen then
       out[2 * k + 1], out[2 * k + 2] = tonumber(seen), 1
-    elseif dedup > 0 and first_of[id] ~= nil then
-      out[2 * k + 1], out[2 * k + 2] = -1 - first_of[id], 1
     else
-      if dedup > 0 then first_of[id] = k end
-      new[k] = true
       fresh = fresh + 1
+      redis.call('XADD', log, '0-' .. seq, 'e', ARGV[at + 2 * k + 1])
+      out[2 * k + 1], out[2 * k + 2] = seq, 0
     end
   end
   if fresh == 0 then return out end
-  local seq = redis.call('INCRBY', seqkey, fresh) - fresh
-  local first = seq + 1
-  for k = 0, count - 1 do
-    if new[k] then
-      seq = seq + 1
-      out[2 * k + 1], out[2 * k + 2] = seq, 0
-      redis.call('XADD', log, '0-' .. seq, 'e', ARGV[at + 2 * k + 1])
-      if dedup > 0 then redis.call('SET', prefix .. ':id:' .. ARGV[at + 2 * k], seq, 'EX', dedup) end
-    elseif out[2 * k + 1] < 0 then
-      out[2 * k + 1] = out[2 * (-1 - out[2 * k + 1]) + 1]
-    end
-  end
+  redis.call('SET', seqkey, base + fresh)
   if redis.call('GET', lastsec) ~= tostring(now_s) then
-    redis.call('ZADD', times, now_s, first)
+    redis.call('ZADD', times, now_s, base + 1)
     redis.call('SET', lastsec, now_s)
   end
   return out
