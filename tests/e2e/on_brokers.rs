@@ -358,16 +358,20 @@ fn stall_once<B: Broker>() -> bool {
     // Host a wakes up and finishes the event it held: its settlement must
     // be refused, since host b handled that event.
     a.resume();
-    const REFUSED: &str = "is no longer this host's";
+    // Refused either way: by the fence (the event is another host's now)
+    // or by the state it read (host b has written that key since).
+    const REFUSED: [&str; 2] = [
+        "is no longer this host's",
+        "changed while the batch was handled",
+    ];
     const BEAT_THE_STOP: &str = "held past its lease";
     let slow = |l: &String, what: &str| l.contains("plugin=slow") && l.contains(what);
+    let refused = |l: &String| REFUSED.iter().any(|r| slow(l, r));
     a.wait_until("host a to settle what it held", WAIT, |a| {
-        a.log()
-            .iter()
-            .any(|l| slow(l, REFUSED) || slow(l, BEAT_THE_STOP))
+        a.log().iter().any(|l| refused(l) || slow(l, BEAT_THE_STOP))
     })
     .expect("the late settlement answered");
-    let fenced = a.log().iter().any(|l| slow(l, REFUSED));
+    let fenced = a.log().iter().any(refused);
     b.wait_until("every order handled once", WAIT, |b| {
         a.count("slow", "handled") + b.count("slow", "handled") >= ORDERS
     })
