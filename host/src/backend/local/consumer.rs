@@ -1,0 +1,176 @@
+//! The [`Consumer`] verbs of a [`LocalConsumer`]: handing out the next
+//! batch, settling one (checked, committed in one write, then taking
+//! effect: retries waiting, keys released, the cursor moved), and handing
+//! back what is in hand.
+
+use super::*;
+
+impl Consumer for LocalConsumer {
+    fn next_batch(
+        &mut self,
+        max_events: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivered>, BackendError> {
+        let (events, attempts) = self.next_out(max_events.max(1), wait)?;
+        Ok(events
+            .iter()
+            .zip(attempts)
+            .map(|(event, attempt)| Delivered {
+                event: event.clone(),
+                attempt,
+            })
+            .collect())
+    }
+
+    fn next_chunk(
+        &mut self,
+        max_events: usize,
+        wait: Duration,
+    ) -> Result<(Chunk, Vec<u32>), BackendError> {
+        self.next_out(max_events.max(1), wait)
+    }
+
+    fn settle(&mut self, s: Settlement) -> Result<(), BackendError> {
+        let mut at = Vec::with_capacity(s.verdicts.len());
+        for (seq, _) in &s.verdicts {
+            let i = self.find(*seq).ok_or_else(|| BackendError::NotHeld {
+                plugin: self.plugin.clone(),
+                sequence: *seq,
+            })?;
+            at.push(i);
+        }
+        let mut retried = Vec::new();
+        let mut dead = Vec::new();
+        let mut redriven = Vec::new();
+        let mut only_position = s.writes.is_empty() && s.follow_ups.is_empty();
+        for (&i, (_, verdict)) in at.iter().zip(&s.verdicts) {
+            let h = &self.handed[i];
+            if h.origin == Origin::Redrive {
+                redriven.push(h.seq);
+                only_position = false;
+            }
+            if h.origin == Origin::Retry {
+                // It leaves the cursor's pending list.
+                only_position = false;
+            }
+            match verdict {
+                Verdict::Ack => {}
+                Verdict::Retry(_) => {
+                    retried.push((h.seq, h.attempt + 1));
+                    only_position = false;
+                }
+                Verdict::Dead(error) => {
+                    let attempts = h.attempt;
+                    if let Some(event) = self.event_at(i) {
+                        dead.push(GaveUp {
+                            event,
+                            attempts,
+                            error: error.clone(),
+                        });
+                    }
+                    only_position = false;
+                }
+            }
+        }
+        // Settled from here on, unless the commit finds a conflict.
+        for &i in &at {
+            self.handed[i].settled = true;
+        }
+        let cursor = self.cursor_after(&retried);
+        if !only_position {
+            let (cursor_name, durable) = match &self.commit {
+                Commit::Durable { cursor_name, .. } => (cursor_name.clone(), true),
+                Commit::Memory(_) => (None, false),
+            };
+            let progress = Progress {
+                plugin: self.plugin.clone(),
+                cursor_name,
+                cursor: durable.then(|| cursor.clone()),
+                kv: s.writes,
+                dead,
+                redriven,
+            };
+            match self.write(progress, s.follow_ups, &s.expected) {
+                Ok(()) => {}
+                Err(e @ BackendError::Conflict { .. }) => {
+                    // Still this consumer's, to hand back and handle again.
+                    for &i in &at {
+                        self.handed[i].settled = false;
+                    }
+                    return Err(e);
+                }
+                Err(e) => {
+                    // Nothing kept: the events come again after a while.
+                    for &i in &at {
+                        self.handed[i].settled = false;
+                    }
+                    self.hand_back(at.into_iter(), Instant::now() + COMMIT_RETRY);
+                    return Err(e);
+                }
+            }
+        }
+        let now = Instant::now();
+        for (&i, (_, verdict)) in at.iter().zip(s.verdicts) {
+            let h = &self.handed[i];
+            let (seq, attempt, origin) = (h.seq, h.attempt, h.origin);
+            if origin == Origin::Redrive {
+                self.redriving.remove(&seq);
+            }
+            let retry = match verdict {
+                Verdict::Retry(delay) => Some(delay),
+                Verdict::Ack | Verdict::Dead(_) if self.strict.is_none() => continue,
+                Verdict::Ack | Verdict::Dead(_) => None,
+            };
+            let Some(event) = self.event_at(i) else {
+                continue;
+            };
+            match retry {
+                Some(delay) => self.waiting.push(Reverse(Waiting {
+                    due: now.checked_add(delay).unwrap_or(now),
+                    attempt: attempt + 1,
+                    origin: Origin::Retry,
+                    event,
+                })),
+                None => self.unblock(&event),
+            }
+        }
+        self.trim();
+        if only_position {
+            self.gauges
+                .done_through
+                .store(cursor.low(), Ordering::Relaxed);
+            self.save_cursor(false);
+        } else {
+            self.saved_cursor(cursor);
+        }
+        Ok(())
+    }
+
+    fn extend(&mut self) -> Result<(), BackendError> {
+        // Nobody else can take what this consumer holds.
+        Ok(())
+    }
+
+    fn release(&mut self) -> Result<(), BackendError> {
+        let unsettled: Vec<usize> = (0..self.handed.len())
+            .filter(|&i| !self.handed[i].settled)
+            .collect();
+        self.hand_back(unsettled.into_iter(), Instant::now());
+        self.save_cursor(true);
+        Ok(())
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    fn gauges(&self) -> Option<Gauges> {
+        Some(self.gauges.clone())
+    }
+}
+
+impl Drop for LocalConsumer {
+    fn drop(&mut self) {
+        self.save_cursor(true);
+    }
+}
