@@ -76,21 +76,20 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner()) = Some(format!("{what}: {e}"));
     }
 
-    /// Wait for the reader and workers of `plugin`, told to stop.
+    /// Wait for the workers of `plugin`, told to stop (each drops its
+    /// consumer, and the last one the plugin's log reader).
     pub(super) fn join_threads(&self, plugin: &str) {
-        for list in [&self.workers] {
-            let mine: Vec<JoinHandle<()>> = {
-                let mut all = list.lock().unwrap_or_else(|p| p.into_inner());
-                let (mine, rest) = std::mem::take(&mut *all)
-                    .into_iter()
-                    .partition(|(n, _)| n == plugin);
-                *all = rest;
-                mine.into_iter().map(|(_, h)| h).collect()
-            };
-            for h in mine {
-                if h.join().is_err() {
-                    tracing::error!(plugin, "a thread of the plugin panicked while stopping");
-                }
+        let mine: Vec<JoinHandle<()>> = {
+            let mut all = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+            let (mine, rest) = std::mem::take(&mut *all)
+                .into_iter()
+                .partition(|(n, _)| n == plugin);
+            *all = rest;
+            mine.into_iter().map(|(_, h)| h).collect()
+        };
+        for h in mine {
+            if h.join().is_err() {
+                tracing::error!(plugin, "a thread of the plugin panicked while stopping");
             }
         }
     }

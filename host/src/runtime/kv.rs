@@ -192,8 +192,9 @@ impl Backend {
         }
     }
 
-    /// Commit `writes` if every value in `expected` is still the bucket's
-    /// (checked and written under one lock in memory mode).
+    /// Memory mode's settlement: commit `writes` if every value in
+    /// `expected` is still the map's, checked and written under its lock.
+    /// (The store and the brokers check within their own settlement.)
     pub fn apply_if(
         &self,
         plugin: &str,
@@ -201,12 +202,9 @@ impl Backend {
         writes: Writes,
     ) -> Result<(), ApplyError> {
         let Backend::Memory(m) = self else {
-            for (key, value) in expected {
-                if self.get(plugin, key).map_err(ApplyError::Failed)? != *value {
-                    return Err(ApplyError::Changed(key.clone()));
-                }
-            }
-            return self.apply(plugin, writes).map_err(ApplyError::Failed);
+            return Err(ApplyError::Failed(format!(
+                "plugin `{plugin}`: a conditional write outside memory mode goes through the backend's settlement"
+            )));
         };
         let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((key, _)) = expected.iter().find(|(k, v)| m.get(k) != v.as_ref()) {

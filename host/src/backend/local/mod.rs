@@ -268,11 +268,6 @@ impl LocalConsumer {
         tracing::info!(plugin = %self.plugin, pending = self.waiting.len(), "retries pending from before the restart");
     }
 
-    /// Live views of how far it is and what waits in its queue.
-    pub fn gauges(&self) -> Gauges {
-        self.gauges.clone()
-    }
-
     /// Whether `event` may be handed out now (strict ordering: nobody
     /// else holds its key; it then holds it).
     fn may_take(&mut self, event: &Event) -> bool {

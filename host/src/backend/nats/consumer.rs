@@ -474,10 +474,12 @@ impl Task {
         for ((key, expected), found) in s.expected.iter().zip(found) {
             let (seq, current) = found?.map_or((0, None), |(seq, v)| (seq, v));
             if current != *expected {
-                return Err(BackendError::Conflict {
-                    plugin: self.plugin.clone(),
-                    key: key.clone(),
-                });
+                // A changed key from a host that lost its events to
+                // another is that host's fence, not a conflict: the same
+                // diagnosis as a refused batch, markers first.
+                let changed = [(key.clone(), expected.clone())];
+                let why = format!("key `{key}` changed since it was read");
+                return Err(self.diagnose(&stream, &finals, &changed, why).await);
             }
             guards.insert(key.as_str(), (seq, current));
         }
