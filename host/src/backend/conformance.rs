@@ -368,11 +368,17 @@ fn replays_from_a_sequence_and_a_time_resetting_state(h: Harness) {
 fn commits_nothing_for_a_host_that_lost_its_lease(h: Harness) {
     let caps = h.backend.capabilities();
     h.backend
-        .append(vec![event("order.placed", 1)])
+        .append(vec![event("order.placed", 1), event("order.placed", 2)])
         .expect("append");
     let lease = Duration::from_millis(100);
     let mut a = open(&h.backend, "host-a", "analytics", &["order.placed"], lease);
+    // A first batch settled in time: a backend may trust what it checked
+    // then (Redis keeps a fence token) until an entry is taken over.
+    let first = take(a.as_mut(), 1);
+    assert_eq!(first[0].event.sequence, 1);
+    a.settle(acks(&first)).expect("settled within the lease");
     let got = take(a.as_mut(), 1);
+    assert_eq!(got[0].event.sequence, 2);
     let other = h
         .other
         .consumer("analytics", options("host-b", &["order.placed"], lease));
@@ -389,7 +395,7 @@ fn commits_nothing_for_a_host_that_lost_its_lease(h: Harness) {
     let mut b = other.expect("second host");
     // Host a stalls past its lease; host b takes the event over.
     let taken = take(b.as_mut(), 1);
-    assert_eq!(taken[0].event.sequence, 1);
+    assert_eq!(taken[0].event.sequence, 2);
     assert_eq!(taken[0].attempt, 2, "a redelivery");
     let mut late = acks(&got);
     late.writes = vec![("orders".into(), Some(b"1".to_vec()))];
@@ -397,7 +403,7 @@ fn commits_nothing_for_a_host_that_lost_its_lease(h: Harness) {
     let refused = a.settle(late);
     assert!(caps.fenced, "a shared backend must fence");
     assert!(
-        matches!(refused, Err(BackendError::Fenced { sequence: 1, .. })),
+        matches!(refused, Err(BackendError::Fenced { sequence: 2, .. })),
         "{refused:?}"
     );
     assert_eq!(
@@ -405,7 +411,7 @@ fn commits_nothing_for_a_host_that_lost_its_lease(h: Harness) {
         None,
         "nothing of it kept"
     );
-    assert_eq!(h.backend.head().expect("head"), 1, "no follow-up appended");
+    assert_eq!(h.backend.head().expect("head"), 2, "no follow-up appended");
     let mut s = acks(&taken);
     s.writes = vec![("orders".into(), Some(b"1".to_vec()))];
     b.settle(s).expect("the holder commits");
@@ -545,3 +551,29 @@ macro_rules! conformance {
 conformance!(embedded);
 conformance!(redis);
 conformance!(nats);
+
+/// Redis: a replay remakes the plugin's group, so a batch handed out before
+/// it must not commit after it, even from a consumer whose earlier
+/// settlement left it a fence token (the replay deletes the tokens).
+#[test]
+fn redis_replay_fences_a_batch_held_across_it() {
+    let h = Harness::redis();
+    h.backend
+        .append(vec![event("order.placed", 1), event("order.placed", 2)])
+        .expect("append");
+    let mut c = h.consumer("analytics", &["order.placed"], HUNG);
+    let first = take(c.as_mut(), 1);
+    c.settle(acks(&first)).expect("settle");
+    let held = take(c.as_mut(), 1);
+    h.backend
+        .replay("analytics", Start::Sequence(1), false)
+        .expect("replay");
+    let mut late = acks(&held);
+    late.writes = vec![("orders".into(), Some(b"2".to_vec()))];
+    let refused = c.settle(late);
+    assert!(
+        matches!(refused, Err(BackendError::Fenced { sequence: 2, .. })),
+        "{refused:?}"
+    );
+    assert_eq!(h.backend.kv_get("analytics", "orders").expect("kv"), None);
+}

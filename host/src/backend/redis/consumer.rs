@@ -62,6 +62,12 @@ pub(in crate::backend) struct RedisConsumer {
     kv: String,
     /// Each host's last settlement token (a hash by host name).
     settled: String,
+    /// Each host's fence token (a hash by host name; see the settle script).
+    fence: String,
+    /// This consumer's fence token while it is still in the fence hash as
+    /// far as this consumer knows: then a settlement need not send its
+    /// entries to be checked one by one.
+    token: Option<String>,
     groups_made: bool,
     held: HashMap<u64, Held>,
     skipped: Vec<String>,
@@ -83,6 +89,8 @@ impl RedisConsumer {
             dead: shared.plugin_key("dead", plugin),
             kv: shared.plugin_key("kv", plugin),
             settled: shared.plugin_key("settled", plugin),
+            fence: shared.plugin_key("fence", plugin),
+            token: None,
             shared,
             con: None,
             plugin: plugin.to_string(),
@@ -135,42 +143,24 @@ impl RedisConsumer {
         Ok(())
     }
 
-    /// Entries other hosts held past the lease, now this host's.
+    /// Entries held past the lease (by other hosts, or by this one), now
+    /// this host's; their former holders' fence tokens are deleted.
     fn claim(&mut self, max: usize) -> Result<Vec<Delivered>, BackendError> {
         let lease_ms = self.options.lease.as_millis() as u64;
         let mut out = Vec::new();
         for redo in [true, false] {
             let stream = if redo { &self.redo } else { &self.log };
-            let (plugin, me) = (&self.plugin, &self.options.host);
-            let answer: redis::Value = self.shared.with(&mut self.con, |c| {
-                redis::cmd("XAUTOCLAIM")
-                    .arg(stream)
-                    .arg(plugin)
-                    .arg(me)
-                    .arg(lease_ms)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(max)
-                    .query(c)
-            })?;
+            let mut call = self.shared.scripts.claim.prepare_invoke();
+            call.key(stream)
+                .key(&self.fence)
+                .arg(&self.plugin)
+                .arg(&self.options.host)
+                .arg(lease_ms)
+                .arg(max);
+            let answer: redis::Value = self.shared.with(&mut self.con, |c| call.invoke(c))?;
             let claimed = reply::claimed(&answer).map_err(|e| self.shared.corrupt("a claim", e))?;
-            if claimed.is_empty() {
-                continue;
-            }
-            let counts: redis::Value = self.shared.with(&mut self.con, |c| {
-                redis::cmd("XPENDING")
-                    .arg(stream)
-                    .arg(plugin)
-                    .arg("-")
-                    .arg("+")
-                    .arg(max.max(1) * 4)
-                    .arg(me)
-                    .query(c)
-            })?;
-            let counts: HashMap<String, u64> = reply::deliveries(&counts).into_iter().collect();
-            for entry in claimed {
-                let deliveries = counts.get(&entry.0).copied().unwrap_or(1);
-                tracing::info!(plugin = %self.plugin, entry = %entry.0, deliveries, "took over an event another host held past its lease");
+            for (entry, deliveries) in claimed {
+                tracing::info!(plugin = %self.plugin, entry = %entry.0, deliveries, "took over an event held past its lease");
                 if let Some(d) = self.take(redo, entry, deliveries)? {
                     out.push(d);
                 }
@@ -344,6 +334,80 @@ impl RedisConsumer {
     }
 }
 
+impl RedisConsumer {
+    /// Run the settle script for `verdicts` with `tail` (see
+    /// [`Consumer::settle`]): with this consumer's fence token when it has
+    /// one, else with the entries to check one by one. An answer lost on
+    /// the way (the connection dropped, a signal cut the read) leaves the
+    /// outcome unknown: the same settlement, token and all, is sent again,
+    /// and runs at most once.
+    fn send_settlement(
+        &mut self,
+        verdicts: &[(u64, Verdict)],
+        tail: &[Vec<u8>],
+    ) -> Result<redis::Value, BackendError> {
+        let mut log_ids: Vec<&str> = self.skipped.iter().map(String::as_str).collect();
+        let mut redo_ids: Vec<&str> = Vec::new();
+        let mut checks: Vec<Vec<u8>> = Vec::new();
+        for (seq, _) in verdicts {
+            let h = self.held.get(seq).ok_or_else(|| BackendError::NotHeld {
+                plugin: self.plugin.clone(),
+                sequence: *seq,
+            })?;
+            if h.redo {
+                redo_ids.push(&h.id);
+            } else {
+                log_ids.push(&h.id);
+            }
+            if self.token.is_none() {
+                checks.extend([
+                    h.tag().as_bytes().to_vec(),
+                    h.id.clone().into_bytes(),
+                    h.deliveries.to_string().into_bytes(),
+                ]);
+            }
+        }
+        let mut call = self.shared.scripts.settle.prepare_invoke();
+        for k in [
+            &self.log,
+            &self.redo,
+            &self.retry,
+            &self.dead,
+            &self.kv,
+            &self.shared.key("seq"),
+            &self.shared.key("times"),
+            &self.shared.key("lastsec"),
+            &self.settled,
+            &self.fence,
+        ] {
+            call.key(k);
+        }
+        call.arg(&self.plugin)
+            .arg(&self.options.host)
+            .arg(&self.shared.prefix)
+            .arg(self.shared.dedup.as_secs())
+            .arg(self.token.as_deref().unwrap_or(""))
+            .arg(log_ids.len())
+            .arg(&log_ids)
+            .arg(redo_ids.len())
+            .arg(&redo_ids)
+            .arg(checks.len() / 3);
+        for a in checks.iter().chain(tail) {
+            call.arg(a.as_slice());
+        }
+        let mut tries = 0;
+        loop {
+            match self.shared.with(&mut self.con, |c| call.invoke(c)) {
+                Err(BackendError::Unavailable { .. }) if tries < SETTLE_TRIES => {
+                    tries += 1;
+                    std::thread::sleep(SETTLE_RETRY * tries);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 impl Consumer for RedisConsumer {
     fn next_batch(
         &mut self,
@@ -397,79 +461,49 @@ impl Consumer for RedisConsumer {
             expected,
             follow_ups,
         } = s;
-        let mut args: Vec<Vec<u8>> = vec![
-            self.plugin.clone().into_bytes(),
-            self.options.host.clone().into_bytes(),
-            self.shared.prefix.clone().into_bytes(),
-            self.shared.dedup.as_secs().to_string().into_bytes(),
-            verdicts.len().to_string().into_bytes(),
-        ];
+        // What does not depend on how the entries are fenced: retries and
+        // dead letters, state writes, follow-ups, expected values, token.
+        let mut tail: Vec<Vec<u8>> = Vec::new();
+        let mut others = 0;
         for (seq, verdict) in &verdicts {
             let h = self.held.get(seq).ok_or_else(|| BackendError::NotHeld {
                 plugin: self.plugin.clone(),
                 sequence: *seq,
             })?;
-            let (kind, x, y) = match verdict {
-                Verdict::Ack => ("a", Vec::new(), Vec::new()),
-                Verdict::Retry(delay) => (
-                    "r",
+            match verdict {
+                Verdict::Ack => continue,
+                Verdict::Retry(delay) => tail.extend([
+                    b"r".to_vec(),
                     delay.as_millis().to_string().into_bytes(),
                     format!("{seq}:{}", h.attempt + 1).into_bytes(),
-                ),
-                Verdict::Dead(error) => (
-                    "d",
+                ]),
+                Verdict::Dead(error) => tail.extend([
+                    b"d".to_vec(),
                     seq.to_string().into_bytes(),
                     dead_record(&h.event, h.attempt, error),
-                ),
-            };
-            args.extend([
-                h.tag().as_bytes().to_vec(),
-                h.id.clone().into_bytes(),
-                h.deliveries.to_string().into_bytes(),
-                kind.as_bytes().to_vec(),
-                x,
-                y,
-            ]);
-        }
-        push_values(&mut args, writes, ("s", "d"));
-        args.push(self.skipped.len().to_string().into_bytes());
-        args.extend(self.skipped.iter().map(|id| id.clone().into_bytes()));
-        args.push(follow_ups.len().to_string().into_bytes());
-        for e in &follow_ups {
-            args.extend([e.id.clone().into_bytes(), codec::encode(e)]);
-        }
-        push_values(&mut args, expected, ("1", "0"));
-        args.push(crate::event::new_id().into_bytes());
-        let mut call = self.shared.scripts.settle.prepare_invoke();
-        for k in [
-            &self.log,
-            &self.redo,
-            &self.retry,
-            &self.dead,
-            &self.kv,
-            &self.shared.key("seq"),
-            &self.shared.key("times"),
-            &self.shared.key("lastsec"),
-            &self.settled,
-        ] {
-            call.key(k);
-        }
-        for a in &args {
-            call.arg(a.as_slice());
-        }
-        // An answer lost on the way (the connection dropped, a signal cut
-        // the read) leaves the outcome unknown: the same settlement, token
-        // and all, is sent again, and runs at most once.
-        let mut tries = 0;
-        let answer: redis::Value = loop {
-            match self.shared.with(&mut self.con, |c| call.invoke(c)) {
-                Err(BackendError::Unavailable { .. }) if tries < SETTLE_TRIES => {
-                    tries += 1;
-                    std::thread::sleep(SETTLE_RETRY * tries);
-                }
-                other => break other?,
+                ]),
             }
-        };
+            others += 1;
+        }
+        tail.insert(0, others.to_string().into_bytes());
+        push_values(&mut tail, writes, ("s", "d"));
+        tail.push(follow_ups.len().to_string().into_bytes());
+        for e in &follow_ups {
+            tail.extend([e.id.clone().into_bytes(), codec::encode(e)]);
+        }
+        push_values(&mut tail, expected, ("1", "0"));
+        let token = crate::event::new_id();
+        tail.push(token.clone().into_bytes());
+
+        // Sent with the fence token this consumer holds, if any: the
+        // script answers RECHECK when it is gone, and the entries are sent
+        // again to be checked one by one.
+        let mut answer = self.send_settlement(&verdicts, &tail)?;
+        if reply::is_recheck(&answer) {
+            self.token = None;
+            answer = self.send_settlement(&verdicts, &tail)?;
+        }
+        let checked = self.token.is_none();
         let result = fenced(&self.shared, &self.plugin, &answer, |id| {
             self.sequence_of_id(id)
         });
@@ -484,6 +518,15 @@ impl Consumer for RedisConsumer {
             if result.is_ok() {
                 self.skipped.clear();
             }
+        }
+        // A settlement checked one by one leaves its token as this
+        // consumer's fence token; it holds for later batches only when
+        // nothing else was held (entries held from before were not
+        // checked).
+        if result.is_err() {
+            self.token = None;
+        } else if checked && self.held.is_empty() {
+            self.token = Some(token);
         }
         result.map(|_| ())
     }

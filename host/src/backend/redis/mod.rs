@@ -11,13 +11,17 @@
 //! `PREFIX:times` (first sequence of each second, for replay by time),
 //! `PREFIX:lastsec`, `PREFIX:id:ID` (dedup, expiring), and per plugin
 //! `PREFIX:redo:P`, `PREFIX:retry:P`, `PREFIX:dead:P` (a hash by
-//! sequence), `PREFIX:kv:P` (a hash: the plugin's state).
+//! sequence), `PREFIX:kv:P` (a hash: the plugin's state), `PREFIX:settled:P`
+//! (each host's last settlement) and `PREFIX:fence:P` (each host's fence
+//! token, deleted when its entries are claimed).
 //!
 //! Guarantees: a settlement (acks, retries, dead letters, state writes,
-//! follow-ups) is one Lua script that first checks, for every entry, that
-//! this host still holds it at the delivery count it saw (XACK alone does
-//! not check ownership), so a host that stalled past its lease commits
-//! nothing. On one primary with `appendfsync always` that keeps the
+//! follow-ups) is one Lua script that first checks that this host still
+//! holds every entry at the delivery count it saw (XACK alone does not
+//! check ownership), so a host that stalled past its lease commits
+//! nothing. The check is one look at the host's fence token while no entry
+//! of it was claimed since its last settlement checked one by one (claims
+//! delete the token), and an XPENDING otherwise. On one primary with `appendfsync always` that keeps the
 //! embedded store's effectively-once state. Replication is asynchronous: a
 //! failover may lose what was acknowledged.
 //!
@@ -416,6 +420,7 @@ impl Backend for RedisBackend {
             self.shared.plugin_key("redo", plugin),
             self.shared.plugin_key("retry", plugin),
             self.shared.plugin_key("kv", plugin),
+            self.shared.plugin_key("fence", plugin),
         ];
         let mut call = self.shared.scripts.replay.prepare_invoke();
         for k in &keys {

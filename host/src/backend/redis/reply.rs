@@ -42,7 +42,7 @@ fn items(v: &Value) -> Option<&[Value]> {
 }
 
 /// The entries of an XRANGE answer (or one stream's part of XREADGROUP, or
-/// XAUTOCLAIM's second element).
+/// the claim script's first element).
 pub(super) fn entries(v: &Value) -> Result<Vec<Entry>, String> {
     let Some(list) = items(v) else {
         return match v {
@@ -93,10 +93,35 @@ pub(super) fn streams(v: &Value) -> Result<Vec<(String, Vec<Entry>)>, String> {
     }
 }
 
-/// The entries XAUTOCLAIM claimed (its deleted ids are left out).
-pub(super) fn claimed(v: &Value) -> Result<Vec<Entry>, String> {
+/// Whether a settle script answered RECHECK: the consumer's fence token
+/// is gone, and its entries must be checked one by one.
+pub(super) fn is_recheck(v: &Value) -> bool {
+    items(v)
+        .and_then(|i| i.first())
+        .and_then(text)
+        .is_some_and(|t| t == "RECHECK")
+}
+
+/// The claim script's answer: the entries claimed, each with its delivery
+/// count.
+pub(super) fn claimed(v: &Value) -> Result<Vec<(Entry, u64)>, String> {
     let parts = items(v).ok_or_else(|| format!("not a claim answer: {v:?}"))?;
-    entries(parts.get(1).unwrap_or(&Value::Nil))
+    let got = entries(parts.first().unwrap_or(&Value::Nil))?;
+    let counts = parts.get(1).and_then(items).unwrap_or_default();
+    if counts.len() != got.len() {
+        return Err(format!(
+            "{} entries claimed but {} delivery counts",
+            got.len(),
+            counts.len()
+        ));
+    }
+    got.into_iter()
+        .zip(counts)
+        .map(|(e, n)| {
+            let n = int(n).ok_or_else(|| format!("not a delivery count: {n:?}"))?;
+            Ok((e, n.max(1) as u64))
+        })
+        .collect()
 }
 
 /// A field's value.
@@ -117,18 +142,6 @@ pub(super) fn sequence_of(id: &str) -> Result<u64, String> {
     id.strip_prefix("0-")
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("entry id `{id}` is not 0-SEQUENCE"))
-}
-
-/// The delivery counts of pending entries, from XPENDING's extended form.
-pub(super) fn deliveries(v: &Value) -> Vec<(String, u64)> {
-    items(v)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|p| {
-            let p = items(p)?;
-            Some((text(p.first()?)?, int(p.get(3)?)? as u64))
-        })
-        .collect()
 }
 
 /// One consumer group as XINFO GROUPS describes it.

@@ -103,32 +103,51 @@ local function fence(log, redo, group, me, at, n, stride)
 end
 "#;
 
-/// KEYS: log, redo, retry, dead, kv, seq, times, lastsec, settled.
-/// ARGV: group, me, prefix, dedup_s, n, then n verdicts of 6 values
-/// (stream tag, entry id, deliveries, kind `a`|`r`|`d`, x, y: for a retry
-/// x = delay ms and y = the retry member `SEQ:ATTEMPT`; for a dead letter
-/// x = the sequence and y = the record), then the count of state writes
-/// and 3 values each (`s`|`d`, key, value), then the count of log entries
-/// passed over and their ids, then the count of follow-ups and (id, bytes)
-/// each, then the count of expected values and 3 values each (`1` present
-/// | `0` absent, key, value), and last the settlement's token: a settlement
-/// sent again after its answer was lost (the host cannot know whether it
-/// ran) finds its token and answers OK without running twice. Returns
-/// {'OK', follow-up sequences...}, {'FENCED', id, why} or {'CONFLICT', key}.
+/// KEYS: log, redo, retry, dead, kv, seq, times, lastsec, settled, fence.
+/// ARGV: group, me, prefix, dedup_s, the fence token this consumer holds
+/// (empty for none), then the count of log entries to acknowledge and
+/// their ids, the count of redo entries to acknowledge (and delete) and
+/// their ids, the count of entries to check one by one and 3 values each
+/// (stream tag, id, deliveries seen), the count of retries and dead
+/// letters and 3 values each (kind `r`|`d`, x, y: for a retry x = delay ms
+/// and y = the retry member `SEQ:ATTEMPT`; for a dead letter x = the
+/// sequence and y = the record), then the count of state writes and 3
+/// values each (`s`|`d`, key, value), then the count of follow-ups and
+/// (id, bytes) each, then the count of expected values and 3 values each
+/// (`1` present | `0` absent, key, value), and last the settlement's
+/// token: a settlement sent again after its answer was lost (the host
+/// cannot know whether it ran) finds its token and answers OK without
+/// running twice.
+///
+/// The fence: a consumer's field in the fence hash holds the token of its
+/// last settlement checked one by one, and a claim of any of its entries
+/// (another host's, or its own after the lease) deletes the field, as a
+/// replay deletes the hash. A consumer whose token is still there has lost
+/// nothing since, so its entries need no XPENDING; one whose token is gone
+/// is answered {'RECHECK'} with nothing done, and sends the entries to
+/// check. Returns {'OK', follow-up sequences...}, {'RECHECK'},
+/// {'FENCED', id, why} or {'CONFLICT', key}.
 const SETTLE_BODY: &str = r#"
 local log, redo = KEYS[1], KEYS[2]
 local group, me = ARGV[1], ARGV[2]
 local token = ARGV[#ARGV]
 if redis.call('HGET', KEYS[9], me) == token then return {'OK'} end
-local n = tonumber(ARGV[5])
-local fenced = fence(log, redo, group, me, 6, n, 6)
-if fenced then return fenced end
-local at = 6 + n * 6
-at = at + 1 + tonumber(ARGV[at]) * 3
-at = at + 1 + tonumber(ARGV[at])
-at = at + 1 + tonumber(ARGV[at]) * 2
-for x = 1, tonumber(ARGV[at]) do
-  local b = at + 1 + (x - 1) * 3
+local acks_log = 6
+local acks_redo = acks_log + 1 + tonumber(ARGV[acks_log])
+local checks = acks_redo + 1 + tonumber(ARGV[acks_redo])
+local n = tonumber(ARGV[checks])
+if ARGV[5] ~= '' then
+  if redis.call('HGET', KEYS[10], me) ~= ARGV[5] then return {'RECHECK'} end
+else
+  local fenced = fence(log, redo, group, me, checks + 1, n, 3)
+  if fenced then return fenced end
+end
+local others = checks + 1 + n * 3
+local writes = others + 1 + tonumber(ARGV[others]) * 3
+local follow = writes + 1 + tonumber(ARGV[writes]) * 3
+local expected = follow + 1 + tonumber(ARGV[follow]) * 2
+for x = 1, tonumber(ARGV[expected]) do
+  local b = expected + 1 + (x - 1) * 3
   local current = redis.call('HGET', KEYS[5], ARGV[b + 1])
   if ARGV[b] == '1' then
     if current ~= ARGV[b + 2] then return {'CONFLICT', ARGV[b + 1]} end
@@ -137,55 +156,69 @@ for x = 1, tonumber(ARGV[at]) do
   end
 end
 local now_s, now_ms = now()
-local acked_log, acked_redo = {}, {}
-for v = 0, n - 1 do
-  local b = 6 + v * 6
-  local id, kind = ARGV[b + 1], ARGV[b + 3]
+for v = 1, tonumber(ARGV[others]) do
+  local b = others + 1 + (v - 1) * 3
   if ARGV[b] == 'r' then
-    acked_redo[#acked_redo + 1] = id
+    redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[b + 1]), ARGV[b + 2])
   else
-    acked_log[#acked_log + 1] = id
-  end
-  if kind == 'r' then
-    redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[b + 4]), ARGV[b + 5])
-  elseif kind == 'd' then
-    redis.call('HSET', KEYS[4], ARGV[b + 4], ARGV[b + 5])
+    redis.call('HSET', KEYS[4], ARGV[b + 1], ARGV[b + 2])
   end
 end
-local i = 6 + n * 6
-local writes = tonumber(ARGV[i])
-i = i + 1
-for w = 1, writes do
-  if ARGV[i] == 's' then
-    redis.call('HSET', KEYS[5], ARGV[i + 1], ARGV[i + 2])
+for w = 1, tonumber(ARGV[writes]) do
+  local b = writes + 1 + (w - 1) * 3
+  if ARGV[b] == 's' then
+    redis.call('HSET', KEYS[5], ARGV[b + 1], ARGV[b + 2])
   else
-    redis.call('HDEL', KEYS[5], ARGV[i + 1])
+    redis.call('HDEL', KEYS[5], ARGV[b + 1])
   end
-  i = i + 3
 end
-local skipped = tonumber(ARGV[i])
-i = i + 1
-for s = 1, skipped do
-  acked_log[#acked_log + 1] = ARGV[i]
-  i = i + 1
+-- Acknowledged a page of ids a call, straight from the arguments.
+local last = acks_log + tonumber(ARGV[acks_log])
+for s = acks_log + 1, last, 256 do
+  redis.call('XACK', log, group, unpack(ARGV, s, math.min(s + 255, last)))
 end
--- Acknowledged a page of ids a call, not one by one.
-for s = 1, #acked_log, 256 do
-  redis.call('XACK', log, group, unpack(acked_log, s, math.min(s + 255, #acked_log)))
-end
-for s = 1, #acked_redo, 256 do
-  local last = math.min(s + 255, #acked_redo)
-  redis.call('XACK', redo, group, unpack(acked_redo, s, last))
-  redis.call('XDEL', redo, unpack(acked_redo, s, last))
+last = acks_redo + tonumber(ARGV[acks_redo])
+for s = acks_redo + 1, last, 256 do
+  local e = math.min(s + 255, last)
+  redis.call('XACK', redo, group, unpack(ARGV, s, e))
+  redis.call('XDEL', redo, unpack(ARGV, s, e))
 end
 redis.call('HSET', KEYS[9], me, token)
+if ARGV[5] == '' then redis.call('HSET', KEYS[10], me, token) end
 local out = {'OK'}
-local follow = tonumber(ARGV[i])
-local appended = append_all(log, KEYS[6], KEYS[7], KEYS[8], ARGV[3], tonumber(ARGV[4]), i + 1, follow, now_s)
-for f = 1, follow do
-  out[#out + 1] = appended[2 * f - 1]
+local count = tonumber(ARGV[follow])
+if count > 0 then
+  local appended = append_all(log, KEYS[6], KEYS[7], KEYS[8], ARGV[3], tonumber(ARGV[4]), follow + 1, count, now_s)
+  for f = 1, count do
+    out[#out + 1] = appended[2 * f - 1]
+  end
 end
 return out
+"#;
+
+/// Claim: KEYS: stream, fence. ARGV: group, me, min idle ms, count. Takes
+/// up to `count` entries idle past the lease, whoever holds them, and
+/// deletes each former holder's fence token (see the settle script), so
+/// that a host that stalled checks its entries one by one before it
+/// commits. Returns {entries, their delivery counts}.
+const CLAIM_BODY: &str = r#"
+local idle = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', ARGV[4])
+if #idle == 0 then return {{}, {}} end
+local ids, counts = {}, {}
+for i, p in ipairs(idle) do
+  ids[i] = p[1]
+  counts[p[1]] = p[4] + 1
+  redis.call('HDEL', KEYS[2], p[2])
+end
+local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], unpack(ids))
+local entries, deliveries = {}, {}
+for _, e in ipairs(got) do
+  if e then
+    entries[#entries + 1] = e
+    deliveries[#deliveries + 1] = counts[e[1]]
+  end
+end
+return {entries, deliveries}
 "#;
 
 /// The event bytes of a log or redo entry (`e`), and a redo entry's
@@ -283,7 +316,7 @@ return n
 const REPLAY_BODY: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('XGROUP', 'DESTROY', KEYS[1], ARGV[1]) end
 redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], ARGV[2], 'MKSTREAM')
-redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[5])
 redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[1], '0', 'MKSTREAM')
 if ARGV[3] == '1' then redis.call('DEL', KEYS[4]) end
 return 'OK'
@@ -294,6 +327,7 @@ pub(super) struct Scripts {
     pub append: redis::Script,
     pub settle: redis::Script,
     pub release: redis::Script,
+    pub claim: redis::Script,
     pub extend: redis::Script,
     pub move_due: redis::Script,
     pub redrive: redis::Script,
@@ -307,6 +341,7 @@ impl Scripts {
             append: with(&[NOW_FN, APPEND_FN, APPEND_BODY]),
             settle: with(&[NOW_FN, APPEND_FN, FENCE_FN, SETTLE_BODY]),
             release: with(&[FENCE_FN, ENTRY_FN, RELEASE_BODY]),
+            claim: with(&[CLAIM_BODY]),
             extend: with(&[FENCE_FN, EXTEND_BODY]),
             move_due: with(&[NOW_FN, ENTRY_FN, MOVE_DUE_BODY]),
             redrive: with(&[REDRIVE_BODY]),
