@@ -577,3 +577,31 @@ fn redis_replay_fences_a_batch_held_across_it() {
     );
     assert_eq!(h.backend.kv_get("analytics", "orders").expect("kv"), None);
 }
+
+/// Redis: while batches come full, settling one reads the next in the same
+/// round trip; what was read ahead is handed out in order at its first
+/// attempt, and what waited past half the lease is not handed out late (it
+/// is handed back, here after another host took it over).
+#[test]
+fn redis_reads_ahead_and_never_hands_out_what_another_took_over() {
+    let h = Harness::redis();
+    let events: Vec<Event> = (1..=3).map(|i| event("order.placed", i)).collect();
+    h.backend.append(events).expect("append");
+    let lease = Duration::from_millis(300);
+    let mut a = open(&h.backend, "host-a", "analytics", &["order.placed"], lease);
+    let mut b = open(&h.other, "host-b", "analytics", &["order.placed"], lease);
+    for seq in [1, 2] {
+        let got = take(a.as_mut(), 1);
+        assert_eq!((got[0].event.sequence, got[0].attempt), (seq, 1));
+        a.settle(acks(&got)).expect("settle");
+    }
+    // Event 3 was read ahead by host a, which now stalls past the lease.
+    std::thread::sleep(lease + Duration::from_millis(50));
+    let taken = take(b.as_mut(), 1);
+    assert_eq!((taken[0].event.sequence, taken[0].attempt), (3, 2));
+    b.settle(acks(&taken)).expect("the holder commits");
+    let late = a
+        .next_batch(1, Duration::from_millis(100))
+        .expect("a batch");
+    assert!(late.is_empty(), "handed out what host b settled: {late:?}");
+}

@@ -73,6 +73,14 @@ pub(in crate::backend) struct RedisConsumer {
     skipped: Vec<String>,
     next_claim: Instant,
     next_move: Instant,
+    /// Entries read with the last settlement (held, not yet handed out),
+    /// and when.
+    ahead: Vec<Delivered>,
+    ahead_read: Instant,
+    /// How many entries to read with the next settlement: set while
+    /// batches come full (a backlog), so that settling one batch and
+    /// reading the next take one round trip, and one of Redis's fsyncs.
+    read_ahead: Option<usize>,
 }
 
 impl RedisConsumer {
@@ -100,6 +108,9 @@ impl RedisConsumer {
             skipped: Vec::new(),
             next_claim: now,
             next_move: now,
+            ahead: Vec::new(),
+            ahead_read: now,
+            read_ahead: None,
         })
     }
 
@@ -227,6 +238,26 @@ impl RedisConsumer {
         Ok(())
     }
 
+    /// The read of up to `max` new entries of the redo stream and the log,
+    /// blocking up to `block_ms` when not 0.
+    fn read_cmd(&self, max: usize, block_ms: u64) -> redis::Cmd {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.plugin)
+            .arg(&self.options.host)
+            .arg("COUNT")
+            .arg(max);
+        if block_ms > 0 {
+            cmd.arg("BLOCK").arg(block_ms);
+        }
+        cmd.arg("STREAMS")
+            .arg(&self.redo)
+            .arg(&self.log)
+            .arg(">")
+            .arg(">");
+        cmd
+    }
+
     /// New entries, blocking up to `block`, and how many entries were read
     /// (the plugin's or not).
     fn read_new(
@@ -234,27 +265,20 @@ impl RedisConsumer {
         max: usize,
         block: Duration,
     ) -> Result<(Vec<Delivered>, usize), BackendError> {
-        let block_ms = block.as_millis() as u64;
-        let answer: redis::Value = self.shared.with(&mut self.con, |c| {
-            let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP")
-                .arg(&self.plugin)
-                .arg(&self.options.host)
-                .arg("COUNT")
-                .arg(max);
-            if block_ms > 0 {
-                cmd.arg("BLOCK").arg(block_ms);
-            }
-            cmd.arg("STREAMS")
-                .arg(&self.redo)
-                .arg(&self.log)
-                .arg(">")
-                .arg(">");
-            cmd.query(c)
-        })?;
+        let cmd = self.read_cmd(max, block.as_millis() as u64);
+        let answer: redis::Value = self.shared.with(&mut self.con, |c| cmd.query(c))?;
+        self.take_read(&answer)
+    }
+
+    /// Hold the entries of an XREADGROUP answer and hand out the plugin's,
+    /// with how many entries were read (the plugin's or not).
+    fn take_read(
+        &mut self,
+        answer: &redis::Value,
+    ) -> Result<(Vec<Delivered>, usize), BackendError> {
         let mut out = Vec::new();
         let mut read = 0;
-        for (name, list) in reply::streams(&answer).map_err(|e| self.shared.corrupt("a read", e))? {
+        for (name, list) in reply::streams(answer).map_err(|e| self.shared.corrupt("a read", e))? {
             let is_redo = name == self.redo;
             read += list.len();
             for entry in list {
@@ -341,10 +365,14 @@ impl RedisConsumer {
     /// the way (the connection dropped, a signal cut the read) leaves the
     /// outcome unknown: the same settlement, token and all, is sent again,
     /// and runs at most once.
+    ///
+    /// With `read_ahead`, up to that many new entries are read in the same
+    /// round trip, after the script, and kept for the next batch.
     fn send_settlement(
         &mut self,
         verdicts: &[(u64, Verdict)],
         tail: &[Vec<u8>],
+        read_ahead: Option<usize>,
     ) -> Result<redis::Value, BackendError> {
         let mut log_ids: Vec<&str> = self.skipped.iter().map(String::as_str).collect();
         let mut redo_ids: Vec<&str> = Vec::new();
@@ -367,7 +395,8 @@ impl RedisConsumer {
                 ]);
             }
         }
-        let mut call = self.shared.scripts.settle.prepare_invoke();
+        let shared = self.shared.clone();
+        let mut call = shared.scripts.settle.prepare_invoke();
         for k in [
             &self.log,
             &self.redo,
@@ -395,6 +424,35 @@ impl RedisConsumer {
         for a in checks.iter().chain(tail) {
             call.arg(a.as_slice());
         }
+        if let Some(max) = read_ahead {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors()
+                .invoke_script(&call)
+                .add_command(self.read_cmd(max, 0));
+            let answers: Result<Vec<redis::RedisResult<redis::Value>>, _> =
+                self.shared.with(&mut self.con, |c| pipe.query(c));
+            // A lost answer is sent again below, as is a script the server
+            // does not have yet (NOSCRIPT: loaded by `invoke`).
+            if let Ok(answers) = answers {
+                let mut answers = answers.into_iter();
+                let settled = answers.next();
+                if let Some(Ok(read)) = answers.next() {
+                    let (got, _) = self.take_read(&read)?;
+                    self.ahead.extend(got);
+                    self.ahead_read = Instant::now();
+                }
+                match settled {
+                    Some(Ok(answer)) => return Ok(answer),
+                    Some(Err(e))
+                        if e.kind()
+                            != redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        return Err(self.shared.error(e))
+                    }
+                    _ => {}
+                }
+            }
+        }
         let mut tries = 0;
         loop {
             match self.shared.with(&mut self.con, |c| call.invoke(c)) {
@@ -415,6 +473,21 @@ impl Consumer for RedisConsumer {
         wait: Duration,
     ) -> Result<Vec<Delivered>, BackendError> {
         let max = max_events.max(1);
+        if !self.ahead.is_empty() {
+            if self.ahead_read.elapsed() < self.options.lease / 2 {
+                let n = self.ahead.len().min(max);
+                let out: Vec<Delivered> = self.ahead.drain(..n).collect();
+                self.read_ahead = (out.len() >= max).then_some(max);
+                return Ok(out);
+            }
+            // Read ahead before a pause of half the lease or more: handed
+            // back for any host to take at once, rather than handled late
+            // (another host may have taken them over meanwhile).
+            match self.release() {
+                Ok(()) | Err(BackendError::Fenced { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let until = crate::backend::deadline(wait);
         self.make_groups()?;
         let mut out: Vec<Delivered> = Vec::new();
@@ -449,6 +522,7 @@ impl Consumer for RedisConsumer {
                 self.flush_skipped()?;
             }
             if done {
+                self.read_ahead = (out.len() >= max).then_some(max);
                 return Ok(out);
             }
         }
@@ -498,10 +572,14 @@ impl Consumer for RedisConsumer {
         // Sent with the fence token this consumer holds, if any: the
         // script answers RECHECK when it is gone, and the entries are sent
         // again to be checked one by one.
-        let mut answer = self.send_settlement(&verdicts, &tail)?;
+        // Everything held is settled here (the last part of a batch): the
+        // next batch may be read in the same round trip.
+        let all = self.held.len() == verdicts.len() && self.ahead.is_empty();
+        let read_ahead = if all { self.read_ahead } else { None };
+        let mut answer = self.send_settlement(&verdicts, &tail, read_ahead)?;
         if reply::is_recheck(&answer) {
             self.token = None;
-            answer = self.send_settlement(&verdicts, &tail)?;
+            answer = self.send_settlement(&verdicts, &tail, None)?;
         }
         let checked = self.token.is_none();
         let result = fenced(&self.shared, &self.plugin, &answer, |id| {
@@ -522,10 +600,10 @@ impl Consumer for RedisConsumer {
         // A settlement checked one by one leaves its token as this
         // consumer's fence token; it holds for later batches only when
         // nothing else was held (entries held from before were not
-        // checked).
+        // checked; entries read ahead were read after it).
         if result.is_err() {
             self.token = None;
-        } else if checked && self.held.is_empty() {
+        } else if checked && all {
             self.token = Some(token);
         }
         result.map(|_| ())
@@ -536,6 +614,9 @@ impl Consumer for RedisConsumer {
     }
 
     fn release(&mut self) -> Result<(), BackendError> {
+        // Entries read ahead are held: they are handed back with the rest.
+        self.ahead.clear();
+        self.read_ahead = None;
         self.flush_skipped()?;
         let result = self.on_held(true);
         self.held.clear();
