@@ -52,7 +52,9 @@
 //! redis,swap,busy,isolation,concurrency,startup,durable,http,latency`) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
 //! prints each plugin's time inside `handle` and its batch sizes;
 //! `PLUGBUS_BENCH_BROKERS` (a comma-separated subset of
-//! `redis,nats,nats-synced`) keeps only those brokers' rows, and
+//! `redis,nats,nats-synced`) keeps only those brokers' rows,
+//! `PLUGBUS_BENCH_BROKER_ROUNDS` sets how many times each broker's ceiling
+//! and one host are measured in turns (default 3, the median reported) and
 //! `PLUGBUS_BENCH_HOST_ARGS` adds flags to the hosts they start;
 //! `PLUGBUS_BENCH_PIPELINED_ONLY=1` keeps, of the durable publishing rows,
 //! only the pipelined ones and their peers.
