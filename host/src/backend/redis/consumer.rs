@@ -513,10 +513,14 @@ impl Consumer for RedisConsumer {
             } else {
                 Duration::ZERO
             };
-            let (got, read) = self.read_new(max - out.len(), block)?;
+            let asked = max - out.len();
+            let (got, read) = self.read_new(asked, block)?;
             out.extend(got);
+            // Fewer entries than asked for: both streams are drained, and
+            // a second read (a turn of Redis's event loop, and so a wait
+            // for its fsync) would most likely find nothing.
             let done = out.len() >= max
-                || (read == 0 && !out.is_empty())
+                || (read < asked && !out.is_empty())
                 || (out.is_empty() && Instant::now() >= until);
             if self.skipped.len() > SKIPPED_MAX || (done && out.is_empty()) {
                 self.flush_skipped()?;
@@ -575,6 +579,9 @@ impl Consumer for RedisConsumer {
         // Everything held is settled here (the last part of a batch): the
         // next batch may be read in the same round trip.
         let all = self.held.len() == verdicts.len() && self.ahead.is_empty();
+        // The entries passed over so far go with this settlement; a read
+        // ahead may add more, for the next one.
+        let passed_over = self.skipped.len();
         let read_ahead = if all { self.read_ahead } else { None };
         let mut answer = self.send_settlement(&verdicts, &tail, read_ahead)?;
         if reply::is_recheck(&answer) {
@@ -594,7 +601,7 @@ impl Consumer for RedisConsumer {
                 }
             }
             if result.is_ok() {
-                self.skipped.clear();
+                self.skipped.drain(..passed_over.min(self.skipped.len()));
             }
         }
         // A settlement checked one by one leaves its token as this
