@@ -210,3 +210,70 @@ fn a_full_queue_answers_503_naming_the_plugin_and_counts_the_drop() {
     })
     .expect("slow handles what it accepted");
 }
+
+#[test]
+fn a_request_s_trace_context_rides_the_whole_chain_and_a_bad_one_is_named() {
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let h = host(&order_flow(), &[]);
+    // Out of stock: inventory publishes inventory.insufficient, which
+    // email handles.
+    let (status, body) = h.post(
+        "/v1/events/order.placed",
+        Some("application/json"),
+        &[("traceparent", TP), ("tracestate", "shop=1")],
+        order("o-1", "gadget", 1000, 990).to_string().as_bytes(),
+    );
+    assert_eq!(status, 202, "{body}");
+    h.wait_until("email to handle the order and the follow-up", WAIT, |h| {
+        h.count("email", "handled") == 2
+    })
+    .expect("chain");
+    let log = h.get("/v1/log?from=1&limit=10").expect("log");
+    let events = log["events"].as_array().expect("events");
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, ["order.placed", "inventory.insufficient"]);
+    for e in events {
+        assert_eq!(e["traceparent"], TP, "{e}");
+        assert_eq!(e["tracestate"], "shop=1", "{e}");
+    }
+
+    // An event's own trace context wins over the request's.
+    let own = "00-11111111111111111111111111111111-2222222222222222-00";
+    let mut event = ce("ce-own");
+    event["traceparent"] = json!(own);
+    let (status, body) = h.post(
+        "/v1/events",
+        Some("application/cloudevents+json"),
+        &[("traceparent", TP)],
+        event.to_string().as_bytes(),
+    );
+    assert_eq!(status, 202, "{body}");
+    let stored = h
+        .get(&format!("/v1/log/{}", body["sequence"]))
+        .expect("event");
+    assert_eq!(stored["traceparent"], own);
+
+    // A bad attribute is refused, naming it; a bad header is ignored, as
+    // W3C Trace Context says.
+    let mut bad = ce("ce-bad");
+    bad["traceparent"] = json!("00-xyz");
+    let (status, body) = h.post(
+        "/v1/events",
+        Some("application/cloudevents+json"),
+        &[],
+        bad.to_string().as_bytes(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("traceparent"), "{body}");
+    let (status, body) = h.post(
+        "/v1/events/order.placed",
+        Some("application/json"),
+        &[("traceparent", "garbage")],
+        order("o-2", "widget", 1, 100).to_string().as_bytes(),
+    );
+    assert_eq!(status, 202, "{body}");
+    let stored = h
+        .get(&format!("/v1/log/{}", body["sequence"]))
+        .expect("event");
+    assert!(stored.get("traceparent").is_none(), "{stored}");
+}

@@ -9,7 +9,10 @@
 
 use std::time::SystemTime;
 
+mod trace;
 mod wire;
+
+pub use trace::{TRACEPARENT, TRACESTATE};
 
 use base64::Engine as _;
 use serde::de::IgnoredAny;
@@ -254,7 +257,7 @@ impl Event {
             };
             extensions.push((name.into_owned(), text));
         }
-        Ok(Event {
+        let event = Event {
             id,
             source,
             topic,
@@ -268,7 +271,9 @@ impl Event {
             hops: 0,
             extensions,
             accepted_at: None,
-        })
+        };
+        event.check_trace()?;
+        Ok(event)
     }
 
     /// Parse a structured-mode body: one CloudEvent object.

@@ -310,8 +310,17 @@ fn base_type(ct: &str) -> String {
 async fn publish(
     state: &AppState,
     principal: Option<&Arc<auth::Principal>>,
-    events: Vec<Event>,
+    headers: &HeaderMap,
+    mut events: Vec<Event>,
 ) -> Result<Response, IngressError> {
+    // The request's W3C trace context, for events without their own.
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(traceparent) = header(crate::event::TRACEPARENT) {
+        let tracestate = header(crate::event::TRACESTATE);
+        for event in &mut events {
+            event.adopt_trace(Some(traceparent), tracestate);
+        }
+    }
     if let Some(principal) = principal {
         for event in &events {
             principal
@@ -344,7 +353,7 @@ async fn publish_plain(
     }
     let body = read_body(&state, body, &parts.headers, state.body_bytes_max).await?;
     let event = Event::from_plain_json(&topic, &body)?;
-    publish(&state, parts.extensions.get(), vec![event]).await
+    publish(&state, parts.extensions.get(), &parts.headers, vec![event]).await
 }
 
 async fn publish_cloudevents(
@@ -382,7 +391,7 @@ async fn publish_cloudevents(
             ))
         }
     };
-    publish(&state, parts.extensions.get(), events).await
+    publish(&state, parts.extensions.get(), &parts.headers, events).await
 }
 
 async fn plugins(State(state): State<AppState>) -> Response {

@@ -257,6 +257,7 @@ impl publisher::Host for HostState {
         follow.correlationid = Some(cause.chain_id().to_string());
         follow.causationid = Some(cause.id.clone());
         follow.hops = cause.hops + 1;
+        follow.continue_trace(&cause);
         self.published.push((index, follow));
         Ok(())
     }
