@@ -142,6 +142,9 @@ fn the_order_flow_runs_with_its_chain<B: Broker>() {
     let h = on(&broker, "solo");
     crate::order_flow::two_orders_through(&h);
     assert_eq!(orders_counted(&h), 2);
+    // The chain index is the embedded store's: a broker says so.
+    let refused = h.get("/v1/trace/anything").expect_err("501");
+    assert!(refused.contains("501"), "{refused}");
     let status = h.stop().expect("stops");
     assert!(status.success(), "clean exit on SIGTERM, got {status}");
 }
@@ -469,6 +472,9 @@ fn a_broker_over_tls_with_a_password_is_used_and_a_wrong_password_is_named<B: Br
     );
     crate::order_flow::two_orders_through(&h);
     assert_eq!(orders_counted(&h), 2);
+    // The chain index is the embedded store's: a broker says so.
+    let refused = h.get("/v1/trace/anything").expect_err("501");
+    assert!(refused.contains("501"), "{refused}");
     assert!(h.stop().expect("stops").success());
     // A wrong password stops the start with the broker's refusal, the
     // password itself not shown.
@@ -497,6 +503,9 @@ fn a_nats_token_is_used_and_a_wrong_one_is_named_without_showing_it() {
     let h = host(&order_flow(), &["--broker", &nats.url]);
     crate::order_flow::two_orders_through(&h);
     assert_eq!(orders_counted(&h), 2);
+    // The chain index is the embedded store's: a broker says so.
+    let refused = h.get("/v1/trace/anything").expect_err("501");
+    assert!(refused.contains("501"), "{refused}");
     assert!(h.stop().expect("stops").success());
     let wrong = nats.url.replace("t0ken-s3cret", "guessed");
     let err = match TestHost::start(BIN, &order_flow(), &["--broker", &wrong]) {

@@ -10,6 +10,41 @@ fn an_order_reaches_every_plugin_and_the_chain_keeps_its_correlation() {
     assert!(status.success(), "clean exit on SIGTERM, got {status}");
 }
 
+#[test]
+fn a_chain_is_traced_by_its_correlation_id() {
+    let h = host(&order_flow(), &[]);
+    let accepted = h
+        .publish("order.placed", &order("o-1", "gadget", 1000, 990))
+        .expect("order");
+    let id = accepted["id"].as_str().expect("id").to_string();
+    h.publish("order.placed", &order("o-2", "widget", 1, 100))
+        .expect("another chain");
+    h.wait_until("email to handle both orders and the follow-up", WAIT, |h| {
+        h.count("email", "handled") == 3
+    })
+    .expect("chain");
+    let trace = h.get(&format!("/v1/trace/{id}")).expect("trace");
+    let events = trace["events"].as_array().expect("events");
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, ["order.placed", "inventory.insufficient"], "{trace}");
+    assert_eq!(events[0]["id"], id.as_str());
+    assert!(events[0]["published_by"].is_null(), "from outside");
+    assert_eq!(events[1]["published_by"], "inventory");
+    assert_eq!(events[1]["causationid"], id.as_str());
+    assert_eq!(events[1]["correlationid"], id.as_str());
+    assert!(
+        events[1]["after_cause_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms >= 0.0),
+        "{trace}"
+    );
+    assert_eq!(trace["truncated"], false);
+    let missing = h.get("/v1/trace/no-such-chain").expect_err("404");
+    assert!(missing.contains("404"), "{missing}");
+    let status = h.stop().expect("stops");
+    assert!(status.success(), "clean exit on SIGTERM, got {status}");
+}
+
 /// Two orders through the reference plugins of `h`, which has seen no
 /// order yet: each plugin did its part, and inventory's follow-up keeps the
 /// chain's correlation id.

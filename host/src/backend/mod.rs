@@ -318,6 +318,16 @@ pub enum BackendError {
     /// comes.
     #[error("the delivery of this plugin was closed (the host is stopping)")]
     Closed,
+    /// The backend does not offer this yet.
+    #[error("{backend} does not keep {what} yet; {fix}")]
+    NotOffered {
+        /// The backend, as [`Backend::describe`] says.
+        backend: String,
+        /// What it does not keep.
+        what: String,
+        /// What to do instead.
+        fix: String,
+    },
     /// The backend cannot deliver a plugin the way its manifest asks.
     #[error("{backend} cannot run plugin `{plugin}` as its manifest asks: {reason}")]
     Unsupported {
@@ -455,6 +465,17 @@ pub trait Backend: Send + Sync {
 
     /// Up to `max` events of the log from sequence `from` on.
     fn read(&self, from: u64, max: usize) -> Result<Vec<Event>, BackendError>;
+
+    /// Up to `max` events of the causal chain `correlationid` (the id of
+    /// the event that started it) still in the log, in log order.
+    fn chain(&self, correlationid: &str, max: usize) -> Result<Vec<Event>, BackendError> {
+        let _ = (correlationid, max);
+        Err(BackendError::NotOffered {
+            backend: self.describe(),
+            what: "an index of events by correlation id".into(),
+            fix: "run on the embedded store to trace a chain, or read the log (GET /v1/log)".into(),
+        })
+    }
 
     /// The sequence of the last event appended (0: none).
     fn head(&self) -> Result<u64, BackendError>;

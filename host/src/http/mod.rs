@@ -10,7 +10,8 @@
 //! - The log (durable mode): `GET /v1/log?from=SEQ&limit=N` (default: the
 //!   last 20), `GET /v1/log/{sequence}`; `POST /v1/plugins/{name}/replay`
 //!   with `{"from_sequence": N}` or `{"from_time": "RFC 3339"}`, and
-//!   `"reset_state": true` to empty the plugin's bucket first.
+//!   `"reset_state": true` to empty the plugin's bucket first;
+//!   `GET /v1/trace/{correlationid}`: one causal chain (`http::trace`).
 //! - Plugin state: `GET /v1/plugins/{name}/kv` (keys and values, paged with
 //!   `?after=KEY&limit=N`), `GET /v1/plugins/{name}/kv/{key}`. Values are
 //!   shown as stored: JSON when they are JSON, else text, else base64.
@@ -37,6 +38,7 @@ pub mod auth;
 pub mod reload;
 pub mod serve;
 pub mod tls;
+mod trace;
 
 use std::sync::Arc;
 
@@ -116,6 +118,9 @@ pub enum IngressError {
     /// No such event in the log.
     #[error("the log has no event with sequence {0}")]
     NoEvent(u64),
+    /// No event of such a chain in the log.
+    #[error("the log has no event of the chain `{0}` (a chain's id is the id of the event that started it, the `correlationid` of the others; events trimmed from the log leave their chains too)")]
+    NoChain(String),
     /// No such plugin.
     #[error("there is no plugin named `{0}`; `plugbus plugins` lists them")]
     NoPlugin(String),
@@ -146,6 +151,7 @@ impl IntoResponse for IngressError {
             IngressError::NoStore => StatusCode::CONFLICT,
             IngressError::NoLetter(..)
             | IngressError::NoEvent(_)
+            | IngressError::NoChain(_)
             | IngressError::NoPlugin(_)
             | IngressError::NoKey(..) => StatusCode::NOT_FOUND,
             IngressError::State(..) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -164,6 +170,9 @@ impl IntoResponse for IngressError {
             IngressError::Publish(DispatchError::Store(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             IngressError::Publish(DispatchError::Broker(BackendError::Unavailable { .. })) => {
                 StatusCode::SERVICE_UNAVAILABLE
+            }
+            IngressError::Publish(DispatchError::Broker(BackendError::NotOffered { .. })) => {
+                StatusCode::NOT_IMPLEMENTED
             }
             IngressError::Publish(DispatchError::Broker(_)) => StatusCode::BAD_GATEWAY,
         };
@@ -208,6 +217,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/plugins/{plugin}/kv/{key}", get(kv_get))
         .route("/v1/log", get(log_read))
         .route("/v1/log/{sequence}", get(log_get))
+        .route("/v1/trace/{correlationid}", get(trace::trace))
         .route("/v1/dead", get(dead_list))
         .route("/v1/dead/{plugin}", get(dead_list_plugin))
         .route("/v1/dead/{plugin}/{sequence}", get(dead_show))

@@ -1,6 +1,7 @@
 //! The durable store: one fjall database in the data directory, with a
 //! keyspace for the event log (key: the sequence, big-endian, of the first
-//! event of a record; value: one event or a run of them, `store::codec`), one for the plugins' cursors and one for their
+//! event of a record; value: one event or a run of them, `store::codec`),
+//! one indexing it by correlation id (`store::chains`), one for the plugins' cursors and one for their
 //! key-value buckets (`store::progress`), and two for dead letters and
 //! those being re-driven (`store::dead`).
 //!
@@ -24,11 +25,13 @@
 //! sequence, never a silently wrong event.
 //!
 //! Rooms: `disk` (the reserve, memtable sizing and fsync), `retention`
-//! (trimming the oldest finished events), `progress` (cursors and state),
+//! (trimming the oldest finished events), `chains` (the index of events by
+//! correlation id), `progress` (cursors and state),
 //! `dead` (dead letters), `codec` (records), `log` (delivery on top).
 //!
 //! This module knows nothing of plugins, wasm or HTTP.
 
+mod chains;
 pub mod codec;
 pub mod dead;
 mod disk;
@@ -165,6 +168,8 @@ pub struct Store {
     redrive: Keyspace,
     meta: Keyspace,
     kv: Keyspace,
+    /// The chain index (`store::chains`).
+    chains: Keyspace,
     /// Bytes of the records in the log (keys and values): kept in `meta`,
     /// updated in the same batch as every append and trim.
     log_bytes: AtomicU64,
@@ -267,6 +272,7 @@ impl Store {
         let redrive = keyspace("redrive")?;
         let meta = keyspace("meta")?;
         let kv = keyspace("kv")?;
+        let chains = keyspace("chains")?;
         let log_bytes = meta
             .get(LOG_BYTES_KEY)
             .map_err(|e| open_err(format!("{e:?}")))?
@@ -334,6 +340,7 @@ impl Store {
             redrive,
             meta,
             kv,
+            chains,
             log_bytes: AtomicU64::new(log_bytes),
             dir: dir.to_path_buf(),
             fsync,
@@ -474,6 +481,7 @@ impl Store {
             added += 8 + value.len() as u64;
             batch.insert(&self.log, run[0].sequence.to_be_bytes(), value);
         }
+        self.index_chains(&mut batch, events);
         let log_bytes = self.log_bytes.load(Ordering::Acquire) + added;
         batch.insert(&self.meta, LOG_BYTES_KEY, log_bytes.to_be_bytes());
         for p in progress {

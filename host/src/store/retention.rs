@@ -65,11 +65,11 @@ impl Store {
                     break;
                 }
                 let too_big = keep.bytes.is_some_and(|max| bytes > max);
+                let events = codec::decode_run(first, &value).unwrap_or_default();
                 let too_old = cutoff.is_some_and(|cut| {
-                    codec::decode_run(first, &value)
-                        .ok()
-                        .and_then(|events| events.last().map(|e| e.time.clone()))
-                        .and_then(|t| humantime::parse_rfc3339_weak(&t).ok())
+                    events
+                        .last()
+                        .and_then(|e| humantime::parse_rfc3339_weak(&e.time).ok())
                         .is_some_and(|t| t < cut)
                 });
                 if !too_big && !too_old {
@@ -77,6 +77,7 @@ impl Store {
                     break;
                 }
                 batch.remove(&self.log, key.to_vec());
+                self.unindex_chains(&mut batch, &events);
                 bytes = bytes.saturating_sub(8 + value.len() as u64);
                 removed += (last - first + 1) as usize;
                 removed_through = last;

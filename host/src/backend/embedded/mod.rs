@@ -242,6 +242,10 @@ impl Backend for EmbeddedBackend {
         Ok(self.log.store().read(from, max)?)
     }
 
+    fn chain(&self, correlationid: &str, max: usize) -> Result<Vec<Event>, BackendError> {
+        Ok(self.log.store().chain(correlationid, max)?)
+    }
+
     fn head(&self) -> Result<u64, BackendError> {
         Ok(self.log.head())
     }
