@@ -77,6 +77,10 @@ pub struct Event {
     /// When this host accepted the event (for delivery latency); not
     /// stored, so `None` for events read back from the store.
     pub accepted_at: Option<std::time::Instant>,
+    /// The sequence of the event whose handler published this one, when
+    /// this host's plugin did; not stored in the event (the store's chain
+    /// index keeps it).
+    pub cause_sequence: Option<u64>,
 }
 
 /// Why an event was refused. Each names the attribute and what to do.
@@ -185,6 +189,7 @@ impl Event {
             hops: 0,
             extensions: Vec::new(),
             accepted_at: None,
+            cause_sequence: None,
         })
     }
 
@@ -271,6 +276,7 @@ impl Event {
             hops: 0,
             extensions,
             accepted_at: None,
+            cause_sequence: None,
         };
         event.check_trace()?;
         Ok(event)

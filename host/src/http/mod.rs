@@ -119,7 +119,7 @@ pub enum IngressError {
     #[error("the log has no event with sequence {0}")]
     NoEvent(u64),
     /// No event of such a chain in the log.
-    #[error("the log has no event of the chain `{0}` (a chain's id is the id of the event that started it, the `correlationid` of the others; events trimmed from the log leave their chains too)")]
+    #[error("no chain `{0}` is indexed: a chain's id is the id of the event that started it (the `correlationid` of the others), and it is indexed from its first follow-up on; an event nothing was published from is read with GET /v1/log/{{sequence}}, and events trimmed from the log leave their chains")]
     NoChain(String),
     /// No such plugin.
     #[error("there is no plugin named `{0}`; `plugbus plugins` lists them")]

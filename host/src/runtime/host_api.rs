@@ -256,6 +256,7 @@ impl publisher::Host for HostState {
         follow.subject = event.subject;
         follow.correlationid = Some(cause.chain_id().to_string());
         follow.causationid = Some(cause.id.clone());
+        follow.cause_sequence = Some(cause.sequence);
         follow.hops = cause.hops + 1;
         follow.continue_trace(&cause);
         self.published.push((index, follow));

@@ -210,6 +210,7 @@ pub fn decode(sequence: u64, bytes: &[u8]) -> Result<Event, DecodeError> {
         hops,
         extensions,
         accepted_at: None,
+        cause_sequence: None,
     })
 }
 
