@@ -86,11 +86,23 @@ impl Shared {
         Ok(con)
     }
 
-    /// A Redis error as ours: a lost connection is
-    /// [`BackendError::Unavailable`], anything the server answered is
-    /// [`BackendError::Refused`].
+    /// A Redis error as ours: a lost connection, or a server not ready yet
+    /// (loading its data after a restart), is [`BackendError::Unavailable`];
+    /// anything else the server answered is [`BackendError::Refused`].
     fn error(&self, e: redis::RedisError) -> BackendError {
-        if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+        use redis::{ErrorKind, ServerErrorKind};
+        // A server still loading its data after a restart, or between
+        // roles, answers again soon: it is as unreachable as a closed port.
+        let not_ready = matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ClusterDown
+            )
+        );
+        if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || not_ready {
             BackendError::Unavailable {
                 broker: self.broker.clone(),
                 reason: e.to_string(),
@@ -551,5 +563,34 @@ fn fenced(
             })
         }
         _ => Err(shared.corrupt("a script's answer", format!("{items:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::{ErrorKind, ServerErrorKind};
+
+    #[test]
+    fn a_server_loading_after_a_restart_is_unavailable_not_a_refusal() {
+        let backend = RedisBackend::open("redis://127.0.0.1:1", "t", Duration::ZERO, None)
+            .expect("opens lazily");
+        let shared = &backend.shared;
+        let loading = redis::RedisError::from((
+            ErrorKind::Server(ServerErrorKind::BusyLoading),
+            "Redis is loading the dataset in memory",
+        ));
+        assert!(matches!(
+            shared.error(loading),
+            BackendError::Unavailable { .. }
+        ));
+        let refused = redis::RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "ERR wrong number of arguments",
+        ));
+        assert!(matches!(
+            shared.error(refused),
+            BackendError::Refused { .. }
+        ));
     }
 }
