@@ -127,21 +127,25 @@ fn handled(hosts: &[&TestHost], plugin: &str) -> u64 {
 
 /// The analytics plugin's committed order count, as the broker has it.
 fn orders_counted(h: &TestHost) -> u64 {
-    let v = h
-        .get("/v1/plugins/analytics/kv/orders")
-        .expect("analytics state");
-    match &v["value"] {
-        Value::Number(n) => n.as_u64().expect("a count"),
-        Value::String(s) => s.parse().expect("a count"),
-        other => panic!("orders is not a count: {other}"),
-    }
+    count_of(
+        &h.get("/v1/plugins/analytics/kv/orders")
+            .expect("analytics state"),
+    )
 }
 
 /// [`orders_counted`] while waiting: none yet (no state committed, or just
 /// emptied by a replay) is not a failure.
 fn orders_counted_yet(h: &TestHost) -> Option<u64> {
-    h.get("/v1/plugins/analytics/kv/orders").ok()?;
-    Some(orders_counted(h))
+    Some(count_of(&h.get("/v1/plugins/analytics/kv/orders").ok()?))
+}
+
+/// The count in a `kv/orders` answer.
+fn count_of(v: &Value) -> u64 {
+    match &v["value"] {
+        Value::Number(n) => n.as_u64().expect("a count"),
+        Value::String(s) => s.parse().expect("a count"),
+        other => panic!("orders is not a count: {other}"),
+    }
 }
 
 fn the_order_flow_runs_with_its_chain<B: Broker>() {

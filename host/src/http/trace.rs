@@ -53,7 +53,6 @@ pub(super) async fn trace(
 /// from outside) and the milliseconds from its cause's `time` to its own.
 fn hop(event: &Event, chain: &[Event]) -> serde_json::Value {
     let mut v = event.to_json();
-    v["sequence"] = json!(event.sequence);
     v["hops"] = json!(event.hops);
     v["published_by"] = json!(event.source.strip_prefix(PLUGIN_SOURCE));
     let cause = event

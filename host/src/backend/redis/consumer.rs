@@ -433,23 +433,27 @@ impl RedisConsumer {
                 self.shared.with(&mut self.con, |c| pipe.query(c));
             // A lost answer is sent again below, as is a script the server
             // does not have yet (NOSCRIPT: loaded by `invoke`).
-            if let Ok(answers) = answers {
-                let mut answers = answers.into_iter();
-                let settled = answers.next();
-                if let Some(Ok(read)) = answers.next() {
-                    let (got, _) = self.take_read(&read)?;
-                    self.ahead.extend(got);
-                    self.ahead_read = Instant::now();
-                }
-                match settled {
-                    Some(Ok(answer)) => return Ok(answer),
-                    Some(Err(e))
-                        if e.kind()
-                            != redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        return Err(self.shared.error(e))
+            match answers {
+                Err(BackendError::Unavailable { .. }) => {}
+                Err(e) => return Err(e),
+                Ok(answers) => {
+                    let mut answers = answers.into_iter();
+                    let settled = answers.next();
+                    if let Some(Ok(read)) = answers.next() {
+                        let (got, _) = self.take_read(&read)?;
+                        self.ahead.extend(got);
+                        self.ahead_read = Instant::now();
                     }
-                    _ => {}
+                    match settled {
+                        Some(Ok(answer)) => return Ok(answer),
+                        Some(Err(e))
+                            if e.kind()
+                                != redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                        {
+                            return Err(self.shared.error(e))
+                        }
+                        _ => {}
+                    }
                 }
             }
         }
