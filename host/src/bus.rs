@@ -392,6 +392,7 @@ pub struct Bus {
     next_sequence: AtomicU64,
     publish_timeout: Duration,
     metrics: Arc<Metrics>,
+    observer: std::sync::OnceLock<Arc<crate::observe::Observer>>,
 }
 
 impl Bus {
@@ -403,7 +404,14 @@ impl Bus {
             next_sequence: AtomicU64::new(1),
             publish_timeout,
             metrics,
+            observer: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Show every accepted event to `observer` (the flow, the catalog, the
+    /// live tail); once.
+    pub fn observe(&self, observer: Arc<crate::observe::Observer>) {
+        let _ = self.observer.set(observer);
     }
 
     /// Add (or replace) `plugin`'s subscription and return the receiving
@@ -573,6 +581,9 @@ impl Bus {
             unrouted += routed[..chunk.len()].iter().filter(|r| !**r).count() as u64;
             if let Some(sub) = full {
                 let accepted = c * CHUNK_EVENTS_MAX;
+                if let Some(o) = self.observer.get() {
+                    o.accepted(&events[..accepted]);
+                }
                 self.metrics.published.inc_by(accepted as u64);
                 self.metrics.unrouted.inc_by(unrouted);
                 let timeout = match sub.overflow {
@@ -586,6 +597,9 @@ impl Bus {
                     accepted,
                 });
             }
+        }
+        if let Some(o) = self.observer.get() {
+            o.accepted(&events);
         }
         self.metrics.published.inc_by(count as u64);
         self.metrics.unrouted.inc_by(unrouted);

@@ -18,6 +18,7 @@ pub mod dispatch;
 pub mod event;
 pub mod http;
 pub mod metrics;
+pub mod observe;
 pub mod plugin;
 pub mod runtime;
 pub mod server;

@@ -141,6 +141,18 @@ pub struct Metrics {
     pub http_connections_refused: Counter,
     /// HTTP requests or connections refused: too slow, or not authorized.
     pub http_refused: Family<HttpLabels, Counter>,
+    /// Live tail clients connected (`GET /v1/stream`).
+    pub tail_clients: Gauge,
+    /// Events a live tail client did not get: `queue_full` (it read too
+    /// slowly) or `rate_cap` (sampled down to its rate).
+    pub tail_dropped: Family<ReasonLabels, Counter>,
+}
+
+/// Labels of a counter by reason only.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why.
+    pub reason: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -195,6 +207,8 @@ impl Metrics {
             http_connections_open: Gauge::default(),
             http_connections_refused: Counter::default(),
             http_refused: Family::default(),
+            tail_clients: Gauge::default(),
+            tail_dropped: Family::default(),
         };
         registry.register(
             "plugin_background_batches",
@@ -355,6 +369,16 @@ impl Metrics {
             "http_refused",
             "HTTP requests and connections refused: too slow (headers, body, tls_handshake) or not authorized (unauthorized, forbidden)",
             m.http_refused.clone(),
+        );
+        registry.register(
+            "tail_clients",
+            "Live tail clients connected (GET /v1/stream)",
+            m.tail_clients.clone(),
+        );
+        registry.register(
+            "tail_dropped",
+            "Events a live tail client did not get: queue_full (it read too slowly) or rate_cap (sampled down to the rate it asked for); publishers never wait for a tail",
+            m.tail_dropped.clone(),
         );
         Metrics { registry, ..m }
     }

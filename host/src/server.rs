@@ -152,6 +152,13 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
             )?)
         }
     };
+    let observer = Arc::new(crate::observe::Observer::new(&metrics));
+    match &dispatch {
+        Dispatch::Memory(bus) => bus.observe(observer.clone()),
+        Dispatch::Durable(log) => log.observe(observer.clone()),
+        // A broker's appends are observed where this host makes them.
+        Dispatch::Broker(_) => {}
+    }
     let registry = Arc::new(Registry::new(
         dispatch.clone(),
         runtime,
@@ -193,6 +200,7 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         failed = failures.len(),
         "plugbus ready"
     );
+    let closing = observer.clone();
     let app = http::router(AppState {
         dispatch,
         registry: registry.clone(),
@@ -200,13 +208,18 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         body_bytes_max: settings.body_bytes_max,
         body_timeout: settings.body_timeout,
         tokens,
+        observer,
     });
     let options = http::serve::ServeOptions {
         connections_max: settings.connections_max,
         header_timeout: settings.header_timeout,
         tls,
     };
-    http::serve::serve(listener, app, options, metrics, shutdown_signal()).await?;
+    let shutdown = async move {
+        shutdown_signal().await;
+        closing.close();
+    };
+    http::serve::serve(listener, app, options, metrics, shutdown).await?;
     if let Some(w) = watch {
         tokio::task::spawn_blocking(move || w.stop())
             .await

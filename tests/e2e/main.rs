@@ -69,6 +69,7 @@ mod hot_swap;
 mod ingress;
 mod isolation;
 mod manifests;
+mod observe;
 mod on_brokers;
 mod operations;
 mod order_flow;

@@ -39,6 +39,25 @@ fn a_chain_is_traced_by_its_correlation_id() {
         "{trace}"
     );
     assert_eq!(trace["truncated"], false);
+    // What each consumer did with each event of the chain.
+    let outcomes = |e: &Value| -> Vec<(String, String)> {
+        e["deliveries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| {
+                let s = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+                (s("plugin"), s("outcome"))
+            })
+            .collect()
+    };
+    let handled = |p: &str| (p.to_string(), "handled".to_string());
+    assert_eq!(
+        outcomes(&events[0]),
+        [handled("analytics"), handled("email"), handled("inventory")],
+        "{trace}"
+    );
+    assert_eq!(outcomes(&events[1]), [handled("email")], "{trace}");
     let missing = h.get("/v1/trace/no-such-chain").expect_err("404");
     assert!(missing.contains("404"), "{missing}");
     let status = h.stop().expect("stops");

@@ -349,6 +349,21 @@ impl TestHost {
             .map_err(|e| e.to_string())
     }
 
+    /// Open the server-sent-events stream at `path` (resuming after
+    /// `last_event_id`, if given).
+    pub fn stream(&self, path: &str, last_event_id: Option<u64>) -> Result<SseStream> {
+        let mut req = self
+            .authorized(ureq::get(&format!("{}{path}", self.url)))
+            .timeout(Duration::from_secs(120));
+        if let Some(id) = last_event_id {
+            req = req.set("last-event-id", &id.to_string());
+        }
+        let response = req.call().map_err(|e| e.to_string())?;
+        Ok(SseStream {
+            reader: BufReader::new(response.into_reader()),
+        })
+    }
+
     /// The `/v1/plugins` entry of `name`.
     pub fn plugin(&self, name: &str) -> Option<Value> {
         let all = self.get("/v1/plugins").ok()?;
@@ -506,5 +521,83 @@ impl Drop for Hogs {
             let _ = hog.kill();
             let _ = hog.wait();
         }
+    }
+}
+
+/// A server-sent-events stream being read.
+pub struct SseStream {
+    reader: BufReader<Box<dyn std::io::Read + Send + Sync + 'static>>,
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, Default)]
+pub struct SseFrame {
+    /// Its `event:` type (`message` when none).
+    pub event: String,
+    /// Its `id:`, if any.
+    pub id: Option<String>,
+    /// Its data lines, joined with newlines.
+    pub data: String,
+}
+
+impl SseFrame {
+    /// The data as JSON (Null when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or(Value::Null)
+    }
+}
+
+impl SseStream {
+    /// The next event (comments and keep-alives skipped); `None` when the
+    /// stream ended.
+    pub fn next_frame(&mut self) -> Option<SseFrame> {
+        let mut frame = SseFrame::default();
+        let mut any = false;
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line.is_empty() {
+                if any {
+                    if frame.event.is_empty() {
+                        frame.event = "message".into();
+                    }
+                    return Some(frame);
+                }
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            any = true;
+            match field {
+                "event" => frame.event = value.to_string(),
+                "id" => frame.id = Some(value.to_string()),
+                "data" => {
+                    if !frame.data.is_empty() {
+                        frame.data.push('\n');
+                    }
+                    frame.data.push_str(value);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Read until a frame of type `event` for which `pick` holds.
+    pub fn until(&mut self, event: &str, pick: impl Fn(&SseFrame) -> bool) -> Result<SseFrame> {
+        while let Some(f) = self.next_frame() {
+            if f.event == event && pick(&f) {
+                return Ok(f);
+            }
+        }
+        Err(format!(
+            "the stream ended before a `{event}` event that fits"
+        ))
     }
 }

@@ -489,6 +489,17 @@ pub trait Backend: Send + Sync {
     /// closed (the plugin stopped) while this runs.
     fn replay(&self, plugin: &str, start: Start, reset_state: bool) -> Result<(), BackendError>;
 
+    /// `plugin`'s cursors through the log (one per worker): every event up
+    /// to a cursor's `through` is done, but the retries pending in it.
+    fn cursors(&self, plugin: &str) -> Result<Vec<crate::store::progress::Cursor>, BackendError> {
+        let _ = plugin;
+        Err(BackendError::NotOffered {
+            backend: self.describe(),
+            what: "plugins' cursors with their pending retries".into(),
+            fix: "read a plugin's position with GET /v1/plugins".into(),
+        })
+    }
+
     /// `plugin`'s dead letters, in log order.
     fn dead_letters(&self, plugin: &str) -> Result<Vec<DeadLetter>, BackendError>;
 

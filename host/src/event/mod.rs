@@ -81,6 +81,10 @@ pub struct Event {
     /// this host's plugin did; not stored in the event (the store's chain
     /// index keeps it).
     pub cause_sequence: Option<u64>,
+    /// For a follow-up this host's plugin published: the time from its
+    /// cause's `time` to its own (the cause's queueing and handling); not
+    /// stored.
+    pub after_cause: Option<std::time::Duration>,
 }
 
 /// Why an event was refused. Each names the attribute and what to do.
@@ -190,6 +194,7 @@ impl Event {
             extensions: Vec::new(),
             accepted_at: None,
             cause_sequence: None,
+            after_cause: None,
         })
     }
 
@@ -277,6 +282,7 @@ impl Event {
             extensions,
             accepted_at: None,
             cause_sequence: None,
+            after_cause: None,
         };
         event.check_trace()?;
         Ok(event)

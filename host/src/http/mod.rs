@@ -35,8 +35,10 @@
 //! policy.
 
 pub mod auth;
+mod flow;
 pub mod reload;
 pub mod serve;
+mod stream;
 pub mod tls;
 mod trace;
 
@@ -83,6 +85,9 @@ pub struct AppState {
     pub body_timeout: std::time::Duration,
     /// Who may do what (`None`: anyone, anything).
     pub tokens: Option<Arc<auth::Tokens>>,
+    /// What the host saw of its flow: the live tail, the flow graph, the
+    /// catalog.
+    pub observer: Arc<crate::observe::Observer>,
 }
 
 /// Why a request was refused; each maps to one status code.
@@ -218,6 +223,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/log", get(log_read))
         .route("/v1/log/{sequence}", get(log_get))
         .route("/v1/trace/{correlationid}", get(trace::trace))
+        .route("/v1/stream", get(stream::stream))
+        .route("/v1/flow", get(flow::flow))
+        .route("/v1/catalog", get(flow::catalog))
         .route("/v1/dead", get(dead_list))
         .route("/v1/dead/{plugin}", get(dead_list_plugin))
         .route("/v1/dead/{plugin}/{sequence}", get(dead_show))

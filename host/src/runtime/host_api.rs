@@ -257,6 +257,13 @@ impl publisher::Host for HostState {
         follow.correlationid = Some(cause.chain_id().to_string());
         follow.causationid = Some(cause.id.clone());
         follow.cause_sequence = Some(cause.sequence);
+        // From when this host accepted the cause; for a cause read back
+        // from a store or a broker, from its `time`.
+        follow.after_cause = cause.accepted_at.map(|at| at.elapsed()).or_else(|| {
+            humantime::parse_rfc3339_weak(&cause.time)
+                .ok()
+                .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+        });
         follow.hops = cause.hops + 1;
         follow.continue_trace(&cause);
         self.published.push((index, follow));

@@ -211,6 +211,7 @@ pub fn decode(sequence: u64, bytes: &[u8]) -> Result<Event, DecodeError> {
         extensions,
         accepted_at: None,
         cause_sequence: None,
+        after_cause: None,
     })
 }
 

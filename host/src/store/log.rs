@@ -155,9 +155,16 @@ pub struct Log {
     syncer: Mutex<Option<JoinHandle<()>>>,
     committed: Counter,
     dedup_window: Duration,
+    observer: std::sync::OnceLock<Arc<crate::observe::Observer>>,
 }
 
 impl Log {
+    /// Show every committed event to `observer` (the flow, the catalog,
+    /// the live tail); once.
+    pub fn observe(&self, observer: Arc<crate::observe::Observer>) {
+        let _ = self.observer.set(observer);
+    }
+
     /// Start the committer on `store` with the default duplicate window and
     /// no retention; `committed` counts the events it commits.
     pub fn start(store: Store, fsync: Fsync, committed: Counter) -> Result<Arc<Log>, StoreError> {
@@ -199,6 +206,7 @@ impl Log {
             syncer: Mutex::default(),
             committed,
             dedup_window,
+            observer: std::sync::OnceLock::new(),
         });
         let dedup = log.recent_ids(dedup_window)?;
         let thread_err = |what: &str, e: std::io::Error| StoreError::Open {
@@ -547,6 +555,9 @@ impl Log {
             return Vec::new();
         };
         let count = events.len() as u64;
+        if let Some(o) = self.observer.get() {
+            o.accepted(&events);
+        }
         let gone = {
             let mut tail = self.tail.write().unwrap_or_else(|p| p.into_inner());
             tail.events.extend(events);

@@ -263,6 +263,11 @@ impl Backend for EmbeddedBackend {
         Ok(())
     }
 
+    fn cursors(&self, plugin: &str) -> Result<Vec<crate::store::progress::Cursor>, BackendError> {
+        let cursors = self.log.store().cursors_of(plugin)?;
+        Ok(cursors.into_iter().map(|(_, c)| c).collect())
+    }
+
     fn dead_letters(&self, plugin: &str) -> Result<Vec<DeadLetter>, BackendError> {
         Ok(self.log.store().dead_letters(plugin)?)
     }

@@ -1,0 +1,153 @@
+//! The flow nobody wrote down, as this host saw it since it started:
+//!
+//! - `GET /v1/flow?window=SECONDS` (default 60, 1 to 60): topics and
+//!   plugins as nodes; edges for subscriptions (topic → plugin, for each
+//!   topic seen that a plugin's pattern matches, or the pattern itself
+//!   when it matched none yet) and for observed publishes (plugin →
+//!   topic, counted as follow-ups are committed), each with its rate over
+//!   the window and, for publishes, the mean time from cause to follow-up.
+//!   `revision` changes only when the set of nodes and edges does, so a
+//!   page lays the graph out again only then.
+//! - `GET /v1/catalog`: every topic seen, who publishes and who consumes
+//!   it, the newest payload and a JSON Schema inferred from the sampled
+//!   recent payloads.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::AppState;
+use crate::observe::shape::Shape;
+use crate::plugin::PluginStatus;
+use crate::topic::Pattern;
+
+#[derive(serde::Deserialize)]
+pub(super) struct FlowQuery {
+    window: Option<u64>,
+}
+
+/// Each plugin's parsed subscriptions.
+fn patterns(status: &[PluginStatus]) -> Vec<(&PluginStatus, Vec<Pattern>)> {
+    status
+        .iter()
+        .map(|p| {
+            let pats = p
+                .subscriptions
+                .iter()
+                .filter_map(|s| Pattern::parse(s).ok())
+                .collect();
+            (p, pats)
+        })
+        .collect()
+}
+
+pub(super) async fn flow(State(state): State<AppState>, Query(q): Query<FlowQuery>) -> Response {
+    let window = Duration::from_secs(q.window.unwrap_or(60));
+    let registry = state.registry.clone();
+    let status = tokio::task::block_in_place(|| registry.status());
+    let snapshot = state.observer.snapshot(window);
+    let subscribers = patterns(&status);
+    let mut nodes: Vec<Value> = Vec::new();
+    let mut edges: Vec<Value> = Vec::new();
+    for t in &snapshot.topics {
+        let by_outside = t.publishers.iter().any(|(p, _)| p.is_none());
+        nodes.push(json!({
+            "id": format!("topic:{}", t.topic), "kind": "topic", "name": t.topic,
+            "rate": t.rate, "total": t.total, "from_outside": by_outside,
+        }));
+    }
+    for (p, pats) in &subscribers {
+        nodes.push(json!({
+            "id": format!("plugin:{}", p.name), "kind": "plugin", "name": p.name,
+            "state": p.state, "version": p.version, "handled": p.handled, "failed": p.failed,
+            "queue_depth": p.queue_depth, "lag": p.lag,
+        }));
+        for pat in pats {
+            let mut matched = false;
+            for t in snapshot.topics.iter().filter(|t| pat.matches(&t.topic)) {
+                matched = true;
+                edges.push(json!({
+                    "from": format!("topic:{}", t.topic), "to": format!("plugin:{}", p.name),
+                    "kind": "subscribes", "pattern": pat.as_str(), "rate": t.rate,
+                }));
+            }
+            if !matched {
+                let id = format!("pattern:{}", pat.as_str());
+                if !nodes.iter().any(|n| n["id"] == id.as_str()) {
+                    nodes.push(json!({"id": id, "kind": "pattern", "name": pat.as_str(), "rate": 0.0, "total": 0}));
+                }
+                edges.push(json!({
+                    "from": id, "to": format!("plugin:{}", p.name),
+                    "kind": "subscribes", "pattern": pat.as_str(), "rate": 0.0,
+                }));
+            }
+        }
+    }
+    for e in &snapshot.edges {
+        edges.push(json!({
+            "from": format!("plugin:{}", e.plugin), "to": format!("topic:{}", e.topic),
+            "kind": "publishes", "rate": e.rate, "total": e.total, "latency_ms": e.latency_ms,
+        }));
+    }
+    let mut h = foldhash::quality::FixedState::default().build_hasher();
+    for n in &nodes {
+        n["id"].as_str().hash(&mut h);
+    }
+    for e in &edges {
+        (e["from"].as_str(), e["to"].as_str()).hash(&mut h);
+    }
+    Json(json!({
+        "window_seconds": snapshot.window.as_secs(),
+        "revision": format!("{:016x}", h.finish()),
+        "nodes": nodes,
+        "edges": edges,
+        "untracked_events": snapshot.untracked,
+    }))
+    .into_response()
+}
+
+pub(super) async fn catalog(State(state): State<AppState>) -> Response {
+    let registry = state.registry.clone();
+    let status = tokio::task::block_in_place(|| registry.status());
+    let snapshot = state.observer.snapshot(Duration::from_secs(60));
+    let subscribers = patterns(&status);
+    let topics: Vec<Value> = snapshot
+        .topics
+        .iter()
+        .map(|t| {
+            let consumers: Vec<&str> = subscribers
+                .iter()
+                .filter(|(_, pats)| pats.iter().any(|p| p.matches(&t.topic)))
+                .map(|(p, _)| p.name.as_str())
+                .collect();
+            let publishers: Vec<Value> = t
+                .publishers
+                .iter()
+                .map(|(p, n)| json!({"plugin": p, "events": n}))
+                .collect();
+            let parsed: Vec<Value> = t
+                .samples
+                .iter()
+                .filter_map(|s| serde_json::from_slice(&s.data).ok())
+                .collect();
+            let example = t.samples.last().map(|s| {
+                let data = serde_json::from_slice::<Value>(&s.data)
+                    .unwrap_or_else(|_| json!(String::from_utf8_lossy(&s.data)));
+                json!({"sequence": s.sequence, "id": s.id, "time": s.time,
+                       "datacontenttype": s.datacontenttype, "data": data})
+            });
+            json!({
+                "topic": t.topic, "events": t.total, "rate": t.rate,
+                "first_seen": t.first_seen, "last_seen": t.last_seen,
+                "publishers": publishers, "consumers": consumers, "example": example,
+                "schema": (!parsed.is_empty()).then(|| Shape::of(&parsed).schema()),
+                "samples": t.samples.len(), "json_samples": parsed.len(),
+            })
+        })
+        .collect();
+    Json(json!({ "topics": topics, "untracked_events": snapshot.untracked })).into_response()
+}
