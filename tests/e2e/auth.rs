@@ -134,6 +134,19 @@ fn scopes_are_enforced(h: &TestHost, t: &Tokens, tls: &[&str]) {
         r.headers
     );
     assert!(r.body.contains("Authorization: Bearer"), "{}", r.body);
+    // The console's files hold no data and need no token; the API calls
+    // it makes (the stream among them) do.
+    let page = run("GET", "/console/", &[]);
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.headers
+            .to_ascii_lowercase()
+            .contains("content-security-policy: default-src 'self'"),
+        "{}",
+        page.headers
+    );
+    assert_eq!(run("GET", "/v1/stream", &[]).status, 401);
+    assert_eq!(run("GET", "/v1/flow", &[]).status, 401);
     // A wrong token: 401, said to be unknown.
     let wrong = bearer("pbt_not-a-token");
     let r = run("GET", "/v1/plugins", &["-H", &wrong]);

@@ -53,6 +53,16 @@ fn dead_count(h: &TestHost, path: &str) -> Option<usize> {
         .and_then(|v| v["dead_letters"].as_array().map(Vec::len))
 }
 
+/// Give up on an event after two attempts, retried within milliseconds.
+const GIVE_UP_FAST: [&str; 6] = [
+    "--max-attempts",
+    "2",
+    "--backoff-ms-min",
+    "10",
+    "--backoff-ms-max",
+    "20",
+];
+
 fn host(plugins: &[PluginFile<'_>], args: &[&str]) -> TestHost {
     TestHost::start(BIN, plugins, args).unwrap_or_else(|e| panic!("host did not start: {e}"))
 }
@@ -62,6 +72,7 @@ mod auth;
 mod brokers;
 mod busy;
 mod concurrency;
+mod console;
 mod dead_letters;
 mod disk;
 mod durable;

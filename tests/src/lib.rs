@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod brokers;
+pub mod browser;
 
 /// Paths of the plugins built to wasm32-wasip1 for this run.
 pub mod artifacts {

@@ -71,6 +71,9 @@ impl Need {
 pub fn needed(method: &Method, path: &str, metrics_open: bool) -> Need {
     match (method, path) {
         (_, "/healthz") => Need::Open,
+        // The console's files hold no data; the API calls it makes need a
+        // token like any other client's.
+        (&Method::GET | &Method::HEAD, "/console" | "/console/" | "/console/{*path}") => Need::Open,
         (_, "/metrics") if metrics_open => Need::Open,
         (&Method::POST, "/v1/events" | "/v1/events/{type}") => Need::Publish,
         (&Method::GET | &Method::HEAD, _) => Need::Read,

@@ -35,6 +35,7 @@
 //! policy.
 
 pub mod auth;
+pub mod console;
 mod flow;
 pub mod reload;
 pub mod serve;
@@ -231,6 +232,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/dead/{plugin}/{sequence}", get(dead_show))
         .route("/v1/dead/{plugin}/redrive", post(dead_redrive))
         .route("/v1/dead/{plugin}/purge", post(dead_purge))
+        .route("/console", get(console::root))
+        .route("/console/", get(console::index))
+        .route("/console/{*path}", get(console::file))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         // Bodies are read with our own limit, below, to answer 413 with a
