@@ -376,6 +376,20 @@ pub struct RunArgs {
     /// are numbered after it. Without it plugbus refuses to start.
     #[arg(long)]
     pub accept_lost_events: bool,
+    /// Export publish and process spans over OTLP/HTTP (protobuf) to this
+    /// collector, e.g. http://127.0.0.1:4318 (`/v1/traces` is added). Off
+    /// unless given.
+    #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp: Option<String>,
+    /// The share of new traces exported, 0 to 1; a trace that comes with a
+    /// context (traceparent) follows its sampled flag.
+    #[arg(long, default_value_t = 1.0)]
+    pub otlp_sample_ratio: f64,
+    /// How log lines are written: `text`, or `json` (one object a line;
+    /// lines written while a plugin handles a batch carry its plugin and
+    /// sequences, and the correlation and trace ids of its chain).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     /// Most events passed to one plugin call.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub batch_events_max: u64,
@@ -512,6 +526,12 @@ impl RunArgs {
             return Err(format!(
                 "--listen {} is reachable from other machines, and without a token file anyone who reaches it may publish, read every plugin's state, purge dead letters and wipe state by replay; give --auth FILE (make tokens with `plugbus token new NAME --scope ...`), or --insecure-no-auth to accept the risk knowingly",
                 self.listen
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.otlp_sample_ratio) {
+            return Err(format!(
+                "--otlp-sample-ratio {} is not a share; give a number from 0 to 1",
+                self.otlp_sample_ratio
             ));
         }
         if self.backoff_ms_min > self.backoff_ms_max {

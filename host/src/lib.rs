@@ -23,4 +23,5 @@ pub mod plugin;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod topic;

@@ -17,18 +17,40 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
-                )
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .init();
+            let filter = || {
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn,opentelemetry=warn".into())
+            };
+            if args.log_format == "json" {
+                plugbus::telemetry::log_batch_spans();
+                tracing_subscriber::fmt()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_env_filter(filter())
+                    .with_writer(std::io::stderr)
+                    .init();
+            } else {
+                tracing_subscriber::fmt()
+                    .with_env_filter(filter())
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .init();
+            }
             let settings = match args.settings() {
                 Ok(s) => s,
                 Err(e) => return fail(&e),
             };
+            // Before the async runtime: the exporter's blocking HTTP client
+            // is made and dropped outside it.
+            if let Some(url) = &args.otlp {
+                match plugbus::telemetry::start(url, args.otlp_sample_ratio) {
+                    Ok(t) => {
+                        tracing::info!(endpoint = %t.endpoint, sample_ratio = args.otlp_sample_ratio, "exporting spans over OTLP/HTTP")
+                    }
+                    Err(e) => return fail(&e.to_string()),
+                }
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -36,7 +58,10 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
             };
-            match runtime.block_on(plugbus::server::run(settings)) {
+            let ran = runtime.block_on(plugbus::server::run(settings));
+            drop(runtime);
+            plugbus::telemetry::shutdown();
+            match ran {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e.to_string()),
             }

@@ -88,4 +88,5 @@ mod plugins;
 mod release;
 mod state;
 mod storms;
+mod telemetry;
 mod tiers;

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 pub mod brokers;
 pub mod browser;
+pub mod otlp;
 
 /// Paths of the plugins built to wasm32-wasip1 for this run.
 pub mod artifacts {
@@ -180,10 +181,17 @@ impl TestHost {
             token: None,
         };
         let ready = host.wait_ready(Duration::from_secs(120))?;
-        let addr = ready
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("listen="))
-            .ok_or_else(|| format!("no listen= in {ready:?}"))?;
+        // A text line (`listen=ADDR`) or a JSON one (`--log-format json`).
+        let json_listen = serde_json::from_str::<Value>(&ready)
+            .ok()
+            .and_then(|v| v["fields"]["listen"].as_str().map(str::to_string));
+        let addr = match &json_listen {
+            Some(a) => a.as_str(),
+            None => ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("listen="))
+                .ok_or_else(|| format!("no listen= in {ready:?}"))?,
+        };
         let scheme = if args.contains(&"--tls-cert") {
             "https"
         } else {

@@ -351,7 +351,13 @@ async fn publish(
         }
     }
     let single = (events.len() == 1).then(|| events[0].id.clone());
-    let published = state.dispatch.publish_async(events).await?;
+    // With OTLP export, each event's publish span becomes its context.
+    let spans = crate::telemetry::get().map(|t| t.publishing(&mut events));
+    let published = state.dispatch.publish_async(events).await;
+    if let Some(spans) = spans {
+        spans.end(published.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+    }
+    let published = published?;
     let body = match single {
         Some(id) => json!({ "accepted": 1, "id": id, "sequence": published.first_sequence,
                             "duplicate": published.duplicates > 0 }),

@@ -682,6 +682,11 @@ impl Until {
 }
 
 impl RunningPlugin {
+    /// The version the serving build reports.
+    pub(crate) fn version(&self) -> String {
+        self.release().version
+    }
+
     fn release(&self) -> Release {
         self.release
             .read()

@@ -75,6 +75,7 @@ use crate::event::{Chunk, Event};
 use crate::metrics::{self, DropReason, Metrics};
 use crate::runtime::kv;
 use crate::runtime::{self, BatchResult, CallError, CallMode, Outcome, PluginInstance};
+use crate::telemetry::Handled;
 
 /// How long an idle worker waits for events before looking for a new
 /// version again.
@@ -312,6 +313,8 @@ impl Worker {
             return;
         }
         self.keep_lease();
+        let span = crate::telemetry::batch_span(&self.plugin.name, batch);
+        let _in_span = span.enter();
         let started = Instant::now();
         if let Some(from) = self.pause_from.take() {
             let pause = started.saturating_duration_since(from);
@@ -371,7 +374,7 @@ impl Worker {
             .observe(handled_at.duration_since(started).as_secs_f64());
         self.batch_events.observe(batch.len() as f64);
         match result {
-            Ok(result) => {
+            Ok(mut result) => {
                 let mut acked = 0;
                 let mut failed = None;
                 for o in &result.outcomes {
@@ -410,6 +413,24 @@ impl Worker {
                         }
                     }
                 }
+                if let Some(t) = crate::telemetry::get() {
+                    let outcomes: Vec<Handled<'_>> = result
+                        .outcomes
+                        .iter()
+                        .map(|o| match o {
+                            Outcome::Ack => Handled::Ack,
+                            Outcome::Retry(r) => Handled::Retry(&r.message),
+                            Outcome::Reject(why) => Handled::Reject(why),
+                        })
+                        .collect();
+                    self.export(
+                        t,
+                        batch,
+                        &outcomes,
+                        (started, handled_at),
+                        &mut result.published,
+                    );
+                }
                 let follow_ups: Vec<Event> = result
                     .published
                     .into_iter()
@@ -430,6 +451,11 @@ impl Worker {
                 self.traps.inc();
                 tracing::error!(plugin = %self.plugin.name, batch_events = batch.len(), "{e}; the batch counts as a failed attempt and the instance is re-made");
                 let message = e.to_string();
+                if let Some(t) = crate::telemetry::get() {
+                    let outcomes: Vec<Handled<'_>> =
+                        batch.iter().map(|_| Handled::Failed(&message)).collect();
+                    self.export(t, batch, &outcomes, (started, handled_at), &mut []);
+                }
                 self.note_batch(false, Some(&message));
                 for (event, &attempt) in batch.iter().zip(attempts) {
                     self.fail(event, attempt, None, &message);
@@ -438,6 +464,30 @@ impl Worker {
                 self.finish(batch, kv::Writes::new(), 0, Vec::new());
             }
         }
+    }
+
+    /// Export the batch's process spans and its follow-ups' publish spans
+    /// (handled over `during`, two instants).
+    fn export(
+        &self,
+        t: &crate::telemetry::Telemetry,
+        batch: &[Arc<Event>],
+        outcomes: &[Handled<'_>],
+        during: (Instant, Instant),
+        follow_ups: &mut [(usize, Event)],
+    ) {
+        let now = std::time::SystemTime::now();
+        let ago = |at: Instant| now.checked_sub(at.elapsed()).unwrap_or(now);
+        let version = self.plugin.version();
+        t.processed(
+            &self.plugin.name,
+            &version,
+            batch,
+            outcomes,
+            ago(during.0),
+            ago(during.1),
+            follow_ups,
+        );
     }
 
     /// Call the plugin in `mode` (on this thread, whose stack has room for
