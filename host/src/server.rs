@@ -156,8 +156,12 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
     match &dispatch {
         Dispatch::Memory(bus) => bus.observe(observer.clone()),
         Dispatch::Durable(log) => log.observe(observer.clone()),
-        // A broker's appends are observed where this host makes them.
-        Dispatch::Broker(_) => {}
+        Dispatch::Broker(backend) => {
+            tokio::spawn(crate::observe::follow::follow(
+                backend.clone(),
+                observer.clone(),
+            ));
+        }
     }
     let registry = Arc::new(Registry::new(
         dispatch.clone(),

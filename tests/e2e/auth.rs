@@ -145,6 +145,7 @@ fn scopes_are_enforced(h: &TestHost, t: &Tokens, tls: &[&str]) {
         "{}",
         page.headers
     );
+    assert_eq!(run("GET", "/v1/openapi.json", &[]).status, 200);
     assert_eq!(run("GET", "/v1/stream", &[]).status, 401);
     assert_eq!(run("GET", "/v1/flow", &[]).status, 401);
     // A wrong token: 401, said to be unknown.

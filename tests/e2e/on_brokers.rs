@@ -160,6 +160,57 @@ fn the_order_flow_runs_with_its_chain<B: Broker>() {
     assert!(status.success(), "clean exit on SIGTERM, got {status}");
 }
 
+/// What one host shows of the flow covers every host's events: its tail
+/// (with the broker's sequences), its flow graph and its catalog.
+fn one_host_shows_the_flow_of_every_host<B: Broker>() {
+    let broker = B::start();
+    let a = on(&broker, "a");
+    let b = on(&broker, "b");
+    let mut s = a
+        .stream(
+            "/v1/stream?topic=order.*,inventory.>&rates=0&plugins=0",
+            None,
+        )
+        .expect("stream");
+    s.until("hello", |_| true).expect("hello");
+    let accepted = post_order(&b, "o-1").1;
+    let id = accepted["id"].as_str().expect("id").to_string();
+    let placed = s
+        .until("tail", |f| f.json()["id"] == id.as_str())
+        .expect("b's order in a's tail");
+    assert_eq!(
+        placed.id.as_deref(),
+        Some(accepted["sequence"].to_string().as_str())
+    );
+    let follow = s
+        .until("tail", |f| f.json()["correlationid"] == id.as_str())
+        .expect("its follow-up");
+    assert_eq!(follow.json()["published_by"], "inventory");
+    drop(s);
+    a.wait_until("the publish edge in a's flow", WAIT, |h| {
+        h.get("/v1/flow").is_ok_and(|f| {
+            f["edges"].as_array().is_some_and(|edges| {
+                edges.iter().any(|e| {
+                    e["from"] == "plugin:inventory"
+                        && e["kind"] == "publishes"
+                        && e["to"]
+                            .as_str()
+                            .is_some_and(|t| t.starts_with("topic:inventory."))
+                })
+            })
+        })
+    })
+    .expect("flow");
+    let catalog = a.get("/v1/catalog").expect("catalog");
+    let topics = catalog["topics"].as_array().expect("topics");
+    assert!(
+        topics.iter().any(|t| t["topic"] == "order.placed"),
+        "{catalog}"
+    );
+    assert!(a.stop().expect("stops").success());
+    assert!(b.stop().expect("stops").success());
+}
+
 fn two_hosts_share_each_plugin_and_count_every_order_once<B: Broker>() {
     const ORDERS: u64 = 40;
     let broker = B::start();
@@ -559,6 +610,10 @@ macro_rules! on_broker {
             #[test]
             fn the_order_flow_runs_with_its_chain() {
                 super::the_order_flow_runs_with_its_chain::<$kind>();
+            }
+            #[test]
+            fn one_host_shows_the_flow_of_every_host() {
+                super::one_host_shows_the_flow_of_every_host::<$kind>();
             }
             #[test]
             fn two_hosts_share_each_plugin_and_count_every_order_once() {

@@ -46,6 +46,7 @@ fn patterns(status: &[PluginStatus]) -> Vec<(&PluginStatus, Vec<Pattern>)> {
 }
 
 pub(super) async fn flow(State(state): State<AppState>, Query(q): Query<FlowQuery>) -> Response {
+    state.observer.look();
     let window = Duration::from_secs(q.window.unwrap_or(60));
     let registry = state.registry.clone();
     let status = tokio::task::block_in_place(|| registry.status());
@@ -111,6 +112,7 @@ pub(super) async fn flow(State(state): State<AppState>, Query(q): Query<FlowQuer
 }
 
 pub(super) async fn catalog(State(state): State<AppState>) -> Response {
+    state.observer.look();
     let registry = state.registry.clone();
     let status = tokio::task::block_in_place(|| registry.status());
     let snapshot = state.observer.snapshot(Duration::from_secs(60));

@@ -6,7 +6,12 @@
 //!   (`application/cloudevents+json`), batch mode
 //!   (`application/cloudevents-batch+json`) or binary mode (`ce-*` headers,
 //!   any content type).
-//! - `GET /v1/plugins`, `GET /healthz`, `GET /metrics`.
+//! - `GET /v1/plugins`, `GET /healthz`, `GET /metrics`, and the OpenAPI
+//!   document of all of it at `GET /v1/openapi.json`.
+//! - What the host sees of its flow: `GET /v1/stream` (server-sent
+//!   events: live tail, rates, plugin changes; `http::stream`),
+//!   `GET /v1/flow` and `GET /v1/catalog` (`http::flow`), and the
+//!   operator console at `/console/` (`http::console`), a client of these.
 //! - The log (durable mode): `GET /v1/log?from=SEQ&limit=N` (default: the
 //!   last 20), `GET /v1/log/{sequence}`; `POST /v1/plugins/{name}/replay`
 //!   with `{"from_sequence": N}` or `{"from_time": "RFC 3339"}`, and
@@ -235,6 +240,7 @@ pub fn router(state: AppState) -> Router {
         .route("/console", get(console::root))
         .route("/console/", get(console::index))
         .route("/console/{*path}", get(console::file))
+        .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         // Bodies are read with our own limit, below, to answer 413 with a
@@ -427,6 +433,13 @@ async fn plugins(State(state): State<AppState>) -> Response {
     let (plugins, backend) =
         tokio::task::block_in_place(|| (registry.status(), registry.backend_status()));
     Json(json!({ "plugins": plugins, "backend": backend })).into_response()
+}
+
+/// The OpenAPI document of this API (`host/api/openapi.json`).
+pub const OPENAPI: &str = include_str!("../../api/openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
@@ -704,4 +717,38 @@ async fn replay(
         Json(json!({ "from_sequence": from, "reset_state": reset_state, "plugin": status }))
             .into_response(),
     )
+}
+
+#[cfg(test)]
+mod openapi_tests {
+    /// Every route the router serves is in the OpenAPI document, with its
+    /// method, and the document names no route that is not served.
+    #[test]
+    fn the_openapi_document_covers_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("JSON");
+        let paths = doc["paths"].as_object().expect("paths");
+        let source = include_str!("mod.rs");
+        let mut served = Vec::new();
+        for line in source.lines().map(str::trim) {
+            let Some(rest) = line.strip_prefix(".route(\"") else {
+                continue;
+            };
+            let (path, handler) = rest.split_once("\", ").expect("a route line");
+            let method = handler.split('(').next().unwrap_or_default();
+            if path.starts_with("/console") && path != "/console/" {
+                continue;
+            }
+            served.push(path.to_string());
+            assert!(
+                paths.get(path).and_then(|p| p.get(method)).is_some(),
+                "{method} {path} is served but not in host/api/openapi.json"
+            );
+        }
+        for path in paths.keys() {
+            assert!(
+                served.contains(path),
+                "{path} is in openapi.json but not served"
+            );
+        }
+    }
 }

@@ -166,6 +166,15 @@ async fn feed(state: AppState, filter: Filter, o: Options, tx: Frames) {
     }
     let mut sent_through = 0u64;
     let mut backlog_skipped = 0u64;
+    if let (true, None, crate::dispatch::Dispatch::Broker(b)) = (o.tail, o.resume, &state.dispatch)
+    {
+        // The broker's log is read back from before the head when someone
+        // starts looking: the tail starts at the head as it is now.
+        let b = b.clone();
+        if let Ok(Ok(head)) = tokio::task::spawn_blocking(move || b.head()).await {
+            sent_through = head;
+        }
+    }
     if let (true, Some(after)) = (o.tail, o.resume) {
         match backlog(&state, &filter, after).await {
             Ok((events, skipped)) => {
@@ -222,6 +231,10 @@ async fn feed(state: AppState, filter: Filter, o: Options, tx: Frames) {
                 }
                 if !(o.rates || o.plugins) {
                     continue;
+                }
+                if o.rates {
+                    // Topic rates are counted while someone watches them.
+                    state.observer.look();
                 }
                 let registry = state.registry.clone();
                 let Ok(status) = tokio::task::spawn_blocking(move || registry.status()).await else {

@@ -10,10 +10,14 @@
 //!   before its bounded queue, and what a full queue or a rate cap leaves
 //!   out is counted, never waited for.
 //!
+//! On a broker the events are read back from its log while anyone looks
+//! ([`follow`]), so they include every host's.
+//!
 //! The counting takes one lock per committed group and one map lookup per
 //! run of events of one topic. Nothing here is durable: the flow and the
 //! catalog describe what this process saw since it started.
 
+pub mod follow;
 pub mod shape;
 pub mod stats;
 pub mod tail;
@@ -29,6 +33,8 @@ pub struct Observer {
     tail: Arc<tail::Tail>,
     /// True once the host is stopping: open streams end.
     closing: tokio::sync::watch::Sender<bool>,
+    /// When the flow or the catalog was last asked for.
+    looked: Mutex<Option<std::time::Instant>>,
 }
 
 impl Observer {
@@ -38,6 +44,7 @@ impl Observer {
             stats: Mutex::new(stats::Stats::default()),
             tail: Arc::new(tail::Tail::new(metrics)),
             closing: tokio::sync::watch::Sender::new(false),
+            looked: Mutex::new(None),
         }
     }
 
@@ -73,6 +80,22 @@ impl Observer {
     /// them skips the copy when not.
     pub fn tailing(&self) -> bool {
         self.tail.connected() > 0
+    }
+
+    /// Someone looked at the flow or the catalog (a broker's log is
+    /// followed for a while: [`follow`]).
+    pub fn look(&self) {
+        *self.looked.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+    }
+
+    /// Whether a tail is connected or someone looked within `window`.
+    pub fn looked_at_within(&self, window: std::time::Duration) -> bool {
+        self.tailing()
+            || self
+                .looked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|at| at.elapsed() < window)
     }
 
     /// A snapshot of the counts, for the flow graph and the catalog.
