@@ -43,13 +43,17 @@
 //!   plugin handled every accepted event, plain and with a token file, TLS
 //!   and both (`fanout/http.rs`);
 //! - latency: publish (HTTP) to handled, at fixed rates, durable and in
-//!   memory, beside the three reference plugins (HDR histogram).
+//!   memory, beside the three reference plugins (HDR histogram);
+//! - console: publishing with the observer, nobody watching and 1 and 4
+//!   live tails, against no observer; memory per tail; the console API's
+//!   latency on a log of 1 M events; page weight; first render in headless
+//!   chromium (`fanout/console.rs`).
 //!
 //! Run with `scripts/bench.sh` (installs redis-server and wrk), or
 //! `cargo bench -p plugbus --bench fanout`; rows whose tools are missing say
 //! so. `PLUGBUS_BENCH_EVENTS` sets the event count (default 1,000,000);
 //! `PLUGBUS_BENCH_ONLY` (a comma-separated subset of `floor,wasm,plugbus,
-//! redis,swap,busy,isolation,concurrency,startup,durable,http,latency`) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
+//! redis,swap,busy,isolation,concurrency,startup,durable,http,latency,console`) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
 //! prints each plugin's time inside `handle` and its batch sizes;
 //! `PLUGBUS_BENCH_BROKERS` (a comma-separated subset of
 //! `redis,nats,nats-synced`) keeps only those brokers' rows,
@@ -74,6 +78,8 @@ use std::time::{Duration, Instant};
 mod binary;
 #[path = "fanout/brokers.rs"]
 mod brokers;
+#[path = "fanout/console.rs"]
+mod console;
 #[path = "fanout/durable.rs"]
 mod durable;
 #[path = "fanout/http.rs"]
@@ -758,6 +764,9 @@ fn main() {
             let _ = std::fs::remove_dir_all(&data);
             latencies.push((name, rate, latency(&dir, &args, rate, 5)));
         }
+    }
+    if want("console") {
+        console::rows(n, &mut rows);
     }
     let _ = std::fs::remove_dir_all(&dir);
 

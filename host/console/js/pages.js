@@ -236,6 +236,7 @@ export function dead(main, app, params) {
       h('button', { id: 'dead-redrive', onclick: () => act('redrive', selected()) }, 'Re-drive selected'),
       h('button', { id: 'dead-redrive-all', onclick: () => act('redrive', shown()) }, 'Re-drive all shown'),
       h('button', { id: 'dead-purge', class: 'danger', onclick: () => act('purge', selected()) }, 'Purge selected'),
+      h('button', { id: 'dead-purge-all', class: 'danger', onclick: () => act('purge', shown()) }, 'Purge all shown'),
       h('button', { id: 'dead-refresh', class: 'secondary', onclick: load }, 'Refresh')),
     status, list, detail);
   load();

@@ -73,7 +73,11 @@ pub fn needed(method: &Method, path: &str, metrics_open: bool) -> Need {
         (_, "/healthz") => Need::Open,
         // The console's files hold no data; the API calls it makes need a
         // token like any other client's.
-        (&Method::GET | &Method::HEAD, "/console" | "/console/" | "/console/{*path}") => Need::Open,
+        // Nor does the API's own description.
+        (
+            &Method::GET | &Method::HEAD,
+            "/console" | "/console/" | "/console/{*path}" | "/v1/openapi.json",
+        ) => Need::Open,
         (_, "/metrics") if metrics_open => Need::Open,
         (&Method::POST, "/v1/events" | "/v1/events/{type}") => Need::Publish,
         (&Method::GET | &Method::HEAD, _) => Need::Read,
@@ -461,6 +465,10 @@ scopes = ["admin"]
         assert_eq!(needed(&Method::GET, "/healthz", false), Need::Open);
         assert_eq!(needed(&Method::GET, "/metrics", true), Need::Open);
         assert_eq!(needed(&Method::GET, "/metrics", false), Need::Read);
+        assert_eq!(needed(&Method::GET, "/console/{*path}", false), Need::Open);
+        assert_eq!(needed(&Method::GET, "/v1/openapi.json", false), Need::Open);
+        assert_eq!(needed(&Method::POST, "/console/", false), Need::Admin);
+        assert_eq!(needed(&Method::GET, "/v1/stream", false), Need::Read);
         assert_eq!(
             needed(&Method::POST, "/v1/events/{type}", false),
             Need::Publish
