@@ -153,6 +153,15 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         }
     };
     let observer = Arc::new(crate::observe::Observer::new(&metrics));
+    // Counting stops once nobody has looked for a while.
+    let expiring = observer.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            expiring.expire();
+        }
+    });
     match &dispatch {
         Dispatch::Memory(bus) => bus.observe(observer.clone()),
         Dispatch::Durable(log) => log.observe(observer.clone()),
@@ -170,6 +179,9 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         settings.delivery.clone(),
     ));
     registry.start_optimizer()?;
+    if let (Dispatch::Durable(_), Some(backend)) = (&dispatch, registry.backend()) {
+        observer.history_from(backend);
+    }
     let dir = settings.plugins.clone();
     // Watch first, so that nothing deployed while the others load is missed
     // (the registry serialises the two).

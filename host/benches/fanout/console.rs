@@ -7,9 +7,8 @@
 //! page weight and its time to first render in headless chromium.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use plugbus::bus::Bus;
@@ -25,8 +24,6 @@ use super::{events, row, Row};
 
 /// Events per publish call (as an HTTP batch or a follow-up group).
 const BATCH: usize = 64;
-/// Rounds of each variant, interleaved; the median is reported.
-const ROUNDS: usize = 3;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Watch {
@@ -51,31 +48,43 @@ impl Watch {
 /// What a run measured.
 struct Run {
     rate: f64,
+    /// CPU time of the whole process (publisher, committer, tails) per
+    /// event published: what watching costs, whoever else uses the cores.
+    cpu_ns: f64,
     /// Events the tails received, and missed (queue full, rate cap).
     sent: u64,
     queue_full: u64,
     rate_cap: u64,
 }
 
-/// `n` tails draining their queues on threads until `stop`.
+/// `n` tails, each an async task (as a stream client is) receiving from
+/// its queue until `stop`; each answers what it got and missed.
 fn tails(
+    rt: &tokio::runtime::Runtime,
     observer: &Arc<Observer>,
     n: usize,
     rate: u32,
-    stop: &Arc<AtomicBool>,
-) -> Vec<thread::JoinHandle<(u64, u64, u64)>> {
+    stop: &Arc<tokio::sync::Notify>,
+) -> Vec<tokio::task::JoinHandle<(u64, u64, u64)>> {
     (0..n)
         .map(|_| {
             let mut sub = observer.subscribe(Filter::default(), rate);
             let stop = stop.clone();
-            thread::spawn(move || {
+            rt.spawn(async move {
                 let mut got = 0u64;
+                let stopped = stop.notified();
+                tokio::pin!(stopped);
                 loop {
-                    match sub.events.try_recv() {
-                        Ok(_) => got += 1,
-                        Err(_) if stop.load(Ordering::Relaxed) => break,
-                        Err(_) => thread::sleep(Duration::from_micros(200)),
+                    tokio::select! {
+                        e = sub.events.recv() => match e {
+                            Some(_) => got += 1,
+                            None => break,
+                        },
+                        () = &mut stopped => break,
                     }
+                }
+                while sub.events.try_recv().is_ok() {
+                    got += 1;
                 }
                 (
                     got,
@@ -87,12 +96,23 @@ fn tails(
         .collect()
 }
 
+/// CPU time this process has used.
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 fn measure(watch: Watch, n: usize, durable: bool, tail_rate: u32) -> Run {
     let metrics = Arc::new(Metrics::new());
     let observer = Arc::new(Observer::new(&metrics));
-    let stop = Arc::new(AtomicBool::new(false));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stop = Arc::new(tokio::sync::Notify::new());
     let clients = match watch {
-        Watch::Tails(k) => tails(&observer, k, tail_rate, &stop),
+        Watch::Tails(k) => tails(&rt, &observer, k, tail_rate, &stop),
         _ => Vec::new(),
     };
     let template = events(1).remove(0);
@@ -105,6 +125,7 @@ fn measure(watch: Watch, n: usize, durable: bool, tail_rate: u32) -> Run {
             })
             .collect()
     };
+    let cpu = process_cpu();
     let rate = if durable {
         let (dir, log) = temp_log("console", Fsync::Interval(Duration::from_millis(100)));
         if watch != Watch::Before {
@@ -137,15 +158,17 @@ fn measure(watch: Watch, n: usize, durable: bool, tail_rate: u32) -> Run {
         }
         (n / BATCH * BATCH) as f64 / start.elapsed().as_secs_f64()
     };
-    stop.store(true, Ordering::Relaxed);
+    stop.notify_waiters();
+    let cpu_ns = (process_cpu() - cpu).as_nanos() as f64 / (n / BATCH * BATCH) as f64;
     let mut run = Run {
         rate,
+        cpu_ns,
         sent: 0,
         queue_full: 0,
         rate_cap: 0,
     };
     for c in clients {
-        let (got, full, capped) = c.join().expect("tail thread");
+        let (got, full, capped) = rt.block_on(c).expect("tail task");
         run.sent += got;
         run.queue_full += full;
         run.rate_cap += capped;
@@ -153,7 +176,9 @@ fn measure(watch: Watch, n: usize, durable: bool, tail_rate: u32) -> Run {
     run
 }
 
-/// The publish rows: each variant in `ROUNDS` interleaved rounds.
+/// The publish rows: each variant in `rounds()` interleaved rounds; each
+/// round's rate is compared with the same round's no-observer rate, and
+/// the median of those paired ratios is reported with every round's.
 fn publish_rows(n: usize, durable: bool, rows: &mut Vec<Row>) {
     let variants = [
         Watch::Before,
@@ -161,55 +186,74 @@ fn publish_rows(n: usize, durable: bool, rows: &mut Vec<Row>) {
         Watch::Tails(1),
         Watch::Tails(4),
     ];
+    let rounds = rounds();
     let mut runs: Vec<Vec<Run>> = variants.iter().map(|_| Vec::new()).collect();
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         for (v, watch) in variants.iter().enumerate() {
             runs[v].push(measure(*watch, n, durable, RATE_DEFAULT));
         }
     }
-    let median = |runs: &mut Vec<Run>| -> Run {
-        runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
-        runs.remove(runs.len() / 2)
-    };
-    let medians: Vec<Run> = runs.iter_mut().map(median).collect();
-    let before = medians[0].rate;
     let mode = if durable {
         "durable log (fsync every 100 ms)"
     } else {
         "in memory"
     };
-    for (watch, run) in variants.iter().zip(&medians) {
-        let mut note = format!("{:.1} % of before", 100.0 * run.rate / before);
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for (v, watch) in variants.iter().enumerate() {
+        let ratios: Vec<f64> = (0..rounds)
+            .map(|r| 100.0 * runs[v][r].rate / runs[0][r].rate)
+            .collect();
+        let rate = median(runs[v].iter().map(|r| r.rate).collect());
+        let cpu = median(runs[v].iter().map(|r| r.cpu_ns).collect());
+        let cpu_before = median(runs[0].iter().map(|r| r.cpu_ns).collect());
+        let mut note = format!(
+            "CPU {cpu:.0} ns/event, {:.1} % of before's throughput per CPU; wall rate {:.1} % of before (paired rounds: {})",
+            100.0 * cpu_before / cpu,
+            median(ratios.clone()),
+            ratios
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         if let Watch::Tails(k) = watch {
             let offered = (n / BATCH * BATCH * k) as u64;
+            let all = runs[v]
+                .iter()
+                .all(|r| r.sent + r.rate_cap + r.queue_full == offered);
+            let last = &runs[v][rounds - 1];
             note.push_str(&format!(
-                "; tails got {} of {offered}, missed {} (rate cap {}/s) + {} (queue full): {}",
-                run.sent,
-                run.rate_cap,
+                "; last round the tails got {} of {offered}, missed {} (rate cap {}/s) + {} (queue full); every round {}",
+                last.sent,
+                last.rate_cap,
                 RATE_DEFAULT,
-                run.queue_full,
-                if run.sent + run.rate_cap + run.queue_full == offered {
-                    "all counted"
-                } else {
-                    "NOT all counted"
-                }
+                last.queue_full,
+                if all { "all counted" } else { "NOT all counted" }
             ));
         }
         rows.push(row(
             &format!("publish {mode}, batch {BATCH}: {}", watch.label()),
-            Some(run.rate),
+            Some(rate),
             note,
         ));
     }
     if !durable {
-        // Tails at the highest rate a client may ask for: the queue fills.
+        // Tails at the highest rate a client may ask for.
+        let before = measure(Watch::Before, n, false, RATE_DEFAULT).rate;
         let run = measure(Watch::Tails(4), n, false, plugbus::observe::tail::RATE_MAX);
         let offered = (n / BATCH * BATCH * 4) as u64;
         rows.push(row(
-            &format!("publish in memory: 4 live tails at {} events/s each", plugbus::observe::tail::RATE_MAX),
+            &format!(
+                "publish in memory: 4 live tails at {} events/s each",
+                plugbus::observe::tail::RATE_MAX
+            ),
             Some(run.rate),
             format!(
-                "{:.1} % of before; tails got {}, missed {} (rate cap) + {} (queue full) of {offered}",
+                "CPU {:.0} ns/event; wall rate {:.1} % of a no-observer run beside it; tails got {}, missed {} (rate cap) + {} (queue full) of {offered}",
+                run.cpu_ns,
                 100.0 * run.rate / before,
                 run.sent,
                 run.rate_cap,
@@ -217,6 +261,15 @@ fn publish_rows(n: usize, durable: bool, rows: &mut Vec<Row>) {
             ),
         ));
     }
+}
+
+/// `PLUGBUS_BENCH_CONSOLE_ROUNDS` (default 5).
+fn rounds() -> usize {
+    std::env::var("PLUGBUS_BENCH_CONSOLE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&r: &usize| r > 0)
+        .unwrap_or(5)
 }
 
 /// Resident memory of this process, in bytes.
@@ -227,10 +280,11 @@ fn rss() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-/// Memory per tail: 1000 clients, each with a full queue of events that
+/// Memory per tail: 10,000 clients (measured first, before the other
+/// rows free memory the allocator would reuse), each with a full queue of events that
 /// every client shares (as committed events are).
 fn memory_per_tail() -> f64 {
-    const CLIENTS: usize = 1000;
+    const CLIENTS: usize = 10_000;
     let metrics = Metrics::new();
     let observer = Arc::new(Observer::new(&metrics));
     let shared: Vec<Arc<Event>> = events(plugbus::observe::tail::QUEUE_EVENTS)
@@ -450,12 +504,13 @@ fn first_render(rows: &mut Vec<Row>) {
 
 /// Every console row.
 pub(crate) fn rows(n: usize, rows: &mut Vec<Row>) {
-    publish_rows(n, false, rows);
-    publish_rows((n / 2).max(BATCH), true, rows);
+    let per_tail = memory_per_tail();
+    publish_rows(2 * n, false, rows);
+    publish_rows(n, true, rows);
     rows.push(row(
-        "memory per live tail (queue of 256 full, events shared)",
+        "memory per live tail (its queue of 256 full, the events shared)",
         None,
-        format!("{:.0} bytes", memory_per_tail()),
+        format!("{per_tail:.0} bytes (resident, 10,000 tails)"),
     ));
     api_rows(n, rows);
     page_weight(rows);

@@ -1,4 +1,6 @@
-//! The flow nobody wrote down, as this host saw it since it started:
+//! The flow nobody wrote down, as this host saw it while anyone looked
+//! (and the recent past read back from the log when looking started:
+//! `observe`):
 //!
 //! - `GET /v1/flow?window=SECONDS` (default 60, 1 to 60): topics and
 //!   plugins as nodes; edges for subscriptions (topic → plugin, for each
@@ -46,10 +48,12 @@ fn patterns(status: &[PluginStatus]) -> Vec<(&PluginStatus, Vec<Pattern>)> {
 }
 
 pub(super) async fn flow(State(state): State<AppState>, Query(q): Query<FlowQuery>) -> Response {
-    state.observer.look();
     let window = Duration::from_secs(q.window.unwrap_or(60));
     let registry = state.registry.clone();
-    let status = tokio::task::block_in_place(|| registry.status());
+    let status = tokio::task::block_in_place(|| {
+        state.observer.look();
+        registry.status()
+    });
     let snapshot = state.observer.snapshot(window);
     let subscribers = patterns(&status);
     let mut nodes: Vec<Value> = Vec::new();
@@ -112,9 +116,11 @@ pub(super) async fn flow(State(state): State<AppState>, Query(q): Query<FlowQuer
 }
 
 pub(super) async fn catalog(State(state): State<AppState>) -> Response {
-    state.observer.look();
     let registry = state.registry.clone();
-    let status = tokio::task::block_in_place(|| registry.status());
+    let status = tokio::task::block_in_place(|| {
+        state.observer.look();
+        registry.status()
+    });
     let snapshot = state.observer.snapshot(Duration::from_secs(60));
     let subscribers = patterns(&status);
     let topics: Vec<Value> = snapshot

@@ -154,7 +154,7 @@ async fn feed(state: AppState, filter: Filter, o: Options, tx: Frames) {
     // Subscribed before the backlog is read, so nothing falls between.
     let mut sub = o
         .tail
-        .then(|| state.observer.subscribe(filter.clone(), o.rate));
+        .then(|| tokio::task::block_in_place(|| state.observer.subscribe(filter.clone(), o.rate)));
     let mode = match &state.dispatch {
         crate::dispatch::Dispatch::Memory(_) => "memory",
         crate::dispatch::Dispatch::Durable(_) => "durable",
@@ -234,7 +234,7 @@ async fn feed(state: AppState, filter: Filter, o: Options, tx: Frames) {
                 }
                 if o.rates {
                     // Topic rates are counted while someone watches them.
-                    state.observer.look();
+                    tokio::task::block_in_place(|| state.observer.look());
                 }
                 let registry = state.registry.clone();
                 let Ok(status) = tokio::task::spawn_blocking(move || registry.status()).await else {

@@ -1,6 +1,6 @@
-//! On a broker, the flow is read from the broker's log: while anyone looks
-//! (a stream client connected, or the flow or the catalog asked for in
-//! the last [`LOOK_LASTS`]), a task reads the log from its head on and
+//! On a broker, the flow is read from the broker's log: while the observer
+//! is active (a stream client connected, or the flow, the catalog or rates
+//! asked for lately), a task reads the log and
 //! shows each event to the observer, so the tail, the flow and the catalog
 //! cover every host's events, with the broker's sequences. Nobody looking,
 //! it reads nothing; when someone looks again it starts [`PAGE`] events
@@ -17,8 +17,6 @@ use super::Observer;
 use crate::backend::Backend;
 use crate::event::Event;
 
-/// How long a look at the flow or the catalog keeps the follower reading.
-pub const LOOK_LASTS: Duration = Duration::from_secs(300);
 /// The follower's wait when it has read everything.
 const IDLE: Duration = Duration::from_millis(250);
 /// Events read at once, and read back when following starts.
@@ -31,7 +29,7 @@ pub async fn follow(backend: Arc<dyn Backend>, observer: Arc<Observer>) {
     let mut next: Option<u64> = None;
     let mut causes = Causes::default();
     loop {
-        if !observer.looked_at_within(LOOK_LASTS) {
+        if !observer.active() {
             next = None;
             tokio::select! {
                 () = tokio::time::sleep(IDLE) => continue,
@@ -55,11 +53,17 @@ pub async fn follow(backend: Arc<dyn Backend>, observer: Arc<Observer>) {
         .await;
         let pause = match read {
             Ok(Ok((from, mut events))) => {
+                // The first page after starting is the recent past.
+                let history = next.is_none();
                 next = Some(events.last().map_or(from, |e| e.sequence + 1));
                 for e in &mut events {
                     causes.time(e);
                 }
-                observer.accepted_owned(&events);
+                if history {
+                    observer.history(&events, true);
+                } else {
+                    observer.accepted_owned(&events);
+                }
                 events.len() < PAGE
             }
             Ok(Err(e)) => {
@@ -79,14 +83,14 @@ pub async fn follow(backend: Arc<dyn Backend>, observer: Arc<Observer>) {
 
 /// The times of recent events, by id.
 #[derive(Default)]
-struct Causes {
+pub struct Causes {
     times: HashMap<String, SystemTime>,
     order: VecDeque<String>,
 }
 
 impl Causes {
     /// Keep `event`'s time, and set its `after_cause` from its cause's.
-    fn time(&mut self, event: &mut Event) {
+    pub fn time(&mut self, event: &mut Event) {
         let Ok(at) = humantime::parse_rfc3339_weak(&event.time) else {
             return;
         };

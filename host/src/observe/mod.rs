@@ -1,31 +1,41 @@
-//! What the host shows of its flow while it runs: every accepted event
-//! passes [`Observer::accepted`] once it is committed (the log's committer,
-//! the in-memory bus, or a broker append), which
+//! What the host shows of its flow while anyone looks: every accepted
+//! event passes [`Observer::accepted`] once it is committed (the log's
+//! committer, the in-memory bus, or a broker's log read back), which,
+//! while the observer is active,
 //!
 //! - counts it for the flow graph and the catalog ([`stats`]): events per
 //!   topic, who published them, follow-ups per plugin → topic edge with
 //!   the time from their cause, a few sampled payloads per topic;
-//! - offers it to the live tail clients ([`tail`]): nothing at all when
-//!   none is connected (one atomic load), else each client's filter runs
-//!   before its bounded queue, and what a full queue or a rate cap leaves
-//!   out is counted, never waited for.
+//! - offers it to the live tail clients ([`tail`]): each client's filter
+//!   runs before its bounded queue, and what a full queue or a rate cap
+//!   leaves out is counted, never waited for.
 //!
-//! On a broker the events are read back from its log while anyone looks
-//! ([`follow`]), so they include every host's.
-//!
-//! The counting takes one lock per committed group and one map lookup per
-//! run of events of one topic. Nothing here is durable: the flow and the
-//! catalog describe what this process saw since it started.
+//! It is active while a tail client is connected or someone asked for the
+//! flow, the catalog or rates within [`LOOK_LASTS`]; inactive, the
+//! publish path pays one atomic load and nothing is counted. When it
+//! becomes active it reads the last [`HISTORY_EVENTS`] events back from
+//! the log (embedded store) and counts them in the totals (not the
+//! rates), so a first look shows the recent flow; on a broker the log is
+//! followed from as far back ([`follow`]), so it covers every host's
+//! events. Nothing here is durable.
 
 pub mod follow;
 pub mod shape;
 pub mod stats;
 pub mod tail;
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
+use crate::backend::Backend;
 use crate::event::Event;
 use crate::metrics::Metrics;
+
+/// How long a look at the flow, the catalog or rates keeps counting on.
+pub const LOOK_LASTS: Duration = Duration::from_secs(300);
+/// Events read back from the log when counting starts.
+pub const HISTORY_EVENTS: usize = 1000;
 
 /// The observer of one host.
 pub struct Observer {
@@ -33,8 +43,12 @@ pub struct Observer {
     tail: Arc<tail::Tail>,
     /// True once the host is stopping: open streams end.
     closing: tokio::sync::watch::Sender<bool>,
-    /// When the flow or the catalog was last asked for.
-    looked: Mutex<Option<std::time::Instant>>,
+    /// When the flow, the catalog or rates were last asked for.
+    looked: Mutex<Option<Instant>>,
+    /// Counting and tailing: the publish path's one check.
+    active: AtomicBool,
+    /// Where earlier events are read back from (the embedded store).
+    history: OnceLock<Arc<dyn Backend>>,
 }
 
 impl Observer {
@@ -45,34 +59,109 @@ impl Observer {
             tail: Arc::new(tail::Tail::new(metrics)),
             closing: tokio::sync::watch::Sender::new(false),
             looked: Mutex::new(None),
+            active: AtomicBool::new(false),
+            history: OnceLock::new(),
         }
+    }
+
+    /// Read the recent flow back from `backend` when counting starts.
+    pub fn history_from(&self, backend: Arc<dyn Backend>) {
+        let _ = self.history.set(backend);
+    }
+
+    /// Whether events are being counted and offered.
+    pub fn active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
     }
 
     /// Events just committed (each with its sequence), in order.
     pub fn accepted(&self, events: &[Arc<Event>]) {
-        if !events.is_empty() {
-            self.count(events);
-            self.tail.offer(events);
-        }
-    }
-
-    fn count<E: std::borrow::Borrow<Event>>(&self, events: &[E]) {
-        self.stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .count(events);
-    }
-
-    /// [`Observer::accepted`] for events not shared (a broker append):
-    /// copied only when a tail client is connected.
-    pub fn accepted_owned(&self, events: &[Event]) {
-        if events.is_empty() {
+        if !self.active() || events.is_empty() {
             return;
         }
-        self.count(events);
+        self.live(events);
+        self.tail.offer(events);
+    }
+
+    /// [`Observer::accepted`] for events not shared (a broker's log read
+    /// back): copied only when a tail client is connected.
+    pub fn accepted_owned(&self, events: &[Event]) {
+        if !self.active() || events.is_empty() {
+            return;
+        }
+        self.live(events);
         if self.tailing() {
             let shared: Vec<Arc<Event>> = events.iter().cloned().map(Arc::new).collect();
             self.tail.offer(&shared);
+        }
+    }
+
+    /// Count events seen live.
+    fn live<E: std::borrow::Borrow<Event>>(&self, events: &[E]) {
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .count(events, false);
+    }
+
+    /// Someone looks at the flow, the catalog or rates: count from now on
+    /// (for [`LOOK_LASTS`]), and read the recent flow back if counting
+    /// was off. Blocks on the read: call it where a thread may block.
+    pub fn look(&self) {
+        *self.looked.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.activate();
+    }
+
+    fn activate(&self) {
+        if self.active() {
+            return;
+        }
+        // The counts stay locked while the recent past is read back, so a
+        // live event is counted once: the history marks how far it read.
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        if self.active.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(history) = self.history.get() else {
+            return;
+        };
+        let read = history.head().and_then(|head| {
+            let from = head.saturating_sub(HISTORY_EVENTS as u64 - 1).max(1);
+            history.read(from, HISTORY_EVENTS)
+        });
+        let mut events = match read {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::debug!("reading the recent flow back: {e}");
+                return;
+            }
+        };
+        let mut causes = follow::Causes::default();
+        for e in &mut events {
+            causes.time(e);
+        }
+        stats.count(&events, true);
+    }
+
+    /// Count events read back from a log, from before anyone looked (in
+    /// the totals, not the rates); `offer`: to the tails too (a broker's,
+    /// whose tail clients skip what came before they connected).
+    pub fn history(&self, events: &[Event], offer: bool) {
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .count(events, true);
+        if offer && self.tailing() && !events.is_empty() {
+            let shared: Vec<Arc<Event>> = events.iter().cloned().map(Arc::new).collect();
+            self.tail.offer(&shared);
+        }
+    }
+
+    /// Stop counting if nobody tails and nobody looked within
+    /// [`LOOK_LASTS`] (the server calls this every second).
+    pub fn expire(&self) {
+        if self.active() && !self.looked_at_within(LOOK_LASTS) {
+            self.active.store(false, Ordering::Release);
         }
     }
 
@@ -80,12 +169,6 @@ impl Observer {
     /// them skips the copy when not.
     pub fn tailing(&self) -> bool {
         self.tail.connected() > 0
-    }
-
-    /// Someone looked at the flow or the catalog (a broker's log is
-    /// followed for a while: [`follow`]).
-    pub fn look(&self) {
-        *self.looked.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
     }
 
     /// Whether a tail is connected or someone looked within `window`.
@@ -118,8 +201,10 @@ impl Observer {
         let _ = rx.wait_for(|closing| *closing).await;
     }
 
-    /// Connect a live tail client.
+    /// Connect a live tail client (counting starts, like a look).
     pub fn subscribe(&self, filter: tail::Filter, rate: u32) -> tail::Subscription {
-        self.tail.subscribe(filter, rate)
+        let sub = self.tail.subscribe(filter, rate);
+        self.activate();
+        sub
     }
 }

@@ -46,7 +46,21 @@ struct Marks {
 }
 
 impl Marks {
-    fn add(&mut self, second: u64, n: u64, latency_ms: f64, latency_n: u64) {
+    /// Count `n` events at `second`; `None`: events from before anyone
+    /// looked (read back from the log), counted in the totals but not in
+    /// any rate.
+    fn add(&mut self, second: Option<u64>, n: u64, latency_ms: f64, latency_n: u64) {
+        let Some(second) = second else {
+            self.total += n;
+            self.latency_ms_sum += latency_ms;
+            self.latency_n += latency_n;
+            for m in &mut self.marks {
+                m.1 += n;
+                m.2 += latency_ms;
+                m.3 += latency_n;
+            }
+            return;
+        };
         if self.marks.back().is_none_or(|m| m.0 != second) {
             self.marks
                 .push_back((second, self.total, self.latency_ms_sum, self.latency_n));
@@ -110,6 +124,11 @@ pub struct Stats {
     /// (plugin, topic) → follow-ups published.
     edges: HashMap<(String, String), Marks, foldhash::fast::RandomState>,
     untracked: u64,
+    /// The last sequence counted from history: live events up to it were
+    /// counted already.
+    history_through: u64,
+    /// The last sequence counted live.
+    live_through: u64,
 }
 
 impl Default for Stats {
@@ -119,6 +138,8 @@ impl Default for Stats {
             topics: HashMap::default(),
             edges: HashMap::default(),
             untracked: 0,
+            history_through: 0,
+            live_through: 0,
         }
     }
 }
@@ -154,7 +175,8 @@ pub struct EdgeView {
     /// Per second over the window.
     pub rate: f64,
     /// Mean milliseconds from the cause's `time` to the follow-up, over
-    /// the window (the cause's queueing and handling).
+    /// the window (the cause's queueing and handling), or over all counted
+    /// when none was in the window.
     pub latency_ms: Option<f64>,
 }
 
@@ -172,10 +194,33 @@ pub struct Snapshot {
 }
 
 impl Stats {
-    /// Count `events`, committed in this order.
-    pub fn count<E: Borrow<Event>>(&mut self, events: &[E]) {
+    /// Count `events`, committed in this order; `history`: read back
+    /// from the log, from before anyone looked (in the totals, not in the
+    /// rates).
+    pub fn count<E: Borrow<Event>>(&mut self, events: &[E], history: bool) {
+        // Each event is counted once across the two paths: what history
+        // read back that was counted live before (a look after a pause),
+        // or live events the history already counted (at the look).
+        let through = if history {
+            self.history_through.max(self.live_through)
+        } else {
+            self.history_through
+        };
+        let skip = events
+            .iter()
+            .take_while(|e| through > 0 && Borrow::<Event>::borrow(*e).sequence <= through)
+            .count();
+        let events = &events[skip..];
+        let Some(last) = events.last().map(|e| Borrow::<Event>::borrow(e).sequence) else {
+            return;
+        };
+        if history {
+            self.history_through = self.history_through.max(last);
+        } else {
+            self.live_through = self.live_through.max(last);
+        }
         let now = Instant::now();
-        let second = now.duration_since(self.origin).as_secs();
+        let second = (!history).then(|| now.duration_since(self.origin).as_secs());
         let mut i = 0;
         while i < events.len() {
             let first: &Event = events[i].borrow();
@@ -193,7 +238,7 @@ impl Stats {
     }
 
     /// Events of one topic from one source.
-    fn count_run<E: Borrow<Event>>(&mut self, run: &[E], second: u64, now: Instant) {
+    fn count_run<E: Borrow<Event>>(&mut self, run: &[E], second: Option<u64>, now: Instant) {
         let first: &Event = run[0].borrow();
         let last: &Event = run[run.len() - 1].borrow();
         let n = run.len() as u64;
@@ -287,7 +332,10 @@ impl Stats {
             .edges
             .iter()
             .map(|((plugin, topic), m)| {
-                let (rate, latency_ms) = m.rate(now, window.as_secs());
+                let (rate, windowed) = m.rate(now, window.as_secs());
+                // Nothing timed in the window (only history): the mean of all.
+                let latency_ms = windowed
+                    .or_else(|| (m.latency_n > 0).then(|| m.latency_ms_sum / m.latency_n as f64));
                 EdgeView {
                     plugin: plugin.clone(),
                     topic: topic.clone(),
@@ -323,19 +371,30 @@ mod tests {
     #[test]
     fn topics_publishers_and_edges_are_counted() {
         let mut stats = Stats::default();
-        stats.count(&[
-            event("order.placed", None, None),
-            event("order.placed", None, None),
-            event("inventory.reserved", Some("inventory"), Some(10)),
-            event("inventory.reserved", Some("inventory"), Some(30)),
-            event("order.placed", None, None),
-        ]);
+        stats.count(
+            &[
+                event("order.placed", None, None),
+                event("order.placed", None, None),
+            ],
+            true,
+        );
+        stats.count(
+            &[
+                event("order.placed", None, None),
+                event("order.placed", None, None),
+                event("inventory.reserved", Some("inventory"), Some(10)),
+                event("inventory.reserved", Some("inventory"), Some(30)),
+                event("order.placed", None, None),
+            ],
+            false,
+        );
         let s = stats.snapshot(Duration::from_secs(10));
         let placed = s.topics.iter().find(|t| t.topic == "order.placed");
         let placed = placed.expect("order.placed counted");
-        assert_eq!(placed.total, 3);
-        assert_eq!(placed.publishers, vec![(None, 3)]);
-        assert!(placed.rate > 0.0);
+        assert_eq!(placed.total, 5, "history is in the totals");
+        assert_eq!(placed.publishers, vec![(None, 5)]);
+        // Not in the rate: 3 counted live, over at least a second.
+        assert!(placed.rate > 0.0 && placed.rate <= 3.0, "{}", placed.rate);
         assert_eq!(placed.samples.len(), 1, "sampled once a second");
         assert_eq!(s.edges.len(), 1);
         let edge = &s.edges[0];
@@ -348,12 +407,33 @@ mod tests {
     }
 
     #[test]
+    fn an_event_read_back_and_seen_live_is_counted_once() {
+        let numbered = |seqs: &[u64]| -> Vec<Event> {
+            seqs.iter()
+                .map(|&s| {
+                    let mut e = event("order.placed", None, None);
+                    e.sequence = s;
+                    e
+                })
+                .collect()
+        };
+        let mut stats = Stats::default();
+        stats.count(&numbered(&[1, 2, 3]), true);
+        stats.count(&numbered(&[2, 3, 4]), false);
+        stats.count(&numbered(&[5, 6]), false);
+        // A later look reads back what was counted live.
+        stats.count(&numbered(&[3, 4, 5, 6]), true);
+        let s = stats.snapshot(Duration::from_secs(10));
+        assert_eq!(s.topics[0].total, 6);
+    }
+
+    #[test]
     fn topics_past_the_bound_are_only_counted() {
         let mut stats = Stats::default();
         let events: Vec<Event> = (0..TOPICS_MAX + 5)
             .map(|i| event(&format!("t.{i}"), None, None))
             .collect();
-        stats.count(&events);
+        stats.count(&events, false);
         let s = stats.snapshot(Duration::from_secs(1));
         assert_eq!(s.topics.len(), TOPICS_MAX);
         assert_eq!(s.untracked, 5);
@@ -362,9 +442,10 @@ mod tests {
     #[test]
     fn a_rate_counts_only_the_window() {
         let mut m = Marks::default();
-        m.add(0, 100, 0.0, 0);
-        m.add(50, 10, 0.0, 0);
-        m.add(59, 10, 0.0, 0);
+        m.add(Some(0), 100, 0.0, 0);
+        m.add(Some(50), 10, 0.0, 0);
+        m.add(None, 1000, 0.0, 0);
+        m.add(Some(59), 10, 0.0, 0);
         // At second 60 over 10 s: the marks of 50 and 59 are in it.
         let (rate, _) = m.rate(60.0, 10);
         assert_eq!(rate, 20.0 / 10.0);

@@ -90,16 +90,17 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn take(&mut self, now: Instant) -> bool {
+    /// Refill up to `now`; the whole tokens there are.
+    fn refill(&mut self, now: Instant) -> u64 {
         let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
         self.tokens = (self.tokens + refill).min(self.rate);
         self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.tokens as u64
+    }
+
+    /// `n` tokens were used.
+    fn spend(&mut self, n: u64) {
+        self.tokens = (self.tokens - n as f64).max(0.0);
     }
 }
 
@@ -203,17 +204,22 @@ impl Tail {
         let clients = self.clients.read().unwrap_or_else(|p| p.into_inner());
         for (_, client) in clients.iter() {
             let mut bucket = client.bucket.lock().unwrap_or_else(|p| p.into_inner());
-            let (mut full, mut capped) = (0u64, 0u64);
+            let tokens = bucket.refill(now);
+            let (mut used, mut full, mut capped) = (0u64, 0u64, 0u64);
             for e in events.iter().filter(|e| client.filter.wants(e)) {
-                if !bucket.take(now) {
+                if used == tokens {
                     capped += 1;
-                } else if client.queue.try_send(e.clone()).is_err() {
-                    // Full (or the client is going): it is told, and the
-                    // token is not given back, so a stalled reader costs
-                    // one attempt per token.
+                    continue;
+                }
+                // A full queue (or a client going) is told; the token is
+                // not given back, so a stalled reader costs one attempt
+                // per token.
+                used += 1;
+                if client.queue.try_send(e.clone()).is_err() {
                     full += 1;
                 }
             }
+            bucket.spend(used);
             if full > 0 {
                 client.missed.queue_full.fetch_add(full, Ordering::Relaxed);
                 self.queue_full.inc_by(full);
