@@ -176,7 +176,8 @@ fn measure(watch: Watch, n: usize, durable: bool, tail_rate: u32) -> Run {
     run
 }
 
-/// The publish rows: each variant in `rounds()` interleaved rounds; each
+/// The publish rows: each variant in `rounds()` interleaved rounds (the
+/// order rotating from round to round); each
 /// round's rate is compared with the same round's no-observer rate, and
 /// the median of those paired ratios is reported with every round's.
 fn publish_rows(n: usize, durable: bool, rows: &mut Vec<Row>) {
@@ -188,9 +189,16 @@ fn publish_rows(n: usize, durable: bool, rows: &mut Vec<Row>) {
     ];
     let rounds = rounds();
     let mut runs: Vec<Vec<Run>> = variants.iter().map(|_| Vec::new()).collect();
-    for _ in 0..rounds {
-        for (v, watch) in variants.iter().enumerate() {
-            runs[v].push(measure(*watch, n, durable, RATE_DEFAULT));
+    for r in 0..rounds {
+        // Each round starts with another variant: no variant always runs
+        // first on a fresh heap.
+        let mut measured: Vec<(usize, Run)> = (0..variants.len())
+            .map(|k| (r + k) % variants.len())
+            .map(|v| (v, measure(variants[v], n, durable, RATE_DEFAULT)))
+            .collect();
+        measured.sort_by_key(|(v, _)| *v);
+        for (v, run) in measured {
+            runs[v].push(run);
         }
     }
     let mode = if durable {
@@ -263,13 +271,13 @@ fn publish_rows(n: usize, durable: bool, rows: &mut Vec<Row>) {
     }
 }
 
-/// `PLUGBUS_BENCH_CONSOLE_ROUNDS` (default 5).
+/// `PLUGBUS_BENCH_CONSOLE_ROUNDS` (default 8: each variant first twice).
 fn rounds() -> usize {
     std::env::var("PLUGBUS_BENCH_CONSOLE_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&r: &usize| r > 0)
-        .unwrap_or(5)
+        .unwrap_or(8)
 }
 
 /// Resident memory of this process, in bytes.
