@@ -9,6 +9,12 @@ function sum(values) {
   return values.reduce((a, b) => a + (b || 0), 0);
 }
 
+// A long error (a wasm backtrace) cut to its start; the whole is in the
+// cell's title and in the letter's detail.
+function short(text, max = 200) {
+  return text.length > max ? text.slice(0, max) + '…' : text;
+}
+
 function last(values) {
   return values.length ? values[values.length - 1] : 0;
 }
@@ -203,7 +209,7 @@ export function dead(main, app, params) {
               h('td', null, l.plugin),
               h('td', null, l.type),
               h('td', { class: 'n' }, l.attempts),
-              h('td', { class: 'why' }, l.error),
+              h('td', { class: 'why', title: l.error }, short(l.error)),
               h('td', null, l.dead_at)))),
     );
   };
