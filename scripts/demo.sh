@@ -31,6 +31,7 @@ done
 url="http://$(grep -o 'listen=[^ ]*' "$log" | head -1 | cut -d= -f2)"
 export PLUGBUS_URL="$url"
 echo "== plugbus is up at $url with plugins from $work/plugins and its event log in $work/data"
+echo "   (while it runs, the console is at $url/console/)"
 
 echo "== publishing two orders (the second asks for more gadgets than are in stock)"
 "$bin" publish order.placed '{"order_id":"o-1001","customer":"alice@example.com","items":[{"sku":"widget","qty":2},{"sku":"gadget","qty":1}],"total_cents":4497}'
