@@ -17,18 +17,12 @@ fn cli(args: &[&str]) -> (bool, String, String) {
 #[test]
 fn given_up_events_become_dead_letters_that_a_fixed_plugin_gets_when_redriven() {
     let data = TestDir::new("dead");
+    let data_arg = data.arg();
     let args = [
-        "--data",
-        &data.arg(),
-        "--max-attempts",
-        "2",
-        "--backoff-ms-min",
-        "10",
-        "--backoff-ms-max",
-        "20",
-        "--batch-events-max",
-        "1",
-    ];
+        &["--data", data_arg.as_str(), "--batch-events-max", "1"][..],
+        &GIVE_UP_FAST,
+    ]
+    .concat();
     let h = host(
         &[
             PluginFile::Wasm("trap", artifacts::TRAP),

@@ -459,16 +459,7 @@ fn stall_once<B: Broker>() -> bool {
 
 fn dead_letters_are_redriven_to_a_fixed_build_with_their_id<B: Broker>() {
     let broker = B::start();
-    let args = [
-        "--broker",
-        broker.url(),
-        "--max-attempts",
-        "2",
-        "--backoff-ms-min",
-        "10",
-        "--backoff-ms-max",
-        "20",
-    ];
+    let args = [&["--broker", broker.url()][..], &GIVE_UP_FAST].concat();
     let h = host(&[PluginFile::Wasm("trap", artifacts::TRAP)], &args);
     let boom = h
         .publish("order.placed", &json!({"order_id": "o-2", "note": "boom"}))

@@ -65,17 +65,7 @@ fn a_trapping_plugin_is_reinstantiated_and_nothing_else_notices() {
             PluginFile::Wasm("analytics", artifacts::ANALYTICS),
         ],
         // Memory mode: an event given up on is dropped and counted.
-        &[
-            "--memory",
-            "--max-attempts",
-            "2",
-            "--backoff-ms-min",
-            "10",
-            "--backoff-ms-max",
-            "20",
-            "--batch-events-max",
-            "1",
-        ],
+        &[&["--memory", "--batch-events-max", "1"][..], &GIVE_UP_FAST].concat(),
     );
     h.publish("order.placed", &json!({"total_cents": 1, "note": "boom"}))
         .expect("publish");

@@ -41,6 +41,9 @@ pub fn prefix_at_char(s: &str, max_bytes: usize) -> &str {
     &s[..end]
 }
 
+/// The `source` of the events a plugin publishes: this, then its name.
+pub const PLUGIN_SOURCE: &str = "plugbus/plugin/";
+
 /// Events travelling together (through a queue, into a plugin call), each
 /// shared as `Arc<Event>`.
 pub type Chunk = std::sync::Arc<[std::sync::Arc<Event>]>;
@@ -202,6 +205,11 @@ impl Event {
     /// correlation id, or its id when it starts the chain.
     pub fn chain_id(&self) -> &str {
         self.correlationid.as_deref().unwrap_or(&self.id)
+    }
+
+    /// The plugin that published this event, if one did.
+    pub fn published_by(&self) -> Option<&str> {
+        self.source.strip_prefix(PLUGIN_SOURCE)
     }
 
     /// Build an event from the members of one CloudEvent, checking each;

@@ -32,19 +32,9 @@ pub(super) struct FlowQuery {
     window: Option<u64>,
 }
 
-/// Each plugin's parsed subscriptions.
+/// Each plugin with its parsed subscriptions.
 fn patterns(status: &[PluginStatus]) -> Vec<(&PluginStatus, Vec<Pattern>)> {
-    status
-        .iter()
-        .map(|p| {
-            let pats = p
-                .subscriptions
-                .iter()
-                .filter_map(|s| Pattern::parse(s).ok())
-                .collect();
-            (p, pats)
-        })
-        .collect()
+    status.iter().map(|p| (p, p.patterns())).collect()
 }
 
 pub(super) async fn flow(State(state): State<AppState>, Query(q): Query<FlowQuery>) -> Response {

@@ -123,6 +123,9 @@ pub enum IngressError {
     /// A selection of dead letters that is not one.
     #[error("{0}")]
     BadSelection(String),
+    /// A query parameter that is not one the route reads.
+    #[error("{0}")]
+    BadQuery(String),
     /// A replay request that is not one, or a plugin that cannot replay.
     #[error("{0}")]
     Replay(String),
@@ -158,7 +161,8 @@ impl IntoResponse for IngressError {
             IngressError::BadEvent(_)
             | IngressError::Body(_)
             | IngressError::EmptyBatch
-            | IngressError::BadSelection(_) => StatusCode::BAD_REQUEST,
+            | IngressError::BadSelection(_)
+            | IngressError::BadQuery(_) => StatusCode::BAD_REQUEST,
             IngressError::NoStore => StatusCode::CONFLICT,
             IngressError::NoLetter(..)
             | IngressError::NoEvent(_)

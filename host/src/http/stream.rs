@@ -60,7 +60,7 @@ pub(super) struct StreamQuery {
 
 /// The filter a query asks for, or the 400 naming what is wrong.
 fn filter_of(q: &StreamQuery, state: &AppState) -> Result<Filter, IngressError> {
-    let bad = |what: String| IngressError::BadSelection(what);
+    let bad = IngressError::BadQuery;
     let mut topics = Vec::new();
     for p in q.topic.iter().flat_map(|t| t.split(',')).map(str::trim) {
         if p.is_empty() {
@@ -69,7 +69,8 @@ fn filter_of(q: &StreamQuery, state: &AppState) -> Result<Filter, IngressError> 
         topics.push(Pattern::parse(p).map_err(|e| bad(format!("query parameter `topic`: {e}")))?);
     }
     if let Some(plugin) = &q.plugin {
-        let status = state.registry.status();
+        // A broker's position is asked for: off the async thread.
+        let status = tokio::task::block_in_place(|| state.registry.status());
         let Some(p) = status.iter().find(|s| &s.name == plugin) else {
             return Err(IngressError::NoPlugin(plugin.clone()));
         };
@@ -78,11 +79,7 @@ fn filter_of(q: &StreamQuery, state: &AppState) -> Result<Filter, IngressError> 
                 "query parameters `topic` and `plugin` cannot be combined: `plugin` stands for its subscriptions".into(),
             ));
         }
-        topics = p
-            .subscriptions
-            .iter()
-            .filter_map(|s| Pattern::parse(s).ok())
-            .collect();
+        topics = p.patterns();
     }
     let extension = match &q.ext {
         None => None,
@@ -112,7 +109,7 @@ pub(super) async fn stream(
     let filter = filter_of(&q, &state)?;
     let rate = q.rate.unwrap_or(RATE_DEFAULT);
     if rate == 0 || rate > RATE_MAX {
-        return Err(IngressError::BadSelection(format!(
+        return Err(IngressError::BadQuery(format!(
             "query parameter `rate` is {rate}; ask for 1 to {RATE_MAX} events a second"
         )));
     }
@@ -160,20 +157,21 @@ async fn feed(state: AppState, filter: Filter, o: Options, tx: Frames) {
         crate::dispatch::Dispatch::Durable(_) => "durable",
         crate::dispatch::Dispatch::Broker(_) => "broker",
     };
-    let hello = json!({"mode": mode, "rate": o.rate, "tail": o.tail, "resume_from": o.resume});
-    if send(&tx, "hello", None, hello.to_string()).await.is_err() {
-        return;
-    }
     let mut sent_through = 0u64;
     let mut backlog_skipped = 0u64;
     if let (true, None, crate::dispatch::Dispatch::Broker(b)) = (o.tail, o.resume, &state.dispatch)
     {
         // The broker's log is read back from before the head when someone
-        // starts looking: the tail starts at the head as it is now.
+        // starts looking: the tail starts at the head as it is now,
+        // read before `hello`: what is published after `hello` is sent.
         let b = b.clone();
         if let Ok(Ok(head)) = tokio::task::spawn_blocking(move || b.head()).await {
             sent_through = head;
         }
+    }
+    let hello = json!({"mode": mode, "rate": o.rate, "tail": o.tail, "resume_from": o.resume});
+    if send(&tx, "hello", None, hello.to_string()).await.is_err() {
+        return;
     }
     if let (true, Some(after)) = (o.tail, o.resume) {
         match backlog(&state, &filter, after).await {
@@ -268,7 +266,7 @@ async fn send_event(tx: &Frames, e: &Event) -> Result<(), ()> {
 pub(super) fn event_json(e: &Event) -> serde_json::Value {
     let mut v = e.to_json();
     v["hops"] = json!(e.hops);
-    v["published_by"] = json!(crate::observe::stats::publisher(e));
+    v["published_by"] = json!(e.published_by());
     v
 }
 

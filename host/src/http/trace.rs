@@ -15,8 +15,6 @@ use crate::event::Event;
 
 /// The most events one answer holds.
 const TRACE_EVENTS_MAX: usize = 1000;
-/// The `source` prefix of events a plugin published.
-const PLUGIN_SOURCE: &str = "plugbus/plugin/";
 
 #[derive(serde::Deserialize)]
 pub(super) struct TraceQuery {
@@ -75,11 +73,7 @@ fn consumers(state: &AppState, chain: &[Event]) -> Result<Vec<Consumer>, Ingress
     let status = tokio::task::block_in_place(|| state.registry.status());
     let mut out = Vec::new();
     for p in status {
-        let patterns: Vec<crate::topic::Pattern> = p
-            .subscriptions
-            .iter()
-            .filter_map(|s| crate::topic::Pattern::parse(s).ok())
-            .collect();
+        let patterns = p.patterns();
         if !chain
             .iter()
             .any(|e| patterns.iter().any(|pat| pat.matches(&e.topic)))
@@ -142,9 +136,7 @@ fn deliveries(event: &Event, consumers: &[Consumer]) -> serde_json::Value {
 /// `event` as JSON, with the plugin that published it (none for an event
 /// from outside) and the milliseconds from its cause's `time` to its own.
 fn hop(event: &Event, chain: &[Event]) -> serde_json::Value {
-    let mut v = event.to_json();
-    v["hops"] = json!(event.hops);
-    v["published_by"] = json!(event.source.strip_prefix(PLUGIN_SOURCE));
+    let mut v = super::stream::event_json(event);
     let cause = event
         .causationid
         .as_deref()

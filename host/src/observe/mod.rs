@@ -90,7 +90,13 @@ impl Observer {
             return;
         }
         self.live(events);
-        if self.tailing() {
+        self.offer_owned(events);
+    }
+
+    /// Offer events not shared to the tails, copied only if one is
+    /// connected.
+    fn offer_owned(&self, events: &[Event]) {
+        if self.tailing() && !events.is_empty() {
             let shared: Vec<Arc<Event>> = events.iter().cloned().map(Arc::new).collect();
             self.tail.offer(&shared);
         }
@@ -151,9 +157,8 @@ impl Observer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .count(events, true);
-        if offer && self.tailing() && !events.is_empty() {
-            let shared: Vec<Arc<Event>> = events.iter().cloned().map(Arc::new).collect();
-            self.tail.offer(&shared);
+        if offer {
+            self.offer_owned(events);
         }
     }
 

@@ -26,13 +26,6 @@ pub const SAMPLES_MAX: usize = 8;
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Publishers named per topic, at most.
 const PUBLISHERS_MAX: usize = 16;
-/// The `source` prefix of the events a plugin published.
-pub const PLUGIN_SOURCE: &str = "plugbus/plugin/";
-
-/// The plugin that published `event`, if one did.
-pub fn publisher(event: &Event) -> Option<&str> {
-    event.source.strip_prefix(PLUGIN_SOURCE)
-}
 
 /// Cumulative counts at the start of each second, for windowed rates.
 #[derive(Default)]
@@ -242,7 +235,7 @@ impl Stats {
         let first: &Event = run[0].borrow();
         let last: &Event = run[run.len() - 1].borrow();
         let n = run.len() as u64;
-        let by = publisher(first);
+        let by = first.published_by();
         if !self.topics.contains_key(first.topic.as_str()) {
             if self.topics.len() >= TOPICS_MAX {
                 self.untracked += n;
@@ -283,12 +276,14 @@ impl Stats {
             if topic.samples.len() == SAMPLES_MAX {
                 topic.samples.pop_front();
             }
+            // The first of the run: which event is sampled does not
+            // depend on how events were grouped when committed.
             topic.samples.push_back(Sample {
-                sequence: last.sequence,
-                id: last.id.clone(),
-                time: last.time.clone(),
-                datacontenttype: last.datacontenttype.clone(),
-                data: last.data.clone(),
+                sequence: first.sequence,
+                id: first.id.clone(),
+                time: first.time.clone(),
+                datacontenttype: first.datacontenttype.clone(),
+                data: first.data.clone(),
             });
         }
         let Some(plugin) = by else { return };
@@ -362,7 +357,7 @@ mod tests {
     fn event(topic: &str, by: Option<&str>, after_ms: Option<u64>) -> Event {
         let mut e = Event::new(topic, None, br#"{"n":1}"#.to_vec()).expect("event");
         if let Some(p) = by {
-            e.source = format!("{PLUGIN_SOURCE}{p}");
+            e.source = format!("{}{p}", crate::event::PLUGIN_SOURCE);
             e.after_cause = after_ms.map(Duration::from_millis);
         }
         e

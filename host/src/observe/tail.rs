@@ -49,7 +49,7 @@ impl Filter {
         let by_plugin = self
             .plugin
             .as_deref()
-            .is_some_and(|p| super::stats::publisher(event) == Some(p));
+            .is_some_and(|p| event.published_by() == Some(p));
         (by_plugin || self.topics.is_empty() || self.topics.iter().any(|p| p.matches(&event.topic)))
             && self
                 .correlationid

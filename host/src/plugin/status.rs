@@ -135,6 +135,16 @@ pub struct PluginStatus {
     pub limits: Option<PluginLimits>,
 }
 
+impl PluginStatus {
+    /// Its subscriptions, parsed (each was checked when the plugin loaded).
+    pub fn patterns(&self) -> Vec<crate::topic::Pattern> {
+        self.subscriptions
+            .iter()
+            .filter_map(|s| crate::topic::Pattern::parse(s).ok())
+            .collect()
+    }
+}
+
 /// An event storm a plugin took part in, as its status shows it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct StormStatus {

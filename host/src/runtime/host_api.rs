@@ -252,7 +252,7 @@ impl publisher::Host for HostState {
         // the log's duplicate window and idempotent consumers recognise.
         let ordinal = self.published.iter().filter(|(i, _)| *i == index).count();
         follow.id = follow_up_id(&self.plugin, &cause.id, ordinal);
-        follow.source = format!("plugbus/plugin/{}", self.plugin);
+        follow.source = format!("{}{}", crate::event::PLUGIN_SOURCE, self.plugin);
         follow.subject = event.subject;
         follow.correlationid = Some(cause.chain_id().to_string());
         follow.causationid = Some(cause.id.clone());
