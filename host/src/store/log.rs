@@ -547,7 +547,8 @@ impl Log {
         drop(gone);
     }
 
-    /// Put committed events in the tail, move the head, ring the bells.
+    /// Put committed events in the tail, move the head, show them to
+    /// watchers, ring the bells.
     /// Returns the events pushed out of the tail (for the caller to drop
     /// outside the lock).
     fn publish(&self, events: Vec<Arc<Event>>) -> Vec<Arc<Event>> {
@@ -555,10 +556,8 @@ impl Log {
             return Vec::new();
         };
         let count = events.len() as u64;
-        if let Some(o) = self.observer.get() {
-            o.accepted(&events);
-        }
-        let gone = {
+        let first = events[0].sequence;
+        let gone: Vec<Arc<Event>> = {
             let mut tail = self.tail.write().unwrap_or_else(|p| p.into_inner());
             tail.events.extend(events);
             let excess = tail.events.len().saturating_sub(TAIL_EVENTS_MAX);
@@ -566,6 +565,21 @@ impl Log {
             tail.events.drain(..excess).collect()
         };
         self.head.store(last, Ordering::Release);
+        // Watchers see the events only once the head covers them: a tail
+        // client that saw one and reconnects reads it back from the log.
+        if let Some(o) = self.observer.get().filter(|o| o.active()) {
+            let shown: Vec<Arc<Event>> = {
+                let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
+                let kept = tail.events.len() - tail.events.partition_point(|e| e.sequence < first);
+                gone.iter()
+                    .filter(|e| e.sequence >= first)
+                    .chain(tail.events.iter().skip(tail.events.len() - kept))
+                    .filter(|e| e.sequence <= last)
+                    .cloned()
+                    .collect()
+            };
+            o.accepted(&shown);
+        }
         self.committed.inc_by(count);
         let mut bells = self.bells.lock().unwrap_or_else(|p| p.into_inner());
         bells.retain(|b| !matches!(b.try_send(()), Err(TrySendError::Disconnected(_))));
@@ -579,6 +593,44 @@ mod tests {
 
     fn ev(i: usize) -> Event {
         Event::new("order.placed", None, format!("{i}").into_bytes()).expect("event")
+    }
+
+    #[test]
+    fn a_watcher_is_shown_an_event_only_once_the_head_covers_it() {
+        // A tail client that saw an event and reconnects reads it back from
+        // the log up to the head: the head must already cover it.
+        let dir = crate::store::tests::temp_dir("log-watched");
+        let log = Log::start(
+            Store::open(&dir, Fsync::Interval(Duration::from_millis(5))).expect("open"),
+            Fsync::Interval(Duration::from_millis(5)),
+            Counter::default(),
+        )
+        .expect("start");
+        let observer = Arc::new(crate::observe::Observer::new(
+            &crate::metrics::Metrics::new(),
+        ));
+        log.observe(observer.clone());
+        let mut sub = observer.subscribe(crate::observe::tail::Filter::default(), 5000);
+        let writer = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    log.append(vec![ev(i)]).expect("append");
+                }
+            })
+        };
+        let mut seen = 0;
+        while seen < 200 {
+            let e = sub.events.blocking_recv().expect("an event");
+            assert!(
+                log.head() >= e.sequence,
+                "event {} shown before the head ({}) covered it",
+                e.sequence,
+                log.head()
+            );
+            seen += 1;
+        }
+        writer.join().expect("writer");
     }
 
     #[test]
