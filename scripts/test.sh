@@ -22,9 +22,10 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all --check
 echo "== cargo clippy -D warnings" >&2
 cargo clippy --release --workspace --all-targets -- -D warnings
-# The default members (host, guest-sdk, tests) hold every test. The plugin
-# crates are cdylibs for wasm32-wasip1 only (their export names cannot be
-# linked natively); clippy checks them and the e2e build compiles them.
+# The default members hold every test: host, guest-sdk, tests, and the
+# reference plugins, whose unit tests run natively against the SDK's test
+# harness (their exports exist only in the wasm32-wasip1 build, which the
+# e2e tests compile).
 # The static aarch64 release binary, built for the edge; the e2e test
 # `release::` runs it under qemu-user with the reference plugins and an
 # order through (scripts/release.sh builds every platform and measures).

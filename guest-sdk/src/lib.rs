@@ -44,8 +44,25 @@
 //! }
 //!
 //! export_plugin!(Auditor);
-//! # fn main() {}
+//!
+//! // In the plugin's tests: run it natively with the test harness.
+//! # fn main() {
+//! use plugbus_sdk::testing::{Harness, TestEvent};
+//!
+//! let mut h = Harness::<Auditor>::new().expect("init succeeds");
+//! let order = serde_json::json!({ "order_id": "o-1", "total_cents": 990 });
+//! let done = h.deliver(TestEvent::json("order.placed", &order));
+//! assert_eq!(done.outcome, Outcome::Ack);
+//! assert_eq!(done.published[0].topic, "audit.recorded");
+//! assert_eq!(h.logs()[0].message, "order o-1 for 990 cents");
+//! let bad = h.deliver(TestEvent::json("order.placed", "not an order"));
+//! assert!(matches!(bad.outcome, Outcome::Reject(_)));
+//! assert_eq!(h.published().len(), 1, "a rejected event publishes nothing");
+//! # }
 //! ```
+//!
+//! [`testing`] (native targets only) runs a plugin the way the host does,
+//! so a plugin's `cargo test` needs no WebAssembly.
 //!
 //! Publishes made while handling an event are sent only if that event's
 //! outcome is [`Outcome::Ack`]; the host keeps the event's correlation id on
@@ -77,11 +94,14 @@ pub mod bindings {
     });
 }
 
+mod host;
 mod state;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
 pub use state::{State, StateError};
 
-use bindings::plugbus::plugin::{config as host_config, publisher, types};
+use bindings::plugbus::plugin::types;
 use bindings::wasi::logging::logging;
 
 pub use types::{Info, Outcome, Outgoing, PublishError, Retry};
@@ -149,7 +169,7 @@ impl Context {
 
     /// Publish a fully described follow-up event.
     pub fn publish_event(&mut self, event: &Outgoing) -> Result<(), PublishError> {
-        publisher::publish(self.cause, event)
+        host::publish(self.cause, event)
     }
 }
 
@@ -309,7 +329,33 @@ impl fmt::Debug for Event<'_> {
     }
 }
 
+impl PartialEq for Retry {
+    fn eq(&self, other: &Retry) -> bool {
+        self.delay_ms == other.delay_ms && self.message == other.message
+    }
+}
+
+impl Eq for Retry {}
+
+impl PartialEq for Outcome {
+    fn eq(&self, other: &Outcome) -> bool {
+        match (self, other) {
+            (Outcome::Ack, Outcome::Ack) => true,
+            (Outcome::Retry(a), Outcome::Retry(b)) => a == b,
+            (Outcome::Reject(a), Outcome::Reject(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Outcome {}
+
 impl Outcome {
+    /// Whether this is [`Outcome::Ack`].
+    pub fn is_ack(&self) -> bool {
+        matches!(self, Outcome::Ack)
+    }
+
     /// A transient failure: the host retries with its backoff.
     pub fn retry(message: impl Into<String>) -> Outcome {
         Outcome::Retry(Retry {
@@ -352,7 +398,7 @@ pub use logging::Level;
 
 /// Send a message to the host's log, tagged with this plugin's name.
 pub fn log(level: Level, message: &str) {
-    logging::log(level, "", message);
+    host::log(level, message);
 }
 
 /// Log at info level with `format!` arguments.
@@ -374,12 +420,16 @@ macro_rules! error {
 }
 
 /// Export `$ty` (which implements [`Plugin`]) as this component's handler.
-/// Use it once, in the plugin crate's root.
+/// Use it once, in the plugin crate's root. It exports only when compiled
+/// to WebAssembly; a native build (the plugin's tests, with [`testing`])
+/// has nothing to export.
 #[macro_export]
 macro_rules! export_plugin {
     ($ty:ty) => {
+        #[cfg(target_arch = "wasm32")]
         struct __PlugbusExport;
 
+        #[cfg(target_arch = "wasm32")]
         impl $crate::bindings::exports::plugbus::plugin::handler::Guest for __PlugbusExport {
             fn init() -> ::core::result::Result<$crate::Info, ::std::string::String> {
                 $crate::__private::init::<$ty>()
@@ -392,8 +442,28 @@ macro_rules! export_plugin {
             }
         }
 
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::export!(__PlugbusExport);
+
+        // Natively the plugin is used by its tests, if at all.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: fn() -> ::core::result::Result<$crate::Info, ::std::string::String> =
+            $crate::__private::init::<$ty>;
     };
+}
+
+/// Call `plugin`'s handler for each event of `batch`, in order.
+fn handle_each<P: Plugin>(plugin: &mut P, batch: &types::Batch) -> Vec<Outcome> {
+    batch
+        .headers
+        .chunks_exact(HEADER_WORDS)
+        .enumerate()
+        .map(|(i, header)| {
+            let event = Event { header, batch };
+            let mut ctx = Context { cause: i as u32 };
+            plugin.handle(&event, &mut ctx)
+        })
+        .collect()
 }
 
 thread_local! {
@@ -410,7 +480,7 @@ pub mod __private {
 
     pub fn init<P: Plugin>() -> Result<Info, String> {
         let config = Config {
-            values: host_config::get_all().into_iter().collect(),
+            values: host::config().into_iter().collect(),
         };
         let plugin = P::init(&config)?;
         let info = plugin.info();
@@ -422,19 +492,7 @@ pub mod __private {
         INSTANCE.with(|slot| {
             let mut slot = slot.borrow_mut();
             match slot.as_mut().and_then(|b| b.downcast_mut::<P>()) {
-                Some(plugin) => batch
-                    .headers
-                    .chunks_exact(HEADER_WORDS)
-                    .enumerate()
-                    .map(|(i, header)| {
-                        let event = Event {
-                            header,
-                            batch: &batch,
-                        };
-                        let mut ctx = Context { cause: i as u32 };
-                        plugin.handle(&event, &mut ctx)
-                    })
-                    .collect(),
+                Some(plugin) => handle_each(plugin, &batch),
                 None => batch
                     .headers
                     .chunks_exact(HEADER_WORDS)

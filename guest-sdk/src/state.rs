@@ -7,7 +7,7 @@
 //! state and the events counted in it agree. Keep counters and projections
 //! here, not in the plugin's memory, which starts empty after every restart.
 //!
-//! ```no_run
+//! ```
 //! use plugbus_sdk::State;
 //!
 //! let state = State::open().expect("the host gives every plugin a bucket");
@@ -17,11 +17,12 @@
 
 use std::fmt;
 
-use crate::bindings::wasi::keyvalue::{atomics, store};
+use crate::bindings::wasi::keyvalue::store;
+use crate::host::Bucket;
 
 /// The plugin's bucket.
 pub struct State {
-    bucket: store::Bucket,
+    bucket: Bucket,
 }
 
 /// A state operation failed; the text says why. Usually worth a retry.
@@ -51,7 +52,7 @@ impl State {
     /// [`Plugin::init`](crate::Plugin::init) and keep it.
     pub fn open() -> Result<State, StateError> {
         Ok(State {
-            bucket: store::open("default")?,
+            bucket: Bucket::open("default")?,
         })
     }
 
@@ -103,7 +104,7 @@ impl State {
     /// return the new value. Counters are stored as decimal text, so they
     /// read as JSON numbers.
     pub fn increment(&self, key: &str, delta: i64) -> Result<i64, StateError> {
-        Ok(atomics::increment(&self.bucket, key, delta)?)
+        Ok(self.bucket.increment(key, delta)?)
     }
 
     /// The counter at `key`, 0 when missing.
@@ -116,9 +117,9 @@ impl State {
         let mut keys = Vec::new();
         let mut cursor = None;
         loop {
-            let page = self.bucket.list_keys(cursor.as_deref())?;
-            keys.extend(page.keys);
-            match page.cursor {
+            let (page, next) = self.bucket.list_keys(cursor.as_deref())?;
+            keys.extend(page);
+            match next {
                 Some(next) => cursor = Some(next),
                 None => return Ok(keys),
             }

@@ -49,3 +49,35 @@ impl Plugin for Analytics {
 }
 
 export_plugin!(Analytics);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugbus_sdk::testing::{Harness, TestEvent};
+    use serde_json::json;
+
+    #[test]
+    fn orders_and_revenue_are_counted_once_per_acked_order() {
+        let mut h = Harness::<Analytics>::new().expect("init");
+        let outcomes = h.deliver_batch([
+            TestEvent::json("order.placed", &json!({"total_cents": 500})),
+            TestEvent::json("order.placed", &json!({"no_total": true})),
+            TestEvent::json("order.placed", &json!({"total_cents": 250})),
+        ]);
+        let acked: Vec<bool> = outcomes.iter().map(|d| d.outcome.is_ack()).collect();
+        assert_eq!(acked, [true, false, true]);
+        assert_eq!(h.state().counter("orders"), 2);
+        assert_eq!(h.state().counter("revenue_cents"), 750);
+        let last = h.logs().last().expect("a line");
+        assert_eq!(last.message, "totals: orders=2 revenue_cents=750");
+    }
+
+    #[test]
+    fn the_projection_continues_from_kept_totals() {
+        let mut h = Harness::<Analytics>::new().expect("init");
+        h.seed_json("orders", &10).seed_json("revenue_cents", &1000);
+        h.deliver(TestEvent::json("order.placed", &json!({"total_cents": 1})));
+        assert_eq!(h.state().counter("orders"), 11);
+        assert_eq!(h.state().counter("revenue_cents"), 1001);
+    }
+}

@@ -80,3 +80,49 @@ impl Plugin for Email {
 }
 
 export_plugin!(Email);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugbus_sdk::testing::{Harness, TestEvent};
+    use serde_json::json;
+
+    #[test]
+    fn an_order_is_confirmed_and_a_shortage_apologised_for_in_the_chain() {
+        let mut h = Harness::<Email>::with_config([("from", "shop@x.example")]).expect("init");
+        assert_eq!(
+            h.info().subscriptions,
+            ["order.placed", "inventory.insufficient"]
+        );
+        let order = json!({"order_id": "o-1", "customer": "a@b.c", "total_cents": 1234});
+        assert!(h
+            .deliver(TestEvent::json("order.placed", &order))
+            .outcome
+            .is_ack());
+        assert_eq!(
+            h.logs()[0].message,
+            "to a@b.c from shop@x.example: your order o-1 is confirmed, total 12.34"
+        );
+        let shortage = json!({"order_id": "o-1", "customer": "a@b.c", "sku": "w"});
+        let e = TestEvent::json("inventory.insufficient", &shortage)
+            .correlation_id("root-1")
+            .causation_id("order-1");
+        assert!(h.deliver(e).outcome.is_ack());
+        assert!(h.logs()[1]
+            .message
+            .ends_with("(correlation root-1, caused by order-1)"));
+        assert!(h.published().is_empty(), "email publishes nothing");
+    }
+
+    #[test]
+    fn what_email_cannot_read_is_rejected_not_retried() {
+        let mut h = Harness::<Email>::new().expect("init");
+        let bad = h.deliver(TestEvent::json("order.placed", &json!({"order_id": 1})));
+        assert!(matches!(bad.outcome, Outcome::Reject(_)), "{bad:?}");
+        let other = h.deliver(TestEvent::json("order.shipped", &json!({})));
+        assert_eq!(
+            other.outcome,
+            Outcome::reject("email does not handle `order.shipped`")
+        );
+    }
+}

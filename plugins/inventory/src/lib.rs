@@ -170,3 +170,67 @@ impl Plugin for Inventory {
 }
 
 export_plugin!(Inventory);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugbus_sdk::testing::{Harness, TestEvent};
+    use serde_json::json;
+
+    fn order(id: &str, sku: &str, qty: u64) -> TestEvent {
+        TestEvent::json(
+            "order.placed",
+            &json!({"order_id": id, "customer": "a@b.c", "items": [{"sku": sku, "qty": qty}]}),
+        )
+    }
+
+    #[test]
+    fn an_order_in_stock_is_reserved_and_the_chain_goes_on() {
+        let mut h = Harness::<Inventory>::with_config([("stock.widget", "5")]).expect("init");
+        let done = h.deliver(order("o-1", "widget", 3));
+        assert!(done.outcome.is_ack());
+        let follow = &done.published[0];
+        assert_eq!(follow.topic, "inventory.reserved");
+        assert_eq!(follow.causation_id, done.event_id);
+        assert_eq!(
+            follow.correlation_id, done.event_id,
+            "the order starts the chain"
+        );
+        assert_eq!(h.state().get_json::<u64>("stock.widget"), Some(2));
+        // Not enough left: the follow-up says so and stock is untouched.
+        let short = h.deliver(order("o-2", "widget", 3));
+        assert_eq!(short.published[0].topic, "inventory.insufficient");
+        let body: serde_json::Value = short.published[0].json().expect("json");
+        assert_eq!(
+            (body["wanted"].as_u64(), body["available"].as_u64()),
+            (Some(3), Some(2))
+        );
+        assert_eq!(h.state().get_json::<u64>("stock.widget"), Some(2));
+    }
+
+    #[test]
+    fn an_order_without_items_is_rejected_and_reserves_nothing() {
+        let mut h = Harness::<Inventory>::with_config([("default_stock", "1")]).expect("init");
+        let empty = TestEvent::json(
+            "order.placed",
+            &json!({"order_id": "o-1", "customer": "c", "items": []}),
+        );
+        assert_eq!(
+            h.deliver(empty).outcome,
+            Outcome::reject("order o-1 has no items")
+        );
+        assert!(h.published().is_empty());
+        assert!(h.state().keys().is_empty());
+        assert!(h.deliver(order("o-2", "gadget", 1)).outcome.is_ack());
+        assert_eq!(h.state().get_json::<u64>("stock.gadget"), Some(0));
+    }
+
+    #[test]
+    fn bad_config_is_refused_naming_the_key() {
+        let err = Harness::<Inventory>::with_config([("default_stock", "many")]).err();
+        assert_eq!(
+            err.as_deref(),
+            Some("config `default_stock` = `many` is not a whole number")
+        );
+    }
+}
