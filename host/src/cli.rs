@@ -152,6 +152,19 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Write a new plugin project, ready to build, test and run.
+    ///
+    /// Example: plugbus new audit && cd audit && plugbus dev
+    New(crate::author::commands::NewArgs),
+    /// Build a plugin project into dist/NAME.wasm, check that it loads
+    /// here, and compile it into the cache ahead of deploying it.
+    Build(crate::author::commands::BuildArgs),
+    /// Run a project's own tests, then its built plugin in the real runtime
+    /// against its events/*.json; fails on an unexpected outcome.
+    Test(crate::author::commands::BuildArgs),
+    /// Run a plugin project in a host on loopback, rebuilding and swapping
+    /// it in on every change, and show what it does with events/*.json.
+    Dev(crate::author::commands::DevArgs),
 }
 
 /// Where a client subcommand finds the host, and how it proves who it is.

@@ -171,12 +171,39 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        Command::New(args) => author_done(plugbus::author::commands::new(&args)),
+        Command::Build(args) => author_done(plugbus::author::commands::build(&args)),
+        Command::Test(args) => {
+            // The plugin's log lines, as the host would write them.
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("warn,plugin=info"))
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init();
+            match plugbus::author::commands::test(&args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => fail(&e.to_string()),
+            }
+        }
+        Command::Dev(args) => {
+            // The plugin's log lines and the host's warnings come from the
+            // host child; this process says what it does on stdout.
+            author_done(plugbus::author::commands::dev(&args))
+        }
         Command::Token {
             action: TokenAction::New { name, scopes },
         } => match token_new(&name, &scopes) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
+    }
+}
+
+fn author_done(result: Result<(), plugbus::author::AuthorError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
     }
 }
 

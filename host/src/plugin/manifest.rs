@@ -50,23 +50,31 @@ use crate::topic::Pattern;
 /// The most workers a plugin may ask for.
 pub const CONCURRENCY_MAX: u32 = 64;
 
-/// A plugin's manifest, as written.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+/// The settings an operator gives one plugin, whatever the plugin itself
+/// says: what it consumes, how many workers run it, the bounds of its
+/// sandbox, where it may publish, and how its failures are retried.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// Topic patterns to consume instead of those `init` returns.
+    #[schemars(example = vec!["order.placed"])]
     pub subscriptions: Option<Vec<String>>,
     /// Workers for this plugin, each with its own instance. Default 1.
+    #[schemars(example = 2)]
     pub concurrency: Option<u32>,
     /// What decides which worker an event goes to, and what strict
     /// ordering holds back: `subject` (default), `topic`, `source`, or
     /// `extension:NAME`.
+    #[schemars(example = &"subject")]
     pub ordering_key: Option<String>,
     /// Most events per `handle` call. Default: the host's
     /// `--batch-events-max` (64).
+    #[schemars(example = 64)]
     pub batch_events_max: Option<u32>,
-    /// Values the plugin reads with the config interface.
+    /// Values the plugin reads with the config interface (and
+    /// `wasi:config/store`), passed to `init`.
     #[serde(default)]
+    #[schemars(example = [("smtp_host", "mail.example")].into_iter().collect::<BTreeMap<_, _>>())]
     pub config: BTreeMap<String, String>,
     /// Bounds on each call.
     #[serde(default)]
@@ -83,61 +91,76 @@ pub struct Manifest {
 }
 
 /// `[limits]`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSection {
     /// Linear memory an instance may grow to. Default: `--memory-bytes-max`.
+    #[schemars(example = 67108864)]
     pub memory_bytes_max: Option<u64>,
     /// CPU time a `handle` call may use. Default: `--deadline-ms`.
+    #[schemars(example = 1000)]
     pub deadline_ms: Option<u64>,
     /// WebAssembly stack a call may use. Default: `--stack-bytes-max`.
+    #[schemars(example = 524288)]
     pub stack_bytes_max: Option<u64>,
     /// Lines of guest stdout/stderr kept per second (the rest are counted
     /// and dropped). Default 100.
+    #[schemars(example = 100)]
     pub output_lines_per_s_max: Option<u32>,
     /// State (keys and values) it may keep, in bytes. Default 64 MiB.
+    #[schemars(example = 67108864)]
     pub state_bytes_max: Option<u64>,
 }
 
 /// `[publish]`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishSection {
     /// Patterns of topics it may publish to. Absent: any topic.
+    #[schemars(example = vec!["inventory.>"])]
     pub allow: Option<Vec<String>>,
     /// Patterns it may not publish to, even when allowed.
     #[serde(default)]
+    #[schemars(example = vec!["inventory.internal.>"])]
     pub deny: Vec<String>,
     /// Follow-up events per second, across its workers. Default 10,000.
+    #[schemars(example = 10000)]
     pub rate_events_per_s_max: Option<u32>,
     /// Follow-up events one causal chain (one correlation id) may have,
     /// counting every plugin's, before this plugin's are refused. Default
     /// 1000.
+    #[schemars(example = 1000)]
     pub chain_events_max: Option<u64>,
 }
 
 /// `[overflow]`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OverflowSection {
     /// `block` (default) or `drop`.
+    #[schemars(example = &"block")]
     pub policy: Option<String>,
     /// How long a publisher waits for room (`block`). Default:
     /// `--publish-timeout-ms`.
+    #[schemars(example = 5000)]
     pub timeout_ms: Option<u64>,
 }
 
 /// `[retry]`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySection {
     /// Attempts before an event is given up on. Default: `--max-attempts`.
+    #[schemars(example = 5)]
     pub max_attempts: Option<u32>,
     /// First retry delay. Default: `--backoff-ms-min`.
+    #[schemars(example = 100)]
     pub backoff_ms_min: Option<u64>,
     /// Longest retry delay. Default: `--backoff-ms-max`.
+    #[schemars(example = 30000)]
     pub backoff_ms_max: Option<u64>,
     /// `none` or `strict`. Default: `--ordering`.
+    #[schemars(example = &"none")]
     pub ordering: Option<String>,
 }
 

@@ -23,6 +23,7 @@
 
 mod error;
 pub mod manifest;
+pub mod manifest_reference;
 mod optimizer;
 mod settings;
 mod status;

@@ -1,0 +1,525 @@
+//! `plugbus dev`: the edit loop. Builds the project, runs a host on
+//! loopback (this binary's `run`, its log in a temporary directory, in
+//! memory under /dev/shm where there is one, removed at exit) with the
+//! plugin in its plugin directory, and publishes the fixture events
+//! (`events/*.json`), printing what the plugin did with each: its outcome,
+//! its follow-up events, its state changes (its log lines come from the
+//! host as they happen). On every change to the project's sources or
+//! manifest (never `target/` or `dist/`) it rebuilds, swaps the new build
+//! in through the host's hot swap, and publishes the fixtures again.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use notify::Watcher;
+use serde_json::Value;
+use sha2::Digest;
+
+use super::build::{self, BuildOptions};
+use super::fixtures;
+use super::{io_error, AuthorError, Project};
+
+/// How long to wait for the host, a swap, or an event to be handled.
+const WAIT: Duration = Duration::from_secs(120);
+
+/// What the loop reacts to.
+enum Cue {
+    Changed(PathBuf),
+    Publish,
+    Quit,
+}
+
+/// Options of `plugbus dev`.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// Where the host listens (default: a free port on 127.0.0.1).
+    pub listen: Option<std::net::SocketAddr>,
+    /// Build with `--release`.
+    pub release: bool,
+}
+
+/// A host child and its directories, stopped and removed when dropped.
+struct Host {
+    child: Child,
+    url: String,
+    dirs: PathBuf,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // SIGTERM stops the host cleanly; SIGKILL if it does not.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dirs);
+    }
+}
+
+/// Run the loop until Ctrl-C, SIGTERM or `q`.
+pub fn dev(project: &Project, opts: &DevOptions, out: &mut dyn Write) -> Result<(), AuthorError> {
+    let (tx, rx) = crossbeam_channel::unbounded::<Cue>();
+    on_signal(tx.clone());
+    let build_opts = BuildOptions {
+        release: opts.release,
+        ..BuildOptions::default()
+    };
+    let built = build::build(project, &build_opts, out)?;
+    let dirs = host_dirs(project)?;
+    // In the plugin directory before the host starts: it starts with it.
+    let deployed = deploy(project, &dirs.join("plugins"), &built.wasm)?;
+    let host = start_host(dirs, opts.listen)?;
+    let _ = writeln!(
+        out,
+        "plugbus dev: {} {} on {} (console {}/console/)\nwatching {} — Enter publishes events/*.json again, q quits",
+        project.name,
+        built.version,
+        host.url,
+        host.url,
+        project.dir.display()
+    );
+    let plugins = host.dirs.join("plugins");
+    wait_live(&host.url, &project.name, &deployed)?;
+    let _ = writeln!(
+        out,
+        "{} is live ({})",
+        project.name,
+        build::size(built.bytes)
+    );
+    publish_fixtures(project, &host.url, out)?;
+
+    let watch_tx = tx.clone();
+    let root = project.dir.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res {
+            if !matches!(event.kind, notify::EventKind::Access(_)) {
+                for p in event.paths {
+                    if is_source(&root, &p) {
+                        let _ = watch_tx.send(Cue::Changed(p));
+                    }
+                }
+            }
+        }
+    })
+    .map_err(|e| AuthorError::Toolchain {
+        what: "a file watcher".into(),
+        fix: format!("{e}; raise fs.inotify.max_user_watches"),
+    })?;
+    watcher
+        .watch(&project.dir, notify::RecursiveMode::Recursive)
+        .map_err(|e| AuthorError::Toolchain {
+            what: format!("watching {}", project.dir.display()),
+            fix: e.to_string(),
+        })?;
+    let stdin_tx = tx.clone();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let cue = match line.as_deref().map(str::trim) {
+                Ok("q") | Ok("quit") | Err(_) => Cue::Quit,
+                Ok(_) => Cue::Publish,
+            };
+            let quit = matches!(cue, Cue::Quit);
+            if stdin_tx.send(cue).is_err() || quit {
+                return;
+            }
+        }
+    });
+
+    let quiet = BuildOptions {
+        quiet: true,
+        ..build_opts
+    };
+    loop {
+        let first = match rx.recv() {
+            Ok(Cue::Quit) | Err(_) => break,
+            Ok(Cue::Publish) => {
+                publish_fixtures(project, &host.url, out)?;
+                continue;
+            }
+            Ok(Cue::Changed(p)) => p,
+        };
+        // An editor writes a file in several steps: take them together.
+        let changed_at = Instant::now();
+        let mut quit = false;
+        let mut first = first;
+        while let Ok(cue) = rx.recv_timeout(Duration::from_millis(100)) {
+            match cue {
+                Cue::Quit => quit = true,
+                // An editor's temporary file is gone by now; the file it
+                // saved is not.
+                Cue::Changed(p) if !first.exists() => first = p,
+                _ => {}
+            }
+        }
+        if quit {
+            break;
+        }
+        let shown = first.strip_prefix(&project.dir).unwrap_or(&first);
+        let _ = writeln!(out, "changed: {}; rebuilding", shown.display());
+        let built = match build::build(project, &quiet, out) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "build failed: {e}\nthe running version stays; fix and save again"
+                );
+                continue;
+            }
+        };
+        let deployed = deploy(project, &plugins, &built.wasm)?;
+        if let Err(e) = wait_live(&host.url, &project.name, &deployed) {
+            let _ = writeln!(out, "the new build did not start: {e}");
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "{} {} is live, {:.1} s after the change (build {:.1} s, load {:.1} s)",
+            project.name,
+            built.version,
+            changed_at.elapsed().as_secs_f64(),
+            built.build_time.as_secs_f64(),
+            built.check_time.as_secs_f64()
+        );
+        publish_fixtures(project, &host.url, out)?;
+    }
+    drop(watcher);
+    let _ = writeln!(out, "plugbus dev: stopping");
+    drop(host);
+    Ok(())
+}
+
+/// Set when Ctrl-C or SIGTERM arrives: waits give up, the loop ends, the
+/// host is stopped.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn stopping() -> Result<(), AuthorError> {
+    match STOPPING.load(std::sync::atomic::Ordering::Relaxed) {
+        true => Err(AuthorError::Stopped),
+        false => Ok(()),
+    }
+}
+
+/// Turn Ctrl-C and SIGTERM into [`Cue::Quit`].
+fn on_signal(tx: crossbeam_channel::Sender<Cue>) {
+    let (ready_tx, ready) = crossbeam_channel::bounded::<()>(1);
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            let _ = ready_tx.send(());
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        });
+        STOPPING.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = tx.send(Cue::Quit);
+    });
+    // The handlers are in place before anything is started.
+    let _ = ready.recv_timeout(Duration::from_secs(5));
+}
+
+/// Whether a change to `path` is worth a rebuild: anything in the project
+/// but build output, version control and editor droppings.
+fn is_source(root: &Path, path: &Path) -> bool {
+    let Ok(rel) = path.strip_prefix(root) else {
+        return false;
+    };
+    let mut parts = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned());
+    let Some(first) = parts.next() else {
+        return false;
+    };
+    if ["target", "dist", ".git", "__pycache__", "events"].contains(&first.as_str()) {
+        return false;
+    }
+    let name = rel
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    !(name.starts_with('.')
+        || name.ends_with('~')
+        || name.ends_with(".swp")
+        || name.ends_with(".part"))
+}
+
+/// The host's plugin and data directories, fresh: in /dev/shm (memory)
+/// where there is one, else in the temporary directory.
+fn host_dirs(project: &Project) -> Result<PathBuf, AuthorError> {
+    let base = Path::new("/dev/shm");
+    let base = if base.is_dir() {
+        base.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let dirs = base.join(format!(
+        "plugbus-dev-{}-{}",
+        project.name,
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dirs);
+    for d in ["plugins", "data"] {
+        let p = dirs.join(d);
+        std::fs::create_dir_all(&p).map_err(io_error(&p))?;
+    }
+    Ok(dirs)
+}
+
+fn start_host(dirs: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<Host, AuthorError> {
+    let addr = match listen {
+        Some(a) => a,
+        None => std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(io_error(Path::new("127.0.0.1:0")))?,
+    };
+    let exe = std::env::current_exe().map_err(io_error(Path::new("plugbus")))?;
+    let child = Command::new(exe)
+        .arg("run")
+        .arg("--plugins")
+        .arg(dirs.join("plugins"))
+        .arg("--data")
+        .arg(dirs.join("data"))
+        .arg("--listen")
+        .arg(addr.to_string())
+        .args(["--fsync", "interval=100"])
+        .env("RUST_LOG", "warn,plugin=info")
+        .env_remove("PLUGBUS_BROKER")
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| AuthorError::Toolchain {
+            what: "the plugbus host".into(),
+            fix: format!("it could not be started: {e}"),
+        })?;
+    let host = Host {
+        child,
+        url: format!("http://{addr}"),
+        dirs,
+    };
+    let deadline = Instant::now() + WAIT;
+    while get(&host.url, "/healthz").is_err() {
+        stopping()?;
+        if Instant::now() > deadline {
+            return Err(AuthorError::Toolchain {
+                what: format!("a host on {addr}"),
+                fix: "it did not answer; is the address free? pass --listen ADDR".into(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(host)
+}
+
+/// Put the build (and the manifest) into the host's plugin directory;
+/// returns the build's content hash.
+fn deploy(project: &Project, plugins: &Path, wasm: &Path) -> Result<String, AuthorError> {
+    let manifest = project.dist_dir().join(format!("{}.toml", project.name));
+    let target_manifest = plugins.join(format!("{}.toml", project.name));
+    if manifest.is_file() {
+        let staged = target_manifest.with_extension("toml.part");
+        std::fs::copy(&manifest, &staged).map_err(io_error(&manifest))?;
+        std::fs::rename(&staged, &target_manifest).map_err(io_error(&target_manifest))?;
+    } else {
+        let _ = std::fs::remove_file(&target_manifest);
+    }
+    build::copy_atomically(wasm, &plugins.join(format!("{}.wasm", project.name)))?;
+    let bytes = std::fs::read(wasm).map_err(io_error(wasm))?;
+    Ok(sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn get(url: &str, path: &str) -> Result<Value, String> {
+    ureq::get(&format!("{url}{path}"))
+        .timeout(Duration::from_secs(10))
+        .call()
+        .map_err(|e| e.to_string())?
+        .into_json()
+        .map_err(|e| e.to_string())
+}
+
+/// Wait until the host runs the build with `hash`.
+fn wait_live(url: &str, name: &str, hash: &str) -> Result<(), AuthorError> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        stopping()?;
+        let plugin = get(url, "/v1/plugins").ok().and_then(|all| {
+            all["plugins"]
+                .as_array()?
+                .iter()
+                .find(|p| p["name"] == name)
+                .cloned()
+        });
+        if let Some(p) = &plugin {
+            // The host shows the start of the hash.
+            let same = p["content_hash"]
+                .as_str()
+                .is_some_and(|h| !h.is_empty() && hash.starts_with(h));
+            if same && p["state"] == "running" {
+                return Ok(());
+            }
+            if same && p["state"] == "failed" {
+                return Err(AuthorError::Check {
+                    file: PathBuf::from(format!("{name}.wasm")),
+                    reason: format!("the host did not start it: {}", p["error"]),
+                });
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(AuthorError::Check {
+                file: PathBuf::from(format!("{name}.wasm")),
+                reason: format!("not running after {WAIT:?}: {plugin:?}"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kv(url: &str, name: &str) -> Vec<(String, String)> {
+    get(url, &format!("/v1/plugins/{name}/kv"))
+        .ok()
+        .and_then(|v| {
+            v["entries"].as_array().map(|es| {
+                es.iter()
+                    .map(|e| {
+                        let value = match &e["value"] {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        (e["key"].as_str().unwrap_or_default().to_string(), value)
+                    })
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Publish every fixture event to the host and print what the plugin did
+/// with it.
+fn publish_fixtures(project: &Project, url: &str, out: &mut dyn Write) -> Result<(), AuthorError> {
+    let files = project.fixtures()?;
+    if files.is_empty() {
+        let _ = writeln!(
+            out,
+            "no events/*.json to publish; add one (a CloudEvent) and press Enter"
+        );
+        return Ok(());
+    }
+    let list = match fixtures::load(&files) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = writeln!(out, "{e}");
+            return Ok(());
+        }
+    };
+    for f in list {
+        let before = kv(url, &project.name);
+        let mut body = f.event.to_json();
+        body["id"] = Value::String(crate::event::new_id());
+        let sent = ureq::post(&format!("{url}/v1/events"))
+            .set("content-type", "application/cloudevents+json")
+            .timeout(Duration::from_secs(10))
+            .send_string(&body.to_string());
+        let accepted: Value = match sent
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.into_json().map_err(|e| e.to_string()))
+        {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = writeln!(out, "publishing {}: {e}", f.file.display());
+                continue;
+            }
+        };
+        let id = accepted["id"].as_str().unwrap_or_default().to_string();
+        let chain = body["correlationid"].as_str().unwrap_or(&id).to_string();
+        let deadline = Instant::now() + WAIT;
+        let (delivery, follow_ups) = loop {
+            let trace = get(url, &format!("/v1/trace/{chain}")).unwrap_or_default();
+            let events = trace["events"].as_array().cloned().unwrap_or_default();
+            let delivery = events
+                .iter()
+                .find(|e| e["id"] == id.as_str())
+                .and_then(|e| {
+                    e["deliveries"]
+                        .as_array()?
+                        .iter()
+                        .find(|d| d["plugin"] == project.name.as_str())
+                        .cloned()
+                });
+            let done = delivery.as_ref().is_some_and(|d| d["outcome"] != "pending");
+            if done || Instant::now() > deadline || stopping().is_err() {
+                let follow: Vec<Value> = events
+                    .into_iter()
+                    .filter(|e| e["causationid"] == id.as_str())
+                    .collect();
+                break (delivery, follow);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let outcome = match &delivery {
+            None => "not delivered: the plugin does not subscribe to it".to_string(),
+            Some(d) => match d["outcome"].as_str() {
+                Some("handled") => "handled".to_string(),
+                Some("dead_letter") => format!(
+                    "rejected or given up: {}",
+                    d["error"].as_str().unwrap_or_default()
+                ),
+                Some("retrying") => format!(
+                    "retrying (attempt {} failed; the host's log says why)",
+                    d["attempts"]
+                ),
+                _ => format!("still pending after {WAIT:?}"),
+            },
+        };
+        let name = f
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let _ = writeln!(out, "{name}: {} {id}: {outcome}", f.event.topic);
+        for e in &follow_ups {
+            let data = match &e["data"] {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "  published {} {data}",
+                e["type"].as_str().unwrap_or_default()
+            );
+        }
+        let after = kv(url, &project.name);
+        for (k, v) in &after {
+            if !before.iter().any(|(bk, bv)| bk == k && bv == v) {
+                let _ = writeln!(out, "  state {k} = {v}");
+            }
+        }
+        for (k, _) in before
+            .iter()
+            .filter(|(k, _)| !after.iter().any(|(ak, _)| ak == k))
+        {
+            let _ = writeln!(out, "  state {k} deleted");
+        }
+    }
+    Ok(())
+}

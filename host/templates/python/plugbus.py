@@ -1,0 +1,471 @@
+"""plugbus: write plugbus plugins in Python.
+
+Written into the project by `plugbus new --lang python`, for the contract in
+wit/ (plugbus:plugin@0.1.0). A plugin is a class with `name`, `version`,
+`subscriptions`, `__init__(self, config)` and `handle(self, event, ctx)`
+returning `ack()`, `retry(why)` or `reject(why)`; `app.py` exports it with
+`Handler = plugbus.handler(MyPlugin)`. `plugbus build` turns app.py into
+dist/NAME.wasm with componentize-py.
+
+Run natively (`python3 -m unittest`, what `plugbus test` runs first), the
+same code talks to a test host instead: `Harness` delivers events to a
+plugin and keeps the host's rules (state writes and follow-ups count only
+for acked events; follow-ups carry the cause's correlation and causation).
+"""
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+try:
+    from componentize_py_types import Err
+    from wit_world.imports import atomics as _atomics
+    from wit_world.imports import config as _config
+    from wit_world.imports import logging as _logging
+    from wit_world.imports import publisher as _publisher
+    from wit_world.imports import store as _store
+    from wit_world.imports import types as _types
+
+    IN_WASM = True
+except ImportError:  # natively: the test host below plays the host
+    IN_WASM = False
+
+HEADER_WORDS = 24
+
+
+# ---- outcomes ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a plugin did with one event: `ack`, `retry` or `reject`."""
+
+    kind: str
+    message: str = ""
+    delay_ms: Optional[int] = None
+
+
+def ack() -> Outcome:
+    """Done: the event is not delivered to this plugin again."""
+    return Outcome("ack")
+
+
+def retry(message: str, delay_ms: Optional[int] = None) -> Outcome:
+    """A transient failure: deliver again later (after `delay_ms`, if given)."""
+    return Outcome("retry", message, delay_ms)
+
+
+def reject(message: str) -> Outcome:
+    """A permanent failure: never retried; the event goes to dead letters."""
+    return Outcome("reject", message)
+
+
+# ---- events --------------------------------------------------------------
+
+class Event:
+    """One delivered event: a view of the batch the host handed over."""
+
+    __slots__ = ("_bytes", "_h", "_ext")
+
+    def __init__(self, data: bytes, headers: List[int], extensions: List[int], index: int):
+        self._bytes = data
+        self._h = headers[index * HEADER_WORDS:(index + 1) * HEADER_WORDS]
+        self._ext = extensions
+
+    def _span(self, i: int) -> bytes:
+        offset, length = self._h[i], self._h[i + 1]
+        return self._bytes[offset:offset + length]
+
+    def _text(self, i: int) -> str:
+        return self._span(i).decode("utf-8", "replace")
+
+    def _optional(self, i: int) -> Optional[str]:
+        return self._text(i) if self._h[i + 1] else None
+
+    @property
+    def id(self) -> str:
+        return self._text(0)
+
+    @property
+    def source(self) -> str:
+        return self._text(2)
+
+    @property
+    def topic(self) -> str:
+        """The topic (CloudEvents `type`), e.g. `order.placed`."""
+        return self._text(4)
+
+    @property
+    def subject(self) -> Optional[str]:
+        return self._optional(6)
+
+    @property
+    def time(self) -> str:
+        return self._text(8)
+
+    @property
+    def datacontenttype(self) -> Optional[str]:
+        return self._optional(10)
+
+    @property
+    def data(self) -> bytes:
+        return self._span(12)
+
+    @property
+    def correlation_id(self) -> Optional[str]:
+        """The id of the first event of this event's chain."""
+        return self._optional(14)
+
+    @property
+    def causation_id(self) -> Optional[str]:
+        """The id of the event whose handler published this one."""
+        return self._optional(16)
+
+    @property
+    def sequence(self) -> int:
+        return self._h[18] | (self._h[19] << 32)
+
+    @property
+    def attempt(self) -> int:
+        """Which delivery this is: 1 on the first."""
+        return self._h[20]
+
+    @property
+    def extensions(self) -> Dict[str, str]:
+        first, count = self._h[21] * 4, self._h[22] * 4
+        words = self._ext[first:first + count]
+        text = lambda o, n: self._bytes[o:o + n].decode("utf-8", "replace")
+        return {text(w[0], w[1]): text(w[2], w[3]) for w in (words[i:i + 4] for i in range(0, len(words), 4))}
+
+    def json(self) -> Any:
+        """The data decoded as JSON (raises ValueError if it is not)."""
+        return json.loads(self.data)
+
+
+class Context:
+    """What a handler can do besides returning an outcome."""
+
+    __slots__ = ("_cause",)
+
+    def __init__(self, cause: int):
+        self._cause = cause
+
+    def publish(self, topic: str, data: Any, subject: Optional[str] = None) -> None:
+        """Publish a follow-up event with `data` as JSON, caused by the event
+        being handled; sent only if that event is acked. Raises
+        PublishError if the host refuses it."""
+        self.publish_bytes(topic, json.dumps(data).encode(), "application/json", subject)
+
+    def publish_bytes(self, topic: str, data: bytes, datacontenttype: Optional[str] = None,
+                      subject: Optional[str] = None) -> None:
+        _host.publish(self._cause, topic, subject, datacontenttype, data)
+
+
+class PublishError(Exception):
+    """The host refused a publish; the message says why."""
+
+
+class StateError(Exception):
+    """A state operation failed; usually worth a retry."""
+
+
+class State:
+    """The plugin's key-value state, committed with its progress: writes made
+    for an event count only if the event is acked."""
+
+    def __init__(self):
+        self._bucket = _host.open_bucket()
+
+    def get(self, key: str) -> Optional[bytes]:
+        return _host.kv_get(self._bucket, key)
+
+    def set(self, key: str, value: bytes) -> None:
+        _host.kv_set(self._bucket, key, value)
+
+    def delete(self, key: str) -> None:
+        _host.kv_set(self._bucket, key, None)
+
+    def get_json(self, key: str) -> Any:
+        value = self.get(key)
+        return None if value is None else json.loads(value)
+
+    def set_json(self, key: str, value: Any) -> None:
+        self.set(key, json.dumps(value).encode())
+
+    def increment(self, key: str, delta: int = 1) -> int:
+        """Add `delta` to the counter at `key` (missing: 0); the new value."""
+        return _host.kv_increment(self._bucket, key, delta)
+
+    def counter(self, key: str) -> int:
+        return self.get_json(key) or 0
+
+
+def log(message: str, level: str = "info") -> None:
+    """Send a line to the host's log, tagged with the plugin's name."""
+    _host.log(level, message)
+
+
+# ---- the host: the contract's imports in wasm, a test host natively -------
+
+if IN_WASM:
+    _LEVELS = {"trace": _logging.Level.TRACE, "debug": _logging.Level.DEBUG,
+               "info": _logging.Level.INFO, "warn": _logging.Level.WARN,
+               "error": _logging.Level.ERROR}
+
+    class _WasmHost:
+        def publish(self, cause, topic, subject, datacontenttype, data):
+            try:
+                _publisher.publish(cause, _types.Outgoing(topic, subject, datacontenttype, data))
+            except Err as e:
+                raise PublishError(getattr(e.value, "value", str(e.value))) from None
+
+        def open_bucket(self):
+            return _store.open("default")
+
+        def kv_get(self, bucket, key):
+            try:
+                return bucket.get(key)
+            except Err as e:
+                raise StateError(str(e.value)) from None
+
+        def kv_set(self, bucket, key, value):
+            try:
+                bucket.set(key, value) if value is not None else bucket.delete(key)
+            except Err as e:
+                raise StateError(str(e.value)) from None
+
+        def kv_increment(self, bucket, key, delta):
+            try:
+                return _atomics.increment(bucket, key, delta)
+            except Err as e:
+                raise StateError(str(e.value)) from None
+
+        def config(self):
+            return dict(_config.get_all())
+
+        def log(self, level, message):
+            _logging.log(_LEVELS.get(level, _logging.Level.INFO), "", message)
+
+    _host = _WasmHost()
+
+    def _outcome(o: Outcome):
+        if o.kind == "ack":
+            return _types.Outcome_Ack()
+        if o.kind == "reject":
+            return _types.Outcome_Reject(o.message)
+        return _types.Outcome_Retry(_types.Retry(o.delay_ms, o.message))
+
+
+def handler(plugin_class):
+    """The class componentize-py exports (`Handler = plugbus.handler(P)`)."""
+
+    class Handler:
+        plugin = None
+
+        def init(self):
+            try:
+                Handler.plugin = plugin_class(_host.config())
+            except Exception as e:  # shown to the operator
+                raise Err(str(e)) from None
+            return _types.Info(plugin_class.name, plugin_class.version, list(plugin_class.subscriptions))
+
+        def handle(self, batch):
+            p = Handler.plugin
+            n = len(batch.headers) // HEADER_WORDS
+            out = []
+            for i in range(n):
+                try:
+                    o = p.handle(Event(batch.bytes, batch.headers, batch.extensions, i), Context(i))
+                except Exception as e:  # a bug: retry, the host gives up in time
+                    o = retry(f"{type(e).__name__}: {e}")
+                out.append(_outcome(o))
+            return out
+
+    return Handler
+
+
+# ---- testing (natively) -------------------------------------------------
+
+@dataclass
+class Published:
+    """A follow-up the harness kept (its cause was acked)."""
+
+    topic: str
+    data: bytes
+    subject: Optional[str]
+    datacontenttype: Optional[str]
+    causation_id: str
+    correlation_id: str
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+@dataclass
+class Delivery:
+    """What the plugin did with one event."""
+
+    event_id: str
+    outcome: Outcome
+    published: List[Published] = field(default_factory=list)
+
+
+@dataclass
+class TestEvent:
+    """An event to deliver in a test."""
+
+    topic: str
+    data: bytes = b""
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    source: str = "plugbus"
+    subject: Optional[str] = None
+    time: str = "2026-01-01T00:00:00Z"
+    datacontenttype: Optional[str] = None
+    correlation_id: Optional[str] = None
+    causation_id: Optional[str] = None
+    attempt: int = 1
+    extensions: Dict[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def json(topic: str, data: Any, **attrs) -> "TestEvent":
+        return TestEvent(topic, json.dumps(data).encode(), datacontenttype="application/json", **attrs)
+
+
+class _TestHost:
+    def __init__(self):
+        self.config_values: Dict[str, str] = {}
+        self.committed: Dict[str, bytes] = {}
+        self.overlay: Dict[str, Optional[bytes]] = {}
+        self.published: List[Tuple[int, str, Optional[str], Optional[str], bytes]] = []
+        self.logs: List[Tuple[str, str]] = []
+        self.batch_len = 0
+
+    def publish(self, cause, topic, subject, datacontenttype, data):
+        if cause >= self.batch_len:
+            raise PublishError(f"index {cause} is not in the batch being handled")
+        if not topic or any(not t or t in ("*", ">") for t in topic.split(".")):
+            raise PublishError(f"topic `{topic}` is not a topic; e.g. `order.placed`")
+        self.published.append((cause, topic, subject, datacontenttype, data))
+
+    def open_bucket(self):
+        return "default"
+
+    def kv_get(self, bucket, key):
+        return self.overlay[key] if key in self.overlay else self.committed.get(key)
+
+    def kv_set(self, bucket, key, value):
+        self.overlay[key] = value
+
+    def kv_increment(self, bucket, key, delta):
+        value = int(self.kv_get(bucket, key) or b"0") + delta
+        self.overlay[key] = str(value).encode()
+        return value
+
+    def config(self):
+        return dict(self.config_values)
+
+    def log(self, level, message):
+        self.logs.append((level, message))
+
+
+if not IN_WASM:
+    _host = _TestHost()
+
+
+class Harness:
+    """Runs one plugin class the way the host does, natively."""
+
+    def __init__(self, plugin_class, config: Optional[Dict[str, str]] = None):
+        self._host = _TestHost()
+        self._host.config_values = dict(config or {})
+        self.published: List[Published] = []
+        self.plugin = self._lend(lambda: plugin_class(self._host.config()))
+        self._commit()
+
+    def _lend(self, f):
+        global _host
+        saved, _host = _host, self._host
+        try:
+            return f()
+        finally:
+            _host = saved
+
+    def _commit(self):
+        for k, v in self._host.overlay.items():
+            if v is None:
+                self._host.committed.pop(k, None)
+            else:
+                self._host.committed[k] = v
+        self._host.overlay.clear()
+
+    def deliver(self, event: TestEvent) -> Delivery:
+        """Deliver one event; what the plugin did with it."""
+        return self.deliver_batch([event])[0]
+
+    def deliver_batch(self, events: List[TestEvent]) -> List[Delivery]:
+        """One `handle` call for `events`. If one is not acked and the batch
+        wrote state, the events are handled again one by one (as the host
+        does), so only acked events' writes are kept."""
+        data, headers, ext = _pack(events)
+        h = self._host
+        h.batch_len = len(events)
+
+        def call():
+            out = []
+            for i in range(len(events)):
+                try:
+                    out.append(self.plugin.handle(Event(data, headers, ext, i), Context(i)))
+                except Exception as e:
+                    out.append(retry(f"{type(e).__name__}: {e}"))
+            return out
+
+        outcomes = self._lend(call)
+        acked = all(o.kind == "ack" for o in outcomes)
+        if not acked and h.overlay and len(events) > 1:
+            h.overlay.clear()
+            h.published.clear()
+            return [self.deliver_batch([e])[0] for e in events]
+        if acked:
+            self._commit()
+        h.overlay.clear()
+        published, h.published = h.published, []
+        deliveries = []
+        for i, (e, o) in enumerate(zip(events, outcomes)):
+            kept = [Published(t, d, s, ct, e.id, e.correlation_id or e.id)
+                    for (c, t, s, ct, d) in published if c == i and o.kind == "ack"]
+            self.published.extend(kept)
+            deliveries.append(Delivery(e.id, o, kept))
+        return deliveries
+
+    @property
+    def state(self) -> Dict[str, bytes]:
+        """The committed state."""
+        return dict(self._host.committed)
+
+    def counter(self, key: str) -> int:
+        return int(self._host.committed.get(key, b"0"))
+
+    @property
+    def logs(self) -> List[str]:
+        return [m for (_, m) in self._host.logs]
+
+
+def _pack(events: List[TestEvent]):
+    data = bytearray()
+    headers: List[int] = []
+    ext: List[int] = []
+
+    def put(words, text):
+        raw = text.encode() if isinstance(text, str) else (text or b"")
+        words += [len(data), len(raw)]
+        data.extend(raw)
+
+    for seq, e in enumerate(events, start=1):
+        for value in (e.id, e.source, e.topic, e.subject, e.time, e.datacontenttype, e.data,
+                      e.correlation_id, e.causation_id):
+            put(headers, value)
+        headers += [seq, 0, e.attempt, len(ext) // 4, len(e.extensions), 0]
+        for k, v in e.extensions.items():
+            put(ext, k)
+            put(ext, v)
+    return bytes(data), headers, ext
