@@ -49,6 +49,25 @@ nats_server() {
   echo "$venv/bin/nats-server"
 }
 
+# componentize_py: prints the path of the pinned componentize-py (builds
+# Python plugins), installed when missing from PyPI into a virtualenv under
+# ~/.cache/plugbus/tools, where `plugbus build` also looks for it.
+COMPONENTIZE_PY_VERSION=0.25.1
+componentize_py() {
+  local venv="$HOME/.cache/plugbus/tools/componentize-py-$COMPONENTIZE_PY_VERSION"
+  if ! "$venv/bin/componentize-py" --version 2>/dev/null | grep -qx "componentize-py $COMPONENTIZE_PY_VERSION"; then
+    echo "== installing componentize-py $COMPONENTIZE_PY_VERSION (PyPI)" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2 || { apt_install python3-venv && python3 -m venv "$venv" >&2; }
+    "$venv/bin/pip" install -q "componentize-py==$COMPONENTIZE_PY_VERSION" >&2
+    "$venv/bin/componentize-py" --version | grep -qx "componentize-py $COMPONENTIZE_PY_VERSION" || {
+      echo "componentize-py==$COMPONENTIZE_PY_VERSION did not install in $venv" >&2
+      return 1
+    }
+  fi
+  echo "$venv/bin/componentize-py"
+}
+
 # release_binary ARCH: where scripts/release.sh puts the static binary for
 # ARCH (x86_64, aarch64): $PLUGBUS_DIST_DIR (default ~/.cache/plugbus/dist)
 # as plugbus-VERSION-ARCH-linux-musl.

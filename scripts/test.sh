@@ -15,6 +15,9 @@ source scripts/env.sh
 apt_install curl openssl coreutils redis-server systemd chromium chromium-driver
 PLUGBUS_NATS_SERVER="$(nats_server)"
 export PLUGBUS_NATS_SERVER
+# componentize-py, pinned: the Python plugin template is built and run.
+PLUGBUS_COMPONENTIZE_PY="$(componentize_py)"
+export PLUGBUS_COMPONENTIZE_PY
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 

@@ -69,6 +69,7 @@ fn host(plugins: &[PluginFile<'_>], args: &[&str]) -> TestHost {
 
 mod abuse;
 mod auth;
+mod author;
 mod brokers;
 mod busy;
 mod concurrency;
