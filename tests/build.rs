@@ -25,6 +25,11 @@ const PLUGINS: &[(&str, &str, Option<&str>)] = &[
     ("HOSTILE", "plugbus-test-plugins", Some("hostile")),
     ("INIT_FAILS", "plugbus-test-plugins", Some("init_fails")),
     ("CONTRACT_V2", "plugbus-test-plugins", Some("contract_v2")),
+    (
+        "CONFIG_READER",
+        "plugbus-test-plugins",
+        Some("config_reader"),
+    ),
 ];
 
 fn main() {

@@ -105,3 +105,26 @@ fn memory_mode_overflow_drop_counts_instead_of_refusing() {
     })
     .expect("counted");
 }
+
+#[test]
+fn a_plugin_reads_its_config_through_wasi_config_store_as_on_spin_and_wasmcloud() {
+    let manifest = "[config]\ngreeting = \"hello\"\nregion = \"eu\"\n";
+    let h = host(
+        &[
+            PluginFile::Wasm("config_reader", artifacts::CONFIG_READER),
+            PluginFile::Manifest("config_reader", manifest),
+        ],
+        &[],
+    );
+    let kv = |key: &str| {
+        h.get(&format!("/v1/plugins/config_reader/kv/{key}"))
+            .map(|v| v["value"].clone())
+            .unwrap_or_default()
+    };
+    // Spin's version and wasmCloud's read the manifest's [config] alike.
+    assert_eq!(kv("draft.greeting"), json!("hello"));
+    assert_eq!(kv("rc1.greeting"), json!("hello"));
+    assert_eq!(kv("draft.keys"), json!(2));
+    assert_eq!(kv("rc1.keys"), json!(2));
+    assert!(h.stop().expect("stops").success());
+}

@@ -176,16 +176,28 @@ impl logging::Host for HostState {
     }
 }
 
-impl config::Host for HostState {
-    fn get(&mut self, key: String) -> Option<String> {
+impl HostState {
+    /// The plugin's config value at `key`.
+    pub(super) fn config_value(&self, key: &str) -> Option<String> {
         self.config
             .iter()
-            .find(|(k, _)| *k == key)
+            .find(|(k, _)| k == key)
             .map(|(_, v)| v.clone())
     }
 
-    fn get_all(&mut self) -> Vec<(String, String)> {
+    /// All of the plugin's config.
+    pub(super) fn config_values(&self) -> Vec<(String, String)> {
         self.config.clone()
+    }
+}
+
+impl config::Host for HostState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.config_value(&key)
+    }
+
+    fn get_all(&mut self) -> Vec<(String, String)> {
+        self.config_values()
     }
 }
 
@@ -282,7 +294,8 @@ pub fn follow_up_id(plugin: &str, cause_id: &str, ordinal: usize) -> String {
 }
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    super::bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
+    super::bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)?;
+    super::wasi_config::add_to_linker(linker)
 }
 
 /// Guest stdout/stderr: each line goes to the host log, tagged with the

@@ -46,6 +46,7 @@ mod instance;
 pub mod kv;
 mod load;
 pub mod policy;
+pub mod wasi_config;
 
 use batch::BatchBuffer;
 pub use batch::{batch_bytes, BATCH_BYTES_LIMIT, HEADER_WORDS};
