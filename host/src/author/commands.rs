@@ -63,6 +63,9 @@ pub struct DevArgs {
     /// Build the optimized plugin on every change (slower).
     #[arg(long)]
     pub release: bool,
+    /// The compile cache the builds fill and the host starts them from.
+    #[arg(long, value_name = "DIR", env = "PLUGBUS_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// `plugbus new`.
@@ -141,6 +144,10 @@ pub fn dev(args: &DevArgs) -> Result<(), AuthorError> {
     let opts = super::dev::DevOptions {
         listen: args.listen,
         release: args.release,
+        cache_dir: args
+            .cache_dir
+            .clone()
+            .or_else(crate::cli::default_cache_dir),
     };
     match super::dev::dev(&project, &opts, &mut std::io::stdout()) {
         Err(AuthorError::Stopped) => Ok(()),

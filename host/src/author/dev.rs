@@ -38,6 +38,8 @@ pub struct DevOptions {
     pub listen: Option<std::net::SocketAddr>,
     /// Build with `--release`.
     pub release: bool,
+    /// The compile cache the builds fill and the host starts them from.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// A host child and its directories, stopped and removed when dropped.
@@ -69,13 +71,14 @@ pub fn dev(project: &Project, opts: &DevOptions, out: &mut dyn Write) -> Result<
     on_signal(tx.clone());
     let build_opts = BuildOptions {
         release: opts.release,
+        cache_dir: opts.cache_dir.clone(),
         ..BuildOptions::default()
     };
     let built = build::build(project, &build_opts, out)?;
     let dirs = host_dirs(project)?;
     // In the plugin directory before the host starts: it starts with it.
     let deployed = deploy(project, &dirs.join("plugins"), &built.wasm)?;
-    let host = start_host(dirs, opts.listen)?;
+    let host = start_host(dirs, opts.listen, opts.cache_dir.as_deref())?;
     let _ = writeln!(
         out,
         "plugbus dev: {} {} on {} (console {}/console/)\nwatching {} — Enter publishes events/*.json again, q quits",
@@ -284,7 +287,11 @@ fn host_dirs(project: &Project) -> Result<PathBuf, AuthorError> {
     Ok(dirs)
 }
 
-fn start_host(dirs: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<Host, AuthorError> {
+fn start_host(
+    dirs: PathBuf,
+    listen: Option<std::net::SocketAddr>,
+    cache: Option<&Path>,
+) -> Result<Host, AuthorError> {
     let addr = match listen {
         Some(a) => a,
         None => std::net::TcpListener::bind("127.0.0.1:0")
@@ -292,8 +299,12 @@ fn start_host(dirs: PathBuf, listen: Option<std::net::SocketAddr>) -> Result<Hos
             .map_err(io_error(Path::new("127.0.0.1:0")))?,
     };
     let exe = std::env::current_exe().map_err(io_error(Path::new("plugbus")))?;
-    let child = Command::new(exe)
-        .arg("run")
+    let mut cmd = Command::new(exe);
+    cmd.arg("run");
+    if let Some(cache) = cache {
+        cmd.arg("--cache-dir").arg(cache);
+    }
+    let child = cmd
         .arg("--plugins")
         .arg(dirs.join("plugins"))
         .arg("--data")
