@@ -69,6 +69,31 @@ impl Drop for Host {
 pub fn dev(project: &Project, opts: &DevOptions, out: &mut dyn Write) -> Result<(), AuthorError> {
     let (tx, rx) = crossbeam_channel::unbounded::<Cue>();
     on_signal(tx.clone());
+    // Watching from the start: a change made while the first build runs
+    // is rebuilt right after it.
+    let watch_tx = tx.clone();
+    let root = project.dir.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res {
+            if !matches!(event.kind, notify::EventKind::Access(_)) {
+                for p in event.paths {
+                    if is_source(&root, &p) {
+                        let _ = watch_tx.send(Cue::Changed(p));
+                    }
+                }
+            }
+        }
+    })
+    .map_err(|e| AuthorError::Toolchain {
+        what: "a file watcher".into(),
+        fix: format!("{e}; raise fs.inotify.max_user_watches"),
+    })?;
+    watcher
+        .watch(&project.dir, notify::RecursiveMode::Recursive)
+        .map_err(|e| AuthorError::Toolchain {
+            what: format!("watching {}", project.dir.display()),
+            fix: e.to_string(),
+        })?;
     let build_opts = BuildOptions {
         release: opts.release,
         cache_dir: opts.cache_dir.clone(),
@@ -98,29 +123,6 @@ pub fn dev(project: &Project, opts: &DevOptions, out: &mut dyn Write) -> Result<
     );
     publish_fixtures(project, &host.url, out)?;
 
-    let watch_tx = tx.clone();
-    let root = project.dir.clone();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(event) = res {
-            if !matches!(event.kind, notify::EventKind::Access(_)) {
-                for p in event.paths {
-                    if is_source(&root, &p) {
-                        let _ = watch_tx.send(Cue::Changed(p));
-                    }
-                }
-            }
-        }
-    })
-    .map_err(|e| AuthorError::Toolchain {
-        what: "a file watcher".into(),
-        fix: format!("{e}; raise fs.inotify.max_user_watches"),
-    })?;
-    watcher
-        .watch(&project.dir, notify::RecursiveMode::Recursive)
-        .map_err(|e| AuthorError::Toolchain {
-            what: format!("watching {}", project.dir.display()),
-            fix: e.to_string(),
-        })?;
     let stdin_tx = tx.clone();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {

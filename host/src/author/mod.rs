@@ -274,6 +274,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_error_text_the_troubleshooting_page_lists_is_still_printed() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let page = std::fs::read_to_string(root.join("docs/troubleshooting.md")).expect("page");
+        let mut sources = String::new();
+        let mut dirs = vec![
+            root.join("host/src"),
+            root.join("guest-sdk/src"),
+            root.join("host/templates"),
+        ];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("dir").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs" || e == "py") {
+                    sources.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+                }
+            }
+        }
+        let mut checked = 0;
+        for line in page.lines() {
+            let Some(fragment) = line
+                .strip_prefix("<!-- source: \"")
+                .and_then(|l| l.strip_suffix("\" -->"))
+            else {
+                continue;
+            };
+            assert!(
+                sources.contains(fragment),
+                "docs/troubleshooting.md lists `{fragment}`, which no source prints any more"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 15, "only {checked} entries checked");
+    }
+
+    #[test]
     fn names_are_checked_with_the_fix() {
         check_name("audit-log_2").expect("fine");
         for (name, hint) in [

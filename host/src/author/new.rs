@@ -265,6 +265,36 @@ mod tests {
     }
 
     #[test]
+    fn every_file_of_the_sdk_and_the_contract_is_written() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut missing = Vec::new();
+        for (dir, into, files) in [
+            ("guest-sdk/src", "plugbus-sdk/src", SDK),
+            ("wit", "wit", WIT),
+        ] {
+            let mut dirs = vec![root.join(dir)];
+            while let Some(d) = dirs.pop() {
+                for entry in std::fs::read_dir(&d).expect("dir").flatten() {
+                    let path = entry.path();
+                    if path.is_dir() {
+                        dirs.push(path);
+                        continue;
+                    }
+                    let rel = path.strip_prefix(root.join(dir)).expect("under");
+                    let written = Path::new(into).join(rel);
+                    if !files.iter().any(|(p, _)| Path::new(p) == written) {
+                        missing.push(written.display().to_string());
+                    }
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "plugbus new does not write {missing:?}: add them to host/src/author/new.rs"
+        );
+    }
+
+    #[test]
     fn the_sdk_template_depends_on_what_the_sdk_does() {
         let deps = |text: &str| -> Vec<String> {
             let doc: toml::Table = toml::from_str(text).expect("TOML");
