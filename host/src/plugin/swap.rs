@@ -12,7 +12,9 @@ pub(crate) struct Swap {
     pub(super) release: Release,
     /// When it was offered.
     pub(super) offered: std::time::Instant,
-    /// The same file as the running version, optimized: no new version.
+    /// The same file as the worker's running version, optimized: no new
+    /// version (a new version's optimized build offered before the worker
+    /// took the new version is not a tier-up for it).
     pub(super) tier_up: bool,
 }
 
@@ -127,8 +129,25 @@ impl Registry {
                     .reload_error
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) = None;
-                *running.swap.lock().unwrap_or_else(|p| p.into_inner()) =
-                    swaps.into_iter().map(Some).collect();
+                let mut offered = running.swap.lock().unwrap_or_else(|p| p.into_inner());
+                let replaced = std::mem::take(&mut *offered);
+                *offered = swaps
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, mut swap)| {
+                        // The optimized build of a new version a worker has
+                        // not taken yet is still a new version to it.
+                        if replaced
+                            .get(i)
+                            .is_some_and(|r| r.as_ref().is_some_and(|r| !r.tier_up))
+                        {
+                            swap.tier_up = false;
+                        }
+                        Some(swap)
+                    })
+                    .collect();
+                drop(offered);
+                drop(replaced);
                 Ok(Reload::Offered)
             }
             Ok(None) => Ok(Reload::Unchanged),
