@@ -281,9 +281,27 @@ fn plugbus_dev_swaps_an_edit_in_and_shows_what_the_new_version_did() {
     until("the state kept across the swap", &|l| {
         l.contains("state orders = 2")
     });
-    // Enter publishes the fixtures again.
+    // Enter publishes the fixtures again; one the plugin does not consume
+    // is said to be so.
+    std::fs::write(
+        project.join("events/other.json"),
+        r#"{"type": "order.shipped", "data": {}}"#,
+    )
+    .expect("fixture");
+    std::fs::write(
+        project.join("events/bad.json"),
+        r#"{"type": "order.placed", "data": {"no": "order"}}"#,
+    )
+    .expect("fixture");
     let mut stdin = child.stdin.take().expect("stdin");
     stdin.write_all(b"\n").expect("enter");
+    until("the bad order rejected", &|l| {
+        l.contains("bad.json: order.placed")
+            && l.contains("rejected (a dead letter after 1 attempt(s))")
+    });
+    until("the other event not delivered", &|l| {
+        l.contains("other.json: order.shipped") && l.contains("does not subscribe")
+    });
     until("a third order counted", &|l| l.contains("state orders = 3"));
     // A build that fails keeps the running version and says why.
     std::fs::write(&lib, "this is not rust").expect("break");

@@ -254,7 +254,17 @@ fn is_source(root: &Path, path: &Path) -> bool {
     let Some(first) = parts.next() else {
         return false;
     };
-    if ["target", "dist", ".git", "__pycache__", "events"].contains(&first.as_str()) {
+    // Cargo.lock is cargo's: a build may rewrite it.
+    if [
+        "target",
+        "dist",
+        ".git",
+        "__pycache__",
+        "events",
+        "Cargo.lock",
+    ]
+    .contains(&first.as_str())
+    {
         return false;
     }
     let name = rel
@@ -446,8 +456,13 @@ fn publish_fixtures(project: &Project, url: &str, out: &mut dyn Write) -> Result
     };
     for f in list {
         let before = kv(url, &project.name);
+        let counters = plugin_status(url, &project.name);
         let mut body = f.event.to_json();
         body["id"] = Value::String(crate::event::new_id());
+        // The log gives the sequence; sent, it would be an extension.
+        if let Some(attributes) = body.as_object_mut() {
+            attributes.remove("sequence");
+        }
         let sent = ureq::post(&format!("{url}/v1/events"))
             .set("content-type", "application/cloudevents+json")
             .timeout(Duration::from_secs(10))
@@ -463,46 +478,18 @@ fn publish_fixtures(project: &Project, url: &str, out: &mut dyn Write) -> Result
             }
         };
         let id = accepted["id"].as_str().unwrap_or_default().to_string();
+        let sequence = accepted["sequence"].as_u64().unwrap_or_default();
+        let outcome = settle(url, &project.name, &f.event.topic, sequence, &counters);
+        // Its follow-ups, from the trace of its chain (indexed from the
+        // first follow-up on).
         let chain = body["correlationid"].as_str().unwrap_or(&id).to_string();
-        let deadline = Instant::now() + WAIT;
-        let (delivery, follow_ups) = loop {
-            let trace = get(url, &format!("/v1/trace/{chain}")).unwrap_or_default();
-            let events = trace["events"].as_array().cloned().unwrap_or_default();
-            let delivery = events
-                .iter()
-                .find(|e| e["id"] == id.as_str())
-                .and_then(|e| {
-                    e["deliveries"]
-                        .as_array()?
-                        .iter()
-                        .find(|d| d["plugin"] == project.name.as_str())
-                        .cloned()
-                });
-            let done = delivery.as_ref().is_some_and(|d| d["outcome"] != "pending");
-            if done || Instant::now() > deadline || stopping().is_err() {
-                let follow: Vec<Value> = events
-                    .into_iter()
-                    .filter(|e| e["causationid"] == id.as_str())
-                    .collect();
-                break (delivery, follow);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let outcome = match &delivery {
-            None => "not delivered: the plugin does not subscribe to it".to_string(),
-            Some(d) => match d["outcome"].as_str() {
-                Some("handled") => "handled".to_string(),
-                Some("dead_letter") => format!(
-                    "rejected or given up: {}",
-                    d["error"].as_str().unwrap_or_default()
-                ),
-                Some("retrying") => format!(
-                    "retrying (attempt {} failed; the host's log says why)",
-                    d["attempts"]
-                ),
-                _ => format!("still pending after {WAIT:?}"),
-            },
-        };
+        let follow_ups: Vec<Value> = get(url, &format!("/v1/trace/{chain}"))
+            .ok()
+            .and_then(|t| t["events"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["causationid"] == id.as_str())
+            .collect();
         let name = f
             .file
             .file_name()
@@ -535,4 +522,56 @@ fn publish_fixtures(project: &Project, url: &str, out: &mut dyn Write) -> Result
         }
     }
     Ok(())
+}
+
+/// A plugin's status: its counters (handled, failed, retried) and
+/// subscriptions.
+fn plugin_status(url: &str, name: &str) -> Option<Value> {
+    get(url, "/v1/plugins").ok().and_then(|all| {
+        all["plugins"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+    })
+}
+
+/// Wait until the plugin settled the event at `sequence` (published just
+/// now, while nothing else was) and say how: its counters moved from
+/// `before`, and a failure's dead letter says why.
+fn settle(url: &str, name: &str, topic: &str, sequence: u64, before: &Option<Value>) -> String {
+    let count = |p: &Option<Value>, k: &str| p.as_ref().and_then(|p| p[k].as_u64()).unwrap_or(0);
+    let subscribed = before.as_ref().is_some_and(|p| {
+        p["subscriptions"].as_array().is_some_and(|subs| {
+            subs.iter()
+                .filter_map(Value::as_str)
+                .filter_map(|s| crate::topic::Pattern::parse(s).ok())
+                .any(|pattern| pattern.matches(topic))
+        })
+    });
+    if !subscribed {
+        return "not delivered: the plugin does not subscribe to it".to_string();
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = plugin_status(url, name);
+        if count(&now, "handled") > count(before, "handled") {
+            return "handled".to_string();
+        }
+        if count(&now, "failed") > count(before, "failed") {
+            let letter = get(url, &format!("/v1/dead/{name}/{sequence}")).unwrap_or_default();
+            return format!(
+                "rejected (a dead letter after {} attempt(s)): {}",
+                letter["attempts"],
+                letter["error"].as_str().unwrap_or("see the host's log")
+            );
+        }
+        if count(&now, "retried") > count(before, "retried") {
+            return "retrying: the attempt failed (the host's log says why); it is delivered again with backoff".to_string();
+        }
+        if Instant::now() > deadline || stopping().is_err() {
+            return format!("not settled after {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
