@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::toolchain::{self, WASM_TARGET};
 use super::{io_error, AuthorError, Lang, Project};
 use crate::plugin::manifest::Manifest;
-use crate::runtime::{InstanceConfig, Limits, Runtime};
+use crate::runtime::{Info, InstanceConfig, Limits, PluginInstance, Runtime};
 
 /// How to build.
 #[derive(Debug, Clone, Default)]
@@ -48,6 +48,8 @@ pub struct Built {
     /// How long loading it here took (with compiling it for this host,
     /// unless the cache had it).
     pub check_time: Duration,
+    /// The manifest it was checked with (none written: the defaults).
+    pub manifest: Manifest,
 }
 
 /// The shared cargo target directory for plugin projects.
@@ -101,6 +103,7 @@ pub fn build(
         subscriptions,
         build_time,
         check_time: checked.elapsed(),
+        manifest,
     })
 }
 
@@ -204,9 +207,74 @@ fn run(mut cmd: Command, quiet: bool, out: &mut dyn Write) -> Result<(), AuthorE
 /// Copy `from` to `to` through a temporary file and a rename, so a host
 /// watching `to`'s directory never sees half a file.
 pub(crate) fn copy_atomically(from: &Path, to: &Path) -> Result<(), AuthorError> {
-    let staged = to.with_extension("wasm.part");
+    let mut staged = to.as_os_str().to_owned();
+    staged.push(".part");
+    let staged = PathBuf::from(staged);
     std::fs::copy(from, &staged).map_err(io_error(from))?;
     std::fs::rename(&staged, to).map_err(io_error(to))
+}
+
+/// A built plugin loaded as the host would load it under its manifest:
+/// contract checked, compiled (the optimized build, into the compile
+/// cache), ready to instantiate at start and again after a trap.
+pub(crate) struct Loaded {
+    wasm: PathBuf,
+    runtime: Runtime,
+    limits: Limits,
+    config: Vec<(String, String)>,
+}
+
+impl Loaded {
+    /// Load `wasm` with `manifest`'s bounds, compiling into `cache_dir`
+    /// (default `~/.cache/plugbus/compiled`).
+    pub(crate) fn new(
+        wasm: &Path,
+        manifest: &Manifest,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Loaded, AuthorError> {
+        let limits = limits_of(manifest);
+        let cache = cache_dir.or_else(crate::cli::default_cache_dir);
+        let runtime = Runtime::new(limits.clone(), cache).map_err(|e| fail(wasm, e))?;
+        Ok(Loaded {
+            wasm: wasm.to_path_buf(),
+            runtime,
+            limits,
+            config: manifest.config.clone().into_iter().collect(),
+        })
+    }
+
+    /// Its bounds.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// A fresh instance keeping its state in `kv`, after `init`.
+    pub(crate) fn instantiate(
+        &self,
+        kv: crate::runtime::kv::Backend,
+    ) -> Result<(PluginInstance, Info), AuthorError> {
+        let loaded = self
+            .runtime
+            .load_file_with_stack(&self.wasm, self.limits.stack_bytes_max)
+            .map_err(|e| fail(&self.wasm, e.to_string()))?;
+        let config = InstanceConfig {
+            config: self.config.clone(),
+            hops_max: 32,
+            kv,
+            limits: self.limits.clone(),
+            ..InstanceConfig::default()
+        };
+        crate::runtime::instantiate(Arc::new(loaded), config)
+            .map_err(|e| fail(&self.wasm, e.to_string()))
+    }
+}
+
+/// What is wrong with the built plugin `wasm`.
+pub(crate) fn fail(wasm: &Path, reason: String) -> AuthorError {
+    AuthorError::Check {
+        file: wasm.to_path_buf(),
+        reason,
+    }
 }
 
 /// Load `wasm` as the host would with `manifest`: check the contract, run
@@ -218,32 +286,17 @@ pub fn check(
     manifest: &Manifest,
     cache_dir: Option<PathBuf>,
 ) -> Result<(String, Vec<String>), AuthorError> {
-    let fail = |reason: String| AuthorError::Check {
-        file: wasm.to_path_buf(),
-        reason,
-    };
-    let limits = limits_of(manifest);
-    let cache = cache_dir.or_else(crate::cli::default_cache_dir);
-    let runtime = Runtime::new(limits.clone(), cache).map_err(fail)?;
-    let loaded = runtime
-        .load_file_with_stack(wasm, limits.stack_bytes_max)
-        .map_err(|e| fail(e.to_string()))?;
-    let config = InstanceConfig {
-        config: manifest.config.clone().into_iter().collect(),
-        hops_max: 32,
-        limits,
-        ..InstanceConfig::default()
-    };
-    let (_, info) =
-        crate::runtime::instantiate(Arc::new(loaded), config).map_err(|e| fail(e.to_string()))?;
+    let (_, info) = Loaded::new(wasm, manifest, cache_dir)?.instantiate(Default::default())?;
     let subscriptions = manifest.subscriptions.clone().unwrap_or(info.subscriptions);
     if subscriptions.is_empty() {
         return Err(fail(
+            wasm,
             "subscribes to nothing: return topic patterns from `info`, or set `subscriptions` in the manifest".to_string(),
         ));
     }
     for s in &subscriptions {
-        crate::topic::Pattern::parse(s).map_err(|e| fail(format!("subscription `{s}`: {e}")))?;
+        crate::topic::Pattern::parse(s)
+            .map_err(|e| fail(wasm, format!("subscription `{s}`: {e}")))?;
     }
     Ok((info.version, subscriptions))
 }

@@ -124,7 +124,13 @@ pub fn test(args: &BuildArgs) -> Result<bool, AuthorError> {
         files.len(),
         built.wasm.display()
     );
-    let ran = fixtures::run(&project, &built.wasm, fixtures::load(&files)?)?;
+    let ran = fixtures::run(
+        &project.name,
+        &built.wasm,
+        &built.manifest,
+        args.cache_dir.clone(),
+        fixtures::load(&files)?,
+    )?;
     for r in &ran {
         fixtures::describe(r, &mut out);
     }

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use notify::Watcher;
 use serde_json::Value;
-use sha2::Digest;
+
+use crate::client::Client;
 
 use super::build::{self, BuildOptions};
 use super::fixtures;
@@ -46,6 +47,7 @@ pub struct DevOptions {
 struct Host {
     child: Child,
     url: String,
+    client: Client,
     dirs: PathBuf,
 }
 
@@ -114,14 +116,14 @@ pub fn dev(project: &Project, opts: &DevOptions, out: &mut dyn Write) -> Result<
         project.dir.display()
     );
     let plugins = host.dirs.join("plugins");
-    wait_live(&host.url, &project.name, &deployed)?;
+    wait_live(&host.client, &project.name, &deployed)?;
     let _ = writeln!(
         out,
         "{} is live ({})",
         project.name,
         build::size(built.bytes)
     );
-    publish_fixtures(project, &host.url, out)?;
+    publish_fixtures(project, &host.client, out)?;
 
     let stdin_tx = tx.clone();
     std::thread::spawn(move || {
@@ -145,7 +147,7 @@ pub fn dev(project: &Project, opts: &DevOptions, out: &mut dyn Write) -> Result<
         let first = match rx.recv() {
             Ok(Cue::Quit) | Err(_) => break,
             Ok(Cue::Publish) => {
-                publish_fixtures(project, &host.url, out)?;
+                publish_fixtures(project, &host.client, out)?;
                 continue;
             }
             Ok(Cue::Changed(p)) => p,
@@ -179,7 +181,7 @@ pub fn dev(project: &Project, opts: &DevOptions, out: &mut dyn Write) -> Result<
             }
         };
         let deployed = deploy(project, &plugins, &built.wasm)?;
-        if let Err(e) = wait_live(&host.url, &project.name, &deployed) {
+        if let Err(e) = wait_live(&host.client, &project.name, &deployed) {
             let _ = writeln!(out, "the new build did not start: {e}");
             continue;
         }
@@ -192,7 +194,7 @@ pub fn dev(project: &Project, opts: &DevOptions, out: &mut dyn Write) -> Result<
             built.build_time.as_secs_f64(),
             built.check_time.as_secs_f64()
         );
-        publish_fixtures(project, &host.url, out)?;
+        publish_fixtures(project, &host.client, out)?;
     }
     drop(watcher);
     let _ = writeln!(out, "plugbus dev: stopping");
@@ -310,6 +312,16 @@ fn start_host(
             .and_then(|l| l.local_addr())
             .map_err(io_error(Path::new("127.0.0.1:0")))?,
     };
+    let url = format!("http://{addr}");
+    let client = Client::new(&crate::cli::ClientArgs {
+        url: url.clone(),
+        token: None,
+        ca_cert: None,
+    })
+    .map_err(|e| AuthorError::Toolchain {
+        what: "an HTTP client".into(),
+        fix: e,
+    })?;
     let exe = std::env::current_exe().map_err(io_error(Path::new("plugbus")))?;
     let mut cmd = Command::new(exe);
     cmd.arg("run");
@@ -327,18 +339,25 @@ fn start_host(
         .env("RUST_LOG", "warn,plugin=info")
         .env_remove("PLUGBUS_BROKER")
         .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| AuthorError::Toolchain {
-            what: "the plugbus host".into(),
-            fix: format!("it could not be started: {e}"),
-        })?;
+        .spawn();
+    let child = match child {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dirs);
+            return Err(AuthorError::Toolchain {
+                what: "the plugbus host".into(),
+                fix: format!("it could not be started: {e}"),
+            });
+        }
+    };
     let host = Host {
         child,
-        url: format!("http://{addr}"),
+        url,
+        client,
         dirs,
     };
     let deadline = Instant::now() + WAIT;
-    while get(&host.url, "/healthz").is_err() {
+    while host.client.get_json("/healthz").is_err() {
         stopping()?;
         if Instant::now() > deadline {
             return Err(AuthorError::Toolchain {
@@ -357,41 +376,21 @@ fn deploy(project: &Project, plugins: &Path, wasm: &Path) -> Result<String, Auth
     let manifest = project.dist_dir().join(format!("{}.toml", project.name));
     let target_manifest = plugins.join(format!("{}.toml", project.name));
     if manifest.is_file() {
-        let staged = target_manifest.with_extension("toml.part");
-        std::fs::copy(&manifest, &staged).map_err(io_error(&manifest))?;
-        std::fs::rename(&staged, &target_manifest).map_err(io_error(&target_manifest))?;
+        build::copy_atomically(&manifest, &target_manifest)?;
     } else {
         let _ = std::fs::remove_file(&target_manifest);
     }
     build::copy_atomically(wasm, &plugins.join(format!("{}.wasm", project.name)))?;
     let bytes = std::fs::read(wasm).map_err(io_error(wasm))?;
-    Ok(sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
-fn get(url: &str, path: &str) -> Result<Value, String> {
-    ureq::get(&format!("{url}{path}"))
-        .timeout(Duration::from_secs(10))
-        .call()
-        .map_err(|e| e.to_string())?
-        .into_json()
-        .map_err(|e| e.to_string())
+    Ok(crate::runtime::content_hash(&bytes))
 }
 
 /// Wait until the host runs the build with `hash`.
-fn wait_live(url: &str, name: &str, hash: &str) -> Result<(), AuthorError> {
+fn wait_live(client: &Client, name: &str, hash: &str) -> Result<(), AuthorError> {
     let deadline = Instant::now() + WAIT;
     loop {
         stopping()?;
-        let plugin = get(url, "/v1/plugins").ok().and_then(|all| {
-            all["plugins"]
-                .as_array()?
-                .iter()
-                .find(|p| p["name"] == name)
-                .cloned()
-        });
+        let plugin = plugin_status(client, name);
         if let Some(p) = &plugin {
             // The host shows the start of the hash.
             let same = p["content_hash"]
@@ -417,8 +416,9 @@ fn wait_live(url: &str, name: &str, hash: &str) -> Result<(), AuthorError> {
     }
 }
 
-fn kv(url: &str, name: &str) -> Vec<(String, String)> {
-    get(url, &format!("/v1/plugins/{name}/kv"))
+fn kv(client: &Client, name: &str) -> Vec<(String, String)> {
+    client
+        .get_json(&format!("/v1/plugins/{name}/kv"))
         .ok()
         .and_then(|v| {
             v["entries"].as_array().map(|es| {
@@ -438,7 +438,11 @@ fn kv(url: &str, name: &str) -> Vec<(String, String)> {
 
 /// Publish every fixture event to the host and print what the plugin did
 /// with it.
-fn publish_fixtures(project: &Project, url: &str, out: &mut dyn Write) -> Result<(), AuthorError> {
+fn publish_fixtures(
+    project: &Project,
+    client: &Client,
+    out: &mut dyn Write,
+) -> Result<(), AuthorError> {
     let files = project.fixtures()?;
     if files.is_empty() {
         let _ = writeln!(
@@ -455,22 +459,20 @@ fn publish_fixtures(project: &Project, url: &str, out: &mut dyn Write) -> Result
         }
     };
     for f in list {
-        let before = kv(url, &project.name);
-        let counters = plugin_status(url, &project.name);
+        let before = kv(client, &project.name);
+        let counters = plugin_status(client, &project.name);
         let mut body = f.event.to_json();
         body["id"] = Value::String(crate::event::new_id());
         // The log gives the sequence; sent, it would be an extension.
         if let Some(attributes) = body.as_object_mut() {
             attributes.remove("sequence");
         }
-        let sent = ureq::post(&format!("{url}/v1/events"))
-            .set("content-type", "application/cloudevents+json")
-            .timeout(Duration::from_secs(10))
-            .send_string(&body.to_string());
-        let accepted: Value = match sent
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.into_json().map_err(|e| e.to_string()))
-        {
+        let sent = client.post_text(
+            "/v1/events",
+            "application/cloudevents+json",
+            &body.to_string(),
+        );
+        let accepted: Value = match sent {
             Ok(v) => v,
             Err(e) => {
                 let _ = writeln!(out, "publishing {}: {e}", f.file.display());
@@ -479,11 +481,12 @@ fn publish_fixtures(project: &Project, url: &str, out: &mut dyn Write) -> Result
         };
         let id = accepted["id"].as_str().unwrap_or_default().to_string();
         let sequence = accepted["sequence"].as_u64().unwrap_or_default();
-        let outcome = settle(url, &project.name, &f.event.topic, sequence, &counters);
+        let outcome = settle(client, &project.name, &f.event.topic, sequence, &counters);
         // Its follow-ups, from the trace of its chain (indexed from the
         // first follow-up on).
         let chain = body["correlationid"].as_str().unwrap_or(&id).to_string();
-        let follow_ups: Vec<Value> = get(url, &format!("/v1/trace/{chain}"))
+        let follow_ups: Vec<Value> = client
+            .get_json(&format!("/v1/trace/{chain}"))
             .ok()
             .and_then(|t| t["events"].as_array().cloned())
             .unwrap_or_default()
@@ -508,7 +511,7 @@ fn publish_fixtures(project: &Project, url: &str, out: &mut dyn Write) -> Result
                 e["type"].as_str().unwrap_or_default()
             );
         }
-        let after = kv(url, &project.name);
+        let after = kv(client, &project.name);
         for (k, v) in &after {
             if !before.iter().any(|(bk, bv)| bk == k && bv == v) {
                 let _ = writeln!(out, "  state {k} = {v}");
@@ -526,8 +529,8 @@ fn publish_fixtures(project: &Project, url: &str, out: &mut dyn Write) -> Result
 
 /// A plugin's status: its counters (handled, failed, retried) and
 /// subscriptions.
-fn plugin_status(url: &str, name: &str) -> Option<Value> {
-    get(url, "/v1/plugins").ok().and_then(|all| {
+fn plugin_status(client: &Client, name: &str) -> Option<Value> {
+    client.get_json("/v1/plugins").ok().and_then(|all| {
         all["plugins"]
             .as_array()?
             .iter()
@@ -539,7 +542,13 @@ fn plugin_status(url: &str, name: &str) -> Option<Value> {
 /// Wait until the plugin settled the event at `sequence` (published just
 /// now, while nothing else was) and say how: its counters moved from
 /// `before`, and a failure's dead letter says why.
-fn settle(url: &str, name: &str, topic: &str, sequence: u64, before: &Option<Value>) -> String {
+fn settle(
+    client: &Client,
+    name: &str,
+    topic: &str,
+    sequence: u64,
+    before: &Option<Value>,
+) -> String {
     let count = |p: &Option<Value>, k: &str| p.as_ref().and_then(|p| p[k].as_u64()).unwrap_or(0);
     let subscribed = before.as_ref().is_some_and(|p| {
         p["subscriptions"].as_array().is_some_and(|subs| {
@@ -554,12 +563,14 @@ fn settle(url: &str, name: &str, topic: &str, sequence: u64, before: &Option<Val
     }
     let deadline = Instant::now() + WAIT;
     loop {
-        let now = plugin_status(url, name);
+        let now = plugin_status(client, name);
         if count(&now, "handled") > count(before, "handled") {
             return "handled".to_string();
         }
         if count(&now, "failed") > count(before, "failed") {
-            let letter = get(url, &format!("/v1/dead/{name}/{sequence}")).unwrap_or_default();
+            let letter = client
+                .get_json(&format!("/v1/dead/{name}/{sequence}"))
+                .unwrap_or_default();
             return format!(
                 "rejected (a dead letter after {} attempt(s)): {}",
                 letter["attempts"],

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::build::limits_of;
-use super::{io_error, AuthorError, Project};
+use super::build::{fail, Loaded};
+use super::{io_error, AuthorError};
 use crate::event::Event;
 use crate::plugin::manifest::Manifest;
-use crate::runtime::{kv, CallMode, InstanceConfig, Outcome, Runtime};
+use crate::runtime::{kv, CallMode, Outcome};
 
 /// What a fixture expects of the plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,38 +133,23 @@ fn expect_of(v: Option<Value>) -> Result<Expect, String> {
     Ok(expect)
 }
 
-/// Run `fixtures` through the plugin in `wasm` with `project`'s manifest.
+/// Run `fixtures` through the built plugin `wasm` of plugin `name`, loaded
+/// under `manifest` (compiled into `cache_dir`).
 pub fn run(
-    project: &Project,
+    name: &str,
     wasm: &Path,
+    manifest: &Manifest,
+    cache_dir: Option<PathBuf>,
     fixtures: Vec<Fixture>,
 ) -> Result<Vec<Ran>, AuthorError> {
-    let fail = |reason: String| AuthorError::Check {
-        file: wasm.to_path_buf(),
-        reason,
-    };
-    let manifest = Manifest::load_for(&project.manifest_path().with_extension("wasm"))
-        .map_err(|e| fail(e.to_string()))?
-        .unwrap_or_default();
-    let limits = limits_of(&manifest);
-    let runtime = Runtime::new(limits.clone(), crate::cli::default_cache_dir()).map_err(fail)?;
+    let loaded = Loaded::new(wasm, manifest, cache_dir)?;
+    let limits = loaded.limits().clone();
     let backend = kv::Backend::default();
-    let name = project.name.clone();
     // A fresh instance, as the host makes one at start and after a trap.
     let start = || {
-        let loaded = runtime
-            .load_file_with_stack(wasm, limits.stack_bytes_max)
-            .map_err(|e| fail(e.to_string()))?;
-        let config = InstanceConfig {
-            config: manifest.config.clone().into_iter().collect(),
-            hops_max: 32,
-            kv: backend.clone(),
-            limits: limits.clone(),
-            ..InstanceConfig::default()
-        };
-        crate::runtime::instantiate(Arc::new(loaded), config)
+        loaded
+            .instantiate(backend.clone())
             .map(|(instance, _)| instance)
-            .map_err(|e| fail(e.to_string()))
     };
     let mut instance = start()?;
     let budget = Duration::from_millis(limits.deadline_ms);
@@ -182,7 +167,7 @@ pub fn run(
                 let acked = matches!(outcome, Some(Outcome::Ack));
                 let writes: Vec<_> = r.writes.clone().into_iter().collect();
                 if acked {
-                    backend.apply(&name, r.writes).map_err(fail)?;
+                    backend.apply(name, r.writes).map_err(|e| fail(wasm, e))?;
                 }
                 let text = match outcome {
                     Some(Outcome::Ack) => "ack".to_string(),

@@ -29,8 +29,13 @@ pub(super) fn engine_with_stack(
     Ok((engine, linker))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// A plugin file's content hash (SHA-256, hex): what the compile cache is
+/// keyed by and what `/v1/plugins` shows the start of.
+pub fn content_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Turn a core module into a component; pass a component through.
@@ -251,7 +256,7 @@ impl Runtime {
     ) -> Result<LoadedPlugin, LoadError> {
         let (mut engine, mut linker) = self.engine_for(file, stack, Tier::Optimized)?;
         let mut tier = Tier::Optimized;
-        let content_hash = hex(&Sha256::digest(bytes));
+        let content_hash = content_hash(bytes);
         let mut found = self.cached(&engine, &content_hash);
         if found.is_none() && self.optimizer.is_some() {
             // Serve with a baseline build until the optimized one is in the
@@ -304,7 +309,7 @@ impl Runtime {
             source,
         })?;
         let (engine, _) = self.engine_for(file, stack, tier)?;
-        let content_hash = hex(&Sha256::digest(&bytes));
+        let content_hash = content_hash(&bytes);
         if self.cache_path(&engine, &content_hash).is_none() {
             return Err(LoadError::Compile {
                 file: file.to_path_buf(),

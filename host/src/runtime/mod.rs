@@ -45,6 +45,7 @@ mod host_api;
 mod instance;
 pub mod kv;
 mod load;
+pub use load::content_hash;
 pub mod policy;
 pub mod wasi_config;
 
