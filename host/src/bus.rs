@@ -52,6 +52,10 @@ pub struct Delivery {
     pub events: Chunk,
     /// The highest sequence this delivery accounts for.
     pub through: u64,
+    /// Events of the plugin dropped before this delivery for want of room
+    /// in its queue (`overflow.policy = "drop"`, embedded store): how many,
+    /// and the highest sequence among them (0: none).
+    pub dropped: (u64, u64),
 }
 
 /// What decides which of a plugin's workers an event goes to, and what a
@@ -229,6 +233,7 @@ impl Subscription {
                 match part.queue.try_send(Delivery {
                     events: chunk,
                     through,
+                    dropped: (0, 0),
                 }) {
                     Ok(()) => return true,
                     // A closed queue belongs to a plugin being replaced or

@@ -90,6 +90,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check that every event is accounted for: per plugin, the events of
+    /// the log it subscribes to against those it handled, are dead letters,
+    /// dropped by its policy, or pending. Exits 1 when any is unaccounted
+    /// (embedded store).
+    Audit {
+        /// Where the host is, and the token.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print the raw JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Deliver a plugin every event from a point in the log again, as a
     /// fresh instance: rebuilds a projection from the log (durable mode).
     ///

@@ -10,6 +10,7 @@
 //! events re-enter at the bus. Nothing below `bus` knows about HTTP;
 //! nothing in `bus` knows about wasmtime.
 
+pub mod audit;
 pub mod author;
 pub mod backend;
 pub mod bus;

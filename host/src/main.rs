@@ -80,6 +80,13 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        Command::Audit { client, json } => {
+            match Client::new(&client).and_then(|c| audit(&c, json)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => fail(&e),
+            }
+        }
         Command::Replay {
             plugin,
             from_seq,
@@ -307,6 +314,15 @@ fn plugins(client: &Client, raw: bool) -> Result<(), String> {
             p.handled_per_s,
             p.subscriptions.join(", ")
         );
+        if let Some(held) = &p.held {
+            println!("    held: {held}");
+        }
+        if let Some(note) = &p.batch_note {
+            println!("    batch: {note}");
+        }
+        if let Some(death) = &p.worker_death {
+            println!("    {death} ({} in all)", p.worker_deaths);
+        }
         if let (Some(pending), Some(waiting)) = (p.pending, p.waiting_retries) {
             println!("    on the broker: {pending} handed out and not settled, {waiting} retries waiting, last handed out {}", p.cursor);
         }
@@ -334,6 +350,23 @@ fn plugins(client: &Client, raw: bool) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Print the host's audit; true when every event is accounted for.
+fn audit(client: &Client, raw: bool) -> Result<bool, String> {
+    let body = client.get_json("/v1/audit")?;
+    let list: Vec<plugbus::audit::Audit> = serde_json::from_value(body["plugins"].clone())
+        .map_err(|e| format!("unexpected answer to /v1/audit: {e}"))?;
+    if raw {
+        println!("{body:#}");
+    } else {
+        print!("{}", plugbus::audit::table(&list));
+    }
+    let unaccounted: i64 = list.iter().map(|a| a.unaccounted.abs()).sum();
+    if unaccounted != 0 {
+        eprintln!("{unaccounted} events unaccounted for: neither handled, dead letters, dropped by a plugin's policy nor pending");
+    }
+    Ok(unaccounted == 0)
 }
 
 fn dead(client: &Client, action: &DeadAction) -> Result<(), String> {

@@ -110,6 +110,13 @@ pub struct Metrics {
     pub delivery_seconds: HistogramFamily,
     /// New versions of a plugin's file swapped in.
     pub swaps: Family<PluginLabels, Counter>,
+    /// Events a plugin's cursor moved past that are neither handled, dead,
+    /// dropped by its policy nor pending, as of the last audit.
+    pub unaccounted: Family<PluginLabels, Gauge>,
+    /// Panics of a plugin's worker threads (caught; delivery goes on).
+    pub worker_deaths: Family<PluginLabels, Counter>,
+    /// Batches handled again in halves after running past their deadline.
+    pub batch_splits: Family<PluginLabels, Counter>,
     /// Seconds a plugin's delivery stopped for a swap: from the swap to the
     /// new version's first `handle` call, less time spent waiting for
     /// events.
@@ -194,6 +201,9 @@ impl Metrics {
             batch_events: HistogramFamily::new_with_constructor(batch_histogram),
             delivery_seconds: HistogramFamily::new_with_constructor(latency_histogram),
             swaps: Family::default(),
+            worker_deaths: Family::default(),
+            unaccounted: Family::default(),
+            batch_splits: Family::default(),
             swap_pause_seconds: HistogramFamily::new_with_constructor(latency_histogram),
             reload_failures: Family::default(),
             quarantines: Family::default(),
@@ -232,8 +242,23 @@ impl Metrics {
         );
         registry.register(
             "plugin_publish_throttled",
-            "Publishes refused by a plugin's publish.rate_events_per_s_max",
+            "Publishes over a plugin's publish.rate_events_per_s_max, taken on credit (its deliveries are held until it is back under)",
             m.publish_throttled.clone(),
+        );
+        registry.register(
+            "unaccounted_events",
+            "Events of a plugin neither handled, dead, dropped by its policy nor pending, as of the last audit (GET /v1/audit, plugbus audit); anything but 0 is a lost event",
+            m.unaccounted.clone(),
+        );
+        registry.register(
+            "plugin_worker_deaths",
+            "Panics of a plugin's worker: caught, its events in hand delivered again to a fresh instance",
+            m.worker_deaths.clone(),
+        );
+        registry.register(
+            "plugin_batch_splits",
+            "Batches of more than one event that ran past their deadline and were handled again in halves (not a failed attempt)",
+            m.batch_splits.clone(),
         );
         registry.register(
             "plugin_swaps",

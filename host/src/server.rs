@@ -179,6 +179,9 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         settings.delivery.clone(),
     ));
     registry.start_optimizer()?;
+    if matches!(dispatch, Dispatch::Durable(_)) {
+        tokio::spawn(audit_every(registry.clone(), AUDIT_EVERY));
+    }
     if let (Dispatch::Durable(_), Some(backend)) = (&dispatch, registry.backend()) {
         observer.history_from(backend);
     }
@@ -281,6 +284,27 @@ fn raise_open_files_limit() {
         };
         if let Err(e) = setrlimit(Resource::Nofile, raised) {
             tracing::debug!("cannot raise the open files limit: {e}");
+        }
+    }
+}
+
+/// How often the host audits its plugins' events by itself (the gauge
+/// `plugbus_unaccounted_events` and a log line when one is unaccounted).
+const AUDIT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Audit every plugin's events every `period`, and say so in the log when
+/// any is unaccounted.
+async fn audit_every(registry: Arc<Registry>, period: std::time::Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let r = registry.clone();
+        let Ok(Ok(audits)) = tokio::task::spawn_blocking(move || r.audit()).await else {
+            continue;
+        };
+        for a in audits.iter().filter(|a| a.unaccounted != 0) {
+            tracing::error!(plugin = %a.plugin, unaccounted = a.unaccounted, matching = a.matching, handled = a.handled, dead = a.dead, pending = a.pending, "events of the plugin are unaccounted for: neither handled, dead letters, dropped by its policy nor pending (a bug in plugbus: please report it with `plugbus audit` and the log)");
         }
     }
 }

@@ -68,6 +68,7 @@ fn host(plugins: &[PluginFile<'_>], args: &[&str]) -> TestHost {
 }
 
 mod abuse;
+mod accounting;
 mod auth;
 mod author;
 mod brokers;

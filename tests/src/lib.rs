@@ -398,8 +398,30 @@ impl TestHost {
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
     }
 
-    /// Stop with SIGTERM and wait; returns the exit status.
+    /// Every event of every plugin is accounted for: handled, a dead
+    /// letter, dropped by its own overflow policy, or pending
+    /// (`GET /v1/audit`); panics naming the plugins otherwise. A host that
+    /// keeps no log to count against (memory mode, a broker: 501), refuses
+    /// the test's token, or does not answer is not audited.
+    pub fn audit_clean(&self) {
+        let answer = self
+            .authorized(ureq::get(&format!("{}/v1/audit", self.url)))
+            .call();
+        let audit: Value = match answer {
+            Ok(r) => r.into_json().unwrap_or_else(|e| panic!("audit: {e}")),
+            Err(ureq::Error::Status(401 | 403 | 501, _)) | Err(ureq::Error::Transport(_)) => return,
+            Err(e) => panic!("the audit failed: {e}"),
+        };
+        assert_eq!(
+            audit["unaccounted"], 0,
+            "events unaccounted for (neither handled, dead, dropped by policy nor pending): {audit:#}"
+        );
+    }
+
+    /// Audit the host ([`TestHost::audit_clean`]), then stop it with
+    /// SIGTERM and wait; returns the exit status.
     pub fn stop(mut self) -> Result<ExitStatus> {
+        self.audit_clean();
         let mut child = self.child.take().ok_or("already stopped")?;
         signal(&child, "TERM");
         let deadline = Instant::now() + Duration::from_secs(30);

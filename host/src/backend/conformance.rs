@@ -503,6 +503,65 @@ fn refuses_writes_made_from_values_that_changed(h: Harness) {
     ));
 }
 
+/// Small batches out of one large append, in which some events ask to be
+/// retried and some are given up on, mixed with new ones: every event ends
+/// acked or a dead letter, none skipped. (The embedded consumer once lost
+/// the retries and dead letters of a batch cut from the middle of a
+/// delivery, once an earlier batch had emptied its hands.)
+fn accounts_for_every_event_when_retries_mix_with_new_ones(h: Harness) {
+    const N: u64 = 40;
+    h.backend
+        .append((0..N as usize).map(|i| event("order.placed", i)).collect())
+        .expect("append");
+    let mut c = h.consumer("inventory", &["order.placed"], HUNG);
+    let until = std::time::Instant::now() + HUNG;
+    let (mut acked, mut dead) = (Vec::new(), Vec::new());
+    while (acked.len() + dead.len()) < N as usize {
+        assert!(
+            std::time::Instant::now() < until,
+            "{} acked and {} dead of {N}: acked {acked:?}, dead {dead:?}",
+            acked.len(),
+            dead.len()
+        );
+        let got = c.next_batch(3, Duration::from_millis(200)).expect("batch");
+        if got.is_empty() {
+            continue;
+        }
+        let verdicts = got
+            .iter()
+            .map(|d| {
+                let seq = d.event.sequence;
+                let v = match (seq % 5, seq % 2, d.attempt) {
+                    (0, _, _) => Verdict::Dead("not ours".into()),
+                    (_, 1, 1) => Verdict::Retry(Duration::from_millis(1)),
+                    _ => Verdict::Ack,
+                };
+                match v {
+                    Verdict::Ack => acked.push(seq),
+                    Verdict::Dead(_) => dead.push(seq),
+                    Verdict::Retry(_) => {}
+                }
+                (seq, v)
+            })
+            .collect();
+        c.settle(Settlement {
+            verdicts,
+            ..Settlement::default()
+        })
+        .expect("settle");
+    }
+    acked.sort_unstable();
+    dead.sort_unstable();
+    assert_eq!(dead, (1..=N).filter(|s| s % 5 == 0).collect::<Vec<_>>());
+    assert_eq!(acked, (1..=N).filter(|s| s % 5 != 0).collect::<Vec<_>>());
+    let letters = h.backend.dead_letters("inventory").expect("dead");
+    assert_eq!(letters.len(), dead.len(), "every give-up is a dead letter");
+    assert!(c
+        .next_batch(10, Duration::from_millis(50))
+        .expect("batch")
+        .is_empty());
+}
+
 macro_rules! conformance {
     ($backend:ident) => {
         mod $backend {
@@ -539,6 +598,10 @@ macro_rules! conformance {
             #[test]
             fn refuses_writes_made_from_values_that_changed() {
                 super::refuses_writes_made_from_values_that_changed(Harness::$backend());
+            }
+            #[test]
+            fn accounts_for_every_event_when_retries_mix_with_new_ones() {
+                super::accounts_for_every_event_when_retries_mix_with_new_ones(Harness::$backend());
             }
             #[test]
             fn hands_back_at_once_on_release() {

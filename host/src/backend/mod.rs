@@ -500,6 +500,21 @@ pub trait Backend: Send + Sync {
         })
     }
 
+    /// `plugin`'s accounts: the events of the log it subscribes to against
+    /// what its cursors say became of them ([`crate::audit`]).
+    fn audit(
+        &self,
+        plugin: &str,
+        scope: &crate::audit::Scope,
+    ) -> Result<crate::audit::Audit, BackendError> {
+        let _ = (plugin, scope);
+        Err(BackendError::NotOffered {
+            backend: self.describe(),
+            what: "the audit of a plugin's events".into(),
+            fix: "compare the broker's stream with the plugin's counts in GET /v1/plugins".into(),
+        })
+    }
+
     /// `plugin`'s dead letters, in log order.
     fn dead_letters(&self, plugin: &str) -> Result<Vec<DeadLetter>, BackendError>;
 

@@ -67,10 +67,10 @@ impl Need {
 }
 
 /// The scope the route `path` (as routed: `/v1/dead/{plugin}/purge`) needs
-/// for `method`. `/healthz` is open, and `/metrics` when `metrics_open`.
+/// for `method`. `/healthz` and `/readyz` are open, and `/metrics` when `metrics_open`.
 pub fn needed(method: &Method, path: &str, metrics_open: bool) -> Need {
     match (method, path) {
-        (_, "/healthz") => Need::Open,
+        (_, "/healthz" | "/readyz") => Need::Open,
         // The console's files hold no data; the API calls it makes need a
         // token like any other client's.
         // Nor does the API's own description.

@@ -6,7 +6,9 @@
 //!   (`application/cloudevents+json`), batch mode
 //!   (`application/cloudevents-batch+json`) or binary mode (`ce-*` headers,
 //!   any content type).
-//! - `GET /v1/plugins`, `GET /healthz`, `GET /metrics`, and the OpenAPI
+//! - `GET /v1/plugins`, `GET /v1/audit` (every plugin's events accounted
+//!   for: `crate::audit`), `GET /healthz` (liveness), `GET /readyz` (503
+//!   naming why the host is not doing its work), `GET /metrics`, and the OpenAPI
 //!   document of all of it at `GET /v1/openapi.json`.
 //! - What the host sees of its flow: `GET /v1/stream` (server-sent
 //!   events: live tail, rates, plugin changes; `http::stream`),
@@ -245,7 +247,9 @@ pub fn router(state: AppState) -> Router {
         .route("/console/", get(console::index))
         .route("/console/{*path}", get(console::file))
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/audit", get(audit))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         // Bodies are read with our own limit, below, to answer 413 with a
         // message that names the limit.
@@ -450,6 +454,31 @@ async fn healthz(State(state): State<AppState>) -> Response {
     let status = state.registry.status();
     let running = status.iter().filter(|p| p.state == "running").count();
     Json(json!({ "status": "ok", "plugins_running": running, "plugins_failed": status.len() - running }))
+        .into_response()
+}
+
+/// Every running plugin's accounts (`crate::audit`): 200 with them,
+/// `unaccounted` the total; 501 in memory mode or on a broker.
+async fn audit(State(state): State<AppState>) -> Result<Response, IngressError> {
+    let registry = state.registry.clone();
+    let audits = tokio::task::block_in_place(|| registry.audit()).map_err(backend_error)?;
+    let unaccounted: i64 = audits.iter().map(|a| a.unaccounted.abs()).sum();
+    Ok(Json(json!({ "plugins": audits, "unaccounted": unaccounted })).into_response())
+}
+
+/// Readiness: 503 naming every reason the host is not doing its work (a
+/// plugin failed, quarantined or whose worker panicked lately, the disk
+/// inside its reserve, the broker unreachable); `/healthz` is liveness.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let registry = state.registry.clone();
+    let reasons = tokio::task::block_in_place(|| registry.not_ready());
+    if reasons.is_empty() {
+        return Json(json!({ "status": "ready" })).into_response();
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "status": "not ready", "reasons": reasons })),
+    )
         .into_response()
 }
 

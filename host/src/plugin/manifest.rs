@@ -23,7 +23,7 @@
 //! [publish]
 //! allow = ["inventory.>"]           # topics it may publish to (none: any)
 //! deny = ["inventory.internal.>"]   # refused even when allowed
-//! rate_events_per_s_max = 10000     # follow-up events per second
+//! rate_events_per_s_max = 10000     # follow-up events per second (over: held)
 //! chain_events_max = 1000           # follow-ups one causal chain may have
 //!
 //! [overflow]                        # when its queue is full (memory mode)
@@ -123,7 +123,10 @@ pub struct PublishSection {
     #[serde(default)]
     #[schemars(example = vec!["inventory.internal.>"])]
     pub deny: Vec<String>,
-    /// Follow-up events per second, across its workers. Default 10,000.
+    /// Follow-up events per second, across its workers. Over it the
+    /// plugin's deliveries are held until it is back under (backpressure):
+    /// no publish fails for it. Default: no limit (the chain budget
+    /// guards against storms).
     #[schemars(example = 10000)]
     pub rate_events_per_s_max: Option<u32>,
     /// Follow-up events one causal chain (one correlation id) may have,

@@ -21,6 +21,7 @@
 //! (optimized builds in the background), `error` (why a plugin did not
 //! start).
 
+mod conditions;
 mod error;
 pub mod manifest;
 pub mod manifest_reference;
@@ -126,6 +127,8 @@ pub struct RunningPlugin {
     quarantine: Mutex<Vec<Option<Quarantine>>>,
     rate: Mutex<RateSample>,
     settings: PluginSettings,
+    /// What holds it back: publish-rate holds, reduced batches, panics.
+    pub(crate) conditions: conditions::Conditions,
 }
 
 struct Failed {
@@ -449,6 +452,12 @@ impl Registry {
             stop,
             quarantine: Mutex::new(vec![None; workers]),
             rate: Mutex::new(RateSample::default()),
+            conditions: conditions::Conditions::new(
+                workers,
+                settings.delivery.batch_events_max.max(1),
+                self.metrics.batch_splits.get_or_create(&labels).clone(),
+                self.metrics.worker_deaths.get_or_create(&labels).clone(),
+            ),
             settings: settings.clone(),
         });
         let mut spawned = Vec::new();

@@ -173,11 +173,7 @@ impl Registry {
             allow: m.publish.allow.as_deref().map(patterns),
             deny: patterns(&m.publish.deny),
             rate: RateLimit::new(
-                Some(
-                    m.publish
-                        .rate_events_per_s_max
-                        .unwrap_or(runtime::PUBLISH_EVENTS_PER_S_DEFAULT),
-                ),
+                m.publish.rate_events_per_s_max,
                 self.metrics
                     .publish_throttled
                     .get_or_create(&labels)

@@ -130,6 +130,22 @@ pub struct PluginStatus {
     /// chain's budget (an event storm), within the last 10 minutes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storm: Option<StormStatus>,
+    /// Why its deliveries are held, when they are (its publish rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
+    /// The most events per call it runs at now (running plugins): its
+    /// `batch_events_max`, or less after calls that ran past their deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_events: Option<usize>,
+    /// Why `batch_events` is below `batch_events_max`, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_note: Option<String>,
+    /// Panics of its workers (each caught, its events delivered again).
+    #[serde(default)]
+    pub worker_deaths: u64,
+    /// The last panic of a worker, within the last 10 minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_death: Option<String>,
     /// Its bounds and policies (running plugins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<PluginLimits>,
@@ -191,6 +207,7 @@ impl Registry {
                     });
                 let position = self.broker_position(&p.name);
                 let cursor = position.map_or_else(|| p.cursor(), |b| b.delivered);
+                let batch = p.conditions.batch_cap();
                 PluginStatus {
                     name: p.name.clone(),
                     file: p.file.display().to_string(),
@@ -227,6 +244,11 @@ impl Registry {
                     background_ms: p.background_until.left_ms(),
                     state_bytes: Some(p.settings.state.used()),
                     storm: p.storm(),
+                    held: p.conditions.held(),
+                    batch_events: batch.as_ref().map(|b| b.0),
+                    batch_note: batch.and_then(|b| b.1),
+                    worker_deaths: p.conditions.deaths.get(),
+                    worker_death: p.conditions.death(),
                     limits: Some(p.limits()),
                 }
             })
@@ -261,11 +283,107 @@ impl Registry {
                     background_ms: None,
                     state_bytes: None,
                     storm: None,
+                    held: None,
+                    batch_events: None,
+                    batch_note: None,
+                    worker_deaths: 0,
+                    worker_death: None,
                     limits: None,
                 }),
         );
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// Every running plugin's accounts ([`crate::audit`]), by name; each
+    /// also sets `plugbus_unaccounted_events`.
+    pub fn audit(&self) -> Result<Vec<crate::audit::Audit>, crate::backend::BackendError> {
+        let Some(backend) = &self.backend else {
+            return Err(crate::backend::BackendError::NotOffered {
+                backend: "memory mode".into(),
+                what: "the audit of plugins' events".into(),
+                fix: "run with the embedded store (without --memory): memory mode keeps no log to count against".into(),
+            });
+        };
+        let plugins: Vec<Arc<RunningPlugin>> = self
+            .running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut out = Vec::new();
+        for p in plugins {
+            let scope = crate::audit::Scope {
+                patterns: p
+                    .subscriptions
+                    .iter()
+                    .filter_map(|s| crate::topic::Pattern::parse(s).ok())
+                    .collect(),
+                key: p.settings.delivery.ordering_key.clone(),
+                parts: p.settings.concurrency.max(1),
+            };
+            let audit = backend.audit(&p.name, &scope)?;
+            self.metrics
+                .unaccounted
+                .get_or_create(&metrics::plugin(&p.name))
+                .set(audit.unaccounted);
+            out.push(audit);
+        }
+        out.sort_by(|a, b| a.plugin.cmp(&b.plugin));
+        Ok(out)
+    }
+
+    /// Why the host is not ready (`/readyz`), one line each: plugins
+    /// failed, quarantined or whose worker panicked in the last minute, the
+    /// disk inside its reserve, the broker unreachable. Empty: ready.
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        for p in self.status() {
+            match p.state.as_str() {
+                "failed" => reasons.push(format!(
+                    "plugin {} failed to load: {}",
+                    p.name,
+                    p.error.unwrap_or_default()
+                )),
+                "quarantined" => reasons.push(format!(
+                    "plugin {} is quarantined: {}",
+                    p.name,
+                    p.error.unwrap_or_default()
+                )),
+                _ => {}
+            }
+        }
+        for p in self
+            .running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            if p.conditions.died_within(std::time::Duration::from_secs(60)) {
+                reasons.push(format!(
+                    "plugin {}: {}",
+                    p.name,
+                    p.conditions.death().unwrap_or_default()
+                ));
+            }
+        }
+        match &self.dispatch {
+            Dispatch::Durable(log) => {
+                if let Some((free, reserve)) = log.store().inside_reserve() {
+                    reasons.push(format!(
+                        "the data directory's disk is inside its reserve: {free} bytes free, {reserve} kept for the store (--disk-reserve-bytes); free space there"
+                    ));
+                }
+            }
+            Dispatch::Broker(b) => {
+                if !b.connected() {
+                    reasons.push(
+                        "the broker does not answer; events wait until it is back".to_string(),
+                    );
+                }
+            }
+            Dispatch::Memory(_) => {}
+        }
+        reasons
     }
 
     /// Refresh the queue-depth gauges (before a scrape).

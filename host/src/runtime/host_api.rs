@@ -154,6 +154,9 @@ impl logging::Host for HostState {
         if !self.output.take() {
             return;
         }
+        // A line of the host log, however long the plugin made it.
+        let context = cut(&context, LINE_BYTES_MAX / 4);
+        let message = cut(&message, LINE_BYTES_MAX);
         let plugin = &*self.plugin;
         let sep = if context.is_empty() { "" } else { ": " };
         match level {
@@ -278,6 +281,9 @@ impl publisher::Host for HostState {
         });
         follow.hops = cause.hops + 1;
         follow.continue_trace(&cause);
+        // Over the plugin's rate this is a debt, which holds its next
+        // delivery (backpressure), not a refusal.
+        self.publish_policy.rate.charge();
         self.published.push((index, follow));
         Ok(())
     }
@@ -313,6 +319,15 @@ pub(super) struct GuestOutput {
 }
 
 const LINE_BYTES_MAX: usize = 4096;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
 
 impl GuestOutput {
     fn new(plugin: Arc<str>, stream: &'static str, limit: Arc<super::RateLimit>) -> GuestOutput {

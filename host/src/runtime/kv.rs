@@ -256,9 +256,22 @@ fn other(e: impl std::fmt::Display) -> store::Error {
     store::Error::Other(e.to_string())
 }
 
+/// Check a key the plugin gave, before it reaches the store (whose engine
+/// has limits of its own, which a plugin must never reach).
+pub fn check_key(key: &str) -> Result<(), store::Error> {
+    if key.len() > KEY_BYTES_MAX {
+        return Err(other(format!(
+            "the key is {} bytes, over the limit of {KEY_BYTES_MAX}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
 impl HostState {
     /// The value of `key` as this call sees it.
     fn kv_read(&self, key: &str) -> Result<Option<Vec<u8>>, store::Error> {
+        check_key(key)?;
         if let Some(v) = self.kv_writes.get(key) {
             return Ok(v.clone());
         }
@@ -286,12 +299,7 @@ impl HostState {
         before: Option<usize>,
         value: Option<Vec<u8>>,
     ) -> Result<(), store::Error> {
-        if key.len() > KEY_BYTES_MAX {
-            return Err(other(format!(
-                "the key is {} bytes, over the limit of {KEY_BYTES_MAX}",
-                key.len()
-            )));
-        }
+        check_key(&key)?;
         let value_len = value.as_ref().map_or(0, Vec::len);
         if value_len > VALUE_BYTES_MAX {
             return Err(other(format!(
@@ -390,6 +398,10 @@ impl store::HostBucket for HostState {
         cursor: Option<String>,
     ) -> Result<store::KeyResponse, store::Error> {
         let after = cursor.as_deref();
+        if let Some(after) = after {
+            // A cursor is a key this call returned.
+            check_key(after)?;
+        }
         let committed = self
             .kv
             .list(&self.plugin, after, LIST_PAGE + 1)

@@ -69,7 +69,7 @@ use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
 use crate::event::{Chunk, Event};
 pub use call::{CallMode, THROTTLE_PAUSE_TICKS};
 pub use host_api::{HostState, Outgoing};
-pub use policy::{PublishPolicy, RateLimit, Storm, PUBLISH_EVENTS_PER_S_DEFAULT};
+pub use policy::{PublishPolicy, RateLimit, Storm};
 
 /// The generated host-side bindings of the `plugin` world.
 #[allow(missing_docs, clippy::all)]

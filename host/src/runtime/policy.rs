@@ -2,8 +2,13 @@
 //! publish to and how fast ([`PublishPolicy`]), and how much it may write to
 //! stdout and stderr ([`RateLimit`] on lines). Both are shared by every
 //! instance of one plugin, so re-instantiating after a trap does not reset
-//! them. A publish refused here reaches the plugin as
-//! `publish-error::denied` with the reason.
+//! them. A publish refused here (a topic not allowed, a chain over its
+//! budget) reaches the plugin as `publish-error::denied` with the reason.
+//!
+//! The publish rate never refuses: a publish over it is taken on credit
+//! ([`RateLimit::charge`]) and the plugin's worker holds its next delivery
+//! until the debt is paid ([`RateLimit::owed`]), so a plugin over its rate
+//! is slowed down, never made to fail and retry.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -12,10 +17,6 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::chains::{Chains, CHAIN_EVENTS_MAX_DEFAULT};
 use crate::topic::Pattern;
-
-/// Follow-up events a plugin may publish per second by default (burst: one
-/// second's worth).
-pub const PUBLISH_EVENTS_PER_S_DEFAULT: u32 = 10_000;
 
 /// A token bucket: up to `per_s` a second, with a burst of one second's
 /// worth. Refusals are counted.
@@ -67,6 +68,42 @@ impl RateLimit {
     }
 }
 
+impl RateLimit {
+    /// Take one token on credit: the bucket may go below empty, and what is
+    /// owed is paid back at the rate ([`RateLimit::owed`]). Counted in
+    /// `refused` when there was no token (the publish made a debt).
+    pub fn charge(&self) {
+        let Some(per_s) = self.per_s else {
+            return;
+        };
+        let rate = f64::from(per_s);
+        let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (tokens, at) = *bucket;
+        let tokens = (tokens + now.duration_since(at).as_secs_f64() * rate).min(rate.max(1.0));
+        if tokens < 1.0 {
+            self.refused.inc();
+        }
+        *bucket = (tokens - 1.0, now);
+    }
+
+    /// How long until what was taken on credit is paid back (zero when
+    /// nothing is owed).
+    pub fn owed(&self) -> std::time::Duration {
+        let Some(per_s) = self.per_s else {
+            return std::time::Duration::ZERO;
+        };
+        let rate = f64::from(per_s);
+        let bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, at) = *bucket;
+        let now_tokens = tokens + Instant::now().duration_since(at).as_secs_f64() * rate;
+        if now_tokens >= 0.0 {
+            return std::time::Duration::ZERO;
+        }
+        std::time::Duration::from_secs_f64(-now_tokens / rate)
+    }
+}
+
 impl Default for RateLimit {
     fn default() -> Self {
         RateLimit::new(Some(super::OUTPUT_LINES_PER_S_DEFAULT), Counter::default())
@@ -82,7 +119,8 @@ pub struct PublishPolicy {
     pub allow: Option<Vec<Pattern>>,
     /// Patterns refused even when allowed.
     pub deny: Vec<Pattern>,
-    /// Follow-up events per second.
+    /// Follow-up events per second: over it, deliveries are held (never a
+    /// refused publish).
     pub rate: RateLimit,
     /// Follow-up events one causal chain may have (`publish.chain_events_max`).
     pub chain_events_max: u64,
@@ -171,12 +209,6 @@ impl PublishPolicy {
                 ));
             }
         }
-        if !self.rate.take() {
-            return Err(format!(
-                "publish rate limit of {} events/s reached (publish.rate_events_per_s_max); return a retry to publish later",
-                self.rate.per_s().unwrap_or(0)
-            ));
-        }
         Ok(())
     }
 }
@@ -217,5 +249,30 @@ mod tests {
         assert!((5..=6).contains(&taken), "{taken}");
         assert!(limit.refused() >= 14);
         assert!(RateLimit::new(None, Counter::default()).take());
+    }
+
+    #[test]
+    fn a_publish_rate_is_owed_never_refused() {
+        let limit = RateLimit::new(Some(100), Counter::default());
+        for _ in 0..300 {
+            limit.charge();
+        }
+        // 100 in the burst, 200 on credit: about two seconds owed.
+        let owed = limit.owed();
+        assert!(
+            owed > std::time::Duration::from_millis(1500)
+                && owed <= std::time::Duration::from_secs(2),
+            "{owed:?}"
+        );
+        assert!(limit.refused() >= 199, "{}", limit.refused());
+        let open = RateLimit::new(None, Counter::default());
+        open.charge();
+        assert!(open.owed().is_zero());
+        // A publish check never looks at the rate.
+        let p = PublishPolicy {
+            rate: limit,
+            ..PublishPolicy::default()
+        };
+        assert!(p.check("inventory.reserved").is_ok());
     }
 }

@@ -101,6 +101,13 @@ impl Store {
         self.db.disk_space().unwrap_or(0)
     }
 
+    /// When the free space of the data directory's file system is inside
+    /// the reserve: (free, reserve).
+    pub fn inside_reserve(&self) -> Option<(u64, u64)> {
+        let free = fs4::available_space(&self.dir).ok()?;
+        (free < self.disk_reserve_bytes).then_some((free, self.disk_reserve_bytes))
+    }
+
     /// Account for `incoming` bytes about to be appended; refuses with
     /// [`StoreError::DiskFull`] when they would eat into the reserve.
     pub(super) fn make_room(&self, incoming: u64) -> Result<(), StoreError> {

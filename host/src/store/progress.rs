@@ -28,14 +28,51 @@ pub struct Cursor {
     /// Events at or below `through` still to be retried: (sequence, the
     /// attempt due next).
     pub pending: Vec<(u64, u32)>,
+    /// What became of its events after `counts.start`, kept with it.
+    pub counts: Counts,
 }
 
+/// The double entry of a cursor: of its events after `start` (those of
+/// its plugin's subscriptions, and of its part when the plugin runs
+/// several workers), how many were handled (acked) and how many are given
+/// up on (dead letters, re-driven ones taken back out), and how many were
+/// dropped by its overflow policy (`drop`). Written in the same atomic
+/// write as the cursor, so that at any time `matching events after start =
+/// handled + dead + dropped + pending` (the events after `through`, and
+/// `pending`), which `plugbus audit` checks against the log. A replay
+/// starts the count again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Counting starts after this sequence: the plugin's start (after the
+    /// events it skipped, when it started at the head), its last replay,
+    /// or the cursor it had when counting began.
+    pub start: u64,
+    /// Events after `start` it acked.
+    pub handled: u64,
+    /// Events after `start` given up on and not re-driven since.
+    pub dead: u64,
+    /// Events after `start` dropped for want of room in its queue
+    /// (`overflow.policy = "drop"`).
+    pub dropped: u64,
+}
+
+/// The bytes a cursor's counts take at the end of its record: with them
+/// the record's length is a multiple of 12, without them (the older
+/// format) 8 more.
+const COUNTS_BYTES: usize = 40;
+/// Marks the counts' trailer.
+const COUNTS_MAGIC: u64 = 0x706c_7567_6275_7301;
+
 impl Cursor {
-    /// A cursor with nothing pending.
+    /// A cursor with nothing pending, counting from `through`.
     pub fn at(through: u64) -> Cursor {
         Cursor {
             through,
             pending: Vec::new(),
+            counts: Counts {
+                start: through,
+                ..Counts::default()
+            },
         }
     }
 
@@ -49,18 +86,49 @@ impl Cursor {
     }
 
     pub(super) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + 12 * self.pending.len());
+        let mut out = Vec::with_capacity(8 + 12 * self.pending.len() + COUNTS_BYTES);
         out.extend_from_slice(&self.through.to_be_bytes());
         for &(seq, attempt) in &self.pending {
             out.extend_from_slice(&seq.to_be_bytes());
             out.extend_from_slice(&attempt.to_be_bytes());
         }
+        let c = &self.counts;
+        for word in [c.start, c.handled, c.dead, c.dropped, COUNTS_MAGIC] {
+            out.extend_from_slice(&word.to_be_bytes());
+        }
+        debug_assert_eq!(
+            (out.len() - 8) % 12,
+            COUNTS_BYTES % 12,
+            "the counts' trailer is recognisable"
+        );
         out
     }
 
     pub(super) fn decode(bytes: &[u8]) -> Option<Cursor> {
         let through = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
-        let rest = &bytes[8..];
+        let mut rest = &bytes[8..];
+        let mut counts = Counts {
+            start: through,
+            ..Counts::default()
+        };
+        if rest.len() % 12 == COUNTS_BYTES % 12 && rest.len() >= COUNTS_BYTES {
+            let (pending, trailer) = rest.split_at(rest.len() - COUNTS_BYTES);
+            let word = |i: usize| -> Option<u64> {
+                Some(u64::from_be_bytes(
+                    trailer.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+                ))
+            };
+            if word(4)? != COUNTS_MAGIC {
+                return None;
+            }
+            counts = Counts {
+                start: word(0)?,
+                handled: word(1)?,
+                dead: word(2)?,
+                dropped: word(3)?,
+            };
+            rest = pending;
+        }
         if !rest.len().is_multiple_of(12) {
             return None;
         }
@@ -72,7 +140,11 @@ impl Cursor {
                 Some((seq, attempt))
             })
             .collect();
-        Some(Cursor { through, pending })
+        Some(Cursor {
+            through,
+            pending,
+            counts,
+        })
     }
 }
 
@@ -106,6 +178,10 @@ pub struct Progress {
     pub redriven: Vec<u64>,
 }
 
+/// The longest key the storage engine takes (longer ones panic in it);
+/// plugins' keys are held far below it (`runtime::kv::KEY_BYTES_MAX`).
+const ENGINE_KEY_BYTES_MAX: usize = u16::MAX as usize;
+
 pub(super) fn kv_key(plugin: &str, key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(plugin.len() + 1 + key.len());
     k.extend_from_slice(plugin.as_bytes());
@@ -119,6 +195,8 @@ impl Store {
     pub(super) fn add_progress(&self, batch: &mut OwnedWriteBatch, progress: &Progress) {
         let plugin = progress.plugin.as_str();
         for (key, value) in &progress.kv {
+            // Plugins' keys are checked when written (`runtime::kv`).
+            debug_assert!(key.len() <= crate::runtime::kv::KEY_BYTES_MAX);
             match value {
                 Some(v) => batch.insert(&self.kv, kv_key(plugin, key), v.as_slice()),
                 None => batch.remove(&self.kv, kv_key(plugin, key)),
@@ -196,8 +274,13 @@ impl Store {
 
     /// One value of `plugin`'s bucket.
     pub fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = kv_key(plugin, key);
+        if key.len() > ENGINE_KEY_BYTES_MAX {
+            // Longer than any key the engine can hold (it would panic).
+            return Ok(None);
+        }
         self.kv
-            .get(kv_key(plugin, key))
+            .get(key)
             .map(|v| v.map(|v| v.to_vec()))
             .map_err(|e| self.read_error(&e))
     }
@@ -219,12 +302,18 @@ impl Store {
             }
             None => prefix.clone(),
         };
+        // A bound longer than the engine takes starts at its prefix; what
+        // is not past it is skipped below.
+        let from = start[..start.len().min(ENGINE_KEY_BYTES_MAX)].to_vec();
         let mut out = Vec::new();
-        for guard in self.kv.range(start..) {
+        for guard in self.kv.range(from..) {
             let (k, v) = guard.into_inner().map_err(|e| self.read_error(&e))?;
             let Some(key) = k.strip_prefix(prefix.as_slice()) else {
                 break;
             };
+            if *k < *start {
+                continue;
+            }
             if out.len() >= max {
                 break;
             }
@@ -304,6 +393,12 @@ mod tests {
         let c = Cursor {
             through: 90,
             pending: vec![(40, 2), (77, 5)],
+            counts: Counts {
+                start: 3,
+                handled: 80,
+                dead: 5,
+                dropped: 1,
+            },
         };
         assert_eq!(Cursor::decode(&c.encode()), Some(c.clone()));
         assert_eq!(c.low(), 39);
@@ -311,8 +406,27 @@ mod tests {
         assert_eq!(
             Cursor::decode(&7u64.to_be_bytes()),
             Some(Cursor::at(7)),
-            "a plain sequence (the older format) reads as a cursor"
+            "a plain sequence (the older format) reads as a cursor, counting from it"
         );
+        let mut older = 9u64.to_be_bytes().to_vec();
+        older.extend_from_slice(&4u64.to_be_bytes());
+        older.extend_from_slice(&2u32.to_be_bytes());
+        assert_eq!(
+            Cursor::decode(&older),
+            Some(Cursor {
+                through: 9,
+                pending: vec![(4, 2)],
+                counts: Counts {
+                    start: 9,
+                    ..Counts::default()
+                }
+            }),
+            "the older format with a retry pending"
+        );
+        let mut bad = c.encode();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(Cursor::decode(&bad), None, "a damaged trailer");
         assert_eq!(Cursor::decode(&[0; 13]), None);
     }
 
@@ -328,6 +442,7 @@ mod tests {
                 cursor: Some(Cursor {
                     through: 9,
                     pending: vec![(6, 2)],
+                    counts: Counts::default(),
                 }),
                 kv: vec![
                     ("orders".into(), Some(b"3".to_vec())),
@@ -367,7 +482,8 @@ mod tests {
             store.cursor_state("analytics").expect("cursor"),
             Some(Cursor {
                 through: 9,
-                pending: vec![(6, 2)]
+                pending: vec![(6, 2)],
+                counts: Counts::default(),
             })
         );
         assert_eq!(store.dead_letters("analytics").expect("dead").len(), 1);

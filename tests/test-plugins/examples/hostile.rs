@@ -16,6 +16,8 @@
 //! - `statebomb`: keeps a new 1 MiB value for each event it handles, and
 //!   acks (a refused write is logged);
 //! - `garbage`: returns three outcomes per event;
+//! - `hugekey`: reads, then writes, a state key of 1 MiB for each event,
+//!   and asks for a retry with the error it got (a plugin must get one);
 //! - `sandbox`: tries to open files, list directories, connect a socket,
 //!   read the environment and arguments, and read the clocks, and keeps
 //!   what it saw in its state (`sandbox`), then acks;
@@ -91,6 +93,22 @@ fn statebomb(batch: &Batch) -> Vec<Outcome> {
         }
     }
     vec![Outcome::Ack; events(batch)]
+}
+
+fn hugekey(n: usize) -> Vec<Outcome> {
+    let Ok(state) = State::open() else {
+        return vec![Outcome::retry("no state"); n];
+    };
+    let key = "k".repeat(1 << 20);
+    (0..n)
+        .map(|_| {
+            let read = state.get(&key);
+            match state.set(&key, b"v") {
+                Ok(()) => Outcome::Ack,
+                Err(e) => Outcome::retry(format!("read: {read:?}; write: {e:?}")),
+            }
+        })
+        .collect()
 }
 
 fn storm(batch: &Batch) -> Vec<Outcome> {
@@ -236,6 +254,7 @@ impl Guest for Hostile {
                 out
             }
             "garbage" => vec![Outcome::Ack; n * 3],
+            "hugekey" => hugekey(n),
             "sandbox" => sandbox(&batch),
             "work" => {
                 let per_event = std::time::Duration::from_micros(WORK_US.with(|w| *w.borrow()));

@@ -194,6 +194,7 @@ impl Backend for EmbeddedBackend {
             outlets.push(pump::Outlet {
                 queue: tx,
                 through: start.through,
+                dropped: (0, 0),
             });
             queues.push(queue);
         }
@@ -206,7 +207,7 @@ impl Backend for EmbeddedBackend {
         let stopped = move || stop.load(Ordering::Acquire);
         let thread = std::thread::Builder::new()
             .name(format!("pump-{plugin}"))
-            .spawn(move || pump::run(&log, &name, &routing, &outlets, &stopped))
+            .spawn(move || pump::run(&log, &name, &routing, &mut outlets, &stopped))
             .map_err(|e| BackendError::Thread {
                 what: format!("the log reader of plugin `{plugin}`"),
                 reason: e.to_string(),
@@ -266,6 +267,20 @@ impl Backend for EmbeddedBackend {
     fn cursors(&self, plugin: &str) -> Result<Vec<crate::store::progress::Cursor>, BackendError> {
         let cursors = self.log.store().cursors_of(plugin)?;
         Ok(cursors.into_iter().map(|(_, c)| c).collect())
+    }
+
+    fn audit(
+        &self,
+        plugin: &str,
+        scope: &crate::audit::Scope,
+    ) -> Result<crate::audit::Audit, BackendError> {
+        let log = &self.log;
+        Ok(crate::audit::embedded(
+            log.store(),
+            || log.head(),
+            plugin,
+            scope,
+        )?)
     }
 
     fn dead_letters(&self, plugin: &str) -> Result<Vec<DeadLetter>, BackendError> {

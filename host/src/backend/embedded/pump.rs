@@ -24,6 +24,9 @@ pub(super) struct Outlet {
     pub queue: QueueSender,
     /// Events up to this sequence are done for this worker.
     pub through: u64,
+    /// Events dropped for want of room and not yet told to the consumer:
+    /// how many, and the highest sequence among them.
+    pub dropped: (u64, u64),
 }
 
 /// What a reader does, besides reading.
@@ -43,7 +46,7 @@ pub(super) fn run(
     log: &Log,
     plugin: &str,
     routing: &Routing,
-    outlets: &[Outlet],
+    outlets: &mut [Outlet],
     stopped: &dyn Fn() -> bool,
 ) {
     let bell = log.doorbell();
@@ -74,11 +77,11 @@ pub(super) fn run(
                 wanted[i].push(e);
             }
         }
-        for (outlet, wanted) in outlets.iter().zip(wanted) {
+        for (outlet, wanted) in outlets.iter_mut().zip(wanted) {
             if last <= outlet.through {
                 continue;
             }
-            if !send(routing, &outlet.queue, &wanted, last) {
+            if !send(routing, outlet, &wanted, last) {
                 return;
             }
         }
@@ -86,8 +89,11 @@ pub(super) fn run(
 }
 
 /// Queue `wanted` (events up to `last` looked at) in deliveries of up to
-/// `CHUNK_EVENTS_MAX`; false when the worker is gone.
-fn send(routing: &Routing, queue: &QueueSender, wanted: &[Arc<Event>], last: u64) -> bool {
+/// `CHUNK_EVENTS_MAX`; false when the worker is gone. Events dropped for
+/// want of room are told to the consumer with the next delivery that goes,
+/// for its count (`store::progress::Counts`).
+fn send(routing: &Routing, outlet: &mut Outlet, wanted: &[Arc<Event>], last: u64) -> bool {
+    let queue = &outlet.queue;
     let n = wanted.len().div_ceil(CHUNK_EVENTS_MAX).max(1);
     let mut chunks = wanted.chunks(CHUNK_EVENTS_MAX);
     for i in 0..n {
@@ -99,14 +105,18 @@ fn send(routing: &Routing, queue: &QueueSender, wanted: &[Arc<Event>], last: u64
         let delivery = Delivery {
             events: Arc::from(part),
             through,
+            dropped: std::mem::take(&mut outlet.dropped),
         };
         let sent = if let Some(counter) = &routing.dropped {
             match queue.try_send(delivery) {
                 Ok(()) => Ok(()),
                 Err(Some(dropped)) => {
                     // Dropped: the next delivery's `through` moves the
-                    // cursor past these.
-                    counter.inc_by(dropped.events.len() as u64);
+                    // cursor past these, and tells their count.
+                    let n = dropped.events.len() as u64;
+                    counter.inc_by(n);
+                    let highest = dropped.events.last().map_or(0, |e| e.sequence);
+                    outlet.dropped = (dropped.dropped.0 + n, dropped.dropped.1.max(highest));
                     Ok(())
                 }
                 Err(None) => Err(()),

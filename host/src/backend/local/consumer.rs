@@ -43,11 +43,24 @@ impl Consumer for LocalConsumer {
         let mut dead = Vec::new();
         let mut redriven = Vec::new();
         let mut only_position = s.writes.is_empty() && s.follow_ups.is_empty();
+        let mut counts = self.counts;
         for (&i, (_, verdict)) in at.iter().zip(&s.verdicts) {
             let h = &self.handed[i];
+            let counted = h.seq > counts.start;
             if h.origin == Origin::Redrive {
                 redriven.push(h.seq);
                 only_position = false;
+                if counted {
+                    // No longer a dead letter: counted again by its verdict.
+                    counts.dead = counts.dead.saturating_sub(1);
+                }
+            }
+            if counted {
+                match verdict {
+                    Verdict::Ack => counts.handled += 1,
+                    Verdict::Dead(_) => counts.dead += 1,
+                    Verdict::Retry(_) => {}
+                }
             }
             if h.origin == Origin::Retry {
                 // It leaves the cursor's pending list.
@@ -72,11 +85,17 @@ impl Consumer for LocalConsumer {
                 }
             }
         }
-        // Settled from here on, unless the commit finds a conflict.
-        for &i in &at {
-            self.handed[i].settled = true;
-        }
-        let cursor = self.cursor_after(&retried);
+        // The cursor as it is once they are settled; they are marked so
+        // only once the commit is written, so that a commit that fails (or
+        // panics) leaves them in hand, to be handed back.
+        let mark = |c: &mut Self, settled: bool| {
+            for &i in &at {
+                c.handed[i].settled = settled;
+            }
+        };
+        mark(self, true);
+        let cursor = self.cursor_after(&retried, counts);
+        mark(self, false);
         if !only_position {
             let (cursor_name, durable) = match &self.commit {
                 Commit::Durable { cursor_name, .. } => (cursor_name.clone(), true),
@@ -92,23 +111,17 @@ impl Consumer for LocalConsumer {
             };
             match self.write(progress, s.follow_ups, &s.expected) {
                 Ok(()) => {}
-                Err(e @ BackendError::Conflict { .. }) => {
-                    // Still this consumer's, to hand back and handle again.
-                    for &i in &at {
-                        self.handed[i].settled = false;
-                    }
-                    return Err(e);
-                }
+                // Still this consumer's, to hand back and handle again.
+                Err(e @ BackendError::Conflict { .. }) => return Err(e),
                 Err(e) => {
                     // Nothing kept: the events come again after a while.
-                    for &i in &at {
-                        self.handed[i].settled = false;
-                    }
                     self.hand_back(at.into_iter(), Instant::now() + COMMIT_RETRY);
                     return Err(e);
                 }
             }
         }
+        mark(self, true);
+        self.counts = counts;
         let now = Instant::now();
         for (&i, (_, verdict)) in at.iter().zip(s.verdicts) {
             let h = &self.handed[i];

@@ -39,7 +39,7 @@ use super::{BackendError, Consumer, Delivered, Settlement, Verdict};
 use crate::bus::{Delivery, OrderingKey, Queue};
 use crate::event::{Chunk, Event};
 use crate::store::log::Log;
-use crate::store::progress::{Cursor, GaveUp, Progress};
+use crate::store::progress::{Counts, Cursor, GaveUp, Progress};
 
 /// A cursor that only moves past events (nothing else changed) is saved at
 /// most this often while busy, and at once when idle: losing it only means
@@ -132,9 +132,9 @@ struct Handed {
     attempt: u32,
     origin: Origin,
     settled: bool,
-    /// The event, for retries and re-drives; a new event is found in the
-    /// delivery it came in (`LocalConsumer::chunks`), so that handing out a
-    /// delivery costs no reference count per event.
+    /// The event; `None` only for an event of a delivery handed out whole,
+    /// which is found in `LocalConsumer::chunks`, so that handing out a
+    /// whole delivery costs no reference count per event.
     event: Option<Arc<Event>>,
 }
 
@@ -175,10 +175,8 @@ pub struct LocalConsumer {
     /// not the plugin's).
     taken_to: u64,
     handed: VecDeque<Handed>,
-    /// The deliveries the new events in `handed` came from.
+    /// The deliveries handed out whole whose events are in `handed`.
     chunks: Vec<Chunk>,
-    /// Whether `current` is in `chunks`.
-    current_kept: bool,
     /// Where the next settlement's first event likely is in `handed`.
     hint: usize,
     waiting: BinaryHeap<Reverse<Waiting>>,
@@ -190,6 +188,12 @@ pub struct LocalConsumer {
     redriving: HashSet<u64>,
     saved: Cursor,
     saved_at: Instant,
+    /// What became of its events, as of the settlements taken effect
+    /// (saved with the cursor).
+    counts: Counts,
+    /// Events dropped by the log reader (overflow `drop`), counted once the
+    /// cursor is past them: (the highest sequence among them, how many).
+    drops: VecDeque<(u64, u64)>,
     gauges: Gauges,
     /// Dropped last: whatever must outlive the queue (the log reader).
     _guard: Option<Box<dyn Send>>,
@@ -222,7 +226,6 @@ impl LocalConsumer {
             taken_to: options.start.through,
             handed: VecDeque::new(),
             chunks: Vec::new(),
-            current_kept: false,
             hint: 0,
             waiting: BinaryHeap::new(),
             owners: HashMap::new(),
@@ -230,6 +233,8 @@ impl LocalConsumer {
             redriving: HashSet::new(),
             saved: options.start.clone(),
             saved_at: Instant::now(),
+            counts: options.start.counts,
+            drops: VecDeque::new(),
             gauges,
             _guard: guard,
         };
@@ -317,6 +322,17 @@ impl LocalConsumer {
         });
     }
 
+    /// A delivery came: it is the one taken from next, and the events
+    /// dropped before it wait to be counted.
+    fn arrived(&mut self, d: Delivery) {
+        let (n, highest) = d.dropped;
+        if n > 0 {
+            self.drops.push_back((highest, n));
+        }
+        self.current = Some(d);
+        self.pos = 0;
+    }
+
     /// New events from the queue into `out`, up to `max` in all, without
     /// waiting. A whole delivery into an empty batch goes as it is.
     fn take_new(&mut self, max: usize, out: &mut Out) -> Option<Chunk> {
@@ -324,9 +340,7 @@ impl LocalConsumer {
             let Some(delivery) = self.current.clone() else {
                 match self.queue.try_recv() {
                     Ok(d) => {
-                        self.current = Some(d);
-                        self.pos = 0;
-                        self.current_kept = false;
+                        self.arrived(d);
                         continue;
                     }
                     Err(TryRecvError::Empty) => return None,
@@ -358,10 +372,6 @@ impl LocalConsumer {
                 out.attempts.resize(events.len(), 1);
                 return Some(events.clone());
             }
-            if !self.current_kept {
-                self.chunks.push(events.clone());
-                self.current_kept = true;
-            }
             while self.pos < events.len() && out.events.len() < max {
                 let event = &events[self.pos];
                 self.pos += 1;
@@ -377,12 +387,14 @@ impl LocalConsumer {
                 }
                 out.events.push(event.clone());
                 out.attempts.push(1);
+                // A delivery cut into batches may outlive `chunks` (emptied
+                // whenever nothing is in hand): the event is kept here.
                 self.handed.push_back(Handed {
                     seq: event.sequence,
                     attempt: 1,
                     origin: Origin::New,
                     settled: false,
-                    event: None,
+                    event: Some(event.clone()),
                 });
             }
             if self.pos >= events.len() {
@@ -400,12 +412,19 @@ impl LocalConsumer {
             return Some(e.clone());
         }
         // Deliveries are in sequence order; a linear look is the fallback.
-        self.chunks.iter().find_map(|c| {
+        let found = self.chunks.iter().find_map(|c| {
             c.binary_search_by_key(&h.seq, |e| e.sequence)
                 .ok()
                 .map(|at| c[at].clone())
                 .or_else(|| c.iter().find(|e| e.sequence == h.seq).cloned())
-        })
+        });
+        // Every event in hand can be found: a retry or a dead letter of one
+        // that cannot would be lost.
+        debug_assert!(found.is_some(), "event {} in hand is not kept", h.seq);
+        if found.is_none() {
+            tracing::error!(plugin = %self.plugin, sequence = h.seq, "an event in hand is no longer kept by its consumer (a bug): its retry or dead letter is lost");
+        }
+        found
     }
 
     /// Re-driven dead letters, when there are new ones, as due retries.
@@ -448,8 +467,8 @@ impl LocalConsumer {
     }
 
     /// The cursor with `retried` (sequence, next attempt) waiting besides
-    /// what waits already.
-    fn cursor_after(&self, retried: &[(u64, u32)]) -> Cursor {
+    /// what waits already, and `counts`.
+    fn cursor_after(&self, retried: &[(u64, u32)], counts: Counts) -> Cursor {
         let unsettled = |i: usize| !self.handed[i].settled;
         let through = (0..self.handed.len())
             .filter(|&i| self.handed[i].origin == Origin::New && unsettled(i))
@@ -471,7 +490,18 @@ impl LocalConsumer {
             .collect();
         pending.sort_unstable();
         pending.dedup_by_key(|p| p.0);
-        Cursor { through, pending }
+        let mut counts = counts;
+        counts.dropped += self
+            .drops
+            .iter()
+            .filter(|(highest, _)| *highest <= through)
+            .map(|(_, n)| n)
+            .sum::<u64>();
+        Cursor {
+            through,
+            pending,
+            counts,
+        }
     }
 
     /// Save the cursor if it moved: now when `now`, else at most every
@@ -480,7 +510,7 @@ impl LocalConsumer {
         if !now && self.saved_at.elapsed() < CURSOR_SAVE_EVERY {
             return;
         }
-        let cursor = self.cursor_after(&[]);
+        let cursor = self.cursor_after(&[], self.counts);
         if cursor == self.saved {
             return;
         }
@@ -505,6 +535,9 @@ impl LocalConsumer {
     }
 
     fn saved_cursor(&mut self, cursor: Cursor) {
+        // The drops it counted are in its counts now.
+        self.drops.retain(|(highest, _)| *highest > cursor.through);
+        self.counts = cursor.counts;
         self.gauges
             .done_through
             .store(cursor.low(), Ordering::Relaxed);
@@ -643,11 +676,7 @@ impl LocalConsumer {
                 .queue
                 .recv_timeout(next.saturating_duration_since(Instant::now()))
             {
-                Ok(d) => {
-                    self.current = Some(d);
-                    self.pos = 0;
-                    self.current_kept = false;
-                }
+                Ok(d) => self.arrived(d),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => self.closed = true,
             }

@@ -22,6 +22,32 @@ impl Worker {
         }
     }
 
+    /// Hold delivery while the plugin owes its publish rate
+    /// (`publish.rate_events_per_s_max`): the follow-ups it published on
+    /// credit are paid back before it is given more events.
+    pub(super) fn hold_for_publish_rate(&mut self) {
+        let rate = &self.plugin.settings.publish.rate;
+        if rate.owed().is_zero() {
+            return;
+        }
+        let why = format!(
+            "publish rate limit of {} events/s reached (publish.rate_events_per_s_max): deliveries are held until it is back under",
+            rate.per_s().unwrap_or(0)
+        );
+        loop {
+            let owed = rate.owed();
+            if owed.is_zero()
+                || self.stopping.load(Ordering::Relaxed)
+                || self.plugin.stop.load(Ordering::Relaxed)
+                || self.plugin.swap_offered(self.index)
+            {
+                break;
+            }
+            self.plugin.conditions.note_held(&why);
+            std::thread::sleep(owed.min(Duration::from_millis(10)));
+        }
+    }
+
     /// The plugin misbehaved in its last call: its calls run at low CPU
     /// priority for [`LOW_PRIORITY_FOR`] from now.
     pub(super) fn misbehaved(&mut self) {

@@ -54,10 +54,12 @@
 //! offence, reset, hot swap), `settle` (a batch's outcomes into effects,
 //! and applying them).
 
+mod batches;
 mod health;
 mod pull;
 mod retry;
 mod settle;
+mod supervise;
 
 use retry::GiveUp;
 use std::collections::HashMap;
@@ -169,6 +171,13 @@ pub(super) struct Worker {
     /// Set by a swap: when it started, moved on by any time spent waiting
     /// for events before the new version's first call.
     pause_from: Option<Instant>,
+    /// The most events per call for now: `batch_events_max`, halved while
+    /// calls of more than one event run past their deadline
+    /// (`batches`).
+    batch_cap: usize,
+    /// Calls in a row within their deadline at `batch_cap`: at
+    /// [`GROW_AFTER_CALLS`] the cap doubles again.
+    calls_within_cap: u32,
     /// Where batches come from and are settled.
     consumer: Box<dyn Consumer>,
     /// Given-up events are dead letters (not dropped).
@@ -198,7 +207,6 @@ impl Worker {
             instance,
             needs_reset: false,
             fx: Effects::default(),
-            settings,
             jitter: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
@@ -213,16 +221,20 @@ impl Worker {
             swaps: m.swaps.get_or_create(&labels).clone(),
             swap_pause_seconds: m.swap_pause_seconds.get_or_create(&labels).clone(),
             pause_from: None,
+            batch_cap: settings.batch_events_max.max(1),
+            calls_within_cap: 0,
             consumer: source.consumer,
             durable: source.durable,
             lease: source.lease,
             lease_renewed: Instant::now(),
             plugin,
+            settings,
         }
     }
 
     fn batch_events_max(&self) -> usize {
-        self.settings.batch_events_max.max(1)
+        self.batch_cap
+            .clamp(1, self.settings.batch_events_max.max(1))
     }
 
     fn batch_bytes_max(&self) -> usize {
@@ -233,41 +245,51 @@ impl Worker {
 
     pub(super) fn run(mut self) {
         loop {
-            if self.plugin.stop.load(Ordering::Acquire) {
-                // Stopped alone (a replay moves the cursor): what is in
-                // hand is abandoned, not delivered.
-                break;
-            }
-            // A batch boundary: the place to rest after a misbehaving call,
-            // and to take a new version, with the consumer as it is.
-            self.rest();
-            self.take_swap();
-            if let Some(until) = self.quarantined_until {
-                let left = until.saturating_duration_since(Instant::now());
-                if !left.is_zero() {
-                    if self.stopping.load(Ordering::Acquire) {
-                        // Shutting down: what waits is in the log (durable)
-                        // or lost with the process (memory, by design).
-                        break;
-                    }
-                    std::thread::sleep(left.min(IDLE_POLL));
-                    continue;
-                }
-                // The pause is over: the next batch tries again.
-                self.quarantined_until = None;
-            }
-            // Shutting down: durable delivery stops at the batch boundary
-            // (what was not taken comes after a restart); memory mode goes
-            // on until its queue, closed, is empty.
-            if self.durable && self.stopping.load(Ordering::Acquire) {
-                break;
-            }
-            if !self.pull() {
-                break;
+            match self.step_supervised() {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(panic) => self.died(&panic),
             }
         }
         self.hand_back();
         tracing::debug!(plugin = %self.plugin.name, "worker stopped");
+    }
+
+    /// One turn of the worker: rest, hold, swap, quarantine, then a batch.
+    /// False when the worker is to stop.
+    fn step(&mut self) -> bool {
+        if self.plugin.stop.load(Ordering::Acquire) {
+            // Stopped alone (a replay moves the cursor): what is in hand is
+            // abandoned, not delivered.
+            return false;
+        }
+        // A batch boundary: the place to rest after a misbehaving call, to
+        // pay back a publish rate, and to take a new version, with the
+        // consumer as it is.
+        self.rest();
+        self.hold_for_publish_rate();
+        self.take_swap();
+        if let Some(until) = self.quarantined_until {
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                if self.stopping.load(Ordering::Acquire) {
+                    // Shutting down: what waits is in the log (durable) or
+                    // lost with the process (memory, by design).
+                    return false;
+                }
+                std::thread::sleep(left.min(IDLE_POLL));
+                return true;
+            }
+            // The pause is over: the next batch tries again.
+            self.quarantined_until = None;
+        }
+        // Shutting down: durable delivery stops at the batch boundary (what
+        // was not taken comes after a restart); memory mode goes on until
+        // its queue, closed, is empty.
+        if self.durable && self.stopping.load(Ordering::Acquire) {
+            return false;
+        }
+        self.pull()
     }
 
     /// How far from `start` a batch of `chunk` may reach, given `taken`
@@ -352,6 +374,18 @@ impl Worker {
                 self.call(chunk, range.clone(), attempts, CallMode::Background, left)
             });
             busy += self.instance.cpu_used();
+        }
+        if let Err(CallError::Deadline { .. }) = &result {
+            if batch.len() > 1 {
+                // The host chose the batch size, not the plugin: no attempt
+                // is counted; the batch goes again in halves.
+                drop(foreground.take());
+                self.split(chunk, range, attempts, &result);
+                return;
+            }
+        }
+        if result.is_ok() {
+            self.within_cap(batch.len());
         }
         if heavy {
             let until = Instant::now() + BACKGROUND_FOR;

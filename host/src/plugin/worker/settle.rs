@@ -17,6 +17,7 @@ impl Worker {
     ) {
         let fx = std::mem::take(&mut self.fx);
         if !batch.is_empty() {
+            self.fault_point();
             self.settle(batch, writes, state_delta, follow_ups, fx);
         }
     }

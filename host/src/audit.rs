@@ -1,0 +1,284 @@
+//! Double-entry accounting for events: for each plugin, the events of the
+//! log it subscribes to since its accounting started, against what its
+//! cursors say became of them (`store::progress::Counts`, committed in the
+//! same write as each cursor). The identity checked:
+//!
+//! `matching = handled + dead + dropped + pending`
+//!
+//! where `pending` is the events after a cursor's `through` and the
+//! retries pending in it. Anything else is `unaccounted`: an event the
+//! cursor moved past that was neither acked, given up on (a dead letter),
+//! dropped by the plugin's own overflow policy, nor kept to retry, which is
+//! exactly how an event is lost. `plugbus audit`, `GET /v1/audit` and
+//! `plugbus_unaccounted_events` show it.
+//!
+//! The log side is counted by reading the log (the embedded store); when
+//! retention has removed events after a plugin's accounting start, the
+//! check cannot be made and says so.
+
+use serde::{Deserialize, Serialize};
+
+use crate::bus::OrderingKey;
+use crate::store::progress::{cursor_name, Cursor};
+use crate::store::{Store, StoreError};
+use crate::topic::Pattern;
+
+/// Events read at a time while counting.
+const READ_EVENTS: usize = 4096;
+
+/// What decides which events are a plugin's, and which worker's.
+pub struct Scope {
+    /// Its subscriptions.
+    pub patterns: Vec<Pattern>,
+    /// What picks an event's worker.
+    pub key: OrderingKey,
+    /// Its workers (one cursor each).
+    pub parts: usize,
+}
+
+/// One plugin's accounts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Audit {
+    /// The plugin.
+    pub plugin: String,
+    /// Accounting starts after this sequence (the lowest of its cursors').
+    pub since: u64,
+    /// The log's last sequence when counted.
+    pub head: u64,
+    /// Events of the log after `since` it subscribes to.
+    pub matching: u64,
+    /// Of them, acked.
+    pub handled: u64,
+    /// Given up on: dead letters (listed, being re-driven, or purged by an
+    /// operator since).
+    pub dead: u64,
+    /// Dropped by its overflow policy (`drop`).
+    pub dropped: u64,
+    /// Not yet done: after its cursor, or pending a retry.
+    pub pending: u64,
+    /// `matching - handled - dead - dropped - pending`: events lost (or,
+    /// below zero, counted twice). Zero when the accounts hold.
+    pub unaccounted: i64,
+    /// Whether the identity could be checked; when not, `note` says why.
+    pub checked: bool,
+    /// Why it could not be checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Count `plugin`'s accounts on the embedded store: its cursors first,
+/// then the log up to `head()` read after them (so no cursor is past it).
+pub fn embedded(
+    store: &Store,
+    head: impl Fn() -> u64,
+    plugin: &str,
+    scope: &Scope,
+) -> Result<Audit, StoreError> {
+    let parts = scope.parts.max(1);
+    let named = store.cursors_of(plugin)?;
+    let cursors: Vec<Cursor> = (0..parts)
+        .map(|i| {
+            let name = cursor_name(plugin, i, parts);
+            named
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, c)| c.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    let head = head();
+    let since = cursors.iter().map(|c| c.counts.start).min().unwrap_or(0);
+    let mut audit = Audit {
+        plugin: plugin.to_string(),
+        since,
+        head,
+        matching: 0,
+        handled: 0,
+        dead: 0,
+        dropped: 0,
+        pending: 0,
+        unaccounted: 0,
+        checked: true,
+        note: None,
+    };
+    for c in &cursors {
+        audit.handled += c.counts.handled;
+        audit.dead += c.counts.dead;
+        audit.dropped += c.counts.dropped;
+        audit.pending += c
+            .pending
+            .iter()
+            .filter(|(seq, _)| *seq > c.counts.start)
+            .count() as u64;
+    }
+    let mut next = since + 1;
+    while next <= head {
+        let events = store.read(next, READ_EVENTS)?;
+        let Some(first) = events.first() else {
+            break;
+        };
+        if first.sequence > next {
+            audit.checked = false;
+            audit.note = Some(format!(
+                "the log no longer holds events {next}..{} (retention removed them after the plugin's accounting began at {since}); its accounts start again at its next replay",
+                first.sequence - 1
+            ));
+        }
+        for e in &events {
+            if e.sequence > head {
+                break;
+            }
+            if !scope.patterns.iter().any(|p| p.matches(&e.topic)) {
+                continue;
+            }
+            let Some(c) = cursors.get(scope.key.part(e, parts)) else {
+                continue;
+            };
+            if e.sequence > c.counts.start {
+                audit.matching += 1;
+                if e.sequence > c.through {
+                    audit.pending += 1;
+                }
+            }
+        }
+        next = events.last().map_or(head + 1, |e| e.sequence + 1);
+    }
+    audit.unaccounted =
+        audit.matching as i64 - (audit.handled + audit.dead + audit.dropped + audit.pending) as i64;
+    if !audit.checked {
+        audit.unaccounted = 0;
+    }
+    Ok(audit)
+}
+
+/// The audit as a table, one line per plugin.
+pub fn table(audits: &[Audit]) -> String {
+    let mut out = format!(
+        "{:<20} {:>8} {:>10} {:>10} {:>8} {:>8} {:>10} {:>12}\n",
+        "PLUGIN", "SINCE", "MATCHING", "HANDLED", "DEAD", "DROPPED", "PENDING", "UNACCOUNTED"
+    );
+    for a in audits {
+        let unaccounted = if a.checked {
+            a.unaccounted.to_string()
+        } else {
+            "unknown".to_string()
+        };
+        out.push_str(&format!(
+            "{:<20} {:>8} {:>10} {:>10} {:>8} {:>8} {:>10} {:>12}\n",
+            a.plugin, a.since, a.matching, a.handled, a.dead, a.dropped, a.pending, unaccounted
+        ));
+        if let Some(note) = &a.note {
+            out.push_str(&format!("  {}: {note}\n", a.plugin));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+    use crate::store::progress::{Counts, Progress};
+    use crate::store::tests::temp_dir;
+    use crate::store::Fsync;
+
+    fn scope(patterns: &[&str]) -> Scope {
+        Scope {
+            patterns: patterns
+                .iter()
+                .map(|p| Pattern::parse(p).expect("pattern"))
+                .collect(),
+            key: OrderingKey::Subject,
+            parts: 1,
+        }
+    }
+
+    fn cursor(store: &Store, through: u64, pending: Vec<(u64, u32)>, counts: Counts) {
+        store
+            .commit_progress(&Progress {
+                plugin: "inventory".into(),
+                cursor: Some(Cursor {
+                    through,
+                    pending,
+                    counts,
+                }),
+                ..Progress::default()
+            })
+            .expect("cursor");
+    }
+
+    #[test]
+    fn the_accounts_hold_and_an_event_skipped_is_unaccounted() {
+        let dir = temp_dir("audit");
+        let store = Store::open(&dir, Fsync::Always).expect("opens");
+        // Ten events, every other one the plugin's.
+        let mut events: Vec<Event> = (0..10)
+            .map(|i| {
+                let topic = if i % 2 == 0 { "order.placed" } else { "user.x" };
+                Event::new(topic, None, b"{}".to_vec()).expect("event")
+            })
+            .collect();
+        assert_eq!(store.append(&mut events).expect("append"), 1);
+        let s = scope(&["order.*"]);
+        let audit = |store: &Store| embedded(store, || 10, "inventory", &s).expect("audit");
+        // Orders are 1, 3, 5, 7, 9. Through 6: 1 and 5 acked, 3 retrying,
+        // 7 and 9 after the cursor.
+        cursor(
+            &store,
+            6,
+            vec![(3, 2)],
+            Counts {
+                start: 0,
+                handled: 2,
+                dead: 0,
+                dropped: 0,
+            },
+        );
+        let a = audit(&store);
+        assert_eq!((a.matching, a.handled, a.pending), (5, 2, 3), "{a:?}");
+        assert_eq!(a.unaccounted, 0, "{a:?}");
+        assert!(a.checked);
+        // The cursor past 3 with nothing pending and no count of it: lost.
+        cursor(
+            &store,
+            6,
+            Vec::new(),
+            Counts {
+                start: 0,
+                handled: 2,
+                dead: 0,
+                dropped: 0,
+            },
+        );
+        assert_eq!(audit(&store).unaccounted, 1);
+        // A dead letter and a drop account for events too.
+        cursor(
+            &store,
+            10,
+            Vec::new(),
+            Counts {
+                start: 0,
+                handled: 3,
+                dead: 1,
+                dropped: 1,
+            },
+        );
+        assert_eq!(audit(&store).unaccounted, 0);
+        // Counting from a replay at 4: 5, 7, 9 only.
+        cursor(
+            &store,
+            10,
+            Vec::new(),
+            Counts {
+                start: 4,
+                handled: 3,
+                dead: 0,
+                dropped: 0,
+            },
+        );
+        let a = audit(&store);
+        assert_eq!((a.since, a.matching, a.unaccounted), (4, 3, 0), "{a:?}");
+        assert!(table(&[a]).contains("inventory"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,250 @@
+//! Nothing lost, ever: the reference order flow at full speed, with every
+//! default and with the limits users set, ends with every order handled
+//! by every plugin and exactly one inventory follow-up per order; a limit
+//! slows a plugin down and never fails its work; a plugin that overruns
+//! its deadline on a batch the host chose is given smaller batches; a
+//! hostile key and a panicking worker lose nothing.
+
+use super::*;
+
+/// `n` orders, each its own subject, posted as CloudEvents batches of
+/// 1,000 (ids `o-0`…).
+pub(crate) fn post_orders(h: &TestHost, n: usize) {
+    for start in (0..n).step_by(1000) {
+        let batch: Vec<Value> = (start..n.min(start + 1000))
+            .map(|i| {
+                json!({"specversion": "1.0", "id": format!("o-{i}"), "source": "/shop",
+                       "type": "order.placed", "subject": format!("o-{i}"),
+                       "data": order(&format!("o-{i}"), "widget", 1, 100)})
+            })
+            .collect();
+        h.publish_batch(batch);
+    }
+}
+
+/// Every event of the log, read in pages.
+fn whole_log(h: &TestHost) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    loop {
+        let from = out.len() + 1;
+        let page = h
+            .get(&format!("/v1/log?from={from}&limit=1000"))
+            .unwrap_or_else(|e| panic!("log: {e}"));
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        if events.is_empty() {
+            return out;
+        }
+        out.extend(events);
+    }
+}
+
+/// The reference plugins of `h` were sent `n` orders (`post_orders`): wait
+/// until each is done, then check every order is accounted for: inventory
+/// and analytics handled each once, each order has exactly one inventory
+/// follow-up in the log, email handled every order and every
+/// `inventory.insufficient`, analytics counted every order, no dead letter
+/// anywhere, and the audit is clean.
+pub(crate) fn order_flow_accounted(h: &TestHost, n: u64) {
+    for p in ["inventory", "analytics"] {
+        h.wait_until(&format!("{p} to handle {n} orders"), WAIT, |h| {
+            h.count(p, "handled") >= n
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    // Inventory's follow-ups are in the log with its acks.
+    let log = whole_log(h);
+    let insufficient = log
+        .iter()
+        .filter(|e| e["type"] == "inventory.insufficient")
+        .count() as u64;
+    h.wait_until(
+        &format!("email to handle {n} orders and {insufficient} follow-ups"),
+        WAIT,
+        |h| h.count("email", "handled") >= n + insufficient,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let orders: HashSet<&str> = log
+        .iter()
+        .filter(|e| e["type"] == "order.placed")
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    assert_eq!(orders.len() as u64, n, "every order is in the log once");
+    let mut follow_ups: std::collections::HashMap<&str, usize> = Default::default();
+    for e in log.iter().filter(|e| {
+        e["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("inventory."))
+    }) {
+        *follow_ups
+            .entry(e["causationid"].as_str().unwrap_or_default())
+            .or_default() += 1;
+    }
+    let missing: Vec<&&str> = orders
+        .iter()
+        .filter(|o| !follow_ups.contains_key(**o))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} orders have no inventory follow-up, e.g. {missing:?}",
+        orders
+            .iter()
+            .filter(|o| !follow_ups.contains_key(**o))
+            .count()
+    );
+    let twice: Vec<_> = follow_ups.iter().filter(|(_, &c)| c != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "orders with more than one follow-up: {twice:?}"
+    );
+    for p in ["email", "inventory", "analytics"] {
+        assert_eq!(dead_count(h, &format!("/v1/dead/{p}")), Some(0), "{p}");
+    }
+    // Handled exactly once each: the counters equal the orders.
+    assert_eq!(h.count("inventory", "handled"), n);
+    assert_eq!(h.count("analytics", "handled"), n);
+    assert_eq!(h.count("email", "handled"), n + insufficient);
+    let orders_counted = h
+        .get("/v1/plugins/analytics/kv/orders")
+        .unwrap_or_else(|e| panic!("analytics' count: {e}"));
+    assert_eq!(orders_counted["value"], json!(n), "{orders_counted}");
+    h.audit_clean();
+}
+
+#[test]
+fn the_order_flow_at_full_speed_with_every_default_loses_nothing() {
+    let h = host(&order_flow(), &[]);
+    const N: usize = 20_000;
+    post_orders(&h, N);
+    order_flow_accounted(&h, N as u64);
+    assert_eq!(h.count("inventory", "failed"), 0, "never failed");
+    h.stop().expect("stops");
+}
+
+#[test]
+fn a_publish_limit_holds_deliveries_and_never_fails_a_publish() {
+    let mut files = order_flow();
+    files.push(PluginFile::Manifest(
+        "inventory",
+        "[publish]\nrate_events_per_s_max = 200\n",
+    ));
+    let h = host(&files, &[]);
+    const N: usize = 2_000;
+    post_orders(&h, N);
+    order_flow_accounted(&h, N as u64);
+    // 2,000 follow-ups at 200 a second: held, not refused.
+    let over = h
+        .metric("plugbus_plugin_publish_throttled_total{plugin=\"inventory\"}")
+        .unwrap_or(0.0);
+    assert!(over > 0.0, "inventory went over its rate: {over}");
+    assert_eq!(h.count("inventory", "failed"), 0, "no publish failed");
+    assert_eq!(
+        h.count("inventory", "retried"),
+        0,
+        "nothing pushed into retries"
+    );
+    h.stop().expect("stops");
+}
+
+#[test]
+fn the_order_flow_with_strict_ordering_and_four_workers_loses_nothing() {
+    let mut files = order_flow();
+    files.push(PluginFile::Manifest(
+        "inventory",
+        "concurrency = 4\nordering_key = \"subject\"\n[retry]\nordering = \"strict\"\n[publish]\nrate_events_per_s_max = 2000\n",
+    ));
+    let h = host(&files, &[]);
+    const N: usize = 10_000;
+    post_orders(&h, N);
+    order_flow_accounted(&h, N as u64);
+    assert_eq!(h.count("inventory", "failed"), 0, "never failed");
+    h.stop().expect("stops");
+}
+
+#[test]
+fn a_huge_key_is_an_error_to_the_plugin_and_a_dead_letter_not_a_panic() {
+    let mut files = order_flow();
+    files.push(PluginFile::Wasm("hostile_hugekey", artifacts::HOSTILE));
+    files.push(PluginFile::Manifest(
+        "hostile_hugekey",
+        "[config]\nmode = \"hugekey\"\n[retry]\nmax_attempts = 2\nbackoff_ms_min = 10\nbackoff_ms_max = 20\n",
+    ));
+    let h = host(&files, &[]);
+    post_orders(&h, 10);
+    h.wait_until("hostile_hugekey: 10 dead letters", WAIT, |h| {
+        dead_count(h, "/v1/dead/hostile_hugekey") == Some(10)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let letters = h.get("/v1/dead/hostile_hugekey").expect("dead letters");
+    let error = letters["dead_letters"][0]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("the key is 1048576 bytes, over the limit of 1024"),
+        "{letters}"
+    );
+    order_flow_accounted(&h, 10);
+    let log = h.log().join("\n");
+    assert!(
+        !log.contains("panicked"),
+        "no panic in the host log:\n{log}"
+    );
+    assert_eq!(h.count("hostile_hugekey", "worker_deaths"), 0);
+    h.stop().expect("stops");
+}
+
+#[test]
+fn a_worker_that_panics_is_reported_and_its_batch_delivered_again() {
+    let files = order_flow();
+    let h = TestHost::start_with_env(
+        BIN,
+        &files,
+        &["--batch-events-max", "16"],
+        &[(
+            "PLUGBUS_FAULT_WORKER_PANIC",
+            std::ffi::OsStr::new("inventory:5"),
+        )],
+    )
+    .unwrap_or_else(|e| panic!("host did not start: {e}"));
+    const N: usize = 1_000;
+    post_orders(&h, N);
+    order_flow_accounted(&h, N as u64);
+    let inventory = h.plugin("inventory").expect("listed");
+    let deaths = inventory["worker_deaths"].as_u64().unwrap_or(0);
+    assert!(deaths > 0, "{inventory}");
+    assert_eq!(
+        h.metric("plugbus_plugin_worker_deaths_total{plugin=\"inventory\"}"),
+        Some(deaths as f64)
+    );
+    let said = inventory["worker_death"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("fault injected by PLUGBUS_FAULT_WORKER_PANIC"),
+        "{inventory}"
+    );
+    assert_eq!(inventory["state"], "running", "it goes on: {inventory}");
+    h.stop().expect("stops");
+}
+
+#[test]
+fn a_slow_plugin_gets_smaller_batches_not_quarantine() {
+    let mut files = order_flow();
+    files.push(PluginFile::Wasm("slow", artifacts::SLOW));
+    let h = host(&files, &[]);
+    // One delivery of 200: a batch of 64 needs 3.2 s of a 1 s deadline.
+    const N: u64 = 200;
+    post_orders(&h, N as usize);
+    h.wait_until("slow to handle every order", WAIT, |h| {
+        h.count("slow", "handled") >= N
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let slow = h.plugin("slow").expect("listed");
+    assert_eq!(slow["failed"], 0, "no attempt counted: {slow}");
+    assert_eq!(slow["quarantines"], 0, "{slow}");
+    assert_eq!(dead_count(&h, "/v1/dead/slow"), Some(0));
+    let splits = h
+        .metric("plugbus_plugin_batch_splits_total{plugin=\"slow\"}")
+        .unwrap_or(0.0);
+    assert!(splits > 0.0, "its batches were split: {slow}");
+    order_flow_accounted(&h, N);
+    h.stop().expect("stops");
+}
