@@ -2,7 +2,8 @@
 # Coverage-guided fuzzing (cargo fuzz, libFuzzer) of everything that parses
 # outside input: the ingress parsers (plain JSON, CloudEvents structured,
 # batch and binary), the log record decoder, the manifest parser, topic
-# patterns and the token file. Runs each target for a given time, then
+# patterns, the token file, and the host's imports as a plugin calls them
+# (arguments the plugin controls). Runs each target for a given time, then
 # prints per target the runs, the coverage libFuzzer reached and any crash
 # (kept in fuzz/artifacts/TARGET, with the command that replays it).
 #
@@ -27,7 +28,7 @@ fi
 SECONDS_PER_TARGET="${1:-600}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(ingress record manifest topic tokens)
+[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(ingress record manifest topic tokens imports)
 
 CARGO_FUZZ_VERSION=0.13.2
 if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then

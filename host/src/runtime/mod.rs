@@ -46,6 +46,7 @@ mod instance;
 pub mod kv;
 mod load;
 pub use load::content_hash;
+pub mod imports_fuzz;
 pub mod policy;
 pub mod wasi_config;
 
