@@ -23,7 +23,7 @@ pub(crate) fn post_orders(h: &TestHost, n: usize) {
 }
 
 /// Every event of the log, read in pages.
-fn whole_log(h: &TestHost) -> Vec<Value> {
+pub(crate) fn whole_log(h: &TestHost) -> Vec<Value> {
     let mut out: Vec<Value> = Vec::new();
     loop {
         let from = out.len() + 1;

@@ -88,6 +88,7 @@ mod operations;
 mod order_flow;
 mod plugins;
 mod release;
+mod simulation;
 mod state;
 mod storms;
 mod telemetry;

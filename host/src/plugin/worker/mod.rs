@@ -360,6 +360,7 @@ impl Worker {
         let mut foreground =
             (mode == CallMode::Foreground).then(runtime::call::ForegroundCall::enter);
         let mut result = self.call(chunk, range.clone(), attempts, mode, budget);
+        self.fault_trap(&mut result);
         let mut heavy = matches!(&result, Ok(r) if r.heavy);
         // CPU time the batch's calls used (the throttle's pauses excluded).
         let mut busy = self.instance.cpu_used();

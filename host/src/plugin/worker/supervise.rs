@@ -6,9 +6,12 @@
 //! keeps killing its worker is quarantined like one that keeps trapping
 //! (each death counts as a failed batch).
 //!
-//! A test-only fault: `PLUGBUS_FAULT_WORKER_PANIC=PLUGIN:N` makes the
-//! worker of PLUGIN panic before settling every Nth batch (after the
-//! plugin handled it, before anything of it is committed).
+//! Test-only faults, for the fault simulation (`tests/e2e/simulation.rs`):
+//! `PLUGBUS_FAULT_WORKER_PANIC=PLUGIN:N` makes the worker of PLUGIN panic
+//! before settling every Nth batch (after the plugin handled it, before
+//! anything of it is committed); `PLUGBUS_FAULT_CALL_TRAP=PLUGIN:N` turns
+//! every Nth `handle` call of PLUGIN into a trap after it ran (what it did
+//! is thrown away, as after a real trap).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicU64;
@@ -46,19 +49,53 @@ impl Worker {
     /// The test-only fault hook: panic here on every Nth batch of the
     /// plugin named in `PLUGBUS_FAULT_WORKER_PANIC`.
     pub(super) fn fault_point(&self) {
-        static FAULT: OnceLock<Option<(String, u64)>> = OnceLock::new();
-        static SEEN: AtomicU64 = AtomicU64::new(0);
-        let fault = FAULT.get_or_init(|| {
-            let spec = std::env::var("PLUGBUS_FAULT_WORKER_PANIC").ok()?;
+        static FAULT: Fault = Fault::new("PLUGBUS_FAULT_WORKER_PANIC");
+        if FAULT.due(&self.plugin.name) {
+            panic!("fault injected by PLUGBUS_FAULT_WORKER_PANIC");
+        }
+    }
+
+    /// The test-only fault hook: `result` becomes a trap on every Nth call
+    /// of the plugin named in `PLUGBUS_FAULT_CALL_TRAP`.
+    pub(super) fn fault_trap(&self, result: &mut Result<BatchResult, CallError>) {
+        static FAULT: Fault = Fault::new("PLUGBUS_FAULT_CALL_TRAP");
+        if FAULT.due(&self.plugin.name) {
+            *result = Err(CallError::Trap {
+                plugin: self.plugin.name.clone(),
+                reason: "fault injected by PLUGBUS_FAULT_CALL_TRAP".into(),
+            });
+        }
+    }
+}
+
+/// A fault set by an environment variable `PLUGIN:N`: due on every Nth
+/// time it is asked for that plugin.
+struct Fault {
+    var: &'static str,
+    spec: OnceLock<Option<(String, u64)>>,
+    seen: AtomicU64,
+}
+
+impl Fault {
+    const fn new(var: &'static str) -> Fault {
+        Fault {
+            var,
+            spec: OnceLock::new(),
+            seen: AtomicU64::new(0),
+        }
+    }
+
+    fn due(&self, plugin: &str) -> bool {
+        let spec = self.spec.get_or_init(|| {
+            let spec = std::env::var(self.var).ok()?;
             let (plugin, every) = spec.rsplit_once(':')?;
             Some((plugin.to_string(), every.parse().ok().filter(|&n| n > 0)?))
         });
-        if let Some((plugin, every)) = fault {
-            if *plugin == self.plugin.name
-                && (SEEN.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(*every)
-            {
-                panic!("fault injected by PLUGBUS_FAULT_WORKER_PANIC");
+        match spec {
+            Some((p, every)) if p == plugin => {
+                (self.seen.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(*every)
             }
+            _ => false,
         }
     }
 }
