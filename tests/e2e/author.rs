@@ -16,6 +16,17 @@ fn plugin_target() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-target")
 }
 
+/// Held by a test for as long as it builds Rust projects in
+/// [`plugin_target`]: cargo locks a target directory while it compiles,
+/// but a project's doc tests read its dependencies' libraries after the
+/// lock is let go, while another project's build may be rewriting them (a
+/// first run from a fresh clone failed so). One builder at a time, by
+/// construction.
+fn one_builder() -> std::sync::MutexGuard<'static, ()> {
+    static BUILDER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    BUILDER.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Run `plugbus ARGS` in `dir`, with the shared plugin target directory and
 /// the e2e compile cache.
 fn plugbus(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -125,6 +136,7 @@ fn new_build_test_run(work: &Path, name: &str, lang: &str, release: bool) {
 
 #[test]
 fn a_rust_plugin_goes_from_an_empty_folder_to_handled_orders() {
+    let _one = one_builder();
     let work = TestDir::new("author-rust");
     new_build_test_run(&work.0, "audit", "rust", true);
 }
@@ -150,6 +162,7 @@ fn a_python_plugin_goes_from_an_empty_folder_to_handled_orders() {
 
 #[test]
 fn authoring_errors_name_the_thing_and_the_fix() {
+    let _one = one_builder();
     let work = TestDir::new("author-errors");
     let out = plugbus(&work.0, &["build"], &[]);
     assert!(
@@ -199,6 +212,7 @@ fn authoring_errors_name_the_thing_and_the_fix() {
 
 #[test]
 fn plugbus_dev_swaps_an_edit_in_and_shows_what_the_new_version_did() {
+    let _one = one_builder();
     let work = TestDir::new("author-dev");
     succeeds(&work.0, &["new", "devtest"]);
     let project = work.0.join("devtest");
