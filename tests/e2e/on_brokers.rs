@@ -148,6 +148,23 @@ fn count_of(v: &Value) -> u64 {
     }
 }
 
+/// The order flow with inventory's publish limit forced low: held, not
+/// failed, and every order accounted for on the broker.
+fn a_publish_limit_loses_nothing<B: Broker>() {
+    let broker = B::start();
+    let mut files = order_flow();
+    files.push(PluginFile::Manifest(
+        "inventory",
+        "[publish]\nrate_events_per_s_max = 300\n",
+    ));
+    let h = host(&files, &["--broker", broker.url(), "--host-name", "solo"]);
+    const N: usize = 2_000;
+    crate::accounting::post_orders(&h, N);
+    crate::accounting::order_flow_accounted(&h, N as u64);
+    assert_eq!(h.count("inventory", "failed"), 0, "no publish failed");
+    assert!(h.stop().expect("stops").success());
+}
+
 fn the_order_flow_runs_with_its_chain<B: Broker>() {
     let broker = B::start();
     let h = on(&broker, "solo");
@@ -598,6 +615,10 @@ macro_rules! on_broker {
         mod $broker {
             use super::*;
 
+            #[test]
+            fn a_publish_limit_loses_nothing() {
+                super::a_publish_limit_loses_nothing::<$kind>();
+            }
             #[test]
             fn the_order_flow_runs_with_its_chain() {
                 super::the_order_flow_runs_with_its_chain::<$kind>();

@@ -19,6 +19,14 @@ function last(values) {
   return values.length ? values[values.length - 1] : 0;
 }
 
+// What holds a plugin back, one line each: deliveries held for its publish
+// rate, a batch size cut for its deadline, a worker that panicked.
+function conditions(p) {
+  return [p.held, p.batch_note, p.worker_death]
+    .filter(Boolean)
+    .map((why) => h('div', { class: 'why' }, why));
+}
+
 // ---------------------------------------------------------------- overview
 
 export function overview(main, app) {
@@ -26,7 +34,8 @@ export function overview(main, app) {
   const table = h('table', { class: 'grid', id: 'overview-plugins' });
   put(main, h('h2', null, 'Overview'), cards, h('h3', null, 'Plugins'), table);
   let dead = null;
-  const countDead = () =>
+  let unaccounted = null;
+  const countDead = () => {
     api('/v1/dead')
       .then((d) => {
         dead = d.dead_letters.length;
@@ -34,6 +43,15 @@ export function overview(main, app) {
       .catch(() => {
         dead = null;
       });
+    // Every event accounted for (embedded store; a broker answers 501).
+    api('/v1/audit')
+      .then((a) => {
+        unaccounted = a.unaccounted;
+      })
+      .catch(() => {
+        unaccounted = null;
+      });
+  };
   countDead();
   const card = (label, value, id) => h('div', { class: 'card stat', id }, h('div', { class: 'value' }, value), h('div', { class: 'label' }, label));
   const draw = () => {
@@ -45,6 +63,7 @@ export function overview(main, app) {
       card('handled / s', num(handled), 'stat-handled'),
       card('lag (events)', num(lag), 'stat-lag'),
       card('dead letters', dead == null ? 'n/a' : num(dead), 'stat-dead'),
+      card('unaccounted', unaccounted == null ? 'n/a' : num(unaccounted), 'stat-unaccounted'),
       card('plugins running', `${plugins.filter((p) => p.state === 'running').length} / ${plugins.length}`, 'stat-running'),
     );
     fill(table, 
@@ -52,7 +71,7 @@ export function overview(main, app) {
       plugins.map((p) =>
         h('tr', { 'data-plugin': p.name },
           h('td', null, h('a', { href: `#/plugins?name=${encodeURIComponent(p.name)}` }, p.name)),
-          h('td', null, badge(p.state)),
+          h('td', null, badge(p.state), conditions(p)),
           h('td', { class: 'n' }, num(last(app.rates(p.name)))),
           h('td', null, sparkline(app.rates(p.name))),
           h('td', { class: 'n' }, num(p.handled)),
@@ -91,7 +110,7 @@ export function plugins(main, app, params) {
       [...app.plugins.values()].map((p) =>
         h('tr', { 'data-plugin': p.name, class: params.get('name') === p.name ? 'selected' : null },
           h('td', null, p.name),
-          h('td', null, badge(p.state), p.error ? h('div', { class: 'why' }, p.error) : null),
+          h('td', null, badge(p.state), p.error ? h('div', { class: 'why' }, p.error) : null, conditions(p)),
           h('td', null, p.version),
           h('td', { title: p.file }, p.content_hash),
           h('td', null, p.tier),

@@ -213,15 +213,17 @@ impl publisher::Host for HostState {
                 "index {cause} is not in the batch being handled ({batch_len} events); pass the index of the event you are handling"
             )));
         }
+        validate_topic(&event.type_).map_err(|e| types::PublishError::Invalid(e.to_string()))?;
+        // A topic it may not publish to is refused as such, however many
+        // it published.
+        if let Err(why) = self.publish_policy.check(&event.type_) {
+            self.refused += 1;
+            return Err(types::PublishError::Denied(why));
+        }
         if self.published.len() >= batch_len * PUBLISHES_PER_EVENT_MAX {
             return Err(types::PublishError::Invalid(format!(
                 "more than {PUBLISHES_PER_EVENT_MAX} follow-up events per handled event"
             )));
-        }
-        validate_topic(&event.type_).map_err(|e| types::PublishError::Invalid(e.to_string()))?;
-        if let Err(why) = self.publish_policy.check(&event.type_) {
-            self.refused += 1;
-            return Err(types::PublishError::Denied(why));
         }
         if event.data.len() > PUBLISH_DATA_BYTES_MAX {
             return Err(types::PublishError::Invalid(format!(

@@ -42,6 +42,11 @@ impl Worker {
         self.plugin
             .conditions
             .note_batch_cap(self.index, self.batch_cap, Some(note));
+        // The pieces count towards quarantine as the one batch they were.
+        let outer = self.split_outcome.is_none();
+        if outer {
+            self.split_outcome = Some((false, None));
+        }
         let mut start = range.start;
         while start < range.end {
             // The cap may halve again inside: each piece takes it as it is.
@@ -49,6 +54,11 @@ impl Worker {
             let from = start - range.start;
             self.deliver(chunk, start..end, &attempts[from..end - range.start]);
             start = end;
+        }
+        if outer {
+            if let Some((acked, failed)) = self.split_outcome.take() {
+                self.note_batch(acked, failed.as_deref());
+            }
         }
     }
 

@@ -91,6 +91,14 @@ impl Worker {
     /// Count a batch toward quarantine: `acked` if any event was acked,
     /// `failed` with a failure (trap or retry) if any.
     pub(super) fn note_batch(&mut self, acked: bool, failed: Option<&str>) {
+        if let Some((any_acked, first_failure)) = self.split_outcome.as_mut() {
+            // A piece of a split batch: the batch counts once, at its end.
+            *any_acked |= acked;
+            if first_failure.is_none() {
+                *first_failure = failed.map(str::to_string);
+            }
+            return;
+        }
         if acked {
             if self.fail_streak >= QUARANTINE_AFTER_BATCHES {
                 tracing::info!(plugin = %self.plugin.name, worker = self.index, "acking again: out of quarantine");

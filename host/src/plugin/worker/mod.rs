@@ -178,6 +178,10 @@ pub(super) struct Worker {
     /// Calls in a row within their deadline at `batch_cap`: at
     /// [`GROW_AFTER_CALLS`] the cap doubles again.
     calls_within_cap: u32,
+    /// While a batch is handled again in pieces (`batches`): how it went
+    /// (any ack, the first failure), counted towards quarantine as the one
+    /// batch it was.
+    split_outcome: Option<(bool, Option<String>)>,
     /// Where batches come from and are settled.
     consumer: Box<dyn Consumer>,
     /// Given-up events are dead letters (not dropped).
@@ -223,6 +227,7 @@ impl Worker {
             pause_from: None,
             batch_cap: settings.batch_events_max.max(1),
             calls_within_cap: 0,
+            split_outcome: None,
             consumer: source.consumer,
             durable: source.durable,
             lease: source.lease,

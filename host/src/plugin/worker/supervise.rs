@@ -34,6 +34,7 @@ impl Worker {
     /// The worker panicked with `message` while handling a batch.
     pub(super) fn died(&mut self, message: &str) {
         self.fx = Effects::default();
+        self.split_outcome = None;
         self.plugin.conditions.deaths.inc();
         self.plugin.conditions.note_death(self.index, message);
         tracing::error!(plugin = %self.plugin.name, worker = self.index, "the plugin's worker panicked ({message}); the events in hand are delivered again to a fresh instance");
