@@ -113,3 +113,64 @@ fn cli_errors_name_the_fix() {
         assert!(help.contains(word), "{help}");
     }
 }
+
+#[test]
+fn readyz_names_what_is_wrong_and_plugbus_audit_prints_the_accounts() {
+    let mut files = order_flow();
+    let h = host(&files, &[]);
+    let ready = h.get("/readyz").expect("ready");
+    assert_eq!(ready["status"], "ready", "{ready}");
+    two_orders_through_quietly(&h);
+    let out = std::process::Command::new(BIN)
+        .args(["audit", "--url", &h.url])
+        .output()
+        .expect("run audit");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(table.contains("UNACCOUNTED"), "{table}");
+    for name in ["analytics", "email", "inventory"] {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(name) && l.trim_end().ends_with(" 0")),
+            "{name} accounted: {table}"
+        );
+    }
+    h.stop().expect("stops");
+
+    // A plugin that does not start: not ready, named, with the reason;
+    // liveness stays 200.
+    files.push(PluginFile::Wasm("broken", artifacts::INIT_FAILS));
+    let h = host(&files, &[]);
+    let (status, body) = get_status(&h, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    let reasons = body["reasons"].to_string();
+    assert!(reasons.contains("plugin broken failed to load"), "{body}");
+    assert_eq!(get_status(&h, "/healthz").0, 200);
+    h.stop().expect("stops");
+}
+
+/// Two orders through the reference plugins, waited for.
+fn two_orders_through_quietly(h: &TestHost) {
+    for id in ["o-r1", "o-r2"] {
+        h.publish("order.placed", &order(id, "widget", 1, 100))
+            .expect("order");
+    }
+    h.wait_until("analytics to handle both", WAIT, |h| {
+        h.count("analytics", "handled") == 2 && h.count("inventory", "handled") == 2
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// GET `path`: the status and the JSON body, whatever the status.
+fn get_status(h: &TestHost, path: &str) -> (u16, Value) {
+    match ureq::get(&format!("{}{path}", h.url)).call() {
+        Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("GET {path}: {e}"),
+    }
+}
