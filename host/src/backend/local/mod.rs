@@ -351,6 +351,14 @@ impl LocalConsumer {
                 }
             };
             let events = &delivery.events;
+            if events.is_empty() {
+                // Nothing of the plugin's: the position moves, saved with
+                // the next save (at most CURSOR_SAVE_EVERY, or when idle),
+                // so that its lag does not count events it does not take.
+                self.taken_to = self.taken_to.max(delivery.through);
+                self.current = None;
+                continue;
+            }
             if out.events.is_empty()
                 && self.pos == 0
                 && events.len() <= max
@@ -653,6 +661,9 @@ impl LocalConsumer {
                     return Ok((whole, out.attempts));
                 }
             }
+            // Deliveries of nothing but the position keep coming while
+            // other plugins publish: save it now and then.
+            self.save_cursor(false);
             if !out.events.is_empty() {
                 return Ok((Arc::from(out.events), out.attempts));
             }
@@ -681,5 +692,45 @@ impl LocalConsumer {
                 Err(RecvTimeoutError::Disconnected) => self.closed = true,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory_consumer(queue: Queue) -> LocalConsumer {
+        LocalConsumer::new(
+            "analytics",
+            queue,
+            Commit::Memory(Box::new(|_, _, _| Ok(()))),
+            LocalOptions {
+                strict: None,
+                start: Cursor::default(),
+                redrives: None,
+                drain_on_close: false,
+            },
+            None,
+        )
+    }
+
+    /// Deliveries of nothing but the position (other plugins' events) move
+    /// the cursor the status shows, so its lag counts only events it takes.
+    #[test]
+    fn deliveries_of_no_events_move_the_position_shown() {
+        let (tx, queue) = Queue::channel(8);
+        let mut c = memory_consumer(queue);
+        for through in [10, 20, 30] {
+            tx.send(Delivery {
+                events: Arc::from(Vec::new()),
+                through,
+                dropped: (0, 0),
+            })
+            .map_err(|_| "queue closed")
+            .expect("send");
+        }
+        let (chunk, _) = c.next_out(64, Duration::from_millis(20)).expect("batch");
+        assert!(chunk.is_empty());
+        assert_eq!(c.gauges.done_through.load(Ordering::Relaxed), 30);
     }
 }
