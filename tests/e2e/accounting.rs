@@ -214,7 +214,9 @@ fn a_worker_that_panics_is_reported_and_its_batch_delivered_again() {
     let h = TestHost::start_with_env(
         BIN,
         &files,
-        &["--batch-events-max", "16"],
+        // Every panic costs the batch in hand an attempt: enough of them
+        // that one order hit five times does not become a dead letter.
+        &["--batch-events-max", "16", "--max-attempts", "100"],
         &[(
             "PLUGBUS_FAULT_WORKER_PANIC",
             std::ffi::OsStr::new("inventory:5"),
@@ -237,6 +239,8 @@ fn a_worker_that_panics_is_reported_and_its_batch_delivered_again() {
         "{inventory}"
     );
     assert_eq!(inventory["state"], "running", "it goes on: {inventory}");
+    // Each panic counted the batch in hand a failed attempt, retried.
+    assert!(inventory["retried"].as_u64() >= Some(1), "{inventory}");
     h.stop().expect("stops");
 }
 

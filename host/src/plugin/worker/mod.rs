@@ -135,6 +135,13 @@ struct Effects {
     reads: kv::Writes,
 }
 
+/// A batch handed to the plugin and not yet settled.
+struct InHand {
+    chunk: Chunk,
+    range: Range<usize>,
+    attempts: Vec<u32>,
+}
+
 pub(super) struct Worker {
     /// Which of the plugin's workers this is.
     index: usize,
@@ -182,6 +189,9 @@ pub(super) struct Worker {
     /// (any ack, the first failure), counted towards quarantine as the one
     /// batch it was.
     split_outcome: Option<(bool, Option<String>)>,
+    /// The batch being handled, until it is settled: what a panic of the
+    /// worker counts a failed attempt for (`supervise`).
+    in_hand: Option<InHand>,
     /// Where batches come from and are settled.
     consumer: Box<dyn Consumer>,
     /// Given-up events are dead letters (not dropped).
@@ -228,6 +238,7 @@ impl Worker {
             batch_cap: settings.batch_events_max.max(1),
             calls_within_cap: 0,
             split_outcome: None,
+            in_hand: None,
             consumer: source.consumer,
             durable: source.durable,
             lease: source.lease,
@@ -326,6 +337,11 @@ impl Worker {
         if batch.is_empty() {
             return;
         }
+        self.in_hand = Some(InHand {
+            chunk: chunk.clone(),
+            range: range.clone(),
+            attempts: attempts.to_vec(),
+        });
         if self.needs_reset && !self.reset() {
             // No working instance: every event counts a failed attempt.
             for (event, &attempt) in batch.iter().zip(attempts) {

@@ -1,8 +1,10 @@
 //! A worker that panics does not die: the panic is caught at the batch
-//! boundary, the plugin's status says so with the message, the events in
-//! hand are handed back and delivered again to a fresh instance, it is
-//! counted (`plugbus_plugin_worker_deaths_total`), and delivery goes on
-//! after a pause that doubles with each failure in a row. A plugin that
+//! boundary, the plugin's status says so with the message, the events of
+//! the batch in hand count a failed attempt (retried, or dead letters once
+//! their attempts are used up) and the rest in hand are handed back, all
+//! delivered again to a fresh instance; it is counted
+//! (`plugbus_plugin_worker_deaths_total`), and delivery goes on after a
+//! pause that doubles with each failure in a row. A plugin that
 //! keeps killing its worker is quarantined like one that keeps trapping
 //! (each death counts as a failed batch).
 //!
@@ -18,6 +20,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::OnceLock;
 
 use super::*;
+use crate::backend::{Settlement, Verdict};
 
 /// The first pause after a death; it doubles with each failed batch in a
 /// row, up to [`DEATH_PAUSE_MAX`].
@@ -39,12 +42,41 @@ impl Worker {
         self.plugin.conditions.note_death(self.index, message);
         tracing::error!(plugin = %self.plugin.name, worker = self.index, "the plugin's worker panicked ({message}); the events in hand are delivered again to a fresh instance");
         self.needs_reset = true;
+        let why = format!("its worker panicked: {message}");
+        if let Some(held) = self.in_hand.take() {
+            self.fail_in_hand(held, &why);
+        }
         self.hand_back();
-        self.note_batch(false, Some(&format!("its worker panicked: {message}")));
+        self.note_batch(false, Some(&why));
         let pause = DEATH_PAUSE_MIN
             .saturating_mul(1 << self.fail_streak.min(8))
             .min(DEATH_PAUSE_MAX);
         self.rest_due = self.rest_due.max(pause);
+    }
+
+    /// Each event of `held` the consumer still holds counts a failed
+    /// attempt, settled alone (one already settled is no longer held, and
+    /// its settlement is refused).
+    fn fail_in_hand(&mut self, held: InHand, why: &str) {
+        for (i, &attempt) in held.range.zip(&held.attempts) {
+            let Some(event) = held.chunk.get(i).cloned() else {
+                continue;
+            };
+            self.fail(&event, attempt, None, why);
+            let fx = std::mem::take(&mut self.fx);
+            let verdict = match (fx.retries.first(), fx.gave_up.first()) {
+                (Some(&(_, delay)), _) => Verdict::Retry(delay),
+                (None, Some((_, _, error, _))) => Verdict::Dead(error.clone()),
+                (None, None) => continue,
+            };
+            let settled = self.consumer.settle(Settlement {
+                verdicts: vec![(event.sequence, verdict)],
+                ..Settlement::default()
+            });
+            if settled.is_ok() {
+                self.apply(fx);
+            }
+        }
     }
 
     /// The test-only fault hook: panic here on every Nth batch of the
