@@ -5,7 +5,8 @@
 # and on Redis and NATS; for each, the time until every plugin is done and
 # what the log, the dead letters, analytics' state and `plugbus audit` say,
 # as a table.
-#   scripts/accounting.sh            (PLUGBUS_ACCOUNTING_ORDERS, default 100000)
+#   scripts/accounting.sh   (PLUGBUS_ACCOUNTING_ORDERS, default 100000;
+#                            PLUGBUS_ACCOUNTING_ONLY=TEXT runs the scenarios named so)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
