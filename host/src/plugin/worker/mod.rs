@@ -14,7 +14,9 @@
 //! - events re-driven from dead letters come back with `attempt` 1.
 //! - a trap (panic, deadline, memory cap) or a wrong number of outcomes
 //!   fails every event of the batch as one failed attempt; the store is
-//!   dropped and a fresh instance made before the next batch.
+//!   dropped and a fresh instance made before the next batch. A deadline
+//!   on a batch of more than one event is not an attempt: the batch is
+//!   handled again in halves (`batches`).
 //!
 //! Ordering under retry (`RetryOrdering`) is the consumer's: with `strict`
 //! it holds later events of a key back while one waits for its retry.
@@ -51,8 +53,10 @@
 //!
 //! Rooms: `pull` (taking batches and settling them through the consumer),
 //! `retry` (backoff and giving up), `health` (quarantine, rest after an
-//! offence, reset, hot swap), `settle` (a batch's outcomes into effects,
-//! and applying them).
+//! offence, the hold for a publish rate, reset, hot swap), `settle` (a
+//! batch's outcomes into effects, and applying them), `batches` (the batch
+//! size after deadline overruns), `supervise` (a panic caught, test-only
+//! faults).
 
 mod batches;
 mod health;
