@@ -91,6 +91,26 @@ class Server:
         self.proc.wait()
 
 
+def wait(url, started, seen, done):
+    """Poll the plugins until done(seen(plugins)); a host that lost events
+    never gets there, so also until nothing moves and nothing is left to do
+    for 5 s. Returns when it was done, or when it last moved."""
+    last, still, moved = None, 0, time.monotonic()
+    while time.monotonic() - started < WAIT:
+        plugins = get(url + "/v1/plugins")["plugins"]
+        now = seen(plugins)
+        if done(now):
+            return time.monotonic()
+        if now != last:
+            last, still, moved = now, 0, time.monotonic()
+        elif all(p.get("lag") == 0 for p in plugins):
+            still += 1
+            if still >= 100:
+                break
+        time.sleep(0.05)
+    return moved
+
+
 def run(name, work, manifest="", broker=None):
     d = os.path.join(work, name.replace(" ", "-").replace(",", ""))
     os.makedirs(os.path.join(d, "plugins"))
@@ -120,23 +140,9 @@ def run(name, work, manifest="", broker=None):
         started = time.monotonic()
         for batch in orders(N):
             post_batch(url, batch)
-        counts, still, moved = {}, 0, time.monotonic()
-        while time.monotonic() - started < WAIT:
-            plugins = get(url + "/v1/plugins")["plugins"]
-            now = {p["name"]: p["handled"] for p in plugins}
-            if now.get("inventory", 0) >= N and now.get("analytics", 0) >= N:
-                break
-            # A host that lost events never gets there: nothing moves any
-            # more and nothing is left to do, for 5 s.
-            idle = now == counts and all(p.get("lag") == 0 for p in plugins)
-            still = still + 1 if idle else 0
-            if now != counts:
-                moved = time.monotonic()
-            if still >= 100:
-                break
-            counts = now
-            time.sleep(0.05)
-        inventory_done = time.monotonic() - started
+        handled = lambda ps: {p["name"]: p["handled"] for p in ps}
+        moved = wait(url, started, handled,
+                     lambda now: now.get("inventory", 0) >= N and now.get("analytics", 0) >= N)
         # Every follow-up is in the log with inventory's acks; email is done
         # once it handled the orders and the insufficient ones.
         events, frm = [], 1
@@ -147,19 +153,8 @@ def run(name, work, manifest="", broker=None):
             events += page
             frm = page[-1]["sequence"] + 1
         insufficient = sum(1 for e in events if e["type"] == "inventory.insufficient")
-        still, last = 0, None
-        while time.monotonic() - started < WAIT:
-            email = {p["name"]: p["handled"] for p in get(url + "/v1/plugins")["plugins"]}["email"]
-            if email >= N + insufficient:
-                moved = time.monotonic()
-                break
-            still = still + 1 if email == last else 0
-            if email != last:
-                moved = time.monotonic()
-            if still >= 100:
-                break
-            last = email
-            time.sleep(0.05)
+        moved = max(moved, wait(url, started, lambda ps: handled(ps)["email"],
+                                lambda email: email >= N + insufficient))
         # Until the last progress: a host that lost events is not timed on
         # the wait that found it idle.
         seconds = moved - started

@@ -28,6 +28,8 @@ const READ_EVENTS: usize = 4096;
 
 /// What decides which events are a plugin's, and which worker's.
 pub struct Scope {
+    /// The plugin.
+    pub plugin: String,
     /// Its subscriptions.
     pub patterns: Vec<Pattern>,
     /// What picks an event's worker.
@@ -66,31 +68,90 @@ pub struct Audit {
     pub note: Option<String>,
 }
 
-/// Count `plugin`'s accounts on the embedded store: its cursors first,
-/// then the log up to `head()` read after them (so no cursor is past it).
+/// Count the accounts of the plugins of `scopes` on the embedded store:
+/// their cursors first, then the log, read once for all of them, up to
+/// `head()` read after the cursors (so no cursor is past it).
 pub fn embedded(
     store: &Store,
     head: impl Fn() -> u64,
-    plugin: &str,
-    scope: &Scope,
-) -> Result<Audit, StoreError> {
+    scopes: &[Scope],
+) -> Result<Vec<Audit>, StoreError> {
+    let mut cursors = Vec::with_capacity(scopes.len());
+    for scope in scopes {
+        cursors.push(cursors_of(store, scope)?);
+    }
+    let head = head();
+    let mut audits: Vec<Audit> = scopes
+        .iter()
+        .zip(&cursors)
+        .map(|(scope, cursors)| from_cursors(&scope.plugin, head, cursors))
+        .collect();
+    let mut next = audits.iter().map(|a| a.since).min().unwrap_or(head) + 1;
+    while next <= head {
+        let events = store.read(next, READ_EVENTS)?;
+        let Some(first) = events.first() else {
+            break;
+        };
+        if first.sequence > next {
+            for a in audits.iter_mut().filter(|a| a.since < first.sequence - 1) {
+                a.checked = false;
+                a.note = Some(format!(
+                    "the log no longer holds events {}..{} (retention removed them after the plugin's accounting began at {}); its accounts start again at its next replay",
+                    a.since + 1,
+                    first.sequence - 1,
+                    a.since
+                ));
+            }
+        }
+        for e in events.iter().take_while(|e| e.sequence <= head) {
+            for ((scope, cursors), audit) in scopes.iter().zip(&cursors).zip(&mut audits) {
+                if !scope.patterns.iter().any(|p| p.matches(&e.topic)) {
+                    continue;
+                }
+                let Some(c) = cursors.get(scope.key.part(e, cursors.len())) else {
+                    continue;
+                };
+                if e.sequence > c.counts.start {
+                    audit.matching += 1;
+                    if e.sequence > c.through {
+                        audit.pending += 1;
+                    }
+                }
+            }
+        }
+        next = events.last().map_or(head + 1, |e| e.sequence + 1);
+    }
+    for a in &mut audits {
+        a.unaccounted = if a.checked {
+            a.matching as i64 - (a.handled + a.dead + a.dropped + a.pending) as i64
+        } else {
+            0
+        };
+    }
+    Ok(audits)
+}
+
+/// The cursor of each worker of `scope`'s plugin, in worker order.
+fn cursors_of(store: &Store, scope: &Scope) -> Result<Vec<Cursor>, StoreError> {
     let parts = scope.parts.max(1);
-    let named = store.cursors_of(plugin)?;
-    let cursors: Vec<Cursor> = (0..parts)
+    let named = store.cursors_of(&scope.plugin)?;
+    Ok((0..parts)
         .map(|i| {
-            let name = cursor_name(plugin, i, parts);
+            let name = cursor_name(&scope.plugin, i, parts);
             named
                 .iter()
                 .find(|(n, _)| *n == name)
                 .map(|(_, c)| c.clone())
                 .unwrap_or_default()
         })
-        .collect();
-    let head = head();
-    let since = cursors.iter().map(|c| c.counts.start).min().unwrap_or(0);
+        .collect())
+}
+
+/// What `cursors` say of `plugin`'s events, before the log is counted.
+fn from_cursors(plugin: &str, head: u64, cursors: &[Cursor]) -> Audit {
     let mut audit = Audit {
         plugin: plugin.to_string(),
-        since,
+        since: cursors.iter().map(|c| c.counts.start).min().unwrap_or(0),
         head,
         matching: 0,
         handled: 0,
@@ -101,7 +162,7 @@ pub fn embedded(
         checked: true,
         note: None,
     };
-    for c in &cursors {
+    for c in cursors {
         audit.handled += c.counts.handled;
         audit.dead += c.counts.dead;
         audit.dropped += c.counts.dropped;
@@ -111,44 +172,7 @@ pub fn embedded(
             .filter(|(seq, _)| *seq > c.counts.start)
             .count() as u64;
     }
-    let mut next = since + 1;
-    while next <= head {
-        let events = store.read(next, READ_EVENTS)?;
-        let Some(first) = events.first() else {
-            break;
-        };
-        if first.sequence > next {
-            audit.checked = false;
-            audit.note = Some(format!(
-                "the log no longer holds events {next}..{} (retention removed them after the plugin's accounting began at {since}); its accounts start again at its next replay",
-                first.sequence - 1
-            ));
-        }
-        for e in &events {
-            if e.sequence > head {
-                break;
-            }
-            if !scope.patterns.iter().any(|p| p.matches(&e.topic)) {
-                continue;
-            }
-            let Some(c) = cursors.get(scope.key.part(e, parts)) else {
-                continue;
-            };
-            if e.sequence > c.counts.start {
-                audit.matching += 1;
-                if e.sequence > c.through {
-                    audit.pending += 1;
-                }
-            }
-        }
-        next = events.last().map_or(head + 1, |e| e.sequence + 1);
-    }
-    audit.unaccounted =
-        audit.matching as i64 - (audit.handled + audit.dead + audit.dropped + audit.pending) as i64;
-    if !audit.checked {
-        audit.unaccounted = 0;
-    }
-    Ok(audit)
+    audit
 }
 
 /// The audit as a table, one line per plugin.
@@ -184,6 +208,7 @@ mod tests {
 
     fn scope(patterns: &[&str]) -> Scope {
         Scope {
+            plugin: "inventory".into(),
             patterns: patterns
                 .iter()
                 .map(|p| Pattern::parse(p).expect("pattern"))
@@ -220,7 +245,11 @@ mod tests {
             .collect();
         assert_eq!(store.append(&mut events).expect("append"), 1);
         let s = scope(&["order.*"]);
-        let audit = |store: &Store| embedded(store, || 10, "inventory", &s).expect("audit");
+        let audit = |store: &Store| {
+            embedded(store, || 10, std::slice::from_ref(&s))
+                .expect("audit")
+                .remove(0)
+        };
         // Orders are 1, 3, 5, 7, 9. Through 6: 1 and 5 acked, 3 retrying,
         // 7 and 9 after the cursor.
         cursor(

@@ -300,8 +300,16 @@ async fn audit_every(registry: Arc<Registry>, period: std::time::Duration) {
     loop {
         tick.tick().await;
         let r = registry.clone();
-        let Ok(Ok(audits)) = tokio::task::spawn_blocking(move || r.audit()).await else {
-            continue;
+        let audits = match tokio::task::spawn_blocking(move || r.audit()).await {
+            Ok(Ok(audits)) => audits,
+            Ok(Err(e)) => {
+                tracing::warn!("the periodic audit of the plugins' events failed: {e}");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("the periodic audit of the plugins' events did not finish: {e}");
+                continue;
+            }
         };
         for a in audits.iter().filter(|a| a.unaccounted != 0) {
             tracing::error!(plugin = %a.plugin, unaccounted = a.unaccounted, matching = a.matching, handled = a.handled, dead = a.dead, pending = a.pending, "events of the plugin are unaccounted for: neither handled, dead letters, dropped by its policy nor pending (a bug in plugbus: please report it with `plugbus audit` and the log)");

@@ -39,37 +39,13 @@ pub(crate) fn whole_log(h: &TestHost) -> Vec<Value> {
     }
 }
 
-/// The reference plugins of `h` were sent `n` orders (`post_orders`): wait
-/// until each is done, then check every order is accounted for: inventory
-/// and analytics handled each once, each order has exactly one inventory
-/// follow-up in the log, email handled every order and every
-/// `inventory.insufficient`, analytics counted every order, no dead letter
-/// anywhere, and the audit is clean.
-pub(crate) fn order_flow_accounted(h: &TestHost, n: u64) {
-    for p in ["inventory", "analytics"] {
-        h.wait_until(&format!("{p} to handle {n} orders"), WAIT, |h| {
-            h.count(p, "handled") >= n
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-    }
-    // Inventory's follow-ups are in the log with its acks.
-    let log = whole_log(h);
-    let insufficient = log
-        .iter()
-        .filter(|e| e["type"] == "inventory.insufficient")
-        .count() as u64;
-    h.wait_until(
-        &format!("email to handle {n} orders and {insufficient} follow-ups"),
-        WAIT,
-        |h| h.count("email", "handled") >= n + insufficient,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let orders: HashSet<&str> = log
-        .iter()
-        .filter(|e| e["type"] == "order.placed")
-        .filter_map(|e| e["id"].as_str())
-        .collect();
-    assert_eq!(orders.len() as u64, n, "every order is in the log once");
+/// Each of `orders` has exactly one inventory follow-up in `log`, and no
+/// reference plugin of `h` has a dead letter.
+pub(crate) fn one_follow_up_each_and_no_dead_letters(
+    h: &TestHost,
+    log: &[Value],
+    orders: &HashSet<&str>,
+) {
     let mut follow_ups: std::collections::HashMap<&str, usize> = Default::default();
     for e in log.iter().filter(|e| {
         e["type"]
@@ -101,6 +77,40 @@ pub(crate) fn order_flow_accounted(h: &TestHost, n: u64) {
     for p in ["email", "inventory", "analytics"] {
         assert_eq!(dead_count(h, &format!("/v1/dead/{p}")), Some(0), "{p}");
     }
+}
+
+/// The reference plugins of `h` were sent `n` orders (`post_orders`): wait
+/// until each is done, then check every order is accounted for: inventory
+/// and analytics handled each once, each order has exactly one inventory
+/// follow-up in the log, email handled every order and every
+/// `inventory.insufficient`, analytics counted every order, no dead letter
+/// anywhere, and the audit is clean.
+pub(crate) fn order_flow_accounted(h: &TestHost, n: u64) {
+    for p in ["inventory", "analytics"] {
+        h.wait_until(&format!("{p} to handle {n} orders"), WAIT, |h| {
+            h.count(p, "handled") >= n
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    // Inventory's follow-ups are in the log with its acks.
+    let log = whole_log(h);
+    let insufficient = log
+        .iter()
+        .filter(|e| e["type"] == "inventory.insufficient")
+        .count() as u64;
+    h.wait_until(
+        &format!("email to handle {n} orders and {insufficient} follow-ups"),
+        WAIT,
+        |h| h.count("email", "handled") >= n + insufficient,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let orders: HashSet<&str> = log
+        .iter()
+        .filter(|e| e["type"] == "order.placed")
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    assert_eq!(orders.len() as u64, n, "every order is in the log once");
+    one_follow_up_each_and_no_dead_letters(h, &log, &orders);
     // Handled exactly once each: the counters equal the orders.
     assert_eq!(h.count("inventory", "handled"), n);
     assert_eq!(h.count("analytics", "handled"), n);

@@ -15,7 +15,7 @@ use std::ffi::OsString;
 
 use plugbus_e2e::Hogs;
 
-use super::accounting::whole_log;
+use super::accounting::{one_follow_up_each_and_no_dead_letters, whole_log};
 use super::*;
 
 /// The most orders one seed posts: its plugins finish them well within
@@ -249,7 +249,6 @@ fn check(h: &TestHost, orders: &[(String, u64, u64)], audit: &Value) {
     assert_eq!(audit["unaccounted"], 0, "{audit:#}");
     let log = whole_log(h);
     let mut placed: HashMap<&str, usize> = HashMap::new();
-    let mut follow_ups: HashMap<&str, usize> = HashMap::new();
     let mut reserved: HashMap<String, u64> = HashMap::new();
     for e in &log {
         let t = e["type"].as_str().unwrap_or_default();
@@ -257,15 +256,10 @@ fn check(h: &TestHost, orders: &[(String, u64, u64)], audit: &Value) {
             *placed
                 .entry(e["id"].as_str().unwrap_or_default())
                 .or_default() += 1;
-        } else if t.starts_with("inventory.") {
-            *follow_ups
-                .entry(e["causationid"].as_str().unwrap_or_default())
-                .or_default() += 1;
-            if t == "inventory.reserved" {
-                for item in e["data"]["items"].as_array().into_iter().flatten() {
-                    let sku = item["sku"].as_str().unwrap_or_default().to_string();
-                    *reserved.entry(sku).or_default() += item["qty"].as_u64().unwrap_or(0);
-                }
+        } else if t == "inventory.reserved" {
+            for item in e["data"]["items"].as_array().into_iter().flatten() {
+                let sku = item["sku"].as_str().unwrap_or_default().to_string();
+                *reserved.entry(sku).or_default() += item["qty"].as_u64().unwrap_or(0);
             }
         }
     }
@@ -275,22 +269,8 @@ fn check(h: &TestHost, orders: &[(String, u64, u64)], audit: &Value) {
         "every order accepted is in the log"
     );
     assert!(placed.values().all(|&n| n == 1), "each once");
-    let without: Vec<&&str> = placed
-        .keys()
-        .filter(|id| !follow_ups.contains_key(**id))
-        .collect();
-    assert!(
-        without.is_empty(),
-        "orders without an inventory follow-up: {without:?}"
-    );
-    let twice: Vec<_> = follow_ups.iter().filter(|(_, &n)| n != 1).collect();
-    assert!(
-        twice.is_empty(),
-        "orders with more than one follow-up: {twice:?}"
-    );
-    for p in ["email", "inventory", "analytics"] {
-        assert_eq!(dead_count(h, &format!("/v1/dead/{p}")), Some(0), "{p}");
-    }
+    let ids: HashSet<&str> = placed.keys().copied().collect();
+    one_follow_up_each_and_no_dead_letters(h, &log, &ids);
     let kv = |key: &str| -> Value {
         h.get(&format!("/v1/plugins/{key}"))
             .map(|v| v["value"].clone())

@@ -500,14 +500,14 @@ pub trait Backend: Send + Sync {
         })
     }
 
-    /// `plugin`'s accounts: the events of the log it subscribes to against
-    /// what its cursors say became of them ([`crate::audit`]).
+    /// The accounts of the plugins of `scopes`: the events of the log each
+    /// subscribes to against what its cursors say became of them
+    /// ([`crate::audit`]).
     fn audit(
         &self,
-        plugin: &str,
-        scope: &crate::audit::Scope,
-    ) -> Result<crate::audit::Audit, BackendError> {
-        let _ = (plugin, scope);
+        scopes: &[crate::audit::Scope],
+    ) -> Result<Vec<crate::audit::Audit>, BackendError> {
+        let _ = scopes;
         Err(BackendError::NotOffered {
             backend: self.describe(),
             what: "the audit of a plugin's events".into(),

@@ -305,14 +305,14 @@ impl Registry {
                 fix: "run with the embedded store (without --memory): memory mode keeps no log to count against".into(),
             });
         };
-        let plugins: Vec<Arc<RunningPlugin>> = self
+        let scopes: Vec<crate::audit::Scope> = self
             .running
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let mut out = Vec::new();
-        for p in plugins {
-            let scope = crate::audit::Scope {
+            .iter()
+            .map(|p| crate::audit::Scope {
+                plugin: p.name.clone(),
+                // Checked when the plugin started.
                 patterns: p
                     .subscriptions
                     .iter()
@@ -320,13 +320,14 @@ impl Registry {
                     .collect(),
                 key: p.settings.delivery.ordering_key.clone(),
                 parts: p.settings.concurrency.max(1),
-            };
-            let audit = backend.audit(&p.name, &scope)?;
+            })
+            .collect();
+        let mut out = backend.audit(&scopes)?;
+        for audit in &out {
             self.metrics
                 .unaccounted
-                .get_or_create(&metrics::plugin(&p.name))
+                .get_or_create(&metrics::plugin(&audit.plugin))
                 .set(audit.unaccounted);
-            out.push(audit);
         }
         out.sort_by(|a, b| a.plugin.cmp(&b.plugin));
         Ok(out)
@@ -336,28 +337,27 @@ impl Registry {
     /// failed, quarantined or whose worker panicked in the last minute, the
     /// disk inside its reserve, the broker unreachable. Empty: ready.
     pub fn not_ready(&self) -> Vec<String> {
-        let mut reasons = Vec::new();
-        for p in self.status() {
-            match p.state.as_str() {
-                "failed" => reasons.push(format!(
-                    "plugin {} failed to load: {}",
-                    p.name,
-                    p.error.unwrap_or_default()
-                )),
-                "quarantined" => reasons.push(format!(
-                    "plugin {} is quarantined: {}",
-                    p.name,
-                    p.error.unwrap_or_default()
-                )),
-                _ => {}
-            }
-        }
+        // Read off the plugins directly: `status` would ask a broker for
+        // every plugin's position and move the rate samples.
+        let mut reasons: Vec<String> = self
+            .failed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|f| format!("plugin {} failed to load: {}", f.name, f.error))
+            .collect();
         for p in self
             .running
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
         {
+            if let Some(q) = p.quarantined() {
+                reasons.push(format!(
+                    "plugin {} is quarantined: failing every event (last: {})",
+                    p.name, q.reason
+                ));
+            }
             if p.conditions.died_within(std::time::Duration::from_secs(60)) {
                 reasons.push(format!(
                     "plugin {}: {}",

@@ -155,8 +155,8 @@ impl logging::Host for HostState {
             return;
         }
         // A line of the host log, however long the plugin made it.
-        let context = cut(&context, LINE_BYTES_MAX / 4);
-        let message = cut(&message, LINE_BYTES_MAX);
+        let context = crate::event::prefix_at_char(&context, LINE_BYTES_MAX / 4);
+        let message = crate::event::prefix_at_char(&message, LINE_BYTES_MAX);
         let plugin = &*self.plugin;
         let sep = if context.is_empty() { "" } else { ": " };
         match level {
@@ -321,15 +321,6 @@ pub(super) struct GuestOutput {
 }
 
 const LINE_BYTES_MAX: usize = 4096;
-
-/// `s` cut to at most `max` bytes, at a character boundary.
-fn cut(s: &str, max: usize) -> &str {
-    let mut end = max.min(s.len());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
 
 impl GuestOutput {
     fn new(plugin: Arc<str>, stream: &'static str, limit: Arc<super::RateLimit>) -> GuestOutput {

@@ -258,7 +258,7 @@ fn other(e: impl std::fmt::Display) -> store::Error {
 
 /// Check a key the plugin gave, before it reaches the store (whose engine
 /// has limits of its own, which a plugin must never reach).
-pub fn check_key(key: &str) -> Result<(), store::Error> {
+fn check_key(key: &str) -> Result<(), store::Error> {
     if key.len() > KEY_BYTES_MAX {
         return Err(other(format!(
             "the key is {} bytes, over the limit of {KEY_BYTES_MAX}",

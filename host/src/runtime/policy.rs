@@ -52,11 +52,7 @@ impl RateLimit {
         let Some(per_s) = self.per_s else {
             return true;
         };
-        let rate = f64::from(per_s);
-        let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let (tokens, at) = *bucket;
-        let tokens = (tokens + now.duration_since(at).as_secs_f64() * rate).min(rate.max(1.0));
+        let (mut bucket, tokens, now) = self.refilled(per_s);
         if tokens >= 1.0 {
             *bucket = (tokens - 1.0, now);
             true
@@ -76,11 +72,7 @@ impl RateLimit {
         let Some(per_s) = self.per_s else {
             return;
         };
-        let rate = f64::from(per_s);
-        let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let (tokens, at) = *bucket;
-        let tokens = (tokens + now.duration_since(at).as_secs_f64() * rate).min(rate.max(1.0));
+        let (mut bucket, tokens, now) = self.refilled(per_s);
         if tokens < 1.0 {
             self.refused.inc();
         }
@@ -93,14 +85,22 @@ impl RateLimit {
         let Some(per_s) = self.per_s else {
             return std::time::Duration::ZERO;
         };
-        let rate = f64::from(per_s);
-        let bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, at) = *bucket;
-        let now_tokens = tokens + Instant::now().duration_since(at).as_secs_f64() * rate;
-        if now_tokens >= 0.0 {
+        let (_bucket, tokens, _) = self.refilled(per_s);
+        if tokens >= 0.0 {
             return std::time::Duration::ZERO;
         }
-        std::time::Duration::from_secs_f64(-now_tokens / rate)
+        std::time::Duration::from_secs_f64(-tokens / f64::from(per_s))
+    }
+
+    /// The bucket, locked, with its tokens as of now (refilled at `per_s`
+    /// since it was last touched, up to a second's worth) and that now.
+    fn refilled(&self, per_s: u32) -> (std::sync::MutexGuard<'_, (f64, Instant)>, f64, Instant) {
+        let rate = f64::from(per_s);
+        let bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (tokens, at) = *bucket;
+        let tokens = (tokens + now.duration_since(at).as_secs_f64() * rate).min(rate.max(1.0));
+        (bucket, tokens, now)
     }
 }
 

@@ -271,16 +271,10 @@ impl Backend for EmbeddedBackend {
 
     fn audit(
         &self,
-        plugin: &str,
-        scope: &crate::audit::Scope,
-    ) -> Result<crate::audit::Audit, BackendError> {
+        scopes: &[crate::audit::Scope],
+    ) -> Result<Vec<crate::audit::Audit>, BackendError> {
         let log = &self.log;
-        Ok(crate::audit::embedded(
-            log.store(),
-            || log.head(),
-            plugin,
-            scope,
-        )?)
+        Ok(crate::audit::embedded(log.store(), || log.head(), scopes)?)
     }
 
     fn dead_letters(&self, plugin: &str) -> Result<Vec<DeadLetter>, BackendError> {

@@ -14,21 +14,17 @@ use super::*;
 pub const GROW_AFTER_CALLS: u32 = 8;
 
 impl Worker {
-    /// `chunk[range]` (at `attempts`) ran past its deadline as one call:
-    /// halve the cap and handle it again in pieces of the new cap.
+    /// `chunk[range]` (at `attempts`) ran past its deadline as one call
+    /// (`why`): halve the cap and handle it again in pieces of the new cap.
     pub(super) fn split(
         &mut self,
         chunk: &Chunk,
         range: Range<usize>,
         attempts: &[u32],
-        overran: &Result<BatchResult, CallError>,
+        why: &str,
     ) {
         let n = range.len();
         debug_assert!(n > 1, "a single event's overrun is the plugin's failure");
-        let why = match overran {
-            Err(e) => e.to_string(),
-            Ok(_) => String::from("the call ran past its deadline"),
-        };
         self.batch_cap = (n / 2).max(1);
         self.calls_within_cap = 0;
         // The instance was stopped mid-call: a fresh one for the pieces.

@@ -139,9 +139,11 @@ struct Effects {
     reads: kv::Writes,
 }
 
-/// A batch handed to the plugin and not yet settled.
+/// The batch handed to the plugin and not yet settled, if any (`chunk`);
+/// its buffer of attempts is kept from batch to batch.
+#[derive(Default)]
 struct InHand {
-    chunk: Chunk,
+    chunk: Option<Chunk>,
     range: Range<usize>,
     attempts: Vec<u32>,
 }
@@ -195,7 +197,7 @@ pub(super) struct Worker {
     split_outcome: Option<(bool, Option<String>)>,
     /// The batch being handled, until it is settled: what a panic of the
     /// worker counts a failed attempt for (`supervise`).
-    in_hand: Option<InHand>,
+    in_hand: InHand,
     /// Where batches come from and are settled.
     consumer: Box<dyn Consumer>,
     /// Given-up events are dead letters (not dropped).
@@ -242,7 +244,7 @@ impl Worker {
             batch_cap: settings.batch_events_max.max(1),
             calls_within_cap: 0,
             split_outcome: None,
-            in_hand: None,
+            in_hand: InHand::default(),
             consumer: source.consumer,
             durable: source.durable,
             lease: source.lease,
@@ -341,11 +343,10 @@ impl Worker {
         if batch.is_empty() {
             return;
         }
-        self.in_hand = Some(InHand {
-            chunk: chunk.clone(),
-            range: range.clone(),
-            attempts: attempts.to_vec(),
-        });
+        self.in_hand.chunk = Some(chunk.clone());
+        self.in_hand.range = range.clone();
+        self.in_hand.attempts.clear();
+        self.in_hand.attempts.extend_from_slice(attempts);
         if self.needs_reset && !self.reset() {
             // No working instance: every event counts a failed attempt.
             for (event, &attempt) in batch.iter().zip(attempts) {
@@ -401,12 +402,13 @@ impl Worker {
             });
             busy += self.instance.cpu_used();
         }
-        if let Err(CallError::Deadline { .. }) = &result {
+        if let Err(e @ CallError::Deadline { .. }) = &result {
             if batch.len() > 1 {
                 // The host chose the batch size, not the plugin: no attempt
                 // is counted; the batch goes again in halves.
                 drop(foreground.take());
-                self.split(chunk, range, attempts, &result);
+                let why = e.to_string();
+                self.split(chunk, range, attempts, &why);
                 return;
             }
         }

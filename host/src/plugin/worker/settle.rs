@@ -20,7 +20,7 @@ impl Worker {
             self.fault_point();
             self.settle(batch, writes, state_delta, follow_ups, fx);
         }
-        self.in_hand = None;
+        self.in_hand.chunk = None;
     }
 
     /// The outcomes of a batch whose settlement is committed.

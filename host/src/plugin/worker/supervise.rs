@@ -43,8 +43,10 @@ impl Worker {
         tracing::error!(plugin = %self.plugin.name, worker = self.index, "the plugin's worker panicked ({message}); the events in hand are delivered again to a fresh instance");
         self.needs_reset = true;
         let why = format!("its worker panicked: {message}");
-        if let Some(held) = self.in_hand.take() {
-            self.fail_in_hand(held, &why);
+        if let Some(chunk) = self.in_hand.chunk.take() {
+            let range = self.in_hand.range.clone();
+            let attempts = std::mem::take(&mut self.in_hand.attempts);
+            self.fail_in_hand(&chunk, range, &attempts, &why);
         }
         self.hand_back();
         self.note_batch(false, Some(&why));
@@ -54,12 +56,12 @@ impl Worker {
         self.rest_due = self.rest_due.max(pause);
     }
 
-    /// Each event of `held` the consumer still holds counts a failed
-    /// attempt, settled alone (one already settled is no longer held, and
-    /// its settlement is refused).
-    fn fail_in_hand(&mut self, held: InHand, why: &str) {
-        for (i, &attempt) in held.range.zip(&held.attempts) {
-            let Some(event) = held.chunk.get(i).cloned() else {
+    /// Each event of `chunk[range]` (at `attempts`) the consumer still holds
+    /// counts a failed attempt, settled alone (one already settled is no
+    /// longer held, and its settlement is refused).
+    fn fail_in_hand(&mut self, chunk: &Chunk, range: Range<usize>, attempts: &[u32], why: &str) {
+        for (i, &attempt) in range.zip(attempts) {
+            let Some(event) = chunk.get(i).cloned() else {
                 continue;
             };
             self.fail(&event, attempt, None, why);
