@@ -12,13 +12,19 @@
 //! exactly how an event is lost. `plugbus audit`, `GET /v1/audit` and
 //! `plugbus_unaccounted_events` show it.
 //!
-//! The log side is counted by reading the log (the embedded store); when
-//! retention has removed events after a plugin's accounting start, the
-//! check cannot be made and says so.
+//! Each backend keeps the books ([`Books`]: the counts and where each
+//! worker is); [`count`] reads the log once for all plugins and finishes
+//! the accounts. On the embedded store the books are the cursors; a broker
+//! keeps its own (`backend::redis`, `backend::nats`). When retention has
+//! removed events after a plugin's accounting start, the check cannot be
+//! made and says so.
+
+use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
 use crate::bus::OrderingKey;
+use crate::event::Event;
 use crate::store::progress::{cursor_name, Cursor};
 use crate::store::{Store, StoreError};
 use crate::topic::Pattern;
@@ -27,6 +33,7 @@ use crate::topic::Pattern;
 const READ_EVENTS: usize = 4096;
 
 /// What decides which events are a plugin's, and which worker's.
+#[derive(Clone)]
 pub struct Scope {
     /// The plugin.
     pub plugin: String,
@@ -61,11 +68,72 @@ pub struct Audit {
     /// `matching - handled - dead - dropped - pending`: events lost (or,
     /// below zero, counted twice). Zero when the accounts hold.
     pub unaccounted: i64,
+    /// Handled more often than there were events, where the backend
+    /// delivers at least once and an ack can be lost (NATS: a broker
+    /// restart): taken out of `unaccounted`, which then counts only losses.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub again: u64,
     /// Whether the identity could be checked; when not, `note` says why.
     pub checked: bool,
     /// Why it could not be checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+/// What a plugin's books say before the log is counted: the totals kept
+/// with its cursors (in `audit`: `handled`, `dead`, `dropped`, and the
+/// retries `pending` that are not told by a position), and each worker's
+/// position.
+pub struct Books {
+    /// The totals so far (`head`, `matching` and `unaccounted` are
+    /// filled in by [`count`]).
+    pub audit: Audit,
+    /// One per worker, in worker order (`OrderingKey::part` picks one).
+    pub parts: Vec<Part>,
+}
+
+/// Where one worker of a plugin is in the log.
+#[derive(Debug, Clone, Default)]
+pub struct Part {
+    /// Its accounts begin after this sequence.
+    pub start: u64,
+    /// Every event after this one is pending (not yet delivered).
+    pub through: u64,
+    /// Events at or before `through` that are still in flight (delivered,
+    /// not settled: pending), where the backend tells them apart from the
+    /// settled ones by listing them (a broker's pending entries).
+    pub held: HashSet<u64>,
+}
+
+impl Books {
+    /// Books with nothing in them yet, for `plugin`.
+    pub fn new(plugin: &str, parts: Vec<Part>) -> Books {
+        Books {
+            audit: Audit {
+                plugin: plugin.to_string(),
+                since: parts.iter().map(|p| p.start).min().unwrap_or(0),
+                head: 0,
+                matching: 0,
+                handled: 0,
+                dead: 0,
+                dropped: 0,
+                pending: 0,
+                unaccounted: 0,
+                again: 0,
+                checked: true,
+                note: None,
+            },
+            parts,
+        }
+    }
+
+    /// Books that cannot be checked, saying why.
+    pub fn unchecked(plugin: &str, note: String) -> Books {
+        let mut books = Books::new(plugin, Vec::new());
+        books.audit.checked = false;
+        books.audit.note = Some(note);
+        books
+    }
 }
 
 /// Count the accounts of the plugins of `scopes` on the embedded store:
@@ -76,19 +144,37 @@ pub fn embedded(
     head: impl Fn() -> u64,
     scopes: &[Scope],
 ) -> Result<Vec<Audit>, StoreError> {
-    let mut cursors = Vec::with_capacity(scopes.len());
+    let mut books = Vec::with_capacity(scopes.len());
     for scope in scopes {
-        cursors.push(cursors_of(store, scope)?);
+        books.push(from_cursors(&scope.plugin, &cursors_of(store, scope)?));
     }
-    let head = head();
-    let mut audits: Vec<Audit> = scopes
+    count(scopes, books, head(), |from, max| store.read(from, max))
+}
+
+/// Finish the accounts of the plugins of `scopes` from their `books` (one
+/// each, in order, taken before `head` was read) by reading the log up to
+/// `head` once for all of them with `read(from, max)`.
+pub fn count<E>(
+    scopes: &[Scope],
+    books: Vec<Books>,
+    head: u64,
+    mut read: impl FnMut(u64, usize) -> Result<Vec<Event>, E>,
+) -> Result<Vec<Audit>, E> {
+    assert_eq!(scopes.len(), books.len(), "one set of books per scope");
+    let (mut audits, parts): (Vec<Audit>, Vec<Vec<Part>>) =
+        books.into_iter().map(|b| (b.audit, b.parts)).unzip();
+    for a in &mut audits {
+        a.head = head;
+    }
+    let mut next = audits
         .iter()
-        .zip(&cursors)
-        .map(|(scope, cursors)| from_cursors(&scope.plugin, head, cursors))
-        .collect();
-    let mut next = audits.iter().map(|a| a.since).min().unwrap_or(head) + 1;
+        .filter(|a| a.checked)
+        .map(|a| a.since)
+        .min()
+        .unwrap_or(head)
+        + 1;
     while next <= head {
-        let events = store.read(next, READ_EVENTS)?;
+        let events = read(next, READ_EVENTS)?;
         let Some(first) = events.first() else {
             break;
         };
@@ -104,16 +190,16 @@ pub fn embedded(
             }
         }
         for e in events.iter().take_while(|e| e.sequence <= head) {
-            for ((scope, cursors), audit) in scopes.iter().zip(&cursors).zip(&mut audits) {
-                if !scope.patterns.iter().any(|p| p.matches(&e.topic)) {
+            for ((scope, parts), audit) in scopes.iter().zip(&parts).zip(&mut audits) {
+                if !audit.checked || !scope.patterns.iter().any(|p| p.matches(&e.topic)) {
                     continue;
                 }
-                let Some(c) = cursors.get(scope.key.part(e, cursors.len())) else {
+                let Some(part) = parts.get(scope.key.part(e, parts.len())) else {
                     continue;
                 };
-                if e.sequence > c.counts.start {
+                if e.sequence > part.start {
                     audit.matching += 1;
-                    if e.sequence > c.through {
+                    if e.sequence > part.through || part.held.contains(&e.sequence) {
                         audit.pending += 1;
                     }
                 }
@@ -148,20 +234,17 @@ fn cursors_of(store: &Store, scope: &Scope) -> Result<Vec<Cursor>, StoreError> {
 }
 
 /// What `cursors` say of `plugin`'s events, before the log is counted.
-fn from_cursors(plugin: &str, head: u64, cursors: &[Cursor]) -> Audit {
-    let mut audit = Audit {
-        plugin: plugin.to_string(),
-        since: cursors.iter().map(|c| c.counts.start).min().unwrap_or(0),
-        head,
-        matching: 0,
-        handled: 0,
-        dead: 0,
-        dropped: 0,
-        pending: 0,
-        unaccounted: 0,
-        checked: true,
-        note: None,
-    };
+fn from_cursors(plugin: &str, cursors: &[Cursor]) -> Books {
+    let parts = cursors
+        .iter()
+        .map(|c| Part {
+            start: c.counts.start,
+            through: c.through,
+            held: HashSet::new(),
+        })
+        .collect();
+    let mut books = Books::new(plugin, parts);
+    let audit = &mut books.audit;
     for c in cursors {
         audit.handled += c.counts.handled;
         audit.dead += c.counts.dead;
@@ -172,7 +255,26 @@ fn from_cursors(plugin: &str, head: u64, cursors: &[Cursor]) -> Audit {
             .filter(|(seq, _)| *seq > c.counts.start)
             .count() as u64;
     }
-    audit
+    books
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Audit {
+    /// On a backend that delivers at least once: events counted more than
+    /// once are handled again, not lost (`again`).
+    pub fn at_least_once(&mut self) {
+        if self.unaccounted < 0 {
+            self.again = self.unaccounted.unsigned_abs();
+            self.unaccounted = 0;
+            self.note = Some(format!(
+                "{} of its events were handled again after their acks were lost (at least once: a broker restart, a host that died between its count and its acks)",
+                self.again
+            ));
+        }
+    }
 }
 
 /// The audit as a table, one line per plugin.
@@ -201,7 +303,6 @@ pub fn table(audits: &[Audit]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Event;
     use crate::store::progress::{Counts, Progress};
     use crate::store::tests::temp_dir;
     use crate::store::Fsync;

@@ -179,7 +179,11 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         settings.delivery.clone(),
     ));
     registry.start_optimizer()?;
-    if matches!(dispatch, Dispatch::Durable(_)) {
+    // On the embedded store only: on a broker every host would read the
+    // whole shared log every minute (there the audit is asked for).
+    if matches!(dispatch, Dispatch::Durable(_))
+        && registry.backend().is_some_and(|b| !b.capabilities().shared)
+    {
         tokio::spawn(audit_every(registry.clone(), AUDIT_EVERY));
     }
     if let (Dispatch::Durable(_), Some(backend)) = (&dispatch, registry.backend()) {

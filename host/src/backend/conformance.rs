@@ -503,6 +503,145 @@ fn refuses_writes_made_from_values_that_changed(h: Harness) {
     ));
 }
 
+/// The plugin's accounts at a moment it is at rest (on NATS the audit
+/// checks only then: it is read again until it does).
+fn audit_at_rest(h: &Harness, scope: &crate::audit::Scope) -> crate::audit::Audit {
+    let until = std::time::Instant::now() + HUNG;
+    loop {
+        let a = h
+            .backend
+            .audit(std::slice::from_ref(scope))
+            .expect("audit")
+            .remove(0);
+        if a.checked {
+            return a;
+        }
+        assert!(std::time::Instant::now() < until, "never checked: {a:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The audit's identity (`matching = handled + dead + pending`) holds
+/// through acks, retries, dead letters, a re-drive and a purge, counts
+/// only the plugin's topics after where it started, and (where the books
+/// can be read at one moment) while a batch is in hand.
+fn the_audit_holds_through_every_verdict(h: Harness) {
+    use crate::audit::Scope;
+    let scope = |plugin: &str| Scope {
+        plugin: plugin.into(),
+        patterns: vec![Pattern::parse("order.placed").expect("pattern")],
+        key: crate::bus::OrderingKey::default(),
+        parts: 1,
+    };
+    let inventory = scope("inventory");
+    // Twelve events, eight of them orders.
+    h.backend
+        .append(
+            (0..12)
+                .map(|i| {
+                    event(
+                        if i % 3 == 2 {
+                            "user.signed"
+                        } else {
+                            "order.placed"
+                        },
+                        i,
+                    )
+                })
+                .collect(),
+        )
+        .expect("append");
+    let mut c = h.consumer("inventory", &["order.placed"], HUNG);
+    let got = seqs(&take(c.as_mut(), 8));
+    let verdicts: Vec<(u64, Verdict)> = got[..6]
+        .iter()
+        .enumerate()
+        .map(|(i, &seq)| {
+            let v = match i {
+                0 | 1 => Verdict::Ack,
+                2 | 3 => Verdict::Dead("out of stock".into()),
+                _ => Verdict::Retry(Duration::from_millis(1)),
+            };
+            (seq, v)
+        })
+        .collect();
+    c.settle(Settlement {
+        verdicts,
+        ..Settlement::default()
+    })
+    .expect("settle");
+    // Two in hand, two retrying.
+    let a = h
+        .backend
+        .audit(std::slice::from_ref(&inventory))
+        .expect("audit");
+    if a[0].checked {
+        assert_eq!((a[0].matching, a[0].handled, a[0].dead), (8, 2, 2), "{a:?}");
+        assert_eq!((a[0].pending, a[0].unaccounted), (4, 0), "{a:?}");
+    }
+    c.settle(Settlement {
+        verdicts: got[6..].iter().map(|&s| (s, Verdict::Ack)).collect(),
+        ..Settlement::default()
+    })
+    .expect("settle");
+    let retried = take(c.as_mut(), 2);
+    assert!(retried.iter().all(|d| d.attempt == 2));
+    c.settle(acks(&retried)).expect("settle");
+    let a = audit_at_rest(&h, &inventory);
+    assert_eq!(
+        (a.since, a.matching, a.handled, a.dead),
+        (0, 8, 6, 2),
+        "{a:?}"
+    );
+    assert_eq!((a.pending, a.unaccounted), (0, 0), "{a:?}");
+    // A re-drive makes a dead letter pending again, then handled; a purge
+    // keeps it counted as given up on.
+    h.backend
+        .redrive("inventory", &Selection::Sequences(vec![got[2]]))
+        .expect("redrive");
+    let a = audit_at_rest(&h, &inventory);
+    assert_eq!(
+        (a.handled + a.dead + a.pending, a.unaccounted),
+        (8, 0),
+        "{a:?}"
+    );
+    let again = take(c.as_mut(), 1);
+    c.settle(acks(&again)).expect("settle");
+    assert_eq!(
+        h.backend
+            .purge("inventory", &Selection::All)
+            .expect("purge"),
+        1
+    );
+    let a = audit_at_rest(&h, &inventory);
+    assert_eq!(
+        (a.handled, a.dead, a.pending, a.unaccounted),
+        (7, 1, 0, 0),
+        "{a:?}"
+    );
+    // Orders not delivered yet are pending.
+    h.backend
+        .append((20..23).map(|i| event("order.placed", i)).collect())
+        .expect("append");
+    let a = audit_at_rest(&h, &inventory);
+    assert_eq!((a.matching, a.pending, a.unaccounted), (11, 3, 0), "{a:?}");
+    // A plugin that starts at the log's end counts from there.
+    let mut options = options("host-a", &["order.placed"], HUNG);
+    options.start_latest = true;
+    let mut late = h.backend.consumer("analytics", options).expect("consumer");
+    assert!(late
+        .next_batch(10, Duration::from_millis(50))
+        .expect("batch")
+        .is_empty());
+    let a = audit_at_rest(&h, &scope("analytics"));
+    assert_eq!(
+        (a.since, a.matching, a.unaccounted),
+        (a.head, 0, 0),
+        "{a:?}"
+    );
+    assert!(a.head >= 15, "{a:?}");
+}
+
 /// Small batches out of one large append, in which some events ask to be
 /// retried and some are given up on, mixed with new ones: every event ends
 /// acked or a dead letter, none skipped. (The embedded consumer once lost
@@ -602,6 +741,10 @@ macro_rules! conformance {
             #[test]
             fn accounts_for_every_event_when_retries_mix_with_new_ones() {
                 super::accounts_for_every_event_when_retries_mix_with_new_ones(Harness::$backend());
+            }
+            #[test]
+            fn the_audit_holds_through_every_verdict() {
+                super::the_audit_holds_through_every_verdict(Harness::$backend());
             }
             #[test]
             fn hands_back_at_once_on_release() {

@@ -458,7 +458,8 @@ async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 /// Every running plugin's accounts (`crate::audit`): 200 with them,
-/// `unaccounted` the total; 501 in memory mode or on a broker.
+/// `unaccounted` the total; 501 in memory mode. On NATS a busy plugin is
+/// not checked (`checked: false`, see `backend::nats::accounts`).
 async fn audit(State(state): State<AppState>) -> Result<Response, IngressError> {
     let registry = state.registry.clone();
     let audits = tokio::task::block_in_place(|| registry.audit()).map_err(backend_error)?;

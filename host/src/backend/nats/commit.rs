@@ -153,6 +153,10 @@ pub(super) struct Marker {
     /// How often it was handed back (deliveries that were not attempts).
     #[serde(default)]
     pub handbacks: u32,
+    /// Settled as a dead letter (else acked), for its count when it comes
+    /// back after its commit (`accounts`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dead: bool,
 }
 
 /// A marker write, guarded by the marker's last sequence (0: none yet).

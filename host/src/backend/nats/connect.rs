@@ -88,8 +88,9 @@ impl Inner {
             allow_direct: true,
             ..Default::default()
         };
-        let mut made = Vec::with_capacity(2);
-        for config in [events, dlq] {
+        let accounts = super::accounts::stream_config(self.accounts_stream(), &self.prefix);
+        let mut made = Vec::with_capacity(3);
+        for config in [events, dlq, accounts] {
             let name = config.name.clone();
             made.push(js.get_or_create_stream(config).await.map_err(|e| {
                 self.error(format!(
@@ -97,14 +98,16 @@ impl Inner {
                 ))
             })?);
         }
+        let accounts = made.pop();
         let dlq = made.pop();
         let events = made.pop();
-        match (events, dlq) {
-            (Some(events), Some(dlq)) => Ok(Conn {
+        match (events, dlq, accounts) {
+            (Some(events), Some(dlq), Some(accounts)) => Ok(Conn {
                 client,
                 js,
                 events,
                 dlq,
+                accounts,
             }),
             _ => Err(self.refused("the streams were not made")),
         }

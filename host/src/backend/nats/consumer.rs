@@ -69,13 +69,21 @@ pub(super) async fn durable(
     };
     let stream = inner.events().await?;
     let Some(info) = inner.consumer_info(plugin).await? else {
+        // From the log's end as it is now (not `New`: the accounts need to
+        // know where it starts), or its beginning; its accounts begin here.
+        let deliver_policy = if options.start_latest {
+            let mut events = stream.clone();
+            let last = events.info().await.map_err(|e| inner.error(e))?;
+            DeliverPolicy::ByStartSequence {
+                start_sequence: last.state.last_sequence + 1,
+            }
+        } else {
+            DeliverPolicy::All
+        };
+        inner.reset_accounts(plugin).await?;
         let config = pull::Config {
             durable_name: Some(plugin.to_string()),
-            deliver_policy: if options.start_latest {
-                DeliverPolicy::New
-            } else {
-                DeliverPolicy::All
-            },
+            deliver_policy,
             ack_policy: AckPolicy::Explicit,
             ack_wait: options.lease,
             filter_subjects: filters,
@@ -144,6 +152,7 @@ pub(super) async fn replay(
     config.deliver_policy = DeliverPolicy::ByStartSequence {
         start_sequence: from.max(1),
     };
+    inner.reset_accounts(plugin).await?;
     stream
         .create_consumer(config)
         .await
@@ -158,6 +167,9 @@ pub(in crate::backend) struct NatsConsumer {
     options: ConsumerOptions,
     pull: PullConsumer,
     held: Arc<Mutex<HashMap<u64, Held>>>,
+    /// Where the plugin's accounts start (`None`: its consumer predates
+    /// them); see `accounts`.
+    start: Option<u64>,
 }
 
 impl NatsConsumer {
@@ -168,6 +180,7 @@ impl NatsConsumer {
         options: ConsumerOptions,
         pull: PullConsumer,
     ) -> NatsConsumer {
+        let start = super::accounts::start_of(&pull.cached_info().config);
         NatsConsumer {
             inner,
             bridge,
@@ -175,6 +188,7 @@ impl NatsConsumer {
             options,
             pull,
             held: Arc::default(),
+            start,
         }
     }
 
@@ -192,6 +206,7 @@ impl NatsConsumer {
             host: self.options.host.clone(),
             pull: self.pull.clone(),
             held: self.held.clone(),
+            start: self.start,
         };
         self.bridge.run(&self.inner, timeout, f(task))
     }
@@ -204,6 +219,9 @@ struct Task {
     host: String,
     pull: PullConsumer,
     held: Arc<Mutex<HashMap<u64, Held>>>,
+    /// Where the plugin's accounts start (`None`: its consumer predates
+    /// them); see `accounts`.
+    start: Option<u64>,
 }
 
 /// A single guarded write's outcome: stored at this sequence, or the guard
@@ -334,10 +352,19 @@ impl Task {
                 _,
                 Marker {
                     done: Some((batch, n)),
+                    dead,
                     ..
                 },
             )) = marker
             {
+                // Counted again if its count was stored before (at least
+                // once: `again` in the audit), never lost.
+                if self.start.is_some_and(|s| event.sequence > s) {
+                    let (handled, dead) = if dead { (0, 1) } else { (1, 0) };
+                    if let Err(e) = self.inner.count(&self.plugin, handled, dead).await {
+                        tracing::warn!(plugin = %self.plugin, "a settled event was not counted ({e}); plugbus audit shows it unaccounted");
+                    }
+                }
                 // Settled before: its outbox again, then the ack.
                 self.send_outbox(stream, batch, n).await?;
                 message.ack().await.map_err(|e| self.inner.error(e))?;
@@ -349,6 +376,7 @@ impl Task {
                 done: None,
                 host: self.host.clone(),
                 handbacks,
+                dead: false,
             };
             match self
                 .publish_guarded(commit::marker(&bucket, stream_seq, &claim, seen))
@@ -457,6 +485,7 @@ impl Task {
         {
             // Nothing to commit but acks: no marker (a late ack from a
             // stalled host changes nothing but the message's ack).
+            self.count(&finals).await;
             self.acknowledge(&finals, &retries).await;
             return Ok(());
         }
@@ -521,6 +550,7 @@ impl Task {
                     done: Some((batch_id, outgoing.len())),
                     host: self.host.clone(),
                     handbacks: f.handbacks,
+                    dead: f.error.is_some(),
                 };
                 batch.push(commit::marker(&bucket, f.stream_seq, &done, f.last));
             }
@@ -537,8 +567,25 @@ impl Task {
             // Committed: a redelivery publishes the outbox again.
             tracing::warn!(plugin = %self.plugin, "a settlement's follow-ups or dead letters were not all published ({e}); they are, when the events come back after the lease");
         }
+        self.count(&finals).await;
         self.acknowledge(&finals, &retries).await;
         Ok(())
+    }
+
+    /// Count the settled events in the plugin's accounts, before they are
+    /// acked (see `accounts`).
+    async fn count(&self, finals: &[Final]) {
+        let Some(start) = self.start else { return };
+        let (mut handled, mut dead) = (0, 0);
+        for f in finals.iter().filter(|f| f.seq > start) {
+            match f.error {
+                None => handled += 1,
+                Some(_) => dead += 1,
+            }
+        }
+        if let Err(e) = self.inner.count(&self.plugin, handled, dead).await {
+            tracing::warn!(plugin = %self.plugin, "{handled} handled and {dead} dead events were not counted ({e}); plugbus audit shows them unaccounted");
+        }
     }
 
     /// Ack the settled events and nak the retried ones (after their
@@ -635,6 +682,7 @@ impl Task {
                 done: None,
                 host: self.host.clone(),
                 handbacks: h.handbacks + 1,
+                dead: false,
             };
             match self
                 .publish_guarded(commit::marker(&bucket, h.stream_seq, &back, h.last))

@@ -67,6 +67,10 @@ impl Inner {
         which: &Selection,
     ) -> Result<usize, BackendError> {
         let (chosen, dlq) = self.chosen(plugin, which).await?;
+        let start = self
+            .consumer_info(plugin)
+            .await?
+            .and_then(|i| super::accounts::start_of(&i.config));
         for (dlq_seq, letter) in &chosen {
             self.publish_all(vec![(
                 self.redo_subject(plugin),
@@ -77,6 +81,10 @@ impl Inner {
             dlq.delete_message(*dlq_seq)
                 .await
                 .map_err(|e| self.error(e))?;
+            // No longer given up on: pending again, on the redo subject.
+            if start.is_some_and(|s| letter.event.sequence > s) {
+                self.count(plugin, 0, -1).await?;
+            }
         }
         Ok(chosen.len())
     }

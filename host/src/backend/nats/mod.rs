@@ -25,8 +25,10 @@
 //!
 //! Rooms: `connect` (the connection, streams and buckets, the bridge to
 //! the client's runtime), `commit` (key names, markers and the atomic
-//! batch), `consumer` (delivery), `letters` (dead letters).
+//! batch), `consumer` (delivery), `letters` (dead letters), `accounts`
+//! (the books of the audit).
 
+mod accounts;
 mod commit;
 mod connect;
 mod consumer;
@@ -64,9 +66,10 @@ const SERVER_MIN: (u64, u64) = (2, 12);
 struct Conn {
     client: async_nats::Client,
     js: jetstream::Context,
-    /// The log's stream and the dead letters'.
+    /// The log's stream, the dead letters' and the accounts'.
     events: stream::Stream,
     dlq: stream::Stream,
+    accounts: stream::Stream,
 }
 
 /// What the backend and its consumers share.
@@ -91,6 +94,10 @@ impl Inner {
 
     fn dlq_stream(&self) -> String {
         format!("{}_DLQ", self.stream())
+    }
+
+    fn accounts_stream(&self) -> String {
+        format!("{}_ACCOUNTS", self.stream())
     }
 
     fn event_subject(&self, topic: &str) -> String {
@@ -443,6 +450,26 @@ impl Backend for NatsBackend {
         self.run(
             move |inner| async move { consumer::replay(&inner, &plugin, from, reset_state).await },
         )
+    }
+
+    fn audit(
+        &self,
+        scopes: &[crate::audit::Scope],
+    ) -> Result<Vec<crate::audit::Audit>, BackendError> {
+        let mut books = Vec::with_capacity(scopes.len());
+        for scope in scopes {
+            let scope = scope.clone();
+            books.push(self.run(|inner| async move { inner.books(&scope).await })?);
+        }
+        // After the books: a plugin at rest has every event up to here
+        // either settled or after its position.
+        let head = self.head()?;
+        let mut audits =
+            crate::audit::count(scopes, books, head, |from, max| self.read(from, max))?;
+        audits
+            .iter_mut()
+            .for_each(crate::audit::Audit::at_least_once);
+        Ok(audits)
     }
 
     fn dead_letters(&self, plugin: &str) -> Result<Vec<DeadLetter>, BackendError> {

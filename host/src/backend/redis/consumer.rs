@@ -64,6 +64,10 @@ pub(in crate::backend) struct RedisConsumer {
     settled: String,
     /// Each host's fence token (a hash by host name; see the settle script).
     fence: String,
+    /// The plugin's accounts (a hash: start, handled, dead).
+    accounts: String,
+    /// Where its accounts start (`None`: its group predates them).
+    start: Option<u64>,
     /// This consumer's fence token while it is still in the fence hash as
     /// far as this consumer knows: then a settlement need not send its
     /// entries to be checked one by one.
@@ -98,6 +102,8 @@ impl RedisConsumer {
             kv: shared.plugin_key("kv", plugin),
             settled: shared.plugin_key("settled", plugin),
             fence: shared.plugin_key("fence", plugin),
+            accounts: shared.plugin_key("accounts", plugin),
+            start: None,
             token: None,
             shared,
             con: None,
@@ -115,28 +121,21 @@ impl RedisConsumer {
     }
 
     /// Make the plugin's groups, if they are not there yet (a new plugin
-    /// starts at the log's end or beginning, as configured).
+    /// starts at the log's end or beginning, as configured, and so do its
+    /// accounts); learn where its accounts start.
     fn make_groups(&mut self) -> Result<(), BackendError> {
         if self.groups_made {
             return Ok(());
         }
-        let start = if self.options.start_latest { "$" } else { "0" };
-        for (stream, from) in [(&self.log, start), (&self.redo, "0")] {
-            let made: Result<(), BackendError> = self.shared.with(&mut self.con, |c| {
-                redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(stream)
-                    .arg(&self.plugin)
-                    .arg(from)
-                    .arg("MKSTREAM")
-                    .query(c)
-            });
-            match made {
-                Ok(()) => {}
-                Err(BackendError::Refused { reason, .. }) if reason.contains("BUSYGROUP") => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let mut call = self.shared.scripts.groups.prepare_invoke();
+        call.key(&self.log)
+            .key(&self.redo)
+            .key(self.shared.key("seq"))
+            .key(&self.accounts)
+            .arg(&self.plugin)
+            .arg(if self.options.start_latest { "1" } else { "0" });
+        let start: i64 = self.shared.with(&mut self.con, |c| call.invoke(c))?;
+        self.start = u64::try_from(start).ok();
         self.groups_made = true;
         Ok(())
     }
@@ -408,6 +407,7 @@ impl RedisConsumer {
             &self.shared.key("lastsec"),
             &self.settled,
             &self.fence,
+            &self.accounts,
         ] {
             call.key(k);
         }
@@ -547,11 +547,19 @@ impl Consumer for RedisConsumer {
         // dead letters, state writes, follow-ups, expected values, token.
         let mut tail: Vec<Vec<u8>> = Vec::new();
         let mut others = 0;
+        let (mut handled, mut dead) = (0u64, 0u64);
         for (seq, verdict) in &verdicts {
             let h = self.held.get(seq).ok_or_else(|| BackendError::NotHeld {
                 plugin: self.plugin.clone(),
                 sequence: *seq,
             })?;
+            if self.start.is_some_and(|start| *seq > start) {
+                match verdict {
+                    Verdict::Ack => handled += 1,
+                    Verdict::Dead(_) => dead += 1,
+                    Verdict::Retry(_) => {}
+                }
+            }
             match verdict {
                 Verdict::Ack => continue,
                 Verdict::Retry(delay) => tail.extend([
@@ -574,6 +582,8 @@ impl Consumer for RedisConsumer {
             tail.extend([e.id.clone().into_bytes(), codec::encode(e)]);
         }
         push_values(&mut tail, expected, ("1", "0"));
+        tail.push(handled.to_string().into_bytes());
+        tail.push(dead.to_string().into_bytes());
         let token = crate::event::new_id();
         tail.push(token.clone().into_bytes());
 

@@ -34,7 +34,7 @@ fn bytes(v: &Value) -> Option<Vec<u8>> {
     }
 }
 
-fn items(v: &Value) -> Option<&[Value]> {
+pub(super) fn items(v: &Value) -> Option<&[Value]> {
     match v {
         Value::Array(items) | Value::Set(items) => Some(items),
         _ => None,
@@ -149,7 +149,6 @@ pub(super) struct Group {
     pub pending: u64,
     /// The sequence of its last delivered entry (log ids are `0-SEQ`).
     pub delivered: u64,
-    pub lag: u64,
 }
 
 /// The group called `name` in an XINFO GROUPS answer (a list of flat
@@ -174,7 +173,6 @@ pub(super) fn group(v: &Value, name: &str) -> Option<Group> {
                 .and_then(text)
                 .and_then(|id| sequence_of(&id).ok())
                 .unwrap_or(0),
-            lag: number("lag"),
         })
     })
 }

@@ -114,7 +114,9 @@ end
 /// sequence and y = the record), then the count of state writes and 3
 /// values each (`s`|`d`, key, value), then the count of follow-ups and
 /// (id, bytes) each, then the count of expected values and 3 values each
-/// (`1` present | `0` absent, key, value), and last the settlement's
+/// (`1` present | `0` absent, key, value), then how many of the settled
+/// events to count as handled and as dead (`KEYS[11]`, the plugin's
+/// accounts; see `backend::redis::audit`), and last the settlement's
 /// token: a settlement sent again after its answer was lost (the host
 /// cannot know whether it ran) finds its token and answers OK without
 /// running twice.
@@ -183,6 +185,9 @@ for s = acks_redo + 1, last, 256 do
   redis.call('XACK', redo, group, unpack(ARGV, s, e))
   redis.call('XDEL', redo, unpack(ARGV, s, e))
 end
+local handled, dead = tonumber(ARGV[#ARGV - 2]), tonumber(ARGV[#ARGV - 1])
+if handled > 0 then redis.call('HINCRBY', KEYS[11], 'handled', handled) end
+if dead > 0 then redis.call('HINCRBY', KEYS[11], 'dead', dead) end
 redis.call('HSET', KEYS[9], me, token)
 if ARGV[5] == '' then redis.call('HSET', KEYS[10], me, token) end
 local out = {'OK'}
@@ -295,28 +300,58 @@ if #next == 0 then return {#due, -1} end
 return {#due, math.max(0, tonumber(next[2]) - now_ms)}
 "#;
 
-/// Re-drive: KEYS: dead, redo. ARGV: (sequence, event bytes) per letter.
-/// Each letter still there leaves the dead letters and goes onto the redo
-/// stream at attempt 1, marked re-driven. Returns how many.
+/// Re-drive: KEYS: dead, redo, accounts. ARGV: (sequence, event bytes)
+/// per letter. Each letter still there leaves the dead letters and goes
+/// onto the redo stream at attempt 1, marked re-driven; one the accounts
+/// count (after their start) is no longer counted dead but pending.
+/// Returns how many.
 const REDRIVE_BODY: &str = r#"
 local n = 0
+local start = tonumber(redis.call('HGET', KEYS[3], 'start') or '-1')
 for i = 1, #ARGV, 2 do
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
     redis.call('XADD', KEYS[2], '*', 's', ARGV[i], 'a', '1', 'e', ARGV[i + 1], 'r', '1')
+    if start >= 0 and tonumber(ARGV[i]) > start then
+      redis.call('HINCRBY', KEYS[3], 'dead', -1)
+    end
     n = n + 1
   end
 end
 return n
 "#;
 
-/// Replay: KEYS: log, redo, retry, kv. ARGV: group, start id (exclusive),
-/// reset state `1`|`0`. The plugin's group is made again at the start (its
-/// pending entries dropped), its retries and redeliveries dropped, and its
-/// bucket emptied if asked.
+/// Make a plugin's groups: KEYS: log, redo, seq, accounts. ARGV: group,
+/// `1` to start at the log's end (else its beginning). A group made here
+/// starts the plugin's accounts (`start` = where it starts); a group that
+/// is there already (another host made it) keeps them. Returns the
+/// accounts' start, or -1 when the group predates accounts.
+const GROUPS_BODY: &str = r#"
+local start = 0
+if ARGV[2] == '1' then start = tonumber(redis.call('GET', KEYS[3]) or '0') end
+local made = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0-' .. start, 'MKSTREAM')
+if type(made) == 'table' and made.err then
+  if not string.find(made.err, 'BUSYGROUP', 1, true) then return made end
+else
+  redis.call('DEL', KEYS[4])
+  redis.call('HSET', KEYS[4], 'start', start, 'handled', 0, 'dead', 0)
+end
+made = redis.pcall('XGROUP', 'CREATE', KEYS[2], ARGV[1], '0', 'MKSTREAM')
+if type(made) == 'table' and made.err and not string.find(made.err, 'BUSYGROUP', 1, true) then
+  return made
+end
+return tonumber(redis.call('HGET', KEYS[4], 'start') or '-1')
+"#;
+
+/// Replay: KEYS: log, redo, retry, kv, fence, accounts. ARGV: group,
+/// start sequence (exclusive), reset state `1`|`0`. The plugin's group is
+/// made again at the start (its pending entries dropped), its retries and
+/// redeliveries dropped, its accounts begun again there, and its bucket
+/// emptied if asked.
 const REPLAY_BODY: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('XGROUP', 'DESTROY', KEYS[1], ARGV[1]) end
-redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], ARGV[2], 'MKSTREAM')
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[5])
+redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0-' .. ARGV[2], 'MKSTREAM')
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[5], KEYS[6])
+redis.call('HSET', KEYS[6], 'start', ARGV[2], 'handled', 0, 'dead', 0)
 redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[1], '0', 'MKSTREAM')
 if ARGV[3] == '1' then redis.call('DEL', KEYS[4]) end
 return 'OK'
@@ -332,6 +367,8 @@ pub(super) struct Scripts {
     pub move_due: redis::Script,
     pub redrive: redis::Script,
     pub replay: redis::Script,
+    pub groups: redis::Script,
+    pub books: redis::Script,
 }
 
 impl Scripts {
@@ -346,6 +383,10 @@ impl Scripts {
             move_due: with(&[NOW_FN, ENTRY_FN, MOVE_DUE_BODY]),
             redrive: with(&[REDRIVE_BODY]),
             replay: with(&[REPLAY_BODY]),
+            groups: with(&[GROUPS_BODY]),
+            books: redis::Script::new(
+                &super::audit::BOOKS_BODY.replace("HELD_MAX", &super::audit::HELD_MAX.to_string()),
+            ),
         }
     }
 }
