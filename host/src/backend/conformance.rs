@@ -149,6 +149,15 @@ fn acks(d: &[Delivered]) -> Settlement {
     }
 }
 
+/// Settle `verdicts` and nothing else.
+fn settle(c: &mut dyn Consumer, verdicts: Vec<(u64, Verdict)>) {
+    c.settle(Settlement {
+        verdicts,
+        ..Settlement::default()
+    })
+    .expect("settle");
+}
+
 fn appends_with_dedup(h: Harness) {
     let a = event("order.placed", 1);
     let b = event("order.placed", 2);
@@ -565,11 +574,7 @@ fn the_audit_holds_through_every_verdict(h: Harness) {
             (seq, v)
         })
         .collect();
-    c.settle(Settlement {
-        verdicts,
-        ..Settlement::default()
-    })
-    .expect("settle");
+    settle(c.as_mut(), verdicts);
     // Two in hand, two retrying.
     let a = h
         .backend
@@ -579,11 +584,10 @@ fn the_audit_holds_through_every_verdict(h: Harness) {
         assert_eq!((a[0].matching, a[0].handled, a[0].dead), (8, 2, 2), "{a:?}");
         assert_eq!((a[0].pending, a[0].unaccounted), (4, 0), "{a:?}");
     }
-    c.settle(Settlement {
-        verdicts: got[6..].iter().map(|&s| (s, Verdict::Ack)).collect(),
-        ..Settlement::default()
-    })
-    .expect("settle");
+    settle(
+        c.as_mut(),
+        got[6..].iter().map(|&s| (s, Verdict::Ack)).collect(),
+    );
     let retried = take(c.as_mut(), 2);
     assert!(retried.iter().all(|d| d.attempt == 2));
     c.settle(acks(&retried)).expect("settle");
@@ -683,11 +687,7 @@ fn accounts_for_every_event_when_retries_mix_with_new_ones(h: Harness) {
                 (seq, v)
             })
             .collect();
-        c.settle(Settlement {
-            verdicts,
-            ..Settlement::default()
-        })
-        .expect("settle");
+        settle(c.as_mut(), verdicts);
     }
     acked.sort_unstable();
     dead.sort_unstable();
