@@ -8,11 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 # Real clients and servers the end-to-end tests use: curl, openssl (a test
-# CA for TLS), yes (CPU hogs for the busy-machine tests), redis-server and
+# CA for TLS), yes (CPU hogs for the busy-machine tests), mount and
+# fallocate (small file systems filled up), redis-server and
 # the pinned nats-server (the brokers; tests start their own on loopback),
 # systemd-analyze (the shipped unit is verified), chromium and its
 # WebDriver (the console's tests drive a real headless browser).
-apt_install curl openssl coreutils redis-server systemd chromium chromium-driver
+apt_install curl openssl coreutils util-linux redis-server systemd chromium chromium-driver
 PLUGBUS_NATS_SERVER="$(nats_server)"
 export PLUGBUS_NATS_SERVER
 # componentize-py, pinned: the Python plugin template is built and run.

@@ -4,7 +4,7 @@
 use super::*;
 
 /// Mount a tmpfs of `size` at `dir` (root only: CI runs as root).
-fn mount_tmpfs(dir: &std::path::Path, size: &str) {
+pub(crate) fn mount_tmpfs(dir: &std::path::Path, size: &str) {
     std::fs::create_dir_all(dir).expect("mount point");
     let status = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -17,7 +17,8 @@ fn mount_tmpfs(dir: &std::path::Path, size: &str) {
     );
 }
 
-struct Unmount(std::path::PathBuf);
+/// Unmounts its directory when dropped.
+pub(crate) struct Unmount(pub(crate) std::path::PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {
