@@ -564,8 +564,16 @@ impl Task {
             Err(e) => return Err(e.into_backend(&self.inner)),
         }
         if let Err(e) = self.publish_outbox(&outgoing).await {
-            // Committed: a redelivery publishes the outbox again.
-            tracing::warn!(plugin = %self.plugin, "a settlement's follow-ups or dead letters were not all published ({e}); they are, when the events come back after the lease");
+            // Committed, but not acked: the events come back (at once, or
+            // after the lease if the nak is lost too), find their marker,
+            // and the outbox is published again then, and they are counted
+            // and acked. Acked now, the outbox would never go out.
+            tracing::warn!(plugin = %self.plugin, "a settlement's follow-ups or dead letters were not all published ({e}); its events come back and they are published then");
+            let back: Vec<(u64, Duration)> =
+                finals.iter().map(|f| (f.seq, Duration::ZERO)).collect();
+            self.acknowledge(&[], &back).await;
+            self.acknowledge(&[], &retries).await;
+            return Ok(());
         }
         self.count(&finals).await;
         self.acknowledge(&finals, &retries).await;
