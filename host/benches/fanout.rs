@@ -44,6 +44,10 @@
 //!   and both (`fanout/http.rs`);
 //! - latency: publish (HTTP) to handled, at fixed rates, durable and in
 //!   memory, beside the three reference plugins (HDR histogram);
+//! - the order flow (`fanout/orderflow.rs`): the three reference plugins on
+//!   the real binary fed orders over HTTP until the audit is clean, against
+//!   the same host publishing only and the hand-written peer (Python
+//!   services on Redis Streams) at the same durability;
 //! - console: publishing with the observer, nobody watching and 1 and 4
 //!   live tails, against no observer; memory per tail; the console API's
 //!   latency on a log of 1 M events; page weight; first render in headless
@@ -53,7 +57,7 @@
 //! `cargo bench -p plugbus --bench fanout`; rows whose tools are missing say
 //! so. `PLUGBUS_BENCH_EVENTS` sets the event count (default 1,000,000);
 //! `PLUGBUS_BENCH_ONLY` (a comma-separated subset of `floor,wasm,plugbus,
-//! redis,swap,busy,isolation,concurrency,startup,durable,http,latency,console`) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
+//! redis,swap,busy,isolation,concurrency,startup,durable,http,latency,console,orderflow`) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
 //! prints each plugin's time inside `handle` and its batch sizes;
 //! `PLUGBUS_BENCH_BROKERS` (a comma-separated subset of
 //! `redis,nats,nats-synced`) keeps only those brokers' rows,
@@ -86,6 +90,8 @@ mod durable;
 mod http;
 #[path = "fanout/inprocess.rs"]
 mod inprocess;
+#[path = "fanout/orderflow.rs"]
+mod orderflow;
 #[path = "fanout/peers.rs"]
 mod peers;
 #[path = "fanout/stress.rs"]
@@ -659,11 +665,18 @@ fn main() {
     if want("console") {
         console::rows(n, &mut rows);
     }
+    let orderflow = if want("orderflow") {
+        orderflow::table(&dir)
+    } else {
+        String::new()
+    };
     let _ = std::fs::remove_dir_all(&dir);
 
-    println!();
-    println!("| measurement | events/s | ns/event | notes |");
-    println!("|---|---:|---:|---|");
+    if !rows.is_empty() {
+        println!();
+        println!("| measurement | events/s | ns/event | notes |");
+        println!("|---|---:|---:|---|");
+    }
     for r in rows {
         match r.events_per_s {
             Some(rate) => println!(
@@ -697,6 +710,7 @@ fn main() {
             }
         }
     }
+    print!("{orderflow}");
     if !latencies.is_empty() {
         println!();
         println!("Latency from the host accepting an event (HTTP, one event per POST, at a fixed rate for 5 s) to the probe plugin's handle seeing it, beside the three reference plugins (HDR histogram, µs):");

@@ -1,0 +1,387 @@
+//! The order flow, the number users care about: the three reference
+//! plugins on the real binary, durable, every default, fed N orders over
+//! HTTP in CloudEvents batches of 1,000 (each order its own subject), timed
+//! until every plugin is done and the audit is clean at rest; beside it in
+//! the same run, the same host publishing only (the ceiling), and the peer
+//! a team would write instead (`orderflow_peer.py`: Python services on
+//! Redis Streams with consumer groups, reads of 64, each batch's writes
+//! and acks in one MULTI/EXEC, hiredis) on the same orders, at the same
+//! durability (`appendfsync always` against `--fsync always`, `everysec`
+//! against `--fsync interval=1000`). Each row says the host's (or the
+//! peer's processes') CPU seconds per 100,000 orders and peak resident
+//! memory.
+//!
+//! `PLUGBUS_BENCH_ORDERS` sets N (default 200,000); the peer needs
+//! `PLUGBUS_PEER_PYTHON` (a Python with redis-py and hiredis, installed by
+//! `scripts/bench.sh`) and Debian's redis-server.
+
+use std::fmt::Write as _;
+
+use super::*;
+
+/// Orders per CloudEvents batch (one HTTP request; one pipeline for the
+/// peer's publisher).
+const BATCH: usize = 1000;
+/// SKUs the orders ask for; each starts at the inventory's default stock,
+/// so that some orders find it short (`inventory.insufficient`).
+const SKUS: usize = 4000;
+
+/// One measured run.
+struct Run {
+    seconds: f64,
+    cpu_seconds: f64,
+    peak_rss_kib: u64,
+}
+
+/// The orders, as CloudEvents batches of JSON, one per line.
+fn orders(n: usize) -> Vec<String> {
+    (0..n)
+        .step_by(BATCH)
+        .map(|start| {
+            let batch: Vec<serde_json::Value> = (start..n.min(start + BATCH))
+                .map(|i| {
+                    let id = format!("o-{i}");
+                    serde_json::json!({"specversion": "1.0", "id": id, "source": "/bench",
+                        "type": "order.placed", "subject": id,
+                        "data": {"order_id": id, "customer": format!("c{i}@example.com"),
+                                 "items": [{"sku": format!("sku-{}", i % SKUS), "qty": 1 + i % 3}],
+                                 "total_cents": 100 * (1 + i % 3)}})
+                })
+                .collect();
+            serde_json::Value::Array(batch).to_string()
+        })
+        .collect()
+}
+
+/// User and system CPU seconds `pid` has used, and its peak resident
+/// memory (KiB).
+fn usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command's closing parenthesis: utime and stime
+    // are the 12th and 13th.
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    (cpu, hwm)
+}
+
+/// How many orders `batches` hold.
+fn batches_orders(batches: &[String]) -> u64 {
+    batches
+        .iter()
+        .map(|b| b.matches("\"specversion\"").count() as u64)
+        .sum()
+}
+
+/// Post every batch to the host at `url` (two connections, as clients
+/// would), panicking on a refusal.
+fn post_all(url: &str, batches: &[String]) -> Result<(), String> {
+    let next = AtomicU64::new(0);
+    thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| -> Result<(), String> {
+                    let agent = ureq::AgentBuilder::new().build();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some(body) = batches.get(i) else {
+                            return Ok(());
+                        };
+                        agent
+                            .post(&format!("{url}/v1/events"))
+                            .set("content-type", "application/cloudevents-batch+json")
+                            .send_string(body)
+                            .map_err(|e| format!("batch {i}: {e}"))?;
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().unwrap_or(Err("a poster panicked".into())))
+    })
+}
+
+/// Whether every plugin of the host is done: its audit checked at rest,
+/// nothing pending, nothing unaccounted.
+fn audited_at_rest(url: &str) -> Result<bool, String> {
+    let audit: serde_json::Value = ureq::get(&format!("{url}/v1/audit"))
+        .call()
+        .map_err(|e| e.to_string())?
+        .into_json()
+        .map_err(|e| e.to_string())?;
+    if audit["unaccounted"] != 0 {
+        return Err(format!("the audit found events unaccounted for: {audit}"));
+    }
+    Ok(audit["plugins"].as_array().is_some_and(|ps| {
+        !ps.is_empty() && ps.iter().all(|p| p["checked"] == true && p["pending"] == 0)
+    }))
+}
+
+/// The host with `plugins` (none: publish only) and `args`, fed `batches`;
+/// timed until its plugins are done.
+fn plugbus(dir: &Path, plugins: &[&str], args: &[&str], batches: &[String]) -> Result<Run, String> {
+    let name = if plugins.is_empty() {
+        "publish"
+    } else {
+        "flow"
+    };
+    let plugin_dir = dir.join(format!("orderflow-{name}"));
+    let data = dir.join(format!("orderflow-{name}-data"));
+    let _ = std::fs::remove_dir_all(&plugin_dir);
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&plugin_dir).map_err(|e| e.to_string())?;
+    for p in plugins {
+        let file = match *p {
+            "email" => plugbus_e2e::artifacts::EMAIL,
+            "inventory" => plugbus_e2e::artifacts::INVENTORY,
+            _ => plugbus_e2e::artifacts::ANALYTICS,
+        };
+        std::fs::copy(file, plugin_dir.join(format!("{p}.wasm"))).map_err(|e| e.to_string())?;
+    }
+    let data_arg = data.display().to_string();
+    let mut all = vec!["--data", data_arg.as_str()];
+    all.extend(args);
+    let (server, url) = start_host(&plugin_dir, &all)?;
+    let pid = server.0.id();
+    let (cpu_before, _) = usage(pid);
+    let start = Instant::now();
+    post_all(&url, batches)?;
+    if !plugins.is_empty() {
+        // Cheap looks first (the audit reads the whole log), then the
+        // audit until it finds every plugin at rest.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let n = batches_orders(batches);
+        let caught_up = || -> bool {
+            let Ok(v) = ureq::get(&format!("{url}/v1/plugins"))
+                .call()
+                .map_err(|e| e.to_string())
+                .and_then(|r| {
+                    r.into_json::<serde_json::Value>()
+                        .map_err(|e| e.to_string())
+                })
+            else {
+                return false;
+            };
+            v["plugins"].as_array().is_some_and(|ps| {
+                ps.iter().all(|p| p["lag"] == 0)
+                    && ps
+                        .iter()
+                        .filter(|p| p["name"] != "email")
+                        .all(|p| p["handled"].as_u64() >= Some(n))
+            })
+        };
+        while !(caught_up() && audited_at_rest(&url)?) {
+            if Instant::now() > deadline {
+                return Err("the plugins did not finish within 600 s".into());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let (cpu_after, peak_rss_kib) = usage(pid);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(Run {
+        seconds,
+        cpu_seconds: cpu_after - cpu_before,
+        peak_rss_kib,
+    })
+}
+
+/// The peer on a fresh redis-server with `appendfsync`, fed the orders of
+/// `file` (`n` orders) by its publisher; timed until every service is done.
+fn peer(dir: &Path, appendfsync: &str, file: &Path, n: usize) -> Result<Run, String> {
+    let python = std::env::var("PLUGBUS_PEER_PYTHON").map_err(|_| {
+        "PLUGBUS_PEER_PYTHON is not set (scripts/bench.sh installs redis-py and hiredis)"
+    })?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/fanout/orderflow_peer.py");
+    let aof = dir.join(format!("orderflow-redis-{appendfsync}"));
+    let _ = std::fs::remove_dir_all(&aof);
+    std::fs::create_dir_all(&aof).map_err(|e| e.to_string())?;
+    let aof_arg = aof.display().to_string();
+    let (redis_server, _client, mut con, url) = peers::start_redis(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        appendfsync,
+        "--dir",
+        &aof_arg,
+    ])?;
+    let spawn = |args: &[&str]| -> Result<Server, String> {
+        Command::new(&python)
+            .arg(&script)
+            .arg(&url)
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .map(Server)
+            .map_err(|e| e.to_string())
+    };
+    let log = dir.join("orderflow-peer-email.log").display().to_string();
+    let services = [
+        spawn(&["email", &log])?,
+        spawn(&["inventory"])?,
+        spawn(&["analytics"])?,
+    ];
+    let count = |con: &mut redis::Connection, field: &str| -> u64 {
+        redis::cmd("HGET")
+            .arg("counts")
+            .arg(field)
+            .query::<Option<u64>>(con)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    };
+    // Their groups made before the first order.
+    let groups = || -> Result<bool, String> {
+        let mut c = _client.get_connection().map_err(|e| e.to_string())?;
+        let n: u64 = redis::cmd("EXISTS")
+            .arg("orders")
+            .arg("inventory")
+            .query(&mut c)
+            .map_err(|e| e.to_string())?;
+        Ok(n == 2)
+    };
+    while !groups()? {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let pids: Vec<u32> = services
+        .iter()
+        .map(|s| s.0.id())
+        .chain([redis_server.0.id()])
+        .collect();
+    let cpu_before: f64 = pids.iter().map(|&p| usage(p).0).sum();
+    let start = Instant::now();
+    let publisher = Command::new(&python)
+        .arg(&script)
+        .arg(&url)
+        .arg("publish")
+        .arg(file)
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !publisher.success() {
+        return Err(format!("the peer's publisher failed: {publisher}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let (inventory, analytics, email) = (
+            count(&mut con, "inventory"),
+            count(&mut con, "analytics"),
+            count(&mut con, "email"),
+        );
+        // Email reads each order and each follow-up (a stream is not
+        // filtered by type: it acks the reserved ones without a word).
+        if inventory >= n as u64 && analytics >= n as u64 && email >= 2 * n as u64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the peer did not finish: inventory {inventory}, analytics {analytics}, email {email} of {n}"
+            ));
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let cpu_after: f64 = pids.iter().map(|&p| usage(p).0).sum();
+    let peak_rss_kib = pids.iter().map(|&p| usage(p).1).sum();
+    drop(services);
+    drop(redis_server);
+    let _ = std::fs::remove_dir_all(&aof);
+    Ok(Run {
+        seconds,
+        cpu_seconds: cpu_after - cpu_before,
+        peak_rss_kib,
+    })
+}
+
+/// Measure the order flow; its table, to print.
+pub(crate) fn table(dir: &Path) -> String {
+    let n: usize = std::env::var("PLUGBUS_BENCH_ORDERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let batches = orders(n);
+    let file = dir.join("orderflow-orders.jsonl");
+    if let Err(e) = std::fs::write(&file, batches.join("\n") + "\n") {
+        return format!("\nThe order flow: skipped, cannot write the orders: {e}\n");
+    }
+    let flow = ["email", "inventory", "analytics"];
+    let runs: Vec<(&str, Result<Run, String>)> = vec![
+        (
+            "plugbus, publish only (no plugins): the ceiling",
+            plugbus(dir, &[], &["--fsync", "always"], &batches),
+        ),
+        (
+            "plugbus, the order flow, every default (--fsync always)",
+            plugbus(dir, &flow, &["--fsync", "always"], &batches),
+        ),
+        (
+            "peer: Python services on Redis Streams, appendfsync always",
+            peer(dir, "always", &file, n),
+        ),
+        (
+            "plugbus, the order flow, --fsync interval=1000",
+            plugbus(dir, &flow, &["--fsync", "interval=1000"], &batches),
+        ),
+        (
+            "peer: Python services on Redis Streams, appendfsync everysec",
+            peer(dir, "everysec", &file, n),
+        ),
+    ];
+    let _ = std::fs::remove_file(&file);
+    let rate = |r: &Result<Run, String>| r.as_ref().map_or(f64::NAN, |r| n as f64 / r.seconds);
+    let (ceiling, flow_always, peer_always, flow_interval, peer_everysec) = (
+        rate(&runs[0].1),
+        rate(&runs[1].1),
+        rate(&runs[2].1),
+        rate(&runs[3].1),
+        rate(&runs[4].1),
+    );
+    let mut out = String::new();
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "The order flow: {n} orders in CloudEvents batches of {BATCH} (each its own subject), the three reference plugins (or the peer's three services), until every one is done (plugbus: the audit clean at rest):");
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "| setup | orders/s | seconds | CPU s per 100k orders | peak RSS (MiB) |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    for (name, run) in &runs {
+        let _ = match run {
+            Ok(r) => writeln!(
+                out,
+                "| {name} | {:.0} | {:.2} | {:.2} | {:.1} |",
+                n as f64 / r.seconds,
+                r.seconds,
+                r.cpu_seconds * 100_000.0 / n as f64,
+                r.peak_rss_kib as f64 / 1024.0
+            ),
+            Err(e) => writeln!(out, "| {name} | - | - | - | - ({e}) |"),
+        };
+    }
+    out.push('\n');
+    let _ = writeln!(
+        out,
+
+        "Ratios: the flow (fsync always) is {:.2}x publish-only (target ≥ 0.25) and {:.2}x the peer at appendfsync always (target ≥ 6); with interval=1000 {:.2}x the peer at everysec.",
+        flow_always / ceiling,
+        flow_always / peer_always,
+        flow_interval / peer_everysec
+    );
+    out
+}
