@@ -202,6 +202,8 @@ pub struct Store {
 
 /// The most events in one log record (a run of one group commit).
 const RUN_EVENTS_MAX: usize = 256;
+/// The most events a read reserves room for at once.
+const READ_RESERVE_MAX: usize = 4096;
 
 /// The `meta` key holding the log's size in bytes.
 const LOG_BYTES_KEY: &str = "log_bytes";
@@ -504,7 +506,9 @@ impl Store {
 
     /// Up to `max` events with sequence ≥ `from`, in order.
     pub fn read(&self, from: u64, max: usize) -> Result<Vec<Event>, StoreError> {
-        let mut out = Vec::new();
+        // Sized once: grown by doubling, a reader's batches were a good part
+        // of the host's fresh pages.
+        let mut out = Vec::with_capacity(max.min(READ_RESERVE_MAX));
         if max == 0 {
             return Ok(out);
         }
