@@ -123,7 +123,7 @@ pub(crate) fn order_flow_accounted(h: &TestHost, n: u64) {
         v => v.as_u64(),
     };
     assert_eq!(counted, Some(n), "{orders_counted}");
-    h.audit_at_rest();
+    h.audit_at_rest(3, Duration::from_secs(60));
 }
 
 #[test]

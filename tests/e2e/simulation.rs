@@ -259,29 +259,6 @@ fn new_version(bytes: &[u8], n: u64) -> Vec<u8> {
     out
 }
 
-/// Wait until every plugin is done: the audit shows nothing pending and
-/// nothing unaccounted.
-fn settled(h: &TestHost) -> Value {
-    let last = std::cell::RefCell::new(Value::Null);
-    let done = h.wait_until("every plugin to finish", SETTLE, |h| {
-        let Ok(audit) = h.get("/v1/audit") else {
-            return false;
-        };
-        // Checked, with nothing pending (on NATS a busy plugin is not
-        // checked).
-        let finished = audit["plugins"].as_array().is_some_and(|p| {
-            p.len() == 3 && p.iter().all(|a| a["pending"] == 0 && a["checked"] == true)
-        });
-        *last.borrow_mut() = audit;
-        finished
-    });
-    let last = last.into_inner();
-    if let Err(e) = done {
-        panic!("{e}; last audit: {last:#}");
-    }
-    last
-}
-
 /// A disk seed's file system, filled into the host's reserve and freed.
 struct Disk {
     mount: std::path::PathBuf,
@@ -404,7 +381,8 @@ fn run_seed(seed: u64, secs: u64) {
     if let Some(d) = disk.as_mut().filter(|d| d.filled) {
         d.toggle();
     }
-    let audit = settled(&h);
+    // Every plugin done: checked, nothing pending, nothing unaccounted.
+    let audit = h.audit_at_rest(3, SETTLE);
     check(&h, &t.orders, &audit);
     eprintln!(
         "simulation seed {seed}: {} orders ({} refused for the disk's reserve), {} kill -9, {} new versions, {} disk fills, {} broker crashes: accounted",

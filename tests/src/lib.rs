@@ -418,25 +418,22 @@ impl TestHost {
         );
     }
 
-    /// Wait until every plugin's accounts are checked with nothing pending
-    /// (on NATS the audit checks a plugin only at rest), then assert they
-    /// hold: for a test whose plugins have finished their work.
-    pub fn audit_at_rest(&self) {
+    /// Wait up to `timeout` until the audit lists at least `plugins`
+    /// plugins, each checked with nothing pending (on NATS the audit checks
+    /// a plugin only at rest), then assert the accounts hold; returns the
+    /// audit. For a test whose plugins have finished their work.
+    pub fn audit_at_rest(&self, plugins: usize, timeout: Duration) -> Value {
         let last = std::cell::RefCell::new(Value::Null);
-        let done = self.wait_until(
-            "every plugin's audit checked at rest",
-            Duration::from_secs(60),
-            |h| {
-                let Ok(audit) = h.get("/v1/audit") else {
-                    return false;
-                };
-                let rest = audit["plugins"]
-                    .as_array()
-                    .is_some_and(|ps| ps.iter().all(|p| p["checked"] == true && p["pending"] == 0));
-                *last.borrow_mut() = audit;
-                rest
-            },
-        );
+        let done = self.wait_until("every plugin's audit checked at rest", timeout, |h| {
+            let Ok(audit) = h.get("/v1/audit") else {
+                return false;
+            };
+            let rest = audit["plugins"].as_array().is_some_and(|ps| {
+                ps.len() >= plugins && ps.iter().all(|p| p["checked"] == true && p["pending"] == 0)
+            });
+            *last.borrow_mut() = audit;
+            rest
+        });
         let last = last.into_inner();
         if let Err(e) = done {
             panic!("{e}; last audit: {last:#}");
@@ -445,6 +442,7 @@ impl TestHost {
             last["unaccounted"], 0,
             "events unaccounted for (neither handled, dead, dropped by policy nor pending): {last:#}"
         );
+        last
     }
 
     /// Audit the host ([`TestHost::audit_clean`]), then stop it with

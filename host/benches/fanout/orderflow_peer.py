@@ -36,9 +36,9 @@ def group(r, stream, name):
 
 
 def entries(reply):
-    for _stream, items in reply or []:
+    for stream, items in reply or []:
         for entry_id, fields in items:
-            yield _stream, entry_id, fields
+            yield stream, entry_id, fields
 
 
 def inventory(r):
@@ -91,13 +91,11 @@ def email(r, log):
             if name == "orders":
                 log.write(f"to {event['customer']}: your order {event['order_id']} is confirmed, "
                           f"total {event['total_cents'] // 100}.{event['total_cents'] % 100:02}\n")
-                acks[name].append(entry_id)
             elif event["type"] == "inventory.insufficient":
                 log.write(f"to {event['customer']}: sorry, order {event['order_id']} is delayed: "
                           f"{event['sku']} is out of stock\n")
-                acks[name].append(entry_id)
-            else:
-                acks[name].append(entry_id)
+            # A reserved follow-up is read and acked without a word.
+            acks[name].append(entry_id)
         handled = len(acks["orders"]) + len(acks["inventory"])
         if not handled:
             continue

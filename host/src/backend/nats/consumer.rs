@@ -49,6 +49,11 @@ struct Final {
     error: Option<String>,
 }
 
+/// The settled events of `finals` as [`Task::count`] takes them.
+fn settled(finals: &[Final]) -> impl Iterator<Item = (u64, bool)> + '_ {
+    finals.iter().map(|f| (f.seq, f.error.is_some()))
+}
+
 /// The plugin's durable consumer, made or brought up to date: its filter
 /// is the plugin's topics and its redo subject, its ack wait the lease.
 pub(super) async fn durable(
@@ -359,12 +364,7 @@ impl Task {
             {
                 // Counted again if its count was stored before (at least
                 // once: `again` in the audit), never lost.
-                if self.start.is_some_and(|s| event.sequence > s) {
-                    let (handled, dead) = if dead { (0, 1) } else { (1, 0) };
-                    if let Err(e) = self.inner.count(&self.plugin, handled, dead).await {
-                        tracing::warn!(plugin = %self.plugin, "a settled event was not counted ({e}); plugbus audit shows it unaccounted");
-                    }
-                }
+                self.count([(event.sequence, dead)]).await;
                 // Settled before: its outbox again, then the ack.
                 self.send_outbox(stream, batch, n).await?;
                 message.ack().await.map_err(|e| self.inner.error(e))?;
@@ -485,7 +485,7 @@ impl Task {
         {
             // Nothing to commit but acks: no marker (a late ack from a
             // stalled host changes nothing but the message's ack).
-            self.count(&finals).await;
+            self.count(settled(&finals)).await;
             self.acknowledge(&finals, &retries).await;
             return Ok(());
         }
@@ -569,27 +569,31 @@ impl Task {
             // and the outbox is published again then, and they are counted
             // and acked. Acked now, the outbox would never go out.
             tracing::warn!(plugin = %self.plugin, "a settlement's follow-ups or dead letters were not all published ({e}); its events come back and they are published then");
-            let back: Vec<(u64, Duration)> =
+            let mut back: Vec<(u64, Duration)> =
                 finals.iter().map(|f| (f.seq, Duration::ZERO)).collect();
+            back.extend(retries);
             self.acknowledge(&[], &back).await;
-            self.acknowledge(&[], &retries).await;
             return Ok(());
         }
-        self.count(&finals).await;
+        self.count(settled(&finals)).await;
         self.acknowledge(&finals, &retries).await;
         Ok(())
     }
 
-    /// Count the settled events in the plugin's accounts, before they are
-    /// acked (see `accounts`).
-    async fn count(&self, finals: &[Final]) {
+    /// Count settled events, (sequence, given up on) each, in the plugin's
+    /// accounts, before they are acked (see `accounts`).
+    async fn count(&self, settled: impl IntoIterator<Item = (u64, bool)>) {
         let Some(start) = self.start else { return };
         let (mut handled, mut dead) = (0, 0);
-        for f in finals.iter().filter(|f| f.seq > start) {
-            match f.error {
-                None => handled += 1,
-                Some(_) => dead += 1,
+        for (_, gave_up) in settled.into_iter().filter(|(seq, _)| *seq > start) {
+            if gave_up {
+                dead += 1;
+            } else {
+                handled += 1;
             }
+        }
+        if handled == 0 && dead == 0 {
+            return;
         }
         if let Err(e) = self.inner.count(&self.plugin, handled, dead).await {
             tracing::warn!(plugin = %self.plugin, "{handled} handled and {dead} dead events were not counted ({e}); plugbus audit shows them unaccounted");

@@ -4,7 +4,8 @@
 //! the same script as the acks; a re-drive moves a letter from dead back
 //! to pending), where its group is in the log, the log entries it holds
 //! (the group's pending entries), and the events waiting on its redo
-//! stream and in its retry set. All of it is read by one script, so it is
+//! stream and in its retry set. All of it is read by one script (the
+//! `books` script in `scripts`), so it is
 //! one moment's picture; the log itself is read after.
 
 use std::collections::HashSet;
@@ -15,51 +16,6 @@ use super::reply::{self, int, items, text};
 use super::RedisBackend;
 use crate::audit::{Books, Part, Scope};
 use crate::backend::BackendError;
-
-/// The most held entries of one plugin read (a group holds its hosts'
-/// batches and the entries it passed over but has not acknowledged yet).
-pub(super) const HELD_MAX: usize = 1_000_000;
-
-/// KEYS: log, seq, then per plugin its accounts, redo and retry keys.
-/// ARGV: the plugins. Returns {head, per plugin {accounts (flat), last
-/// delivered id or nil, held ids, waiting sequences}}.
-pub(super) const BOOKS_BODY: &str = r#"
-local head = tonumber(redis.call('GET', KEYS[2]) or '0')
-local groups = {}
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-    local name, last
-    for i = 1, #g, 2 do
-      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
-    end
-    if name then groups[name] = last end
-  end
-end
-local out = {head}
-for p = 1, #ARGV do
-  local b = 2 + (p - 1) * 3
-  local last = groups[ARGV[p]]
-  local held = {}
-  if last then
-    for _, e in ipairs(redis.call('XPENDING', KEYS[1], ARGV[p], '-', '+', HELD_MAX)) do
-      held[#held + 1] = e[1]
-    end
-  end
-  local waiting = {}
-  for _, e in ipairs(redis.call('XRANGE', KEYS[b + 2], '-', '+')) do
-    local f = e[2]
-    for k = 1, #f, 2 do
-      if f[k] == 's' then waiting[#waiting + 1] = f[k + 1] end
-    end
-  end
-  for _, m in ipairs(redis.call('ZRANGE', KEYS[b + 3], 0, -1)) do
-    local sep = string.find(m, ':', 1, true)
-    if sep then waiting[#waiting + 1] = string.sub(m, 1, sep - 1) end
-  end
-  out[#out + 1] = {redis.call('HGETALL', KEYS[b + 1]), last or false, held, waiting}
-end
-return out
-"#;
 
 impl RedisBackend {
     /// The books of the plugins of `scopes` (in order) and the log's head

@@ -357,6 +357,49 @@ if ARGV[3] == '1' then redis.call('DEL', KEYS[4]) end
 return 'OK'
 "#;
 
+/// The books of the audit (`audit`): KEYS: log, seq, then per plugin its
+/// accounts, redo and retry keys. ARGV: the plugins. Returns {head, per
+/// plugin {accounts (flat), last delivered id or nil, held ids (up to a
+/// million: a group holds its hosts' batches and the entries passed over
+/// but not acknowledged yet), waiting sequences}}.
+const BOOKS_BODY: &str = r#"
+local head = tonumber(redis.call('GET', KEYS[2]) or '0')
+local groups = {}
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local name, last
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
+    end
+    if name then groups[name] = last end
+  end
+end
+local out = {head}
+for p = 1, #ARGV do
+  local b = 2 + (p - 1) * 3
+  local last = groups[ARGV[p]]
+  local held = {}
+  if last then
+    for _, e in ipairs(redis.call('XPENDING', KEYS[1], ARGV[p], '-', '+', 1000000)) do
+      held[#held + 1] = e[1]
+    end
+  end
+  local waiting = {}
+  for _, e in ipairs(redis.call('XRANGE', KEYS[b + 2], '-', '+')) do
+    local f = e[2]
+    for k = 1, #f, 2 do
+      if f[k] == 's' then waiting[#waiting + 1] = f[k + 1] end
+    end
+  end
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[b + 3], 0, -1)) do
+    local sep = string.find(m, ':', 1, true)
+    if sep then waiting[#waiting + 1] = string.sub(m, 1, sep - 1) end
+  end
+  out[#out + 1] = {redis.call('HGETALL', KEYS[b + 1]), last or false, held, waiting}
+end
+return out
+"#;
+
 /// The scripts, loaded by hash on first use.
 pub(super) struct Scripts {
     pub append: redis::Script,
@@ -384,9 +427,7 @@ impl Scripts {
             redrive: with(&[REDRIVE_BODY]),
             replay: with(&[REPLAY_BODY]),
             groups: with(&[GROUPS_BODY]),
-            books: redis::Script::new(
-                &super::audit::BOOKS_BODY.replace("HELD_MAX", &super::audit::HELD_MAX.to_string()),
-            ),
+            books: with(&[BOOKS_BODY]),
         }
     }
 }
