@@ -9,10 +9,15 @@
 //!
 //! Counts live in memory, for the chains seen in the last
 //! [`CHAIN_IDLE`]; a chain idle longer, or a restart, starts from zero.
+//! A chain is known by a 64-bit hash of its id (seeded per process), its
+//! count and when it was last added to: 16 bytes, so that tracking the
+//! most chains fits a device (two chains sharing a hash, about one in
+//! 10^10 at the most tracked, would share one budget).
 //! They count follow-ups as they are published, so a batch handled again
 //! after a retry counts its follow-ups again.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -26,43 +31,54 @@ pub const CHAIN_IDLE: Duration = Duration::from_secs(600);
 const CHAINS_TRACKED_MAX: usize = 100_000;
 
 /// The follow-up counts of the chains seen lately, shared by every plugin.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Chains {
-    counts: Mutex<HashMap<String, (u64, Instant)>>,
+    started: Instant,
+    hasher: foldhash::fast::RandomState,
+    /// A chain's hash → (its count, when last added to: seconds since
+    /// `started`).
+    counts: Mutex<HashMap<u64, (u32, u32), foldhash::fast::RandomState>>,
+}
+
+impl Default for Chains {
+    fn default() -> Self {
+        Chains {
+            started: Instant::now(),
+            hasher: foldhash::fast::RandomState::default(),
+            counts: Mutex::default(),
+        }
+    }
 }
 
 impl Chains {
     /// Count one more follow-up in `chain` if it has had fewer than `max`:
     /// `Ok` with the new count, or `Err` with the count it has reached.
     pub fn take(&self, chain: &str, max: u64) -> Result<u64, u64> {
+        let key = self.hasher.hash_one(chain);
+        let now = u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX);
+        let idle = CHAIN_IDLE.as_secs() as u32;
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if counts.len() >= CHAINS_TRACKED_MAX && !counts.contains_key(chain) {
-            counts.retain(|_, (_, seen)| now.duration_since(*seen) < CHAIN_IDLE);
+        if counts.len() >= CHAINS_TRACKED_MAX && !counts.contains_key(&key) {
+            counts.retain(|_, (_, seen)| now.saturating_sub(*seen) < idle);
             if counts.len() >= CHAINS_TRACKED_MAX {
                 // Every chain is recent: forget the older half.
-                let mut seen: Vec<Instant> = counts.values().map(|(_, t)| *t).collect();
-                seen.sort_unstable();
-                let cut = seen[seen.len() / 2];
+                let mut seen: Vec<u32> = counts.values().map(|(_, t)| *t).collect();
+                let mid = seen.len() / 2;
+                let (_, &mut cut, _) = seen.select_nth_unstable(mid);
+                // At least the middle one goes.
                 counts.retain(|_, (_, t)| *t > cut);
             }
         }
-        // A chain's key is allocated once, when it is first seen.
-        if !counts.contains_key(chain) {
-            counts.insert(chain.to_string(), (0, now));
-        }
-        let Some(entry) = counts.get_mut(chain) else {
-            return Err(0);
-        };
-        if now.duration_since(entry.1) >= CHAIN_IDLE {
+        let entry = counts.entry(key).or_insert((0, now));
+        if now.saturating_sub(entry.1) >= idle {
             entry.0 = 0;
         }
         entry.1 = now;
-        if entry.0 >= max {
-            return Err(entry.0);
+        if u64::from(entry.0) >= max {
+            return Err(u64::from(entry.0));
         }
-        entry.0 += 1;
-        Ok(entry.0)
+        entry.0 = entry.0.saturating_add(1);
+        Ok(u64::from(entry.0))
     }
 }
 

@@ -15,7 +15,7 @@
 //! head, and from the store when they have fallen behind it: a slow reader
 //! costs disk reads, never events.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -31,7 +31,7 @@ use crate::event::Event;
 /// The most events committed in one group.
 pub const GROUP_EVENTS_MAX: usize = 8192;
 /// Committed events kept in memory for readers near the head.
-pub const TAIL_EVENTS_MAX: usize = 65_536;
+pub const TAIL_EVENTS_MAX: usize = 16_384;
 
 struct Append {
     events: Vec<Event>,
@@ -100,43 +100,8 @@ pub struct LogOptions {
 
 /// The duplicate window's default: 2 minutes (as NATS JetStream's).
 pub const DEDUP_WINDOW_DEFAULT: Duration = Duration::from_secs(120);
-/// The most ids remembered for duplicate detection; past it the oldest are
-/// forgotten early (under a very high rate the window is shorter).
-pub const DEDUP_IDS_MAX: usize = 1_000_000;
-
-/// A map keyed by event id, with a fast hash seeded per process (ids come
-/// from publishers).
-type ById<V> = std::collections::HashMap<Arc<str>, V, foldhash::fast::RandomState>;
-
-/// Recently appended ids and their sequences. Only the committer uses it.
-struct Dedup {
-    window: Duration,
-    seen: ById<u64>,
-    order: VecDeque<(Instant, Arc<str>)>,
-}
-
-impl Dedup {
-    fn evict(&mut self, now: Instant) {
-        while let Some((at, _)) = self.order.front() {
-            let expired = now.saturating_duration_since(*at) > self.window;
-            if !expired && self.order.len() <= DEDUP_IDS_MAX {
-                break;
-            }
-            if let Some((_, id)) = self.order.pop_front() {
-                self.seen.remove(&id);
-            }
-        }
-    }
-
-    fn insert(&mut self, at: Instant, id: Arc<str>, sequence: u64) {
-        if self.window.is_zero() {
-            return;
-        }
-        if self.seen.insert(id.clone(), sequence).is_none() {
-            self.order.push_back((at, id));
-        }
-    }
-}
+use super::dedup::Dedup;
+pub use super::dedup::DEDUP_IDS_MAX;
 
 struct Tail {
     /// The sequence of `events[0]` (head + 1 when empty).
@@ -345,16 +310,13 @@ impl Log {
     /// `window` (at most [`DEDUP_IDS_MAX`]), for duplicate detection after a
     /// restart.
     fn recent_ids(&self, window: Duration) -> Result<Dedup, StoreError> {
-        let mut dedup = Dedup {
-            window,
-            seen: ById::default(),
-            order: VecDeque::new(),
-        };
-        if window.is_zero() {
+        let mut dedup = Dedup::new(window, DEDUP_IDS_MAX);
+        if !dedup.is_on() {
             return Ok(dedup);
         }
         let now = Instant::now();
         let wall = std::time::SystemTime::now();
+        let mut recent = Vec::new();
         for event in self.store.read_back(DEDUP_IDS_MAX)? {
             let age = humantime::parse_rfc3339_weak(&event.time)
                 .ok()
@@ -363,12 +325,43 @@ impl Log {
             if age > window {
                 break;
             }
-            let at = now.checked_sub(age).unwrap_or(now);
-            let id: Arc<str> = event.id.into();
-            dedup.seen.entry(id.clone()).or_insert(event.sequence);
-            dedup.order.push_front((at, id));
+            recent.push((
+                now.checked_sub(age).unwrap_or(now),
+                dedup.hash(&event.id),
+                event.sequence,
+            ));
+        }
+        // Oldest first, as they were appended.
+        for (at, h, seq) in recent.into_iter().rev() {
+            dedup.insert(at, [(h, seq)]);
         }
         Ok(dedup)
+    }
+
+    /// Whether the event at `sequence` has the id `id` (a candidate
+    /// duplicate's check): from the tail, or the store (where a group
+    /// written but not yet synced already is).
+    fn has_id(&self, sequence: u64, id: &str) -> bool {
+        {
+            let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
+            if sequence >= tail.first {
+                if let Some(e) = tail.events.get((sequence - tail.first) as usize) {
+                    return e.id == id;
+                }
+            }
+        }
+        match self.store.read(sequence, 1) {
+            Ok(events) => events
+                .first()
+                .is_some_and(|e| e.sequence == sequence && e.id == id),
+            Err(e) => {
+                tracing::warn!(
+                    sequence,
+                    "cannot read an event to check a duplicate id; taken as new: {e}"
+                );
+                false
+            }
+        }
     }
 
     fn commit_loop(
@@ -384,8 +377,9 @@ impl Log {
             Fsync::Interval(every) => every.min(TRIM_EVERY),
         };
         let mut last_trim = Instant::now();
-        // Ids appended by the group being committed, reused group to group.
-        let mut in_group: ById<usize> = ById::default();
+        // Ids (by hash) appended by the group being committed: an index
+        // into `fresh`; reused group to group.
+        let mut in_group: HashMap<u64, usize, foldhash::fast::RandomState> = HashMap::default();
         loop {
             // Housekeeping, in the log's only writer: retention.
             if last_trim.elapsed() >= TRIM_EVERY {
@@ -429,16 +423,27 @@ impl Log {
             for a in &mut group {
                 let mut mine = Vec::with_capacity(a.events.len());
                 for e in std::mem::take(&mut a.events) {
-                    if let Some(&seq) = dedup.seen.get(e.id.as_str()) {
-                        mine.push((Err(seq), true));
-                    } else if let Some(&i) = in_group.get(e.id.as_str()) {
-                        mine.push((Ok(i), true));
-                    } else {
-                        if !dedup.window.is_zero() {
-                            in_group.insert(e.id.as_str().into(), fresh.len());
-                        }
+                    if !dedup.is_on() {
                         mine.push((Ok(fresh.len()), false));
                         fresh.push(e);
+                        continue;
+                    }
+                    let h = dedup.hash(&e.id);
+                    if let Some(seq) = dedup.find(h, |seq| self.has_id(seq, &e.id)) {
+                        mine.push((Err(seq), true));
+                        continue;
+                    }
+                    match in_group.get(&h) {
+                        Some(&i) if fresh.get(i).is_some_and(|f| f.id == e.id) => {
+                            mine.push((Ok(i), true));
+                        }
+                        other => {
+                            if other.is_none() {
+                                in_group.insert(h, fresh.len());
+                            }
+                            mine.push((Ok(fresh.len()), false));
+                            fresh.push(e);
+                        }
                     }
                 }
                 slots.push(mine);
@@ -457,9 +462,12 @@ impl Log {
             };
             match first_sequence {
                 Ok(first_sequence) => {
-                    for (id, i) in in_group.drain() {
-                        dedup.insert(now, id, first_sequence + i as u64);
-                    }
+                    dedup.insert(
+                        now,
+                        in_group
+                            .drain()
+                            .map(|(h, i)| (h, first_sequence + i as u64)),
+                    );
                     let replies: Vec<(Reply, Appended)> = group
                         .into_iter()
                         .zip(slots)

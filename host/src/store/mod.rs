@@ -34,6 +34,7 @@
 mod chains;
 pub mod codec;
 pub mod dead;
+mod dedup;
 mod disk;
 pub mod log;
 pub mod progress;
@@ -204,6 +205,10 @@ pub struct Store {
 const RUN_EVENTS_MAX: usize = 256;
 /// The most events a read reserves room for at once.
 const READ_RESERVE_MAX: usize = 4096;
+/// The engine's cache of blocks read from disk (its default is 32 MiB):
+/// readers behind the tail and state reads past the memtables go through
+/// it. Sized for a device; the operating system's page cache is behind it.
+const BLOCK_CACHE_BYTES: u64 = 8 << 20;
 
 /// The `meta` key holding the log's size in bytes.
 const LOG_BYTES_KEY: &str = "log_bytes";
@@ -249,6 +254,7 @@ impl Store {
         let memtable = memtable_bytes_for(disk_reserve_bytes);
         let db = Database::builder(dir)
             .manual_journal_persist(true)
+            .cache_size(BLOCK_CACHE_BYTES)
             .open()
             .map_err(|e| match e {
                 fjall::Error::JournalRecovery(_)
