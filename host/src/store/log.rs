@@ -9,6 +9,17 @@
 //! while the committer writes the next. A group that fails is refused whole
 //! and acknowledged to nobody, and nothing is acknowledged after it.
 //!
+//! A plugin's follow-ups come with its progress (state, cursor, dead
+//! letters) and are answered as soon as they are written, before the sync,
+//! like a plugin's commits without follow-ups (`Store::commit_progress`):
+//! its next batch reads the state it left, and its worker does not wait
+//! out an fsync per batch. The follow-ups themselves reach readers only
+//! once durable (the tail and the head move after the sync). A crash before
+//! the sync loses the progress and its follow-ups together (one journal,
+//! in order): the events are handled again and publish the same follow-up
+//! ids. A failed sync poisons the store, so nothing written after it is
+//! kept either.
+//!
 //! Committed events also go into an in-memory tail of the log (the last
 //! [`TAIL_EVENTS_MAX`]), and every doorbell rings. Readers
 //! ([`Log::read_from`]) are served from the tail when they are close to the
@@ -468,10 +479,9 @@ impl Log {
                             .drain()
                             .map(|(h, i)| (h, first_sequence + i as u64)),
                     );
-                    let replies: Vec<(Reply, Appended)> = group
-                        .into_iter()
-                        .zip(slots)
-                        .map(|(a, mine)| {
+                    let mut replies: Vec<(Reply, Appended)> = Vec::with_capacity(group.len());
+                    for (a, mine) in group.into_iter().zip(slots) {
+                        let answer = {
                             let duplicates = mine.iter().filter(|(_, dup)| *dup).count();
                             let sequences = mine
                                 .into_iter()
@@ -485,8 +495,17 @@ impl Log {
                                 duplicates,
                             };
                             (a.reply, appended)
-                        })
-                        .collect();
+                        };
+                        if a.progress.is_some() {
+                            // A plugin's progress with its follow-ups: in the
+                            // store now, where its next batch reads its state;
+                            // the follow-ups are shown to readers once durable.
+                            let (reply, appended) = answer;
+                            let _ = reply.send(Ok(appended));
+                        } else {
+                            replies.push(answer);
+                        }
+                    }
                     let written = Written {
                         events: fresh.into_iter().map(Arc::new).collect(),
                         replies,
