@@ -72,6 +72,28 @@ pub(crate) fn latency(
     rate: u64,
     seconds: u64,
 ) -> Result<Histogram<u64>, String> {
+    latency_of(dir, args, rate, seconds, Probe::Handled).map(|(h, _)| h)
+}
+
+/// What the probe measures.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Probe {
+    /// Accepted to the probe handling the order.
+    Handled,
+    /// Accepted to the probe handling the order's follow-up from
+    /// inventory (the chain: as email sees it).
+    Chain,
+}
+
+/// [`latency`], of what `probe` measures; with the host's mean fsync in
+/// µs, when it synced.
+pub(crate) fn latency_of(
+    dir: &Path,
+    args: &[&str],
+    rate: u64,
+    seconds: u64,
+    probe: Probe,
+) -> Result<(Histogram<u64>, Option<f64>), String> {
     use plugbus_e2e::artifacts;
     let mode = if args.contains(&"--memory") {
         "memory"
@@ -88,17 +110,28 @@ pub(crate) fn latency(
     ] {
         std::fs::copy(file, plugins.join(format!("{name}.wasm"))).map_err(|e| e.to_string())?;
     }
+    let manifest = plugins.join("probe.toml");
+    if probe == Probe::Chain {
+        std::fs::write(&manifest, "[config]\nmeasure = \"chain\"\n").map_err(|e| e.to_string())?;
+    } else {
+        let _ = std::fs::remove_file(&manifest);
+    }
     let (server, url) = start_host(&plugins, args)?;
     let n = rate * seconds;
-    const SENDERS: u64 = 4;
+    // One event per POST, each waiting out its fsync: the chain's higher
+    // rate takes more senders to keep up.
+    let n_senders = match probe {
+        Probe::Handled => 4,
+        Probe::Chain => (rate / 250).max(4),
+    };
     let start = Instant::now() + Duration::from_millis(200);
-    let senders: Vec<_> = (0..SENDERS)
+    let senders: Vec<_> = (0..n_senders)
         .map(|t| {
             let url = format!("{url}/v1/events/order.placed");
             thread::spawn(move || {
                 let agent = ureq::AgentBuilder::new().build();
                 let mut failed = 0u64;
-                for i in (t..n).step_by(SENDERS as usize) {
+                for i in (t..n).step_by(n_senders as usize) {
                     let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
                     thread::sleep(due.saturating_duration_since(Instant::now()));
                     let order = format!(
@@ -157,6 +190,25 @@ pub(crate) fn latency(
             }
         }
     }
+    let fsync = mean_fsync_micros(&url);
     drop(server);
-    Ok(hist)
+    Ok((hist, fsync))
+}
+
+/// The host's mean fsync so far, in µs (from its metrics).
+fn mean_fsync_micros(url: &str) -> Option<f64> {
+    let text = ureq::get(&format!("{url}/metrics"))
+        .call()
+        .ok()?
+        .into_string()
+        .ok()?;
+    let value = |name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+    };
+    let (sum, count) = (
+        value("plugbus_fsync_duration_seconds_sum ")?,
+        value("plugbus_fsync_duration_seconds_count ")?,
+    );
+    (count > 0.0).then(|| sum / count * 1e6)
 }

@@ -36,7 +36,7 @@ const PUBLISHERS: usize = 4;
 
 /// A redis-server on a free port with its AOF fsynced always, in a temp
 /// directory; its URL.
-fn redis(dir: &Path) -> Result<(Server, String), String> {
+pub(crate) fn redis(dir: &Path) -> Result<(Server, String), String> {
     let data = dir.join("redis-broker");
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
@@ -318,7 +318,7 @@ fn publish_and_handle(urls: &[String], plugins: &[&str], n: usize) -> Result<f64
 }
 
 /// How many events `plugin` handled on the hosts at `urls`.
-fn handled(urls: &[String], plugin: &str) -> u64 {
+pub(crate) fn handled(urls: &[String], plugin: &str) -> u64 {
     urls.iter()
         .filter_map(|u| ureq::get(&format!("{u}/v1/plugins")).call().ok())
         .filter_map(|r| r.into_json::<serde_json::Value>().ok())

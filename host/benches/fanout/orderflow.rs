@@ -9,7 +9,9 @@
 //! durability (`appendfsync always` against `--fsync always`, `everysec`
 //! against `--fsync interval=1000`). Each row says the host's (or the
 //! peer's processes') CPU seconds per 100,000 orders and peak resident
-//! memory.
+//! memory. Then the flow on Redis Streams, one host and two, beside the
+//! peer on the same Redis; and the chain latency at a fixed 10,000 orders
+//! a second (order accepted to its follow-up handled).
 //!
 //! `PLUGBUS_BENCH_ORDERS` sets N (default 200,000); the peer needs
 //! `PLUGBUS_PEER_PYTHON` (a Python with redis-py and hiredis, installed by
@@ -77,14 +79,16 @@ fn usage(pid: u32) -> (f64, u64) {
     (cpu, hwm)
 }
 
-/// Post every batch to the host at `url` (two connections, as clients
-/// would); a refusal is an error.
-fn post_all(url: &str, batches: &[String]) -> Result<(), String> {
+/// Post every batch to the hosts at `urls` (two connections to each, as
+/// clients would); a refusal is an error.
+fn post_all(urls: &[String], batches: &[String]) -> Result<(), String> {
     let next = AtomicU64::new(0);
     thread::scope(|s| {
-        let workers: Vec<_> = (0..2)
-            .map(|_| {
-                s.spawn(|| -> Result<(), String> {
+        let workers: Vec<_> = (0..2 * urls.len())
+            .map(|c| {
+                let url = &urls[c % urls.len()];
+                let next = &next;
+                s.spawn(move || -> Result<(), String> {
                     let agent = ureq::AgentBuilder::new().build();
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed) as usize;
@@ -136,10 +140,44 @@ fn plugbus(
     } else {
         "flow"
     };
-    let plugin_dir = dir.join(format!("orderflow-{name}"));
     let data = dir.join(format!("orderflow-{name}-data"));
-    let _ = std::fs::remove_dir_all(&plugin_dir);
     let _ = std::fs::remove_dir_all(&data);
+    let data_arg = data.display().to_string();
+    let mut all = vec!["--data", data_arg.as_str()];
+    all.extend(args);
+    let run = hosts(dir, plugins, &all, 1, batches, n);
+    let _ = std::fs::remove_dir_all(&data);
+    run
+}
+
+/// The order flow on a fresh redis-server (`appendfsync always`, as the
+/// peer's), on `count` hosts sharing it.
+fn plugbus_on_redis(dir: &Path, count: usize, batches: &[String], n: usize) -> Result<Run, String> {
+    let (redis_server, url) = brokers::redis(dir)?;
+    let flow = ["email", "inventory", "analytics"];
+    let mut run = hosts(dir, &flow, &["--broker", &url], count, batches, n)?;
+    // The broker works for the hosts: its CPU and memory are theirs.
+    let (cpu, rss) = usage(redis_server.0.id());
+    run.cpu_seconds += cpu;
+    run.peak_rss_kib += rss;
+    drop(redis_server);
+    Ok(run)
+}
+
+/// `count` hosts with `plugins` (none: publish only) and `args`, fed
+/// `batches` (`n` orders) round robin; timed until the plugins are done
+/// (their handled counts across the hosts, then the audit at rest). CPU and
+/// peak memory are the hosts' together.
+fn hosts(
+    dir: &Path,
+    plugins: &[&str],
+    args: &[&str],
+    count: usize,
+    batches: &[String],
+    n: usize,
+) -> Result<Run, String> {
+    let plugin_dir = dir.join(format!("orderflow-plugins-{}", plugins.len()));
+    let _ = std::fs::remove_dir_all(&plugin_dir);
     std::fs::create_dir_all(&plugin_dir).map_err(|e| e.to_string())?;
     for p in plugins {
         let file = match *p {
@@ -149,39 +187,30 @@ fn plugbus(
         };
         std::fs::copy(file, plugin_dir.join(format!("{p}.wasm"))).map_err(|e| e.to_string())?;
     }
-    let data_arg = data.display().to_string();
-    let mut all = vec!["--data", data_arg.as_str()];
-    all.extend(args);
-    let (server, url) = start_host(&plugin_dir, &all)?;
-    let pid = server.0.id();
-    let (cpu_before, _) = usage(pid);
+    let mut servers = Vec::new();
+    let mut urls = Vec::new();
+    for h in 0..count {
+        let name = format!("h{h}");
+        let mut all = args.to_vec();
+        if count > 1 {
+            all.extend(["--host-name", name.as_str()]);
+        }
+        let (server, url) = start_host(&plugin_dir, &all)?;
+        servers.push(server);
+        urls.push(url);
+    }
+    let pids: Vec<u32> = servers.iter().map(|s| s.0.id()).collect();
+    let cpu_before: f64 = pids.iter().map(|&p| usage(p).0).sum();
     let start = Instant::now();
-    post_all(&url, batches)?;
+    post_all(&urls, batches)?;
     if !plugins.is_empty() {
         // Cheap looks first (the audit reads the whole log), then the
         // audit until it finds every plugin at rest.
         let deadline = Instant::now() + Duration::from_secs(600);
         let n = n as u64;
-        let caught_up = || -> bool {
-            let Ok(v) = ureq::get(&format!("{url}/v1/plugins"))
-                .call()
-                .map_err(|e| e.to_string())
-                .and_then(|r| {
-                    r.into_json::<serde_json::Value>()
-                        .map_err(|e| e.to_string())
-                })
-            else {
-                return false;
-            };
-            v["plugins"].as_array().is_some_and(|ps| {
-                ps.iter().all(|p| p["lag"] == 0)
-                    && ps
-                        .iter()
-                        .filter(|p| p["name"] != "email")
-                        .all(|p| p["handled"].as_u64() >= Some(n))
-            })
-        };
-        while !(caught_up() && audited_at_rest(&url)?) {
+        let handled = |plugin: &str| brokers::handled(&urls, plugin);
+        let caught_up = || handled("inventory") >= n && handled("analytics") >= n;
+        while !(caught_up() && audited_at_rest(&urls[0])?) {
             if Instant::now() > deadline {
                 return Err("the plugins did not finish within 600 s".into());
             }
@@ -189,13 +218,13 @@ fn plugbus(
         }
     }
     let seconds = start.elapsed().as_secs_f64();
-    let (cpu_after, peak_rss_kib) = usage(pid);
-    drop(server);
-    let _ = std::fs::remove_dir_all(&data);
+    let used: Vec<(f64, u64)> = pids.iter().map(|&p| usage(p)).collect();
+    drop(servers);
+    let _ = std::fs::remove_dir_all(&plugin_dir);
     Ok(Run {
         seconds,
-        cpu_seconds: cpu_after - cpu_before,
-        peak_rss_kib,
+        cpu_seconds: used.iter().map(|u| u.0).sum::<f64>() - cpu_before,
+        peak_rss_kib: used.iter().map(|u| u.1).sum(),
     })
 }
 
@@ -337,8 +366,17 @@ pub(crate) fn table(dir: &Path) -> String {
             "peer: Python services on Redis Streams, appendfsync everysec",
             peer(dir, "everysec", &file, n),
         ),
+        (
+            "plugbus on Redis Streams (appendfsync always), one host (with redis-server)",
+            plugbus_on_redis(dir, 1, &batches, n),
+        ),
+        (
+            "plugbus on Redis Streams (appendfsync always), two hosts (with redis-server)",
+            plugbus_on_redis(dir, 2, &batches, n),
+        ),
     ];
     let _ = std::fs::remove_file(&file);
+    let chain = chain_latency(dir);
     let rate = |r: &Result<Run, String>| r.as_ref().map_or(f64::NAN, |r| n as f64 / r.seconds);
     let (ceiling, flow_always, peer_always, flow_interval, peer_everysec) = (
         rate(&runs[0].1),
@@ -347,6 +385,7 @@ pub(crate) fn table(dir: &Path) -> String {
         rate(&runs[3].1),
         rate(&runs[4].1),
     );
+    let (redis_one, redis_two) = (rate(&runs[5].1), rate(&runs[6].1));
     let mut out = String::new();
     out.push('\n');
     let _ = writeln!(
@@ -380,5 +419,44 @@ pub(crate) fn table(dir: &Path) -> String {
         flow_always / peer_always,
         flow_interval / peer_everysec
     );
+    let _ = writeln!(
+        out,
+        "On Redis Streams: one host is {:.2}x the peer on the same Redis at appendfsync always (goal ≥ 1.5), two hosts {:.2}x one (goal ≥ 1.7).",
+        redis_one / peer_always,
+        redis_two / redis_one
+    );
+    out.push_str(&chain);
     out
+}
+
+/// Orders a second for the chain latency.
+const CHAIN_RATE: u64 = 10_000;
+/// Seconds the chain latency is measured for.
+const CHAIN_SECONDS: u64 = 5;
+
+/// The chain latency at a fixed rate, durable, fsync always: from the host
+/// accepting an order (one per POST) to a probe plugin handling the
+/// follow-up inventory published for it, as email does; to print.
+fn chain_latency(dir: &Path) -> String {
+    let data = dir.join("orderflow-chain-data");
+    let _ = std::fs::remove_dir_all(&data);
+    let data_arg = data.display().to_string();
+    let measured = binary::latency_of(
+        dir,
+        &["--data", &data_arg, "--fsync", "always"],
+        CHAIN_RATE,
+        CHAIN_SECONDS,
+        binary::Probe::Chain,
+    );
+    let _ = std::fs::remove_dir_all(&data);
+    match measured {
+        Ok((h, fsync)) => format!(
+            "\nThe chain latency at {CHAIN_RATE} orders/s for {CHAIN_SECONDS} s (one order per POST), every default, fsync always: from the host accepting an order to a probe plugin (subscribed as email is) handling inventory's follow-up for it: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 ≤ 5 ms); the host's mean fsync {} ms.\n",
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+            h.max() as f64 / 1000.0,
+            fsync.map_or("-".to_string(), |us| format!("{:.2}", us / 1000.0)),
+        ),
+        Err(e) => format!("\nThe chain latency: not measured ({e}).\n"),
+    }
 }
