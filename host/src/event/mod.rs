@@ -181,9 +181,20 @@ impl Event {
         datacontenttype: Option<String>,
         data: Vec<u8>,
     ) -> Result<Event, EventError> {
+        Event::with_id(new_id(), topic, datacontenttype, data)
+    }
+
+    /// [`Event::new`] with the id given (a follow-up's, derived from its
+    /// cause: no random id is drawn for it).
+    pub fn with_id(
+        id: String,
+        topic: &str,
+        datacontenttype: Option<String>,
+        data: Vec<u8>,
+    ) -> Result<Event, EventError> {
         validate_topic(topic)?;
         Ok(Event {
-            id: new_id(),
+            id,
             source: DEFAULT_SOURCE.to_string(),
             topic: topic.to_string(),
             subject: None,

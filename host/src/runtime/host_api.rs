@@ -248,7 +248,12 @@ impl publisher::Host for HostState {
                 self.hops_max
             )));
         }
-        let mut follow = Event::new(
+        // The same plugin handling the same event publishes the same ids:
+        // handled again after a crash, its follow-ups are duplicates that
+        // the log's duplicate window and idempotent consumers recognise.
+        let ordinal = self.published.iter().filter(|(i, _)| *i == index).count();
+        let mut follow = Event::with_id(
+            follow_up_id(&self.plugin, &cause.id, ordinal),
             &event.type_,
             Some(
                 event
@@ -264,11 +269,6 @@ impl publisher::Host for HostState {
             self.refused += 1;
             return Err(types::PublishError::Denied(why));
         }
-        // The same plugin handling the same event publishes the same ids:
-        // handled again after a crash, its follow-ups are duplicates that
-        // the log's duplicate window and idempotent consumers recognise.
-        let ordinal = self.published.iter().filter(|(i, _)| *i == index).count();
-        follow.id = follow_up_id(&self.plugin, &cause.id, ordinal);
         follow.source = format!("{}{}", crate::event::PLUGIN_SOURCE, self.plugin);
         follow.subject = event.subject;
         follow.correlationid = Some(cause.chain_id().to_string());
