@@ -10,10 +10,13 @@
 //! and acknowledged to nobody, and nothing is acknowledged after it.
 //!
 //! A plugin's follow-ups come with its progress (state, cursor, dead
-//! letters) and are answered as soon as they are written, before the sync,
-//! like a plugin's commits without follow-ups (`Store::commit_progress`):
-//! its next batch reads the state it left, and its worker does not wait
-//! out an fsync per batch. The follow-ups themselves reach readers only
+//! letters) and are written by the plugin's own thread, under the same
+//! writer lock the committer takes for each group (so sequences stay in
+//! order and the duplicate window sees every id), and answered as soon as
+//! they are written, before the sync, like a plugin's commits without
+//! follow-ups (`Store::commit_progress`): its next batch reads the state it
+//! left, and its worker neither waits out an fsync per batch nor hands its
+//! commit to another thread. The follow-ups themselves reach readers only
 //! once durable (the tail and the head move after the sync). A crash before
 //! the sync loses the progress and its follow-ups together (one journal,
 //! in order): the events are handled again and publish the same follow-up
@@ -114,6 +117,16 @@ pub const DEDUP_WINDOW_DEFAULT: Duration = Duration::from_secs(120);
 use super::dedup::Dedup;
 pub use super::dedup::DEDUP_IDS_MAX;
 
+/// What only the log's writer touches (under `Log::writer`).
+struct Writer {
+    dedup: Dedup,
+    /// Ids (by hash) appended by the group being committed: an index into
+    /// its new events; reused group to group.
+    in_group: HashMap<u64, usize, foldhash::fast::RandomState>,
+    /// With fsync always, the syncer's queue of written groups.
+    to_syncer: Option<Sender<Written>>,
+}
+
 struct Tail {
     /// The sequence of `events[0]` (head + 1 when empty).
     first: u64,
@@ -127,6 +140,9 @@ pub struct Log {
     tail: RwLock<Tail>,
     head: AtomicU64,
     bells: Mutex<Vec<Sender<()>>>,
+    /// The log's writer: the committer takes it for each group, and a
+    /// plugin's thread for its own commit. `None` once closed.
+    writer: Mutex<Option<Writer>>,
     committer: Mutex<Option<JoinHandle<()>>>,
     syncer: Mutex<Option<JoinHandle<()>>>,
     committed: Counter,
@@ -178,6 +194,7 @@ impl Log {
             }),
             head: AtomicU64::new(head),
             bells: Mutex::default(),
+            writer: Mutex::default(),
             committer: Mutex::default(),
             syncer: Mutex::default(),
             committed,
@@ -204,10 +221,15 @@ impl Log {
             }
             Fsync::Interval(_) => None,
         };
+        *log.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Writer {
+            dedup,
+            in_group: HashMap::default(),
+            to_syncer,
+        });
         let committer = log.clone();
         let handle = std::thread::Builder::new()
             .name("plugbus-commit".into())
-            .spawn(move || committer.commit_loop(rx, fsync, dedup, retention, to_syncer))
+            .spawn(move || committer.commit_loop(rx, fsync, retention))
             .map_err(|e| thread_err("committer", e))?;
         *log.committer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
         Ok(log)
@@ -262,6 +284,22 @@ impl Log {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or(StoreError::Closed)?;
+        if progress.is_some() {
+            // A plugin's commit: written on its own thread, under the
+            // writer's lock, rather than handed to the committer and waited
+            // for (two thread hand-offs per batch on the plugin's path).
+            let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let w = writer.as_mut().ok_or(StoreError::Closed)?;
+            self.commit_group(
+                w,
+                vec![Append {
+                    events,
+                    progress,
+                    reply,
+                }],
+            );
+            return Ok(Ticket(answer));
+        }
         sender
             .send(Append {
                 events,
@@ -375,26 +413,17 @@ impl Log {
         }
     }
 
-    fn commit_loop(
-        &self,
-        rx: Receiver<Append>,
-        fsync: Fsync,
-        mut dedup: Dedup,
-        retention: Retention,
-        to_syncer: Option<Sender<Written>>,
-    ) {
+    fn commit_loop(&self, rx: Receiver<Append>, fsync: Fsync, retention: Retention) {
         let idle = match fsync {
             Fsync::Always => TRIM_EVERY,
             Fsync::Interval(every) => every.min(TRIM_EVERY),
         };
         let mut last_trim = Instant::now();
-        // Ids (by hash) appended by the group being committed: an index
-        // into `fresh`; reused group to group.
-        let mut in_group: HashMap<u64, usize, foldhash::fast::RandomState> = HashMap::default();
         loop {
-            // Housekeeping, in the log's only writer: retention.
+            // Housekeeping, by the log's writer: retention.
             if last_trim.elapsed() >= TRIM_EVERY {
                 last_trim = Instant::now();
+                let _writing = self.writer.lock().unwrap_or_else(|p| p.into_inner());
                 match self.store.trim(&retention) {
                     Ok(0) => {}
                     Ok(n) => {
@@ -424,114 +453,135 @@ impl Log {
                     Err(_) => break,
                 }
             }
-            let now = Instant::now();
-            dedup.evict(now);
-            // Each event of each append: an index into `fresh`, or the
-            // sequence of the event it duplicates.
-            let mut fresh: Vec<Event> = Vec::with_capacity(count);
-            in_group.clear();
-            let mut slots: Vec<Vec<(Result<usize, u64>, bool)>> = Vec::with_capacity(group.len());
-            for a in &mut group {
-                let mut mine = Vec::with_capacity(a.events.len());
-                for e in std::mem::take(&mut a.events) {
-                    if !dedup.is_on() {
-                        mine.push((Ok(fresh.len()), false));
-                        fresh.push(e);
-                        continue;
-                    }
-                    let h = dedup.hash(&e.id);
-                    if let Some(seq) = dedup.find(h, |seq| self.has_id(seq, &e.id)) {
-                        mine.push((Err(seq), true));
-                        continue;
-                    }
-                    match in_group.get(&h) {
-                        Some(&i) if fresh.get(i).is_some_and(|f| f.id == e.id) => {
-                            mine.push((Ok(i), true));
-                        }
-                        other => {
-                            if other.is_none() {
-                                in_group.insert(h, fresh.len());
-                            }
-                            mine.push((Ok(fresh.len()), false));
-                            fresh.push(e);
-                        }
-                    }
-                }
-                slots.push(mine);
-            }
-            let wrote = !fresh.is_empty() || group.iter().any(|a| a.progress.is_some());
-            let first_sequence = {
-                let progress: Vec<&Progress> =
-                    group.iter().filter_map(|a| a.progress.as_ref()).collect();
-                match (wrote, &to_syncer) {
-                    // Duplicates only: a poisoned store answers them with
-                    // its error, never an ack.
-                    (false, _) => self.store.check_poisoned().map(|()| 0),
-                    (true, Some(_)) => self.store.write_with(&mut fresh, &progress),
-                    (true, None) => self.store.append_with(&mut fresh, &progress),
-                }
-            };
-            match first_sequence {
-                Ok(first_sequence) => {
-                    dedup.insert(
-                        now,
-                        in_group
-                            .drain()
-                            .map(|(h, i)| (h, first_sequence + i as u64)),
-                    );
-                    let mut replies: Vec<(Reply, Appended)> = Vec::with_capacity(group.len());
-                    for (a, mine) in group.into_iter().zip(slots) {
-                        let answer = {
-                            let duplicates = mine.iter().filter(|(_, dup)| *dup).count();
-                            let sequences = mine
-                                .into_iter()
-                                .map(|(s, _)| match s {
-                                    Ok(i) => first_sequence + i as u64,
-                                    Err(seq) => seq,
-                                })
-                                .collect();
-                            let appended = Appended {
-                                sequences,
-                                duplicates,
-                            };
-                            (a.reply, appended)
-                        };
-                        if a.progress.is_some() {
-                            // A plugin's progress with its follow-ups: in the
-                            // store now, where its next batch reads its state;
-                            // the follow-ups are shown to readers once durable.
-                            let (reply, appended) = answer;
-                            let _ = reply.send(Ok(appended));
-                        } else {
-                            replies.push(answer);
-                        }
-                    }
-                    let written = Written {
-                        events: fresh.into_iter().map(Arc::new).collect(),
-                        replies,
-                        wrote,
-                    };
-                    match &to_syncer {
-                        Some(syncer) => {
-                            if let Err(unsent) = syncer.send(written) {
-                                for (reply, _) in unsent.0.replies {
-                                    let _ = reply.send(Err(StoreError::Closed));
-                                }
-                            }
-                        }
-                        None => self.answer(written),
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(events = count, "{e}");
-                    for a in group {
-                        let _ = a.reply.send(Err(e.clone()));
-                    }
-                }
+            let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            match writer.as_mut() {
+                Some(w) => self.commit_group(w, group),
+                None => break,
             }
         }
+        // Closed: the writer goes (and with it the syncer's queue, so the
+        // syncer ends once it has answered what it has).
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(writer);
         if let Err(e) = self.store.sync() {
             tracing::error!("final sync: {e}");
+        }
+    }
+
+    /// Write `group` as one atomic batch (its duplicates answered with the
+    /// originals' sequences), then answer it: a plugin's progress at once,
+    /// publishers once durable (the syncer, or here under an interval).
+    fn commit_group(&self, w: &mut Writer, mut group: Vec<Append>) {
+        let Writer {
+            dedup,
+            in_group,
+            to_syncer,
+        } = w;
+        let count: usize = group.iter().map(|a| a.events.len()).sum();
+        let now = Instant::now();
+        dedup.evict(now);
+        // Each event of each append: an index into `fresh`, or the
+        // sequence of the event it duplicates.
+        let mut fresh: Vec<Event> = Vec::with_capacity(count);
+        in_group.clear();
+        let mut slots: Vec<Vec<(Result<usize, u64>, bool)>> = Vec::with_capacity(group.len());
+        for a in &mut group {
+            let mut mine = Vec::with_capacity(a.events.len());
+            for e in std::mem::take(&mut a.events) {
+                if !dedup.is_on() {
+                    mine.push((Ok(fresh.len()), false));
+                    fresh.push(e);
+                    continue;
+                }
+                let h = dedup.hash(&e.id);
+                if let Some(seq) = dedup.find(h, |seq| self.has_id(seq, &e.id)) {
+                    mine.push((Err(seq), true));
+                    continue;
+                }
+                match in_group.get(&h) {
+                    Some(&i) if fresh.get(i).is_some_and(|f| f.id == e.id) => {
+                        mine.push((Ok(i), true));
+                    }
+                    other => {
+                        if other.is_none() {
+                            in_group.insert(h, fresh.len());
+                        }
+                        mine.push((Ok(fresh.len()), false));
+                        fresh.push(e);
+                    }
+                }
+            }
+            slots.push(mine);
+        }
+        let wrote = !fresh.is_empty() || group.iter().any(|a| a.progress.is_some());
+        let first_sequence = {
+            let progress: Vec<&Progress> =
+                group.iter().filter_map(|a| a.progress.as_ref()).collect();
+            match (wrote, &to_syncer) {
+                // Duplicates only: a poisoned store answers them with
+                // its error, never an ack.
+                (false, _) => self.store.check_poisoned().map(|()| 0),
+                (true, Some(_)) => self.store.write_with(&mut fresh, &progress),
+                (true, None) => self.store.append_with(&mut fresh, &progress),
+            }
+        };
+        match first_sequence {
+            Ok(first_sequence) => {
+                dedup.insert(
+                    now,
+                    in_group
+                        .drain()
+                        .map(|(h, i)| (h, first_sequence + i as u64)),
+                );
+                let mut replies: Vec<(Reply, Appended)> = Vec::with_capacity(group.len());
+                for (a, mine) in group.into_iter().zip(slots) {
+                    let answer = {
+                        let duplicates = mine.iter().filter(|(_, dup)| *dup).count();
+                        let sequences = mine
+                            .into_iter()
+                            .map(|(s, _)| match s {
+                                Ok(i) => first_sequence + i as u64,
+                                Err(seq) => seq,
+                            })
+                            .collect();
+                        let appended = Appended {
+                            sequences,
+                            duplicates,
+                        };
+                        (a.reply, appended)
+                    };
+                    if a.progress.is_some() {
+                        // A plugin's progress with its follow-ups: in the
+                        // store now, where its next batch reads its state;
+                        // the follow-ups are shown to readers once durable.
+                        let (reply, appended) = answer;
+                        let _ = reply.send(Ok(appended));
+                    } else {
+                        replies.push(answer);
+                    }
+                }
+                let written = Written {
+                    events: fresh.into_iter().map(Arc::new).collect(),
+                    replies,
+                    wrote,
+                };
+                match &to_syncer {
+                    Some(syncer) => {
+                        if let Err(unsent) = syncer.send(written) {
+                            for (reply, _) in unsent.0.replies {
+                                let _ = reply.send(Err(StoreError::Closed));
+                            }
+                        }
+                    }
+                    None => self.answer(written),
+                }
+            }
+            Err(e) => {
+                tracing::error!(events = count, "{e}");
+                for a in group {
+                    let _ = a.reply.send(Err(e.clone()));
+                }
+            }
         }
     }
 
