@@ -7,8 +7,9 @@
 //!
 //! [`Store`] is the storage layer: appending a group of events in one atomic
 //! batch under the fsync policy, reading the log by sequence, and reading
-//! and writing cursors. [`log::Log`] builds delivery on it: one committer
-//! thread that group-commits appends and acknowledges publishers only once
+//! and writing cursors. [`log::Log`] builds delivery on it: a committer
+//! thread that group-commits publishers' appends (plugins write their own
+//! commits under the same lock) and acknowledges publishers only once
 //! their events are durable, and an in-memory tail that workers read first.
 //!
 //! Faults: a full disk is reported as [`StoreError::DiskFull`] naming the
@@ -199,6 +200,8 @@ pub struct Store {
     written: AtomicU64,
     /// Seconds per fsync.
     fsync_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Per plugin, the writes to its state so far.
+    state_epochs: progress::StateEpochs,
 }
 
 /// The most events in one log record (a run of one group commit).
@@ -365,6 +368,7 @@ impl Store {
             journal: Mutex::new(None),
             sync_lock: Mutex::new(()),
             mark,
+            state_epochs: progress::StateEpochs::default(),
         })
     }
 
@@ -432,8 +436,8 @@ impl Store {
     /// Append `events` as one atomic batch, giving them the next sequence
     /// numbers, and make them as durable as the policy says before
     /// returning the first sequence. On error nothing was acknowledged and
-    /// the sequence numbers are not used up. Only one thread appends (the
-    /// committer).
+    /// the sequence numbers are not used up. One thread at a time appends
+    /// (the log's writer lock).
     pub fn append(&self, events: &mut [Event]) -> Result<u64, StoreError> {
         self.append_with(events, &[])
     }
@@ -464,8 +468,8 @@ impl Store {
 
     /// Number `events` and write them with `progress` as one atomic batch,
     /// without syncing: the caller makes them durable ([`Store::sync`])
-    /// before acknowledging them. Only one thread writes events (the
-    /// committer).
+    /// before acknowledging them. One thread at a time writes events (the
+    /// log's writer lock).
     pub fn write_with(
         &self,
         events: &mut [Event],
@@ -477,6 +481,20 @@ impl Store {
             .map(|e| 64 + e.data.len() as u64 + e.id.len() as u64 + e.topic.len() as u64)
             .sum();
         self.make_room(incoming)?;
+        let writers: Vec<&str> = progress
+            .iter()
+            .filter(|p| !p.kv.is_empty())
+            .map(|p| p.plugin.as_str())
+            .collect();
+        self.state_epochs
+            .around(&writers, || self.write_with_now(events, progress))
+    }
+
+    fn write_with_now(
+        &self,
+        events: &mut [Event],
+        progress: &[&progress::Progress],
+    ) -> Result<u64, StoreError> {
         let first = self.last_sequence() + 1;
         let mut batch = self.db.batch();
         let mut added = 0;

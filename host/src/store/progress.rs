@@ -15,6 +15,10 @@
 //!
 //! Buckets live in the `kv` keyspace under `plugin \0 key`.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
 use fjall::OwnedWriteBatch;
 
 use super::{dead, Store, StoreError};
@@ -190,7 +194,57 @@ pub(super) fn kv_key(plugin: &str, key: &str) -> Vec<u8> {
     k
 }
 
+/// Per plugin, a count of the writes to its state, moved on before each
+/// write and again after it (so odd while one is under way). A consumer
+/// that finds its plugin's count even and unchanged since it handed out a
+/// batch knows that nothing has written the state the batch read, and need
+/// not read it again to check (`backend::local`).
+#[derive(Default)]
+pub(super) struct StateEpochs(Mutex<HashMap<String, Arc<AtomicU64>>>);
+
+impl StateEpochs {
+    /// `plugin`'s count.
+    pub(super) fn of(&self, plugin: &str) -> Arc<AtomicU64> {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match all.get(plugin) {
+            Some(epoch) => epoch.clone(),
+            None => {
+                let epoch = Arc::new(AtomicU64::new(0));
+                all.insert(plugin.to_string(), epoch.clone());
+                epoch
+            }
+        }
+    }
+
+    /// Run `write` (of the state of `plugins`), the counts moved on before
+    /// and after it.
+    pub(super) fn around<T>(&self, plugins: &[&str], write: impl FnOnce() -> T) -> T {
+        let mut epochs: Vec<Arc<AtomicU64>> = Vec::with_capacity(plugins.len());
+        for p in plugins {
+            let epoch = self.of(p);
+            // A plugin twice in one write moves on once: odd throughout.
+            if !epochs.iter().any(|e| Arc::ptr_eq(e, &epoch)) {
+                epochs.push(epoch);
+            }
+        }
+        for e in &epochs {
+            e.fetch_add(1, Ordering::AcqRel);
+        }
+        let out = write();
+        for e in &epochs {
+            e.fetch_add(1, Ordering::AcqRel);
+        }
+        out
+    }
+}
+
 impl Store {
+    /// A live count of the writes to `plugin`'s state (see
+    /// [`StateEpochs`]).
+    pub fn state_epoch(&self, plugin: &str) -> Arc<AtomicU64> {
+        self.state_epochs.of(plugin)
+    }
+
     /// Add `progress` to `batch`.
     pub(super) fn add_progress(&self, batch: &mut OwnedWriteBatch, progress: &Progress) {
         let plugin = progress.plugin.as_str();
@@ -222,10 +276,17 @@ impl Store {
     /// it whole, and the plugin handles its batch again from the state
     /// before it.
     pub fn commit_progress(&self, progress: &Progress) -> Result<(), StoreError> {
-        self.write_now(|batch| {
-            self.add_progress(batch, progress);
-            Ok(())
-        })
+        let write = || {
+            self.write_now(|batch| {
+                self.add_progress(batch, progress);
+                Ok(())
+            })
+        };
+        if progress.kv.is_empty() {
+            write()
+        } else {
+            self.state_epochs.around(&[&progress.plugin], write)
+        }
     }
 
     /// The cursor of `plugin`, with its pending retries.
@@ -333,6 +394,17 @@ impl Store {
         cursor: Option<u64>,
         clear_state: bool,
     ) -> Result<usize, StoreError> {
+        let plugins: &[&str] = if clear_state { &[plugin] } else { &[] };
+        self.state_epochs
+            .around(plugins, || self.rewind_now(plugin, cursor, clear_state))
+    }
+
+    fn rewind_now(
+        &self,
+        plugin: &str,
+        cursor: Option<u64>,
+        clear_state: bool,
+    ) -> Result<usize, StoreError> {
         self.write_now(|batch| {
             let mut n = 0;
             if clear_state {
@@ -387,6 +459,51 @@ mod tests {
     use super::*;
     use crate::store::tests::temp_dir;
     use crate::store::Fsync;
+
+    #[test]
+    fn a_state_write_moves_its_plugins_count_on_odd_while_under_way_and_even_after() {
+        let dir = temp_dir("state-epochs");
+        let store = Store::open(&dir, Fsync::Always).expect("opens");
+        let (a, b) = (store.state_epoch("a"), store.state_epoch("b"));
+        let seen = a.load(Ordering::Acquire);
+        assert!(seen.is_multiple_of(2));
+        store.state_epochs.around(&["a", "a"], || {
+            assert_eq!(
+                a.load(Ordering::Acquire),
+                seen + 1,
+                "odd once, however often named"
+            );
+        });
+        assert_eq!(a.load(Ordering::Acquire), seen + 2);
+        let progress = |plugin: &str, kv: Vec<(String, Option<Vec<u8>>)>| Progress {
+            plugin: plugin.into(),
+            kv,
+            ..Progress::default()
+        };
+        store
+            .commit_progress(&progress("a", vec![("k".into(), Some(b"1".to_vec()))]))
+            .expect("commits");
+        assert_eq!(
+            a.load(Ordering::Acquire),
+            seen + 4,
+            "a state write moves it on"
+        );
+        store
+            .commit_progress(&progress("a", Vec::new()))
+            .expect("commits");
+        assert_eq!(
+            a.load(Ordering::Acquire),
+            seen + 4,
+            "a cursor alone does not"
+        );
+        store.rewind("a", Some(0), true).expect("rewinds");
+        assert_eq!(
+            a.load(Ordering::Acquire),
+            seen + 6,
+            "clearing the state does"
+        );
+        assert_eq!(b.load(Ordering::Acquire), 0, "another plugin's is its own");
+    }
 
     #[test]
     fn cursors_round_trip_and_their_low_mark_waits_for_pending_retries() {

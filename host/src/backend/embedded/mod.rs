@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::local::{Commit, LocalConsumer, LocalOptions};
+use super::local::{Commit, LocalConsumer, LocalOptions, Source};
 use super::{Appended, Backend, BackendError, Capabilities, Consumer, ConsumerOptions, Start};
 use crate::bus::{Queue, CHUNK_EVENTS_MAX};
 use crate::event::Event;
@@ -98,6 +98,40 @@ impl EmbeddedBackend {
             store.remove_cursor(old)?;
         }
         Ok(starts)
+    }
+}
+
+impl EmbeddedBackend {
+    /// A consumer of `plugin` (its part number `start_index` at `start`;
+    /// the first part looks for re-driven letters) taking deliveries from `source`; its parts share
+    /// `writing`, and each holds `reader` until dropped.
+    fn local_consumer(
+        &self,
+        plugin: &str,
+        source: impl Source + 'static,
+        (start_index, (cursor_name, start)): (usize, (Option<String>, Cursor)),
+        options: &ConsumerOptions,
+        writing: Arc<Mutex<()>>,
+        reader: Arc<Reader>,
+    ) -> Box<dyn Consumer> {
+        let first = start_index == 0;
+        Box::new(LocalConsumer::new(
+            plugin,
+            source,
+            Commit::Durable {
+                log: self.log.clone(),
+                cursor_name,
+                writing,
+                state: self.log.store().state_epoch(plugin),
+            },
+            LocalOptions {
+                strict: options.strict.then(|| options.key.clone()),
+                start,
+                redrives: first.then(|| self.redrive_flag(plugin)),
+                drain_on_close: false,
+            },
+            Some(Box::new(reader)),
+        ))
     }
 }
 
@@ -186,6 +220,27 @@ impl Backend for EmbeddedBackend {
         };
         let parts = options.parts.max(1);
         let starts = self.starts(plugin, parts, options.start_latest)?;
+        if parts == 1 && options.drop_when_full.is_none() {
+            // One worker that waits for room: it reads the log itself.
+            let Some((cursor_name, start)) = starts.into_iter().next() else {
+                return Err(BackendError::Closed);
+            };
+            let source = pump::Inline::new(
+                self.log.clone(),
+                plugin,
+                options.patterns.clone(),
+                start.through,
+            );
+            let consumer = self.local_consumer(
+                plugin,
+                source,
+                (0, (cursor_name, start)),
+                &options,
+                Arc::default(),
+                Arc::new(reader),
+            );
+            return Ok(vec![consumer]);
+        }
         let capacity = (options.queue_events_max / CHUNK_EVENTS_MAX).max(2);
         let mut outlets = Vec::new();
         let mut queues = Vec::new();
@@ -214,28 +269,21 @@ impl Backend for EmbeddedBackend {
             })?;
         reader.thread = Some(thread);
         let reader = Arc::new(reader);
-        let redrives = self.redrive_flag(plugin);
-        let writing = Arc::default();
-        let mut consumers: Vec<Box<dyn Consumer>> = Vec::new();
-        for (i, (queue, (cursor_name, start))) in queues.into_iter().zip(starts).enumerate() {
-            let consumer = LocalConsumer::new(
-                plugin,
-                queue,
-                Commit::Durable {
-                    log: self.log.clone(),
-                    cursor_name,
-                    writing: Arc::clone(&writing),
-                },
-                LocalOptions {
-                    strict: options.strict.then(|| options.key.clone()),
+        let writing: Arc<Mutex<()>> = Arc::default();
+        let consumers = queues
+            .into_iter()
+            .zip(starts.into_iter().enumerate())
+            .map(|(queue, start)| {
+                self.local_consumer(
+                    plugin,
+                    queue,
                     start,
-                    redrives: (i == 0).then(|| redrives.clone()),
-                    drain_on_close: false,
-                },
-                Some(Box::new(reader.clone())),
-            );
-            consumers.push(Box::new(consumer));
-        }
+                    &options,
+                    writing.clone(),
+                    reader.clone(),
+                )
+            })
+            .collect();
         Ok(consumers)
     }
 

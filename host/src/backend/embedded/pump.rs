@@ -8,14 +8,22 @@
 //! has no room for instead, so a lossy plugin never falls behind. Each
 //! delivery says how far the reader has looked, so each worker's cursor also
 //! moves past events the plugin does not want.
+//!
+//! A plugin with one worker that waits for room (the default) has no
+//! reader thread: its consumer runs the reader itself when it needs more
+//! events ([`Inline`]), which saves a thread hand-off per delivery.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use prometheus_client::metrics::counter::Counter;
 
+use crate::backend::local::Source;
 use crate::bus::{Delivery, OrderingKey, QueueSender, CHUNK_EVENTS_MAX};
-use crate::event::Event;
+use crate::event::{Chunk, Event};
 use crate::store::log::Log;
 use crate::topic::Pattern;
 
@@ -94,16 +102,9 @@ pub(super) fn run(
 /// for its count (`store::progress::Counts`).
 fn send(routing: &Routing, outlet: &mut Outlet, wanted: &[Arc<Event>], last: u64) -> bool {
     let queue = &outlet.queue;
-    let n = wanted.len().div_ceil(CHUNK_EVENTS_MAX).max(1);
-    let mut chunks = wanted.chunks(CHUNK_EVENTS_MAX);
-    for i in 0..n {
-        let part = chunks.next().unwrap_or_default();
-        let through = match part.last() {
-            Some(e) if i + 1 < n => e.sequence,
-            _ => last,
-        };
+    for (events, through) in deliveries(wanted, last) {
         let delivery = Delivery {
-            events: Arc::from(part),
+            events,
             through,
             dropped: std::mem::take(&mut outlet.dropped),
         };
@@ -129,4 +130,130 @@ fn send(routing: &Routing, outlet: &mut Outlet, wanted: &[Arc<Event>], last: u64
         }
     }
     true
+}
+
+/// `wanted` (the plugin's events among those up to `last` looked at) in
+/// deliveries of up to `CHUNK_EVENTS_MAX` events, each with the highest
+/// sequence it accounts for (the last one: `last`). At least one, so that
+/// the cursor moves past events the plugin does not want.
+fn deliveries(wanted: &[Arc<Event>], last: u64) -> impl Iterator<Item = (Chunk, u64)> + '_ {
+    let n = wanted.len().div_ceil(CHUNK_EVENTS_MAX).max(1);
+    let mut chunks = wanted.chunks(CHUNK_EVENTS_MAX);
+    (0..n).map(move |i| {
+        let part = chunks.next().unwrap_or_default();
+        let through = match part.last() {
+            Some(e) if i + 1 < n => e.sequence,
+            _ => last,
+        };
+        (Arc::from(part), through)
+    })
+}
+
+/// A plugin's log reader run by its only consumer, on the consumer's
+/// thread, when the consumer has taken everything read so far: as [`run`]
+/// for one outlet that waits for room (a slow plugin reads more slowly and
+/// loses nothing). It holds at most one read (`READ_EVENTS_MAX` events).
+pub(super) struct Inline {
+    log: Arc<Log>,
+    plugin: String,
+    patterns: Vec<Pattern>,
+    bell: Receiver<()>,
+    /// The next sequence to look at.
+    next: u64,
+    /// Read and not yet taken.
+    ready: VecDeque<Delivery>,
+    /// Events in `ready`.
+    depth: Arc<AtomicUsize>,
+    /// When a failed read was last logged.
+    failed_at: Option<Instant>,
+}
+
+impl Inline {
+    /// The reader of `plugin`'s events matching `patterns` after sequence
+    /// `through`.
+    pub(super) fn new(log: Arc<Log>, plugin: &str, patterns: Vec<Pattern>, through: u64) -> Inline {
+        // The bell first, so that no commit after the first read is missed.
+        let bell = log.doorbell();
+        Inline {
+            log,
+            plugin: plugin.to_string(),
+            patterns,
+            bell,
+            next: through + 1,
+            ready: VecDeque::new(),
+            depth: Arc::default(),
+            failed_at: None,
+        }
+    }
+
+    /// Read what follows into `ready`.
+    fn fill(&mut self) {
+        let events = match self.log.read_from(self.next, READ_EVENTS_MAX) {
+            Ok(events) => events,
+            Err(e) => {
+                // Looked at again at the consumer's next wait; said once a
+                // second.
+                if self
+                    .failed_at
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                {
+                    tracing::error!(plugin = %self.plugin, "delivery paused: cannot read the log: {e}");
+                    self.failed_at = Some(Instant::now());
+                }
+                return;
+            }
+        };
+        let Some(last) = events.last().map(|e| e.sequence) else {
+            return;
+        };
+        debug_assert!(events[0].sequence >= self.next, "the log reads forward");
+        self.next = last + 1;
+        let wanted: Vec<Arc<Event>> = events
+            .into_iter()
+            .filter(|e| self.patterns.iter().any(|p| p.matches(&e.topic)))
+            .collect();
+        for (events, through) in deliveries(&wanted, last) {
+            self.depth.fetch_add(events.len(), Ordering::Relaxed);
+            self.ready.push_back(Delivery {
+                events,
+                through,
+                dropped: (0, 0),
+            });
+        }
+    }
+}
+
+impl Source for Inline {
+    fn try_recv(&mut self) -> Result<Delivery, TryRecvError> {
+        if self.ready.is_empty() {
+            self.fill();
+        }
+        let delivery = self.ready.pop_front().ok_or(TryRecvError::Empty)?;
+        self.depth
+            .fetch_sub(delivery.events.len(), Ordering::Relaxed);
+        Ok(delivery)
+    }
+
+    fn recv_timeout(&mut self, timeout: Duration) -> Result<Delivery, RecvTimeoutError> {
+        let now = Instant::now();
+        let until = now.checked_add(timeout).unwrap_or(now);
+        loop {
+            if let Ok(delivery) = self.try_recv() {
+                return Ok(delivery);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RecvTimeoutError::Timeout);
+            }
+            // Rung at each commit; a bell gone (the log closed) is waited
+            // out as a timeout.
+            if let Err(RecvTimeoutError::Disconnected) = self.bell.recv_timeout(left) {
+                std::thread::sleep(left);
+            }
+        }
+    }
+
+    fn depth_handle(&self) -> Arc<AtomicUsize> {
+        self.depth.clone()
+    }
 }

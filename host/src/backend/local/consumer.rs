@@ -12,6 +12,7 @@ impl Consumer for LocalConsumer {
         wait: Duration,
     ) -> Result<Vec<Delivered>, BackendError> {
         let (events, attempts) = self.next_out(max_events.max(1), wait)?;
+        self.handed_out();
         Ok(events
             .iter()
             .zip(attempts)
@@ -27,7 +28,9 @@ impl Consumer for LocalConsumer {
         max_events: usize,
         wait: Duration,
     ) -> Result<(Chunk, Vec<u32>), BackendError> {
-        self.next_out(max_events.max(1), wait)
+        let out = self.next_out(max_events.max(1), wait)?;
+        self.handed_out();
+        Ok(out)
     }
 
     fn settle(&mut self, s: Settlement) -> Result<(), BackendError> {

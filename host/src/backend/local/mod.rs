@@ -1,5 +1,6 @@
 //! Delivery from this host's own queues: the [`Consumer`] of the embedded
-//! store (fed by the plugin's log reader, `embedded::pump`) and of memory
+//! store (fed by the plugin's log reader, `embedded::pump`: on a thread of
+//! its own, or run by the consumer itself, see [`Source`]) and of memory
 //! mode (fed by the bus). It keeps what a broker keeps for its consumers:
 //!
 //! - the events handed out and not yet settled, and how far through its
@@ -75,6 +76,8 @@ pub enum Commit {
         /// writes were computed from and commit, so that two parts never
         /// both write a key from the same value.
         writing: Arc<std::sync::Mutex<()>>,
+        /// The plugin's count of state writes (`Store::state_epoch`).
+        state: Arc<AtomicU64>,
     },
     /// Memory mode: nothing survives the process; dead letters are dropped.
     Memory(MemoryCommit),
@@ -159,10 +162,36 @@ pub struct LocalOptions {
     pub drain_on_close: bool,
 }
 
+/// Where a consumer's deliveries come from: a [`Queue`] another thread
+/// fills, or a log reader the consumer runs on its own thread when it
+/// needs more (one thread hand-off less per delivery).
+pub trait Source: Send {
+    /// The next delivery, if there is one now.
+    fn try_recv(&mut self) -> Result<Delivery, TryRecvError>;
+    /// The next delivery, waiting at most `timeout` for it.
+    fn recv_timeout(&mut self, timeout: Duration) -> Result<Delivery, RecvTimeoutError>;
+    /// A live count of the events it holds for the consumer.
+    fn depth_handle(&self) -> Arc<AtomicUsize>;
+}
+
+impl Source for Queue {
+    fn try_recv(&mut self) -> Result<Delivery, TryRecvError> {
+        Queue::try_recv(self)
+    }
+
+    fn recv_timeout(&mut self, timeout: Duration) -> Result<Delivery, RecvTimeoutError> {
+        Queue::recv_timeout(self, timeout)
+    }
+
+    fn depth_handle(&self) -> Arc<AtomicUsize> {
+        Queue::depth_handle(self)
+    }
+}
+
 /// A consumer on this host's queue. See the module docs.
 pub struct LocalConsumer {
     plugin: String,
-    queue: Queue,
+    queue: Box<dyn Source>,
     commit: Commit,
     strict: Option<OrderingKey>,
     redrives: Option<Arc<AtomicBool>>,
@@ -195,6 +224,9 @@ pub struct LocalConsumer {
     /// cursor is past them: (the highest sequence among them, how many).
     drops: VecDeque<(u64, u64)>,
     gauges: Gauges,
+    /// The plugin's count of state writes when the batch in hand was handed
+    /// out (durable).
+    state_seen: u64,
     /// Dropped last: whatever must outlive the queue (the log reader).
     _guard: Option<Box<dyn Send>>,
 }
@@ -204,7 +236,7 @@ impl LocalConsumer {
     /// through `commit`; `guard` is dropped after everything else.
     pub fn new(
         plugin: &str,
-        queue: Queue,
+        queue: impl Source + 'static,
         commit: Commit,
         options: LocalOptions,
         guard: Option<Box<dyn Send>>,
@@ -215,7 +247,7 @@ impl LocalConsumer {
         };
         let mut consumer = LocalConsumer {
             plugin: plugin.to_string(),
-            queue,
+            queue: Box::new(queue),
             commit,
             strict: options.strict,
             redrives: options.redrives,
@@ -236,6 +268,7 @@ impl LocalConsumer {
             counts: options.start.counts,
             drops: VecDeque::new(),
             gauges,
+            state_seen: 1,
             _guard: guard,
         };
         consumer.pending_from(&options.start);
@@ -585,12 +618,21 @@ impl LocalConsumer {
         expected: &[(String, Option<Vec<u8>>)],
     ) -> Result<(), BackendError> {
         match &mut self.commit {
-            Commit::Durable { log, writing, .. } => {
+            Commit::Durable {
+                log,
+                writing,
+                state,
+                ..
+            } => {
                 // Only the plugin's other parts and outside writes (its
-                // `init`, an operator) can have changed what was read.
+                // `init`, an operator) can have changed what was read, and
+                // only if its state was written since the batch was handed
+                // out (read under the lock, after any other part's commit).
                 let _one = (!expected.is_empty())
                     .then(|| writing.lock().unwrap_or_else(|p| p.into_inner()));
-                for (key, value) in expected {
+                let seen = self.state_seen;
+                let unchanged = seen.is_multiple_of(2) && state.load(Ordering::Acquire) == seen;
+                for (key, value) in expected.iter().filter(|_| !unchanged) {
                     if log.store().kv_get(&self.plugin, key)? != *value {
                         return Err(BackendError::Conflict {
                             plugin: self.plugin.clone(),
@@ -607,6 +649,13 @@ impl LocalConsumer {
             Commit::Memory(commit) => commit(progress.kv, follow_ups, expected)?,
         }
         Ok(())
+    }
+
+    /// A batch was handed out: what the plugin's state was then.
+    fn handed_out(&mut self) {
+        if let Commit::Durable { state, .. } = &self.commit {
+            self.state_seen = state.load(Ordering::Acquire);
+        }
     }
 
     /// Drop settled events from the front of `handed`.
