@@ -275,6 +275,11 @@ impl HostState {
         if let Some(v) = self.kv_writes.get(key) {
             return Ok(v.clone());
         }
+        // Read once per call: what the commit checks is what the call saw
+        // (and a write's size is reckoned from it without a second read).
+        if let Some(v) = self.kv_reads.borrow().get(key) {
+            return Ok(v.clone());
+        }
         let value = self.kv.get(&self.plugin, key).map_err(other)?;
         // What the call's writes are computed from: the commit checks it
         // is still the bucket's (another worker or host may write it).
