@@ -451,7 +451,7 @@ fn chain_latency(dir: &Path) -> String {
     let _ = std::fs::remove_dir_all(&data);
     match measured {
         Ok((h, fsync)) => format!(
-            "\nThe chain latency at {CHAIN_RATE} orders/s for {CHAIN_SECONDS} s (one order per POST), every default, fsync always: from the host accepting an order to a probe plugin (subscribed as email is) handling inventory's follow-up for it: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 ≤ 5 ms); the host's mean fsync {} ms.\n",
+            "\nThe chain latency at {CHAIN_RATE} orders/s for {CHAIN_SECONDS} s (CloudEvents batches of 10 every millisecond), every default, fsync always: from the host accepting an order to a probe plugin (subscribed as email is) handling inventory's follow-up for it: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 ≤ 5 ms); the host's mean fsync {} ms.\n",
             h.value_at_quantile(0.5) as f64 / 1000.0,
             h.value_at_quantile(0.99) as f64 / 1000.0,
             h.max() as f64 / 1000.0,
