@@ -6,7 +6,9 @@
 //!
 //! A plugin's consumers (one per worker, `ConsumerOptions::parts`) are
 //! [`LocalConsumer`]s fed by one log reader (`pump`) that routes each
-//! event the plugin wants to the part its ordering key hashes to. Each part
+//! event the plugin wants to the part its ordering key hashes to; a plugin
+//! with one worker that waits for room has its worker run the reader
+//! itself (`pump::Inline`), reading at most `queue_events_max` ahead. Each part
 //! keeps its own cursor; where a new part starts sticks across restarts.
 
 mod pump;
@@ -230,6 +232,7 @@ impl Backend for EmbeddedBackend {
                 plugin,
                 options.patterns.clone(),
                 start.through,
+                options.queue_events_max,
             );
             let consumer = self.local_consumer(
                 plugin,

@@ -152,11 +152,13 @@ fn deliveries(wanted: &[Arc<Event>], last: u64) -> impl Iterator<Item = (Chunk, 
 /// A plugin's log reader run by its only consumer, on the consumer's
 /// thread, when the consumer has taken everything read so far: as [`run`]
 /// for one outlet that waits for room (a slow plugin reads more slowly and
-/// loses nothing). It holds at most one read (`READ_EVENTS_MAX` events).
+/// loses nothing). It holds at most one read: `read_max` events (the
+/// plugin's `queue_events_max`, at most `READ_EVENTS_MAX`).
 pub(super) struct Inline {
     log: Arc<Log>,
     plugin: String,
     patterns: Vec<Pattern>,
+    read_max: usize,
     bell: Receiver<()>,
     /// The next sequence to look at.
     next: u64,
@@ -170,14 +172,21 @@ pub(super) struct Inline {
 
 impl Inline {
     /// The reader of `plugin`'s events matching `patterns` after sequence
-    /// `through`.
-    pub(super) fn new(log: Arc<Log>, plugin: &str, patterns: Vec<Pattern>, through: u64) -> Inline {
+    /// `through`, holding at most `queue_events_max` of them read ahead.
+    pub(super) fn new(
+        log: Arc<Log>,
+        plugin: &str,
+        patterns: Vec<Pattern>,
+        through: u64,
+        queue_events_max: usize,
+    ) -> Inline {
         // The bell first, so that no commit after the first read is missed.
         let bell = log.doorbell();
         Inline {
             log,
             plugin: plugin.to_string(),
             patterns,
+            read_max: queue_events_max.clamp(1, READ_EVENTS_MAX),
             bell,
             next: through + 1,
             ready: VecDeque::new(),
@@ -188,7 +197,7 @@ impl Inline {
 
     /// Read what follows into `ready`.
     fn fill(&mut self) {
-        let events = match self.log.read_from(self.next, READ_EVENTS_MAX) {
+        let events = match self.log.read_from(self.next, self.read_max) {
             Ok(events) => events,
             Err(e) => {
                 // Looked at again at the consumer's next wait; said once a
