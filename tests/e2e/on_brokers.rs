@@ -375,6 +375,16 @@ fn a_killed_broker_is_reported_503_and_the_host_reconnects_by_itself<B: Broker>(
         orders_counted_yet(h).is_some_and(|n| n >= 20)
     })
     .expect("counted after the restart");
+    if orders_counted(&h) != 20 {
+        // Rare (seen twice in a full suite, never alone): say whether the
+        // order refused while the broker was down (`o-lost`) was stored
+        // after all, or an order was counted twice.
+        eprintln!(
+            "the log: {}",
+            h.get("/v1/log?limit=200").unwrap_or_default()
+        );
+        eprintln!("the audit: {}", h.get("/v1/audit").unwrap_or_default());
+    }
     assert_eq!(orders_counted(&h), 20, "every acknowledged order once");
     assert!(h.stop().expect("stops").success());
 }
