@@ -29,6 +29,13 @@ apt_install() {
   fi
 }
 
+# fresh_venv DIR: a new virtualenv at DIR (Debian's python3-venv installed
+# when missing).
+fresh_venv() {
+  rm -rf "$1"
+  python3 -m venv "$1" >&2 || { apt_install python3-venv && python3 -m venv "$1" >&2; }
+}
+
 # pip_tool PACKAGE VERSION COMMAND VERSION_LINE: prints the path of COMMAND
 # from PyPI's PACKAGE==VERSION, installed when missing into a virtualenv
 # under ~/.cache/plugbus/tools/COMMAND-VERSION (checked by the line its
@@ -38,8 +45,7 @@ pip_tool() {
   local venv="$HOME/.cache/plugbus/tools/$command-$version"
   if ! "$venv/bin/$command" --version 2>/dev/null | grep -qx "$line"; then
     echo "== installing $command $version (PyPI: $package)" >&2
-    rm -rf "$venv"
-    python3 -m venv "$venv" >&2 || { apt_install python3-venv && python3 -m venv "$venv" >&2; }
+    fresh_venv "$venv"
     "$venv/bin/pip" install -q "$package==$version" >&2
     "$venv/bin/$command" --version | grep -qx "$line" || {
       echo "$package==$version installed no $command $version in $venv" >&2
@@ -58,8 +64,7 @@ peer_python() {
   local venv="$HOME/.cache/plugbus/tools/peer-redis-$PEER_REDIS_PY_VERSION-hiredis-$PEER_HIREDIS_VERSION"
   if ! "$venv/bin/python" -c "import redis, hiredis" 2>/dev/null; then
     echo "== installing redis-py $PEER_REDIS_PY_VERSION and hiredis $PEER_HIREDIS_VERSION (PyPI) for the benchmark's peer" >&2
-    rm -rf "$venv"
-    python3 -m venv "$venv" >&2 || { apt_install python3-venv && python3 -m venv "$venv" >&2; }
+    fresh_venv "$venv"
     "$venv/bin/pip" install -q "redis==$PEER_REDIS_PY_VERSION" "hiredis==$PEER_HIREDIS_VERSION" >&2
   fi
   echo "$venv/bin/python"

@@ -8,30 +8,16 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Turn transparent huge pages off for this process. The host's buffers
-/// (request bodies, batches, memtables) come and go by the megabyte, and
-/// mimalloc asks the kernel for huge pages: every fresh one is 2 MiB to
-/// zero on first touch, which took 30 % of the host's CPU in the order flow
-/// (`perf`: `clear_page_erms` under `do_huge_pmd_anonymous_page`) and held
-/// more memory. With them off the order flow used 4.7 CPU seconds for
-/// 200,000 orders instead of 6.8, and peaked 50 MiB lower.
-fn no_huge_pages() {
-    #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
-        eprintln!("plugbus: cannot turn transparent huge pages off ({e}); running with them");
-    }
-}
-
 use clap::Parser;
 use plugbus::cli::{Cli, Command, DeadAction, KvAction, LogAction, TokenAction};
 use plugbus::client::Client;
 use plugbus::plugin::PluginStatus;
 
 fn main() -> ExitCode {
-    no_huge_pages();
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
+            no_huge_pages();
             let filter = || {
                 tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn,opentelemetry=warn".into())
@@ -463,4 +449,18 @@ fn token_new(name: &str, scopes: &[String]) -> Result<(), String> {
 /// `text` as a TOML basic string.
 fn toml_string(text: &str) -> String {
     serde_json::Value::String(text.to_string()).to_string()
+}
+
+/// Turn transparent huge pages off for this process. The host's buffers
+/// (request bodies, batches, memtables) come and go by the megabyte, and
+/// mimalloc asks the kernel for huge pages: every fresh one is 2 MiB to
+/// zero on first touch, which took 30 % of the host's CPU in the order flow
+/// (`perf`: `clear_page_erms` under `do_huge_pmd_anonymous_page`) and held
+/// more memory. With them off the order flow used 4.7 CPU seconds for
+/// 200,000 orders instead of 6.8, and peaked 50 MiB lower.
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        eprintln!("plugbus: cannot turn transparent huge pages off ({e}); running with them");
+    }
 }

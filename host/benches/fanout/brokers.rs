@@ -37,18 +37,7 @@ const PUBLISHERS: usize = 4;
 /// A redis-server on a free port with its AOF fsynced always, in a temp
 /// directory; its URL.
 pub(crate) fn redis(dir: &Path) -> Result<(Server, String), String> {
-    let data = dir.join("redis-broker");
-    let _ = std::fs::remove_dir_all(&data);
-    std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
-    let data_arg = data.display().to_string();
-    let (server, _, _, url) = peers::start_redis(&[
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--dir",
-        &data_arg,
-    ])?;
+    let (server, _, _, url) = peers::start_redis_aof(dir, "redis-broker", "always")?;
     Ok((server, url))
 }
 

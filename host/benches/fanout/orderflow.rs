@@ -235,18 +235,8 @@ fn peer(dir: &Path, appendfsync: &str, file: &Path, n: usize) -> Result<Run, Str
         "PLUGBUS_PEER_PYTHON is not set (scripts/bench.sh installs redis-py and hiredis)"
     })?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/fanout/orderflow_peer.py");
-    let aof = dir.join(format!("orderflow-redis-{appendfsync}"));
-    let _ = std::fs::remove_dir_all(&aof);
-    std::fs::create_dir_all(&aof).map_err(|e| e.to_string())?;
-    let aof_arg = aof.display().to_string();
-    let (redis_server, _client, mut con, url) = peers::start_redis(&[
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        appendfsync,
-        "--dir",
-        &aof_arg,
-    ])?;
+    let aof = format!("orderflow-redis-{appendfsync}");
+    let (redis_server, _client, mut con, url) = peers::start_redis_aof(dir, &aof, appendfsync)?;
     let spawn = |args: &[&str]| -> Result<Server, String> {
         Command::new(&python)
             .arg(&script)
@@ -325,7 +315,7 @@ fn peer(dir: &Path, appendfsync: &str, file: &Path, n: usize) -> Result<Run, Str
     let peak_rss_kib = pids.iter().map(|&p| usage(p).1).sum();
     drop(services);
     drop(redis_server);
-    let _ = std::fs::remove_dir_all(&aof);
+    let _ = std::fs::remove_dir_all(dir.join(&aof));
     Ok(Run {
         seconds,
         cpu_seconds: cpu_after - cpu_before,

@@ -83,6 +83,27 @@ pub(crate) async fn publish_pipelined(
     Ok(())
 }
 
+/// A redis-server with its append-only file in `dir/name` (made fresh),
+/// fsynced as `appendfsync` says; as [`start_redis`].
+pub(crate) fn start_redis_aof(
+    dir: &Path,
+    name: &str,
+    appendfsync: &str,
+) -> Result<(Server, redis::Client, redis::Connection, String), String> {
+    let data = dir.join(name);
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+    let data_arg = data.display().to_string();
+    start_redis(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        appendfsync,
+        "--dir",
+        &data_arg,
+    ])
+}
+
 /// Start Debian's redis-server on a free loopback port with `extra`
 /// arguments (stopped by pid when the `Server` drops), and connect; its URL
 /// too.

@@ -117,6 +117,10 @@ pub const DEDUP_WINDOW_DEFAULT: Duration = Duration::from_secs(120);
 use super::dedup::Dedup;
 pub use super::dedup::DEDUP_IDS_MAX;
 
+/// Where an appended event went: an index into its group's new events, or
+/// the sequence of the event it duplicates; and whether it is a duplicate.
+type Slot = (Result<usize, u64>, bool);
+
 /// What only the log's writer touches (under `Log::writer`).
 struct Writer {
     dedup: Dedup,
@@ -278,16 +282,19 @@ impl Log {
             }));
             return Ok(Ticket(answer));
         }
-        let sender = self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(StoreError::Closed)?;
         if progress.is_some() {
             // A plugin's commit: written on its own thread, under the
             // writer's lock, rather than handed to the committer and waited
             // for (two thread hand-offs per batch on the plugin's path).
+            // Closed once appends are refused, as for publishers.
+            if self
+                .requests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none()
+            {
+                return Err(StoreError::Closed);
+            }
             let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
             let w = writer.as_mut().ok_or(StoreError::Closed)?;
             self.commit_group(
@@ -300,6 +307,12 @@ impl Log {
             );
             return Ok(Ticket(answer));
         }
+        let sender = self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)?;
         sender
             .send(Append {
                 events,
@@ -468,24 +481,22 @@ impl Log {
         }
     }
 
-    /// Write `group` as one atomic batch (its duplicates answered with the
-    /// originals' sequences), then answer it: a plugin's progress at once,
-    /// publishers once durable (the syncer, or here under an interval).
-    fn commit_group(&self, w: &mut Writer, mut group: Vec<Append>) {
-        let Writer {
-            dedup,
-            in_group,
-            to_syncer,
-        } = w;
-        let count: usize = group.iter().map(|a| a.events.len()).sum();
-        let now = Instant::now();
-        dedup.evict(now);
-        // Each event of each append: an index into `fresh`, or the
-        // sequence of the event it duplicates.
+    /// Take the events out of `group`: the new ones, in order, and for each
+    /// event of each append its slot, an index into the new ones or the
+    /// sequence of the event it duplicates (with whether it is a duplicate:
+    /// of an earlier append, or of one in this group). `in_group` is left
+    /// holding the new ids (by hash) and their indexes.
+    fn sort_out(
+        &self,
+        dedup: &Dedup,
+        in_group: &mut HashMap<u64, usize, foldhash::fast::RandomState>,
+        group: &mut [Append],
+        count: usize,
+    ) -> (Vec<Event>, Vec<Vec<Slot>>) {
         let mut fresh: Vec<Event> = Vec::with_capacity(count);
         in_group.clear();
-        let mut slots: Vec<Vec<(Result<usize, u64>, bool)>> = Vec::with_capacity(group.len());
-        for a in &mut group {
+        let mut slots = Vec::with_capacity(group.len());
+        for a in group {
             let mut mine = Vec::with_capacity(a.events.len());
             for e in std::mem::take(&mut a.events) {
                 if !dedup.is_on() {
@@ -513,6 +524,22 @@ impl Log {
             }
             slots.push(mine);
         }
+        (fresh, slots)
+    }
+
+    /// Write `group` as one atomic batch (its duplicates answered with the
+    /// originals' sequences), then answer it: a plugin's progress at once,
+    /// publishers once durable (the syncer, or here under an interval).
+    fn commit_group(&self, w: &mut Writer, mut group: Vec<Append>) {
+        let Writer {
+            dedup,
+            in_group,
+            to_syncer,
+        } = w;
+        let count: usize = group.iter().map(|a| a.events.len()).sum();
+        let now = Instant::now();
+        dedup.evict(now);
+        let (mut fresh, slots) = self.sort_out(dedup, in_group, &mut group, count);
         let wrote = !fresh.is_empty() || group.iter().any(|a| a.progress.is_some());
         let first_sequence = {
             let progress: Vec<&Progress> =

@@ -24,7 +24,11 @@ impl Plugin for Probe {
         let chain = match config.get("measure") {
             None => false,
             Some("chain") => true,
-            Some(other) => return Err(format!("config `measure` = `{other}`: only `chain`")),
+            Some(other) => {
+                return Err(format!(
+                    "config `measure` = `{other}` is not known: set it to `chain` or leave it out"
+                ))
+            }
         };
         Ok(Probe {
             state: State::open().map_err(|e| e.to_string())?,
@@ -43,49 +47,22 @@ impl Plugin for Probe {
     fn handle(&mut self, event: &Event<'_>, _ctx: &mut Context) -> Outcome {
         let now = SystemTime::now();
         let kept = if !self.chain {
-            match accepted(event) {
-                Ok(at) => self.keep_latency(event.id(), now, at),
-                Err(e) => return Outcome::reject(e),
-            }
+            accepted(event).map(|at| self.keep_latency(event.id(), now, at))
         } else if event.topic() == "order.placed" {
-            match accepted(event) {
-                Ok(at) => {
-                    let micros = at
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_micros());
-                    self.state.set(
-                        &format!("at.{}", event.id()),
-                        format!("@{micros}").as_bytes(),
-                    )
-                }
-                Err(e) => return Outcome::reject(e),
-            }
+            accepted(event).map(|at| self.keep_accepted(event.id(), at))
         } else {
-            let Some(order) = event.causation_id() else {
-                return Outcome::reject("a follow-up without a causation id");
-            };
-            let key = format!("at.{order}");
-            let at = match self.state.get(&key) {
-                Ok(Some(v)) => String::from_utf8_lossy(&v)
-                    .trim_start_matches('@')
-                    .parse::<u64>()
-                    .map(|us| SystemTime::UNIX_EPOCH + Duration::from_micros(us)),
-                Ok(None) => return Outcome::reject(format!("no order {order} seen before")),
-                Err(e) => return Outcome::retry(e.to_string()),
-            };
-            match at {
-                Ok(at) => self
-                    .keep_latency(order, now, at)
-                    .and_then(|()| self.state.delete(&key)),
-                Err(e) => return Outcome::reject(e.to_string()),
-            }
+            self.follow_up(event, now)
         };
         match kept {
-            Ok(()) => Outcome::Ack,
-            Err(e) => Outcome::retry(e.to_string()),
+            Ok(Ok(())) => Outcome::Ack,
+            Ok(Err(e)) => Outcome::retry(e.to_string()),
+            Err(why) => Outcome::reject(why),
         }
     }
 }
+
+/// A state write's result, or why the event is rejected.
+type Kept = Result<Result<(), plugbus_sdk::StateError>, String>;
 
 impl Probe {
     fn keep_latency(
@@ -97,6 +74,37 @@ impl Probe {
         let micros = now.duration_since(from).map_or(0, |d| d.as_micros() as u64);
         self.state
             .set(&format!("lat.{id}"), micros.to_string().as_bytes())
+    }
+
+    /// Keep when order `id` was accepted (`@micros`, not a number, so the
+    /// benchmark does not read it as a latency).
+    fn keep_accepted(&self, id: &str, at: SystemTime) -> Result<(), plugbus_sdk::StateError> {
+        let micros = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        self.state
+            .set(&format!("at.{id}"), format!("@{micros}").as_bytes())
+    }
+
+    /// A follow-up: the latency from its order's acceptance.
+    fn follow_up(&self, event: &Event<'_>, now: SystemTime) -> Kept {
+        let order = event
+            .causation_id()
+            .ok_or("a follow-up without a causation id")?;
+        let key = format!("at.{order}");
+        let kept = match self.state.get(&key) {
+            Ok(Some(v)) => v,
+            Ok(None) => return Err(format!("no order {order} seen before")),
+            Err(e) => return Ok(Err(e)),
+        };
+        let micros: u64 = String::from_utf8_lossy(&kept)
+            .trim_start_matches('@')
+            .parse()
+            .map_err(|e| format!("`{key}` is not a time: {e}"))?;
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(micros);
+        Ok(self
+            .keep_latency(order, now, at)
+            .and_then(|()| self.state.delete(&key)))
     }
 }
 

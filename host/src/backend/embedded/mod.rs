@@ -101,29 +101,26 @@ impl EmbeddedBackend {
         }
         Ok(starts)
     }
-}
 
-impl EmbeddedBackend {
-    /// A consumer of `plugin` (its part number `start_index` at `start`;
-    /// the first part looks for re-driven letters) taking deliveries from `source`; its parts share
-    /// `writing`, and each holds `reader` until dropped.
+    /// A consumer of `plugin`'s part at `start` (the first part looks for
+    /// re-driven letters) taking deliveries from `source`, with what its
+    /// parts share.
     fn local_consumer(
         &self,
         plugin: &str,
         source: impl Source + 'static,
-        (start_index, (cursor_name, start)): (usize, (Option<String>, Cursor)),
+        first: bool,
+        (cursor_name, start): (Option<String>, Cursor),
         options: &ConsumerOptions,
-        writing: Arc<Mutex<()>>,
-        reader: Arc<Reader>,
+        shared: &Shared,
     ) -> Box<dyn Consumer> {
-        let first = start_index == 0;
         Box::new(LocalConsumer::new(
             plugin,
             source,
             Commit::Durable {
                 log: self.log.clone(),
                 cursor_name,
-                writing,
+                writing: shared.writing.clone(),
                 state: self.log.store().state_epoch(plugin),
             },
             LocalOptions {
@@ -132,9 +129,16 @@ impl EmbeddedBackend {
                 redrives: first.then(|| self.redrive_flag(plugin)),
                 drain_on_close: false,
             },
-            Some(Box::new(reader)),
+            Some(Box::new(shared.reader.clone())),
         ))
     }
+}
+
+/// What a plugin's parts share: the lock each holds while it checks and
+/// commits its writes, and the log reader (each holds it until dropped).
+struct Shared {
+    writing: Arc<Mutex<()>>,
+    reader: Arc<Reader>,
 }
 
 /// A plugin's log reader and its claim on the plugin, given up when its
@@ -237,10 +241,13 @@ impl Backend for EmbeddedBackend {
             let consumer = self.local_consumer(
                 plugin,
                 source,
-                (0, (cursor_name, start)),
+                true,
+                (cursor_name, start),
                 &options,
-                Arc::default(),
-                Arc::new(reader),
+                &Shared {
+                    writing: Arc::default(),
+                    reader: Arc::new(reader),
+                },
             );
             return Ok(vec![consumer]);
         }
@@ -271,20 +278,16 @@ impl Backend for EmbeddedBackend {
                 reason: e.to_string(),
             })?;
         reader.thread = Some(thread);
-        let reader = Arc::new(reader);
-        let writing: Arc<Mutex<()>> = Arc::default();
+        let shared = Shared {
+            writing: Arc::default(),
+            reader: Arc::new(reader),
+        };
         let consumers = queues
             .into_iter()
-            .zip(starts.into_iter().enumerate())
-            .map(|(queue, start)| {
-                self.local_consumer(
-                    plugin,
-                    queue,
-                    start,
-                    &options,
-                    writing.clone(),
-                    reader.clone(),
-                )
+            .zip(starts)
+            .enumerate()
+            .map(|(i, (queue, start))| {
+                self.local_consumer(plugin, queue, i == 0, start, &options, &shared)
             })
             .collect();
         Ok(consumers)

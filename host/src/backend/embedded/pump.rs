@@ -77,7 +77,7 @@ pub(super) fn run(
         next = last + 1;
         let mut wanted: Vec<Vec<Arc<Event>>> = vec![Vec::new(); parts];
         for e in events {
-            if !routing.patterns.iter().any(|p| p.matches(&e.topic)) {
+            if !wants(&routing.patterns, &e) {
                 continue;
             }
             let i = routing.key.part(&e, parts);
@@ -130,6 +130,11 @@ fn send(routing: &Routing, outlet: &mut Outlet, wanted: &[Arc<Event>], last: u64
         }
     }
     true
+}
+
+/// Whether a plugin subscribed to `patterns` wants `event`.
+fn wants(patterns: &[Pattern], event: &Event) -> bool {
+    patterns.iter().any(|p| p.matches(&event.topic))
 }
 
 /// `wanted` (the plugin's events among those up to `last` looked at) in
@@ -219,7 +224,7 @@ impl Inline {
         self.next = last + 1;
         let wanted: Vec<Arc<Event>> = events
             .into_iter()
-            .filter(|e| self.patterns.iter().any(|p| p.matches(&e.topic)))
+            .filter(|e| wants(&self.patterns, e))
             .collect();
         for (events, through) in deliveries(&wanted, last) {
             self.depth.fetch_add(events.len(), Ordering::Relaxed);

@@ -268,6 +268,7 @@ impl LocalConsumer {
             counts: options.start.counts,
             drops: VecDeque::new(),
             gauges,
+            // Odd: nothing handed out yet, so a settlement checks.
             state_seen: 1,
             _guard: guard,
         };
@@ -632,12 +633,14 @@ impl LocalConsumer {
                     .then(|| writing.lock().unwrap_or_else(|p| p.into_inner()));
                 let seen = self.state_seen;
                 let unchanged = seen.is_multiple_of(2) && state.load(Ordering::Acquire) == seen;
-                for (key, value) in expected.iter().filter(|_| !unchanged) {
-                    if log.store().kv_get(&self.plugin, key)? != *value {
-                        return Err(BackendError::Conflict {
-                            plugin: self.plugin.clone(),
-                            key: key.clone(),
-                        });
+                if !unchanged {
+                    for (key, value) in expected {
+                        if log.store().kv_get(&self.plugin, key)? != *value {
+                            return Err(BackendError::Conflict {
+                                plugin: self.plugin.clone(),
+                                key: key.clone(),
+                            });
+                        }
                     }
                 }
                 if follow_ups.is_empty() {
