@@ -512,6 +512,57 @@ fn refuses_writes_made_from_values_that_changed(h: Harness) {
     ));
 }
 
+/// A handler's read may come from this host's copy of the state; one that
+/// another host has changed since is refused at settlement like any stale
+/// read, and the batch handled again reads the new value.
+fn a_read_another_host_made_stale_is_refused_and_read_again(h: Harness) {
+    h.backend
+        .append(vec![event("order.placed", 1), event("order.placed", 2)])
+        .expect("append");
+    let orders = |v: &[u8]| vec![("orders".to_string(), Some(v.to_vec()))];
+    let mut c = h.consumer("analytics", &["order.placed"], HUNG);
+    let got = take(c.as_mut(), 1);
+    assert_eq!(h.backend.kv_read("analytics", "orders").expect("kv"), None);
+    let mut first = acks(&got);
+    first.expected = vec![("orders".into(), None)];
+    first.writes = orders(b"1");
+    c.settle(first).expect("settle");
+    assert_eq!(
+        h.backend.kv_read("analytics", "orders").expect("kv"),
+        Some(b"1".to_vec()),
+        "a host reads its own write"
+    );
+    // Another host of the plugin makes it 5.
+    h.other.put_state("analytics", orders(b"5")).expect("state");
+    let mut refused = 0;
+    loop {
+        let got = take(c.as_mut(), 1);
+        assert_eq!(got[0].event.sequence, 2);
+        let read = h.backend.kv_read("analytics", "orders").expect("kv");
+        let mut s = acks(&got);
+        s.expected = vec![("orders".into(), read.clone())];
+        s.writes = orders(&[read.as_deref().unwrap_or_default(), b"+"].concat());
+        match c.settle(s) {
+            Ok(()) => {
+                assert_eq!(read, Some(b"5".to_vec()), "settled from the current value");
+                break;
+            }
+            Err(BackendError::Conflict { key, .. }) => {
+                assert_eq!(key, "orders");
+                assert_eq!(read, Some(b"1".to_vec()), "refused only a stale read");
+                refused += 1;
+                assert!(refused < 2, "read stale again after a conflict");
+                c.release().expect("release");
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(
+        h.backend.kv_get("analytics", "orders").expect("kv"),
+        Some(b"5+".to_vec())
+    );
+}
+
 /// The plugin's accounts at a moment it is at rest (on NATS the audit
 /// checks only then: it is read again until it does).
 fn audit_at_rest(h: &Harness, scope: &crate::audit::Scope) -> crate::audit::Audit {
@@ -737,6 +788,10 @@ macro_rules! conformance {
             #[test]
             fn refuses_writes_made_from_values_that_changed() {
                 super::refuses_writes_made_from_values_that_changed(Harness::$backend());
+            }
+            #[test]
+            fn a_read_another_host_made_stale_is_refused_and_read_again() {
+                super::a_read_another_host_made_stale_is_refused_and_read_again(Harness::$backend());
             }
             #[test]
             fn accounts_for_every_event_when_retries_mix_with_new_ones() {

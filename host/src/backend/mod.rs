@@ -29,6 +29,7 @@ pub mod embedded;
 pub mod local;
 pub mod nats;
 pub mod redis;
+pub mod state_cache;
 
 #[cfg(test)]
 mod conformance;
@@ -535,6 +536,16 @@ pub trait Backend: Send + Sync {
 
     /// One value of `plugin`'s key-value bucket.
     fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, BackendError>;
+
+    /// One value of `plugin`'s bucket as its handler reads it, inside a
+    /// batch: a backend may answer from this host's copy of the state
+    /// (`state_cache`), because the settlement checks every value the batch
+    /// read against the bucket's and refuses the batch on a difference
+    /// ([`BackendError::Conflict`]). What others read goes to
+    /// [`Backend::kv_get`].
+    fn kv_read(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        self.kv_get(plugin, key)
+    }
 
     /// Up to `limit` keys of `plugin`'s bucket after `after`, in key order,
     /// with their values.

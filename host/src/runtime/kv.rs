@@ -141,8 +141,18 @@ impl Backend {
     /// The committed value of `key` in `plugin`'s bucket.
     pub fn get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
         match self {
-            Backend::Durable(s) => s.kv_get(plugin, key).map_err(|e| e.to_string()),
             Backend::Broker(b) => b.kv_get(plugin, key).map_err(|e| e.to_string()),
+            _ => self.read(plugin, key),
+        }
+    }
+
+    /// The value of `key` in `plugin`'s bucket as its handler reads it: a
+    /// broker may answer from this host's copy of the state, because the
+    /// settlement checks every value a batch read (`backend::state_cache`).
+    pub fn read(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        match self {
+            Backend::Durable(s) => s.kv_get(plugin, key).map_err(|e| e.to_string()),
+            Backend::Broker(b) => b.kv_read(plugin, key).map_err(|e| e.to_string()),
             Backend::Memory(m) => Ok(m
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -280,7 +290,7 @@ impl HostState {
         if let Some(v) = self.kv_reads.borrow().get(key) {
             return Ok(v.clone());
         }
-        let value = self.kv.get(&self.plugin, key).map_err(other)?;
+        let value = self.kv.read(&self.plugin, key).map_err(other)?;
         // What the call's writes are computed from: the commit checks it
         // is still the bucket's (another worker or host may write it).
         self.kv_reads

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::reply::{self, Entry};
 use super::{dead_record, fenced, Shared};
+use crate::backend::state_cache::StateCache;
 use crate::backend::{BackendError, Consumer, ConsumerOptions, Delivered, Settlement, Verdict};
 use crate::event::Event;
 use crate::store::codec;
@@ -60,6 +61,10 @@ pub(in crate::backend) struct RedisConsumer {
     retry: String,
     dead: String,
     kv: String,
+    /// The version of the plugin's state (moved by every write to `kv`).
+    kv_version: String,
+    /// This host's copy of the plugin's state.
+    cache: Arc<StateCache>,
     /// Each host's last settlement token (a hash by host name).
     settled: String,
     /// Each host's fence token (a hash by host name; see the settle script).
@@ -100,6 +105,8 @@ impl RedisConsumer {
             retry: shared.plugin_key("retry", plugin),
             dead: shared.plugin_key("dead", plugin),
             kv: shared.plugin_key("kv", plugin),
+            kv_version: shared.plugin_key("kvversion", plugin),
+            cache: shared.caches.of(plugin),
             settled: shared.plugin_key("settled", plugin),
             fence: shared.plugin_key("fence", plugin),
             accounts: shared.plugin_key("accounts", plugin),
@@ -312,23 +319,35 @@ impl RedisConsumer {
 /// `values` as script arguments: their count, then per value three: the
 /// flag `flags.0` (a value) or `flags.1` (none), the key, and the value
 /// (empty for none).
-fn push_values(
-    args: &mut Vec<Vec<u8>>,
-    values: Vec<(String, Option<Vec<u8>>)>,
-    flags: (&str, &str),
-) {
+fn push_values(args: &mut Vec<Vec<u8>>, values: &[(String, Option<Vec<u8>>)], flags: (&str, &str)) {
     args.push(values.len().to_string().into_bytes());
     for (key, value) in values {
         let flag = if value.is_some() { flags.0 } else { flags.1 };
         args.extend([
             flag.as_bytes().to_vec(),
-            key.into_bytes(),
-            value.unwrap_or_default(),
+            key.clone().into_bytes(),
+            value.clone().unwrap_or_default(),
         ]);
     }
 }
 
 impl RedisConsumer {
+    /// What a settlement's answer (`{'OK', version, follow-ups...}`, or a
+    /// bare `{'OK'}` for one that had run before) tells the state's copy.
+    fn learn(&self, result: &Result<Vec<u64>, BackendError>, writes: &[(String, Option<Vec<u8>>)]) {
+        match result.as_ref().map(|answer| answer.first().copied()) {
+            // No write, no new version: the copy stays as true as it was.
+            Ok(_) if writes.is_empty() => {}
+            Ok(Some(version)) if version > 0 => self.cache.wrote(
+                writes.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
+                version,
+            ),
+            // Its writes landed at a version nobody told us, or were
+            // refused because the copy (or a read) was out of date.
+            _ => self.cache.forget(),
+        }
+    }
+
     /// Run the extend script (or with `release`, the hand-back script) on
     /// everything held, fenced.
     fn on_held(&mut self, release: bool) -> Result<(), BackendError> {
@@ -408,6 +427,7 @@ impl RedisConsumer {
             &self.settled,
             &self.fence,
             &self.accounts,
+            &self.kv_version,
         ] {
             call.key(k);
         }
@@ -576,12 +596,12 @@ impl Consumer for RedisConsumer {
             others += 1;
         }
         tail.insert(0, others.to_string().into_bytes());
-        push_values(&mut tail, writes, ("s", "d"));
+        push_values(&mut tail, &writes, ("s", "d"));
         tail.push(follow_ups.len().to_string().into_bytes());
         for e in &follow_ups {
             tail.extend([e.id.clone().into_bytes(), codec::encode(e)]);
         }
-        push_values(&mut tail, expected, ("1", "0"));
+        push_values(&mut tail, &expected, ("1", "0"));
         tail.push(handled.to_string().into_bytes());
         tail.push(dead.to_string().into_bytes());
         let token = crate::event::new_id();
@@ -627,6 +647,7 @@ impl Consumer for RedisConsumer {
         } else if checked && all {
             self.token = Some(token);
         }
+        self.learn(&result, &writes);
         result.map(|_| ())
     }
 

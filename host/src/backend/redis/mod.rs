@@ -11,7 +11,10 @@
 //! `PREFIX:times` (first sequence of each second, for replay by time),
 //! `PREFIX:lastsec`, `PREFIX:id:ID` (dedup, expiring), and per plugin
 //! `PREFIX:redo:P`, `PREFIX:retry:P`, `PREFIX:dead:P` (a hash by
-//! sequence), `PREFIX:kv:P` (a hash: the plugin's state), `PREFIX:settled:P`
+//! sequence), `PREFIX:kv:P` (a hash: the plugin's state),
+//! `PREFIX:kvversion:P` (moved by every write to it, so that each host's
+//! copy of the state, `backend::state_cache`, knows when another host
+//! wrote), `PREFIX:settled:P`
 //! (each host's last settlement), `PREFIX:fence:P` (each host's fence
 //! token, deleted when its entries are claimed) and `PREFIX:accounts:P`
 //! (where the plugin's accounts start, and how many of its events were
@@ -49,6 +52,8 @@ use crate::store::dead::{self, DeadLetter, Selection};
 use reply::{entries, int, text};
 use scripts::Scripts;
 
+use super::state_cache::StateCaches;
+
 /// How long connecting may take before the broker counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest a command may go unanswered before the connection counts
@@ -66,6 +71,8 @@ pub(super) struct Shared {
     prefix: String,
     dedup: Duration,
     scripts: Scripts,
+    /// This host's copies of the plugins' state.
+    caches: StateCaches,
     /// Whether the last call went through.
     connected: std::sync::atomic::AtomicBool,
 }
@@ -234,6 +241,7 @@ impl RedisBackend {
                 prefix: prefix.to_string(),
                 dedup,
                 scripts: Scripts::new(),
+                caches: StateCaches::default(),
                 connected: std::sync::atomic::AtomicBool::new(false),
             }),
             idle: Mutex::default(),
@@ -446,6 +454,7 @@ impl Backend for RedisBackend {
             self.shared.plugin_key("kv", plugin),
             self.shared.plugin_key("fence", plugin),
             self.shared.plugin_key("accounts", plugin),
+            self.shared.plugin_key("kvversion", plugin),
         ];
         let mut call = self.shared.scripts.replay.prepare_invoke();
         for k in &keys {
@@ -454,8 +463,11 @@ impl Backend for RedisBackend {
         call.arg(plugin)
             .arg(from - 1)
             .arg(if reset_state { "1" } else { "0" });
-        let _: String = self.with(|c| call.invoke(c))?;
-        Ok(())
+        let replayed: Result<String, _> = self.with(|c| call.invoke(c));
+        if reset_state {
+            self.shared.caches.of(plugin).forget();
+        }
+        replayed.map(|_| ())
     }
 
     fn audit(
@@ -517,12 +529,39 @@ impl Backend for RedisBackend {
                 None => pipe.cmd("HDEL").arg(&bucket).arg(key),
             };
         }
-        self.with(|c| pipe.query::<()>(c))
+        pipe.cmd("INCR")
+            .arg(self.shared.plugin_key("kvversion", plugin))
+            .ignore();
+        let cache = self.shared.caches.of(plugin);
+        let result = self.with(|c| pipe.query::<()>(c));
+        // Nobody settles while `put_state` runs (`init`, an operator): the
+        // next read learns the new version.
+        cache.forget();
+        result
     }
 
     fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
         let bucket = self.shared.plugin_key("kv", plugin);
         self.with(|c| redis::cmd("HGET").arg(&bucket).arg(key).query(c))
+    }
+
+    /// From this host's copy when it knows the key, else from Redis (the
+    /// value with the version it is true at, in one transaction).
+    fn kv_read(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        let cache = self.shared.caches.of(plugin);
+        if let Some(value) = cache.get(key) {
+            return Ok(value);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("HGET")
+            .arg(self.shared.plugin_key("kv", plugin))
+            .arg(key)
+            .cmd("GET")
+            .arg(self.shared.plugin_key("kvversion", plugin));
+        let (value, version): (Option<Vec<u8>>, Option<u64>) = self.with(|c| pipe.query(c))?;
+        cache.read(key, value.clone(), version.unwrap_or(0));
+        Ok(value)
     }
 
     fn kv_list(

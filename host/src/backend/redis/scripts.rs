@@ -103,7 +103,8 @@ local function fence(log, redo, group, me, at, n, stride)
 end
 "#;
 
-/// KEYS: log, redo, retry, dead, kv, seq, times, lastsec, settled, fence.
+/// KEYS: log, redo, retry, dead, kv, seq, times, lastsec, settled, fence,
+/// accounts, the kv's version (moved by each settlement that writes state).
 /// ARGV: group, me, prefix, dedup_s, the fence token this consumer holds
 /// (empty for none), then the count of log entries to acknowledge and
 /// their ids, the count of redo entries to acknowledge (and delete) and
@@ -127,7 +128,8 @@ end
 /// replay deletes the hash. A consumer whose token is still there has lost
 /// nothing since, so its entries need no XPENDING; one whose token is gone
 /// is answered {'RECHECK'} with nothing done, and sends the entries to
-/// check. Returns {'OK', follow-up sequences...}, {'RECHECK'},
+/// check. Returns {'OK', the kv's version after its writes (0: it wrote
+/// none), follow-up sequences...}, {'RECHECK'},
 /// {'FENCED', id, why} or {'CONFLICT', key}.
 const SETTLE_BODY: &str = r#"
 local log, redo = KEYS[1], KEYS[2]
@@ -166,6 +168,7 @@ for v = 1, tonumber(ARGV[others]) do
     redis.call('HSET', KEYS[4], ARGV[b + 1], ARGV[b + 2])
   end
 end
+local version = 0
 for w = 1, tonumber(ARGV[writes]) do
   local b = writes + 1 + (w - 1) * 3
   if ARGV[b] == 's' then
@@ -174,6 +177,7 @@ for w = 1, tonumber(ARGV[writes]) do
     redis.call('HDEL', KEYS[5], ARGV[b + 1])
   end
 end
+if tonumber(ARGV[writes]) > 0 then version = redis.call('INCR', KEYS[12]) end
 -- Acknowledged a page of ids a call, straight from the arguments.
 local last = acks_log + tonumber(ARGV[acks_log])
 for s = acks_log + 1, last, 256 do
@@ -190,7 +194,7 @@ if handled > 0 then redis.call('HINCRBY', KEYS[11], 'handled', handled) end
 if dead > 0 then redis.call('HINCRBY', KEYS[11], 'dead', dead) end
 redis.call('HSET', KEYS[9], me, token)
 if ARGV[5] == '' then redis.call('HSET', KEYS[10], me, token) end
-local out = {'OK'}
+local out = {'OK', version}
 local count = tonumber(ARGV[follow])
 if count > 0 then
   local appended = append_all(log, KEYS[6], KEYS[7], KEYS[8], ARGV[3], tonumber(ARGV[4]), follow + 1, count, now_s)
@@ -342,18 +346,22 @@ end
 return tonumber(redis.call('HGET', KEYS[4], 'start') or '-1')
 "#;
 
-/// Replay: KEYS: log, redo, retry, kv, fence, accounts. ARGV: group,
-/// start sequence (exclusive), reset state `1`|`0`. The plugin's group is
-/// made again at the start (its pending entries dropped), its retries and
-/// redeliveries dropped, its accounts begun again there, and its bucket
-/// emptied if asked.
+/// Replay: KEYS: log, redo, retry, kv, fence, accounts, the kv's version.
+/// ARGV: group, start sequence (exclusive), reset state `1`|`0`. The
+/// plugin's group is made again at the start (its pending entries
+/// dropped), its retries and redeliveries dropped, its accounts begun
+/// again there, and its bucket emptied if asked (a write: the version
+/// moves).
 const REPLAY_BODY: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('XGROUP', 'DESTROY', KEYS[1], ARGV[1]) end
 redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0-' .. ARGV[2], 'MKSTREAM')
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[5], KEYS[6])
 redis.call('HSET', KEYS[6], 'start', ARGV[2], 'handled', 0, 'dead', 0)
 redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[1], '0', 'MKSTREAM')
-if ARGV[3] == '1' then redis.call('DEL', KEYS[4]) end
+if ARGV[3] == '1' then
+  redis.call('DEL', KEYS[4])
+  redis.call('INCR', KEYS[7])
+end
 return 'OK'
 "#;
 

@@ -1,0 +1,198 @@
+//! A host's copy of the plugins' state kept in a shared broker, so that a
+//! plugin's read of a key it (or this host) read or wrote before is
+//! answered here instead of by a round trip to the broker.
+//!
+//! The broker counts the writes to each plugin's state (a version moved by
+//! every write, whoever makes it). The copy knows the version it is true
+//! at: a value read together with a later version, or a settlement that
+//! lands at a version past the next one, means someone else wrote in
+//! between, and the copy starts again from what it just learned. A value
+//! the copy still gives after another host wrote it is caught where every
+//! read is caught: the settlement checks each value its batch read against
+//! the broker's and answers a conflict, and the consumer forgets the copy
+//! ([`StateCache::forget`]) before the batch is handled again.
+//!
+//! Bounded: at most [`STATE_CACHE_BYTES_MAX`] of keys and values per plugin
+//! and host; past it the copy starts again empty.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The most bytes (keys and values) one plugin's copy holds on one host.
+pub const STATE_CACHE_BYTES_MAX: usize = 1 << 20;
+
+/// What a copy costs per key beside its bytes (the map's entry, the two
+/// allocations), so that many tiny keys are bounded too.
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// The plugins' copies on this host, one per plugin.
+#[derive(Default)]
+pub struct StateCaches(Mutex<HashMap<String, Arc<StateCache>>>);
+
+impl StateCaches {
+    /// `plugin`'s copy.
+    pub fn of(&self, plugin: &str) -> Arc<StateCache> {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = all.get(plugin) {
+            return c.clone();
+        }
+        let c = Arc::new(StateCache::default());
+        all.insert(plugin.to_string(), c.clone());
+        c
+    }
+}
+
+/// One plugin's copy: values (none: the key is absent) true at `version`.
+#[derive(Default)]
+pub struct StateCache(Mutex<Copy>);
+
+#[derive(Default)]
+struct Copy {
+    /// The version of the broker's state the values are true at; none
+    /// while nothing is known.
+    version: Option<u64>,
+    values: HashMap<String, Option<Vec<u8>>>,
+    bytes: usize,
+}
+
+impl Copy {
+    fn put(&mut self, key: &str, value: Option<Vec<u8>>) {
+        let size = entry_bytes(key, value.as_deref());
+        if self.bytes + size > STATE_CACHE_BYTES_MAX {
+            self.values.clear();
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        if let Some(old) = self.values.insert(key.to_string(), value) {
+            self.bytes -= entry_bytes(key, old.as_deref());
+        }
+    }
+
+    /// Begin again at `version`, knowing nothing.
+    fn restart(&mut self, version: u64) {
+        self.values.clear();
+        self.bytes = 0;
+        self.version = Some(version);
+    }
+}
+
+fn entry_bytes(key: &str, value: Option<&[u8]>) -> usize {
+    key.len() + value.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD_BYTES
+}
+
+impl StateCache {
+    /// The value of `key` as the copy knows it (`Some(None)`: absent), or
+    /// none when it does not know.
+    pub fn get(&self, key: &str) -> Option<Option<Vec<u8>>> {
+        let copy = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        copy.version?;
+        copy.values.get(key).cloned()
+    }
+
+    /// The broker answered `value` for `key` at `version`.
+    pub fn read(&self, key: &str, value: Option<Vec<u8>>, version: u64) {
+        let mut copy = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match copy.version {
+            Some(v) if v == version => {}
+            // Read before writes the copy already has: too old to keep.
+            Some(v) if v > version => return,
+            _ => copy.restart(version),
+        }
+        copy.put(key, value);
+    }
+
+    /// This host's settlement wrote `writes`, and the broker's state is at
+    /// `version` after it.
+    pub fn wrote<'a>(
+        &self,
+        writes: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+        version: u64,
+    ) {
+        let mut copy = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match copy.version {
+            Some(v) if v + 1 == version => copy.version = Some(version),
+            // Another settlement of this host landed after it and is in
+            // the copy already.
+            Some(v) if v >= version => return,
+            // Someone wrote in between (or nothing was known): only these
+            // writes are known true now.
+            _ => copy.restart(version),
+        }
+        for (key, value) in writes {
+            copy.put(key, value.map(<[u8]>::to_vec));
+        }
+    }
+
+    /// Forget everything (a conflict: the copy was wrong somewhere; a
+    /// settlement whose outcome is unknown).
+    pub fn forget(&self) {
+        let mut copy = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        copy.values.clear();
+        copy.bytes = 0;
+        copy.version = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Option<Vec<u8>> {
+        Some(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_value_read_is_known_until_someone_else_writes() {
+        let c = StateCache::default();
+        assert_eq!(c.get("a"), None, "nothing known");
+        c.read("a", v("1"), 7);
+        c.read("gone", None, 7);
+        assert_eq!(c.get("a"), Some(v("1")));
+        assert_eq!(c.get("gone"), Some(None), "an absent key is known absent");
+        // Our own write, the next version: kept with what was known.
+        c.wrote([("a", Some(&b"2"[..]))], 8);
+        assert_eq!(c.get("a"), Some(v("2")));
+        assert_eq!(c.get("gone"), Some(None));
+        // Another host wrote version 9: ours is 10, the rest is unknown.
+        c.wrote([("b", Some(&b"x"[..]))], 10);
+        assert_eq!(c.get("a"), None);
+        assert_eq!(c.get("b"), Some(v("x")));
+        // A read at a later version starts again too.
+        c.read("c", v("z"), 12);
+        assert_eq!(c.get("b"), None);
+        assert_eq!(c.get("c"), Some(v("z")));
+    }
+
+    #[test]
+    fn late_answers_never_overwrite_newer_knowledge() {
+        let c = StateCache::default();
+        c.wrote([("a", Some(&b"new"[..]))], 5);
+        c.read("a", v("old"), 4);
+        assert_eq!(c.get("a"), Some(v("new")), "a read from before the write");
+        c.wrote([("a", Some(&b"older"[..]))], 5);
+        assert_eq!(
+            c.get("a"),
+            Some(v("new")),
+            "a settlement already in the copy"
+        );
+        c.forget();
+        assert_eq!(c.get("a"), None);
+    }
+
+    #[test]
+    fn the_copy_is_bounded() {
+        let c = StateCache::default();
+        let big = vec![0u8; 4096];
+        for i in 0..1000 {
+            c.read(&format!("k{i}"), Some(big.clone()), 1);
+        }
+        let copy = c.0.lock().expect("not poisoned");
+        assert!(copy.bytes <= STATE_CACHE_BYTES_MAX, "{}", copy.bytes);
+        let counted: usize = copy
+            .values
+            .iter()
+            .map(|(k, v)| entry_bytes(k, v.as_deref()))
+            .sum();
+        assert_eq!(counted, copy.bytes, "the count is what is held");
+    }
+}
