@@ -12,14 +12,28 @@
 //! the broker's and answers a conflict, and the consumer forgets the copy
 //! ([`StateCache::forget`]) before the batch is handled again.
 //!
+//! A copy that knows nothing yet may be loaded whole (a bucket of at most
+//! [`STATE_CACHE_LOAD_ENTRIES_MAX`] keys, at most once per
+//! [`STATE_CACHE_LOAD_EVERY`]): while it stays complete, a key it does not
+//! hold is known absent, so a plugin whose keys are mostly new (stock not
+//! yet counted) does not wait for a round trip per key either.
+//!
 //! Bounded: at most [`STATE_CACHE_BYTES_MAX`] of keys and values per plugin
 //! and host; past it the copy starts again empty.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The most bytes (keys and values) one plugin's copy holds on one host.
 pub const STATE_CACHE_BYTES_MAX: usize = 1 << 20;
+
+/// The most keys a bucket may have to be loaded whole.
+pub const STATE_CACHE_LOAD_ENTRIES_MAX: usize = 8192;
+
+/// How often a copy may be loaded whole (after a conflict it knows nothing
+/// again: with hosts writing the same keys, loads would follow each other).
+pub const STATE_CACHE_LOAD_EVERY: Duration = Duration::from_secs(1);
 
 /// What a copy costs per key beside its bytes (the map's entry, the two
 /// allocations), so that many tiny keys are bounded too.
@@ -53,6 +67,10 @@ struct Copy {
     version: Option<u64>,
     values: HashMap<String, Option<Vec<u8>>>,
     bytes: usize,
+    /// Every key of the bucket is in `values`: one missing is absent.
+    complete: bool,
+    /// When the copy was last loaded whole (or a load was tried).
+    loaded_at: Option<Instant>,
 }
 
 impl Copy {
@@ -61,6 +79,7 @@ impl Copy {
         if self.bytes + size > STATE_CACHE_BYTES_MAX {
             self.values.clear();
             self.bytes = 0;
+            self.complete = false;
         }
         self.bytes += size;
         if let Some(old) = self.values.insert(key.to_string(), value) {
@@ -72,6 +91,7 @@ impl Copy {
     fn restart(&mut self, version: u64) {
         self.values.clear();
         self.bytes = 0;
+        self.complete = false;
         self.version = Some(version);
     }
 }
@@ -86,7 +106,39 @@ impl StateCache {
     pub fn get(&self, key: &str) -> Option<Option<Vec<u8>>> {
         let copy = self.0.lock().unwrap_or_else(|p| p.into_inner());
         copy.version?;
-        copy.values.get(key).cloned()
+        match copy.values.get(key) {
+            Some(value) => Some(value.clone()),
+            None => copy.complete.then_some(None),
+        }
+    }
+
+    /// Whether a read this copy cannot answer should load the whole bucket:
+    /// the copy knows nothing and was not loaded within
+    /// [`STATE_CACHE_LOAD_EVERY`]. A yes counts as the load.
+    pub fn load_now(&self) -> bool {
+        let mut copy = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let due = copy.version.is_none()
+            && copy
+                .loaded_at
+                .is_none_or(|at| at.elapsed() >= STATE_CACHE_LOAD_EVERY);
+        if due {
+            copy.loaded_at = Some(Instant::now());
+        }
+        due
+    }
+
+    /// The broker answered the whole bucket, `entries`, at `version`.
+    pub fn loaded(&self, entries: Vec<(String, Vec<u8>)>, version: u64) {
+        let mut copy = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if copy.version.is_some_and(|v| v > version) {
+            return;
+        }
+        copy.restart(version);
+        copy.complete = true;
+        for (key, value) in entries {
+            // Past the bound the copy starts again, no longer complete.
+            copy.put(&key, Some(value));
+        }
     }
 
     /// The broker answered `value` for `key` at `version`.
@@ -129,6 +181,7 @@ impl StateCache {
         let mut copy = self.0.lock().unwrap_or_else(|p| p.into_inner());
         copy.values.clear();
         copy.bytes = 0;
+        copy.complete = false;
         copy.version = None;
     }
 }
@@ -177,6 +230,26 @@ mod tests {
         );
         c.forget();
         assert_eq!(c.get("a"), None);
+    }
+
+    #[test]
+    fn a_complete_copy_knows_what_is_absent_until_someone_else_writes() {
+        let c = StateCache::default();
+        assert!(c.load_now(), "nothing known: load");
+        assert!(!c.load_now(), "not twice within the interval");
+        c.loaded(vec![("a".into(), b"1".to_vec())], 3);
+        assert_eq!(c.get("a"), Some(v("1")));
+        assert_eq!(c.get("new"), Some(None), "complete: absent");
+        c.wrote([("new", Some(&b"2"[..]))], 4);
+        assert_eq!(c.get("new"), Some(v("2")));
+        assert_eq!(c.get("other"), Some(None), "still complete after our write");
+        c.wrote([("b", Some(&b"3"[..]))], 6);
+        assert_eq!(c.get("other"), None, "someone wrote version 5");
+        assert_eq!(c.get("b"), Some(v("3")));
+        c.loaded(Vec::new(), 5);
+        assert_eq!(c.get("b"), Some(v("3")), "an older load is dropped");
+        c.forget();
+        assert!(!c.load_now(), "loaded within the interval");
     }
 
     #[test]

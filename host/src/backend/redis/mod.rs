@@ -52,7 +52,7 @@ use crate::store::dead::{self, DeadLetter, Selection};
 use reply::{entries, int, text};
 use scripts::Scripts;
 
-use super::state_cache::StateCaches;
+use super::state_cache::{StateCache, StateCaches, STATE_CACHE_LOAD_ENTRIES_MAX};
 
 /// How long connecting may take before the broker counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -281,6 +281,39 @@ impl RedisBackend {
         }
         out.sort_by_key(|l| l.event.sequence);
         Ok(out)
+    }
+}
+
+impl RedisBackend {
+    /// A handler's read of `key` that also loads the plugin's whole
+    /// bucket into this host's copy when it is small enough.
+    fn read_state(
+        &self,
+        cache: &StateCache,
+        plugin: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, BackendError> {
+        let mut call = self.shared.scripts.read_state.prepare_invoke();
+        call.key(self.shared.plugin_key("kv", plugin))
+            .key(self.shared.plugin_key("kvversion", plugin))
+            .arg(key)
+            .arg(STATE_CACHE_LOAD_ENTRIES_MAX);
+        type Answer = (u64, Option<Vec<u8>>, Option<Vec<Vec<u8>>>);
+        let (version, value, all): Answer = self.with(|c| call.invoke(c))?;
+        match all {
+            Some(flat) => {
+                let mut entries = Vec::with_capacity(flat.len() / 2);
+                let mut flat = flat.into_iter();
+                while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                    let k = String::from_utf8(k)
+                        .map_err(|e| self.shared.corrupt("a state key", e.to_string()))?;
+                    entries.push((k, v));
+                }
+                cache.loaded(entries, version);
+            }
+            None => cache.read(key, value.clone(), version),
+        }
+        Ok(value)
     }
 }
 
@@ -551,6 +584,9 @@ impl Backend for RedisBackend {
         let cache = self.shared.caches.of(plugin);
         if let Some(value) = cache.get(key) {
             return Ok(value);
+        }
+        if cache.load_now() {
+            return self.read_state(&cache, plugin, key);
         }
         let mut pipe = redis::pipe();
         pipe.atomic()

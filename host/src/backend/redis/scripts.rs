@@ -408,6 +408,18 @@ end
 return out
 "#;
 
+/// A handler's read of one key when this host's copy of the state knows
+/// nothing: KEYS: kv, the kv's version. ARGV: key, the most entries to
+/// load. Returns {version, the key's value or false, the whole bucket
+/// (HGETALL, flat) when it has at most that many entries, else false}.
+const READ_STATE_BODY: &str = r#"
+local version = tonumber(redis.call('GET', KEYS[2]) or '0')
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+local all = false
+if redis.call('HLEN', KEYS[1]) <= tonumber(ARGV[2]) then all = redis.call('HGETALL', KEYS[1]) end
+return {version, value, all}
+"#;
+
 /// The scripts, loaded by hash on first use.
 pub(super) struct Scripts {
     pub append: redis::Script,
@@ -420,6 +432,7 @@ pub(super) struct Scripts {
     pub replay: redis::Script,
     pub groups: redis::Script,
     pub books: redis::Script,
+    pub read_state: redis::Script,
 }
 
 impl Scripts {
@@ -436,6 +449,7 @@ impl Scripts {
             replay: with(&[REPLAY_BODY]),
             groups: with(&[GROUPS_BODY]),
             books: with(&[BOOKS_BODY]),
+            read_state: with(&[READ_STATE_BODY]),
         }
     }
 }
