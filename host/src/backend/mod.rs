@@ -29,7 +29,6 @@ pub mod embedded;
 pub mod local;
 pub mod nats;
 pub mod redis;
-pub mod state_cache;
 
 #[cfg(test)]
 mod conformance;

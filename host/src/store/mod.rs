@@ -40,6 +40,8 @@ mod disk;
 pub mod log;
 pub mod progress;
 mod retention;
+pub mod state_cache;
+mod state_view;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -201,7 +203,7 @@ pub struct Store {
     /// Seconds per fsync.
     fsync_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Per plugin, the writes to its state so far.
-    state_epochs: progress::StateEpochs,
+    state_views: state_view::StateViews,
 }
 
 /// The most events in one log record (a run of one group commit).
@@ -368,7 +370,7 @@ impl Store {
             journal: Mutex::new(None),
             sync_lock: Mutex::new(()),
             mark,
-            state_epochs: progress::StateEpochs::default(),
+            state_views: state_view::StateViews::default(),
         })
     }
 
@@ -481,13 +483,13 @@ impl Store {
             .map(|e| 64 + e.data.len() as u64 + e.id.len() as u64 + e.topic.len() as u64)
             .sum();
         self.make_room(incoming)?;
-        let writers: Vec<&str> = progress
+        let changes: Vec<(&str, state_view::Change)> = progress
             .iter()
             .filter(|p| !p.kv.is_empty())
-            .map(|p| p.plugin.as_str())
+            .map(|p| (p.plugin.as_str(), state_view::Change::Writes(&p.kv)))
             .collect();
-        self.state_epochs
-            .around(&writers, || self.write_with_now(events, progress))
+        self.state_views
+            .around(&changes, || self.write_with_now(events, progress))
     }
 
     fn write_with_now(

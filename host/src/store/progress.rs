@@ -15,12 +15,12 @@
 //!
 //! Buckets live in the `kv` keyspace under `plugin \0 key`.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use fjall::OwnedWriteBatch;
 
+use super::state_view::Change;
 use super::{dead, Store, StoreError};
 use crate::event::Event;
 
@@ -194,55 +194,11 @@ pub(super) fn kv_key(plugin: &str, key: &str) -> Vec<u8> {
     k
 }
 
-/// Per plugin, a count of the writes to its state, moved on before each
-/// write and again after it (so odd while one is under way). A consumer
-/// that finds its plugin's count even and unchanged since it handed out a
-/// batch knows that nothing has written the state the batch read, and need
-/// not read it again to check (`backend::local`).
-#[derive(Default)]
-pub(super) struct StateEpochs(Mutex<HashMap<String, Arc<AtomicU64>>>);
-
-impl StateEpochs {
-    /// `plugin`'s count.
-    pub(super) fn of(&self, plugin: &str) -> Arc<AtomicU64> {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match all.get(plugin) {
-            Some(epoch) => epoch.clone(),
-            None => {
-                let epoch = Arc::new(AtomicU64::new(0));
-                all.insert(plugin.to_string(), epoch.clone());
-                epoch
-            }
-        }
-    }
-
-    /// Run `write` (of the state of `plugins`), the counts moved on before
-    /// and after it.
-    pub(super) fn around<T>(&self, plugins: &[&str], write: impl FnOnce() -> T) -> T {
-        let mut epochs: Vec<Arc<AtomicU64>> = Vec::with_capacity(plugins.len());
-        for p in plugins {
-            let epoch = self.of(p);
-            // A plugin twice in one write moves on once: odd throughout.
-            if !epochs.iter().any(|e| Arc::ptr_eq(e, &epoch)) {
-                epochs.push(epoch);
-            }
-        }
-        for e in &epochs {
-            e.fetch_add(1, Ordering::AcqRel);
-        }
-        let out = write();
-        for e in &epochs {
-            e.fetch_add(1, Ordering::AcqRel);
-        }
-        out
-    }
-}
-
 impl Store {
     /// A live count of the writes to `plugin`'s state (see
-    /// [`StateEpochs`]).
+    /// `store::state_view`).
     pub fn state_epoch(&self, plugin: &str) -> Arc<AtomicU64> {
-        self.state_epochs.of(plugin)
+        self.state_views.epoch(plugin)
     }
 
     /// Add `progress` to `batch`.
@@ -285,7 +241,9 @@ impl Store {
         if progress.kv.is_empty() {
             write()
         } else {
-            self.state_epochs.around(&[&progress.plugin], write)
+            let change = Change::Writes(&progress.kv);
+            self.state_views
+                .around(&[(progress.plugin.as_str(), change)], write)
         }
     }
 
@@ -335,6 +293,13 @@ impl Store {
 
     /// One value of `plugin`'s bucket.
     pub fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.state_views
+            .of(plugin)
+            .read(key, || self.kv_get_stored(plugin, key))
+    }
+
+    /// One value of `plugin`'s bucket, as the engine has it.
+    fn kv_get_stored(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = kv_key(plugin, key);
         if key.len() > ENGINE_KEY_BYTES_MAX {
             // Longer than any key the engine can hold (it would panic).
@@ -394,9 +359,13 @@ impl Store {
         cursor: Option<u64>,
         clear_state: bool,
     ) -> Result<usize, StoreError> {
-        let plugins: &[&str] = if clear_state { &[plugin] } else { &[] };
-        self.state_epochs
-            .around(plugins, || self.rewind_now(plugin, cursor, clear_state))
+        let changes: &[(&str, Change)] = if clear_state {
+            &[(plugin, Change::Cleared)]
+        } else {
+            &[]
+        };
+        self.state_views
+            .around(changes, || self.rewind_now(plugin, cursor, clear_state))
     }
 
     fn rewind_now(
@@ -459,6 +428,7 @@ mod tests {
     use super::*;
     use crate::store::tests::temp_dir;
     use crate::store::Fsync;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn a_state_write_moves_its_plugins_count_on_odd_while_under_way_and_even_after() {
@@ -467,13 +437,18 @@ mod tests {
         let (a, b) = (store.state_epoch("a"), store.state_epoch("b"));
         let seen = a.load(Ordering::Acquire);
         assert!(seen.is_multiple_of(2));
-        store.state_epochs.around(&["a", "a"], || {
-            assert_eq!(
-                a.load(Ordering::Acquire),
-                seen + 1,
-                "odd once, however often named"
-            );
-        });
+        let none = Change::Writes(&[]);
+        store
+            .state_views
+            .around(&[("a", none), ("a", Change::Writes(&[]))], || {
+                assert_eq!(
+                    a.load(Ordering::Acquire),
+                    seen + 1,
+                    "odd once, however often named"
+                );
+                Ok(())
+            })
+            .expect("writes");
         assert_eq!(a.load(Ordering::Acquire), seen + 2);
         let progress = |plugin: &str, kv: Vec<(String, Option<Vec<u8>>)>| Progress {
             plugin: plugin.into(),

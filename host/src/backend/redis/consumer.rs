@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use super::reply::{self, Entry};
 use super::{dead_record, fenced, Shared};
-use crate::backend::state_cache::StateCache;
 use crate::backend::{BackendError, Consumer, ConsumerOptions, Delivered, Settlement, Verdict};
 use crate::event::Event;
 use crate::store::codec;
+use crate::store::state_cache::StateCache;
 
 /// How often due retries are looked for when none of this host's is due
 /// sooner (another host may have scheduled one).

@@ -52,7 +52,7 @@ use crate::store::dead::{self, DeadLetter, Selection};
 use reply::{entries, int, text};
 use scripts::Scripts;
 
-use super::state_cache::{StateCache, StateCaches, STATE_CACHE_LOAD_ENTRIES_MAX};
+use crate::store::state_cache::{StateCache, StateCaches, STATE_CACHE_LOAD_ENTRIES_MAX};
 
 /// How long connecting may take before the broker counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

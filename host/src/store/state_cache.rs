@@ -1,15 +1,17 @@
-//! A host's copy of the plugins' state kept in a shared broker, so that a
-//! plugin's read of a key it (or this host) read or wrote before is
-//! answered here instead of by a round trip to the broker.
+//! A copy of one plugin's state held in this process, true at a version of
+//! it (a count of the writes to it), so that a handler's read of a key
+//! read or written before needs no look-up in the store and no round trip
+//! to a broker.
 //!
-//! The broker counts the writes to each plugin's state (a version moved by
-//! every write, whoever makes it). The copy knows the version it is true
-//! at: a value read together with a later version, or a settlement that
-//! lands at a version past the next one, means someone else wrote in
-//! between, and the copy starts again from what it just learned. A value
-//! the copy still gives after another host wrote it is caught where every
-//! read is caught: the settlement checks each value its batch read against
-//! the broker's and answers a conflict, and the consumer forgets the copy
+//! The embedded store moves the version with every write it makes
+//! (`store::state_view`), so its copies are exact. A shared broker counts
+//! the writes to each plugin's state, whoever makes them: a value read
+//! together with a later version, or a settlement that lands at a version
+//! past the next one, means someone else wrote in between, and the copy
+//! starts again from what it just learned. A value the copy still gives
+//! after another host wrote it is caught where every read is caught: the
+//! settlement checks each value its batch read against the broker's and
+//! answers a conflict, and the consumer forgets the copy
 //! ([`StateCache::forget`]) before the batch is handled again.
 //!
 //! A copy that knows nothing yet may be loaded whole (a bucket of at most
@@ -106,6 +108,18 @@ impl StateCache {
     pub fn get(&self, key: &str) -> Option<Option<Vec<u8>>> {
         let copy = self.0.lock().unwrap_or_else(|p| p.into_inner());
         copy.version?;
+        match copy.values.get(key) {
+            Some(value) => Some(value.clone()),
+            None => copy.complete.then_some(None),
+        }
+    }
+
+    /// The value of `key` if the copy knows it and is true at `version`.
+    pub fn get_at(&self, key: &str, version: u64) -> Option<Option<Vec<u8>>> {
+        let copy = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if copy.version != Some(version) {
+            return None;
+        }
         match copy.values.get(key) {
             Some(value) => Some(value.clone()),
             None => copy.complete.then_some(None),
