@@ -57,7 +57,7 @@
 //! `cargo bench -p plugbus --bench fanout`; rows whose tools are missing say
 //! so. `PLUGBUS_BENCH_EVENTS` sets the event count (default 1,000,000);
 //! `PLUGBUS_BENCH_ONLY` (a comma-separated subset of `floor,wasm,plugbus,
-//! redis,swap,busy,isolation,concurrency,startup,durable,http,latency,console,orderflow`) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
+//! redis,swap,busy,isolation,concurrency,startup,durable,http,latency,console,orderflow`, or `chain`: the order flow's chain latency alone) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
 //! prints each plugin's time inside `handle` and its batch sizes;
 //! `PLUGBUS_BENCH_BROKERS` (a comma-separated subset of
 //! `redis,nats,nats-synced`) keeps only those brokers' rows,
@@ -667,6 +667,8 @@ fn main() {
     }
     let orderflow = if want("orderflow") {
         orderflow::table(&dir)
+    } else if !only.is_empty() && want("chain") {
+        orderflow::chain_latency(&dir)
     } else {
         String::new()
     };

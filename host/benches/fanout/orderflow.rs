@@ -427,7 +427,7 @@ const CHAIN_SECONDS: u64 = 5;
 /// The chain latency at a fixed rate, durable, fsync always: from the host
 /// accepting an order (one per POST) to a probe plugin handling the
 /// follow-up inventory published for it, as email does; to print.
-fn chain_latency(dir: &Path) -> String {
+pub(crate) fn chain_latency(dir: &Path) -> String {
     let data = dir.join("orderflow-chain-data");
     let _ = std::fs::remove_dir_all(&data);
     let data_arg = data.display().to_string();
