@@ -6,7 +6,10 @@
 //! them with the plugin's cursor only for a batch whose events were all
 //! acked (`plugin::worker`), so what a plugin keeps is exactly the effect of
 //! the events it acked. Reads of keys not written in the call go to the
-//! [`Backend`]: the durable store, or a map in memory (`--memory`).
+//! [`Backend`]: the durable store (answered by its exact copy of the
+//! plugin's state, `store::state_view`), a broker (answered by this host's
+//! copy when it has the key, `store::state_cache`: the settlement checks
+//! every value read), or a map in memory (`--memory`).
 //!
 //! Writes during `init` are committed when `init` returns.
 
