@@ -486,11 +486,7 @@ impl Store {
             .map(|e| 64 + e.data.len() as u64 + e.id.len() as u64 + e.topic.len() as u64)
             .sum();
         self.make_room(incoming)?;
-        let changes: Vec<(&str, state_view::Change)> = progress
-            .iter()
-            .filter(|p| !p.kv.is_empty())
-            .map(|p| (p.plugin.as_str(), state_view::Change::Writes(&p.kv)))
-            .collect();
+        let changes = state_view::changes(progress.iter().copied());
         self.state_views
             .around(&changes, || self.write_with_now(events, progress))
     }

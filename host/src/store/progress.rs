@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use fjall::OwnedWriteBatch;
 
-use super::state_view::Change;
+use super::state_view::{self, Change};
 use super::{dead, Store, StoreError};
 use crate::event::Event;
 
@@ -232,19 +232,13 @@ impl Store {
     /// it whole, and the plugin handles its batch again from the state
     /// before it.
     pub fn commit_progress(&self, progress: &Progress) -> Result<(), StoreError> {
-        let write = || {
-            self.write_now(|batch| {
-                self.add_progress(batch, progress);
-                Ok(())
+        self.state_views
+            .around(&state_view::changes([progress]), || {
+                self.write_now(|batch| {
+                    self.add_progress(batch, progress);
+                    Ok(())
+                })
             })
-        };
-        if progress.kv.is_empty() {
-            write()
-        } else {
-            let change = Change::Writes(&progress.kv);
-            self.state_views
-                .around(&[(progress.plugin.as_str(), change)], write)
-        }
     }
 
     /// The cursor of `plugin`, with its pending retries.

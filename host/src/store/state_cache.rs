@@ -41,22 +41,30 @@ pub const STATE_CACHE_LOAD_EVERY: Duration = Duration::from_secs(1);
 /// allocations), so that many tiny keys are bounded too.
 const ENTRY_OVERHEAD_BYTES: usize = 64;
 
-/// The plugins' copies on this host, one per plugin.
-#[derive(Default)]
-pub struct StateCaches(Mutex<HashMap<String, Arc<StateCache>>>);
+/// One `T` per plugin, made on first use.
+pub struct PerPlugin<T>(Mutex<HashMap<String, Arc<T>>>);
 
-impl StateCaches {
-    /// `plugin`'s copy.
-    pub fn of(&self, plugin: &str) -> Arc<StateCache> {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = all.get(plugin) {
-            return c.clone();
-        }
-        let c = Arc::new(StateCache::default());
-        all.insert(plugin.to_string(), c.clone());
-        c
+impl<T> Default for PerPlugin<T> {
+    fn default() -> Self {
+        PerPlugin(Mutex::default())
     }
 }
+
+impl<T: Default> PerPlugin<T> {
+    /// `plugin`'s.
+    pub fn of(&self, plugin: &str) -> Arc<T> {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = all.get(plugin) {
+            return t.clone();
+        }
+        let t = Arc::new(T::default());
+        all.insert(plugin.to_string(), t.clone());
+        t
+    }
+}
+
+/// The plugins' copies on this host, one per plugin.
+pub type StateCaches = PerPlugin<StateCache>;
 
 /// One plugin's copy: values (none: the key is absent) true at `version`.
 #[derive(Default)]
@@ -79,9 +87,7 @@ impl Copy {
     fn put(&mut self, key: &str, value: Option<Vec<u8>>) {
         let size = entry_bytes(key, value.as_deref());
         if self.bytes + size > STATE_CACHE_BYTES_MAX {
-            self.values.clear();
-            self.bytes = 0;
-            self.complete = false;
+            self.clear();
         }
         self.bytes += size;
         if let Some(old) = self.values.insert(key.to_string(), value) {
@@ -89,12 +95,25 @@ impl Copy {
         }
     }
 
-    /// Begin again at `version`, knowing nothing.
-    fn restart(&mut self, version: u64) {
+    /// Hold no values (and so no longer every key).
+    fn clear(&mut self) {
         self.values.clear();
         self.bytes = 0;
         self.complete = false;
+    }
+
+    /// Begin again at `version`, knowing nothing.
+    fn restart(&mut self, version: u64) {
+        self.clear();
         self.version = Some(version);
+    }
+
+    /// `key`'s value as held (`Some(None)`: absent), or none when unknown.
+    fn known(&self, key: &str) -> Option<Option<Vec<u8>>> {
+        match self.values.get(key) {
+            Some(value) => Some(value.clone()),
+            None => self.complete.then_some(None),
+        }
     }
 }
 
@@ -108,10 +127,7 @@ impl StateCache {
     pub fn get(&self, key: &str) -> Option<Option<Vec<u8>>> {
         let copy = self.0.lock().unwrap_or_else(|p| p.into_inner());
         copy.version?;
-        match copy.values.get(key) {
-            Some(value) => Some(value.clone()),
-            None => copy.complete.then_some(None),
-        }
+        copy.known(key)
     }
 
     /// The value of `key` if the copy knows it and is true at `version`.
@@ -120,10 +136,7 @@ impl StateCache {
         if copy.version != Some(version) {
             return None;
         }
-        match copy.values.get(key) {
-            Some(value) => Some(value.clone()),
-            None => copy.complete.then_some(None),
-        }
+        copy.known(key)
     }
 
     /// Whether a read this copy cannot answer should load the whole bucket:
@@ -193,9 +206,7 @@ impl StateCache {
     /// settlement whose outcome is unknown).
     pub fn forget(&self) {
         let mut copy = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        copy.values.clear();
-        copy.bytes = 0;
-        copy.complete = false;
+        copy.clear();
         copy.version = None;
     }
 }

@@ -11,11 +11,10 @@
 //! which moves the counts and, inside the odd window, brings each copy
 //! along (the writes it made) or has it forget.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use super::state_cache::StateCache;
+use super::state_cache::{PerPlugin, StateCache};
 use super::StoreError;
 
 /// What one write does to a plugin's state.
@@ -24,6 +23,17 @@ pub(super) enum Change<'a> {
     Writes(&'a [(String, Option<Vec<u8>>)]),
     /// Every key goes.
     Cleared,
+}
+
+/// The state changes of `progress` (those that write state).
+pub(super) fn changes<'a>(
+    progress: impl IntoIterator<Item = &'a super::progress::Progress>,
+) -> Vec<(&'a str, Change<'a>)> {
+    progress
+        .into_iter()
+        .filter(|p| !p.kv.is_empty())
+        .map(|p| (p.plugin.as_str(), Change::Writes(&p.kv)))
+        .collect()
 }
 
 /// One plugin's count and copy.
@@ -59,18 +69,12 @@ impl StateView {
 
 /// Every plugin's view, made on first use.
 #[derive(Default)]
-pub(super) struct StateViews(Mutex<HashMap<String, Arc<StateView>>>);
+pub(super) struct StateViews(PerPlugin<StateView>);
 
 impl StateViews {
     /// `plugin`'s view.
     pub(super) fn of(&self, plugin: &str) -> Arc<StateView> {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(view) = all.get(plugin) {
-            return view.clone();
-        }
-        let view = Arc::new(StateView::default());
-        all.insert(plugin.to_string(), view.clone());
-        view
+        self.0.of(plugin)
     }
 
     /// `plugin`'s count of writes.
@@ -108,12 +112,12 @@ impl StateViews {
                 view.copy.forget();
                 continue;
             }
-            let writes = changes.iter().flat_map(|c| match c {
-                Change::Writes(w) => w.iter(),
-                Change::Cleared => [].iter(),
+            let writes = changes.iter().filter_map(|c| match c {
+                Change::Writes(w) => Some(w.iter()),
+                Change::Cleared => None,
             });
             view.copy.wrote(
-                writes.map(|(k, v)| (k.as_str(), v.as_deref())),
+                writes.flatten().map(|(k, v)| (k.as_str(), v.as_deref())),
                 before / 2 + 1,
             );
         }

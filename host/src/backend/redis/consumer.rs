@@ -105,7 +105,7 @@ impl RedisConsumer {
             retry: shared.plugin_key("retry", plugin),
             dead: shared.plugin_key("dead", plugin),
             kv: shared.plugin_key("kv", plugin),
-            kv_version: shared.plugin_key("kvversion", plugin),
+            kv_version: shared.kv_version_key(plugin),
             cache: shared.caches.of(plugin),
             settled: shared.plugin_key("settled", plugin),
             fence: shared.plugin_key("fence", plugin),

@@ -86,6 +86,11 @@ impl Shared {
         format!("{}:{what}:{plugin}", self.prefix)
     }
 
+    /// `plugin`'s state version key: moved by every write to its bucket.
+    fn kv_version_key(&self, plugin: &str) -> String {
+        self.plugin_key("kvversion", plugin)
+    }
+
     fn connect(&self) -> Result<redis::Connection, BackendError> {
         let con = self
             .client
@@ -285,19 +290,25 @@ impl RedisBackend {
 }
 
 impl RedisBackend {
-    /// A handler's read of `key` that also loads the plugin's whole
-    /// bucket into this host's copy when it is small enough.
+    /// A handler's read of `key` that this host's copy could not answer:
+    /// the value with the version it is true at, and, when the copy may
+    /// load (`load_whole`), the whole bucket if it is small enough.
     fn read_state(
         &self,
         cache: &StateCache,
         plugin: &str,
         key: &str,
+        load_whole: bool,
     ) -> Result<Option<Vec<u8>>, BackendError> {
         let mut call = self.shared.scripts.read_state.prepare_invoke();
         call.key(self.shared.plugin_key("kv", plugin))
-            .key(self.shared.plugin_key("kvversion", plugin))
+            .key(self.shared.kv_version_key(plugin))
             .arg(key)
-            .arg(STATE_CACHE_LOAD_ENTRIES_MAX);
+            .arg(if load_whole {
+                STATE_CACHE_LOAD_ENTRIES_MAX
+            } else {
+                0
+            });
         type Answer = (u64, Option<Vec<u8>>, Option<Vec<Vec<u8>>>);
         let (version, value, all): Answer = self.with(|c| call.invoke(c))?;
         match all {
@@ -487,7 +498,7 @@ impl Backend for RedisBackend {
             self.shared.plugin_key("kv", plugin),
             self.shared.plugin_key("fence", plugin),
             self.shared.plugin_key("accounts", plugin),
-            self.shared.plugin_key("kvversion", plugin),
+            self.shared.kv_version_key(plugin),
         ];
         let mut call = self.shared.scripts.replay.prepare_invoke();
         for k in &keys {
@@ -563,13 +574,12 @@ impl Backend for RedisBackend {
             };
         }
         pipe.cmd("INCR")
-            .arg(self.shared.plugin_key("kvversion", plugin))
+            .arg(self.shared.kv_version_key(plugin))
             .ignore();
-        let cache = self.shared.caches.of(plugin);
         let result = self.with(|c| pipe.query::<()>(c));
-        // Nobody settles while `put_state` runs (`init`, an operator): the
-        // next read learns the new version.
-        cache.forget();
+        // The next read learns the new version; a value read before this
+        // write and kept after it is refused at its settlement (conflict).
+        self.shared.caches.of(plugin).forget();
         result
     }
 
@@ -585,19 +595,7 @@ impl Backend for RedisBackend {
         if let Some(value) = cache.get(key) {
             return Ok(value);
         }
-        if cache.load_now() {
-            return self.read_state(&cache, plugin, key);
-        }
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("HGET")
-            .arg(self.shared.plugin_key("kv", plugin))
-            .arg(key)
-            .cmd("GET")
-            .arg(self.shared.plugin_key("kvversion", plugin));
-        let (value, version): (Option<Vec<u8>>, Option<u64>) = self.with(|c| pipe.query(c))?;
-        cache.read(key, value.clone(), version.unwrap_or(0));
-        Ok(value)
+        self.read_state(&cache, plugin, key, cache.load_now())
     }
 
     fn kv_list(

@@ -408,10 +408,11 @@ end
 return out
 "#;
 
-/// A handler's read of one key when this host's copy of the state knows
-/// nothing: KEYS: kv, the kv's version. ARGV: key, the most entries to
-/// load. Returns {version, the key's value or false, the whole bucket
-/// (HGETALL, flat) when it has at most that many entries, else false}.
+/// A handler's read of one key this host's copy of the state could not
+/// answer: KEYS: kv, the kv's version. ARGV: key, the most entries to load
+/// (0: none, unless the bucket is empty). Returns {version, the key's value
+/// or false, the whole bucket (HGETALL, flat) when it has at most that many
+/// entries, else false}.
 const READ_STATE_BODY: &str = r#"
 local version = tonumber(redis.call('GET', KEYS[2]) or '0')
 local value = redis.call('HGET', KEYS[1], ARGV[1])
