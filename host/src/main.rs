@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => {
             no_huge_pages();
+            prompt_purge();
             let filter = || {
                 tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn,opentelemetry=warn".into())
@@ -449,6 +450,30 @@ fn token_new(name: &str, scopes: &[String]) -> Result<(), String> {
 /// `text` as a TOML basic string.
 fn toml_string(text: &str) -> String {
     serde_json::Value::String(text.to_string()).to_string()
+}
+
+/// mimalloc's `purge_delay` option (`mi_option_purge_delay` in its
+/// `mimalloc.h`: the 16th of `mi_option_e`, which the Rust binding does not
+/// name).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// The purge delay plugbus runs with, in ms, unless `MIMALLOC_PURGE_DELAY`
+/// says otherwise.
+const PURGE_DELAY_MS: std::ffi::c_long = 10;
+
+/// Give memory the host freed back to the kernel after 10 ms instead of
+/// mimalloc 3's default of a second. Under the order flow the host frees
+/// megabytes a second (request bodies, batches read back, memtables), and
+/// with a second's delay their pages stayed resident: peak RSS for 200,000
+/// orders went from 133 MiB to about 105-110, with no measurable CPU cost
+/// (the throughput in the same runs moved within the machine's noise).
+#[allow(unsafe_code)]
+fn prompt_purge() {
+    // SAFETY: plain calls into the allocator's option table, which
+    // mimalloc documents as settable at any time.
+    unsafe {
+        libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
+    }
 }
 
 /// Turn transparent huge pages off for this process. The host's buffers

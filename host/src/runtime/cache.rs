@@ -3,7 +3,8 @@
 //! name, chosen by `Runtime::cache_path`). A missing, unreadable or stale
 //! entry is a cache miss, never an error: the plugin is compiled again.
 //!
-//! This is the only place in plugbus with `unsafe`: wasmtime trusts that
+//! One of two places in plugbus with `unsafe` (the other sets an allocator
+//! option in `main.rs`): wasmtime trusts that
 //! bytes it deserializes are its own compiler's output.
 #![allow(unsafe_code)]
 
