@@ -416,8 +416,11 @@ pub struct RunArgs {
     /// sequences, and the correlation and trace ids of its chain).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
-    /// Most events passed to one plugin call.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    /// Most events passed to one plugin call (a call that runs past its
+    /// deadline, or uses 100 ms of CPU, is handled again in halves, and the
+    /// cap stays halved for a while: slow plugins get smaller batches by
+    /// themselves).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub batch_events_max: u64,
     /// Most bytes (payloads plus attributes) passed to one plugin call; a
     /// single larger event still goes alone.
@@ -746,7 +749,7 @@ mod tests {
             format!("http://{LISTEN_DEFAULT}"),
             "keep the two in step"
         );
-        assert_eq!(s.delivery.batch_events_max, 64);
+        assert_eq!(s.delivery.batch_events_max, 256);
         assert_eq!(s.body_bytes_max, 1 << 20);
         assert_eq!(s.fsync, Fsync::Always);
         assert!(s.data.is_some(), "durable by default");

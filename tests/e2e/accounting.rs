@@ -255,11 +255,54 @@ fn a_worker_that_panics_is_reported_and_its_batch_delivered_again() {
 }
 
 #[test]
+fn a_batch_too_heavy_for_one_call_is_split_and_stays_in_the_foreground() {
+    // 5 ms of work per event: a default batch of 256 would use more than a
+    // second in one call; cut at 100 ms of CPU, it is handled again in
+    // halves until a call fits, never in the background, never a failure.
+    let mut files = order_flow();
+    files.push(PluginFile::Wasm("busy", artifacts::HOSTILE));
+    files.push(PluginFile::Manifest(
+        "busy",
+        "[config]\nmode = \"work\"\nwork_us = \"5000\"\nsubscribe = \"order.placed\"\n",
+    ));
+    let h = host(&files, &[]);
+    const N: u64 = 600;
+    post_orders(&h, N as usize);
+    h.wait_until("busy to handle every order", WAIT, |h| {
+        h.count("busy", "handled") >= N
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let busy = h.plugin("busy").expect("listed");
+    assert_eq!(busy["handled"], N, "each once: {busy}");
+    assert_eq!(busy["failed"], 0, "no attempt counted: {busy}");
+    assert_eq!(busy["retried"], 0, "{busy}");
+    let metric = |m: &str| {
+        h.metric(&format!("plugbus_{m}{{plugin=\"busy\"}}"))
+            .unwrap_or(0.0)
+    };
+    assert!(metric("plugin_batch_splits_total") >= 1.0, "split: {busy}");
+    crate::isolation::never(&h, "busy", "background");
+    crate::isolation::never(&h, "busy", "low_priority");
+    let cap = busy["batch_events"].as_u64().unwrap_or(256);
+    assert!(cap < 256, "runs at a smaller cap: {busy}");
+    assert!(
+        busy["batch_note"]
+            .as_str()
+            .is_some_and(|n| n.contains("events per call")),
+        "says why: {busy}"
+    );
+    h.wait_log("used 100 ms of CPU time: handled again in halves", WAIT)
+        .expect("the cut is logged");
+    order_flow_accounted(&h, N);
+    h.stop().expect("stops");
+}
+
+#[test]
 fn a_slow_plugin_gets_smaller_batches_not_quarantine() {
     let mut files = order_flow();
     files.push(PluginFile::Wasm("slow", artifacts::SLOW));
     let h = host(&files, &[]);
-    // One delivery of 200: a batch of 64 needs 3.2 s of a 1 s deadline.
+    // One delivery of 200: as one batch it needs 3.2 s of a 1 s deadline.
     const N: u64 = 200;
     post_orders(&h, N as usize);
     h.wait_until("slow to handle every order", WAIT, |h| {

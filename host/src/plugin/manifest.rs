@@ -68,7 +68,7 @@ pub struct Manifest {
     #[schemars(example = &"subject")]
     pub ordering_key: Option<String>,
     /// Most events per `handle` call. Default: the host's
-    /// `--batch-events-max` (64).
+    /// `--batch-events-max` (256).
     #[schemars(example = 64)]
     pub batch_events_max: Option<u32>,
     /// Values the plugin reads with the config interface (and

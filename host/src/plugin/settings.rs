@@ -78,7 +78,7 @@ impl DeliverySettings {
 impl Default for DeliverySettings {
     fn default() -> Self {
         DeliverySettings {
-            batch_events_max: 64,
+            batch_events_max: 256,
             batch_bytes_max: 4 << 20,
             queue_events_max: 4096,
             max_attempts: 5,

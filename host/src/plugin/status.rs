@@ -134,7 +134,8 @@ pub struct PluginStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<String>,
     /// The most events per call it runs at now (running plugins): its
-    /// `batch_events_max`, or less after calls that ran past their deadline.
+    /// `batch_events_max`, or less after calls that ran past their deadline
+    /// or were cut for using 100 ms of CPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_events: Option<usize>,
     /// Why `batch_events` is below `batch_events_max`, when it is.

@@ -1,10 +1,17 @@
 //! The batch size a worker runs at: `batch_events_max` until a call of
-//! more than one event runs past its deadline. That is the host's choice
-//! of batch, not the plugin's failure: no attempt is counted, the batch is
-//! handled again in halves (down to one event), and the cap stays halved
-//! until [`GROW_AFTER_CALLS`] calls in a row at it end within their
-//! deadline, when it doubles again. Only an event that runs past its
-//! deadline alone is the plugin's failure. The plugin's status shows the
+//! more than one event runs past its deadline, or is cut in the foreground
+//! for using [`runtime::call::PREEMPT_AFTER`] of CPU (or growing its memory
+//! by [`runtime::call::PREEMPT_GROWTH_BYTES`]). That is the host's choice of
+//! batch, not the plugin's failure or heaviness: no attempt is counted, the
+//! batch is handled again in halves (down to one event) in the mode it was
+//! called in, and the cap stays halved until [`GROW_AFTER_CALLS`] calls in
+//! a row at it end within a quarter of what they may use (so that twice as
+//! many events stay within half of it, and the cap does not swing back
+//! into a cut), when it doubles again. A call that ends past half of what
+//! it may use halves the cap at once, so that a plugin whose events grow
+//! dearer is given smaller batches before one is cut. Only an event that runs past its
+//! deadline alone is the plugin's failure, and only one heavy alone makes
+//! the plugin's calls run in the background. The plugin's status shows the
 //! cap and why.
 
 use super::*;
@@ -14,8 +21,9 @@ use super::*;
 pub const GROW_AFTER_CALLS: u32 = 8;
 
 impl Worker {
-    /// `chunk[range]` (at `attempts`) ran past its deadline as one call
-    /// (`why`): halve the cap and handle it again in pieces of the new cap.
+    /// `chunk[range]` (at `attempts`) ran past its deadline or was cut as
+    /// one call (`why`, what it did): halve the cap and handle it again in
+    /// pieces of the new cap.
     pub(super) fn split(
         &mut self,
         chunk: &Chunk,
@@ -24,17 +32,17 @@ impl Worker {
         why: &str,
     ) {
         let n = range.len();
-        debug_assert!(n > 1, "a single event's overrun is the plugin's failure");
+        debug_assert!(n > 1, "a single event's overrun or cut is the plugin's");
         self.batch_cap = (n / 2).max(1);
         self.calls_within_cap = 0;
         // The instance was stopped mid-call: a fresh one for the pieces.
         self.needs_reset = true;
         self.plugin.conditions.batch_splits.inc();
         let note = format!(
-            "{} events per call: a call of {n} ran past its deadline ({why}); it grows back after {GROW_AFTER_CALLS} calls in a row within it",
+            "{} events per call: a call of {n} {why}; it grows back after {GROW_AFTER_CALLS} calls in a row well within what they may use",
             self.batch_cap
         );
-        tracing::info!(plugin = %self.plugin.name, worker = self.index, batch_events = self.batch_cap, "a batch of {n} events ran past its deadline: handled again in halves, not counted as a failed attempt");
+        tracing::info!(plugin = %self.plugin.name, worker = self.index, batch_events = self.batch_cap, "a batch of {n} events {why}: handled again in halves, not counted as a failed attempt");
         self.plugin
             .conditions
             .note_batch_cap(self.index, self.batch_cap, Some(note));
@@ -58,11 +66,34 @@ impl Worker {
         }
     }
 
-    /// A call of `events` ended within its deadline: at the cap, count it
-    /// towards growing the cap back.
-    pub(super) fn within_cap(&mut self, events: usize) {
+    /// A call of `events` ended using `busy` of CPU, of the `limit` it
+    /// could have used before being cut or stopped. Past half the limit,
+    /// the cap halves now, before a call is cut and its work lost (a
+    /// plugin whose events grow dearer keeps fitting); at the cap and
+    /// within a quarter of it, the call counts towards growing the cap
+    /// back.
+    pub(super) fn within_cap(&mut self, events: usize, busy: Duration, limit: Duration) {
         let max = self.settings.batch_events_max.max(1);
+        if events > 1 && busy.saturating_mul(2) > limit {
+            self.batch_cap = (events / 2).max(1);
+            self.calls_within_cap = 0;
+            let note = format!(
+                "{} events per call: a call of {events} used {} ms of the {} ms it may use; it grows back after {GROW_AFTER_CALLS} calls in a row well within it",
+                self.batch_cap,
+                busy.as_millis(),
+                limit.as_millis()
+            );
+            self.plugin
+                .conditions
+                .note_batch_cap(self.index, self.batch_cap, Some(note));
+            return;
+        }
         if self.batch_cap >= max || events < self.batch_cap {
+            return;
+        }
+        if busy.saturating_mul(4) > limit {
+            // Twice as many would come near the limit: stay.
+            self.calls_within_cap = 0;
             return;
         }
         self.calls_within_cap += 1;
@@ -73,7 +104,7 @@ impl Worker {
         self.batch_cap = (self.batch_cap * 2).min(max);
         let note = (self.batch_cap < max).then(|| {
             format!(
-                "{} events per call, growing back to {max}: earlier calls ran past their deadline",
+                "{} events per call, growing back to {max}: earlier calls came near what they may use",
                 self.batch_cap
             )
         });

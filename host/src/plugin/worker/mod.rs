@@ -16,7 +16,8 @@
 //!   fails every event of the batch as one failed attempt; the store is
 //!   dropped and a fresh instance made before the next batch. A deadline
 //!   on a batch of more than one event is not an attempt: the batch is
-//!   handled again in halves (`batches`).
+//!   handled again in halves (`batches`), and so is a batch of more than
+//!   one event cut for turning heavy (below).
 //!
 //! Ordering under retry (`RetryOrdering`) is the consumer's: with `strict`
 //! it holds later events of a key back while one waits for its retry.
@@ -31,8 +32,10 @@
 //! and so does a new version of the plugin's file. `reject` is a plugin
 //! working as meant and never counts.
 //!
-//! CPU: a call starts in the foreground; one cut there for turning heavy
-//! (`runtime::call`) runs again from the start in the background, where it
+//! CPU: a call starts in the foreground; a batch of several events cut
+//! there for turning heavy (`runtime::call`) is handled again in halves,
+//! as the host chose its size; a single event cut so runs again from the
+//! start in the background, where it
 //! yields to the host's foreground calls, and so do the plugin's calls for
 //! [`BACKGROUND_FOR`] after its last heavy one. A plugin that misbehaves (a trap, a deadline,
 //! a refused publish, a cut message) is held to a tenth of a core for
@@ -391,7 +394,16 @@ impl Worker {
         // CPU time the batch's calls used (the throttle's pauses excluded).
         let mut busy = self.instance.cpu_used();
         if let Err(CallError::Preempted { why, .. }) = &result {
-            // Nothing it did was kept: the batch runs again from the start,
+            if batch.len() > 1 {
+                // Heavy as a batch the host chose: handled again in halves,
+                // still in the foreground, as a deadline overrun is. Only
+                // an event heavy on its own makes the plugin heavy.
+                drop(foreground.take());
+                let why = why.to_string();
+                self.split(chunk, range, attempts, &why);
+                return;
+            }
+            // Nothing it did was kept: the event runs again from the start,
             // in the background, with what is left of its deadline.
             tracing::info!(plugin = %self.plugin.name, worker = self.index, "a call {why}: it runs again, and the plugin's calls for the next {} s, in the background (yielding to the other plugins)", BACKGROUND_FOR.as_secs());
             heavy = true;
@@ -402,18 +414,23 @@ impl Worker {
             });
             busy += self.instance.cpu_used();
         }
-        if let Err(e @ CallError::Deadline { .. }) = &result {
+        if let Err(CallError::Deadline { deadline_ms, .. }) = &result {
             if batch.len() > 1 {
                 // The host chose the batch size, not the plugin: no attempt
                 // is counted; the batch goes again in halves.
                 drop(foreground.take());
-                let why = e.to_string();
+                let why = format!("ran past its deadline of {deadline_ms} ms");
                 self.split(chunk, range, attempts, &why);
                 return;
             }
         }
         if result.is_ok() {
-            self.within_cap(batch.len());
+            // What the call could have used before it was cut or stopped.
+            let limit = match mode {
+                CallMode::Foreground if !heavy => budget.min(runtime::call::PREEMPT_AFTER),
+                _ => budget,
+            };
+            self.within_cap(batch.len(), busy, limit);
         }
         if heavy {
             let until = Instant::now() + BACKGROUND_FOR;
