@@ -12,7 +12,9 @@
 //! after another host wrote it is caught where every read is caught: the
 //! settlement checks each value its batch read against the broker's and
 //! answers a conflict, and the consumer forgets the copy
-//! ([`StateCache::forget`]) before the batch is handled again.
+//! ([`StateCache::forget`]) before the batch is handled again. A broker
+//! that counts no versions (NATS) keeps its copies at version 0 and leans
+//! on that check alone ([`StateCache::wrote_here`]).
 //!
 //! A copy that knows nothing yet may be loaded whole (a bucket of at most
 //! [`STATE_CACHE_LOAD_ENTRIES_MAX`] keys, at most once per
@@ -196,6 +198,21 @@ impl StateCache {
             // Someone wrote in between (or nothing was known): only these
             // writes are known true now.
             _ => copy.restart(version),
+        }
+        for (key, value) in writes {
+            copy.put(key, value.map(<[u8]>::to_vec));
+        }
+    }
+
+    /// This host's settlement wrote `writes`, on a broker that keeps no
+    /// version of the plugin's state (NATS): the copy takes them as they
+    /// are. Every value a batch read is checked at its settlement, so a
+    /// value another host changed since costs a conflict, after which the
+    /// copy is forgotten.
+    pub fn wrote_here<'a>(&self, writes: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>) {
+        let mut copy = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if copy.version.is_none() {
+            copy.restart(0);
         }
         for (key, value) in writes {
             copy.put(key, value.map(<[u8]>::to_vec));

@@ -727,7 +727,20 @@ impl Consumer for NatsConsumer {
     }
 
     fn settle(&mut self, settlement: Settlement) -> Result<(), BackendError> {
-        self.run(CALL_TIMEOUT, |t| t.settle(settlement))
+        let cache = self.inner.caches.of(&self.plugin);
+        let writes = (!settlement.writes.is_empty()).then(|| settlement.writes.clone());
+        let settled = self.run(CALL_TIMEOUT, |t| t.settle(settlement));
+        match (&settled, writes) {
+            // No write: the copy stays as true as it was.
+            (Ok(()), None) => {}
+            (Ok(()), Some(writes)) => {
+                cache.wrote_here(writes.iter().map(|(k, v)| (k.as_str(), v.as_deref())));
+            }
+            // Refused because a value read was out of date, or an outcome
+            // not known: what the copy holds may be wrong.
+            (Err(_), _) => cache.forget(),
+        }
+        settled
     }
 
     fn extend(&mut self) -> Result<(), BackendError> {

@@ -23,6 +23,15 @@
 //! [`MARKER_TTL`]. So state is effectively-once, but not one unit with
 //! the acks and the follow-ups as on Redis and the embedded store.
 //!
+//! A handler's read is answered by this host's copy of the plugin's state
+//! (`store::state_cache`) when it holds the key, else from the bucket (a
+//! round trip, then kept): the copy takes this host's committed writes and
+//! is forgotten on any refused or unknown settlement. The bucket keeps no
+//! version of the state as a whole, so a value another host wrote since
+//! is caught where every read is: the settlement checks each value its
+//! batch read, guarded by the key's sequence, and refuses it as a
+//! conflict.
+//!
 //! Rooms: `connect` (the connection, streams and buckets, the bridge to
 //! the client's runtime), `commit` (key names, markers and the atomic
 //! batch), `consumer` (delivery), `letters` (dead letters), `accounts`
@@ -50,6 +59,7 @@ use super::{
 use crate::event::Event;
 use crate::store::codec;
 use crate::store::dead::{DeadLetter, Selection};
+use crate::store::state_cache::StateCaches;
 use connect::Bridge;
 
 /// How long connecting may take before the broker counts as unreachable.
@@ -85,6 +95,9 @@ pub(super) struct Inner {
     connected: AtomicBool,
     /// Plugins whose bucket is known to exist.
     buckets: Mutex<HashMap<String, stream::Stream>>,
+    /// This host's copies of the plugins' state (version 0: the broker
+    /// keeps none; each settlement checks what its batch read).
+    caches: StateCaches,
 }
 
 impl Inner {
@@ -319,6 +332,7 @@ impl NatsBackend {
                 dedup,
                 connected: AtomicBool::new(false),
                 buckets: Mutex::default(),
+                caches: StateCaches::default(),
             }),
             bridge: Arc::new(bridge),
         })
@@ -446,6 +460,7 @@ impl Backend for NatsBackend {
 
     fn replay(&self, plugin: &str, start: Start, reset_state: bool) -> Result<(), BackendError> {
         let from = start.sequence(self)?;
+        self.inner.caches.of(plugin).forget();
         let plugin = plugin.to_string();
         self.run(
             move |inner| async move { consumer::replay(&inner, &plugin, from, reset_state).await },
@@ -496,6 +511,7 @@ impl Backend for NatsBackend {
         if writes.is_empty() {
             return Ok(());
         }
+        self.inner.caches.of(plugin).forget();
         let plugin = plugin.to_string();
         self.run(|inner| async move {
             inner.ensure_bucket(&plugin).await?;
@@ -520,6 +536,18 @@ impl Backend for NatsBackend {
             let found = commit::last(&inner, &stream, &subject).await?;
             Ok(found.and_then(|(_, v)| v))
         })
+    }
+
+    /// From this host's copy when it knows the key, else from the bucket
+    /// (and kept in the copy).
+    fn kv_read(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        let cache = self.inner.caches.of(plugin);
+        if let Some(value) = cache.get(key) {
+            return Ok(value);
+        }
+        let value = self.kv_get(plugin, key)?;
+        cache.read(key, value.clone(), 0);
+        Ok(value)
     }
 
     fn kv_list(
