@@ -43,8 +43,13 @@ pub const STATE_CACHE_LOAD_EVERY: Duration = Duration::from_secs(1);
 /// allocations), so that many tiny keys are bounded too.
 const ENTRY_OVERHEAD_BYTES: usize = 64;
 
+/// A map keyed by strings, hashed with a per-process seed (foldhash): a
+/// handler's every state read looks up two (plugin, then key), and SipHash
+/// was most of their cost.
+type Map<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// One `T` per plugin, made on first use.
-pub struct PerPlugin<T>(Mutex<HashMap<String, Arc<T>>>);
+pub struct PerPlugin<T>(Mutex<Map<Arc<T>>>);
 
 impl<T> Default for PerPlugin<T> {
     fn default() -> Self {
@@ -77,7 +82,7 @@ struct Copy {
     /// The version of the broker's state the values are true at; none
     /// while nothing is known.
     version: Option<u64>,
-    values: HashMap<String, Option<Vec<u8>>>,
+    values: Map<Option<Vec<u8>>>,
     bytes: usize,
     /// Every key of the bucket is in `values`: one missing is absent.
     complete: bool,
