@@ -465,14 +465,23 @@ const PURGE_DELAY_MS: std::ffi::c_long = 10;
 /// mimalloc 3's default of a second. Under the order flow the host frees
 /// megabytes a second (request bodies, batches read back, memtables), and
 /// with a second's delay their pages stayed resident: peak RSS for 200,000
-/// orders went from 133 MiB to about 105-110, with no measurable CPU cost
+/// orders went from 121-150 MiB to 94-110, with no measurable CPU cost
 /// (the throughput in the same runs moved within the machine's noise).
 #[allow(unsafe_code)]
 fn prompt_purge() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        // The operator's choice, read by mimalloc itself.
+        return;
+    }
     // SAFETY: plain calls into the allocator's option table, which
-    // mimalloc documents as settable at any time.
+    // mimalloc documents as settable at any time. (Set, not set as a
+    // default: a default is ignored once the option was read, which hosts
+    // started by the benchmark showed.)
     unsafe {
-        libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
+        // A purge scheduled before this (at start, a second ahead) would
+        // hold every later one back until it is due: done now instead.
+        libmimalloc_sys::mi_collect(true);
     }
 }
 
