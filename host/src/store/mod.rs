@@ -259,7 +259,14 @@ impl Store {
         let disk_reserve_bytes = disk_reserve.unwrap_or_else(|| {
             fs4::total_space(dir).map_or(DISK_RESERVE_BYTES_MAX, disk_reserve_for)
         });
-        let memtable = memtable_bytes_for(disk_reserve_bytes);
+        let memtable = |name: &str| {
+            let max = if name == "log" {
+                disk::LOG_MEMTABLE_BYTES_MAX
+            } else {
+                disk::MEMTABLE_BYTES_MAX
+            };
+            memtable_bytes_for(disk_reserve_bytes, max)
+        };
         let db = Database::builder(dir)
             .manual_journal_persist(true)
             .cache_size(BLOCK_CACHE_BYTES)
@@ -278,7 +285,7 @@ impl Store {
             })?;
         let keyspace = |name: &str| {
             db.keyspace(name, || {
-                KeyspaceCreateOptions::default().max_memtable_size(memtable)
+                KeyspaceCreateOptions::default().max_memtable_size(memtable(name))
             })
             .map_err(|e| open_err(format!("keyspace {name}: {e:?}")))
         };
