@@ -160,6 +160,16 @@ impl CallState {
         }
     }
 
+    /// The CPU time a call of `mode` with `budget` may use before it is
+    /// cut (in the foreground, at [`PREEMPT_AFTER`]) or stopped at its
+    /// deadline.
+    pub fn cpu_limit(mode: CallMode, budget: Duration) -> Duration {
+        match mode {
+            CallMode::Foreground => budget.min(PREEMPT_AFTER),
+            CallMode::Background | CallMode::Throttled => budget,
+        }
+    }
+
     /// Start a call of `mode` on this thread that may use `budget` of CPU
     /// time; returns the epoch ticks until the store's callback is first
     /// asked.
@@ -176,7 +186,7 @@ impl CallState {
         self.paused = Duration::ZERO;
         self.yields = 0;
         let first = match mode {
-            CallMode::Foreground => budget.min(PREEMPT_AFTER),
+            CallMode::Foreground => Self::cpu_limit(mode, budget),
             CallMode::Background | CallMode::Throttled => Duration::from_millis(EPOCH_TICK_MS),
         };
         ticks(first)

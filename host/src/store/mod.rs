@@ -259,14 +259,6 @@ impl Store {
         let disk_reserve_bytes = disk_reserve.unwrap_or_else(|| {
             fs4::total_space(dir).map_or(DISK_RESERVE_BYTES_MAX, disk_reserve_for)
         });
-        let memtable = |name: &str| {
-            let max = if name == "log" {
-                disk::LOG_MEMTABLE_BYTES_MAX
-            } else {
-                disk::MEMTABLE_BYTES_MAX
-            };
-            memtable_bytes_for(disk_reserve_bytes, max)
-        };
         let db = Database::builder(dir)
             .manual_journal_persist(true)
             .cache_size(BLOCK_CACHE_BYTES)
@@ -283,13 +275,15 @@ impl Store {
                 },
                 e => open_err(format!("{e:?}")),
             })?;
-        let keyspace = |name: &str| {
+        let sized = |name: &str, memtable_max: u64| {
+            let memtable = memtable_bytes_for(disk_reserve_bytes, memtable_max);
             db.keyspace(name, || {
-                KeyspaceCreateOptions::default().max_memtable_size(memtable(name))
+                KeyspaceCreateOptions::default().max_memtable_size(memtable)
             })
             .map_err(|e| open_err(format!("keyspace {name}: {e:?}")))
         };
-        let log = keyspace("log")?;
+        let keyspace = |name: &str| sized(name, disk::MEMTABLE_BYTES_MAX);
+        let log = sized("log", disk::LOG_MEMTABLE_BYTES_MAX)?;
         let cursors = keyspace("cursors")?;
         let dead = keyspace("dead")?;
         let redrive = keyspace("redrive")?;

@@ -13,8 +13,9 @@
 //! settlement checks each value its batch read against the broker's and
 //! answers a conflict, and the consumer forgets the copy
 //! ([`StateCache::forget`]) before the batch is handled again. A broker
-//! that counts no versions (NATS) keeps its copies at version 0 and leans
-//! on that check alone ([`StateCache::wrote_here`]).
+//! that counts no versions (NATS) keeps its copies at one version and
+//! leans on that check alone ([`StateCache::read_here`],
+//! [`StateCache::wrote_here`]).
 //!
 //! A copy that knows nothing yet may be loaded whole (a bucket of at most
 //! [`STATE_CACHE_LOAD_ENTRIES_MAX`] keys, at most once per
@@ -42,6 +43,10 @@ pub const STATE_CACHE_LOAD_EVERY: Duration = Duration::from_secs(1);
 /// What a copy costs per key beside its bytes (the map's entry, the two
 /// allocations), so that many tiny keys are bounded too.
 const ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// The version of every copy on a broker that keeps none ([`StateCache::read_here`],
+/// [`StateCache::wrote_here`]).
+const UNVERSIONED: u64 = 0;
 
 /// A map keyed by strings, hashed with a per-process seed (foldhash): a
 /// handler's every state read looks up two (plugin, then key), and SipHash
@@ -209,6 +214,12 @@ impl StateCache {
         }
     }
 
+    /// The broker answered `value` for `key`, on a broker that keeps no
+    /// version of the plugin's state (NATS): kept at [`UNVERSIONED`].
+    pub fn read_here(&self, key: &str, value: Option<Vec<u8>>) {
+        self.read(key, value, UNVERSIONED);
+    }
+
     /// This host's settlement wrote `writes`, on a broker that keeps no
     /// version of the plugin's state (NATS): the copy takes them as they
     /// are. Every value a batch read is checked at its settlement, so a
@@ -217,7 +228,7 @@ impl StateCache {
     pub fn wrote_here<'a>(&self, writes: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>) {
         let mut copy = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if copy.version.is_none() {
-            copy.restart(0);
+            copy.restart(UNVERSIONED);
         }
         for (key, value) in writes {
             copy.put(key, value.map(<[u8]>::to_vec));

@@ -557,7 +557,7 @@ impl Task {
         }
         let conn = self.inner.conn().await?;
         match commit::atomic(&conn.client, batch).await {
-            Ok(()) => {}
+            Ok(()) => self.inner.caches.of(&self.plugin).wrote_here(writes),
             Err(commit::BatchError::WrongLast(why)) => {
                 return Err(self.diagnose(&stream, &finals, &s.expected, why).await)
             }
@@ -727,18 +727,12 @@ impl Consumer for NatsConsumer {
     }
 
     fn settle(&mut self, settlement: Settlement) -> Result<(), BackendError> {
-        let cache = self.inner.caches.of(&self.plugin);
-        let writes = (!settlement.writes.is_empty()).then(|| settlement.writes.clone());
         let settled = self.run(CALL_TIMEOUT, |t| t.settle(settlement));
-        match (&settled, writes) {
-            // No write: the copy stays as true as it was.
-            (Ok(()), None) => {}
-            (Ok(()), Some(writes)) => {
-                cache.wrote_here(writes.iter().map(|(k, v)| (k.as_str(), v.as_deref())));
-            }
+        if settled.is_err() {
             // Refused because a value read was out of date, or an outcome
-            // not known: what the copy holds may be wrong.
-            (Err(_), _) => cache.forget(),
+            // not known: what the copy holds may be wrong. (A committed
+            // settlement's writes went into it where it was committed.)
+            self.inner.caches.of(&self.plugin).forget();
         }
         settled
     }

@@ -95,8 +95,8 @@ pub(super) struct Inner {
     connected: AtomicBool,
     /// Plugins whose bucket is known to exist.
     buckets: Mutex<HashMap<String, stream::Stream>>,
-    /// This host's copies of the plugins' state (version 0: the broker
-    /// keeps none; each settlement checks what its batch read).
+    /// This host's copies of the plugins' state (unversioned: the broker
+    /// keeps no version; each settlement checks what its batch read).
     caches: StateCaches,
 }
 
@@ -546,7 +546,7 @@ impl Backend for NatsBackend {
             return Ok(value);
         }
         let value = self.kv_get(plugin, key)?;
-        cache.read(key, value.clone(), 0);
+        cache.read_here(key, value.clone());
         Ok(value)
     }
 

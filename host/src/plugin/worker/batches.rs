@@ -9,10 +9,10 @@
 //! many events stay within half of it, and the cap does not swing back
 //! into a cut), when it doubles again. A call that ends past half of what
 //! it may use halves the cap at once, so that a plugin whose events grow
-//! dearer is given smaller batches before one is cut. Only an event that runs past its
-//! deadline alone is the plugin's failure, and only one heavy alone makes
-//! the plugin's calls run in the background. The plugin's status shows the
-//! cap and why.
+//! dearer is given smaller batches before one is cut. Only an event that
+//! runs past its deadline alone is the plugin's failure, and only one
+//! heavy alone makes the plugin's calls run in the background. The
+//! plugin's status shows the cap and why.
 
 use super::*;
 
@@ -33,19 +33,11 @@ impl Worker {
     ) {
         let n = range.len();
         debug_assert!(n > 1, "a single event's overrun or cut is the plugin's");
-        self.batch_cap = (n / 2).max(1);
-        self.calls_within_cap = 0;
+        self.halve_cap(n, &format!("a call of {n} {why}"));
         // The instance was stopped mid-call: a fresh one for the pieces.
         self.needs_reset = true;
         self.plugin.conditions.batch_splits.inc();
-        let note = format!(
-            "{} events per call: a call of {n} {why}; it grows back after {GROW_AFTER_CALLS} calls in a row well within what they may use",
-            self.batch_cap
-        );
         tracing::info!(plugin = %self.plugin.name, worker = self.index, batch_events = self.batch_cap, "a batch of {n} events {why}: handled again in halves, not counted as a failed attempt");
-        self.plugin
-            .conditions
-            .note_batch_cap(self.index, self.batch_cap, Some(note));
         // The pieces count towards quarantine as the one batch they were.
         let outer = self.split_outcome.is_none();
         if outer {
@@ -66,6 +58,20 @@ impl Worker {
         }
     }
 
+    /// Run at half of `events` per call from now on, because of `why`
+    /// (shown in the plugin's status), counting anew towards growing back.
+    fn halve_cap(&mut self, events: usize, why: &str) {
+        self.batch_cap = (events / 2).max(1);
+        self.calls_within_cap = 0;
+        let note = format!(
+            "{} events per call: {why}; it grows back after {GROW_AFTER_CALLS} calls in a row well within what they may use",
+            self.batch_cap
+        );
+        self.plugin
+            .conditions
+            .note_batch_cap(self.index, self.batch_cap, Some(note));
+    }
+
     /// A call of `events` ended using `busy` of CPU, of the `limit` it
     /// could have used before being cut or stopped. Past half the limit,
     /// the cap halves now, before a call is cut and its work lost (a
@@ -75,17 +81,12 @@ impl Worker {
     pub(super) fn within_cap(&mut self, events: usize, busy: Duration, limit: Duration) {
         let max = self.settings.batch_events_max.max(1);
         if events > 1 && busy.saturating_mul(2) > limit {
-            self.batch_cap = (events / 2).max(1);
-            self.calls_within_cap = 0;
-            let note = format!(
-                "{} events per call: a call of {events} used {} ms of the {} ms it may use; it grows back after {GROW_AFTER_CALLS} calls in a row well within it",
-                self.batch_cap,
+            let why = format!(
+                "a call of {events} used {} ms of the {} ms it may use",
                 busy.as_millis(),
                 limit.as_millis()
             );
-            self.plugin
-                .conditions
-                .note_batch_cap(self.index, self.batch_cap, Some(note));
+            self.halve_cap(events, &why);
             return;
         }
         if self.batch_cap >= max || events < self.batch_cap {

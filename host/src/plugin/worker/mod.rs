@@ -425,10 +425,12 @@ impl Worker {
             }
         }
         if result.is_ok() {
-            // What the call could have used before it was cut or stopped.
-            let limit = match mode {
-                CallMode::Foreground if !heavy => budget.min(runtime::call::PREEMPT_AFTER),
-                _ => budget,
+            // What the call could have used before it was cut or stopped
+            // (a heavy one: its whole deadline, over both its calls).
+            let limit = if heavy {
+                budget
+            } else {
+                runtime::call::CallState::cpu_limit(mode, budget)
             };
             self.within_cap(batch.len(), busy, limit);
         }
