@@ -61,11 +61,20 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
             };
             let ran = runtime.block_on(plugbus::server::run(settings));
-            drop(runtime);
+            if ran.is_err() {
+                // Stopped without a drain (a failed store): its threads
+                // are not waited for.
+                runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            } else {
+                drop(runtime);
+            }
             plugbus::telemetry::shutdown();
             match ran {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&e.to_string()),
+                Err(e) => {
+                    eprintln!("plugbus: {e}");
+                    ExitCode::from(e.exit_code())
+                }
             }
         }
         Command::Publish {

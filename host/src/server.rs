@@ -43,6 +43,47 @@ pub enum StartError {
     /// The broker refused (its address, credentials or version).
     #[error(transparent)]
     Broker(#[from] crate::backend::BackendError),
+    /// A write or fsync of the store failed while serving: the host stops
+    /// so that a restart recovers from the journal.
+    #[error("data directory {dir}: {reason}; plugbus stopped so that a restart recovers the store from its journal (everything acknowledged is kept; a supervisor such as the shipped systemd unit restarts it; check the disk)")]
+    StoreFailed {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl StartError {
+    /// The exit status for this error: [`EXIT_RESTART`] for a failure a
+    /// restart recovers from, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::StoreFailed { .. } => EXIT_RESTART,
+            _ => 1,
+        }
+    }
+}
+
+/// The exit status of a host that stopped so that it is restarted
+/// (`EX_TEMPFAIL`): its store failed a write or fsync while serving.
+pub const EXIT_RESTART: u8 = 75;
+
+/// How often a serving host looks whether its store failed.
+const STORE_LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Wait until `store` refuses writes after a failure; its reason.
+async fn store_failed(store: Option<Arc<crate::store::Store>>) -> String {
+    let Some(store) = store else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(STORE_LOOK_EVERY);
+    loop {
+        tick.tick().await;
+        if let Some(reason) = store.poisoned() {
+            return reason;
+        }
+    }
 }
 
 /// The first wait between attempts to reach the broker at start; doubled
@@ -224,6 +265,11 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         "plugbus ready"
     );
     let closing = observer.clone();
+    let store = match &dispatch {
+        Dispatch::Durable(log) => Some(log.store().clone()),
+        _ => None,
+    };
+    let data_dir = store.as_ref().map(|s| s.dir().to_path_buf());
     let app = http::router(AppState {
         dispatch,
         registry: registry.clone(),
@@ -238,11 +284,26 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         header_timeout: settings.header_timeout,
         tls,
     };
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
     let shutdown = async move {
-        shutdown_signal().await;
+        tokio::select! {
+            () = shutdown_signal() => {}
+            reason = store_failed(store) => {
+                tracing::error!("the store refuses writes after a failure ({reason}): stopping so that a restart recovers it from its journal");
+                let _ = failed_tx.send(reason);
+            }
+        }
         closing.close();
     };
     http::serve::serve(listener, app, options, metrics, shutdown).await?;
+    if let Ok(reason) = failed_rx.await {
+        // Nothing more can be committed: no drain, as after a crash; what
+        // was acknowledged is durable, the rest comes again.
+        return Err(StartError::StoreFailed {
+            dir: data_dir.unwrap_or_default(),
+            reason,
+        });
+    }
     if let Some(w) = watch {
         tokio::task::spawn_blocking(move || w.stop())
             .await

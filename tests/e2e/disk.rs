@@ -144,6 +144,80 @@ fn a_full_small_disk_answers_507_naming_free_space_and_reserve_and_recovers_when
     assert!(lost.is_empty(), "acknowledged but never handled: {lost:?}");
 }
 
+/// Bytes free on the file system of `path` (`df`).
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(path)
+        .output()
+        .expect("run df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df prints the free bytes")
+}
+
+#[test]
+fn a_card_filled_during_the_order_flow_pauses_deliveries_and_every_order_is_handled_once_space_is_freed(
+) {
+    const N: usize = 20_000;
+    let top = TestDir::new("cardfull");
+    let mnt = top.0.join("mnt");
+    // A 64 MiB card: the store keeps an eighth of it free (8 MiB).
+    mount_tmpfs(&mnt, "64m");
+    let _unmount = Unmount(mnt.clone());
+    let data = mnt.join("data");
+    let data_arg = data.display().to_string();
+    // The orders are accepted first, so that the plugins start with all
+    // of them to do.
+    let h = host(&[], &["--data", &data_arg]);
+    crate::accounting::post_orders(&h, N);
+    assert!(h.stop().expect("stops").success());
+    // Another program fills the card to 512 KiB above the reserve: far
+    // less than the plugins' state and follow-ups for the orders.
+    let reserve: u64 = 8 << 20;
+    let filler = mnt.join("other-program.bin");
+    let fill = free_bytes(&mnt).saturating_sub(reserve + (512 << 10));
+    std::fs::write(&filler, vec![7u8; fill as usize]).expect("filler");
+    let h = host(&order_flow(), &["--data", &data_arg]);
+    // The plugins' commits reach the reserve: deliveries wait, and say
+    // why, where an operator looks.
+    h.wait_until("deliveries to wait for room", WAIT, |h| {
+        h.plugin("inventory")
+            .and_then(|p| p["held"].as_str().map(|s| s.contains("inside its reserve")))
+            == Some(true)
+    })
+    .expect("the status says deliveries wait for room");
+    let (status, ready) = crate::operations::get_status(&h, "/readyz");
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.to_string().contains("deliveries wait"), "{ready}");
+    assert!(
+        h.count("inventory", "handled") < N as u64,
+        "the card filled before inventory was done"
+    );
+    // Nothing failed: a publish (of an event no plugin takes) is refused
+    // for room (507) or taken, never failed by a store that gave up (500),
+    // and the host keeps running.
+    let (status, body) = h.post(
+        "/v1/events/probe.ping",
+        Some("application/json"),
+        &[],
+        b"{}",
+    );
+    assert!(status == 507 || status == 202, "{status} {body}");
+    assert!(
+        !h.log()
+            .iter()
+            .any(|l| l.contains("fsync failed") || l.contains("refuses every write")),
+        "the store never failed a write"
+    );
+    // The other program frees its space: every order is handled, once,
+    // with no restart.
+    std::fs::remove_file(&filler).expect("free space");
+    crate::accounting::order_flow_accounted(&h, N as u64);
+}
+
 /// Damage the journal of a stopped host's data directory: cut its used
 /// part to two thirds, or flip 40 bytes in its middle. (The engine
 /// recovers the prefix before a cut, and refuses or recovers a prefix
@@ -183,7 +257,7 @@ fn fsync_fault_shim(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 #[test]
-fn a_failed_fsync_is_never_retried_then_acknowledged() {
+fn a_failed_fsync_is_never_retried_then_acknowledged_and_the_host_stops_to_be_restarted() {
     let data = TestDir::new("fsync-fault");
     let shim = fsync_fault_shim(&data.0);
     let trigger = data.0.join("fail-fsync-now");
@@ -225,25 +299,24 @@ fn a_failed_fsync_is_never_retried_then_acknowledged() {
         "names the failure and the fix: {error}"
     );
     // The disk seems fine again, but the kernel may have dropped the
-    // dirty pages: nothing more is acknowledged until a restart, not
-    // even the same event sent again.
+    // dirty pages: nothing more is acknowledged (not even the same event
+    // sent again), and the host stops by itself, to be restarted by its
+    // supervisor, with the status that asks for it.
     std::fs::remove_file(&trigger).expect("untrigger");
-    for id in ["during-fault", "after-fault"] {
-        let (status, body) = publish(&h, id);
-        assert_eq!(status, 500, "{id}: {body}");
-        assert!(
-            body["error"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("refuses writes until plugbus is restarted"),
-            "{body}"
-        );
-    }
-    let before = h.kill9();
-    // After a restart everything acknowledged is there and handled, and
-    // publishing works again. (The event whose fsync failed may be in
-    // the log, as may any event whose answer a publisher never got; it
-    // was not acknowledged.)
+    let (status, body) = publish(&h, "after-fault");
+    assert_ne!(status, 202, "nothing acknowledged after the fault: {body}");
+    let (exit, before) = h.wait_exit(WAIT).expect("stops by itself");
+    assert_eq!(exit.code(), Some(75), "asks to be restarted (EX_TEMPFAIL)");
+    let said = before.join("\n");
+    assert!(
+        said.contains("stopping so that a restart recovers it from its journal")
+            && said.contains("fsync failed"),
+        "says why it stopped: {said}"
+    );
+    // Restarted, as the systemd unit would: everything acknowledged is
+    // there and handled, and publishing works again. (The event whose
+    // fsync failed may be in the log, as may any event whose answer a
+    // publisher never got; it was not acknowledged.)
     let h = host(&plugins, &args);
     assert_eq!(publish(&h, "after-restart").0, 202);
     h.wait_log("[recorder] handled after-restart", WAIT)
@@ -260,7 +333,7 @@ fn a_failed_fsync_is_never_retried_then_acknowledged() {
     );
     assert!(
         !handled("after-fault"),
-        "an event refused while poisoned was never stored"
+        "an event refused after the fault was never stored"
     );
 }
 

@@ -167,7 +167,7 @@ fn two_orders_through_quietly(h: &TestHost) {
 }
 
 /// GET `path`: the status and the JSON body, whatever the status.
-fn get_status(h: &TestHost, path: &str) -> (u16, Value) {
+pub(crate) fn get_status(h: &TestHost, path: &str) -> (u16, Value) {
     match ureq::get(&format!("{}{path}", h.url)).call() {
         Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
         Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),

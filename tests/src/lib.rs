@@ -493,6 +493,28 @@ impl TestHost {
         }
     }
 
+    /// Wait for the host to exit by itself, as its supervisor would; its
+    /// exit status and log. Killed (and an error) after `timeout`.
+    pub fn wait_exit(mut self, timeout: Duration) -> Result<(ExitStatus, Vec<String>)> {
+        let mut child = self.child.take().ok_or("already stopped")?;
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("host did not exit by itself within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        Ok((status, self.log()))
+    }
+
     /// Kill the host with SIGKILL (no shutdown at all) and return its log.
     pub fn kill9(mut self) -> Vec<String> {
         if let Some(mut child) = self.child.take() {

@@ -403,6 +403,14 @@ pub trait Consumer: Send {
         0
     }
 
+    /// Why a settlement would be refused now (the embedded store's disk
+    /// inside its reserve), so that delivery waits instead of handling
+    /// events it cannot commit; none on a broker, whose own limits answer
+    /// the settlement.
+    fn held_back(&self) -> Option<String> {
+        None
+    }
+
     /// Live views of how far it is and what waits in its queue, where the
     /// host keeps them (local delivery; a broker reports
     /// [`Backend::position`]).

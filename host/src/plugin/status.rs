@@ -371,7 +371,7 @@ impl Registry {
             Dispatch::Durable(log) => {
                 if let Some((free, reserve)) = log.store().inside_reserve() {
                     reasons.push(format!(
-                        "the data directory's disk is inside its reserve: {free} bytes free, {reserve} kept for the store (--disk-reserve-bytes); free space there"
+                        "the data directory's disk is inside its reserve: {free} bytes free, {reserve} kept for the store (--disk-reserve-bytes); publishing is refused and deliveries wait until there is room: free space there"
                     ));
                 }
             }

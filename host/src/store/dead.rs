@@ -146,6 +146,13 @@ impl Store {
             .into_iter()
             .filter(|l| which.wants(l))
             .collect();
+        // Each letter is written again under the re-drive list.
+        self.make_room(
+            chosen
+                .iter()
+                .map(|l| 64 + l.event.data.len() as u64 + l.event.id.len() as u64)
+                .sum(),
+        )?;
         self.write_now(|batch| {
             for l in &chosen {
                 let k = key(plugin, l.event.sequence);

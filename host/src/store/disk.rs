@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fjall::PersistMode;
 
@@ -36,6 +36,20 @@ pub(super) const MEMTABLE_BYTES_MAX: u64 = 4 << 20;
 pub(super) const LOG_MEMTABLE_BYTES_MAX: u64 = 8 << 20;
 /// The smallest memtable of a keyspace.
 pub(super) const MEMTABLE_BYTES_MIN: u64 = 1 << 20;
+
+/// The free space is looked up again at least this often while writing,
+/// so that another program filling the disk is seen within this time, not
+/// only once the store's own writes used up what it counted on.
+const ROOM_LOOK_EVERY: Duration = Duration::from_millis(100);
+
+/// What the store may still write before it looks at the free space
+/// again: half of what was above the reserve at the last look, less what
+/// was written since, for at most [`ROOM_LOOK_EVERY`].
+#[derive(Debug, Default)]
+pub(super) struct Room {
+    bytes: u64,
+    looked: Option<Instant>,
+}
 
 /// The space the store keeps free by default on a file system of
 /// `total` bytes: an eighth of it, at least [`DISK_RESERVE_BYTES_MIN`] and at
@@ -109,6 +123,8 @@ impl Store {
     #[cfg(test)]
     fn with_disk_reserve(mut self, bytes: u64) -> Store {
         self.disk_reserve_bytes = bytes;
+        // What was counted against the old reserve does not hold.
+        *self.room.get_mut().unwrap_or_else(|p| p.into_inner()) = Room::default();
         self
     }
 
@@ -124,28 +140,46 @@ impl Store {
         (free < self.disk_reserve_bytes).then_some((free, self.disk_reserve_bytes))
     }
 
-    /// Account for `incoming` bytes about to be appended; refuses with
-    /// [`StoreError::DiskFull`] when they would eat into the reserve.
+    /// Account for `incoming` bytes about to be written (events, or a
+    /// plugin's progress); refuses with [`StoreError::DiskFull`] when they
+    /// would eat into the reserve. Nothing is counted when refused.
     pub(super) fn make_room(&self, incoming: u64) -> Result<(), StoreError> {
         let mut room = self.room.lock().unwrap_or_else(|p| p.into_inner());
-        if *room < incoming {
-            if let Ok(free) = fs4::available_space(&self.dir) {
-                let above = free.saturating_sub(self.disk_reserve_bytes);
-                if above < incoming {
-                    *room = 0;
-                    return Err(StoreError::DiskFull {
-                        dir: self.dir.clone(),
-                        free,
-                        reserve: self.disk_reserve_bytes,
-                    });
+        let stale = room.looked.is_none_or(|at| at.elapsed() >= ROOM_LOOK_EVERY);
+        if room.bytes < incoming || stale {
+            match fs4::available_space(&self.dir) {
+                Ok(free) => {
+                    let above = free.saturating_sub(self.disk_reserve_bytes);
+                    room.looked = Some(Instant::now());
+                    if above < incoming.max(1) {
+                        room.bytes = 0;
+                        self.full.store(true, Ordering::Release);
+                        return Err(StoreError::DiskFull {
+                            dir: self.dir.clone(),
+                            free,
+                            reserve: self.disk_reserve_bytes,
+                        });
+                    }
+                    room.bytes = above / 2;
                 }
-                *room = above / 2;
-            } else {
-                *room = incoming;
+                // Not knowable: this write only, and look again next time.
+                Err(_) => *room = Room::default(),
             }
+            self.full.store(false, Ordering::Release);
         }
-        *room = room.saturating_sub(incoming);
+        room.bytes = room.bytes.saturating_sub(incoming);
         Ok(())
+    }
+
+    /// Whether there is room to write above the reserve: while the disk was
+    /// last seen with room this is one atomic load; once it was seen full
+    /// it looks at the free space again. Deliveries wait on it instead of
+    /// handling events whose commit would be refused.
+    pub fn room_for_writes(&self) -> Result<(), StoreError> {
+        if !self.full.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.make_room(1)
     }
 
     /// Force everything written so far to stable storage. A failure poisons
@@ -275,6 +309,57 @@ mod tests {
             1,
             "not poisoned"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn inside_the_reserve_a_plugins_commit_is_refused_whole_and_deliveries_are_told_to_wait() {
+        let dir = temp_dir("reserve-progress");
+        let store = Store::open(&dir, Fsync::Always).expect("opens");
+        let progress = |value: &str| crate::store::progress::Progress {
+            plugin: "inventory".into(),
+            kv: vec![("stock.a".into(), Some(value.as_bytes().to_vec()))],
+            ..Default::default()
+        };
+        store.commit_progress(&progress("1")).expect("room");
+        assert!(store.room_for_writes().is_ok());
+        let store = store.with_disk_reserve(u64::MAX);
+        let err = store
+            .commit_progress(&progress("2"))
+            .expect_err("inside the reserve");
+        assert!(matches!(err, StoreError::DiskFull { .. }), "{err}");
+        assert_eq!(
+            store.kv_get("inventory", "stock.a").expect("reads"),
+            Some(b"1".to_vec()),
+            "nothing of the refused commit was written"
+        );
+        assert!(
+            matches!(store.room_for_writes(), Err(StoreError::DiskFull { .. })),
+            "deliveries wait"
+        );
+        // Room again: deliveries go on, and so do commits.
+        let store = store.with_disk_reserve(0);
+        assert!(store.room_for_writes().is_ok());
+        store.commit_progress(&progress("2")).expect("room again");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_free_space_is_looked_at_again_while_room_is_still_counted() {
+        let dir = temp_dir("reserve-look");
+        let store = Store::open(&dir, Fsync::Always)
+            .expect("opens")
+            .with_disk_reserve(0);
+        store.append(&mut [ev(1)]).expect("room");
+        // Another program takes the space (here: the reserve grows, the
+        // room counted at the last look kept): once the last look is old
+        // enough, the next write looks again, though that room is not used
+        // up.
+        let mut store = store;
+        store.disk_reserve_bytes = u64::MAX;
+        std::thread::sleep(ROOM_LOOK_EVERY);
+        let err = store.append(&mut [ev(2)]).expect_err("looked again");
+        assert!(matches!(err, StoreError::DiskFull { .. }), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -16,9 +16,13 @@
 //! directory, and nothing is acknowledged. The store refuses appends while
 //! less than a reserve is free ([`Store::with_disk_reserve`]), so the
 //! engine itself never runs out of space, and it accepts again as soon as
-//! there is room. A failed fsync poisons the store: every later append is
-//! refused until a restart, so that nothing is ever retried and then
-//! acknowledged after the kernel may have dropped the dirty pages. The
+//! there is room; plugins' commits count against the reserve as
+//! publishes do, and their deliveries wait while the disk is inside it
+//! ([`Store::room_for_writes`]). A failed fsync poisons the store: every
+//! later append is refused, so that nothing is ever retried and then
+//! acknowledged after the kernel may have dropped the dirty pages, and the
+//! host exits to be restarted (`server`), recovering from the journal, as
+//! PostgreSQL does since "fsyncgate". The
 //! fsync runs on the store's own handle on the engine's journal, outside
 //! the engine's lock, so plugins committing progress never wait behind it.
 //! A record
@@ -53,7 +57,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::event::Event;
 pub use disk::{disk_reserve_for, DISK_RESERVE_BYTES_MAX, DISK_RESERVE_BYTES_MIN};
-use disk::{is_disk_full, journal_files, memtable_bytes_for, mib};
+use disk::{is_disk_full, journal_files, memtable_bytes_for, mib, Room};
 use progress::Cursor;
 pub use retention::Retention;
 
@@ -119,7 +123,7 @@ pub enum StoreError {
         reason: String,
     },
     /// An fsync failed earlier; no more writes until a restart.
-    #[error("data directory {dir}: an earlier write or fsync failed ({reason}), so the store refuses writes until plugbus is restarted; check the disk, then restart")]
+    #[error("data directory {dir}: an earlier write or fsync failed ({reason}), so the store refuses every write and plugbus stops, so that a restart recovers the store from its journal (the shipped systemd unit restarts it; check the disk)")]
     Poisoned {
         /// The data directory.
         dir: PathBuf,
@@ -185,10 +189,11 @@ pub struct Store {
     poisoned: Mutex<Option<String>>,
     dirty: AtomicBool,
     disk_reserve_bytes: u64,
-    /// Bytes that may still be appended before the free space is looked
-    /// up again: half of what was above the reserve at the last look,
-    /// less what was appended since. Saves a `statvfs` per append.
-    room: Mutex<u64>,
+    /// What may still be written before the free space is looked up
+    /// again (`disk::Room`). Saves a `statvfs` per write.
+    room: Mutex<Room>,
+    /// The last look at the free space found it inside the reserve.
+    full: AtomicBool,
     /// The engine's active journal file and our own handle on it.
     journal: Mutex<Option<(u64, std::fs::File)>>,
     /// Held for the whole of a sync.
@@ -370,7 +375,8 @@ impl Store {
             poisoned: Mutex::new(None),
             dirty: AtomicBool::new(false),
             disk_reserve_bytes,
-            room: Mutex::new(0),
+            room: Mutex::default(),
+            full: AtomicBool::new(false),
             journal: Mutex::new(None),
             sync_lock: Mutex::new(()),
             mark,
@@ -430,6 +436,15 @@ impl Store {
         }
     }
 
+    /// Why the store refuses writes since an earlier failure, if it does
+    /// (see the module docs): the host then exits to be restarted.
+    pub fn poisoned(&self) -> Option<String> {
+        self.poisoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn poison(&self, reason: String) -> StoreError {
         let mut p = self.poisoned.lock().unwrap_or_else(|p| p.into_inner());
         p.get_or_insert(reason.clone());
@@ -482,10 +497,13 @@ impl Store {
         progress: &[&progress::Progress],
     ) -> Result<u64, StoreError> {
         self.check_poisoned()?;
+        // The plugins' writes count as the publishers' do: inside the
+        // reserve a plugin's commit waits for room like a publish.
         let incoming: u64 = events
             .iter()
             .map(|e| 64 + e.data.len() as u64 + e.id.len() as u64 + e.topic.len() as u64)
-            .sum();
+            .sum::<u64>()
+            + progress.iter().map(|p| p.bytes()).sum::<u64>();
         self.make_room(incoming)?;
         let changes = state_view::changes(progress.iter().copied());
         self.state_views

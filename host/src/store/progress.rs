@@ -182,6 +182,32 @@ pub struct Progress {
     pub redriven: Vec<u64>,
 }
 
+impl Progress {
+    /// About how many bytes writing it adds to the store (for the disk
+    /// reserve): keys and values, dead letters with their events, the
+    /// cursor with its pending list.
+    pub fn bytes(&self) -> u64 {
+        const OVERHEAD: u64 = 32;
+        let name = self.plugin.len() as u64 + OVERHEAD;
+        let kv: u64 = self
+            .kv
+            .iter()
+            .map(|(k, v)| name + k.len() as u64 + v.as_ref().map_or(0, |v| v.len() as u64))
+            .sum();
+        let dead: u64 = self
+            .dead
+            .iter()
+            .map(|g| name + 2 * OVERHEAD + g.event.data.len() as u64 + g.error.len() as u64)
+            .sum();
+        let redriven = self.redriven.len() as u64 * name;
+        let cursor = self
+            .cursor
+            .as_ref()
+            .map_or(0, |c| name + 16 * (1 + c.pending.len() as u64));
+        kv + dead + redriven + cursor
+    }
+}
+
 /// The longest key the storage engine takes (longer ones panic in it);
 /// plugins' keys are held far below it (`runtime::kv::KEY_BYTES_MAX`).
 const ENGINE_KEY_BYTES_MAX: usize = u16::MAX as usize;
@@ -232,6 +258,8 @@ impl Store {
     /// it whole, and the plugin handles its batch again from the state
     /// before it.
     pub fn commit_progress(&self, progress: &Progress) -> Result<(), StoreError> {
+        self.check_poisoned()?;
+        self.make_room(progress.bytes())?;
         self.state_views
             .around(&state_view::changes([progress]), || {
                 self.write_now(|batch| {

@@ -183,6 +183,20 @@ impl Consumer for LocalConsumer {
     fn gauges(&self) -> Option<Gauges> {
         Some(self.gauges.clone())
     }
+
+    fn held_back(&self) -> Option<String> {
+        let Commit::Durable { log, .. } = &self.commit else {
+            return None;
+        };
+        log.store().room_for_writes().err().map(|e| match e {
+            crate::store::StoreError::DiskFull { free, reserve, .. } => format!(
+                "the data directory's disk is inside its reserve ({} MiB free, {} MiB kept for the store): deliveries wait until there is room (free space there, or lower --disk-reserve-bytes)",
+                free >> 20,
+                reserve >> 20
+            ),
+            e => e.to_string(),
+        })
+    }
 }
 
 impl Drop for LocalConsumer {

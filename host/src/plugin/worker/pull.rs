@@ -10,11 +10,19 @@ use crate::backend::{BackendError, Settlement, Verdict};
 
 /// How long delivery pauses after the consumer failed to hand out events.
 const CONSUMER_RETRY: Duration = Duration::from_secs(1);
+/// How often a worker whose consumer holds deliveries back looks again.
+const HELD_BACK_LOOK_EVERY: Duration = Duration::from_millis(200);
 
 impl Worker {
     /// Take the next batch and handle it; an idle wait is at most
     /// [`IDLE_POLL`]. False once the consumer is closed.
     pub(super) fn pull(&mut self) -> bool {
+        if let Some(why) = self.consumer.held_back() {
+            // Nothing handled could be kept: wait, and say why.
+            self.plugin.conditions.note_held(&why);
+            std::thread::sleep(HELD_BACK_LOOK_EVERY);
+            return true;
+        }
         let max = self.batch_events_max();
         let waiting = Instant::now();
         let (chunk, attempts) = match self.consumer.next_chunk(max, IDLE_POLL) {
