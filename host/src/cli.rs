@@ -90,6 +90,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Salvage a data directory whose journals are damaged (offline: stop
+    /// the host first). Copies the directory aside first, keeps every
+    /// intact batch, cuts the damaged bytes into a quarantine file, and
+    /// prints exactly which sequences were lost and which plugins' cursors
+    /// lie before them. Exits 0 when nothing was lost, 2 when it salvaged
+    /// with losses, 1 when it could not repair.
+    Repair {
+        /// The data directory (as `plugbus run --data`).
+        #[arg(long, value_name = "DIR", env = "PLUGBUS_DATA")]
+        data: PathBuf,
+        /// Say what would be kept and lost, changing nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check that every event is accounted for: per plugin, the events of
     /// the log it subscribes to against those it handled, are dead letters,
     /// dropped by its policy, or pending. Exits 1 when any is unaccounted

@@ -91,6 +91,28 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        Command::Repair {
+            data,
+            dry_run,
+            json,
+        } => match plugbus::store::repair::repair(&data, dry_run) {
+            Ok(report) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).unwrap_or_default()
+                    );
+                } else {
+                    print!("{}", report.text());
+                }
+                if report.lost_anything() {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => fail(&format!("repair of {}: {e}", data.display())),
+        },
         Command::Audit { client, json } => {
             match Client::new(&client).and_then(|c| audit(&c, json)) {
                 Ok(true) => ExitCode::SUCCESS,

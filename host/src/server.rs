@@ -182,7 +182,10 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
             )?
             .with_fsync_histogram(metrics.fsync_seconds.clone());
             tracing::info!(data = %dir.display(), fsync = ?settings.fsync, events = store.last_sequence(), disk_reserve_bytes = store.disk_reserve_bytes(), "event log opened");
-            Dispatch::Durable(Log::start_with(
+            for r in store.lost_ranges()? {
+                tracing::warn!(data = %dir.display(), repair = %r.repair, "sequences {}..={} were lost to damage ({}); reading one answers 410", r.from, r.to, r.reason);
+            }
+            let log = Log::start_with(
                 store,
                 metrics.published.clone(),
                 LogOptions {
@@ -190,7 +193,16 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
                     dedup_window: settings.dedup_window,
                     retention: settings.retention,
                 },
-            )?)
+            )?;
+            let announced = tokio::task::block_in_place(|| crate::store::lost::announce(&log))?;
+            if announced > 0 {
+                tracing::info!(
+                    ranges = announced,
+                    "published {} for the ranges a repair found",
+                    crate::store::lost::LOST_TOPIC
+                );
+            }
+            Dispatch::Durable(log)
         }
     };
     let observer = Arc::new(crate::observe::Observer::new(&metrics));

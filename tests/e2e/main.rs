@@ -63,6 +63,22 @@ const GIVE_UP_FAST: [&str; 6] = [
     "20",
 ];
 
+/// Run the host with `args` and no plugins, as a start that should be
+/// refused; what it printed and how it ended.
+fn start_output(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args([
+            "run",
+            "--plugins",
+            "/nonexistent",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .output()
+        .expect("run")
+}
+
 fn host(plugins: &[PluginFile<'_>], args: &[&str]) -> TestHost {
     TestHost::start(BIN, plugins, args).unwrap_or_else(|e| panic!("host did not start: {e}"))
 }
@@ -88,6 +104,7 @@ mod operations;
 mod order_flow;
 mod plugins;
 mod release;
+mod repair;
 mod simulation;
 mod state;
 mod storms;

@@ -134,6 +134,9 @@ pub enum IngressError {
     /// No such event in the log.
     #[error("the log has no event with sequence {0}")]
     NoEvent(u64),
+    /// The event was lost to damage (`plugbus repair` recorded it).
+    #[error("sequence {0} was lost to damage: `plugbus repair` {repair} cut out sequences {from}..={to} ({reason}); the log goes on at {next}", repair = .1.repair, from = .1.from, to = .1.to, reason = .1.reason, next = .1.to + 1)]
+    Lost(u64, crate::store::lost::LostRange),
     /// No event of such a chain in the log.
     #[error("no chain `{0}` is indexed: a chain's id is the id of the event that started it (the `correlationid` of the others), and it is indexed from its first follow-up on; an event nothing was published from is read with GET /v1/log/{{sequence}}, and events trimmed from the log leave their chains")]
     NoChain(String),
@@ -171,6 +174,7 @@ impl IntoResponse for IngressError {
             | IngressError::NoChain(_)
             | IngressError::NoPlugin(_)
             | IngressError::NoKey(..) => StatusCode::NOT_FOUND,
+            IngressError::Lost(..) => StatusCode::GONE,
             IngressError::State(..) => StatusCode::INTERNAL_SERVER_ERROR,
             IngressError::Replay(_) => StatusCode::BAD_REQUEST,
             IngressError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -644,8 +648,16 @@ async fn log_get(
     let event = tokio::task::block_in_place(|| backend.read(sequence, 1))
         .map_err(backend_error)?
         .into_iter()
-        .find(|e| e.sequence == sequence)
-        .ok_or(IngressError::NoEvent(sequence))?;
+        .find(|e| e.sequence == sequence);
+    let Some(event) = event else {
+        if let crate::dispatch::Dispatch::Durable(log) = &state.dispatch {
+            let lost = tokio::task::block_in_place(|| log.store().lost_at(sequence));
+            if let Ok(Some(range)) = lost {
+                return Err(IngressError::Lost(sequence, range));
+            }
+        }
+        return Err(IngressError::NoEvent(sequence));
+    };
     Ok(Json(event.to_json()).into_response())
 }
 

@@ -41,8 +41,11 @@ pub mod codec;
 pub mod dead;
 mod dedup;
 mod disk;
+pub(crate) mod journal;
 pub mod log;
+pub mod lost;
 pub mod progress;
+pub mod repair;
 mod retention;
 pub mod state_cache;
 mod state_view;
@@ -149,6 +152,21 @@ pub enum StoreError {
         journals: String,
         /// What the engine found.
         reason: String,
+    },
+    /// A journal has damage the storage engine would cut away together
+    /// with the intact batches after it, without a word.
+    #[error("data directory {dir}: journal {} is damaged at byte {offset} ({reason}), and {intact_after} intact batches come after the damage, which the storage engine would drop without a word; nothing was opened or changed. Run `plugbus repair --data {dir}` (it copies the directory aside first, keeps every intact batch and names the sequences lost), or restore the directory from a backup", file.display())]
+    JournalDamaged {
+        /// The data directory.
+        dir: PathBuf,
+        /// The damaged journal.
+        file: PathBuf,
+        /// Where in it the damage starts.
+        offset: usize,
+        /// What is wrong there.
+        reason: String,
+        /// Intact batches after the damage, in that journal and later ones.
+        intact_after: usize,
     },
     /// The log ends before events that were acknowledged.
     #[error("data directory {dir}: the event log ends at sequence {recovered}, but events up to {acknowledged} were acknowledged: the storage engine recovered only a prefix of a damaged or truncated journal ({journals}). Restore the directory from a backup, or start with --accept-lost-events to go on without events {}..={acknowledged}", recovered + 1)]
@@ -264,6 +282,7 @@ impl Store {
         let disk_reserve_bytes = disk_reserve.unwrap_or_else(|| {
             fs4::total_space(dir).map_or(DISK_RESERVE_BYTES_MAX, disk_reserve_for)
         });
+        journal::refuse_silent_loss(dir)?;
         let db = Database::builder(dir)
             .manual_journal_persist(true)
             .cache_size(BLOCK_CACHE_BYTES)
@@ -331,7 +350,14 @@ impl Store {
                 high = high.max(cursor.through);
             }
         }
-        if high > last {
+        // A lost end that a repair recorded is known, not a surprise.
+        let recorded = lost::decode(
+            meta.get(lost::LOST_KEY)
+                .map_err(|e| open_err(format!("{e:?}")))?
+                .as_deref(),
+        );
+        let known = recorded.iter().any(|r| r.from <= last + 1 && r.to >= high);
+        if high > last && !known {
             let lost = StoreError::LostTail {
                 dir: dir.to_path_buf(),
                 journals: journal_files(dir),
