@@ -107,6 +107,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Back up a running host's store, consistently, while it serves: the
+    /// log, cursors, state, dead letters as of one moment, written into a
+    /// new data directory DIR. Restore by starting a host on DIR
+    /// (`plugbus run --data DIR`). On a broker, back the broker up instead.
+    Backup {
+        /// Where the host is, and the token (admin scope).
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The new data directory to write (must not exist, or be empty).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Check a data directory (a copy or a backup): its journals and
+    /// format, that every log record decodes, that the log has no hole a
+    /// repair did not record, that no cursor is past its end. Exits 1 when
+    /// something is wrong. Open it with no host running on it.
+    Verify {
+        /// The data directory.
+        #[arg(long, value_name = "DIR", env = "PLUGBUS_DATA")]
+        data: PathBuf,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check that every event is accounted for: per plugin, the events of
     /// the log it subscribes to against those it handled, are dead letters,
     /// dropped by its policy, or pending. Exits 1 when any is unaccounted

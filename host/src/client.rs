@@ -82,6 +82,16 @@ impl Client {
         self.json(path, response)
     }
 
+    /// POST to `path` with no body; the answer's body as it comes (a
+    /// backup).
+    pub fn post_reader(&self, path: &str) -> Result<Box<dyn std::io::Read + Send + Sync>, String> {
+        let response = self
+            .request("POST", path)
+            .call()
+            .map_err(|e| self.error(e))?;
+        Ok(response.into_reader())
+    }
+
     /// POST `body` of `content_type` to `path`; the answer as JSON.
     pub fn post_text(&self, path: &str, content_type: &str, body: &str) -> Result<Value, String> {
         let response = self

@@ -113,6 +113,52 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&format!("repair of {}: {e}", data.display())),
         },
+        Command::Backup { client, dir } => {
+            let copied = Client::new(&client)
+                .and_then(|c| c.post_reader("/v1/backup"))
+                .and_then(|stream| {
+                    plugbus::store::backup::restore(stream, &dir).map_err(|e| e.to_string())
+                });
+            match copied {
+                Ok(s) => {
+                    let items: Vec<String> =
+                        s.items.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                    println!(
+                        "backed up into {}: events through sequence {}, {} bytes ({}); restore: plugbus run --data {}",
+                        dir.display(),
+                        s.last_sequence,
+                        s.bytes,
+                        items.join(", "),
+                        dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&format!("backup into {}: {e}", dir.display())),
+            }
+        }
+        Command::Verify { data, json } => match plugbus::store::backup::verify(&data) {
+            Ok(v) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                } else {
+                    println!(
+                        "{}: {} log records through sequence {}; holes a repair did not record: {:?}; recorded lost: {:?}; cursors past the end: {:?}",
+                        data.display(),
+                        v.records,
+                        v.last_sequence,
+                        v.unexplained_holes,
+                        v.recorded_lost,
+                        v.cursors_ahead
+                    );
+                }
+                if v.ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => fail(&e.to_string()),
+        },
         Command::Audit { client, json } => {
             match Client::new(&client).and_then(|c| audit(&c, json)) {
                 Ok(true) => ExitCode::SUCCESS,

@@ -87,6 +87,7 @@ mod abuse;
 mod accounting;
 mod auth;
 mod author;
+mod backup;
 mod brokers;
 mod busy;
 mod concurrency;

@@ -42,6 +42,7 @@
 //! policy.
 
 pub mod auth;
+mod backup;
 pub mod console;
 mod flow;
 pub mod reload;
@@ -252,6 +253,7 @@ pub fn router(state: AppState) -> Router {
         .route("/console/{*path}", get(console::file))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/audit", get(audit))
+        .route("/v1/backup", post(backup::backup))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -36,11 +36,13 @@
 //!
 //! This module knows nothing of plugins, wasm or HTTP.
 
+pub mod backup;
 mod chains;
 pub mod codec;
 pub mod dead;
 mod dedup;
 mod disk;
+pub mod format;
 pub(crate) mod journal;
 pub mod log;
 pub mod lost;
@@ -152,6 +154,22 @@ pub enum StoreError {
         journals: String,
         /// What the engine found.
         reason: String,
+    },
+    /// The directory was written by a newer release.
+    #[error("data directory {dir} has data format {found}, written by a newer plugbus; this build reads formats {} to {}: run the release that wrote it (a downgrade is not supported), or restore a backup taken before the upgrade", format::FORMAT_OLDEST, format::FORMAT)]
+    NewerFormat {
+        /// The data directory.
+        dir: PathBuf,
+        /// Its format.
+        found: u32,
+    },
+    /// The directory's format is older than this build reads.
+    #[error("data directory {dir} has data format {found}; this build reads formats {} to {}: open it once with a release that reads both (it upgrades the directory), then with this one", format::FORMAT_OLDEST, format::FORMAT)]
+    OlderFormat {
+        /// The data directory.
+        dir: PathBuf,
+        /// Its format.
+        found: u32,
     },
     /// A journal has damage the storage engine would cut away together
     /// with the intact batches after it, without a word.
@@ -282,6 +300,7 @@ impl Store {
         let disk_reserve_bytes = disk_reserve.unwrap_or_else(|| {
             fs4::total_space(dir).map_or(DISK_RESERVE_BYTES_MAX, disk_reserve_for)
         });
+        let format_was = format::check(dir)?;
         journal::refuse_silent_loss(dir)?;
         let db = Database::builder(dir)
             .manual_journal_persist(true)
@@ -373,6 +392,7 @@ impl Store {
             );
         }
         let high = high.max(last);
+        format::write(dir, format_was)?;
         let mark = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
