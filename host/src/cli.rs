@@ -6,7 +6,7 @@
 //! refuses combinations that cannot work, naming the flag.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -339,6 +339,12 @@ impl DeadSelection {
 /// Flags of `plugbus run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// A TOML file of these flags, one key per flag without its dashes
+    /// (`fsync = "always"`, `batch-events-max = 256`, `memory = true`, a
+    /// list for a repeated flag). A flag given here wins over the file, and
+    /// the file over the environment variables.
+    #[arg(long, value_name = "FILE", env = "PLUGBUS_CONFIG")]
+    pub config: Option<PathBuf>,
     /// The plugin directory: each NAME.wasm in it is a plugin.
     #[arg(long, value_name = "DIR", env = "PLUGBUS_PLUGINS")]
     pub plugins: PathBuf,
@@ -399,6 +405,17 @@ pub struct RunArgs {
         env = "PLUGBUS_BROKER_CREDS"
     )]
     pub broker_creds: Option<PathBuf>,
+    /// A file holding the broker's password (one line), put into the
+    /// broker's URL: `redis://HOST` becomes `redis://:PASSWORD@HOST`,
+    /// `nats://USER@HOST` becomes `nats://USER:PASSWORD@HOST`. Keeps the
+    /// secret off the command line, where `ps` shows it.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "broker",
+        env = "PLUGBUS_BROKER_PASSWORD_FILE"
+    )]
+    pub broker_password_file: Option<PathBuf>,
     /// This host's name among a broker's consumers (default: the machine's
     /// host name and the process id).
     #[arg(long, value_name = "NAME")]
@@ -536,6 +553,37 @@ pub struct RunArgs {
     pub ordering_for: Vec<String>,
 }
 
+/// `url` with the password in `file` as its credentials' password.
+fn with_password(url: &str, file: &Path) -> Result<String, String> {
+    let password = std::fs::read_to_string(file).map_err(|e| {
+        format!(
+            "--broker-password-file {}: cannot read it: {e}",
+            file.display()
+        )
+    })?;
+    let password = password.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err(format!(
+            "--broker-password-file {}: it is empty",
+            file.display()
+        ));
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!("--broker {url}: not a URL (scheme://host)"));
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let encoded =
+        percent_encoding::utf8_percent_encode(password, percent_encoding::NON_ALPHANUMERIC);
+    let userinfo = match authority.rsplit_once('@') {
+        Some((info, _)) if info.contains(':') => {
+            return Err("--broker already holds a password; give it either in the URL or in --broker-password-file, not both".to_string())
+        }
+        Some((user, host)) => format!("{user}:{encoded}@{host}"),
+        None => format!(":{encoded}@{authority}"),
+    };
+    Ok(format!("{scheme}://{userinfo}{path}"))
+}
+
 /// `plugbus run`'s flags, checked and typed.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
@@ -663,7 +711,10 @@ impl RunArgs {
         });
         Ok(RunSettings {
             data,
-            broker: self.broker.clone(),
+            broker: match (&self.broker, &self.broker_password_file) {
+                (Some(url), Some(file)) => Some(with_password(url, file)?),
+                (url, _) => url.clone(),
+            },
             broker_ca: self.broker_ca.clone(),
             broker_creds: self.broker_creds.clone(),
             fsync: self.fsync,
@@ -771,14 +822,41 @@ mod tests {
             .expect("the unit has an ExecStart line");
         let mut args = line.split_whitespace();
         assert_eq!(args.next(), Some("/usr/local/bin/plugbus"));
-        let cli = Cli::try_parse_from(std::iter::once("plugbus").chain(args))
-            .unwrap_or_else(|e| panic!("{line}: {e}"));
+        // Its settings file, the one shipped beside it.
+        let config = std::env::temp_dir().join(format!("plugbus-unit-{}.toml", std::process::id()));
+        std::fs::write(&config, include_str!("../../packaging/plugbus.toml")).expect("write");
+        let argv: Vec<std::ffi::OsString> = std::iter::once("plugbus")
+            .chain(args)
+            .map(|a| {
+                a.replace("/etc/plugbus/plugbus.toml", &config.display().to_string())
+                    .into()
+            })
+            .collect();
+        let argv = crate::config_file::expand(argv).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{line}: {e}"));
         let Command::Run(run) = cli.command else {
             panic!("the unit runs `plugbus run`: {line}")
         };
         let s = run.settings().unwrap_or_else(|e| panic!("{line}: {e}"));
         assert!(!s.listen.ip().is_loopback(), "the unit serves the network");
         assert!(s.data.is_some(), "durable");
+    }
+
+    #[test]
+    fn a_broker_password_comes_from_its_file_into_the_url() {
+        let file = std::env::temp_dir().join(format!("plugbus-pw-{}", std::process::id()));
+        std::fs::write(&file, "s3cr@t/x\n").expect("write");
+        assert_eq!(
+            with_password("redis://127.0.0.1:6379/0", &file).expect("ok"),
+            "redis://:s3cr%40t%2Fx@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            with_password("nats://shop@nats.local:4222", &file).expect("ok"),
+            "nats://shop:s3cr%40t%2Fx@nats.local:4222"
+        );
+        let err = with_password("redis://u:p@h", &file).expect_err("both");
+        assert!(err.contains("not both"), "{err}");
+        let _ = std::fs::remove_file(&file);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod backend;
 pub mod bus;
 pub mod cli;
 pub mod client;
+pub mod config_file;
 pub mod dispatch;
 pub mod event;
 pub mod http;

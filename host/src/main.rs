@@ -14,7 +14,11 @@ use plugbus::client::Client;
 use plugbus::plugin::PluginStatus;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = match plugbus::config_file::expand(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => return fail(&e),
+    };
+    let cli = Cli::parse_from(args);
     match cli.command {
         Command::Run(args) => {
             no_huge_pages();
