@@ -448,7 +448,9 @@ pub struct RunArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub retention_age: Option<Duration>,
     /// Remove the oldest events while the log is larger than this many
-    /// bytes, once every plugin has finished them. Default: no limit.
+    /// bytes, once every plugin has finished them. Default: a third of the
+    /// data directory's file system above the disk reserve (said at
+    /// start), so finished events cannot fill a device.
     #[arg(long)]
     pub retention_bytes: Option<u64>,
     /// Where a plugin the log has never seen starts: `earliest` (every

@@ -92,6 +92,10 @@ pub struct Metrics {
     pub log_events: Gauge,
     /// Bytes the store takes on disk, durable mode.
     pub log_bytes: Gauge,
+    /// Bytes free on the data directory's file system, durable mode.
+    pub disk_free_bytes: Gauge,
+    /// Bytes the store keeps free there (its reserve), durable mode.
+    pub disk_reserve_bytes: Gauge,
     /// Seconds per fsync of the store.
     pub fsync_seconds: Histogram,
     /// Events in the log a plugin has yet to finish, durable mode.
@@ -192,6 +196,8 @@ impl Metrics {
             dead_lettered: Family::default(),
             log_events: Gauge::default(),
             log_bytes: Gauge::default(),
+            disk_free_bytes: Gauge::default(),
+            disk_reserve_bytes: Gauge::default(),
             fsync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 14)),
             lag: Family::default(),
             broker_pending: Family::default(),
@@ -319,6 +325,16 @@ impl Metrics {
             "log_bytes",
             "Bytes the store takes on disk",
             m.log_bytes.clone(),
+        );
+        registry.register(
+            "disk_free_bytes",
+            "Bytes free on the data directory's file system (alert well above disk_reserve_bytes: inside it publishes are refused and deliveries wait)",
+            m.disk_free_bytes.clone(),
+        );
+        registry.register(
+            "disk_reserve_bytes",
+            "Bytes the store keeps free on its file system for its own flushes",
+            m.disk_reserve_bytes.clone(),
         );
         registry.register(
             "fsync_duration_seconds",

@@ -185,13 +185,21 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
             for r in store.lost_ranges()? {
                 tracing::warn!(data = %dir.display(), repair = %r.repair, "sequences {}..={} were lost to damage ({}); reading one answers 410", r.from, r.to, r.reason);
             }
+            let mut retention = settings.retention;
+            if retention.bytes.is_none() {
+                if let Ok(total) = fs4::total_space(dir) {
+                    let keep = crate::store::retention_bytes_for(total, store.disk_reserve_bytes());
+                    retention.bytes = Some(keep);
+                    tracing::info!(data = %dir.display(), retention_bytes = keep, "the log keeps at most {:.1} MiB of events every plugin has finished (a third of the file system above the reserve; --retention-bytes sets it); unfinished events are never trimmed", keep as f64 / f64::from(1 << 20));
+                }
+            }
             let log = Log::start_with(
                 store,
                 metrics.published.clone(),
                 LogOptions {
                     fsync: settings.fsync,
                     dedup_window: settings.dedup_window,
-                    retention: settings.retention,
+                    retention,
                 },
             )?;
             let announced = tokio::task::block_in_place(|| crate::store::lost::announce(&log))?;

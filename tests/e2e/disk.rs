@@ -172,6 +172,12 @@ fn a_card_filled_during_the_order_flow_pauses_deliveries_and_every_order_is_hand
     // The orders are accepted first, so that the plugins start with all
     // of them to do.
     let h = host(&[], &["--data", &data_arg]);
+    // Retention is sized to the card: a third of what is above the reserve.
+    h.wait_log(
+        "the log keeps at most 18.7 MiB of events every plugin has finished",
+        WAIT,
+    )
+    .expect("retention stated at start");
     crate::accounting::post_orders(&h, N);
     assert!(h.stop().expect("stops").success());
     // Another program fills the card to 512 KiB above the reserve: far

@@ -395,6 +395,13 @@ impl Registry {
             Dispatch::Durable(log) => {
                 self.metrics.log_events.set(log.head() as i64);
                 self.metrics.log_bytes.set(log.store().disk_bytes() as i64);
+                let store = log.store();
+                if let Ok(free) = fs4::available_space(store.dir()) {
+                    self.metrics.disk_free_bytes.set(free as i64);
+                }
+                self.metrics
+                    .disk_reserve_bytes
+                    .set(store.disk_reserve_bytes() as i64);
             }
             Dispatch::Broker(b) => {
                 if let Ok(head) = b.head() {

@@ -59,6 +59,15 @@ pub fn disk_reserve_for(total: u64) -> u64 {
     (total / 8).clamp(DISK_RESERVE_BYTES_MIN, DISK_RESERVE_BYTES_MAX)
 }
 
+/// How much of the log retention keeps by default on a file system of
+/// `total` bytes with the store's `reserve`: a third of what is above the
+/// reserve, since the engine may hold the log about twice while it
+/// rewrites tables. A device's card can then not fill with finished
+/// events; what plugins have not finished is never trimmed.
+pub fn retention_bytes_for(total: u64, reserve: u64) -> u64 {
+    total.saturating_sub(reserve) / 3
+}
+
 /// The memtable size of a keyspace for a reserve of `reserve` bytes: half
 /// of it, so that a memtable's flush always fits in the reserve, and at
 /// most `max` ([`MEMTABLE_BYTES_MAX`], or [`LOG_MEMTABLE_BYTES_MAX`] for the
@@ -282,6 +291,9 @@ mod tests {
             LOG_MEMTABLE_BYTES_MAX
         );
         assert_eq!(memtable_bytes_for(8 * MIB, LOG_MEMTABLE_BYTES_MAX), 4 * MIB);
+        // A 64 MiB card keeps 8 MiB free and at most 18.7 MiB of log.
+        assert_eq!(retention_bytes_for(64 * MIB, 8 * MIB), 56 * MIB / 3);
+        assert_eq!(retention_bytes_for(4 * MIB, 8 * MIB), 0);
     }
 
     #[test]

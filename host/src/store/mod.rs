@@ -61,7 +61,9 @@ use std::time::{Duration, Instant};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::event::Event;
-pub use disk::{disk_reserve_for, DISK_RESERVE_BYTES_MAX, DISK_RESERVE_BYTES_MIN};
+pub use disk::{
+    disk_reserve_for, retention_bytes_for, DISK_RESERVE_BYTES_MAX, DISK_RESERVE_BYTES_MIN,
+};
 use disk::{is_disk_full, journal_files, memtable_bytes_for, mib, Room};
 use progress::Cursor;
 pub use retention::Retention;
