@@ -111,3 +111,4 @@ mod state;
 mod storms;
 mod telemetry;
 mod tiers;
+mod upgrade;

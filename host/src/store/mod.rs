@@ -42,6 +42,8 @@ pub mod codec;
 pub mod dead;
 mod dedup;
 mod disk;
+#[cfg(test)]
+mod faults;
 pub mod format;
 pub(crate) mod journal;
 pub mod log;
