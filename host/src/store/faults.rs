@@ -157,3 +157,57 @@ fn a_missing_journal_with_acknowledged_events_in_it_is_a_lost_tail() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_flipped_byte_in_an_older_journal_is_refused_naming_it_not_cut_into_a_hole() {
+    let dir = temp_dir("fault-older-journal");
+    {
+        let store =
+            Store::open(&dir, Fsync::Interval(std::time::Duration::from_secs(60))).expect("opens");
+        // A plugin's state not yet flushed keeps the first journal alive
+        // once the engine moves on to the next (past 64 MB, at a flush).
+        let progress = super::progress::Progress {
+            plugin: "inventory".into(),
+            kv: vec![("stock.a".into(), Some(b"7".to_vec()))],
+            ..Default::default()
+        };
+        store.commit_progress(&progress).expect("state");
+        // Incompressible events, 70 MB of them.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..1100 {
+            let data: Vec<u8> = (0..64 * 1024)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    b'a' + (x % 26) as u8
+                })
+                .collect();
+            let mut e = Event::new("order.placed", None, data).expect("event");
+            store.append(std::slice::from_mut(&mut e)).expect("append");
+        }
+        store.sync().expect("sync");
+        store.log.rotate_memtable_and_wait().expect("flush the log");
+        for i in 0..10 {
+            store.append(&mut [ev(i)]).expect("append");
+        }
+        store.sync().expect("sync");
+    }
+    let journals = super::journal::journals(&dir).expect("journals");
+    assert!(
+        journals.len() >= 2,
+        "an older journal is kept: {journals:?}"
+    );
+    let scans = super::journal::scan_dir(&dir).expect("scans");
+    let older = &scans[0];
+    let middle = &older.batches[older.batches.len() / 2];
+    let mut bytes = std::fs::read(&older.path).expect("read");
+    bytes[middle.bytes.start] ^= 0xff;
+    std::fs::write(&older.path, &bytes).expect("write");
+    let err = Store::open(&dir, Fsync::Always).err().expect("refused");
+    assert!(
+        matches!(&err, StoreError::JournalDamaged { file, intact_after, .. } if *file == older.path && *intact_after > 0),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
