@@ -25,7 +25,8 @@ use super::{format, Fsync, Store, StoreError, MARK_FILE};
 
 const HEADER: &[u8] = b"plugbus backup 1\n";
 /// The keyspaces a backup holds, in the order written.
-const KEYSPACES: [&str; 7] = ["log", "cursors", "dead", "redrive", "meta", "kv", "chains"];
+pub(super) const KEYSPACES: [&str; 7] =
+    ["log", "cursors", "dead", "redrive", "meta", "kv", "chains"];
 
 /// Why a backup could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +133,7 @@ impl Store {
         Ok(summary)
     }
 
-    fn keyspace_named(&self, name: &str) -> &fjall::Keyspace {
+    pub(super) fn keyspace_named(&self, name: &str) -> &fjall::Keyspace {
         match name {
             "log" => &self.log,
             "cursors" => &self.cursors,

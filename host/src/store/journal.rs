@@ -94,20 +94,14 @@ fn le<const N: usize>(bytes: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(wide))
 }
 
-/// Parse the batch that starts at `at`, checking its structure, checksum
-/// and trailer.
-fn batch_at(bytes: &[u8], at: usize) -> Result<Batch, String> {
-    if bytes.get(at) != Some(&START) {
-        return Err(format!(
-            "a batch should start here, found the byte {:#04x}",
-            bytes.get(at).copied().unwrap_or(0)
-        ));
-    }
-    let count = le::<4>(bytes, at + 1).ok_or("the file ends inside a batch's start")?;
-    let seqno = le::<8>(bytes, at + 5).ok_or("the file ends inside a batch's start")?;
-    let mut pos = at + START_BYTES;
-    let items_start = pos;
-    let mut items = Vec::new();
+/// Walk `count` items from `pos`, pushing (keyspace, key) of each to
+/// `items`; where the items end.
+fn walk_items(
+    bytes: &[u8],
+    mut pos: usize,
+    count: u64,
+    items: &mut Vec<(u64, Vec<u8>)>,
+) -> Result<usize, String> {
     for _ in 0..count {
         match bytes.get(pos) {
             Some(&ITEM) => {
@@ -137,6 +131,38 @@ fn batch_at(bytes: &[u8], at: usize) -> Result<Batch, String> {
             None => return Err("the file ends inside a batch".into()),
         }
     }
+    Ok(pos)
+}
+
+/// What can still be read of the items of the damaged batch at the start
+/// of `damage`: (keyspace, key) of each item up to the first that does
+/// not parse (none when its start is unreadable). For the repair's report.
+pub(crate) fn readable_items(bytes: &[u8], damage: &Damage) -> Vec<(u64, Vec<u8>)> {
+    let region = &bytes[..damage.bytes.end.min(bytes.len())];
+    let at = damage.bytes.start;
+    let mut items = Vec::new();
+    if region.get(at) == Some(&START) {
+        if let Some(count) = le::<4>(region, at + 1) {
+            let _ = walk_items(region, at + START_BYTES, count, &mut items);
+        }
+    }
+    items
+}
+
+/// Parse the batch that starts at `at`, checking its structure, checksum
+/// and trailer.
+fn batch_at(bytes: &[u8], at: usize) -> Result<Batch, String> {
+    if bytes.get(at) != Some(&START) {
+        return Err(format!(
+            "a batch should start here, found the byte {:#04x}",
+            bytes.get(at).copied().unwrap_or(0)
+        ));
+    }
+    let count = le::<4>(bytes, at + 1).ok_or("the file ends inside a batch's start")?;
+    let seqno = le::<8>(bytes, at + 5).ok_or("the file ends inside a batch's start")?;
+    let items_start = at + START_BYTES;
+    let mut items = Vec::new();
+    let pos = walk_items(bytes, items_start, count, &mut items)?;
     if bytes.get(pos) != Some(&END) {
         return Err(format!(
             "after {count} items the batch's end marker is missing"

@@ -69,6 +69,9 @@ pub struct Cut {
     pub bytes: usize,
     /// What was wrong.
     pub reason: String,
+    /// What its items were, as far as they can still be read: log
+    /// records, cursors, plugins' state keys, dead letters.
+    pub touches: Vec<String>,
 }
 
 /// A plugin's cursor after a repair, and the lost ranges ahead of it:
@@ -83,11 +86,42 @@ pub struct CursorAhead {
     pub lost_ahead: Vec<(u64, u64)>,
 }
 
+/// An item of a journal batch: (keyspace id, key).
+type Item = (u64, Vec<u8>);
+
 /// What the salvaged copy holds once opened.
 struct Found {
     lost: Vec<(u64, u64)>,
     acknowledged: u64,
     cursors: Vec<CursorAhead>,
+    /// The engine's keyspace ids, by name.
+    keyspaces: Vec<(u64, &'static str)>,
+}
+
+/// What the item `key` of the keyspace `name` is, for people.
+fn describe(name: &str, key: &[u8]) -> String {
+    let split = |k: &[u8]| -> (String, Vec<u8>) {
+        let at = k.iter().position(|&b| b == 0).unwrap_or(k.len());
+        (
+            String::from_utf8_lossy(&k[..at]).into_owned(),
+            k.get(at + 1..).unwrap_or_default().to_vec(),
+        )
+    };
+    let seq = |k: &[u8]| super::sequence_of(k).map_or("?".into(), |s| s.to_string());
+    match name {
+        "log" => format!("log record from sequence {}", seq(key)),
+        "cursors" => format!("cursor {}", String::from_utf8_lossy(key)),
+        "kv" => {
+            let (plugin, k) = split(key);
+            format!("state {plugin}/{}", String::from_utf8_lossy(&k))
+        }
+        "dead" | "redrive" => {
+            let (plugin, k) = split(key);
+            format!("{name} {plugin} sequence {}", seq(&k))
+        }
+        "chains" => "chain index".into(),
+        other => format!("{other} {}", String::from_utf8_lossy(key)),
+    }
 }
 
 /// What a repair found and did.
@@ -139,6 +173,19 @@ impl Report {
                 c.offset + c.bytes,
                 c.reason
             );
+            if !c.touches.is_empty() {
+                let shown: Vec<&str> = c.touches.iter().take(12).map(String::as_str).collect();
+                let more = c.touches.len().saturating_sub(shown.len());
+                out += &format!(
+                    "  it held: {}{}\n",
+                    shown.join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
         }
         out += &format!("kept: {} intact journal batches\n", self.batches_kept);
         if self.lost.is_empty() {
@@ -243,7 +290,7 @@ fn cut_journal(
     scan: &Scan,
     path: &Path,
     quarantine: &mut Vec<u8>,
-    cuts: &mut Vec<Cut>,
+    cuts: &mut Vec<(Cut, Vec<Item>)>,
 ) -> Result<(), RepairError> {
     let bytes = std::fs::read(path).map_err(io(format!("reading {}", path.display())))?;
     let file = path
@@ -258,12 +305,16 @@ fn cut_journal(
         let _ = writeln!(quarantine, "{file} {} {}", d.bytes.start, d.bytes.len());
         quarantine.extend_from_slice(&bytes[d.bytes.clone()]);
         quarantine.push(b'\n');
-        cuts.push(Cut {
-            file: file.clone(),
-            offset: d.bytes.start,
-            bytes: d.bytes.len(),
-            reason: d.reason.clone(),
-        });
+        cuts.push((
+            Cut {
+                file: file.clone(),
+                offset: d.bytes.start,
+                bytes: d.bytes.len(),
+                reason: d.reason.clone(),
+                touches: Vec::new(),
+            },
+            journal::readable_items(&bytes, d),
+        ));
     }
     let tmp = path.with_extension("jnl.repaired");
     std::fs::write(&tmp, &kept).map_err(io(format!("writing {}", tmp.display())))?;
@@ -318,10 +369,15 @@ fn settle_copy(work: &Path, repair: &str, reason: &str) -> Result<Found, RepairE
                 .collect(),
         });
     }
+    let keyspaces = super::backup::KEYSPACES
+        .iter()
+        .map(|&name| (store.keyspace_named(name).id(), name))
+        .collect();
     Ok(Found {
         lost: holes,
         acknowledged,
         cursors,
+        keyspaces,
     })
 }
 
@@ -348,13 +404,30 @@ pub fn repair(dir: &Path, dry_run: bool) -> Result<Report, RepairError> {
         }
         let reason = cuts.first().map_or(
             "the log ended before what was acknowledged".to_string(),
-            |c| format!("journal {}: {}", c.file, c.reason),
+            |(c, _)| format!("journal {}: {}", c.file, c.reason),
         );
         let Found {
             lost,
             acknowledged,
             cursors,
+            keyspaces,
         } = settle_copy(&work, &repair, &reason)?;
+        let cuts: Vec<Cut> = cuts
+            .into_iter()
+            .map(|(mut cut, items)| {
+                let mut touches: Vec<String> = items
+                    .iter()
+                    .map(|(id, key)| {
+                        let name = keyspaces.iter().find(|(k, _)| k == id).map_or("?", |k| k.1);
+                        describe(name, key)
+                    })
+                    .filter(|t| t != "chain index")
+                    .collect();
+                touches.dedup();
+                cut.touches = touches;
+                cut
+            })
+            .collect();
         let mut report = Report {
             dir: dir.to_path_buf(),
             repair: repair.clone(),
