@@ -416,6 +416,14 @@ pub struct RunArgs {
         env = "PLUGBUS_BROKER_PASSWORD_FILE"
     )]
     pub broker_password_file: Option<PathBuf>,
+    /// Take the broker over for this release when it is used by another:
+    /// the first host of a rolling upgrade. The hosts of the other release
+    /// stop taking work, deliver what they have in hand and exit with
+    /// status 75 within seconds, for their supervisors to restart them on
+    /// the new binary. Without it a host refuses a broker of another
+    /// release, naming both.
+    #[arg(long, requires = "broker")]
+    pub take_over_broker: bool,
     /// This host's name among a broker's consumers (default: the machine's
     /// host name and the process id).
     #[arg(long, value_name = "NAME")]
@@ -593,6 +601,8 @@ pub struct RunSettings {
     pub data: Option<PathBuf>,
     /// The broker's URL, if the log is kept there.
     pub broker: Option<String>,
+    /// Take the broker over from another release (`--take-over-broker`).
+    pub take_over_broker: bool,
     /// The CA the broker's TLS certificate must chain to.
     pub broker_ca: Option<PathBuf>,
     /// A NATS credentials file.
@@ -717,6 +727,7 @@ impl RunArgs {
                 (Some(url), Some(file)) => Some(with_password(url, file)?),
                 (url, _) => url.clone(),
             },
+            take_over_broker: self.take_over_broker,
             broker_ca: self.broker_ca.clone(),
             broker_creds: self.broker_creds.clone(),
             fsync: self.fsync,

@@ -52,6 +52,13 @@ pub enum StartError {
         /// What failed.
         reason: String,
     },
+    /// Another release took the broker over: this host delivered what it
+    /// had in hand and stopped, to be restarted on the new release.
+    #[error("plugbus {theirs} took the broker over (every host on one broker runs the same release): this host of plugbus {} delivered what it had in hand and stopped; restart it on the new binary", crate::backend::RELEASE)]
+    TakenOver {
+        /// The release that took it over.
+        theirs: String,
+    },
 }
 
 impl StartError {
@@ -59,7 +66,7 @@ impl StartError {
     /// restart recovers from, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::StoreFailed { .. } => EXIT_RESTART,
+            StartError::StoreFailed { .. } | StartError::TakenOver { .. } => EXIT_RESTART,
             _ => 1,
         }
     }
@@ -86,6 +93,38 @@ async fn store_failed(store: Option<Arc<crate::store::Store>>) -> String {
     }
 }
 
+/// Wait until another release takes the broker over; that release.
+async fn taken_over(broker: Option<Arc<dyn crate::backend::Backend>>) -> String {
+    let Some(broker) = broker else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(crate::backend::RELEASE_LOOK_EVERY);
+    loop {
+        tick.tick().await;
+        let probe = broker.clone();
+        let now = tokio::task::spawn_blocking(move || {
+            probe.claim_release(crate::backend::RELEASE, false)
+        })
+        .await;
+        if let Ok(Ok(Some(theirs))) = now {
+            if theirs != crate::backend::RELEASE {
+                return theirs;
+            }
+        }
+    }
+}
+
+/// Why a serving host stops.
+enum Stop {
+    /// Asked to (a signal).
+    Asked,
+    /// Its store refuses writes: stop at once.
+    StoreFailed(String),
+    /// Another release took its broker over: deliver what is in hand, then
+    /// stop.
+    TakenOver(String),
+}
+
 /// The first wait between attempts to reach the broker at start; doubled
 /// up to [`BROKER_RETRY_MAX`].
 const BROKER_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(250);
@@ -98,6 +137,7 @@ async fn connect_broker(
     url: &str,
     dedup_window: std::time::Duration,
     access: crate::backend::Access,
+    take_over: bool,
 ) -> Result<Arc<dyn crate::backend::Backend>, StartError> {
     use crate::backend::BackendError;
     let backend = crate::backend::open_broker(url, "plugbus", dedup_window, access)?;
@@ -110,6 +150,15 @@ async fn connect_broker(
         match answer {
             Ok(head) => {
                 tracing::info!(broker = %backend.describe(), events = head, "broker connected");
+                let probe = backend.clone();
+                let claimed = tokio::task::spawn_blocking(move || {
+                    crate::backend::check_release(&*probe, take_over)
+                })
+                .await
+                .map_err(|e| StartError::Runtime(format!("the release check panicked: {e}")))??;
+                if let Some(theirs) = claimed {
+                    tracing::warn!(broker = %backend.describe(), "took the broker over from plugbus {theirs} for {}: its hosts stop taking work within {:?}", crate::backend::RELEASE, crate::backend::RELEASE_LOOK_EVERY);
+                }
                 return Ok(backend);
             }
             Err(e @ BackendError::Unavailable { .. }) => {
@@ -161,6 +210,7 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
                     ca: settings.broker_ca.clone(),
                     creds: settings.broker_creds.clone(),
                 },
+                settings.take_over_broker,
             )
             .await?,
         ),
@@ -290,6 +340,10 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         _ => None,
     };
     let data_dir = store.as_ref().map(|s| s.dir().to_path_buf());
+    let broker = match &dispatch {
+        Dispatch::Broker(b) => Some(b.clone()),
+        _ => None,
+    };
     let app = http::router(AppState {
         dispatch,
         registry: registry.clone(),
@@ -304,19 +358,25 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         header_timeout: settings.header_timeout,
         tls,
     };
-    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let shutdown = async move {
-        tokio::select! {
-            () = shutdown_signal() => {}
+        let stop = tokio::select! {
+            () = shutdown_signal() => Stop::Asked,
             reason = store_failed(store) => {
                 tracing::error!("the store refuses writes after a failure ({reason}): stopping so that a restart recovers it from its journal");
-                let _ = failed_tx.send(reason);
+                Stop::StoreFailed(reason)
             }
-        }
+            theirs = taken_over(broker) => {
+                tracing::warn!("plugbus {theirs} took the broker over: delivering what is in hand, then stopping (status 75) to be restarted on the new release");
+                Stop::TakenOver(theirs)
+            }
+        };
+        let _ = stop_tx.send(stop);
         closing.close();
     };
     http::serve::serve(listener, app, options, metrics, shutdown).await?;
-    if let Ok(reason) = failed_rx.await {
+    let stop = stop_rx.await.unwrap_or(Stop::Asked);
+    if let Stop::StoreFailed(reason) = stop {
         // Nothing more can be committed: no drain, as after a crash; what
         // was acknowledged is durable, the rest comes again.
         return Err(StartError::StoreFailed {
@@ -334,7 +394,10 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         .await
         .map_err(|e| StartError::Runtime(format!("shutdown panicked: {e}")))?;
     tracing::info!("stopped");
-    Ok(())
+    match stop {
+        Stop::TakenOver(theirs) => Err(StartError::TakenOver { theirs }),
+        _ => Ok(()),
+    }
 }
 
 async fn shutdown_signal() {

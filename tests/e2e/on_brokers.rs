@@ -680,3 +680,56 @@ macro_rules! on_broker {
 
 on_broker!(on_redis, Redis);
 on_broker!(on_nats, Nats);
+
+/// Every host on one broker runs one release: a host of this release on a
+/// broker another release took over delivers what it has and exits with
+/// status 75 (to be restarted on the new binary), a new host of this
+/// release is refused naming both, and `--take-over-broker` takes it back:
+/// the documented rolling upgrade, on Redis (the conformance suite checks
+/// the same record on NATS).
+#[test]
+fn a_broker_taken_over_by_another_release_stops_this_ones_hosts_and_refuses_new_ones() {
+    let broker = <Redis as Broker>::start();
+    let args = ["--broker", broker.url(), "--host-name", "old"];
+    let plugins = [
+        PluginFile::Wasm("recorder", artifacts::RECORDER),
+        PluginFile::Manifest("recorder", LOUD),
+    ];
+    let h = host(&plugins, &args);
+    h.publish("order.placed", &json!({"n": 1}))
+        .expect("publish");
+    h.wait_log("handled", WAIT).expect("handled");
+    // Another release takes the broker over (as `--take-over-broker` of a
+    // newer binary would).
+    let client = redis::Client::open(broker.url()).expect("url");
+    let mut con = client.get_connection().expect("connects");
+    let _: () = redis::cmd("SET")
+        .arg("plugbus:release")
+        .arg("99.0.0")
+        .query(&mut con)
+        .expect("set");
+    let (status, log) = h.wait_exit(WAIT).expect("stops by itself");
+    assert_eq!(status.code(), Some(75), "asks to be restarted");
+    let said = log.join("\n");
+    assert!(
+        said.contains("plugbus 99.0.0 took the broker over"),
+        "{said}"
+    );
+    // A new host of this release is refused, naming both.
+    let out = start_output(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("used by plugbus 99.0.0") && err.contains("--take-over-broker"),
+        "{err}"
+    );
+    // Taken back: it starts, and the record is this release's again.
+    let h = host(&plugins, &[&args[..], &["--take-over-broker"]].concat());
+    h.wait_log("took the broker over from plugbus 99.0.0", WAIT)
+        .expect("says so");
+    let release: String = redis::cmd("GET")
+        .arg("plugbus:release")
+        .query(&mut con)
+        .expect("get");
+    assert_ne!(release, "99.0.0");
+}

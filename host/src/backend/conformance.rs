@@ -752,6 +752,57 @@ fn accounts_for_every_event_when_retries_mix_with_new_ones(h: Harness) {
         .is_empty());
 }
 
+/// Every host on one shared backend runs one release: the first records
+/// it, another release is refused naming both unless it takes the backend
+/// over, and then the first sees it was taken. The embedded store has one
+/// host and records nothing.
+fn one_release_per_broker_and_a_take_over_is_seen(h: Harness) {
+    let ours = RELEASE;
+    if !h.backend.capabilities().shared {
+        assert_eq!(h.backend.claim_release(ours, false).expect("claim"), None);
+        assert_eq!(check_release(&*h.backend, false).expect("ours"), None);
+        return;
+    }
+    assert_eq!(check_release(&*h.backend, false).expect("first"), None);
+    assert_eq!(
+        h.other.claim_release(ours, false).expect("claim"),
+        Some(ours.to_string()),
+        "recorded for every host"
+    );
+    // A host of another release is refused, naming both, and changes nothing.
+    assert_eq!(
+        h.other.claim_release("9.9.9", false).expect("claim"),
+        Some(ours.to_string())
+    );
+    assert_eq!(
+        h.backend.claim_release(ours, false).expect("claim"),
+        Some(ours.to_string()),
+        "not taken by a refused host"
+    );
+    // Taken over by it: the first host sees the other release, and a host
+    // of the first release is refused now.
+    assert_eq!(
+        h.other.claim_release("9.9.9", true).expect("take over"),
+        Some(ours.to_string())
+    );
+    assert_eq!(
+        h.backend.claim_release(ours, false).expect("claim"),
+        Some("9.9.9".to_string())
+    );
+    let err = check_release(&*h.backend, false).expect_err("another release's");
+    let text = err.to_string();
+    assert!(
+        text.contains("plugbus 9.9.9")
+            && text.contains(&format!("plugbus {ours}"))
+            && text.contains("--take-over-broker"),
+        "{text}"
+    );
+    assert_eq!(
+        check_release(&*h.backend, true).expect("taken back"),
+        Some("9.9.9".to_string())
+    );
+}
+
 macro_rules! conformance {
     ($backend:ident) => {
         mod $backend {
@@ -804,6 +855,10 @@ macro_rules! conformance {
             #[test]
             fn hands_back_at_once_on_release() {
                 super::hands_back_at_once_on_release(Harness::$backend());
+            }
+            #[test]
+            fn one_release_per_broker_and_a_take_over_is_seen() {
+                super::one_release_per_broker_and_a_take_over_is_seen(Harness::$backend());
             }
         }
     };

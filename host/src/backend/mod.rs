@@ -419,6 +419,33 @@ pub trait Consumer: Send {
     }
 }
 
+/// The plugbus release of this build, as brokers record it.
+pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
+
+/// Claim `backend` for this release: refused, naming both, when it is used
+/// by another release and `take_over` is not asked; returns the release
+/// it was used by when that was another (a take-over).
+pub fn check_release(
+    backend: &dyn Backend,
+    take_over: bool,
+) -> Result<Option<String>, BackendError> {
+    match backend.claim_release(RELEASE, take_over)? {
+        Some(theirs) if theirs != RELEASE && !take_over => Err(BackendError::Refused {
+            broker: backend.describe(),
+            reason: format!(
+                "it is used by plugbus {theirs} and this host is plugbus {RELEASE}: every host on one broker runs the same release. To upgrade, start one host of {RELEASE} with --take-over-broker (the hosts of {theirs} then stop taking work and exit with status 75 within {}s, for their supervisors to restart them on the new binary), or stop every host of {theirs} first",
+                RELEASE_LOOK_EVERY.as_secs()
+            ),
+        }),
+        Some(theirs) if theirs != RELEASE => Ok(Some(theirs)),
+        _ => Ok(None),
+    }
+}
+
+/// How often a host on a broker looks whether another release took it
+/// over.
+pub const RELEASE_LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A place events are stored and delivered from. See the module docs.
 pub trait Backend: Send + Sync {
     /// What it is, for logs, `plugbus plugins` and metrics: `embedded`, or
@@ -432,6 +459,14 @@ pub trait Backend: Send + Sync {
     /// store).
     fn connected(&self) -> bool {
         true
+    }
+
+    /// The plugbus release the broker is used by: recorded as `ours` when
+    /// none is (or, with `take_over`, whatever is), and returned as it was
+    /// before. Every host on one broker runs the same release
+    /// ([`check_release`]). None on the embedded store.
+    fn claim_release(&self, _ours: &str, _take_over: bool) -> Result<Option<String>, BackendError> {
+        Ok(None)
     }
 
     /// Where `plugin` is in the log, when the backend keeps it for all

@@ -365,6 +365,43 @@ impl Backend for NatsBackend {
         self.inner.connected.load(Ordering::Relaxed)
     }
 
+    fn claim_release(&self, ours: &str, take_over: bool) -> Result<Option<String>, BackendError> {
+        let ours = ours.to_string();
+        self.run(move |inner| async move {
+            let conn = inner.conn().await?;
+            // A key-value bucket of its own: `PREFIX_meta`, key `release`.
+            let meta = conn
+                .js
+                .create_or_update_key_value(async_nats::jetstream::kv::Config {
+                    bucket: format!("{}_meta", inner.prefix),
+                    history: 1,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| inner.error(e))?;
+            // Recorded only when nobody has (atomically), unless taken over.
+            if !take_over
+                && meta
+                    .create("release", ours.clone().into_bytes().into())
+                    .await
+                    .is_ok()
+            {
+                return Ok(None);
+            }
+            let before = meta
+                .get("release")
+                .await
+                .map_err(|e| inner.error(e))?
+                .map(|v| String::from_utf8_lossy(&v).into_owned());
+            if take_over {
+                meta.put("release", ours.into_bytes().into())
+                    .await
+                    .map_err(|e| inner.error(e))?;
+            }
+            Ok(before)
+        })
+    }
+
     fn position(&self, plugin: &str) -> Result<Option<Position>, BackendError> {
         let plugin = plugin.to_string();
         self.run(|inner| async move {

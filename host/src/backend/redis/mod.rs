@@ -7,7 +7,8 @@
 //! are moved onto the redo stream by whichever host looks first, atomically.
 //! Attempt numbers come from the entries' delivery counts.
 //!
-//! Keys (PREFIX defaults to `plugbus`): `PREFIX:log`, `PREFIX:seq`,
+//! Keys (PREFIX defaults to `plugbus`): `PREFIX:release` (the plugbus
+//! release every host on it runs), `PREFIX:log`, `PREFIX:seq`,
 //! `PREFIX:times` (first sequence of each second, for replay by time),
 //! `PREFIX:lastsec`, `PREFIX:id:ID` (dedup, expiring), and per plugin
 //! `PREFIX:redo:P`, `PREFIX:retry:P`, `PREFIX:dead:P` (a hash by
@@ -340,6 +341,18 @@ impl Backend for RedisBackend {
             shared: true,
             dedup_window: self.shared.dedup,
         }
+    }
+
+    fn claim_release(&self, ours: &str, take_over: bool) -> Result<Option<String>, BackendError> {
+        let key = self.shared.key("release");
+        self.with(|c| {
+            let mut set = redis::cmd("SET");
+            set.arg(&key).arg(ours);
+            if !take_over {
+                set.arg("NX");
+            }
+            set.arg("GET").query::<Option<String>>(c)
+        })
     }
 
     fn connected(&self) -> bool {
