@@ -252,6 +252,19 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
                     retention,
                 },
             )?;
+            // The recovered log is checked for holes beside the host's work.
+            let checked = log.clone();
+            tokio::task::spawn_blocking(move || {
+                let store = checked.store();
+                match store.unexplained_holes(checked.head()) {
+                    Ok(holes) if holes.is_empty() => {}
+                    Ok(holes) => {
+                        tracing::error!(data = %store.dir().display(), "the log has holes no repair recorded, sequences {holes:?}: damage the storage engine cut away; stop the host and run `plugbus repair --data {}` to record them (reading them answers 410 after it)", store.dir().display());
+                        store.note_holes(holes);
+                    }
+                    Err(e) => tracing::warn!("cannot check the log for holes: {e}"),
+                }
+            });
             let announced = tokio::task::block_in_place(|| crate::store::lost::announce(&log))?;
             if announced > 0 {
                 tracing::info!(

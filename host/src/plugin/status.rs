@@ -369,6 +369,12 @@ impl Registry {
         }
         match &self.dispatch {
             Dispatch::Durable(log) => {
+                for (from, to) in log.store().noted_holes() {
+                    reasons.push(format!(
+                        "the log has a hole at sequences {from}..={to} that no repair recorded (damage the storage engine cut away): stop the host and run `plugbus repair --data {}`",
+                        log.store().dir().display()
+                    ));
+                }
                 if let Some((free, reserve)) = log.store().inside_reserve() {
                     reasons.push(format!(
                         "the data directory's disk is inside its reserve: {free} bytes free, {reserve} kept for the store (--disk-reserve-bytes); publishing is refused and deliveries wait until there is room: free space there"

@@ -249,6 +249,8 @@ pub struct Store {
     fsync_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Per plugin, the writes to its state so far.
     state_views: state_view::StateViews,
+    /// Holes the check after start found that no repair recorded.
+    holes: Mutex<Vec<(u64, u64)>>,
 }
 
 /// The most events in one log record (a run of one group commit).
@@ -431,6 +433,7 @@ impl Store {
             sync_lock: Mutex::new(()),
             mark,
             state_views: state_view::StateViews::default(),
+            holes: Mutex::default(),
         })
     }
 
