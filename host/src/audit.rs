@@ -73,6 +73,11 @@ pub struct Audit {
     /// restart): taken out of `unaccounted`, which then counts only losses.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub again: u64,
+    /// Events it had finished that the log lost to damage afterwards (a
+    /// repair recorded the ranges): counted in its books, no longer in
+    /// the log. Taken out of `unaccounted`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost: u64,
     /// Whether the identity could be checked; when not, `note` says why.
     pub checked: bool,
     /// Why it could not be checked.
@@ -120,6 +125,7 @@ impl Books {
                 pending: 0,
                 unaccounted: 0,
                 again: 0,
+                lost: 0,
                 checked: true,
                 note: None,
             },
@@ -148,7 +154,18 @@ pub fn embedded(
     for scope in scopes {
         books.push(from_cursors(&scope.plugin, &cursors_of(store, scope)?));
     }
-    count(scopes, books, head(), |from, max| store.read(from, max))
+    let lost: Vec<(u64, u64)> = store
+        .lost_ranges()?
+        .into_iter()
+        .map(|r| (r.from, r.to))
+        .collect();
+    let mut audits = count_around(scopes, books, head(), &lost, |from, max| {
+        store.read(from, max)
+    })?;
+    for a in &mut audits {
+        a.lost_to_damage(&lost);
+    }
+    Ok(audits)
 }
 
 /// Finish the accounts of the plugins of `scopes` from their `books` (one
@@ -158,6 +175,18 @@ pub fn count<E>(
     scopes: &[Scope],
     books: Vec<Books>,
     head: u64,
+    read: impl FnMut(u64, usize) -> Result<Vec<Event>, E>,
+) -> Result<Vec<Audit>, E> {
+    count_around(scopes, books, head, &[], read)
+}
+
+/// [`count`], knowing that the log lost the sequences of `lost` to damage
+/// (a repair recorded them): a gap there is not retention's.
+fn count_around<E>(
+    scopes: &[Scope],
+    books: Vec<Books>,
+    head: u64,
+    lost: &[(u64, u64)],
     mut read: impl FnMut(u64, usize) -> Result<Vec<Event>, E>,
 ) -> Result<Vec<Audit>, E> {
     assert_eq!(scopes.len(), books.len(), "one set of books per scope");
@@ -178,7 +207,10 @@ pub fn count<E>(
         let Some(first) = events.first() else {
             break;
         };
-        if first.sequence > next {
+        let gap_lost = lost
+            .iter()
+            .any(|&(from, to)| from <= next && to >= first.sequence - 1);
+        if first.sequence > next && !gap_lost {
             for a in audits.iter_mut().filter(|a| a.since < first.sequence - 1) {
                 a.checked = false;
                 a.note = Some(format!(
@@ -263,6 +295,29 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl Audit {
+    /// Explain by `lost` (ranges the log lost to damage) what the books
+    /// count beyond the log: at most the lost sequences after `since`.
+    fn lost_to_damage(&mut self, lost: &[(u64, u64)]) {
+        if !self.checked || self.unaccounted >= 0 {
+            return;
+        }
+        let in_window: u64 = lost
+            .iter()
+            .map(|&(from, to)| {
+                let (from, to) = (from.max(self.since + 1), to.min(self.head));
+                (to + 1).saturating_sub(from)
+            })
+            .sum();
+        let over = self.unaccounted.unsigned_abs();
+        if over <= in_window {
+            self.lost = over;
+            self.unaccounted = 0;
+            self.note = Some(format!(
+                "{over} of the events it had finished were lost to damage afterwards (`plugbus repair` recorded the ranges)"
+            ));
+        }
+    }
+
     /// On a backend that delivers at least once: events counted more than
     /// once are handled again, not lost (`again`).
     pub fn at_least_once(&mut self) {

@@ -733,3 +733,76 @@ fn a_broker_taken_over_by_another_release_stops_this_ones_hosts_and_refuses_new_
         .expect("get");
     assert_ne!(release, "99.0.0");
 }
+
+/// The documented backup of a Redis broker, tested: `BGSAVE` on the
+/// running server (plugbus keeps serving), copy its `dump.rdb`, and
+/// restore by starting a redis-server on a directory holding the copy;
+/// a host on it finds every event acknowledged before the save and its
+/// plugin's cursor, and the audit is clean.
+#[test]
+fn a_redis_snapshot_taken_while_serving_restores_the_log_and_the_cursors() {
+    let broker = <Redis as Broker>::start();
+    let plugins = [
+        PluginFile::Wasm("recorder", artifacts::RECORDER),
+        PluginFile::Manifest("recorder", LOUD),
+    ];
+    let h = host(&plugins, &["--broker", broker.url(), "--host-name", "a"]);
+    for i in 0..50 {
+        h.publish("order.placed", &json!({ "n": i }))
+            .expect("publish");
+    }
+    h.wait_until("the recorder to finish", WAIT, |h| {
+        h.plugin("recorder").and_then(|p| p["lag"].as_u64()) == Some(0)
+            && h.count("recorder", "handled") == 50
+    })
+    .expect("handled");
+    // The backup: BGSAVE, waited for by the count of saves, then the file
+    // copied.
+    let client = redis::Client::open(broker.url()).expect("url");
+    let mut con = client.get_connection().expect("connects");
+    let saves = |con: &mut redis::Connection| -> (u64, String) {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query(con)
+            .expect("info");
+        let n = info
+            .lines()
+            .find_map(|l| l.strip_prefix("rdb_saves:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        (n, info)
+    };
+    let (before, _) = saves(&mut con);
+    let _: redis::Value = redis::cmd("BGSAVE").query(&mut con).expect("bgsave");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (now, info) = saves(&mut con);
+        if now > before && info.contains("rdb_bgsave_in_progress:0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "BGSAVE did not finish: {info}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let copy = TestDir::new("redis-backup");
+    std::fs::copy(broker.dir.0.join("dump.rdb"), copy.0.join("dump.rdb")).expect("copy");
+    // Later events are not in the backup.
+    h.publish("order.placed", &json!({ "n": "after" }))
+        .expect("publish");
+    drop(h);
+    drop(broker);
+
+    let restored = Redis::start_from_snapshot(&copy.0.join("dump.rdb")).expect("restored");
+    let h = host(&plugins, &["--broker", &restored.url, "--host-name", "b"]);
+    let log = crate::accounting::whole_log(&h);
+    assert_eq!(log.len(), 50, "every event saved, none after");
+    h.wait_until("the recorder at rest", WAIT, |h| {
+        h.plugin("recorder").and_then(|p| p["lag"].as_u64()) == Some(0)
+    })
+    .expect("at rest");
+    assert_eq!(
+        h.count("recorder", "handled"),
+        0,
+        "its cursor came back: nothing again"
+    );
+    h.audit_clean();
+}

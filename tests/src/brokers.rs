@@ -212,6 +212,61 @@ impl Redis {
         Ok(())
     }
 
+    /// Start one on a new directory holding `rdb` as its `dump.rdb` (a
+    /// snapshot another one saved with BGSAVE), by the steps the README
+    /// documents: with the append-only file on, Redis would start empty
+    /// rather than load the snapshot, so it starts with it off, loads the
+    /// snapshot, and then turns it on (`CONFIG SET appendonly yes`, which
+    /// writes the file from memory).
+    pub fn start_from_snapshot(rdb: &Path) -> Result<Redis> {
+        let dir = TestDir::new("redis-restored");
+        std::fs::copy(rdb, dir.0.join("dump.rdb"))
+            .map_err(|e| format!("copy {}: {e}", rdb.display()))?;
+        let socket = dir.0.join("redis.sock");
+        let listen = [
+            "--port".to_string(),
+            "0".into(),
+            "--unixsocket".into(),
+            socket.display().to_string(),
+        ];
+        let ready = || {
+            std::os::unix::net::UnixStream::connect(&socket)
+                .ok()
+                .map(drop)
+        };
+        let process = Redis::spawn_with_appendonly(&dir, &listen, &ready, "no")?;
+        let url = format!("redis+unix://{}", socket.display());
+        let cli = |args: &[&str]| -> Result<String> {
+            let out = Command::new("redis-cli")
+                .arg("-s")
+                .arg(&socket)
+                .args(args)
+                .output()
+                .map_err(|e| format!("cannot run redis-cli ({e}): it comes with redis-server"))?;
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        cli(&["CONFIG", "SET", "appendonly", "yes"])?;
+        let deadline = Instant::now() + UP_WITHIN;
+        loop {
+            let info = cli(&["INFO", "persistence"])?;
+            let written = info.contains("aof_enabled:1")
+                && info.contains("aof_rewrite_in_progress:0")
+                && info.contains("aof_rewrite_scheduled:0");
+            if written {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the append-only file was not written: {info}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Redis {
+            url,
+            process: Some(process),
+            dir,
+        })
+    }
+
     /// Start one serving TLS only, on a free loopback port, with the
     /// certificate `NAME.pem`/`NAME.key` from `certs` and a password:
     /// `rediss://:PASSWORD@127.0.0.1:PORT/`.
@@ -272,13 +327,22 @@ impl Redis {
         listen: &[String],
         ready: &dyn Fn() -> Option<()>,
     ) -> Result<Process> {
+        Redis::spawn_with_appendonly(dir, listen, ready, "yes")
+    }
+
+    fn spawn_with_appendonly(
+        dir: &TestDir,
+        listen: &[String],
+        ready: &dyn Fn() -> Option<()>,
+        appendonly: &str,
+    ) -> Result<Process> {
         let mut child = Command::new("redis-server")
             .args(listen)
             .arg("--dir")
             .arg(&dir.0)
             .args([
                 "--appendonly",
-                "yes",
+                appendonly,
                 "--appendfsync",
                 "always",
                 "--save",

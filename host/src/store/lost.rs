@@ -196,19 +196,22 @@ pub fn announce(log: &super::log::Log) -> Result<usize, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::progress::{Counts, Cursor, Progress};
     use crate::store::tests::{ev, temp_dir};
     use crate::store::Fsync;
 
-    #[test]
-    fn holes_are_found_explained_by_a_record_and_a_recorded_lost_end_opens_numbered_after_it() {
-        let dir = temp_dir("lost");
+    /// A store of ten events, one record each.
+    fn ten(name: &str) -> (std::path::PathBuf, Store) {
+        let dir = temp_dir(name);
         let store = Store::open(&dir, Fsync::Always).expect("opens");
         for i in 0..10 {
             store.append(&mut [ev(i)]).expect("append");
         }
-        assert_eq!(store.holes(10).expect("walks"), vec![]);
-        assert_eq!(store.holes(12).expect("walks"), vec![(11, 12)]);
-        // A hole in the middle, as a repair leaves one.
+        (dir, store)
+    }
+
+    /// Cut the records of sequences 4 and 5 out, as damage would.
+    fn cut_four_and_five(store: &Store) {
         store
             .write_now(|batch| {
                 batch.remove(&store.log, 4u64.to_be_bytes());
@@ -216,6 +219,15 @@ mod tests {
                 Ok(())
             })
             .expect("remove");
+    }
+
+    #[test]
+    fn holes_are_found_explained_by_a_record_and_a_recorded_lost_end_opens_numbered_after_it() {
+        let (dir, store) = ten("lost");
+        assert_eq!(store.holes(10).expect("walks"), vec![]);
+        assert_eq!(store.holes(12).expect("walks"), vec![(11, 12)]);
+        // A hole in the middle, as a repair leaves one.
+        cut_four_and_five(&store);
         assert_eq!(store.holes(10).expect("walks"), vec![(4, 5)]);
         assert_eq!(store.unexplained_holes(10).expect("walks"), vec![(4, 5)]);
         let lost = |from, to| LostRange {
@@ -244,6 +256,60 @@ mod tests {
         drop(store);
         let store = Store::open(&dir, Fsync::Always).expect("a recorded loss opens");
         assert_eq!(store.append(&mut [ev(99)]).expect("append"), 13);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn events_a_plugin_finished_before_they_were_lost_are_lost_in_its_accounts_not_unaccounted() {
+        let (dir, store) = ten("lost-audit");
+        // The plugin finished all ten; then 4..=5 are lost to damage.
+        let counts = Counts {
+            start: 0,
+            handled: 10,
+            dead: 0,
+            dropped: 0,
+        };
+        store
+            .commit_progress(&Progress {
+                plugin: "inventory".into(),
+                cursor: Some(Cursor {
+                    through: 10,
+                    pending: Vec::new(),
+                    counts,
+                }),
+                ..Progress::default()
+            })
+            .expect("cursor");
+        cut_four_and_five(&store);
+        let scope = crate::audit::Scope {
+            plugin: "inventory".into(),
+            patterns: vec![crate::topic::Pattern::parse("order.*").expect("pattern")],
+            key: crate::bus::OrderingKey::Subject,
+            parts: 1,
+        };
+        let audit = || {
+            crate::audit::embedded(&store, || 10, std::slice::from_ref(&scope))
+                .expect("audit")
+                .remove(0)
+        };
+        // Unrecorded, the two are handled events the log does not hold.
+        assert_eq!(audit().unaccounted, -2);
+        store
+            .record_lost(&[LostRange {
+                from: 4,
+                to: 5,
+                repair: "20261207T000000Z".into(),
+                reason: "a flipped byte".into(),
+                announced: false,
+            }])
+            .expect("record");
+        let a = audit();
+        assert_eq!(
+            (a.matching, a.handled, a.lost, a.unaccounted),
+            (8, 10, 2, 0),
+            "{a:?}"
+        );
+        assert!(a.checked, "{a:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
