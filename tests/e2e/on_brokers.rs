@@ -742,20 +742,7 @@ fn a_broker_taken_over_by_another_release_stops_this_ones_hosts_and_refuses_new_
 #[test]
 fn a_redis_snapshot_taken_while_serving_restores_the_log_and_the_cursors() {
     let broker = <Redis as Broker>::start();
-    let plugins = [
-        PluginFile::Wasm("recorder", artifacts::RECORDER),
-        PluginFile::Manifest("recorder", LOUD),
-    ];
-    let h = host(&plugins, &["--broker", broker.url(), "--host-name", "a"]);
-    for i in 0..50 {
-        h.publish("order.placed", &json!({ "n": i }))
-            .expect("publish");
-    }
-    h.wait_until("the recorder to finish", WAIT, |h| {
-        h.plugin("recorder").and_then(|p| p["lag"].as_u64()) == Some(0)
-            && h.count("recorder", "handled") == 50
-    })
-    .expect("handled");
+    let h = fifty_handled(broker.url());
     // The backup: BGSAVE, waited for by the count of saves, then the file
     // copied.
     let client = redis::Client::open(broker.url()).expect("url");
@@ -792,7 +779,60 @@ fn a_redis_snapshot_taken_while_serving_restores_the_log_and_the_cursors() {
     drop(broker);
 
     let restored = Redis::start_from_snapshot(&copy.0.join("dump.rdb")).expect("restored");
-    let h = host(&plugins, &["--broker", &restored.url, "--host-name", "b"]);
+    restored_at_rest(&restored.url);
+}
+
+/// The documented backup of a JetStream broker, tested: stop nats-server
+/// (it synced every write it acknowledged), copy its store directory, and
+/// restore by starting a nats-server on the copy; a host on it finds every
+/// event and its plugin's cursor, and the audit is clean.
+#[test]
+fn a_jetstream_store_copied_while_stopped_restores_the_log_and_the_cursors() {
+    let mut broker = <Nats as Broker>::start();
+    let h = fifty_handled(broker.url());
+    assert!(h.stop().expect("stops").success());
+    broker.kill9();
+    let copy = TestDir::new("nats-backup");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(broker.store_dir())
+        .arg(copy.0.join("js"))
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    drop(broker);
+
+    let restored = Nats::start_from_store(&copy.0.join("js")).expect("restored");
+    restored_at_rest(&restored.url);
+}
+
+fn recorder() -> [PluginFile<'static>; 2] {
+    [
+        PluginFile::Wasm("recorder", artifacts::RECORDER),
+        PluginFile::Manifest("recorder", LOUD),
+    ]
+}
+
+/// A host on the broker at `url` whose recorder handled 50 events.
+fn fifty_handled(url: &str) -> TestHost {
+    let h = host(&recorder(), &["--broker", url, "--host-name", "a"]);
+    for i in 0..50 {
+        h.publish("order.placed", &json!({ "n": i }))
+            .expect("publish");
+    }
+    h.wait_until("the recorder to finish", WAIT, |h| {
+        h.plugin("recorder").and_then(|p| p["lag"].as_u64()) == Some(0)
+            && h.count("recorder", "handled") == 50
+    })
+    .expect("handled");
+    h
+}
+
+/// A host on the restored broker at `url` finds the 50 events (none
+/// later), its recorder goes on from its cursor handling nothing again,
+/// and the audit is clean.
+fn restored_at_rest(url: &str) {
+    let h = host(&recorder(), &["--broker", url, "--host-name", "b"]);
     let log = crate::accounting::whole_log(&h);
     assert_eq!(log.len(), 50, "every event saved, none after");
     h.wait_until("the recorder at rest", WAIT, |h| {

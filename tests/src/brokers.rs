@@ -136,6 +136,34 @@ impl Nats {
         self.process.take();
     }
 
+    /// Its JetStream store directory (`jetstream { store_dir }`).
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.0.join("js")
+    }
+
+    /// Start one (syncing every write) on a copy of the JetStream store
+    /// directory `js` (another one's, copied while it was stopped): the
+    /// documented restore of a JetStream backup.
+    pub fn start_from_store(js: &Path) -> Result<Nats> {
+        let nats = Nats::launch("nats-restored", true, "", |port| {
+            format!("nats://127.0.0.1:{port}")
+        })?;
+        let mut nats = nats;
+        nats.process.take();
+        let _ = std::fs::remove_dir_all(nats.store_dir());
+        let copied = Command::new("cp")
+            .arg("-a")
+            .arg(js)
+            .arg(nats.store_dir())
+            .status()
+            .map_err(|e| format!("cannot run cp: {e}"))?;
+        if !copied.success() {
+            return Err(format!("copying {} failed", js.display()));
+        }
+        nats.restart()?;
+        Ok(nats)
+    }
+
     /// Start it again on the same directory and port: it recovers its
     /// streams from disk.
     pub fn restart(&mut self) -> Result<()> {
