@@ -100,7 +100,9 @@ pub struct LimitsSection {
     /// CPU time a `handle` call may use. Default: `--deadline-ms`.
     #[schemars(example = 1000)]
     pub deadline_ms: Option<u64>,
-    /// WebAssembly stack a call may use. Default: `--stack-bytes-max`.
+    /// WebAssembly stack a call may use. Default: 524288 (512 KiB; not a
+    /// `run` flag: `plugbus compile --stack-bytes-max` sets it for a
+    /// precompiled plugin).
     #[schemars(example = 524288)]
     pub stack_bytes_max: Option<u64>,
     /// Lines of guest stdout/stderr kept per second (the rest are counted
@@ -144,7 +146,7 @@ pub struct OverflowSection {
     #[schemars(example = &"block")]
     pub policy: Option<String>,
     /// How long a publisher waits for room (`block`). Default:
-    /// `--publish-timeout-ms`.
+    /// `--publish-timeout-ms` (2000).
     #[schemars(example = 5000)]
     pub timeout_ms: Option<u64>,
 }
