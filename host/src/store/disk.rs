@@ -92,30 +92,35 @@ pub(super) fn is_disk_full(e: &fjall::Error) -> bool {
     })
 }
 
+/// Replace the file at `path` with `bytes` so that a crash leaves either
+/// the old file or the new one: written beside (`PATH.tmp`), fsynced,
+/// renamed over it, and the directory fsynced.
+pub(super) fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// The number of the engine's active journal in `dir`: the highest `N` of
 /// the `N.jnl` files.
 pub(super) fn newest_journal(dir: &Path) -> Option<u64> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|entry| {
-            let name = entry.ok()?.file_name();
-            name.to_str()?.strip_suffix(".jnl")?.parse().ok()
-        })
-        .max()
+    super::journal::journals(dir).ok()?.last().map(|(n, _)| *n)
 }
 
 /// The journal files in `dir`, for messages.
 pub(super) fn journal_files(dir: &Path) -> String {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "jnl"))
-                .map(|p| p.display().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
+    let names: Vec<String> = super::journal::journals(dir)
+        .unwrap_or_default()
+        .iter()
+        .map(|(_, p)| p.display().to_string())
+        .collect();
     if names.is_empty() {
         "no journal file left".into()
     } else {

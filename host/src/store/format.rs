@@ -75,17 +75,12 @@ pub(super) fn write(dir: &Path, was: Option<u32>) -> Result<(), StoreError> {
         return Ok(());
     }
     let path = dir.join(FORMAT_FILE);
-    let tmp = dir.join(format!("{FORMAT_FILE}.tmp"));
-    let failed = |e: std::io::Error| StoreError::Open {
-        dir: dir.to_path_buf(),
-        reason: format!("writing {}: {e}", path.display()),
-    };
-    std::fs::write(&tmp, format!("{PREFIX}{FORMAT}\n")).map_err(failed)?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(failed)?;
-    std::fs::rename(&tmp, &path).map_err(failed)?;
-    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    super::disk::replace_file(&path, format!("{PREFIX}{FORMAT}\n").as_bytes()).map_err(|e| {
+        StoreError::Open {
+            dir: dir.to_path_buf(),
+            reason: format!("writing {}: {e}", path.display()),
+        }
+    })?;
     if let Some(old) = was {
         tracing::info!(data = %dir.display(), "data directory upgraded from format {old} to {FORMAT}");
     }

@@ -97,17 +97,22 @@ impl Store {
     pub fn unexplained_holes(&self, through: u64) -> Result<Vec<(u64, u64)>, StoreError> {
         let recorded = self.lost_ranges()?;
         let holes = self.holes(through)?;
-        let trimmed = self
-            .meta
-            .get(super::TRIMMED_KEY)
-            .map_err(|e| self.read_error(&e))?
-            .and_then(|v| sequence_of(&v))
-            .unwrap_or(0);
+        let trimmed = self.trimmed_through()?;
         Ok(holes
             .into_iter()
             .filter(|&(_, to)| to > trimmed)
             .filter(|&(from, to)| !recorded.iter().any(|r| r.from <= from && r.to >= to))
             .collect())
+    }
+
+    /// The last sequence retention removed (0: none).
+    fn trimmed_through(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .meta
+            .get(super::TRIMMED_KEY)
+            .map_err(|e| self.read_error(&e))?
+            .and_then(|v| sequence_of(&v))
+            .unwrap_or(0))
     }
 
     /// Keep `holes` (found after start) for the readiness check.
@@ -125,12 +130,7 @@ impl Store {
     /// record holds. Reads every record's key and run length once.
     pub fn holes(&self, through: u64) -> Result<Vec<(u64, u64)>, StoreError> {
         let mut holes = Vec::new();
-        let trimmed = self
-            .meta
-            .get(super::TRIMMED_KEY)
-            .map_err(|e| self.read_error(&e))?
-            .and_then(|v| sequence_of(&v))
-            .unwrap_or(0);
+        let trimmed = self.trimmed_through()?;
         let mut next = trimmed + 1;
         for guard in self.log.iter() {
             let (key, value) = guard.into_inner().map_err(|e| self.read_error(&e))?;

@@ -226,16 +226,9 @@ impl Report {
 
 /// The repair's id: now, in UTC, to the second.
 fn stamp() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second()
-    )
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(['-', ':'], "")
 }
 
 /// `dir` with `suffix` after its name, beside it.
@@ -316,12 +309,7 @@ fn cut_journal(
             journal::readable_items(&bytes, d),
         ));
     }
-    let tmp = path.with_extension("jnl.repaired");
-    std::fs::write(&tmp, &kept).map_err(io(format!("writing {}", tmp.display())))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io(format!("syncing {}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(io(format!("replacing {}", path.display())))
+    super::disk::replace_file(path, &kept).map_err(io(format!("replacing {}", path.display())))
 }
 
 /// Open the salvaged copy, find what the log lost, record it; the
@@ -333,8 +321,8 @@ fn settle_copy(work: &Path, repair: &str, reason: &str) -> Result<Found, RepairE
     };
     let witness = std::fs::read(work.join(MARK_FILE))
         .ok()
-        .and_then(|b| b.get(..8).and_then(|b| b.try_into().ok()))
-        .map_or(0, u64::from_be_bytes);
+        .and_then(|b| super::sequence_of(&b))
+        .unwrap_or(0);
     let store = Store::open_accepting_loss(work, Fsync::Always, true, None).map_err(failed)?;
     let acknowledged = witness.max(store.last_sequence());
     let holes = store.holes(acknowledged).map_err(failed)?;

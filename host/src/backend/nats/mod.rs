@@ -369,16 +369,21 @@ impl Backend for NatsBackend {
         let ours = ours.to_string();
         self.run(move |inner| async move {
             let conn = inner.conn().await?;
-            // A key-value bucket of its own: `PREFIX_meta`, key `release`.
-            let meta = conn
-                .js
-                .create_or_update_key_value(async_nats::jetstream::kv::Config {
-                    bucket: format!("{}_meta", inner.prefix),
-                    history: 1,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| inner.error(e))?;
+            // A key-value bucket of its own: `PREFIX_meta`, key `release`;
+            // made once (the hosts look at it every few seconds).
+            let bucket = format!("{}_meta", inner.prefix);
+            let meta = match conn.js.get_key_value(&bucket).await {
+                Ok(meta) => meta,
+                Err(_) => conn
+                    .js
+                    .create_or_update_key_value(async_nats::jetstream::kv::Config {
+                        bucket,
+                        history: 1,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| inner.error(e))?,
+            };
             // Recorded only when nobody has (atomically), unless taken over.
             if !take_over
                 && meta
