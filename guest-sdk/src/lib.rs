@@ -197,102 +197,82 @@ impl std::error::Error for DataError {
     }
 }
 
-/// Words per event in a batch's `headers` (the layout is in the WIT).
-const HEADER_WORDS: usize = 24;
+use plugbus_contract::batch::{word, Header};
 
 /// One delivered event: a borrowed view of the batch the host handed over,
-/// so reading it copies nothing.
+/// so reading it copies nothing (the layout is `plugbus_contract::batch`).
 #[derive(Clone, Copy)]
 pub struct Event<'a> {
-    header: &'a [u32],
-    batch: &'a types::Batch,
+    header: Header<'a>,
 }
 
 impl<'a> Event<'a> {
-    fn word(&self, i: usize) -> u32 {
-        self.header.get(i).copied().unwrap_or(0)
-    }
-
-    /// The span at header words `i`, `i + 1`.
-    fn bytes_at(&self, i: usize) -> &'a [u8] {
-        span(&self.batch.bytes, self.word(i), self.word(i + 1))
-    }
-
     fn text_at(&self, i: usize) -> &'a str {
-        std::str::from_utf8(self.bytes_at(i)).unwrap_or_default()
+        self.header.text(i)
     }
 
     fn optional_at(&self, i: usize) -> Option<&'a str> {
-        (self.word(i + 1) > 0).then(|| self.text_at(i))
+        self.header.optional(i)
     }
 
     /// The event's unique id (the idempotency key).
     pub fn id(&self) -> &'a str {
-        self.text_at(0)
+        self.text_at(word::ID)
     }
 
     /// CloudEvents `source`.
     pub fn source(&self) -> &'a str {
-        self.text_at(2)
+        self.text_at(word::SOURCE)
     }
 
     /// The topic (CloudEvents `type`).
     pub fn topic(&self) -> &'a str {
-        self.text_at(4)
+        self.text_at(word::TOPIC)
     }
 
     /// CloudEvents `subject`.
     pub fn subject(&self) -> Option<&'a str> {
-        self.optional_at(6)
+        self.optional_at(word::SUBJECT)
     }
 
     /// RFC 3339 time.
     pub fn time(&self) -> &'a str {
-        self.text_at(8)
+        self.text_at(word::TIME)
     }
 
     /// The media type of the data.
     pub fn datacontenttype(&self) -> Option<&'a str> {
-        self.optional_at(10)
+        self.optional_at(word::DATACONTENTTYPE)
     }
 
     /// The payload.
     pub fn data(&self) -> &'a [u8] {
-        self.bytes_at(12)
+        self.header.span(word::DATA)
     }
 
     /// The id of the first event of this event's chain.
     pub fn correlation_id(&self) -> Option<&'a str> {
-        self.optional_at(14)
+        self.optional_at(word::CORRELATION_ID)
     }
 
     /// The id of the event whose handler published this one.
     pub fn causation_id(&self) -> Option<&'a str> {
-        self.optional_at(16)
+        self.optional_at(word::CAUSATION_ID)
     }
 
     /// Position in the host's log.
     pub fn sequence(&self) -> u64 {
-        u64::from(self.word(18)) | (u64::from(self.word(19)) << 32)
+        self.header.sequence()
     }
 
     /// Which delivery attempt this is: 1 on the first.
     pub fn attempt(&self) -> u32 {
-        self.word(20)
+        self.header.attempt()
     }
 
     /// The extension attributes, as (name, value).
     pub fn extensions(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
-        let first = self.word(21) as usize * 4;
-        let count = self.word(22) as usize * 4;
-        let bytes = &self.batch.bytes;
-        let text = move |o: u32, l: u32| std::str::from_utf8(span(bytes, o, l)).unwrap_or_default();
-        self.batch
-            .extensions
-            .get(first..first.saturating_add(count))
-            .unwrap_or_default()
-            .chunks_exact(4)
-            .map(move |w| (text(w[0], w[1]), text(w[2], w[3])))
+        self.header.extensions()
     }
 
     /// The value of one extension attribute.
@@ -308,13 +288,6 @@ impl<'a> Event<'a> {
             source,
         })
     }
-}
-
-fn span(bytes: &[u8], offset: u32, len: u32) -> &[u8] {
-    let start = offset as usize;
-    bytes
-        .get(start..start.saturating_add(len as usize))
-        .unwrap_or_default()
 }
 
 impl fmt::Debug for Event<'_> {
@@ -454,12 +427,10 @@ macro_rules! export_plugin {
 
 /// Call `plugin`'s handler for each event of `batch`, in order.
 fn handle_each<P: Plugin>(plugin: &mut P, batch: &types::Batch) -> Vec<Outcome> {
-    batch
-        .headers
-        .chunks_exact(HEADER_WORDS)
+    Header::all(&batch.bytes, &batch.headers, &batch.extensions)
         .enumerate()
         .map(|(i, header)| {
-            let event = Event { header, batch };
+            let event = Event { header };
             let mut ctx = Context { cause: i as u32 };
             plugin.handle(&event, &mut ctx)
         })
@@ -493,9 +464,7 @@ pub mod __private {
             let mut slot = slot.borrow_mut();
             match slot.as_mut().and_then(|b| b.downcast_mut::<P>()) {
                 Some(plugin) => handle_each(plugin, &batch),
-                None => batch
-                    .headers
-                    .chunks_exact(HEADER_WORDS)
+                None => (0..plugbus_contract::batch::events(&batch.headers))
                     .map(|_| Outcome::retry("plugin handled an event before init succeeded"))
                     .collect(),
             }

@@ -27,7 +27,7 @@ use crate::bus::OrderingKey;
 use crate::event::Event;
 use crate::store::progress::{cursor_name, Cursor};
 use crate::store::{Store, StoreError};
-use crate::topic::Pattern;
+use plugbus_contract::topic::Pattern;
 
 /// Events read at a time while counting.
 const READ_EVENTS: usize = 4096;

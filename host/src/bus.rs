@@ -34,7 +34,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::event::Event;
 use crate::metrics::{DropReason, Metrics};
-use crate::topic::Pattern;
+use plugbus_contract::topic::Pattern;
 
 /// The most events one chunk carries (and so one queue message).
 pub const CHUNK_EVENTS_MAX: usize = 64;
@@ -397,7 +397,7 @@ pub struct Bus {
     next_sequence: AtomicU64,
     publish_timeout: Duration,
     metrics: Arc<Metrics>,
-    observer: std::sync::OnceLock<Arc<crate::observe::Observer>>,
+    observer: std::sync::OnceLock<Arc<dyn crate::event::Watcher>>,
 }
 
 impl Bus {
@@ -415,7 +415,7 @@ impl Bus {
 
     /// Show every accepted event to `observer` (the flow, the catalog, the
     /// live tail); once.
-    pub fn observe(&self, observer: Arc<crate::observe::Observer>) {
+    pub fn observe(&self, observer: Arc<dyn crate::event::Watcher>) {
         let _ = self.observer.set(observer);
     }
 

@@ -18,9 +18,7 @@ use crate::store::{Fsync, Retention};
 
 /// The address `plugbus run` listens on by default.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7420";
-/// Where the client subcommands find the host by default: `LISTEN_DEFAULT`
-/// over HTTP (keep the two in step).
-pub const URL_DEFAULT: &str = "http://127.0.0.1:7420";
+pub use crate::client::{ClientArgs, URL_DEFAULT};
 
 /// plugbus: an event runtime for sandboxed WebAssembly plugins.
 ///
@@ -218,23 +216,6 @@ pub enum Command {
     /// Run a plugin project in a host on loopback, rebuilding and swapping
     /// it in on every change, and show what it does with events/*.json.
     Dev(crate::author::commands::DevArgs),
-}
-
-/// Where a client subcommand finds the host, and how it proves who it is.
-#[derive(Debug, Clone, Args)]
-pub struct ClientArgs {
-    /// The host's address: http://HOST:PORT, or https://HOST:PORT when it
-    /// serves TLS.
-    #[arg(long, global = true, env = "PLUGBUS_URL", default_value = URL_DEFAULT)]
-    pub url: String,
-    /// The API token, when the host was started with --auth (sent as
-    /// `Authorization: Bearer`).
-    #[arg(long, global = true, env = "PLUGBUS_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// A PEM file with the certificate authority that signed the host's TLS
-    /// certificate (default: the system's web roots).
-    #[arg(long, global = true, value_name = "FILE", env = "PLUGBUS_CA_CERT")]
-    pub ca_cert: Option<PathBuf>,
 }
 
 /// `plugbus token` subcommands.
@@ -713,7 +694,9 @@ impl RunArgs {
         let cache_dir = if self.no_cache {
             None
         } else {
-            self.cache_dir.clone().or_else(default_cache_dir)
+            self.cache_dir
+                .clone()
+                .or_else(crate::runtime::cache::default_dir)
         };
         let host_name = self.host_name.clone().unwrap_or_else(|| {
             let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -771,15 +754,6 @@ impl RunArgs {
             body_timeout: Duration::from_millis(self.body_timeout_ms),
         })
     }
-}
-
-/// The compile cache when none is given: `$XDG_CACHE_HOME/plugbus/compiled`
-/// or `~/.cache/plugbus/compiled`.
-pub fn default_cache_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .map(|c| c.join("plugbus").join("compiled"))
 }
 
 #[cfg(test)]

@@ -9,7 +9,29 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use serde_json::Value;
 
-use crate::cli::ClientArgs;
+use clap::Args;
+use std::path::PathBuf;
+
+/// Where the client subcommands find the host by default: the run's
+/// `LISTEN_DEFAULT` over HTTP (a test in `cli` keeps the two in step).
+pub const URL_DEFAULT: &str = "http://127.0.0.1:7420";
+
+/// Where a client subcommand finds the host, and how it proves who it is.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The host's address: http://HOST:PORT, or https://HOST:PORT when it
+    /// serves TLS.
+    #[arg(long, global = true, env = "PLUGBUS_URL", default_value = URL_DEFAULT)]
+    pub url: String,
+    /// The API token, when the host was started with --auth (sent as
+    /// `Authorization: Bearer`).
+    #[arg(long, global = true, env = "PLUGBUS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A PEM file with the certificate authority that signed the host's TLS
+    /// certificate (default: the system's web roots).
+    #[arg(long, global = true, value_name = "FILE", env = "PLUGBUS_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+}
 
 /// A client of one host.
 pub struct Client {

@@ -27,4 +27,5 @@ pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod telemetry;
-pub mod topic;
+#[cfg(test)]
+mod tidy;

@@ -305,7 +305,7 @@ fn compile(
     tier: plugbus::runtime::Tier,
 ) -> Result<(), String> {
     let cache = cache_dir
-        .or_else(plugbus::cli::default_cache_dir)
+        .or_else(plugbus::runtime::cache::default_dir)
         .ok_or("no compile cache: HOME is not set; pass --cache-dir DIR")?;
     let range = plugbus::runtime::STACK_BYTES_RANGE;
     let stack = usize::try_from(stack_bytes_max)

@@ -291,7 +291,7 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         Dispatch::Durable(log) => log.observe(observer.clone()),
         Dispatch::Broker(backend) => {
             tokio::spawn(crate::observe::follow::follow(
-                backend.clone(),
+                Arc::new(LogHistory(backend.clone())),
                 observer.clone(),
             ));
         }
@@ -311,7 +311,7 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         tokio::spawn(audit_every(registry.clone(), AUDIT_EVERY));
     }
     if let (Dispatch::Durable(_), Some(backend)) = (&dispatch, registry.backend()) {
-        observer.history_from(backend);
+        observer.history_from(Arc::new(LogHistory(backend)));
     }
     let dir = settings.plugins.clone();
     // Watch first, so that nothing deployed while the others load is missed
@@ -475,5 +475,18 @@ async fn audit_every(registry: Arc<Registry>, period: std::time::Duration) {
         for a in audits.iter().filter(|a| a.unaccounted != 0) {
             tracing::error!(plugin = %a.plugin, unaccounted = a.unaccounted, matching = a.matching, handled = a.handled, dead = a.dead, pending = a.pending, "events of the plugin are unaccounted for: neither handled, dead letters, dropped by its policy nor pending (a bug in plugbus: please report it with `plugbus audit` and the log)");
         }
+    }
+}
+
+/// What the observer reads the recent flow back from: the backend's log.
+struct LogHistory(Arc<dyn crate::backend::Backend>);
+
+impl crate::observe::History for LogHistory {
+    fn head(&self) -> Result<u64, String> {
+        self.0.head().map_err(|e| e.to_string())
+    }
+
+    fn read(&self, from: u64, max: usize) -> Result<Vec<crate::event::Event>, String> {
+        self.0.read(from, max).map_err(|e| e.to_string())
     }
 }

@@ -2,12 +2,14 @@
 //! handler, and look at what it did (only on native targets, for a plugin's
 //! `cargo test`).
 //!
-//! A [`Harness`] plays the host for one plugin and keeps the host's rules:
-//! a handler's state writes and follow-up events count only if its event
-//! is acked, follow-ups carry the cause's correlation id and the cause's id
-//! as their causation id, a batch with a failure and state writes is handled
-//! again one event at a time (so only acked events' writes are kept), and a
-//! publish is checked as the host checks it.
+//! A [`Harness`] plays the host for one plugin and keeps the host's rules,
+//! by calling the code the host calls (`plugbus_contract`): a handler's
+//! state writes and follow-up events count only if its event is acked
+//! (the ack rule: a batch with a failure and state writes is handled again
+//! one event at a time, so only acked events' writes are kept), follow-ups
+//! carry the cause's correlation id and the cause's id as their causation
+//! id, the batch is laid out as the host lays it out, and publishes and
+//! state writes are checked with the host's limits and words.
 //!
 //! ```
 //! use plugbus_sdk::testing::{Harness, TestEvent};
@@ -53,6 +55,7 @@ pub use sandbox::LogLine;
 
 use crate::bindings::plugbus::plugin::types::Batch;
 use crate::{Config, Info, Outcome, Outgoing, Plugin};
+use plugbus_contract::{ack, batch};
 use sandbox::Sandbox;
 
 /// An event to deliver, with the attributes the host would give it. Build
@@ -380,33 +383,31 @@ impl<P: Plugin> Harness<P> {
             self.next_sequence = self.next_sequence.max(e.sequence.unwrap_or(0) + 1);
         }
         let outcomes = self.call(&events);
-        let all_acked = outcomes.iter().all(|o| *o == Outcome::Ack);
-        if !all_acked && !self.sandbox.overlay.is_empty() && events.len() > 1 {
+        let acks: Vec<bool> = outcomes.iter().map(|o| *o == Outcome::Ack).collect();
+        let settlement = ack::settle(&acks, !self.sandbox.overlay.is_empty());
+        if settlement == ack::Settlement::OneAtATime {
             self.sandbox.discard();
             return events
                 .into_iter()
                 .map(|e| self.deliver_batch([e]).remove(0))
                 .collect();
         }
-        if all_acked {
+        if settlement.keeps_writes() {
             self.sandbox.commit();
         }
         let published = std::mem::take(&mut self.sandbox.published);
-        self.sandbox.overlay.clear();
+        self.sandbox.discard();
         let deliveries: Vec<Delivery> = events
             .iter()
             .zip(outcomes)
             .enumerate()
             .map(|(i, (e, outcome))| {
-                let kept = if outcome == Outcome::Ack {
-                    published
-                        .iter()
-                        .filter(|(cause, _)| *cause as usize == i)
-                        .map(|(_, out)| follow_up(e, out))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
+                let kept = published
+                    .iter()
+                    .filter(|(cause, _)| *cause as usize == i)
+                    .filter(|_| settlement.keeps_follow_up(acks[i]))
+                    .map(|(_, out)| follow_up(e, out))
+                    .collect();
                 Delivery {
                     event_id: e.id.clone(),
                     outcome,
@@ -466,42 +467,33 @@ fn follow_up(cause: &TestEvent, out: &Outgoing) -> Published {
     }
 }
 
-/// Lay `events` out as the host does (the layout is on `record batch` in
-/// the WIT).
+/// Lay `events` out as the host does (`plugbus_contract::batch`).
 pub(crate) fn pack(events: &[TestEvent]) -> Batch {
     let mut b = Batch {
         bytes: Vec::new(),
         headers: Vec::new(),
         extensions: Vec::new(),
     };
-    fn put(bytes: &mut Vec<u8>, words: &mut Vec<u32>, text: Option<&[u8]>) {
-        let text = text.unwrap_or_default();
-        words.push(bytes.len() as u32);
-        words.push(text.len() as u32);
-        bytes.extend_from_slice(text);
-    }
+    let mut w = batch::Writer {
+        bytes: &mut b.bytes,
+        headers: &mut b.headers,
+        extensions: &mut b.extensions,
+    };
     for e in events {
-        let (bytes, h) = (&mut b.bytes, &mut b.headers);
-        put(bytes, h, Some(e.id.as_bytes()));
-        put(bytes, h, Some(e.source.as_bytes()));
-        put(bytes, h, Some(e.topic.as_bytes()));
-        put(bytes, h, e.subject.as_deref().map(str::as_bytes));
-        put(bytes, h, Some(e.time.as_bytes()));
-        put(bytes, h, e.datacontenttype.as_deref().map(str::as_bytes));
-        put(bytes, h, Some(&e.data));
-        put(bytes, h, e.correlation_id.as_deref().map(str::as_bytes));
-        put(bytes, h, e.causation_id.as_deref().map(str::as_bytes));
-        let sequence = e.sequence.unwrap_or(0);
-        h.push(sequence as u32);
-        h.push((sequence >> 32) as u32);
-        h.push(e.attempt);
-        h.push((b.extensions.len() / 4) as u32);
-        h.push(e.extensions.len() as u32);
-        h.push(0);
-        for (name, value) in &e.extensions {
-            put(bytes, &mut b.extensions, Some(name.as_bytes()));
-            put(bytes, &mut b.extensions, Some(value.as_bytes()));
-        }
+        w.push(&batch::Fields {
+            id: &e.id,
+            source: &e.source,
+            topic: &e.topic,
+            subject: e.subject.as_deref(),
+            time: &e.time,
+            datacontenttype: e.datacontenttype.as_deref(),
+            data: &e.data,
+            correlation_id: e.correlation_id.as_deref(),
+            causation_id: e.causation_id.as_deref(),
+            sequence: e.sequence.unwrap_or(0),
+            attempt: e.attempt,
+            extensions: &e.extensions,
+        });
     }
     b
 }

@@ -11,14 +11,7 @@ use std::collections::BTreeMap;
 
 use crate::bindings::wasi::keyvalue::store;
 use crate::{Level, Outgoing, PublishError};
-
-/// Follow-up events one handled event may publish, as on the host.
-const PUBLISHES_PER_EVENT_MAX: usize = 64;
-/// The largest follow-up payload, as on the host.
-const PUBLISH_DATA_BYTES_MAX: usize = 1 << 20;
-/// The longest topic and subject, as on the host.
-const TOPIC_BYTES_MAX: usize = 256;
-const ATTRIBUTE_BYTES_MAX: usize = 1024;
+use plugbus_contract::{publish, state};
 
 /// One line a plugin logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +34,8 @@ pub(crate) struct Sandbox {
     pub(crate) logs: Vec<LogLine>,
     /// Events in the batch being handled.
     pub(crate) batch_len: u32,
+    /// Bytes (keys and values) written by the call in progress.
+    pub(crate) written: usize,
 }
 
 thread_local! {
@@ -70,35 +65,18 @@ impl Sandbox {
     }
 
     pub(crate) fn write(&mut self, key: &str, value: Option<Vec<u8>>) -> Result<(), store::Error> {
-        if key.is_empty() || key.len() > 1024 {
-            return Err(store::Error::Other(format!(
-                "key of {} bytes: keys are 1 to 1024 bytes",
-                key.len()
-            )));
-        }
-        if value.as_ref().is_some_and(|v| v.len() > 1 << 20) {
-            return Err(store::Error::Other(format!(
-                "value for `{key}` is over the limit of 1 MiB"
-            )));
-        }
+        let value_bytes = value.as_ref().map_or(0, Vec::len);
+        state::check_write(key, value_bytes, self.written).map_err(refused)?;
+        self.written += key.len() + value_bytes;
         self.overlay.insert(key.to_string(), value);
         Ok(())
     }
 
     pub(crate) fn increment(&mut self, key: &str, delta: i64) -> Result<i64, store::Error> {
-        let now = match self.get(key) {
-            None => 0,
-            Some(bytes) => std::str::from_utf8(&bytes)
-                .ok()
-                .and_then(|t| t.trim().parse::<i64>().ok())
-                .ok_or_else(|| {
-                    store::Error::Other(format!("`{key}` does not hold a decimal number"))
-                })?,
-        };
-        let next = now
-            .checked_add(delta)
-            .ok_or_else(|| store::Error::Other(format!("`{key}` would overflow adding {delta}")))?;
-        self.write(key, Some(next.to_string().into_bytes()))?;
+        state::check_key(key).map_err(refused)?;
+        let held = self.get(key);
+        let (next, stored) = state::increment(key, held.as_deref(), delta).map_err(refused)?;
+        self.write(key, Some(stored))?;
         Ok(next)
     }
 
@@ -120,33 +98,18 @@ impl Sandbox {
     }
 
     pub(crate) fn publish(&mut self, cause: u32, event: &Outgoing) -> Result<(), PublishError> {
-        if cause >= self.batch_len {
-            return Err(PublishError::UnknownCause(format!(
-                "index {cause} is not in the batch being handled ({} events); pass the index of the event you are handling",
-                self.batch_len
-            )));
-        }
-        if self.published.len() >= self.batch_len as usize * PUBLISHES_PER_EVENT_MAX {
-            return Err(PublishError::Invalid(format!(
-                "more than {PUBLISHES_PER_EVENT_MAX} follow-up events per handled event"
-            )));
-        }
-        check_topic(&event.type_).map_err(PublishError::Invalid)?;
-        if event.data.len() > PUBLISH_DATA_BYTES_MAX {
-            return Err(PublishError::Invalid(format!(
-                "data is {} bytes, over the limit of {PUBLISH_DATA_BYTES_MAX}",
-                event.data.len()
-            )));
-        }
-        if event
-            .subject
-            .as_ref()
-            .is_some_and(|s| s.len() > ATTRIBUTE_BYTES_MAX)
-        {
-            return Err(PublishError::Invalid(format!(
-                "subject is longer than {ATTRIBUTE_BYTES_MAX} bytes"
-            )));
-        }
+        let call = publish::Publish {
+            cause,
+            topic: &event.type_,
+            subject: event.subject.as_deref(),
+            data_bytes: event.data.len(),
+        };
+        publish::check(&call, self.batch_len as usize, self.published.len()).map_err(|why| {
+            match why.is_unknown_cause() {
+                true => PublishError::UnknownCause(why.to_string()),
+                false => PublishError::Invalid(why.to_string()),
+            }
+        })?;
         self.published.push((cause, event.clone()));
         Ok(())
     }
@@ -160,6 +123,7 @@ impl Sandbox {
 
     /// Keep the call's writes.
     pub(crate) fn commit(&mut self) {
+        self.written = 0;
         for (key, value) in std::mem::take(&mut self.overlay) {
             match value {
                 Some(v) => self.committed.insert(key, v),
@@ -170,37 +134,13 @@ impl Sandbox {
 
     /// Forget the call's writes and publishes.
     pub(crate) fn discard(&mut self) {
+        self.written = 0;
         self.overlay.clear();
         self.published.clear();
     }
 }
 
-/// The host's rule for an event topic: dot-separated tokens of ASCII
-/// letters, digits, `-` and `_`, no wildcards, at most 256 bytes.
-fn check_topic(topic: &str) -> Result<(), String> {
-    if topic.is_empty() {
-        return Err("the topic is empty; name it, e.g. `order.placed`".to_string());
-    }
-    if topic.len() > TOPIC_BYTES_MAX {
-        return Err(format!("topic is longer than {TOPIC_BYTES_MAX} bytes"));
-    }
-    for token in topic.split('.') {
-        if token == "*" || token == ">" {
-            return Err(format!(
-                "topic `{topic}` contains a wildcard; `*` and `>` are for subscriptions, not for events"
-            ));
-        }
-        if token.is_empty() {
-            return Err(format!("topic `{topic}` has an empty token"));
-        }
-        if let Some(ch) = token
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
-        {
-            return Err(format!(
-                "topic `{topic}` contains `{ch}`; use letters, digits, `-` and `_` between dots"
-            ));
-        }
-    }
-    Ok(())
+/// A refused state operation, as the host words it.
+fn refused(why: state::Refused) -> store::Error {
+    store::Error::Other(why.to_string())
 }

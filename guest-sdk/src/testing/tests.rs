@@ -1,5 +1,5 @@
 use super::*;
-use crate::{Context, Event, PublishError, State, HEADER_WORDS};
+use crate::{Context, Event, PublishError, State};
 
 /// Counts orders in state, publishes `order.counted`, rejects empty data,
 /// retries data `"later"`, and logs what it saw.
@@ -50,11 +50,10 @@ fn an_event_reads_back_every_attribute_it_was_built_with() {
         .sequence(1 << 40);
     let other = TestEvent::new("x", b"raw".to_vec());
     let batch = pack(&[other, e.clone()]);
-    let header = &batch.headers[HEADER_WORDS..];
-    let view = Event {
-        header,
-        batch: &batch,
-    };
+    let header =
+        plugbus_contract::batch::Header::at(&batch.bytes, &batch.headers, &batch.extensions, 1)
+            .expect("two events");
+    let view = Event { header };
     assert_eq!(view.id(), "e-1");
     assert_eq!(view.source(), "/shop");
     assert_eq!(view.topic(), "order.placed");

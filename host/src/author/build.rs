@@ -233,7 +233,7 @@ impl Loaded {
         cache_dir: Option<PathBuf>,
     ) -> Result<Loaded, AuthorError> {
         let limits = limits_of(manifest);
-        let cache = cache_dir.or_else(crate::cli::default_cache_dir);
+        let cache = cache_dir.or_else(crate::runtime::cache::default_dir);
         let runtime = Runtime::new(limits.clone(), cache).map_err(|e| fail(wasm, e))?;
         Ok(Loaded {
             wasm: wasm.to_path_buf(),
@@ -295,7 +295,7 @@ pub fn check(
         ));
     }
     for s in &subscriptions {
-        crate::topic::Pattern::parse(s)
+        plugbus_contract::topic::Pattern::parse(s)
             .map_err(|e| fail(wasm, format!("subscription `{s}`: {e}")))?;
     }
     Ok((info.version, subscriptions))

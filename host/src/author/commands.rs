@@ -153,7 +153,7 @@ pub fn dev(args: &DevArgs) -> Result<(), AuthorError> {
         cache_dir: args
             .cache_dir
             .clone()
-            .or_else(crate::cli::default_cache_dir),
+            .or_else(crate::runtime::cache::default_dir),
     };
     match super::dev::dev(&project, &opts, &mut std::io::stdout()) {
         Err(AuthorError::Stopped) => Ok(()),

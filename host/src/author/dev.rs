@@ -313,7 +313,7 @@ fn start_host(
             .map_err(io_error(Path::new("127.0.0.1:0")))?,
     };
     let url = format!("http://{addr}");
-    let client = Client::new(&crate::cli::ClientArgs {
+    let client = Client::new(&crate::client::ClientArgs {
         url: url.clone(),
         token: None,
         ca_cert: None,
@@ -554,7 +554,7 @@ fn settle(
         p["subscriptions"].as_array().is_some_and(|subs| {
             subs.iter()
                 .filter_map(Value::as_str)
-                .filter_map(|s| crate::topic::Pattern::parse(s).ok())
+                .filter_map(|s| plugbus_contract::topic::Pattern::parse(s).ok())
                 .any(|pattern| pattern.matches(topic))
         })
     });

@@ -10,6 +10,7 @@
 //! event is parsed: `"expect": {"outcome": "ack" | "retry" | "reject",
 //! "publishes": [TOPIC, ...]}` (default: acked, any follow-ups).
 
+use plugbus_contract::ack;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,8 +166,10 @@ pub fn run(
             Ok(r) => {
                 let outcome = r.outcomes.into_iter().next();
                 let acked = matches!(outcome, Some(Outcome::Ack));
+                // One event per call: the rule never asks for one at a time.
+                let settlement = ack::settle(&[acked], !r.writes.is_empty());
                 let writes: Vec<_> = r.writes.clone().into_iter().collect();
-                if acked {
+                if settlement.keeps_writes() {
                     backend.apply(name, r.writes).map_err(|e| fail(wasm, e))?;
                 }
                 let text = match outcome {
@@ -175,11 +178,12 @@ pub fn run(
                     Some(Outcome::Reject(why)) => format!("reject: {why}"),
                     None => "retry: no outcome returned".to_string(),
                 };
-                let published = if acked {
-                    r.published.into_iter().map(|(_, e)| e).collect()
-                } else {
-                    Vec::new()
-                };
+                let published = r
+                    .published
+                    .into_iter()
+                    .filter(|_| settlement.keeps_follow_up(acked))
+                    .map(|(_, e)| e)
+                    .collect();
                 (text, published, writes)
             }
             Err(e) => {

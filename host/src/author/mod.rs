@@ -16,6 +16,8 @@ pub mod commands;
 pub mod dev;
 pub mod fixtures;
 pub mod new;
+#[cfg(test)]
+mod python_contract;
 pub mod toolchain;
 
 use std::path::{Path, PathBuf};
@@ -281,6 +283,7 @@ mod tests {
         let mut dirs = vec![
             root.join("host/src"),
             root.join("guest-sdk/src"),
+            root.join("contract/src"),
             root.join("host/templates"),
         ];
         while let Some(dir) = dirs.pop() {

@@ -51,7 +51,8 @@ const WIT: Files = &[
     ),
 ];
 
-/// The Rust SDK of this build, as `plugbus-sdk/` in a project.
+/// The Rust SDK of this build, as `plugbus-sdk/` in a project, with the
+/// rules it shares with the host as `plugbus-contract/`.
 const SDK: Files = &[
     (
         "plugbus-sdk/Cargo.toml",
@@ -77,6 +78,34 @@ const SDK: Files = &[
     (
         "plugbus-sdk/src/testing/tests.rs",
         repo_file!("guest-sdk/src/testing/tests.rs"),
+    ),
+    (
+        "plugbus-contract/Cargo.toml",
+        repo_file!("host/templates/rust/contract-Cargo.toml.tmpl"),
+    ),
+    (
+        "plugbus-contract/src/lib.rs",
+        repo_file!("contract/src/lib.rs"),
+    ),
+    (
+        "plugbus-contract/src/ack.rs",
+        repo_file!("contract/src/ack.rs"),
+    ),
+    (
+        "plugbus-contract/src/batch.rs",
+        repo_file!("contract/src/batch.rs"),
+    ),
+    (
+        "plugbus-contract/src/publish.rs",
+        repo_file!("contract/src/publish.rs"),
+    ),
+    (
+        "plugbus-contract/src/state.rs",
+        repo_file!("contract/src/state.rs"),
+    ),
+    (
+        "plugbus-contract/src/topic.rs",
+        repo_file!("contract/src/topic.rs"),
     ),
 ];
 

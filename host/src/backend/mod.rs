@@ -40,7 +40,7 @@ use crate::bus::OrderingKey;
 use crate::event::Event;
 use crate::store::dead::{DeadLetter, Selection};
 use crate::store::StoreError;
-use crate::topic::Pattern;
+use plugbus_contract::topic::Pattern;
 
 /// How to reach a broker, besides its address.
 #[derive(Debug, Clone, Default)]

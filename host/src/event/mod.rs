@@ -19,26 +19,23 @@ use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 use wire::{Text, Wire};
 
-use crate::topic::{validate_topic, TopicError};
+use plugbus_contract::topic::{validate_topic, TopicError};
 
 /// The CloudEvents spec version accepted.
 pub const SPEC_VERSION: &str = "1.0";
 /// The `source` the host gives events published without one.
 pub const DEFAULT_SOURCE: &str = "plugbus";
-/// The longest accepted id, source or subject, in bytes.
-pub const ATTRIBUTE_BYTES_MAX: usize = 1024;
+pub use plugbus_contract::ATTRIBUTE_BYTES_MAX;
 
-/// The longest prefix of `s` of at most `max_bytes` bytes that ends on a
-/// character boundary (for cutting text a user or plugin controls).
-pub fn prefix_at_char(s: &str, max_bytes: usize) -> &str {
-    if s.len() <= max_bytes {
-        return s;
-    }
-    let mut end = max_bytes;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+/// Shown every accepted event once it is committed (the console's
+/// observer, `crate::observe`). The layer that owns an event (the log's
+/// committer, the in-memory bus) calls it and never waits for it; it
+/// does not call back.
+pub trait Watcher: Send + Sync {
+    /// Whether it wants events now: the publish path's one check.
+    fn active(&self) -> bool;
+    /// Events just committed, in order, each with its sequence.
+    fn accepted(&self, events: &[std::sync::Arc<Event>]);
 }
 
 /// The `source` of the events a plugin publishes: this, then its name.

@@ -37,7 +37,7 @@ use subtle::ConstantTimeEq;
 
 use super::reload::Watched;
 use crate::metrics::Metrics;
-use crate::topic::Pattern;
+use plugbus_contract::topic::Pattern;
 
 /// The prefix of every token `plugbus token new` makes.
 pub const TOKEN_PREFIX: &str = "pbt_";

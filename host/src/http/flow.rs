@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use super::AppState;
 use crate::observe::shape::Shape;
 use crate::plugin::PluginStatus;
-use crate::topic::Pattern;
+use plugbus_contract::topic::Pattern;
 
 #[derive(serde::Deserialize)]
 pub(super) struct FlowQuery {

@@ -584,7 +584,7 @@ async fn selection(
         });
     }
     if let Some(topic) = v.get("topic").and_then(|t| t.as_str()) {
-        return crate::topic::Pattern::parse(topic)
+        return plugbus_contract::topic::Pattern::parse(topic)
             .map(Selection::Topic)
             .map_err(|e| IngressError::BadSelection(e.to_string()));
     }

@@ -32,7 +32,7 @@ use super::{AppState, IngressError};
 use crate::event::Event;
 use crate::observe::tail::{Filter, RATE_DEFAULT, RATE_MAX};
 use crate::plugin::PluginStatus;
-use crate::topic::Pattern;
+use plugbus_contract::topic::Pattern;
 
 /// Events sent from the log on a resume, at most.
 pub const BACKLOG_EVENTS: usize = 1000;

@@ -59,7 +59,7 @@ pub(super) async fn trace(
 /// it has finished, and its dead letters among the chain's events.
 struct Consumer {
     name: String,
-    patterns: Vec<crate::topic::Pattern>,
+    patterns: Vec<plugbus_contract::topic::Pattern>,
     cursors: Vec<crate::store::progress::Cursor>,
     /// How far it has finished, as its workers last reported (a stored
     /// cursor moves only with the next change it must keep).

@@ -13,8 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::Observer;
-use crate::backend::Backend;
+use super::{History, Observer};
 use crate::event::Event;
 
 /// The follower's wait when it has read everything.
@@ -24,8 +23,8 @@ pub const PAGE: usize = 1000;
 /// Recent events' times kept to time their follow-ups.
 const CAUSES_KEPT: usize = 16_384;
 
-/// Follow `backend`'s log for `observer` until the observer closes.
-pub async fn follow(backend: Arc<dyn Backend>, observer: Arc<Observer>) {
+/// Follow `log` (a broker's) for `observer` until the observer closes.
+pub async fn follow(log: Arc<dyn History>, observer: Arc<Observer>) {
     let mut next: Option<u64> = None;
     let mut causes = Causes::default();
     loop {
@@ -36,19 +35,14 @@ pub async fn follow(backend: Arc<dyn Backend>, observer: Arc<Observer>) {
                 () = observer.closed() => return,
             }
         }
-        let b = backend.clone();
+        let b = log.clone();
         let from = next;
         let read = tokio::task::spawn_blocking(move || -> Result<(u64, Vec<Event>), String> {
             let from = match from {
                 Some(f) => f,
-                None => {
-                    b.head()
-                        .map_err(|e| e.to_string())?
-                        .saturating_sub(PAGE as u64)
-                        + 1
-                }
+                None => b.head()?.saturating_sub(PAGE as u64) + 1,
             };
-            Ok((from, b.read(from, PAGE).map_err(|e| e.to_string())?))
+            Ok((from, b.read(from, PAGE)?))
         })
         .await;
         let pause = match read {

@@ -28,14 +28,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::backend::Backend;
-use crate::event::Event;
+use crate::event::{Event, Watcher};
 use crate::metrics::Metrics;
 
 /// How long a look at the flow, the catalog or rates keeps counting on.
 pub const LOOK_LASTS: Duration = Duration::from_secs(300);
 /// Events read back from the log when counting starts.
 pub const HISTORY_EVENTS: usize = 1000;
+
+/// A log the observer reads back from: the embedded store's, or a
+/// broker's (which it follows, [`follow`]). The server gives it one.
+pub trait History: Send + Sync {
+    /// The last sequence in the log.
+    fn head(&self) -> Result<u64, String>;
+    /// Up to `max` events from sequence `from` on, in order.
+    fn read(&self, from: u64, max: usize) -> Result<Vec<Event>, String>;
+}
 
 /// The observer of one host.
 pub struct Observer {
@@ -48,7 +56,7 @@ pub struct Observer {
     /// Counting and tailing: the publish path's one check.
     active: AtomicBool,
     /// Where earlier events are read back from (the embedded store).
-    history: OnceLock<Arc<dyn Backend>>,
+    history: OnceLock<Arc<dyn History>>,
 }
 
 impl Observer {
@@ -64,9 +72,9 @@ impl Observer {
         }
     }
 
-    /// Read the recent flow back from `backend` when counting starts.
-    pub fn history_from(&self, backend: Arc<dyn Backend>) {
-        let _ = self.history.set(backend);
+    /// Read the recent flow back from `log` when counting starts.
+    pub fn history_from(&self, log: Arc<dyn History>) {
+        let _ = self.history.set(log);
     }
 
     /// Whether events are being counted and offered.
@@ -211,5 +219,15 @@ impl Observer {
         let sub = self.tail.subscribe(filter, rate);
         self.activate();
         sub
+    }
+}
+
+impl Watcher for Observer {
+    fn active(&self) -> bool {
+        Observer::active(self)
+    }
+
+    fn accepted(&self, events: &[Arc<Event>]) {
+        Observer::accepted(self, events)
     }
 }

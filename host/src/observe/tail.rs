@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::event::Event;
 use crate::metrics::{Metrics, ReasonLabels};
-use crate::topic::Pattern;
+use plugbus_contract::topic::Pattern;
 
 /// Events waiting for one client, at most.
 pub const QUEUE_EVENTS: usize = 256;

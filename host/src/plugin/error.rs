@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::plugin::ManifestError;
 use crate::runtime::{CallError, LoadError};
 use crate::store::StoreError;
-use crate::topic::TopicError;
+use plugbus_contract::topic::TopicError;
 
 /// Why a plugin did not start.
 #[derive(Debug, thiserror::Error)]

@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::bus::{OrderingKey, Overflow};
-use crate::topic::Pattern;
+use plugbus_contract::topic::Pattern;
 
 /// The most workers a plugin may ask for.
 pub const CONCURRENCY_MAX: u32 = 64;

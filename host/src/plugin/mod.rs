@@ -48,10 +48,10 @@ use crate::metrics::{self, DropReason, Metrics};
 use crate::runtime::{self, kv, Info, InstanceConfig, Limits, PublishPolicy, RateLimit, Runtime};
 use crate::store::progress::Cursor;
 
-use crate::topic::Pattern;
 pub use error::{PluginError, ReplayError};
 pub use manifest::{Manifest, ManifestError};
 use optimizer::Optimizer;
+use plugbus_contract::topic::Pattern;
 use settings::PluginSettings;
 pub use settings::{DeliverySettings, RetryOrdering};
 use status::RateSample;

@@ -154,10 +154,10 @@ pub struct PluginStatus {
 
 impl PluginStatus {
     /// Its subscriptions, parsed (each was checked when the plugin loaded).
-    pub fn patterns(&self) -> Vec<crate::topic::Pattern> {
+    pub fn patterns(&self) -> Vec<plugbus_contract::topic::Pattern> {
         self.subscriptions
             .iter()
-            .filter_map(|s| crate::topic::Pattern::parse(s).ok())
+            .filter_map(|s| plugbus_contract::topic::Pattern::parse(s).ok())
             .collect()
     }
 }
@@ -317,7 +317,7 @@ impl Registry {
                 patterns: p
                     .subscriptions
                     .iter()
-                    .filter_map(|s| crate::topic::Pattern::parse(s).ok())
+                    .filter_map(|s| plugbus_contract::topic::Pattern::parse(s).ok())
                     .collect(),
                 key: p.settings.delivery.ordering_key.clone(),
                 parts: p.settings.concurrency.max(1),

@@ -13,6 +13,15 @@ use std::path::Path;
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
+/// The compile cache when none is given: `$XDG_CACHE_HOME/plugbus/compiled`
+/// or `~/.cache/plugbus/compiled`.
+pub fn default_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .map(|c| c.join("plugbus").join("compiled"))
+}
+
 /// Load a cached component, or `None` on any miss.
 pub(super) fn load(engine: &Engine, path: &Path) -> Option<Component> {
     let bytes = std::fs::read(path).ok()?;

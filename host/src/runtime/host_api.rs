@@ -18,15 +18,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::plugbus::plugin::{config, publisher, types};
 use super::bindings::wasi::logging::logging;
-use crate::event::{Chunk, Event, ATTRIBUTE_BYTES_MAX};
-use crate::topic::validate_topic;
+use crate::event::{Chunk, Event};
 
 pub use types::Outgoing;
-
-/// The largest follow-up event a plugin may publish, in bytes of data.
-pub const PUBLISH_DATA_BYTES_MAX: usize = 1 << 20;
-/// Follow-up events one `handle` call may publish, per event in its batch.
-pub const PUBLISHES_PER_EVENT_MAX: usize = 64;
 
 /// Per-store state: WASI context, limits, config and the batch in flight.
 pub struct HostState {
@@ -155,8 +149,8 @@ impl logging::Host for HostState {
             return;
         }
         // A line of the host log, however long the plugin made it.
-        let context = crate::event::prefix_at_char(&context, LINE_BYTES_MAX / 4);
-        let message = crate::event::prefix_at_char(&message, LINE_BYTES_MAX);
+        let context = plugbus_contract::prefix_at_char(&context, LINE_BYTES_MAX / 4);
+        let message = plugbus_contract::prefix_at_char(&message, LINE_BYTES_MAX);
         let plugin = &*self.plugin;
         let sep = if context.is_empty() { "" } else { ": " };
         match level {
@@ -208,38 +202,27 @@ impl publisher::Host for HostState {
     fn publish(&mut self, cause: u32, event: Outgoing) -> Result<(), types::PublishError> {
         let index = cause as usize;
         let batch_len = self.batch().len();
-        if index >= batch_len {
-            return Err(types::PublishError::UnknownCause(format!(
-                "index {cause} is not in the batch being handled ({batch_len} events); pass the index of the event you are handling"
-            )));
-        }
-        validate_topic(&event.type_).map_err(|e| types::PublishError::Invalid(e.to_string()))?;
+        let call = plugbus_contract::publish::Publish {
+            cause,
+            topic: &event.type_,
+            subject: event.subject.as_deref(),
+            data_bytes: event.data.len(),
+        };
         // A topic it may not publish to is refused as such, however many
-        // it published.
+        // it published (but only once it is a topic of an event in hand).
+        let refused = |why: plugbus_contract::publish::Refused| match why.is_unknown_cause() {
+            true => types::PublishError::UnknownCause(why.to_string()),
+            false => types::PublishError::Invalid(why.to_string()),
+        };
+        plugbus_contract::publish::check_cause(cause, batch_len).map_err(refused)?;
+        plugbus_contract::topic::validate_topic(&event.type_)
+            .map_err(|e| types::PublishError::Invalid(e.to_string()))?;
         if let Err(why) = self.publish_policy.check(&event.type_) {
             self.refused += 1;
             return Err(types::PublishError::Denied(why));
         }
-        if self.published.len() >= batch_len * PUBLISHES_PER_EVENT_MAX {
-            return Err(types::PublishError::Invalid(format!(
-                "more than {PUBLISHES_PER_EVENT_MAX} follow-up events per handled event"
-            )));
-        }
-        if event.data.len() > PUBLISH_DATA_BYTES_MAX {
-            return Err(types::PublishError::Invalid(format!(
-                "data is {} bytes, over the limit of {PUBLISH_DATA_BYTES_MAX}",
-                event.data.len()
-            )));
-        }
-        if event
-            .subject
-            .as_ref()
-            .is_some_and(|s| s.len() > ATTRIBUTE_BYTES_MAX)
-        {
-            return Err(types::PublishError::Invalid(format!(
-                "subject is longer than {ATTRIBUTE_BYTES_MAX} bytes"
-            )));
-        }
+        plugbus_contract::publish::check(&call, batch_len, self.published.len())
+            .map_err(refused)?;
         let cause = self.batch()[index].clone();
         if cause.hops + 1 > self.hops_max {
             return Err(types::PublishError::Invalid(format!(

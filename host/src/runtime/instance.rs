@@ -207,7 +207,7 @@ fn cut_message(message: &mut String) -> bool {
         return false;
     }
     let total = message.len();
-    let end = crate::event::prefix_at_char(message, OUTCOME_MESSAGE_BYTES_MAX).len();
+    let end = plugbus_contract::prefix_at_char(message, OUTCOME_MESSAGE_BYTES_MAX).len();
     message.truncate(end);
     message.push_str(&format!("… (cut: the plugin's message was {total} bytes)"));
     message.shrink_to_fit();

@@ -27,12 +27,7 @@ use crate::store::Store;
 
 /// The only bucket name: the plugin's own.
 pub const BUCKET: &str = "default";
-/// The longest key, in bytes.
-pub const KEY_BYTES_MAX: usize = 1024;
-/// The largest value, in bytes.
-pub const VALUE_BYTES_MAX: usize = 1 << 20;
-/// The most bytes (keys and values) one call may write.
-pub const CALL_WRITE_BYTES_MAX: usize = 16 << 20;
+pub use plugbus_contract::state::{CALL_WRITE_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 /// Keys per page of `list-keys`.
 pub const LIST_PAGE: usize = 1000;
 /// The state a plugin may keep by default (keys and values), in bytes.
@@ -272,13 +267,7 @@ fn other(e: impl std::fmt::Display) -> store::Error {
 /// Check a key the plugin gave, before it reaches the store (whose engine
 /// has limits of its own, which a plugin must never reach).
 fn check_key(key: &str) -> Result<(), store::Error> {
-    if key.len() > KEY_BYTES_MAX {
-        return Err(other(format!(
-            "the key is {} bytes, over the limit of {KEY_BYTES_MAX}",
-            key.len()
-        )));
-    }
-    Ok(())
+    plugbus_contract::state::check_key(key).map_err(other)
 }
 
 impl HostState {
@@ -317,13 +306,9 @@ impl HostState {
         before: Option<usize>,
         value: Option<Vec<u8>>,
     ) -> Result<(), store::Error> {
-        check_key(&key)?;
         let value_len = value.as_ref().map_or(0, Vec::len);
-        if value_len > VALUE_BYTES_MAX {
-            return Err(other(format!(
-                "the value of `{key}` is {value_len} bytes, over the limit of {VALUE_BYTES_MAX}"
-            )));
-        }
+        plugbus_contract::state::check_write(&key, value_len, self.kv_write_bytes)
+            .map_err(other)?;
         let size = key.len() + value_len;
         let before = before.map_or(0, |v| key.len() + v);
         let delta = if value.is_some() { size } else { 0 } as i64 - before as i64;
@@ -336,12 +321,6 @@ impl HostState {
                 self.state.max()
             )));
         }
-        if self.kv_write_bytes + size > CALL_WRITE_BYTES_MAX {
-            return Err(other(format!(
-                "this call has written {} bytes, the limit per call is {CALL_WRITE_BYTES_MAX}",
-                self.kv_write_bytes
-            )));
-        }
         self.kv_write_bytes += size;
         self.kv_delta += delta;
         self.kv_writes.insert(key, value);
@@ -350,33 +329,11 @@ impl HostState {
 
     fn kv_increment(&mut self, key: String, delta: i64) -> Result<i64, store::Error> {
         let held = self.kv_read(&key)?;
-        let now = match &held {
-            None => 0,
-            Some(bytes) => parse_number(bytes).ok_or_else(|| {
-                other(format!(
-                    "`{key}` does not hold a number (as decimal text), so it cannot be incremented"
-                ))
-            })?,
-        };
-        let next = now
-            .checked_add(delta)
-            .ok_or_else(|| other(format!("`{key}` would overflow: {now} + {delta}")))?;
-        self.kv_replace(
-            key,
-            held.map(|v| v.len()),
-            Some(next.to_string().into_bytes()),
-        )?;
+        let (next, stored) =
+            plugbus_contract::state::increment(&key, held.as_deref(), delta).map_err(other)?;
+        self.kv_replace(key, held.map(|v| v.len()), Some(stored))?;
         Ok(next)
     }
-}
-
-/// A counter's value: decimal text (what `increment` writes, readable as
-/// JSON), or 8 bytes little-endian (what some SDKs write).
-fn parse_number(bytes: &[u8]) -> Option<i64> {
-    std::str::from_utf8(bytes)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .or_else(|| <[u8; 8]>::try_from(bytes).ok().map(i64::from_le_bytes))
 }
 
 impl store::Host for HostState {
@@ -530,18 +487,5 @@ impl batch::Host for HostState {
             self.kv_write(k, None)?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_read_as_decimal_text_or_little_endian() {
-        assert_eq!(parse_number(b"42"), Some(42));
-        assert_eq!(parse_number(b"-7"), Some(-7));
-        assert_eq!(parse_number(&5i64.to_le_bytes()), Some(5));
-        assert_eq!(parse_number(b"{\"a\":1}"), None);
     }
 }

@@ -38,7 +38,7 @@
 //! [`InstancePre`]: wasmtime::component::InstancePre
 
 mod batch;
-mod cache;
+pub mod cache;
 pub mod call;
 pub mod chains;
 mod host_api;

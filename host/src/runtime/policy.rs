@@ -16,7 +16,7 @@ use std::time::Instant;
 use prometheus_client::metrics::counter::Counter;
 
 use super::chains::{Chains, CHAIN_EVENTS_MAX_DEFAULT};
-use crate::topic::Pattern;
+use plugbus_contract::topic::Pattern;
 
 /// A token bucket: up to `per_s` a second, with a burst of one second's
 /// worth. Refusals are counted.

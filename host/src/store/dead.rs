@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::{codec, sequence_of, Store, StoreError};
 use crate::event::{now_rfc3339, Event};
-use crate::topic::Pattern;
+use plugbus_contract::topic::Pattern;
 
 /// One dead letter.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -151,13 +151,13 @@ pub struct Log {
     syncer: Mutex<Option<JoinHandle<()>>>,
     committed: Counter,
     dedup_window: Duration,
-    observer: std::sync::OnceLock<Arc<crate::observe::Observer>>,
+    observer: std::sync::OnceLock<Arc<dyn crate::event::Watcher>>,
 }
 
 impl Log {
     /// Show every committed event to `observer` (the flow, the catalog,
     /// the live tail); once.
-    pub fn observe(&self, observer: Arc<crate::observe::Observer>) {
+    pub fn observe(&self, observer: Arc<dyn crate::event::Watcher>) {
         let _ = self.observer.set(observer);
     }
 
@@ -710,11 +710,31 @@ mod tests {
             Counter::default(),
         )
         .expect("start");
-        let observer = Arc::new(crate::observe::Observer::new(
-            &crate::metrics::Metrics::new(),
-        ));
-        log.observe(observer.clone());
-        let mut sub = observer.subscribe(crate::observe::tail::Filter::default(), 5000);
+        /// Checks each event against the head as it is shown.
+        #[derive(Default)]
+        struct Checker {
+            log: std::sync::OnceLock<Arc<Log>>,
+            seen: std::sync::atomic::AtomicU64,
+        }
+        impl crate::event::Watcher for Checker {
+            fn active(&self) -> bool {
+                true
+            }
+            fn accepted(&self, events: &[Arc<Event>]) {
+                let head = self.log.get().map_or(0, |l| l.head());
+                for e in events {
+                    assert!(
+                        head >= e.sequence,
+                        "event {} shown before the head ({head}) covered it",
+                        e.sequence
+                    );
+                }
+                self.seen.fetch_add(events.len() as u64, Ordering::Relaxed);
+            }
+        }
+        let checker = Arc::new(Checker::default());
+        let _ = checker.log.set(log.clone());
+        log.observe(checker.clone());
         let writer = {
             let log = log.clone();
             std::thread::spawn(move || {
@@ -723,18 +743,8 @@ mod tests {
                 }
             })
         };
-        let mut seen = 0;
-        while seen < 200 {
-            let e = sub.events.blocking_recv().expect("an event");
-            assert!(
-                log.head() >= e.sequence,
-                "event {} shown before the head ({}) covered it",
-                e.sequence,
-                log.head()
-            );
-            seen += 1;
-        }
         writer.join().expect("writer");
+        assert_eq!(checker.seen.load(Ordering::Relaxed), 200);
     }
 
     #[test]

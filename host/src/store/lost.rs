@@ -283,7 +283,7 @@ mod tests {
         cut_four_and_five(&store);
         let scope = crate::audit::Scope {
             plugin: "inventory".into(),
-            patterns: vec![crate::topic::Pattern::parse("order.*").expect("pattern")],
+            patterns: vec![plugbus_contract::topic::Pattern::parse("order.*").expect("pattern")],
             key: crate::bus::OrderingKey::Subject,
             parts: 1,
         };

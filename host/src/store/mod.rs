@@ -558,7 +558,7 @@ impl Store {
             .sum::<u64>()
             + progress.iter().map(|p| p.bytes()).sum::<u64>();
         self.make_room(incoming)?;
-        let changes = state_view::changes(progress.iter().copied());
+        let changes = progress::state_changes(progress.iter().copied());
         self.state_views
             .around(&changes, || self.write_with_now(events, progress))
     }

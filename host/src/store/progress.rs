@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use fjall::OwnedWriteBatch;
 
-use super::state_view::{self, Change};
+use super::state_view::Change;
 use super::{dead, Store, StoreError};
 use crate::event::Event;
 
@@ -232,7 +232,7 @@ impl Store {
         let plugin = progress.plugin.as_str();
         for (key, value) in &progress.kv {
             // Plugins' keys are checked when written (`runtime::kv`).
-            debug_assert!(key.len() <= crate::runtime::kv::KEY_BYTES_MAX);
+            debug_assert!(key.len() <= plugbus_contract::state::KEY_BYTES_MAX);
             match value {
                 Some(v) => batch.insert(&self.kv, kv_key(plugin, key), v.as_slice()),
                 None => batch.remove(&self.kv, kv_key(plugin, key)),
@@ -260,13 +260,12 @@ impl Store {
     pub fn commit_progress(&self, progress: &Progress) -> Result<(), StoreError> {
         self.check_poisoned()?;
         self.make_room(progress.bytes())?;
-        self.state_views
-            .around(&state_view::changes([progress]), || {
-                self.write_now(|batch| {
-                    self.add_progress(batch, progress);
-                    Ok(())
-                })
+        self.state_views.around(&state_changes([progress]), || {
+            self.write_now(|batch| {
+                self.add_progress(batch, progress);
+                Ok(())
             })
+        })
     }
 
     /// The cursor of `plugin`, with its pending retries.
@@ -443,6 +442,17 @@ fn is_cursor_of(name: &str, plugin: &str) -> bool {
         }),
         None => false,
     }
+}
+
+/// The state changes of `progress` (those that write state).
+pub(super) fn state_changes<'a>(
+    progress: impl IntoIterator<Item = &'a Progress>,
+) -> Vec<(&'a str, Change<'a>)> {
+    progress
+        .into_iter()
+        .filter(|p| !p.kv.is_empty())
+        .map(|p| (p.plugin.as_str(), Change::Writes(&p.kv)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -25,17 +25,6 @@ pub(super) enum Change<'a> {
     Cleared,
 }
 
-/// The state changes of `progress` (those that write state).
-pub(super) fn changes<'a>(
-    progress: impl IntoIterator<Item = &'a super::progress::Progress>,
-) -> Vec<(&'a str, Change<'a>)> {
-    progress
-        .into_iter()
-        .filter(|p| !p.kv.is_empty())
-        .map(|p| (p.plugin.as_str(), Change::Writes(&p.kv)))
-        .collect()
-}
-
 /// One plugin's count and copy.
 #[derive(Default)]
 pub(super) struct StateView {

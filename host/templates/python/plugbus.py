@@ -60,6 +60,24 @@ def reject(message: str) -> Outcome:
     return Outcome("reject", message)
 
 
+# ---- the ack rule (plugbus_contract::ack on the host) ---------------------
+
+KEEP_ALL = "keep-all"
+KEEP_ACKED_FOLLOW_UPS = "keep-acked-follow-ups"
+ONE_AT_A_TIME = "one-at-a-time"
+
+
+def settle(acked: List[bool], wrote_state: bool) -> str:
+    """What a handled batch keeps: every write and follow-up when all its
+    events were acked; else a batch of several events that wrote state is
+    handled again one event at a time; else only acked events' follow-ups."""
+    if all(acked):
+        return KEEP_ALL
+    if wrote_state and len(acked) > 1:
+        return ONE_AT_A_TIME
+    return KEEP_ACKED_FOLLOW_UPS
+
+
 # ---- events --------------------------------------------------------------
 
 class Event:
@@ -325,6 +343,7 @@ class TestEvent:
     causation_id: Optional[str] = None
     attempt: int = 1
     extensions: Dict[str, str] = field(default_factory=dict)
+    sequence: Optional[int] = None  # the harness numbers events from 1 unless set
 
     @staticmethod
     def json(topic: str, data: Any, **attrs) -> "TestEvent":
@@ -379,6 +398,7 @@ class Harness:
         self._host = _TestHost()
         self._host.config_values = dict(config or {})
         self.published: List[Published] = []
+        self._next_sequence = 1
         self.plugin = self._lend(lambda: plugin_class(self._host.config()))
         self._commit()
 
@@ -406,6 +426,10 @@ class Harness:
         """One `handle` call for `events`. If one is not acked and the batch
         wrote state, the events are handled again one by one (as the host
         does), so only acked events' writes are kept."""
+        for e in events:
+            if e.sequence is None:
+                e.sequence = self._next_sequence
+            self._next_sequence = max(self._next_sequence, e.sequence + 1)
         data, headers, ext = _pack(events)
         h = self._host
         h.batch_len = len(events)
@@ -420,19 +444,20 @@ class Harness:
             return out
 
         outcomes = self._lend(call)
-        acked = all(o.kind == "ack" for o in outcomes)
-        if not acked and h.overlay and len(events) > 1:
+        acks = [o.kind == "ack" for o in outcomes]
+        settlement = settle(acks, bool(h.overlay))
+        if settlement == ONE_AT_A_TIME:
             h.overlay.clear()
             h.published.clear()
             return [self.deliver_batch([e])[0] for e in events]
-        if acked:
+        if settlement == KEEP_ALL:
             self._commit()
         h.overlay.clear()
         published, h.published = h.published, []
         deliveries = []
         for i, (e, o) in enumerate(zip(events, outcomes)):
             kept = [Published(t, d, s, ct, e.id, e.correlation_id or e.id)
-                    for (c, t, s, ct, d) in published if c == i and o.kind == "ack"]
+                    for (c, t, s, ct, d) in published if c == i and acks[i]]
             self.published.extend(kept)
             deliveries.append(Delivery(e.id, o, kept))
         return deliveries
@@ -460,11 +485,12 @@ def _pack(events: List[TestEvent]):
         words += [len(data), len(raw)]
         data.extend(raw)
 
-    for seq, e in enumerate(events, start=1):
+    for e in events:
         for value in (e.id, e.source, e.topic, e.subject, e.time, e.datacontenttype, e.data,
                       e.correlation_id, e.causation_id):
             put(headers, value)
-        headers += [seq, 0, e.attempt, len(ext) // 4, len(e.extensions), 0]
+        seq = e.sequence or 0
+        headers += [seq & 0xFFFFFFFF, seq >> 32, e.attempt, len(ext) // 4, len(e.extensions), 0]
         for k, v in e.extensions.items():
             put(ext, k)
             put(ext, v)

@@ -25,7 +25,7 @@ use crate::backend::local::Source;
 use crate::bus::{Delivery, OrderingKey, QueueSender, CHUNK_EVENTS_MAX};
 use crate::event::{Chunk, Event};
 use crate::store::log::Log;
-use crate::topic::Pattern;
+use plugbus_contract::topic::Pattern;
 
 /// One worker's queue and where its cursor is.
 pub(super) struct Outlet {

@@ -120,7 +120,7 @@ impl Worker {
         self.quarantined_until = Some(until);
         self.quarantine_pause = (pause * 2).min(QUARANTINE_PAUSE_MAX);
         self.plugin.quarantines.inc();
-        let reason = crate::event::prefix_at_char(reason, 512).to_string();
+        let reason = plugbus_contract::prefix_at_char(reason, 512).to_string();
         tracing::warn!(plugin = %self.plugin.name, worker = self.index, pause_ms = pause.as_millis() as u64, last_error = %reason, "quarantined: {} batches in a row failed; delivery pauses, its events wait", self.fail_streak);
         self.plugin.set_quarantine(
             self.index,

@@ -46,9 +46,10 @@
 //! event; on this host the backlog is capped at the queue capacity, beyond
 //! which new failures are given up on).
 //!
-//! State: the key-value writes of a batch whose events were all acked are
-//! committed; a batch with writes and any other outcome is handled again
-//! one event at a time, so that only acked events' writes are kept. Each
+//! State, by the ack rule (`plugbus_contract::ack`): the key-value writes
+//! of a batch whose events were all acked are committed; a batch with
+//! writes and any other outcome is handled again one event at a time, so
+//! that only acked events' writes are kept. Each
 //! batch's outcomes, writes and follow-up events are one settlement; only
 //! once it is committed do the outcomes take effect here (counters). A
 //! settlement that fails keeps nothing: the batch's events are delivered
@@ -85,6 +86,7 @@ use crate::metrics::{self, DropReason, Metrics};
 use crate::runtime::kv;
 use crate::runtime::{self, BatchResult, CallError, CallMode, Outcome, PluginInstance};
 use crate::telemetry::Handled;
+use plugbus_contract::ack;
 
 /// How long an idle worker waits for events before looking for a new
 /// version again.
@@ -468,8 +470,13 @@ impl Worker {
                     }
                 }
                 self.note_batch(acked > 0, failed);
-                let all_acked = acked == result.outcomes.len();
-                if !all_acked && !result.writes.is_empty() && batch.len() > 1 {
+                let acks: Vec<bool> = result
+                    .outcomes
+                    .iter()
+                    .map(|o| matches!(o, Outcome::Ack))
+                    .collect();
+                let settlement = ack::settle(&acks, !result.writes.is_empty());
+                if settlement == ack::Settlement::OneAtATime {
                     // Writes cannot be told apart by event: handle the
                     // events one by one so that only acked ones' are kept.
                     for (i, &attempt) in range.zip(attempts) {
@@ -515,10 +522,12 @@ impl Worker {
                 let follow_ups: Vec<Event> = result
                     .published
                     .into_iter()
-                    .filter(|(cause, _)| matches!(result.outcomes.get(*cause), Some(Outcome::Ack)))
+                    .filter(|(cause, _)| {
+                        settlement.keeps_follow_up(acks.get(*cause) == Some(&true))
+                    })
                     .map(|(_, e)| e)
                     .collect();
-                let (writes, state_delta) = if all_acked {
+                let (writes, state_delta) = if settlement.keeps_writes() {
                     if !result.writes.is_empty() {
                         self.fx.reads = result.reads;
                     }

@@ -11,21 +11,15 @@ use std::fmt;
 pub const TOPIC_BYTES_MAX: usize = 256;
 
 /// Why a topic or pattern was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicError {
     /// Empty string.
-    #[error("the topic is empty; name it with dot-separated tokens, e.g. `order.placed`")]
     Empty,
     /// Longer than [`TOPIC_BYTES_MAX`].
-    #[error("topic `{0}…` is longer than {TOPIC_BYTES_MAX} bytes; use a shorter name")]
     TooLong(String),
     /// A token is empty (`order..placed`, `.order`).
-    #[error("topic `{0}` has an empty token; tokens are separated by single dots")]
     EmptyToken(String),
     /// A character that is not allowed.
-    #[error(
-        "topic `{topic}` contains `{ch}`; use letters, digits, `-`, `_` and `.` between tokens"
-    )]
     BadChar {
         /// The offending topic.
         topic: String,
@@ -33,15 +27,47 @@ pub enum TopicError {
         ch: char,
     },
     /// A wildcard in a topic (as opposed to a pattern).
-    #[error("topic `{0}` contains a wildcard; `*` and `>` are for subscriptions, not for events")]
     Wildcard(String),
     /// `>` not in last position, or mixed into a token.
-    #[error("pattern `{0}`: `>` must be a whole token and the last one, e.g. `order.>`")]
     MisplacedTail(String),
     /// `*` mixed into a token.
-    #[error("pattern `{0}`: `*` must be a whole token, e.g. `order.*`")]
     MisplacedStar(String),
 }
+
+impl fmt::Display for TopicError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TopicError::Empty => f.write_str(
+                "the topic is empty; name it with dot-separated tokens, e.g. `order.placed`",
+            ),
+            TopicError::TooLong(t) => write!(
+                f,
+                "topic `{t}…` is longer than {TOPIC_BYTES_MAX} bytes; use a shorter name"
+            ),
+            TopicError::EmptyToken(t) => write!(
+                f,
+                "topic `{t}` has an empty token; tokens are separated by single dots"
+            ),
+            TopicError::BadChar { topic, ch } => write!(
+                f,
+                "topic `{topic}` contains `{ch}`; use letters, digits, `-`, `_` and `.` between tokens"
+            ),
+            TopicError::Wildcard(t) => write!(
+                f,
+                "topic `{t}` contains a wildcard; `*` and `>` are for subscriptions, not for events"
+            ),
+            TopicError::MisplacedTail(p) => write!(
+                f,
+                "pattern `{p}`: `>` must be a whole token and the last one, e.g. `order.>`"
+            ),
+            TopicError::MisplacedStar(p) => {
+                write!(f, "pattern `{p}`: `*` must be a whole token, e.g. `order.*`")
+            }
+        }
+    }
+}
+
+impl std::error::Error for TopicError {}
 
 fn check_token_chars(whole: &str, token: &str) -> Result<(), TopicError> {
     if token.is_empty() {
@@ -65,7 +91,7 @@ fn check_length(s: &str) -> Result<(), TopicError> {
     }
     if s.len() > TOPIC_BYTES_MAX {
         return Err(TopicError::TooLong(
-            crate::event::prefix_at_char(s, 32).to_string(),
+            crate::prefix_at_char(s, 32).to_string(),
         ));
     }
     Ok(())

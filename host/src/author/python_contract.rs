@@ -1,0 +1,215 @@
+//! The Python helper (`host/templates/python/plugbus.py`) against the
+//! rules it copies from `plugbus_contract`: a batch packed in Rust reads
+//! back attribute for attribute through the helper's `Event`, a batch the
+//! helper's test harness packs reads back through the contract's `Header`,
+//! and the helper's `settle` gives the contract's answer for every case of
+//! the ack rule. Runs `python3` (which `plugbus test` needs for Python
+//! projects too).
+
+use std::path::Path;
+use std::process::Command;
+
+use plugbus_contract::ack::{self, Settlement};
+use plugbus_contract::batch::{word, Fields, Header, Writer};
+use serde_json::{json, Value};
+
+const HELPER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/templates/python");
+
+/// The events both sides lay out.
+fn extensions() -> [Vec<(String, String)>; 2] {
+    [
+        vec![
+            ("tenant".to_string(), "acme".to_string()),
+            ("region".to_string(), "eu-west".to_string()),
+        ],
+        Vec::new(),
+    ]
+}
+
+fn events(ext: &[Vec<(String, String)>; 2]) -> [Fields<'_>; 2] {
+    [
+        Fields {
+            id: "e-1",
+            source: "/shop",
+            topic: "order.placed",
+            subject: Some("customer-7"),
+            time: "2026-12-07T10:00:00Z",
+            datacontenttype: Some("application/json"),
+            data: br#"{"total": 12.5, "note": "h\u00e9"}"#,
+            correlation_id: Some("root"),
+            causation_id: Some("parent"),
+            sequence: (5 << 32) + 17,
+            attempt: 3,
+            extensions: &ext[0],
+        },
+        Fields {
+            id: "e-2",
+            source: "plugbus",
+            topic: "stock.reserved",
+            time: "2026-12-07T10:00:01Z",
+            data: b"",
+            sequence: 18,
+            attempt: 1,
+            extensions: &ext[1],
+            ..Fields::default()
+        },
+    ]
+}
+
+/// `fields` as the JSON the Python side reads and writes.
+fn as_json(f: &Fields<'_>) -> Value {
+    json!({
+        "id": f.id, "source": f.source, "topic": f.topic, "subject": f.subject,
+        "time": f.time, "datacontenttype": f.datacontenttype,
+        "data": f.data.to_vec(), "correlation_id": f.correlation_id,
+        "causation_id": f.causation_id, "sequence": f.sequence, "attempt": f.attempt,
+        "extensions": f.extensions.iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .collect::<serde_json::Map<String, Value>>(),
+    })
+}
+
+/// Run `script` with the helper importable and `input` on stdin; its
+/// stdout as JSON.
+fn python(script: &str, input: &Value) -> Value {
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("PYTHONPATH", Path::new(HELPER_DIR))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs (Debian: apt-get install python3)");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(input.to_string().as_bytes())
+            .expect("input written");
+    }
+    let out = child.wait_with_output().expect("python3 finished");
+    assert!(
+        out.status.success(),
+        "python3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("python printed JSON")
+}
+
+const UNPACK: &str = r#"
+import json, sys
+import plugbus
+batch = json.load(sys.stdin)
+data = bytes(batch["bytes"])
+out = []
+for i in range(len(batch["headers"]) // plugbus.HEADER_WORDS):
+    e = plugbus.Event(data, batch["headers"], batch["extensions"], i)
+    out.append({
+        "id": e.id, "source": e.source, "topic": e.topic, "subject": e.subject,
+        "time": e.time, "datacontenttype": e.datacontenttype, "data": list(e.data),
+        "correlation_id": e.correlation_id, "causation_id": e.causation_id,
+        "sequence": e.sequence, "attempt": e.attempt, "extensions": e.extensions,
+    })
+print(json.dumps(out))
+"#;
+
+#[test]
+fn a_batch_packed_by_the_host_reads_back_in_python() {
+    let ext = extensions();
+    let events = events(&ext);
+    let (mut bytes, mut headers, mut extensions) = (Vec::new(), Vec::new(), Vec::new());
+    let mut w = Writer {
+        bytes: &mut bytes,
+        headers: &mut headers,
+        extensions: &mut extensions,
+    };
+    for e in &events {
+        w.push(e);
+    }
+    let read = python(
+        UNPACK,
+        &json!({"bytes": bytes, "headers": headers, "extensions": extensions}),
+    );
+    let want: Vec<Value> = events.iter().map(as_json).collect();
+    assert_eq!(read, Value::Array(want));
+}
+
+const PACK: &str = r#"
+import json, sys
+import plugbus
+events = []
+for e in json.load(sys.stdin):
+    events.append(plugbus.TestEvent(
+        e["topic"], bytes(e["data"]), id=e["id"], source=e["source"], subject=e["subject"],
+        time=e["time"], datacontenttype=e["datacontenttype"],
+        correlation_id=e["correlation_id"], causation_id=e["causation_id"],
+        attempt=e["attempt"], extensions=e["extensions"], sequence=e["sequence"]))
+data, headers, ext = plugbus._pack(events)
+print(json.dumps({"bytes": list(data), "headers": headers, "extensions": ext}))
+"#;
+
+#[test]
+fn a_batch_packed_by_the_python_harness_reads_back_in_the_contract() {
+    let ext = extensions();
+    let events = events(&ext);
+    let packed = python(PACK, &Value::Array(events.iter().map(as_json).collect()));
+    let list = |k: &str| -> Vec<u64> {
+        packed[k]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|v| v.as_u64().expect("a number"))
+            .collect()
+    };
+    let bytes: Vec<u8> = list("bytes").into_iter().map(|b| b as u8).collect();
+    let headers: Vec<u32> = list("headers").into_iter().map(|w| w as u32).collect();
+    let extensions: Vec<u32> = list("extensions").into_iter().map(|w| w as u32).collect();
+    let read: Vec<Header<'_>> = Header::all(&bytes, &headers, &extensions).collect();
+    assert_eq!(read.len(), events.len());
+    for (h, e) in read.iter().zip(&events) {
+        assert_eq!(h.text(word::ID), e.id);
+        assert_eq!(h.text(word::SOURCE), e.source);
+        assert_eq!(h.text(word::TOPIC), e.topic);
+        assert_eq!(h.optional(word::SUBJECT), e.subject);
+        assert_eq!(h.text(word::TIME), e.time);
+        assert_eq!(h.optional(word::DATACONTENTTYPE), e.datacontenttype);
+        assert_eq!(h.span(word::DATA), e.data);
+        assert_eq!(h.optional(word::CORRELATION_ID), e.correlation_id);
+        assert_eq!(h.optional(word::CAUSATION_ID), e.causation_id);
+        assert_eq!(h.sequence(), e.sequence);
+        assert_eq!(h.attempt(), e.attempt);
+        assert_eq!(h.word(word::RESERVED), 0);
+        let want: Vec<(&str, &str)> = e
+            .extensions
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(h.extensions().collect::<Vec<_>>(), want);
+    }
+}
+
+const SETTLE: &str = r#"
+import json, sys
+import plugbus
+print(json.dumps([plugbus.settle(c["acked"], c["wrote"]) for c in json.load(sys.stdin)]))
+"#;
+
+#[test]
+fn the_python_harness_keeps_the_ack_rule() {
+    let cases: Vec<Value> = ack::CASES
+        .iter()
+        .map(|(acked, wrote, _)| json!({"acked": acked, "wrote": wrote}))
+        .collect();
+    let answers = python(SETTLE, &Value::Array(cases));
+    let want: Vec<&str> = ack::CASES
+        .iter()
+        .map(|(_, _, s)| match s {
+            Settlement::KeepAll => "keep-all",
+            Settlement::KeepAckedFollowUps => "keep-acked-follow-ups",
+            Settlement::OneAtATime => "one-at-a-time",
+        })
+        .collect();
+    assert_eq!(answers, json!(want));
+}
