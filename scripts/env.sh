@@ -93,3 +93,10 @@ release_binary() {
   version="$(cargo pkgid -p plugbus | sed 's/.*[#@]//')"
   echo "${PLUGBUS_DIST_DIR:-$HOME/.cache/plugbus/dist}/plugbus-$version-$1-linux-musl"
 }
+
+# A C compiler and linker: cargo links build scripts and proc macros (the
+# host's and every plugin's) natively with `cc`, and wasmtime and ring
+# compile C.
+if ! command -v cc >/dev/null 2>&1; then
+  apt_install gcc libc6-dev
+fi

@@ -23,6 +23,8 @@ pub mod http;
 pub mod metrics;
 pub mod observe;
 pub mod plugin;
+#[cfg(test)]
+mod reference;
 pub mod runtime;
 pub mod server;
 pub mod store;

@@ -72,6 +72,9 @@ impl DropReason {
 /// All of plugbus's metrics.
 pub struct Metrics {
     registry: Registry,
+    /// Every family registered: its name, type and help, for the reference
+    /// page (the registry does not list them before they have series).
+    families: Vec<Described>,
     /// Events accepted by the bus.
     pub published: Counter,
     /// Events accepted that matched no subscription.
@@ -184,8 +187,10 @@ impl Metrics {
     /// A fresh registry with every family registered.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("plugbus");
+        let mut families = Vec::new();
         let m = Metrics {
             registry: Registry::default(),
+            families: Vec::new(),
             published: Counter::default(),
             unrouted: Counter::default(),
             handled: Family::default(),
@@ -226,202 +231,284 @@ impl Metrics {
             tail_clients: Gauge::default(),
             tail_dropped: Family::default(),
         };
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "plugin_background_batches",
             "Batches a plugin handled in the background, yielding to the host's foreground calls: calls of a plugin whose recent calls used 100 ms of CPU time or grew its memory by 16 MiB (such a call in the foreground is cut and run again there), and of a misbehaving one",
             m.background_batches.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "plugin_low_priority_batches",
             "Batches a plugin handled throttled to a tenth of a core because it recently trapped, ran past its deadline, or was refused or cut",
             m.low_priority_batches.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "plugin_quarantines",
             "Times a plugin was quarantined (delivery paused with growing backoff) for failing every event",
             m.quarantines.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "plugin_output_dropped_lines",
             "Lines of a plugin's stdout, stderr and log dropped over limits.output_lines_per_s_max",
             m.output_dropped.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "plugin_publish_throttled",
             "Publishes over a plugin's publish.rate_events_per_s_max, taken on credit (its deliveries are held until it is back under)",
             m.publish_throttled.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "unaccounted_events",
             "Events of a plugin neither handled, dead, dropped by its policy nor pending, as of the last audit (GET /v1/audit, plugbus audit); anything but 0 is a lost event",
             m.unaccounted.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "plugin_worker_deaths",
             "Panics of a plugin's worker: caught, its events in hand delivered again to a fresh instance",
             m.worker_deaths.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "plugin_batch_splits",
             "Batches of more than one event that ran past their deadline and were handled again in halves (not a failed attempt)",
             m.batch_splits.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "plugin_swaps",
             "New versions of a plugin's file swapped in at a batch boundary",
             m.swaps.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "plugin_swap_pause_seconds",
             "Time a plugin's delivery stopped for a swap: from the swap to the new version's first handle call, less time waiting for events",
             m.swap_pause_seconds.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "plugin_load_failures",
             "Plugin files (new or changed) that failed to load or to init; a running version keeps serving",
             m.reload_failures.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "events_published",
             "Events accepted by the bus",
             m.published.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "events_unrouted",
             "Accepted events no subscription matched",
             m.unrouted.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "events_handled",
             "Events a plugin acknowledged",
             m.handled.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "events_failed",
             "Failed delivery attempts (retry, reject, trap, deadline)",
             m.failed.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "events_retried",
             "Re-deliveries scheduled",
             m.retried.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "plugin_traps",
             "Instances dropped and re-made after a trap",
             m.traps.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "events_dropped",
             "Events not delivered to a plugin, by reason",
             m.dropped.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "log_events",
             "Events in the log (its last sequence)",
             m.log_events.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "log_bytes",
             "Bytes the store takes on disk",
             m.log_bytes.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "disk_free_bytes",
             "Bytes free on the data directory's file system (alert well above disk_reserve_bytes: inside it publishes are refused and deliveries wait)",
             m.disk_free_bytes.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "disk_reserve_bytes",
             "Bytes the store keeps free on its file system for its own flushes",
             m.disk_reserve_bytes.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "fsync_duration_seconds",
             "Time per fsync of the store",
             m.fsync_seconds.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "lag_events",
             "Events in the log a plugin has yet to finish",
             m.lag.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "broker_pending_events",
             "Events handed out to a plugin's hosts and not yet settled (on a broker)",
             m.broker_pending.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "broker_connected",
             "1 while the broker answers, else 0 (on a broker)",
             m.broker_connected.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "delivery_latency_seconds",
             "Time from an event's acceptance (publish) to its ack by a plugin",
             m.delivery_seconds.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "events_dead_lettered",
             "Events a plugin gave up on, kept as dead letters",
             m.dead_lettered.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "queue_depth_events",
             "Events waiting in a plugin's queue",
             m.queue_depth.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "handle_duration_seconds",
             "Time per handle call (one batch)",
             m.handle_seconds.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "batch_events",
             "Events per handle call",
             m.batch_events.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "plugin_chain_refused",
             "Follow-up publishes refused because their causal chain reached its budget (publish.chain_events_max): an event storm",
             m.chain_refused.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "plugin_state_refused",
             "State writes refused by the plugin's quota (limits.state_bytes_max)",
             m.state_refused.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "plugin_state_bytes",
             "Bytes of state (keys and values) a plugin keeps",
             m.state_bytes.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "http_connections_open",
             "HTTP connections open",
             m.http_connections_open.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "http_connections_refused",
             "HTTP connections closed at once because --connections-max were open",
             m.http_connections_refused.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "http_refused",
             "HTTP requests and connections refused: too slow (headers, body, tls_handshake) or not authorized (unauthorized, forbidden)",
             m.http_refused.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "tail_clients",
             "Live tail clients connected (GET /v1/stream)",
             m.tail_clients.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut families,
             "tail_dropped",
             "Events a live tail client did not get: queue_full (it read too slowly) or rate_cap (sampled down to the rate it asked for); publishers never wait for a tail",
             m.tail_dropped.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry,
+            families,
+            ..m
+        }
     }
 
     /// The counter of HTTP refusals for `reason`.
@@ -443,6 +530,11 @@ impl Metrics {
             .clone()
     }
 
+    /// Every family registered: name, type and help.
+    pub fn families(&self) -> &[Described] {
+        &self.families
+    }
+
     /// The exposition text.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -451,6 +543,25 @@ impl Metrics {
         }
         out
     }
+}
+
+/// A registered family, as the reference lists it: name (with the
+/// `plugbus_` prefix), type, help.
+pub type Described = (String, String, String);
+
+/// Register `metric` as `name` in `registry`, and note it in `families`.
+fn register<M>(
+    registry: &mut Registry,
+    families: &mut Vec<Described>,
+    name: &str,
+    help: &str,
+    metric: M,
+) where
+    M: prometheus_client::registry::Metric + prometheus_client::encoding::EncodeMetric + Clone,
+{
+    let kind = format!("{:?}", metric.metric_type()).to_lowercase();
+    families.push((format!("plugbus_{name}"), kind, help.to_string()));
+    registry.register(name, help, metric);
 }
 
 /// Shorthand for per-plugin labels.

@@ -278,7 +278,8 @@ mod tests {
     #[test]
     fn every_error_text_the_troubleshooting_page_lists_is_still_printed() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let page = std::fs::read_to_string(root.join("docs/troubleshooting.md")).expect("page");
+        let page =
+            std::fs::read_to_string(root.join("docs/operating/troubleshooting.md")).expect("page");
         let mut sources = String::new();
         let mut dirs = vec![
             root.join("host/src"),
@@ -306,7 +307,7 @@ mod tests {
             };
             assert!(
                 sources.contains(fragment),
-                "docs/troubleshooting.md lists `{fragment}`, which no source prints any more"
+                "docs/operating/troubleshooting.md lists `{fragment}`, which no source prints any more"
             );
             checked += 1;
         }

@@ -1,6 +1,7 @@
 //! What a build needs on this machine, found or named with the exact fix:
-//! cargo and the `wasm32-wasip1` standard library for Rust projects,
-//! componentize-py (the pinned version) for Python ones.
+//! cargo, a C compiler and linker (`cc`, which cargo links build scripts
+//! and proc macros with) and the `wasm32-wasip1` standard library for
+//! Rust projects, componentize-py (the pinned version) for Python ones.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -29,6 +30,7 @@ pub fn rust() -> Result<(), AuthorError> {
             fix: "install Rust with rustup (https://rustup.rs), then run this again".to_string(),
         });
     }
+    c_compiler(&std::env::var("CC").unwrap_or_else(|_| "cc".to_string()))?;
     let missing = || AuthorError::Toolchain {
         what: format!("the {WASM_TARGET} target of your Rust toolchain"),
         fix: format!("run `rustup target add {WASM_TARGET}`"),
@@ -51,6 +53,17 @@ pub fn rust() -> Result<(), AuthorError> {
             fix: format!(
                 "install it for your Rust; with rustup: `rustup target add {WASM_TARGET}`"
             ),
+        }),
+    }
+}
+
+/// Check that `cc` (the C compiler and linker cargo uses) runs.
+fn c_compiler(cc: &str) -> Result<(), AuthorError> {
+    match output(cc, &["--version"]) {
+        Some(_) => Ok(()),
+        None => Err(AuthorError::Toolchain {
+            what: format!("a C compiler and linker (`{cc}`, which cargo links build scripts with)"),
+            fix: "install one: on Debian or Ubuntu `sudo apt-get install gcc libc6-dev`, on Fedora `sudo dnf install gcc`, on macOS `xcode-select --install`; then run this again".to_string(),
         }),
     }
 }
@@ -105,4 +118,18 @@ pub fn componentize_py() -> Result<PathBuf, AuthorError> {
         },
         fix: format!("run `{install}` (plugbus finds it there), or put it on PATH"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_missing_c_compiler_is_named_with_the_fix() {
+        let err = super::c_compiler("plugbus-no-such-cc").expect_err("no such compiler");
+        let text = err.to_string();
+        assert!(
+            text.contains("plugbus-no-such-cc") && text.contains("apt-get install gcc"),
+            "{text}"
+        );
+        super::c_compiler("cc").expect("the machine's cc runs");
+    }
 }

@@ -221,7 +221,7 @@ impl Manifest {
         let manifest: Manifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
             file: file.to_path_buf(),
             reason: format!(
-                "{}; every key is optional and the known ones are listed in docs/manifest.md",
+                "{}; every key is optional and the known ones are listed in docs/plugins/manifest.md",
                 e.to_string().trim_end()
             ),
         })?;

@@ -1,7 +1,7 @@
 //! The manifest's documentation, generated from the [`Manifest`] type
 //! itself (its doc comments and examples, through its JSON Schema), so it
 //! cannot drift from what the host reads: the commented `NAME.toml` that
-//! `plugbus new` writes, and the reference page `docs/manifest.md`.
+//! `plugbus new` writes, and the reference page `docs/plugins/manifest.md`.
 
 use serde_json::Value;
 
@@ -232,14 +232,15 @@ mod tests {
         ] {
             assert!(page.contains(key), "{key} missing:\n{page}");
         }
-        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/manifest.md");
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/plugins/manifest.md");
         if std::env::var_os("PLUGBUS_BLESS").is_some() {
-            std::fs::write(&file, &page).expect("write docs/manifest.md");
+            std::fs::write(&file, &page).expect("write docs/plugins/manifest.md");
         }
         let kept = std::fs::read_to_string(&file).unwrap_or_default();
         assert!(
             kept == page,
-            "docs/manifest.md differs from the Manifest type: rerun with PLUGBUS_BLESS=1 \
+            "docs/plugins/manifest.md differs from the Manifest type: rerun with PLUGBUS_BLESS=1 \
              (cargo test --release -p plugbus --lib manifest_reference)"
         );
     }

@@ -1,4 +1,4 @@
-//! Injected storage faults, one per row of `docs/storage-faults.md` that
+//! Injected storage faults, one per row of `docs/operating/storage-faults.md` that
 //! the journal's own tests (`store::journal`) and the end-to-end tests
 //! (`tests/e2e/disk.rs`, `tests/e2e/repair.rs`) do not already cover: a
 //! damaged or missing table, a witness that claims more than the log
