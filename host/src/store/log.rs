@@ -661,6 +661,26 @@ impl Log {
         };
         let count = events.len() as u64;
         let first = events[0].sequence;
+        // The head moves forward only, by the group just committed: its
+        // events follow each other and come after everything shown before
+        // (the committer publishes groups in commit order; 2647a69 fixed a
+        // race that broke this).
+        let before = self.head.load(Ordering::Acquire);
+        assert!(
+            first > before,
+            "group {first}..={last} published at or below the head {before}"
+        );
+        debug_assert!(
+            events
+                .windows(2)
+                .all(|w| w[1].sequence == w[0].sequence + 1),
+            "a committed group's sequences are consecutive"
+        );
+        debug_assert_eq!(
+            last - first + 1,
+            count,
+            "a group's sequences span its events"
+        );
         let gone: Vec<Arc<Event>> = {
             let mut tail = self.tail.write().unwrap_or_else(|p| p.into_inner());
             tail.events.extend(events);
@@ -682,6 +702,10 @@ impl Log {
                     .cloned()
                     .collect()
             };
+            // Watchers never see past the head.
+            debug_assert!(shown
+                .iter()
+                .all(|e| e.sequence <= self.head.load(Ordering::Acquire)));
             o.accepted(&shown);
         }
         self.committed.inc_by(count);

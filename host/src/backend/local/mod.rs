@@ -532,6 +532,19 @@ impl LocalConsumer {
             .collect();
         pending.sort_unstable();
         pending.dedup_by_key(|p| p.0);
+        // A cursor never passes an unsettled event: each one handed out is
+        // after `through` or owed as a pending retry (a re-driven dead
+        // letter is the dead letters' to keep).
+        debug_assert!(
+            (0..self.handed.len())
+                .filter(|&i| unsettled(i) && self.handed[i].origin != Origin::Redrive)
+                .all(|i| {
+                    let seq = self.handed[i].seq;
+                    seq > through || pending.binary_search_by_key(&seq, |p| p.0).is_ok()
+                }),
+            "plugin `{}`: the cursor through {through} passes an unsettled event",
+            self.plugin
+        );
         let mut counts = counts;
         counts.dropped += self
             .drops
