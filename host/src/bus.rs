@@ -497,6 +497,11 @@ impl Bus {
         self.routes.store(Arc::new(Routes::default()));
     }
 
+    /// The sequence of the last event published (0: none).
+    pub fn head(&self) -> u64 {
+        self.next_sequence.load(Ordering::Relaxed).saturating_sub(1)
+    }
+
     /// Events waiting per plugin.
     pub fn queue_depths(&self) -> Vec<(Arc<str>, usize)> {
         self.routes

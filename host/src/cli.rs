@@ -633,64 +633,9 @@ pub struct RunSettings {
 impl RunArgs {
     /// Check combinations and build the settings.
     pub fn settings(&self) -> Result<RunSettings, String> {
-        if !self.listen.ip().is_loopback() && self.auth.is_none() && !self.insecure_no_auth {
-            return Err(format!(
-                "--listen {} is reachable from other machines, and without a token file anyone who reaches it may publish, read every plugin's state, purge dead letters and wipe state by replay; give --auth FILE (make tokens with `plugbus token new NAME --scope ...`), or --insecure-no-auth to accept the risk knowingly",
-                self.listen
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.otlp_sample_ratio) {
-            return Err(format!(
-                "--otlp-sample-ratio {} is not a share; give a number from 0 to 1",
-                self.otlp_sample_ratio
-            ));
-        }
-        if self.backoff_ms_min > self.backoff_ms_max {
-            return Err(format!(
-                "--backoff-ms-min ({}) is larger than --backoff-ms-max ({}); make the minimum the smaller",
-                self.backoff_ms_min, self.backoff_ms_max
-            ));
-        }
-        if self.batch_bytes_max > self.memory_bytes_max / 2 {
-            return Err(format!(
-                "--batch-bytes-max ({}) is more than half of --memory-bytes-max ({}); a plugin must hold a whole batch in its memory, so lower the batch or raise the memory",
-                self.batch_bytes_max, self.memory_bytes_max
-            ));
-        }
-        if self.batch_events_max > self.queue_events_max {
-            return Err(format!(
-                "--batch-events-max ({}) is larger than --queue-events-max ({}); a batch is taken from the queue, so raise the queue or lower the batch",
-                self.batch_events_max, self.queue_events_max
-            ));
-        }
-        let mut ordering_for = std::collections::HashMap::new();
-        for pair in &self.ordering_for {
-            let (plugin, ordering) = pair.split_once('=').ok_or_else(|| {
-                format!("--ordering-for `{pair}`: write PLUGIN=strict or PLUGIN=none")
-            })?;
-            let ordering = ordering
-                .parse()
-                .map_err(|e| format!("--ordering-for `{pair}`: {e}"))?;
-            ordering_for.insert(plugin.to_string(), ordering);
-        }
-        let home = || std::env::var_os("HOME").map(PathBuf::from);
-        let data = if self.memory || self.broker.is_some() {
-            None
-        } else {
-            match self.data.clone().or_else(|| {
-                std::env::var_os("XDG_DATA_HOME")
-                    .map(PathBuf::from)
-                    .or_else(|| home().map(|h| h.join(".local").join("share")))
-                    .map(|d| d.join("plugbus").join("data"))
-            }) {
-                Some(dir) => Some(dir),
-                None => {
-                    return Err(
-                        "no data directory: HOME is not set; pass --data DIR (or --memory)".into(),
-                    )
-                }
-            }
-        };
+        self.check_combinations()?;
+        let ordering_for = self.ordering_for()?;
+        let data = self.data_dir()?;
         let cache_dir = if self.no_cache {
             None
         } else {
@@ -752,6 +697,79 @@ impl RunArgs {
             connections_max: self.connections_max as usize,
             header_timeout: Duration::from_millis(self.header_timeout_ms),
             body_timeout: Duration::from_millis(self.body_timeout_ms),
+        })
+    }
+
+    /// Flags that are each fine but not together.
+    fn check_combinations(&self) -> Result<(), String> {
+        if !self.listen.ip().is_loopback() && self.auth.is_none() && !self.insecure_no_auth {
+            return Err(format!(
+                "--listen {} is reachable from other machines, and without a token file anyone who reaches it may publish, read every plugin's state, purge dead letters and wipe state by replay; give --auth FILE (make tokens with `plugbus token new NAME --scope ...`), or --insecure-no-auth to accept the risk knowingly",
+                self.listen
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.otlp_sample_ratio) {
+            return Err(format!(
+                "--otlp-sample-ratio {} is not a share; give a number from 0 to 1",
+                self.otlp_sample_ratio
+            ));
+        }
+        if self.backoff_ms_min > self.backoff_ms_max {
+            return Err(format!(
+                "--backoff-ms-min ({}) is larger than --backoff-ms-max ({}); make the minimum the smaller",
+                self.backoff_ms_min, self.backoff_ms_max
+            ));
+        }
+        if self.batch_bytes_max > self.memory_bytes_max / 2 {
+            return Err(format!(
+                "--batch-bytes-max ({}) is more than half of --memory-bytes-max ({}); a plugin must hold a whole batch in its memory, so lower the batch or raise the memory",
+                self.batch_bytes_max, self.memory_bytes_max
+            ));
+        }
+        if self.batch_events_max > self.queue_events_max {
+            return Err(format!(
+                "--batch-events-max ({}) is larger than --queue-events-max ({}); a batch is taken from the queue, so raise the queue or lower the batch",
+                self.batch_events_max, self.queue_events_max
+            ));
+        }
+        Ok(())
+    }
+
+    /// `--ordering-for PLUGIN=ORDERING`, by plugin.
+    fn ordering_for(&self) -> Result<std::collections::HashMap<String, RetryOrdering>, String> {
+        let mut ordering_for = std::collections::HashMap::new();
+        for pair in &self.ordering_for {
+            let (plugin, ordering) = pair.split_once('=').ok_or_else(|| {
+                format!("--ordering-for `{pair}`: write PLUGIN=strict or PLUGIN=none")
+            })?;
+            let ordering = ordering
+                .parse()
+                .map_err(|e| format!("--ordering-for `{pair}`: {e}"))?;
+            ordering_for.insert(plugin.to_string(), ordering);
+        }
+        Ok(ordering_for)
+    }
+
+    /// The data directory: none in memory mode and on a broker, else
+    /// `--data` or `$XDG_DATA_HOME/plugbus/data`.
+    fn data_dir(&self) -> Result<Option<PathBuf>, String> {
+        let home = || std::env::var_os("HOME").map(PathBuf::from);
+        Ok(if self.memory || self.broker.is_some() {
+            None
+        } else {
+            match self.data.clone().or_else(|| {
+                std::env::var_os("XDG_DATA_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| home().map(|h| h.join(".local").join("share")))
+                    .map(|d| d.join("plugbus").join("data"))
+            }) {
+                Some(dir) => Some(dir),
+                None => {
+                    return Err(
+                        "no data directory: HOME is not set; pass --data DIR (or --memory)".into(),
+                    )
+                }
+            }
         })
     }
 }

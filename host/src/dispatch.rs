@@ -1,13 +1,14 @@
-//! Where published events go: the in-memory bus (`--memory`), the
-//! durable log, which acknowledges only what it has stored, or a broker
-//! (`--broker`), which does the same. Ingress and the
-//! plugin workers (for follow-up events) publish through this, and need not
-//! know which.
+//! Where published events go: the durable log of the embedded store, which
+//! acknowledges only what it has stored (appended here directly, so that
+//! async code awaits its group commit without holding a thread), or a
+//! backend: a broker (`--broker`), which does the same, or memory mode's
+//! bus (`--memory`). Ingress and the plugin workers (for follow-up events)
+//! publish through this, and need not know which.
 
 use std::sync::Arc;
 
 use crate::backend::{Backend, BackendError};
-use crate::bus::{Bus, PublishError, Published};
+use crate::bus::{PublishError, Published};
 use crate::event::Event;
 use crate::store::log::Log;
 use crate::store::StoreError;
@@ -15,12 +16,12 @@ use crate::store::StoreError;
 /// The publishing side of the host.
 #[derive(Clone)]
 pub enum Dispatch {
-    /// Fan out in memory; lossy on a crash, bounded by queue timeouts.
-    Memory(Arc<Bus>),
     /// Append to the durable log; plugins read it by cursor.
     Durable(Arc<Log>),
-    /// Append to a broker's log; plugins are its consumers.
-    Broker(Arc<dyn Backend>),
+    /// Append through a backend: a broker's log, whose consumers the
+    /// plugins are, or memory mode's bus (lossy on a crash, bounded by
+    /// queue timeouts).
+    Backend(Arc<dyn Backend>),
 }
 
 /// Why a publish failed.
@@ -52,9 +53,8 @@ impl Dispatch {
     pub fn publish(&self, mut events: Vec<Event>) -> Result<Published, DispatchError> {
         accepted_now(&mut events);
         match self {
-            Dispatch::Memory(bus) => Ok(bus.publish(events)?),
             Dispatch::Durable(log) => Ok(published(log.append(events)?)),
-            Dispatch::Broker(b) => Ok(from_broker(b.append(events)?)),
+            Dispatch::Backend(b) => Ok(from_broker(b.append(events).map_err(busy)?)),
         }
     }
 
@@ -64,19 +64,32 @@ impl Dispatch {
     pub async fn publish_async(&self, mut events: Vec<Event>) -> Result<Published, DispatchError> {
         accepted_now(&mut events);
         match self {
-            Dispatch::Memory(bus) if bus.might_wait(events.len()) => {
-                Ok(tokio::task::block_in_place(|| bus.publish(events))?)
-            }
-            Dispatch::Memory(bus) => Ok(bus.publish(events)?),
             Dispatch::Durable(log) => Ok(published(log.submit(events)?.wait_async().await?)),
-            Dispatch::Broker(b) => {
+            Dispatch::Backend(b) if b.appends_without_waiting(events.len()) => {
+                Ok(from_broker(b.append(events).map_err(busy)?))
+            }
+            // Memory mode waiting for room in a queue: on this thread,
+            // handing the runtime's other tasks to another.
+            Dispatch::Backend(b) if !b.capabilities().durable => Ok(from_broker(
+                tokio::task::block_in_place(|| b.append(events)).map_err(busy)?,
+            )),
+            Dispatch::Backend(b) => {
                 let b = b.clone();
                 let appended = tokio::task::spawn_blocking(move || b.append(events))
                     .await
-                    .map_err(|_| StoreError::Closed)??;
+                    .map_err(|_| StoreError::Closed)?
+                    .map_err(busy)?;
                 Ok(from_broker(appended))
             }
         }
+    }
+}
+
+/// A backend's refusal, with memory mode's full queue as such.
+fn busy(e: BackendError) -> DispatchError {
+    match e {
+        BackendError::Busy(p) => DispatchError::Busy(p),
+        other => DispatchError::Broker(other),
     }
 }
 

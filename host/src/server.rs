@@ -173,160 +173,14 @@ async fn connect_broker(
 
 /// Run the host until Ctrl-C or SIGTERM.
 pub async fn run(settings: RunSettings) -> Result<(), StartError> {
-    // The files that guard the API are checked before anything starts.
-    let tokens = match &settings.auth {
-        Some(file) => Some(Arc::new(http::auth::Tokens::load(
-            file,
-            settings.metrics_open,
-        )?)),
-        None => None,
-    };
-    let tls = match &settings.tls {
-        Some((cert, key)) => Some(Arc::new(http::tls::ReloadingCert::load(cert, key)?)),
-        None => None,
-    };
-    if tokens.is_some() && tls.is_none() && !settings.listen.ip().is_loopback() {
-        tracing::warn!(listen = %settings.listen, "tokens cross the network in clear text: anyone on the path can read and reuse them; serve TLS with --tls-cert and --tls-key");
-    }
+    let (tokens, tls) = api_guards(&settings)?;
     raise_open_files_limit();
     let metrics = Arc::new(Metrics::new());
-    let mut runtime = Runtime::new(settings.limits.clone(), settings.cache_dir.clone())
-        .map_err(StartError::Runtime)?;
-    if settings.tiered {
-        match std::env::current_exe() {
-            Ok(exe) => runtime = runtime.tiered(exe),
-            Err(e) => tracing::warn!(
-                "cannot find the plugbus binary ({e}); plugins missing from the compile cache are compiled optimized at start"
-            ),
-        }
-    }
-    let runtime = Arc::new(runtime);
-    let dispatch = match (&settings.data, &settings.broker) {
-        (_, Some(url)) => Dispatch::Broker(
-            connect_broker(
-                url,
-                settings.dedup_window,
-                crate::backend::Access {
-                    ca: settings.broker_ca.clone(),
-                    creds: settings.broker_creds.clone(),
-                },
-                settings.take_over_broker,
-            )
-            .await?,
-        ),
-        (None, None) => {
-            tracing::info!(
-                "memory mode: events are not stored, a crash or a full queue loses them"
-            );
-            Dispatch::Memory(Arc::new(Bus::new(
-                settings.publish_timeout,
-                metrics.clone(),
-            )))
-        }
-        (Some(dir), None) => {
-            let store = Store::open_accepting_loss(
-                dir,
-                settings.fsync,
-                settings.accept_lost_events,
-                settings.disk_reserve_bytes,
-            )?
-            .with_fsync_histogram(metrics.fsync_seconds.clone());
-            tracing::info!(data = %dir.display(), fsync = ?settings.fsync, events = store.last_sequence(), disk_reserve_bytes = store.disk_reserve_bytes(), "event log opened");
-            for r in store.lost_ranges()? {
-                tracing::warn!(data = %dir.display(), repair = %r.repair, "sequences {}..={} were lost to damage ({}); reading one answers 410", r.from, r.to, r.reason);
-            }
-            let mut retention = settings.retention;
-            if retention.bytes.is_none() {
-                if let Ok(total) = fs4::total_space(dir) {
-                    let keep = crate::store::retention_bytes_for(total, store.disk_reserve_bytes());
-                    retention.bytes = Some(keep);
-                    tracing::info!(data = %dir.display(), retention_bytes = keep, "the log keeps at most {:.1} MiB of events every plugin has finished (a third of the file system above the reserve; --retention-bytes sets it); unfinished events are never trimmed", keep as f64 / f64::from(1 << 20));
-                }
-            }
-            let log = Log::start_with(
-                store,
-                metrics.published.clone(),
-                LogOptions {
-                    fsync: settings.fsync,
-                    dedup_window: settings.dedup_window,
-                    retention,
-                },
-            )?;
-            // The recovered log is checked for holes beside the host's work.
-            let checked = log.clone();
-            tokio::task::spawn_blocking(move || {
-                let store = checked.store();
-                match store.unexplained_holes(checked.head()) {
-                    Ok(holes) if holes.is_empty() => {}
-                    Ok(holes) => {
-                        tracing::error!(data = %store.dir().display(), "the log has holes no repair recorded, sequences {holes:?}: damage the storage engine cut away; stop the host and run `plugbus repair --data {}` to record them (reading them answers 410 after it)", store.dir().display());
-                        store.note_holes(holes);
-                    }
-                    Err(e) => tracing::warn!("cannot check the log for holes: {e}"),
-                }
-            });
-            let announced = tokio::task::block_in_place(|| crate::store::lost::announce(&log))?;
-            if announced > 0 {
-                tracing::info!(
-                    ranges = announced,
-                    "published {} for the ranges a repair found",
-                    crate::store::lost::LOST_TOPIC
-                );
-            }
-            Dispatch::Durable(log)
-        }
-    };
-    let observer = Arc::new(crate::observe::Observer::new(&metrics));
-    // Counting stops once nobody has looked for a while.
-    let expiring = observer.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            expiring.expire();
-        }
-    });
-    match &dispatch {
-        Dispatch::Memory(bus) => bus.observe(observer.clone()),
-        Dispatch::Durable(log) => log.observe(observer.clone()),
-        Dispatch::Broker(backend) => {
-            tokio::spawn(crate::observe::follow::follow(
-                Arc::new(LogHistory(backend.clone())),
-                observer.clone(),
-            ));
-        }
-    }
-    let registry = Arc::new(Registry::new(
-        dispatch.clone(),
-        runtime,
-        metrics.clone(),
-        settings.delivery.clone(),
-    ));
-    registry.start_optimizer()?;
-    // On the embedded store only: on a broker every host would read the
-    // whole shared log every minute (there the audit is asked for).
-    if matches!(dispatch, Dispatch::Durable(_))
-        && registry.backend().is_some_and(|b| !b.capabilities().shared)
-    {
-        tokio::spawn(audit_every(registry.clone(), AUDIT_EVERY));
-    }
-    if let (Dispatch::Durable(_), Some(backend)) = (&dispatch, registry.backend()) {
-        observer.history_from(Arc::new(LogHistory(backend)));
-    }
-    let dir = settings.plugins.clone();
-    // Watch first, so that nothing deployed while the others load is missed
-    // (the registry serialises the two).
-    let watch = match crate::plugin::watch::DirWatch::start(registry.clone(), &dir) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!("{e}");
-            None
-        }
-    };
-    let loader = registry.clone();
-    let failures = tokio::task::spawn_blocking(move || loader.load_dir(&dir))
-        .await
-        .map_err(|e| StartError::Runtime(format!("plugin loading panicked: {e}")))??;
+    let runtime = make_runtime(&settings)?;
+    let dispatch = open_dispatch(&settings, &metrics).await?;
+    let observer = start_observer(&metrics, &dispatch);
+    let (registry, watch, failures) =
+        start_plugins(&settings, &dispatch, runtime, &metrics, &observer).await?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -354,7 +208,7 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
     };
     let data_dir = store.as_ref().map(|s| s.dir().to_path_buf());
     let broker = match &dispatch {
-        Dispatch::Broker(b) => Some(b.clone()),
+        Dispatch::Backend(b) if b.capabilities().durable => Some(b.clone()),
         _ => None,
     };
     let app = http::router(AppState {
@@ -389,6 +243,19 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
     };
     http::serve::serve(listener, app, options, metrics, shutdown).await?;
     let stop = stop_rx.await.unwrap_or(Stop::Asked);
+    wind_down(stop, watch, registry, data_dir).await
+}
+
+/// After the API stopped: on a failed store, stop at once (nothing more
+/// can be committed: what was acknowledged is durable, the rest comes
+/// again); else stop watching, deliver what is queued, and say why it
+/// stopped.
+async fn wind_down(
+    stop: Stop,
+    watch: Option<crate::plugin::watch::DirWatch>,
+    registry: Arc<Registry>,
+    data_dir: Option<std::path::PathBuf>,
+) -> Result<(), StartError> {
     if let Stop::StoreFailed(reason) = stop {
         // Nothing more can be committed: no drain, as after a crash; what
         // was acknowledged is durable, the rest comes again.
@@ -411,6 +278,221 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         Stop::TakenOver(theirs) => Err(StartError::TakenOver { theirs }),
         _ => Ok(()),
     }
+}
+
+/// The plugins: the registry on `dispatch`, the periodic audit (embedded
+/// store), the observer's history, the directory watched first (so that
+/// nothing deployed while the others load is missed), then every plugin
+/// in it loaded; the failures, each logged, are returned.
+async fn start_plugins(
+    settings: &RunSettings,
+    dispatch: &Dispatch,
+    runtime: Arc<Runtime>,
+    metrics: &Arc<Metrics>,
+    observer: &crate::observe::Observer,
+) -> Result<
+    (
+        Arc<Registry>,
+        Option<crate::plugin::watch::DirWatch>,
+        Vec<crate::plugin::PluginError>,
+    ),
+    StartError,
+> {
+    let registry = Arc::new(Registry::new(
+        dispatch.clone(),
+        runtime,
+        metrics.clone(),
+        settings.delivery.clone(),
+    ));
+    registry.start_optimizer()?;
+    // On the embedded store only: on a broker every host would read the
+    // whole shared log every minute (there the audit is asked for).
+    if matches!(dispatch, Dispatch::Durable(_))
+        && registry.backend().is_some_and(|b| !b.capabilities().shared)
+    {
+        tokio::spawn(audit_every(registry.clone(), AUDIT_EVERY));
+    }
+    if let (Dispatch::Durable(_), Some(backend)) = (&dispatch, registry.backend()) {
+        observer.history_from(Arc::new(LogHistory(backend)));
+    }
+    let dir = settings.plugins.clone();
+    // Watch first, so that nothing deployed while the others load is missed
+    // (the registry serialises the two).
+    let watch = match crate::plugin::watch::DirWatch::start(registry.clone(), &dir) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!("{e}");
+            None
+        }
+    };
+    let loader = registry.clone();
+    let failures = tokio::task::spawn_blocking(move || loader.load_dir(&dir))
+        .await
+        .map_err(|e| StartError::Runtime(format!("plugin loading panicked: {e}")))??;
+    Ok((registry, watch, failures))
+}
+
+/// The files that guard the API (the token file, the TLS pair), checked
+/// before anything starts.
+type Guards = (
+    Option<Arc<http::auth::Tokens>>,
+    Option<Arc<http::tls::ReloadingCert>>,
+);
+
+fn api_guards(settings: &RunSettings) -> Result<Guards, StartError> {
+    let tokens = match &settings.auth {
+        Some(file) => Some(Arc::new(http::auth::Tokens::load(
+            file,
+            settings.metrics_open,
+        )?)),
+        None => None,
+    };
+    let tls = match &settings.tls {
+        Some((cert, key)) => Some(Arc::new(http::tls::ReloadingCert::load(cert, key)?)),
+        None => None,
+    };
+    if tokens.is_some() && tls.is_none() && !settings.listen.ip().is_loopback() {
+        tracing::warn!(listen = %settings.listen, "tokens cross the network in clear text: anyone on the path can read and reuse them; serve TLS with --tls-cert and --tls-key");
+    }
+    Ok((tokens, tls))
+}
+
+/// The plugins' runtime: its limits, its compile cache, and tiering (a
+/// plugin missing from the cache starts on the baseline compiler).
+fn make_runtime(settings: &RunSettings) -> Result<Arc<Runtime>, StartError> {
+    let mut runtime = Runtime::new(settings.limits.clone(), settings.cache_dir.clone())
+        .map_err(StartError::Runtime)?;
+    if settings.tiered {
+        match std::env::current_exe() {
+            Ok(exe) => runtime = runtime.tiered(exe),
+            Err(e) => tracing::warn!(
+                "cannot find the plugbus binary ({e}); plugins missing from the compile cache are compiled optimized at start"
+            ),
+        }
+    }
+    Ok(Arc::new(runtime))
+}
+
+/// Where events go: a broker, memory mode's bus, or the embedded log.
+async fn open_dispatch(
+    settings: &RunSettings,
+    metrics: &Arc<Metrics>,
+) -> Result<Dispatch, StartError> {
+    Ok(match (&settings.data, &settings.broker) {
+        (_, Some(url)) => Dispatch::Backend(
+            connect_broker(
+                url,
+                settings.dedup_window,
+                crate::backend::Access {
+                    ca: settings.broker_ca.clone(),
+                    creds: settings.broker_creds.clone(),
+                },
+                settings.take_over_broker,
+            )
+            .await?,
+        ),
+        (None, None) => {
+            tracing::info!(
+                "memory mode: events are not stored, a crash or a full queue loses them"
+            );
+            let bus = Arc::new(Bus::new(settings.publish_timeout, metrics.clone()));
+            Dispatch::Backend(Arc::new(crate::backend::memory::MemoryBackend::new(
+                bus,
+                metrics.clone(),
+            )))
+        }
+        (Some(dir), None) => Dispatch::Durable(open_log(dir, settings, metrics)?),
+    })
+}
+
+/// The embedded log in `dir`: opened (refusing damage it cannot explain),
+/// retention sized to the device unless set, its committer started, a
+/// check for holes beside the host's work, the lost ranges announced.
+fn open_log(
+    dir: &std::path::Path,
+    settings: &RunSettings,
+    metrics: &Metrics,
+) -> Result<Arc<Log>, StartError> {
+    let store = Store::open_accepting_loss(
+        dir,
+        settings.fsync,
+        settings.accept_lost_events,
+        settings.disk_reserve_bytes,
+    )?
+    .with_fsync_histogram(metrics.fsync_seconds.clone());
+    tracing::info!(data = %dir.display(), fsync = ?settings.fsync, events = store.last_sequence(), disk_reserve_bytes = store.disk_reserve_bytes(), "event log opened");
+    for r in store.lost_ranges()? {
+        tracing::warn!(data = %dir.display(), repair = %r.repair, "sequences {}..={} were lost to damage ({}); reading one answers 410", r.from, r.to, r.reason);
+    }
+    let mut retention = settings.retention;
+    if retention.bytes.is_none() {
+        if let Ok(total) = fs4::total_space(dir) {
+            let keep = crate::store::retention_bytes_for(total, store.disk_reserve_bytes());
+            retention.bytes = Some(keep);
+            tracing::info!(data = %dir.display(), retention_bytes = keep, "the log keeps at most {:.1} MiB of events every plugin has finished (a third of the file system above the reserve; --retention-bytes sets it); unfinished events are never trimmed", keep as f64 / f64::from(1 << 20));
+        }
+    }
+    let log = Log::start_with(
+        store,
+        metrics.published.clone(),
+        LogOptions {
+            fsync: settings.fsync,
+            dedup_window: settings.dedup_window,
+            retention,
+        },
+    )?;
+    // The recovered log is checked for holes beside the host's work.
+    let checked = log.clone();
+    tokio::task::spawn_blocking(move || {
+        let store = checked.store();
+        match store.unexplained_holes(checked.head()) {
+            Ok(holes) if holes.is_empty() => {}
+            Ok(holes) => {
+                tracing::error!(data = %store.dir().display(), "the log has holes no repair recorded, sequences {holes:?}: damage the storage engine cut away; stop the host and run `plugbus repair --data {}` to record them (reading them answers 410 after it)", store.dir().display());
+                store.note_holes(holes);
+            }
+            Err(e) => tracing::warn!("cannot check the log for holes: {e}"),
+        }
+    });
+    let announced = tokio::task::block_in_place(|| crate::store::lost::announce(&log))?;
+    if announced > 0 {
+        tracing::info!(
+            ranges = announced,
+            "published {} for the ranges a repair found",
+            crate::store::lost::LOST_TOPIC
+        );
+    }
+    Ok(log)
+}
+
+/// The console's observer of the flow: shown every event the log or the
+/// bus commits, or following a broker's log; it stops counting once
+/// nobody has looked for a while.
+fn start_observer(metrics: &Metrics, dispatch: &Dispatch) -> Arc<crate::observe::Observer> {
+    let observer = Arc::new(crate::observe::Observer::new(metrics));
+    // Counting stops once nobody has looked for a while.
+    let expiring = observer.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            expiring.expire();
+        }
+    });
+    match &dispatch {
+        Dispatch::Durable(log) => log.observe(observer.clone()),
+        // Memory mode's bus shows what it accepts; a broker's log is
+        // followed.
+        Dispatch::Backend(backend) => {
+            if !backend.observe(observer.clone()) {
+                tokio::spawn(crate::observe::follow::follow(
+                    Arc::new(LogHistory(backend.clone())),
+                    observer.clone(),
+                ));
+            }
+        }
+    }
+    observer
 }
 
 async fn shutdown_signal() {

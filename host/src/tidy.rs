@@ -35,50 +35,6 @@ const LONG_FUNCTIONS: &[(&str, &str)] = &[
         "host/src/backend/conformance.rs:the_audit_holds_through_every_verdict",
         "test code: one scenario through every verdict, in order",
     ),
-    (
-        "host/src/author/dev.rs:dev",
-        "to split (issue 28): the dev loop's set-up, watch and rebuild",
-    ),
-    (
-        "host/src/backend/local/consumer.rs:settle",
-        "to split (issue 28): a settlement's outcomes, then its commit",
-    ),
-    (
-        "host/src/backend/nats/consumer.rs:settle",
-        "to split (issue 28): a settlement's outcomes, then its commit",
-    ),
-    (
-        "host/src/backend/redis/consumer.rs:send_settlement",
-        "to split (issue 28): the script's arguments, then the call",
-    ),
-    (
-        "host/src/cli.rs:settings",
-        "to split (issue 28): the run flags' checks, then the settings",
-    ),
-    (
-        "host/src/http/stream.rs:feed",
-        "to split (issue 28): a live tail's catch-up, then its feed",
-    ),
-    (
-        "host/src/plugin/manifest.rs:check",
-        "to split (issue 28): one check per manifest section",
-    ),
-    (
-        "host/src/plugin/status.rs:status",
-        "to split (issue 28): a plugin's status, part by part",
-    ),
-    (
-        "host/src/plugin/mod.rs:start_loaded",
-        "to split (issue 28): lifecycle, policy and I/O in one",
-    ),
-    (
-        "host/src/plugin/worker/mod.rs:deliver",
-        "to split (issue 28): the call, its outcomes and the settlement",
-    ),
-    (
-        "host/src/server.rs:run",
-        "to split (issue 28): the host's start, step by step",
-    ),
 ];
 
 fn root() -> PathBuf {

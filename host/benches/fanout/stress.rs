@@ -172,11 +172,14 @@ pub(crate) fn concurrency_rate(rt: Arc<Runtime>, workers: usize, work_us: u64, n
             "concurrency = {workers}\nordering_key = \"subject\"\n[config]\nmode = \"work\"\nwork_us = \"{work_us}\"\nsubscribe = \"order.placed\"\n"
         )),
     );
-    let bus = Arc::new(Bus::new(Duration::from_secs(60), Arc::new(Metrics::new())));
+    let metrics = Arc::new(Metrics::new());
+    let bus = Arc::new(Bus::new(Duration::from_secs(60), metrics.clone()));
     let registry = Registry::new(
-        plugbus::dispatch::Dispatch::Memory(bus.clone()),
+        plugbus::dispatch::Dispatch::Backend(Arc::new(
+            plugbus::backend::memory::MemoryBackend::new(bus.clone(), metrics.clone()),
+        )),
         rt,
-        Arc::new(Metrics::new()),
+        metrics,
         DeliverySettings::default(),
     );
     registry.start(&file).expect("work plugin starts");

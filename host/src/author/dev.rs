@@ -73,29 +73,7 @@ pub fn dev(project: &Project, opts: &DevOptions, out: &mut dyn Write) -> Result<
     on_signal(tx.clone());
     // Watching from the start: a change made while the first build runs
     // is rebuilt right after it.
-    let watch_tx = tx.clone();
-    let root = project.dir.clone();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(event) = res {
-            if !matches!(event.kind, notify::EventKind::Access(_)) {
-                for p in event.paths {
-                    if is_source(&root, &p) {
-                        let _ = watch_tx.send(Cue::Changed(p));
-                    }
-                }
-            }
-        }
-    })
-    .map_err(|e| AuthorError::Toolchain {
-        what: "a file watcher".into(),
-        fix: format!("{e}; raise fs.inotify.max_user_watches"),
-    })?;
-    watcher
-        .watch(&project.dir, notify::RecursiveMode::Recursive)
-        .map_err(|e| AuthorError::Toolchain {
-            what: format!("watching {}", project.dir.display()),
-            fix: e.to_string(),
-        })?;
+    let watcher = watch_sources(project, tx.clone())?;
     let build_opts = BuildOptions {
         release: opts.release,
         cache_dir: opts.cache_dir.clone(),
@@ -125,19 +103,7 @@ pub fn dev(project: &Project, opts: &DevOptions, out: &mut dyn Write) -> Result<
     );
     publish_fixtures(project, &host.client, out)?;
 
-    let stdin_tx = tx.clone();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let cue = match line.as_deref().map(str::trim) {
-                Ok("q") | Ok("quit") | Err(_) => Cue::Quit,
-                Ok(_) => Cue::Publish,
-            };
-            let quit = matches!(cue, Cue::Quit);
-            if stdin_tx.send(cue).is_err() || quit {
-                return;
-            }
-        }
-    });
+    read_keys(tx.clone());
 
     let quiet = BuildOptions {
         quiet: true,
@@ -152,53 +118,126 @@ pub fn dev(project: &Project, opts: &DevOptions, out: &mut dyn Write) -> Result<
             }
             Ok(Cue::Changed(p)) => p,
         };
-        // An editor writes a file in several steps: take them together.
-        let changed_at = Instant::now();
-        let mut quit = false;
-        let mut first = first;
-        while let Ok(cue) = rx.recv_timeout(Duration::from_millis(100)) {
-            match cue {
-                Cue::Quit => quit = true,
-                // An editor's temporary file is gone by now; the file it
-                // saved is not.
-                Cue::Changed(p) if !first.exists() => first = p,
-                _ => {}
-            }
-        }
-        if quit {
+        let Some(changed) = settle_changes(&rx, first) else {
             break;
-        }
-        let shown = first.strip_prefix(&project.dir).unwrap_or(&first);
-        let _ = writeln!(out, "changed: {}; rebuilding", shown.display());
-        let built = match build::build(project, &quiet, out) {
-            Ok(b) => b,
-            Err(e) => {
-                let _ = writeln!(
-                    out,
-                    "build failed: {e}\nthe running version stays; fix and save again"
-                );
-                continue;
-            }
         };
-        let deployed = deploy(project, &plugins, &built.wasm)?;
-        if let Err(e) = wait_live(&host.client, &project.name, &deployed) {
-            let _ = writeln!(out, "the new build did not start: {e}");
-            continue;
-        }
-        let _ = writeln!(
-            out,
-            "{} {} is live, {:.1} s after the change (build {:.1} s, load {:.1} s)",
-            project.name,
-            built.version,
-            changed_at.elapsed().as_secs_f64(),
-            built.build_time.as_secs_f64(),
-            built.check_time.as_secs_f64()
-        );
-        publish_fixtures(project, &host.client, out)?;
+        rebuild(project, &quiet, &host, &plugins, &changed, out)?;
     }
     drop(watcher);
     let _ = writeln!(out, "plugbus dev: stopping");
     drop(host);
+    Ok(())
+}
+
+/// Watch the project's sources (not `target/` or `dist/`): each change is
+/// a cue.
+fn watch_sources(
+    project: &Project,
+    tx: crossbeam_channel::Sender<Cue>,
+) -> Result<notify::RecommendedWatcher, AuthorError> {
+    let watch_tx = tx;
+    let root = project.dir.clone();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res {
+            if !matches!(event.kind, notify::EventKind::Access(_)) {
+                for p in event.paths {
+                    if is_source(&root, &p) {
+                        let _ = watch_tx.send(Cue::Changed(p));
+                    }
+                }
+            }
+        }
+    })
+    .map_err(|e| AuthorError::Toolchain {
+        what: "a file watcher".into(),
+        fix: format!("{e}; raise fs.inotify.max_user_watches"),
+    })?;
+    watcher
+        .watch(&project.dir, notify::RecursiveMode::Recursive)
+        .map_err(|e| AuthorError::Toolchain {
+            what: format!("watching {}", project.dir.display()),
+            fix: e.to_string(),
+        })?;
+    Ok(watcher)
+}
+
+/// Enter publishes the fixtures again, `q` (or the end of input) quits.
+fn read_keys(tx: crossbeam_channel::Sender<Cue>) {
+    let stdin_tx = tx;
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let cue = match line.as_deref().map(str::trim) {
+                Ok("q") | Ok("quit") | Err(_) => Cue::Quit,
+                Ok(_) => Cue::Publish,
+            };
+            let quit = matches!(cue, Cue::Quit);
+            if stdin_tx.send(cue).is_err() || quit {
+                return;
+            }
+        }
+    });
+}
+
+/// The changes that follow `first` within 100 ms, taken together (an
+/// editor writes a file in several steps): the file that changed, when,
+/// or none when asked to quit meanwhile.
+fn settle_changes(
+    rx: &crossbeam_channel::Receiver<Cue>,
+    first: PathBuf,
+) -> Option<(PathBuf, Instant)> {
+    // An editor writes a file in several steps: take them together.
+    let changed_at = Instant::now();
+    let mut quit = false;
+    let mut first = first;
+    while let Ok(cue) = rx.recv_timeout(Duration::from_millis(100)) {
+        match cue {
+            Cue::Quit => quit = true,
+            // An editor's temporary file is gone by now; the file it
+            // saved is not.
+            Cue::Changed(p) if !first.exists() => first = p,
+            _ => {}
+        }
+    }
+    (!quit).then_some((first, changed_at))
+}
+
+/// Rebuild after a change, swap the new build in and show what it does
+/// with the fixtures; a failed build or start keeps the running version.
+fn rebuild(
+    project: &Project,
+    quiet: &BuildOptions,
+    host: &Host,
+    plugins: &std::path::Path,
+    changed: &(PathBuf, Instant),
+    out: &mut dyn Write,
+) -> Result<(), AuthorError> {
+    let shown = changed.0.strip_prefix(&project.dir).unwrap_or(&changed.0);
+    let _ = writeln!(out, "changed: {}; rebuilding", shown.display());
+    let built = match build::build(project, quiet, out) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "build failed: {e}\nthe running version stays; fix and save again"
+            );
+            return Ok(());
+        }
+    };
+    let deployed = deploy(project, plugins, &built.wasm)?;
+    if let Err(e) = wait_live(&host.client, &project.name, &deployed) {
+        let _ = writeln!(out, "the new build did not start: {e}");
+        return Ok(());
+    }
+    let _ = writeln!(
+        out,
+        "{} {} is live, {:.1} s after the change (build {:.1} s, load {:.1} s)",
+        project.name,
+        built.version,
+        changed.1.elapsed().as_secs_f64(),
+        built.build_time.as_secs_f64(),
+        built.check_time.as_secs_f64()
+    );
+    publish_fixtures(project, &host.client, out)?;
     Ok(())
 }
 

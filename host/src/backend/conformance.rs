@@ -45,6 +45,15 @@ impl Harness {
         }
     }
 
+    fn memory() -> Harness {
+        let backend: Arc<dyn Backend> = Arc::new(super::memory::MemoryBackend::standalone());
+        Harness {
+            other: backend.clone(),
+            backend,
+            _keep: Box::new(()),
+        }
+    }
+
     fn redis() -> Harness {
         let server = plugbus_e2e::brokers::Redis::start().unwrap_or_else(|e| panic!("{e}"));
         let open = || -> Arc<dyn Backend> {
@@ -204,8 +213,9 @@ fn reads_batches_of_the_plugins_topics_in_order(h: Harness) {
             )
         })
         .collect();
-    h.backend.append(events).expect("append");
+    // Subscribed first: memory mode keeps no log to read from.
     let mut c = h.consumer("email", &["order.*"], HUNG);
+    h.backend.append(events).expect("append");
     let first = c.next_batch(3, HUNG).expect("batch");
     assert_eq!(
         seqs(&first),
@@ -220,11 +230,12 @@ fn reads_batches_of_the_plugins_topics_in_order(h: Harness) {
 }
 
 fn settles_state_and_follow_ups_with_the_ack(h: Harness) {
-    h.backend
-        .append(vec![event("order.placed", 1)])
-        .expect("append");
+    let mut next = h.consumer("shipping", &["inventory.*"], HUNG);
     {
         let mut c = h.consumer("inventory", &["order.placed"], HUNG);
+        h.backend
+            .append(vec![event("order.placed", 1)])
+            .expect("append");
         let got = take(c.as_mut(), 1);
         let mut s = acks(&got);
         s.writes = vec![
@@ -240,9 +251,16 @@ fn settles_state_and_follow_ups_with_the_ack(h: Harness) {
     );
     let listed = h.backend.kv_list("inventory", None, 10).expect("list");
     assert_eq!(listed, [("stock:w".to_string(), b"9".to_vec())]);
-    let log = h.backend.read(1, 10).expect("read");
-    assert_eq!(log.len(), 2, "the follow-up is in the log");
-    assert_eq!(log[1].topic, "inventory.reserved");
+    if h.backend.capabilities().durable {
+        let log = h.backend.read(1, 10).expect("read");
+        assert_eq!(log.len(), 2, "the follow-up is in the log");
+        assert_eq!(log[1].topic, "inventory.reserved");
+    } else {
+        assert!(matches!(
+            h.backend.read(1, 10),
+            Err(BackendError::NotOffered { .. })
+        ));
+    }
     // Acked: a consumer opened again does not get it again, and another
     // plugin gets the follow-up.
     let mut again = h.consumer("inventory", &["order.placed"], HUNG);
@@ -250,15 +268,14 @@ fn settles_state_and_follow_ups_with_the_ack(h: Harness) {
         .next_batch(10, Duration::from_millis(50))
         .expect("batch")
         .is_empty());
-    let mut next = h.consumer("shipping", &["inventory.*"], HUNG);
     assert_eq!(seqs(&take(next.as_mut(), 1)), [2]);
 }
 
 fn retries_after_the_delay_with_the_next_attempt(h: Harness) {
+    let mut c = h.consumer("email", &["order.placed"], HUNG);
     h.backend
         .append(vec![event("order.placed", 1), event("order.placed", 2)])
         .expect("append");
-    let mut c = h.consumer("email", &["order.placed"], HUNG);
     let got = take(c.as_mut(), 2);
     c.settle(Settlement {
         verdicts: vec![
@@ -459,6 +476,7 @@ fn hands_back_at_once_on_release(h: Harness) {
 }
 
 fn refuses_writes_made_from_values_that_changed(h: Harness) {
+    let mut c = h.consumer("analytics", &["order.placed"], HUNG);
     h.backend
         .append(vec![event("order.placed", 1)])
         .expect("append");
@@ -466,7 +484,6 @@ fn refuses_writes_made_from_values_that_changed(h: Harness) {
     h.backend
         .put_state("analytics", orders("1"))
         .expect("state");
-    let mut c = h.consumer("analytics", &["order.placed"], HUNG);
     let got = take(c.as_mut(), 1);
     // The batch read orders = 1 and wrote 2; meanwhile another writer
     // (another host of the plugin) made it 5.
@@ -862,6 +879,91 @@ macro_rules! conformance {
             }
         }
     };
+}
+
+/// What memory mode declares it does not keep, and that it answers so:
+/// nothing durable, no duplicate window, no atomic settlement (state, then
+/// follow-ups), one host; no log to read back or replay, no dead letters.
+/// The cases that need them run on the other backends only.
+fn declares_what_it_does_not_keep(h: Harness) {
+    let caps = h.backend.capabilities();
+    assert!(!caps.durable && !caps.atomic_settle && !caps.fenced && !caps.shared);
+    assert_eq!(caps.dedup_window, Duration::ZERO);
+    let mut c = h.consumer("email", &["order.placed"], HUNG);
+    let a = event("order.placed", 1);
+    let first = h.backend.append(vec![a.clone()]).expect("append");
+    let again = h.backend.append(vec![a]).expect("append");
+    assert_eq!(
+        (first.sequences, again.sequences, again.duplicates),
+        (vec![1], vec![2], 0),
+        "no duplicate window: the same id is a second event"
+    );
+    assert_eq!(h.backend.head().expect("head"), 2);
+    let got = take(c.as_mut(), 2);
+    c.settle(Settlement {
+        verdicts: vec![
+            (got[0].event.sequence, Verdict::Dead("gone".into())),
+            (got[1].event.sequence, Verdict::Ack),
+        ],
+        ..Settlement::default()
+    })
+    .expect("settle");
+    let not_kept = |r: Result<(), BackendError>, what: &str| {
+        assert!(
+            matches!(r, Err(BackendError::NotOffered { .. })),
+            "{what}: {r:?}"
+        );
+    };
+    not_kept(h.backend.read(1, 10).map(drop), "read");
+    not_kept(h.backend.dead_letters("email").map(drop), "dead letters");
+    not_kept(
+        h.backend.redrive("email", &Selection::All).map(drop),
+        "redrive",
+    );
+    not_kept(h.backend.purge("email", &Selection::All).map(drop), "purge");
+    not_kept(
+        h.backend.replay("email", Start::Sequence(1), true),
+        "replay",
+    );
+    not_kept(
+        h.backend.first_since(SystemTime::now()).map(drop),
+        "first since",
+    );
+    // An event published before a plugin subscribed is not kept for it.
+    h.backend
+        .append(vec![event("user.signed_up", 3)])
+        .expect("append");
+    let mut late = h.consumer("welcome", &["user.*"], HUNG);
+    assert!(late
+        .next_batch(10, Duration::from_millis(50))
+        .expect("batch")
+        .is_empty());
+}
+
+/// Memory mode: the cases of what it keeps, and its declaration.
+mod memory {
+    use super::*;
+
+    #[test]
+    fn declares_what_it_does_not_keep() {
+        super::declares_what_it_does_not_keep(Harness::memory());
+    }
+    #[test]
+    fn reads_batches_of_the_plugins_topics_in_order() {
+        super::reads_batches_of_the_plugins_topics_in_order(Harness::memory());
+    }
+    #[test]
+    fn settles_state_and_follow_ups_with_the_ack() {
+        super::settles_state_and_follow_ups_with_the_ack(Harness::memory());
+    }
+    #[test]
+    fn retries_after_the_delay_with_the_next_attempt() {
+        super::retries_after_the_delay_with_the_next_attempt(Harness::memory());
+    }
+    #[test]
+    fn refuses_writes_made_from_values_that_changed() {
+        super::refuses_writes_made_from_values_that_changed(Harness::memory());
+    }
 }
 
 conformance!(embedded);

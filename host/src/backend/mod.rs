@@ -27,6 +27,7 @@
 
 pub mod embedded;
 pub mod local;
+pub mod memory;
 pub mod nats;
 pub mod redis;
 
@@ -114,6 +115,9 @@ pub struct Capabilities {
     /// How long an appended id is remembered: an event appended again
     /// within it is not stored twice.
     pub dedup_window: Duration,
+    /// Events, state, cursors and dead letters survive the process (all
+    /// but memory mode).
+    pub durable: bool,
 }
 
 /// Where a replay starts.
@@ -164,6 +168,9 @@ pub struct ConsumerOptions {
     /// Drop what a full queue has no room for, counting it here, rather
     /// than wait (`overflow.policy = "drop"`).
     pub drop_when_full: Option<prometheus_client::metrics::counter::Counter>,
+    /// What a full queue does to a publisher, where publishers wait for a
+    /// consumer's queue (memory mode's bus).
+    pub overflow: crate::bus::Overflow,
 }
 
 impl ConsumerOptions {
@@ -179,6 +186,7 @@ impl ConsumerOptions {
             strict: false,
             queue_events_max: 10_000,
             drop_when_full: None,
+            overflow: crate::bus::Overflow::default(),
         }
     }
 }
@@ -249,6 +257,10 @@ pub enum BackendError {
     /// The embedded store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A plugin's queue stayed full (memory mode): the events from
+    /// `accepted` on were not published.
+    #[error(transparent)]
+    Busy(#[from] crate::bus::PublishError),
     /// The broker cannot be reached (or the connection dropped mid-call):
     /// nothing of the call is known to have taken effect unless it is
     /// retried with the same ids.
@@ -346,6 +358,23 @@ pub enum BackendError {
         /// The sequence.
         sequence: u64,
     },
+}
+
+/// [`Backend::consumer`] for a backend whose [`Backend::consumers`]
+/// opens them: its one consumer, of one part.
+pub(crate) fn first_of_consumers(
+    backend: &dyn Backend,
+    plugin: &str,
+    options: ConsumerOptions,
+) -> Result<Box<dyn Consumer>, BackendError> {
+    let mut one = backend.consumers(
+        plugin,
+        ConsumerOptions {
+            parts: 1,
+            ..options
+        },
+    )?;
+    one.pop().ok_or(BackendError::Closed)
 }
 
 /// When a wait of `wait` from now ends (a wait too long to add ends in a
@@ -479,6 +508,31 @@ pub trait Backend: Send + Sync {
     /// Store `events` in order, durably before returning; an id seen within
     /// the dedup window is not stored again.
     fn append(&self, events: Vec<Event>) -> Result<Appended, BackendError>;
+
+    /// Whether appending `events` events now returns without waiting for
+    /// I/O or for room, so that async code may call [`Backend::append`]
+    /// in place (memory mode, when no queue is near full).
+    fn appends_without_waiting(&self, events: usize) -> bool {
+        let _ = events;
+        false
+    }
+
+    /// `plugin` stopped on this host: its consumers are gone (memory mode
+    /// stops fanning events out to it).
+    fn stopped(&self, plugin: &str) {
+        let _ = plugin;
+    }
+
+    /// The host is stopping: consumers' sources end once drained.
+    fn close(&self) {}
+
+    /// Show every event it accepts to `watcher` as it accepts it, where
+    /// the backend can (memory mode); false where the host follows the
+    /// backend's log instead (a broker's, shared by every host).
+    fn observe(&self, watcher: Arc<dyn crate::event::Watcher>) -> bool {
+        let _ = watcher;
+        false
+    }
 
     /// Open `plugin`'s delivery on this host.
     fn consumer(

@@ -517,13 +517,19 @@ fn letter_json(l: &crate::store::dead::DeadLetter, with_event: bool) -> serde_js
     v
 }
 
+/// The backend, where it keeps a log and dead letters (not memory mode).
 fn backend_of(state: &AppState) -> Result<Arc<dyn crate::backend::Backend>, IngressError> {
-    state.registry.backend().ok_or(IngressError::NoStore)
+    state
+        .registry
+        .backend()
+        .filter(|b| b.capabilities().durable)
+        .ok_or(IngressError::NoStore)
 }
 
 fn backend_error(e: crate::backend::BackendError) -> IngressError {
     match e {
         crate::backend::BackendError::Store(e) => IngressError::Publish(DispatchError::Store(e)),
+        crate::backend::BackendError::Busy(e) => IngressError::Publish(DispatchError::Busy(e)),
         other => IngressError::Publish(DispatchError::Broker(other)),
     }
 }

@@ -153,22 +153,12 @@ async fn feed(state: AppState, filter: Filter, o: Options, tx: Frames) {
         .tail
         .then(|| tokio::task::block_in_place(|| state.observer.subscribe(filter.clone(), o.rate)));
     let mode = match &state.dispatch {
-        crate::dispatch::Dispatch::Memory(_) => "memory",
         crate::dispatch::Dispatch::Durable(_) => "durable",
-        crate::dispatch::Dispatch::Broker(_) => "broker",
+        crate::dispatch::Dispatch::Backend(b) if b.capabilities().durable => "broker",
+        crate::dispatch::Dispatch::Backend(_) => "memory",
     };
-    let mut sent_through = 0u64;
+    let mut sent_through = broker_head(&state, &o).await;
     let mut backlog_skipped = 0u64;
-    if let (true, None, crate::dispatch::Dispatch::Broker(b)) = (o.tail, o.resume, &state.dispatch)
-    {
-        // The broker's log is read back from before the head when someone
-        // starts looking: the tail starts at the head as it is now,
-        // read before `hello`: what is published after `hello` is sent.
-        let b = b.clone();
-        if let Ok(Ok(head)) = tokio::task::spawn_blocking(move || b.head()).await {
-            sent_through = head;
-        }
-    }
     let hello = json!({"mode": mode, "rate": o.rate, "tail": o.tail, "resume_from": o.resume});
     if send(&tx, "hello", None, hello.to_string()).await.is_err() {
         return;
@@ -213,40 +203,79 @@ async fn feed(state: AppState, filter: Filter, o: Options, tx: Frames) {
                 }
             }
             _ = tick.tick() => {
-                if let Some(s) = &sub {
-                    let now = (
-                        s.missed.queue_full.load(std::sync::atomic::Ordering::Relaxed),
-                        s.missed.rate_cap.load(std::sync::atomic::Ordering::Relaxed),
-                        backlog_skipped,
-                    );
-                    if now != told {
-                        told = now;
-                        let m = json!({"queue_full": now.0, "rate_cap": now.1, "backlog_skipped": now.2});
-                        if send(&tx, "missed", None, m.to_string()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                if !(o.rates || o.plugins) {
-                    continue;
-                }
-                if o.rates {
-                    // Topic rates are counted while someone watches them.
-                    tokio::task::block_in_place(|| state.observer.look());
-                }
-                let registry = state.registry.clone();
-                let Ok(status) = tokio::task::spawn_blocking(move || registry.status()).await else {
-                    return;
-                };
-                if o.plugins && plugin_changes(&tx, &status, &mut known).await.is_err() {
-                    return;
-                }
-                if o.rates && send(&tx, "rates", None, rates(&state, &status).to_string()).await.is_err() {
+                let missed = sub.as_ref().map(|s| &s.missed);
+                if on_tick(&state, &o, &tx, missed, backlog_skipped, &mut told, &mut known).await.is_err() {
                     return;
                 }
             }
         }
     }
+}
+
+/// On a broker, a tail starts at the head as it is now, read before
+/// `hello` (the broker's log is read back from before the head when
+/// someone starts looking): what is published after `hello` is sent.
+async fn broker_head(state: &AppState, o: &Options) -> u64 {
+    let crate::dispatch::Dispatch::Backend(b) = &state.dispatch else {
+        return 0;
+    };
+    if !o.tail || o.resume.is_some() || !b.capabilities().durable {
+        return 0;
+    }
+    let b = b.clone();
+    match tokio::task::spawn_blocking(move || b.head()).await {
+        Ok(Ok(head)) => head,
+        _ => 0,
+    }
+}
+
+/// Every tick: what the client missed (when it changed), then plugin
+/// changes and rates if it asked for them. Err: the client is gone.
+async fn on_tick(
+    state: &AppState,
+    o: &Options,
+    tx: &Frames,
+    missed: Option<&std::sync::Arc<crate::observe::tail::Missed>>,
+    backlog_skipped: u64,
+    told: &mut (u64, u64, u64),
+    known: &mut HashMap<String, String>,
+) -> Result<(), ()> {
+    if let Some(missed) = missed {
+        let now = (
+            missed.queue_full.load(std::sync::atomic::Ordering::Relaxed),
+            missed.rate_cap.load(std::sync::atomic::Ordering::Relaxed),
+            backlog_skipped,
+        );
+        if now != *told {
+            *told = now;
+            let m = json!({"queue_full": now.0, "rate_cap": now.1, "backlog_skipped": now.2});
+            if send(tx, "missed", None, m.to_string()).await.is_err() {
+                return Err(());
+            }
+        }
+    }
+    if !(o.rates || o.plugins) {
+        return Ok(());
+    }
+    if o.rates {
+        // Topic rates are counted while someone watches them.
+        tokio::task::block_in_place(|| state.observer.look());
+    }
+    let registry = state.registry.clone();
+    let Ok(status) = tokio::task::spawn_blocking(move || registry.status()).await else {
+        return Err(());
+    };
+    if o.plugins && plugin_changes(tx, &status, known).await.is_err() {
+        return Err(());
+    }
+    if o.rates
+        && send(tx, "rates", None, rates(state, &status).to_string())
+            .await
+            .is_err()
+    {
+        return Err(());
+    }
+    Ok(())
 }
 
 async fn send(tx: &Frames, kind: &str, id: Option<u64>, data: String) -> Result<(), ()> {

@@ -205,6 +205,17 @@ pub fn path_for(wasm: &Path) -> PathBuf {
     wasm.with_extension("toml")
 }
 
+/// A manifest key refused, and why.
+type Refusal = (&'static str, String);
+
+/// Check that every entry of `list` (under `key`) is a pattern.
+fn patterns(key: &'static str, list: &[String]) -> Result<(), Refusal> {
+    for p in list {
+        Pattern::parse(p).map_err(|e| (key, format!("`{p}` is not a pattern: {e}")))?;
+    }
+    Ok(())
+}
+
 impl Manifest {
     /// The manifest beside `wasm`, if there is one.
     pub fn load_for(wasm: &Path) -> Result<Option<Manifest>, ManifestError> {
@@ -230,20 +241,22 @@ impl Manifest {
     }
 
     fn check(&self, file: &Path) -> Result<(), ManifestError> {
-        let bad = |key: &str, reason: String| ManifestError::Value {
-            file: file.to_path_buf(),
-            key: key.to_string(),
-            reason,
-        };
-        let patterns = |key: &str, list: &[String]| -> Result<(), ManifestError> {
-            for p in list {
-                Pattern::parse(p).map_err(|e| bad(key, format!("`{p}` is not a pattern: {e}")))?;
-            }
-            Ok(())
-        };
+        self.check_delivery()
+            .and_then(|()| self.check_limits())
+            .and_then(|()| self.check_publish())
+            .and_then(|()| self.check_retry())
+            .map_err(|(key, reason)| ManifestError::Value {
+                file: file.to_path_buf(),
+                key: key.to_string(),
+                reason,
+            })
+    }
+
+    /// Subscriptions, concurrency, the ordering key, the batch size.
+    fn check_delivery(&self) -> Result<(), Refusal> {
         if let Some(subs) = &self.subscriptions {
             if subs.is_empty() {
-                return Err(bad(
+                return Err((
                     "subscriptions",
                     "is empty, so the plugin would get no event; list at least one pattern or leave the key out".into(),
                 ));
@@ -252,7 +265,7 @@ impl Manifest {
         }
         if let Some(n) = self.concurrency {
             if n == 0 || n > CONCURRENCY_MAX {
-                return Err(bad(
+                return Err((
                     "concurrency",
                     format!("{n} is out of range; use 1 to {CONCURRENCY_MAX}"),
                 ));
@@ -260,31 +273,36 @@ impl Manifest {
         }
         if let Some(k) = &self.ordering_key {
             if OrderingKey::parse(k).is_none() {
-                return Err(bad(
+                return Err((
                     "ordering_key",
                     format!("`{k}` is not a key; use subject, topic, source or extension:NAME"),
                 ));
             }
         }
         if self.batch_events_max == Some(0) {
-            return Err(bad("batch_events_max", "must be at least 1".into()));
+            return Err(("batch_events_max", "must be at least 1".into()));
         }
+        Ok(())
+    }
+
+    /// `[limits]`.
+    fn check_limits(&self) -> Result<(), Refusal> {
         let l = &self.limits;
         if let Some(m) = l.memory_bytes_max {
             if m < 1 << 20 {
-                return Err(bad(
+                return Err((
                     "limits.memory_bytes_max",
                     format!("{m} is below 1 MiB (1048576), too little for any plugin"),
                 ));
             }
         }
         if l.deadline_ms == Some(0) {
-            return Err(bad("limits.deadline_ms", "must be at least 1".into()));
+            return Err(("limits.deadline_ms", "must be at least 1".into()));
         }
         if let Some(s) = l.stack_bytes_max {
             let range = crate::runtime::STACK_BYTES_RANGE;
             if !usize::try_from(s).is_ok_and(|s| range.contains(&s)) {
-                return Err(bad(
+                return Err((
                     "limits.stack_bytes_max",
                     format!(
                         "{s} is out of range; use {} to {} (16 KiB to 1 MiB)",
@@ -294,38 +312,48 @@ impl Manifest {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `[publish]`, the state quota and `[overflow]`.
+    fn check_publish(&self) -> Result<(), Refusal> {
         patterns(
             "publish.allow",
             self.publish.allow.as_deref().unwrap_or(&[]),
         )?;
         patterns("publish.deny", &self.publish.deny)?;
         if self.publish.chain_events_max == Some(0) {
-            return Err(bad("publish.chain_events_max", "must be at least 1".into()));
+            return Err(("publish.chain_events_max", "must be at least 1".into()));
         }
         if self.limits.state_bytes_max == Some(0) {
-            return Err(bad("limits.state_bytes_max", "must be at least 1".into()));
+            return Err(("limits.state_bytes_max", "must be at least 1".into()));
         }
         if self.publish.rate_events_per_s_max == Some(0) {
-            return Err(bad(
+            return Err((
                 "publish.rate_events_per_s_max",
                 "0 would refuse every publish; use publish.allow = [] for that".into(),
             ));
         }
         if let Some(p) = &self.overflow.policy {
             if p != "block" && p != "drop" {
-                return Err(bad(
+                return Err((
                     "overflow.policy",
                     format!("`{p}` is not a policy; use block or drop"),
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `[retry]`.
+    fn check_retry(&self) -> Result<(), Refusal> {
         let r = &self.retry;
         if r.max_attempts == Some(0) {
-            return Err(bad("retry.max_attempts", "must be at least 1".into()));
+            return Err(("retry.max_attempts", "must be at least 1".into()));
         }
         if let (Some(min), Some(max)) = (r.backoff_ms_min, r.backoff_ms_max) {
             if min > max {
-                return Err(bad(
+                return Err((
                     "retry.backoff_ms_min",
                     format!("{min} is larger than retry.backoff_ms_max ({max})"),
                 ));
@@ -333,7 +361,7 @@ impl Manifest {
         }
         if let Some(o) = &r.ordering {
             o.parse::<super::RetryOrdering>()
-                .map_err(|e| bad("retry.ordering", e))?;
+                .map_err(|e| ("retry.ordering", e))?;
         }
         Ok(())
     }

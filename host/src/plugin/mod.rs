@@ -27,6 +27,7 @@ pub mod manifest;
 pub mod manifest_reference;
 mod optimizer;
 mod settings;
+mod start;
 mod status;
 mod swap;
 pub mod watch;
@@ -36,17 +37,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::backend::local::{Commit, LocalConsumer, LocalOptions};
-use crate::backend::Consumer;
-use crate::bus::{OrderingKey, Overflow, SubscribeOptions};
+use crate::bus::{OrderingKey, Overflow};
 use crate::dispatch::Dispatch;
-use crate::metrics::{self, DropReason, Metrics};
-use crate::runtime::{self, kv, Info, InstanceConfig, Limits, PublishPolicy, RateLimit, Runtime};
-use crate::store::progress::Cursor;
+use crate::metrics::{self, Metrics};
+use crate::runtime::{self, kv, Limits, PublishPolicy, RateLimit, Runtime};
 
 pub use error::{PluginError, ReplayError};
 pub use manifest::{Manifest, ManifestError};
@@ -58,19 +55,6 @@ use status::RateSample;
 pub use status::{PluginLimits, PluginStatus, StormStatus};
 pub use swap::Reload;
 pub(crate) use swap::Swap;
-
-/// A plugin's instances, one per worker, just initialised.
-struct Instances {
-    instances: Vec<runtime::PluginInstance>,
-    /// What `init` said.
-    info: Info,
-    /// The subscriptions in force, as written.
-    subscriptions: Vec<String>,
-    /// The same, parsed.
-    patterns: Vec<Pattern>,
-    /// Where their state is.
-    kv: kv::Backend,
-}
 
 /// Which build of a plugin is serving: what it reports and its file's hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,8 +138,6 @@ pub struct Registry {
     /// Baseline builds waiting for their optimized build (when the runtime
     /// compiles in tiers): the queue and the thread that works it.
     optimizer: Mutex<Option<Optimizer>>,
-    /// Each plugin's state in memory mode, kept across its restarts.
-    memory_kv: Mutex<std::collections::HashMap<String, kv::Backend>>,
     /// The follow-up counts of causal chains, shared by every plugin.
     chains: Arc<runtime::chains::Chains>,
     /// Held while plugins start, stop or change (loading the directory, the
@@ -175,8 +157,7 @@ impl Registry {
             Dispatch::Durable(log) => Some(Arc::new(
                 crate::backend::embedded::EmbeddedBackend::new(log.clone(), log.dedup_window()),
             )),
-            Dispatch::Broker(b) => Some(b.clone()),
-            Dispatch::Memory(_) => None,
+            Dispatch::Backend(b) => Some(b.clone()),
         };
         Registry {
             dispatch,
@@ -189,7 +170,6 @@ impl Registry {
             workers: Mutex::default(),
             stopping: Arc::default(),
             optimizer: Mutex::default(),
-            memory_kv: Mutex::default(),
             chains: Arc::default(),
             lifecycle: Mutex::default(),
         }
@@ -251,285 +231,11 @@ impl Registry {
         Ok(errors)
     }
 
-    /// Read the manifest of the plugin in `file` and compile it.
-    fn load(&self, file: &Path) -> Result<(PluginSettings, runtime::LoadedPlugin), PluginError> {
-        let settings = self.resolve(&stem(file), file)?;
-        let loaded = self
-            .runtime
-            .load_file_with_stack(file, settings.limits.stack_bytes_max)?;
-        Ok((settings, loaded))
-    }
-
-    /// Instantiate `loaded` once per worker of `settings` and run `init`:
-    /// the instances, what the plugin said about itself, and its
-    /// subscriptions (the manifest's, else those `init` returned) as
-    /// written and as patterns.
-    fn instances(
-        &self,
-        loaded: &Arc<runtime::LoadedPlugin>,
-        file: &Path,
-        settings: &PluginSettings,
-    ) -> Result<Instances, PluginError> {
-        let bucket = self.bucket(loaded.name());
-        // What it keeps now counts against its quota.
-        match bucket.usage(loaded.name()) {
-            Ok(used) => settings.state.set_used(used),
-            Err(e) => tracing::warn!(plugin = loaded.name(), "cannot measure its state: {e}"),
-        }
-        let config = InstanceConfig {
-            config: settings.config.clone(),
-            hops_max: self.settings.hops_max,
-            kv: bucket,
-            limits: settings.limits.clone(),
-            publish: settings.publish.clone(),
-            output: settings.output.clone(),
-            state: settings.state.clone(),
-        };
-        let start_err = |source| PluginError::Start {
-            file: file.to_path_buf(),
-            source,
-        };
-        // `init` runs here: on a thread with room for the plugin's stack.
-        let (instances, info) = runtime::with_native_stack(settings.limits.stack_bytes_max, || {
-            let (first, info) = runtime::instantiate(loaded.clone(), config.clone())?;
-            let mut instances = vec![first];
-            for _ in 1..settings.concurrency {
-                let (more, _) = runtime::instantiate(loaded.clone(), config.clone())?;
-                instances.push(more);
-            }
-            Ok((instances, info))
-        })
-        .map_err(start_err)?;
-        let subscriptions = settings
-            .subscriptions
-            .clone()
-            .unwrap_or_else(|| info.subscriptions.clone());
-        let patterns = check_subscriptions(file, &subscriptions)?;
-        Ok(Instances {
-            instances,
-            info,
-            subscriptions,
-            patterns,
-            kv: config.kv,
-        })
-    }
-
-    /// Load and start the plugin in `file`.
-    pub fn start(&self, file: &Path) -> Result<Arc<RunningPlugin>, PluginError> {
-        let (settings, loaded) = self.load(file)?;
-        self.start_loaded(file, settings, Arc::new(loaded))
-    }
-
-    /// Start the plugin in `file`, compiled as `loaded`, with `settings`.
-    fn start_loaded(
-        &self,
-        file: &Path,
-        settings: PluginSettings,
-        loaded: Arc<runtime::LoadedPlugin>,
-    ) -> Result<Arc<RunningPlugin>, PluginError> {
-        let name = stem(file);
-        let Instances {
-            instances,
-            info,
-            subscriptions,
-            patterns,
-            kv,
-        } = self.instances(&loaded, file, &settings)?;
-        self.optimize_later(file, &loaded, settings.limits.stack_bytes_max);
-        if info.name != name {
-            tracing::info!(plugin = %name, reports = %info.name, "plugin calls itself by another name; plugbus uses the file name");
-        }
-        let workers = settings.concurrency.max(1);
-        let labels = metrics::plugin(&name);
-        let stop = Arc::new(AtomicBool::new(false));
-        let key = settings.delivery.ordering_key.clone();
-        // Each worker's consumer: on the embedded store and a broker from
-        // the backend, in memory on the bus's queues.
-        let strict = settings.delivery.ordering_of(&name) == RetryOrdering::Strict;
-        let broker_err = |e: crate::backend::BackendError| PluginError::Broker {
-            file: file.to_path_buf(),
-            reason: e.to_string(),
-        };
-        let (consumers, lease): (Vec<Box<dyn Consumer>>, Duration) = match &self.dispatch {
-            Dispatch::Memory(bus) => {
-                let queues = bus.subscribe_with(
-                    &name,
-                    patterns,
-                    SubscribeOptions {
-                        capacity: self.settings.queue_events_max,
-                        parts: workers,
-                        key: key.clone(),
-                        overflow: settings.overflow,
-                    },
-                );
-                let consumers = queues
-                    .into_iter()
-                    .map(|queue| {
-                        let consumer = LocalConsumer::new(
-                            &name,
-                            queue,
-                            Commit::Memory(self.memory_commit(&name, kv.clone())),
-                            LocalOptions {
-                                strict: strict.then(|| key.clone()),
-                                start: Cursor::default(),
-                                redrives: None,
-                                drain_on_close: true,
-                            },
-                            None,
-                        );
-                        Box::new(consumer) as Box<dyn Consumer>
-                    })
-                    .collect();
-                (consumers, Duration::MAX)
-            }
-            Dispatch::Durable(_) | Dispatch::Broker(_) => {
-                let Some(backend) = self.backend.clone() else {
-                    return Err(broker_err(crate::backend::BackendError::Closed));
-                };
-                // On a broker, a lease longer than a batch may take: three
-                // deadlines. The embedded store has nobody to take over.
-                let lease = Duration::from_millis(
-                    self.settings
-                        .broker_lease_ms
-                        .max(3 * settings.limits.deadline_ms),
-                );
-                let options = crate::backend::ConsumerOptions {
-                    patterns,
-                    host: self.settings.broker_host.clone(),
-                    lease,
-                    start_latest: self.settings.new_plugins_start_latest,
-                    parts: workers,
-                    key: key.clone(),
-                    strict,
-                    queue_events_max: self.settings.queue_events_max,
-                    drop_when_full: (settings.overflow == Overflow::Drop)
-                        .then(|| self.metrics.drop_counter(&name, DropReason::OverflowDrop)),
-                };
-                let consumers = backend.consumers(&name, options).map_err(|e| match e {
-                    crate::backend::BackendError::Store(source) => PluginError::Cursor {
-                        file: file.to_path_buf(),
-                        source,
-                    },
-                    other => broker_err(other),
-                })?;
-                (consumers, lease)
-            }
-        };
-        let gauges: Vec<crate::backend::local::Gauges> = consumers
-            .iter()
-            .map(|c| c.gauges().unwrap_or_default())
-            .collect();
-        let plugin = Arc::new(RunningPlugin {
-            name: name.clone(),
-            file: file.to_path_buf(),
-            release: RwLock::new(Release {
-                version: info.version.clone(),
-                content_hash: short_hash(&loaded),
-                tier: loaded.tier(),
-            }),
-            subscriptions: subscriptions.clone(),
-            swap: Mutex::new((0..workers).map(|_| None).collect()),
-            reload_error: Mutex::default(),
-            last_swap_pause_us: AtomicU64::new(u64::MAX),
-            handled: self.metrics.handled.get_or_create(&labels).clone(),
-            failed: self.metrics.failed.get_or_create(&labels).clone(),
-            retried: self.metrics.retried.get_or_create(&labels).clone(),
-            quarantines: self.metrics.quarantines.get_or_create(&labels).clone(),
-            low_priority_batches: self
-                .metrics
-                .low_priority_batches
-                .get_or_create(&labels)
-                .clone(),
-            background_batches: self
-                .metrics
-                .background_batches
-                .get_or_create(&labels)
-                .clone(),
-            low_priority_until: Until::default(),
-            background_until: Until::default(),
-            cursors: gauges.iter().map(|g| g.done_through.clone()).collect(),
-            depths: gauges.iter().map(|g| g.queued.clone()).collect(),
-            stop,
-            quarantine: Mutex::new(vec![None; workers]),
-            rate: Mutex::new(RateSample::default()),
-            conditions: conditions::Conditions::new(
-                workers,
-                settings.delivery.batch_events_max.max(1),
-                self.metrics.batch_splits.get_or_create(&labels).clone(),
-                self.metrics.worker_deaths.get_or_create(&labels).clone(),
-            ),
-            settings: settings.clone(),
-        });
-        let mut spawned = Vec::new();
-        let durable = !matches!(self.dispatch, Dispatch::Memory(_));
-        for (index, (instance, consumer)) in instances.into_iter().zip(consumers).enumerate() {
-            let worker = worker::Worker::new(
-                instance,
-                worker::Source {
-                    consumer,
-                    lease,
-                    durable,
-                    index,
-                    stopping: self.stopping.clone(),
-                },
-                plugin.clone(),
-                &self.metrics,
-                settings.delivery.clone(),
-            );
-            let thread = if workers > 1 {
-                format!("plugin-{name}-{index}")
-            } else {
-                format!("plugin-{name}")
-            };
-            match std::thread::Builder::new()
-                .name(thread)
-                .stack_size(runtime::native_stack_for(settings.limits.stack_bytes_max))
-                .spawn(move || worker.run())
-            {
-                Ok(handle) => spawned.push((name.clone(), handle)),
-                Err(source) => {
-                    // Stop what started; its cursor says where it was.
-                    plugin.stop.store(true, Ordering::Release);
-                    self.workers
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .extend(spawned);
-                    self.join_threads(&name);
-                    if let Dispatch::Memory(bus) = &self.dispatch {
-                        bus.unsubscribe(&name);
-                    }
-                    return Err(PluginError::Thread {
-                        file: file.to_path_buf(),
-                        source,
-                    });
-                }
-            }
-        }
-        self.workers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(spawned);
-        tracing::info!(
-            plugin = %name,
-            version = %info.version,
-            subscriptions = ?subscriptions,
-            workers,
-            manifest = settings.has_manifest,
-            tier = %loaded.tier(),
-            "plugin loaded"
-        );
-        self.running
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(plugin.clone());
-        Ok(plugin)
-    }
-
     /// The durable store, when there is one.
     pub fn store(&self) -> Option<&Arc<crate::store::Store>> {
         match &self.dispatch {
             Dispatch::Durable(log) => Some(log.store()),
-            Dispatch::Memory(_) | Dispatch::Broker(_) => None,
+            Dispatch::Backend(_) => None,
         }
     }
 
@@ -547,49 +253,11 @@ impl Registry {
         Some(self.bucket(plugin))
     }
 
-    /// What commits a memory-mode settlement of `plugin`: its state writes
-    /// into `kv`, then its follow-up events published (those that find no
-    /// room are counted as dropped).
-    fn memory_commit(&self, plugin: &str, kv: kv::Backend) -> crate::backend::local::MemoryCommit {
-        let (dispatch, name) = (self.dispatch.clone(), plugin.to_string());
-        let dropped = self
-            .metrics
-            .drop_counter(plugin, DropReason::FollowUpQueueFull);
-        Box::new(move |writes, follow_ups, expected| {
-            match kv.apply_if(&name, expected, writes.into_iter().collect()) {
-                Ok(()) => {}
-                Err(kv::ApplyError::Changed(key)) => {
-                    return Err(crate::backend::BackendError::Conflict {
-                        plugin: name.clone(),
-                        key,
-                    })
-                }
-                Err(kv::ApplyError::Failed(e)) => {
-                    tracing::error!(plugin = %name, "state not kept: {e}")
-                }
-            }
-            if !follow_ups.is_empty() {
-                let n = follow_ups.len();
-                if let Err(e) = dispatch.publish(follow_ups) {
-                    dropped.inc_by((n - e.accepted()) as u64);
-                    tracing::error!(plugin = %name, "follow-up events lost: {e}");
-                }
-            }
-            Ok(())
-        })
-    }
-
-    fn bucket(&self, plugin: &str) -> kv::Backend {
+    /// Where `plugin`'s state is.
+    fn bucket(&self, _plugin: &str) -> kv::Backend {
         match &self.dispatch {
             Dispatch::Durable(log) => kv::Backend::Durable(log.store().clone()),
-            Dispatch::Broker(b) => kv::Backend::Broker(b.clone()),
-            Dispatch::Memory(_) => self
-                .memory_kv
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(plugin.to_string())
-                .or_default()
-                .clone(),
+            Dispatch::Backend(b) => kv::Backend::Through(b.clone()),
         }
     }
 

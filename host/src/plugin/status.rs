@@ -180,120 +180,92 @@ impl Registry {
     pub fn status(&self) -> Vec<PluginStatus> {
         let head = match &self.dispatch {
             Dispatch::Durable(log) => Some(log.head()),
-            Dispatch::Broker(b) => b.head().ok(),
-            Dispatch::Memory(_) => None,
+            Dispatch::Backend(b) if b.capabilities().durable => b.head().ok(),
+            Dispatch::Backend(_) => None,
         };
         let mut out: Vec<PluginStatus> = self
             .running
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|p| {
-                let release = p.release();
-                let quarantine = p.quarantined();
-                let error = p
-                    .reload_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-                    .or_else(|| {
-                        quarantine.as_ref().map(|q| {
-                            format!(
-                                "quarantined for {} ms: failing every event (last: {}); delivery is tried again in {} ms, and a new version of the file is swapped in at once",
-                                q.pause.as_millis(),
-                                q.reason,
-                                q.until.saturating_duration_since(std::time::Instant::now()).as_millis()
-                            )
-                        })
-                    });
-                let position = self.broker_position(&p.name);
-                let cursor = position.map_or_else(|| p.cursor(), |b| b.delivered);
-                let batch = p.conditions.batch_cap();
-                PluginStatus {
-                    name: p.name.clone(),
-                    file: p.file.display().to_string(),
-                    state: if quarantine.is_some() {
-                        "quarantined".into()
-                    } else {
-                        "running".into()
-                    },
-                    error,
-                    version: release.version,
-                    content_hash: release.content_hash,
-                    tier: release.tier.to_string(),
-                    subscriptions: p.subscriptions.clone(),
-                    handled: p.handled.get(),
-                    failed: p.failed.get(),
-                    retried: p.retried.get(),
-                    queue_depth: p.depth(),
-                    cursor,
-                    lag: position
-                        .map(|b| b.lag)
-                        .or_else(|| head.map(|h| h.saturating_sub(cursor))),
-                    pending: position.map(|b| b.pending),
-                    waiting_retries: position.map(|b| b.waiting),
-                    swap_pause_us: Some(p.last_swap_pause_us.load(Ordering::Acquire))
-                        .filter(|&us| us != u64::MAX),
-                    handled_per_s: p.handled_per_s(),
-                    quarantine_ms: quarantine.map(|q| {
-                        q.until
-                            .saturating_duration_since(std::time::Instant::now())
-                            .as_millis() as u64
-                    }),
-                    quarantines: p.quarantines.get(),
-                    low_priority_ms: p.low_priority_until.left_ms(),
-                    background_ms: p.background_until.left_ms(),
-                    state_bytes: Some(p.settings.state.used()),
-                    storm: p.storm(),
-                    held: p.conditions.held(),
-                    batch_events: batch.as_ref().map(|b| b.0),
-                    batch_note: batch.and_then(|b| b.1),
-                    worker_deaths: p.conditions.deaths.get(),
-                    worker_death: p.conditions.death(),
-                    limits: Some(p.limits()),
-                }
-            })
+            .map(|p| self.running_status(p, head))
             .collect();
         out.extend(
             self.failed
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
-                .map(|f| PluginStatus {
-                    name: f.name.clone(),
-                    file: f.file.display().to_string(),
-                    state: "failed".into(),
-                    error: Some(f.error.clone()),
-                    version: String::new(),
-                    content_hash: String::new(),
-                    tier: String::new(),
-                    subscriptions: Vec::new(),
-                    handled: 0,
-                    failed: 0,
-                    retried: 0,
-                    queue_depth: 0,
-                    cursor: 0,
-                    lag: None,
-                    pending: None,
-                    waiting_retries: None,
-                    swap_pause_us: None,
-                    handled_per_s: 0.0,
-                    quarantine_ms: None,
-                    quarantines: 0,
-                    low_priority_ms: None,
-                    background_ms: None,
-                    state_bytes: None,
-                    storm: None,
-                    held: None,
-                    batch_events: None,
-                    batch_note: None,
-                    worker_deaths: 0,
-                    worker_death: None,
-                    limits: None,
-                }),
+                .map(failed_status),
         );
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// A running plugin's status; `head`: the log's, where it has one.
+    fn running_status(&self, p: &RunningPlugin, head: Option<u64>) -> PluginStatus {
+        let release = p.release();
+        let quarantine = p.quarantined();
+        let error = p
+            .reload_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .or_else(|| {
+                quarantine.as_ref().map(|q| {
+                    format!(
+                        "quarantined for {} ms: failing every event (last: {}); delivery is tried again in {} ms, and a new version of the file is swapped in at once",
+                        q.pause.as_millis(),
+                        q.reason,
+                        q.until.saturating_duration_since(std::time::Instant::now()).as_millis()
+                    )
+                })
+            });
+        let position = self.broker_position(&p.name);
+        let cursor = position.map_or_else(|| p.cursor(), |b| b.delivered);
+        let batch = p.conditions.batch_cap();
+        PluginStatus {
+            name: p.name.clone(),
+            file: p.file.display().to_string(),
+            state: if quarantine.is_some() {
+                "quarantined".into()
+            } else {
+                "running".into()
+            },
+            error,
+            version: release.version,
+            content_hash: release.content_hash,
+            tier: release.tier.to_string(),
+            subscriptions: p.subscriptions.clone(),
+            handled: p.handled.get(),
+            failed: p.failed.get(),
+            retried: p.retried.get(),
+            queue_depth: p.depth(),
+            cursor,
+            lag: position
+                .map(|b| b.lag)
+                .or_else(|| head.map(|h| h.saturating_sub(cursor))),
+            pending: position.map(|b| b.pending),
+            waiting_retries: position.map(|b| b.waiting),
+            swap_pause_us: Some(p.last_swap_pause_us.load(Ordering::Acquire))
+                .filter(|&us| us != u64::MAX),
+            handled_per_s: p.handled_per_s(),
+            quarantine_ms: quarantine.map(|q| {
+                q.until
+                    .saturating_duration_since(std::time::Instant::now())
+                    .as_millis() as u64
+            }),
+            quarantines: p.quarantines.get(),
+            low_priority_ms: p.low_priority_until.left_ms(),
+            background_ms: p.background_until.left_ms(),
+            state_bytes: Some(p.settings.state.used()),
+            storm: p.storm(),
+            held: p.conditions.held(),
+            batch_events: batch.as_ref().map(|b| b.0),
+            batch_note: batch.and_then(|b| b.1),
+            worker_deaths: p.conditions.deaths.get(),
+            worker_death: p.conditions.death(),
+            limits: Some(p.limits()),
+        }
     }
 
     /// Every running plugin's accounts ([`crate::audit`]), by name; each
@@ -381,14 +353,13 @@ impl Registry {
                     ));
                 }
             }
-            Dispatch::Broker(b) => {
+            Dispatch::Backend(b) => {
                 if !b.connected() {
                     reasons.push(
                         "the broker does not answer; events wait until it is back".to_string(),
                     );
                 }
             }
-            Dispatch::Memory(_) => {}
         }
         reasons
     }
@@ -409,13 +380,13 @@ impl Registry {
                     .disk_reserve_bytes
                     .set(store.disk_reserve_bytes() as i64);
             }
-            Dispatch::Broker(b) => {
+            Dispatch::Backend(b) if b.capabilities().durable => {
                 if let Ok(head) = b.head() {
                     self.metrics.log_events.set(head as i64);
                 }
                 self.metrics.broker_connected.set(i64::from(b.connected()));
             }
-            Dispatch::Memory(_) => {}
+            Dispatch::Backend(_) => {}
         }
         for p in self
             .running
@@ -451,7 +422,7 @@ impl Registry {
     /// asked again per plugin: each ask would wait out a connect timeout.
     fn broker_position(&self, plugin: &str) -> Option<crate::backend::Position> {
         match &self.dispatch {
-            Dispatch::Broker(b) if b.connected() => b.position(plugin).ok().flatten(),
+            Dispatch::Backend(b) if b.connected() => b.position(plugin).ok().flatten(),
             _ => None,
         }
     }
@@ -461,8 +432,10 @@ impl Registry {
     pub fn backend_status(&self) -> serde_json::Value {
         match &self.dispatch {
             Dispatch::Durable(_) => serde_json::json!({"kind": "embedded"}),
-            Dispatch::Memory(_) => serde_json::json!({"kind": "memory"}),
-            Dispatch::Broker(b) => serde_json::json!({
+            Dispatch::Backend(b) if !b.capabilities().durable => {
+                serde_json::json!({"kind": "memory"})
+            }
+            Dispatch::Backend(b) => serde_json::json!({
                 "kind": "broker",
                 "address": b.describe(),
                 "connected": b.connected(),
@@ -560,5 +533,41 @@ impl RunningPlugin {
             output_lines_per_s_max: s.output.per_s().unwrap_or(0),
             manifest: s.has_manifest,
         }
+    }
+}
+
+/// A plugin that failed to start: its name, file and why.
+fn failed_status(f: &Failed) -> PluginStatus {
+    PluginStatus {
+        name: f.name.clone(),
+        file: f.file.display().to_string(),
+        state: "failed".into(),
+        error: Some(f.error.clone()),
+        version: String::new(),
+        content_hash: String::new(),
+        tier: String::new(),
+        subscriptions: Vec::new(),
+        handled: 0,
+        failed: 0,
+        retried: 0,
+        queue_depth: 0,
+        cursor: 0,
+        lag: None,
+        pending: None,
+        waiting_retries: None,
+        swap_pause_us: None,
+        handled_per_s: 0.0,
+        quarantine_ms: None,
+        quarantines: 0,
+        low_priority_ms: None,
+        background_ms: None,
+        state_bytes: None,
+        storm: None,
+        held: None,
+        batch_events: None,
+        batch_note: None,
+        worker_deaths: 0,
+        worker_death: None,
+        limits: None,
     }
 }

@@ -3,6 +3,7 @@
 //! its next batch boundary, a changed manifest, a restart when the
 //! subscriptions change, removal (keeping cursor and state), and shutdown.
 
+use super::start::Instances;
 use super::*;
 
 /// A new version, loaded and initialised, waiting for the worker to take it
@@ -54,8 +55,8 @@ impl Registry {
         let running = self.running_plugin(plugin)?;
         running.stop.store(true, Ordering::Release);
         self.join_threads(plugin);
-        if let Dispatch::Memory(bus) = &self.dispatch {
-            bus.unsubscribe(plugin);
+        if let Some(backend) = &self.backend {
+            backend.stopped(plugin);
         }
         self.running
             .write()
@@ -285,8 +286,8 @@ impl Registry {
                 tracing::error!("the optimizing compile thread panicked");
             }
         }
-        if let Dispatch::Memory(bus) = &self.dispatch {
-            bus.close();
+        if let Some(backend) = &self.backend {
+            backend.close();
         }
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
         for (_, w) in workers {

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
 
@@ -101,35 +101,24 @@ pub struct KvCas {
 pub enum Backend {
     /// The store's `kv` keyspace.
     Durable(Arc<Store>),
-    /// A map in memory, lost on exit (`--memory`).
-    Memory(Arc<Mutex<BTreeMap<String, Vec<u8>>>>),
-    /// The plugin's bucket in a broker (`--broker`).
-    Broker(Arc<dyn crate::backend::Backend>),
+    /// The plugin's bucket in a backend: a broker (`--broker`), or memory
+    /// mode's map, lost on exit (`--memory`).
+    Through(Arc<dyn crate::backend::Backend>),
 }
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Backend::Durable(_) => "Backend::Durable",
-            Backend::Memory(_) => "Backend::Memory",
-            Backend::Broker(_) => "Backend::Broker",
+            Backend::Through(_) => "Backend::Through",
         })
     }
 }
 
 impl Default for Backend {
     fn default() -> Self {
-        Backend::Memory(Arc::default())
+        Backend::Through(Arc::new(crate::backend::memory::MemoryBackend::standalone()))
     }
-}
-
-/// Why [`Backend::apply_if`] wrote nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApplyError {
-    /// This key's value is no longer the one expected.
-    Changed(String),
-    /// The write failed.
-    Failed(String),
 }
 
 /// Writes not yet committed: a value, or none for a delete.
@@ -139,7 +128,7 @@ impl Backend {
     /// The committed value of `key` in `plugin`'s bucket.
     pub fn get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
         match self {
-            Backend::Broker(b) => b.kv_get(plugin, key).map_err(|e| e.to_string()),
+            Backend::Through(b) => b.kv_get(plugin, key).map_err(|e| e.to_string()),
             _ => self.read(plugin, key),
         }
     }
@@ -150,12 +139,7 @@ impl Backend {
     pub fn read(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
         match self {
             Backend::Durable(s) => s.kv_get(plugin, key).map_err(|e| e.to_string()),
-            Backend::Broker(b) => b.kv_read(plugin, key).map_err(|e| e.to_string()),
-            Backend::Memory(m) => Ok(m
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(key)
-                .cloned()),
+            Backend::Through(b) => b.kv_read(plugin, key).map_err(|e| e.to_string()),
         }
     }
 
@@ -168,18 +152,7 @@ impl Backend {
     ) -> Result<Vec<(String, Vec<u8>)>, String> {
         match self {
             Backend::Durable(s) => s.kv_list(plugin, after, max).map_err(|e| e.to_string()),
-            Backend::Broker(b) => b.kv_list(plugin, after, max).map_err(|e| e.to_string()),
-            Backend::Memory(m) => {
-                let m = m.lock().unwrap_or_else(|p| p.into_inner());
-                let from = match after {
-                    Some(a) => std::ops::Bound::Excluded(a.to_string()),
-                    None => std::ops::Bound::Unbounded,
-                };
-                Ok(m.range((from, std::ops::Bound::Unbounded))
-                    .take(max)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect())
-            }
+            Backend::Through(b) => b.kv_list(plugin, after, max).map_err(|e| e.to_string()),
         }
     }
 
@@ -200,35 +173,8 @@ impl Backend {
         }
     }
 
-    /// Memory mode's settlement: commit `writes` if every value in
-    /// `expected` is still the map's, checked and written under its lock.
-    /// (The store and the brokers check within their own settlement.)
-    pub fn apply_if(
-        &self,
-        plugin: &str,
-        expected: &[(String, Option<Vec<u8>>)],
-        writes: Writes,
-    ) -> Result<(), ApplyError> {
-        let Backend::Memory(m) = self else {
-            return Err(ApplyError::Failed(format!(
-                "plugin `{plugin}`: a conditional write outside memory mode goes through the backend's settlement"
-            )));
-        };
-        let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((key, _)) = expected.iter().find(|(k, v)| m.get(k) != v.as_ref()) {
-            return Err(ApplyError::Changed(key.clone()));
-        }
-        for (k, v) in writes {
-            match v {
-                Some(v) => m.insert(k, v),
-                None => m.remove(&k),
-            };
-        }
-        Ok(())
-    }
-
-    /// Commit `writes` at once, outside any delivery (memory mode, and
-    /// writes made during `init`).
+    /// Commit `writes` at once, outside any delivery (writes made during
+    /// `init`).
     pub fn apply(&self, plugin: &str, writes: Writes) -> Result<(), String> {
         if writes.is_empty() {
             return Ok(());
@@ -243,19 +189,9 @@ impl Backend {
                     ..Default::default()
                 })
                 .map_err(|e| e.to_string()),
-            Backend::Broker(b) => b
+            Backend::Through(b) => b
                 .put_state(plugin, writes.into_iter().collect())
                 .map_err(|e| e.to_string()),
-            Backend::Memory(m) => {
-                let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
-                for (k, v) in writes {
-                    match v {
-                        Some(v) => m.insert(k, v),
-                        None => m.remove(&k),
-                    };
-                }
-                Ok(())
-            }
         }
     }
 }

@@ -176,6 +176,7 @@ impl Backend for EmbeddedBackend {
             fenced: false,
             shared: false,
             dedup_window: self.dedup_window,
+            durable: true,
         }
     }
 
@@ -192,14 +193,7 @@ impl Backend for EmbeddedBackend {
         plugin: &str,
         options: ConsumerOptions,
     ) -> Result<Box<dyn Consumer>, BackendError> {
-        let mut one = self.consumers(
-            plugin,
-            ConsumerOptions {
-                parts: 1,
-                ..options
-            },
-        )?;
-        one.pop().ok_or(BackendError::Closed)
+        super::first_of_consumers(self, plugin, options)
     }
 
     fn consumers(

@@ -34,60 +34,15 @@ impl Consumer for LocalConsumer {
     }
 
     fn settle(&mut self, s: Settlement) -> Result<(), BackendError> {
-        let mut at = Vec::with_capacity(s.verdicts.len());
-        for (seq, _) in &s.verdicts {
-            let i = self.find(*seq).ok_or_else(|| BackendError::NotHeld {
-                plugin: self.plugin.clone(),
-                sequence: *seq,
-            })?;
-            at.push(i);
-        }
-        let mut retried = Vec::new();
-        let mut dead = Vec::new();
-        let mut redriven = Vec::new();
-        let mut only_position = s.writes.is_empty() && s.follow_ups.is_empty();
-        let mut counts = self.counts;
-        for (&i, (_, verdict)) in at.iter().zip(&s.verdicts) {
-            let h = &self.handed[i];
-            let counted = h.seq > counts.start;
-            if h.origin == Origin::Redrive {
-                redriven.push(h.seq);
-                only_position = false;
-                if counted {
-                    // No longer a dead letter: counted again by its verdict.
-                    counts.dead = counts.dead.saturating_sub(1);
-                }
-            }
-            if counted {
-                match verdict {
-                    Verdict::Ack => counts.handled += 1,
-                    Verdict::Dead(_) => counts.dead += 1,
-                    Verdict::Retry(_) => {}
-                }
-            }
-            if h.origin == Origin::Retry {
-                // It leaves the cursor's pending list.
-                only_position = false;
-            }
-            match verdict {
-                Verdict::Ack => {}
-                Verdict::Retry(_) => {
-                    retried.push((h.seq, h.attempt + 1));
-                    only_position = false;
-                }
-                Verdict::Dead(error) => {
-                    let attempts = h.attempt;
-                    if let Some(event) = self.event_at(i) {
-                        dead.push(GaveUp {
-                            event,
-                            attempts,
-                            error: error.clone(),
-                        });
-                    }
-                    only_position = false;
-                }
-            }
-        }
+        let at = self.held(&s.verdicts)?;
+        let Tally {
+            retried,
+            dead,
+            redriven,
+            only_position,
+            counts,
+        } = self.tally(&at, &s.verdicts);
+        let only_position = only_position && s.writes.is_empty() && s.follow_ups.is_empty();
         // The cursor as it is once they are settled; they are marked so
         // only once the commit is written, so that a commit that fails (or
         // panics) leaves them in hand, to be handed back.
@@ -125,31 +80,7 @@ impl Consumer for LocalConsumer {
         }
         mark(self, true);
         self.counts = counts;
-        let now = Instant::now();
-        for (&i, (_, verdict)) in at.iter().zip(s.verdicts) {
-            let h = &self.handed[i];
-            let (seq, attempt, origin) = (h.seq, h.attempt, h.origin);
-            if origin == Origin::Redrive {
-                self.redriving.remove(&seq);
-            }
-            let retry = match verdict {
-                Verdict::Retry(delay) => Some(delay),
-                Verdict::Ack | Verdict::Dead(_) if self.strict.is_none() => continue,
-                Verdict::Ack | Verdict::Dead(_) => None,
-            };
-            let Some(event) = self.event_at(i) else {
-                continue;
-            };
-            match retry {
-                Some(delay) => self.waiting.push(Reverse(Waiting {
-                    due: now.checked_add(delay).unwrap_or(now),
-                    attempt: attempt + 1,
-                    origin: Origin::Retry,
-                    event,
-                })),
-                None => self.unblock(&event),
-            }
-        }
+        self.take_effect(&at, s.verdicts);
         self.trim();
         if only_position {
             self.gauges
@@ -203,4 +134,117 @@ impl Drop for LocalConsumer {
     fn drop(&mut self) {
         self.save_cursor(true);
     }
+}
+
+impl LocalConsumer {
+    /// Where each settled event is among those handed out.
+    fn held(&mut self, verdicts: &[(u64, Verdict)]) -> Result<Vec<usize>, BackendError> {
+        let mut at = Vec::with_capacity(verdicts.len());
+        for (seq, _) in verdicts {
+            let i = self.find(*seq).ok_or_else(|| BackendError::NotHeld {
+                plugin: self.plugin.clone(),
+                sequence: *seq,
+            })?;
+            at.push(i);
+        }
+        Ok(at)
+    }
+
+    /// What the verdicts for the events at `at` make of the counts, the
+    /// retries owed, the dead letters and the re-drives, and whether only
+    /// the position moves (nothing else to write).
+    fn tally(&self, at: &[usize], verdicts: &[(u64, Verdict)]) -> Tally {
+        let mut retried = Vec::new();
+        let mut dead = Vec::new();
+        let mut redriven = Vec::new();
+        let mut only_position = true;
+        let mut counts = self.counts;
+        for (&i, (_, verdict)) in at.iter().zip(verdicts) {
+            let h = &self.handed[i];
+            let counted = h.seq > counts.start;
+            if h.origin == Origin::Redrive {
+                redriven.push(h.seq);
+                only_position = false;
+                if counted {
+                    // No longer a dead letter: counted again by its verdict.
+                    counts.dead = counts.dead.saturating_sub(1);
+                }
+            }
+            if counted {
+                match verdict {
+                    Verdict::Ack => counts.handled += 1,
+                    Verdict::Dead(_) => counts.dead += 1,
+                    Verdict::Retry(_) => {}
+                }
+            }
+            if h.origin == Origin::Retry {
+                // It leaves the cursor's pending list.
+                only_position = false;
+            }
+            match verdict {
+                Verdict::Ack => {}
+                Verdict::Retry(_) => {
+                    retried.push((h.seq, h.attempt + 1));
+                    only_position = false;
+                }
+                Verdict::Dead(error) => {
+                    let attempts = h.attempt;
+                    if let Some(event) = self.event_at(i) {
+                        dead.push(GaveUp {
+                            event,
+                            attempts,
+                            error: error.clone(),
+                        });
+                    }
+                    only_position = false;
+                }
+            }
+        }
+        Tally {
+            retried,
+            dead,
+            redriven,
+            only_position,
+            counts,
+        }
+    }
+
+    /// Once committed: retries wait for their time, re-drives are done,
+    /// and under strict ordering the next event of a finished key is due.
+    fn take_effect(&mut self, at: &[usize], verdicts: Vec<(u64, Verdict)>) {
+        let now = Instant::now();
+        for (&i, (_, verdict)) in at.iter().zip(verdicts) {
+            let h = &self.handed[i];
+            let (seq, attempt, origin) = (h.seq, h.attempt, h.origin);
+            if origin == Origin::Redrive {
+                self.redriving.remove(&seq);
+            }
+            let retry = match verdict {
+                Verdict::Retry(delay) => Some(delay),
+                Verdict::Ack | Verdict::Dead(_) if self.strict.is_none() => continue,
+                Verdict::Ack | Verdict::Dead(_) => None,
+            };
+            let Some(event) = self.event_at(i) else {
+                continue;
+            };
+            match retry {
+                Some(delay) => self.waiting.push(Reverse(Waiting {
+                    due: now.checked_add(delay).unwrap_or(now),
+                    attempt: attempt + 1,
+                    origin: Origin::Retry,
+                    event,
+                })),
+                None => self.unblock(&event),
+            }
+        }
+    }
+}
+
+/// What a settlement's verdicts make of a consumer's books.
+struct Tally {
+    retried: Vec<(u64, u32)>,
+    dead: Vec<GaveUp>,
+    redriven: Vec<u64>,
+    only_position: bool,
+    counts: Counts,
 }

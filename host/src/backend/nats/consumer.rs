@@ -49,6 +49,9 @@ struct Final {
     error: Option<String>,
 }
 
+/// Events to deliver again, with their delays.
+type Retries = Vec<(u64, Duration)>;
+
 /// The settled events of `finals` as [`Task::count`] takes them.
 fn settled(finals: &[Final]) -> impl Iterator<Item = (u64, bool)> + '_ {
     finals.iter().map(|f| (f.seq, f.error.is_some()))
@@ -451,33 +454,7 @@ impl Task {
     async fn settle(self, s: Settlement) -> Result<(), BackendError> {
         let bucket = self.bucket();
         // What each verdict is about.
-        let mut finals: Vec<Final> = Vec::new();
-        let mut retries: Vec<(u64, Duration)> = Vec::new();
-        {
-            let held = self.held();
-            for (seq, verdict) in &s.verdicts {
-                let h = held.get(seq).ok_or_else(|| BackendError::NotHeld {
-                    plugin: self.plugin.clone(),
-                    sequence: *seq,
-                })?;
-                let error = match verdict {
-                    Verdict::Ack => None,
-                    Verdict::Dead(error) => Some(error.clone()),
-                    Verdict::Retry(delay) => {
-                        retries.push((*seq, *delay));
-                        continue;
-                    }
-                };
-                finals.push(Final {
-                    seq: *seq,
-                    stream_seq: h.stream_seq,
-                    last: h.last,
-                    handbacks: h.handbacks,
-                    attempt: h.attempt,
-                    error,
-                });
-            }
-        }
+        let (finals, retries) = self.finals(&s.verdicts)?;
         if s.writes.is_empty()
             && s.expected.is_empty()
             && s.follow_ups.is_empty()
@@ -493,25 +470,7 @@ impl Task {
         let mut batch: Vec<Out> = Vec::new();
         // The values the writes were computed from must still be there:
         // each is checked now and guarded by its sequence in the batch.
-        let mut guards: HashMap<&str, (u64, Option<Vec<u8>>)> = HashMap::new();
-        let found = futures_util::future::join_all(s.expected.iter().map(|(key, _)| {
-            let subject = commit::key_subject(&bucket, key);
-            let (inner, stream) = (&self.inner, &stream);
-            async move { commit::last(inner, stream, &subject).await }
-        }))
-        .await;
-        for ((key, expected), found) in s.expected.iter().zip(found) {
-            let (seq, current) = found?.map_or((0, None), |(seq, v)| (seq, v));
-            if current != *expected {
-                // A changed key from a host that lost its events to
-                // another is that host's fence, not a conflict: the same
-                // diagnosis as a refused batch, markers first.
-                let changed = [(key.clone(), expected.clone())];
-                let why = format!("key `{key}` changed since it was read");
-                return Err(self.diagnose(&stream, &finals, &changed, why).await);
-            }
-            guards.insert(key.as_str(), (seq, current));
-        }
+        let mut guards = self.guards(&stream, &bucket, &s.expected, &finals).await?;
         let mut writes: Vec<(&str, Option<&[u8]>)> = Vec::new();
         for (key, value) in &s.writes {
             writes.retain(|(k, _)| *k != key.as_str());
@@ -524,22 +483,7 @@ impl Task {
         for (key, (seq, value)) in &guards {
             batch.push(commit::write(&bucket, key, value.as_deref(), Some(*seq)));
         }
-        let mut outgoing: Vec<Outgoing> = s
-            .follow_ups
-            .into_iter()
-            .map(|e| Outgoing::FollowUp(Box::new(e)))
-            .collect();
-        {
-            let held = self.held();
-            for f in &finals {
-                if let (Some(error), Some(h)) = (&f.error, held.get(&f.seq)) {
-                    outgoing.push(Outgoing::Dead {
-                        record: dead_record(&h.event, f.attempt, error),
-                        id: format!("dlq:{}:{}", self.plugin, f.stream_seq),
-                    });
-                }
-            }
-        }
+        let outgoing = self.outbox(s.follow_ups, &finals);
         let batch_id = finals.first().map(|f| f.stream_seq);
         if let Some(batch_id) = batch_id {
             for (i, o) in outgoing.iter().enumerate() {
@@ -578,6 +522,91 @@ impl Task {
         self.count(settled(&finals)).await;
         self.acknowledge(&finals, &retries).await;
         Ok(())
+    }
+
+    /// Each verdict's event as it is held (acks and dead letters), and the
+    /// retries with their delays.
+    fn finals(&self, verdicts: &[(u64, Verdict)]) -> Result<(Vec<Final>, Retries), BackendError> {
+        let mut finals: Vec<Final> = Vec::new();
+        let mut retries: Vec<(u64, Duration)> = Vec::new();
+        {
+            let held = self.held();
+            for (seq, verdict) in verdicts {
+                let h = held.get(seq).ok_or_else(|| BackendError::NotHeld {
+                    plugin: self.plugin.clone(),
+                    sequence: *seq,
+                })?;
+                let error = match verdict {
+                    Verdict::Ack => None,
+                    Verdict::Dead(error) => Some(error.clone()),
+                    Verdict::Retry(delay) => {
+                        retries.push((*seq, *delay));
+                        continue;
+                    }
+                };
+                finals.push(Final {
+                    seq: *seq,
+                    stream_seq: h.stream_seq,
+                    last: h.last,
+                    handbacks: h.handbacks,
+                    attempt: h.attempt,
+                    error,
+                });
+            }
+        }
+        Ok((finals, retries))
+    }
+
+    /// The follow-ups and the dead letters of `finals`, to go out once the
+    /// settlement is committed.
+    fn outbox(&self, follow_ups: Vec<Event>, finals: &[Final]) -> Vec<Outgoing> {
+        let mut outgoing: Vec<Outgoing> = follow_ups
+            .into_iter()
+            .map(|e| Outgoing::FollowUp(Box::new(e)))
+            .collect();
+        {
+            let held = self.held();
+            for f in finals {
+                if let (Some(error), Some(h)) = (&f.error, held.get(&f.seq)) {
+                    outgoing.push(Outgoing::Dead {
+                        record: dead_record(&h.event, f.attempt, error),
+                        id: format!("dlq:{}:{}", self.plugin, f.stream_seq),
+                    });
+                }
+            }
+        }
+        outgoing
+    }
+
+    /// The sequence and value of each key in `expected`, checked to be the
+    /// value the writes were computed from (else the batch's diagnosis).
+    async fn guards<'a>(
+        &self,
+        stream: &async_nats::jetstream::stream::Stream,
+        bucket: &str,
+        expected: &'a [(String, Option<Vec<u8>>)],
+        finals: &[Final],
+    ) -> Result<HashMap<&'a str, (u64, Option<Vec<u8>>)>, BackendError> {
+        let mut guards: HashMap<&'a str, (u64, Option<Vec<u8>>)> = HashMap::new();
+        let found = futures_util::future::join_all(expected.iter().map(|(key, _)| {
+            let subject = commit::key_subject(bucket, key);
+            let (inner, stream) = (&self.inner, stream);
+            async move { commit::last(inner, stream, &subject).await }
+        }))
+        .await;
+        for ((key, expected), found) in expected.iter().zip(found) {
+            let (seq, current) = found?.map_or((0, None), |(seq, v)| (seq, v));
+            if current != *expected {
+                // A changed key from a host that lost its events to
+                // another is that host's fence, not a conflict: the same
+                // diagnosis as a refused batch, markers first.
+                let changed = [(key.clone(), expected.clone())];
+                let why = format!("key `{key}` changed since it was read");
+                return Err(self.diagnose(stream, finals, &changed, why).await);
+            }
+            guards.insert(key.as_str(), (seq, current));
+        }
+        Ok(guards)
     }
 
     /// Count settled events, (sequence, given up on) each, in the plugin's

@@ -358,6 +358,7 @@ impl Backend for NatsBackend {
             fenced: true,
             shared: true,
             dedup_window: self.inner.dedup,
+            durable: true,
         }
     }
 

@@ -445,38 +445,61 @@ impl RedisConsumer {
             call.arg(a.as_slice());
         }
         if let Some(max) = read_ahead {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors()
-                .invoke_script(&call)
-                .add_command(self.read_cmd(max, 0));
-            let answers: Result<Vec<redis::RedisResult<redis::Value>>, _> =
-                self.shared.with(&mut self.con, |c| pipe.query(c));
-            // A lost answer is sent again below, as is a script the server
-            // does not have yet (NOSCRIPT: loaded by `invoke`).
-            match answers {
-                Err(BackendError::Unavailable { .. }) => {}
-                Err(e) => return Err(e),
-                Ok(answers) => {
-                    let mut answers = answers.into_iter();
-                    let settled = answers.next();
-                    if let Some(Ok(read)) = answers.next() {
-                        let (got, _) = self.take_read(&read)?;
-                        self.ahead.extend(got);
-                        self.ahead_read = Instant::now();
+            if let Some(answer) = self.settle_reading_ahead(&call, max)? {
+                return Ok(answer);
+            }
+        }
+        self.invoke_settlement(&call)
+    }
+
+    /// The settlement pipelined with the next read (`max` events), whose
+    /// events are kept for the next batch. None when the settlement's
+    /// answer was lost or the server lacked the script: it is sent again.
+    fn settle_reading_ahead(
+        &mut self,
+        call: &redis::ScriptInvocation<'_>,
+        max: usize,
+    ) -> Result<Option<redis::Value>, BackendError> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors()
+            .invoke_script(call)
+            .add_command(self.read_cmd(max, 0));
+        let answers: Result<Vec<redis::RedisResult<redis::Value>>, _> =
+            self.shared.with(&mut self.con, |c| pipe.query(c));
+        // A lost answer is sent again, as is a script the server does not
+        // have yet (NOSCRIPT: loaded by `invoke`).
+        match answers {
+            Err(BackendError::Unavailable { .. }) => {}
+            Err(e) => return Err(e),
+            Ok(answers) => {
+                let mut answers = answers.into_iter();
+                let settled = answers.next();
+                if let Some(Ok(read)) = answers.next() {
+                    let (got, _) = self.take_read(&read)?;
+                    self.ahead.extend(got);
+                    self.ahead_read = Instant::now();
+                }
+                match settled {
+                    Some(Ok(answer)) => return Ok(Some(answer)),
+                    Some(Err(e))
+                        if e.kind()
+                            != redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        return Err(self.shared.error(e))
                     }
-                    match settled {
-                        Some(Ok(answer)) => return Ok(answer),
-                        Some(Err(e))
-                            if e.kind()
-                                != redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                        {
-                            return Err(self.shared.error(e))
-                        }
-                        _ => {}
-                    }
+                    _ => {}
                 }
             }
         }
+        Ok(None)
+    }
+
+    /// The settlement on its own, sent again a few times while the server
+    /// is unreachable.
+    fn invoke_settlement(
+        &mut self,
+        call: &redis::ScriptInvocation<'_>,
+    ) -> Result<redis::Value, BackendError> {
         let mut tries = 0;
         loop {
             match self.shared.with(&mut self.con, |c| call.invoke(c)) {

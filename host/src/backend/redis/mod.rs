@@ -340,6 +340,7 @@ impl Backend for RedisBackend {
             fenced: true,
             shared: true,
             dedup_window: self.shared.dedup,
+            durable: true,
         }
     }
 

@@ -92,6 +92,13 @@ use plugbus_contract::ack;
 /// version again.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
+/// What a call of the plugin gave, and the mark of a foreground batch
+/// under way (held until the batch is settled).
+type Called = (
+    Result<BatchResult, CallError>,
+    Option<runtime::call::ForegroundCall>,
+);
+
 /// Batches in a row that failed (none acked) before a worker is
 /// quarantined.
 pub const QUARANTINE_AFTER_BATCHES: u32 = 5;
@@ -342,12 +349,41 @@ impl Worker {
     }
 
     /// Handle `chunk[range]`, whose events are at `attempts`, and settle
-    /// what became of them.
+    /// what became of them: the call (with its retries in halves or in the
+    /// background), then the outcomes by the ack rule, or the failure.
     fn deliver(&mut self, chunk: &Chunk, range: Range<usize>, attempts: &[u32]) {
         let batch = &chunk[range.clone()];
-        if batch.is_empty() {
+        if batch.is_empty() || !self.take_in_hand(chunk, &range, attempts) {
             return;
         }
+        self.keep_lease();
+        let span = crate::telemetry::batch_span(&self.plugin.name, batch);
+        let _in_span = span.enter();
+        let started = Instant::now();
+        self.note_swap_pause(started);
+        // None: the batch was split and handled in halves. A batch in the
+        // foreground stays under way until it is settled (`_foreground`):
+        // background calls yield to it.
+        let Some((result, _foreground)) = self.handle(chunk, range.clone(), attempts, started)
+        else {
+            return;
+        };
+        let handled_at = Instant::now();
+        self.handle_seconds
+            .observe(handled_at.duration_since(started).as_secs_f64());
+        self.batch_events.observe(batch.len() as f64);
+        match result {
+            Ok(result) => {
+                self.settle_outcomes(chunk, range, attempts, result, (started, handled_at))
+            }
+            Err(e) => self.settle_failure(batch, attempts, e, (started, handled_at)),
+        }
+    }
+
+    /// Take the batch in hand; false when it was settled already as failed
+    /// (no instance could be made for it).
+    fn take_in_hand(&mut self, chunk: &Chunk, range: &Range<usize>, attempts: &[u32]) -> bool {
+        let batch = &chunk[range.clone()];
         self.in_hand.chunk = Some(chunk.clone());
         self.in_hand.range = range.clone();
         self.in_hand.attempts.clear();
@@ -363,12 +399,13 @@ impl Worker {
                 );
             }
             self.finish(batch, kv::Writes::new(), 0, Vec::new());
-            return;
+            return false;
         }
-        self.keep_lease();
-        let span = crate::telemetry::batch_span(&self.plugin.name, batch);
-        let _in_span = span.enter();
-        let started = Instant::now();
+        true
+    }
+
+    /// The first call after a swap ends the swap's pause: measure it.
+    fn note_swap_pause(&mut self, started: Instant) {
         if let Some(from) = self.pause_from.take() {
             let pause = started.saturating_duration_since(from);
             self.swap_pause_seconds.observe(pause.as_secs_f64());
@@ -376,6 +413,20 @@ impl Worker {
                 .last_swap_pause_us
                 .store(pause.as_micros() as u64, Ordering::Release);
         }
+    }
+
+    /// Call the plugin for the batch in the mode its recent behaviour
+    /// earned (with the foreground's mark when in the foreground), retrying a call cut as too heavy in the background and
+    /// splitting a batch too heavy or slow as a whole (then none: the
+    /// halves were handled); account for the CPU it used.
+    fn handle(
+        &mut self,
+        chunk: &Chunk,
+        range: Range<usize>,
+        attempts: &[u32],
+        started: Instant,
+    ) -> Option<Called> {
+        let batch = &chunk[range.clone()];
         let budget = Duration::from_millis(self.plugin.settings.limits.deadline_ms);
         let low = self.low_priority_until.is_some_and(|t| started < t);
         let mode = if low {
@@ -403,7 +454,7 @@ impl Worker {
                 drop(foreground.take());
                 let why = why.to_string();
                 self.split(chunk, range, attempts, &why);
-                return;
+                return None;
             }
             // Nothing it did was kept: the event runs again from the start,
             // in the background, with what is left of its deadline.
@@ -423,7 +474,7 @@ impl Worker {
                 drop(foreground.take());
                 let why = format!("ran past its deadline of {deadline_ms} ms");
                 self.split(chunk, range, attempts, &why);
-                return;
+                return None;
             }
         }
         if result.is_ok() {
@@ -441,7 +492,6 @@ impl Worker {
             self.background_until = Some(until);
             self.plugin.background_until.extend(until);
         }
-        let handled_at = Instant::now();
         let offended = !matches!(&result, Ok(r) if r.refused == 0);
         if low || offended {
             // Its share while misbehaving: a tenth of a core, host time in
@@ -453,107 +503,122 @@ impl Worker {
         if offended {
             self.misbehaved();
         }
-        self.handle_seconds
-            .observe(handled_at.duration_since(started).as_secs_f64());
-        self.batch_events.observe(batch.len() as f64);
-        match result {
-            Ok(mut result) => {
-                let mut acked = 0;
-                let mut failed = None;
-                for o in &result.outcomes {
-                    match o {
-                        Outcome::Ack => acked += 1,
-                        Outcome::Retry(r) => {
-                            failed.get_or_insert(r.message.as_str());
-                        }
-                        Outcome::Reject(_) => {}
-                    }
+        Some((result, foreground))
+    }
+
+    /// Settle a batch the plugin answered: its outcomes, and its writes
+    /// and follow-ups by the ack rule (`plugbus_contract::ack`), handling
+    /// the events again one at a time when the rule says so.
+    fn settle_outcomes(
+        &mut self,
+        chunk: &Chunk,
+        range: Range<usize>,
+        attempts: &[u32],
+        mut result: BatchResult,
+        (started, handled_at): (Instant, Instant),
+    ) {
+        let batch = &chunk[range.clone()];
+        let mut acked = 0;
+        let mut failed = None;
+        for o in &result.outcomes {
+            match o {
+                Outcome::Ack => acked += 1,
+                Outcome::Retry(r) => {
+                    failed.get_or_insert(r.message.as_str());
                 }
-                self.note_batch(acked > 0, failed);
-                let acks: Vec<bool> = result
-                    .outcomes
-                    .iter()
-                    .map(|o| matches!(o, Outcome::Ack))
-                    .collect();
-                let settlement = ack::settle(&acks, !result.writes.is_empty());
-                if settlement == ack::Settlement::OneAtATime {
-                    // Writes cannot be told apart by event: handle the
-                    // events one by one so that only acked ones' are kept.
-                    for (i, &attempt) in range.zip(attempts) {
-                        self.deliver(chunk, i..i + 1, &[attempt]);
-                    }
-                    return;
-                }
-                for ((event, &attempt), outcome) in batch.iter().zip(attempts).zip(&result.outcomes)
-                {
-                    match outcome {
-                        Outcome::Ack => {
-                            if let Some(at) = event.accepted_at {
-                                let waited = handled_at.saturating_duration_since(at);
-                                self.delivery_seconds.observe(waited.as_secs_f64());
-                            }
-                            self.fx.acked += 1;
-                        }
-                        Outcome::Retry(r) => self.fail(event, attempt, r.delay_ms, &r.message),
-                        Outcome::Reject(msg) => {
-                            self.plugin.failed.inc();
-                            self.give_up(event, attempt, msg, GiveUp::Rejected);
-                        }
-                    }
-                }
-                if let Some(t) = crate::telemetry::get() {
-                    let outcomes: Vec<Handled<'_>> = result
-                        .outcomes
-                        .iter()
-                        .map(|o| match o {
-                            Outcome::Ack => Handled::Ack,
-                            Outcome::Retry(r) => Handled::Retry(&r.message),
-                            Outcome::Reject(why) => Handled::Reject(why),
-                        })
-                        .collect();
-                    self.export(
-                        t,
-                        batch,
-                        &outcomes,
-                        (started, handled_at),
-                        &mut result.published,
-                    );
-                }
-                let follow_ups: Vec<Event> = result
-                    .published
-                    .into_iter()
-                    .filter(|(cause, _)| {
-                        settlement.keeps_follow_up(acks.get(*cause) == Some(&true))
-                    })
-                    .map(|(_, e)| e)
-                    .collect();
-                let (writes, state_delta) = if settlement.keeps_writes() {
-                    if !result.writes.is_empty() {
-                        self.fx.reads = result.reads;
-                    }
-                    (result.writes, result.state_delta)
-                } else {
-                    (kv::Writes::new(), 0)
-                };
-                self.finish(batch, writes, state_delta, follow_ups);
-            }
-            Err(e) => {
-                self.traps.inc();
-                tracing::error!(plugin = %self.plugin.name, batch_events = batch.len(), "{e}; the batch counts as a failed attempt and the instance is re-made");
-                let message = e.to_string();
-                if let Some(t) = crate::telemetry::get() {
-                    let outcomes: Vec<Handled<'_>> =
-                        batch.iter().map(|_| Handled::Failed(&message)).collect();
-                    self.export(t, batch, &outcomes, (started, handled_at), &mut []);
-                }
-                self.note_batch(false, Some(&message));
-                for (event, &attempt) in batch.iter().zip(attempts) {
-                    self.fail(event, attempt, None, &message);
-                }
-                self.needs_reset = true;
-                self.finish(batch, kv::Writes::new(), 0, Vec::new());
+                Outcome::Reject(_) => {}
             }
         }
+        self.note_batch(acked > 0, failed);
+        let acks: Vec<bool> = result
+            .outcomes
+            .iter()
+            .map(|o| matches!(o, Outcome::Ack))
+            .collect();
+        let settlement = ack::settle(&acks, !result.writes.is_empty());
+        if settlement == ack::Settlement::OneAtATime {
+            // Writes cannot be told apart by event: handle the
+            // events one by one so that only acked ones' are kept.
+            for (i, &attempt) in range.zip(attempts) {
+                self.deliver(chunk, i..i + 1, &[attempt]);
+            }
+            return;
+        }
+        for ((event, &attempt), outcome) in batch.iter().zip(attempts).zip(&result.outcomes) {
+            match outcome {
+                Outcome::Ack => {
+                    if let Some(at) = event.accepted_at {
+                        let waited = handled_at.saturating_duration_since(at);
+                        self.delivery_seconds.observe(waited.as_secs_f64());
+                    }
+                    self.fx.acked += 1;
+                }
+                Outcome::Retry(r) => self.fail(event, attempt, r.delay_ms, &r.message),
+                Outcome::Reject(msg) => {
+                    self.plugin.failed.inc();
+                    self.give_up(event, attempt, msg, GiveUp::Rejected);
+                }
+            }
+        }
+        if let Some(t) = crate::telemetry::get() {
+            let outcomes: Vec<Handled<'_>> = result
+                .outcomes
+                .iter()
+                .map(|o| match o {
+                    Outcome::Ack => Handled::Ack,
+                    Outcome::Retry(r) => Handled::Retry(&r.message),
+                    Outcome::Reject(why) => Handled::Reject(why),
+                })
+                .collect();
+            self.export(
+                t,
+                batch,
+                &outcomes,
+                (started, handled_at),
+                &mut result.published,
+            );
+        }
+        let follow_ups: Vec<Event> = result
+            .published
+            .into_iter()
+            .filter(|(cause, _)| settlement.keeps_follow_up(acks.get(*cause) == Some(&true)))
+            .map(|(_, e)| e)
+            .collect();
+        let (writes, state_delta) = if settlement.keeps_writes() {
+            if !result.writes.is_empty() {
+                self.fx.reads = result.reads;
+            }
+            (result.writes, result.state_delta)
+        } else {
+            (kv::Writes::new(), 0)
+        };
+        self.finish(batch, writes, state_delta, follow_ups);
+    }
+
+    /// Settle a batch whose call failed (a trap, a deadline, the memory
+    /// cap): every event counts a failed attempt and the instance is made
+    /// again.
+    fn settle_failure(
+        &mut self,
+        batch: &[Arc<Event>],
+        attempts: &[u32],
+        e: CallError,
+        (started, handled_at): (Instant, Instant),
+    ) {
+        self.traps.inc();
+        tracing::error!(plugin = %self.plugin.name, batch_events = batch.len(), "{e}; the batch counts as a failed attempt and the instance is re-made");
+        let message = e.to_string();
+        if let Some(t) = crate::telemetry::get() {
+            let outcomes: Vec<Handled<'_>> =
+                batch.iter().map(|_| Handled::Failed(&message)).collect();
+            self.export(t, batch, &outcomes, (started, handled_at), &mut []);
+        }
+        self.note_batch(false, Some(&message));
+        for (event, &attempt) in batch.iter().zip(attempts) {
+            self.fail(event, attempt, None, &message);
+        }
+        self.needs_reset = true;
+        self.finish(batch, kv::Writes::new(), 0, Vec::new());
     }
 
     /// Export the batch's process spans and its follow-ups' publish spans
