@@ -306,7 +306,7 @@ async fn backlog(
     filter: &Filter,
     after: u64,
 ) -> Result<(Vec<Event>, u64), IngressError> {
-    let backend = super::backend_of(state)?;
+    let backend = super::admin::backend_of(state)?;
     let filter = filter.clone();
     let read = tokio::task::spawn_blocking(move || {
         let head = backend.head()?;
@@ -328,7 +328,7 @@ async fn backlog(
     })
     .await
     .map_err(|_| IngressError::Publish(crate::store::StoreError::Closed.into()))?;
-    read.map_err(super::backend_error)
+    read.map_err(super::admin::backend_error)
 }
 
 /// Send `plugin` for each plugin new or changed since `known`, and

@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::{backend_error, backend_of, AppState, IngressError};
+use super::admin::{backend_error, backend_of};
+use super::{AppState, IngressError};
 use crate::event::Event;
 
 /// The most events one answer holds.
