@@ -138,7 +138,7 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    fn run(args: &[&str], file: &str) -> Result<crate::cli::RunSettings, String> {
+    fn run(args: &[&str], file: &str) -> Result<crate::run_settings::RunSettings, String> {
         let dir = std::env::temp_dir().join(format!("plugbus-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let path = dir.join(format!("{}.toml", args.len()));

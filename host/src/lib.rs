@@ -25,6 +25,7 @@ pub mod observe;
 pub mod plugin;
 #[cfg(test)]
 mod reference;
+pub mod run_settings;
 pub mod runtime;
 pub mod server;
 pub mod store;

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use crate::bus::Bus;
-use crate::cli::RunSettings;
 use crate::dispatch::Dispatch;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::plugin::Registry;
+use crate::run_settings::RunSettings;
 use crate::runtime::Runtime;
 use crate::store::log::{Log, LogOptions};
 use crate::store::Store;
