@@ -2,8 +2,9 @@
 //! rules it copies from `plugbus_contract`: a batch packed in Rust reads
 //! back attribute for attribute through the helper's `Event`, a batch the
 //! helper's test harness packs reads back through the contract's `Header`,
-//! and the helper's `settle` gives the contract's answer for every case of
-//! the ack rule. Runs `python3` (which `plugbus test` needs for Python
+//! the helper's `settle` gives the contract's answer for every case of
+//! the ack rule, and its publish check refuses what the contract refuses,
+//! in the same words. Runs `python3` (which `plugbus test` needs for Python
 //! projects too).
 
 use std::path::Path;
@@ -212,4 +213,70 @@ fn the_python_harness_keeps_the_ack_rule() {
         })
         .collect();
     assert_eq!(answers, json!(want));
+}
+
+const PUBLISH: &str = r#"
+import json, sys
+import plugbus
+out = []
+for c in json.load(sys.stdin):
+    out.append(plugbus.publish_refusal(c["cause"], c["batch_len"], c["published"], c["topic"],
+                                       c["subject"], c["data_bytes"]))
+print(json.dumps(out))
+"#;
+
+/// A publish to check: cause, batch length, published so far, topic,
+/// subject, data bytes.
+type PublishCase<'a> = (u32, usize, usize, &'a str, Option<&'a str>, usize);
+
+#[test]
+fn the_python_harness_refuses_publishes_as_the_host_does() {
+    use plugbus_contract::publish::{
+        check, Publish, PUBLISHES_PER_EVENT_MAX, PUBLISH_DATA_BYTES_MAX,
+    };
+    let long_subject = "s".repeat(plugbus_contract::ATTRIBUTE_BYTES_MAX + 1);
+    let long_topic = "t".repeat(plugbus_contract::topic::TOPIC_BYTES_MAX + 1);
+    // (cause, batch length, published so far, topic, subject, data bytes)
+    let cases: Vec<PublishCase<'_>> = vec![
+        (0, 1, 0, "order.shipped", None, 2),
+        (1, 1, 0, "order.shipped", None, 2),
+        (0, 1, 0, "", None, 2),
+        (0, 1, 0, &long_topic, None, 2),
+        (0, 1, 0, "order.*", None, 2),
+        (0, 1, 0, "order..x", None, 2),
+        (0, 1, 0, "order placed", None, 2),
+        (0, 1, 0, "ordér.x", None, 2),
+        (0, 2, 2 * PUBLISHES_PER_EVENT_MAX, "a.b", None, 2),
+        (0, 1, 0, "a.b", None, PUBLISH_DATA_BYTES_MAX + 1),
+        (0, 1, 0, "a.b", Some(&long_subject), 2),
+        (0, 1, 0, "a_b-c.d", Some("fine"), PUBLISH_DATA_BYTES_MAX),
+    ];
+    let input: Vec<Value> = cases
+        .iter()
+        .map(
+            |(cause, batch_len, published, topic, subject, data_bytes)| {
+                json!({"cause": cause, "batch_len": batch_len, "published": published,
+                   "topic": topic, "subject": subject, "data_bytes": data_bytes})
+            },
+        )
+        .collect();
+    let python = python(PUBLISH, &Value::Array(input));
+    let want: Vec<Value> = cases
+        .iter()
+        .map(
+            |(cause, batch_len, published, topic, subject, data_bytes)| {
+                let p = Publish {
+                    cause: *cause,
+                    topic,
+                    subject: *subject,
+                    data_bytes: *data_bytes,
+                };
+                match check(&p, *batch_len, *published) {
+                    Ok(()) => Value::Null,
+                    Err(why) => Value::from(why.to_string()),
+                }
+            },
+        )
+        .collect();
+    assert_eq!(python, Value::Array(want));
 }

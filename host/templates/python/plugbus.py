@@ -78,6 +78,59 @@ def settle(acked: List[bool], wrote_state: bool) -> str:
     return KEEP_ACKED_FOLLOW_UPS
 
 
+# ---- what a handler may publish (plugbus_contract::publish on the host) ---
+
+TOPIC_BYTES_MAX = 256
+ATTRIBUTE_BYTES_MAX = 1024
+PUBLISH_DATA_BYTES_MAX = 1 << 20
+PUBLISHES_PER_EVENT_MAX = 64
+
+
+def _prefix_at_char(text: str, max_bytes: int) -> str:
+    raw = text.encode()
+    if len(raw) <= max_bytes:
+        return text
+    return raw[:max_bytes].decode("utf-8", "ignore")
+
+
+def topic_refusal(topic: str) -> Optional[str]:
+    """Why `topic` is not an event topic, in the host's words; None if it is."""
+    if not topic:
+        return "the topic is empty; name it with dot-separated tokens, e.g. `order.placed`"
+    if len(topic.encode()) > TOPIC_BYTES_MAX:
+        return (f"topic `{_prefix_at_char(topic, 32)}…` is longer than {TOPIC_BYTES_MAX} bytes; "
+                "use a shorter name")
+    for token in topic.split("."):
+        if token in ("*", ">"):
+            return (f"topic `{topic}` contains a wildcard; `*` and `>` are for subscriptions, "
+                    "not for events")
+        if not token:
+            return f"topic `{topic}` has an empty token; tokens are separated by single dots"
+        for ch in token:
+            if not (ch.isascii() and (ch.isalnum() or ch in "-_")):
+                return (f"topic `{topic}` contains `{ch}`; use letters, digits, `-`, `_` and `.` "
+                        "between tokens")
+    return None
+
+
+def publish_refusal(cause: int, batch_len: int, published: int, topic: str,
+                    subject: Optional[str], data_bytes: int) -> Optional[str]:
+    """Why the host refuses this publish, in its words; None if it takes it."""
+    if cause >= batch_len:
+        return (f"index {cause} is not in the batch being handled ({batch_len} events); "
+                "pass the index of the event you are handling")
+    why = topic_refusal(topic)
+    if why:
+        return why
+    if published >= batch_len * PUBLISHES_PER_EVENT_MAX:
+        return f"more than {PUBLISHES_PER_EVENT_MAX} follow-up events per handled event"
+    if data_bytes > PUBLISH_DATA_BYTES_MAX:
+        return f"data is {data_bytes} bytes, over the limit of {PUBLISH_DATA_BYTES_MAX}"
+    if subject is not None and len(subject.encode()) > ATTRIBUTE_BYTES_MAX:
+        return f"subject is longer than {ATTRIBUTE_BYTES_MAX} bytes"
+    return None
+
+
 # ---- events --------------------------------------------------------------
 
 class Event:
@@ -360,10 +413,10 @@ class _TestHost:
         self.batch_len = 0
 
     def publish(self, cause, topic, subject, datacontenttype, data):
-        if cause >= self.batch_len:
-            raise PublishError(f"index {cause} is not in the batch being handled")
-        if not topic or any(not t or t in ("*", ">") for t in topic.split(".")):
-            raise PublishError(f"topic `{topic}` is not a topic; e.g. `order.placed`")
+        why = publish_refusal(cause, self.batch_len, len(self.published), topic,
+                              subject, len(data or b""))
+        if why:
+            raise PublishError(why)
         self.published.append((cause, topic, subject, datacontenttype, data))
 
     def open_bucket(self):
