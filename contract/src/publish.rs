@@ -100,6 +100,12 @@ pub fn check_cause(cause: u32, batch_len: usize) -> Result<(), Refused> {
 pub fn check(p: &Publish<'_>, batch_len: usize, published: usize) -> Result<(), Refused> {
     check_cause(p.cause, batch_len)?;
     validate_topic(p.topic)?;
+    check_limits(p, batch_len, published)
+}
+
+/// [`check`] without the cause and the topic, for a caller that checked
+/// them already (the host checks its publish policy in between).
+pub fn check_limits(p: &Publish<'_>, batch_len: usize, published: usize) -> Result<(), Refused> {
     if published >= batch_len.saturating_mul(PUBLISHES_PER_EVENT_MAX) {
         return Err(Refused::TooMany);
     }

@@ -50,8 +50,8 @@ impl DispatchError {
 
 impl Dispatch {
     /// Publish `events` in order; each gets the next sequence number.
-    pub fn publish(&self, mut events: Vec<Event>) -> Result<Published, DispatchError> {
-        accepted_now(&mut events);
+    pub fn publish(&self, events: Vec<Event>) -> Result<Published, DispatchError> {
+        let events = crate::event::stamped(events);
         match self {
             Dispatch::Durable(log) => Ok(published(log.append(events)?)),
             Dispatch::Backend(b) => Ok(from_broker(b.append(events).map_err(busy)?)),
@@ -61,8 +61,8 @@ impl Dispatch {
     /// Publish from async code: a durable append awaits its group's
     /// commit without holding a thread; an in-memory publish runs here, and
     /// steps off the async thread only when a full queue may make it wait.
-    pub async fn publish_async(&self, mut events: Vec<Event>) -> Result<Published, DispatchError> {
-        accepted_now(&mut events);
+    pub async fn publish_async(&self, events: Vec<Event>) -> Result<Published, DispatchError> {
+        let events = crate::event::stamped(events);
         match self {
             Dispatch::Durable(log) => Ok(published(log.submit(events)?.wait_async().await?)),
             Dispatch::Backend(b) if b.appends_without_waiting(events.len()) => {
@@ -106,20 +106,5 @@ fn from_broker(appended: crate::backend::Appended) -> Published {
         first_sequence: appended.sequences.first().copied().unwrap_or(0),
         count: appended.sequences.len(),
         duplicates: appended.duplicates,
-    }
-}
-
-/// `events` stamped with the time they were accepted (for delivery
-/// latency), for a caller that appends them to the log itself.
-pub fn stamped(mut events: Vec<Event>) -> Vec<Event> {
-    accepted_now(&mut events);
-    events
-}
-
-/// Stamp events with the time they were accepted, for delivery latency.
-fn accepted_now(events: &mut [Event]) {
-    let now = std::time::Instant::now();
-    for e in events {
-        e.accepted_at.get_or_insert(now);
     }
 }

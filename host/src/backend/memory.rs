@@ -89,7 +89,7 @@ impl MemoryBackend {
             }
             if !follow_ups.is_empty() {
                 let n = follow_ups.len();
-                if let Err(e) = bus.publish(stamped(follow_ups)) {
+                if let Err(e) = bus.publish(crate::event::stamped(follow_ups)) {
                     let crate::bus::PublishError::QueueFull { accepted, .. } = &e;
                     dropped.inc_by((n - accepted) as u64);
                     tracing::error!(plugin = %name, "follow-up events lost: {e}");
@@ -106,15 +106,6 @@ impl MemoryBackend {
             fix: "run on the embedded store (--data, the default) or a broker to keep it".into(),
         }
     }
-}
-
-/// Events stamped with the time they were accepted (delivery latency).
-fn stamped(mut events: Vec<Event>) -> Vec<Event> {
-    let now = std::time::Instant::now();
-    for e in &mut events {
-        e.accepted_at.get_or_insert(now);
-    }
-    events
 }
 
 fn apply(map: &mut BTreeMap<String, Vec<u8>>, writes: Vec<(String, Option<Vec<u8>>)>) {

@@ -38,6 +38,16 @@ pub trait Watcher: Send + Sync {
     fn accepted(&self, events: &[std::sync::Arc<Event>]);
 }
 
+/// `events` stamped with the time this host accepted them (for delivery
+/// latency), where they have none yet.
+pub fn stamped(mut events: Vec<Event>) -> Vec<Event> {
+    let now = std::time::Instant::now();
+    for e in &mut events {
+        e.accepted_at.get_or_insert(now);
+    }
+    events
+}
+
 /// The `source` of the events a plugin publishes: this, then its name.
 pub const PLUGIN_SOURCE: &str = "plugbus/plugin/";
 

@@ -138,11 +138,10 @@ pub(super) async fn dead_redrive(
     Path(plugin): Path<String>,
     request: Request,
 ) -> Result<Response, IngressError> {
-    let backend = backend_of(&state)?;
-    let which = selection(&state, request).await?;
-    let n =
-        tokio::task::block_in_place(|| backend.redrive(&plugin, &which)).map_err(backend_error)?;
-    Ok(Json(json!({ "redriven": n })).into_response())
+    on_selection(&state, &plugin, request, "redriven", |b, p, w| {
+        b.redrive(p, w)
+    })
+    .await
 }
 
 pub(super) async fn dead_purge(
@@ -150,11 +149,27 @@ pub(super) async fn dead_purge(
     Path(plugin): Path<String>,
     request: Request,
 ) -> Result<Response, IngressError> {
-    let backend = backend_of(&state)?;
-    let which = selection(&state, request).await?;
+    on_selection(&state, &plugin, request, "purged", |b, p, w| b.purge(p, w)).await
+}
+
+/// Apply `act` to the dead letters of `plugin` the request selects; the
+/// answer counts them under `done`.
+async fn on_selection(
+    state: &AppState,
+    plugin: &str,
+    request: Request,
+    done: &str,
+    act: impl FnOnce(
+        &dyn crate::backend::Backend,
+        &str,
+        &crate::store::dead::Selection,
+    ) -> Result<usize, crate::backend::BackendError>,
+) -> Result<Response, IngressError> {
+    let backend = backend_of(state)?;
+    let which = selection(state, request).await?;
     let n =
-        tokio::task::block_in_place(|| backend.purge(&plugin, &which)).map_err(backend_error)?;
-    Ok(Json(json!({ "purged": n })).into_response())
+        tokio::task::block_in_place(|| act(&*backend, plugin, &which)).map_err(backend_error)?;
+    Ok(Json(json!({ done: n })).into_response())
 }
 
 #[derive(serde::Deserialize)]

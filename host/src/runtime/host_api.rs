@@ -221,7 +221,7 @@ impl publisher::Host for HostState {
             self.refused += 1;
             return Err(types::PublishError::Denied(why));
         }
-        plugbus_contract::publish::check(&call, batch_len, self.published.len())
+        plugbus_contract::publish::check_limits(&call, batch_len, self.published.len())
             .map_err(refused)?;
         let cause = self.batch()[index].clone();
         if cause.hops + 1 > self.hops_max {

@@ -181,7 +181,7 @@ impl Backend for EmbeddedBackend {
     }
 
     fn append(&self, events: Vec<Event>) -> Result<Appended, BackendError> {
-        let a = self.log.append(crate::dispatch::stamped(events))?;
+        let a = self.log.append(crate::event::stamped(events))?;
         Ok(Appended {
             sequences: a.sequences,
             duplicates: a.duplicates,

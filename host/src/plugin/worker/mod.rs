@@ -518,23 +518,17 @@ impl Worker {
         (started, handled_at): (Instant, Instant),
     ) {
         let batch = &chunk[range.clone()];
-        let mut acked = 0;
-        let mut failed = None;
-        for o in &result.outcomes {
-            match o {
-                Outcome::Ack => acked += 1,
-                Outcome::Retry(r) => {
-                    failed.get_or_insert(r.message.as_str());
-                }
-                Outcome::Reject(_) => {}
-            }
-        }
-        self.note_batch(acked > 0, failed);
         let acks: Vec<bool> = result
             .outcomes
             .iter()
             .map(|o| matches!(o, Outcome::Ack))
             .collect();
+        // The first retry's message, for quarantine.
+        let failed = result.outcomes.iter().find_map(|o| match o {
+            Outcome::Retry(r) => Some(r.message.as_str()),
+            _ => None,
+        });
+        self.note_batch(acks.contains(&true), failed);
         let settlement = ack::settle(&acks, !result.writes.is_empty());
         if settlement == ack::Settlement::OneAtATime {
             // Writes cannot be told apart by event: handle the

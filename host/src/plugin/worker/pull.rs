@@ -99,7 +99,7 @@ impl Worker {
             verdicts,
             writes: writes.into_iter().collect(),
             expected,
-            follow_ups: crate::dispatch::stamped(follow_ups),
+            follow_ups: crate::event::stamped(follow_ups),
         });
         match settled {
             Ok(()) => {
