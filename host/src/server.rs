@@ -202,15 +202,9 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         "plugbus ready"
     );
     let closing = observer.clone();
-    let store = match &dispatch {
-        Dispatch::Durable(log) => Some(log.store().clone()),
-        _ => None,
-    };
+    let store = dispatch.backend().store().cloned();
     let data_dir = store.as_ref().map(|s| s.dir().to_path_buf());
-    let broker = match &dispatch {
-        Dispatch::Backend(b) if b.capabilities().durable => Some(b.clone()),
-        _ => None,
-    };
+    let broker = Some(dispatch.backend().clone()).filter(|b| b.capabilities().shared);
     let app = http::router(AppState {
         dispatch,
         registry: registry.clone(),
@@ -307,13 +301,9 @@ async fn start_plugins(
     registry.start_optimizer()?;
     // On the embedded store only: on a broker every host would read the
     // whole shared log every minute (there the audit is asked for).
-    if matches!(dispatch, Dispatch::Durable(_))
-        && registry.backend().is_some_and(|b| !b.capabilities().shared)
-    {
+    if dispatch.backend().store().is_some() {
         tokio::spawn(audit_every(registry.clone(), AUDIT_EVERY));
-    }
-    if let (Dispatch::Durable(_), Some(backend)) = (&dispatch, registry.backend()) {
-        observer.history_from(Arc::new(LogHistory(backend)));
+        observer.history_from(Arc::new(LogHistory(dispatch.backend().clone())));
     }
     let dir = settings.plugins.clone();
     // Watch first, so that nothing deployed while the others load is missed
@@ -379,7 +369,7 @@ async fn open_dispatch(
     metrics: &Arc<Metrics>,
 ) -> Result<Dispatch, StartError> {
     Ok(match (&settings.data, &settings.broker) {
-        (_, Some(url)) => Dispatch::Backend(
+        (_, Some(url)) => Dispatch::new(
             connect_broker(
                 url,
                 settings.dedup_window,
@@ -396,12 +386,12 @@ async fn open_dispatch(
                 "memory mode: events are not stored, a crash or a full queue loses them"
             );
             let bus = Arc::new(Bus::new(settings.publish_timeout, metrics.clone()));
-            Dispatch::Backend(Arc::new(crate::backend::memory::MemoryBackend::new(
+            Dispatch::new(Arc::new(crate::backend::memory::MemoryBackend::new(
                 bus,
                 metrics.clone(),
             )))
         }
-        (Some(dir), None) => Dispatch::Durable(open_log(dir, settings, metrics)?),
+        (Some(dir), None) => Dispatch::embedded(open_log(dir, settings, metrics)?),
     })
 }
 
@@ -479,18 +469,14 @@ fn start_observer(metrics: &Metrics, dispatch: &Dispatch) -> Arc<crate::observe:
             expiring.expire();
         }
     });
-    match &dispatch {
-        Dispatch::Durable(log) => log.observe(observer.clone()),
-        // Memory mode's bus shows what it accepts; a broker's log is
-        // followed.
-        Dispatch::Backend(backend) => {
-            if !backend.observe(observer.clone()) {
-                tokio::spawn(crate::observe::follow::follow(
-                    Arc::new(LogHistory(backend.clone())),
-                    observer.clone(),
-                ));
-            }
-        }
+    // The embedded log and memory mode's bus show what they accept; a
+    // broker's log is followed.
+    let backend = dispatch.backend();
+    if !backend.observe(observer.clone()) {
+        tokio::spawn(crate::observe::follow::follow(
+            Arc::new(LogHistory(backend.clone())),
+            observer.clone(),
+        ));
     }
     observer
 }

@@ -84,7 +84,7 @@ pub(crate) fn plugbus_durable(rt: Arc<Runtime>, plugins: &Path, n: usize) -> f64
     let (dir, log) = temp_log("dlog", Fsync::Always);
     let metrics = Arc::new(Metrics::new());
     let registry = Registry::new(
-        plugbus::dispatch::Dispatch::Durable(log.clone()),
+        plugbus::dispatch::Dispatch::embedded(log.clone()),
         rt,
         metrics,
         DeliverySettings {

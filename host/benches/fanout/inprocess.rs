@@ -94,9 +94,10 @@ pub(crate) fn plugbus_inprocess(rt: Arc<Runtime>, dir: &Path, batch: usize, n: u
     };
     let metrics_dbg = metrics.clone();
     let registry = Registry::new(
-        plugbus::dispatch::Dispatch::Backend(Arc::new(
-            plugbus::backend::memory::MemoryBackend::new(bus.clone(), metrics.clone()),
-        )),
+        plugbus::dispatch::Dispatch::new(Arc::new(plugbus::backend::memory::MemoryBackend::new(
+            bus.clone(),
+            metrics.clone(),
+        ))),
         rt,
         metrics,
         settings,

@@ -24,7 +24,7 @@ pub(crate) fn swap_pauses(rt: Arc<Runtime>, swaps: u32) -> Vec<u64> {
     };
     write_version(0);
     let registry = Registry::new(
-        plugbus::dispatch::Dispatch::Durable(log.clone()),
+        plugbus::dispatch::Dispatch::embedded(log.clone()),
         rt,
         Arc::new(Metrics::new()),
         DeliverySettings::default(),
@@ -110,7 +110,7 @@ pub(crate) fn reference_run(
     }
     let metrics = Arc::new(Metrics::new());
     let registry = Registry::new(
-        plugbus::dispatch::Dispatch::Durable(log.clone()),
+        plugbus::dispatch::Dispatch::embedded(log.clone()),
         rt,
         metrics.clone(),
         DeliverySettings::default(),
@@ -175,9 +175,10 @@ pub(crate) fn concurrency_rate(rt: Arc<Runtime>, workers: usize, work_us: u64, n
     let metrics = Arc::new(Metrics::new());
     let bus = Arc::new(Bus::new(Duration::from_secs(60), metrics.clone()));
     let registry = Registry::new(
-        plugbus::dispatch::Dispatch::Backend(Arc::new(
-            plugbus::backend::memory::MemoryBackend::new(bus.clone(), metrics.clone()),
-        )),
+        plugbus::dispatch::Dispatch::new(Arc::new(plugbus::backend::memory::MemoryBackend::new(
+            bus.clone(),
+            metrics.clone(),
+        ))),
         rt,
         metrics,
         DeliverySettings::default(),

@@ -16,13 +16,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use super::local::{Commit, LocalConsumer, LocalOptions, MemoryCommit};
+use super::local::{Commit, LocalConsumer, LocalOptions};
 use super::{Appended, Backend, BackendError, Capabilities, Consumer, ConsumerOptions, Start};
 use crate::bus::{Bus, SubscribeOptions};
 use crate::event::Event;
 use crate::metrics::{DropReason, Metrics};
 use crate::store::dead::{DeadLetter, Selection};
-use crate::store::progress::Cursor;
+use crate::store::progress::{Cursor, Progress};
+use prometheus_client::metrics::counter::Counter;
 
 /// One plugin's state.
 type Bucket = Arc<Mutex<BTreeMap<String, Vec<u8>>>>;
@@ -67,36 +68,16 @@ impl MemoryBackend {
             .clone()
     }
 
-    /// What commits a settlement of `plugin`: its state writes, if every
-    /// value they were computed from is still the bucket's (checked and
-    /// written under the bucket's lock), then its follow-ups published
-    /// (those that find no room are counted as dropped).
-    fn commit_for(&self, plugin: &str) -> MemoryCommit {
-        let (bus, bucket, name) = (self.bus.clone(), self.bucket(plugin), plugin.to_string());
-        let dropped = self
-            .metrics
-            .drop_counter(plugin, DropReason::FollowUpQueueFull);
-        Box::new(move |writes, follow_ups, expected| {
-            {
-                let mut map = bucket.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some((key, _)) = expected.iter().find(|(k, v)| map.get(k) != v.as_ref()) {
-                    return Err(BackendError::Conflict {
-                        plugin: name.clone(),
-                        key: key.clone(),
-                    });
-                }
-                apply(&mut map, writes);
-            }
-            if !follow_ups.is_empty() {
-                let n = follow_ups.len();
-                if let Err(e) = bus.publish(crate::event::stamped(follow_ups)) {
-                    let crate::bus::PublishError::QueueFull { accepted, .. } = &e;
-                    dropped.inc_by((n - accepted) as u64);
-                    tracing::error!(plugin = %name, "follow-up events lost: {e}");
-                }
-            }
-            Ok(())
-        })
+    /// What commits a settlement of `plugin`.
+    fn commit_for(&self, plugin: &str) -> Settle {
+        Settle {
+            plugin: plugin.to_string(),
+            bus: self.bus.clone(),
+            bucket: self.bucket(plugin),
+            dropped: self
+                .metrics
+                .drop_counter(plugin, DropReason::FollowUpQueueFull),
+        }
     }
 
     fn not_kept(&self, what: &str) -> BackendError {
@@ -105,6 +86,46 @@ impl MemoryBackend {
             what: what.to_string(),
             fix: "run on the embedded store (--data, the default) or a broker to keep it".into(),
         }
+    }
+}
+
+/// A memory-mode settlement: its state writes, if every value they were
+/// computed from is still the bucket's (checked and written under the
+/// bucket's lock), then its follow-ups published (those that find no room
+/// are counted as dropped). Dead letters and the cursor are not kept.
+struct Settle {
+    plugin: String,
+    bus: Arc<Bus>,
+    bucket: Bucket,
+    dropped: Counter,
+}
+
+impl Commit for Settle {
+    fn write(
+        &mut self,
+        progress: Progress,
+        follow_ups: Vec<Event>,
+        expected: &[(String, Option<Vec<u8>>)],
+    ) -> Result<(), BackendError> {
+        {
+            let mut map = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((key, _)) = expected.iter().find(|(k, v)| map.get(k) != v.as_ref()) {
+                return Err(BackendError::Conflict {
+                    plugin: self.plugin.clone(),
+                    key: key.clone(),
+                });
+            }
+            apply(&mut map, progress.kv);
+        }
+        if !follow_ups.is_empty() {
+            let n = follow_ups.len();
+            if let Err(e) = self.bus.publish(crate::event::stamped(follow_ups)) {
+                let crate::bus::PublishError::QueueFull { accepted, .. } = &e;
+                self.dropped.inc_by((n - accepted) as u64);
+                tracing::error!(plugin = %self.plugin, "follow-up events lost: {e}");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -146,6 +167,15 @@ impl Backend for MemoryBackend {
         !self.bus.might_wait(events)
     }
 
+    fn append_async(self: Arc<Self>, events: Vec<Event>) -> super::AppendFuture {
+        if !self.bus.might_wait(events.len()) {
+            return Box::pin(std::future::ready(self.append(events)));
+        }
+        // Waiting for room in a queue: on this thread, handing the
+        // runtime's other tasks to another.
+        Box::pin(async move { tokio::task::block_in_place(|| self.append(events)) })
+    }
+
     fn consumer(
         &self,
         plugin: &str,
@@ -175,7 +205,7 @@ impl Backend for MemoryBackend {
                 let consumer = LocalConsumer::new(
                     plugin,
                     queue,
-                    Commit::Memory(self.commit_for(plugin)),
+                    Box::new(self.commit_for(plugin)),
                     LocalOptions {
                         strict: options.strict.then(|| options.key.clone()),
                         start: Cursor::default(),

@@ -475,8 +475,12 @@ pub fn check_release(
 /// over.
 pub const RELEASE_LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// An append under way, for async code: answers once the events are stored.
+pub type AppendFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Appended, BackendError>> + Send>>;
+
 /// A place events are stored and delivered from. See the module docs.
-pub trait Backend: Send + Sync {
+pub trait Backend: Send + Sync + 'static {
     /// What it is, for logs, `plugbus plugins` and metrics: `embedded`, or
     /// the broker's address without credentials.
     fn describe(&self) -> String;
@@ -517,6 +521,27 @@ pub trait Backend: Send + Sync {
         false
     }
 
+    /// [`Backend::append`] from async code, holding no runtime thread
+    /// while it waits: in place when it would not wait, else on a blocking
+    /// thread (the embedded store awaits its group commit instead).
+    fn append_async(self: Arc<Self>, events: Vec<Event>) -> AppendFuture {
+        if self.appends_without_waiting(events.len()) {
+            let appended = self.append(events);
+            return Box::pin(std::future::ready(appended));
+        }
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || self.append(events))
+                .await
+                .map_err(|_| BackendError::Store(crate::store::StoreError::Closed))?
+        })
+    }
+
+    /// The embedded store under this backend, for what only it offers
+    /// (a backup, the repair records, the disk reserve); none elsewhere.
+    fn store(&self) -> Option<&Arc<crate::store::Store>> {
+        None
+    }
+
     /// `plugin` stopped on this host: its consumers are gone (memory mode
     /// stops fanning events out to it).
     fn stopped(&self, plugin: &str) {
@@ -525,6 +550,10 @@ pub trait Backend: Send + Sync {
 
     /// The host is stopping: consumers' sources end once drained.
     fn close(&self) {}
+
+    /// The host's workers are gone: finish writing what was accepted and
+    /// stop (the embedded log's committer syncs and ends).
+    fn finish(&self) {}
 
     /// Show every event it accepts to `watcher` as it accepts it, where
     /// the backend can (memory mode); false where the host follows the

@@ -52,19 +52,13 @@ fn letter_json(l: &crate::store::dead::DeadLetter, with_event: bool) -> serde_js
 pub(super) fn backend_of(
     state: &AppState,
 ) -> Result<Arc<dyn crate::backend::Backend>, IngressError> {
-    state
-        .registry
-        .backend()
+    Some(state.registry.backend().clone())
         .filter(|b| b.capabilities().durable)
         .ok_or(IngressError::NoStore)
 }
 
 pub(super) fn backend_error(e: crate::backend::BackendError) -> IngressError {
-    match e {
-        crate::backend::BackendError::Store(e) => IngressError::Publish(DispatchError::Store(e)),
-        crate::backend::BackendError::Busy(e) => IngressError::Publish(DispatchError::Busy(e)),
-        other => IngressError::Publish(DispatchError::Broker(other)),
-    }
+    IngressError::Publish(DispatchError::from(e))
 }
 
 fn letters(state: &AppState, plugins: Vec<String>) -> Result<Response, IngressError> {
@@ -206,8 +200,8 @@ pub(super) async fn log_get(
         .into_iter()
         .find(|e| e.sequence == sequence);
     let Some(event) = event else {
-        if let crate::dispatch::Dispatch::Durable(log) = &state.dispatch {
-            let lost = tokio::task::block_in_place(|| log.store().lost_at(sequence));
+        if let Some(store) = state.dispatch.backend().store() {
+            let lost = tokio::task::block_in_place(|| store.lost_at(sequence));
             if let Ok(Some(range)) = lost {
                 return Err(IngressError::Lost(sequence, range));
             }

@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use super::{AppState, IngressError};
-use crate::dispatch::Dispatch;
 
 /// Bytes gathered before they are handed to the response.
 const CHUNK_BYTES: usize = 256 << 10;
@@ -51,10 +50,9 @@ impl std::io::Write for ToResponse {
 }
 
 pub(super) async fn backup(State(state): State<AppState>) -> Result<Response, IngressError> {
-    let Dispatch::Durable(log) = &state.dispatch else {
+    let Some(store) = state.dispatch.backend().store().cloned() else {
         return Err(IngressError::NoStore);
     };
-    let store = log.store().clone();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
         let errors = tx.clone();

@@ -193,13 +193,13 @@ impl IntoResponse for IngressError {
                 StatusCode::INSUFFICIENT_STORAGE
             }
             IngressError::Publish(DispatchError::Store(_)) => StatusCode::INTERNAL_SERVER_ERROR,
-            IngressError::Publish(DispatchError::Broker(BackendError::Unavailable { .. })) => {
+            IngressError::Publish(DispatchError::Backend(BackendError::Unavailable { .. })) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            IngressError::Publish(DispatchError::Broker(BackendError::NotOffered { .. })) => {
+            IngressError::Publish(DispatchError::Backend(BackendError::NotOffered { .. })) => {
                 StatusCode::NOT_IMPLEMENTED
             }
-            IngressError::Publish(DispatchError::Broker(_)) => StatusCode::BAD_GATEWAY,
+            IngressError::Publish(DispatchError::Backend(_)) => StatusCode::BAD_GATEWAY,
         };
         let mut body = json!({ "error": self.to_string() });
         if let IngressError::Publish(DispatchError::Busy(PublishError::QueueFull {

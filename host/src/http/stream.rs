@@ -152,10 +152,10 @@ async fn feed(state: AppState, filter: Filter, o: Options, tx: Frames) {
     let mut sub = o
         .tail
         .then(|| tokio::task::block_in_place(|| state.observer.subscribe(filter.clone(), o.rate)));
-    let mode = match &state.dispatch {
-        crate::dispatch::Dispatch::Durable(_) => "durable",
-        crate::dispatch::Dispatch::Backend(b) if b.capabilities().durable => "broker",
-        crate::dispatch::Dispatch::Backend(_) => "memory",
+    let mode = match state.dispatch.backend().capabilities() {
+        c if !c.durable => "memory",
+        c if c.shared => "broker",
+        _ => "durable",
     };
     let mut sent_through = broker_head(&state, &o).await;
     let mut backlog_skipped = 0u64;
@@ -216,13 +216,10 @@ async fn feed(state: AppState, filter: Filter, o: Options, tx: Frames) {
 /// `hello` (the broker's log is read back from before the head when
 /// someone starts looking): what is published after `hello` is sent.
 async fn broker_head(state: &AppState, o: &Options) -> u64 {
-    let crate::dispatch::Dispatch::Backend(b) = &state.dispatch else {
-        return 0;
-    };
-    if !o.tail || o.resume.is_some() || !b.capabilities().durable {
+    let b = state.dispatch.backend().clone();
+    if !o.tail || o.resume.is_some() || !b.capabilities().shared {
         return 0;
     }
-    let b = b.clone();
     match tokio::task::spawn_blocking(move || b.head()).await {
         Ok(Ok(head)) => head,
         _ => 0,

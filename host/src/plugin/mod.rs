@@ -124,9 +124,6 @@ struct Failed {
 /// The registry: running plugins, failed ones, and their workers.
 pub struct Registry {
     dispatch: Dispatch,
-    /// Where the log, dead letters and state are kept, for the API: the
-    /// embedded store or the broker (none in memory mode).
-    backend: Option<Arc<dyn crate::backend::Backend>>,
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
     settings: DeliverySettings,
@@ -153,15 +150,8 @@ impl Registry {
         metrics: Arc<Metrics>,
         settings: DeliverySettings,
     ) -> Registry {
-        let backend: Option<Arc<dyn crate::backend::Backend>> = match &dispatch {
-            Dispatch::Durable(log) => Some(Arc::new(
-                crate::backend::embedded::EmbeddedBackend::new(log.clone(), log.dedup_window()),
-            )),
-            Dispatch::Backend(b) => Some(b.clone()),
-        };
         Registry {
             dispatch,
-            backend,
             runtime,
             metrics,
             settings,
@@ -231,17 +221,10 @@ impl Registry {
         Ok(errors)
     }
 
-    /// The durable store, when there is one.
-    pub fn store(&self) -> Option<&Arc<crate::store::Store>> {
-        match &self.dispatch {
-            Dispatch::Durable(log) => Some(log.store()),
-            Dispatch::Backend(_) => None,
-        }
-    }
-
-    /// Where the log, dead letters and state are kept, outside memory mode.
-    pub fn backend(&self) -> Option<Arc<dyn crate::backend::Backend>> {
-        self.backend.clone()
+    /// Where events, dead letters and state are kept: the embedded
+    /// store, a broker, or memory mode's bus and maps.
+    pub fn backend(&self) -> &Arc<dyn crate::backend::Backend> {
+        self.dispatch.backend()
     }
 
     /// Where `plugin`'s key-value state is, if it is a plugin this host
@@ -255,10 +238,7 @@ impl Registry {
 
     /// Where `plugin`'s state is.
     fn bucket(&self, _plugin: &str) -> kv::Backend {
-        match &self.dispatch {
-            Dispatch::Durable(log) => kv::Backend::Durable(log.store().clone()),
-            Dispatch::Backend(b) => kv::Backend::Through(b.clone()),
-        }
+        kv::Backend::on(self.dispatch.backend().clone())
     }
 
     /// The names of every plugin, running or failed.
@@ -278,7 +258,10 @@ impl Registry {
         from: u64,
         reset_state: bool,
     ) -> Result<PluginStatus, ReplayError> {
-        let backend = self.backend().ok_or(ReplayError::NotDurable)?;
+        let backend = self.backend().clone();
+        if !backend.capabilities().durable {
+            return Err(ReplayError::NotDurable);
+        }
         let _one = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
         let running = self
             .stop_one(plugin)

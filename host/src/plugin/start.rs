@@ -170,9 +170,7 @@ impl Registry {
         };
         {
             {
-                let Some(backend) = self.backend.clone() else {
-                    return Err(broker_err(crate::backend::BackendError::Closed));
-                };
+                let backend = self.backend().clone();
                 // On a broker, a lease longer than a batch may take: three
                 // deadlines. The embedded store has nobody to take over.
                 let lease = Duration::from_millis(
@@ -283,10 +281,7 @@ impl Registry {
         let name = plugin.name.clone();
         let workers = settings.concurrency.max(1);
         let mut spawned = Vec::new();
-        let durable = self
-            .backend
-            .as_ref()
-            .is_some_and(|b| b.capabilities().durable);
+        let durable = self.backend().capabilities().durable;
         for (index, (instance, consumer)) in instances.into_iter().zip(consumers).enumerate() {
             let worker = worker::Worker::new(
                 instance,
@@ -320,9 +315,7 @@ impl Registry {
                         .unwrap_or_else(|p| p.into_inner())
                         .extend(spawned);
                     self.join_threads(&name);
-                    if let Some(backend) = &self.backend {
-                        backend.stopped(&name);
-                    }
+                    self.backend().stopped(&name);
                     return Err(PluginError::Thread {
                         file: file.to_path_buf(),
                         source,

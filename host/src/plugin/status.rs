@@ -178,10 +178,11 @@ pub struct StormStatus {
 impl Registry {
     /// The status of every plugin, running and failed, by name.
     pub fn status(&self) -> Vec<PluginStatus> {
-        let head = match &self.dispatch {
-            Dispatch::Durable(log) => Some(log.head()),
-            Dispatch::Backend(b) if b.capabilities().durable => b.head().ok(),
-            Dispatch::Backend(_) => None,
+        let backend = self.dispatch.backend();
+        let head = if backend.capabilities().durable {
+            backend.head().ok()
+        } else {
+            None
         };
         let mut out: Vec<PluginStatus> = self
             .running
@@ -271,13 +272,14 @@ impl Registry {
     /// Every running plugin's accounts ([`crate::audit`]), by name; each
     /// also sets `plugbus_unaccounted_events`.
     pub fn audit(&self) -> Result<Vec<crate::audit::Audit>, crate::backend::BackendError> {
-        let Some(backend) = &self.backend else {
+        let backend = self.backend();
+        if !backend.capabilities().durable {
             return Err(crate::backend::BackendError::NotOffered {
                 backend: "memory mode".into(),
                 what: "the audit of plugins' events".into(),
                 fix: "run with the embedded store (without --memory): memory mode keeps no log to count against".into(),
             });
-        };
+        }
         let scopes: Vec<crate::audit::Scope> = self
             .running
             .read()
@@ -339,27 +341,22 @@ impl Registry {
                 ));
             }
         }
-        match &self.dispatch {
-            Dispatch::Durable(log) => {
-                for (from, to) in log.store().noted_holes() {
-                    reasons.push(format!(
-                        "the log has a hole at sequences {from}..={to} that no repair recorded (damage the storage engine cut away): stop the host and run `plugbus repair --data {}`",
-                        log.store().dir().display()
-                    ));
-                }
-                if let Some((free, reserve)) = log.store().inside_reserve() {
-                    reasons.push(format!(
-                        "the data directory's disk is inside its reserve: {free} bytes free, {reserve} kept for the store (--disk-reserve-bytes); publishing is refused and deliveries wait until there is room: free space there"
-                    ));
-                }
+        let backend = self.dispatch.backend();
+        if let Some(store) = backend.store() {
+            for (from, to) in store.noted_holes() {
+                reasons.push(format!(
+                    "the log has a hole at sequences {from}..={to} that no repair recorded (damage the storage engine cut away): stop the host and run `plugbus repair --data {}`",
+                    store.dir().display()
+                ));
             }
-            Dispatch::Backend(b) => {
-                if !b.connected() {
-                    reasons.push(
-                        "the broker does not answer; events wait until it is back".to_string(),
-                    );
-                }
+            if let Some((free, reserve)) = store.inside_reserve() {
+                reasons.push(format!(
+                    "the data directory's disk is inside its reserve: {free} bytes free, {reserve} kept for the store (--disk-reserve-bytes); publishing is refused and deliveries wait until there is room: free space there"
+                ));
             }
+        }
+        if !backend.connected() {
+            reasons.push("the broker does not answer; events wait until it is back".to_string());
         }
         reasons
     }
@@ -368,25 +365,29 @@ impl Registry {
     pub fn refresh_gauges(&self) {
         // The log's head first: on a broker it also says whether the
         // broker answers, before each plugin's position is asked.
-        match &self.dispatch {
-            Dispatch::Durable(log) => {
-                self.metrics.log_events.set(log.head() as i64);
-                self.metrics.log_bytes.set(log.store().disk_bytes() as i64);
-                let store = log.store();
-                if let Ok(free) = fs4::available_space(store.dir()) {
-                    self.metrics.disk_free_bytes.set(free as i64);
-                }
-                self.metrics
-                    .disk_reserve_bytes
-                    .set(store.disk_reserve_bytes() as i64);
+        let backend = self.dispatch.backend();
+        let kept = backend.capabilities();
+        let head = if kept.durable {
+            backend.head().ok()
+        } else {
+            None
+        };
+        if let Some(head) = head {
+            self.metrics.log_events.set(head as i64);
+        }
+        if let Some(store) = backend.store() {
+            self.metrics.log_bytes.set(store.disk_bytes() as i64);
+            if let Ok(free) = fs4::available_space(store.dir()) {
+                self.metrics.disk_free_bytes.set(free as i64);
             }
-            Dispatch::Backend(b) if b.capabilities().durable => {
-                if let Ok(head) = b.head() {
-                    self.metrics.log_events.set(head as i64);
-                }
-                self.metrics.broker_connected.set(i64::from(b.connected()));
-            }
-            Dispatch::Backend(_) => {}
+            self.metrics
+                .disk_reserve_bytes
+                .set(store.disk_reserve_bytes() as i64);
+        }
+        if kept.shared {
+            self.metrics
+                .broker_connected
+                .set(i64::from(backend.connected()));
         }
         for p in self
             .running
@@ -403,8 +404,10 @@ impl Registry {
                 .state_bytes
                 .get_or_create(&labels)
                 .set(p.settings.state.used() as i64);
-            if let Dispatch::Durable(log) = &self.dispatch {
-                let lag = log.head().saturating_sub(p.cursor());
+            // The host's own cursor says where the plugin is, except on a
+            // broker (which says it, below).
+            if let (Some(head), false) = (head, kept.shared) {
+                let lag = head.saturating_sub(p.cursor());
                 self.metrics.lag.get_or_create(&labels).set(lag as i64);
             }
             if let Some(b) = self.broker_position(&p.name) {
@@ -421,21 +424,22 @@ impl Registry {
     /// it cannot be asked now). A broker whose last call failed is not
     /// asked again per plugin: each ask would wait out a connect timeout.
     fn broker_position(&self, plugin: &str) -> Option<crate::backend::Position> {
-        match &self.dispatch {
-            Dispatch::Backend(b) if b.connected() => b.position(plugin).ok().flatten(),
-            _ => None,
+        let backend = self.dispatch.backend();
+        if backend.connected() {
+            backend.position(plugin).ok().flatten()
+        } else {
+            None
         }
     }
 
     /// Where events are kept, for `/v1/plugins`: `embedded`, `memory`, or
     /// the broker's address and whether it answers.
     pub fn backend_status(&self) -> serde_json::Value {
-        match &self.dispatch {
-            Dispatch::Durable(_) => serde_json::json!({"kind": "embedded"}),
-            Dispatch::Backend(b) if !b.capabilities().durable => {
-                serde_json::json!({"kind": "memory"})
-            }
-            Dispatch::Backend(b) => serde_json::json!({
+        let b = self.dispatch.backend();
+        match b.capabilities() {
+            c if !c.durable => serde_json::json!({"kind": "memory"}),
+            c if !c.shared => serde_json::json!({"kind": "embedded"}),
+            _ => serde_json::json!({
                 "kind": "broker",
                 "address": b.describe(),
                 "connected": b.connected(),

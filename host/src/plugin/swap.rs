@@ -55,9 +55,7 @@ impl Registry {
         let running = self.running_plugin(plugin)?;
         running.stop.store(true, Ordering::Release);
         self.join_threads(plugin);
-        if let Some(backend) = &self.backend {
-            backend.stopped(plugin);
-        }
+        self.backend().stopped(plugin);
         self.running
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -286,17 +284,13 @@ impl Registry {
                 tracing::error!("the optimizing compile thread panicked");
             }
         }
-        if let Some(backend) = &self.backend {
-            backend.close();
-        }
+        self.backend().close();
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
         for (_, w) in workers {
             if w.join().is_err() {
                 tracing::error!("a plugin worker panicked during shutdown");
             }
         }
-        if let Dispatch::Durable(log) = &self.dispatch {
-            log.close();
-        }
+        self.dispatch.backend().finish();
     }
 }

@@ -18,19 +18,19 @@ use super::{kv, HostState, InstanceConfig};
 use crate::event::Event;
 
 /// The store the runs share, in a directory of its own for the process.
-fn shared_store() -> Option<Arc<crate::store::Store>> {
-    static STORE: OnceLock<Option<Arc<crate::store::Store>>> = OnceLock::new();
+fn shared_store() -> Option<Arc<dyn crate::backend::Backend>> {
+    static STORE: OnceLock<Option<Arc<dyn crate::backend::Backend>>> = OnceLock::new();
     STORE
         .get_or_init(|| {
             let dir =
                 std::env::temp_dir().join(format!("plugbus-fuzz-imports-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
-            crate::store::Store::open(
-                &dir,
-                crate::store::Fsync::Interval(std::time::Duration::from_secs(3600)),
-            )
-            .ok()
-            .map(Arc::new)
+            let fsync = crate::store::Fsync::Interval(std::time::Duration::from_secs(3600));
+            let store = crate::store::Store::open(&dir, fsync).ok()?;
+            let log = crate::store::log::Log::start(store, fsync, Default::default()).ok()?;
+            let window = log.dedup_window();
+            let backend = crate::backend::embedded::EmbeddedBackend::new(log, window);
+            Some(Arc::new(backend) as Arc<dyn crate::backend::Backend>)
         })
         .clone()
 }
@@ -106,7 +106,7 @@ pub fn run(data: &[u8]) {
     };
     let config = InstanceConfig {
         config: vec![("mode".into(), "fuzz".into())],
-        kv: kv::Backend::Durable(store),
+        kv: kv::Backend::on(store),
         ..InstanceConfig::default()
     };
     let limits = StoreLimitsBuilder::new().build();

@@ -23,7 +23,6 @@ use wasmtime::component::Resource;
 
 use super::bindings::wasi::keyvalue::{atomics, batch, store};
 use super::HostState;
-use crate::store::Store;
 
 /// The only bucket name: the plugin's own.
 pub const BUCKET: &str = "default";
@@ -96,28 +95,20 @@ pub struct KvCas {
     seen: Option<Vec<u8>>,
 }
 
-/// Where committed state lives.
+/// Where committed state lives: the plugin's bucket in the backend (the
+/// embedded store's `kv` keyspace, a broker's, or memory mode's map).
 #[derive(Clone)]
-pub enum Backend {
-    /// The store's `kv` keyspace.
-    Durable(Arc<Store>),
-    /// The plugin's bucket in a backend: a broker (`--broker`), or memory
-    /// mode's map, lost on exit (`--memory`).
-    Through(Arc<dyn crate::backend::Backend>),
-}
+pub struct Backend(Arc<dyn crate::backend::Backend>);
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Backend::Durable(_) => "Backend::Durable",
-            Backend::Through(_) => "Backend::Through",
-        })
+        write!(f, "kv::Backend({})", self.0.describe())
     }
 }
 
 impl Default for Backend {
     fn default() -> Self {
-        Backend::Through(Arc::new(crate::backend::memory::MemoryBackend::standalone()))
+        Backend(Arc::new(crate::backend::memory::MemoryBackend::standalone()))
     }
 }
 
@@ -125,22 +116,21 @@ impl Default for Backend {
 pub type Writes = BTreeMap<String, Option<Vec<u8>>>;
 
 impl Backend {
+    /// The buckets kept by `backend`.
+    pub fn on(backend: Arc<dyn crate::backend::Backend>) -> Backend {
+        Backend(backend)
+    }
+
     /// The committed value of `key` in `plugin`'s bucket.
     pub fn get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-        match self {
-            Backend::Through(b) => b.kv_get(plugin, key).map_err(|e| e.to_string()),
-            _ => self.read(plugin, key),
-        }
+        self.0.kv_get(plugin, key).map_err(|e| e.to_string())
     }
 
     /// The value of `key` in `plugin`'s bucket as its handler reads it: a
     /// broker may answer from this host's copy of the state, because the
     /// settlement checks every value a batch read (`backend::state_cache`).
     pub fn read(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-        match self {
-            Backend::Durable(s) => s.kv_get(plugin, key).map_err(|e| e.to_string()),
-            Backend::Through(b) => b.kv_read(plugin, key).map_err(|e| e.to_string()),
-        }
+        self.0.kv_read(plugin, key).map_err(|e| e.to_string())
     }
 
     /// Up to `max` committed keys after `after`, in order, with values.
@@ -150,10 +140,9 @@ impl Backend {
         after: Option<&str>,
         max: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, String> {
-        match self {
-            Backend::Durable(s) => s.kv_list(plugin, after, max).map_err(|e| e.to_string()),
-            Backend::Through(b) => b.kv_list(plugin, after, max).map_err(|e| e.to_string()),
-        }
+        self.0
+            .kv_list(plugin, after, max)
+            .map_err(|e| e.to_string())
     }
 
     /// The bytes (keys and values) of `plugin`'s committed state.
@@ -174,25 +163,15 @@ impl Backend {
     }
 
     /// Commit `writes` at once, outside any delivery (writes made during
-    /// `init`).
+    /// `init`). No cursor moves: a plugin new to the log has none yet,
+    /// and must still be seen as new.
     pub fn apply(&self, plugin: &str, writes: Writes) -> Result<(), String> {
         if writes.is_empty() {
             return Ok(());
         }
-        match self {
-            // No cursor: the stored one stays as it is (a plugin new to
-            // the log has none yet, and must still be seen as new).
-            Backend::Durable(s) => s
-                .commit_progress(&crate::store::progress::Progress {
-                    plugin: plugin.to_string(),
-                    kv: writes.into_iter().collect(),
-                    ..Default::default()
-                })
-                .map_err(|e| e.to_string()),
-            Backend::Through(b) => b
-                .put_state(plugin, writes.into_iter().collect())
-                .map_err(|e| e.to_string()),
-        }
+        self.0
+            .put_state(plugin, writes.into_iter().collect())
+            .map_err(|e| e.to_string())
     }
 }
 

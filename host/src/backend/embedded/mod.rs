@@ -12,6 +12,7 @@
 //! keeps its own cursor; where a new part starts sticks across restarts.
 
 mod pump;
+mod settle;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::local::{Commit, LocalConsumer, LocalOptions, Source};
+use super::local::{LocalConsumer, LocalOptions, Source};
 use super::{Appended, Backend, BackendError, Capabilities, Consumer, ConsumerOptions, Start};
 use crate::bus::{Queue, CHUNK_EVENTS_MAX};
 use crate::event::Event;
@@ -117,12 +118,13 @@ impl EmbeddedBackend {
         Box::new(LocalConsumer::new(
             plugin,
             source,
-            Commit::Durable {
+            Box::new(settle::Settle {
                 log: self.log.clone(),
                 cursor_name,
                 writing: shared.writing.clone(),
                 state: self.log.store().state_epoch(plugin),
-            },
+                seen: 1,
+            }),
             LocalOptions {
                 strict: options.strict.then(|| options.key.clone()),
                 start,
@@ -139,6 +141,13 @@ impl EmbeddedBackend {
 struct Shared {
     writing: Arc<Mutex<()>>,
     reader: Arc<Reader>,
+}
+
+fn appended(a: crate::store::log::Appended) -> Appended {
+    Appended {
+        sequences: a.sequences,
+        duplicates: a.duplicates,
+    }
 }
 
 /// A plugin's log reader and its claim on the plugin, given up when its
@@ -181,11 +190,26 @@ impl Backend for EmbeddedBackend {
     }
 
     fn append(&self, events: Vec<Event>) -> Result<Appended, BackendError> {
-        let a = self.log.append(crate::event::stamped(events))?;
-        Ok(Appended {
-            sequences: a.sequences,
-            duplicates: a.duplicates,
-        })
+        Ok(appended(self.log.append(crate::event::stamped(events))?))
+    }
+
+    fn append_async(self: Arc<Self>, events: Vec<Event>) -> super::AppendFuture {
+        // Awaits the group commit without holding a thread.
+        let ticket = self.log.submit(crate::event::stamped(events));
+        Box::pin(async move { Ok(appended(ticket?.wait_async().await?)) })
+    }
+
+    fn store(&self) -> Option<&Arc<crate::store::Store>> {
+        Some(self.log.store())
+    }
+
+    fn observe(&self, watcher: Arc<dyn crate::event::Watcher>) -> bool {
+        self.log.observe(watcher);
+        true
+    }
+
+    fn finish(&self) {
+        self.log.close();
     }
 
     fn consumer(

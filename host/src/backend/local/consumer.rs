@@ -12,7 +12,7 @@ impl Consumer for LocalConsumer {
         wait: Duration,
     ) -> Result<Vec<Delivered>, BackendError> {
         let (events, attempts) = self.next_out(max_events.max(1), wait)?;
-        self.handed_out();
+        self.commit.handed_out();
         Ok(events
             .iter()
             .zip(attempts)
@@ -29,7 +29,7 @@ impl Consumer for LocalConsumer {
         wait: Duration,
     ) -> Result<(Chunk, Vec<u32>), BackendError> {
         let out = self.next_out(max_events.max(1), wait)?;
-        self.handed_out();
+        self.commit.handed_out();
         Ok(out)
     }
 
@@ -55,19 +55,15 @@ impl Consumer for LocalConsumer {
         let cursor = self.cursor_after(&retried, counts);
         mark(self, false);
         if !only_position {
-            let (cursor_name, durable) = match &self.commit {
-                Commit::Durable { cursor_name, .. } => (cursor_name.clone(), true),
-                Commit::Memory(_) => (None, false),
-            };
             let progress = Progress {
                 plugin: self.plugin.clone(),
-                cursor_name,
-                cursor: durable.then(|| cursor.clone()),
+                cursor_name: None,
+                cursor: Some(cursor.clone()),
                 kv: s.writes,
                 dead,
                 redriven,
             };
-            match self.write(progress, s.follow_ups, &s.expected) {
+            match self.commit.write(progress, s.follow_ups, &s.expected) {
                 Ok(()) => {}
                 // Still this consumer's, to hand back and handle again.
                 Err(e @ BackendError::Conflict { .. }) => return Err(e),
@@ -116,17 +112,7 @@ impl Consumer for LocalConsumer {
     }
 
     fn held_back(&self) -> Option<String> {
-        let Commit::Durable { log, .. } = &self.commit else {
-            return None;
-        };
-        log.store().room_for_writes().err().map(|e| match e {
-            crate::store::StoreError::DiskFull { free, reserve, .. } => format!(
-                "the data directory's disk is inside its reserve ({} MiB free, {} MiB kept for the store): deliveries wait until there is room (free space there, or lower --disk-reserve-bytes)",
-                free >> 20,
-                reserve >> 20
-            ),
-            e => e.to_string(),
-        })
+        self.commit.held_back()
     }
 }
 

@@ -39,7 +39,6 @@ use crossbeam_channel::{RecvTimeoutError, TryRecvError};
 use super::{BackendError, Consumer, Delivered, Settlement, Verdict};
 use crate::bus::{Delivery, OrderingKey, Queue};
 use crate::event::{Chunk, Event};
-use crate::store::log::Log;
 use crate::store::progress::{Counts, Cursor, GaveUp, Progress};
 
 /// A cursor that only moves past events (nothing else changed) is saved at
@@ -51,36 +50,48 @@ pub const CURSOR_SAVE_EVERY: Duration = Duration::from_millis(200);
 /// not be written.
 pub const COMMIT_RETRY: Duration = Duration::from_secs(1);
 
-/// What commits a memory-mode settlement: the state writes, if the values
-/// they were computed from (the third argument) are still the bucket's
-/// (else [`BackendError::Conflict`]), then the follow-up events.
-pub type MemoryCommit = Box<
-    dyn FnMut(
-            Vec<(String, Option<Vec<u8>>)>,
-            Vec<Event>,
-            &[(String, Option<Vec<u8>>)],
-        ) -> Result<(), BackendError>
-        + Send,
->;
+/// Where a local consumer's settlements are kept: the embedded store
+/// (`embedded::settle`), or memory mode's map and bus (`memory`), where
+/// nothing outlives the process.
+pub trait Commit: Send {
+    /// Commit `progress` (its state writes, and where the store keeps them
+    /// its cursor, dead letters and re-drives) with `follow_ups`, in one
+    /// write, if the values in `expected` are still the plugin's bucket's
+    /// (else [`BackendError::Conflict`]).
+    fn write(
+        &mut self,
+        progress: Progress,
+        follow_ups: Vec<Event>,
+        expected: &[(String, Option<Vec<u8>>)],
+    ) -> Result<(), BackendError>;
 
-/// Where a settlement is committed.
-pub enum Commit {
-    /// The embedded store: one atomic write with the cursor `cursor_name`
-    /// (none: the plugin's own).
-    Durable {
-        /// The log the store belongs to.
-        log: Arc<Log>,
-        /// The consumer's cursor.
-        cursor_name: Option<String>,
-        /// Held by the plugin's consumers while they check what their
-        /// writes were computed from and commit, so that two parts never
-        /// both write a key from the same value.
-        writing: Arc<std::sync::Mutex<()>>,
-        /// The plugin's count of state writes (`Store::state_epoch`).
-        state: Arc<AtomicU64>,
-    },
-    /// Memory mode: nothing survives the process; dead letters are dropped.
-    Memory(MemoryCommit),
+    /// A batch was handed out: what the bucket holds now is what its
+    /// writes are computed from.
+    fn handed_out(&mut self) {}
+
+    /// Save `progress`'s cursor alone (the position moved, nothing else).
+    fn save_cursor(&mut self, progress: Progress) -> Result<(), BackendError> {
+        let _ = progress;
+        Ok(())
+    }
+
+    /// The event at `sequence`, read back for a retry the cursor kept;
+    /// none where no log is kept.
+    fn read_back(&self, sequence: u64) -> Result<Option<Event>, BackendError> {
+        let _ = sequence;
+        Ok(None)
+    }
+
+    /// The plugin's dead letters re-driven and not yet delivered.
+    fn redrives(&self, plugin: &str) -> Result<Vec<Event>, BackendError> {
+        let _ = plugin;
+        Ok(Vec::new())
+    }
+
+    /// Why deliveries wait now (the store's disk inside its reserve).
+    fn held_back(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Live views of a local consumer, for status reports.
@@ -192,7 +203,7 @@ impl Source for Queue {
 pub struct LocalConsumer {
     plugin: String,
     queue: Box<dyn Source>,
-    commit: Commit,
+    commit: Box<dyn Commit>,
     strict: Option<OrderingKey>,
     redrives: Option<Arc<AtomicBool>>,
     drain_on_close: bool,
@@ -224,9 +235,6 @@ pub struct LocalConsumer {
     /// cursor is past them: (the highest sequence among them, how many).
     drops: VecDeque<(u64, u64)>,
     gauges: Gauges,
-    /// The plugin's count of state writes when the batch in hand was handed
-    /// out (durable).
-    state_seen: u64,
     /// Dropped last: whatever must outlive the queue (the log reader).
     _guard: Option<Box<dyn Send>>,
 }
@@ -237,7 +245,7 @@ impl LocalConsumer {
     pub fn new(
         plugin: &str,
         queue: impl Source + 'static,
-        commit: Commit,
+        commit: Box<dyn Commit>,
         options: LocalOptions,
         guard: Option<Box<dyn Send>>,
     ) -> LocalConsumer {
@@ -268,8 +276,6 @@ impl LocalConsumer {
             counts: options.start.counts,
             drops: VecDeque::new(),
             gauges,
-            // Odd: nothing handed out yet, so a settlement checks.
-            state_seen: 1,
             _guard: guard,
         };
         consumer.pending_from(&options.start);
@@ -278,17 +284,13 @@ impl LocalConsumer {
 
     /// Retries pending when the consumer last stopped, due now.
     fn pending_from(&mut self, start: &Cursor) {
-        let Commit::Durable { log, .. } = &self.commit else {
-            return;
-        };
         if start.pending.is_empty() {
             return;
         }
-        let store = log.store().clone();
         let now = Instant::now();
         for &(seq, attempt) in &start.pending {
-            match store.read(seq, 1) {
-                Ok(found) => match found.into_iter().next() {
+            match self.commit.read_back(seq) {
+                Ok(found) => match found {
                     Some(event) if event.sequence == seq => self.waiting.push(Reverse(Waiting {
                         due: now,
                         attempt,
@@ -471,17 +473,17 @@ impl LocalConsumer {
 
     /// Re-driven dead letters, when there are new ones, as due retries.
     fn look_for_redrives(&mut self) -> Result<(), BackendError> {
-        let (Some(flag), Commit::Durable { log, .. }) = (&self.redrives, &self.commit) else {
+        let Some(flag) = &self.redrives else {
             return Ok(());
         };
         if !flag.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let events = match log.store().redrives(&self.plugin) {
+        let events = match self.commit.redrives(&self.plugin) {
             Ok(events) => events,
             Err(e) => {
                 flag.store(true, Ordering::Release);
-                return Err(e.into());
+                return Err(e);
             }
         };
         let now = Instant::now();
@@ -569,22 +571,16 @@ impl LocalConsumer {
         if cursor == self.saved {
             return;
         }
-        if let Commit::Durable {
-            log, cursor_name, ..
-        } = &self.commit
-        {
-            let progress = Progress {
-                plugin: self.plugin.clone(),
-                cursor_name: cursor_name.clone(),
-                cursor: Some(cursor.clone()),
-                ..Default::default()
-            };
-            if let Err(e) = log.store().commit_progress(&progress) {
-                // Not moving the cursor only means reading events again
-                // after a restart; delivery goes on.
-                tracing::error!(plugin = %self.plugin, "cannot save the cursor: {e}");
-                return;
-            }
+        let progress = Progress {
+            plugin: self.plugin.clone(),
+            cursor: Some(cursor.clone()),
+            ..Default::default()
+        };
+        if let Err(e) = self.commit.save_cursor(progress) {
+            // Not moving the cursor only means reading events again
+            // after a restart; delivery goes on.
+            tracing::error!(plugin = %self.plugin, "cannot save the cursor: {e}");
+            return;
         }
         self.saved_cursor(cursor);
     }
@@ -620,57 +616,6 @@ impl LocalConsumer {
                 self.owners.remove(k);
                 self.behind.remove(k);
             }
-        }
-    }
-
-    /// Commit `progress` with `follow_ups`, if the values in `expected`
-    /// are still the bucket's.
-    fn write(
-        &mut self,
-        progress: Progress,
-        follow_ups: Vec<Event>,
-        expected: &[(String, Option<Vec<u8>>)],
-    ) -> Result<(), BackendError> {
-        match &mut self.commit {
-            Commit::Durable {
-                log,
-                writing,
-                state,
-                ..
-            } => {
-                // Only the plugin's other parts and outside writes (its
-                // `init`, an operator) can have changed what was read, and
-                // only if its state was written since the batch was handed
-                // out (read under the lock, after any other part's commit).
-                let _one = (!expected.is_empty())
-                    .then(|| writing.lock().unwrap_or_else(|p| p.into_inner()));
-                let seen = self.state_seen;
-                let unchanged = seen.is_multiple_of(2) && state.load(Ordering::Acquire) == seen;
-                if !unchanged {
-                    for (key, value) in expected {
-                        if log.store().kv_get(&self.plugin, key)? != *value {
-                            return Err(BackendError::Conflict {
-                                plugin: self.plugin.clone(),
-                                key: key.clone(),
-                            });
-                        }
-                    }
-                }
-                if follow_ups.is_empty() {
-                    log.store().commit_progress(&progress)?;
-                } else {
-                    log.submit_with(follow_ups, Some(progress))?.wait()?;
-                }
-            }
-            Commit::Memory(commit) => commit(progress.kv, follow_ups, expected)?,
-        }
-        Ok(())
-    }
-
-    /// A batch was handed out: what the plugin's state was then.
-    fn handed_out(&mut self) {
-        if let Commit::Durable { state, .. } = &self.commit {
-            self.state_seen = state.load(Ordering::Acquire);
         }
     }
 
@@ -764,11 +709,25 @@ impl LocalConsumer {
 mod tests {
     use super::*;
 
+    /// Keeps nothing.
+    struct NoCommit;
+
+    impl Commit for NoCommit {
+        fn write(
+            &mut self,
+            _: Progress,
+            _: Vec<Event>,
+            _: &[(String, Option<Vec<u8>>)],
+        ) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
     fn memory_consumer(queue: Queue) -> LocalConsumer {
         LocalConsumer::new(
             "analytics",
             queue,
-            Commit::Memory(Box::new(|_, _, _| Ok(()))),
+            Box::new(NoCommit),
             LocalOptions {
                 strict: None,
                 start: Cursor::default(),
