@@ -14,11 +14,57 @@
 //! heavy alone makes the plugin's calls run in the background. The
 //! plugin's status shows the cap and why.
 
-use super::*;
+use std::ops::Range;
+use std::time::Duration;
+
+use super::Worker;
+use crate::event::Chunk;
 
 /// Calls in a row at a halved cap, within their deadline, before the cap
 /// doubles again.
 pub const GROW_AFTER_CALLS: u32 = 8;
+
+/// The most events per call for now, and how the calls at it went.
+pub(super) struct Cap {
+    /// `batch_events_max`, halved while calls of more than one event run
+    /// past their deadline or come near it.
+    pub(super) events: usize,
+    /// Calls in a row well within what they may use at `events`: at
+    /// [`GROW_AFTER_CALLS`] the cap doubles again.
+    calls_within: u32,
+    /// While a batch is handled again in pieces: how it went (any ack, the
+    /// first failure), counted towards quarantine as the one batch it was.
+    pub(super) split_outcome: Option<(bool, Option<String>)>,
+}
+
+impl Cap {
+    /// The cap at `batch_events_max`.
+    pub(super) fn new(batch_events_max: usize) -> Cap {
+        Cap {
+            events: batch_events_max.max(1),
+            calls_within: 0,
+            split_outcome: None,
+        }
+    }
+
+    /// Half of `events` from now on, counting anew towards growing back.
+    fn halve(&mut self, events: usize) {
+        self.events = (events / 2).max(1);
+        self.calls_within = 0;
+    }
+
+    /// One more call well within what it may use; true when that doubles
+    /// the cap (up to `max`).
+    fn call_within(&mut self, max: usize) -> bool {
+        self.calls_within += 1;
+        if self.calls_within < GROW_AFTER_CALLS {
+            return false;
+        }
+        self.calls_within = 0;
+        self.events = (self.events * 2).min(max);
+        true
+    }
+}
 
 impl Worker {
     /// `chunk[range]` (at `attempts`) ran past its deadline or was cut as
@@ -37,11 +83,11 @@ impl Worker {
         // The instance was stopped mid-call: a fresh one for the pieces.
         self.needs_reset = true;
         self.plugin.conditions.batch_splits.inc();
-        tracing::info!(plugin = %self.plugin.name, worker = self.index, batch_events = self.batch_cap, "a batch of {n} events {why}: handled again in halves, not counted as a failed attempt");
+        tracing::info!(plugin = %self.plugin.name, worker = self.index, batch_events = self.cap.events, "a batch of {n} events {why}: handled again in halves, not counted as a failed attempt");
         // The pieces count towards quarantine as the one batch they were.
-        let outer = self.split_outcome.is_none();
+        let outer = self.cap.split_outcome.is_none();
         if outer {
-            self.split_outcome = Some((false, None));
+            self.cap.split_outcome = Some((false, None));
         }
         let mut start = range.start;
         while start < range.end {
@@ -52,7 +98,7 @@ impl Worker {
             start = end;
         }
         if outer {
-            if let Some((acked, failed)) = self.split_outcome.take() {
+            if let Some((acked, failed)) = self.cap.split_outcome.take() {
                 self.note_batch(acked, failed.as_deref());
             }
         }
@@ -61,15 +107,14 @@ impl Worker {
     /// Run at half of `events` per call from now on, because of `why`
     /// (shown in the plugin's status), counting anew towards growing back.
     fn halve_cap(&mut self, events: usize, why: &str) {
-        self.batch_cap = (events / 2).max(1);
-        self.calls_within_cap = 0;
+        self.cap.halve(events);
         let note = format!(
             "{} events per call: {why}; it grows back after {GROW_AFTER_CALLS} calls in a row well within what they may use",
-            self.batch_cap
+            self.cap.events
         );
         self.plugin
             .conditions
-            .note_batch_cap(self.index, self.batch_cap, Some(note));
+            .note_batch_cap(self.index, self.cap.events, Some(note));
     }
 
     /// A call of `events` ended using `busy` of CPU, of the `limit` it
@@ -89,28 +134,25 @@ impl Worker {
             self.halve_cap(events, &why);
             return;
         }
-        if self.batch_cap >= max || events < self.batch_cap {
+        if self.cap.events >= max || events < self.cap.events {
             return;
         }
         if busy.saturating_mul(4) > limit {
             // Twice as many would come near the limit: stay.
-            self.calls_within_cap = 0;
+            self.cap.calls_within = 0;
             return;
         }
-        self.calls_within_cap += 1;
-        if self.calls_within_cap < GROW_AFTER_CALLS {
+        if !self.cap.call_within(max) {
             return;
         }
-        self.calls_within_cap = 0;
-        self.batch_cap = (self.batch_cap * 2).min(max);
-        let note = (self.batch_cap < max).then(|| {
+        let note = (self.cap.events < max).then(|| {
             format!(
                 "{} events per call, growing back to {max}: earlier calls came near what they may use",
-                self.batch_cap
+                self.cap.events
             )
         });
         self.plugin
             .conditions
-            .note_batch_cap(self.index, self.batch_cap, note);
+            .note_batch_cap(self.index, self.cap.events, note);
     }
 }

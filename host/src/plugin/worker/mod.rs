@@ -70,7 +70,6 @@ mod settle;
 mod supervise;
 
 use retry::GiveUp;
-use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -79,7 +78,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
-use super::{DeliverySettings, Quarantine, RunningPlugin};
+use super::{DeliverySettings, RunningPlugin};
 use crate::backend::Consumer;
 use crate::event::{Chunk, Event};
 use crate::metrics::{self, DropReason, Metrics};
@@ -164,26 +163,40 @@ pub(super) struct Worker {
     /// Which of the plugin's workers this is.
     index: usize,
     stopping: Arc<std::sync::atomic::AtomicBool>,
-    /// Batches in a row that failed without an ack.
-    fail_streak: u32,
-    /// The next quarantine's pause.
-    quarantine_pause: Duration,
-    /// Delivery is paused until then.
-    quarantined_until: Option<Instant>,
-    /// Calls run at low CPU priority, throttled, until then.
-    low_priority_until: Option<Instant>,
-    /// Calls run in the background until then.
-    background_until: Option<Instant>,
-    /// Delivery pauses this long at the next batch boundary (after a
-    /// misbehaving call).
-    rest_due: Duration,
-    instance: PluginInstance,
-    needs_reset: bool,
-    /// The outcomes of the batch in hand.
-    fx: Effects,
     plugin: Arc<RunningPlugin>,
     settings: DeliverySettings,
+    instance: PluginInstance,
+    needs_reset: bool,
+    /// Where batches come from and are settled.
+    feed: Feed,
+    /// The batch being handled, until it is settled: what a panic of the
+    /// worker counts a failed attempt for (`supervise`).
+    in_hand: InHand,
+    /// The outcomes of the batch in hand.
+    fx: Effects,
+    /// How many events a call takes now (`batches`).
+    cap: batches::Cap,
+    /// Quarantine and the CPU holds (`health`).
+    health: health::Health,
+    /// The seed of the retries' jitter (`retry`).
     jitter: u64,
+    /// Set by a swap: when it started, moved on by any time spent waiting
+    /// for events before the new version's first call.
+    pause_from: Option<Instant>,
+    meters: Meters,
+}
+
+/// The worker's consumer, and its lease on the events in hand.
+struct Feed {
+    consumer: Box<dyn Consumer>,
+    /// Given-up events are dead letters (not dropped).
+    durable: bool,
+    lease: Duration,
+    lease_renewed: Instant,
+}
+
+/// The plugin's metrics a worker records.
+struct Meters {
     handle_seconds: Histogram,
     batch_events: Histogram,
     delivery_seconds: Histogram,
@@ -193,29 +206,23 @@ pub(super) struct Worker {
     dead_lettered: Counter,
     swaps: Counter,
     swap_pause_seconds: Histogram,
-    /// Set by a swap: when it started, moved on by any time spent waiting
-    /// for events before the new version's first call.
-    pause_from: Option<Instant>,
-    /// The most events per call for now: `batch_events_max`, halved while
-    /// calls of more than one event run past their deadline
-    /// (`batches`).
-    batch_cap: usize,
-    /// Calls in a row within their deadline at `batch_cap`: at
-    /// [`GROW_AFTER_CALLS`] the cap doubles again.
-    calls_within_cap: u32,
-    /// While a batch is handled again in pieces (`batches`): how it went
-    /// (any ack, the first failure), counted towards quarantine as the one
-    /// batch it was.
-    split_outcome: Option<(bool, Option<String>)>,
-    /// The batch being handled, until it is settled: what a panic of the
-    /// worker counts a failed attempt for (`supervise`).
-    in_hand: InHand,
-    /// Where batches come from and are settled.
-    consumer: Box<dyn Consumer>,
-    /// Given-up events are dead letters (not dropped).
-    durable: bool,
-    lease: Duration,
-    lease_renewed: Instant,
+}
+
+impl Meters {
+    fn of(plugin: &str, m: &Metrics) -> Meters {
+        let labels = metrics::plugin(plugin);
+        Meters {
+            handle_seconds: m.handle_seconds.get_or_create(&labels).clone(),
+            batch_events: m.batch_events.get_or_create(&labels).clone(),
+            delivery_seconds: m.delivery_seconds.get_or_create(&labels).clone(),
+            traps: m.traps.get_or_create(&labels).clone(),
+            dropped_rejected: m.drop_counter(plugin, DropReason::Rejected),
+            dropped_exhausted: m.drop_counter(plugin, DropReason::RetriesExhausted),
+            dead_lettered: m.dead_lettered.get_or_create(&labels).clone(),
+            swaps: m.swaps.get_or_create(&labels).clone(),
+            swap_pause_seconds: m.swap_pause_seconds.get_or_create(&labels).clone(),
+        }
+    }
 }
 
 impl Worker {
@@ -226,48 +233,35 @@ impl Worker {
         m: &Metrics,
         settings: DeliverySettings,
     ) -> Worker {
-        let labels = metrics::plugin(&plugin.name);
         Worker {
             index: source.index,
             stopping: source.stopping,
-            fail_streak: 0,
-            quarantine_pause: QUARANTINE_PAUSE_MIN,
-            low_priority_until: None,
-            background_until: None,
-            rest_due: Duration::ZERO,
-            quarantined_until: None,
             instance,
             needs_reset: false,
+            feed: Feed {
+                consumer: source.consumer,
+                durable: source.durable,
+                lease: source.lease,
+                lease_renewed: Instant::now(),
+            },
+            in_hand: InHand::default(),
             fx: Effects::default(),
+            cap: batches::Cap::new(settings.batch_events_max),
+            health: health::Health::default(),
             jitter: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
                 | 1,
-            handle_seconds: m.handle_seconds.get_or_create(&labels).clone(),
-            batch_events: m.batch_events.get_or_create(&labels).clone(),
-            delivery_seconds: m.delivery_seconds.get_or_create(&labels).clone(),
-            traps: m.traps.get_or_create(&labels).clone(),
-            dropped_rejected: m.drop_counter(&plugin.name, DropReason::Rejected),
-            dropped_exhausted: m.drop_counter(&plugin.name, DropReason::RetriesExhausted),
-            dead_lettered: m.dead_lettered.get_or_create(&labels).clone(),
-            swaps: m.swaps.get_or_create(&labels).clone(),
-            swap_pause_seconds: m.swap_pause_seconds.get_or_create(&labels).clone(),
             pause_from: None,
-            batch_cap: settings.batch_events_max.max(1),
-            calls_within_cap: 0,
-            split_outcome: None,
-            in_hand: InHand::default(),
-            consumer: source.consumer,
-            durable: source.durable,
-            lease: source.lease,
-            lease_renewed: Instant::now(),
+            meters: Meters::of(&plugin.name, m),
             plugin,
             settings,
         }
     }
 
     fn batch_events_max(&self) -> usize {
-        self.batch_cap
+        self.cap
+            .events
             .clamp(1, self.settings.batch_events_max.max(1))
     }
 
@@ -303,7 +297,7 @@ impl Worker {
         self.rest();
         self.hold_for_publish_rate();
         self.take_swap();
-        if let Some(until) = self.quarantined_until {
+        if let Some(until) = self.health.quarantined_until {
             let left = until.saturating_duration_since(Instant::now());
             if !left.is_zero() {
                 if self.stopping.load(Ordering::Acquire) {
@@ -315,12 +309,12 @@ impl Worker {
                 return true;
             }
             // The pause is over: the next batch tries again.
-            self.quarantined_until = None;
+            self.health.quarantined_until = None;
         }
         // Shutting down: durable delivery stops at the batch boundary (what
         // was not taken comes after a restart); memory mode goes on until
         // its queue, closed, is empty.
-        if self.durable && self.stopping.load(Ordering::Acquire) {
+        if self.feed.durable && self.stopping.load(Ordering::Acquire) {
             return false;
         }
         self.pull()
@@ -369,9 +363,10 @@ impl Worker {
             return;
         };
         let handled_at = Instant::now();
-        self.handle_seconds
+        self.meters
+            .handle_seconds
             .observe(handled_at.duration_since(started).as_secs_f64());
-        self.batch_events.observe(batch.len() as f64);
+        self.meters.batch_events.observe(batch.len() as f64);
         match result {
             Ok(result) => {
                 self.settle_outcomes(chunk, range, attempts, result, (started, handled_at))
@@ -408,7 +403,7 @@ impl Worker {
     fn note_swap_pause(&mut self, started: Instant) {
         if let Some(from) = self.pause_from.take() {
             let pause = started.saturating_duration_since(from);
-            self.swap_pause_seconds.observe(pause.as_secs_f64());
+            self.meters.swap_pause_seconds.observe(pause.as_secs_f64());
             self.plugin
                 .last_swap_pause_us
                 .store(pause.as_micros() as u64, Ordering::Release);
@@ -428,15 +423,11 @@ impl Worker {
     ) -> Option<Called> {
         let batch = &chunk[range.clone()];
         let budget = Duration::from_millis(self.plugin.settings.limits.deadline_ms);
-        let low = self.low_priority_until.is_some_and(|t| started < t);
-        let mode = if low {
+        let low = self.health.held_low(started);
+        let mode = self.health.mode(started);
+        if low {
             self.plugin.low_priority_batches.inc();
-            CallMode::Throttled
-        } else if self.background_until.is_some_and(|t| started < t) {
-            CallMode::Background
-        } else {
-            CallMode::Foreground
-        };
+        }
         // A batch in the foreground is under way until it is committed:
         // background calls yield to it.
         let mut foreground =
@@ -489,7 +480,7 @@ impl Worker {
         }
         if heavy {
             let until = Instant::now() + BACKGROUND_FOR;
-            self.background_until = Some(until);
+            self.health.background_until = Some(until);
             self.plugin.background_until.extend(until);
         }
         let offended = !matches!(&result, Ok(r) if r.refused == 0);
@@ -498,7 +489,7 @@ impl Worker {
             // the call included (its first offence too, which ran at full
             // speed until it was cut or failed). The rest comes after the
             // batch's outcomes are committed.
-            self.rest_due += busy * runtime::THROTTLE_PAUSE_TICKS as u32;
+            self.health.rest_due += busy * runtime::THROTTLE_PAUSE_TICKS as u32;
         }
         if offended {
             self.misbehaved();
@@ -543,7 +534,7 @@ impl Worker {
                 Outcome::Ack => {
                     if let Some(at) = event.accepted_at {
                         let waited = handled_at.saturating_duration_since(at);
-                        self.delivery_seconds.observe(waited.as_secs_f64());
+                        self.meters.delivery_seconds.observe(waited.as_secs_f64());
                     }
                     self.fx.acked += 1;
                 }
@@ -599,7 +590,7 @@ impl Worker {
         e: CallError,
         (started, handled_at): (Instant, Instant),
     ) {
-        self.traps.inc();
+        self.meters.traps.inc();
         tracing::error!(plugin = %self.plugin.name, batch_events = batch.len(), "{e}; the batch counts as a failed attempt and the instance is re-made");
         let message = e.to_string();
         if let Some(t) = crate::telemetry::get() {

@@ -5,8 +5,14 @@
 //! any host may take them, and a settlement refused because another host
 //! took the events over after the lease ran out keeps nothing.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Effects, Worker, IDLE_POLL};
 use crate::backend::{BackendError, Settlement, Verdict};
+use crate::event::Event;
+use crate::runtime::kv;
 
 /// How long delivery pauses after the consumer failed to hand out events.
 const CONSUMER_RETRY: Duration = Duration::from_secs(1);
@@ -17,7 +23,7 @@ impl Worker {
     /// Take the next batch and handle it; an idle wait is at most
     /// [`IDLE_POLL`]. False once the consumer is closed.
     pub(super) fn pull(&mut self) -> bool {
-        if let Some(why) = self.consumer.held_back() {
+        if let Some(why) = self.feed.consumer.held_back() {
             // Nothing handled could be kept: wait, and say why.
             self.plugin.conditions.note_held(&why);
             std::thread::sleep(HELD_BACK_LOOK_EVERY);
@@ -25,7 +31,7 @@ impl Worker {
         }
         let max = self.batch_events_max();
         let waiting = Instant::now();
-        let (chunk, attempts) = match self.consumer.next_chunk(max, IDLE_POLL) {
+        let (chunk, attempts) = match self.feed.consumer.next_chunk(max, IDLE_POLL) {
             Ok(got) => got,
             Err(BackendError::Closed) => return false,
             Err(e) => {
@@ -42,7 +48,7 @@ impl Worker {
             *from += waiting.elapsed();
         }
         // A batch handed out has a fresh lease.
-        self.lease_renewed = Instant::now();
+        self.feed.lease_renewed = Instant::now();
         let mut start = 0;
         while start < chunk.len() {
             let (end, _) = self.run_end(&chunk, start, 0, 0);
@@ -54,11 +60,11 @@ impl Worker {
 
     /// Renew the lease on the events in hand, when a third of it has gone.
     pub(super) fn keep_lease(&mut self) {
-        if self.lease_renewed.elapsed() < self.lease / 3 {
+        if self.feed.lease_renewed.elapsed() < self.feed.lease / 3 {
             return;
         }
-        self.lease_renewed = Instant::now();
-        if let Err(e) = self.consumer.extend() {
+        self.feed.lease_renewed = Instant::now();
+        if let Err(e) = self.feed.consumer.extend() {
             tracing::warn!(plugin = %self.plugin.name, "cannot renew the lease on the batch in hand: {e}");
         }
     }
@@ -95,7 +101,7 @@ impl Worker {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let settled = self.consumer.settle(Settlement {
+        let settled = self.feed.consumer.settle(Settlement {
             verdicts,
             writes: writes.into_iter().collect(),
             expected,
@@ -103,12 +109,12 @@ impl Worker {
         });
         match settled {
             Ok(()) => {
-                let held = self.lease_renewed.elapsed();
-                if held > self.lease {
+                let held = self.feed.lease_renewed.elapsed();
+                if held > self.feed.lease {
                     // A stall (the machine, or this process stopped): the
                     // backend still took the outcome, as nobody else had
                     // settled the events meanwhile.
-                    tracing::warn!(plugin = %self.plugin.name, batch_events = batch.len(), "a batch held past its lease ({held:?} since it was taken or renewed, the lease is {:?}) was still committed: no other host had settled its events", self.lease);
+                    tracing::warn!(plugin = %self.plugin.name, batch_events = batch.len(), "a batch held past its lease ({held:?} since it was taken or renewed, the lease is {:?}) was still committed: no other host had settled its events", self.feed.lease);
                 }
                 self.instance.state().committed(state_delta);
                 self.apply(fx);
@@ -132,7 +138,7 @@ impl Worker {
 
     /// Hand back what is in hand, for another host to take at once.
     pub(super) fn hand_back(&mut self) {
-        if let Err(e) = self.consumer.release() {
+        if let Err(e) = self.feed.consumer.release() {
             tracing::warn!(plugin = %self.plugin.name, "cannot hand back the events in hand ({e}); they are delivered again once the lease runs out");
         }
     }

@@ -3,7 +3,11 @@
 //! letter or counted drop) when its attempts are used up or the retry
 //! backlog is full.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Worker, RETRY_DELAY_MS_MAX};
+use crate::event::Event;
 
 /// Why a worker stops delivering an event.
 #[derive(Clone, Copy)]
@@ -35,7 +39,7 @@ impl Worker {
     ) {
         self.plugin.failed.inc();
         let heap_full =
-            self.consumer.waiting() + self.fx.retries.len() >= self.settings.queue_events_max;
+            self.feed.consumer.waiting() + self.fx.retries.len() >= self.settings.queue_events_max;
         if attempt >= self.settings.max_attempts || heap_full {
             let why = if heap_full {
                 GiveUp::BacklogFull

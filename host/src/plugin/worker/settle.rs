@@ -2,7 +2,12 @@
 //! letters, state writes, follow-ups), settled through the consumer, and
 //! applied once committed.
 
-use super::*;
+use std::sync::Arc;
+
+use super::retry::GiveUp;
+use super::{Effects, Worker};
+use crate::event::Event;
+use crate::runtime::kv;
 
 impl Worker {
     /// Make the batch's outcomes (in `self.fx`), `writes` and `follow_ups`
@@ -28,13 +33,13 @@ impl Worker {
         self.plugin.handled.inc_by(fx.acked);
         self.plugin.retried.inc_by(fx.retries.len() as u64);
         for (event, attempts, error, why) in fx.gave_up {
-            if self.durable {
-                self.dead_lettered.inc();
+            if self.feed.durable {
+                self.meters.dead_lettered.inc();
                 tracing::warn!(plugin = %self.plugin.name, id = %event.id, topic = %event.topic, attempts, last_error = %error, "{}; moved to dead letters", why.says());
             } else {
                 match why {
-                    GiveUp::Rejected => self.dropped_rejected.inc(),
-                    GiveUp::Exhausted | GiveUp::BacklogFull => self.dropped_exhausted.inc(),
+                    GiveUp::Rejected => self.meters.dropped_rejected.inc(),
+                    GiveUp::Exhausted | GiveUp::BacklogFull => self.meters.dropped_exhausted.inc(),
                 };
                 tracing::warn!(plugin = %self.plugin.name, id = %event.id, topic = %event.topic, attempts, last_error = %error, "{}; event dropped", why.says());
             }

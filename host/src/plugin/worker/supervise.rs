@@ -16,11 +16,16 @@
 //! is thrown away, as after a real trap).
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use super::*;
+use std::ops::Range;
+use std::time::Duration;
+
+use super::{Effects, Worker};
 use crate::backend::{Settlement, Verdict};
+use crate::event::Chunk;
+use crate::runtime::{BatchResult, CallError};
 
 /// The first pause after a death; it doubles with each failed batch in a
 /// row, up to [`DEATH_PAUSE_MAX`].
@@ -37,7 +42,7 @@ impl Worker {
     /// The worker panicked with `message` while handling a batch.
     pub(super) fn died(&mut self, message: &str) {
         self.fx = Effects::default();
-        self.split_outcome = None;
+        self.cap.split_outcome = None;
         self.plugin.conditions.deaths.inc();
         self.plugin.conditions.note_death(self.index, message);
         tracing::error!(plugin = %self.plugin.name, worker = self.index, "the plugin's worker panicked ({message}); the events in hand are delivered again to a fresh instance");
@@ -51,9 +56,9 @@ impl Worker {
         self.hand_back();
         self.note_batch(false, Some(&why));
         let pause = DEATH_PAUSE_MIN
-            .saturating_mul(1 << self.fail_streak.min(8))
+            .saturating_mul(1 << self.health.failed_in_a_row().min(8))
             .min(DEATH_PAUSE_MAX);
-        self.rest_due = self.rest_due.max(pause);
+        self.health.rest_due = self.health.rest_due.max(pause);
     }
 
     /// Each event of `chunk[range]` (at `attempts`) the consumer still holds
@@ -71,7 +76,7 @@ impl Worker {
                 (None, Some((_, _, error, _))) => Verdict::Dead(error.clone()),
                 (None, None) => continue,
             };
-            let settled = self.consumer.settle(Settlement {
+            let settled = self.feed.consumer.settle(Settlement {
                 verdicts: vec![(event.sequence, verdict)],
                 ..Settlement::default()
             });
