@@ -3,8 +3,9 @@
 //! back attribute for attribute through the helper's `Event`, a batch the
 //! helper's test harness packs reads back through the contract's `Header`,
 //! the helper's `settle` gives the contract's answer for every case of
-//! the ack rule, and its publish check refuses what the contract refuses,
-//! in the same words. Runs `python3` (which `plugbus test` needs for Python
+//! the ack rule, and its publish and state checks (key and value sizes,
+//! bytes per call, counters) refuse what the contract refuses, in the same
+//! words. Runs `python3` (which `plugbus test` needs for Python
 //! projects too).
 
 use std::path::Path;
@@ -279,4 +280,80 @@ fn the_python_harness_refuses_publishes_as_the_host_does() {
         )
         .collect();
     assert_eq!(python, Value::Array(want));
+}
+
+const STATE: &str = r#"
+import json, sys
+import plugbus
+cases = json.load(sys.stdin)
+writes = [plugbus.state_write_refusal(c["key"], c["value_bytes"], c["written"])
+          for c in cases["writes"]]
+increments = []
+for c in cases["increments"]:
+    held = None if c["held"] is None else bytes(c["held"])
+    why, value = plugbus.increment_refusal(c["key"], held, c["delta"])
+    increments.append({"refused": why} if why else {"value": value})
+# The harness's state goes through the same rules.
+h = plugbus._TestHost()
+try:
+    h.kv_set("default", "k" * (plugbus.STATE_KEY_BYTES_MAX + 1), b"v")
+    harness = None
+except plugbus.StateError as e:
+    harness = str(e)
+print(json.dumps({"writes": writes, "increments": increments, "harness": harness}))
+"#;
+
+#[test]
+fn the_python_harness_keeps_the_state_rules() {
+    use plugbus_contract::state::{
+        check_write, increment, CALL_WRITE_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX,
+    };
+    let long_key = "k".repeat(KEY_BYTES_MAX + 1);
+    let wide_key = "é".repeat(KEY_BYTES_MAX / 2 + 1);
+    let writes: Vec<(&str, usize, usize)> = vec![
+        ("orders", 10, 0),
+        ("", 0, 0),
+        (&long_key, 1, 0),
+        (&wide_key, 1, 0),
+        ("orders", VALUE_BYTES_MAX, 0),
+        ("orders", VALUE_BYTES_MAX + 1, 0),
+        ("orders", 10, CALL_WRITE_BYTES_MAX - 16),
+        ("orders", 10, CALL_WRITE_BYTES_MAX - 15),
+    ];
+    let increments: Vec<(&str, Option<Vec<u8>>, i64)> = vec![
+        ("n", None, 1),
+        ("n", Some(b"41".to_vec()), 1),
+        ("n", Some(b" -7\n".to_vec()), 2),
+        ("n", Some(b"+5".to_vec()), 1),
+        ("n", Some(b"1_0".to_vec()), 1),
+        ("n", Some(b"oops".to_vec()), 1),
+        ("n", Some(5i64.to_le_bytes().to_vec()), 1),
+        ("n", Some(i64::MAX.to_string().into_bytes()), 1),
+        ("n", Some(i64::MIN.to_string().into_bytes()), -1),
+        ("n", Some(b"99999999999999999999".to_vec()), 1),
+        ("n", Some(vec![0xff; 8]), 3),
+    ];
+    let input = json!({
+        "writes": writes.iter().map(|(k, v, w)| json!({"key": k, "value_bytes": v, "written": w})).collect::<Vec<_>>(),
+        "increments": increments.iter().map(|(k, h, d)| json!({"key": k, "held": h, "delta": d})).collect::<Vec<_>>(),
+    });
+    let python = python(STATE, &input);
+    let want_writes: Vec<Value> = writes
+        .iter()
+        .map(|(k, v, w)| match check_write(k, *v, *w) {
+            Ok(()) => Value::Null,
+            Err(why) => Value::from(why.to_string()),
+        })
+        .collect();
+    let want_increments: Vec<Value> = increments
+        .iter()
+        .map(|(k, h, d)| match increment(k, h.as_deref(), *d) {
+            Ok((value, _)) => json!({"value": value}),
+            Err(why) => json!({"refused": why.to_string()}),
+        })
+        .collect();
+    assert_eq!(python["writes"], Value::Array(want_writes));
+    assert_eq!(python["increments"], Value::Array(want_increments));
+    let harness = check_write(&long_key, 1, 0).expect_err("too long");
+    assert_eq!(python["harness"], Value::from(harness.to_string()));
 }

@@ -131,6 +131,56 @@ def publish_refusal(cause: int, batch_len: int, published: int, topic: str,
     return None
 
 
+# ---- state (plugbus_contract::state on the host) ------------------------
+
+STATE_KEY_BYTES_MAX = 1024
+STATE_VALUE_BYTES_MAX = 1 << 20
+STATE_CALL_WRITE_BYTES_MAX = 16 << 20
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def state_write_refusal(key: str, value_bytes: int, written: int) -> Optional[str]:
+    """Why the host refuses writing `value_bytes` at `key` in a call that
+    wrote `written` bytes (keys and values) so far; None if it takes it.
+    The state quota is the host's alone (it depends on what is stored)."""
+    key_bytes = len(key.encode())
+    if key_bytes > STATE_KEY_BYTES_MAX:
+        return f"the key is {key_bytes} bytes, over the limit of {STATE_KEY_BYTES_MAX}"
+    if value_bytes > STATE_VALUE_BYTES_MAX:
+        return f"the value of `{key}` is {value_bytes} bytes, over the limit of {STATE_VALUE_BYTES_MAX}"
+    if written + key_bytes + value_bytes > STATE_CALL_WRITE_BYTES_MAX:
+        return f"this call has written {written} bytes, the limit per call is {STATE_CALL_WRITE_BYTES_MAX}"
+    return None
+
+
+def parse_counter(value: bytes) -> Optional[int]:
+    """A counter's value: decimal text (what `increment` writes), or 8 bytes
+    little-endian (what some SDKs write); None if it is neither."""
+    try:
+        text = value.decode().strip()
+    except UnicodeDecodeError:
+        text = None
+    digits = text[1:] if text and text[0] in "+-" else text
+    if digits and digits.isascii() and digits.isdigit():
+        n = int(text)
+        if _I64_MIN <= n <= _I64_MAX:
+            return n
+    if len(value) == 8:
+        return int.from_bytes(value, "little", signed=True)
+    return None
+
+
+def increment_refusal(key: str, held: Optional[bytes], delta: int) -> Tuple[Optional[str], int]:
+    """What `increment(key, delta)` does over `held` (None: 0): (why the host
+    refuses it, or None; the new value)."""
+    now = 0 if held is None else parse_counter(held)
+    if now is None:
+        return f"`{key}` does not hold a number (as decimal text), so it cannot be incremented", 0
+    if not _I64_MIN <= now + delta <= _I64_MAX:
+        return f"`{key}` would overflow: {now} + {delta}", 0
+    return None, now + delta
+
+
 # ---- events --------------------------------------------------------------
 
 class Event:
@@ -411,6 +461,7 @@ class _TestHost:
         self.published: List[Tuple[int, str, Optional[str], Optional[str], bytes]] = []
         self.logs: List[Tuple[str, str]] = []
         self.batch_len = 0
+        self.written = 0  # bytes (keys and values) written by the call in progress
 
     def publish(self, cause, topic, subject, datacontenttype, data):
         why = publish_refusal(cause, self.batch_len, len(self.published), topic,
@@ -426,11 +477,18 @@ class _TestHost:
         return self.overlay[key] if key in self.overlay else self.committed.get(key)
 
     def kv_set(self, bucket, key, value):
+        why = state_write_refusal(key, len(value or b""), self.written)
+        if why:
+            raise StateError(why)
+        self.written += len(key.encode()) + len(value or b"")
         self.overlay[key] = value
 
     def kv_increment(self, bucket, key, delta):
-        value = int(self.kv_get(bucket, key) or b"0") + delta
-        self.overlay[key] = str(value).encode()
+        why = state_write_refusal(key, 0, 0)
+        why, value = (why, 0) if why else increment_refusal(key, self.kv_get(bucket, key), delta)
+        if why:
+            raise StateError(why)
+        self.kv_set(bucket, key, str(value).encode())
         return value
 
     def config(self):
@@ -470,6 +528,7 @@ class Harness:
             else:
                 self._host.committed[k] = v
         self._host.overlay.clear()
+        self._host.written = 0
 
     def deliver(self, event: TestEvent) -> Delivery:
         """Deliver one event; what the plugin did with it."""
@@ -486,6 +545,7 @@ class Harness:
         data, headers, ext = _pack(events)
         h = self._host
         h.batch_len = len(events)
+        h.written = 0
 
         def call():
             out = []
@@ -521,7 +581,7 @@ class Harness:
         return dict(self._host.committed)
 
     def counter(self, key: str) -> int:
-        return int(self._host.committed.get(key, b"0"))
+        return parse_counter(self._host.committed.get(key, b"0")) or 0
 
     @property
     def logs(self) -> List[str]:
