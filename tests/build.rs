@@ -15,6 +15,8 @@ const PLUGINS: &[(&str, &str, Option<&str>)] = &[
     ("EMAIL", "plugbus-plugin-email", None),
     ("INVENTORY", "plugbus-plugin-inventory", None),
     ("ANALYTICS", "plugbus-plugin-analytics", None),
+    ("PAYMENT", "plugbus-plugin-payment", None),
+    ("ORDER_SAGA", "plugbus-plugin-order-saga", None),
     ("NOOP", "plugbus-test-plugins", Some("noop")),
     ("TRAP", "plugbus-test-plugins", Some("trap")),
     ("SLOW", "plugbus-test-plugins", Some("slow")),
@@ -25,6 +27,12 @@ const PLUGINS: &[(&str, &str, Option<&str>)] = &[
     ("HOSTILE", "plugbus-test-plugins", Some("hostile")),
     ("INIT_FAILS", "plugbus-test-plugins", Some("init_fails")),
     ("CONTRACT_V2", "plugbus-test-plugins", Some("contract_v2")),
+    (
+        "CONTRACT_V010",
+        "plugbus-test-plugins",
+        Some("contract_v010"),
+    ),
+    ("TIMERS", "plugbus-test-plugins", Some("timers")),
     (
         "CONFIG_READER",
         "plugbus-test-plugins",

@@ -13,6 +13,8 @@
 //!   a refused publish gets.
 //! - [`state`]: the key and value limits of a plugin's state, counters, and
 //!   the words a refused write gets.
+//! - [`timer`]: timer keys, how far ahead and how many, and the words a
+//!   refused timer gets.
 //!
 //! It has no runtime and no I/O: it is built into every Rust plugin.
 
@@ -20,6 +22,7 @@ pub mod ack;
 pub mod batch;
 pub mod publish;
 pub mod state;
+pub mod timer;
 pub mod topic;
 
 /// The longest id, source or subject an event may have, in bytes.

@@ -7,7 +7,7 @@
 //! publishes counts only if its event is acked.
 
 use crate::bindings::wasi::keyvalue::store;
-use crate::{Level, Outgoing, PublishError};
+use crate::{Level, Outgoing, PublishError, When};
 
 /// A key and the cursor of the next page, from `list-keys`.
 pub(crate) type KeysPage = (Vec<String>, Option<String>);
@@ -15,12 +15,25 @@ pub(crate) type KeysPage = (Vec<String>, Option<String>);
 #[cfg(target_arch = "wasm32")]
 mod imp {
     use super::*;
-    use crate::bindings::plugbus::plugin::{config, publisher};
+    use crate::bindings::plugbus::plugin::{config, publisher, scheduler};
     use crate::bindings::wasi::keyvalue::atomics;
     use crate::bindings::wasi::logging::logging;
 
     pub(crate) fn publish(cause: u32, event: &Outgoing) -> Result<(), PublishError> {
         publisher::publish(cause, event)
+    }
+
+    pub(crate) fn schedule(
+        cause: u32,
+        key: &str,
+        due: When,
+        event: &Outgoing,
+    ) -> Result<(), PublishError> {
+        scheduler::schedule(cause, key, due, event)
+    }
+
+    pub(crate) fn cancel(cause: u32, key: &str) -> Result<(), PublishError> {
+        scheduler::cancel(cause, key)
     }
 
     pub(crate) fn config() -> Vec<(String, String)> {
@@ -74,6 +87,19 @@ mod imp {
 
     pub(crate) fn publish(cause: u32, event: &Outgoing) -> Result<(), PublishError> {
         sandbox::with(|s| s.publish(cause, event))
+    }
+
+    pub(crate) fn schedule(
+        cause: u32,
+        key: &str,
+        due: When,
+        event: &Outgoing,
+    ) -> Result<(), PublishError> {
+        sandbox::with(|s| s.schedule(cause, key, due, event))
+    }
+
+    pub(crate) fn cancel(cause: u32, key: &str) -> Result<(), PublishError> {
+        sandbox::with(|s| s.cancel(cause, key))
     }
 
     pub(crate) fn config() -> Vec<(String, String)> {

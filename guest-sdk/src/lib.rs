@@ -1,7 +1,7 @@
 //! # plugbus-sdk: write plugbus plugins in Rust
 //!
 //! A plugbus plugin is a WebAssembly component that consumes events. This
-//! crate owns the guest side of the `plugbus:plugin@0.1.0` contract (the WIT
+//! crate owns the guest side of the `plugbus:plugin@0.1.1` contract (the WIT
 //! in the repository's `wit/` folder): you write a per-event handler, and the
 //! SDK takes the batches the host hands over, calls your handler once per
 //! event in order, and returns one [`Outcome`] per event.
@@ -104,10 +104,11 @@ pub use state::{State, StateError};
 use bindings::plugbus::plugin::types;
 use bindings::wasi::logging::logging;
 
+pub use bindings::plugbus::plugin::scheduler::When;
 pub use types::{Info, Outcome, Outgoing, PublishError, Retry};
 
 /// The version of the contract this SDK builds plugins against.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.1.1";
 
 /// A plugin: one value of this type lives in the plugin's sandbox from
 /// `init` until the host drops the instance (on a trap, or when the plugin is
@@ -170,6 +171,53 @@ impl Context {
     /// Publish a fully described follow-up event.
     pub fn publish_event(&mut self, event: &Outgoing) -> Result<(), PublishError> {
         host::publish(self.cause, event)
+    }
+
+    /// Set timer `key`: publish `data` (as JSON) to `topic` when `due`
+    /// (`When::AfterMs(2_000)`, `When::AtMs(unix_ms)`), as a follow-up of
+    /// the event being handled. Setting a key that is set replaces its
+    /// timer. Like a state write, it is kept only if the event is acked,
+    /// and commits with the plugin's state; the timer's event is published
+    /// once, not before it is due, and delivered like any event (it says
+    /// when it was due in its `scheduledat` extension).
+    pub fn schedule<T: serde::Serialize + ?Sized>(
+        &mut self,
+        key: &str,
+        due: When,
+        topic: &str,
+        data: &T,
+    ) -> Result<(), PublishError> {
+        let data = serde_json::to_vec(data).map_err(|e| {
+            PublishError::Invalid(format!("timer data for `{topic}` is not JSON: {e}"))
+        })?;
+        self.schedule_event(
+            key,
+            due,
+            &Outgoing {
+                type_: topic.to_string(),
+                subject: None,
+                datacontenttype: Some("application/json".to_string()),
+                data,
+            },
+        )
+    }
+
+    /// [`Context::schedule`] with a fully described event.
+    pub fn schedule_event(
+        &mut self,
+        key: &str,
+        due: When,
+        event: &Outgoing,
+    ) -> Result<(), PublishError> {
+        host::schedule(self.cause, key, due, event)
+    }
+
+    /// Call off timer `key` if it has not fired (nothing if none is set),
+    /// once the event being handled is acked. A cancel committed before the
+    /// timer fires always wins; after, the timer's event arrives anyway, so
+    /// its handler checks the state.
+    pub fn cancel(&mut self, key: &str) -> Result<(), PublishError> {
+        host::cancel(self.cause, key)
     }
 }
 

@@ -57,7 +57,7 @@
 //! `cargo bench -p plugbus --bench fanout`; rows whose tools are missing say
 //! so. `PLUGBUS_BENCH_EVENTS` sets the event count (default 1,000,000);
 //! `PLUGBUS_BENCH_ONLY` (a comma-separated subset of `floor,wasm,plugbus,
-//! redis,swap,busy,isolation,concurrency,startup,durable,http,latency,console,orderflow`, or `chain`: the order flow's chain latency alone) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
+//! redis,swap,busy,isolation,concurrency,startup,durable,http,latency,console,orderflow,timers`, or `chain`: the order flow's chain latency alone) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
 //! prints each plugin's time inside `handle` and its batch sizes;
 //! `PLUGBUS_BENCH_BROKERS` (a comma-separated subset of
 //! `redis,nats,nats-synced`) keeps only those brokers' rows,
@@ -96,6 +96,8 @@ mod orderflow;
 mod peers;
 #[path = "fanout/stress.rs"]
 mod stress;
+#[path = "fanout/timers.rs"]
+mod timers;
 
 use binary::{latency, start_to_ready};
 use durable::{durable_pipelined, durable_publish, plugbus_durable};
@@ -665,6 +667,11 @@ fn main() {
     if want("console") {
         console::rows(n, &mut rows);
     }
+    let timer_table = if want("timers") {
+        timers::table()
+    } else {
+        String::new()
+    };
     let orderflow = if want("orderflow") {
         orderflow::table(&dir)
     } else if !only.is_empty() && want("chain") {
@@ -713,6 +720,7 @@ fn main() {
         }
     }
     print!("{orderflow}");
+    print!("{timer_table}");
     if !latencies.is_empty() {
         println!();
         println!("Latency from the host accepting an event (HTTP, one event per POST, at a fixed rate for 5 s) to the probe plugin's handle seeing it, beside the three reference plugins (HDR histogram, µs):");

@@ -72,6 +72,9 @@ pub enum OrderingKey {
     Source,
     /// A CloudEvents extension attribute (events without it share a key).
     Extension(String),
+    /// The chain: the `correlationid`, or the event's own id for one that
+    /// starts a chain (a saga's events of one order).
+    Correlation,
 }
 
 impl OrderingKey {
@@ -81,6 +84,7 @@ impl OrderingKey {
             "subject" => Some(OrderingKey::Subject),
             "topic" | "type" => Some(OrderingKey::Topic),
             "source" => Some(OrderingKey::Source),
+            "correlationid" | "extension:correlationid" => Some(OrderingKey::Correlation),
             _ => s
                 .strip_prefix("extension:")
                 .filter(|n| !n.is_empty())
@@ -99,6 +103,7 @@ impl OrderingKey {
                 .iter()
                 .find(|(k, _)| k == name)
                 .map_or("", |(_, v)| v.as_str()),
+            OrderingKey::Correlation => event.chain_id(),
         }
     }
 
@@ -125,6 +130,7 @@ impl std::fmt::Display for OrderingKey {
             OrderingKey::Topic => f.write_str("topic"),
             OrderingKey::Source => f.write_str("source"),
             OrderingKey::Extension(n) => write!(f, "extension:{n}"),
+            OrderingKey::Correlation => f.write_str("correlationid"),
         }
     }
 }

@@ -43,15 +43,25 @@ pub enum Command {
     /// Stops cleanly on Ctrl-C or SIGTERM: new publishes are refused, queued
     /// events are delivered, then the process exits.
     Run(Box<RunArgs>),
-    /// Publish one event with a JSON body to a running host.
+    /// Publish one event with a JSON body to a running host, now or
+    /// scheduled for later (the host keeps it and delivers it not before
+    /// its time, across restarts; embedded store only).
     ///
-    /// Example: plugbus publish order.placed '{"order_id":"o-1","total_cents":2500}'
+    /// Examples: plugbus publish order.placed '{"order_id":"o-1","total_cents":2500}';
+    /// plugbus publish reminder.due '{"order_id":"o-1"}' --after 15m
     Publish {
         /// The topic (CloudEvents `type`), e.g. `order.placed`.
         #[arg(value_name = "TYPE")]
         topic: String,
         /// The event data: a JSON document.
         json: String,
+        /// Deliver it not before this time (RFC 3339), e.g.
+        /// 2026-12-24T18:00:00Z.
+        #[arg(long, value_name = "TIME", conflicts_with = "after")]
+        at: Option<String>,
+        /// Deliver it not before this long from now, e.g. 90s, 15m, 2h.
+        #[arg(long, value_name = "DURATION")]
+        after: Option<humantime::Duration>,
         /// Where the host is, and the token.
         #[command(flatten)]
         client: ClientArgs,

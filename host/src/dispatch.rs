@@ -84,6 +84,21 @@ impl Dispatch {
     }
 }
 
+impl Dispatch {
+    /// Keep `timers` (publishers' events with `deliverat`), each to be
+    /// published when due, from async code.
+    pub async fn schedule_async(
+        &self,
+        timers: Vec<crate::timer::Timer>,
+    ) -> Result<(), DispatchError> {
+        let backend = self.backend.clone();
+        tokio::task::spawn_blocking(move || backend.schedule(timers))
+            .await
+            .map_err(|_| StoreError::Closed)??;
+        Ok(())
+    }
+}
+
 fn published(appended: Appended) -> Published {
     Published {
         first_sequence: appended.sequences.first().copied().unwrap_or(0),

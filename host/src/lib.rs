@@ -32,3 +32,4 @@ pub mod store;
 pub mod telemetry;
 #[cfg(test)]
 mod tidy;
+pub mod timer;

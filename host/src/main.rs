@@ -84,8 +84,14 @@ fn main() -> ExitCode {
         Command::Publish {
             topic,
             json,
+            at,
+            after,
             client,
-        } => match Client::new(&client).and_then(|c| publish(&c, &topic, &json)) {
+        } => match Client::new(&client).and_then(|c| match deliver_at(at, after) {
+            Ok(Some(at)) => schedule(&c, &topic, &json, &at),
+            Ok(None) => publish(&c, &topic, &json),
+            Err(e) => Err(e),
+        }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
@@ -347,6 +353,60 @@ fn publish(client: &Client, topic: &str, json: &str) -> Result<(), String> {
         body["id"].as_str().unwrap_or("?"),
         body["sequence"]
     );
+    Ok(())
+}
+
+/// When `plugbus publish --at/--after` asks the event to be delivered, as
+/// RFC 3339.
+fn deliver_at(
+    at: Option<String>,
+    after: Option<humantime::Duration>,
+) -> Result<Option<String>, String> {
+    match (at, after) {
+        (Some(at), _) => {
+            humantime::parse_rfc3339_weak(&at).map_err(|_| {
+                format!("--at `{at}` is not an RFC 3339 time; write it like 2026-12-24T18:00:00Z")
+            })?;
+            Ok(Some(at))
+        }
+        (None, Some(after)) => {
+            let t = std::time::SystemTime::now() + *after;
+            Ok(Some(humantime::format_rfc3339_millis(t).to_string()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Publish one event to be delivered not before `at`, as a CloudEvent with
+/// the `deliverat` attribute.
+fn schedule(client: &Client, topic: &str, json: &str, at: &str) -> Result<(), String> {
+    let data: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| format!("the event data is not valid JSON: {e}; quote it for your shell, e.g. '{{\"order_id\":\"o-1\"}}'"))?;
+    let event = serde_json::json!({
+        "specversion": "1.0",
+        "id": plugbus::event::new_id(),
+        "source": "plugbus/cli",
+        "type": topic,
+        "datacontenttype": "application/json",
+        "data": data,
+        "deliverat": at,
+    });
+    let body = client.post_text(
+        "/v1/events",
+        "application/cloudevents+json",
+        &event.to_string(),
+    )?;
+    match body["scheduled"].as_str() {
+        Some(when) => println!(
+            "scheduled {topic} id={} for {when}",
+            body["id"].as_str().unwrap_or("?")
+        ),
+        None => println!(
+            "published {topic} id={} sequence={} (its time has come)",
+            body["id"].as_str().unwrap_or("?"),
+            body["sequence"]
+        ),
+    }
     Ok(())
 }
 

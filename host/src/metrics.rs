@@ -101,6 +101,14 @@ pub struct Metrics {
     pub disk_reserve_bytes: Gauge,
     /// Seconds per fsync of the store.
     pub fsync_seconds: Histogram,
+    /// Timers whose events were published.
+    pub timers_fired: Counter,
+    /// Seconds from a timer's due time to its event's append.
+    pub timer_lateness_seconds: Histogram,
+    /// Timers set, by owner (`""`: publishers' `deliverat`).
+    pub timers_pending: Family<PluginLabels, Gauge>,
+    /// Timer cancels committed, by plugin.
+    pub timers_cancelled: Family<PluginLabels, Counter>,
     /// Events in the log a plugin has yet to finish, durable mode.
     pub lag: Family<PluginLabels, Gauge>,
     /// On a broker: events handed out to a plugin's hosts, not settled.
@@ -204,6 +212,10 @@ impl Metrics {
             disk_free_bytes: Gauge::default(),
             disk_reserve_bytes: Gauge::default(),
             fsync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 14)),
+            timers_fired: Counter::default(),
+            timer_lateness_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            timers_pending: Family::default(),
+            timers_cancelled: Family::default(),
             lag: Family::default(),
             broker_pending: Family::default(),
             broker_connected: Gauge::default(),
@@ -391,6 +403,34 @@ impl Metrics {
             "fsync_duration_seconds",
             "Time per fsync of the store",
             m.fsync_seconds.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
+            "timers_fired",
+            "Timers whose events were published (each once, when due)",
+            m.timers_fired.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
+            "timer_lateness_seconds",
+            "Seconds from a timer's due time to its event's append (alert on the p99: timers fire late when the host is starved or was down)",
+            m.timer_lateness_seconds.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
+            "timers_pending",
+            "Timers set and not yet fired, by owner (plugin; empty: publishers' deliverat)",
+            m.timers_pending.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
+            "timers_cancelled",
+            "Timer cancels committed, by plugin",
+            m.timers_cancelled.clone(),
         );
         register(
             &mut registry,

@@ -391,7 +391,16 @@ async fn open_dispatch(
                 metrics.clone(),
             )))
         }
-        (Some(dir), None) => Dispatch::embedded(open_log(dir, settings, metrics)?),
+        (Some(dir), None) => {
+            let log = open_log(dir, settings, metrics)?;
+            let window = log.dedup_window();
+            let backend = crate::backend::embedded::EmbeddedBackend::new(log, window);
+            backend.count_timers_into(crate::backend::embedded::TimerMeters {
+                fired: metrics.timers_fired.clone(),
+                lateness: metrics.timer_lateness_seconds.clone(),
+            });
+            Dispatch::new(Arc::new(backend))
+        }
     })
 }
 

@@ -29,7 +29,7 @@ fn broken_plugins_are_reported_by_file_and_fix_while_the_others_run() {
     assert!(
         e.contains("future.wasm")
             && e.contains("plugbus:plugin@0.2.0")
-            && e.contains("plugbus:plugin@0.1.0"),
+            && e.contains("plugbus:plugin@0.1.1"),
         "{e}"
     );
     let e = error_of("needskey");

@@ -327,6 +327,17 @@ impl TestHost {
         )
     }
 
+    /// POST one structured CloudEvent (`application/cloudevents+json`):
+    /// the status and the JSON answer.
+    pub fn post_event(&self, event: &Value) -> (u16, Value) {
+        self.post(
+            "/v1/events",
+            Some("application/cloudevents+json"),
+            &[],
+            event.to_string().as_bytes(),
+        )
+    }
+
     /// POST a JSON order to `/v1/events/{topic}`; returns the 202 body.
     pub fn publish(&self, topic: &str, data: &Value) -> Result<Value> {
         match self.post(

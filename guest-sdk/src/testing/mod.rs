@@ -316,6 +316,7 @@ impl<P: Plugin> Harness<P> {
         config.sort();
         Harness::start(Sandbox {
             config,
+            now_ms: sandbox::EPOCH_MS,
             ..Sandbox::default()
         })
     }
@@ -394,6 +395,7 @@ impl<P: Plugin> Harness<P> {
         }
         if settlement.keeps_writes() {
             self.sandbox.commit();
+            self.keep_timer_changes(&events);
         }
         let published = std::mem::take(&mut self.sandbox.published);
         self.sandbox.discard();
@@ -419,6 +421,58 @@ impl<P: Plugin> Harness<P> {
             self.published.extend(d.published.iter().cloned());
         }
         deliveries
+    }
+
+    /// Apply the call's timer changes, in order (their causes: `events`).
+    fn keep_timer_changes(&mut self, events: &[TestEvent]) {
+        for (cause, key, change) in std::mem::take(&mut self.sandbox.timer_changes) {
+            match (change, events.get(cause as usize)) {
+                (Some((due, out)), Some(e)) => {
+                    self.sandbox.timers.insert(key, (due, follow_up(e, &out)));
+                }
+                (None, _) => {
+                    self.sandbox.timers.remove(&key);
+                }
+                // Checked when set: the cause is in the batch.
+                (Some(_), None) => {}
+            }
+        }
+    }
+
+    /// The harness's clock, Unix ms (it starts at 2026-01-01T00:00:00Z and
+    /// moves only by [`Harness::advance`]).
+    pub fn now_ms(&self) -> u64 {
+        self.sandbox.now_ms
+    }
+
+    /// The timers set, by key, with when each is due (Unix ms).
+    pub fn timers(&self) -> Vec<(String, u64)> {
+        self.sandbox
+            .timers
+            .iter()
+            .map(|(k, (due, _))| (k.clone(), *due))
+            .collect()
+    }
+
+    /// Move the clock on by `by`: the timers due by then fire, soonest
+    /// first, and are gone. Their events, to deliver to the plugin (or
+    /// look at): a follow-up of the event that set each, with
+    /// `scheduledat` saying when it was due.
+    pub fn advance(&mut self, by: std::time::Duration) -> Vec<TestEvent> {
+        self.sandbox.now_ms = self.sandbox.now_ms.saturating_add(by.as_millis() as u64);
+        let now = self.sandbox.now_ms;
+        let mut due: Vec<(u64, String)> = self
+            .sandbox
+            .timers
+            .iter()
+            .filter(|(_, (d, _))| *d <= now)
+            .map(|(k, (d, _))| (*d, k.clone()))
+            .collect();
+        due.sort();
+        due.into_iter()
+            .filter_map(|(d, k)| self.sandbox.timers.remove(&k).map(|(_, p)| (d, p)))
+            .map(|(d, p)| fired(d, now, p))
+            .collect()
     }
 
     /// Call `handle` once for `events`, as the SDK's export does.
@@ -451,6 +505,22 @@ impl<P: Plugin> Harness<P> {
     pub fn logs(&self) -> &[LogLine] {
         &self.sandbox.logs
     }
+}
+
+/// The event of a timer due at `due_ms`, fired at `now_ms`.
+fn fired(due_ms: u64, now_ms: u64, p: Published) -> TestEvent {
+    let at = |ms: u64| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        humantime::format_rfc3339_millis(t).to_string()
+    };
+    let mut e = TestEvent::new(&p.topic, p.data);
+    e.subject = p.subject;
+    e.datacontenttype = p.datacontenttype;
+    e.correlation_id = Some(p.correlation_id);
+    e.causation_id = Some(p.causation_id);
+    e.time = at(now_ms);
+    e.extension("scheduledat", &at(due_ms))
+        .extension("latems", &now_ms.saturating_sub(due_ms).to_string())
 }
 
 fn follow_up(cause: &TestEvent, out: &Outgoing) -> Published {

@@ -10,8 +10,15 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use crate::bindings::wasi::keyvalue::store;
-use crate::{Level, Outgoing, PublishError};
-use plugbus_contract::{publish, state};
+use crate::{Level, Outgoing, PublishError, When};
+use plugbus_contract::{publish, state, timer};
+
+/// 2026-01-01T00:00:00Z: where a harness's clock starts.
+pub(crate) const EPOCH_MS: u64 = 1_767_225_600_000;
+
+/// A timer change of the call in progress: the cause's index, the key, and
+/// what it sets (none: a cancel).
+pub(crate) type TimerChange = (u32, String, Option<(u64, Outgoing)>);
 
 /// One line a plugin logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +43,12 @@ pub(crate) struct Sandbox {
     pub(crate) batch_len: u32,
     /// Bytes (keys and values) written by the call in progress.
     pub(crate) written: usize,
+    /// The harness's clock, Unix ms.
+    pub(crate) now_ms: u64,
+    /// Timers committed, by key: when due, and the event they publish.
+    pub(crate) timers: BTreeMap<String, (u64, super::Published)>,
+    /// Timer changes of the call in progress, in order.
+    pub(crate) timer_changes: Vec<TimerChange>,
 }
 
 thread_local! {
@@ -114,6 +127,79 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Whether timer `key` is set as the call in progress sees it.
+    fn timer_set(&self, key: &str) -> bool {
+        match self.timer_changes.iter().rev().find(|(_, k, _)| k == key) {
+            Some((_, _, change)) => change.is_some(),
+            None => self.timers.contains_key(key),
+        }
+    }
+
+    /// Timers set as the call in progress sees them.
+    fn timers_set(&self) -> u64 {
+        let mut keys: std::collections::BTreeSet<&str> =
+            self.timers.keys().map(String::as_str).collect();
+        for (_, k, change) in &self.timer_changes {
+            match change {
+                Some(_) => keys.insert(k),
+                None => keys.remove(k.as_str()),
+            };
+        }
+        keys.len() as u64
+    }
+
+    pub(crate) fn schedule(
+        &mut self,
+        cause: u32,
+        key: &str,
+        due: When,
+        event: &Outgoing,
+    ) -> Result<(), PublishError> {
+        let call = publish::Publish {
+            cause,
+            topic: &event.type_,
+            subject: event.subject.as_deref(),
+            data_bytes: event.data.len(),
+        };
+        publish::check(&call, self.batch_len as usize, 0).map_err(|why| {
+            match why.is_unknown_cause() {
+                true => PublishError::UnknownCause(why.to_string()),
+                false => PublishError::Invalid(why.to_string()),
+            }
+        })?;
+        let due_ms = match due {
+            When::AtMs(at) => timer::When::AtMs(at),
+            When::AfterMs(after) => timer::When::AfterMs(after),
+        }
+        .due_ms(self.now_ms);
+        let changes = (self.timer_changes.len(), self.batch_len as usize);
+        let invalid = |why: timer::Refused| PublishError::Invalid(why.to_string());
+        timer::check_set(
+            key,
+            due_ms,
+            self.now_ms,
+            timer::DELAY_MS_MAX_DEFAULT,
+            changes,
+        )
+        .map_err(invalid)?;
+        if !self.timer_set(key) {
+            timer::check_count(self.timers_set(), timer::TIMERS_MAX_DEFAULT).map_err(invalid)?;
+        }
+        self.timer_changes
+            .push((cause, key.to_string(), Some((due_ms, event.clone()))));
+        Ok(())
+    }
+
+    pub(crate) fn cancel(&mut self, cause: u32, key: &str) -> Result<(), PublishError> {
+        publish::check_cause(cause, self.batch_len as usize)
+            .map_err(|why| PublishError::UnknownCause(why.to_string()))?;
+        let invalid = |why: timer::Refused| PublishError::Invalid(why.to_string());
+        timer::check_key(key).map_err(invalid)?;
+        timer::check_changes(self.timer_changes.len(), self.batch_len as usize).map_err(invalid)?;
+        self.timer_changes.push((cause, key.to_string(), None));
+        Ok(())
+    }
+
     pub(crate) fn log(&mut self, level: Level, message: &str) {
         self.logs.push(LogLine {
             level,
@@ -132,11 +218,12 @@ impl Sandbox {
         }
     }
 
-    /// Forget the call's writes and publishes.
+    /// Forget the call's writes, timer changes and publishes.
     pub(crate) fn discard(&mut self) {
         self.written = 0;
         self.overlay.clear();
         self.published.clear();
+        self.timer_changes.clear();
     }
 }
 

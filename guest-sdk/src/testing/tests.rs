@@ -189,3 +189,114 @@ fn a_fixture_in_cloudevents_json_becomes_an_event() {
     let missing = TestEvent::from_cloudevent(&serde_json::json!({"data": 1})).expect_err("no type");
     assert!(missing.contains("`type`"), "{missing}");
 }
+
+/// Sets a timeout for each order, calls it off when the payment comes,
+/// rejects orders whose data is `"bad"` (after setting the timer).
+struct Timeouts;
+
+impl Plugin for Timeouts {
+    fn init(_: &Config) -> Result<Self, String> {
+        Ok(Timeouts)
+    }
+
+    fn info(&self) -> Info {
+        Info::new("timeouts", "0.1.0", ["order.placed", "payment.authorized"])
+    }
+
+    fn handle(&mut self, event: &Event<'_>, ctx: &mut Context) -> Outcome {
+        let key = format!("timeout.{}", event.subject().unwrap_or("none"));
+        let done = match event.topic() {
+            "order.placed" => ctx.schedule(
+                &key,
+                crate::When::AfterMs(2_000),
+                "order.timed-out",
+                &serde_json::json!({ "order": event.subject() }),
+            ),
+            _ => ctx.cancel(&key),
+        };
+        match (done, event.data()) {
+            (Err(e), _) => Outcome::reject(e.to_string()),
+            (Ok(()), b"\"bad\"") => Outcome::reject("bad order"),
+            (Ok(()), _) => Outcome::Ack,
+        }
+    }
+}
+
+#[test]
+fn a_timer_fires_once_when_due_keeps_its_chain_and_a_cancel_wins() {
+    let mut h = Harness::<Timeouts>::new().expect("init");
+    let placed = TestEvent::json("order.placed", &1).subject("o-1").id("p-1");
+    h.deliver(placed);
+    assert_eq!(
+        h.timers(),
+        vec![("timeout.o-1".to_string(), h.now_ms() + 2_000)]
+    );
+    assert!(
+        h.advance(std::time::Duration::from_millis(1_999))
+            .is_empty(),
+        "early"
+    );
+    let fired = h.advance(std::time::Duration::from_millis(1));
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].topic, "order.timed-out");
+    assert_eq!(fired[0].causation_id.as_deref(), Some("p-1"));
+    assert_eq!(fired[0].correlation_id.as_deref(), Some("p-1"));
+    assert!(fired[0]
+        .extensions
+        .iter()
+        .any(|(k, v)| k == "latems" && v == "0"));
+    assert!(
+        h.advance(std::time::Duration::from_secs(60)).is_empty(),
+        "once"
+    );
+
+    // Called off before it is due: it never fires.
+    h.deliver(TestEvent::json("order.placed", &1).subject("o-2"));
+    h.deliver(TestEvent::json("payment.authorized", &1).subject("o-2"));
+    assert!(h.timers().is_empty());
+    assert!(h.advance(std::time::Duration::from_secs(60)).is_empty());
+
+    // A rejected event keeps no timer; setting a key again replaces it.
+    h.deliver(TestEvent::json("order.placed", &"bad").subject("o-3"));
+    assert!(h.timers().is_empty());
+    h.deliver(TestEvent::json("order.placed", &1).subject("o-4"));
+    h.advance(std::time::Duration::from_millis(1_000));
+    h.deliver(TestEvent::json("order.placed", &1).subject("o-4"));
+    assert_eq!(h.timers()[0].1, h.now_ms() + 2_000, "replaced");
+    assert_eq!(h.advance(std::time::Duration::from_millis(2_000)).len(), 1);
+}
+
+#[test]
+fn a_timer_is_refused_in_the_hosts_words() {
+    struct Far;
+    impl Plugin for Far {
+        fn init(_: &Config) -> Result<Self, String> {
+            Ok(Far)
+        }
+        fn info(&self) -> Info {
+            Info::new("far", "0.1.0", ["x"])
+        }
+        fn handle(&mut self, event: &Event<'_>, ctx: &mut Context) -> Outcome {
+            let due = crate::When::AfterMs(plugbus_contract::timer::DELAY_MS_MAX_DEFAULT + 1);
+            let key = String::from_utf8_lossy(event.data()).into_owned();
+            match ctx.schedule(&key, due, "x.later", &1) {
+                Err(e) => Outcome::reject(e.to_string()),
+                Ok(()) => Outcome::Ack,
+            }
+        }
+    }
+    let mut h = Harness::<Far>::new().expect("init");
+    let d = h.deliver(TestEvent::new("x", b"k".to_vec()));
+    let Outcome::Reject(why) = d.outcome else {
+        panic!("accepted: {:?}", d.outcome)
+    };
+    assert!(
+        why.contains("further ahead than the plugin may set one"),
+        "{why}"
+    );
+    let d = h.deliver(TestEvent::new("x", Vec::new()));
+    let Outcome::Reject(why) = d.outcome else {
+        panic!("accepted: {:?}", d.outcome)
+    };
+    assert!(why.contains("the timer key is empty"), "{why}");
+}

@@ -111,7 +111,7 @@ export function plugins(main, app, params) {
   put(main, h('h2', null, 'Plugins'), table, detail);
   const draw = () => {
     fill(table, 
-      h('tr', null, ['plugin', 'state', 'version', 'file', 'tier', 'subscriptions', 'handled / s', 'handled', 'failed', 'retried', 'queue', 'lag', 'limits', ''].map((t) => h('th', null, t))),
+      h('tr', null, ['plugin', 'state', 'version', 'file', 'tier', 'subscriptions', 'handled / s', 'handled', 'failed', 'retried', 'queue', 'lag', 'timers', 'limits', ''].map((t) => h('th', null, t))),
       [...app.plugins.values()].map((p) =>
         h('tr', { 'data-plugin': p.name, class: params.get('name') === p.name ? 'selected' : null },
           h('td', null, p.name),
@@ -126,6 +126,7 @@ export function plugins(main, app, params) {
           h('td', { class: 'n' }, num(p.retried)),
           h('td', { class: 'n' }, num(p.queue_depth)),
           h('td', { class: 'n' }, num(p.lag)),
+          h('td', { class: 'n', title: 'timers set, waiting for their time' }, num(p.timers)),
           h('td', { class: 'small' }, limitsView(p.limits)),
           h('td', { class: 'actions' },
             h('button', { onclick: () => replay(app, p.name), 'data-action': 'replay' }, 'Replay…'),

@@ -104,6 +104,10 @@ const SDK: Files = &[
         repo_file!("contract/src/state.rs"),
     ),
     (
+        "plugbus-contract/src/timer.rs",
+        repo_file!("contract/src/timer.rs"),
+    ),
+    (
         "plugbus-contract/src/topic.rs",
         repo_file!("contract/src/topic.rs"),
     ),
@@ -299,6 +303,7 @@ mod tests {
         let mut missing = Vec::new();
         for (dir, into, files) in [
             ("guest-sdk/src", "plugbus-sdk/src", SDK),
+            ("contract/src", "plugbus-contract/src", SDK),
             ("wit", "wit", WIT),
         ] {
             let mut dirs = vec![root.join(dir)];

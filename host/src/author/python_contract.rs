@@ -357,3 +357,91 @@ fn the_python_harness_keeps_the_state_rules() {
     let harness = check_write(&long_key, 1, 0).expect_err("too long");
     assert_eq!(python["harness"], Value::from(harness.to_string()));
 }
+
+const TIMER: &str = r#"
+import json, sys
+import plugbus
+print(json.dumps([plugbus.timer_refusal(c["key"], c["due"], c["now"], c["changes"], c["batch_len"])
+                  for c in json.load(sys.stdin)]))
+"#;
+
+#[test]
+fn the_python_harness_refuses_timers_as_the_host_does() {
+    use plugbus_contract::timer::{
+        check_set, CHANGES_PER_EVENT_MAX, DELAY_MS_MAX_DEFAULT, KEY_BYTES_MAX,
+    };
+    let long = "k".repeat(KEY_BYTES_MAX + 1);
+    let now = 1_767_225_600_000u64;
+    // (key, due, changes, batch length)
+    let cases: Vec<(&str, u64, usize, usize)> = vec![
+        ("payment-timeout", now + 2_000, 0, 1),
+        ("past", now - 5_000, 0, 1),
+        ("", now, 0, 1),
+        (&long, now, 0, 1),
+        ("far", now + DELAY_MS_MAX_DEFAULT + 1, 0, 1),
+        ("edge", now + DELAY_MS_MAX_DEFAULT, 0, 1),
+        ("many", now, CHANGES_PER_EVENT_MAX, 1),
+        ("two", now, CHANGES_PER_EVENT_MAX, 2),
+    ];
+    let input: Vec<Value> = cases
+        .iter()
+        .map(|(key, due, changes, batch_len)| {
+            json!({"key": key, "due": due, "now": now, "changes": changes, "batch_len": batch_len})
+        })
+        .collect();
+    let python = python(TIMER, &Value::Array(input));
+    let want: Vec<Value> = cases
+        .iter()
+        .map(|(key, due, changes, batch_len)| {
+            match check_set(key, *due, now, DELAY_MS_MAX_DEFAULT, (*changes, *batch_len)) {
+                Ok(()) => Value::Null,
+                Err(why) => Value::from(why.to_string()),
+            }
+        })
+        .collect();
+    assert_eq!(python, Value::Array(want));
+}
+
+const TIMER_HARNESS: &str = r#"
+import json, sys
+import plugbus
+
+class Saga:
+    name = "saga"; version = "1"; subscriptions = ["order.placed", "payment.authorized"]
+    def __init__(self, config): pass
+    def handle(self, event, ctx):
+        key = "timeout." + (event.subject or "-")
+        if event.topic == "order.placed":
+            ctx.schedule(key, "order.timeout", {"order": event.subject}, after_ms=2000)
+            return plugbus.reject("bad") if event.json() == "bad" else plugbus.ack()
+        ctx.cancel(key)
+        return plugbus.ack()
+
+h = plugbus.Harness(Saga)
+out = {}
+h.deliver(plugbus.TestEvent.json("order.placed", 1, subject="o-1", id="p-1"))
+out["set"] = [[k, d - h.now_ms] for k, d in h.timers()]
+out["early"] = len(h.advance(1999))
+fired = h.advance(1)
+out["fired"] = [[e.topic, e.causation_id, e.correlation_id, e.extensions.get("latems")] for e in fired]
+out["again"] = len(h.advance(60000))
+h.deliver(plugbus.TestEvent.json("order.placed", 1, subject="o-2"))
+h.deliver(plugbus.TestEvent.json("payment.authorized", 1, subject="o-2"))
+h.deliver(plugbus.TestEvent.json("order.placed", "bad", subject="o-3"))
+out["left"] = h.timers()
+print(json.dumps(out))
+"#;
+
+#[test]
+fn the_python_harness_fires_timers_once_when_due_and_keeps_them_as_state() {
+    let out = python(TIMER_HARNESS, &Value::Null);
+    assert_eq!(out["set"], json!([["timeout.o-1", 2000]]));
+    assert_eq!(out["early"], 0, "never before it is due");
+    assert_eq!(out["fired"], json!([["order.timeout", "p-1", "p-1", "0"]]));
+    assert_eq!(out["again"], 0, "once");
+    assert_eq!(
+        out["left"],
+        json!([]),
+        "a cancel wins; a rejected event keeps no timer"
+    );
+}

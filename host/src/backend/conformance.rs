@@ -820,6 +820,80 @@ fn one_release_per_broker_and_a_take_over_is_seen(h: Harness) {
     );
 }
 
+/// Timers: where a backend keeps them, a plugin's set with its settlement
+/// fires once, not before it is due, under the id it was given; one called
+/// off by a settlement committed before it is due never fires; a
+/// publisher's (`deliverat`) fires the same way. Where it keeps none, it
+/// says so.
+fn timers_fire_once_not_early_and_a_cancel_before_wins(h: Harness) {
+    let now = crate::timer::now_ms();
+    let timer = |key: &str, due_ms: u64| {
+        let mut event = event("saga.timeout", 0);
+        event.id = format!("timer-{key}");
+        crate::timer::Timer {
+            key: key.into(),
+            due_ms,
+            event,
+        }
+    };
+    if !h.backend.capabilities().timers {
+        assert!(matches!(
+            h.backend.schedule(vec![timer("x", now)]),
+            Err(BackendError::NotOffered { .. })
+        ));
+        return;
+    }
+    let mut fired = h.consumer("watcher", &["saga.*"], HUNG);
+    let mut c = h.consumer("saga", &["order.placed"], HUNG);
+    h.backend
+        .append(vec![event("order.placed", 1), event("order.placed", 2)])
+        .expect("append");
+    let got = take(c.as_mut(), 2);
+    let set = |t: crate::timer::Timer| crate::timer::TimerChange::Set(Box::new(t));
+    let due = now + 300;
+    let mut first = acks(&got[..1]);
+    first.timers = vec![
+        set(timer("a", due)),
+        set(timer("b", due)),
+        set(timer("far", now + 3_600_000)),
+    ];
+    c.settle(first).expect("settle the first");
+    let mut second = acks(&got[1..]);
+    second.timers = vec![crate::timer::TimerChange::Cancel("b".into())];
+    c.settle(second).expect("settle the second");
+    h.backend
+        .schedule(vec![timer("outside", due)])
+        .expect("schedule");
+    let mut ids: Vec<String> = take(fired.as_mut(), 2)
+        .iter()
+        .map(|d| {
+            assert!(crate::timer::now_ms() >= due, "never before it is due");
+            d.event.id.clone()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["timer-a", "timer-outside"], "b was called off first");
+    assert!(
+        fired
+            .next_batch(10, Duration::from_millis(500))
+            .expect("batch")
+            .is_empty(),
+        "each once"
+    );
+    assert_eq!(
+        h.backend.timer_usage("saga").expect("usage").count,
+        1,
+        "far is set"
+    );
+    assert_eq!(
+        h.backend
+            .timer_usage(crate::timer::OUTSIDE)
+            .expect("usage")
+            .count,
+        0
+    );
+}
+
 macro_rules! conformance {
     ($backend:ident) => {
         mod $backend {
@@ -876,6 +950,10 @@ macro_rules! conformance {
             #[test]
             fn one_release_per_broker_and_a_take_over_is_seen() {
                 super::one_release_per_broker_and_a_take_over_is_seen(Harness::$backend());
+            }
+            #[test]
+            fn timers_fire_once_not_early_and_a_cancel_before_wins() {
+                super::timers_fire_once_not_early_and_a_cancel_before_wins(Harness::$backend());
             }
         }
     };
@@ -943,6 +1021,11 @@ fn declares_what_it_does_not_keep(h: Harness) {
 /// Memory mode: the cases of what it keeps, and its declaration.
 mod memory {
     use super::*;
+
+    #[test]
+    fn timers_fire_once_not_early_and_a_cancel_before_wins() {
+        super::timers_fire_once_not_early_and_a_cancel_before_wins(Harness::memory());
+    }
 
     #[test]
     fn declares_what_it_does_not_keep() {

@@ -150,6 +150,7 @@ impl Backend for MemoryBackend {
             shared: false,
             dedup_window: Duration::ZERO,
             durable: false,
+            timers: false,
         }
     }
 

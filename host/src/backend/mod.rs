@@ -118,6 +118,9 @@ pub struct Capabilities {
     /// Events, state, cursors and dead letters survive the process (all
     /// but memory mode).
     pub durable: bool,
+    /// Plugins may set timers ([`Settlement::timers`]), kept with their
+    /// state and published once when due.
+    pub timers: bool,
 }
 
 /// Where a replay starts.
@@ -226,6 +229,9 @@ pub struct Settlement {
     pub expected: Vec<(String, Option<Vec<u8>>)>,
     /// Events the handlers published, appended with the settlement.
     pub follow_ups: Vec<Event>,
+    /// Changes to the plugin's timers, in order, committed with it
+    /// ([`Capabilities::timers`]).
+    pub timers: Vec<crate::timer::TimerChange>,
 }
 
 /// What an append got.
@@ -533,6 +539,35 @@ pub trait Backend: Send + Sync + 'static {
             tokio::task::spawn_blocking(move || self.append(events))
                 .await
                 .map_err(|_| BackendError::Store(crate::store::StoreError::Closed))?
+        })
+    }
+
+    /// `owner`'s timer `key`, if it is set ([`Capabilities::timers`]).
+    fn timer(&self, owner: &str, key: &str) -> Result<Option<crate::timer::Timer>, BackendError> {
+        let _ = (owner, key);
+        Ok(None)
+    }
+
+    /// How many timers `owner` keeps set, and their bytes.
+    fn timer_usage(&self, owner: &str) -> Result<crate::timer::Usage, BackendError> {
+        let _ = owner;
+        Ok(crate::timer::Usage::default())
+    }
+
+    /// Up to `max` of `owner`'s timers, by key.
+    fn timers_of(&self, owner: &str, max: usize) -> Result<Vec<crate::timer::Timer>, BackendError> {
+        let _ = (owner, max);
+        Ok(Vec::new())
+    }
+
+    /// Set `timers` for publishers ([`crate::timer::OUTSIDE`]): each
+    /// publishes its event, under its own id, when due (`deliverat`).
+    fn schedule(&self, timers: Vec<crate::timer::Timer>) -> Result<(), BackendError> {
+        let _ = timers;
+        Err(BackendError::NotOffered {
+            backend: self.describe(),
+            what: "events scheduled with `deliverat`".into(),
+            fix: "run the host on the embedded store (--data) to schedule events, or publish them when they are due".into(),
         })
     }
 

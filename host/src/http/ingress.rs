@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::{auth, AppState, IngressError, CE_BATCH_JSON, CE_JSON};
 use crate::event::Event;
+use crate::timer::Timer;
 
 /// Past the limit, this much more of a body is read and thrown away before
 /// answering 413, so that a client still sending gets the answer instead of
@@ -124,6 +125,15 @@ async fn publish(
                 .map_err(IngressError::TopicForbidden)?;
         }
     }
+    let (later, mut events) = scheduled(events)?;
+    if !later.is_empty() {
+        // Kept first: a request is scheduled whole or not at all.
+        let answer = scheduled_answer(&later, events.is_empty());
+        state.dispatch.schedule_async(later).await?;
+        if events.is_empty() {
+            return Ok((StatusCode::ACCEPTED, Json(answer)).into_response());
+        }
+    }
     let single = (events.len() == 1).then(|| events[0].id.clone());
     // With OTLP export, each event's publish span becomes its context.
     let spans = crate::telemetry::get().map(|t| t.publishing(&mut events));
@@ -139,6 +149,36 @@ async fn publish(
                         "duplicates": published.duplicates }),
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// The events that ask to be delivered later (`deliverat`), as timers keyed
+/// by their ids (so that a request sent again replaces its own), and the
+/// others.
+fn scheduled(events: Vec<Event>) -> Result<(Vec<Timer>, Vec<Event>), IngressError> {
+    let now = crate::timer::now_ms();
+    let max = plugbus_contract::timer::DELAY_MS_MAX_DEFAULT;
+    let (mut later, mut at_once) = (Vec::new(), Vec::with_capacity(events.len()));
+    for event in events {
+        match crate::timer::deliver_at(&event, now, max).map_err(IngressError::DeliverAt)? {
+            Some(due_ms) => later.push(Timer {
+                key: event.id.clone(),
+                due_ms,
+                event,
+            }),
+            None => at_once.push(event),
+        }
+    }
+    Ok((later, at_once))
+}
+
+/// The answer to scheduled events: a scheduled event gets its sequence
+/// when it enters the log, at its time.
+fn scheduled_answer(later: &[Timer], only: bool) -> serde_json::Value {
+    match (later, only) {
+        ([one], true) => json!({ "accepted": 1, "id": one.event.id,
+                                 "scheduled": crate::timer::rfc3339(one.due_ms) }),
+        _ => json!({ "accepted": later.len(), "scheduled": later.len() }),
+    }
 }
 
 pub(super) async fn publish_plain(

@@ -123,6 +123,9 @@ pub enum IngressError {
     /// A batch with no events.
     #[error("the batch is empty; send at least one event")]
     EmptyBatch,
+    /// A `deliverat` that is not a time, or too far ahead.
+    #[error("{0}")]
+    DeliverAt(String),
     /// Dead letters, the log and replay exist only in durable mode.
     #[error("the log and dead letters are kept only in durable mode or on a broker; this host runs with --memory")]
     NoStore,
@@ -170,6 +173,7 @@ impl IntoResponse for IngressError {
             IngressError::BadEvent(_)
             | IngressError::Body(_)
             | IngressError::EmptyBatch
+            | IngressError::DeliverAt(_)
             | IngressError::BadSelection(_)
             | IngressError::BadQuery(_) => StatusCode::BAD_REQUEST,
             IngressError::NoStore => StatusCode::CONFLICT,

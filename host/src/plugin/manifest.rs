@@ -18,7 +18,9 @@
 //! deadline_ms = 1000                # CPU time per `handle` call (a batch)
 //! stack_bytes_max = 524288
 //! output_lines_per_s_max = 100      # guest stdout/stderr lines kept
-//! state_bytes_max = 67108864        # state (keys and values) kept
+//! state_bytes_max = 67108864        # state (keys, values, timers) kept
+//! timers_max = 100000               # timers set at once
+//! timer_delay_ms_max = 2592000000   # how far ahead a timer may be due (30 days)
 //!
 //! [publish]
 //! allow = ["inventory.>"]           # topics it may publish to (none: any)
@@ -63,7 +65,8 @@ pub struct Manifest {
     #[schemars(example = 2)]
     pub concurrency: Option<u32>,
     /// What decides which worker an event goes to, and what strict
-    /// ordering holds back: `subject` (default), `topic`, `source`, or
+    /// ordering holds back: `subject` (default), `topic`, `source`,
+    /// `correlationid` (the chain: a saga's events of one order), or
     /// `extension:NAME`.
     #[schemars(example = &"subject")]
     pub ordering_key: Option<String>,
@@ -109,9 +112,17 @@ pub struct LimitsSection {
     /// and dropped). Default 100.
     #[schemars(example = 100)]
     pub output_lines_per_s_max: Option<u32>,
-    /// State (keys and values) it may keep, in bytes. Default 64 MiB.
+    /// State (keys and values, and its timers) it may keep, in bytes.
+    /// Default 64 MiB.
     #[schemars(example = 67108864)]
     pub state_bytes_max: Option<u64>,
+    /// Timers it may keep set at once. Default 100000.
+    #[schemars(example = 100000)]
+    pub timers_max: Option<u64>,
+    /// How far ahead a timer may be due, in ms. Default 2592000000 (30
+    /// days).
+    #[schemars(example = 2592000000u64)]
+    pub timer_delay_ms_max: Option<u64>,
 }
 
 /// `[publish]`.
@@ -275,7 +286,7 @@ impl Manifest {
             if OrderingKey::parse(k).is_none() {
                 return Err((
                     "ordering_key",
-                    format!("`{k}` is not a key; use subject, topic, source or extension:NAME"),
+                    format!("`{k}` is not a key; use subject, topic, source, correlationid or extension:NAME"),
                 ));
             }
         }
@@ -327,6 +338,12 @@ impl Manifest {
         }
         if self.limits.state_bytes_max == Some(0) {
             return Err(("limits.state_bytes_max", "must be at least 1".into()));
+        }
+        if self.limits.timers_max == Some(0) {
+            return Err((
+                "limits.timers_max",
+                "must be at least 1 (a plugin that sets no timers needs no limit)".into(),
+            ));
         }
         if self.publish.rate_events_per_s_max == Some(0) {
             return Err((

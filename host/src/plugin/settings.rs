@@ -108,6 +108,8 @@ pub(super) struct PluginSettings {
     pub(super) output: Arc<RateLimit>,
     /// Its state quota; what it keeps is counted at each start.
     pub(super) state: Arc<kv::StateQuota>,
+    /// Its timer limits.
+    pub(super) timers: runtime::TimerBook,
     pub(super) has_manifest: bool,
 }
 
@@ -164,29 +166,8 @@ impl Registry {
         };
         // A batch must fit in the plugin's memory.
         d.batch_bytes_max = d.batch_bytes_max.min(limits.memory_bytes_max / 2);
-        let patterns = |list: &[String]| -> Vec<Pattern> {
-            // Checked when the manifest was parsed.
-            list.iter().filter_map(|p| Pattern::parse(p).ok()).collect()
-        };
         let labels = metrics::plugin(name);
-        let publish = PublishPolicy {
-            allow: m.publish.allow.as_deref().map(patterns),
-            deny: patterns(&m.publish.deny),
-            rate: RateLimit::new(
-                m.publish.rate_events_per_s_max,
-                self.metrics
-                    .publish_throttled
-                    .get_or_create(&labels)
-                    .clone(),
-            ),
-            chain_events_max: m
-                .publish
-                .chain_events_max
-                .unwrap_or(runtime::chains::CHAIN_EVENTS_MAX_DEFAULT),
-            chains: self.chains.clone(),
-            chain_refused: self.metrics.chain_refused.get_or_create(&labels).clone(),
-            storm: Mutex::new(None),
-        };
+        let publish = self.publish_policy(&m, &labels);
         let state = kv::StateQuota::new(
             l.state_bytes_max.unwrap_or(kv::STATE_BYTES_MAX_DEFAULT),
             0,
@@ -208,8 +189,37 @@ impl Registry {
             publish: Arc::new(publish),
             output: Arc::new(output),
             state: Arc::new(state),
+            timers: runtime::TimerBook::new(
+                l.timer_delay_ms_max
+                    .unwrap_or(plugbus_contract::timer::DELAY_MS_MAX_DEFAULT),
+                l.timers_max
+                    .unwrap_or(plugbus_contract::timer::TIMERS_MAX_DEFAULT),
+            ),
             delivery: d,
             has_manifest,
         })
+    }
+
+    /// What the plugin may publish, by its manifest `m`'s `[publish]`.
+    fn publish_policy(&self, m: &Manifest, labels: &metrics::PluginLabels) -> PublishPolicy {
+        let patterns = |list: &[String]| -> Vec<Pattern> {
+            // Checked when the manifest was parsed.
+            list.iter().filter_map(|p| Pattern::parse(p).ok()).collect()
+        };
+        PublishPolicy {
+            allow: m.publish.allow.as_deref().map(patterns),
+            deny: patterns(&m.publish.deny),
+            rate: RateLimit::new(
+                m.publish.rate_events_per_s_max,
+                self.metrics.publish_throttled.get_or_create(labels).clone(),
+            ),
+            chain_events_max: m
+                .publish
+                .chain_events_max
+                .unwrap_or(runtime::chains::CHAIN_EVENTS_MAX_DEFAULT),
+            chains: self.chains.clone(),
+            chain_refused: self.metrics.chain_refused.get_or_create(labels).clone(),
+            storm: Mutex::new(None),
+        }
     }
 }

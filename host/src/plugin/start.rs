@@ -67,6 +67,7 @@ impl Registry {
             publish: settings.publish.clone(),
             output: settings.output.clone(),
             state: settings.state.clone(),
+            timers: settings.timers,
         };
         let start_err = |source| PluginError::Start {
             file: file.to_path_buf(),

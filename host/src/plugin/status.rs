@@ -112,6 +112,9 @@ pub struct PluginStatus {
     /// Times it was quarantined.
     #[serde(default)]
     pub quarantines: u64,
+    /// Timers it keeps set, where the backend keeps timers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timers: Option<u64>,
     /// How much longer its calls run at low CPU priority, in ms, when they
     /// do: it trapped, ran past its deadline, had a publish refused or an
     /// outcome message cut within the last
@@ -256,6 +259,10 @@ impl Registry {
                     .as_millis() as u64
             }),
             quarantines: p.quarantines.get(),
+            timers: Some(self.backend())
+                .filter(|b| b.capabilities().timers)
+                .and_then(|b| b.timer_usage(&p.name).ok())
+                .map(|u| u.count),
             low_priority_ms: p.low_priority_until.left_ms(),
             background_ms: p.background_until.left_ms(),
             state_bytes: Some(p.settings.state.used()),
@@ -389,6 +396,14 @@ impl Registry {
                 .broker_connected
                 .set(i64::from(backend.connected()));
         }
+        if kept.timers {
+            if let Ok(usage) = backend.timer_usage(crate::timer::OUTSIDE) {
+                self.metrics
+                    .timers_pending
+                    .get_or_create(&metrics::plugin(crate::timer::OUTSIDE))
+                    .set(usage.count as i64);
+            }
+        }
         for p in self
             .running
             .read()
@@ -409,6 +424,14 @@ impl Registry {
             if let (Some(head), false) = (head, kept.shared) {
                 let lag = head.saturating_sub(p.cursor());
                 self.metrics.lag.get_or_create(&labels).set(lag as i64);
+            }
+            if kept.timers {
+                if let Ok(usage) = backend.timer_usage(&p.name) {
+                    self.metrics
+                        .timers_pending
+                        .get_or_create(&labels)
+                        .set(usage.count as i64);
+                }
             }
             if let Some(b) = self.broker_position(&p.name) {
                 self.metrics.lag.get_or_create(&labels).set(b.lag as i64);
@@ -563,6 +586,7 @@ fn failed_status(f: &Failed) -> PluginStatus {
         handled_per_s: 0.0,
         quarantine_ms: None,
         quarantines: 0,
+        timers: None,
         low_priority_ms: None,
         background_ms: None,
         state_bytes: None,

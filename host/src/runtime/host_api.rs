@@ -49,6 +49,10 @@ pub struct HostState {
     pub(super) kv_delta: i64,
     /// The plugin's state quota.
     pub(super) state: Arc<super::kv::StateQuota>,
+    /// The timer changes of the call in progress (`runtime::timers`).
+    pub(super) timers: super::timers::CallTimers,
+    /// The plugin's timer limits.
+    pub(super) timer_book: super::timers::TimerBook,
     /// Publishes refused by the plugin's policy in the call in progress.
     /// (Output lines over the rate limit are dropped but not counted here:
     /// a plugin that logs each event is chatty, not misbehaving.)
@@ -86,6 +90,8 @@ impl HostState {
             kv_write_bytes: 0,
             kv_delta: 0,
             state: instance.state.clone(),
+            timers: Default::default(),
+            timer_book: instance.timers,
             refused: 0,
         }
     }
@@ -95,6 +101,7 @@ impl HostState {
         self.published.clear();
         self.refused = 0;
         self.take_writes();
+        self.timers = Default::default();
     }
 
     /// Publishes refused in the call in progress.
@@ -111,6 +118,11 @@ impl HostState {
         (std::mem::take(&mut self.kv_writes), delta)
     }
 
+    /// How many events the call in progress handles.
+    pub(super) fn batch_len(&self) -> usize {
+        self.batch().len()
+    }
+
     /// The events of the call in progress.
     fn batch(&self) -> &[Arc<Event>] {
         match &self.batch {
@@ -123,11 +135,13 @@ impl HostState {
         self.batch = None;
         let reads = std::mem::take(self.kv_reads.get_mut());
         let (writes, state_delta) = self.take_writes();
+        let timers = std::mem::take(&mut self.timers);
         super::BatchEffects {
             published: std::mem::take(&mut self.published),
             writes,
             reads,
             state_delta,
+            timers: timers.changes,
         }
     }
 }
@@ -201,6 +215,41 @@ impl config::Host for HostState {
 impl publisher::Host for HostState {
     fn publish(&mut self, cause: u32, event: Outgoing) -> Result<(), types::PublishError> {
         let index = cause as usize;
+        // The same plugin handling the same event publishes the same ids:
+        // handled again after a crash, its follow-ups are duplicates that
+        // the log's duplicate window and idempotent consumers recognise.
+        let ordinal = self.published.iter().filter(|(i, _)| *i == index).count();
+        let published = self.published.len();
+        let follow = self.follow_up_of(cause, event, published, |plugin, cause_id| {
+            follow_up_id(plugin, cause_id, ordinal)
+        })?;
+        self.published.push((index, follow));
+        Ok(())
+    }
+}
+
+impl HostState {
+    /// `event` as a follow-up of the event at index `cause`, with the id
+    /// `id(plugin, cause id)` gives: checked as a publish is (the cause, the
+    /// topic, the plugin's policy, the call's limits with `published` so
+    /// far, the hop limit, the chain's budget), charged to its rate.
+    pub(super) fn follow_up(
+        &mut self,
+        cause: u32,
+        event: Outgoing,
+        id: impl FnOnce(&str, &str) -> String,
+    ) -> Result<Event, types::PublishError> {
+        self.follow_up_of(cause, event, 0, id)
+    }
+
+    fn follow_up_of(
+        &mut self,
+        cause: u32,
+        event: Outgoing,
+        published: usize,
+        id: impl FnOnce(&str, &str) -> String,
+    ) -> Result<Event, types::PublishError> {
+        let index = cause as usize;
         let batch_len = self.batch().len();
         let call = plugbus_contract::publish::Publish {
             cause,
@@ -221,8 +270,7 @@ impl publisher::Host for HostState {
             self.refused += 1;
             return Err(types::PublishError::Denied(why));
         }
-        plugbus_contract::publish::check_limits(&call, batch_len, self.published.len())
-            .map_err(refused)?;
+        plugbus_contract::publish::check_limits(&call, batch_len, published).map_err(refused)?;
         let cause = self.batch()[index].clone();
         if cause.hops + 1 > self.hops_max {
             return Err(types::PublishError::Invalid(format!(
@@ -231,12 +279,8 @@ impl publisher::Host for HostState {
                 self.hops_max
             )));
         }
-        // The same plugin handling the same event publishes the same ids:
-        // handled again after a crash, its follow-ups are duplicates that
-        // the log's duplicate window and idempotent consumers recognise.
-        let ordinal = self.published.iter().filter(|(i, _)| *i == index).count();
         let mut follow = Event::with_id(
-            follow_up_id(&self.plugin, &cause.id, ordinal),
+            id(&self.plugin, &cause.id),
             &event.type_,
             Some(
                 event
@@ -269,8 +313,7 @@ impl publisher::Host for HostState {
         // Over the plugin's rate this is a debt, which holds its next
         // delivery (backpressure), not a refusal.
         self.publish_policy.rate.charge();
-        self.published.push((index, follow));
-        Ok(())
+        Ok(follow)
     }
 }
 

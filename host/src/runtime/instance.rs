@@ -131,6 +131,7 @@ impl PluginInstance {
             writes,
             reads,
             state_delta,
+            timers,
         } = self.store.data_mut().end_batch();
         let state = self.store.data();
         let mut refused = state.refused();
@@ -169,6 +170,7 @@ impl PluginInstance {
             writes,
             reads,
             state_delta,
+            timers,
             refused,
             heavy,
         })

@@ -145,7 +145,23 @@ impl Backend {
             .map_err(|e| e.to_string())
     }
 
-    /// The bytes (keys and values) of `plugin`'s committed state.
+    /// Whether the backend keeps timers for its plugins.
+    pub fn keeps_timers(&self) -> bool {
+        self.0.capabilities().timers
+    }
+
+    /// `plugin`'s timer `key`, if it is set.
+    pub fn timer(&self, plugin: &str, key: &str) -> Result<Option<crate::timer::Timer>, String> {
+        self.0.timer(plugin, key).map_err(|e| e.to_string())
+    }
+
+    /// The timers `plugin` keeps set.
+    pub fn timer_usage(&self, plugin: &str) -> Result<crate::timer::Usage, String> {
+        self.0.timer_usage(plugin).map_err(|e| e.to_string())
+    }
+
+    /// The bytes (keys and values) of `plugin`'s committed state (its
+    /// timers' are the store's: [`Backend::timer_usage`]).
     pub fn usage(&self, plugin: &str) -> Result<u64, String> {
         let mut total = 0u64;
         let mut after: Option<String> = None;
@@ -227,18 +243,26 @@ impl HostState {
         let size = key.len() + value_len;
         let before = before.map_or(0, |v| key.len() + v);
         let delta = if value.is_some() { size } else { 0 } as i64 - before as i64;
-        let after = (self.state.used() as i64).saturating_add(self.kv_delta + delta);
-        if delta > 0 && after > self.state.max() as i64 {
-            self.state.refused.inc();
-            return Err(other(format!(
-                "the state quota of plugin `{}` is full: this write would keep {after} bytes of state (keys and values), over its limits.state_bytes_max of {}; delete keys it no longer needs, or raise the quota in its manifest",
-                self.plugin,
-                self.state.max()
-            )));
-        }
+        self.check_quota(delta).map_err(other)?;
         self.kv_write_bytes += size;
         self.kv_delta += delta;
         self.kv_writes.insert(key, value);
+        Ok(())
+    }
+
+    /// Whether the call may grow the plugin's state by `delta` bytes more
+    /// (a change that shrinks it always may); the words of a refusal.
+    pub(super) fn check_quota(&mut self, delta: i64) -> Result<(), String> {
+        let timers = self.stored_timers().bytes as i64 + self.timers.bytes_delta;
+        let after = (self.state.used() as i64).saturating_add(self.kv_delta + timers + delta);
+        if delta > 0 && after > self.state.max() as i64 {
+            self.state.refused.inc();
+            return Err(format!(
+                "the state quota of plugin `{}` is full: this write would keep {after} bytes of state (keys, values and timers), over its limits.state_bytes_max of {}; delete keys or cancel timers it no longer needs, or raise the quota in its manifest",
+                self.plugin,
+                self.state.max()
+            ));
+        }
         Ok(())
     }
 

@@ -423,7 +423,7 @@ mod tests {
         );
         let msg = err.to_string();
         assert!(
-            msg.contains("plugbus:plugin@0.2.0") && msg.contains("plugbus:plugin@0.1.0"),
+            msg.contains("plugbus:plugin@0.2.0") && msg.contains("plugbus:plugin@0.1.1"),
             "{msg}"
         );
     }

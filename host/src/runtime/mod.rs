@@ -48,6 +48,7 @@ mod load;
 pub use load::content_hash;
 pub mod imports_fuzz;
 pub mod policy;
+mod timers;
 pub mod wasi_config;
 
 use batch::BatchBuffer;
@@ -71,6 +72,7 @@ use crate::event::{Chunk, Event};
 pub use call::{CallMode, THROTTLE_PAUSE_TICKS};
 pub use host_api::{HostState, Outgoing};
 pub use policy::{PublishPolicy, RateLimit, Storm};
+pub use timers::TimerBook;
 
 /// The generated host-side bindings of the `plugin` world.
 #[allow(missing_docs, clippy::all)]
@@ -92,7 +94,7 @@ pub use bindings::plugbus::plugin::types::{Info, Outcome};
 pub const CONTRACT_PACKAGE: &str = "plugbus:plugin";
 /// The contract version this host implements. It accepts plugins built
 /// against any version semver-compatible with it (for 0.x: the same minor).
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.1.1";
 
 /// How often the epoch advances, in milliseconds: the granularity of
 /// deadlines.
@@ -365,6 +367,8 @@ pub struct InstanceConfig {
     pub output: Arc<RateLimit>,
     /// Its state quota and what it keeps, shared likewise.
     pub state: Arc<kv::StateQuota>,
+    /// Its timer limits.
+    pub timers: TimerBook,
 }
 
 /// The native stack a thread needs to call into wasm with a stack cap of
@@ -423,6 +427,7 @@ pub(crate) struct BatchEffects {
     writes: kv::Writes,
     reads: kv::Writes,
     state_delta: i64,
+    timers: Vec<crate::timer::TimerChange>,
 }
 
 /// The result of one `handle` call.
@@ -439,6 +444,9 @@ pub struct BatchResult {
     /// How the writes change the state's size, in bytes
     /// ([`kv::StateQuota::committed`] once they are).
     pub state_delta: i64,
+    /// Timer changes made by the call, in order: kept as the writes are
+    /// (their bytes count in the state quota; the store keeps the count).
+    pub timers: Vec<crate::timer::TimerChange>,
     /// What the plugin was refused or cut in the call: publishes refused
     /// by its policy, outcome messages cut. (Output lines over the rate
     /// limit are dropped and counted apart: logging is not an offence.)

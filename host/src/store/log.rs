@@ -287,15 +287,7 @@ impl Log {
             // writer's lock, rather than handed to the committer and waited
             // for (two thread hand-offs per batch on the plugin's path).
             // Closed once appends are refused, as for publishers.
-            if self
-                .requests
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_none()
-            {
-                return Err(StoreError::Closed);
-            }
-            let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let mut writer = self.writer_while_open()?;
             let w = writer.as_mut().ok_or(StoreError::Closed)?;
             self.commit_group(
                 w,
@@ -321,6 +313,62 @@ impl Log {
             })
             .map_err(|_| StoreError::Closed)?;
         Ok(Ticket(answer))
+    }
+
+    /// The writer's lock, for a write on this thread; closed once appends
+    /// are refused, as for publishers.
+    fn writer_while_open(&self) -> Result<std::sync::MutexGuard<'_, Option<Writer>>, StoreError> {
+        if self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+        {
+            return Err(StoreError::Closed);
+        }
+        Ok(self.writer.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Publish the timers due at `now_ms`, up to `max`, soonest first:
+    /// under the writer's lock (where every timer change is written), their
+    /// events are appended and the timers removed in one atomic write, so
+    /// each is appended once and a cancel committed before always wins.
+    /// The timers fired.
+    pub fn fire_due(
+        &self,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<super::timers::Stored>, StoreError> {
+        let (answer, fired) = {
+            let mut writer = self.writer_while_open()?;
+            let w = writer.as_mut().ok_or(StoreError::Closed)?;
+            let due = self.store.due_timers(now_ms, max)?;
+            if due.is_empty() {
+                return Ok(due);
+            }
+            let events = due
+                .iter()
+                .map(|s| {
+                    let restamp = s.owner != crate::timer::OUTSIDE;
+                    crate::timer::fired(s.timer.event.clone(), s.timer.due_ms, now_ms, restamp)
+                })
+                .collect();
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.commit_group(
+                w,
+                vec![Append {
+                    events: crate::event::stamped(events),
+                    progress: Some(Progress {
+                        fired: due.clone(),
+                        ..Progress::default()
+                    }),
+                    reply,
+                }],
+            );
+            (answer, due)
+        };
+        Ticket(answer).wait()?;
+        Ok(fired)
     }
 
     /// A doorbell: rings (holds one `()`) whenever events are committed.

@@ -32,7 +32,8 @@
 //! Rooms: `disk` (the reserve, memtable sizing and fsync), `retention`
 //! (trimming the oldest finished events), `chains` (the index of events by
 //! correlation id), `progress` (cursors and state),
-//! `dead` (dead letters), `codec` (records), `log` (delivery on top).
+//! `dead` (dead letters), `timers` (timers by key and by due time),
+//! `codec` (records), `log` (delivery on top).
 //!
 //! This module knows nothing of plugins, wasm or HTTP.
 
@@ -53,6 +54,7 @@ pub mod repair;
 mod retention;
 pub mod state_cache;
 mod state_view;
+pub mod timers;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -218,6 +220,11 @@ pub struct Store {
     kv: Keyspace,
     /// The chain index (`store::chains`).
     chains: Keyspace,
+    /// Timers by owner and key, and by due time (`store::timers`).
+    timers: Keyspace,
+    timer_due: Keyspace,
+    /// Each owner's timers and their bytes (`store::timers`).
+    timer_usage: Mutex<std::collections::HashMap<String, crate::timer::Usage>>,
     /// Bytes of the records in the log (keys and values): kept in `meta`,
     /// updated in the same batch as every append and trim.
     log_bytes: AtomicU64,
@@ -339,6 +346,8 @@ impl Store {
         let meta = keyspace("meta")?;
         let kv = keyspace("kv")?;
         let chains = keyspace("chains")?;
+        let timers = keyspace("timers")?;
+        let timer_due = keyspace("timer_due")?;
         let log_bytes = meta
             .get(LOG_BYTES_KEY)
             .map_err(|e| open_err(format!("{e:?}")))?
@@ -406,7 +415,7 @@ impl Store {
             .write(true)
             .open(&mark_path)
             .map_err(|e| open_err(format!("{}: {e}", mark_path.display())))?;
-        Ok(Store {
+        let store = Store {
             db,
             log,
             cursors,
@@ -415,6 +424,8 @@ impl Store {
             meta,
             kv,
             chains,
+            timers,
+            timer_due,
             log_bytes: AtomicU64::new(log_bytes),
             dir: dir.to_path_buf(),
             fsync,
@@ -434,7 +445,10 @@ impl Store {
             mark,
             state_views: state_view::StateViews::default(),
             holes: Mutex::default(),
-        })
+            timer_usage: Mutex::default(),
+        };
+        store.count_timers()?;
+        Ok(store)
     }
 
     /// Observe every fsync's duration in `histogram` (seconds).
@@ -571,6 +585,7 @@ impl Store {
         let first = self.last_sequence() + 1;
         let mut batch = self.db.batch();
         let mut added = 0;
+        let mut timers = timers::UsageDeltas::new();
         for (i, e) in events.iter_mut().enumerate() {
             e.sequence = first + i as u64;
         }
@@ -584,7 +599,7 @@ impl Store {
         let log_bytes = self.log_bytes.load(Ordering::Acquire) + added;
         batch.insert(&self.meta, LOG_BYTES_KEY, log_bytes.to_be_bytes());
         for p in progress {
-            self.add_progress(&mut batch, p);
+            self.add_progress(&mut batch, p, &mut timers)?;
         }
         batch.commit().map_err(|e| match e {
             fjall::Error::Poisoned => {
@@ -592,6 +607,7 @@ impl Store {
             }
             e => self.write_error(&e),
         })?;
+        self.apply_timer_usage(timers);
         self.log_bytes.store(log_bytes, Ordering::Release);
         self.written
             .store(first + events.len() as u64 - 1, Ordering::Release);

@@ -180,6 +180,10 @@ pub struct Progress {
     pub dead: Vec<GaveUp>,
     /// Re-driven events it is done with (acked or given up on).
     pub redriven: Vec<u64>,
+    /// Changes to its timers, in order.
+    pub timers: Vec<crate::timer::TimerChange>,
+    /// Timers (anyone's) whose events this write appends: removed.
+    pub fired: Vec<super::timers::Stored>,
 }
 
 impl Progress {
@@ -204,7 +208,17 @@ impl Progress {
             .cursor
             .as_ref()
             .map_or(0, |c| name + 16 * (1 + c.pending.len() as u64));
-        kv + dead + redriven + cursor
+        let timers: u64 = self
+            .timers
+            .iter()
+            .map(|t| match t {
+                crate::timer::TimerChange::Set(t) => {
+                    2 * name + crate::timer::bytes(&t.key, &t.event)
+                }
+                crate::timer::TimerChange::Cancel(_) => 0,
+            })
+            .sum();
+        kv + dead + redriven + cursor + timers
     }
 }
 
@@ -228,7 +242,12 @@ impl Store {
     }
 
     /// Add `progress` to `batch`.
-    pub(super) fn add_progress(&self, batch: &mut OwnedWriteBatch, progress: &Progress) {
+    pub(super) fn add_progress(
+        &self,
+        batch: &mut OwnedWriteBatch,
+        progress: &Progress,
+        timers: &mut super::timers::UsageDeltas,
+    ) -> Result<(), StoreError> {
         let plugin = progress.plugin.as_str();
         for (key, value) in &progress.kv {
             // Plugins' keys are checked when written (`runtime::kv`).
@@ -250,6 +269,9 @@ impl Store {
             let name = progress.cursor_name.as_deref().unwrap_or(plugin);
             batch.insert(&self.cursors, name, cursor.encode());
         }
+        self.add_timer_changes(batch, plugin, &progress.timers, timers)?;
+        self.add_fired(batch, &progress.fired, timers);
+        Ok(())
     }
 
     /// Write `progress` (one without follow-up events) atomically, and hand
@@ -261,10 +283,10 @@ impl Store {
         self.check_poisoned()?;
         self.make_room(progress.bytes())?;
         self.state_views.around(&state_changes([progress]), || {
-            self.write_now(|batch| {
-                self.add_progress(batch, progress);
-                Ok(())
-            })
+            let mut timers = super::timers::UsageDeltas::new();
+            self.write_now(|batch| self.add_progress(batch, progress, &mut timers))?;
+            self.apply_timer_usage(timers);
+            Ok(())
         })
     }
 
@@ -580,6 +602,7 @@ mod tests {
                 }],
                 redriven: Vec::new(),
                 cursor_name: None,
+                ..Progress::default()
             })
             .expect("commit");
         assert_eq!(

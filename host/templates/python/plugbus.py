@@ -1,7 +1,7 @@
 """plugbus: write plugbus plugins in Python.
 
 Written into the project by `plugbus new --lang python`, for the contract in
-wit/ (plugbus:plugin@0.1.0). A plugin is a class with `name`, `version`,
+wit/ (plugbus:plugin@0.1.1). A plugin is a class with `name`, `version`,
 `subscriptions`, `__init__(self, config)` and `handle(self, event, ctx)`
 returning `ack()`, `retry(why)` or `reject(why)`; `app.py` exports it with
 `Handler = plugbus.handler(MyPlugin)`. `plugbus build` turns app.py into
@@ -24,6 +24,7 @@ try:
     from wit_world.imports import config as _config
     from wit_world.imports import logging as _logging
     from wit_world.imports import publisher as _publisher
+    from wit_world.imports import scheduler as _scheduler
     from wit_world.imports import store as _store
     from wit_world.imports import types as _types
 
@@ -181,6 +182,31 @@ def increment_refusal(key: str, held: Optional[bytes], delta: int) -> Tuple[Opti
     return None, now + delta
 
 
+# ---- timers (plugbus_contract::timer on the host) ------------------------
+
+TIMER_KEY_BYTES_MAX = 256
+TIMER_DELAY_MS_MAX_DEFAULT = 30 * 24 * 3600 * 1000
+TIMERS_MAX_DEFAULT = 100_000
+TIMER_CHANGES_PER_EVENT_MAX = 64
+EPOCH_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: where a harness's clock starts
+
+
+def timer_refusal(key: str, due_ms: int, now_ms: int, changes: int, batch_len: int) -> Optional[str]:
+    """Why the host refuses setting timer `key` due at `due_ms` (called at
+    `now_ms`, with `changes` timer changes made for a batch of `batch_len`);
+    None if it takes it (the plugin's count and quota are the host's)."""
+    if not key:
+        return "the timer key is empty; name the timer, e.g. `payment-timeout`"
+    if len(key.encode()) > TIMER_KEY_BYTES_MAX:
+        return f"the timer key is {len(key.encode())} bytes, over the limit of {TIMER_KEY_BYTES_MAX}"
+    if changes >= max(batch_len, 1) * TIMER_CHANGES_PER_EVENT_MAX:
+        return f"more than {TIMER_CHANGES_PER_EVENT_MAX} timer changes per handled event"
+    if due_ms - now_ms > TIMER_DELAY_MS_MAX_DEFAULT:
+        return (f"timer `{key}` is due in {due_ms - now_ms} ms, further ahead than the plugin may set "
+                f"one ({TIMER_DELAY_MS_MAX_DEFAULT} ms, limits.timer_delay_ms_max in its manifest)")
+    return None
+
+
 # ---- events --------------------------------------------------------------
 
 class Event:
@@ -281,6 +307,25 @@ class Context:
                       subject: Optional[str] = None) -> None:
         _host.publish(self._cause, topic, subject, datacontenttype, data)
 
+    def schedule(self, key: str, topic: str, data: Any, *, after_ms: Optional[int] = None,
+                 at_ms: Optional[int] = None, subject: Optional[str] = None) -> None:
+        """Set timer `key`: publish `data` (as JSON) to `topic` `after_ms` from
+        now or at Unix time `at_ms`, as a follow-up of the event being handled.
+        Setting a key that is set replaces its timer. Like a state write it is
+        kept only if the event is acked; its event is published once, not
+        before it is due. Raises PublishError if the host refuses it."""
+        if (after_ms is None) == (at_ms is None):
+            raise PublishError("say when: after_ms=... or at_ms=... (one of them)")
+        _host.schedule(self._cause, key, ("at" if at_ms is not None else "after",
+                                          at_ms if at_ms is not None else after_ms),
+                       topic, subject, "application/json", json.dumps(data).encode())
+
+    def cancel(self, key: str) -> None:
+        """Call off timer `key` if it has not fired, once the event being
+        handled is acked. A cancel committed before the timer fires always
+        wins; after, its event arrives anyway."""
+        _host.cancel(self._cause, key)
+
 
 class PublishError(Exception):
     """The host refused a publish; the message says why."""
@@ -337,6 +382,19 @@ if IN_WASM:
         def publish(self, cause, topic, subject, datacontenttype, data):
             try:
                 _publisher.publish(cause, _types.Outgoing(topic, subject, datacontenttype, data))
+            except Err as e:
+                raise PublishError(getattr(e.value, "value", str(e.value))) from None
+
+        def schedule(self, cause, key, when, topic, subject, datacontenttype, data):
+            due = _scheduler.When_AtMs(when[1]) if when[0] == "at" else _scheduler.When_AfterMs(when[1])
+            try:
+                _scheduler.schedule(cause, key, due, _types.Outgoing(topic, subject, datacontenttype, data))
+            except Err as e:
+                raise PublishError(getattr(e.value, "value", str(e.value))) from None
+
+        def cancel(self, cause, key):
+            try:
+                _scheduler.cancel(cause, key)
             except Err as e:
                 raise PublishError(getattr(e.value, "value", str(e.value))) from None
 
@@ -462,6 +520,9 @@ class _TestHost:
         self.logs: List[Tuple[str, str]] = []
         self.batch_len = 0
         self.written = 0  # bytes (keys and values) written by the call in progress
+        self.now_ms = EPOCH_MS  # the harness's clock
+        self.timers: Dict[str, Tuple[int, "Published"]] = {}  # committed: key -> (due, event)
+        self.timer_changes: List[Tuple[int, str, Optional[Tuple[int, Tuple]]]] = []
 
     def publish(self, cause, topic, subject, datacontenttype, data):
         why = publish_refusal(cause, self.batch_len, len(self.published), topic,
@@ -469,6 +530,33 @@ class _TestHost:
         if why:
             raise PublishError(why)
         self.published.append((cause, topic, subject, datacontenttype, data))
+
+    def _timers_set(self) -> Dict[str, bool]:
+        now = {k: True for k in self.timers}
+        for _, k, change in self.timer_changes:
+            now[k] = change is not None
+        return now
+
+    def schedule(self, cause, key, when, topic, subject, datacontenttype, data):
+        why = publish_refusal(cause, self.batch_len, 0, topic, subject, len(data or b""))
+        due = when[1] if when[0] == "at" else self.now_ms + when[1]
+        why = why or timer_refusal(key, due, self.now_ms, len(self.timer_changes), self.batch_len)
+        set_now = self._timers_set()
+        if not why and not set_now.get(key) and sum(set_now.values()) >= TIMERS_MAX_DEFAULT:
+            why = (f"the plugin keeps {TIMERS_MAX_DEFAULT} timers, as many as it may "
+                   "(limits.timers_max in its manifest); cancel timers it no longer needs")
+        if why:
+            raise PublishError(why)
+        self.timer_changes.append((cause, key, (due, (topic, subject, datacontenttype, data))))
+
+    def cancel(self, cause, key):
+        if cause >= self.batch_len:
+            raise PublishError(f"index {cause} is not in the batch being handled ({self.batch_len} "
+                               "events); pass the index of the event you are handling")
+        why = timer_refusal(key, self.now_ms, self.now_ms, len(self.timer_changes), self.batch_len)
+        if why:
+            raise PublishError(why)
+        self.timer_changes.append((cause, key, None))
 
     def open_bucket(self):
         return "default"
@@ -546,6 +634,7 @@ class Harness:
         h = self._host
         h.batch_len = len(events)
         h.written = 0
+        h.timer_changes = []
 
         def call():
             out = []
@@ -558,13 +647,21 @@ class Harness:
 
         outcomes = self._lend(call)
         acks = [o.kind == "ack" for o in outcomes]
-        settlement = settle(acks, bool(h.overlay))
+        settlement = settle(acks, bool(h.overlay) or bool(h.timer_changes))
         if settlement == ONE_AT_A_TIME:
             h.overlay.clear()
             h.published.clear()
             return [self.deliver_batch([e])[0] for e in events]
         if settlement == KEEP_ALL:
             self._commit()
+            for cause, key, change in h.timer_changes:
+                if change is None:
+                    h.timers.pop(key, None)
+                    continue
+                due, (topic, subject, ct, data) = change
+                e = events[cause]
+                h.timers[key] = (due, Published(topic, data, subject, ct, e.id, e.correlation_id or e.id))
+        h.timer_changes = []
         h.overlay.clear()
         published, h.published = h.published, []
         deliveries = []
@@ -574,6 +671,31 @@ class Harness:
             self.published.extend(kept)
             deliveries.append(Delivery(e.id, o, kept))
         return deliveries
+
+    @property
+    def now_ms(self) -> int:
+        """The harness's clock, Unix ms: it starts at 2026-01-01T00:00:00Z and
+        moves only by `advance`."""
+        return self._host.now_ms
+
+    def timers(self) -> List[Tuple[str, int]]:
+        """The timers set, by key, with when each is due (Unix ms)."""
+        return sorted((k, due) for k, (due, _) in self._host.timers.items())
+
+    def advance(self, ms: int) -> List[TestEvent]:
+        """Move the clock on by `ms`: the timers due by then fire, soonest
+        first, and are gone. Their events, to deliver to the plugin."""
+        h = self._host
+        h.now_ms += ms
+        due = sorted((d, k) for k, (d, _) in h.timers.items() if d <= h.now_ms)
+        fired = []
+        for d, k in due:
+            _, p = h.timers.pop(k)
+            fired.append(TestEvent(p.topic, p.data, subject=p.subject, datacontenttype=p.datacontenttype,
+                                   correlation_id=p.correlation_id, causation_id=p.causation_id,
+                                   time=_rfc3339(h.now_ms),
+                                   extensions={"scheduledat": _rfc3339(d), "latems": str(h.now_ms - d)}))
+        return fired
 
     @property
     def state(self) -> Dict[str, bytes]:
@@ -586,6 +708,12 @@ class Harness:
     @property
     def logs(self) -> List[str]:
         return [m for (_, m) in self._host.logs]
+
+
+def _rfc3339(ms: int) -> str:
+    import datetime
+    t = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 def _pack(events: List[TestEvent]):

@@ -1,7 +1,9 @@
 //! The `email` reference plugin: tells the customer what happened to their
 //! order. It reacts to `order.placed` (a confirmation) and to
-//! `inventory.insufficient` (an apology). It sends nothing for real; it logs
-//! the message it would send, so the demo shows it.
+//! `inventory.insufficient` (an apology), and, where `order-saga` runs, to
+//! the order's end: `order.confirmed` (on its way) or `order.cancelled`
+//! (why). It sends nothing for real; it logs the message it would send, so
+//! the demo shows it.
 
 use plugbus_sdk::{export_plugin, Config, Context, Event, Info, Outcome, Plugin};
 use serde::Deserialize;
@@ -12,6 +14,13 @@ struct Order {
     customer: String,
     #[serde(default)]
     total_cents: u64,
+}
+
+#[derive(Deserialize)]
+struct OrderEnd {
+    order_id: String,
+    #[serde(default)]
+    reason: String,
 }
 
 #[derive(Deserialize)]
@@ -39,7 +48,12 @@ impl Plugin for Email {
         Info::new(
             "email",
             env!("CARGO_PKG_VERSION"),
-            ["order.placed", "inventory.insufficient"],
+            [
+                "order.placed",
+                "inventory.insufficient",
+                "order.confirmed",
+                "order.cancelled",
+            ],
         )
     }
 
@@ -74,6 +88,26 @@ impl Plugin for Email {
                 }
                 Err(e) => Outcome::reject(e.to_string()),
             },
+            "order.confirmed" | "order.cancelled" => match event.json::<OrderEnd>() {
+                Ok(o) if event.topic() == "order.confirmed" => {
+                    plugbus_sdk::info!(
+                        "from {}: your order {} is paid and on its way",
+                        self.from,
+                        o.order_id
+                    );
+                    Outcome::Ack
+                }
+                Ok(o) => {
+                    plugbus_sdk::info!(
+                        "from {}: your order {} is cancelled ({}); any payment is refunded",
+                        self.from,
+                        o.order_id,
+                        o.reason
+                    );
+                    Outcome::Ack
+                }
+                Err(e) => Outcome::reject(e.to_string()),
+            },
             other => Outcome::reject(format!("email does not handle `{other}`")),
         }
     }
@@ -92,7 +126,12 @@ mod tests {
         let mut h = Harness::<Email>::with_config([("from", "shop@x.example")]).expect("init");
         assert_eq!(
             h.info().subscriptions,
-            ["order.placed", "inventory.insufficient"]
+            [
+                "order.placed",
+                "inventory.insufficient",
+                "order.confirmed",
+                "order.cancelled"
+            ]
         );
         let order = json!({"order_id": "o-1", "customer": "a@b.c", "total_cents": 1234});
         assert!(h

@@ -7,6 +7,11 @@
 //! An order without items cannot be understood and never will be: it is
 //! rejected (permanently), not retried.
 //!
+//! Where `order-saga` runs, it may ask for a reservation back
+//! (`inventory.release.requested {order_id, items}`, when the payment did
+//! not come): the units are returned once per order (`released.<order>`),
+//! however often it is asked.
+//!
 //! Stock lives in the plugin's state, one key per SKU (`stock.<sku>`, units
 //! left); a SKU not seen yet starts at `default_stock` (config, default 100)
 //! units, or at a per-SKU `stock.<sku>` config value. The reservation is
@@ -55,10 +60,46 @@ struct Inventory {
     state: State,
 }
 
+#[derive(Deserialize)]
+struct Release {
+    order_id: String,
+    #[serde(default)]
+    items: Vec<Item>,
+}
+
 impl Inventory {
     fn available(&self, sku: &str) -> Result<u64, plugbus_sdk::StateError> {
         let kept = self.state.get_json::<u64>(&format!("stock.{sku}"))?;
         Ok(kept.unwrap_or_else(|| self.initial.get(sku).copied().unwrap_or(self.default_stock)))
+    }
+
+    /// Return an order's reserved units, once per order.
+    fn release(&mut self, event: &Event<'_>) -> Outcome {
+        let r: Release = match event.json() {
+            Ok(r) => r,
+            Err(e) => return Outcome::reject(e.to_string()),
+        };
+        let done = format!("released.{}", r.order_id);
+        let returned = || -> Result<bool, plugbus_sdk::StateError> {
+            if self.state.get(&done)?.is_some() {
+                return Ok(false);
+            }
+            for item in &r.items {
+                let units = self.available(&item.sku)? + item.qty;
+                self.state
+                    .set_json(&format!("stock.{}", item.sku), &units)?;
+            }
+            self.state.set(&done, b"1")?;
+            Ok(true)
+        };
+        match returned() {
+            Ok(true) => {
+                plugbus_sdk::info!("order {}: reservation released", r.order_id);
+                Outcome::Ack
+            }
+            Ok(false) => Outcome::Ack,
+            Err(e) => Outcome::retry(format!("cannot release: {e}")),
+        }
     }
 }
 
@@ -87,10 +128,17 @@ impl Plugin for Inventory {
     }
 
     fn info(&self) -> Info {
-        Info::new("inventory", env!("CARGO_PKG_VERSION"), ["order.placed"])
+        Info::new(
+            "inventory",
+            env!("CARGO_PKG_VERSION"),
+            ["order.placed", "inventory.release.requested"],
+        )
     }
 
     fn handle(&mut self, event: &Event<'_>, ctx: &mut Context) -> Outcome {
+        if event.topic() == "inventory.release.requested" {
+            return self.release(event);
+        }
         let order: Order = match event.json() {
             Ok(order) => order,
             Err(e) => return Outcome::reject(e.to_string()),
@@ -223,6 +271,21 @@ mod tests {
         assert!(h.state().keys().is_empty());
         assert!(h.deliver(order("o-2", "gadget", 1)).outcome.is_ack());
         assert_eq!(h.state().get_json::<u64>("stock.gadget"), Some(0));
+    }
+
+    #[test]
+    fn a_reservation_is_released_once_however_often_it_is_asked() {
+        let mut h = Harness::<Inventory>::with_config([("stock.widget", "5")]).expect("init");
+        h.deliver(order("o-1", "widget", 3));
+        let release = || {
+            TestEvent::json(
+                "inventory.release.requested",
+                &json!({"order_id": "o-1", "items": [{"sku": "widget", "qty": 3}]}),
+            )
+        };
+        assert!(h.deliver(release()).outcome.is_ack());
+        assert!(h.deliver(release()).outcome.is_ack());
+        assert_eq!(h.state().get_json::<u64>("stock.widget"), Some(5));
     }
 
     #[test]

@@ -11,8 +11,11 @@
 //! itself (`pump::Inline`), reading at most `queue_events_max` ahead. Each part
 //! keeps its own cursor; where a new part starts sticks across restarts.
 
+mod clock;
 mod pump;
 mod settle;
+
+pub use clock::TimerMeters;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +40,8 @@ pub struct EmbeddedBackend {
     open: Arc<Mutex<HashSet<String>>>,
     /// Per plugin: set when dead letters were re-driven to it.
     redrives: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Fires the timers.
+    clock: clock::Clock,
 }
 
 impl EmbeddedBackend {
@@ -44,11 +49,17 @@ impl EmbeddedBackend {
     /// `dedup_window`.
     pub fn new(log: Arc<Log>, dedup_window: Duration) -> EmbeddedBackend {
         EmbeddedBackend {
+            clock: clock::Clock::start(log.clone()),
             log,
             dedup_window,
             open: Arc::default(),
             redrives: Mutex::default(),
         }
+    }
+
+    /// Count timers fired, and their lateness, into `meters`.
+    pub fn count_timers_into(&self, meters: TimerMeters) {
+        self.clock.count_into(meters);
     }
 
     /// The flag that tells `plugin`'s first consumer to look for re-driven
@@ -124,6 +135,7 @@ impl EmbeddedBackend {
                 writing: shared.writing.clone(),
                 state: self.log.store().state_epoch(plugin),
                 seen: 1,
+                clock: self.clock.ringer(),
             }),
             LocalOptions {
                 strict: options.strict.then(|| options.key.clone()),
@@ -186,6 +198,7 @@ impl Backend for EmbeddedBackend {
             shared: false,
             dedup_window: self.dedup_window,
             durable: true,
+            timers: true,
         }
     }
 
@@ -201,6 +214,33 @@ impl Backend for EmbeddedBackend {
 
     fn store(&self) -> Option<&Arc<crate::store::Store>> {
         Some(self.log.store())
+    }
+
+    fn timer(&self, owner: &str, key: &str) -> Result<Option<crate::timer::Timer>, BackendError> {
+        Ok(self.log.store().timer(owner, key)?)
+    }
+
+    fn timer_usage(&self, owner: &str) -> Result<crate::timer::Usage, BackendError> {
+        Ok(self.log.store().timer_usage(owner))
+    }
+
+    fn timers_of(&self, owner: &str, max: usize) -> Result<Vec<crate::timer::Timer>, BackendError> {
+        Ok(self.log.store().timers_of(owner, max)?)
+    }
+
+    fn schedule(&self, timers: Vec<crate::timer::Timer>) -> Result<(), BackendError> {
+        let progress = Progress {
+            plugin: crate::timer::OUTSIDE.to_string(),
+            timers: timers
+                .into_iter()
+                .map(|t| crate::timer::TimerChange::Set(Box::new(t)))
+                .collect(),
+            ..Progress::default()
+        };
+        // Under the writer's lock, where timers fire.
+        self.log.submit_with(Vec::new(), Some(progress))?.wait()?;
+        self.clock.ringer().ring();
+        Ok(())
     }
 
     fn observe(&self, watcher: Arc<dyn crate::event::Watcher>) -> bool {

@@ -26,6 +26,8 @@ pub(super) struct Settle {
     /// That count when the batch in hand was handed out; odd (a write
     /// under way, or nothing handed out yet) makes a settlement check.
     pub(super) seen: u64,
+    /// Wakes the timer clock once a timer is set.
+    pub(super) clock: super::clock::Ringer,
 }
 
 impl Settle {
@@ -59,10 +61,19 @@ impl Commit for Settle {
                 }
             }
         }
-        if follow_ups.is_empty() {
+        let sets_timer = progress
+            .timers
+            .iter()
+            .any(|t| matches!(t, crate::timer::TimerChange::Set(_)));
+        if follow_ups.is_empty() && progress.timers.is_empty() {
             self.log.store().commit_progress(&progress)?;
         } else {
+            // Timer changes are written under the log's writer lock, where
+            // timers fire ([`Log::fire_due`]).
             self.log.submit_with(follow_ups, Some(progress))?.wait()?;
+        }
+        if sets_timer {
+            self.clock.ring();
         }
         Ok(())
     }

@@ -42,7 +42,8 @@ impl Consumer for LocalConsumer {
             only_position,
             counts,
         } = self.tally(&at, &s.verdicts);
-        let only_position = only_position && s.writes.is_empty() && s.follow_ups.is_empty();
+        let only_position =
+            only_position && s.writes.is_empty() && s.follow_ups.is_empty() && s.timers.is_empty();
         // The cursor as it is once they are settled; they are marked so
         // only once the commit is written, so that a commit that fails (or
         // panics) leaves them in hand, to be handed back.
@@ -62,6 +63,8 @@ impl Consumer for LocalConsumer {
                 kv: s.writes,
                 dead,
                 redriven,
+                timers: s.timers,
+                fired: Vec::new(),
             };
             match self.commit.write(progress, s.follow_ups, &s.expected) {
                 Ok(()) => {}

@@ -756,6 +756,11 @@ impl Consumer for NatsConsumer {
     }
 
     fn settle(&mut self, settlement: Settlement) -> Result<(), BackendError> {
+        // The runtime refuses timers where the backend keeps none.
+        debug_assert!(
+            settlement.timers.is_empty(),
+            "timers settled on a backend without them"
+        );
         let settled = self.run(CALL_TIMEOUT, |t| t.settle(settlement));
         if settled.is_err() {
             // Refused because a value read was out of date, or an outcome

@@ -359,6 +359,7 @@ impl Backend for NatsBackend {
             shared: true,
             dedup_window: self.inner.dedup,
             durable: true,
+            timers: false,
         }
     }
 

@@ -580,11 +580,17 @@ impl Consumer for RedisConsumer {
     }
 
     fn settle(&mut self, s: Settlement) -> Result<(), BackendError> {
+        // The runtime refuses timers where the backend keeps none.
+        debug_assert!(
+            s.timers.is_empty(),
+            "timers settled on a backend without them"
+        );
         let Settlement {
             verdicts,
             writes,
             expected,
             follow_ups,
+            timers: _,
         } = s;
         // What does not depend on how the entries are fenced: retries and
         // dead letters, state writes, follow-ups, expected values, token.

@@ -341,6 +341,7 @@ impl Backend for RedisBackend {
             shared: true,
             dedup_window: self.shared.dedup,
             durable: true,
+            timers: false,
         }
     }
 

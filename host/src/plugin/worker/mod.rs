@@ -70,6 +70,7 @@ mod settle;
 mod supervise;
 
 use retry::GiveUp;
+use settle::Kept;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -206,6 +207,7 @@ struct Meters {
     dead_lettered: Counter,
     swaps: Counter,
     swap_pause_seconds: Histogram,
+    timers_cancelled: Counter,
 }
 
 impl Meters {
@@ -221,6 +223,7 @@ impl Meters {
             dead_lettered: m.dead_lettered.get_or_create(&labels).clone(),
             swaps: m.swaps.get_or_create(&labels).clone(),
             swap_pause_seconds: m.swap_pause_seconds.get_or_create(&labels).clone(),
+            timers_cancelled: m.timers_cancelled.get_or_create(&labels).clone(),
         }
     }
 }
@@ -393,7 +396,7 @@ impl Worker {
                     "the plugin could not be re-instantiated",
                 );
             }
-            self.finish(batch, kv::Writes::new(), 0, Vec::new());
+            self.finish(batch, Kept::default());
             return false;
         }
         true
@@ -520,7 +523,9 @@ impl Worker {
             _ => None,
         });
         self.note_batch(acks.contains(&true), failed);
-        let settlement = ack::settle(&acks, !result.writes.is_empty());
+        // Timer changes are state: kept as the writes are.
+        let wrote = !result.writes.is_empty() || !result.timers.is_empty();
+        let settlement = ack::settle(&acks, wrote);
         if settlement == ack::Settlement::OneAtATime {
             // Writes cannot be told apart by event: handle the
             // events one by one so that only acked ones' are kept.
@@ -569,15 +574,23 @@ impl Worker {
             .filter(|(cause, _)| settlement.keeps_follow_up(acks.get(*cause) == Some(&true)))
             .map(|(_, e)| e)
             .collect();
-        let (writes, state_delta) = if settlement.keeps_writes() {
+        let kept = if settlement.keeps_writes() {
             if !result.writes.is_empty() {
                 self.fx.reads = result.reads;
             }
-            (result.writes, result.state_delta)
+            Kept {
+                writes: result.writes,
+                timers: result.timers,
+                state_delta: result.state_delta,
+                follow_ups,
+            }
         } else {
-            (kv::Writes::new(), 0)
+            Kept {
+                follow_ups,
+                ..Kept::default()
+            }
         };
-        self.finish(batch, writes, state_delta, follow_ups);
+        self.finish(batch, kept);
     }
 
     /// Settle a batch whose call failed (a trap, a deadline, the memory
@@ -603,7 +616,7 @@ impl Worker {
             self.fail(event, attempt, None, &message);
         }
         self.needs_reset = true;
-        self.finish(batch, kv::Writes::new(), 0, Vec::new());
+        self.finish(batch, Kept::default());
     }
 
     /// Export the batch's process spans and its follow-ups' publish spans

@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::settle::Kept;
 use super::{Effects, Worker, IDLE_POLL};
 use crate::backend::{BackendError, Settlement, Verdict};
 use crate::event::Event;
-use crate::runtime::kv;
 
 /// How long delivery pauses after the consumer failed to hand out events.
 const CONSUMER_RETRY: Duration = Duration::from_secs(1);
@@ -71,14 +71,17 @@ impl Worker {
 
     /// Settle `batch`: each event's outcome (from `fx`), the state writes
     /// and follow-ups; once committed, the outcomes take effect here.
-    pub(super) fn settle(
-        &mut self,
-        batch: &[Arc<Event>],
-        writes: kv::Writes,
-        state_delta: i64,
-        follow_ups: Vec<Event>,
-        fx: Effects,
-    ) {
+    pub(super) fn settle(&mut self, batch: &[Arc<Event>], kept: Kept, fx: Effects) {
+        let Kept {
+            writes,
+            timers,
+            state_delta,
+            follow_ups,
+        } = kept;
+        let cancels = timers
+            .iter()
+            .filter(|t| matches!(t, crate::timer::TimerChange::Cancel(_)))
+            .count() as u64;
         let retry: HashMap<u64, Duration> = fx.retries.iter().copied().collect();
         let dead: HashMap<u64, &str> = fx
             .gave_up
@@ -106,6 +109,7 @@ impl Worker {
             writes: writes.into_iter().collect(),
             expected,
             follow_ups: crate::event::stamped(follow_ups),
+            timers,
         });
         match settled {
             Ok(()) => {
@@ -117,6 +121,7 @@ impl Worker {
                     tracing::warn!(plugin = %self.plugin.name, batch_events = batch.len(), "a batch held past its lease ({held:?} since it was taken or renewed, the lease is {:?}) was still committed: no other host had settled its events", self.feed.lease);
                 }
                 self.instance.state().committed(state_delta);
+                self.meters.timers_cancelled.inc_by(cancels);
                 self.apply(fx);
             }
             Err(e @ BackendError::Conflict { .. }) => {

@@ -8,22 +8,30 @@ use super::retry::GiveUp;
 use super::{Effects, Worker};
 use crate::event::Event;
 use crate::runtime::kv;
+use crate::timer::TimerChange;
+
+/// What a batch keeps by the ack rule, besides its outcomes.
+#[derive(Default)]
+pub(super) struct Kept {
+    /// State writes.
+    pub(super) writes: kv::Writes,
+    /// Timer changes, in order.
+    pub(super) timers: Vec<TimerChange>,
+    /// How the writes change the state's size, in bytes.
+    pub(super) state_delta: i64,
+    /// Follow-up events.
+    pub(super) follow_ups: Vec<Event>,
+}
 
 impl Worker {
-    /// Make the batch's outcomes (in `self.fx`), `writes` and `follow_ups`
-    /// take effect: settled through the consumer in one commit. If that
-    /// fails nothing takes effect and the events come again later.
-    pub(super) fn finish(
-        &mut self,
-        batch: &[Arc<Event>],
-        writes: kv::Writes,
-        state_delta: i64,
-        follow_ups: Vec<Event>,
-    ) {
+    /// Make the batch's outcomes (in `self.fx`) and what it keeps take
+    /// effect: settled through the consumer in one commit. If that fails
+    /// nothing takes effect and the events come again later.
+    pub(super) fn finish(&mut self, batch: &[Arc<Event>], kept: Kept) {
         let fx = std::mem::take(&mut self.fx);
         if !batch.is_empty() {
             self.fault_point();
-            self.settle(batch, writes, state_delta, follow_ups, fx);
+            self.settle(batch, kept, fx);
         }
         self.in_hand.chunk = None;
     }

@@ -1,0 +1,229 @@
+//! Timers a plugin sets (the `scheduler` import) on the real binary: each
+//! fires once, not before it is due, keeps its chain; a cancel committed
+//! before it fires wins; what was set survives a kill -9 and what fell due
+//! while the host was down fires at start. And a plugin built against the
+//! contract before timers (0.1.0) still loads.
+
+use super::*;
+
+fn timer_event(id: &str, topic: &str, data: Value) -> Value {
+    json!({"specversion": "1.0", "id": id, "source": "/test", "type": topic, "data": data})
+}
+
+/// The events in the log on `topic`.
+fn logged(h: &TestHost, topic: &str) -> Vec<Value> {
+    let head = h.get("/v1/log?limit=1").expect("log")["last_sequence"]
+        .as_u64()
+        .unwrap_or(0);
+    let mut out = Vec::new();
+    let mut from = 1;
+    while from <= head {
+        let page = h
+            .get(&format!("/v1/log?from={from}&limit=1000"))
+            .expect("log page");
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        if events.is_empty() {
+            break;
+        }
+        from += events.len() as u64;
+        out.extend(events.into_iter().filter(|e| e["type"] == topic));
+    }
+    out
+}
+
+fn kv(h: &TestHost, key: &str) -> Option<Value> {
+    h.get(&format!("/v1/plugins/timers/kv/{key}"))
+        .ok()
+        .map(|v| v["value"].clone())
+        .filter(|v| !v.is_null())
+}
+
+#[test]
+fn a_timer_fires_once_when_due_keeps_its_chain_and_a_cancel_before_it_wins() {
+    let h = host(&[PluginFile::Wasm("timers", artifacts::TIMERS)], &[]);
+    h.publish_batch(vec![
+        timer_event("set-a", "timer.set", json!({"key": "a", "after_ms": 300})),
+        timer_event("set-b", "timer.set", json!({"key": "b", "after_ms": 300})),
+        timer_event("cancel-b", "timer.cancel", json!({"key": "b"})),
+        // Replaced before it is due: fires once, when the second says.
+        timer_event(
+            "set-c1",
+            "timer.set",
+            json!({"key": "c", "after_ms": 3_600_000}),
+        ),
+        timer_event("set-c2", "timer.set", json!({"key": "c", "after_ms": 200})),
+    ]);
+    h.wait_until("a and c fired", WAIT, |h| {
+        kv(h, "fired.a").is_some() && kv(h, "fired.c").is_some()
+    })
+    .expect("fired");
+    h.wait_until("no timer left", WAIT, |h| {
+        h.metric("plugbus_timers_pending{plugin=\"timers\"}") == Some(0.0)
+    })
+    .expect("none pending");
+    let fired = logged(&h, "timer.fired");
+    let keys: Vec<&str> = fired
+        .iter()
+        .filter_map(|e| e["data"]["key"].as_str())
+        .collect();
+    assert_eq!(keys.len(), 2, "each once, b never: {fired:?}");
+    assert!(keys.contains(&"a") && keys.contains(&"c"), "{keys:?}");
+    let a = fired.iter().find(|e| e["data"]["key"] == "a").expect("a");
+    assert_eq!(a["causationid"], "set-a");
+    assert_eq!(a["correlationid"], "set-a");
+    assert!(
+        a["scheduledat"].is_string() && a["latems"].is_string(),
+        "{a}"
+    );
+    assert_eq!(
+        kv(&h, "early.a"),
+        Some(json!(false)),
+        "never before it is due"
+    );
+    assert_eq!(kv(&h, "early.c"), Some(json!(false)));
+    assert_eq!(kv(&h, "fired.a"), Some(json!(1)));
+    assert_eq!(h.metric("plugbus_timers_fired_total"), Some(2.0));
+    assert_eq!(
+        h.metric("plugbus_timers_cancelled_total{plugin=\"timers\"}"),
+        Some(1.0)
+    );
+    h.audit_clean();
+}
+
+#[test]
+fn timers_survive_a_kill_9_and_those_due_while_down_fire_at_start() {
+    let data = TestDir::new("timers");
+    let args = ["--data", &data.arg()];
+    let plugins = [PluginFile::Wasm("timers", artifacts::TIMERS)];
+    let h = host(&plugins, &args);
+    h.publish_batch(vec![
+        timer_event("set-d", "timer.set", json!({"key": "d", "after_ms": 1_000})),
+        timer_event("set-e", "timer.set", json!({"key": "e", "after_ms": 1_000})),
+        timer_event("cancel-e", "timer.cancel", json!({"key": "e"})),
+        timer_event(
+            "set-f",
+            "timer.set",
+            json!({"key": "f", "after_ms": 3_600_000}),
+        ),
+    ]);
+    h.wait_until("set", WAIT, |h| h.count("timers", "handled") == 4)
+        .expect("handled");
+    h.kill9();
+    // Down past d's time.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let h = host(&plugins, &args);
+    h.wait_until("d fired after the restart", WAIT, |h| {
+        kv(h, "fired.d").is_some()
+    })
+    .expect("fired");
+    let late: u64 = kv(&h, "late.d")
+        .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+        .expect("late.d");
+    assert!(
+        late >= 400,
+        "it fell due while the host was down: {late} ms late"
+    );
+    assert_eq!(kv(&h, "fired.d"), Some(json!(1)));
+    assert_eq!(
+        kv(&h, "fired.e"),
+        None,
+        "the cancel was committed before the kill"
+    );
+    assert_eq!(
+        h.metric("plugbus_timers_pending{plugin=\"timers\"}"),
+        Some(1.0),
+        "f is still set"
+    );
+    assert_eq!(logged(&h, "timer.fired").len(), 1);
+    h.audit_clean();
+}
+
+#[test]
+fn a_timer_is_refused_where_the_backend_keeps_none_and_the_plugin_says_why() {
+    let h = host(
+        &[PluginFile::Wasm("timers", artifacts::TIMERS)],
+        &["--memory"],
+    );
+    h.publish("timer.set", &json!({"key": "a", "after_ms": 10}))
+        .expect("published");
+    h.wait_until("rejected", WAIT, |h| h.count("timers", "failed") == 1)
+        .expect("rejected");
+    let log = h.log().join("\n");
+    assert!(log.contains("does not keep timers"), "{log}");
+}
+
+#[test]
+fn a_plugin_built_against_the_contract_before_timers_still_runs() {
+    let h = host(&[PluginFile::Wasm("old", artifacts::CONTRACT_V010)], &[]);
+    h.publish("old.ping", &json!({})).expect("published");
+    h.wait_log("contract 0.1.0 plugin handled 1 events", WAIT)
+        .expect("handled");
+    assert_eq!(h.count("old", "handled"), 1);
+}
+
+#[test]
+fn an_event_published_for_later_waits_for_its_time_across_a_kill_9() {
+    let data = TestDir::new("deliverat");
+    let args = ["--data", &data.arg()];
+    let plugins = [PluginFile::Wasm("tally", artifacts::TALLY)];
+    let h = host(&plugins, &args);
+    let at = humantime::format_rfc3339_millis(
+        std::time::SystemTime::now() + Duration::from_millis(1_500),
+    )
+    .to_string();
+    let event = json!({"specversion": "1.0", "id": "later-1", "source": "/test",
+                       "type": "tally.later", "data": {}, "deliverat": at});
+    let (status, body) = h.post_event(&event);
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["id"], "later-1");
+    assert!(body["scheduled"].is_string(), "{body}");
+    // The CLI schedules the same way.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "publish",
+            "tally.cli",
+            "{}",
+            "--after",
+            "1s",
+            "--url",
+            &h.url,
+        ])
+        .output()
+        .expect("plugbus publish");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("scheduled tally.cli"),
+        "{said}"
+    );
+    // Refused with the attribute named.
+    let bad = json!({"specversion": "1.0", "id": "bad-1", "source": "/test",
+                     "type": "tally.later", "data": {}, "deliverat": "tomorrow"});
+    let (status, body) = h.post_event(&bad);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("`deliverat`")),
+        "{body}"
+    );
+    assert_eq!(h.count("tally", "handled"), 0, "nothing before its time");
+    h.kill9();
+    std::thread::sleep(Duration::from_millis(2_000));
+    let h = host(&plugins, &args);
+    h.wait_until("both delivered after the restart", WAIT, |h| {
+        h.count("tally", "handled") == 2
+    })
+    .expect("delivered");
+    let later = logged(&h, "tally.later");
+    assert_eq!(later.len(), 1, "once: {later:?}");
+    assert_eq!(later[0]["id"], "later-1", "under its own id");
+    let late: u64 = later[0]["latems"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("latems");
+    assert!(
+        late >= 300,
+        "it fell due while the host was down: {late} ms late"
+    );
+    h.audit_clean();
+}
