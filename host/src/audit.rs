@@ -382,6 +382,7 @@ mod tests {
                     through,
                     pending,
                     counts,
+                    dues: Vec::new(),
                 }),
                 ..Progress::default()
             })

@@ -544,6 +544,11 @@ pub struct RunArgs {
     /// Longest retry delay in ms.
     #[arg(long, default_value_t = 30_000)]
     pub backoff_ms_max: u64,
+    /// The longest delay a plugin may ask a retry to wait, in ms (a longer
+    /// one waits this long). Kept with the cursor: a restart does not cut
+    /// it short. Default 30 days.
+    #[arg(long, default_value_t = crate::plugin::RETRY_DELAY_MS_MAX_DEFAULT, value_parser = clap::value_parser!(u64).range(1..=crate::plugin::RETRY_DELAY_MS_MAX_DEFAULT))]
+    pub retry_delay_ms_max: u64,
     /// Ordering under retry: `none` (later events go on) or `strict` (later
     /// events with the same subject wait for the retried one).
     #[arg(long, default_value = "none")]

@@ -150,6 +150,7 @@ impl RunArgs {
                 max_attempts: self.max_attempts,
                 backoff_ms_min: self.backoff_ms_min,
                 backoff_ms_max: self.backoff_ms_max,
+                retry_delay_ms_max: self.retry_delay_ms_max,
                 new_plugins_start_latest: self.new_plugins_start == "latest",
                 ordering: self.ordering,
                 ordering_for,

@@ -112,8 +112,10 @@ fn state_keeps_only_acked_events_writes_and_pending_retries_survive_kill_9() {
     assert_eq!(kv(&h, "attempt.t0"), Some(json!(1)));
     assert_eq!(h.count("tally", "retried"), 4);
 
-    // A retry waiting when the host is killed is still owed after it.
-    let late = json!({"retry_until_attempt": 2, "delay_ms": 60_000});
+    // A retry waiting when the host is killed is still owed after it, and
+    // still waits for its time.
+    let sent = std::time::Instant::now();
+    let late = json!({"retry_until_attempt": 2, "delay_ms": 5_000});
     let (status, body) = send(&h, &[("late", late)]);
     assert_eq!(status, 202, "{body}");
     h.wait_until("the first attempt", WAIT, |h| {
@@ -126,6 +128,11 @@ fn state_keeps_only_acked_events_writes_and_pending_retries_survive_kill_9() {
         kv(h, "attempt.late") == Some(json!(2))
     })
     .expect("delivered after the restart, as attempt 2");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(5_000),
+        "the restart cut the retry's delay short: delivered after {:?}",
+        sent.elapsed()
+    );
     assert_eq!(kv(&h, "seen"), Some(json!(11)), "nothing counted twice");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(

@@ -50,7 +50,7 @@ pub use manifest::{Manifest, ManifestError};
 use optimizer::Optimizer;
 use plugbus_contract::topic::Pattern;
 use settings::PluginSettings;
-pub use settings::{DeliverySettings, RetryOrdering};
+pub use settings::{DeliverySettings, RetryOrdering, RETRY_DELAY_MS_MAX_DEFAULT};
 use status::RateSample;
 pub use status::{PluginLimits, PluginStatus, StormStatus};
 pub use swap::Reload;

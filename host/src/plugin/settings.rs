@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// The longest delay a retry may ask for by default, in ms (30 days, as
+/// far as a timer may be set).
+pub const RETRY_DELAY_MS_MAX_DEFAULT: u64 = plugbus_contract::timer::DELAY_MS_MAX_DEFAULT;
+
 /// Delivery settings shared by every plugin (per-plugin manifests come
 /// later).
 #[derive(Debug, Clone)]
@@ -21,6 +25,9 @@ pub struct DeliverySettings {
     pub backoff_ms_min: u64,
     /// Longest retry delay, in ms. Default 30000.
     pub backoff_ms_max: u64,
+    /// The longest delay a plugin may ask a retry to wait, in ms
+    /// (`--retry-delay-ms-max`); kept in the cursor across restarts.
+    pub retry_delay_ms_max: u64,
     /// Longest chain of follow-up events. Default 32.
     pub hops_max: u32,
     /// Where a plugin the log has never seen starts (durable mode): at the
@@ -84,6 +91,7 @@ impl Default for DeliverySettings {
             max_attempts: 5,
             backoff_ms_min: 100,
             backoff_ms_max: 30_000,
+            retry_delay_ms_max: RETRY_DELAY_MS_MAX_DEFAULT,
             hops_max: 32,
             new_plugins_start_latest: false,
             ordering: RetryOrdering::None,

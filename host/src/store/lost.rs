@@ -276,6 +276,7 @@ mod tests {
                     through: 10,
                     pending: Vec::new(),
                     counts,
+                    dues: Vec::new(),
                 }),
                 ..Progress::default()
             })

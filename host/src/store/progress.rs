@@ -34,6 +34,10 @@ pub struct Cursor {
     pub pending: Vec<(u64, u32)>,
     /// What became of its events after `counts.start`, kept with it.
     pub counts: Counts,
+    /// When pending retries that asked to wait are due: (sequence, Unix
+    /// time in ms), sorted by sequence; a pending retry not here is due at
+    /// once. Kept so that a restart does not cut a delay short.
+    pub dues: Vec<(u64, u64)>,
 }
 
 /// The double entry of a cursor: of its events after `start` (those of
@@ -66,6 +70,10 @@ pub struct Counts {
 const COUNTS_BYTES: usize = 40;
 /// Marks the counts' trailer.
 const COUNTS_MAGIC: u64 = 0x706c_7567_6275_7301;
+/// Marks the due times' trailer, after the counts: each (sequence, due ms)
+/// big-endian, then their number, then this. Written only when a retry
+/// waits, so that a cursor without one keeps the older format.
+const DUES_MAGIC: u64 = 0x706c_7567_6475_6573;
 
 impl Cursor {
     /// A cursor with nothing pending, counting from `through`.
@@ -77,7 +85,16 @@ impl Cursor {
                 start: through,
                 ..Counts::default()
             },
+            dues: Vec::new(),
         }
+    }
+
+    /// When the pending retry of `sequence` is due (Unix ms), if it waits.
+    pub fn due_of(&self, sequence: u64) -> Option<u64> {
+        self.dues
+            .binary_search_by_key(&sequence, |d| d.0)
+            .ok()
+            .map(|i| self.dues[i].1)
     }
 
     /// The highest sequence up to which every event is done: what
@@ -105,10 +122,19 @@ impl Cursor {
             COUNTS_BYTES % 12,
             "the counts' trailer is recognisable"
         );
+        if !self.dues.is_empty() {
+            for &(seq, due) in &self.dues {
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(&due.to_be_bytes());
+            }
+            out.extend_from_slice(&(self.dues.len() as u64).to_be_bytes());
+            out.extend_from_slice(&DUES_MAGIC.to_be_bytes());
+        }
         out
     }
 
     pub(super) fn decode(bytes: &[u8]) -> Option<Cursor> {
+        let (bytes, dues) = split_dues(bytes)?;
         let through = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
         let mut rest = &bytes[8..];
         let mut counts = Counts {
@@ -148,8 +174,28 @@ impl Cursor {
             through,
             pending,
             counts,
+            dues,
         })
     }
+}
+
+/// When pending retries are due: (sequence, Unix ms).
+type Dues = Vec<(u64, u64)>;
+
+/// A cursor's record without its due times' trailer, and the due times.
+fn split_dues(bytes: &[u8]) -> Option<(&[u8], Dues)> {
+    let word = |b: &[u8]| -> Option<u64> { Some(u64::from_be_bytes(b.try_into().ok()?)) };
+    let n = bytes.len();
+    if n < 16 || word(&bytes[n - 8..])? != DUES_MAGIC {
+        return Some((bytes, Vec::new()));
+    }
+    let count = usize::try_from(word(&bytes[n - 16..n - 8])?).ok()?;
+    let start = n.checked_sub(16 + count.checked_mul(16)?)?;
+    let dues = bytes[start..n - 16]
+        .chunks_exact(16)
+        .filter_map(|c| Some((word(&c[..8])?, word(&c[8..])?)))
+        .collect();
+    Some((&bytes[..start], dues))
 }
 
 /// An event a plugin gave up on, to keep as a dead letter.
@@ -545,8 +591,17 @@ mod tests {
                 dead: 5,
                 dropped: 1,
             },
+            dues: Vec::new(),
         };
         assert_eq!(Cursor::decode(&c.encode()), Some(c.clone()));
+        // Retries that wait keep their due times, after the counts.
+        let waiting = Cursor {
+            dues: vec![(40, 1_767_225_600_000), (77, 1_767_225_700_000)],
+            ..c.clone()
+        };
+        assert_eq!(Cursor::decode(&waiting.encode()), Some(waiting.clone()));
+        assert_eq!(waiting.due_of(77), Some(1_767_225_700_000));
+        assert_eq!(waiting.due_of(12), None);
         assert_eq!(c.low(), 39);
         assert_eq!(Cursor::at(12).low(), 12);
         assert_eq!(
@@ -565,7 +620,8 @@ mod tests {
                 counts: Counts {
                     start: 9,
                     ..Counts::default()
-                }
+                },
+                dues: Vec::new(),
             }),
             "the older format with a retry pending"
         );
@@ -589,6 +645,7 @@ mod tests {
                     through: 9,
                     pending: vec![(6, 2)],
                     counts: Counts::default(),
+                    dues: Vec::new(),
                 }),
                 kv: vec![
                     ("orders".into(), Some(b"3".to_vec())),
@@ -631,6 +688,7 @@ mod tests {
                 through: 9,
                 pending: vec![(6, 2)],
                 counts: Counts::default(),
+                dues: Vec::new(),
             })
         );
         assert_eq!(store.dead_letters("analytics").expect("dead").len(), 1);

@@ -144,6 +144,7 @@ impl LocalConsumer {
     /// the position moves (nothing else to write).
     fn tally(&self, at: &[usize], verdicts: &[(u64, Verdict)]) -> Tally {
         let mut retried = Vec::new();
+        let now = Instant::now();
         let mut dead = Vec::new();
         let mut redriven = Vec::new();
         let mut only_position = true;
@@ -172,8 +173,9 @@ impl LocalConsumer {
             }
             match verdict {
                 Verdict::Ack => {}
-                Verdict::Retry(_) => {
-                    retried.push((h.seq, h.attempt + 1));
+                Verdict::Retry(delay) => {
+                    let due = now.checked_add(*delay).unwrap_or(now);
+                    retried.push((h.seq, h.attempt + 1, due));
                     only_position = false;
                 }
                 Verdict::Dead(error) => {
@@ -231,7 +233,8 @@ impl LocalConsumer {
 
 /// What a settlement's verdicts make of a consumer's books.
 struct Tally {
-    retried: Vec<(u64, u32)>,
+    /// (sequence, next attempt, when due).
+    retried: Vec<(u64, u32, Instant)>,
     dead: Vec<GaveUp>,
     redriven: Vec<u64>,
     only_position: bool,

@@ -282,17 +282,20 @@ impl LocalConsumer {
         consumer
     }
 
-    /// Retries pending when the consumer last stopped, due now.
+    /// Retries pending when the consumer last stopped, due when they were
+    /// (at once if that has passed).
     fn pending_from(&mut self, start: &Cursor) {
         if start.pending.is_empty() {
             return;
         }
-        let now = Instant::now();
+        let (now, wall) = (Instant::now(), crate::timer::now_ms());
         for &(seq, attempt) in &start.pending {
+            let wait = start.due_of(seq).map_or(0, |due| due.saturating_sub(wall));
+            let due = now.checked_add(Duration::from_millis(wait)).unwrap_or(now);
             match self.commit.read_back(seq) {
                 Ok(found) => match found {
                     Some(event) if event.sequence == seq => self.waiting.push(Reverse(Waiting {
-                        due: now,
+                        due,
                         attempt,
                         origin: Origin::Retry,
                         event: Arc::new(event),
@@ -510,30 +513,43 @@ impl LocalConsumer {
         Some(at)
     }
 
-    /// The cursor with `retried` (sequence, next attempt) waiting besides
+    /// The cursor with `retried` (sequence, next attempt, when due) waiting besides
     /// what waits already, and `counts`.
-    fn cursor_after(&self, retried: &[(u64, u32)], counts: Counts) -> Cursor {
+    fn cursor_after(&self, retried: &[(u64, u32, Instant)], counts: Counts) -> Cursor {
         let unsettled = |i: usize| !self.handed[i].settled;
         let through = (0..self.handed.len())
             .filter(|&i| self.handed[i].origin == Origin::New && unsettled(i))
             .map(|i| self.handed[i].seq - 1)
             .fold(self.taken_to, u64::min);
-        let mut pending: Vec<(u64, u32)> = self
+        let now = Instant::now();
+        let waits = self
             .waiting
             .iter()
             .map(|w| &w.0)
             .chain(self.behind.values().flatten())
             .filter(|w| w.origin != Origin::Redrive)
-            .map(|w| (w.event.sequence, w.attempt))
-            .chain(
-                (0..self.handed.len())
-                    .filter(|&i| self.handed[i].origin == Origin::Retry && unsettled(i))
-                    .map(|i| (self.handed[i].seq, self.handed[i].attempt)),
-            )
-            .chain(retried.iter().copied())
-            .collect();
+            .map(|w| (w.event.sequence, w.attempt, w.due))
+            .chain(retried.iter().copied());
+        let mut pending: Vec<(u64, u32)> = Vec::new();
+        // When those that wait are due, as wall-clock time: kept with the
+        // cursor, so that a restart does not cut a delay short.
+        let mut dues: Vec<(u64, u64)> = Vec::new();
+        let wall = crate::timer::now_ms();
+        for (seq, attempt, due) in waits {
+            pending.push((seq, attempt));
+            if due > now {
+                dues.push((seq, wall + due.duration_since(now).as_millis() as u64));
+            }
+        }
+        pending.extend(
+            (0..self.handed.len())
+                .filter(|&i| self.handed[i].origin == Origin::Retry && unsettled(i))
+                .map(|i| (self.handed[i].seq, self.handed[i].attempt)),
+        );
         pending.sort_unstable();
         pending.dedup_by_key(|p| p.0);
+        dues.sort_unstable();
+        dues.dedup_by_key(|d| d.0);
         // A cursor never passes an unsettled event: each one handed out is
         // after `through` or owed as a pending retry (a re-driven dead
         // letter is the dead letters' to keep).
@@ -558,6 +574,7 @@ impl LocalConsumer {
             through,
             pending,
             counts,
+            dues,
         }
     }
 

@@ -121,9 +121,6 @@ pub const LOW_PRIORITY_FOR: Duration = Duration::from_secs(10);
 /// again, so a plugin whose every batch is heavy stays there.
 pub const BACKGROUND_FOR: Duration = Duration::from_secs(10);
 
-/// The longest retry delay a plugin may ask for, in ms (one hour).
-const RETRY_DELAY_MS_MAX: u64 = 3_600_000;
-
 /// Where a worker's events come from.
 pub(super) struct Source {
     /// The plugin's consumer for this worker.

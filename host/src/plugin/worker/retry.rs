@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Worker, RETRY_DELAY_MS_MAX};
+use super::Worker;
 use crate::event::Event;
 
 /// Why a worker stops delivering an event.
@@ -50,7 +50,7 @@ impl Worker {
             return;
         }
         let delay = match delay_ms {
-            Some(ms) => ms.min(RETRY_DELAY_MS_MAX),
+            Some(ms) => ms.min(self.settings.retry_delay_ms_max),
             None => self.backoff_ms(attempt),
         };
         self.fx
