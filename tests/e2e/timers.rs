@@ -139,17 +139,35 @@ fn timers_survive_a_kill_9_and_those_due_while_down_fire_at_start() {
 }
 
 #[test]
-fn a_timer_is_refused_where_the_backend_keeps_none_and_the_plugin_says_why() {
+fn memory_mode_keeps_timers_while_it_runs() {
     let h = host(
         &[PluginFile::Wasm("timers", artifacts::TIMERS)],
         &["--memory"],
+    );
+    h.publish_batch(vec![
+        timer_event("set-a", "timer.set", json!({"key": "a", "after_ms": 200})),
+        timer_event("set-b", "timer.set", json!({"key": "b", "after_ms": 200})),
+        timer_event("cancel-b", "timer.cancel", json!({"key": "b"})),
+    ]);
+    h.wait_until("a fired", WAIT, |h| kv(h, "fired.a").is_some())
+        .expect("fired");
+    assert_eq!(kv(&h, "early.a"), Some(json!(false)));
+    assert_eq!(kv(&h, "fired.b"), None, "the cancel came first");
+}
+
+#[test]
+fn a_timer_is_refused_where_the_backend_keeps_none_and_the_plugin_says_why() {
+    let redis = plugbus_e2e::brokers::Redis::start().unwrap_or_else(|e| panic!("{e}"));
+    let h = host(
+        &[PluginFile::Wasm("timers", artifacts::TIMERS)],
+        &["--broker", &redis.url],
     );
     h.publish("timer.set", &json!({"key": "a", "after_ms": 10}))
         .expect("published");
     h.wait_until("rejected", WAIT, |h| h.count("timers", "failed") == 1)
         .expect("rejected");
-    let log = h.log().join("\n");
-    assert!(log.contains("does not keep timers"), "{log}");
+    let dead = h.get("/v1/dead/timers").expect("dead letters").to_string();
+    assert!(dead.contains("does not keep timers"), "{dead}");
 }
 
 #[test]

@@ -567,7 +567,7 @@ pub trait Backend: Send + Sync + 'static {
         Err(BackendError::NotOffered {
             backend: self.describe(),
             what: "events scheduled with `deliverat`".into(),
-            fix: "run the host on the embedded store (--data) to schedule events, or publish them when they are due".into(),
+            fix: "run the host on the embedded store (--data, the default) or in --memory to schedule events, or publish them when they are due".into(),
         })
     }
 

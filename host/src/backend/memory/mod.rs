@@ -1,7 +1,8 @@
 //! Memory mode (`--memory`) as a backend: events fan out to each plugin's
 //! bounded queues on the in-memory bus (`crate::bus`), plugins' state is a
 //! map per plugin, and a settlement writes the state (if the values it was
-//! computed from are still there) and then publishes the follow-ups.
+//! computed from are still there) and its timer changes, then publishes
+//! the follow-ups. Timers (`timers`) fire onto the bus when due.
 //!
 //! What it does not keep, as [`Capabilities`] and the conformance suite
 //! declare it: nothing survives the process; no log to read back, replay,
@@ -25,6 +26,8 @@ use crate::store::dead::{DeadLetter, Selection};
 use crate::store::progress::{Cursor, Progress};
 use prometheus_client::metrics::counter::Counter;
 
+mod timers;
+
 /// One plugin's state.
 type Bucket = Arc<Mutex<BTreeMap<String, Vec<u8>>>>;
 
@@ -33,12 +36,14 @@ pub struct MemoryBackend {
     bus: Arc<Bus>,
     buckets: Mutex<HashMap<String, Bucket>>,
     metrics: Arc<Metrics>,
+    timers: Arc<timers::Timers>,
 }
 
 impl MemoryBackend {
     /// A backend on `bus`, counting drops in `metrics`.
     pub fn new(bus: Arc<Bus>, metrics: Arc<Metrics>) -> MemoryBackend {
         MemoryBackend {
+            timers: Arc::new(timers::Timers::start(bus.clone())),
             bus,
             buckets: Mutex::default(),
             metrics,
@@ -74,6 +79,7 @@ impl MemoryBackend {
             plugin: plugin.to_string(),
             bus: self.bus.clone(),
             bucket: self.bucket(plugin),
+            timers: self.timers.clone(),
             dropped: self
                 .metrics
                 .drop_counter(plugin, DropReason::FollowUpQueueFull),
@@ -97,6 +103,7 @@ struct Settle {
     plugin: String,
     bus: Arc<Bus>,
     bucket: Bucket,
+    timers: Arc<timers::Timers>,
     dropped: Counter,
 }
 
@@ -117,6 +124,7 @@ impl Commit for Settle {
             }
             apply(&mut map, progress.kv);
         }
+        self.timers.apply(&self.plugin, progress.timers);
         if !follow_ups.is_empty() {
             let n = follow_ups.len();
             if let Err(e) = self.bus.publish(crate::event::stamped(follow_ups)) {
@@ -150,7 +158,7 @@ impl Backend for MemoryBackend {
             shared: false,
             dedup_window: Duration::ZERO,
             durable: false,
-            timers: false,
+            timers: true,
         }
     }
 
@@ -226,6 +234,27 @@ impl Backend for MemoryBackend {
 
     fn close(&self) {
         self.bus.close();
+    }
+
+    fn timer(&self, owner: &str, key: &str) -> Result<Option<crate::timer::Timer>, BackendError> {
+        Ok(self.timers.get(owner, key))
+    }
+
+    fn timer_usage(&self, owner: &str) -> Result<crate::timer::Usage, BackendError> {
+        Ok(self.timers.usage(owner))
+    }
+
+    fn timers_of(&self, owner: &str, max: usize) -> Result<Vec<crate::timer::Timer>, BackendError> {
+        Ok(self.timers.of(owner, max))
+    }
+
+    fn schedule(&self, timers: Vec<crate::timer::Timer>) -> Result<(), BackendError> {
+        let changes = timers
+            .into_iter()
+            .map(|t| crate::timer::TimerChange::Set(Box::new(t)))
+            .collect();
+        self.timers.apply(crate::timer::OUTSIDE, changes);
+        Ok(())
     }
 
     fn observe(&self, watcher: Arc<dyn crate::event::Watcher>) -> bool {
