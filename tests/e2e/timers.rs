@@ -43,7 +43,13 @@ fn a_timer_fires_once_when_due_keeps_its_chain_and_a_cancel_before_it_wins() {
     let h = host(&[PluginFile::Wasm("timers", artifacts::TIMERS)], &[]);
     h.publish_batch(vec![
         timer_event("set-a", "timer.set", json!({"key": "a", "after_ms": 300})),
-        timer_event("set-b", "timer.set", json!({"key": "b", "after_ms": 300})),
+        // Called off long before it is due (a busy machine cannot make the
+        // cancel late): it is gone, and never fires.
+        timer_event(
+            "set-b",
+            "timer.set",
+            json!({"key": "b", "after_ms": 60_000}),
+        ),
         timer_event("cancel-b", "timer.cancel", json!({"key": "b"})),
         // Replaced before it is due: fires once, when the second says.
         timer_event(
@@ -97,7 +103,6 @@ fn timers_survive_a_kill_9_and_those_due_while_down_fire_at_start() {
     let plugins = [PluginFile::Wasm("timers", artifacts::TIMERS)];
     let h = host(&plugins, &args);
     h.publish_batch(vec![
-        timer_event("set-d", "timer.set", json!({"key": "d", "after_ms": 1_000})),
         timer_event("set-e", "timer.set", json!({"key": "e", "after_ms": 1_000})),
         timer_event("cancel-e", "timer.cancel", json!({"key": "e"})),
         timer_event(
@@ -106,35 +111,51 @@ fn timers_survive_a_kill_9_and_those_due_while_down_fire_at_start() {
             json!({"key": "f", "after_ms": 3_600_000}),
         ),
     ]);
-    h.wait_until("set", WAIT, |h| h.count("timers", "handled") == 4)
+    h.wait_until("set", WAIT, |h| h.count("timers", "handled") == 3)
         .expect("handled");
+    // A timer that is still set when the host is killed: on a busy machine
+    // the host may take longer than a delay to handle it, so the delay
+    // grows until one is seen set (nothing is asserted about the time).
+    let (mut after, mut handled) = (1_000u64, 3);
+    let key = loop {
+        let key = format!("d{after}");
+        h.publish("timer.set", &json!({"key": key, "after_ms": after}))
+            .expect("published");
+        handled += 1;
+        h.wait_until("set", WAIT, |h| h.count("timers", "handled") == handled)
+            .expect("handled");
+        let set = h.plugin("timers").is_some_and(|p| p["timers"] == json!(2));
+        if set && kv(&h, &format!("fired.{key}")).is_none() {
+            break key;
+        }
+        assert!(
+            after < 64_000,
+            "no timer stayed set long enough to kill the host"
+        );
+        after *= 4;
+    };
     h.kill9();
-    // Down past d's time.
-    std::thread::sleep(Duration::from_millis(1_500));
+    // Down past its time (it was set after the publish, so due by then).
+    std::thread::sleep(Duration::from_millis(after + 500));
     let h = host(&plugins, &args);
-    h.wait_until("d fired after the restart", WAIT, |h| {
-        kv(h, "fired.d").is_some()
+    h.wait_until("it fired after the restart", WAIT, |h| {
+        kv(h, &format!("fired.{key}")).is_some()
     })
     .expect("fired");
-    let late: u64 = kv(&h, "late.d")
+    let late: u64 = kv(&h, &format!("late.{key}"))
         .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
-        .expect("late.d");
+        .expect("late");
     assert!(
-        late >= 400,
+        late >= 500,
         "it fell due while the host was down: {late} ms late"
     );
-    assert_eq!(kv(&h, "fired.d"), Some(json!(1)));
-    assert_eq!(
-        kv(&h, "fired.e"),
-        None,
-        "the cancel was committed before the kill"
-    );
+    assert_eq!(kv(&h, &format!("fired.{key}")), Some(json!(1)));
+    assert_eq!(kv(&h, "fired.e"), None, "set and called off in one commit");
     assert_eq!(
         h.metric("plugbus_timers_pending{plugin=\"timers\"}"),
         Some(1.0),
         "f is still set"
     );
-    assert_eq!(logged(&h, "timer.fired").len(), 1);
     h.audit_clean();
 }
 
@@ -146,11 +167,17 @@ fn memory_mode_keeps_timers_while_it_runs() {
     );
     h.publish_batch(vec![
         timer_event("set-a", "timer.set", json!({"key": "a", "after_ms": 200})),
-        timer_event("set-b", "timer.set", json!({"key": "b", "after_ms": 200})),
+        timer_event(
+            "set-b",
+            "timer.set",
+            json!({"key": "b", "after_ms": 60_000}),
+        ),
         timer_event("cancel-b", "timer.cancel", json!({"key": "b"})),
     ]);
-    h.wait_until("a fired", WAIT, |h| kv(h, "fired.a").is_some())
-        .expect("fired");
+    h.wait_until("a fired and b gone", WAIT, |h| {
+        kv(h, "fired.a").is_some() && h.plugin("timers").is_some_and(|p| p["timers"] == json!(0))
+    })
+    .expect("fired");
     assert_eq!(kv(&h, "early.a"), Some(json!(false)));
     assert_eq!(kv(&h, "fired.b"), None, "the cancel came first");
 }
@@ -181,14 +208,13 @@ fn a_plugin_built_against_the_contract_before_timers_still_runs() {
 
 #[test]
 fn an_event_published_for_later_waits_for_its_time_across_a_kill_9() {
+    const LATER: Duration = Duration::from_secs(6);
     let data = TestDir::new("deliverat");
     let args = ["--data", &data.arg()];
     let plugins = [PluginFile::Wasm("tally", artifacts::TALLY)];
     let h = host(&plugins, &args);
-    let at = humantime::format_rfc3339_millis(
-        std::time::SystemTime::now() + Duration::from_millis(1_500),
-    )
-    .to_string();
+    let posted = std::time::Instant::now();
+    let at = humantime::format_rfc3339_millis(std::time::SystemTime::now() + LATER).to_string();
     let event = json!({"specversion": "1.0", "id": "later-1", "source": "/test",
                        "type": "tally.later", "data": {}, "deliverat": at});
     let (status, body) = h.post_event(&event);
@@ -202,7 +228,7 @@ fn an_event_published_for_later_waits_for_its_time_across_a_kill_9() {
             "tally.cli",
             "{}",
             "--after",
-            "1s",
+            "6s",
             "--url",
             &h.url,
         ])
@@ -224,12 +250,21 @@ fn an_event_published_for_later_waits_for_its_time_across_a_kill_9() {
             .is_some_and(|e| e.contains("`deliverat`")),
         "{body}"
     );
-    assert_eq!(h.count("tally", "handled"), 0, "nothing before its time");
+    // Nothing before its time (only meaningful while it has not come).
+    let before = h.count("tally", "handled");
+    let waited = posted.elapsed();
     h.kill9();
-    std::thread::sleep(Duration::from_millis(2_000));
+    if waited < LATER {
+        assert_eq!(before, 0, "delivered before its time");
+    }
+    std::thread::sleep((LATER + Duration::from_millis(500)).saturating_sub(posted.elapsed()));
     let h = host(&plugins, &args);
-    h.wait_until("both delivered after the restart", WAIT, |h| {
-        h.count("tally", "handled") == 2
+    // Counted in the plugin's state, which survives the kill.
+    h.wait_until("both delivered", WAIT, |h| {
+        h.get("/v1/plugins/tally/kv/seen")
+            .ok()
+            .and_then(|v| v["value"].as_u64())
+            == Some(2)
     })
     .expect("delivered");
     let later = logged(&h, "tally.later");
@@ -239,9 +274,9 @@ fn an_event_published_for_later_waits_for_its_time_across_a_kill_9() {
         .as_str()
         .and_then(|s| s.parse().ok())
         .expect("latems");
-    assert!(
-        late >= 300,
-        "it fell due while the host was down: {late} ms late"
-    );
+    if waited < LATER {
+        // Its time came while the host was down.
+        assert!(late >= 400, "{late} ms late");
+    }
     h.audit_clean();
 }
