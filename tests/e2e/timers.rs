@@ -191,8 +191,11 @@ fn a_timer_is_refused_where_the_backend_keeps_none_and_the_plugin_says_why() {
     );
     h.publish("timer.set", &json!({"key": "a", "after_ms": 10}))
         .expect("published");
-    h.wait_until("rejected", WAIT, |h| h.count("timers", "failed") == 1)
-        .expect("rejected");
+    // Rejected by the plugin with the host's reason: a dead letter.
+    h.wait_until("a dead letter", WAIT, |h| {
+        dead_count(h, "/v1/dead/timers") == Some(1)
+    })
+    .expect("rejected");
     let dead = h.get("/v1/dead/timers").expect("dead letters").to_string();
     assert!(dead.contains("does not keep timers"), "{dead}");
 }
