@@ -55,7 +55,7 @@ echo
 echo "== the event log (plugbus log tail)"
 "$bin" log tail -n 4 | cut -c1-160
 echo
-echo "== plugin state: analytics' projection and inventory's stock (plugbus kv list)"
+echo "== plugin state: analytics' projection, inventory's stock, payment's refunds (plugbus kv list)"
 "$bin" kv list analytics
 "$bin" kv list inventory
 "$bin" kv list payment

@@ -110,7 +110,7 @@ pub(crate) fn two_orders_through(h: &TestHost) {
     })
     .expect("inventory");
 
-    h.wait_log("[email] to alice@example.com from orders@shop.example: your order o-1 is confirmed, total 25.00", WAIT)
+    h.wait_log("[email] to alice@example.com from orders@shop.example: your order o-1 is received, total 25.00", WAIT)
         .expect("confirmation");
     h.wait_log("[inventory] order o-1: reserved widget -2 (left 98)", WAIT)
         .expect("stock change");

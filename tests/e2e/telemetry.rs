@@ -132,7 +132,7 @@ fn json_logs_carry_the_chain_of_the_batch_a_line_is_about() {
     );
     assert_eq!(status, 202, "{accepted}");
     let id = accepted["id"].as_str().expect("id").to_string();
-    h.wait_log("your order o-1 is confirmed", WAIT)
+    h.wait_log("your order o-1 is received", WAIT)
         .expect("email's line");
     let lines = h.log();
     for line in &lines {
@@ -146,7 +146,7 @@ fn json_logs_carry_the_chain_of_the_batch_a_line_is_about() {
         .find(|v| {
             v["fields"]["message"]
                 .as_str()
-                .is_some_and(|m| m.contains("your order o-1 is confirmed"))
+                .is_some_and(|m| m.contains("your order o-1 is received"))
         })
         .expect("email's line");
     assert_eq!(email["span"]["plugin"], "email", "{email}");

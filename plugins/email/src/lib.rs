@@ -1,5 +1,5 @@
 //! The `email` reference plugin: tells the customer what happened to their
-//! order. It reacts to `order.placed` (a confirmation) and to
+//! order. It reacts to `order.placed` (a receipt) and to
 //! `inventory.insufficient` (an apology), and, where `order-saga` runs, to
 //! the order's end: `order.confirmed` (on its way) or `order.cancelled`
 //! (why). It sends nothing for real; it logs the message it would send, so
@@ -19,6 +19,8 @@ struct Order {
 #[derive(Deserialize)]
 struct OrderEnd {
     order_id: String,
+    #[serde(default)]
+    customer: String,
     #[serde(default)]
     reason: String,
 }
@@ -62,7 +64,7 @@ impl Plugin for Email {
             "order.placed" => match event.json::<Order>() {
                 Ok(o) => {
                     plugbus_sdk::info!(
-                        "to {} from {}: your order {} is confirmed, total {}.{:02}",
+                        "to {} from {}: your order {} is received, total {}.{:02}",
                         o.customer,
                         self.from,
                         o.order_id,
@@ -91,7 +93,8 @@ impl Plugin for Email {
             "order.confirmed" | "order.cancelled" => match event.json::<OrderEnd>() {
                 Ok(o) if event.topic() == "order.confirmed" => {
                     plugbus_sdk::info!(
-                        "from {}: your order {} is paid and on its way",
+                        "to {} from {}: your order {} is paid and on its way",
+                        o.customer,
                         self.from,
                         o.order_id
                     );
@@ -99,7 +102,8 @@ impl Plugin for Email {
                 }
                 Ok(o) => {
                     plugbus_sdk::info!(
-                        "from {}: your order {} is cancelled ({}); any payment is refunded",
+                        "to {} from {}: your order {} is cancelled ({}); any payment is refunded",
+                        o.customer,
                         self.from,
                         o.order_id,
                         o.reason
@@ -122,7 +126,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn an_order_is_confirmed_and_a_shortage_apologised_for_in_the_chain() {
+    fn an_order_is_acknowledged_and_a_shortage_apologised_for_in_the_chain() {
         let mut h = Harness::<Email>::with_config([("from", "shop@x.example")]).expect("init");
         assert_eq!(
             h.info().subscriptions,
@@ -140,7 +144,7 @@ mod tests {
             .is_ack());
         assert_eq!(
             h.logs()[0].message,
-            "to a@b.c from shop@x.example: your order o-1 is confirmed, total 12.34"
+            "to a@b.c from shop@x.example: your order o-1 is received, total 12.34"
         );
         let shortage = json!({"order_id": "o-1", "customer": "a@b.c", "sku": "w"});
         let e = TestEvent::json("inventory.insufficient", &shortage)
