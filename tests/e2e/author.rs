@@ -158,6 +158,52 @@ fn a_python_plugin_goes_from_an_empty_folder_to_handled_orders() {
     }
     let work = TestDir::new("author-python");
     new_build_test_run(&work.0, "pyaudit", "python", false);
+    python_timers(&work.0.join("pyaudit"));
+}
+
+/// The Python helper's timers in the sandbox: the project's handler also
+/// sets a reminder 100 ms after each order, and counts the reminders it
+/// gets.
+fn python_timers(project: &Path) {
+    let app = project.join("app.py");
+    let code = std::fs::read_to_string(&app).expect("app.py");
+    let edited = code
+        .replace(
+            r#"subscriptions = ["order.placed"]"#,
+            r#"subscriptions = ["order.placed", "pyaudit.reminder"]"#,
+        )
+        .replace(
+            "    def handle(self, event, ctx):\n        try:\n",
+            "    def handle(self, event, ctx):\n        if event.topic == \"pyaudit.reminder\":\n            self.state.increment(\"reminded\")\n            return ack()\n        try:\n",
+        )
+        .replace(
+            "            ctx.publish(self.topic, {\"order_id\": order_id, \"orders\": orders})\n",
+            "            ctx.publish(self.topic, {\"order_id\": order_id, \"orders\": orders})\n            ctx.schedule(\"remind.\" + order_id, \"pyaudit.reminder\", {\"order_id\": order_id}, after_ms=100)\n",
+        );
+    assert_eq!(
+        edited.matches("pyaudit.reminder").count(),
+        3,
+        "the template changed:\n{code}"
+    );
+    std::fs::write(&app, edited).expect("app.py");
+    succeeds(project, &["build"]);
+    let wasm = project.join("dist/pyaudit.wasm").display().to_string();
+    let manifest =
+        std::fs::read_to_string(project.join("dist/pyaudit.toml")).expect("the manifest");
+    let h = host(
+        &[
+            PluginFile::Wasm("pyaudit", &wasm),
+            PluginFile::Manifest("pyaudit", &manifest),
+        ],
+        &[],
+    );
+    h.publish("order.placed", &order("o-1", "widget", 1, 2500))
+        .expect("publish");
+    h.wait_until("the reminder to come", WAIT, |h| {
+        h.get("/v1/plugins/pyaudit/kv/reminded")
+            .is_ok_and(|v| v["value"] == json!(1))
+    })
+    .expect("reminded");
 }
 
 #[test]
