@@ -339,7 +339,7 @@ impl Log {
         now_ms: u64,
         max: usize,
     ) -> Result<Vec<super::timers::Stored>, StoreError> {
-        let (answer, fired) = {
+        let fired = {
             let mut writer = self.writer_while_open()?;
             let w = writer.as_mut().ok_or(StoreError::Closed)?;
             let due = self.store.due_timers(now_ms, max)?;
@@ -353,7 +353,9 @@ impl Log {
                     crate::timer::fired(s.timer.event.clone(), s.timer.due_ms, now_ms, restamp)
                 })
                 .collect();
-            let (reply, answer) = tokio::sync::oneshot::channel();
+            let (reply, mut answer) = tokio::sync::oneshot::channel();
+            let last = due.last().map_or(0, |s| s.timer.due_ms);
+            let complete = due.len() < max;
             self.commit_group(
                 w,
                 vec![Append {
@@ -365,9 +367,23 @@ impl Log {
                     reply,
                 }],
             );
-            (answer, due)
+            // A write with progress is answered before its group returns:
+            // still under the lock, so no timer is set between the fire and
+            // moving the scan's start past it.
+            match answer.try_recv() {
+                Ok(Ok(_)) => {
+                    let floor = if complete {
+                        now_ms.saturating_add(1)
+                    } else {
+                        last
+                    };
+                    self.store.timers_fired_before(floor);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(StoreError::Closed),
+            }
+            due
         };
-        Ticket(answer).wait()?;
         Ok(fired)
     }
 

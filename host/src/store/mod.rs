@@ -225,6 +225,8 @@ pub struct Store {
     timer_due: Keyspace,
     /// Each owner's timers and their bytes (`store::timers`).
     timer_usage: Mutex<std::collections::HashMap<String, crate::timer::Usage>>,
+    /// No timer is due before this (`store::timers`).
+    timer_floor: AtomicU64,
     /// Bytes of the records in the log (keys and values): kept in `meta`,
     /// updated in the same batch as every append and trim.
     log_bytes: AtomicU64,
@@ -446,6 +448,7 @@ impl Store {
             state_views: state_view::StateViews::default(),
             holes: Mutex::default(),
             timer_usage: Mutex::default(),
+            timer_floor: AtomicU64::new(0),
         };
         store.count_timers()?;
         Ok(store)

@@ -11,6 +11,7 @@
 //! appended to the log once.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use fjall::OwnedWriteBatch;
 
@@ -137,7 +138,8 @@ impl Store {
 
     /// When the next timer is due, if any is set.
     pub fn next_due(&self) -> Result<Option<u64>, StoreError> {
-        match self.timer_due.first_key_value() {
+        let from = self.timer_floor.load(Ordering::Acquire).to_be_bytes();
+        match self.timer_due.range(from.as_slice()..).next() {
             None => Ok(None),
             Some(guard) => {
                 let k = guard.key().map_err(|e| self.read_error(&e))?;
@@ -146,11 +148,27 @@ impl Store {
         }
     }
 
+    /// Timers due before `due_ms` are all fired (a fire committed under
+    /// the log's writer lock, which every timer change takes): scans for
+    /// what is due start there, past the rows fired rows left behind
+    /// until compaction. A timer set due earlier lowers it again.
+    pub(super) fn timers_fired_before(&self, due_ms: u64) {
+        self.timer_floor.fetch_max(due_ms, Ordering::AcqRel);
+    }
+
     /// Up to `max` timers due at `now_ms`, soonest first.
     pub fn due_timers(&self, now_ms: u64, max: usize) -> Result<Vec<Stored>, StoreError> {
         let end = (now_ms.saturating_add(1)).to_be_bytes();
+        let from = self.timer_floor.load(Ordering::Acquire).to_be_bytes();
         let mut out = Vec::new();
-        for guard in self.timer_due.range(..end.as_slice()).take(max) {
+        if from >= end {
+            return Ok(out);
+        }
+        for guard in self
+            .timer_due
+            .range(from.as_slice()..end.as_slice())
+            .take(max)
+        {
             let k = guard.key().map_err(|e| self.read_error(&e))?;
             let Some(row) = k.get(8..) else { continue };
             let value = self.timers.get(row).map_err(|e| self.read_error(&e))?;
@@ -202,6 +220,7 @@ impl Store {
                         encode(t.due_ms, &t.event),
                     );
                     batch.insert(&self.timer_due, due_key(t.due_ms, owner, key), b"");
+                    self.timer_floor.fetch_min(t.due_ms, Ordering::AcqRel);
                     let bytes = crate::timer::bytes(&t.key, &t.event);
                     deltas.push((owner.to_string(), 1, bytes as i64));
                     set.insert(key, Some((t.due_ms, bytes)));
