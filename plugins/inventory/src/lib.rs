@@ -14,9 +14,11 @@
 //!
 //! Stock lives in the plugin's state, one key per SKU (`stock.<sku>`, units
 //! left); a SKU not seen yet starts at `default_stock` (config, default 100)
-//! units, or at a per-SKU `stock.<sku>` config value. The reservation is
-//! kept only if the order is acked, together with the follow-up event: a
-//! crash never reserves an order twice or loses a reservation.
+//! units, or at a per-SKU `stock.<sku>` config value (in a manifest the
+//! key is quoted, `"stock.widget" = "5"`: a bare dotted key is a TOML
+//! table). The reservation is kept only if the order is acked, together
+//! with the follow-up event: a crash never reserves an order twice or loses
+//! a reservation.
 
 use std::collections::HashMap;
 
