@@ -180,6 +180,7 @@ fn memory_mode_keeps_timers_while_it_runs() {
     .expect("fired");
     assert_eq!(kv(&h, "early.a"), Some(json!(false)));
     assert_eq!(kv(&h, "fired.b"), None, "the cancel came first");
+    assert_eq!(h.metric("plugbus_timers_fired_total"), Some(1.0));
 }
 
 #[test]

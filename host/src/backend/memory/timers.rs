@@ -33,13 +33,17 @@ pub(super) struct Timers {
 }
 
 impl Timers {
-    /// Fire onto `bus`.
-    pub(super) fn start(bus: Arc<Bus>) -> Timers {
+    /// Fire onto `bus`, counting into `metrics`.
+    pub(super) fn start(bus: Arc<Bus>, metrics: &crate::metrics::Metrics) -> Timers {
         let shared = Arc::new(Shared::default());
         let s = shared.clone();
+        let meters = (
+            metrics.timers_fired.clone(),
+            metrics.timer_lateness_seconds.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name("plugbus-timers".into())
-            .spawn(move || run(&s, &bus))
+            .spawn(move || run(&s, &bus, &meters))
             .map_err(|e| tracing::error!("cannot start the timer clock: {e}; timers do not fire"))
             .ok();
         Timers { shared, thread }
@@ -112,7 +116,13 @@ impl Drop for Timers {
     }
 }
 
-fn run(shared: &Shared, bus: &Bus) {
+/// Timers fired, and seconds from due to publish.
+type Meters = (
+    prometheus_client::metrics::counter::Counter,
+    prometheus_client::metrics::histogram::Histogram,
+);
+
+fn run(shared: &Shared, bus: &Bus, (fired_count, lateness): &Meters) {
     let mut set = shared.set.lock().unwrap_or_else(|p| p.into_inner());
     while !shared.stop.load(Ordering::Acquire) {
         let now = crate::timer::now_ms();
@@ -125,6 +135,10 @@ fn run(shared: &Shared, bus: &Bus) {
             let mut fired: Vec<Timer> = due.iter().filter_map(|k| set.remove(k)).collect();
             fired.sort_by_key(|t| t.due_ms);
             drop(set);
+            fired_count.inc_by(fired.len() as u64);
+            for t in &fired {
+                lateness.observe(now.saturating_sub(t.due_ms) as f64 / 1000.0);
+            }
             let events = fired
                 .into_iter()
                 .map(|t| {
