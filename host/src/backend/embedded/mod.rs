@@ -239,6 +239,10 @@ impl Backend for EmbeddedBackend {
         };
         // Under the writer's lock, where timers fire.
         self.log.submit_with(Vec::new(), Some(progress))?.wait()?;
+        // Accepted only once durable, as a publish is: a plugin's commit
+        // may be lost to a kill (its events come again), a publisher's
+        // scheduled event may not (it would be gone).
+        self.log.store().sync()?;
         self.clock.ringer().ring();
         Ok(())
     }
