@@ -155,6 +155,14 @@ async fn publish(
 /// by their ids (so that a request sent again replaces its own), and the
 /// others.
 fn scheduled(events: Vec<Event>) -> Result<(Vec<Timer>, Vec<Event>), IngressError> {
+    let asks = |e: &Event| {
+        e.extensions
+            .iter()
+            .any(|(k, _)| k == crate::timer::DELIVER_AT)
+    };
+    if !events.iter().any(asks) {
+        return Ok((Vec::new(), events));
+    }
     let now = crate::timer::now_ms();
     let max = plugbus_contract::timer::DELAY_MS_MAX_DEFAULT;
     let (mut later, mut at_once) = (Vec::new(), Vec::with_capacity(events.len()));

@@ -240,12 +240,21 @@ impl Manifest {
 
     /// Parse and check `text`; `file` is used in messages.
     pub fn parse(file: &Path, text: &str) -> Result<Manifest, ManifestError> {
-        let manifest: Manifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
-            file: file.to_path_buf(),
-            reason: format!(
-                "{}; every key is optional and the known ones are listed in docs/plugins/manifest.md",
-                e.to_string().trim_end()
-            ),
+        let manifest: Manifest = toml::from_str(text).map_err(|e| {
+            if let Some((key, reason)) = config_not_text(text) {
+                return ManifestError::Value {
+                    file: file.to_path_buf(),
+                    key,
+                    reason,
+                };
+            }
+            ManifestError::Parse {
+                file: file.to_path_buf(),
+                reason: format!(
+                    "{}; every key is optional and the known ones are listed in docs/plugins/manifest.md",
+                    e.to_string().trim_end()
+                ),
+            }
         })?;
         manifest.check(file)?;
         Ok(manifest)
@@ -405,12 +414,46 @@ impl Manifest {
     }
 }
 
+/// Why `[config]` in `text` does not parse, when a value is not text: its
+/// key and the fix (a dotted key is a table in TOML, which `stock.widget`
+/// in a plugin's docs reads as).
+fn config_not_text(text: &str) -> Option<(String, String)> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    let config = table.get("config")?.as_table()?;
+    let (key, value) = config.iter().find(|(_, v)| !v.is_str())?;
+    let reason = match value {
+        toml::Value::Table(inner) => {
+            let sub = inner.keys().next().map_or("x", String::as_str);
+            format!(
+                "is a table, not text: TOML reads a dotted key as one; quote the key: \"{key}.{sub}\" = \"...\""
+            )
+        }
+        other => format!(
+            "is a {}, not text: config values are text; quote it: {key} = \"{other}\"",
+            other.type_str()
+        ),
+    };
+    Some((format!("config.{key}"), reason))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Manifest, ManifestError> {
         Manifest::parse(Path::new("plugins/x.toml"), text)
+    }
+
+    #[test]
+    fn a_config_value_that_is_not_text_is_named_with_the_fix() {
+        let err = parse("[config]\nstock.widget = \"5\"\n").expect_err("a table");
+        let text = err.to_string();
+        assert!(
+            text.contains("config.stock") && text.contains("\"stock.widget\""),
+            "{text}"
+        );
+        let err = parse("[config]\nlate_ms = 3000\n").expect_err("a number");
+        assert!(err.to_string().contains("late_ms = \"3000\""), "{err}");
     }
 
     #[test]

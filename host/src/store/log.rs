@@ -339,6 +339,11 @@ impl Log {
         now_ms: u64,
         max: usize,
     ) -> Result<Vec<super::timers::Stored>, StoreError> {
+        // The clock wakes for every commit that sets a timer: look before
+        // taking the writer's lock, which plugins' commits wait for.
+        if self.store.next_due()?.is_none_or(|due| due > now_ms) {
+            return Ok(Vec::new());
+        }
         let fired = {
             let mut writer = self.writer_while_open()?;
             let w = writer.as_mut().ok_or(StoreError::Closed)?;

@@ -43,7 +43,7 @@ impl MemoryBackend {
     /// A backend on `bus`, counting drops in `metrics`.
     pub fn new(bus: Arc<Bus>, metrics: Arc<Metrics>) -> MemoryBackend {
         MemoryBackend {
-            timers: Arc::new(timers::Timers::start(bus.clone(), &metrics)),
+            timers: Arc::new(timers::Timers::new(bus.clone(), &metrics)),
             bus,
             buckets: Mutex::default(),
             metrics,

@@ -1,14 +1,19 @@
-//! Memory mode's timers: kept in a map (lost with the process, as
-//! everything in memory mode is), fired onto the bus by a thread of their
-//! own when due. A change and a fire take the map's lock, so a cancel
-//! committed before the fire wins; a fired event that finds a queue full
-//! is dropped and logged, as memory mode drops what a full queue refuses.
+//! Memory mode's timers: kept in memory (lost with the process, as
+//! everything in memory mode is), by key and by due time, with each
+//! owner's count and bytes, and fired onto the bus when due by a thread
+//! started with the first timer. A change and a fire take the same lock,
+//! so a cancel committed before the fire wins; a fired event that finds a
+//! queue full is dropped and logged, as memory mode drops what a full
+//! queue refuses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 use crate::bus::Bus;
 use crate::timer::{Timer, TimerChange, Usage};
@@ -16,41 +21,89 @@ use crate::timer::{Timer, TimerChange, Usage};
 /// The longest sleep: a bound on lateness should a ring be missed.
 const SLEEP_MAX: Duration = Duration::from_millis(250);
 
-/// Set timers, by (owner, key).
-type Set = BTreeMap<(String, String), Timer>;
-
+/// The timers set.
 #[derive(Default)]
+struct Set {
+    /// By (owner, key).
+    by_key: BTreeMap<(String, String), Timer>,
+    /// (due, owner, key), soonest first.
+    by_due: BTreeSet<(u64, String, String)>,
+    usage: HashMap<String, Usage>,
+}
+
+impl Set {
+    fn insert(&mut self, owner: &str, t: Timer) {
+        self.remove(owner, &t.key);
+        let u = self.usage.entry(owner.to_string()).or_default();
+        u.count += 1;
+        u.bytes += crate::timer::bytes(&t.key, &t.event);
+        self.by_due
+            .insert((t.due_ms, owner.to_string(), t.key.clone()));
+        self.by_key.insert((owner.to_string(), t.key.clone()), t);
+    }
+
+    fn remove(&mut self, owner: &str, key: &str) -> Option<Timer> {
+        let t = self.by_key.remove(&(owner.to_string(), key.to_string()))?;
+        self.by_due
+            .remove(&(t.due_ms, owner.to_string(), key.to_string()));
+        if let Some(u) = self.usage.get_mut(owner) {
+            u.count = u.count.saturating_sub(1);
+            u.bytes = u
+                .bytes
+                .saturating_sub(crate::timer::bytes(&t.key, &t.event));
+        }
+        Some(t)
+    }
+}
+
 struct Shared {
     set: Mutex<Set>,
     ring: Condvar,
     stop: AtomicBool,
+    bus: Arc<Bus>,
+    fired: Counter,
+    lateness: Histogram,
 }
 
-/// The timers and their thread, stopped when dropped.
+/// The timers and their thread (once one is set), stopped when dropped.
 pub(super) struct Timers {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Timers {
-    /// Fire onto `bus`, counting into `metrics`.
-    pub(super) fn start(bus: Arc<Bus>, metrics: &crate::metrics::Metrics) -> Timers {
-        let shared = Arc::new(Shared::default());
-        let s = shared.clone();
-        let meters = (
-            metrics.timers_fired.clone(),
-            metrics.timer_lateness_seconds.clone(),
-        );
-        let thread = std::thread::Builder::new()
-            .name("plugbus-timers".into())
-            .spawn(move || run(&s, &bus, &meters))
-            .map_err(|e| tracing::error!("cannot start the timer clock: {e}; timers do not fire"))
-            .ok();
-        Timers { shared, thread }
+    /// Timers to fire onto `bus`, counting into `metrics`.
+    pub(super) fn new(bus: Arc<Bus>, metrics: &crate::metrics::Metrics) -> Timers {
+        Timers {
+            shared: Arc::new(Shared {
+                set: Mutex::default(),
+                ring: Condvar::new(),
+                stop: AtomicBool::new(false),
+                bus,
+                fired: metrics.timers_fired.clone(),
+                lateness: metrics.timer_lateness_seconds.clone(),
+            }),
+            thread: Mutex::new(None),
+        }
     }
 
     fn set(&self) -> std::sync::MutexGuard<'_, Set> {
         self.shared.set.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The clock's thread, started with the first timer (a backend that
+    /// never has one, as in `plugbus test`, costs none).
+    fn start_clock(&self) {
+        let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        if thread.is_some() {
+            return;
+        }
+        let s = self.shared.clone();
+        *thread = std::thread::Builder::new()
+            .name("plugbus-timers".into())
+            .spawn(move || run(&s))
+            .map_err(|e| tracing::error!("cannot start the timer clock: {e}; timers do not fire"))
+            .ok();
     }
 
     /// Apply `owner`'s changes, in order.
@@ -61,21 +114,21 @@ impl Timers {
         let mut set = self.set();
         for change in changes {
             match change {
-                TimerChange::Set(t) => {
-                    set.insert((owner.to_string(), t.key.clone()), *t);
-                }
+                TimerChange::Set(t) => set.insert(owner, *t),
                 TimerChange::Cancel(key) => {
-                    set.remove(&(owner.to_string(), key));
+                    set.remove(owner, &key);
                 }
             }
         }
         drop(set);
+        self.start_clock();
         self.shared.ring.notify_one();
     }
 
     /// `owner`'s timer `key`.
     pub(super) fn get(&self, owner: &str, key: &str) -> Option<Timer> {
         self.set()
+            .by_key
             .get(&(owner.to_string(), key.to_string()))
             .cloned()
     }
@@ -83,8 +136,9 @@ impl Timers {
     /// Up to `max` of `owner`'s timers, by key.
     pub(super) fn of(&self, owner: &str, max: usize) -> Vec<Timer> {
         self.set()
-            .iter()
-            .filter(|((o, _), _)| o == owner)
+            .by_key
+            .range((owner.to_string(), String::new())..)
+            .take_while(|((o, _), _)| o == owner)
             .take(max)
             .map(|(_, t)| t.clone())
             .collect()
@@ -92,15 +146,7 @@ impl Timers {
 
     /// How many `owner` keeps, and their bytes.
     pub(super) fn usage(&self, owner: &str) -> Usage {
-        let set = self.set();
-        let mut u = Usage::default();
-        for ((o, _), t) in set.iter() {
-            if o == owner {
-                u.count += 1;
-                u.bytes += crate::timer::bytes(&t.key, &t.event);
-            }
-        }
-        u
+        self.set().usage.get(owner).copied().unwrap_or_default()
     }
 }
 
@@ -108,7 +154,8 @@ impl Drop for Timers {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.ring.notify_one();
-        if let Some(t) = self.thread.take() {
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
             if t.join().is_err() {
                 tracing::error!("the timer clock panicked");
             }
@@ -116,52 +163,48 @@ impl Drop for Timers {
     }
 }
 
-/// Timers fired, and seconds from due to publish.
-type Meters = (
-    prometheus_client::metrics::counter::Counter,
-    prometheus_client::metrics::histogram::Histogram,
-);
-
-fn run(shared: &Shared, bus: &Bus, (fired_count, lateness): &Meters) {
+fn run(shared: &Shared) {
     let mut set = shared.set.lock().unwrap_or_else(|p| p.into_inner());
     while !shared.stop.load(Ordering::Acquire) {
         let now = crate::timer::now_ms();
-        let due: Vec<(String, String)> = set
-            .iter()
-            .filter(|(_, t)| t.due_ms <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        if !due.is_empty() {
-            let mut fired: Vec<Timer> = due.iter().filter_map(|k| set.remove(k)).collect();
-            fired.sort_by_key(|t| t.due_ms);
-            drop(set);
-            fired_count.inc_by(fired.len() as u64);
-            for t in &fired {
-                lateness.observe(now.saturating_sub(t.due_ms) as f64 / 1000.0);
+        let next = set.by_due.first().map(|(due, _, _)| *due);
+        match next {
+            Some(due) if due <= now => {
+                let mut fired = Vec::new();
+                while let Some((due, owner, key)) = set.by_due.first().cloned() {
+                    if due > now {
+                        break;
+                    }
+                    if let Some(t) = set.remove(&owner, &key) {
+                        fired.push(t);
+                    }
+                }
+                drop(set);
+                shared.fired.inc_by(fired.len() as u64);
+                let events = fired
+                    .into_iter()
+                    .map(|t| {
+                        let late = now.saturating_sub(t.due_ms);
+                        shared.lateness.observe(late as f64 / 1000.0);
+                        // A plugin's timer happens now: its time is the fire's.
+                        crate::timer::fired(t.event, t.due_ms, now, true)
+                    })
+                    .collect();
+                if let Err(e) = shared.bus.publish(crate::event::stamped(events)) {
+                    tracing::error!("timers' events lost in memory mode: {e}");
+                }
+                set = shared.set.lock().unwrap_or_else(|p| p.into_inner());
             }
-            let events = fired
-                .into_iter()
-                .map(|t| {
-                    let restamp = true;
-                    crate::timer::fired(t.event, t.due_ms, now, restamp)
-                })
-                .collect();
-            if let Err(e) = bus.publish(crate::event::stamped(events)) {
-                tracing::error!("timers' events lost in memory mode: {e}");
+            _ => {
+                let wait = next.map_or(SLEEP_MAX, |due| {
+                    Duration::from_millis(due - now).min(SLEEP_MAX)
+                });
+                set = shared
+                    .ring
+                    .wait_timeout(set, wait)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
             }
-            set = shared.set.lock().unwrap_or_else(|p| p.into_inner());
-            continue;
         }
-        let wait = set
-            .values()
-            .map(|t| Duration::from_millis(t.due_ms.saturating_sub(now)))
-            .min()
-            .unwrap_or(SLEEP_MAX)
-            .min(SLEEP_MAX);
-        set = shared
-            .ring
-            .wait_timeout(set, wait)
-            .map(|(g, _)| g)
-            .unwrap_or_else(|p| p.into_inner().0);
     }
 }
