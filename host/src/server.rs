@@ -178,6 +178,12 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let runtime = make_runtime(&settings)?;
     let dispatch = open_dispatch(&settings, &metrics).await?;
+    dispatch
+        .backend()
+        .count_timers_into(crate::backend::clock::TimerMeters {
+            fired: metrics.timers_fired.clone(),
+            lateness: metrics.timer_lateness_seconds.clone(),
+        });
     let observer = start_observer(&metrics, &dispatch);
     let (registry, watch, failures) =
         start_plugins(&settings, &dispatch, runtime, &metrics, &observer).await?;
@@ -395,10 +401,6 @@ async fn open_dispatch(
             let log = open_log(dir, settings, metrics)?;
             let window = log.dedup_window();
             let backend = crate::backend::embedded::EmbeddedBackend::new(log, window);
-            backend.count_timers_into(crate::backend::embedded::TimerMeters {
-                fired: metrics.timers_fired.clone(),
-                lateness: metrics.timer_lateness_seconds.clone(),
-            });
             Dispatch::new(Arc::new(backend))
         }
     })

@@ -40,7 +40,18 @@ fn kv(h: &TestHost, key: &str) -> Option<Value> {
 
 #[test]
 fn a_timer_fires_once_when_due_keeps_its_chain_and_a_cancel_before_it_wins() {
-    let h = host(&[PluginFile::Wasm("timers", artifacts::TIMERS)], &[]);
+    fires_once_keeps_its_chain_and_a_cancel_before_it_wins(&[]);
+}
+
+#[test]
+fn on_redis_a_timer_fires_once_keeps_its_chain_and_a_cancel_before_it_wins() {
+    let redis = plugbus_e2e::brokers::Redis::start().unwrap_or_else(|e| panic!("{e}"));
+    fires_once_keeps_its_chain_and_a_cancel_before_it_wins(&["--broker", &redis.url]);
+}
+
+/// On the backend `args` choose.
+fn fires_once_keeps_its_chain_and_a_cancel_before_it_wins(args: &[&str]) {
+    let h = host(&[PluginFile::Wasm("timers", artifacts::TIMERS)], args);
     h.publish_batch(vec![
         timer_event("set-a", "timer.set", json!({"key": "a", "after_ms": 300})),
         // Called off long before it is due (a busy machine cannot make the
@@ -185,10 +196,10 @@ fn memory_mode_keeps_timers_while_it_runs() {
 
 #[test]
 fn a_timer_is_refused_where_the_backend_keeps_none_and_the_plugin_says_why() {
-    let redis = plugbus_e2e::brokers::Redis::start().unwrap_or_else(|e| panic!("{e}"));
+    let nats = plugbus_e2e::brokers::Nats::start().unwrap_or_else(|e| panic!("{e}"));
     let h = host(
         &[PluginFile::Wasm("timers", artifacts::TIMERS)],
-        &["--broker", &redis.url],
+        &["--broker", &nats.url],
     );
     h.publish("timer.set", &json!({"key": "a", "after_ms": 10}))
         .expect("published");

@@ -426,6 +426,15 @@ fn commits_nothing_for_a_host_that_lost_its_lease(h: Harness) {
     let mut late = acks(&got);
     late.writes = vec![("orders".into(), Some(b"1".to_vec()))];
     late.follow_ups = vec![event("analytics.counted", 9)];
+    if caps.timers {
+        late.timers = vec![crate::timer::TimerChange::Set(Box::new(
+            crate::timer::Timer {
+                key: "late".into(),
+                due_ms: crate::timer::now_ms(),
+                event: event("analytics.late", 10),
+            },
+        ))];
+    }
     let refused = a.settle(late);
     assert!(caps.fenced, "a shared backend must fence");
     assert!(
@@ -438,6 +447,11 @@ fn commits_nothing_for_a_host_that_lost_its_lease(h: Harness) {
         "nothing of it kept"
     );
     assert_eq!(h.backend.head().expect("head"), 2, "no follow-up appended");
+    assert_eq!(
+        h.backend.timer_usage("analytics").expect("usage").count,
+        0,
+        "no timer set"
+    );
     let mut s = acks(&taken);
     s.writes = vec![("orders".into(), Some(b"1".to_vec()))];
     b.settle(s).expect("the holder commits");

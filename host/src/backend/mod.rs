@@ -25,6 +25,7 @@
 //!
 //! This module knows nothing of wasm, plugins' instances or HTTP.
 
+pub mod clock;
 pub mod embedded;
 pub mod local;
 pub mod memory;
@@ -540,6 +541,12 @@ pub trait Backend: Send + Sync + 'static {
                 .await
                 .map_err(|_| BackendError::Store(crate::store::StoreError::Closed))?
         })
+    }
+
+    /// Count the timers this host fires, and their lateness, into
+    /// `meters` (where the host fires them: not on NATS, whose server does).
+    fn count_timers_into(&self, meters: clock::TimerMeters) {
+        let _ = meters;
     }
 
     /// `owner`'s timer `key`, if it is set ([`Capabilities::timers`]).

@@ -11,11 +11,8 @@
 //! itself (`pump::Inline`), reading at most `queue_events_max` ahead. Each part
 //! keeps its own cursor; where a new part starts sticks across restarts.
 
-mod clock;
 mod pump;
 mod settle;
-
-pub use clock::TimerMeters;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::clock::{self, TimerMeters};
 use super::local::{LocalConsumer, LocalOptions, Source};
 use super::{Appended, Backend, BackendError, Capabilities, Consumer, ConsumerOptions, Start};
 use crate::bus::{Queue, CHUNK_EVENTS_MAX};
@@ -30,6 +28,24 @@ use crate::event::Event;
 use crate::store::dead::{DeadLetter, Selection};
 use crate::store::log::Log;
 use crate::store::progress::{self, Cursor, Progress};
+
+impl clock::Fire for Log {
+    fn fire_due(&self, max: usize) -> Result<clock::Fired, BackendError> {
+        let now = crate::timer::now_ms();
+        let fired = Log::fire_due(self, now, max)?;
+        let next_in = self
+            .store()
+            .next_due()?
+            .map(|due| Duration::from_millis(due.saturating_sub(crate::timer::now_ms())));
+        Ok(clock::Fired {
+            late_ms: fired
+                .iter()
+                .map(|f| now.saturating_sub(f.timer.due_ms))
+                .collect(),
+            next_in,
+        })
+    }
+}
 
 /// The embedded store as a backend.
 pub struct EmbeddedBackend {
@@ -55,11 +71,6 @@ impl EmbeddedBackend {
             open: Arc::default(),
             redrives: Mutex::default(),
         }
-    }
-
-    /// Count timers fired, and their lateness, into `meters`.
-    pub fn count_timers_into(&self, meters: TimerMeters) {
-        self.clock.count_into(meters);
     }
 
     /// The flag that tells `plugin`'s first consumer to look for re-driven
@@ -214,6 +225,10 @@ impl Backend for EmbeddedBackend {
 
     fn store(&self) -> Option<&Arc<crate::store::Store>> {
         Some(self.log.store())
+    }
+
+    fn count_timers_into(&self, meters: TimerMeters) {
+        self.clock.count_into(meters);
     }
 
     fn timer(&self, owner: &str, key: &str) -> Result<Option<crate::timer::Timer>, BackendError> {

@@ -27,7 +27,7 @@ pub(super) struct Settle {
     /// under way, or nothing handed out yet) makes a settlement check.
     pub(super) seen: u64,
     /// Wakes the timer clock once a timer is set.
-    pub(super) clock: super::clock::Ringer,
+    pub(super) clock: crate::backend::clock::Ringer,
 }
 
 impl Settle {

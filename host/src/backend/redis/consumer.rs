@@ -580,17 +580,12 @@ impl Consumer for RedisConsumer {
     }
 
     fn settle(&mut self, s: Settlement) -> Result<(), BackendError> {
-        // The runtime refuses timers where the backend keeps none.
-        debug_assert!(
-            s.timers.is_empty(),
-            "timers settled on a backend without them"
-        );
         let Settlement {
             verdicts,
             writes,
             expected,
             follow_ups,
-            timers: _,
+            timers,
         } = s;
         // What does not depend on how the entries are fenced: retries and
         // dead letters, state writes, follow-ups, expected values, token.
@@ -631,6 +626,7 @@ impl Consumer for RedisConsumer {
             tail.extend([e.id.clone().into_bytes(), codec::encode(e)]);
         }
         push_values(&mut tail, &expected, ("1", "0"));
+        super::timers::push_changes(&mut tail, &timers);
         tail.push(handled.to_string().into_bytes());
         tail.push(dead.to_string().into_bytes());
         let token = crate::event::new_id();
@@ -677,6 +673,15 @@ impl Consumer for RedisConsumer {
             self.token = Some(token);
         }
         self.learn(&result, &writes);
+        if result.is_ok()
+            && timers
+                .iter()
+                .any(|t| matches!(t, crate::timer::TimerChange::Set(_)))
+        {
+            if let Some(clock) = self.shared.clock.get() {
+                clock.ring();
+            }
+        }
         result.map(|_| ())
     }
 

@@ -32,13 +32,18 @@
 //! embedded store's effectively-once state. Replication is asynchronous: a
 //! failover may lose what was acknowledged.
 //!
-//! Rooms: `scripts` (the Lua), `consumer` (delivery), `reply` (reading
-//! Redis's answers), `audit` (the books of the audit).
+//! Timers (`timers`): `PREFIX:timer:OWNER` (a hash of records by key),
+//! `PREFIX:timers` (every owner's by due time) and `PREFIX:timerbytes:OWNER`,
+//! set by the settlement that sets them and fired by any host's clock.
+//!
+//! Rooms: `scripts` (the Lua), `consumer` (delivery), `timers`, `reply`
+//! (reading Redis's answers), `audit` (the books of the audit).
 
 mod audit;
 mod consumer;
 mod reply;
 mod scripts;
+mod timers;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -76,6 +81,8 @@ pub(super) struct Shared {
     caches: StateCaches,
     /// Whether the last call went through.
     connected: std::sync::atomic::AtomicBool,
+    /// Wakes this host's timer clock once it runs.
+    clock: std::sync::OnceLock<crate::backend::clock::Ringer>,
 }
 
 impl Shared {
@@ -187,6 +194,11 @@ pub struct RedisBackend {
     /// so that publishes from several requests run at once (and share
     /// Redis's fsyncs) instead of queueing for one connection.
     idle: Mutex<Vec<redis::Connection>>,
+    /// Fires due timers: started with the first consumer or scheduled
+    /// event (a host that runs no plugin, or a CLI command, needs none).
+    clock: std::sync::OnceLock<crate::backend::clock::Clock>,
+    /// Where the clock counts.
+    timer_meters: Mutex<Option<crate::backend::clock::TimerMeters>>,
 }
 
 /// Idle connections kept for publishing and the API.
@@ -249,8 +261,11 @@ impl RedisBackend {
                 scripts: Scripts::new(),
                 caches: StateCaches::default(),
                 connected: std::sync::atomic::AtomicBool::new(false),
+                clock: std::sync::OnceLock::new(),
             }),
             idle: Mutex::default(),
+            clock: std::sync::OnceLock::new(),
+            timer_meters: Mutex::default(),
         })
     }
 
@@ -258,8 +273,37 @@ impl RedisBackend {
         &self,
         f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, BackendError> {
+        self.with_slot(|shared, slot| shared.with(slot, f))
+    }
+
+    /// Start the timer clock, if it does not run yet.
+    fn start_clock(&self) {
+        self.clock.get_or_init(|| {
+            let clock = crate::backend::clock::Clock::start(Arc::new(timers::RedisFire {
+                shared: self.shared.clone(),
+                con: Mutex::default(),
+            }));
+            if let Some(m) = self
+                .timer_meters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
+                clock.count_into(m);
+            }
+            let _ = self.shared.clock.set(clock.ringer());
+            clock
+        });
+    }
+
+    /// Run `f` with an idle connection slot (filled by `f` if empty), put
+    /// back after.
+    fn with_slot<T>(
+        &self,
+        f: impl FnOnce(&Shared, &mut Option<redis::Connection>) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
         let mut slot = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let result = self.shared.with(&mut slot, f);
+        let result = f(&self.shared, &mut slot);
         if let Some(con) = slot {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             if idle.len() < IDLE_CONNECTIONS_MAX {
@@ -341,7 +385,7 @@ impl Backend for RedisBackend {
             shared: true,
             dedup_window: self.shared.dedup,
             durable: true,
-            timers: false,
+            timers: true,
         }
     }
 
@@ -430,11 +474,40 @@ impl Backend for RedisBackend {
         })
     }
 
+    fn count_timers_into(&self, meters: crate::backend::clock::TimerMeters) {
+        if let Some(clock) = self.clock.get() {
+            clock.count_into(meters.clone());
+        }
+        *self.timer_meters.lock().unwrap_or_else(|p| p.into_inner()) = Some(meters);
+    }
+
+    fn timer(&self, owner: &str, key: &str) -> Result<Option<crate::timer::Timer>, BackendError> {
+        self.with_slot(|shared, con| shared.timer(con, owner, key))
+    }
+
+    fn timer_usage(&self, owner: &str) -> Result<crate::timer::Usage, BackendError> {
+        self.with_slot(|shared, con| shared.timer_usage(con, owner))
+    }
+
+    fn timers_of(&self, owner: &str, max: usize) -> Result<Vec<crate::timer::Timer>, BackendError> {
+        self.with_slot(|shared, con| shared.timers_of(con, owner, max))
+    }
+
+    fn schedule(&self, timers: Vec<crate::timer::Timer>) -> Result<(), BackendError> {
+        self.start_clock();
+        self.with_slot(|shared, con| shared.schedule(con, timers))?;
+        if let Some(r) = self.shared.clock.get() {
+            r.ring();
+        }
+        Ok(())
+    }
+
     fn consumer(
         &self,
         plugin: &str,
         options: ConsumerOptions,
     ) -> Result<Box<dyn Consumer>, BackendError> {
+        self.start_clock();
         Ok(Box::new(consumer::RedisConsumer::open(
             self.shared.clone(),
             plugin,

@@ -8,28 +8,28 @@
 //! `PREFIX:id:EVENT_ID`. That is fine on one primary; on a Cluster every key
 //! would need one hash tag (not supported yet).
 
-/// `append_all(log, seqkey, times, lastsec, prefix, dedup_s, at, count,
-/// now_s)`: append the `count` events given as (id, bytes) pairs from
-/// `ARGV[at]` on; per event its sequence and 1 when its id was seen within
+/// `append_all(args, log, seqkey, times, lastsec, prefix, dedup_s, at,
+/// count, now_s)`: append the `count` events given as (id, bytes) pairs
+/// from `args[at]` on (`args` is `ARGV`, or a table a script made); per event its sequence and 1 when its id was seen within
 /// the window (then nothing is stored), flat. The script runs alone, so the
 /// next sequence is known ahead: each id's key is set to it only if absent,
 /// answering the sequence already there otherwise (`SET NX GET`, Redis
 /// 7.0), one command per event for dedup; an id twice in one batch finds
 /// its first sequence that way too. The counter moves once per batch.
 const APPEND_FN: &str = r#"
-local function append_all(log, seqkey, times, lastsec, prefix, dedup, at, count, now_s)
+local function append_all(args, log, seqkey, times, lastsec, prefix, dedup, at, count, now_s)
   local out, base, fresh = {}, tonumber(redis.call('GET', seqkey) or '0'), 0
   for k = 0, count - 1 do
     local seq = base + fresh + 1
     local seen = nil
     if dedup > 0 then
-      seen = redis.call('SET', prefix .. ':id:' .. ARGV[at + 2 * k], seq, 'NX', 'GET', 'EX', dedup)
+      seen = redis.call('SET', prefix .. ':id:' .. args[at + 2 * k], seq, 'NX', 'GET', 'EX', dedup)
     end
     if seen then
       out[2 * k + 1], out[2 * k + 2] = tonumber(seen), 1
     else
       fresh = fresh + 1
-      redis.call('XADD', log, '0-' .. seq, 'e', ARGV[at + 2 * k + 1])
+      redis.call('XADD', log, '0-' .. seq, 'e', args[at + 2 * k + 1])
       out[2 * k + 1], out[2 * k + 2] = seq, 0
     end
   end
@@ -52,11 +52,43 @@ local function now()
 end
 "#;
 
+/// `set_timers(prefix, owner, at, n)`: apply `n` timer changes of `owner`
+/// given as 3 values each from `ARGV[at]` on (`s`|`c`, key, record; the
+/// record of a cancel is empty). A record is `DUE:BYTES:EVENT` (due in Unix
+/// ms, the bytes it counts in its owner's quota, the encoded event). Keys:
+/// `PREFIX:timer:OWNER` (a hash: key -> record), `PREFIX:timers` (every
+/// owner's timers by due time, members `OWNER\0KEY`) and
+/// `PREFIX:timerbytes:OWNER` (the records' quota bytes).
+const TIMERS_FN: &str = r#"
+local function set_timers(prefix, owner, at, n)
+  local hash, due = prefix .. ':timer:' .. owner, prefix .. ':timers'
+  local bytes = prefix .. ':timerbytes:' .. owner
+  for t = 0, n - 1 do
+    local b = at + t * 3
+    local key = ARGV[b + 1]
+    local old = redis.call('HGET', hash, key)
+    if old then
+      local _, size = string.match(old, '^(%d+):(%d+):')
+      redis.call('DECRBY', bytes, size)
+    end
+    if ARGV[b] == 's' then
+      local when, size = string.match(ARGV[b + 2], '^(%d+):(%d+):')
+      redis.call('HSET', hash, key, ARGV[b + 2])
+      redis.call('ZADD', due, when, owner .. '\0' .. key)
+      redis.call('INCRBY', bytes, size)
+    elseif old then
+      redis.call('HDEL', hash, key)
+      redis.call('ZREM', due, owner .. '\0' .. key)
+    end
+  end
+end
+"#;
+
 /// KEYS: log, seq, times, lastsec. ARGV: prefix, dedup_s, then (id, bytes)
 /// per event. Returns (sequence, duplicate) per event, flat.
 const APPEND_BODY: &str = r#"
 local now_s = now()
-return append_all(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], tonumber(ARGV[2]), 3, (#ARGV - 2) / 2, now_s)
+return append_all(ARGV, KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], tonumber(ARGV[2]), 3, (#ARGV - 2) / 2, now_s)
 "#;
 
 /// The fence, shared by settle, hand-back and extend: for `n` handed-out
@@ -115,7 +147,8 @@ end
 /// sequence and y = the record), then the count of state writes and 3
 /// values each (`s`|`d`, key, value), then the count of follow-ups and
 /// (id, bytes) each, then the count of expected values and 3 values each
-/// (`1` present | `0` absent, key, value), then how many of the settled
+/// (`1` present | `0` absent, key, value), then the count of timer changes
+/// and 3 values each (see `set_timers`), then how many of the settled
 /// events to count as handled and as dead (`KEYS[11]`, the plugin's
 /// accounts; see `backend::redis::audit`), and last the settlement's
 /// token: a settlement sent again after its answer was lost (the host
@@ -150,6 +183,7 @@ local others = checks + 1 + n * 3
 local writes = others + 1 + tonumber(ARGV[others]) * 3
 local follow = writes + 1 + tonumber(ARGV[writes]) * 3
 local expected = follow + 1 + tonumber(ARGV[follow]) * 2
+local timers = expected + 1 + tonumber(ARGV[expected]) * 3
 for x = 1, tonumber(ARGV[expected]) do
   local b = expected + 1 + (x - 1) * 3
   local current = redis.call('HGET', KEYS[5], ARGV[b + 1])
@@ -178,6 +212,7 @@ for w = 1, tonumber(ARGV[writes]) do
   end
 end
 if tonumber(ARGV[writes]) > 0 then version = redis.call('INCR', KEYS[12]) end
+set_timers(ARGV[3], group, timers + 1, tonumber(ARGV[timers]))
 -- Acknowledged a page of ids a call, straight from the arguments.
 local last = acks_log + tonumber(ARGV[acks_log])
 for s = acks_log + 1, last, 256 do
@@ -197,12 +232,77 @@ if ARGV[5] == '' then redis.call('HSET', KEYS[10], me, token) end
 local out = {'OK', version}
 local count = tonumber(ARGV[follow])
 if count > 0 then
-  local appended = append_all(log, KEYS[6], KEYS[7], KEYS[8], ARGV[3], tonumber(ARGV[4]), follow + 1, count, now_s)
+  local appended = append_all(ARGV, log, KEYS[6], KEYS[7], KEYS[8], ARGV[3], tonumber(ARGV[4]), follow + 1, count, now_s)
   for f = 1, count do
     out[#out + 1] = appended[2 * f - 1]
   end
 end
 return out
+"#;
+
+/// Schedule from outside: ARGV: prefix, then the timer changes of the
+/// publishers' owner (`crate::timer::OUTSIDE`), 3 values each (see
+/// `set_timers`).
+const SCHEDULE_BODY: &str = r#"
+set_timers(ARGV[1], '', 2, (#ARGV - 1) / 3)
+return 'OK'
+"#;
+
+/// The timers due: KEYS: the timers by due time. ARGV: prefix, max.
+/// Returns {the server's time in ms, ms until the first timer due later
+/// or -1 for none, then member and record of up to `max` timers due,
+/// soonest first}. A member whose record is gone is dropped.
+const DUE_BODY: &str = r#"
+local now_s, now_ms = now()
+local out = {now_ms, -1}
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[2]))
+for _, m in ipairs(due) do
+  local sep = string.find(m, '\0', 1, true)
+  local record = false
+  if sep then
+    record = redis.call('HGET', ARGV[1] .. ':timer:' .. string.sub(m, 1, sep - 1), string.sub(m, sep + 1))
+  end
+  if record then
+    out[#out + 1] = m
+    out[#out + 1] = record
+  else
+    redis.call('ZREM', KEYS[1], m)
+  end
+end
+local next = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now_ms, '+inf', 'LIMIT', 0, 1, 'WITHSCORES')
+if #next > 0 then out[2] = math.max(0, tonumber(next[2]) - now_ms) end
+return out
+"#;
+
+/// Fire: KEYS: the timers by due time, log, seq, times, lastsec. ARGV:
+/// prefix, dedup_s, n, then per timer its member and the record the host
+/// read (`DUE_BODY`), then per timer the (id, bytes) of the event it
+/// publishes. A timer whose record is still the one read is removed and its
+/// event appended, at once; one replaced or called off since, or fired by
+/// another host, is left alone. Returns the 1-based indexes of those fired.
+const FIRE_BODY: &str = r#"
+local now_s = now()
+local prefix, n = ARGV[1], tonumber(ARGV[3])
+local events, fired = {}, {}
+for t = 0, n - 1 do
+  local m, record = ARGV[4 + 2 * t], ARGV[5 + 2 * t]
+  local sep = string.find(m, '\0', 1, true)
+  local owner, key = string.sub(m, 1, sep - 1), string.sub(m, sep + 1)
+  local hash = prefix .. ':timer:' .. owner
+  if redis.call('HGET', hash, key) == record then
+    local _, size = string.match(record, '^(%d+):(%d+):')
+    redis.call('HDEL', hash, key)
+    redis.call('ZREM', KEYS[1], m)
+    redis.call('DECRBY', prefix .. ':timerbytes:' .. owner, size)
+    events[#events + 1] = ARGV[4 + 2 * n + 2 * t]
+    events[#events + 1] = ARGV[5 + 2 * n + 2 * t]
+    fired[#fired + 1] = t + 1
+  end
+end
+if #fired > 0 then
+  append_all(events, KEYS[2], KEYS[3], KEYS[4], KEYS[5], prefix, tonumber(ARGV[2]), 1, #fired, now_s)
+end
+return fired
 "#;
 
 /// Claim: KEYS: stream, fence. ARGV: group, me, min idle ms, count. Takes
@@ -434,6 +534,9 @@ pub(super) struct Scripts {
     pub groups: redis::Script,
     pub books: redis::Script,
     pub read_state: redis::Script,
+    pub schedule: redis::Script,
+    pub due: redis::Script,
+    pub fire: redis::Script,
 }
 
 impl Scripts {
@@ -441,7 +544,7 @@ impl Scripts {
         let with = |parts: &[&str]| redis::Script::new(&parts.concat());
         Scripts {
             append: with(&[NOW_FN, APPEND_FN, APPEND_BODY]),
-            settle: with(&[NOW_FN, APPEND_FN, FENCE_FN, SETTLE_BODY]),
+            settle: with(&[NOW_FN, APPEND_FN, FENCE_FN, TIMERS_FN, SETTLE_BODY]),
             release: with(&[FENCE_FN, ENTRY_FN, RELEASE_BODY]),
             claim: with(&[CLAIM_BODY]),
             extend: with(&[FENCE_FN, EXTEND_BODY]),
@@ -451,6 +554,9 @@ impl Scripts {
             groups: with(&[GROUPS_BODY]),
             books: with(&[BOOKS_BODY]),
             read_state: with(&[READ_STATE_BODY]),
+            schedule: with(&[TIMERS_FN, SCHEDULE_BODY]),
+            due: with(&[NOW_FN, DUE_BODY]),
+            fire: with(&[NOW_FN, APPEND_FN, FIRE_BODY]),
         }
     }
 }

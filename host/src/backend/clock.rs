@@ -1,10 +1,13 @@
-//! The embedded store's timer clock: one thread that sleeps until the next
-//! timer is due (the store's `timer_due` is the truth; a commit that sets
-//! one rings it awake), then has the log publish what is due
-//! ([`Log::fire_due`]), soonest first. After a restart it fires what fell
-//! due while the host was down at once, in due order.
+//! The timer clock of a backend that fires timers itself (the embedded
+//! store, Redis): one thread that sleeps until the next timer is due (the
+//! backend's record is the truth; a commit that sets one rings it awake,
+//! and it looks at least every [`SLEEP_MAX`], for timers other hosts set),
+//! then has the backend publish what is due ([`Fire::fire_due`]), soonest
+//! first. After a restart it fires what fell due while the host was down
+//! at once, in due order.
 //!
-//! Timers are due by the host's wall clock: a clock set back delays them,
+//! Timers are due by the backend's clock (the host's wall clock on the
+//! embedded store, the server's on Redis): a clock set back delays them,
 //! one set forward fires them early.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +18,7 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::store::log::Log;
+use super::BackendError;
 use crate::store::StoreError;
 
 /// Timers fired per write.
@@ -43,6 +46,21 @@ impl Default for TimerMeters {
     }
 }
 
+/// What a clock fires: a backend's due timers.
+pub(super) trait Fire: Send + Sync + 'static {
+    /// Publish up to `max` timers due now, soonest first, each once.
+    fn fire_due(&self, max: usize) -> Result<Fired, BackendError>;
+}
+
+/// What one [`Fire::fire_due`] did.
+#[derive(Debug, Default)]
+pub(super) struct Fired {
+    /// How late each timer fired was, in ms.
+    pub late_ms: Vec<u64>,
+    /// How long until the next timer is due, if one is set.
+    pub next_in: Option<Duration>,
+}
+
 /// Rung by a commit that set a timer; read by the clock.
 #[derive(Default)]
 struct Bell {
@@ -59,15 +77,15 @@ pub(super) struct Clock {
 }
 
 impl Clock {
-    /// Start firing `log`'s timers.
-    pub(super) fn start(log: Arc<Log>) -> Clock {
+    /// Start firing `due`'s timers.
+    pub(super) fn start(due: Arc<dyn Fire>) -> Clock {
         let bell = Arc::new(Bell::default());
         let stop = Arc::new(AtomicBool::new(false));
         let meters = Arc::new(Mutex::new(TimerMeters::default()));
         let (b, s, m) = (bell.clone(), stop.clone(), meters.clone());
         let thread = std::thread::Builder::new()
             .name("plugbus-timers".into())
-            .spawn(move || run(&log, &b, &s, &m))
+            .spawn(move || run(due.as_ref(), &b, &s, &m))
             .map_err(|e| tracing::error!("cannot start the timer clock: {e}; timers do not fire"))
             .ok();
         Clock {
@@ -117,36 +135,27 @@ impl Drop for Clock {
     }
 }
 
-fn run(log: &Log, bell: &Bell, stop: &AtomicBool, meters: &Mutex<TimerMeters>) {
+fn run(due: &dyn Fire, bell: &Bell, stop: &AtomicBool, meters: &Mutex<TimerMeters>) {
     while !stop.load(Ordering::Acquire) {
-        let now = crate::timer::now_ms();
-        match log.fire_due(now, FIRE_BATCH_MAX) {
+        let wait = match due.fire_due(FIRE_BATCH_MAX) {
             Ok(fired) => {
                 let m = meters.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                m.fired.inc_by(fired.len() as u64);
-                for f in &fired {
-                    let late = now.saturating_sub(f.timer.due_ms);
-                    m.lateness.observe(late as f64 / 1000.0);
+                m.fired.inc_by(fired.late_ms.len() as u64);
+                for late in &fired.late_ms {
+                    m.lateness.observe(*late as f64 / 1000.0);
                 }
-                if fired.len() == FIRE_BATCH_MAX {
+                if fired.late_ms.len() == FIRE_BATCH_MAX {
                     continue;
                 }
+                fired.next_in.unwrap_or(SLEEP_MAX)
             }
-            Err(StoreError::Closed) => return,
+            Err(BackendError::Store(StoreError::Closed)) => return,
             Err(e) => {
                 tracing::error!(
                     "cannot publish due timers ({e}); trying again in {FAILED_PAUSE:?}"
                 );
                 sleep(bell, FAILED_PAUSE);
                 continue;
-            }
-        }
-        let wait = match log.store().next_due() {
-            Ok(Some(due)) => Duration::from_millis(due.saturating_sub(crate::timer::now_ms())),
-            Ok(None) => SLEEP_MAX,
-            Err(e) => {
-                tracing::error!("cannot read the next timer's due time: {e}");
-                FAILED_PAUSE
             }
         };
         sleep(bell, wait.min(SLEEP_MAX));
