@@ -129,6 +129,36 @@ pub fn deliver_at(event: &Event, now_ms: u64, max_ms: u64) -> Result<Option<u64>
     Ok(Some(at_ms))
 }
 
+/// A timer as a broker keeps it: `DUE:BYTES:` (due in Unix ms, the bytes
+/// it counts in its owner's quota), then the encoded event.
+pub fn record(t: &Timer) -> Vec<u8> {
+    let mut r = format!("{}:{}:", t.due_ms, bytes(&t.key, &t.event)).into_bytes();
+    r.extend(crate::store::codec::encode(&t.event));
+    r
+}
+
+/// The timer `key` a [`record`] describes, and its quota bytes; the
+/// reason when it is not one.
+pub fn from_record(key: &str, record: &[u8]) -> Result<(Timer, u64), String> {
+    let mut parts = record.splitn(3, |b| *b == b':');
+    let mut number = || {
+        parts
+            .next()
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| d.parse::<u64>().ok())
+    };
+    let due_ms = number().ok_or("no due time")?;
+    let size = number().ok_or("no size")?;
+    let event = parts.next().ok_or("no event")?;
+    let event = crate::store::codec::decode(0, event).map_err(|e| e.0)?;
+    let timer = Timer {
+        key: key.to_string(),
+        due_ms,
+        event,
+    };
+    Ok((timer, size))
+}
+
 /// Namespace of timer event ids (UUID v5).
 const TIMER_IDS: uuid::Uuid = uuid::Uuid::from_u128(0x7d2e_90b4_1c3a_4e58_b6f0_28d9_4a17_c3e2);
 

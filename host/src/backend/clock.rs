@@ -111,6 +111,40 @@ impl Clock {
     }
 }
 
+/// A clock started when first needed (a broker's: a host that runs no
+/// plugin, or a CLI command, needs none), counting where it was told to
+/// even before.
+#[derive(Default)]
+pub(super) struct LazyClock {
+    clock: std::sync::OnceLock<Clock>,
+    meters: Mutex<Option<TimerMeters>>,
+}
+
+impl LazyClock {
+    /// The clock, started on `fire()` if it does not run yet: what wakes it.
+    pub(super) fn start(&self, fire: impl FnOnce() -> Arc<dyn Fire>) -> Ringer {
+        self.clock
+            .get_or_init(|| {
+                let clock = Clock::start(fire());
+                let meters = self.meters.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(m) = meters.clone() {
+                    clock.count_into(m);
+                }
+                clock
+            })
+            .ringer()
+    }
+
+    /// Count into `meters`, now or once started.
+    pub(super) fn count_into(&self, meters: TimerMeters) {
+        let mut kept = self.meters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(clock) = self.clock.get() {
+            clock.count_into(meters.clone());
+        }
+        *kept = Some(meters);
+    }
+}
+
 /// Wakes the clock.
 #[derive(Clone)]
 pub(super) struct Ringer(Arc<Bell>);

@@ -79,7 +79,7 @@ impl HostState {
     fn timer_allowed(&self, cause: u32) -> Result<(), PublishError> {
         if !self.kv.keeps_timers() {
             return Err(PublishError::Invalid(
-                "this host's backend does not keep timers (the brokers do not yet): run it on the embedded store (--data, the default) or in --memory to set timers".into(),
+                "this host's backend does not keep timers: run it on the embedded store (--data, the default), a broker, or in --memory to set timers".into(),
             ));
         }
         plugbus_contract::publish::check_cause(cause, self.batch_len())

@@ -28,6 +28,36 @@ pub(super) const BATCH_MAX: usize = 1000;
 /// The server's error code for a failed expected-sequence check.
 const WRONG_LAST_SEQUENCE: u64 = 10071;
 
+/// What became of a guarded publish.
+pub(super) enum Guarded {
+    /// Stored, at this sequence.
+    Stored(u64),
+    /// The subject's last sequence was not the one expected: not stored.
+    WrongLast,
+}
+
+impl Inner {
+    /// Publish `out`, whose guard (if any) the server checks.
+    pub(super) async fn publish_guarded(&self, out: Out) -> Result<Guarded, BackendError> {
+        let conn = self.conn().await?;
+        let ack = conn
+            .js
+            .publish_with_headers(out.subject, out.headers, out.payload)
+            .await
+            .map_err(|e| self.error(e))?;
+        match ack.await {
+            Ok(ack) => Ok(Guarded::Stored(ack.sequence)),
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence =>
+            {
+                Ok(Guarded::WrongLast)
+            }
+            Err(e) => Err(self.error(e)),
+        }
+    }
+}
+
 /// One message of a batch.
 pub(super) struct Out {
     pub subject: String,
@@ -100,6 +130,11 @@ pub(super) fn key_subject(bucket: &str, key: &str) -> String {
 
 pub(super) fn marker_subject(bucket: &str, stream_seq: u64) -> String {
     format!("$KV.{bucket}._pb.a.{stream_seq}")
+}
+
+/// Where timer `key` of the bucket's owner is kept.
+pub(super) fn timer_subject(bucket: &str, key: &str) -> String {
+    format!("$KV.{bucket}._pb.t.{}", encode_key(key))
 }
 
 pub(super) fn outbox_subject(bucket: &str, batch: u64, i: usize) -> String {

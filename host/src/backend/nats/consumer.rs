@@ -18,7 +18,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, FromConsum
 use async_nats::jetstream::{self, AckKind};
 use futures_util::StreamExt;
 
-use super::commit::{self, Marker, Out, Outgoing};
+use super::commit::{self, Guarded, Marker, Out, Outgoing};
 use super::connect::Bridge;
 use super::letters::dead_record;
 use super::{Inner, CALL_TIMEOUT};
@@ -232,13 +232,6 @@ struct Task {
     start: Option<u64>,
 }
 
-/// A single guarded write's outcome: stored at this sequence, or the guard
-/// failed.
-enum Guarded {
-    Stored(u64),
-    WrongLast,
-}
-
 impl Task {
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Held>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
@@ -249,19 +242,7 @@ impl Task {
     }
 
     async fn publish_guarded(&self, out: Out) -> Result<Guarded, BackendError> {
-        let conn = self.inner.conn().await?;
-        let ack = conn
-            .js
-            .publish_with_headers(out.subject, out.headers, out.payload)
-            .await
-            .map_err(|e| self.inner.error(e))?;
-        match ack.await {
-            Ok(ack) => Ok(Guarded::Stored(ack.sequence)),
-            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
-                Ok(Guarded::WrongLast)
-            }
-            Err(e) => Err(self.inner.error(e)),
-        }
+        self.inner.publish_guarded(out).await
     }
 
     /// Pull up to `max` messages: what is there at once, else wait up to
@@ -458,6 +439,7 @@ impl Task {
         if s.writes.is_empty()
             && s.expected.is_empty()
             && s.follow_ups.is_empty()
+            && s.timers.is_empty()
             && finals.iter().all(|f| f.error.is_none())
         {
             // Nothing to commit but acks: no marker (a late ack from a
@@ -483,6 +465,9 @@ impl Task {
         for (key, (seq, value)) in &guards {
             batch.push(commit::write(&bucket, key, value.as_deref(), Some(*seq)));
         }
+        for c in &s.timers {
+            batch.push(super::timers::change(&bucket, c));
+        }
         let outgoing = self.outbox(s.follow_ups, &finals);
         let batch_id = finals.first().map(|f| f.stream_seq);
         if let Some(batch_id) = batch_id {
@@ -501,7 +486,13 @@ impl Task {
         }
         let conn = self.inner.conn().await?;
         match commit::atomic(&conn.client, batch).await {
-            Ok(()) => self.inner.caches.of(&self.plugin).wrote_here(writes),
+            Ok(()) => {
+                self.inner.caches.of(&self.plugin).wrote_here(writes);
+                self.inner.timers.apply(&self.plugin, &s.timers);
+                if let Some(clock) = self.inner.clock.get() {
+                    clock.ring();
+                }
+            }
             Err(commit::BatchError::WrongLast(why)) => {
                 return Err(self.diagnose(&stream, &finals, &s.expected, why).await)
             }
@@ -756,11 +747,6 @@ impl Consumer for NatsConsumer {
     }
 
     fn settle(&mut self, settlement: Settlement) -> Result<(), BackendError> {
-        // The runtime refuses timers where the backend keeps none.
-        debug_assert!(
-            settlement.timers.is_empty(),
-            "timers settled on a backend without them"
-        );
         let settled = self.run(CALL_TIMEOUT, |t| t.settle(settlement));
         if settled.is_err() {
             // Refused because a value read was out of date, or an outcome

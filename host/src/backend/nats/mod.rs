@@ -32,16 +32,22 @@
 //! batch read, guarded by the key's sequence, and refuses it as a
 //! conflict.
 //!
+//! Timers (`timers`) are records in their owner's bucket, set and called
+//! off in the settlement's batch, fired by the clock of a host that runs
+//! the plugin: a firing record guarded by the timer's sequence, the event,
+//! the delete.
+//!
 //! Rooms: `connect` (the connection, streams and buckets, the bridge to
 //! the client's runtime), `commit` (key names, markers and the atomic
-//! batch), `consumer` (delivery), `letters` (dead letters), `accounts`
-//! (the books of the audit).
+//! batch), `consumer` (delivery), `timers`, `letters` (dead letters),
+//! `accounts` (the books of the audit).
 
 mod accounts;
 mod commit;
 mod connect;
 mod consumer;
 mod letters;
+mod timers;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -98,6 +104,10 @@ pub(super) struct Inner {
     /// This host's copies of the plugins' state (unversioned: the broker
     /// keeps no version; each settlement checks what its batch read).
     caches: StateCaches,
+    /// The timers this host looks after.
+    timers: timers::Index,
+    /// Wakes this host's timer clock once it runs.
+    clock: std::sync::OnceLock<crate::backend::clock::Ringer>,
 }
 
 impl Inner {
@@ -283,6 +293,9 @@ impl Inner {
 
 /// The NATS JetStream backend. See the module docs.
 pub struct NatsBackend {
+    /// Fires due timers: started with the first consumer or scheduled
+    /// event. Stopped first when dropped (it runs on the bridge).
+    clock: crate::backend::clock::LazyClock,
     inner: Arc<Inner>,
     bridge: Arc<Bridge>,
 }
@@ -333,9 +346,23 @@ impl NatsBackend {
                 connected: AtomicBool::new(false),
                 buckets: Mutex::default(),
                 caches: StateCaches::default(),
+                timers: timers::Index::default(),
+                clock: std::sync::OnceLock::new(),
             }),
             bridge: Arc::new(bridge),
+            clock: crate::backend::clock::LazyClock::default(),
         })
+    }
+
+    /// Start the timer clock, if it does not run yet.
+    fn start_clock(&self) {
+        let ringer = self.clock.start(|| {
+            Arc::new(timers::NatsFire {
+                inner: self.inner.clone(),
+                bridge: self.bridge.clone(),
+            })
+        });
+        let _ = self.inner.clock.set(ringer);
     }
 
     fn run<T: Send + 'static, F>(&self, f: impl FnOnce(Arc<Inner>) -> F) -> Result<T, BackendError>
@@ -359,7 +386,7 @@ impl Backend for NatsBackend {
             shared: true,
             dedup_window: self.inner.dedup,
             durable: true,
-            timers: false,
+            timers: true,
         }
     }
 
@@ -429,11 +456,54 @@ impl Backend for NatsBackend {
         })
     }
 
+    fn count_timers_into(&self, meters: crate::backend::clock::TimerMeters) {
+        self.clock.count_into(meters);
+    }
+
+    fn timer(&self, owner: &str, key: &str) -> Result<Option<crate::timer::Timer>, BackendError> {
+        let (owner, key) = (owner.to_string(), key.to_string());
+        self.run(|inner| async move { inner.timer(&owner, &key).await })
+    }
+
+    fn timer_usage(&self, owner: &str) -> Result<crate::timer::Usage, BackendError> {
+        let owner = owner.to_string();
+        self.run(|inner| async move {
+            timers::ensure_scanned(&inner, &owner).await?;
+            Ok(inner.timers.usage(&owner))
+        })
+    }
+
+    fn timers_of(&self, owner: &str, max: usize) -> Result<Vec<crate::timer::Timer>, BackendError> {
+        let owner = owner.to_string();
+        self.run(move |inner| async move { inner.timers_of(&owner, max).await })
+    }
+
+    fn schedule(&self, timers: Vec<crate::timer::Timer>) -> Result<(), BackendError> {
+        self.start_clock();
+        let changes: Vec<crate::timer::TimerChange> = timers
+            .iter()
+            .cloned()
+            .map(|t| crate::timer::TimerChange::Set(Box::new(t)))
+            .collect();
+        self.run(|inner| async move {
+            timers::ensure_scanned(&inner, crate::timer::OUTSIDE).await?;
+            inner.schedule(&timers).await
+        })?;
+        self.inner.timers.apply(crate::timer::OUTSIDE, &changes);
+        if let Some(r) = self.inner.clock.get() {
+            r.ring();
+        }
+        Ok(())
+    }
+
     fn consumer(
         &self,
         plugin: &str,
         options: ConsumerOptions,
     ) -> Result<Box<dyn Consumer>, BackendError> {
+        self.start_clock();
+        self.inner.timers.watch(plugin);
+        self.inner.timers.watch(crate::timer::OUTSIDE);
         let pull = {
             let plugin = plugin.to_string();
             let options = options.clone();

@@ -513,6 +513,65 @@ impl RedisConsumer {
     }
 }
 
+impl RedisConsumer {
+    /// What of a settlement does not depend on how its entries are fenced
+    /// (see the settle script): retries and dead letters, state writes,
+    /// follow-ups, expected values, timer changes, the counts for the
+    /// accounts, the token.
+    fn tail(
+        &self,
+        verdicts: &[(u64, Verdict)],
+        writes: &[(String, Option<Vec<u8>>)],
+        follow_ups: &[Event],
+        expected: &[(String, Option<Vec<u8>>)],
+        timers: &[crate::timer::TimerChange],
+        token: &str,
+    ) -> Result<Vec<Vec<u8>>, BackendError> {
+        let mut tail: Vec<Vec<u8>> = Vec::new();
+        let mut others = 0;
+        let (mut handled, mut dead) = (0u64, 0u64);
+        for (seq, verdict) in verdicts {
+            let h = self.held.get(seq).ok_or_else(|| BackendError::NotHeld {
+                plugin: self.plugin.clone(),
+                sequence: *seq,
+            })?;
+            if self.start.is_some_and(|start| *seq > start) {
+                match verdict {
+                    Verdict::Ack => handled += 1,
+                    Verdict::Dead(_) => dead += 1,
+                    Verdict::Retry(_) => {}
+                }
+            }
+            match verdict {
+                Verdict::Ack => continue,
+                Verdict::Retry(delay) => tail.extend([
+                    b"r".to_vec(),
+                    delay.as_millis().to_string().into_bytes(),
+                    format!("{seq}:{}", h.attempt + 1).into_bytes(),
+                ]),
+                Verdict::Dead(error) => tail.extend([
+                    b"d".to_vec(),
+                    seq.to_string().into_bytes(),
+                    dead_record(&h.event, h.attempt, error),
+                ]),
+            }
+            others += 1;
+        }
+        tail.insert(0, others.to_string().into_bytes());
+        push_values(&mut tail, writes, ("s", "d"));
+        tail.push(follow_ups.len().to_string().into_bytes());
+        for e in follow_ups {
+            tail.extend([e.id.clone().into_bytes(), codec::encode(e)]);
+        }
+        push_values(&mut tail, expected, ("1", "0"));
+        super::timers::push_changes(&mut tail, timers);
+        tail.push(handled.to_string().into_bytes());
+        tail.push(dead.to_string().into_bytes());
+        tail.push(token.as_bytes().to_vec());
+        Ok(tail)
+    }
+}
+
 impl Consumer for RedisConsumer {
     fn next_batch(
         &mut self,
@@ -587,50 +646,8 @@ impl Consumer for RedisConsumer {
             follow_ups,
             timers,
         } = s;
-        // What does not depend on how the entries are fenced: retries and
-        // dead letters, state writes, follow-ups, expected values, token.
-        let mut tail: Vec<Vec<u8>> = Vec::new();
-        let mut others = 0;
-        let (mut handled, mut dead) = (0u64, 0u64);
-        for (seq, verdict) in &verdicts {
-            let h = self.held.get(seq).ok_or_else(|| BackendError::NotHeld {
-                plugin: self.plugin.clone(),
-                sequence: *seq,
-            })?;
-            if self.start.is_some_and(|start| *seq > start) {
-                match verdict {
-                    Verdict::Ack => handled += 1,
-                    Verdict::Dead(_) => dead += 1,
-                    Verdict::Retry(_) => {}
-                }
-            }
-            match verdict {
-                Verdict::Ack => continue,
-                Verdict::Retry(delay) => tail.extend([
-                    b"r".to_vec(),
-                    delay.as_millis().to_string().into_bytes(),
-                    format!("{seq}:{}", h.attempt + 1).into_bytes(),
-                ]),
-                Verdict::Dead(error) => tail.extend([
-                    b"d".to_vec(),
-                    seq.to_string().into_bytes(),
-                    dead_record(&h.event, h.attempt, error),
-                ]),
-            }
-            others += 1;
-        }
-        tail.insert(0, others.to_string().into_bytes());
-        push_values(&mut tail, &writes, ("s", "d"));
-        tail.push(follow_ups.len().to_string().into_bytes());
-        for e in &follow_ups {
-            tail.extend([e.id.clone().into_bytes(), codec::encode(e)]);
-        }
-        push_values(&mut tail, &expected, ("1", "0"));
-        super::timers::push_changes(&mut tail, &timers);
-        tail.push(handled.to_string().into_bytes());
-        tail.push(dead.to_string().into_bytes());
         let token = crate::event::new_id();
-        tail.push(token.clone().into_bytes());
+        let tail = self.tail(&verdicts, &writes, &follow_ups, &expected, &timers, &token)?;
 
         // Sent with the fence token this consumer holds, if any: the
         // script answers RECHECK when it is gone, and the entries are sent

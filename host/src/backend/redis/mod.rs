@@ -196,9 +196,7 @@ pub struct RedisBackend {
     idle: Mutex<Vec<redis::Connection>>,
     /// Fires due timers: started with the first consumer or scheduled
     /// event (a host that runs no plugin, or a CLI command, needs none).
-    clock: std::sync::OnceLock<crate::backend::clock::Clock>,
-    /// Where the clock counts.
-    timer_meters: Mutex<Option<crate::backend::clock::TimerMeters>>,
+    clock: crate::backend::clock::LazyClock,
 }
 
 /// Idle connections kept for publishing and the API.
@@ -264,8 +262,7 @@ impl RedisBackend {
                 clock: std::sync::OnceLock::new(),
             }),
             idle: Mutex::default(),
-            clock: std::sync::OnceLock::new(),
-            timer_meters: Mutex::default(),
+            clock: crate::backend::clock::LazyClock::default(),
         })
     }
 
@@ -278,22 +275,13 @@ impl RedisBackend {
 
     /// Start the timer clock, if it does not run yet.
     fn start_clock(&self) {
-        self.clock.get_or_init(|| {
-            let clock = crate::backend::clock::Clock::start(Arc::new(timers::RedisFire {
+        let ringer = self.clock.start(|| {
+            Arc::new(timers::RedisFire {
                 shared: self.shared.clone(),
                 con: Mutex::default(),
-            }));
-            if let Some(m) = self
-                .timer_meters
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-            {
-                clock.count_into(m);
-            }
-            let _ = self.shared.clock.set(clock.ringer());
-            clock
+            })
         });
+        let _ = self.shared.clock.set(ringer);
     }
 
     /// Run `f` with an idle connection slot (filled by `f` if empty), put
@@ -475,10 +463,7 @@ impl Backend for RedisBackend {
     }
 
     fn count_timers_into(&self, meters: crate::backend::clock::TimerMeters) {
-        if let Some(clock) = self.clock.get() {
-            clock.count_into(meters.clone());
-        }
-        *self.timer_meters.lock().unwrap_or_else(|p| p.into_inner()) = Some(meters);
+        self.clock.count_into(meters);
     }
 
     fn timer(&self, owner: &str, key: &str) -> Result<Option<crate::timer::Timer>, BackendError> {

@@ -15,30 +15,11 @@ use crate::backend::clock::{Fire, Fired};
 use crate::store::codec;
 use crate::timer::{Timer, TimerChange, Usage};
 
-/// A timer as its record: `DUE:BYTES:` and the encoded event.
-pub(super) fn record(t: &Timer) -> Vec<u8> {
-    let mut r = format!("{}:{}:", t.due_ms, crate::timer::bytes(&t.key, &t.event)).into_bytes();
-    r.extend(codec::encode(&t.event));
-    r
-}
-
 /// The timer `key` a record describes.
 fn parse(shared: &Shared, owner: &str, key: &str, record: &[u8]) -> Result<Timer, BackendError> {
-    let corrupt = |why: &str| shared.corrupt(format!("timer `{key}` of `{owner}`"), why);
-    let mut parts = record.splitn(3, |b| *b == b':');
-    let due = parts.next().and_then(|d| std::str::from_utf8(d).ok());
-    let due_ms = due
-        .and_then(|d| d.parse::<u64>().ok())
-        .ok_or_else(|| corrupt("no due time"))?;
-    let (Some(_), Some(event)) = (parts.next(), parts.next()) else {
-        return Err(corrupt("no event"));
-    };
-    let event = codec::decode(0, event).map_err(|e| corrupt(&e.0))?;
-    Ok(Timer {
-        key: key.to_string(),
-        due_ms,
-        event,
-    })
+    crate::timer::from_record(key, record)
+        .map(|(t, _)| t)
+        .map_err(|why| shared.corrupt(format!("timer `{key}` of `{owner}`"), why))
 }
 
 /// The settle and schedule scripts' values for `changes` (see `set_timers`).
@@ -46,9 +27,11 @@ pub(super) fn push_changes(args: &mut Vec<Vec<u8>>, changes: &[TimerChange]) {
     args.push(changes.len().to_string().into_bytes());
     for c in changes {
         match c {
-            TimerChange::Set(t) => {
-                args.extend([b"s".to_vec(), t.key.clone().into_bytes(), record(t)])
-            }
+            TimerChange::Set(t) => args.extend([
+                b"s".to_vec(),
+                t.key.clone().into_bytes(),
+                crate::timer::record(t),
+            ]),
             TimerChange::Cancel(k) => {
                 args.extend([b"c".to_vec(), k.clone().into_bytes(), Vec::new()])
             }
