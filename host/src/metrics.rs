@@ -14,6 +14,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// How late each owner's last fired timer was, in seconds.
+pub type LatenessByOwner = Family<PluginLabels, Gauge<f64, std::sync::atomic::AtomicU64>>;
+
 /// Labels of per-plugin series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabels {
@@ -105,6 +108,8 @@ pub struct Metrics {
     pub timers_fired: Counter,
     /// Seconds from a timer's due time to its event's append.
     pub timer_lateness_seconds: Histogram,
+    /// How late each owner's last fired timer was, in seconds.
+    pub timer_last_lateness_seconds: LatenessByOwner,
     /// Timers set, by owner (`""`: publishers' `deliverat`).
     pub timers_pending: Family<PluginLabels, Gauge>,
     /// Timer cancels committed, by plugin.
@@ -214,6 +219,7 @@ impl Metrics {
             fsync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 14)),
             timers_fired: Counter::default(),
             timer_lateness_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            timer_last_lateness_seconds: Family::default(),
             timers_pending: Family::default(),
             timers_cancelled: Family::default(),
             lag: Family::default(),
@@ -417,6 +423,13 @@ impl Metrics {
             "timer_lateness_seconds",
             "Seconds from a timer's due time to its event's append (alert on the p99: timers fire late when the host is starved or was down)",
             m.timer_lateness_seconds.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
+            "timer_last_lateness_seconds",
+            "How late each owner's last fired timer was (plugin; empty: publishers' deliverat)",
+            m.timer_last_lateness_seconds.clone(),
         );
         register(
             &mut registry,

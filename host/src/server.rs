@@ -183,6 +183,7 @@ pub async fn run(settings: RunSettings) -> Result<(), StartError> {
         .count_timers_into(crate::backend::clock::TimerMeters {
             fired: metrics.timers_fired.clone(),
             lateness: metrics.timer_lateness_seconds.clone(),
+            last_lateness: metrics.timer_last_lateness_seconds.clone(),
         });
     let observer = start_observer(&metrics, &dispatch);
     let (registry, watch, failures) =

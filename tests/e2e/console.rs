@@ -201,6 +201,38 @@ fn an_order_shows_in_the_tail_the_flow_graph_and_its_trace() {
 }
 
 #[test]
+fn the_plugins_page_shows_a_plugins_timers_next_due_and_lateness() {
+    run(|driver| async move {
+        let h = host(&[PluginFile::Wasm("timers", artifacts::TIMERS)], &[]);
+        let set = |id: &str, key: &str, after_ms: u64| {
+            json!({"specversion": "1.0", "id": id, "source": "/test", "type": "timer.set",
+                   "data": {"key": key, "after_ms": after_ms}})
+        };
+        h.publish_batch(vec![set("far", "far", 3_600_000), set("soon", "soon", 100)]);
+        h.wait_until("soon fired", WAIT, |h| {
+            h.plugin("timers")
+                .is_some_and(|p| p["timers"] == 1 && p["timer_lateness_ms"].is_u64())
+        })
+        .expect("fired");
+        let status = h.plugin("timers").expect("status");
+        assert!(status["timer_next_due"].is_string(), "{status}");
+        let c = browser(&driver).await;
+        go(&c, &h.url, "plugins").await;
+        let cell = wait_css(
+            &c,
+            "#plugins tr[data-plugin=\"timers\"] td.timers[data-next-due][data-late-ms]",
+        )
+        .await;
+        let text = cell.text().await.expect("text");
+        assert!(text.contains("next") && text.contains("late"), "{text}");
+        shot(&c, "plugins-timers").await;
+        let errs = errors(&c).await;
+        assert!(errs.is_empty(), "the page logged errors: {errs:?}");
+        c.close().await.expect("close");
+    });
+}
+
+#[test]
 fn a_dead_letter_is_redriven_by_a_click_to_a_fixed_build() {
     run(|driver| async move {
         let h = host(&[PluginFile::Wasm("trap", artifacts::TRAP)], &GIVE_UP_FAST);

@@ -3,7 +3,7 @@
 // optional {leave()}; stream events reach it through app.on().
 
 import { api } from './api.js';
-import { h, clear, put, fill, num, pre, sparkline, badge, ask } from './dom.js';
+import { h, clear, put, fill, num, ms, pre, sparkline, badge, ask } from './dom.js';
 
 function sum(values) {
   return values.reduce((a, b) => a + (b || 0), 0);
@@ -105,6 +105,21 @@ function limitsView(limits) {
   return h('details', null, h('summary', null, limits.manifest ? 'manifest' : 'defaults'), lines);
 }
 
+// A plugin's timers: how many are set, when the next is due, how late the
+// last one fired.
+function timersCell(p) {
+  const next = p.timer_next_due ? new Date(p.timer_next_due) : null;
+  return h('td', {
+    class: 'n timers',
+    'data-next-due': p.timer_next_due || null,
+    'data-late-ms': p.timer_lateness_ms == null ? null : String(p.timer_lateness_ms),
+    title: 'timers set, waiting for their time; when the next is due; how late the last one fired',
+  },
+  num(p.timers),
+  next ? h('div', { class: 'small' }, 'next ' + next.toLocaleTimeString()) : null,
+  p.timer_lateness_ms == null ? null : h('div', { class: 'small' }, 'last ' + ms(p.timer_lateness_ms) + ' late'));
+}
+
 export function plugins(main, app, params) {
   const table = h('table', { class: 'grid', id: 'plugins' });
   const detail = h('div', { id: 'plugin-detail' });
@@ -126,7 +141,7 @@ export function plugins(main, app, params) {
           h('td', { class: 'n' }, num(p.retried)),
           h('td', { class: 'n' }, num(p.queue_depth)),
           h('td', { class: 'n' }, num(p.lag)),
-          h('td', { class: 'n', title: 'timers set, waiting for their time' }, num(p.timers)),
+          timersCell(p),
           h('td', { class: 'small' }, limitsView(p.limits)),
           h('td', { class: 'actions' },
             h('button', { onclick: () => replay(app, p.name), 'data-action': 'replay' }, 'Replay…'),

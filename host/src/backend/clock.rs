@@ -35,6 +35,8 @@ pub struct TimerMeters {
     pub fired: Counter,
     /// Seconds from due to append.
     pub lateness: Histogram,
+    /// How late each owner's last fired timer was.
+    pub last_lateness: crate::metrics::LatenessByOwner,
 }
 
 impl Default for TimerMeters {
@@ -42,6 +44,7 @@ impl Default for TimerMeters {
         TimerMeters {
             fired: Counter::default(),
             lateness: Histogram::new([0.1]),
+            last_lateness: Default::default(),
         }
     }
 }
@@ -55,10 +58,21 @@ pub(super) trait Fire: Send + Sync + 'static {
 /// What one [`Fire::fire_due`] did.
 #[derive(Debug, Default)]
 pub(super) struct Fired {
-    /// How late each timer fired was, in ms.
-    pub late_ms: Vec<u64>,
+    /// Each timer fired: its owner, and how late it was in ms.
+    pub late_ms: Vec<(String, u64)>,
     /// How long until the next timer is due, if one is set.
     pub next_in: Option<Duration>,
+}
+
+impl TimerMeters {
+    /// Count a timer of `owner` fired `late_ms` late.
+    pub fn observe(&self, owner: &str, late_ms: u64) {
+        let seconds = late_ms as f64 / 1000.0;
+        self.lateness.observe(seconds);
+        self.last_lateness
+            .get_or_create(&crate::metrics::plugin(owner))
+            .set(seconds);
+    }
 }
 
 /// Rung by a commit that set a timer; read by the clock.
@@ -175,8 +189,8 @@ fn run(due: &dyn Fire, bell: &Bell, stop: &AtomicBool, meters: &Mutex<TimerMeter
             Ok(fired) => {
                 let m = meters.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 m.fired.inc_by(fired.late_ms.len() as u64);
-                for late in &fired.late_ms {
-                    m.lateness.observe(*late as f64 / 1000.0);
+                for (owner, late) in &fired.late_ms {
+                    m.observe(owner, *late);
                 }
                 if fired.late_ms.len() == FIRE_BATCH_MAX {
                     continue;

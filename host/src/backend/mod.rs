@@ -561,6 +561,12 @@ pub trait Backend: Send + Sync + 'static {
         Ok(crate::timer::Usage::default())
     }
 
+    /// When `owner`'s next timer is due (Unix ms), if it keeps one.
+    fn next_timer_due(&self, owner: &str) -> Result<Option<u64>, BackendError> {
+        let _ = owner;
+        Ok(None)
+    }
+
     /// Up to `max` of `owner`'s timers, by key.
     fn timers_of(&self, owner: &str, max: usize) -> Result<Vec<crate::timer::Timer>, BackendError> {
         let _ = (owner, max);

@@ -115,6 +115,12 @@ pub struct PluginStatus {
     /// Timers it keeps set, where the backend keeps timers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timers: Option<u64>,
+    /// When its next timer is due (RFC 3339), while it keeps one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer_next_due: Option<String>,
+    /// How late its last fired timer was, in ms (none fired since start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer_lateness_ms: Option<u64>,
     /// How much longer its calls run at low CPU priority, in ms, when they
     /// do: it trapped, ran past its deadline, had a publish refused or an
     /// outcome message cut within the last
@@ -227,6 +233,9 @@ impl Registry {
         let position = self.broker_position(&p.name);
         let cursor = position.map_or_else(|| p.cursor(), |b| b.delivered);
         let batch = p.conditions.batch_cap();
+        let timers = Some(self.backend())
+            .filter(|b| b.capabilities().timers)
+            .and_then(|b| b.timer_usage(&p.name).ok());
         PluginStatus {
             name: p.name.clone(),
             file: p.file.display().to_string(),
@@ -259,10 +268,16 @@ impl Registry {
                     .as_millis() as u64
             }),
             quarantines: p.quarantines.get(),
-            timers: Some(self.backend())
-                .filter(|b| b.capabilities().timers)
-                .and_then(|b| b.timer_usage(&p.name).ok())
-                .map(|u| u.count),
+            timers: timers.map(|u| u.count),
+            timer_next_due: timers
+                .filter(|u| u.count > 0)
+                .and_then(|_| self.backend().next_timer_due(&p.name).ok().flatten())
+                .map(crate::timer::rfc3339),
+            timer_lateness_ms: self
+                .metrics
+                .timer_last_lateness_seconds
+                .get(&crate::metrics::plugin(&p.name))
+                .map(|g| (g.get() * 1000.0).round() as u64),
             low_priority_ms: p.low_priority_until.left_ms(),
             background_ms: p.background_until.left_ms(),
             state_bytes: Some(p.settings.state.used()),
@@ -587,6 +602,8 @@ fn failed_status(f: &Failed) -> PluginStatus {
         quarantine_ms: None,
         quarantines: 0,
         timers: None,
+        timer_next_due: None,
+        timer_lateness_ms: None,
         low_priority_ms: None,
         background_ms: None,
         state_bytes: None,

@@ -98,6 +98,20 @@ impl Store {
         Ok(out)
     }
 
+    /// When `owner`'s next timer is due: a read of each of its timers' due
+    /// times (not their events), for the console and `/v1/plugins`.
+    pub fn next_timer_due(&self, owner: &str) -> Result<Option<u64>, StoreError> {
+        let mut next: Option<u64> = None;
+        for guard in self.timers.prefix(timer_key(owner, "")) {
+            let (_, v) = guard.into_inner().map_err(|e| self.read_error(&e))?;
+            if let Some(due) = v.first_chunk::<8>() {
+                let due = u64::from_be_bytes(*due);
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+        Ok(next)
+    }
+
     /// How many timers `owner` keeps, and their bytes (kept in memory,
     /// counted when the store opened and moved by every write since).
     pub fn timer_usage(&self, owner: &str) -> Usage {

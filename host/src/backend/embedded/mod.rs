@@ -40,7 +40,7 @@ impl clock::Fire for Log {
         Ok(clock::Fired {
             late_ms: fired
                 .iter()
-                .map(|f| now.saturating_sub(f.timer.due_ms))
+                .map(|f| (f.owner.clone(), now.saturating_sub(f.timer.due_ms)))
                 .collect(),
             next_in,
         })
@@ -241,6 +241,10 @@ impl Backend for EmbeddedBackend {
 
     fn timers_of(&self, owner: &str, max: usize) -> Result<Vec<crate::timer::Timer>, BackendError> {
         Ok(self.log.store().timers_of(owner, max)?)
+    }
+
+    fn next_timer_due(&self, owner: &str) -> Result<Option<u64>, BackendError> {
+        Ok(self.log.store().next_timer_due(owner)?)
     }
 
     fn schedule(&self, timers: Vec<crate::timer::Timer>) -> Result<(), BackendError> {

@@ -248,6 +248,10 @@ impl Backend for MemoryBackend {
         Ok(self.timers.of(owner, max))
     }
 
+    fn next_timer_due(&self, owner: &str) -> Result<Option<u64>, BackendError> {
+        Ok(self.timers.next_due(owner))
+    }
+
     fn schedule(&self, timers: Vec<crate::timer::Timer>) -> Result<(), BackendError> {
         let changes = timers
             .into_iter()

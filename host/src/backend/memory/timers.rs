@@ -12,8 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::Histogram;
+use crate::backend::clock::TimerMeters;
 
 use crate::bus::Bus;
 use crate::timer::{Timer, TimerChange, Usage};
@@ -61,8 +60,7 @@ struct Shared {
     ring: Condvar,
     stop: AtomicBool,
     bus: Arc<Bus>,
-    fired: Counter,
-    lateness: Histogram,
+    meters: TimerMeters,
 }
 
 /// The timers and their thread (once one is set), stopped when dropped.
@@ -80,8 +78,11 @@ impl Timers {
                 ring: Condvar::new(),
                 stop: AtomicBool::new(false),
                 bus,
-                fired: metrics.timers_fired.clone(),
-                lateness: metrics.timer_lateness_seconds.clone(),
+                meters: TimerMeters {
+                    fired: metrics.timers_fired.clone(),
+                    lateness: metrics.timer_lateness_seconds.clone(),
+                    last_lateness: metrics.timer_last_lateness_seconds.clone(),
+                },
             }),
             thread: Mutex::new(None),
         }
@@ -144,6 +145,16 @@ impl Timers {
             .collect()
     }
 
+    /// When `owner`'s next timer is due.
+    pub(super) fn next_due(&self, owner: &str) -> Option<u64> {
+        self.set()
+            .by_key
+            .range((owner.to_string(), String::new())..)
+            .take_while(|((o, _), _)| o == owner)
+            .map(|(_, t)| t.due_ms)
+            .min()
+    }
+
     /// How many `owner` keeps, and their bytes.
     pub(super) fn usage(&self, owner: &str) -> Usage {
         self.set().usage.get(owner).copied().unwrap_or_default()
@@ -176,18 +187,19 @@ fn run(shared: &Shared) {
                         break;
                     }
                     if let Some(t) = set.remove(&owner, &key) {
-                        fired.push(t);
+                        fired.push((owner, t));
                     }
                 }
                 drop(set);
-                shared.fired.inc_by(fired.len() as u64);
+                shared.meters.fired.inc_by(fired.len() as u64);
                 let events = fired
                     .into_iter()
-                    .map(|t| {
-                        let late = now.saturating_sub(t.due_ms);
-                        shared.lateness.observe(late as f64 / 1000.0);
-                        // A plugin's timer happens now: its time is the fire's.
-                        crate::timer::fired(t.event, t.due_ms, now, true)
+                    .map(|(owner, t)| {
+                        shared.meters.observe(&owner, now.saturating_sub(t.due_ms));
+                        // A plugin's timer happens now: its time is the
+                        // fire's; a publisher's keeps the time it was given.
+                        let restamp = owner != crate::timer::OUTSIDE;
+                        crate::timer::fired(t.event, t.due_ms, now, restamp)
                     })
                     .collect();
                 if let Err(e) = shared.bus.publish(crate::event::stamped(events)) {

@@ -473,6 +473,14 @@ impl Backend for NatsBackend {
         })
     }
 
+    fn next_timer_due(&self, owner: &str) -> Result<Option<u64>, BackendError> {
+        let owner = owner.to_string();
+        self.run(|inner| async move {
+            timers::ensure_scanned(&inner, &owner).await?;
+            Ok(inner.timers.next_due(&owner))
+        })
+    }
+
     fn timers_of(&self, owner: &str, max: usize) -> Result<Vec<crate::timer::Timer>, BackendError> {
         let owner = owner.to_string();
         self.run(move |inner| async move { inner.timers_of(&owner, max).await })

@@ -145,6 +145,15 @@ impl Index {
         self.lock().usage.get(owner).copied().unwrap_or_default()
     }
 
+    /// When `owner`'s next timer is due, as this host knows.
+    pub(super) fn next_due(&self, owner: &str) -> Option<u64> {
+        self.lock()
+            .by_due
+            .iter()
+            .find(|(_, o, _)| o == owner)
+            .map(|(d, _, _)| *d)
+    }
+
     fn scanned(&self, owner: &str) -> bool {
         self.lock().scanned.contains(owner)
     }
@@ -385,7 +394,7 @@ impl Fire for NatsFire {
                     .is_some_and(|e| e.due_ms <= now);
                 match outcome {
                     Outcome::Fired(late) => {
-                        late_ms.push(late);
+                        late_ms.push((owner.clone(), late));
                         if stale {
                             ix.remove(owner, key);
                         }

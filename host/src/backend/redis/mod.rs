@@ -33,7 +33,8 @@
 //! failover may lose what was acknowledged.
 //!
 //! Timers (`timers`): `PREFIX:timer:OWNER` (a hash of records by key),
-//! `PREFIX:timers` (every owner's by due time) and `PREFIX:timerbytes:OWNER`,
+//! `PREFIX:timers` (every owner's by due time), `PREFIX:timerdue:OWNER`
+//! (the owner's by due time) and `PREFIX:timerbytes:OWNER`,
 //! set by the settlement that sets them and fired by any host's clock.
 //!
 //! Rooms: `scripts` (the Lua), `consumer` (delivery), `timers`, `reply`
@@ -472,6 +473,10 @@ impl Backend for RedisBackend {
 
     fn timer_usage(&self, owner: &str) -> Result<crate::timer::Usage, BackendError> {
         self.with_slot(|shared, con| shared.timer_usage(con, owner))
+    }
+
+    fn next_timer_due(&self, owner: &str) -> Result<Option<u64>, BackendError> {
+        self.with_slot(|shared, con| shared.next_timer_due(con, owner))
     }
 
     fn timers_of(&self, owner: &str, max: usize) -> Result<Vec<crate::timer::Timer>, BackendError> {

@@ -57,12 +57,14 @@ end
 /// record of a cancel is empty). A record is `DUE:BYTES:EVENT` (due in Unix
 /// ms, the bytes it counts in its owner's quota, the encoded event). Keys:
 /// `PREFIX:timer:OWNER` (a hash: key -> record), `PREFIX:timers` (every
-/// owner's timers by due time, members `OWNER\0KEY`) and
-/// `PREFIX:timerbytes:OWNER` (the records' quota bytes).
+/// owner's timers by due time, members `OWNER\0KEY`), `PREFIX:timerdue:OWNER`
+/// (the owner's by due time, members `KEY`) and `PREFIX:timerbytes:OWNER`
+/// (the records' quota bytes).
 const TIMERS_FN: &str = r#"
 local function set_timers(prefix, owner, at, n)
   local hash, due = prefix .. ':timer:' .. owner, prefix .. ':timers'
   local bytes = prefix .. ':timerbytes:' .. owner
+  local own = prefix .. ':timerdue:' .. owner
   for t = 0, n - 1 do
     local b = at + t * 3
     local key = ARGV[b + 1]
@@ -75,10 +77,12 @@ local function set_timers(prefix, owner, at, n)
       local when, size = string.match(ARGV[b + 2], '^(%d+):(%d+):')
       redis.call('HSET', hash, key, ARGV[b + 2])
       redis.call('ZADD', due, when, owner .. '\0' .. key)
+      redis.call('ZADD', own, when, key)
       redis.call('INCRBY', bytes, size)
     elseif old then
       redis.call('HDEL', hash, key)
       redis.call('ZREM', due, owner .. '\0' .. key)
+      redis.call('ZREM', own, key)
     end
   end
 end
@@ -293,6 +297,7 @@ for t = 0, n - 1 do
     local _, size = string.match(record, '^(%d+):(%d+):')
     redis.call('HDEL', hash, key)
     redis.call('ZREM', KEYS[1], m)
+    redis.call('ZREM', prefix .. ':timerdue:' .. owner, key)
     redis.call('DECRBY', prefix .. ':timerbytes:' .. owner, size)
     events[#events + 1] = ARGV[4 + 2 * n + 2 * t]
     events[#events + 1] = ARGV[5 + 2 * n + 2 * t]

@@ -81,6 +81,24 @@ impl Shared {
         })
     }
 
+    /// When `owner`'s next timer is due.
+    pub(super) fn next_timer_due(
+        &self,
+        con: &mut Option<redis::Connection>,
+        owner: &str,
+    ) -> Result<Option<u64>, BackendError> {
+        let own = format!("{}:timerdue:{owner}", self.prefix);
+        let first: Vec<(String, u64)> = self.with(con, |c| {
+            redis::cmd("ZRANGE")
+                .arg(&own)
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES")
+                .query(c)
+        })?;
+        Ok(first.first().map(|(_, due)| *due))
+    }
+
     /// Up to `max` of `owner`'s timers, by key.
     pub(super) fn timers_of(
         &self,
@@ -222,7 +240,7 @@ impl Fire for RedisFire {
         let late_ms = fired
             .iter()
             .filter_map(|i| due.get(i.checked_sub(1)?))
-            .map(|d| now.saturating_sub(d.timer.due_ms))
+            .map(|d| (d.owner.clone(), now.saturating_sub(d.timer.due_ms)))
             .collect();
         // A full batch: more may be due now.
         let next_in = if due.len() == max {
