@@ -28,6 +28,8 @@ const HUNG: Duration = Duration::from_secs(60);
 struct Harness {
     backend: Arc<dyn Backend>,
     other: Arc<dyn Backend>,
+    /// Another host on the same broker, on shared backends.
+    another: Option<Box<dyn Fn() -> Arc<dyn Backend>>>,
     _keep: Box<dyn Any>,
 }
 
@@ -41,6 +43,7 @@ impl Harness {
         Harness {
             other: backend.clone(),
             backend,
+            another: None,
             _keep: Box::new((dir, Closing(log))),
         }
     }
@@ -50,40 +53,38 @@ impl Harness {
         Harness {
             other: backend.clone(),
             backend,
+            another: None,
             _keep: Box::new(()),
         }
     }
 
     fn redis() -> Harness {
         let server = plugbus_e2e::brokers::Redis::start().unwrap_or_else(|e| panic!("{e}"));
-        let open = || -> Arc<dyn Backend> {
-            Arc::new(
-                RedisBackend::open(&server.url, "pb", Duration::from_secs(120), None).expect("url"),
-            )
+        let url = server.url.clone();
+        let open = move || -> Arc<dyn Backend> {
+            Arc::new(RedisBackend::open(&url, "pb", Duration::from_secs(120), None).expect("url"))
         };
         Harness {
             backend: open(),
             other: open(),
+            another: Some(Box::new(open)),
             _keep: Box::new(server),
         }
     }
 
     fn nats() -> Harness {
         let server = plugbus_e2e::brokers::Nats::start().unwrap_or_else(|e| panic!("{e}"));
-        let open = || -> Arc<dyn Backend> {
+        let url = server.url.clone();
+        let open = move || -> Arc<dyn Backend> {
             Arc::new(
-                NatsBackend::open(
-                    &server.url,
-                    "pb",
-                    Duration::from_secs(120),
-                    Access::default(),
-                )
-                .expect("url"),
+                NatsBackend::open(&url, "pb", Duration::from_secs(120), Access::default())
+                    .expect("url"),
             )
         };
         Harness {
             backend: open(),
             other: open(),
+            another: Some(Box::new(open)),
             _keep: Box::new(server),
         }
     }
@@ -910,6 +911,48 @@ fn timers_fire_once_not_early_and_a_cancel_before_wins(h: Harness) {
     );
 }
 
+/// A timer outlives the host that set it: set by a host that is gone
+/// before it is due, it fires (once, not early) from another host that runs
+/// the plugin. On shared backends (the embedded store's restart is the
+/// store's model test and the kill -9 end-to-end test).
+fn a_timer_outlives_the_host_that_set_it(h: Harness) {
+    let Some(another) = &h.another else {
+        return;
+    };
+    let gone = another();
+    let mut c = open(&gone, "host-x", "saga", &["order.placed"], HUNG);
+    gone.append(vec![event("order.placed", 1)]).expect("append");
+    let got = take(c.as_mut(), 1);
+    let due = crate::timer::now_ms() + 300;
+    let mut event = event("saga.timeout", 0);
+    event.id = "timer-gone".into();
+    let mut s = acks(&got);
+    s.timers = vec![crate::timer::TimerChange::Set(Box::new(
+        crate::timer::Timer {
+            key: "t".into(),
+            due_ms: due,
+            event,
+        },
+    ))];
+    c.settle(s).expect("settle");
+    drop(c);
+    drop(gone);
+    // The host that takes over runs the plugin (so it looks after its
+    // timers) and a watcher of what fires.
+    let _saga = open(&h.other, "host-b", "saga", &["order.placed"], HUNG);
+    let mut fired = open(&h.other, "host-b", "watcher", &["saga.*"], HUNG);
+    let got = take(fired.as_mut(), 1);
+    assert!(crate::timer::now_ms() >= due, "never before it is due");
+    assert_eq!(got[0].event.id, "timer-gone");
+    assert!(
+        fired
+            .next_batch(10, Duration::from_millis(500))
+            .expect("batch")
+            .is_empty(),
+        "once"
+    );
+}
+
 macro_rules! conformance {
     ($backend:ident) => {
         mod $backend {
@@ -966,6 +1009,10 @@ macro_rules! conformance {
             #[test]
             fn one_release_per_broker_and_a_take_over_is_seen() {
                 super::one_release_per_broker_and_a_take_over_is_seen(Harness::$backend());
+            }
+            #[test]
+            fn a_timer_outlives_the_host_that_set_it() {
+                super::a_timer_outlives_the_host_that_set_it(Harness::$backend());
             }
             #[test]
             fn timers_fire_once_not_early_and_a_cancel_before_wins() {
