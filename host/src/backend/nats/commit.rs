@@ -160,6 +160,12 @@ fn expiring(headers: &mut HeaderMap) {
 /// A write of `key` (a value, or none: a delete as the KV API writes it),
 /// guarded by the key's last sequence when given.
 pub(super) fn write(bucket: &str, key: &str, value: Option<&[u8]>, last: Option<u64>) -> Out {
+    put(key_subject(bucket, key), value, last)
+}
+
+/// A write to `subject` of the bucket (a value, or none: a delete as the
+/// KV API writes it), guarded by its last sequence when given.
+pub(super) fn put(subject: String, value: Option<&[u8]>, last: Option<u64>) -> Out {
     let mut headers = HeaderMap::new();
     guarded(&mut headers, last);
     let payload = match value {
@@ -170,7 +176,7 @@ pub(super) fn write(bucket: &str, key: &str, value: Option<&[u8]>, last: Option<
         }
     };
     Out {
-        subject: key_subject(bucket, key),
+        subject,
         headers,
         payload,
     }

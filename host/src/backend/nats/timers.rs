@@ -22,8 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::HeaderMap;
-use bytes::Bytes;
 
 use super::commit::{self, Guarded, Out};
 use super::connect::Bridge;
@@ -50,19 +48,15 @@ pub(super) fn bucket_owner(owner: &str) -> &str {
 
 /// The batch message of one timer change.
 pub(super) fn change(bucket: &str, c: &TimerChange) -> Out {
-    let mut headers = HeaderMap::new();
-    let payload = match c {
-        TimerChange::Set(t) => Bytes::from(crate::timer::record(t)),
-        TimerChange::Cancel(_) => {
-            headers.insert("KV-Operation", "DEL");
-            Bytes::new()
-        }
+    let record = match c {
+        TimerChange::Set(t) => Some(crate::timer::record(t)),
+        TimerChange::Cancel(_) => None,
     };
-    Out {
-        subject: commit::timer_subject(bucket, c.key()),
-        headers,
-        payload,
-    }
+    commit::put(
+        commit::timer_subject(bucket, c.key()),
+        record.as_deref(),
+        None,
+    )
 }
 
 /// One indexed timer.
@@ -296,7 +290,7 @@ impl Inner {
             let mut payload = vec![FIRING];
             payload.extend_from_slice(rec);
             match self
-                .publish_guarded(guarded(subject.clone(), Some(seq), payload.into()))
+                .publish_guarded(commit::put(subject.clone(), Some(&payload), Some(seq)))
                 .await?
             {
                 Guarded::Stored(s) => claim = s,
@@ -312,10 +306,9 @@ impl Inner {
             crate::store::codec::encode(&event),
         );
         self.publish_all(vec![message]).await?;
-        let mut delete = guarded(subject, Some(claim), Bytes::new());
-        delete.headers.insert("KV-Operation", "DEL");
         // Replaced meanwhile (a new timer of the key): that one stays.
-        self.publish_guarded(delete).await?;
+        self.publish_guarded(commit::put(subject, None, Some(claim)))
+            .await?;
         Ok(Outcome::Fired(now_ms.saturating_sub(timer.due_ms)))
     }
 }
@@ -330,21 +323,6 @@ enum Outcome {
     Changed,
     /// Not set.
     Gone,
-}
-
-fn guarded(subject: String, last: Option<u64>, payload: Bytes) -> Out {
-    let mut headers = HeaderMap::new();
-    if let Some(last) = last {
-        headers.insert(
-            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            last.to_string().as_str(),
-        );
-    }
-    Out {
-        subject,
-        headers,
-        payload,
-    }
 }
 
 /// What fires a NATS backend's timers (on its bridge).
