@@ -81,9 +81,58 @@ struct IndexInner {
     by_due: BTreeSet<(u64, String, String)>,
     usage: HashMap<String, Usage>,
     last_scan: Option<Instant>,
+    /// Scans reading records now, by id: their owner and the changes this
+    /// host made meanwhile (replayed over what the scan read, which may
+    /// predate them).
+    scans: HashMap<u64, (String, Vec<Change>)>,
+    next_scan: u64,
+}
+
+/// A change to the index, kept for a scan under way.
+#[derive(Clone)]
+enum Change {
+    Put {
+        key: String,
+        due_ms: u64,
+        bytes: u64,
+    },
+    Remove(String),
+    /// The key's timer due by `now_ms` is set no more (fired, called off,
+    /// or taken by another host); one set again for later stays.
+    Passed {
+        key: String,
+        now_ms: u64,
+    },
 }
 
 impl IndexInner {
+    /// Make `change` to `owner`'s entries, and note it for scans under way.
+    fn change(&mut self, owner: &str, change: Change) {
+        for (o, journal) in self.scans.values_mut() {
+            if o == owner {
+                journal.push(change.clone());
+            }
+        }
+        self.make(owner, change);
+    }
+
+    fn make(&mut self, owner: &str, change: Change) {
+        match change {
+            Change::Put { key, due_ms, bytes } => self.put(owner, &key, due_ms, bytes),
+            Change::Remove(key) => self.remove(owner, &key),
+            Change::Passed { key, now_ms } => {
+                // A later one set for the key meanwhile stays.
+                let stale = self
+                    .entries
+                    .get(&(owner.to_string(), key.clone()))
+                    .is_some_and(|e| e.due_ms <= now_ms);
+                if stale {
+                    self.remove(owner, &key);
+                }
+            }
+        }
+    }
+
     fn remove(&mut self, owner: &str, key: &str) {
         if let Some(e) = self.entries.remove(&(owner.to_string(), key.to_string())) {
             self.by_due
@@ -122,15 +171,15 @@ impl Index {
     pub(super) fn apply(&self, owner: &str, changes: &[TimerChange]) {
         let mut index = self.lock();
         for c in changes {
-            match c {
-                TimerChange::Set(t) => index.put(
-                    owner,
-                    &t.key,
-                    t.due_ms,
-                    crate::timer::bytes(&t.key, &t.event),
-                ),
-                TimerChange::Cancel(k) => index.remove(owner, k),
-            }
+            let change = match c {
+                TimerChange::Set(t) => Change::Put {
+                    key: t.key.clone(),
+                    due_ms: t.due_ms,
+                    bytes: crate::timer::bytes(&t.key, &t.event),
+                },
+                TimerChange::Cancel(k) => Change::Remove(k.clone()),
+            };
+            index.change(owner, change);
         }
     }
 
@@ -146,6 +195,13 @@ impl Index {
             .iter()
             .find(|(_, o, _)| o == owner)
             .map(|(d, _, _)| *d)
+    }
+
+    /// `owner`'s timer `key`, due by `now_ms`, fired: it no longer counts
+    /// (a later one this host set for the key meanwhile stays).
+    fn fired(&self, owner: &str, key: &str, now_ms: u64) {
+        let key = key.to_string();
+        self.lock().change(owner, Change::Passed { key, now_ms });
     }
 
     fn scanned(&self, owner: &str) -> bool {
@@ -187,8 +243,17 @@ impl Inner {
 
     /// Read `owner`'s timers again into the index.
     async fn rescan(&self, index: &Index, owner: &str) -> Result<(), BackendError> {
-        let records = self.timer_records(owner).await?;
+        let scan = {
+            let mut ix = index.lock();
+            ix.next_scan += 1;
+            let id = ix.next_scan;
+            ix.scans.insert(id, (owner.to_string(), Vec::new()));
+            id
+        };
+        let records = self.timer_records(owner).await;
         let mut ix = index.lock();
+        let journal = ix.scans.remove(&scan).map(|(_, j)| j).unwrap_or_default();
+        let records = records?;
         let keys: Vec<String> = ix
             .entries
             .keys()
@@ -209,6 +274,10 @@ impl Inner {
                 };
                 ix.put(owner, &key, due, bytes);
             }
+        }
+        // What this host changed while the records were read wins over them.
+        for change in journal {
+            ix.make(owner, change);
         }
         ix.scanned.insert(owner.to_string());
         Ok(())
@@ -306,6 +375,8 @@ impl Inner {
             crate::store::codec::encode(&event),
         );
         self.publish_all(vec![message]).await?;
+        // Out of the index before anyone can see the event and count it.
+        self.timers.fired(owner, key, now_ms);
         // Replaced meanwhile (a new timer of the key): that one stays.
         self.publish_guarded(commit::put(subject, None, Some(claim)))
             .await?;
@@ -363,26 +434,19 @@ impl Fire for NatsFire {
             let mut late_ms = Vec::new();
             for (owner, key) in &due {
                 let outcome = inner.fire_one(owner, key, now).await?;
-                let mut ix = index.lock();
-                // This host may have set the key again meanwhile: an entry
-                // due later than now is that one.
-                let stale = ix
-                    .entries
-                    .get(&(owner.clone(), key.clone()))
-                    .is_some_and(|e| e.due_ms <= now);
-                match outcome {
+                let key = key.clone();
+                let change = match outcome {
                     Outcome::Fired(late) => {
                         late_ms.push((owner.clone(), late));
-                        if stale {
-                            ix.remove(owner, key);
-                        }
+                        continue;
                     }
-                    Outcome::Later(due, bytes) => ix.put(owner, key, due, bytes),
+                    Outcome::Later(due_ms, bytes) => Change::Put { key, due_ms, bytes },
                     // Called off, or changed by another host (set again, or
-                    // being fired there): the next scan says which.
-                    Outcome::Gone | Outcome::Changed if stale => ix.remove(owner, key),
-                    Outcome::Gone | Outcome::Changed => {}
-                }
+                    // being fired there): out of the index unless this host
+                    // set it again meanwhile; the next scan says which.
+                    Outcome::Gone | Outcome::Changed => Change::Passed { key, now_ms: now },
+                };
+                index.lock().change(owner, change);
             }
             let next_in = if due.len() == max {
                 Some(Duration::ZERO)
