@@ -98,6 +98,16 @@ pub struct Contract {
     validator: jsonschema::Validator,
 }
 
+impl std::fmt::Debug for Contract {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Contract")
+            .field("topic", &self.topic)
+            .field("major", &self.major)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Contract {
     /// The `dataschema` URI of events checked against it.
     pub fn uri(&self) -> String {
@@ -161,6 +171,15 @@ pub struct Schemas {
     checks: Family<CheckLabels, Counter>,
     /// Serialises changes.
     writing: std::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Schemas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Schemas")
+            .field("topics", &self.topics.load().len())
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Schemas {
