@@ -213,6 +213,18 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Topics' declared schemas: events whose data does not fit are refused
+    /// (mode enforce), counted (warn) or not looked at (off).
+    ///
+    /// Example: plugbus schema put order.placed order.schema.json --mode enforce
+    Schema {
+        /// What to do.
+        #[command(subcommand)]
+        action: SchemaAction,
+        /// Where the host is, and the token.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Write a new plugin project, ready to build, test and run.
     ///
     /// Example: plugbus new audit && cd audit && plugbus dev
@@ -256,6 +268,31 @@ pub enum LogAction {
     Get {
         /// Its sequence number.
         sequence: u64,
+    },
+}
+
+/// `plugbus schema` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SchemaAction {
+    /// Every declared schema, or one topic's.
+    Get {
+        /// Only this topic's.
+        topic: Option<String>,
+    },
+    /// Declare a topic's schema from a JSON Schema file.
+    Put {
+        /// The topic.
+        topic: String,
+        /// The JSON Schema file.
+        file: PathBuf,
+        /// Its major version (default: the topic's current one, or 1). A
+        /// breaking change is a new major.
+        #[arg(long)]
+        major: Option<u32>,
+        /// enforce (refuse what does not fit), warn (accept and count) or
+        /// off (default: as it was, or enforce).
+        #[arg(long)]
+        mode: Option<String>,
     },
 }
 
@@ -368,6 +405,11 @@ pub struct RunArgs {
     /// tests and benchmarks.
     #[arg(long)]
     pub memory: bool,
+    /// Where topics' declared schemas are kept (`TOPIC/MAJOR.json` and
+    /// `TOPIC/mode`; default: `schemas` in the data directory; in memory
+    /// mode and on a broker, none: declared ones last until the host stops).
+    #[arg(long, value_name = "DIR", env = "PLUGBUS_SCHEMAS")]
+    pub schemas: Option<PathBuf>,
     /// Keep the log, the plugins' delivery, dead letters and state in a
     /// broker instead of the data directory, shared by every host pointed
     /// at it (each event is handled by one host per plugin):

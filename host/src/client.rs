@@ -114,6 +114,16 @@ impl Client {
         Ok(response.into_reader())
     }
 
+    /// PUT `body` of `content_type` to `path`; the answer as JSON.
+    pub fn put_text(&self, path: &str, content_type: &str, body: &str) -> Result<Value, String> {
+        let response = self
+            .request("PUT", path)
+            .set("content-type", content_type)
+            .send_string(body)
+            .map_err(|e| self.error(e))?;
+        self.json(path, response)
+    }
+
     /// POST `body` of `content_type` to `path`; the answer as JSON.
     pub fn post_text(&self, path: &str, content_type: &str, body: &str) -> Result<Value, String> {
         let response = self

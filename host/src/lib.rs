@@ -27,6 +27,7 @@ pub mod plugin;
 mod reference;
 pub mod run_settings;
 pub mod runtime;
+pub mod schema;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use plugbus::cli::{Cli, Command, DeadAction, KvAction, LogAction, TokenAction};
+use plugbus::cli::{Cli, Command, DeadAction, KvAction, LogAction, SchemaAction, TokenAction};
 use plugbus::client::Client;
 use plugbus::plugin::PluginStatus;
 
@@ -221,6 +221,15 @@ fn main() -> ExitCode {
                         Some(events) => events.iter().for_each(|e| println!("{e}")),
                         None => println!("{v:#}"),
                     }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Schema { action, client } => {
+            match Client::new(&client).and_then(|c| schema(&c, &action)) {
+                Ok(v) => {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e),
@@ -637,5 +646,31 @@ fn no_huge_pages() {
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
         eprintln!("plugbus: cannot turn transparent huge pages off ({e}); running with them");
+    }
+}
+
+/// `plugbus schema`: read or declare a topic's schema.
+fn schema(client: &Client, action: &SchemaAction) -> Result<serde_json::Value, String> {
+    match action {
+        SchemaAction::Get { topic: None } => client.get_json("/v1/schemas"),
+        SchemaAction::Get { topic: Some(t) } => client.get_json(&format!("/v1/schemas/{t}")),
+        SchemaAction::Put {
+            topic,
+            file,
+            major,
+            mode,
+        } => {
+            let body = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read the schema file {}: {e}", file.display()))?;
+            let mut query = Vec::new();
+            if let Some(m) = major {
+                query.push(format!("major={m}"));
+            }
+            if let Some(m) = mode {
+                query.push(format!("mode={m}"));
+            }
+            let path = format!("/v1/schemas/{topic}?{}", query.join("&"));
+            client.put_text(&path, "application/json", &body)
+        }
     }
 }

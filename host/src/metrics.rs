@@ -112,6 +112,8 @@ pub struct Metrics {
     pub timer_last_lateness_seconds: LatenessByOwner,
     /// Timers set, by owner (`""`: publishers' `deliverat`).
     pub timers_pending: Family<PluginLabels, Gauge>,
+    /// Events checked against their topic's schema, by topic and outcome.
+    pub schema_checks: Family<crate::schema::CheckLabels, Counter>,
     /// Timer cancels committed, by plugin.
     pub timers_cancelled: Family<PluginLabels, Counter>,
     /// Events in the log a plugin has yet to finish, durable mode.
@@ -220,6 +222,7 @@ impl Metrics {
             timers_fired: Counter::default(),
             timer_lateness_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             timer_last_lateness_seconds: Family::default(),
+            schema_checks: Family::default(),
             timers_pending: Family::default(),
             timers_cancelled: Family::default(),
             lag: Family::default(),
@@ -430,6 +433,13 @@ impl Metrics {
             "timer_last_lateness_seconds",
             "How late each owner's last fired timer was (plugin; empty: publishers' deliverat)",
             m.timer_last_lateness_seconds.clone(),
+        );
+        register(
+            &mut registry,
+            &mut families,
+            "schema_checks",
+            "Events checked against their topic's declared schema, by topic and outcome (valid; invalid: refused; warned: accepted in mode warn)",
+            m.schema_checks.clone(),
         );
         register(
             &mut registry,

@@ -50,6 +50,8 @@ pub struct RunSettings {
     pub data: Option<PathBuf>,
     /// The broker's URL, if the log is kept there.
     pub broker: Option<String>,
+    /// Where declared schemas are kept, if anywhere.
+    pub schemas: Option<PathBuf>,
     /// Take the broker over from another release (`--take-over-broker`).
     pub take_over_broker: bool,
     /// The CA the broker's TLS certificate must chain to.
@@ -118,6 +120,10 @@ impl RunArgs {
             format!("{machine}-{}", std::process::id())
         });
         Ok(RunSettings {
+            schemas: self
+                .schemas
+                .clone()
+                .or_else(|| data.as_ref().map(|d| d.join("schemas"))),
             data,
             broker: match (&self.broker, &self.broker_password_file) {
                 (Some(url), Some(file)) => Some(with_password(url, file)?),

@@ -26,6 +26,9 @@ pub enum StartError {
     /// The store cannot be opened.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The schema directory cannot be read, or holds a schema that is not one.
+    #[error("{0}; fix or remove it (--schemas names the directory)")]
+    Schemas(#[from] crate::schema::SchemaError),
     /// The listen address is taken or not ours.
     #[error("cannot listen on {addr}: {source}; pass --listen with a free address, e.g. --listen 127.0.0.1:7421")]
     Listen {
@@ -299,12 +302,17 @@ async fn start_plugins(
     ),
     StartError,
 > {
-    let registry = Arc::new(Registry::new(
-        dispatch.clone(),
-        runtime,
-        metrics.clone(),
-        settings.delivery.clone(),
-    ));
+    let schemas =
+        crate::schema::Schemas::open(settings.schemas.as_deref(), metrics.schema_checks.clone())?;
+    let registry = Arc::new(
+        Registry::new(
+            dispatch.clone(),
+            runtime,
+            metrics.clone(),
+            settings.delivery.clone(),
+        )
+        .with_schemas(Arc::new(schemas)),
+    );
     registry.start_optimizer()?;
     // On the embedded store only: on a broker every host would read the
     // whole shared log every minute (there the audit is asked for).

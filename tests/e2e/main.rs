@@ -107,6 +107,7 @@ mod plugins;
 mod release;
 mod repair;
 mod saga;
+mod schemas;
 mod simulation;
 mod state;
 mod storms;

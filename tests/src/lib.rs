@@ -327,6 +327,24 @@ impl TestHost {
         )
     }
 
+    /// PUT `body` (JSON) to `path`: the status and the JSON answer.
+    pub fn put_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let req = self
+            .authorized(ureq::put(&format!("{}{path}", self.url)))
+            .set("content-type", "application/json");
+        let response = match req.send_string(&body.to_string()) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => return (0, Value::String(e.to_string())),
+        };
+        let status = response.status();
+        let text = response.into_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     /// POST one structured CloudEvent (`application/cloudevents+json`):
     /// the status and the JSON answer.
     pub fn post_event(&self, event: &Value) -> (u16, Value) {

@@ -125,6 +125,14 @@ async fn publish(
                 .map_err(IngressError::TopicForbidden)?;
         }
     }
+    // Each event's data fits its topic's schema, or nothing of the
+    // request is published.
+    let schemas = state.registry.schemas();
+    for event in &events {
+        schemas
+            .check(&event.topic, &event.data, "ingress")
+            .map_err(IngressError::Invalid)?;
+    }
     let (later, mut events) = scheduled(events)?;
     if !later.is_empty() {
         // Kept first: a request is scheduled whole or not at all.

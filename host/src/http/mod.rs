@@ -52,6 +52,7 @@ pub mod console;
 mod flow;
 mod ingress;
 pub mod reload;
+mod schemas;
 pub mod serve;
 mod stream;
 pub mod tls;
@@ -165,6 +166,15 @@ pub enum IngressError {
     /// The token may not publish to a topic of the request.
     #[error("{0}")]
     TopicForbidden(String),
+    /// An event's data does not fit its topic's schema.
+    #[error("{0}")]
+    Invalid(crate::schema::Violation),
+    /// A schema was not taken.
+    #[error("{0}")]
+    Schema(crate::schema::SchemaError),
+    /// No schema declared for the topic.
+    #[error("no schema is declared for topic `{0}`; GET /v1/schemas lists them, PUT /v1/schemas/{0} declares one")]
+    NoSchema(String),
 }
 
 impl IntoResponse for IngressError {
@@ -175,7 +185,13 @@ impl IntoResponse for IngressError {
             | IngressError::EmptyBatch
             | IngressError::DeliverAt(_)
             | IngressError::BadSelection(_)
-            | IngressError::BadQuery(_) => StatusCode::BAD_REQUEST,
+            | IngressError::BadQuery(_)
+            | IngressError::Invalid(_) => StatusCode::BAD_REQUEST,
+            IngressError::Schema(crate::schema::SchemaError::Io { .. }) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            IngressError::Schema(_) => StatusCode::BAD_REQUEST,
+            IngressError::NoSchema(_) => StatusCode::NOT_FOUND,
             IngressError::NoStore => StatusCode::CONFLICT,
             IngressError::NoLetter(..)
             | IngressError::NoEvent(_)
@@ -250,6 +266,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stream", get(stream::stream))
         .route("/v1/flow", get(flow::flow))
         .route("/v1/catalog", get(flow::catalog))
+        .route("/v1/schemas", get(schemas::list))
+        .route("/v1/schemas/{topic}", get(schemas::get).put(schemas::put))
         .route("/v1/dead", get(admin::dead_list))
         .route("/v1/dead/{plugin}", get(admin::dead_list_plugin))
         .route("/v1/dead/{plugin}/{sequence}", get(admin::dead_show))

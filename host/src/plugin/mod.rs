@@ -137,6 +137,8 @@ pub struct Registry {
     optimizer: Mutex<Option<Optimizer>>,
     /// The follow-up counts of causal chains, shared by every plugin.
     chains: Arc<runtime::chains::Chains>,
+    /// The topics' declared schemas, checked at every publish.
+    schemas: Arc<crate::schema::Schemas>,
     /// Held while plugins start, stop or change (loading the directory, the
     /// watcher, a replay), so that one plugin never starts twice.
     lifecycle: Mutex<()>,
@@ -161,8 +163,20 @@ impl Registry {
             stopping: Arc::default(),
             optimizer: Mutex::default(),
             chains: Arc::default(),
+            schemas: Arc::default(),
             lifecycle: Mutex::default(),
         }
+    }
+
+    /// Check what plugins publish against `schemas` (before any starts).
+    pub fn with_schemas(mut self, schemas: Arc<crate::schema::Schemas>) -> Registry {
+        self.schemas = schemas;
+        self
+    }
+
+    /// The topics' declared schemas.
+    pub fn schemas(&self) -> &Arc<crate::schema::Schemas> {
+        &self.schemas
     }
 
     /// Load every `*.wasm` in `dir`, in name order. Each failure is logged

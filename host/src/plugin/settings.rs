@@ -228,6 +228,7 @@ impl Registry {
             chains: self.chains.clone(),
             chain_refused: self.metrics.chain_refused.get_or_create(labels).clone(),
             storm: Mutex::new(None),
+            schemas: self.schemas.clone(),
         }
     }
 }

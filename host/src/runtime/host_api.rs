@@ -271,6 +271,10 @@ impl HostState {
             return Err(types::PublishError::Denied(why));
         }
         plugbus_contract::publish::check_limits(&call, batch_len, published).map_err(refused)?;
+        self.publish_policy
+            .schemas
+            .check(&event.type_, &event.data, &self.plugin)
+            .map_err(|v| types::PublishError::Invalid(v.to_string()))?;
         let cause = self.batch()[index].clone();
         if cause.hops + 1 > self.hops_max {
             return Err(types::PublishError::Invalid(format!(

@@ -130,6 +130,8 @@ pub struct PublishPolicy {
     pub chain_refused: Counter,
     /// The last chain refused: its correlation id, when, and its count.
     pub storm: Mutex<Option<Storm>>,
+    /// The topics' declared schemas: a follow-up must fit its topic's.
+    pub schemas: Arc<crate::schema::Schemas>,
 }
 
 /// A causal chain that reached its budget.
@@ -152,6 +154,7 @@ impl Default for PublishPolicy {
             rate: RateLimit::new(None, Counter::default()),
             chain_events_max: CHAIN_EVENTS_MAX_DEFAULT,
             chains: Arc::default(),
+            schemas: Arc::default(),
             chain_refused: Counter::default(),
             storm: Mutex::new(None),
         }

@@ -1,0 +1,401 @@
+//! Event contracts: the JSON Schema declared for a topic's `data`, its
+//! major version and its mode, and the check of an event against it where
+//! events enter (ingress, and a plugin's publish). This room owns the
+//! registry (compiled once per schema), its directory on disk and the
+//! words of a refusal; the HTTP API and the runtime call it.
+//!
+//! A topic's schema lives in `DIR/TOPIC/MAJOR.json`; the highest major is
+//! the topic's, and `DIR/TOPIC/mode` says `enforce` (the default: an event
+//! that does not fit is refused), `warn` (accepted, counted and logged) or
+//! `off`. Schemas use JSON Schema 2020-12 unless they say otherwise
+//! (`$schema`); a `$ref` outside the schema is refused (nothing is fetched).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+/// The largest schema accepted, in bytes.
+pub const SCHEMA_BYTES_MAX: usize = 1 << 20;
+
+/// What happens to an event that does not fit its topic's schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Refused, with the field and the rule named.
+    Enforce,
+    /// Accepted, counted and logged.
+    Warn,
+    /// Not checked.
+    Off,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = SchemaError;
+    fn from_str(s: &str) -> Result<Mode, SchemaError> {
+        match s.trim() {
+            "enforce" => Ok(Mode::Enforce),
+            "warn" => Ok(Mode::Warn),
+            "off" => Ok(Mode::Off),
+            other => Err(SchemaError::Mode(other.to_string())),
+        }
+    }
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Warn => "warn",
+            Mode::Off => "off",
+        }
+    }
+}
+
+/// Why a schema was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// The topic is not a topic.
+    #[error("`{0}` is not a topic: {1}")]
+    Topic(String, String),
+    /// Not JSON.
+    #[error("the schema for `{topic}` is not JSON ({reason}); send a JSON Schema document")]
+    NotJson { topic: String, reason: String },
+    /// Too big.
+    #[error("the schema for `{topic}` is {bytes} bytes, more than the {SCHEMA_BYTES_MAX} a schema may have; split it or drop what no consumer reads")]
+    TooBig { topic: String, bytes: usize },
+    /// Not a valid JSON Schema, or one that refers outside itself.
+    #[error("the schema for `{topic}` is not a usable JSON Schema: {reason}; fix it (a `$ref` may point only inside the schema)")]
+    Invalid { topic: String, reason: String },
+    /// A mode that is not one.
+    #[error("`{0}` is not a schema mode: use enforce, warn or off")]
+    Mode(String),
+    /// A major version that would go back.
+    #[error("`{topic}` has major version {current}; a schema for major {asked} would go back: send {current} (a compatible change) or {next} (a breaking one)", next = current + 1)]
+    OlderMajor {
+        topic: String,
+        current: u32,
+        asked: u32,
+    },
+    /// The directory could not be read or written.
+    #[error("the schema directory {dir}: {reason}")]
+    Io { dir: PathBuf, reason: String },
+}
+
+/// A topic's declared contract.
+pub struct Contract {
+    /// The topic.
+    pub topic: String,
+    /// Its major version.
+    pub major: u32,
+    /// What happens to an event that does not fit.
+    pub mode: Mode,
+    /// The schema, as declared.
+    pub schema: serde_json::Value,
+    validator: jsonschema::Validator,
+}
+
+impl std::fmt::Debug for Contract {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Contract")
+            .field("topic", &self.topic)
+            .field("major", &self.major)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Contract {
+    /// The `dataschema` URI of events checked against it.
+    pub fn uri(&self) -> String {
+        format!("/v1/schemas/{}/{}", self.topic, self.major)
+    }
+
+    /// What the API shows.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "topic": self.topic, "major": self.major, "mode": self.mode.as_str(),
+            "dataschema": self.uri(), "schema": self.schema,
+        })
+    }
+}
+
+/// Where an event broke its topic's schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The topic.
+    pub topic: String,
+    /// Its major version.
+    pub major: u32,
+    /// The JSON pointer of the value that broke it (`""`: the root).
+    pub pointer: String,
+    /// The schema keyword it broke (`required`, `minimum`, ...).
+    pub keyword: String,
+    /// The validator's words.
+    pub message: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = if self.pointer.is_empty() {
+            "/"
+        } else {
+            &self.pointer
+        };
+        write!(
+            f,
+            "data of `{}` does not fit its schema (major {}): `{}` at `{}`: {}; fix the producer, or declare a new major with GET/PUT /v1/schemas/{}",
+            self.topic, self.major, self.keyword, at, self.message, self.topic
+        )
+    }
+}
+
+/// Labels of the checks' counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct CheckLabels {
+    /// The topic.
+    pub topic: String,
+    /// `valid`, `invalid` (refused), `warned` (accepted anyway) or
+    /// `unparsable` (not JSON where a schema says JSON).
+    pub outcome: String,
+}
+
+/// Every topic's contract. See the module docs.
+pub struct Schemas {
+    topics: ArcSwap<HashMap<String, Arc<Contract>>>,
+    /// Where they are kept (none: in memory only).
+    dir: Option<PathBuf>,
+    checks: Family<CheckLabels, Counter>,
+    /// Serialises changes.
+    writing: std::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Schemas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Schemas")
+            .field("topics", &self.topics.load().len())
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Schemas {
+    fn default() -> Schemas {
+        Schemas {
+            topics: ArcSwap::default(),
+            dir: None,
+            checks: Family::default(),
+            writing: std::sync::Mutex::new(()),
+        }
+    }
+}
+
+impl Schemas {
+    /// The contracts kept in `dir` (made if missing), counting checks in
+    /// `checks`; none kept without one.
+    pub fn open(
+        dir: Option<&Path>,
+        checks: Family<CheckLabels, Counter>,
+    ) -> Result<Schemas, SchemaError> {
+        let schemas = Schemas {
+            dir: dir.map(Path::to_path_buf),
+            checks,
+            ..Schemas::default()
+        };
+        if let Some(dir) = dir {
+            std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+            let mut topics = HashMap::new();
+            for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+                let entry = entry.map_err(|e| io(dir, e))?;
+                let topic = entry.file_name().to_string_lossy().into_owned();
+                if entry.path().is_dir() {
+                    if let Some(c) = load_topic(&entry.path(), &topic)? {
+                        topics.insert(topic, Arc::new(c));
+                    }
+                }
+            }
+            schemas.topics.store(Arc::new(topics));
+        }
+        Ok(schemas)
+    }
+
+    /// `topic`'s contract, if it has one.
+    pub fn get(&self, topic: &str) -> Option<Arc<Contract>> {
+        self.topics.load().get(topic).cloned()
+    }
+
+    /// Every contract, by topic.
+    pub fn list(&self) -> Vec<Arc<Contract>> {
+        let mut all: Vec<Arc<Contract>> = self.topics.load().values().cloned().collect();
+        all.sort_by(|a, b| a.topic.cmp(&b.topic));
+        all
+    }
+
+    /// Declare `schema` (JSON bytes) for `topic`: its major `major` (none:
+    /// the current one, or 1), mode `mode` (none: as it was, or enforce).
+    /// Kept in the directory before it applies.
+    pub fn put(
+        &self,
+        topic: &str,
+        schema: &[u8],
+        major: Option<u32>,
+        mode: Option<Mode>,
+    ) -> Result<Arc<Contract>, SchemaError> {
+        plugbus_contract::topic::validate_topic(topic)
+            .map_err(|e| SchemaError::Topic(topic.to_string(), e.to_string()))?;
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.get(topic);
+        let major = major.unwrap_or(current.as_ref().map_or(1, |c| c.major));
+        if let Some(c) = current.as_ref().filter(|c| major < c.major) {
+            return Err(SchemaError::OlderMajor {
+                topic: topic.to_string(),
+                current: c.major,
+                asked: major,
+            });
+        }
+        let mode = mode.unwrap_or(current.as_ref().map_or(Mode::Enforce, |c| c.mode));
+        let contract = Arc::new(compile(topic, schema, major, mode)?);
+        if let Some(dir) = &self.dir {
+            let at = dir.join(topic);
+            std::fs::create_dir_all(&at).map_err(|e| io(dir, e))?;
+            write_atomically(&at.join(format!("{major}.json")), schema).map_err(|e| io(dir, e))?;
+            write_atomically(&at.join("mode"), mode.as_str().as_bytes()).map_err(|e| io(dir, e))?;
+        }
+        let mut topics = HashMap::clone(&self.topics.load());
+        topics.insert(topic.to_string(), contract.clone());
+        self.topics.store(Arc::new(topics));
+        Ok(contract)
+    }
+
+    /// Check `data` (an event's, on `topic`) against the topic's contract:
+    /// the violation when the contract is enforced and it does not fit. A
+    /// topic without one, or `off`, is not checked; `warn` counts and logs.
+    pub fn check(&self, topic: &str, data: &[u8], producer: &str) -> Result<(), Violation> {
+        let topics = self.topics.load();
+        let Some(contract) = topics.get(topic) else {
+            return Ok(());
+        };
+        if contract.mode == Mode::Off {
+            return Ok(());
+        }
+        let found = first_violation(contract, data);
+        let outcome = match (&found, contract.mode) {
+            (None, _) => "valid",
+            (Some(_), Mode::Enforce) => "invalid",
+            (Some(_), _) => "warned",
+        };
+        self.checks
+            .get_or_create(&CheckLabels {
+                topic: topic.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        match found {
+            Some(v) if contract.mode == Mode::Enforce => Err(v),
+            Some(v) => {
+                tracing::warn!(%producer, "{v} (mode warn: accepted)");
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// Where `data` first breaks `contract` (none: it fits).
+fn first_violation(contract: &Contract, data: &[u8]) -> Option<Violation> {
+    let violation = |pointer: String, keyword: &str, message: String| Violation {
+        topic: contract.topic.clone(),
+        major: contract.major,
+        pointer,
+        keyword: keyword.to_string(),
+        message,
+    };
+    let value: serde_json::Value = match serde_json::from_slice(data) {
+        Ok(v) => v,
+        Err(e) => return Some(violation(String::new(), "type", format!("not JSON ({e})"))),
+    };
+    let error = contract.validator.validate(&value).err()?;
+    Some(violation(
+        error.instance_path().to_string(),
+        error.kind().keyword(),
+        error.to_string(),
+    ))
+}
+
+/// `schema` compiled for `topic`.
+fn compile(topic: &str, schema: &[u8], major: u32, mode: Mode) -> Result<Contract, SchemaError> {
+    if schema.len() > SCHEMA_BYTES_MAX {
+        return Err(SchemaError::TooBig {
+            topic: topic.to_string(),
+            bytes: schema.len(),
+        });
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(schema).map_err(|e| SchemaError::NotJson {
+            topic: topic.to_string(),
+            reason: e.to_string(),
+        })?;
+    let invalid = |reason: String| SchemaError::Invalid {
+        topic: topic.to_string(),
+        reason,
+    };
+    if !value.is_object() && !value.is_boolean() {
+        return Err(invalid("a schema is an object (or true/false)".into()));
+    }
+    let validator = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(&value)
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok(Contract {
+        topic: topic.to_string(),
+        major,
+        mode,
+        schema: value,
+        validator,
+    })
+}
+
+/// The contract kept in `dir` (a topic's directory): its highest major.
+fn load_topic(dir: &Path, topic: &str) -> Result<Option<Contract>, SchemaError> {
+    let mut best: Option<(u32, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let path = entry.map_err(|e| io(dir, e))?.path();
+        let major = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|n| n.parse::<u32>().ok());
+        if let Some(major) = major.filter(|m| best.as_ref().is_none_or(|(b, _)| m > b)) {
+            best = Some((major, path));
+        }
+    }
+    let Some((major, path)) = best else {
+        return Ok(None);
+    };
+    let mode = match std::fs::read_to_string(dir.join("mode")) {
+        Ok(text) => text.parse()?,
+        Err(_) => Mode::Enforce,
+    };
+    let bytes = std::fs::read(&path).map_err(|e| io(dir, e))?;
+    compile(topic, &bytes, major, mode).map(Some)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn io(dir: &Path, e: impl std::fmt::Display) -> SchemaError {
+    SchemaError::Io {
+        dir: dir.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

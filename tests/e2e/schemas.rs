@@ -1,0 +1,182 @@
+//! Event contracts on the real binary (`../shared/research/schemas.md`):
+//! a topic's declared schema refuses, at ingress, an event whose data does
+//! not fit, naming the field and the rule, and publishes nothing of its
+//! request; in mode warn it is accepted and counted; a plugin whose
+//! follow-up does not fit is told at its publish, and nothing that does
+//! not fit reaches a consumer. The schema outlives a restart.
+
+use super::*;
+
+/// The research scenario's `order.placed/1`: closed.
+fn order_schema() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["order_id", "customer", "items", "total_cents"],
+        "properties": {
+            "order_id": {"type": "string"},
+            "customer": {"type": "string"},
+            "total_cents": {"type": "integer", "minimum": 0},
+            "items": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["sku", "qty"],
+                "properties": {"sku": {"type": "string"}, "qty": {"type": "integer", "minimum": 1}}
+            }}
+        }
+    })
+}
+
+/// Order `i` as a CloudEvent; every 100th is invalid, three ways in turn.
+fn placed(i: usize) -> Value {
+    let mut data = order(&format!("o-{i}"), "gadget", 1, 100);
+    if i % 100 == 99 {
+        match (i / 100) % 3 {
+            0 => drop(data.as_object_mut().map(|o| o.remove("items"))),
+            1 => data["items"][0]["qty"] = json!(0),
+            _ => data["coupon"] = json!("TENOFF"),
+        }
+    }
+    json!({"specversion": "1.0", "id": format!("order-{i}"), "source": "/shop",
+           "type": "order.placed", "data": data})
+}
+
+/// What each invalid order's refusal must name.
+fn named(i: usize) -> [&'static str; 2] {
+    match (i / 100) % 3 {
+        0 => ["required", "items"],
+        1 => ["minimum", "/items/0/qty"],
+        _ => ["additionalProperties", "coupon"],
+    }
+}
+
+const ORDERS: usize = 10_000;
+
+fn declare(h: &TestHost, mode: &str) {
+    let (status, body) = h.put_json(
+        &format!("/v1/schemas/order.placed?mode={mode}"),
+        &order_schema(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["mode"], mode);
+}
+
+/// Publish the 10,000: the valid ones in batches of 99, each invalid one
+/// alone. The answers of the invalid ones.
+fn publish_all(h: &TestHost) -> Vec<(usize, u16, Value)> {
+    let mut refused = Vec::new();
+    let mut batch = Vec::new();
+    for i in 0..ORDERS {
+        if i % 100 == 99 {
+            let (status, body) = h.post_event(&placed(i));
+            refused.push((i, status, body));
+        } else {
+            batch.push(placed(i));
+        }
+        if batch.len() == 99 {
+            h.publish_batch(std::mem::take(&mut batch));
+        }
+    }
+    if !batch.is_empty() {
+        h.publish_batch(batch);
+    }
+    refused
+}
+
+#[test]
+fn ten_thousand_orders_with_a_hundred_invalid_are_refused_naming_the_field() {
+    let h = host(&order_flow(), &[]);
+    declare(&h, "enforce");
+    let refused = publish_all(&h);
+    assert_eq!(refused.len(), 100);
+    for (i, status, body) in &refused {
+        assert_eq!(*status, 400, "order {i}: {body}");
+        let words = body["error"].as_str().unwrap_or_default();
+        for name in named(*i) {
+            assert!(words.contains(name), "order {i}: {words}");
+        }
+    }
+    let accepted = (ORDERS - 100) as f64;
+    h.wait_until("every accepted order handled", WAIT, |h| {
+        ["inventory", "email", "analytics"].iter().all(|p| {
+            h.metric(&format!("plugbus_handled_total{{plugin=\"{p}\"}}")) == Some(accepted)
+        })
+    })
+    .expect("handled");
+    assert_eq!(
+        h.metric("plugbus_schema_checks_total{topic=\"order.placed\",outcome=\"invalid\"}"),
+        Some(100.0)
+    );
+    assert_eq!(
+        h.metric("plugbus_schema_checks_total{topic=\"order.placed\",outcome=\"valid\"}"),
+        Some(accepted)
+    );
+    h.audit_clean();
+}
+
+#[test]
+fn in_mode_warn_every_order_is_accepted_and_the_invalid_ones_counted() {
+    let h = host(&order_flow(), &[]);
+    declare(&h, "warn");
+    let refused = publish_all(&h);
+    assert!(
+        refused.iter().all(|(_, status, _)| *status == 202),
+        "{refused:?}"
+    );
+    h.wait_until("every order handled", WAIT, |h| {
+        h.metric("plugbus_handled_total{plugin=\"analytics\"}") == Some(ORDERS as f64)
+    })
+    .expect("handled");
+    assert_eq!(
+        h.metric("plugbus_schema_checks_total{topic=\"order.placed\",outcome=\"warned\"}"),
+        Some(100.0)
+    );
+    h.audit_clean();
+}
+
+#[test]
+fn a_plugin_whose_follow_up_does_not_fit_is_told_and_no_consumer_sees_it() {
+    let data = TestDir::new("schemas-publish");
+    let h = host(
+        &order_flow(),
+        &[&["--data", &data.arg()][..], &GIVE_UP_FAST[..]].concat(),
+    );
+    // inventory publishes `sku` as text; this schema wants a number.
+    let (status, body) = h.put_json(
+        "/v1/schemas/inventory.insufficient",
+        &json!({"type": "object", "required": ["sku"], "properties": {"sku": {"type": "integer"}}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    h.publish("order.placed", &order("o-1", "gadget", 5000, 100))
+        .expect("short of stock");
+    h.publish("order.placed", &order("o-2", "gadget", 1, 100))
+        .expect("in stock");
+    h.wait_until("the short order is a dead letter", WAIT, |h| {
+        dead_count(h, "/v1/dead/inventory") == Some(1)
+    })
+    .expect("dead letter");
+    let dead = h.get("/v1/dead/inventory").expect("dead").to_string();
+    assert!(
+        dead.contains("does not fit its schema") && dead.contains("/sku") && dead.contains("type"),
+        "{dead}"
+    );
+    h.wait_until(
+        "both orders reached email, and the other was reserved",
+        WAIT,
+        |h| {
+            h.metric("plugbus_handled_total{plugin=\"email\"}") == Some(2.0)
+                && h.metric("plugbus_handled_total{plugin=\"inventory\"}") == Some(1.0)
+        },
+    )
+    .expect("handled");
+    let log = h.get("/v1/log?from=1&limit=100").expect("log");
+    let topics: Vec<&str> = log["events"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["type"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(!topics.contains(&"inventory.insufficient"), "{topics:?}");
+    // Kept in the data directory: still declared after a restart.
+    assert!(h.stop().expect("stops").success());
+    let h = host(&order_flow(), &["--data", &data.arg()]);
+    let kept = h.get("/v1/schemas/inventory.insufficient").expect("kept");
+    assert_eq!(kept["major"], 1);
+    assert_eq!(kept["mode"], "enforce");
+}
