@@ -63,26 +63,49 @@ pub enum SchemaError {
     Topic(String, String),
     /// Not JSON.
     #[error("the schema for `{topic}` is not JSON ({reason}); send a JSON Schema document")]
-    NotJson { topic: String, reason: String },
+    NotJson {
+        /// The topic.
+        topic: String,
+        /// What the JSON parser said.
+        reason: String,
+    },
     /// Too big.
     #[error("the schema for `{topic}` is {bytes} bytes, more than the {SCHEMA_BYTES_MAX} a schema may have; split it or drop what no consumer reads")]
-    TooBig { topic: String, bytes: usize },
+    TooBig {
+        /// The topic.
+        topic: String,
+        /// The schema's size.
+        bytes: usize,
+    },
     /// Not a valid JSON Schema, or one that refers outside itself.
     #[error("the schema for `{topic}` is not a usable JSON Schema: {reason}; fix it (a `$ref` may point only inside the schema)")]
-    Invalid { topic: String, reason: String },
+    Invalid {
+        /// The topic.
+        topic: String,
+        /// What the schema compiler said.
+        reason: String,
+    },
     /// A mode that is not one.
     #[error("`{0}` is not a schema mode: use enforce, warn or off")]
     Mode(String),
     /// A major version that would go back.
     #[error("`{topic}` has major version {current}; a schema for major {asked} would go back: send {current} (a compatible change) or {next} (a breaking one)", next = current + 1)]
     OlderMajor {
+        /// The topic.
         topic: String,
+        /// Its major version now.
         current: u32,
+        /// The one asked for.
         asked: u32,
     },
     /// The directory could not be read or written.
     #[error("the schema directory {dir}: {reason}")]
-    Io { dir: PathBuf, reason: String },
+    Io {
+        /// The schema directory.
+        dir: PathBuf,
+        /// What the file system said.
+        reason: String,
+    },
 }
 
 /// A topic's declared contract.

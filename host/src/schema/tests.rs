@@ -37,22 +37,26 @@ fn a_fitting_event_passes_and_each_break_names_the_place_and_the_rule() {
         "no schema"
     );
     let no_items = br#"{"order_id":"o-1","customer":"c","total_cents":1}"#;
-    let v = s.check("order.placed", no_items, "ingress").unwrap_err();
+    let v = s
+        .check("order.placed", no_items, "ingress")
+        .expect_err("no items");
     assert_eq!((v.pointer.as_str(), v.keyword.as_str()), ("", "required"));
     assert!(v.message.contains("items"), "{v}");
     let qty0 =
         br#"{"order_id":"o-1","customer":"c","total_cents":1,"items":[{"sku":"a","qty":0}]}"#;
-    let v = s.check("order.placed", qty0, "ingress").unwrap_err();
+    let v = s.check("order.placed", qty0, "ingress").expect_err("qty 0");
     assert_eq!(
         (v.pointer.as_str(), v.keyword.as_str()),
         ("/items/0/qty", "minimum")
     );
     let v = s
         .check("order.placed", &order(r#","coupon":"X""#), "ingress")
-        .unwrap_err();
+        .expect_err("a coupon");
     assert_eq!(v.keyword, "additionalProperties");
     assert!(v.to_string().contains("coupon"), "{v}");
-    let v = s.check("order.placed", b"not json", "ingress").unwrap_err();
+    let v = s
+        .check("order.placed", b"not json", "ingress")
+        .expect_err("not JSON");
     assert!(v.message.contains("not JSON"), "{v}");
 }
 
@@ -113,7 +117,7 @@ fn a_schema_that_is_not_one_or_reaches_outside_is_refused_with_the_reason() {
             "not a usable JSON Schema",
         ),
     ] {
-        let e = s.put("order.placed", bad, None, None).unwrap_err();
+        let e = s.put("order.placed", bad, None, None).expect_err(words);
         assert!(e.to_string().contains(words), "{e}");
     }
     assert!(s.get("order.placed").is_none(), "nothing kept");
