@@ -104,23 +104,6 @@ fn publish(h: &TestHost, from: usize, to: usize) {
     }
 }
 
-/// Every event in the log.
-fn log(h: &TestHost) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut from = 1;
-    loop {
-        let page = h
-            .get(&format!("/v1/log?from={from}&limit=1000"))
-            .expect("log page");
-        let events = page["events"].as_array().cloned().unwrap_or_default();
-        if events.is_empty() {
-            return out;
-        }
-        from += events.len() as u64;
-        out.extend(events);
-    }
-}
-
 fn ends(events: &[Value]) -> usize {
     events
         .iter()
@@ -148,11 +131,11 @@ fn count(orders: usize, want: &[Kind]) -> usize {
 fn check(h: &TestHost, orders: usize) -> Vec<Value> {
     let refunds_due = count(orders, &[Kind::OutOfStock, Kind::Late]) as u64;
     h.wait_until("every order ended and refunds made", WAIT, |h| {
-        refunds(h) >= refunds_due && ends(&log(h)) >= orders
+        refunds(h) >= refunds_due && ends(&h.log_events(None)) >= orders
     })
     .expect("the saga finished");
     // The late answers of the last orders are in by now (their refunds are).
-    let events = log(h);
+    let events = h.log_events(None);
     let mut end_of: std::collections::HashMap<String, Vec<String>> = Default::default();
     for e in &events {
         let order = e["data"]["order_id"].as_str().unwrap_or("").to_string();
@@ -217,11 +200,17 @@ fn check(h: &TestHost, orders: usize) -> Vec<Value> {
             .entry(e["data"]["order_id"].as_str().unwrap_or(""))
             .or_default() += 1;
     }
-    assert_eq!(
-        timeouts.len(),
-        timed_out,
-        "a timeout for each order not answered in time"
-    );
+    // Each order not answered in time has its timeout. Another order's
+    // may have fired too, when the machine was so slow that its answer
+    // was handled after the timeout was due (the saga ignores a timeout
+    // of an ended order: its end was checked above).
+    for i in (0..orders).filter(|i| matches!(kind(*i), Kind::Silent | Kind::Late)) {
+        assert_eq!(
+            timeouts.get(format!("o-{i}").as_str()),
+            Some(&1),
+            "the timeout of order {i}: {timeouts:?}"
+        );
+    }
     assert!(
         timeouts.values().all(|n| *n == 1),
         "at most one timeout per order"
@@ -300,7 +289,7 @@ fn on_a_broker(args: &[&str]) {
     publish(&h, 0, half);
     let in_time = count(half, &[Kind::Normal, Kind::OutOfStock]);
     h.wait_until("the orders answered in time ended", WAIT, |h| {
-        ends(&log(h)) >= in_time
+        ends(&h.log_events(None)) >= in_time
     })
     .expect("ended");
     h.kill9();
