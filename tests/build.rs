@@ -38,6 +38,16 @@ const PLUGINS: &[(&str, &str, Option<&str>)] = &[
         "plugbus-test-plugins",
         Some("config_reader"),
     ),
+    (
+        "INVENTORY_RENAMED",
+        "plugbus-test-plugins",
+        Some("inventory_renamed"),
+    ),
+    (
+        "INVENTORY_WAREHOUSE",
+        "plugbus-test-plugins",
+        Some("inventory_warehouse"),
+    ),
 ];
 
 fn main() {

@@ -473,6 +473,37 @@ macro_rules! export_plugin {
     };
 }
 
+/// Embed the schemas this plugin declares (a JSON document:
+/// `{"consumes": {TOPIC: {"major": N, "schema": {...}}}, "publishes":
+/// {...}}`) in its wasm file, as the custom section `plugbus:contracts`
+/// the host reads: what it publishes is checked against its writer
+/// schemas, and a new version is swapped in only if its schemas fit the
+/// running plugins'. Use it once, in the crate's root:
+/// `plugbus_sdk::contracts!(include_bytes!("../contracts.json"));`. A
+/// native build (the plugin's tests) checks that the document parses.
+#[macro_export]
+macro_rules! contracts {
+    ($bytes:expr) => {
+        #[cfg(target_arch = "wasm32")]
+        #[used]
+        #[link_section = "plugbus:contracts"]
+        static __PLUGBUS_CONTRACTS: [u8; $bytes.len()] = *$bytes;
+
+        #[cfg(test)]
+        #[test]
+        fn declared_contracts_are_json() {
+            let doc: $crate::__private::serde_json::Value =
+                $crate::__private::serde_json::from_slice($bytes).expect("contracts: not JSON");
+            for side in ["consumes", "publishes"] {
+                assert!(
+                    doc.get(side).is_none_or(|v| v.is_object()),
+                    "contracts: `{side}` is not an object of topics"
+                );
+            }
+        }
+    };
+}
+
 /// Call `plugin`'s handler for each event of `batch`, in order.
 fn handle_each<P: Plugin>(plugin: &mut P, batch: &types::Batch) -> Vec<Outcome> {
     Header::all(&batch.bytes, &batch.headers, &batch.extensions)
@@ -495,6 +526,7 @@ thread_local! {
 pub mod __private {
     use super::*;
 
+    pub use serde_json;
     pub use wit_bindgen;
 
     pub fn init<P: Plugin>() -> Result<Info, String> {

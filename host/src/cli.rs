@@ -410,6 +410,12 @@ pub struct RunArgs {
     /// mode and on a broker, none: declared ones last until the host stops).
     #[arg(long, value_name = "DIR", env = "PLUGBUS_SCHEMAS")]
     pub schemas: Option<PathBuf>,
+    /// Swap in a new plugin version (or manifest) even when what it
+    /// declares it publishes does not fit a running consumer's declared
+    /// reader schema, or it cannot read what a running producer declares:
+    /// logged, not refused.
+    #[arg(long, env = "PLUGBUS_ACCEPT_INCOMPATIBLE")]
+    pub accept_incompatible: bool,
     /// Keep the log, the plugins' delivery, dead letters and state in a
     /// broker instead of the data directory, shared by every host pointed
     /// at it (each event is handled by one host per plugin):

@@ -158,6 +158,7 @@ impl RunArgs {
                 backoff_ms_max: self.backoff_ms_max,
                 retry_delay_ms_max: self.retry_delay_ms_max,
                 new_plugins_start_latest: self.new_plugins_start == "latest",
+                accept_incompatible: self.accept_incompatible,
                 ordering: self.ordering,
                 ordering_for,
                 broker_host: host_name,

@@ -28,6 +28,17 @@ fn order_flow() -> Vec<PluginFile<'static>> {
     ]
 }
 
+/// Every plugin of the order flow has finished `n` orders (email also
+/// hears inventory's shortages: it has read everything there is).
+fn order_flow_done(h: &TestHost, n: u64) -> bool {
+    ["inventory", "analytics"]
+        .iter()
+        .all(|p| h.count(p, "handled") == n)
+        && h.count("email", "handled") >= n
+        && h.count("email", "lag") == 0
+        && h.count("email", "queue_depth") == 0
+}
+
 fn order(id: &str, sku: &str, qty: u64, total_cents: u64) -> Value {
     json!({
         "order_id": id,
@@ -92,6 +103,7 @@ mod brokers;
 mod busy;
 mod concurrency;
 mod console;
+mod contracts;
 mod dead_letters;
 mod disk;
 mod durable;

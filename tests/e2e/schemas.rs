@@ -96,13 +96,7 @@ fn ten_thousand_orders_with_a_hundred_invalid_are_refused_naming_the_field() {
     }
     let accepted = (ORDERS - 100) as u64;
     h.wait_until("every accepted order handled", WAIT, |h| {
-        // email also hears inventory's follow-ups: it has read them all.
-        ["inventory", "analytics"]
-            .iter()
-            .all(|p| h.count(p, "handled") == accepted)
-            && h.count("email", "handled") >= accepted
-            && h.count("email", "lag") == 0
-            && h.count("email", "queue_depth") == 0
+        order_flow_done(h, accepted)
     })
     .expect("handled");
     assert_eq!(

@@ -10,27 +10,6 @@ fn timer_event(id: &str, topic: &str, data: Value) -> Value {
     json!({"specversion": "1.0", "id": id, "source": "/test", "type": topic, "data": data})
 }
 
-/// The events in the log on `topic`.
-fn logged(h: &TestHost, topic: &str) -> Vec<Value> {
-    let head = h.get("/v1/log?limit=1").expect("log")["last_sequence"]
-        .as_u64()
-        .unwrap_or(0);
-    let mut out = Vec::new();
-    let mut from = 1;
-    while from <= head {
-        let page = h
-            .get(&format!("/v1/log?from={from}&limit=1000"))
-            .expect("log page");
-        let events = page["events"].as_array().cloned().unwrap_or_default();
-        if events.is_empty() {
-            break;
-        }
-        from += events.len() as u64;
-        out.extend(events.into_iter().filter(|e| e["type"] == topic));
-    }
-    out
-}
-
 fn kv(h: &TestHost, key: &str) -> Option<Value> {
     h.get(&format!("/v1/plugins/timers/kv/{key}"))
         .ok()
@@ -84,7 +63,7 @@ fn fires_once_keeps_its_chain_and_a_cancel_before_it_wins(args: &[&str]) {
         h.metric("plugbus_timers_pending{plugin=\"timers\"}") == Some(0.0)
     })
     .expect("none pending");
-    let fired = logged(&h, "timer.fired");
+    let fired = h.log_events(Some("timer.fired"));
     let keys: Vec<&str> = fired
         .iter()
         .filter_map(|e| e["data"]["key"].as_str())
@@ -270,7 +249,7 @@ fn an_event_published_for_later_waits_for_its_time_across_a_kill_9() {
             == Some(2)
     })
     .expect("delivered");
-    let later = logged(&h, "tally.later");
+    let later = h.log_events(Some("tally.later"));
     assert_eq!(later.len(), 1, "once: {later:?}");
     assert_eq!(later[0]["id"], "later-1", "under its own id");
     let late: u64 = later[0]["latems"]

@@ -419,6 +419,28 @@ impl TestHost {
             .unwrap_or(0)
     }
 
+    /// Every event in the log (`GET /v1/log`, page by page), oldest
+    /// first; `topic`: only those of it.
+    pub fn log_events(&self, topic: Option<&str>) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut from = 1;
+        loop {
+            let page = self
+                .get(&format!("/v1/log?from={from}&limit=1000"))
+                .expect("log page");
+            let events = page["events"].as_array().cloned().unwrap_or_default();
+            if events.is_empty() {
+                return out;
+            }
+            from += events.len() as u64;
+            out.extend(
+                events
+                    .into_iter()
+                    .filter(|e| topic.is_none_or(|t| e["type"] == t)),
+            );
+        }
+    }
+
     /// The value of a metric line starting with `series` in `/metrics`.
     pub fn metric(&self, series: &str) -> Option<f64> {
         let text = self.get_text("/metrics").ok()?;

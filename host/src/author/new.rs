@@ -132,6 +132,10 @@ const RUST: Files = &[
         repo_file!("host/templates/rust/tests/handler.rs.tmpl"),
     ),
     (
+        "contracts.json",
+        repo_file!("host/templates/rust/contracts.json.tmpl"),
+    ),
+    (
         "events/sample.json",
         repo_file!("host/templates/rust/events/sample.json"),
     ),

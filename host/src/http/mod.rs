@@ -46,6 +46,7 @@
 //! policy.
 
 mod admin;
+mod asyncapi;
 pub mod auth;
 mod backup;
 pub mod console;
@@ -168,7 +169,7 @@ pub enum IngressError {
     TopicForbidden(String),
     /// An event's data does not fit its topic's schema.
     #[error("{0}")]
-    Invalid(crate::schema::Violation),
+    Invalid(Box<crate::schema::Violation>),
     /// A schema was not taken.
     #[error("{0}")]
     Schema(crate::schema::SchemaError),
@@ -266,6 +267,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stream", get(stream::stream))
         .route("/v1/flow", get(flow::flow))
         .route("/v1/catalog", get(flow::catalog))
+        .route("/v1/asyncapi.json", get(asyncapi::asyncapi))
         .route("/v1/schemas", get(schemas::list))
         .route("/v1/schemas/{topic}", get(schemas::get).put(schemas::put))
         .route("/v1/dead", get(admin::dead_list))

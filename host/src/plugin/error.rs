@@ -34,6 +34,17 @@ pub enum PluginError {
         /// Why it is invalid.
         source: TopicError,
     },
+    /// The schemas it declares cannot be used.
+    #[error("{file}: {source}")]
+    Contracts {
+        /// The plugin file.
+        file: PathBuf,
+        /// Why.
+        source: crate::schema::declared::DeclareError,
+    },
+    /// What it declares does not fit a running plugin's declarations.
+    #[error("{0}")]
+    Incompatible(Box<super::Incompatible>),
     /// `init` returned no subscriptions.
     #[error("{file}: init returned no subscriptions, so the plugin would never get an event; return at least one topic pattern from `info()`")]
     NoSubscriptions {

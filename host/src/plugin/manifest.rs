@@ -37,6 +37,13 @@
 //! backoff_ms_min = 100
 //! backoff_ms_max = 30000
 //! ordering = "none"                 # or "strict"
+//!
+//! [consumes."order.placed"]         # its reader schema (open), major 1
+//! schema = "order.placed.json"      # beside the manifest, or inline
+//!
+//! [publishes."inventory.insufficient"]  # its writer schema (closed)
+//! major = 1
+//! schema = { type = "object", additionalProperties = false }
 //! ```
 //!
 //! It owns parsing and checking the file; `plugin` applies it.
@@ -47,6 +54,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::bus::{OrderingKey, Overflow};
+use crate::schema::declared::{Declaration, Declarations};
 use plugbus_contract::topic::Pattern;
 
 /// The most workers a plugin may ask for.
@@ -91,6 +99,15 @@ pub struct Manifest {
     /// Retries.
     #[serde(default)]
     pub retry: RetrySection,
+    /// The reader schema of a topic it consumes (open: the fields it
+    /// uses), by topic; overrides the one its file embeds.
+    #[serde(default)]
+    pub consumes: BTreeMap<String, Declaration>,
+    /// The writer schema of a topic it publishes (closed: exactly what it
+    /// sends), by topic; overrides the one its file embeds. What it
+    /// publishes is checked against it.
+    #[serde(default)]
+    pub publishes: BTreeMap<String, Declaration>,
 }
 
 /// `[limits]`.
@@ -228,6 +245,14 @@ fn patterns(key: &'static str, list: &[String]) -> Result<(), Refusal> {
 }
 
 impl Manifest {
+    /// Its `[consumes]` and `[publishes]` declarations.
+    pub fn declarations(&self) -> Declarations {
+        Declarations {
+            consumes: self.consumes.clone(),
+            publishes: self.publishes.clone(),
+        }
+    }
+
     /// The manifest beside `wasm`, if there is one.
     pub fn load_for(wasm: &Path) -> Result<Option<Manifest>, ManifestError> {
         let file = path_for(wasm);

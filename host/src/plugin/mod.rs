@@ -22,6 +22,8 @@
 //! start).
 
 mod conditions;
+mod contracts;
+pub use contracts::Incompatible;
 mod error;
 pub mod manifest;
 pub mod manifest_reference;
@@ -44,6 +46,7 @@ use crate::bus::{OrderingKey, Overflow};
 use crate::dispatch::Dispatch;
 use crate::metrics::{self, Metrics};
 use crate::runtime::{self, kv, Limits, PublishPolicy, RateLimit, Runtime};
+use crate::schema::{Declarations, Declared};
 
 pub use error::{PluginError, ReplayError};
 pub use manifest::{Manifest, ManifestError};
@@ -111,6 +114,8 @@ pub struct RunningPlugin {
     quarantine: Mutex<Vec<Option<Quarantine>>>,
     rate: Mutex<RateSample>,
     settings: PluginSettings,
+    /// The schemas the version it runs (or is about to) declares.
+    declared: RwLock<Arc<Declared>>,
     /// What holds it back: publish-rate holds, reduced batches, panics.
     pub(crate) conditions: conditions::Conditions,
 }

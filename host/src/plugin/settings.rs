@@ -46,6 +46,9 @@ pub struct DeliverySettings {
     /// without a settlement (renewed while a batch runs), in ms; at least
     /// three of a plugin's deadlines. Default 30000.
     pub broker_lease_ms: u64,
+    /// Swap in a version whose declared schemas do not fit the running
+    /// plugins' (logged) instead of refusing it.
+    pub accept_incompatible: bool,
 }
 
 /// What a retry does to the events after it.
@@ -99,6 +102,7 @@ impl Default for DeliverySettings {
             ordering_key: OrderingKey::Subject,
             broker_host: String::new(),
             broker_lease_ms: 30_000,
+            accept_incompatible: false,
         }
     }
 }
@@ -119,6 +123,9 @@ pub(super) struct PluginSettings {
     /// Its timer limits.
     pub(super) timers: runtime::TimerBook,
     pub(super) has_manifest: bool,
+    /// The schemas its manifest declares, and where their files are.
+    pub(super) declarations: Declarations,
+    pub(super) manifest_dir: PathBuf,
 }
 
 impl Registry {
@@ -205,6 +212,8 @@ impl Registry {
             ),
             delivery: d,
             has_manifest,
+            declarations: m.declarations(),
+            manifest_dir: file.parent().map(Path::to_path_buf).unwrap_or_default(),
         })
     }
 

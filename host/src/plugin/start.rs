@@ -17,6 +17,7 @@ use crate::backend::Consumer;
 use crate::bus::Overflow;
 use crate::metrics::{self, DropReason};
 use crate::runtime::{self, Info, InstanceConfig};
+use crate::schema::Declared;
 use plugbus_contract::topic::Pattern;
 
 /// A plugin's instances, one per worker, just initialised.
@@ -28,6 +29,8 @@ pub(super) struct Instances {
     pub(super) subscriptions: Vec<String>,
     /// The same, parsed.
     pub(super) patterns: Vec<Pattern>,
+    /// The schemas it declares.
+    pub(super) declared: Arc<Declared>,
 }
 
 impl Registry {
@@ -59,7 +62,9 @@ impl Registry {
             Ok(used) => settings.state.set_used(used),
             Err(e) => tracing::warn!(plugin = loaded.name(), "cannot measure its state: {e}"),
         }
+        let declared = self.declared(loaded, file, settings)?;
         let config = InstanceConfig {
+            declared: declared.clone(),
             config: settings.config.clone(),
             hops_max: self.settings.hops_max,
             kv: bucket,
@@ -94,6 +99,7 @@ impl Registry {
             info,
             subscriptions,
             patterns,
+            declared,
         })
     }
 
@@ -118,6 +124,7 @@ impl Registry {
             info,
             subscriptions,
             patterns,
+            declared,
         } = self.instances(&loaded, file, &settings)?;
         self.optimize_later(file, &loaded, settings.limits.stack_bytes_max);
         if info.name != name {
@@ -132,6 +139,7 @@ impl Registry {
             &info,
             &subscriptions,
             &consumers,
+            declared,
         );
         self.spawn_workers(&plugin, file, &settings, instances, consumers, lease)?;
         let workers = settings.concurrency.max(1);
@@ -216,6 +224,7 @@ impl Registry {
         info: &Info,
         subscriptions: &[String],
         consumers: &[Box<dyn Consumer>],
+        declared: Arc<Declared>,
     ) -> Arc<RunningPlugin> {
         let name = name.to_string();
         let workers = settings.concurrency.max(1);
@@ -265,6 +274,7 @@ impl Registry {
                 self.metrics.worker_deaths.get_or_create(&labels).clone(),
             ),
             settings: settings.clone(),
+            declared: RwLock::new(declared),
         })
     }
 

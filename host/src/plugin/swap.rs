@@ -19,6 +19,10 @@ pub(crate) struct Swap {
     pub(super) tier_up: bool,
 }
 
+/// A new version ready to be offered: one swap per worker, whether its
+/// subscriptions differ, and the schemas it declares.
+type Prepared = (Vec<Swap>, bool, Arc<crate::schema::Declared>);
+
 /// What [`Registry::reload`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reload {
@@ -119,11 +123,12 @@ impl Registry {
             };
         };
         match self.prepare(&running, file) {
-            Ok(Some((_, true))) => {
+            Ok(Some((_, true, _))) => {
                 // New subscriptions: a restart at the cursor.
                 self.restart(&name, file)
             }
-            Ok(Some((swaps, false))) => {
+            Ok(Some((swaps, false, declared))) => {
+                *running.declared.write().unwrap_or_else(|p| p.into_inner()) = declared;
                 *running
                     .reload_error
                     .lock()
@@ -162,13 +167,15 @@ impl Registry {
     }
 
     /// Load and initialise the version of `running` in `file`, one
-    /// instance per worker: `None` if it is the one running (or already
-    /// offered), else the swaps and whether its subscriptions differ.
+    /// instance per worker, and check that its declared schemas fit the
+    /// running plugins': `None` if it is the one running (or already
+    /// offered), else the swaps, whether its subscriptions differ and what
+    /// it declares.
     fn prepare(
         &self,
         running: &RunningPlugin,
         file: &Path,
-    ) -> Result<Option<(Vec<Swap>, bool)>, PluginError> {
+    ) -> Result<Option<Prepared>, PluginError> {
         let settings = &running.settings;
         let loaded = Arc::new(
             self.runtime
@@ -194,8 +201,12 @@ impl Registry {
             instances,
             info,
             subscriptions,
+            declared,
             ..
         } = self.instances(&loaded, file, settings)?;
+        if !tier_up {
+            self.check_fit(&running.name, &info.version, &declared)?;
+        }
         self.optimize_later(file, &loaded, settings.limits.stack_bytes_max);
         let moved = subscriptions != running.subscriptions;
         let offered = std::time::Instant::now();
@@ -213,7 +224,7 @@ impl Registry {
                 tier_up,
             })
             .collect();
-        Ok(Some((swaps, moved)))
+        Ok(Some((swaps, moved, declared)))
     }
 
     /// The manifest of the plugin in `file` is new, changed or removed:
@@ -228,6 +239,19 @@ impl Registry {
         let _one = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = Manifest::load_for(file) {
             let e = PluginError::Manifest(e);
+            self.refused_change(
+                &running,
+                "manifest not applied (the plugin keeps running with its settings)",
+                &e,
+            );
+            return Err(e);
+        }
+        // What it would declare with this manifest must fit the others'.
+        let fit = self.load(file).and_then(|(settings, loaded)| {
+            let declared = self.declared(&loaded, file, &settings)?;
+            self.check_fit(&name, &running.release().version, &declared)
+        });
+        if let Err(e) = fit {
             self.refused_change(
                 &running,
                 "manifest not applied (the plugin keeps running with its settings)",

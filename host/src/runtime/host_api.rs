@@ -32,6 +32,8 @@ pub struct HostState {
     config: Vec<(String, String)>,
     hops_max: u32,
     publish_policy: Arc<super::PublishPolicy>,
+    /// The schemas this version declares.
+    declared: Arc<crate::schema::Declared>,
     /// Log lines (wasi:logging) share the stdout/stderr rate limit.
     output: Arc<super::RateLimit>,
     batch: Option<(Chunk, Range<usize>)>,
@@ -81,6 +83,7 @@ impl HostState {
             config: instance.config.clone(),
             hops_max: instance.hops_max,
             publish_policy: instance.publish.clone(),
+            declared: instance.declared.clone(),
             output: instance.output.clone(),
             batch: None,
             published: Vec::new(),
@@ -274,6 +277,7 @@ impl HostState {
         self.publish_policy
             .schemas
             .check(&event.type_, &event.data, &self.plugin)
+            .and_then(|()| self.declared.check_publish(&event.type_, &event.data))
             .map_err(|v| types::PublishError::Invalid(v.to_string()))?;
         let cause = self.batch()[index].clone();
         if cause.hops + 1 > self.hops_max {

@@ -292,6 +292,7 @@ impl Runtime {
             pre,
             engine,
             tier,
+            contracts: crate::schema::declared::section(bytes),
         })
     }
 

@@ -345,6 +345,8 @@ pub struct LoadedPlugin {
     pre: bindings::PluginPre<HostState>,
     engine: Engine,
     tier: Tier,
+    /// Its `plugbus:contracts` section, if it has one.
+    contracts: Option<Vec<u8>>,
 }
 
 /// What the instance needs from outside: its config, its bounds and where
@@ -369,6 +371,9 @@ pub struct InstanceConfig {
     pub state: Arc<kv::StateQuota>,
     /// Its timer limits.
     pub timers: TimerBook,
+    /// The schemas it declares (what it publishes is checked against
+    /// them).
+    pub declared: Arc<crate::schema::Declared>,
 }
 
 /// The native stack a thread needs to call into wasm with a stack cap of
@@ -524,6 +529,11 @@ impl Runtime {
 }
 
 impl LoadedPlugin {
+    /// Its `plugbus:contracts` section (the schemas it declares), if any.
+    pub fn contracts(&self) -> Option<&[u8]> {
+        self.contracts.as_deref()
+    }
+
     /// The plugin's name (its file stem).
     pub fn name(&self) -> &str {
         &self.name

@@ -18,6 +18,12 @@ use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
+pub mod asyncapi;
+pub mod compat;
+pub mod declared;
+
+pub use declared::{Declarations, Declared};
+
 /// The largest schema accepted, in bytes.
 pub const SCHEMA_BYTES_MAX: usize = 1 << 20;
 
@@ -146,7 +152,8 @@ impl Contract {
     }
 }
 
-/// Where an event broke its topic's schema.
+/// Where an event broke a schema: its topic's, or the one its producer
+/// declared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
     /// The topic.
@@ -159,20 +166,34 @@ pub struct Violation {
     pub keyword: String,
     /// The validator's words.
     pub message: String,
+    /// The plugin whose declared schema it broke (none: the topic's).
+    pub declared_by: Option<String>,
 }
 
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let at = if self.pointer.is_empty() {
-            "/"
-        } else {
-            &self.pointer
-        };
-        write!(
-            f,
-            "data of `{}` does not fit its schema (major {}): `{}` at `{}`: {}; fix the producer, or declare a new major with GET/PUT /v1/schemas/{}",
-            self.topic, self.major, self.keyword, at, self.message, self.topic
-        )
+        let at = place(&self.pointer);
+        match &self.declared_by {
+            None => write!(
+                f,
+                "data of `{}` does not fit its schema (major {}): `{}` at `{}`: {}; fix the producer, or declare a new major with GET/PUT /v1/schemas/{}",
+                self.topic, self.major, self.keyword, at, self.message, self.topic
+            ),
+            Some(plugin) => write!(
+                f,
+                "data of `{}` does not fit the schema `{plugin}` declares it publishes (major {}): `{}` at `{}`: {}; publish what it declares, or change its declaration (its contracts)",
+                self.topic, self.major, self.keyword, at, self.message
+            ),
+        }
+    }
+}
+
+/// A JSON pointer as a refusal shows it: the root as `/`.
+fn place(pointer: &str) -> &str {
+    if pointer.is_empty() {
+        "/"
+    } else {
+        pointer
     }
 }
 
@@ -296,7 +317,7 @@ impl Schemas {
     /// Check `data` (an event's, on `topic`) against the topic's contract:
     /// the violation when the contract is enforced and it does not fit. A
     /// topic without one, or `off`, is not checked; `warn` counts and logs.
-    pub fn check(&self, topic: &str, data: &[u8], producer: &str) -> Result<(), Violation> {
+    pub fn check(&self, topic: &str, data: &[u8], producer: &str) -> Result<(), Box<Violation>> {
         let topics = self.topics.load();
         let Some(contract) = topics.get(topic) else {
             return Ok(());
@@ -317,7 +338,7 @@ impl Schemas {
             })
             .inc();
         match found {
-            Some(v) if contract.mode == Mode::Enforce => Err(v),
+            Some(v) if contract.mode == Mode::Enforce => Err(Box::new(v)),
             Some(v) => {
                 tracing::warn!(%producer, "{v} (mode warn: accepted)");
                 Ok(())
@@ -335,6 +356,7 @@ fn first_violation(contract: &Contract, data: &[u8]) -> Option<Violation> {
         pointer,
         keyword: keyword.to_string(),
         message,
+        declared_by: None,
     };
     let value: serde_json::Value = match serde_json::from_slice(data) {
         Ok(v) => v,
@@ -361,6 +383,16 @@ fn compile(topic: &str, schema: &[u8], major: u32, mode: Mode) -> Result<Contrac
             topic: topic.to_string(),
             reason: e.to_string(),
         })?;
+    compile_value(topic, value, major, mode)
+}
+
+/// `value`, a parsed schema, compiled for `topic`.
+fn compile_value(
+    topic: &str,
+    value: serde_json::Value,
+    major: u32,
+    mode: Mode,
+) -> Result<Contract, SchemaError> {
     let invalid = |reason: String| SchemaError::Invalid {
         topic: topic.to_string(),
         reason,

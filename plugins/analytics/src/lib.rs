@@ -49,6 +49,8 @@ impl Plugin for Analytics {
 }
 
 export_plugin!(Analytics);
+// The schemas it reads and writes, embedded for the host (docs/plugins/contracts.md).
+plugbus_sdk::contracts!(include_bytes!("../contracts.json"));
 
 #[cfg(test)]
 mod tests {

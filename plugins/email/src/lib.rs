@@ -118,6 +118,8 @@ impl Plugin for Email {
 }
 
 export_plugin!(Email);
+// The schemas it reads and writes, embedded for the host (docs/plugins/contracts.md).
+plugbus_sdk::contracts!(include_bytes!("../contracts.json"));
 
 #[cfg(test)]
 mod tests {

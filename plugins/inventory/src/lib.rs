@@ -220,6 +220,8 @@ impl Plugin for Inventory {
 }
 
 export_plugin!(Inventory);
+// The schemas it reads and writes, embedded for the host (docs/plugins/contracts.md).
+plugbus_sdk::contracts!(include_bytes!("../contracts.json"));
 
 #[cfg(test)]
 mod tests {
