@@ -37,8 +37,11 @@ for t in "${TARGETS[@]}"; do
       ;;
   esac
 done
-# The size every binary must stay under (30 MB).
-SIZE_MAX=30000000
+# The size every binary must stay under (34 MB). It was 30 MB until JSON
+# Schema validation (the jsonschema crate and the regex, number and URI
+# crates only it links) added 4.3 MB to the aarch64 binary (28.8 MB ->
+# 33.1 MB with those crates optimised for size in the dist profile).
+SIZE_MAX=34000000
 
 apt_install musl-tools gcc-aarch64-linux-gnu qemu-user binutils curl
 for t in "${TARGETS[@]}"; do
