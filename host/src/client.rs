@@ -116,18 +116,23 @@ impl Client {
 
     /// PUT `body` of `content_type` to `path`; the answer as JSON.
     pub fn put_text(&self, path: &str, content_type: &str, body: &str) -> Result<Value, String> {
-        let response = self
-            .request("PUT", path)
-            .set("content-type", content_type)
-            .send_string(body)
-            .map_err(|e| self.error(e))?;
-        self.json(path, response)
+        self.send_text("PUT", path, content_type, body)
     }
 
     /// POST `body` of `content_type` to `path`; the answer as JSON.
     pub fn post_text(&self, path: &str, content_type: &str, body: &str) -> Result<Value, String> {
+        self.send_text("POST", path, content_type, body)
+    }
+
+    fn send_text(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &str,
+    ) -> Result<Value, String> {
         let response = self
-            .request("POST", path)
+            .request(method, path)
             .set("content-type", content_type)
             .send_string(body)
             .map_err(|e| self.error(e))?;

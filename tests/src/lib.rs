@@ -70,6 +70,22 @@ pub enum PluginFile<'a> {
     Manifest(&'a str, &'a str),
 }
 
+/// A request's status and JSON answer (its text when not JSON; status 0
+/// and the error when there was no answer).
+fn answer(result: std::result::Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => return (0, Value::String(e.to_string())),
+    };
+    let status = response.status();
+    let text = response.into_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
 impl TestHost {
     /// Start `bin` (`env!("CARGO_BIN_EXE_plugbus")`) with `plugins` and
     /// extra `args`, and wait until it is ready.
@@ -314,17 +330,7 @@ impl TestHost {
         for (k, v) in headers {
             req = req.set(k, v);
         }
-        let response = match req.send_bytes(body) {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => return (0, Value::String(e.to_string())),
-        };
-        let status = response.status();
-        let text = response.into_string().unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        answer(req.send_bytes(body))
     }
 
     /// PUT `body` (JSON) to `path`: the status and the JSON answer.
@@ -332,17 +338,7 @@ impl TestHost {
         let req = self
             .authorized(ureq::put(&format!("{}{path}", self.url)))
             .set("content-type", "application/json");
-        let response = match req.send_string(&body.to_string()) {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => return (0, Value::String(e.to_string())),
-        };
-        let status = response.status();
-        let text = response.into_string().unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        answer(req.send_string(&body.to_string()))
     }
 
     /// POST one structured CloudEvent (`application/cloudevents+json`):

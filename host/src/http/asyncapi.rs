@@ -9,10 +9,8 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::Value;
 
 use super::AppState;
-use crate::observe::shape::Shape;
 use crate::schema::asyncapi::{document, Channel};
 
 pub(super) async fn asyncapi(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -24,13 +22,8 @@ pub(super) async fn asyncapi(State(state): State<AppState>, headers: HeaderMap) 
     let snapshot = state.observer.snapshot(Duration::from_secs(60));
     let mut channels: BTreeMap<String, Channel> = BTreeMap::new();
     for t in &snapshot.topics {
-        let parsed: Vec<Value> = t
-            .samples
-            .iter()
-            .filter_map(|s| serde_json::from_slice(&s.data).ok())
-            .collect();
         let c = channel(&mut channels, &t.topic);
-        c.inferred = (!parsed.is_empty()).then(|| Shape::of(&parsed).schema());
+        c.inferred = super::flow::inferred(t).0;
         for (publisher, _) in &t.publishers {
             match publisher {
                 Some(p) => c.senders.push(p.clone()),
@@ -53,11 +46,12 @@ pub(super) async fn asyncapi(State(state): State<AppState>, headers: HeaderMap) 
                 .push((contract.major, contract.schema.clone(), plugin.clone()));
         }
     }
+    let subscribers = super::flow::patterns(&status);
     for c in channels.values_mut() {
-        c.receivers = status
+        c.receivers = subscribers
             .iter()
-            .filter(|p| p.patterns().iter().any(|pat| pat.matches(&c.topic)))
-            .map(|p| p.name.clone())
+            .filter(|(_, pats)| pats.iter().any(|pat| pat.matches(&c.topic)))
+            .map(|(p, _)| p.name.clone())
             .collect();
         c.senders.sort();
         c.senders.dedup();

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 
 use super::AppState;
 use crate::observe::shape::Shape;
+use crate::observe::stats::TopicView;
 use crate::plugin::PluginStatus;
 use plugbus_contract::topic::Pattern;
 
@@ -33,8 +34,20 @@ pub(super) struct FlowQuery {
 }
 
 /// Each plugin with its parsed subscriptions.
-fn patterns(status: &[PluginStatus]) -> Vec<(&PluginStatus, Vec<Pattern>)> {
+pub(super) fn patterns(status: &[PluginStatus]) -> Vec<(&PluginStatus, Vec<Pattern>)> {
     status.iter().map(|p| (p, p.patterns())).collect()
+}
+
+/// The JSON Schema inferred from `topic`'s sampled payloads (none: no
+/// sample is JSON), and how many samples were JSON.
+pub(super) fn inferred(topic: &TopicView) -> (Option<Value>, usize) {
+    let parsed: Vec<Value> = topic
+        .samples
+        .iter()
+        .filter_map(|s| serde_json::from_slice(&s.data).ok())
+        .collect();
+    let schema = (!parsed.is_empty()).then(|| Shape::of(&parsed).schema());
+    (schema, parsed.len())
 }
 
 pub(super) async fn flow(State(state): State<AppState>, Query(q): Query<FlowQuery>) -> Response {
@@ -127,11 +140,7 @@ pub(super) async fn catalog(State(state): State<AppState>) -> Response {
                 .iter()
                 .map(|(p, n)| json!({"plugin": p, "events": n}))
                 .collect();
-            let parsed: Vec<Value> = t
-                .samples
-                .iter()
-                .filter_map(|s| serde_json::from_slice(&s.data).ok())
-                .collect();
+            let (schema, json_samples) = inferred(t);
             let example = t.samples.last().map(|s| {
                 let data = serde_json::from_slice::<Value>(&s.data)
                     .unwrap_or_else(|_| json!(String::from_utf8_lossy(&s.data)));
@@ -142,8 +151,8 @@ pub(super) async fn catalog(State(state): State<AppState>) -> Response {
                 "topic": t.topic, "events": t.total, "rate": t.rate,
                 "first_seen": t.first_seen, "last_seen": t.last_seen,
                 "publishers": publishers, "consumers": consumers, "example": example,
-                "schema": (!parsed.is_empty()).then(|| Shape::of(&parsed).schema()),
-                "samples": t.samples.len(), "json_samples": parsed.len(),
+                "schema": schema,
+                "samples": t.samples.len(), "json_samples": json_samples,
             })
         })
         .collect();

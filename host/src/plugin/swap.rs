@@ -237,30 +237,33 @@ impl Registry {
             return self.reload(file);
         };
         let _one = self.lifecycle.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = Manifest::load_for(file) {
-            let e = PluginError::Manifest(e);
-            self.refused_change(
-                &running,
-                "manifest not applied (the plugin keeps running with its settings)",
-                &e,
-            );
-            return Err(e);
-        }
-        // What it would declare with this manifest must fit the others'.
-        let fit = self.load(file).and_then(|(settings, loaded)| {
+        // Read once: a manifest that cannot be used, or whose declared
+        // schemas do not fit the others', leaves the plugin as it runs.
+        let ready = self.load(file).and_then(|(settings, loaded)| {
             let declared = self.declared(&loaded, file, &settings)?;
-            self.check_fit(&name, &running.release().version, &declared)
+            self.check_fit(&name, &running.release().version, &declared)?;
+            Ok((settings, loaded))
         });
-        if let Err(e) = fit {
-            self.refused_change(
-                &running,
-                "manifest not applied (the plugin keeps running with its settings)",
-                &e,
-            );
-            return Err(e);
-        }
+        let (settings, loaded) = match ready {
+            Ok(ready) => ready,
+            Err(e) => {
+                self.refused_change(
+                    &running,
+                    "manifest not applied (the plugin keeps running with its settings)",
+                    &e,
+                );
+                return Err(e);
+            }
+        };
         tracing::info!(plugin = %name, "manifest changed: restarting the plugin at its cursor");
-        self.restart(&name, file)
+        self.stop_one(&name);
+        match self.start_loaded(file, settings, Arc::new(loaded)) {
+            Ok(_) => Ok(Reload::Restarted),
+            Err(e) => {
+                self.record_failure(&name, file, &e);
+                Err(e)
+            }
+        }
     }
 
     /// Stop the plugin `name` and start it again from `file`, at its
