@@ -48,6 +48,7 @@ const PLUGINS: &[(&str, &str, Option<&str>)] = &[
         "plugbus-test-plugins",
         Some("inventory_warehouse"),
     ),
+    ("ANALYTICS_V2", "plugbus-test-plugins", Some("analytics_v2")),
 ];
 
 fn main() {

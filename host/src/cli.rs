@@ -294,6 +294,17 @@ pub enum SchemaAction {
         #[arg(long)]
         mode: Option<String>,
     },
+    /// Declare how a topic's events of major FROM are brought to FROM + 1
+    /// when delivered to a plugin that reads a newer major (a JSON file
+    /// of rules: move, default, drop; docs/reference/schemas.md).
+    Upcaster {
+        /// The topic.
+        topic: String,
+        /// The major it starts from.
+        from: u32,
+        /// The rules file.
+        file: PathBuf,
+    },
 }
 
 /// `plugbus kv` subcommands.

@@ -672,5 +672,11 @@ fn schema(client: &Client, action: &SchemaAction) -> Result<serde_json::Value, S
             let path = format!("/v1/schemas/{topic}?{}", query.join("&"));
             client.put_text(&path, "application/json", &body)
         }
+        SchemaAction::Upcaster { topic, from, file } => {
+            let body = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read the upcaster file {}: {e}", file.display()))?;
+            let path = format!("/v1/schemas/{topic}/upcasters/{from}");
+            client.put_text(&path, "application/json", &body)
+        }
     }
 }

@@ -126,4 +126,5 @@ mod storms;
 mod telemetry;
 mod tiers;
 mod timers;
+mod upcasting;
 mod upgrade;

@@ -128,10 +128,11 @@ async fn publish(
     // Each event's data fits its topic's schema, or nothing of the
     // request is published.
     let schemas = state.registry.schemas();
-    for event in &events {
+    for event in &mut events {
         schemas
             .check(&event.topic, &event.data, "ingress")
             .map_err(IngressError::Invalid)?;
+        schemas.stamp(event);
     }
     let (later, mut events) = scheduled(events)?;
     if !later.is_empty() {

@@ -77,6 +77,11 @@ pub fn instantiate(
 }
 
 impl PluginInstance {
+    /// The schemas its version declares.
+    pub fn declared(&self) -> &Arc<crate::schema::Declared> {
+        &self.config.declared
+    }
+
     /// Time the last call spent paused by throttling
     /// ([`CallMode::Throttled`]).
     pub fn paused(&self) -> Duration {

@@ -21,6 +21,7 @@ use prometheus_client::metrics::family::Family;
 pub mod asyncapi;
 pub mod compat;
 pub mod declared;
+pub mod upcast;
 
 pub use declared::{Declarations, Declared};
 
@@ -103,6 +104,24 @@ pub enum SchemaError {
         current: u32,
         /// The one asked for.
         asked: u32,
+    },
+    /// An upcaster from a major the topic has not passed.
+    #[error("`{topic}` has major version {current}: an upcaster goes from a major below it (1 to {current} - 1), not from {from}; declare the new major first")]
+    UpcasterMajor {
+        /// The topic.
+        topic: String,
+        /// The major it would start from.
+        from: u32,
+        /// The topic's major.
+        current: u32,
+    },
+    /// An upcaster that is not one.
+    #[error("the upcaster of `{topic}`: {reason}")]
+    Upcaster {
+        /// The topic.
+        topic: String,
+        /// Why.
+        reason: String,
     },
     /// The directory could not be read or written.
     #[error("the schema directory {dir}: {reason}")]
@@ -210,6 +229,8 @@ pub struct CheckLabels {
 /// Every topic's contract. See the module docs.
 pub struct Schemas {
     topics: ArcSwap<HashMap<String, Arc<Contract>>>,
+    /// Upcasters by topic and the major they start from.
+    upcasters: ArcSwap<HashMap<(String, u32), Arc<upcast::Upcaster>>>,
     /// Where they are kept (none: in memory only).
     dir: Option<PathBuf>,
     checks: Family<CheckLabels, Counter>,
@@ -230,6 +251,7 @@ impl Default for Schemas {
     fn default() -> Schemas {
         Schemas {
             topics: ArcSwap::default(),
+            upcasters: ArcSwap::default(),
             dir: None,
             checks: Family::default(),
             writing: std::sync::Mutex::new(()),
@@ -252,16 +274,21 @@ impl Schemas {
         if let Some(dir) = dir {
             std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
             let mut topics = HashMap::new();
+            let mut upcasters = HashMap::new();
             for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
                 let entry = entry.map_err(|e| io(dir, e))?;
                 let topic = entry.file_name().to_string_lossy().into_owned();
                 if entry.path().is_dir() {
                     if let Some(c) = load_topic(&entry.path(), &topic)? {
-                        topics.insert(topic, Arc::new(c));
+                        topics.insert(topic.clone(), Arc::new(c));
+                    }
+                    for (from, u) in load_upcasters(&entry.path(), &topic)? {
+                        upcasters.insert((topic.clone(), from), Arc::new(u));
                     }
                 }
             }
             schemas.topics.store(Arc::new(topics));
+            schemas.upcasters.store(Arc::new(upcasters));
         }
         Ok(schemas)
     }
@@ -312,6 +339,77 @@ impl Schemas {
         topics.insert(topic.to_string(), contract.clone());
         self.topics.store(Arc::new(topics));
         Ok(contract)
+    }
+
+    /// Name the major of its topic's schema `event` was checked against
+    /// (`dataschema`), unless it names one itself or its topic has none.
+    pub fn stamp(&self, event: &mut crate::event::Event) {
+        if event.extension("dataschema").is_some() {
+            return;
+        }
+        if let Some(c) = self.topics.load().get(&event.topic) {
+            if c.mode != Mode::Off {
+                event.extensions.push(("dataschema".into(), c.uri()));
+            }
+        }
+    }
+
+    /// `topic`'s upcaster from major `from` to `from + 1`, if it has one.
+    pub fn upcaster(&self, topic: &str, from: u32) -> Option<Arc<upcast::Upcaster>> {
+        self.upcasters
+            .load()
+            .get(&(topic.to_string(), from))
+            .cloned()
+    }
+
+    /// The majors `topic` has upcasters from, in order.
+    pub fn upcasters_of(&self, topic: &str) -> Vec<u32> {
+        let mut from: Vec<u32> = self
+            .upcasters
+            .load()
+            .keys()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, m)| *m)
+            .collect();
+        from.sort_unstable();
+        from
+    }
+
+    /// Declare `topic`'s upcaster from major `from` to `from + 1`
+    /// (`bytes`: its rules, JSON); `topic` must have a schema of a major
+    /// above `from`. Kept in the directory before it applies.
+    pub fn put_upcaster(
+        &self,
+        topic: &str,
+        from: u32,
+        bytes: &[u8],
+    ) -> Result<Arc<upcast::Upcaster>, SchemaError> {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.get(topic).map_or(0, |c| c.major);
+        if from == 0 || from >= current {
+            return Err(SchemaError::UpcasterMajor {
+                topic: topic.to_string(),
+                from,
+                current,
+            });
+        }
+        let upcaster =
+            Arc::new(
+                upcast::Upcaster::parse(bytes).map_err(|e| SchemaError::Upcaster {
+                    topic: topic.to_string(),
+                    reason: e.to_string(),
+                })?,
+            );
+        if let Some(dir) = &self.dir {
+            let at = dir.join(topic);
+            std::fs::create_dir_all(&at).map_err(|e| io(dir, e))?;
+            write_atomically(&at.join(format!("upcast-{from}.json")), bytes)
+                .map_err(|e| io(dir, e))?;
+        }
+        let mut all = HashMap::clone(&self.upcasters.load());
+        all.insert((topic.to_string(), from), upcaster.clone());
+        self.upcasters.store(Arc::new(all));
+        Ok(upcaster)
     }
 
     /// Check `data` (an event's, on `topic`) against the topic's contract:
@@ -436,6 +534,29 @@ fn load_topic(dir: &Path, topic: &str) -> Result<Option<Contract>, SchemaError> 
     };
     let bytes = std::fs::read(&path).map_err(|e| io(dir, e))?;
     compile(topic, &bytes, major, mode).map(Some)
+}
+
+/// The upcasters kept in `dir` (a topic's directory), by the major they
+/// start from.
+fn load_upcasters(dir: &Path, topic: &str) -> Result<Vec<(u32, upcast::Upcaster)>, SchemaError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let path = entry.map_err(|e| io(dir, e))?.path();
+        let from = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("upcast-")?.strip_suffix(".json"))
+            .and_then(|n| n.parse::<u32>().ok());
+        if let Some(from) = from {
+            let bytes = std::fs::read(&path).map_err(|e| io(dir, e))?;
+            let u = upcast::Upcaster::parse(&bytes).map_err(|e| SchemaError::Upcaster {
+                topic: topic.to_string(),
+                reason: e.to_string(),
+            })?;
+            out.push((from, u));
+        }
+    }
+    Ok(out)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

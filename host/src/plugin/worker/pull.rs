@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use super::settle::Kept;
 use super::{Effects, Worker, IDLE_POLL};
 use crate::backend::{BackendError, Settlement, Verdict};
-use crate::event::Event;
+use crate::event::{Chunk, Event};
+use crate::schema::upcast;
 
 /// How long delivery pauses after the consumer failed to hand out events.
 const CONSUMER_RETRY: Duration = Duration::from_secs(1);
@@ -43,6 +44,7 @@ impl Worker {
         if chunk.is_empty() {
             return true;
         }
+        let chunk = self.as_read(chunk);
         // Time spent waiting for events is not a pause of delivery.
         if let Some(from) = self.pause_from.as_mut() {
             *from += waiting.elapsed();
@@ -146,5 +148,33 @@ impl Worker {
         if let Err(e) = self.feed.consumer.release() {
             tracing::warn!(plugin = %self.plugin.name, "cannot hand back the events in hand ({e}); they are delivered again once the lease runs out");
         }
+    }
+
+    /// `chunk` as the running version reads it: each event of an older
+    /// major of a topic it declares a newer major of, upcast by the
+    /// topic's upcasters (`schema::upcast`); the log keeps its bytes.
+    fn as_read(&self, chunk: Chunk) -> Chunk {
+        let declared = self.instance.declared();
+        let wants = |e: &Event| {
+            declared
+                .consumes
+                .get(&e.topic)
+                .map(|c| c.major)
+                .filter(|m| *m > upcast::major_of(e))
+        };
+        if declared.consumes.values().all(|c| c.major <= 1)
+            || !chunk.iter().any(|e| wants(e.as_ref()).is_some())
+        {
+            return chunk;
+        }
+        let schemas = &self.plugin.settings.publish.schemas;
+        chunk
+            .iter()
+            .map(|e| match wants(e.as_ref()) {
+                Some(to) => upcast::upcast(e, to, |m| schemas.upcaster(&e.topic, m)),
+                None => e.clone(),
+            })
+            .collect::<Vec<_>>()
+            .into()
     }
 }
