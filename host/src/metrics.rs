@@ -60,6 +60,17 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// Every reason.
+    pub const ALL: [DropReason; 5] = [
+        DropReason::QueueFull,
+        DropReason::Rejected,
+        DropReason::RetriesExhausted,
+        DropReason::FollowUpQueueFull,
+        DropReason::OverflowDrop,
+    ];
+}
+
+impl DropReason {
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {

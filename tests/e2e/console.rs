@@ -49,6 +49,31 @@ async fn wait_count(c: &Client, css: &str, n: usize) {
     }
 }
 
+/// Wait until the element at `css` says `text`.
+async fn wait_text(c: &Client, css: &str, text: &str) {
+    wait_text_that(c, css, text, |t| t == text).await;
+}
+
+/// Wait until what the element at `css` says passes `ok` (`what` it
+/// should say, for the failure).
+async fn wait_text_that(c: &Client, css: &str, what: &str, ok: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + PAGE_WAIT;
+    loop {
+        let now = match c.find(Locator::Css(css)).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => "(not there)".into(),
+        };
+        if ok(&now) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{css}` never said {what}; it says {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn shot(c: &Client, name: &str) {
     if let Ok(png) = c.screenshot().await {
         let _ = std::fs::write(shots().join(format!("{name}.png")), png);
@@ -193,6 +218,29 @@ fn an_order_shows_in_the_tail_the_flow_graph_and_its_trace() {
         wait_css(&c, "#trace-id").await;
         go(&c, &h.url, "catalog").await;
         wait_css(&c, "#catalog details[data-topic=\"order.placed\"]").await;
+        // What was declared beside what was seen: the reference plugins'
+        // contracts, each held against the sampled payloads.
+        for declared in ["reader:inventory", "reader:email", "reader:analytics"] {
+            let row = wait_css(
+                &c,
+                &format!("#catalog details[data-topic=\"order.placed\"] tr[data-declared=\"{declared}\"]"),
+            )
+            .await;
+            let text = row.html(true).await.expect("row");
+            assert!(text.contains("1 of 1 sampled fit"), "{declared}: {text}");
+        }
+        wait_css(
+            &c,
+            "#catalog details[data-topic=\"inventory.insufficient\"] tr[data-declared=\"writer:inventory\"]",
+        )
+        .await;
+        // The counts say which events they cover.
+        let covers = wait_css(&c, "#catalog-coverage").await;
+        let text = covers.text().await.expect("coverage");
+        assert!(
+            text.starts_with("Counts cover 2 events, sequences 1 to 2"),
+            "{text}"
+        );
         let errs = errors(&c).await;
         assert!(errs.is_empty(), "the page logged errors: {errs:?}");
         c.close().await.expect("close");
@@ -247,6 +295,9 @@ fn a_dead_letter_is_redriven_by_a_click_to_a_fixed_build() {
         })
         .expect("dead-lettered");
         let c = browser(&driver).await;
+        // The overview counts it.
+        go(&c, &h.url, "overview").await;
+        wait_text(&c, "#stat-dead .value", "1").await;
         go(&c, &h.url, "dead?plugin=trap").await;
         let row = wait_css(&c, "#dead-list tr[data-plugin=\"trap\"]").await;
         // Inspect it: the event and its error.
@@ -300,6 +351,39 @@ fn a_dead_letter_is_redriven_by_a_click_to_a_fixed_build() {
         wait_count(&c, "#dead-list tr[data-plugin=\"trap\"]", 0).await;
         assert_eq!(h.get("/v1/dead").expect("list")["dead_letters"], json!([]));
         shot(&c, "dead-redriven").await;
+        let errs = errors(&c).await;
+        assert!(errs.is_empty(), "the page logged errors: {errs:?}");
+        c.close().await.expect("close");
+        assert!(h.stop().expect("stops").success());
+    });
+}
+
+#[test]
+fn in_memory_mode_the_overview_counts_what_failed_for_good_as_dropped() {
+    run(|driver| async move {
+        let h = host(
+            &[PluginFile::Wasm("trap", artifacts::TRAP)],
+            &[&["--memory"][..], &GIVE_UP_FAST[..]].concat(),
+        );
+        h.publish(
+            "order.placed",
+            &json!({"order_id": "o-3", "customer": "c", "note": "boom", "items": []}),
+        )
+        .expect("publish");
+        let c = browser(&driver).await;
+        go(&c, &h.url, "overview").await;
+        wait_text(&c, "#stat-dead .value", "1").await;
+        wait_text(
+            &c,
+            "#stat-dead .label",
+            "dropped (memory mode keeps no dead letters)",
+        )
+        .await;
+        // The audit needs the log: the card says why it has no number.
+        wait_text_that(&c, "#stat-unaccounted .label", "why", |t| {
+            t.starts_with("unaccounted: ") && t.len() > 20
+        })
+        .await;
         let errs = errors(&c).await;
         assert!(errs.is_empty(), "the page logged errors: {errs:?}");
         c.close().await.expect("close");

@@ -107,7 +107,39 @@ fn ten_thousand_orders_with_a_hundred_invalid_are_refused_naming_the_field() {
         h.metric("plugbus_schema_checks_total{topic=\"order.placed\",outcome=\"valid\"}"),
         Some(accepted as f64)
     );
+    // The catalog names who broke it, and says which events it counted.
+    let catalog = h.get("/v1/catalog").expect("catalog");
+    let placed = topic_of(&catalog, "order.placed");
+    assert_eq!(
+        placed["violations"].as_array().map(Vec::len),
+        Some(1),
+        "{placed}"
+    );
+    let v = &placed["violations"][0];
+    assert_eq!(
+        (&v["producer"], &v["refused"], &v["warned"]),
+        (&json!("outside"), &json!(100), &json!(0))
+    );
+    assert_eq!(placed["declared"]["topic"]["mode"], "enforce");
+    let c = &catalog["coverage"];
+    let counted: u64 = catalog["topics"]
+        .as_array()
+        .map(|ts| ts.iter().filter_map(|t| t["events"].as_u64()).sum())
+        .unwrap_or_default();
+    assert_eq!(c["events"].as_u64(), Some(counted), "{c}");
+    let span =
+        c["through_sequence"].as_u64().unwrap_or(0) + 1 - c["from_sequence"].as_u64().unwrap_or(1);
+    assert_eq!(span, counted + c["uncounted"].as_u64().unwrap_or(0), "{c}");
+    assert!(counted < accepted, "only the recent past is read back: {c}");
     h.audit_clean();
+}
+
+/// `name`'s entry in a catalog.
+fn topic_of<'a>(catalog: &'a Value, name: &str) -> &'a Value {
+    catalog["topics"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["topic"] == name))
+        .unwrap_or_else(|| panic!("{name} is not in the catalog: {catalog}"))
 }
 
 #[test]
@@ -126,6 +158,12 @@ fn in_mode_warn_every_order_is_accepted_and_the_invalid_ones_counted() {
     assert_eq!(
         h.metric("plugbus_schema_checks_total{topic=\"order.placed\",outcome=\"warned\"}"),
         Some(100.0)
+    );
+    let catalog = h.get("/v1/catalog").expect("catalog");
+    let v = &topic_of(&catalog, "order.placed")["violations"][0];
+    assert_eq!(
+        (&v["producer"], &v["refused"], &v["warned"]),
+        (&json!("outside"), &json!(0), &json!(100))
     );
     h.audit_clean();
 }
@@ -168,6 +206,25 @@ fn a_plugin_whose_follow_up_does_not_fit_is_told_and_no_consumer_sees_it() {
         .map(|a| a.iter().filter_map(|e| e["type"].as_str()).collect())
         .unwrap_or_default();
     assert!(!topics.contains(&"inventory.insufficient"), "{topics:?}");
+    // The catalog names the plugin that broke it.
+    let catalog = h.get("/v1/catalog").expect("catalog");
+    let v = &topic_of(&catalog, "inventory.insufficient")["violations"][0];
+    assert_eq!(v["producer"], "inventory", "{v}");
+    assert!(v["refused"].as_u64() >= Some(1), "{v}");
+    assert_eq!(
+        (&v["pointer"], &v["keyword"]),
+        (&json!("/sku"), &json!("type"))
+    );
+    // The follow-up that was published names the major its producer
+    // declares.
+    let reserved = log["events"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["type"] == "inventory.reserved"))
+        .expect("reserved in the log");
+    assert_eq!(
+        reserved["dataschema"], "/v1/schemas/inventory.reserved/1",
+        "{reserved}"
+    );
     // Kept in the data directory: still declared after a restart.
     assert!(h.stop().expect("stops").success());
     let h = host(&order_flow(), &["--data", &data.arg()]);

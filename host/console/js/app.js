@@ -6,6 +6,7 @@ import { h, clear, put } from './dom.js';
 import * as pages from './pages.js';
 import { flowPage } from './flow.js';
 import { tracePage } from './trace.js';
+import { catalog } from './catalog.js';
 
 const routes = {
   overview: pages.overview,
@@ -14,7 +15,7 @@ const routes = {
   tail: pages.tail,
   flow: flowPage,
   trace: tracePage,
-  catalog: pages.catalog,
+  catalog,
 };
 
 // Seconds of rate history kept per plugin.
@@ -118,7 +119,7 @@ function onStreamEvent(event, data, id) {
       if (hist.length > HISTORY) hist.shift();
       app.history.set(p.name, hist);
       const known = app.plugins.get(p.name);
-      if (known) Object.assign(known, { handled: p.handled, failed: p.failed, retried: p.retried, queue_depth: p.queue_depth, lag: p.lag });
+      if (known) Object.assign(known, { handled: p.handled, failed: p.failed, retried: p.retried, queue_depth: p.queue_depth, lag: p.lag, dropped: p.dropped });
     }
     app.published.push({ at_ms: data.at_ms, published: data.published });
     if (app.published.length > HISTORY) app.published.shift();

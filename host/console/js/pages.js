@@ -34,15 +34,28 @@ export function overview(main, app) {
   const table = h('table', { class: 'grid', id: 'overview-plugins' });
   put(main, h('h2', null, 'Overview'), cards, h('h3', null, 'Plugins'), table);
   let dead = null;
+  let deadError = null;
   let unaccounted = null;
+  let auditError = null;
   const countDead = () => {
     api('/v1/dead')
       .then((d) => {
         dead = d.dead_letters.length;
+        deadError = null;
       })
-      .catch(() => {
+      .catch((e) => {
         dead = null;
+        deadError = e;
       });
+  };
+  // Dead letters as the host keeps them; in memory mode none are kept
+  // (409), and what failed for good is dropped and counted.
+  const deadCard = (plugins) => {
+    if (dead != null) return card('dead letters', num(dead), 'stat-dead');
+    if (deadError && deadError.status === 409) {
+      return card('dropped (memory mode keeps no dead letters)', num(sum(plugins.map((p) => p.dropped || 0))), 'stat-dead');
+    }
+    return card(deadError ? `dead letters: ${deadError.message}` : 'dead letters (reading…)', '?', 'stat-dead');
   };
   // Every event accounted for (memory mode answers 501). The audit reads
   // the whole log, so once a minute.
@@ -50,9 +63,11 @@ export function overview(main, app) {
     api('/v1/audit')
       .then((a) => {
         unaccounted = a.unaccounted;
+        auditError = null;
       })
-      .catch(() => {
+      .catch((e) => {
         unaccounted = null;
+        auditError = e;
       });
   };
   countDead();
@@ -66,8 +81,10 @@ export function overview(main, app) {
       card('events in / s', num(app.publishedRate()), 'stat-in'),
       card('handled / s', num(handled), 'stat-handled'),
       card('lag (events)', num(lag), 'stat-lag'),
-      card('dead letters', dead == null ? 'n/a' : num(dead), 'stat-dead'),
-      card('unaccounted', unaccounted == null ? 'n/a' : num(unaccounted), 'stat-unaccounted'),
+      deadCard(plugins),
+      unaccounted != null
+        ? card('unaccounted', num(unaccounted), 'stat-unaccounted')
+        : card(auditError ? `unaccounted: ${auditError.message}` : 'unaccounted (auditing…)', '?', 'stat-unaccounted'),
       card('plugins running', `${plugins.filter((p) => p.state === 'running').length} / ${plugins.length}`, 'stat-running'),
     );
     fill(table, 
@@ -360,25 +377,4 @@ export function tail(main, app, params) {
   const q = {};
   for (const [k, el] of Object.entries(inputs)) if (el.value) q[k] = el.value;
   app.tail(q);
-}
-
-// ----------------------------------------------------------------- catalog
-
-export function catalog(main, app) {
-  const list = h('div', { id: 'catalog' });
-  put(main, h('h2', null, 'Catalog'), h('p', null, 'Every topic this host has seen since it started, who publishes and who consumes it, the newest payload and the shape of the recent ones.'), list);
-  api('/v1/catalog')
-    .then((c) => {
-      if (c.topics.length === 0) put(list, h('p', { class: 'empty' }, 'No events yet.'));
-      for (const t of c.topics) {
-        const by = t.publishers.map((p) => `${p.plugin || 'outside'} (${num(p.events)})`).join(', ');
-        put(list, h('details', { class: 'card topic', 'data-topic': t.topic },
-          h('summary', null, h('strong', null, t.topic), ` · ${num(t.events)} events · ${num(t.rate)}/s · from ${by} · to ${t.consumers.join(', ') || 'nobody'}`),
-          h('div', { class: 'cols' },
-            h('div', null, h('h4', null, 'newest payload'), t.example ? pre(t.example.data) : h('p', null, '–')),
-            h('div', null, h('h4', null, `shape of ${t.json_samples} sampled payloads`), t.schema ? pre(t.schema) : h('p', null, 'not JSON')))));
-      }
-      if (c.untracked_events) put(list, h('p', null, `${num(c.untracked_events)} events of topics past the catalog's bound are only counted.`));
-    })
-    .catch((e) => app.error('catalog', e));
 }

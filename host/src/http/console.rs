@@ -46,6 +46,7 @@ pub static ASSETS: &[Asset] = &[
     asset!("js/pages.js", JS),
     asset!("js/flow.js", JS),
     asset!("js/trace.js", JS),
+    asset!("js/catalog.js", JS),
     asset!("vendor/dagre.min.js", JS),
     asset!("vendor/dagre.LICENSE", "text/plain; charset=utf-8"),
 ];

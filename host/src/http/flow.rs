@@ -10,9 +10,8 @@
 //!   the window and, for publishes, the mean time from cause to follow-up.
 //!   `revision` changes only when the set of nodes and edges does, so a
 //!   page lays the graph out again only then.
-//! - `GET /v1/catalog`: every topic seen, who publishes and who consumes
-//!   it, the newest payload and a JSON Schema inferred from the sampled
-//!   recent payloads.
+//!
+//! The catalog (`GET /v1/catalog`) is `super::catalog`.
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::time::Duration;
@@ -116,45 +115,4 @@ pub(super) async fn flow(State(state): State<AppState>, Query(q): Query<FlowQuer
         "untracked_events": snapshot.untracked,
     }))
     .into_response()
-}
-
-pub(super) async fn catalog(State(state): State<AppState>) -> Response {
-    let registry = state.registry.clone();
-    let status = tokio::task::block_in_place(|| {
-        state.observer.look();
-        registry.status()
-    });
-    let snapshot = state.observer.snapshot(Duration::from_secs(60));
-    let subscribers = patterns(&status);
-    let topics: Vec<Value> = snapshot
-        .topics
-        .iter()
-        .map(|t| {
-            let consumers: Vec<&str> = subscribers
-                .iter()
-                .filter(|(_, pats)| pats.iter().any(|p| p.matches(&t.topic)))
-                .map(|(p, _)| p.name.as_str())
-                .collect();
-            let publishers: Vec<Value> = t
-                .publishers
-                .iter()
-                .map(|(p, n)| json!({"plugin": p, "events": n}))
-                .collect();
-            let (schema, json_samples) = inferred(t);
-            let example = t.samples.last().map(|s| {
-                let data = serde_json::from_slice::<Value>(&s.data)
-                    .unwrap_or_else(|_| json!(String::from_utf8_lossy(&s.data)));
-                json!({"sequence": s.sequence, "id": s.id, "time": s.time,
-                       "datacontenttype": s.datacontenttype, "data": data})
-            });
-            json!({
-                "topic": t.topic, "events": t.total, "rate": t.rate,
-                "first_seen": t.first_seen, "last_seen": t.last_seen,
-                "publishers": publishers, "consumers": consumers, "example": example,
-                "schema": schema,
-                "samples": t.samples.len(), "json_samples": json_samples,
-            })
-        })
-        .collect();
-    Json(json!({ "topics": topics, "untracked_events": snapshot.untracked })).into_response()
 }

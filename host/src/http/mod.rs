@@ -16,7 +16,7 @@
 //!   document of all of it at `GET /v1/openapi.json`.
 //! - What the host sees of its flow: `GET /v1/stream` (server-sent
 //!   events: live tail, rates, plugin changes; `http::stream`),
-//!   `GET /v1/flow` and `GET /v1/catalog` (`http::flow`), and the
+//!   `GET /v1/flow` (`http::flow`) and `GET /v1/catalog` (`http::catalog`), and the
 //!   operator console at `/console/` (`http::console`), a client of these.
 //! - The log (durable mode): `GET /v1/log?from=SEQ&limit=N` (default: the
 //!   last 20), `GET /v1/log/{sequence}`; `POST /v1/plugins/{name}/replay`
@@ -49,6 +49,7 @@ mod admin;
 mod asyncapi;
 pub mod auth;
 mod backup;
+mod catalog;
 pub mod console;
 mod flow;
 mod ingress;
@@ -266,7 +267,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/trace/{correlationid}", get(trace::trace))
         .route("/v1/stream", get(stream::stream))
         .route("/v1/flow", get(flow::flow))
-        .route("/v1/catalog", get(flow::catalog))
+        .route("/v1/catalog", get(catalog::catalog))
         .route("/v1/asyncapi.json", get(asyncapi::asyncapi))
         .route("/v1/schemas", get(schemas::list))
         .route("/v1/schemas/{topic}", get(schemas::get).put(schemas::put))

@@ -371,9 +371,14 @@ fn rates(state: &AppState, status: &[PluginStatus]) -> serde_json::Value {
                 .dead_lettered
                 .get_or_create(&crate::metrics::plugin(&p.name))
                 .get();
+            let dropped: u64 = crate::metrics::DropReason::ALL
+                .iter()
+                .map(|r| state.metrics.drop_counter(&p.name, *r).get())
+                .sum();
             json!({
                 "name": p.name, "state": p.state, "handled": p.handled, "failed": p.failed,
-                "retried": p.retried, "dead_lettered": dead, "queue_depth": p.queue_depth,
+                "retried": p.retried, "dead_lettered": dead, "dropped": dropped,
+                "queue_depth": p.queue_depth,
                 "lag": p.lag, "cursor": p.cursor,
             })
         })

@@ -26,6 +26,8 @@ pub const SAMPLES_MAX: usize = 8;
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Publishers named per topic, at most.
 const PUBLISHERS_MAX: usize = 16;
+/// Major versions counted per topic, at most.
+const MAJORS_MAX: usize = 16;
 
 /// Cumulative counts at the start of each second, for windowed rates.
 #[derive(Default)]
@@ -108,6 +110,41 @@ struct Topic {
     publishers: Vec<(Option<String>, u64)>,
     samples: VecDeque<Sample>,
     sampled_at: Option<Instant>,
+    /// Events by the major of their `dataschema` (1 when none).
+    majors: std::collections::BTreeMap<u32, u64>,
+}
+
+/// Which events the counts cover: not every event the log holds, but
+/// those read back when counting started and those accepted while anyone
+/// looked (see [`crate::observe`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// Events counted, of every topic.
+    pub events: u64,
+    /// The first counted event's sequence and time (none: nothing yet).
+    pub from: Option<(u64, String)>,
+    /// The last counted event's sequence.
+    pub through: u64,
+}
+
+impl Coverage {
+    fn add(&mut self, first: &Event, last: u64, n: u64) {
+        self.events += n;
+        if self.from.as_ref().is_none_or(|(s, _)| first.sequence < *s) {
+            self.from = Some((first.sequence, first.time.clone()));
+        }
+        self.through = self.through.max(last);
+    }
+
+    /// Sequences between the first and the last counted that were not
+    /// counted: accepted while nobody looked (or, on a broker, not
+    /// events).
+    pub fn uncounted(&self) -> u64 {
+        match &self.from {
+            Some((from, _)) => (self.through - from + 1).saturating_sub(self.events),
+            None => 0,
+        }
+    }
 }
 
 /// The counts.
@@ -122,6 +159,7 @@ pub struct Stats {
     history_through: u64,
     /// The last sequence counted live.
     live_through: u64,
+    coverage: Coverage,
 }
 
 impl Default for Stats {
@@ -133,6 +171,7 @@ impl Default for Stats {
             untracked: 0,
             history_through: 0,
             live_through: 0,
+            coverage: Coverage::default(),
         }
     }
 }
@@ -142,7 +181,7 @@ impl Default for Stats {
 pub struct TopicView {
     /// The topic.
     pub topic: String,
-    /// Events seen since the host started.
+    /// Events counted (what they cover: [`Snapshot::coverage`]).
     pub total: u64,
     /// Events per second over the window.
     pub rate: f64,
@@ -154,6 +193,8 @@ pub struct TopicView {
     pub publishers: Vec<(Option<String>, u64)>,
     /// The newest sampled payloads, oldest first.
     pub samples: Vec<Sample>,
+    /// Events counted by the major of their `dataschema`.
+    pub majors: Vec<(u32, u64)>,
 }
 
 /// An observed publish edge, plugin → topic.
@@ -182,6 +223,8 @@ pub struct Snapshot {
     pub edges: Vec<EdgeView>,
     /// Events of topics past [`TOPICS_MAX`].
     pub untracked: u64,
+    /// Which events the counts cover.
+    pub coverage: Coverage,
     /// The window the rates are over.
     pub window: Duration,
 }
@@ -207,6 +250,8 @@ impl Stats {
         let Some(last) = events.last().map(|e| Borrow::<Event>::borrow(e).sequence) else {
             return;
         };
+        self.coverage
+            .add(events[0].borrow(), last, events.len() as u64);
         if history {
             self.history_through = self.history_through.max(last);
         } else {
@@ -250,6 +295,7 @@ impl Stats {
                     publishers: Vec::new(),
                     samples: VecDeque::new(),
                     sampled_at: None,
+                    majors: std::collections::BTreeMap::new(),
                 },
             );
         }
@@ -258,6 +304,17 @@ impl Stats {
         };
         topic.marks.add(second, n, 0.0, 0);
         topic.last_seen.clone_from(&last.time);
+        for e in run {
+            let major = crate::schema::upcast::major_of(e.borrow());
+            let room = topic.majors.len() < MAJORS_MAX;
+            match topic.majors.get_mut(&major) {
+                Some(count) => *count += 1,
+                None if room => {
+                    topic.majors.insert(major, 1);
+                }
+                None => {}
+            }
+        }
         let room = topic.publishers.len() < PUBLISHERS_MAX;
         match topic
             .publishers
@@ -320,6 +377,7 @@ impl Stats {
                 last_seen: t.last_seen.clone(),
                 publishers: t.publishers.clone(),
                 samples: t.samples.iter().cloned().collect(),
+                majors: t.majors.iter().map(|(m, n)| (*m, *n)).collect(),
             })
             .collect();
         topics.sort_by(|a, b| a.topic.cmp(&b.topic));
@@ -345,6 +403,7 @@ impl Stats {
             topics,
             edges,
             untracked: self.untracked,
+            coverage: self.coverage.clone(),
             window,
         }
     }
@@ -420,6 +479,40 @@ mod tests {
         stats.count(&numbered(&[3, 4, 5, 6]), true);
         let s = stats.snapshot(Duration::from_secs(10));
         assert_eq!(s.topics[0].total, 6);
+    }
+
+    #[test]
+    fn the_coverage_says_which_events_were_counted_and_majors_are_told_apart() {
+        let numbered = |seqs: std::ops::RangeInclusive<u64>, major: Option<u32>| -> Vec<Event> {
+            seqs.map(|s| {
+                let mut e = event("order.placed", None, None);
+                e.sequence = s;
+                e.time = format!("t{s}");
+                if let Some(m) = major {
+                    e.extensions
+                        .push(("dataschema".into(), format!("/v1/schemas/order.placed/{m}")));
+                }
+                e
+            })
+            .collect()
+        };
+        let mut stats = Stats::default();
+        assert_eq!(
+            stats.snapshot(Duration::from_secs(1)).coverage.uncounted(),
+            0
+        );
+        // Read back at the first look, then live; then nobody looked
+        // while 101..=200 were accepted; then a look again.
+        stats.count(&numbered(11..=50, None), true);
+        stats.count(&numbered(51..=100, Some(1)), false);
+        stats.count(&numbered(201..=230, Some(2)), true);
+        let s = stats.snapshot(Duration::from_secs(1));
+        let c = &s.coverage;
+        assert_eq!(c.events, 120);
+        assert_eq!(c.from, Some((11, "t11".to_string())));
+        assert_eq!(c.through, 230);
+        assert_eq!(c.uncounted(), 100);
+        assert_eq!(s.topics[0].majors, vec![(1, 90), (2, 30)]);
     }
 
     #[test]

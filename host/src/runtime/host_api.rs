@@ -277,7 +277,15 @@ impl HostState {
         self.publish_policy
             .schemas
             .check(&event.type_, &event.data, &self.plugin)
-            .and_then(|()| self.declared.check_publish(&event.type_, &event.data))
+            .and_then(|()| {
+                self.declared
+                    .check_publish(&event.type_, &event.data)
+                    .inspect_err(|v| {
+                        self.publish_policy
+                            .schemas
+                            .refused_by_declaration(&self.plugin, v)
+                    })
+            })
             .map_err(|v| types::PublishError::Invalid(v.to_string()))?;
         let cause = self.batch()[index].clone();
         if cause.hops + 1 > self.hops_max {
@@ -318,6 +326,9 @@ impl HostState {
         });
         follow.hops = cause.hops + 1;
         follow.continue_trace(&cause);
+        // The major it was checked against: its topic's, else its own.
+        self.publish_policy.schemas.stamp(&mut follow);
+        self.declared.stamp(&mut follow);
         // Over the plugin's rate this is a debt, which holds its next
         // delivery (backpressure), not a refusal.
         self.publish_policy.rate.charge();

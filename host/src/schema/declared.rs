@@ -173,6 +173,18 @@ impl Declared {
         }
     }
 
+    /// Name the major `event` was checked against as its producer's
+    /// (`dataschema`), unless it names one already or this plugin declares
+    /// nothing for its topic.
+    pub fn stamp(&self, event: &mut crate::event::Event) {
+        if event.extension("dataschema").is_some() {
+            return;
+        }
+        if let Some(c) = self.publishes.get(&event.topic) {
+            event.extensions.push(("dataschema".into(), c.uri()));
+        }
+    }
+
     /// What the API shows: each topic's major and schema.
     pub fn describe(&self) -> serde_json::Value {
         let side = |m: &BTreeMap<String, Arc<Contract>>| -> serde_json::Value {

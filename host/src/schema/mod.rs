@@ -22,6 +22,7 @@ pub mod asyncapi;
 pub mod compat;
 pub mod declared;
 pub mod upcast;
+pub mod violations;
 
 pub use declared::{Declarations, Declared};
 
@@ -53,7 +54,8 @@ impl std::str::FromStr for Mode {
 }
 
 impl Mode {
-    fn as_str(self) -> &'static str {
+    /// As written in `DIR/TOPIC/mode` and the API.
+    pub fn as_str(self) -> &'static str {
         match self {
             Mode::Enforce => "enforce",
             Mode::Warn => "warn",
@@ -162,6 +164,11 @@ impl Contract {
         format!("/v1/schemas/{}/{}", self.topic, self.major)
     }
 
+    /// Where `data` first breaks it (none: it fits), whatever its mode.
+    pub fn violation(&self, data: &[u8]) -> Option<Violation> {
+        first_violation(self, data)
+    }
+
     /// What the API shows.
     pub fn describe(&self) -> serde_json::Value {
         serde_json::json!({
@@ -234,6 +241,8 @@ pub struct Schemas {
     /// Where they are kept (none: in memory only).
     dir: Option<PathBuf>,
     checks: Family<CheckLabels, Counter>,
+    /// Who broke which contract.
+    violations: violations::Book,
     /// Serialises changes.
     writing: std::sync::Mutex<()>,
 }
@@ -254,6 +263,7 @@ impl Default for Schemas {
             upcasters: ArcSwap::default(),
             dir: None,
             checks: Family::default(),
+            violations: violations::Book::default(),
             writing: std::sync::Mutex::new(()),
         }
     }
@@ -436,13 +446,34 @@ impl Schemas {
             })
             .inc();
         match found {
-            Some(v) if contract.mode == Mode::Enforce => Err(Box::new(v)),
+            Some(v) if contract.mode == Mode::Enforce => {
+                self.violations.note(producer, &v, true);
+                Err(Box::new(v))
+            }
             Some(v) => {
                 tracing::warn!(%producer, "{v} (mode warn: accepted)");
+                self.violations.note(producer, &v, false);
                 Ok(())
             }
             None => Ok(()),
         }
+    }
+
+    /// `producer`'s event broke the schema it declares it publishes (the
+    /// publish was refused): kept with the topic's other violations.
+    pub fn refused_by_declaration(&self, producer: &str, v: &Violation) {
+        self.violations.note(producer, v, true);
+    }
+
+    /// Who broke which contract ([`violations`]).
+    pub fn violations(&self) -> &violations::Book {
+        &self.violations
+    }
+
+    /// Where `data` first breaks `topic`'s schema whatever its mode
+    /// (none: it fits, or the topic has none). Counts nothing.
+    pub fn fits(&self, topic: &str, data: &[u8]) -> Option<Violation> {
+        first_violation(self.topics.load().get(topic)?, data)
     }
 }
 
