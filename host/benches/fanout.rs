@@ -48,6 +48,9 @@
 //!   the real binary fed orders over HTTP until the audit is clean, against
 //!   the same host publishing only and the hand-written peer (Python
 //!   services on Redis Streams) at the same durability;
+//! - validation (`fanout/validation.rs`): what event contracts cost, per
+//!   check and on the order flow with topic schemas enforced, in turns
+//!   with the flow without them;
 //! - console: publishing with the observer, nobody watching and 1 and 4
 //!   live tails, against no observer; memory per tail; the console API's
 //!   latency on a log of 1 M events; page weight; first render in headless
@@ -57,7 +60,7 @@
 //! `cargo bench -p plugbus --bench fanout`; rows whose tools are missing say
 //! so. `PLUGBUS_BENCH_EVENTS` sets the event count (default 1,000,000);
 //! `PLUGBUS_BENCH_ONLY` (a comma-separated subset of `floor,wasm,plugbus,
-//! redis,swap,busy,isolation,concurrency,startup,durable,http,latency,console,orderflow,timers`, or `chain`: the order flow's chain latency alone) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
+//! redis,swap,busy,isolation,concurrency,startup,durable,http,latency,console,orderflow,timers,validation`, or `chain`: the order flow's chain latency alone) runs only those rows, for profiling; `PLUGBUS_BENCH_DEBUG`
 //! prints each plugin's time inside `handle` and its batch sizes;
 //! `PLUGBUS_BENCH_BROKERS` (a comma-separated subset of
 //! `redis,nats,nats-synced`) keeps only those brokers' rows,
@@ -98,6 +101,8 @@ mod peers;
 mod stress;
 #[path = "fanout/timers.rs"]
 mod timers;
+#[path = "fanout/validation.rs"]
+mod validation;
 
 use binary::{latency, start_to_ready};
 use durable::{durable_pipelined, durable_publish, plugbus_durable};
@@ -679,6 +684,11 @@ fn main() {
     } else {
         String::new()
     };
+    let validation = if want("validation") {
+        validation::table(&dir)
+    } else {
+        String::new()
+    };
     let _ = std::fs::remove_dir_all(&dir);
 
     if !rows.is_empty() {
@@ -720,6 +730,7 @@ fn main() {
         }
     }
     print!("{orderflow}");
+    print!("{validation}");
     print!("{timer_table}");
     if !latencies.is_empty() {
         println!();

@@ -9,20 +9,8 @@ use super::*;
 
 /// The research scenario's `order.placed/1`: closed.
 fn order_schema() -> Value {
-    json!({
-        "type": "object",
-        "additionalProperties": false,
-        "required": ["order_id", "customer", "items", "total_cents"],
-        "properties": {
-            "order_id": {"type": "string"},
-            "customer": {"type": "string"},
-            "total_cents": {"type": "integer", "minimum": 0},
-            "items": {"type": "array", "minItems": 1, "items": {
-                "type": "object", "required": ["sku", "qty"],
-                "properties": {"sku": {"type": "string"}, "qty": {"type": "integer", "minimum": 1}}
-            }}
-        }
-    })
+    serde_json::from_str(include_str!("../fixtures/schemas/order.placed.json"))
+        .expect("the fixture is JSON")
 }
 
 /// Order `i` as a CloudEvent; every 100th is invalid, three ways in turn.

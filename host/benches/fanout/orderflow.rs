@@ -30,14 +30,14 @@ const BATCH: usize = 1000;
 const SKUS: usize = 4000;
 
 /// One measured run.
-struct Run {
-    seconds: f64,
-    cpu_seconds: f64,
+pub(crate) struct Run {
+    pub(crate) seconds: f64,
+    pub(crate) cpu_seconds: f64,
     peak_rss_kib: u64,
 }
 
 /// The orders, as CloudEvents batches of JSON, one per line.
-fn orders(n: usize) -> Vec<String> {
+pub(crate) fn orders(n: usize) -> Vec<String> {
     (0..n)
         .step_by(BATCH)
         .map(|start| {
@@ -129,7 +129,7 @@ fn audited_at_rest(url: &str) -> Result<bool, String> {
 
 /// The host with `plugins` (none: publish only) and `args`, fed `batches`
 /// (`n` orders); timed until its plugins are done.
-fn plugbus(
+pub(crate) fn plugbus(
     dir: &Path,
     plugins: &[&str],
     args: &[&str],

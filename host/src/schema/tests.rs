@@ -1,20 +1,8 @@
 use super::*;
 
-/// The research scenario's `order.placed/1`: closed.
-pub(crate) const ORDER: &str = r#"{
-  "type": "object",
-  "additionalProperties": false,
-  "required": ["order_id", "customer", "items", "total_cents"],
-  "properties": {
-    "order_id": {"type": "string"},
-    "customer": {"type": "string"},
-    "total_cents": {"type": "integer", "minimum": 0},
-    "items": {"type": "array", "minItems": 1, "items": {
-      "type": "object", "required": ["sku", "qty"],
-      "properties": {"sku": {"type": "string"}, "qty": {"type": "integer", "minimum": 1}}
-    }}
-  }
-}"#;
+/// The research scenario's `order.placed/1`: closed (shared with the e2e
+/// tests and the benchmark).
+pub(crate) const ORDER: &str = include_str!("../../../tests/fixtures/schemas/order.placed.json");
 
 fn order(extra: &str) -> Vec<u8> {
     format!(r#"{{"order_id":"o-1","customer":"c","total_cents":100,"items":[{{"sku":"a","qty":1}}]{extra}}}"#).into_bytes()
