@@ -49,6 +49,11 @@ const PLUGINS: &[(&str, &str, Option<&str>)] = &[
         Some("inventory_warehouse"),
     ),
     ("ANALYTICS_V2", "plugbus-test-plugins", Some("analytics_v2")),
+    (
+        "INVENTORY_UNDECLARED",
+        "plugbus-test-plugins",
+        Some("inventory_undeclared"),
+    ),
 ];
 
 fn main() {

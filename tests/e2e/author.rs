@@ -131,6 +131,14 @@ fn new_build_test_run(work: &Path, name: &str, lang: &str, release: bool) {
                 && e["published_by"] == name),
         "{trace}"
     );
+    // The host read the contracts the template declares, embedded in
+    // the build: its follow-up names the major it was checked against.
+    let counted = h.log_events(Some(&format!("{name}.counted")));
+    assert_eq!(
+        counted[0]["dataschema"],
+        format!("/v1/schemas/{name}.counted/1").as_str(),
+        "{counted:?}"
+    );
     assert!(h.stop().expect("stops").success());
 }
 

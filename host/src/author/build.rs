@@ -166,7 +166,47 @@ fn build_python(project: &Project, wasm: &Path, out: &mut dyn Write) -> Result<(
         .args(["-d", "wit", "-w", "plugin", "componentize", "app", "-o"])
         .arg(&staged);
     run(cmd, true, out)?;
+    embed_contracts(project, &staged, out)?;
     std::fs::rename(&staged, wasm).map_err(io_error(wasm))
+}
+
+/// Embed the project's `contracts.json` (if it has one) in the component
+/// `wasm` as its `plugbus:contracts` section, as the Rust SDK's
+/// `contracts!` does in the module: checked first, as the host will read
+/// it.
+fn embed_contracts(project: &Project, wasm: &Path, out: &mut dyn Write) -> Result<(), AuthorError> {
+    let file = project.dir.join("contracts.json");
+    let bytes = match std::fs::read(&file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error(&file)(e)),
+    };
+    let declared = crate::schema::Declared::build(
+        &project.name,
+        Some(&bytes),
+        &crate::schema::Declarations::default(),
+        &project.dir,
+    )
+    .map_err(|e| AuthorError::Check {
+        file: file.clone(),
+        reason: format!("{e}; fix it, or remove the file to declare nothing"),
+    })?;
+    let mut component = std::fs::read(wasm).map_err(io_error(wasm))?;
+    wasm_encoder::ComponentSection::append_to_component(
+        &wasm_encoder::CustomSection {
+            name: crate::schema::declared::SECTION.into(),
+            data: bytes.as_slice().into(),
+        },
+        &mut component,
+    );
+    std::fs::write(wasm, &component).map_err(io_error(wasm))?;
+    let _ = writeln!(
+        out,
+        "embedded contracts.json: reads {} topic(s), publishes {}",
+        declared.consumes.len(),
+        declared.publishes.len()
+    );
+    Ok(())
 }
 
 /// Run `cmd`; its output is shown as it runs, or (quiet) only if it fails.

@@ -154,6 +154,10 @@ const PYTHON: Files = &[
         repo_file!("host/templates/python/test_app.py.tmpl"),
     ),
     (
+        "contracts.json",
+        repo_file!("host/templates/rust/contracts.json.tmpl"),
+    ),
+    (
         "pyproject.toml",
         repo_file!("host/templates/python/pyproject.toml.tmpl"),
     ),

@@ -79,16 +79,20 @@ impl Registry {
         Err(PluginError::Incompatible(Box::new(misfit)))
     }
 
-    /// The first place `declared` does not fit.
-    fn misfit(&self, plugin: &str, version: &str, declared: &Declared) -> Option<Incompatible> {
-        let others: Vec<Arc<RunningPlugin>> = self
-            .running
+    /// The running plugins but `plugin`.
+    pub(super) fn others(&self, plugin: &str) -> Vec<Arc<RunningPlugin>> {
+        self.running
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|r| r.name != plugin)
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// The first place `declared` does not fit.
+    fn misfit(&self, plugin: &str, version: &str, declared: &Declared) -> Option<Incompatible> {
+        let others = self.others(plugin);
         let misfit =
             |producer: Option<&str>, consumer: Option<&str>, w: &Contract, r: &Contract| {
                 fits(&w.schema, &r.schema).err().map(|at| Incompatible {
@@ -158,7 +162,7 @@ impl Registry {
 
 impl RunningPlugin {
     /// Whether it subscribes to `topic`.
-    fn consumes(&self, topic: &str) -> bool {
+    pub(super) fn consumes(&self, topic: &str) -> bool {
         self.subscriptions
             .iter()
             .filter_map(|s| Pattern::parse(s).ok())

@@ -45,6 +45,10 @@ pub enum PluginError {
     /// What it declares does not fit a running plugin's declarations.
     #[error("{0}")]
     Incompatible(Box<super::Incompatible>),
+    /// What it would publish in its shadow run does not fit a running
+    /// consumer's declared reader schema.
+    #[error("{0}")]
+    ShadowMisfit(Box<super::shadow::ShadowMisfit>),
     /// `init` returned no subscriptions.
     #[error("{file}: init returned no subscriptions, so the plugin would never get an event; return at least one topic pattern from `info()`")]
     NoSubscriptions {

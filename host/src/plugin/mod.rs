@@ -24,11 +24,13 @@
 mod conditions;
 mod contracts;
 pub use contracts::Incompatible;
+pub use shadow::{ShadowMisfit, Shadowed};
 mod error;
 pub mod manifest;
 pub mod manifest_reference;
 mod optimizer;
 mod settings;
+mod shadow;
 mod start;
 mod status;
 mod swap;

@@ -31,6 +31,8 @@ pub(super) struct Instances {
     pub(super) patterns: Vec<Pattern>,
     /// The schemas it declares.
     pub(super) declared: Arc<Declared>,
+    /// How they were made, for one more (a shadow run's).
+    pub(super) config: InstanceConfig,
 }
 
 impl Registry {
@@ -100,6 +102,7 @@ impl Registry {
             subscriptions,
             patterns,
             declared,
+            config,
         })
     }
 
@@ -125,6 +128,7 @@ impl Registry {
             subscriptions,
             patterns,
             declared,
+            ..
         } = self.instances(&loaded, file, &settings)?;
         self.optimize_later(file, &loaded, settings.limits.stack_bytes_max);
         if info.name != name {

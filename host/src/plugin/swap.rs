@@ -168,9 +168,10 @@ impl Registry {
 
     /// Load and initialise the version of `running` in `file`, one
     /// instance per worker, and check that its declared schemas fit the
-    /// running plugins': `None` if it is the one running (or already
-    /// offered), else the swaps, whether its subscriptions differ and what
-    /// it declares.
+    /// running plugins' and that what it publishes in its shadow run
+    /// (`plugin::shadow`) fits their readers: `None` if it is the one
+    /// running (or already offered), else the swaps, whether its
+    /// subscriptions differ and what it declares.
     fn prepare(
         &self,
         running: &RunningPlugin,
@@ -202,10 +203,19 @@ impl Registry {
             info,
             subscriptions,
             declared,
-            ..
+            patterns,
+            config,
         } = self.instances(&loaded, file, settings)?;
         if !tier_up {
             self.check_fit(&running.name, &info.version, &declared)?;
+            let (shadow, _) = runtime::with_native_stack(settings.limits.stack_bytes_max, || {
+                runtime::instantiate(loaded.clone(), config)
+            })
+            .map_err(|source| PluginError::Start {
+                file: file.to_path_buf(),
+                source,
+            })?;
+            self.shadow(running, shadow, &patterns, &info.version)?;
         }
         self.optimize_later(file, &loaded, settings.limits.stack_bytes_max);
         let moved = subscriptions != running.subscriptions;

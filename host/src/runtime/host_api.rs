@@ -276,16 +276,12 @@ impl HostState {
         plugbus_contract::publish::check_limits(&call, batch_len, published).map_err(refused)?;
         self.publish_policy
             .schemas
-            .check(&event.type_, &event.data, &self.plugin)
-            .and_then(|()| {
-                self.declared
-                    .check_publish(&event.type_, &event.data)
-                    .inspect_err(|v| {
-                        self.publish_policy
-                            .schemas
-                            .refused_by_declaration(&self.plugin, v)
-                    })
-            })
+            .check_publish(
+                &event.type_,
+                &event.data,
+                &self.plugin,
+                self.declared.publishes.get(&event.type_).map(|c| &**c),
+            )
             .map_err(|v| types::PublishError::Invalid(v.to_string()))?;
         let cause = self.batch()[index].clone();
         if cause.hops + 1 > self.hops_max {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{compile_value, first_violation, Contract, Mode, SchemaError, Violation};
+use super::{compile_value, Contract, Mode, SchemaError};
 
 /// The custom section a plugin's declarations are embedded in.
 pub const SECTION: &str = "plugbus:contracts";
@@ -156,21 +156,6 @@ impl Declared {
     /// Whether it declares nothing.
     pub fn is_empty(&self) -> bool {
         self.consumes.is_empty() && self.publishes.is_empty()
-    }
-
-    /// Check `data`, published on `topic`, against the writer schema the
-    /// plugin declares for it (none declared: not checked).
-    pub fn check_publish(&self, topic: &str, data: &[u8]) -> Result<(), Box<Violation>> {
-        let Some(contract) = self.publishes.get(topic) else {
-            return Ok(());
-        };
-        match first_violation(contract, data) {
-            Some(mut v) => {
-                v.declared_by = Some(self.plugin.clone());
-                Err(Box::new(v))
-            }
-            None => Ok(()),
-        }
     }
 
     /// Name the major `event` was checked against as its producer's

@@ -146,6 +146,9 @@ pub struct Contract {
     /// The schema, as declared.
     pub schema: serde_json::Value,
     validator: jsonschema::Validator,
+    /// Its checks' counters (valid, invalid, warned), made at the first
+    /// check so that a check allocates nothing.
+    counters: std::sync::OnceLock<[Counter; 3]>,
 }
 
 impl std::fmt::Debug for Contract {
@@ -426,25 +429,66 @@ impl Schemas {
     /// the violation when the contract is enforced and it does not fit. A
     /// topic without one, or `off`, is not checked; `warn` counts and logs.
     pub fn check(&self, topic: &str, data: &[u8], producer: &str) -> Result<(), Box<Violation>> {
+        self.check_publish(topic, data, producer, None)
+    }
+
+    /// [`Schemas::check`], then `data` against `declared`, the writer
+    /// schema its producer declares for the topic (a violation of it is
+    /// kept with the topic's others): the data parsed once for both.
+    pub fn check_publish(
+        &self,
+        topic: &str,
+        data: &[u8],
+        producer: &str,
+        declared: Option<&Contract>,
+    ) -> Result<(), Box<Violation>> {
         let topics = self.topics.load();
-        let Some(contract) = topics.get(topic) else {
-            return Ok(());
-        };
-        if contract.mode == Mode::Off {
+        let own = topics.get(topic).filter(|c| c.mode != Mode::Off);
+        if own.is_none() && declared.is_none() {
             return Ok(());
         }
-        let found = first_violation(contract, data);
-        let outcome = match (&found, contract.mode) {
-            (None, _) => "valid",
-            (Some(_), Mode::Enforce) => "invalid",
-            (Some(_), _) => "warned",
+        let value = match serde_json::from_slice::<serde_json::Value>(data) {
+            Ok(v) => Ok(v),
+            Err(e) => Err(format!("not JSON ({e})")),
         };
-        self.checks
-            .get_or_create(&CheckLabels {
-                topic: topic.to_string(),
-                outcome: outcome.to_string(),
+        if let Some(contract) = own {
+            self.check_value(contract, &value, producer)?;
+        }
+        if let Some(writer) = declared {
+            if let Some(mut v) = violation_of(writer, &value) {
+                v.declared_by = Some(producer.to_string());
+                self.violations.note(producer, &v, true);
+                return Err(Box::new(v));
+            }
+        }
+        Ok(())
+    }
+
+    /// `value` (parsed data, or why it is not JSON) against `contract`,
+    /// counted and, in mode warn, logged.
+    fn check_value(
+        &self,
+        contract: &Contract,
+        value: &Result<serde_json::Value, String>,
+        producer: &str,
+    ) -> Result<(), Box<Violation>> {
+        let found = violation_of(contract, value);
+        let counters = contract.counters.get_or_init(|| {
+            ["valid", "invalid", "warned"].map(|outcome| {
+                self.checks
+                    .get_or_create(&CheckLabels {
+                        topic: contract.topic.clone(),
+                        outcome: outcome.to_string(),
+                    })
+                    .clone()
             })
-            .inc();
+        });
+        let counter = match (&found, contract.mode) {
+            (None, _) => 0,
+            (Some(_), Mode::Enforce) => 1,
+            (Some(_), _) => 2,
+        };
+        counters[counter].inc();
         match found {
             Some(v) if contract.mode == Mode::Enforce => {
                 self.violations.note(producer, &v, true);
@@ -457,12 +501,6 @@ impl Schemas {
             }
             None => Ok(()),
         }
-    }
-
-    /// `producer`'s event broke the schema it declares it publishes (the
-    /// publish was refused): kept with the topic's other violations.
-    pub fn refused_by_declaration(&self, producer: &str, v: &Violation) {
-        self.violations.note(producer, v, true);
     }
 
     /// Who broke which contract ([`violations`]).
@@ -479,6 +517,16 @@ impl Schemas {
 
 /// Where `data` first breaks `contract` (none: it fits).
 fn first_violation(contract: &Contract, data: &[u8]) -> Option<Violation> {
+    let value = serde_json::from_slice(data).map_err(|e| format!("not JSON ({e})"));
+    violation_of(contract, &value)
+}
+
+/// Where `value` (parsed data, or why it is not JSON) first breaks
+/// `contract` (none: it fits).
+fn violation_of(
+    contract: &Contract,
+    value: &Result<serde_json::Value, String>,
+) -> Option<Violation> {
     let violation = |pointer: String, keyword: &str, message: String| Violation {
         topic: contract.topic.clone(),
         major: contract.major,
@@ -487,11 +535,11 @@ fn first_violation(contract: &Contract, data: &[u8]) -> Option<Violation> {
         message,
         declared_by: None,
     };
-    let value: serde_json::Value = match serde_json::from_slice(data) {
+    let value = match value {
         Ok(v) => v,
-        Err(e) => return Some(violation(String::new(), "type", format!("not JSON ({e})"))),
+        Err(why) => return Some(violation(String::new(), "type", why.clone())),
     };
-    let error = contract.validator.validate(&value).err()?;
+    let error = contract.validator.validate(value).err()?;
     Some(violation(
         error.instance_path().to_string(),
         error.kind().keyword(),
@@ -539,6 +587,7 @@ fn compile_value(
         mode,
         schema: value,
         validator,
+        counters: std::sync::OnceLock::new(),
     })
 }
 
@@ -604,5 +653,7 @@ fn io(dir: &Path, e: impl std::fmt::Display) -> SchemaError {
     }
 }
 
+#[cfg(test)]
+mod reference_tests;
 #[cfg(test)]
 mod tests;

@@ -146,6 +146,35 @@ fn set(data: &mut Value, pointer: &str, value: Value) {
     }
 }
 
+/// `chunk` as a plugin declaring `declared` reads it: each event of an
+/// older major of a topic it declares a newer major of, upcast by the
+/// topic's upcasters in `schemas`; the rest as they are.
+pub fn as_read(
+    chunk: crate::event::Chunk,
+    declared: &super::Declared,
+    schemas: &super::Schemas,
+) -> crate::event::Chunk {
+    let wants = |e: &Event| {
+        declared
+            .consumes
+            .get(&e.topic)
+            .map(|c| c.major)
+            .filter(|m| *m > major_of(e))
+    };
+    if declared.consumes.values().all(|c| c.major <= 1) || !chunk.iter().any(|e| wants(e).is_some())
+    {
+        return chunk;
+    }
+    chunk
+        .iter()
+        .map(|e| match wants(e) {
+            Some(to) => upcast(e, to, |m| schemas.upcaster(&e.topic, m)),
+            None => e.clone(),
+        })
+        .collect::<Vec<_>>()
+        .into()
+}
+
 /// The major of its topic `event` was published under.
 pub fn major_of(event: &Event) -> u32 {
     event

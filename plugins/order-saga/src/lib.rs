@@ -300,6 +300,8 @@ impl Plugin for OrderSaga {
 }
 
 export_plugin!(OrderSaga);
+// The schemas it reads and writes, embedded for the host (docs/plugins/contracts.md).
+plugbus_sdk::contracts!(include_bytes!("../contracts.json"));
 
 #[cfg(test)]
 mod tests;

@@ -154,6 +154,8 @@ impl Plugin for Payment {
 }
 
 export_plugin!(Payment);
+// The schemas it reads and writes, embedded for the host (docs/plugins/contracts.md).
+plugbus_sdk::contracts!(include_bytes!("../contracts.json"));
 
 #[cfg(test)]
 mod tests {

@@ -5,12 +5,5 @@
 #[path = "inventory_next/mod.rs"]
 mod next;
 
-struct Renamed;
-
-impl next::Shape for Renamed {
-    const CUSTOMER: &'static str = "customer_id";
-    const WAREHOUSE: bool = false;
-}
-
-plugbus_sdk::export_plugin!(next::InventoryNext<Renamed>);
+plugbus_sdk::export_plugin!(next::InventoryNext<next::Renamed>);
 plugbus_sdk::contracts!(include_bytes!("inventory_next/renamed.json"));

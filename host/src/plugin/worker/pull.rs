@@ -154,27 +154,10 @@ impl Worker {
     /// major of a topic it declares a newer major of, upcast by the
     /// topic's upcasters (`schema::upcast`); the log keeps its bytes.
     fn as_read(&self, chunk: Chunk) -> Chunk {
-        let declared = self.instance.declared();
-        let wants = |e: &Event| {
-            declared
-                .consumes
-                .get(&e.topic)
-                .map(|c| c.major)
-                .filter(|m| *m > upcast::major_of(e))
-        };
-        if declared.consumes.values().all(|c| c.major <= 1)
-            || !chunk.iter().any(|e| wants(e.as_ref()).is_some())
-        {
-            return chunk;
-        }
-        let schemas = &self.plugin.settings.publish.schemas;
-        chunk
-            .iter()
-            .map(|e| match wants(e.as_ref()) {
-                Some(to) => upcast::upcast(e, to, |m| schemas.upcaster(&e.topic, m)),
-                None => e.clone(),
-            })
-            .collect::<Vec<_>>()
-            .into()
+        upcast::as_read(
+            chunk,
+            self.instance.declared(),
+            &self.plugin.settings.publish.schemas,
+        )
     }
 }

@@ -16,6 +16,15 @@ pub trait Shape: 'static {
     const WAREHOUSE: bool;
 }
 
+/// `customer` renamed to `customer_id` (the builds that rename it).
+#[allow(dead_code)]
+pub struct Renamed;
+
+impl Shape for Renamed {
+    const CUSTOMER: &'static str = "customer_id";
+    const WAREHOUSE: bool = false;
+}
+
 pub struct InventoryNext<S: Shape>(PhantomData<S>);
 
 impl<S: Shape> Plugin for InventoryNext<S> {
