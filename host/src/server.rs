@@ -331,9 +331,11 @@ async fn start_plugins(
         }
     };
     let loader = registry.clone();
-    let failures = tokio::task::spawn_blocking(move || loader.load_dir(&dir))
-        .await
-        .map_err(|e| StartError::Runtime(format!("plugin loading panicked: {e}")))??;
+    registry.backend().plugins_starting();
+    let loaded = tokio::task::spawn_blocking(move || loader.load_dir(&dir)).await;
+    registry.backend().plugins_started();
+    let failures =
+        loaded.map_err(|e| StartError::Runtime(format!("plugin loading panicked: {e}")))??;
     Ok((registry, watch, failures))
 }
 

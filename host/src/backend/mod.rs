@@ -543,6 +543,15 @@ pub trait Backend: Send + Sync + 'static {
         })
     }
 
+    /// The host starts the plugins of its directory: a backend that knows
+    /// the owners of timers only as their plugins start (NATS) holds
+    /// firing until [`Backend::plugins_started`], so that timers that fell
+    /// due while the host was down fire in due order across plugins.
+    fn plugins_starting(&self) {}
+
+    /// See [`Backend::plugins_starting`].
+    fn plugins_started(&self) {}
+
     /// Count the timers this host fires, and their lateness, into
     /// `meters` (where the host fires them: not on NATS, whose server does).
     fn count_timers_into(&self, meters: clock::TimerMeters) {

@@ -1,7 +1,7 @@
 //! The shadow run of a new version before it replaces the running one:
 //! one more instance of it handles the last events the plugin would have
 //! received (up to [`SHADOW_EVENTS`] of its subscriptions among the last
-//! [`SCAN_EVENTS`] of the log), each in a call of its own, as the running
+//! [`SCAN_EVENTS`] of the log, one read), each in a call of its own, as the running
 //! version reads them (upcast to the majors it declares), reading the
 //! plugin's committed state. Nothing it does is kept: its state writes,
 //! follow-ups and timers are dropped with the instance.
@@ -24,8 +24,9 @@ use crate::schema::Violation;
 
 /// Events a new version handles in its shadow run, at most.
 pub const SHADOW_EVENTS: usize = 100;
-/// The newest events of the log searched for them.
-pub const SCAN_EVENTS: u64 = 10_000;
+/// The newest events of the log searched for them (one read; on a
+/// broker, one request).
+pub const SCAN_EVENTS: u64 = 1_000;
 
 /// A follow-up of the shadow run that a running consumer cannot read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +88,15 @@ impl Registry {
         patterns: &[Pattern],
         version: &str,
     ) -> Result<Shadowed, PluginError> {
+        // Only a running plugin's declared reader can refuse a follow-up:
+        // with none, the run could not refuse anything.
+        if self
+            .others(&running.name)
+            .iter()
+            .all(|o| o.declared().consumes.is_empty())
+        {
+            return Ok(Shadowed::default());
+        }
         let events = self.last_events(patterns);
         let (shadowed, misfit) = self.run_shadow(running, instance, events, version);
         if shadowed.events > 0 {
@@ -121,22 +131,15 @@ impl Registry {
         let Ok(head) = backend.head() else {
             return Vec::new();
         };
-        let mut from = head.saturating_sub(SCAN_EVENTS - 1).max(1);
-        let mut found = Vec::new();
-        while from <= head {
-            let Ok(page) = backend.read(from, 1000) else {
-                break;
-            };
-            let Some(last) = page.last().map(|e| e.sequence) else {
-                break;
-            };
-            found.extend(
-                page.into_iter()
-                    .filter(|e| patterns.iter().any(|p| p.matches(&e.topic)))
-                    .map(std::sync::Arc::new),
-            );
-            from = last + 1;
-        }
+        let from = head.saturating_sub(SCAN_EVENTS - 1).max(1);
+        let Ok(page) = backend.read(from, SCAN_EVENTS as usize) else {
+            return Vec::new();
+        };
+        let mut found: Vec<std::sync::Arc<Event>> = page
+            .into_iter()
+            .filter(|e| patterns.iter().any(|p| p.matches(&e.topic)))
+            .map(std::sync::Arc::new)
+            .collect();
         let keep = found.len().saturating_sub(SHADOW_EVENTS);
         found.split_off(keep)
     }

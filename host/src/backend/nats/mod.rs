@@ -486,6 +486,17 @@ impl Backend for NatsBackend {
         self.run(move |inner| async move { inner.timers_of(&owner, max).await })
     }
 
+    fn plugins_starting(&self) {
+        self.inner.timers.hold(true);
+    }
+
+    fn plugins_started(&self) {
+        self.inner.timers.hold(false);
+        if let Some(r) = self.inner.clock.get() {
+            r.ring();
+        }
+    }
+
     fn schedule(&self, timers: Vec<crate::timer::Timer>) -> Result<(), BackendError> {
         self.start_clock();
         let changes: Vec<crate::timer::TimerChange> = timers

@@ -59,6 +59,9 @@ pub(super) fn change(bucket: &str, c: &TimerChange) -> Out {
     )
 }
 
+/// How soon a held clock looks again.
+const HELD_LOOK: Duration = Duration::from_millis(50);
+
 /// One indexed timer.
 struct Entry {
     due_ms: u64,
@@ -69,6 +72,10 @@ struct Entry {
 #[derive(Default)]
 pub(super) struct Index {
     inner: Mutex<IndexInner>,
+    /// Firing waits while the host starts its plugins: it knows only the
+    /// owners started so far, and timers overdue across plugins fire in
+    /// due order once it knows them all.
+    held: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -163,6 +170,15 @@ impl Index {
     }
 
     /// Look after `owner`'s timers from now on.
+    /// Hold firing (the host starts its plugins), or let it go on.
+    pub(super) fn hold(&self, held: bool) {
+        self.held.store(held, std::sync::atomic::Ordering::Release);
+    }
+
+    fn held(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub(super) fn watch(&self, owner: &str) {
         self.lock().owners.insert(owner.to_string());
     }
@@ -405,6 +421,12 @@ pub(super) struct NatsFire {
 impl Fire for NatsFire {
     fn fire_due(&self, max: usize) -> Result<Fired, BackendError> {
         let inner = self.inner.clone();
+        if self.inner.timers.held() {
+            return Ok(Fired {
+                late_ms: Vec::new(),
+                next_in: Some(HELD_LOOK),
+            });
+        }
         self.bridge.run(&self.inner, CALL_TIMEOUT * 2, async move {
             let index = &inner.timers;
             let rescan = {
