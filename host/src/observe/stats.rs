@@ -141,7 +141,7 @@ impl Coverage {
     /// events).
     pub fn uncounted(&self) -> u64 {
         match &self.from {
-            Some((from, _)) => (self.through - from + 1).saturating_sub(self.events),
+            Some((from, _)) => (self.through.saturating_sub(*from) + 1).saturating_sub(self.events),
             None => 0,
         }
     }
