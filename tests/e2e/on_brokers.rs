@@ -515,13 +515,7 @@ fn replay_with_reset_state_rebuilds_analytics<B: Broker>() {
         orders_counted_yet(h).is_some_and(|n| n == 5)
     })
     .expect("counted");
-    let (status, body) = h.post(
-        "/v1/plugins/analytics/replay",
-        Some("application/json"),
-        &[],
-        br#"{"from_sequence": 1, "reset_state": true}"#,
-    );
-    assert_eq!(status, 200, "{body}");
+    h.replay_from_start("analytics");
     // Rebuilt from nothing: the totals pass 5 a second time.
     h.wait_until("analytics rebuilt", WAIT, |h| {
         let passes = h

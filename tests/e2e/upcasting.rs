@@ -70,13 +70,7 @@ fn replaying_old_orders_through_a_major_2_projection_gives_the_same_revenue() {
     })
     .expect("swapped");
 
-    let (status, body) = h.post(
-        "/v1/plugins/analytics/replay",
-        Some("application/json"),
-        &[],
-        br#"{"from_sequence": 1, "reset_state": true}"#,
-    );
-    assert_eq!(status, 200, "{body}");
+    h.replay_from_start("analytics");
     // Handled once by 1.0 and once more, from the start, by 2.0.0.
     h.wait_until("the replay is through", WAIT, |h| {
         h.count("analytics", "handled") == 2 * ORDERS && h.count("analytics", "lag") == 0

@@ -415,6 +415,18 @@ impl TestHost {
             .unwrap_or(0)
     }
 
+    /// Replay `plugin` from the first event of the log, its state emptied
+    /// first (`POST /v1/plugins/{plugin}/replay`); anything but 200 fails.
+    pub fn replay_from_start(&self, plugin: &str) {
+        let (status, body) = self.post(
+            &format!("/v1/plugins/{plugin}/replay"),
+            Some("application/json"),
+            &[],
+            br#"{"from_sequence": 1, "reset_state": true}"#,
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+
     /// Every event in the log (`GET /v1/log`, page by page), oldest
     /// first; `topic`: only those of it.
     pub fn log_events(&self, topic: Option<&str>) -> Vec<Value> {

@@ -172,12 +172,7 @@ pub fn run(
                 if settlement.keeps_writes() {
                     backend.apply(name, r.writes).map_err(|e| fail(wasm, e))?;
                 }
-                let text = match outcome {
-                    Some(Outcome::Ack) => "ack".to_string(),
-                    Some(Outcome::Retry(r)) => format!("retry: {}", r.message),
-                    Some(Outcome::Reject(why)) => format!("reject: {why}"),
-                    None => "retry: no outcome returned".to_string(),
-                };
+                let text = crate::runtime::outcome_words(outcome.as_ref());
                 let published = r
                     .published
                     .into_iter()

@@ -57,7 +57,7 @@ impl std::fmt::Display for ShadowMisfit {
             self.consumer,
             v.major,
             v.keyword,
-            if v.pointer.is_empty() { "/" } else { &v.pointer },
+            crate::schema::place(&v.pointer),
             v.message
         )
     }
@@ -90,15 +90,12 @@ impl Registry {
     ) -> Result<Shadowed, PluginError> {
         // Only a running plugin's declared reader can refuse a follow-up:
         // with none, the run could not refuse anything.
-        if self
-            .others(&running.name)
-            .iter()
-            .all(|o| o.declared().consumes.is_empty())
-        {
+        let others = self.others(&running.name);
+        if others.iter().all(|o| o.declared().consumes.is_empty()) {
             return Ok(Shadowed::default());
         }
         let events = self.last_events(patterns);
-        let (shadowed, misfit) = self.run_shadow(running, instance, events, version);
+        let (shadowed, misfit) = run_shadow(running, &others, instance, events, version);
         if shadowed.events > 0 {
             tracing::info!(
                 plugin = %running.name,
@@ -143,83 +140,74 @@ impl Registry {
         let keep = found.len().saturating_sub(SHADOW_EVENTS);
         found.split_off(keep)
     }
-
-    /// Each of `events` through `instance`, one per call; the first
-    /// follow-up a running consumer cannot read.
-    fn run_shadow(
-        &self,
-        running: &RunningPlugin,
-        mut instance: PluginInstance,
-        events: Vec<std::sync::Arc<Event>>,
-        version: &str,
-    ) -> (Shadowed, Option<ShadowMisfit>) {
-        let limits = &running.settings.limits;
-        let budget = Duration::from_millis(limits.deadline_ms);
-        let declared = instance.declared().clone();
-        let schemas = &running.settings.publish.schemas;
-        let mut done = Shadowed::default();
-        for event in events {
-            let chunk: Chunk = crate::schema::upcast::as_read(
-                std::sync::Arc::from(vec![event.clone()]),
-                &declared,
-                schemas,
-            );
-            let result = runtime::with_native_stack(limits.stack_bytes_max, || {
-                instance.handle(&chunk, 0..1, &[1], CallMode::Background, budget)
-            });
-            done.events += 1;
-            let r = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    // A trapped instance is not called again.
-                    done.first_failure
-                        .get_or_insert_with(|| format!("{} trapped: {e}", event.id));
-                    break;
-                }
-            };
-            match r.outcomes.first() {
-                Some(Outcome::Ack) => done.acked += 1,
-                other => {
-                    done.first_failure
-                        .get_or_insert_with(|| format!("{}: {}", event.id, describe(other)));
-                }
-            }
-            for (_, follow) in &r.published {
-                done.published += 1;
-                if let Some((consumer, violation)) = self.unreadable(&running.name, follow) {
-                    let misfit = ShadowMisfit {
-                        plugin: running.name.clone(),
-                        version: version.to_string(),
-                        cause: (event.id.clone(), event.topic.clone()),
-                        consumer,
-                        violation,
-                    };
-                    return (done, Some(misfit));
-                }
-            }
-        }
-        (done, None)
-    }
-
-    /// The first running consumer (but `plugin`) whose declared reader
-    /// schema `follow` breaks, and where.
-    fn unreadable(&self, plugin: &str, follow: &Event) -> Option<(String, Violation)> {
-        self.others(plugin).iter().find_map(|other| {
-            let theirs = other.declared();
-            let reader = theirs.consumes.get(&follow.topic)?;
-            other.consumes(&follow.topic).then_some(())?;
-            let v = reader.violation(&follow.data)?;
-            Some((other.name.clone(), v))
-        })
-    }
 }
 
-/// An outcome other than ack, in words.
-fn describe(outcome: Option<&Outcome>) -> String {
-    match outcome {
-        Some(Outcome::Ack) => "ack".into(),
-        Some(Outcome::Retry(r)) => format!("retry: {}", r.message),
-        Some(Outcome::Reject(why)) => format!("reject: {why}"),
-        None => "no outcome".into(),
+/// Each of `events` through `instance`, one per call; the first
+/// follow-up a running consumer cannot read.
+fn run_shadow(
+    running: &RunningPlugin,
+    others: &[Arc<RunningPlugin>],
+    mut instance: PluginInstance,
+    events: Vec<std::sync::Arc<Event>>,
+    version: &str,
+) -> (Shadowed, Option<ShadowMisfit>) {
+    let limits = &running.settings.limits;
+    let budget = Duration::from_millis(limits.deadline_ms);
+    let declared = instance.declared().clone();
+    let schemas = &running.settings.publish.schemas;
+    let mut done = Shadowed::default();
+    for event in events {
+        let chunk: Chunk = crate::schema::upcast::as_read(
+            std::sync::Arc::from(vec![event.clone()]),
+            &declared,
+            schemas,
+        );
+        let result = runtime::with_native_stack(limits.stack_bytes_max, || {
+            instance.handle(&chunk, 0..1, &[1], CallMode::Background, budget)
+        });
+        done.events += 1;
+        let r = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // A trapped instance is not called again.
+                done.first_failure
+                    .get_or_insert_with(|| format!("{} trapped: {e}", event.id));
+                break;
+            }
+        };
+        match r.outcomes.first() {
+            Some(Outcome::Ack) => done.acked += 1,
+            other => {
+                done.first_failure.get_or_insert_with(|| {
+                    format!("{}: {}", event.id, runtime::outcome_words(other))
+                });
+            }
+        }
+        for (_, follow) in &r.published {
+            done.published += 1;
+            if let Some((consumer, violation)) = unreadable(others, follow) {
+                let misfit = ShadowMisfit {
+                    plugin: running.name.clone(),
+                    version: version.to_string(),
+                    cause: (event.id.clone(), event.topic.clone()),
+                    consumer,
+                    violation,
+                };
+                return (done, Some(misfit));
+            }
+        }
     }
+    (done, None)
+}
+
+/// The first of `others` (the running plugins but the one shadowed)
+/// whose declared reader schema `follow` breaks, and where.
+fn unreadable(others: &[Arc<RunningPlugin>], follow: &Event) -> Option<(String, Violation)> {
+    others.iter().find_map(|other| {
+        let theirs = other.declared();
+        let reader = theirs.consumes.get(&follow.topic)?;
+        other.consumes(&follow.topic).then_some(())?;
+        let v = reader.violation(&follow.data)?;
+        Some((other.name.clone(), v))
+    })
 }

@@ -90,6 +90,17 @@ pub mod bindings {
 use bindings::plugbus::plugin::types as wit;
 pub use bindings::plugbus::plugin::types::{Info, Outcome};
 
+/// A handler's outcome for one event, in words (`ack`, `retry: why`,
+/// `reject: why`; none returned counts as a retry).
+pub fn outcome_words(outcome: Option<&Outcome>) -> String {
+    match outcome {
+        Some(Outcome::Ack) => "ack".to_string(),
+        Some(Outcome::Retry(r)) => format!("retry: {}", r.message),
+        Some(Outcome::Reject(why)) => format!("reject: {why}"),
+        None => "retry: no outcome returned".to_string(),
+    }
+}
+
 /// The contract package this host implements.
 pub const CONTRACT_PACKAGE: &str = "plugbus:plugin";
 /// The contract version this host implements. It accepts plugins built

@@ -218,7 +218,7 @@ impl std::fmt::Display for Violation {
 }
 
 /// A JSON pointer as a refusal shows it: the root as `/`.
-fn place(pointer: &str) -> &str {
+pub(crate) fn place(pointer: &str) -> &str {
     if pointer.is_empty() {
         "/"
     } else {
